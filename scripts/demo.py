@@ -1,0 +1,244 @@
+"""Run a real Home Assistant with LocalCam on a virtual camera, on loopback only.
+
+Starts the virtual camera (python -m virtualcam) and `hass` as child processes,
+onboards Home Assistant with a demo user through its REST API, adds the camera
+through the config flow's HTTP API exactly as the frontend does, and prints the
+URL and login. Nothing listens beyond 127.0.0.1 and no discovery integration is
+loaded, so no packet leaves the machine.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+from pathlib import Path
+import signal
+import sys
+import time
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_USER = "demo"
+DEMO_PASSWORD = "localcam-demo"  # noqa: S105 - a local demo login, printed on purpose
+CAMERA_USER = "admin"
+CAMERA_PASSWORD = "camera-demo"  # noqa: S105
+
+CONFIGURATION = """\
+# Written by scripts/demo. No default_config: it would load zeroconf, ssdp and
+# dhcp, which send multicast on the real network.
+homeassistant:
+  name: LocalCam demo
+  latitude: 52.37
+  longitude: 4.89
+  elevation: 0
+  unit_system: metric
+  time_zone: UTC
+  country: NL
+  currency: EUR
+  internal_url: "http://127.0.0.1:{port}"
+http:
+  server_host: 127.0.0.1
+  server_port: {port}
+frontend:
+config:
+logger:
+  default: warning
+  logs:
+    custom_components.localcam: info
+"""
+
+
+async def wait_for(
+    predicate: Any, timeout: float, what: str, interval: float = 0.25
+) -> Any:
+    """Poll ``predicate`` (an async callable) until it returns truthy."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(aiohttp.ClientError, OSError):
+            if result := await predicate():
+                return result
+        await asyncio.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+async def start_camera(rtsp_port: int, http_port: int) -> tuple[asyncio.subprocess.Process, dict[str, Any]]:
+    """Start one virtual camera and return its process and description."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "virtualcam", "--count", "1", "--name", "porch",
+        "--rtsp-port", str(rtsp_port), "--http-port", str(http_port),
+        "--username", CAMERA_USER, "--password", CAMERA_PASSWORD,
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    info: dict[str, Any] = {}
+    async with asyncio.timeout(30):
+        while (line := (await proc.stdout.readline()).decode().strip()) != "READY":
+            if not line:
+                raise RuntimeError("the virtual camera exited before it was ready")
+            if line.startswith("{"):
+                info = json.loads(line)
+    return proc, info
+
+
+async def start_hass(config_dir: Path, port: int) -> asyncio.subprocess.Process:
+    """Write the configuration and start Home Assistant."""
+    config_dir.mkdir(parents=True, exist_ok=True)
+    (config_dir / "configuration.yaml").write_text(CONFIGURATION.format(port=port))
+    custom = config_dir / "custom_components"
+    custom.mkdir(exist_ok=True)
+    link = custom / "localcam"
+    if not link.exists():
+        link.symlink_to(ROOT / "custom_components" / "localcam")
+    log = (config_dir / "demo-hass.log").open("ab")
+    return await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "hass"), "-c", str(config_dir), "--skip-pip",
+        stdout=log, stderr=log,
+    )
+
+
+async def token(session: aiohttp.ClientSession, base: str) -> str:
+    """Onboard on first run (or log in later) and return an access token."""
+    client_id = f"{base}/"
+    async with session.get(f"{base}/api/onboarding") as resp:
+        steps = {step["step"]: step["done"] for step in await resp.json()}
+    if not steps.get("user"):
+        async with session.post(
+            f"{base}/api/onboarding/users",
+            json={"client_id": client_id, "name": "Demo", "username": DEMO_USER,
+                  "password": DEMO_PASSWORD, "language": "en"},
+        ) as resp:
+            resp.raise_for_status()
+            code = (await resp.json())["auth_code"]
+    else:
+        async with session.post(
+            f"{base}/auth/login_flow",
+            json={"client_id": client_id, "handler": ["homeassistant", None],
+                  "redirect_uri": client_id},
+        ) as resp:
+            flow = await resp.json()
+        async with session.post(
+            f"{base}/auth/login_flow/{flow['flow_id']}",
+            json={"client_id": client_id, "username": DEMO_USER, "password": DEMO_PASSWORD},
+        ) as resp:
+            code = (await resp.json())["result"]
+    async with session.post(
+        f"{base}/auth/token",
+        data={"grant_type": "authorization_code", "code": code, "client_id": client_id},
+    ) as resp:
+        resp.raise_for_status()
+        access = str((await resp.json())["access_token"])
+    headers = {"Authorization": f"Bearer {access}"}
+    for step, body in (
+        ("core_config", {}),
+        ("analytics", {}),
+        ("integration", {"client_id": client_id, "redirect_uri": client_id}),
+    ):
+        if not steps.get(step):
+            async with session.post(f"{base}/api/onboarding/{step}", json=body, headers=headers):
+                pass
+    return access
+
+
+async def ensure_camera(
+    session: aiohttp.ClientSession, base: str, headers: dict[str, str], camera: dict[str, Any]
+) -> str:
+    """Add the virtual camera through the config flow API unless it is there."""
+    async with session.get(f"{base}/api/config/config_entries/entry", headers=headers) as resp:
+        entries = [e for e in await resp.json() if e["domain"] == "localcam"]
+    if not entries:
+        async with session.post(
+            f"{base}/api/config/config_entries/flow",
+            json={"handler": "localcam", "show_advanced_options": False}, headers=headers,
+        ) as resp:
+            flow = await resp.json()
+        url = f"{base}/api/config/config_entries/flow/{flow['flow_id']}"
+        async with session.post(url, json={"next_step_id": "url"}, headers=headers) as resp:
+            await resp.json()
+        async with session.post(
+            url,
+            json={"stream_url": camera["rtsp_url"], "snapshot_url": camera["snapshot_url"],
+                  "username": CAMERA_USER, "password": CAMERA_PASSWORD, "verify_ssl": True},
+            headers=headers,
+        ) as resp:
+            result = await resp.json()
+        if result.get("type") != "create_entry":
+            raise RuntimeError(f"adding the camera failed: {result.get('errors')}")
+
+    async def entity() -> str | None:
+        async with session.get(f"{base}/api/states", headers=headers) as resp:
+            states = await resp.json()
+        return next((s["entity_id"] for s in states if s["entity_id"].startswith("camera.")), None)
+
+    return str(await wait_for(entity, 30, "the camera entity"))
+
+
+async def main() -> int:
+    """Start everything, print the login, wait for Ctrl-C (or check and stop)."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=8123)
+    parser.add_argument("--camera-rtsp-port", type=int, default=18554)
+    parser.add_argument("--camera-http-port", type=int, default=18080)
+    parser.add_argument("--dir", type=Path, default=ROOT / ".demo")
+    parser.add_argument("--check", action="store_true", help="fetch one still, then stop")
+    args = parser.parse_args()
+    base = f"http://127.0.0.1:{args.port}"
+
+    procs: list[asyncio.subprocess.Process] = []
+    try:
+        cam_proc, camera = await start_camera(args.camera_rtsp_port, args.camera_http_port)
+        procs.append(cam_proc)
+        procs.append(await start_hass(args.dir.resolve() / "config", args.port))
+        timeout = aiohttp.ClientTimeout(total=30)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+
+            async def up() -> bool:
+                async with session.get(f"{base}/api/onboarding") as resp:
+                    return resp.status == 200
+
+            await wait_for(up, 180, "Home Assistant to start")
+            access = await token(session, base)
+            headers = {"Authorization": f"Bearer {access}"}
+            entity_id = await ensure_camera(session, base, headers, camera)
+            async with session.get(f"{base}/api/camera_proxy/{entity_id}", headers=headers) as resp:
+                body = await resp.read()
+                still = f"HTTP {resp.status}, {resp.content_type}, {len(body)} bytes"
+            print(f"\nLocalCam demo is running: {base}", flush=True)
+            print(f"  login:  {DEMO_USER} / {DEMO_PASSWORD}")
+            print(f"  camera: {entity_id} (virtual camera 'porch', colour {camera['color']})")
+            print(f"  still through /api/camera_proxy: {still}")
+            if args.check:
+                if resp.status != 200 or not body.startswith(b"\xff\xd8"):
+                    return 1
+                out = args.dir.resolve() / "check.jpg"
+                out.write_bytes(body)
+                print(f"CHECK OK {entity_id} {out}", flush=True)
+                return 0
+            print("Press Ctrl-C to stop.", flush=True)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            waiters = [asyncio.ensure_future(p.wait()) for p in procs]
+            stopper = asyncio.ensure_future(stop.wait())
+            await asyncio.wait([stopper, *waiters], return_when=asyncio.FIRST_COMPLETED)
+            return 0
+    finally:
+        # End only the processes this script started, by their PIDs.
+        for proc in reversed(procs):
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGTERM)
+                try:
+                    async with asyncio.timeout(30):
+                        await proc.wait()
+                except TimeoutError:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(proc.pid, signal.SIGKILL)
+                    await proc.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
