@@ -1,0 +1,150 @@
+"""The camera entity: live stream and stills, only ever from its own camera."""
+
+import asyncio
+from typing import override
+
+from homeassistant.components.camera import Camera
+from homeassistant.components.camera.const import CameraEntityFeature
+from homeassistant.components.stream import CONF_RTSP_TRANSPORT as STREAM_RTSP_TRANSPORT
+from homeassistant.components.stream import Stream
+from homeassistant.core import HomeAssistant, callback
+from homeassistant.exceptions import HomeAssistantError
+from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
+
+from .const import DOMAIN, LOGGER, SNAPSHOT_TIMEOUT
+from .core.errors import InvalidAuthError, LocalCamError
+from .core.snapshot import CameraClient
+from .data import LocalCamConfigEntry
+from .entity import LocalCamEntity
+from .helpers import translated_error
+
+# Stills and streams are per camera and independent; Home Assistant must not
+# serialise one camera's image requests behind another's.
+PARALLEL_UPDATES = 0
+
+# How long a still request waits for the running stream's next keyframe before
+# opening its own short RTSP session instead.
+KEYFRAME_WAIT = 4.0
+
+
+async def async_setup_entry(
+    hass: HomeAssistant,
+    entry: LocalCamConfigEntry,
+    async_add_entities: AddConfigEntryEntitiesCallback,
+) -> None:
+    """Add the camera's entity."""
+    async_add_entities([LocalCamCamera(entry)])
+
+
+class LocalCamCamera(LocalCamEntity, Camera):
+    """A LAN camera: RTSP into HA's stream, stills from the camera itself."""
+
+    _attr_name = None  # the device's name is the camera's name
+    _attr_translation_key = "main"  # icon only (icons.json)
+    _attr_supported_features = CameraEntityFeature.STREAM
+
+    def __init__(self, entry: LocalCamConfigEntry) -> None:
+        """Create the entity for the entry's camera."""
+        LocalCamEntity.__init__(self, entry.runtime_data.coordinator)
+        Camera.__init__(self)
+        self._client: CameraClient = entry.runtime_data.client
+        self._attr_unique_id = f"{self.camera_id}_main"
+        self.stream_options[STREAM_RTSP_TRANSPORT] = self._client.source.rtsp_transport.value
+        self._auth_check: asyncio.Task[None] | None = None
+
+    @property
+    @override
+    def available(self) -> bool:
+        """Available while the camera passes its health check and streams."""
+        if (stream := self.stream) is not None and not stream.available:
+            return False
+        return super().available
+
+    @override
+    async def stream_source(self) -> str:
+        """Return the policy-checked LAN RTSP URL, credentials included.
+
+        The policy check and address pinning run every time: a hostname that
+        now resolves outside the LAN yields an error, not a stream. The URL is
+        a secret and is never logged.
+        """
+        try:
+            return await self._client.stream_url()
+        except LocalCamError as err:
+            raise translated_error(err) from err
+
+    @override
+    async def async_create_stream(self) -> Stream | None:
+        """Create the stream and watch it for authentication failures."""
+        stream = await super().async_create_stream()
+        if stream is not None:
+            stream.set_update_callback(self._async_stream_state_changed)
+        return stream
+
+    @callback
+    def _async_stream_state_changed(self) -> None:
+        """Write state; when the stream fails, check whether it was a 401."""
+        self.async_write_ha_state()
+        stream = self.stream
+        if stream is None or stream.available or self._auth_check is not None:
+            return
+        self._auth_check = self.hass.async_create_background_task(
+            self._async_check_auth(), f"{DOMAIN} stream auth check {self.entity_id}"
+        )
+
+    async def _async_check_auth(self) -> None:
+        """Start reauth when the stream failed because the camera answers 401."""
+        try:
+            await self._client.check_health()
+        except InvalidAuthError:
+            LOGGER.warning("%s rejects its credentials; asking for new ones", self.entity_id)
+            self.coordinator.config_entry.async_start_reauth(self.hass)
+        except LocalCamError:
+            pass  # unreachable cameras are the health coordinator's business
+        finally:
+            self._auth_check = None
+
+    async def _async_stream_keyframe(self) -> bytes | None:
+        """Return a JPEG of the running stream's next keyframe, or None.
+
+        Only used while a stream already runs for this camera (someone is
+        watching), so no second RTSP session is opened. Home Assistant's
+        keyframe converter returns its previous image when a decode fails;
+        that would be an old frame served as new, so an unchanged image
+        object counts as no image here and the caller grabs its own.
+        """
+        stream = self.stream
+        if stream is None or not stream.available or not stream.outputs():
+            return None
+        converter = stream._keyframe_converter  # noqa: SLF001 - see docstring
+        previous = converter._image  # noqa: SLF001
+        try:
+            async with asyncio.timeout(KEYFRAME_WAIT):
+                image = await stream.async_get_image(wait_for_next_keyframe=True)
+        except TimeoutError:
+            return None
+        if image is None or image is previous:
+            return None
+        return image
+
+    @override
+    async def async_camera_image(
+        self, width: int | None = None, height: int | None = None
+    ) -> bytes | None:
+        """Return a fresh still of this camera, or raise a translated error."""
+        try:
+            snapshot = await self._client.fetch_snapshot(
+                width, height, keyframe=self._async_stream_keyframe, timeout=SNAPSHOT_TIMEOUT
+            )
+        except InvalidAuthError as err:
+            self.coordinator.config_entry.async_start_reauth(self.hass)
+            raise translated_error(err) from err
+        except LocalCamError as err:
+            raise translated_error(err) from err
+        # The entity's own check, independent of how the frame was obtained:
+        # a frame stamped with another camera's id is never served.
+        if snapshot.camera_id != self.camera_id:
+            raise HomeAssistantError(
+                translation_domain=DOMAIN, translation_key="foreign_frame"
+            )
+        return snapshot.jpeg

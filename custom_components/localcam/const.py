@@ -1,0 +1,46 @@
+"""Constants for LocalCam."""
+
+import logging
+from typing import Final
+
+DOMAIN: Final = "localcam"
+LOGGER: Final = logging.getLogger(__package__)
+
+# Config entry data (connection): how to reach the camera.
+CONF_STREAM_URL: Final = "stream_url"
+CONF_SNAPSHOT_URL: Final = "snapshot_url"
+CONF_VERIFY_SSL: Final = "verify_ssl"
+# The camera's stable identity, fixed when the entry is created. Entity and
+# device ids derive from it, so a reconfigured URL keeps the same entities.
+CONF_CAMERA_ID: Final = "camera_id"
+# Recorded by the test before configure; shown in diagnostics.
+CONF_CODEC: Final = "codec"
+CONF_WIDTH: Final = "width"
+CONF_HEIGHT: Final = "height"
+
+# Options (behaviour).
+CONF_SNAPSHOT_MAX_AGE: Final = "snapshot_max_age"
+CONF_RTSP_TRANSPORT: Final = "rtsp_transport"
+CONF_ALLOWED_NETWORKS: Final = "allowed_networks"
+
+# A still older than this is never served as current. Dashboards refresh
+# camera cards every 10 s and the more-info dialog every second or so; one
+# second keeps a burst of viewers on one upstream fetch without showing an
+# outdated picture.
+DEFAULT_SNAPSHOT_MAX_AGE: Final = 1.0
+MIN_SNAPSHOT_MAX_AGE: Final = 0.1
+MAX_SNAPSHOT_MAX_AGE: Final = 10.0
+RTSP_TRANSPORTS: Final = ("tcp", "udp")
+# TCP interleaving survives Wi-Fi loss and NAT-less LANs best; UDP is for
+# cameras whose TCP mode is broken.
+DEFAULT_RTSP_TRANSPORT: Final = "tcp"
+
+# The health coordinator's interval: one light RTSP DESCRIBE a minute. Images
+# are never polled.
+HEALTH_INTERVAL_SECONDS: Final = 60
+
+# Must stay below Home Assistant's CAMERA_IMAGE_TIMEOUT (10 s), so a failure
+# reaches the user as LocalCam's own translated error, not a generic 500.
+SNAPSHOT_TIMEOUT: Final = 9.0
+# Test before configure: opening the stream and decoding the first keyframe.
+PROBE_TIMEOUT: Final = 10.0

@@ -1,0 +1,68 @@
+"""Health of one camera: a light DESCRIBE a minute, never an image."""
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, override
+
+from homeassistant.core import HomeAssistant
+from homeassistant.exceptions import ConfigEntryAuthFailed
+from homeassistant.helpers.update_coordinator import DataUpdateCoordinator, UpdateFailed
+from homeassistant.util import dt as dt_util
+
+from .const import DOMAIN, HEALTH_INTERVAL_SECONDS, LOGGER
+from .core.errors import InvalidAuthError, LocalCamError
+from .core.snapshot import CameraClient
+
+if TYPE_CHECKING:
+    from .data import LocalCamConfigEntry
+
+
+@dataclass(frozen=True, slots=True)
+class CameraHealth:
+    """The result of the last successful health check."""
+
+    checked_at: datetime
+
+
+class LocalCamCoordinator(DataUpdateCoordinator[CameraHealth]):
+    """Checks that the camera answers; drives entity availability.
+
+    DataUpdateCoordinator logs once when the check starts failing and once
+    when it recovers, which is the log-when-unavailable behaviour we want.
+    """
+
+    config_entry: "LocalCamConfigEntry"
+
+    def __init__(
+        self, hass: HomeAssistant, entry: "LocalCamConfigEntry", client: CameraClient
+    ) -> None:
+        """Bind the camera client."""
+        super().__init__(
+            hass,
+            LOGGER,
+            config_entry=entry,
+            name=f"{DOMAIN} {entry.title}",
+            update_interval=timedelta(seconds=HEALTH_INTERVAL_SECONDS),
+        )
+        self.client = client
+        self.last_error: str | None = None
+
+    @override
+    async def _async_update_data(self) -> CameraHealth:
+        """Run one health check."""
+        try:
+            await self.client.check_health()
+        except InvalidAuthError as err:
+            self.last_error = err.translation_key
+            raise ConfigEntryAuthFailed(
+                translation_domain=DOMAIN, translation_key="auth_failed"
+            ) from err
+        except LocalCamError as err:
+            self.last_error = err.translation_key
+            raise UpdateFailed(
+                translation_domain=DOMAIN,
+                translation_key=f"health_{err.translation_key}",
+                translation_placeholders=err.placeholders,
+            ) from err
+        self.last_error = None
+        return CameraHealth(checked_at=dt_util.utcnow())

@@ -1,0 +1,78 @@
+"""Errors raised by LocalCam's core; the only exceptions core lets escape.
+
+Every error carries a ``translation_key`` (shared by the config flow's error
+strings and the ``exceptions`` section of translations/en.json) and
+placeholders for the translated message. Placeholders never hold credentials,
+query strings or tokens: only hosts, codec names and short reason words.
+"""
+
+from typing import ClassVar
+
+
+class LocalCamError(Exception):
+    """Base class of every error core raises."""
+
+    translation_key: ClassVar[str] = "unknown"
+
+    def __init__(self, message: str = "", **placeholders: str) -> None:
+        """Keep a human message (for logs) and translation placeholders."""
+        super().__init__(message or self.translation_key)
+        self.placeholders: dict[str, str] = placeholders
+
+
+class InvalidUrlError(LocalCamError):
+    """The URL is malformed or uses a scheme LocalCam does not fetch."""
+
+    translation_key = "invalid_url"
+
+    def __init__(self, reason: str) -> None:
+        """Name the reason, never the URL (it may hold secrets)."""
+        super().__init__(f"invalid URL: {reason}", reason=reason)
+        self.reason = reason
+
+
+class NotLocalError(LocalCamError):
+    """The host is, or resolves to, an address outside the allowed networks."""
+
+    translation_key = "not_local"
+
+    def __init__(self, host: str, reason: str) -> None:
+        """Name the host and why it is refused."""
+        super().__init__(f"{host} is not on the local network: {reason}", host=host, reason=reason)
+        self.host = host
+        self.reason = reason
+
+
+class CannotConnectError(LocalCamError):
+    """The camera refused, reset or could not be reached."""
+
+    translation_key = "cannot_connect"
+
+
+class InvalidAuthError(LocalCamError):
+    """The camera answered 401: missing or wrong credentials."""
+
+    translation_key = "invalid_auth"
+
+
+class CameraTimeoutError(LocalCamError):
+    """The camera did not answer within the time LocalCam allows."""
+
+    translation_key = "timeout"
+
+
+class NoVideoError(LocalCamError):
+    """The stream opened but carried no decodable video."""
+
+    translation_key = "no_video"
+
+
+class InvalidImageError(LocalCamError):
+    """The camera returned something that is not a sound JPEG."""
+
+    translation_key = "invalid_image"
+
+    def __init__(self, reason: str) -> None:
+        """Name what was wrong with the image."""
+        super().__init__(f"invalid image: {reason}", reason=reason)
+        self.reason = reason

@@ -1,0 +1,86 @@
+"""Plain data types shared by LocalCam's core and its Home Assistant glue."""
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+
+class SnapshotSource(StrEnum):
+    """Where a still came from."""
+
+    SNAPSHOT_URL = "snapshot_url"
+    STREAM_KEYFRAME = "stream_keyframe"
+    RTSP_GRAB = "rtsp_grab"
+
+
+class RtspTransport(StrEnum):
+    """Lower transport for RTSP media."""
+
+    TCP = "tcp"
+    UDP = "udp"
+
+
+@dataclass(frozen=True, slots=True)
+class CameraSource:
+    """How to reach one camera: what the config entry stores, typed.
+
+    URLs are credential-free; credentials travel separately and are only
+    joined to a URL at the last moment (netpolicy.Target.pinned_url).
+    """
+
+    camera_id: str
+    stream_url: str
+    snapshot_url: str | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    verify_ssl: bool = True
+    rtsp_transport: RtspTransport = RtspTransport.TCP
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of everything that decides which pictures this source yields.
+
+        A change of URL, credentials or identity changes the fingerprint, which
+        is what lets a cache tell a frame of the old source from the new one.
+        """
+        digest = hashlib.sha256()
+        for part in (
+            self.camera_id,
+            self.stream_url,
+            self.snapshot_url or "",
+            self.username or "",
+            self.password or "",
+        ):
+            digest.update(part.encode())
+            digest.update(b"\0")
+        return digest.hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    """What the test before configure learned from the first decoded frame."""
+
+    codec: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One JPEG still with its provenance."""
+
+    camera_id: str
+    fingerprint: str
+    source: SnapshotSource
+    jpeg: bytes = field(repr=False)
+    width: int
+    height: int
+    captured_at: float  # time.monotonic() when the bytes were received
+    captured_wall: datetime
+    sha256: str
+
+    @property
+    def size(self) -> int:
+        """Size of the JPEG in bytes."""
+        return len(self.jpeg)

@@ -1,0 +1,267 @@
+"""RTSP camera I/O: a one-shot keyframe grab with PyAV and a light health check.
+
+Both connect only to a ``netpolicy.Target`` (an address the policy checked);
+callers never hand this module a raw URL. PyAV runs in a worker thread and is
+bounded by FFmpeg's own socket timeout plus an interrupt deadline, so a hanging
+camera costs at most the timeout and never blocks the event loop.
+"""
+
+import asyncio
+import base64
+import hashlib
+import logging
+import os
+import re
+import ssl
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from .errors import (
+    CameraTimeoutError,
+    CannotConnectError,
+    InvalidAuthError,
+    LocalCamError,
+    NoVideoError,
+)
+from .jpeg import encode_bgr
+from .models import RtspTransport, StreamInfo
+
+if TYPE_CHECKING:
+    from .netpolicy import Target
+
+_LOGGER = logging.getLogger(__name__)
+
+# Probing off: the codec parameters come from the SDP (sprop-parameter-sets),
+# which saves the ~2.7 s libavformat spends analysing a live stream.
+_FAST_OPEN: Final = {"analyzeduration": "0", "probesize": "32", "fpsprobesize": "0"}
+# Upper bound on packets read while waiting for the first keyframe: a 4 s GOP
+# at 30 fps with audio interleaved stays well below it.
+_MAX_PACKETS: Final = 2000
+_MAX_HEADER_LINES: Final = 64
+_MAX_SDP_BYTES: Final = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class GrabbedFrame:
+    """A keyframe decoded from the stream and encoded as JPEG."""
+
+    info: StreamInfo
+    jpeg: bytes
+
+
+def _translate_av_error(err: Exception, *, timed_out: bool) -> LocalCamError:
+    """Map a PyAV/FFmpeg error to a core error, without the URL in it.
+
+    When PyAV's interrupt deadline fires, FFmpeg's RTSP demuxer reports a
+    generic "invalid data" error, so a timeout is recognised by the clock.
+    """
+    import av  # noqa: PLC0415 - heavy import, only in worker threads
+
+    if isinstance(err, av.error.HTTPUnauthorizedError):
+        return InvalidAuthError("camera answered 401 Unauthorized")
+    if timed_out or isinstance(err, (av.error.ExitError, TimeoutError)):
+        return CameraTimeoutError("camera did not answer in time")
+    # FFmpeg messages name the URL it opened (with credentials): keep only
+    # the error type.
+    return CannotConnectError(f"stream could not be opened ({type(err).__name__})")
+
+
+def grab_keyframe(
+    url: str,
+    *,
+    transport: RtspTransport = RtspTransport.TCP,
+    timeout: float = 5.0,
+    encode: bool = True,
+) -> GrabbedFrame:
+    """Open the stream, decode its first keyframe and encode it (blocking).
+
+    ``url`` is a pinned URL and may carry credentials: it is never logged and
+    never put in an exception. The whole call is bounded by ``timeout``.
+    """
+    import av  # noqa: PLC0415
+
+    deadline = time.monotonic() + timeout
+    # FFmpeg's interrupt fires at the timeout; allow for timer granularity.
+    timed_out = lambda: time.monotonic() >= deadline - 0.05  # noqa: E731
+    options = {
+        **_FAST_OPEN,
+        "rtsp_transport": transport.value,
+        # FFmpeg's socket I/O timeout, in microseconds.
+        "timeout": str(int(timeout * 1_000_000)),
+    }
+    try:
+        container = av.open(url, options=options, timeout=(timeout, timeout))
+    except (av.FFmpegError, OSError) as err:
+        raise _translate_av_error(err, timed_out=timed_out()) from None
+    try:
+        if not container.streams.video:
+            raise NoVideoError("stream has no video track")
+        stream = container.streams.video[0]
+        codec = stream.codec_context
+        codec.skip_frame = "NONKEY"  # only keyframes are decoded at all
+        codec.thread_count = 1  # frame threading would delay the first frame
+        frame = None
+        for count, packet in enumerate(container.demux(stream)):
+            if count >= _MAX_PACKETS or time.monotonic() > deadline:
+                raise CameraTimeoutError("no keyframe in time")
+            if packet.size == 0:
+                continue
+            frames = codec.decode(packet)
+            if not frames and packet.is_keyframe:
+                frames = codec.decode(None)
+            if frames:
+                frame = frames[0]
+                break
+        if frame is None:
+            raise NoVideoError("stream ended before a video frame")
+        info = StreamInfo(codec=codec.name, width=frame.width, height=frame.height)
+        jpeg = encode_bgr(frame.to_ndarray(format="bgr24")) if encode else b""
+        return GrabbedFrame(info=info, jpeg=jpeg)
+    except (av.FFmpegError, OSError) as err:
+        raise _translate_av_error(err, timed_out=timed_out()) from None
+    finally:
+        container.close()
+
+
+async def async_grab_keyframe(
+    url: str,
+    *,
+    transport: RtspTransport = RtspTransport.TCP,
+    timeout: float = 5.0,
+    encode: bool = True,
+) -> GrabbedFrame:
+    """Run grab_keyframe in the default executor; the thread is self-bounded."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(
+        None, lambda: grab_keyframe(url, transport=transport, timeout=timeout, encode=encode)
+    )
+
+
+# ---------------------------------------------------------------------------
+# Health check: one RTSP DESCRIBE, authenticated like FFmpeg would.
+
+
+def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    """Split a WWW-Authenticate header into its scheme and parameters."""
+    scheme, _, rest = header.strip().partition(" ")
+    params = {
+        key.lower(): value
+        for key, value in re.findall(r'(\w+)\s*=\s*"?([^",]*)"?', rest)
+    }
+    return scheme.lower(), params
+
+
+def _authorization(
+    challenges: list[str], method: str, uri: str, username: str, password: str
+) -> str | None:
+    """Answer the strongest offered challenge (Digest before Basic)."""
+    parsed = [_parse_challenge(challenge) for challenge in challenges]
+    for scheme, params in parsed:
+        if scheme != "digest" or "nonce" not in params:
+            continue
+        realm, nonce = params.get("realm", ""), params["nonce"]
+        ha1 = hashlib.md5(f"{username}:{realm}:{password}".encode()).hexdigest()  # noqa: S324 - RFC 2617
+        ha2 = hashlib.md5(f"{method}:{uri}".encode()).hexdigest()  # noqa: S324
+        fields = f'username="{username}", realm="{realm}", nonce="{nonce}", uri="{uri}"'
+        if "auth" in params.get("qop", "").split(","):
+            cnonce = os.urandom(8).hex()
+            response = hashlib.md5(  # noqa: S324
+                f"{ha1}:{nonce}:00000001:{cnonce}:auth:{ha2}".encode()
+            ).hexdigest()
+            fields += f', qop=auth, nc=00000001, cnonce="{cnonce}"'
+        else:
+            response = hashlib.md5(f"{ha1}:{nonce}:{ha2}".encode()).hexdigest()  # noqa: S324
+        if opaque := params.get("opaque"):
+            fields += f', opaque="{opaque}"'
+        return f'Digest {fields}, response="{response}"'
+    if any(scheme == "basic" for scheme, _ in parsed):
+        token = base64.b64encode(f"{username}:{password}".encode()).decode()
+        return f"Basic {token}"
+    return None
+
+
+async def _read_response(
+    reader: asyncio.StreamReader,
+) -> tuple[int, list[tuple[str, str]], bytes]:
+    """Read one RTSP response: status, headers and (bounded) body."""
+    status_line = (await reader.readline()).decode("latin-1").strip()
+    match = re.match(r"RTSP/1\.\d (\d{3})", status_line)
+    if not match:
+        raise CannotConnectError("not an RTSP server")
+    headers: list[tuple[str, str]] = []
+    for _ in range(_MAX_HEADER_LINES):
+        line = (await reader.readline()).decode("latin-1")
+        if line in ("\r\n", "\n", ""):
+            break
+        name, _, value = line.partition(":")
+        headers.append((name.strip().lower(), value.strip()))
+    else:
+        raise CannotConnectError("too many RTSP headers")
+    length = next((int(v) for k, v in headers if k == "content-length" and v.isdigit()), 0)
+    if length > _MAX_SDP_BYTES:
+        raise CannotConnectError("RTSP body too large")
+    body = await reader.readexactly(length) if length else b""
+    return int(match.group(1)), headers, body
+
+
+async def describe(
+    target: "Target",
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    verify_ssl: bool = True,
+    timeout: float = 5.0,
+) -> None:
+    """Check that the camera answers DESCRIBE with a video SDP.
+
+    This is the light health request (one TCP connection, no media). A 401
+    that our credentials do not clear raises InvalidAuthError, which the glue
+    turns into a reauth flow.
+    """
+    uri = str(target.url)
+    ssl_context: ssl.SSLContext | None = None
+    if target.url.scheme == "rtsps":
+        ssl_context = ssl.create_default_context()
+        if not verify_ssl:
+            ssl_context.check_hostname = False
+            ssl_context.verify_mode = ssl.CERT_NONE
+    writer: asyncio.StreamWriter | None = None
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(
+                str(target.address),
+                target.port,
+                ssl=ssl_context,
+                server_hostname=target.host if ssl_context else None,
+            )
+            authorization: str | None = None
+            for cseq in (1, 2):
+                request = f"DESCRIBE {uri} RTSP/1.0\r\nCSeq: {cseq}\r\nAccept: application/sdp\r\n"
+                request += "User-Agent: LocalCam\r\n"
+                if authorization:
+                    request += f"Authorization: {authorization}\r\n"
+                writer.write((request + "\r\n").encode())
+                await writer.drain()
+                status, headers, body = await _read_response(reader)
+                if status == 401 and authorization is None and username is not None:
+                    challenges = [v for k, v in headers if k == "www-authenticate"]
+                    authorization = _authorization(
+                        challenges, "DESCRIBE", uri, username, password or ""
+                    )
+                    if authorization is not None:
+                        continue
+                break
+    except TimeoutError:
+        raise CameraTimeoutError("camera did not answer DESCRIBE in time") from None
+    except (OSError, asyncio.IncompleteReadError, ValueError) as err:
+        raise CannotConnectError(f"RTSP connection failed ({type(err).__name__})") from None
+    finally:
+        if writer is not None:
+            writer.close()
+    if status == 401:
+        raise InvalidAuthError("camera answered 401 Unauthorized")
+    if status != 200:
+        raise CannotConnectError(f"camera answered RTSP {status}")
+    if b"m=video" not in body:
+        raise NoVideoError("the camera's SDP has no video")

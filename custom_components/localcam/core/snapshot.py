@@ -1,0 +1,149 @@
+"""Fetch one still from one camera: the single entry point for frames.
+
+Order of sources: the camera's own snapshot URL when configured; else a
+keyframe of the live stream Home Assistant already runs for this camera (no
+second RTSP session); else a one-shot RTSP keyframe grab. Each returned
+``Snapshot`` is fresh (fetched for this call), validated (core.jpeg) and
+stamped with the camera's id and source fingerprint. Nothing here ever falls
+back to an older frame: a failure is an exception.
+"""
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Final
+
+import aiohttp
+
+from . import http, jpeg
+from .errors import CameraTimeoutError
+from .models import CameraSource, Snapshot, SnapshotSource, StreamInfo
+from .netpolicy import NetPolicy, Target
+from .rtsp import async_grab_keyframe, describe
+
+STREAM_SCHEMES: Final = frozenset({"rtsp", "rtsps"})
+SNAPSHOT_SCHEMES: Final = frozenset({"http", "https"})
+
+# Returns a JPEG of the running stream's next keyframe, or None when Home
+# Assistant runs no stream for this camera right now.
+type KeyframeProvider = Callable[[], Awaitable[bytes | None]]
+
+
+class CameraClient:
+    """All network I/O for one camera, always through the LAN policy."""
+
+    def __init__(
+        self, session: aiohttp.ClientSession, policy: NetPolicy, source: CameraSource
+    ) -> None:
+        """Bind the shared HTTP session, the policy and the camera's source."""
+        self._session = session
+        self.policy = policy
+        self.source = source
+
+    async def stream_target(self) -> Target:
+        """Check the stream URL against the policy and pin its address."""
+        return await self.policy.check(self.source.stream_url, schemes=STREAM_SCHEMES)
+
+    async def stream_url(self) -> str:
+        """Return the pinned stream URL with credentials (secret: never log it)."""
+        target = await self.stream_target()
+        return target.pinned_url(self.source.username, self.source.password)
+
+    async def probe(self, timeout: float) -> StreamInfo:
+        """Test before configure: decode the first video frame of the stream."""
+        url = await self.stream_url()
+        frame = await async_grab_keyframe(
+            url, transport=self.source.rtsp_transport, timeout=timeout, encode=False
+        )
+        return frame.info
+
+    async def check_health(self, timeout: float = 5.0) -> None:
+        """One light DESCRIBE: reachable, authorised and serving video."""
+        await describe(
+            await self.stream_target(),
+            username=self.source.username,
+            password=self.source.password,
+            verify_ssl=self.source.verify_ssl,
+            timeout=timeout,
+        )
+
+    async def fetch_snapshot(
+        self,
+        width: int | None = None,
+        height: int | None = None,
+        *,
+        keyframe: KeyframeProvider | None = None,
+        timeout: float = 9.0,
+    ) -> Snapshot:
+        """Fetch a fresh still from this camera and return it with provenance."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                body, content_type, kind = await self._fetch_raw(keyframe, timeout)
+                received = time.monotonic()
+                wall = datetime.now(UTC)
+                return await loop.run_in_executor(
+                    None,
+                    self._finish,
+                    body,
+                    content_type,
+                    kind,
+                    width,
+                    height,
+                    received,
+                    wall,
+                )
+        except TimeoutError:
+            raise CameraTimeoutError("no still within the time limit") from None
+
+    async def _fetch_raw(
+        self, keyframe: KeyframeProvider | None, timeout: float
+    ) -> tuple[bytes, str | None, SnapshotSource]:
+        """Get JPEG bytes from the best available source."""
+        if self.source.snapshot_url:
+            reply = await http.fetch(
+                self._session,
+                self.policy,
+                self.source.snapshot_url,
+                username=self.source.username,
+                password=self.source.password,
+                verify_ssl=self.source.verify_ssl,
+                timeout=timeout,
+                max_bytes=jpeg.MAX_JPEG_BYTES,
+            )
+            return reply.body, reply.content_type, SnapshotSource.SNAPSHOT_URL
+        if keyframe is not None and (image := await keyframe()) is not None:
+            return image, None, SnapshotSource.STREAM_KEYFRAME
+        frame = await async_grab_keyframe(
+            await self.stream_url(),
+            transport=self.source.rtsp_transport,
+            timeout=max(timeout - 0.5, 1.0),
+        )
+        return frame.jpeg, None, SnapshotSource.RTSP_GRAB
+
+    def _finish(
+        self,
+        body: bytes,
+        content_type: str | None,
+        kind: SnapshotSource,
+        width: int | None,
+        height: int | None,
+        received: float,
+        wall: datetime,
+    ) -> Snapshot:
+        """Validate, scale and stamp a still (runs in the executor)."""
+        jpeg.validate_jpeg(body, content_type)
+        data, out_width, out_height = jpeg.scale_jpeg(body, width, height)
+        return Snapshot(
+            camera_id=self.source.camera_id,
+            fingerprint=self.source.fingerprint,
+            source=kind,
+            jpeg=data,
+            width=out_width,
+            height=out_height,
+            captured_at=received,
+            captured_wall=wall,
+            sha256=hashlib.sha256(data).hexdigest(),
+        )

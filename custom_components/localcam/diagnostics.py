@@ -1,0 +1,56 @@
+"""Diagnostics for a LocalCam entry, with every secret and address redacted."""
+
+from typing import Any
+
+from homeassistant.components.diagnostics import async_redact_data
+from homeassistant.const import CONF_PASSWORD, CONF_USERNAME
+from homeassistant.core import HomeAssistant
+
+from .const import CONF_ALLOWED_NETWORKS, CONF_CAMERA_ID, CONF_SNAPSHOT_URL, CONF_STREAM_URL
+from .core.netpolicy import redact_url
+from .data import LocalCamConfigEntry
+
+# Credentials obviously; the camera id and unique id because they are hashes
+# of the camera's URL; allowed networks because they map the user's LAN.
+TO_REDACT = {
+    CONF_PASSWORD,
+    CONF_USERNAME,
+    CONF_CAMERA_ID,
+    CONF_ALLOWED_NETWORKS,
+    "unique_id",
+    "title",
+}
+
+
+async def async_get_config_entry_diagnostics(
+    hass: HomeAssistant, entry: LocalCamConfigEntry
+) -> dict[str, Any]:
+    """Return diagnostics for a config entry."""
+    data = dict(entry.data)
+    # URLs keep their scheme and path (useful to spot a wrong stream path)
+    # but lose host, port, credentials and query values.
+    for key in (CONF_STREAM_URL, CONF_SNAPSHOT_URL):
+        if data.get(key):
+            data[key] = redact_url(data[key])
+    coordinator = entry.runtime_data.coordinator
+    return {
+        "entry": async_redact_data(
+            {
+                "title": entry.title,
+                "unique_id": entry.unique_id,
+                "data": data,
+                "options": dict(entry.options),
+            },
+            TO_REDACT,
+        ),
+        "health": {
+            "last_update_success": coordinator.last_update_success,
+            "last_error": coordinator.last_error,
+            "last_checked": (
+                coordinator.data.checked_at.isoformat() if coordinator.data else None
+            ),
+            "interval_seconds": coordinator.update_interval.total_seconds()
+            if coordinator.update_interval
+            else None,
+        },
+    }
