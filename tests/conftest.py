@@ -1,0 +1,142 @@
+"""Shared fixtures for LocalCam's Home Assistant tests."""
+
+from collections.abc import AsyncIterator, Generator
+import logging
+from typing import Any
+
+import pytest
+from pytest_homeassistant_custom_component.common import MockConfigEntry
+
+# Home Assistant resolves the top-level `custom_components` package once. Import
+# ours before any `hass` fixture runs, or HA finds the test plugin's own
+# `custom_components` and reports "Integration not found".
+import custom_components.localcam  # noqa: F401
+from custom_components.localcam.const import (
+    CONF_CAMERA_ID,
+    CONF_CODEC,
+    CONF_HEIGHT,
+    CONF_SNAPSHOT_URL,
+    CONF_STREAM_URL,
+    CONF_VERIFY_SSL,
+    CONF_WIDTH,
+    DOMAIN,
+)
+from custom_components.localcam.core.netpolicy import normalized_identity
+from homeassistant.const import CONF_PASSWORD, CONF_USERNAME
+from homeassistant.core import HomeAssistant
+from virtualcam import CameraConfig, VirtualCamera, color_for
+
+CAM_USER = "viewer"
+CAM_PASSWORD = "s3cr3t-Pa55"  # noqa: S105 - the virtual camera's, checked absent from logs
+
+
+@pytest.fixture(autouse=True)
+def auto_enable_custom_integrations(enable_custom_integrations: None) -> None:
+    """Load custom integrations in every test."""
+
+
+@pytest.fixture(autouse=True)
+def _no_blocking_io(disable_block_async_io: None) -> None:
+    """Fail a test that does blocking I/O in the event loop.
+
+    phcc leaves Home Assistant's blocking-I/O detector off; LocalCam turns it on
+    (phcc's ``disable_block_async_io`` undoes it after the test).
+    """
+    from homeassistant import block_async_io
+
+    block_async_io.enable()
+
+
+@pytest.fixture
+def entity_registry_enabled_by_default() -> Generator[None]:
+    """Create every entity enabled, including those disabled by default."""
+    from unittest.mock import patch
+
+    with patch(
+        "homeassistant.helpers.entity.Entity.entity_registry_enabled_default",
+        return_value=True,
+    ):
+        yield
+
+
+@pytest.fixture
+def secrets_absent_from_logs(caplog: pytest.LogCaptureFixture) -> Generator[None]:
+    """After the test, assert no log record carries the camera's password."""
+    caplog.set_level(logging.DEBUG)
+    yield
+    for record in caplog.records:
+        text = record.getMessage()
+        assert CAM_PASSWORD not in text, f"password leaked into a log: {record.name}"
+        if record.exc_text:
+            assert CAM_PASSWORD not in record.exc_text
+
+
+@pytest.fixture
+async def camera(socket_enabled: None) -> AsyncIterator[VirtualCamera]:
+    """A virtual camera on 127.0.0.1 with Digest auth and an HTTP snapshot."""
+    cam = VirtualCamera(
+        CameraConfig(
+            name="porch",
+            color=color_for(0),
+            username=CAM_USER,
+            password=CAM_PASSWORD,
+            width=320,
+            height=180,
+        )
+    )
+    await cam.start()
+    yield cam
+    await cam.stop()
+
+
+@pytest.fixture
+async def rtsp_only_camera(socket_enabled: None) -> AsyncIterator[VirtualCamera]:
+    """A virtual camera with only an RTSP stream (no snapshot URL)."""
+    cam = VirtualCamera(
+        CameraConfig(
+            name="garage",
+            color=color_for(1),
+            username=CAM_USER,
+            password=CAM_PASSWORD,
+            http_snapshot=False,
+            width=320,
+            height=180,
+        )
+    )
+    await cam.start()
+    yield cam
+    await cam.stop()
+
+
+def entry_data(cam: VirtualCamera, *, snapshot: bool = True) -> dict[str, Any]:
+    """Config entry data for a virtual camera, as the config flow stores it."""
+    return {
+        CONF_STREAM_URL: cam.rtsp_url,
+        CONF_SNAPSHOT_URL: cam.snapshot_url if snapshot else None,
+        CONF_USERNAME: CAM_USER,
+        CONF_PASSWORD: CAM_PASSWORD,
+        CONF_VERIFY_SSL: True,
+        CONF_CAMERA_ID: normalized_identity(cam.rtsp_url),
+        CONF_CODEC: "h264",
+        CONF_WIDTH: 320,
+        CONF_HEIGHT: 180,
+    }
+
+
+def make_entry(cam: VirtualCamera, *, snapshot: bool = True, **kwargs: Any) -> MockConfigEntry:
+    """A LocalCam config entry for a virtual camera."""
+    data = entry_data(cam, snapshot=snapshot)
+    return MockConfigEntry(
+        domain=DOMAIN,
+        title=cam.rtsp_url.split("//", 1)[1].split("/", 1)[0],
+        unique_id=data[CONF_CAMERA_ID],
+        data=data,
+        **kwargs,
+    )
+
+
+async def setup_entry(hass: HomeAssistant, entry: MockConfigEntry) -> None:
+    """Add and set up an entry, waiting until Home Assistant is idle."""
+    entry.add_to_hass(hass)
+    await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()

@@ -1,0 +1,176 @@
+"""The camera entity against real virtual cameras on 127.0.0.1."""
+
+import asyncio
+import io
+from http import HTTPStatus
+from unittest.mock import patch
+
+from PIL import Image
+import pytest
+
+from custom_components.localcam.const import DOMAIN
+from homeassistant.components.camera import async_get_image, async_get_stream_source
+from homeassistant.components.camera.helper import get_camera_from_entity_id
+from homeassistant.config_entries import SOURCE_REAUTH
+from homeassistant.core import HomeAssistant
+from homeassistant.exceptions import HomeAssistantError
+from homeassistant.helpers import entity_registry as er
+from pytest_homeassistant_custom_component.typing import ClientSessionGenerator
+from virtualcam import Fault, VirtualCamera, color_for, nearest_camera
+
+from .conftest import CAM_PASSWORD, CAM_USER, make_entry, setup_entry
+
+pytestmark = pytest.mark.usefixtures("secrets_absent_from_logs")
+
+PALETTE = [color_for(i) for i in range(64)]
+
+
+def _camera_index(jpeg: bytes) -> int:
+    """Which virtual camera a still shows, by the colour at its centre."""
+    image = Image.open(io.BytesIO(jpeg)).convert("RGB")
+    pixel = image.getpixel((image.width // 2, image.height // 2))
+    assert isinstance(pixel, tuple)
+    return nearest_camera((pixel[0], pixel[1], pixel[2]), PALETTE)
+
+
+async def _entity_id(hass: HomeAssistant, cam: VirtualCamera, *, snapshot: bool = True) -> str:
+    entry = make_entry(cam, snapshot=snapshot)
+    await setup_entry(hass, entry)
+    entity_id = er.async_get(hass).async_get_entity_id("camera", DOMAIN, f"{entry.unique_id}_main")
+    assert entity_id is not None
+    return entity_id
+
+
+async def test_stream_source_is_pinned_with_credentials(
+    hass: HomeAssistant, camera: VirtualCamera
+) -> None:
+    """stream_source() gives HA's stream the checked address with credentials."""
+    entity_id = await _entity_id(hass, camera)
+    source = await async_get_stream_source(hass, entity_id)
+    assert source == (
+        f"rtsp://{CAM_USER}:{CAM_PASSWORD}@127.0.0.1:{camera.rtsp_port}/stream"
+    )
+
+
+async def test_still_from_snapshot_url(hass: HomeAssistant, camera: VirtualCamera) -> None:
+    """With a snapshot URL, the still is the camera's own JPEG."""
+    entity_id = await _entity_id(hass, camera)
+    before = camera.stats.play_sessions
+    image = await async_get_image(hass, entity_id)
+    assert image.content_type == "image/jpeg"
+    assert _camera_index(image.content) == 0
+    assert camera.stats.snapshot_requests >= 1
+    assert camera.stats.play_sessions == before  # no RTSP session for a still
+
+
+async def test_still_from_rtsp_grab(
+    hass: HomeAssistant, rtsp_only_camera: VirtualCamera
+) -> None:
+    """Without a snapshot URL, the still is a keyframe decoded from RTSP."""
+    entity_id = await _entity_id(hass, rtsp_only_camera, snapshot=False)
+    image = await async_get_image(hass, entity_id)
+    assert _camera_index(image.content) == 1
+    assert Image.open(io.BytesIO(image.content)).size == (320, 180)
+
+
+async def test_still_is_scaled_for_cards(hass: HomeAssistant, camera: VirtualCamera) -> None:
+    """A card asking for a smaller size gets a smaller, still-right picture."""
+    entity_id = await _entity_id(hass, camera)
+    image = await async_get_image(hass, entity_id, width=160, height=90)
+    size = Image.open(io.BytesIO(image.content)).size
+    assert 160 <= size[0] < 320
+    assert _camera_index(image.content) == 0
+
+
+async def test_still_from_running_stream(
+    hass: HomeAssistant, rtsp_only_camera: VirtualCamera
+) -> None:
+    """While HA streams the camera, stills come from its keyframes: no new session."""
+    entity_id = await _entity_id(hass, rtsp_only_camera, snapshot=False)
+    entity = get_camera_from_entity_id(hass, entity_id)
+    stream = await entity.async_create_stream()
+    assert stream is not None
+    provider = stream.add_provider("hls")
+    await stream.start()
+    try:
+        # Wait (bounded) for the worker's RTSP session to be playing.
+        for _ in range(100):
+            if rtsp_only_camera.stats.active_play_sessions:
+                break
+            await hass.async_block_till_done()
+            await asyncio.sleep(0.05)
+        sessions = rtsp_only_camera.stats.play_sessions
+        image = await async_get_image(hass, entity_id)
+        assert _camera_index(image.content) == 1
+        assert rtsp_only_camera.stats.play_sessions == sessions
+    finally:
+        await stream.remove_provider(provider)  # cancels its idle timer, stops the worker
+
+
+@pytest.mark.parametrize("fault", [Fault.TRUNCATED_JPEG, Fault.WRONG_CONTENT_TYPE, Fault.DROP])
+async def test_broken_images_are_errors(
+    hass: HomeAssistant, camera: VirtualCamera, fault: Fault
+) -> None:
+    """A broken reply raises a translated error; it is never served."""
+    entity_id = await _entity_id(hass, camera)
+    entity = get_camera_from_entity_id(hass, entity_id)
+    camera.fault = fault
+    with pytest.raises(HomeAssistantError) as err:
+        await entity.async_camera_image()
+    assert err.value.translation_domain == DOMAIN
+    assert err.value.translation_key in {"invalid_image", "cannot_connect"}
+
+
+async def test_no_old_frame_after_failure(
+    hass: HomeAssistant, camera: VirtualCamera
+) -> None:
+    """After a good still, a failing camera gives an error, not the old still."""
+    entity_id = await _entity_id(hass, camera)
+    entity = get_camera_from_entity_id(hass, entity_id)
+    assert await entity.async_camera_image()
+    camera.fault = Fault.REFUSE
+    with pytest.raises(HomeAssistantError) as err:
+        await entity.async_camera_image()
+    assert err.value.translation_key == "cannot_connect"
+
+
+async def test_hanging_camera_times_out(hass: HomeAssistant, camera: VirtualCamera) -> None:
+    """A camera that hangs costs the timeout and then a translated error."""
+    entity_id = await _entity_id(hass, camera)
+    entity = get_camera_from_entity_id(hass, entity_id)
+    camera.fault = Fault.HANG
+    with (
+        patch("custom_components.localcam.camera.SNAPSHOT_TIMEOUT", 1.0),
+        pytest.raises(HomeAssistantError) as err,
+    ):
+        await entity.async_camera_image()
+    assert err.value.translation_key == "timeout"
+
+
+async def test_unauthorized_still_starts_reauth(
+    hass: HomeAssistant, camera: VirtualCamera
+) -> None:
+    """A 401 on a still raises invalid_auth and starts reauth."""
+    entity_id = await _entity_id(hass, camera)
+    entity = get_camera_from_entity_id(hass, entity_id)
+    camera.fault = Fault.UNAUTHORIZED
+    with pytest.raises(HomeAssistantError) as err:
+        await entity.async_camera_image()
+    assert err.value.translation_key == "invalid_auth"
+    await hass.async_block_till_done()
+    flows = hass.config_entries.flow.async_progress_by_handler(DOMAIN)
+    assert [flow["context"]["source"] for flow in flows] == [SOURCE_REAUTH]
+
+
+async def test_camera_proxy_over_http(
+    hass: HomeAssistant, hass_client: ClientSessionGenerator, camera: VirtualCamera
+) -> None:
+    """HA's /api/camera_proxy serves the still, and a 500 when it is broken."""
+    entity_id = await _entity_id(hass, camera)
+    client = await hass_client()
+    resp = await client.get(f"/api/camera_proxy/{entity_id}")
+    assert resp.status == HTTPStatus.OK
+    assert _camera_index(await resp.read()) == 0
+    camera.fault = Fault.TRUNCATED_JPEG
+    resp = await client.get(f"/api/camera_proxy/{entity_id}")
+    assert resp.status == HTTPStatus.INTERNAL_SERVER_ERROR

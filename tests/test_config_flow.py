@@ -1,0 +1,292 @@
+"""Config flow: every step, every error, recovery after each error, aborts."""
+
+from typing import Any
+from unittest.mock import patch
+
+import pytest
+
+from custom_components.localcam.const import (
+    CONF_ALLOWED_NETWORKS,
+    CONF_CAMERA_ID,
+    CONF_CODEC,
+    CONF_HEIGHT,
+    CONF_RTSP_TRANSPORT,
+    CONF_SNAPSHOT_MAX_AGE,
+    CONF_SNAPSHOT_URL,
+    CONF_STREAM_URL,
+    CONF_VERIFY_SSL,
+    CONF_WIDTH,
+    DOMAIN,
+)
+from custom_components.localcam.core.netpolicy import normalized_identity
+from homeassistant.config_entries import SOURCE_USER, ConfigEntryState
+from homeassistant.const import CONF_PASSWORD, CONF_USERNAME
+from homeassistant.core import HomeAssistant
+from homeassistant.data_entry_flow import FlowResultType
+from virtualcam import Fault, VirtualCamera
+
+from .conftest import CAM_PASSWORD, CAM_USER, make_entry, setup_entry
+
+pytestmark = pytest.mark.usefixtures("secrets_absent_from_logs")
+
+
+async def _url_form(hass: HomeAssistant) -> str:
+    """Open the flow, pick the URL entry of the menu, return the flow id."""
+    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
+    assert result["type"] is FlowResultType.MENU
+    assert result["menu_options"] == ["url"]
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], {"next_step_id": "url"}
+    )
+    assert result["type"] is FlowResultType.FORM
+    assert result["step_id"] == "url"
+    assert result["errors"] == {}
+    return str(result["flow_id"])
+
+
+def _input(cam: VirtualCamera, **overrides: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        CONF_STREAM_URL: cam.rtsp_url,
+        CONF_SNAPSHOT_URL: cam.snapshot_url,
+        CONF_USERNAME: CAM_USER,
+        CONF_PASSWORD: CAM_PASSWORD,
+        CONF_VERIFY_SSL: True,
+    }
+    values.update(overrides)
+    return {k: v for k, v in values.items() if v is not None}
+
+
+async def test_add_camera(hass: HomeAssistant, camera: VirtualCamera) -> None:
+    """A camera that streams and snapshots is tested, then created."""
+    flow_id = await _url_form(hass)
+    result = await hass.config_entries.flow.async_configure(flow_id, _input(camera))
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    assert result["title"] == f"127.0.0.1:{camera.rtsp_port}"
+    data = result["data"]
+    assert data[CONF_STREAM_URL] == camera.rtsp_url
+    assert data[CONF_SNAPSHOT_URL] == camera.snapshot_url
+    assert data[CONF_USERNAME] == CAM_USER
+    assert data[CONF_PASSWORD] == CAM_PASSWORD
+    # What the test before configure decoded from the first frame.
+    assert (data[CONF_CODEC], data[CONF_WIDTH], data[CONF_HEIGHT]) == ("h264", 320, 180)
+    entry = result["result"]
+    assert entry.unique_id == normalized_identity(camera.rtsp_url)
+    assert data[CONF_CAMERA_ID] == entry.unique_id
+    assert CAM_PASSWORD not in entry.unique_id
+    assert camera.stats.play_sessions >= 1
+    assert camera.stats.snapshot_requests >= 1
+
+
+async def test_credentials_typed_into_the_url_are_moved_out(
+    hass: HomeAssistant, rtsp_only_camera: VirtualCamera
+) -> None:
+    """rtsp://user:pass@host/ works, and no stored URL keeps the secret."""
+    flow_id = await _url_form(hass)
+    url = rtsp_only_camera.rtsp_url.replace("rtsp://", f"rtsp://{CAM_USER}:{CAM_PASSWORD}@")
+    result = await hass.config_entries.flow.async_configure(
+        flow_id, {CONF_STREAM_URL: url, CONF_VERIFY_SSL: True}
+    )
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    data = result["data"]
+    assert data[CONF_STREAM_URL] == rtsp_only_camera.rtsp_url
+    assert data[CONF_SNAPSHOT_URL] is None
+    assert (data[CONF_USERNAME], data[CONF_PASSWORD]) == (CAM_USER, CAM_PASSWORD)
+    assert CAM_PASSWORD not in result["title"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "error", "placeholders"),
+    [
+        ({CONF_STREAM_URL: "ftp://127.0.0.1/stream"}, CONF_STREAM_URL, "invalid_url", {"reason"}),
+        ({CONF_STREAM_URL: "not a url"}, CONF_STREAM_URL, "invalid_url", {"reason"}),
+        ({CONF_STREAM_URL: "rtsp://203.0.113.9/stream"}, CONF_STREAM_URL, "not_local", {"host", "reason"}),
+        ({CONF_STREAM_URL: "rtsp://[2001:db8::1]/s"}, CONF_STREAM_URL, "not_local", {"host", "reason"}),
+        ({CONF_STREAM_URL: "rtsp://2130706433/stream"}, CONF_STREAM_URL, "invalid_url", {"reason"}),
+        ({CONF_SNAPSHOT_URL: "http://198.51.100.7/snap.jpg"}, CONF_SNAPSHOT_URL, "not_local", {"host", "reason"}),
+        ({CONF_SNAPSHOT_URL: "rtsp://127.0.0.1/snap"}, CONF_SNAPSHOT_URL, "invalid_url", {"reason"}),
+        ({CONF_PASSWORD: "wrong"}, "base", "invalid_auth", set()),
+    ],
+    ids=["scheme", "garbage", "public-v4", "public-v6", "decimal-ip", "public-snapshot",
+         "snapshot-scheme", "wrong-password"],
+)
+async def test_errors_and_recovery(
+    hass: HomeAssistant,
+    camera: VirtualCamera,
+    overrides: dict[str, Any],
+    field: str,
+    error: str,
+    placeholders: set[str],
+) -> None:
+    """Each input error shows on its field, and fixing it completes the flow."""
+    flow_id = await _url_form(hass)
+    result = await hass.config_entries.flow.async_configure(flow_id, _input(camera, **overrides))
+    assert result["type"] is FlowResultType.FORM
+    assert result["errors"] == {field: error}
+    assert placeholders <= set(result["description_placeholders"] or {})
+    if "host" in placeholders:
+        assert result["description_placeholders"]["host"] in str(overrides)
+    # The password is never echoed back into the form.
+    assert CAM_PASSWORD not in str(result["data_schema"].schema)
+    result = await hass.config_entries.flow.async_configure(flow_id, _input(camera))
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+
+
+@pytest.mark.parametrize(
+    ("fault", "error"),
+    [
+        (Fault.REFUSE, "cannot_connect"),
+        (Fault.HANG, "timeout"),
+        (Fault.UNAUTHORIZED, "invalid_auth"),
+    ],
+)
+async def test_camera_faults_and_recovery(
+    hass: HomeAssistant, camera: VirtualCamera, fault: Fault, error: str
+) -> None:
+    """A refusing, hanging or 401-answering camera gives its error; then works."""
+    flow_id = await _url_form(hass)
+    camera.fault = fault
+    with patch("custom_components.localcam.config_flow.PROBE_TIMEOUT", 1.0):
+        result = await hass.config_entries.flow.async_configure(flow_id, _input(camera))
+    assert result["type"] is FlowResultType.FORM
+    assert result["errors"] == {"base": error}
+    camera.fault = None
+    result = await hass.config_entries.flow.async_configure(flow_id, _input(camera))
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+
+
+@pytest.mark.parametrize("fault", [Fault.TRUNCATED_JPEG, Fault.WRONG_CONTENT_TYPE])
+async def test_broken_snapshot_url(
+    hass: HomeAssistant, camera: VirtualCamera, fault: Fault
+) -> None:
+    """A snapshot URL that serves a broken image is refused on its field."""
+    flow_id = await _url_form(hass)
+    camera.fault = fault
+    # The stream still works (faults on HTTP only affect the snapshot).
+    result = await hass.config_entries.flow.async_configure(flow_id, _input(camera))
+    assert result["errors"] == {CONF_SNAPSHOT_URL: "invalid_image"}
+    assert result["description_placeholders"]["reason"]
+    camera.fault = None
+    result = await hass.config_entries.flow.async_configure(flow_id, _input(camera))
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+
+
+async def test_unexpected_error_and_recovery(hass: HomeAssistant, camera: VirtualCamera) -> None:
+    """An unexpected exception becomes 'unknown' instead of crashing the flow."""
+    flow_id = await _url_form(hass)
+    with patch(
+        "custom_components.localcam.config_flow.CameraClient.probe", side_effect=RuntimeError
+    ):
+        result = await hass.config_entries.flow.async_configure(flow_id, _input(camera))
+    assert result["errors"] == {"base": "unknown"}
+    result = await hass.config_entries.flow.async_configure(flow_id, _input(camera))
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+
+
+async def test_already_configured(hass: HomeAssistant, camera: VirtualCamera) -> None:
+    """The same stream, spelled differently, is recognised and aborted."""
+    make_entry(camera).add_to_hass(hass)
+    flow_id = await _url_form(hass)
+    spelled = camera.rtsp_url.replace("/stream", "/stream").replace("rtsp://", "RTSP://")
+    result = await hass.config_entries.flow.async_configure(
+        flow_id, _input(camera, **{CONF_STREAM_URL: spelled})
+    )
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "already_configured"
+
+
+async def test_reconfigure(hass: HomeAssistant, camera: VirtualCamera) -> None:
+    """Reconfigure drops the snapshot URL and keeps the stored password."""
+    entry = make_entry(camera)
+    await setup_entry(hass, entry)
+    result = await entry.start_reconfigure_flow(hass)
+    assert result["type"] is FlowResultType.FORM
+    assert result["step_id"] == "reconfigure"
+    # A typo first: the error shows and nothing is saved.
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"],
+        {CONF_STREAM_URL: "rtsp://198.51.100.1/x", CONF_USERNAME: CAM_USER, CONF_VERIFY_SSL: True},
+    )
+    assert result["errors"] == {CONF_STREAM_URL: "not_local"}
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"],
+        {CONF_STREAM_URL: camera.rtsp_url, CONF_USERNAME: CAM_USER, CONF_VERIFY_SSL: True},
+    )
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "reconfigure_successful"
+    assert entry.data[CONF_SNAPSHOT_URL] is None
+    assert entry.data[CONF_PASSWORD] == CAM_PASSWORD
+    await hass.async_block_till_done()
+    assert entry.state is ConfigEntryState.LOADED
+
+
+async def test_reconfigure_new_url_keeps_identity(
+    hass: HomeAssistant, camera: VirtualCamera, rtsp_only_camera: VirtualCamera
+) -> None:
+    """A new stream URL updates the unique id; entities keep the camera id."""
+    entry = make_entry(camera)
+    await setup_entry(hass, entry)
+    camera_id = entry.data[CONF_CAMERA_ID]
+    result = await entry.start_reconfigure_flow(hass)
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], _input(rtsp_only_camera, **{CONF_SNAPSHOT_URL: None})
+    )
+    assert result["reason"] == "reconfigure_successful"
+    assert entry.unique_id == normalized_identity(rtsp_only_camera.rtsp_url)
+    assert entry.data[CONF_CAMERA_ID] == camera_id
+
+
+async def test_reconfigure_onto_another_configured_camera(
+    hass: HomeAssistant, camera: VirtualCamera, rtsp_only_camera: VirtualCamera
+) -> None:
+    """Reconfiguring onto a camera that has its own entry is refused."""
+    first = make_entry(camera)
+    make_entry(rtsp_only_camera).add_to_hass(hass)
+    await setup_entry(hass, first)
+    result = await first.start_reconfigure_flow(hass)
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], _input(rtsp_only_camera, **{CONF_SNAPSHOT_URL: None})
+    )
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "already_configured"
+    assert first.data[CONF_STREAM_URL] == camera.rtsp_url
+
+
+async def test_reauth(hass: HomeAssistant, camera: VirtualCamera) -> None:
+    """Wrong new credentials show invalid_auth; the right ones reload the entry."""
+    entry = make_entry(camera)
+    await setup_entry(hass, entry)
+    result = await entry.start_reauth_flow(hass)
+    assert result["step_id"] == "reauth_confirm"
+    assert result["description_placeholders"]["name"] == entry.title
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], {CONF_USERNAME: CAM_USER, CONF_PASSWORD: "nope"}
+    )
+    assert result["errors"] == {"base": "invalid_auth"}
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], {CONF_USERNAME: CAM_USER, CONF_PASSWORD: CAM_PASSWORD}
+    )
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "reauth_successful"
+
+
+async def test_options_flow(hass: HomeAssistant, camera: VirtualCamera) -> None:
+    """Bad networks are refused with a reason; good options reload the entry."""
+    entry = make_entry(camera)
+    await setup_entry(hass, entry)
+    result = await hass.config_entries.options.async_init(entry.entry_id)
+    assert result["step_id"] == "init"
+    options = {
+        CONF_SNAPSHOT_MAX_AGE: 0.5,
+        CONF_RTSP_TRANSPORT: "udp",
+        CONF_ALLOWED_NETWORKS: "0.0.0.0/0",
+    }
+    result = await hass.config_entries.options.async_configure(result["flow_id"], options)
+    assert result["errors"] == {CONF_ALLOWED_NETWORKS: "invalid_networks"}
+    assert result["description_placeholders"]["reason"]
+    options[CONF_ALLOWED_NETWORKS] = "100.64.0.0/10, fd12:3456::/48"
+    with patch("custom_components.localcam.async_setup_entry", return_value=True) as setup:
+        result = await hass.config_entries.options.async_configure(result["flow_id"], options)
+        await hass.async_block_till_done()
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    assert entry.options == options
+    assert len(setup.mock_calls) == 1  # OptionsFlowWithReload reloaded the entry

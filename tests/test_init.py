@@ -1,0 +1,97 @@
+"""Setup, unload, reload, and the errors a camera can raise at setup."""
+
+from datetime import timedelta
+
+from freezegun.api import FrozenDateTimeFactory
+import pytest
+from pytest_homeassistant_custom_component.common import async_fire_time_changed
+
+from custom_components.localcam.const import CONF_ALLOWED_NETWORKS, DOMAIN
+from homeassistant.config_entries import SOURCE_REAUTH, ConfigEntryState
+from homeassistant.const import STATE_UNAVAILABLE
+from homeassistant.core import HomeAssistant
+from homeassistant.helpers import device_registry as dr, entity_registry as er
+from virtualcam import Fault, VirtualCamera
+
+from .conftest import make_entry, setup_entry
+
+pytestmark = pytest.mark.usefixtures("secrets_absent_from_logs")
+
+
+async def test_setup_unload_reload(hass: HomeAssistant, camera: VirtualCamera) -> None:
+    """An entry loads one device and one camera entity, unloads and reloads."""
+    entry = make_entry(camera)
+    await setup_entry(hass, entry)
+    assert entry.state is ConfigEntryState.LOADED
+    entity_id = er.async_get(hass).async_get_entity_id("camera", DOMAIN, f"{entry.unique_id}_main")
+    assert entity_id is not None
+    device = dr.async_get(hass).async_get_device_by_identifier(
+        (DOMAIN, entry.unique_id), entry.entry_id
+    )
+    assert device is not None
+    assert device.name == entry.title
+    state = hass.states.get(entity_id)
+    assert state is not None
+    assert state.state != STATE_UNAVAILABLE
+    assert state.name == entry.title  # has_entity_name with the primary name None
+
+    assert await hass.config_entries.async_unload(entry.entry_id)
+    assert entry.state is ConfigEntryState.NOT_LOADED
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    assert entry.state is ConfigEntryState.LOADED
+    assert await hass.config_entries.async_reload(entry.entry_id)
+    await hass.async_block_till_done()
+    assert entry.state is ConfigEntryState.LOADED
+
+
+async def test_unreachable_camera_retries(hass: HomeAssistant, camera: VirtualCamera) -> None:
+    """A camera that does not answer at setup puts the entry in retry."""
+    camera.fault = Fault.REFUSE
+    entry = make_entry(camera)
+    await setup_entry(hass, entry)
+    assert entry.state is ConfigEntryState.SETUP_RETRY
+
+
+async def test_wrong_credentials_start_reauth(hass: HomeAssistant, camera: VirtualCamera) -> None:
+    """A 401 at setup fails the entry and starts a reauth flow."""
+    camera.fault = Fault.UNAUTHORIZED
+    entry = make_entry(camera)
+    await setup_entry(hass, entry)
+    assert entry.state is ConfigEntryState.SETUP_ERROR
+    flows = hass.config_entries.flow.async_progress_by_handler(DOMAIN)
+    assert [flow["context"]["source"] for flow in flows] == [SOURCE_REAUTH]
+
+
+async def test_invalid_allowed_networks(hass: HomeAssistant, camera: VirtualCamera) -> None:
+    """Options that cannot be parsed fail setup with a clear error."""
+    entry = make_entry(camera, options={CONF_ALLOWED_NETWORKS: "10.0.0.0/33"})
+    await setup_entry(hass, entry)
+    assert entry.state is ConfigEntryState.SETUP_ERROR
+    assert entry.reason is not None
+
+
+async def test_unavailable_and_back(
+    hass: HomeAssistant, camera: VirtualCamera, freezer: FrozenDateTimeFactory
+) -> None:
+    """The health check marks the camera unavailable, and available again."""
+    entry = make_entry(camera)
+    await setup_entry(hass, entry)
+    entity_id = er.async_get(hass).async_get_entity_id("camera", DOMAIN, f"{entry.unique_id}_main")
+    assert entity_id is not None
+
+    camera.fault = Fault.REFUSE
+    freezer.tick(timedelta(seconds=61))
+    async_fire_time_changed(hass)
+    await hass.async_block_till_done(wait_background_tasks=True)
+    state = hass.states.get(entity_id)
+    assert state is not None
+    assert state.state == STATE_UNAVAILABLE
+
+    camera.fault = None
+    freezer.tick(timedelta(seconds=61))
+    async_fire_time_changed(hass)
+    await hass.async_block_till_done(wait_background_tasks=True)
+    state = hass.states.get(entity_id)
+    assert state is not None
+    assert state.state != STATE_UNAVAILABLE
