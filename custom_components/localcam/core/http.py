@@ -1,0 +1,261 @@
+"""Bounded HTTP GET against a LAN camera through Home Assistant's shared session.
+
+The shared session's connector and resolver cannot be changed, so every hop is
+first approved by ``NetPolicy.check`` and then requested as the pinned
+IP-literal URL with the original ``Host`` header (and SNI/certificate name for
+https). aiohttp therefore never resolves a name itself and the connection goes
+to the address the policy checked. Redirects are followed here, one policy
+check per hop, and credentials only ever go to the origin the user typed.
+"""
+
+import asyncio
+from collections.abc import AsyncIterator, Collection
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+import logging
+import re
+from typing import Final
+
+import aiohttp
+from aiohttp import hdrs
+import yarl
+
+from .errors import CameraTimeoutError, CannotConnectError, InvalidAuthError, InvalidUrlError
+from .netpolicy import DEFAULT_PORTS, NetPolicy, Target, display_url
+
+_LOGGER: Final = logging.getLogger(__name__)
+
+HTTP_SCHEMES: Final = frozenset({"http", "https"})
+REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
+_CHUNK_SIZE: Final = 64 * 1024
+# An auth-scheme token: at the start of a challenge list or after a comma, and
+# followed by parameters (not "=", which would make it a parameter name).
+_AUTH_SCHEME_RE: Final = re.compile(
+    r"(?:^|,)\s*([!#$%&'*+.^_`|~0-9A-Za-z\-]+)(?=\s+[^\s=]|\s*,|\s*$)"
+)
+
+type Credentials = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class HttpReply:
+    """A complete, size-bounded 2xx answer from a camera."""
+
+    status: int
+    content_type: str
+    body: bytes = field(repr=False)
+    final_url: str
+
+
+async def fetch(
+    session: aiohttp.ClientSession,
+    policy: NetPolicy,
+    url: str,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    verify_ssl: bool = True,
+    timeout: float = 8.0,  # noqa: ASYNC109 - the one deadline for every hop and redirect
+    max_bytes: int = 8 * 1024 * 1024,
+    max_redirects: int = 3,
+) -> HttpReply:
+    """GET a credential-free LAN URL, following checked redirects, within one deadline."""
+    credentials: Credentials | None = None
+    if username is not None or password is not None:
+        credentials = (username or "", password or "")
+        if ":" in credentials[0]:
+            # Basic auth cannot carry it, and aiohttp would raise with the value.
+            raise InvalidAuthError("username must not contain a colon")
+    try:
+        async with asyncio.timeout(timeout):
+            return await _follow(
+                session,
+                policy,
+                url,
+                credentials=credentials,
+                verify_ssl=verify_ssl,
+                max_bytes=max_bytes,
+                max_redirects=max_redirects,
+            )
+    except TimeoutError:
+        raise CameraTimeoutError(
+            f"{display_url(url)} did not answer within {timeout:g} s"
+        ) from None
+
+
+async def _follow(
+    session: aiohttp.ClientSession,
+    policy: NetPolicy,
+    url: str,
+    *,
+    credentials: Credentials | None,
+    verify_ssl: bool,
+    max_bytes: int,
+    max_redirects: int,
+) -> HttpReply:
+    """Run the request/redirect loop; every hop is policy-checked before connecting."""
+    origin = await policy.check(url, schemes=HTTP_SCHEMES)
+    target = origin
+    for redirects in range(max_redirects + 1):
+        # Credentials stay with the origin the user typed them for.
+        hop_credentials = credentials if _same_origin(target, origin) else None
+        _LOGGER.debug("GET %s via %s", display_url(target.url), target.address)
+        try:
+            async with _exchange(session, target, hop_credentials, verify_ssl) as response:
+                status = response.status
+                if status in REDIRECT_STATUSES:
+                    location = response.headers.get(hdrs.LOCATION)
+                elif status == 401:
+                    raise InvalidAuthError(
+                        f"{display_url(target.url)} rejected the credentials"
+                        if hop_credentials
+                        else f"{display_url(target.url)} requires credentials"
+                    )
+                elif not 200 <= status < 300:
+                    raise CannotConnectError(f"HTTP {status} from {display_url(target.url)}")
+                else:
+                    body = await _read_body(response, max_bytes)
+                    return HttpReply(
+                        status=status,
+                        content_type=response.content_type,
+                        body=body,
+                        final_url=display_url(target.url),
+                    )
+        except TimeoutError:
+            # aiohttp's own socket timeouts; the overall deadline arrives as a
+            # cancellation instead and is turned into CameraTimeoutError by fetch().
+            raise CameraTimeoutError(f"{display_url(target.url)} timed out") from None
+        except (aiohttp.ClientError, OSError) as err:
+            # "from None": aiohttp messages can quote the full URL with its query.
+            raise CannotConnectError(
+                f"cannot fetch {display_url(target.url)}: {type(err).__name__}"
+            ) from None
+
+        if not location:
+            raise CannotConnectError(
+                f"HTTP {status} without Location from {display_url(target.url)}"
+            )
+        if redirects == max_redirects:
+            raise CannotConnectError(f"more than {max_redirects} redirects")
+        try:
+            next_url = target.url.join(yarl.URL(location))
+        except ValueError, TypeError:
+            raise InvalidUrlError("invalid redirect location") from None
+        # The redirect target is checked exactly like the original URL, before
+        # any connection to it: a redirect is how a LAN host could bounce us out.
+        target = await policy.check(next_url, schemes=HTTP_SCHEMES)
+        _LOGGER.debug("Redirected (%s) to %s", status, display_url(target.url))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _same_origin(target: Target, origin: Target) -> bool:
+    """Tell whether a hop goes to the scheme, host and port the user typed."""
+    return (target.url.scheme, target.host, target.port) == (
+        origin.url.scheme,
+        origin.host,
+        origin.port,
+    )
+
+
+def _host_header(target: Target) -> str:
+    """Return the Host header the camera expects: name as typed, port when not default."""
+    host = target.host.partition("%")[0]  # a zone id is local and never sent
+    if ":" in host:
+        host = f"[{host}]"
+    if target.port != DEFAULT_PORTS[target.url.scheme]:
+        host = f"{host}:{target.port}"
+    return host
+
+
+def _offered_schemes(challenges: Collection[str]) -> set[str]:
+    """Return the lower-case auth schemes offered by WWW-Authenticate headers."""
+    return {
+        match.group(1).lower()
+        for challenge in challenges
+        for match in _AUTH_SCHEME_RE.finditer(challenge)
+    }
+
+
+def _first_challenge_is_digest(response: aiohttp.ClientResponse) -> bool:
+    """Tell whether aiohttp's digest middleware could have answered this 401."""
+    # DigestAuthMiddleware reads only the first WWW-Authenticate header.
+    return response.headers.get(hdrs.WWW_AUTHENTICATE, "").lstrip().lower().startswith("digest")
+
+
+async def _send(
+    session: aiohttp.ClientSession,
+    target: Target,
+    verify_ssl: bool,
+    *,
+    authorization: str | None = None,
+    middlewares: tuple[aiohttp.DigestAuthMiddleware, ...] | None = None,
+) -> aiohttp.ClientResponse:
+    """Send one GET to the pinned address; the caller releases the response."""
+    # The IP-literal URL means aiohttp connects to the checked address without
+    # resolving anything; Host and server_hostname keep the camera's view intact.
+    request_url = yarl.URL(target.pinned_url(), encoded=True)
+    server_hostname = None
+    if target.url.scheme == "https" and target.host != str(target.address):
+        server_hostname = target.host
+    headers = {hdrs.HOST: _host_header(target)}
+    if authorization is not None:
+        headers[hdrs.AUTHORIZATION] = authorization
+    return await session.request(
+        hdrs.METH_GET,
+        request_url,
+        headers=headers,
+        allow_redirects=False,
+        raise_for_status=False,
+        middlewares=middlewares,
+        ssl=verify_ssl,  # False skips certificate checks for self-signed cameras
+        server_hostname=server_hostname,
+    )
+
+
+@asynccontextmanager
+async def _exchange(
+    session: aiohttp.ClientSession,
+    target: Target,
+    credentials: Credentials | None,
+    verify_ssl: bool,
+) -> AsyncIterator[aiohttp.ClientResponse]:
+    """Do one GET, answering a 401 challenge with Digest when offered, else Basic."""
+    # The first try carries no credentials, so they only reach a camera that
+    # asks, and only in the form it asks for.
+    response = await _send(session, target, verify_ssl)
+    try:
+        if response.status == 401 and credentials is not None:
+            offered = _offered_schemes(response.headers.getall(hdrs.WWW_AUTHENTICATE, ()))
+            response.release()
+            # aiohttp 3.14 deprecates BasicAuth/auth= in favour of this header.
+            basic = aiohttp.encode_basic_auth(credentials[0], credentials[1])
+            if "digest" in offered:
+                digest = aiohttp.DigestAuthMiddleware(credentials[0], credentials[1])
+                response = await _send(session, target, verify_ssl, middlewares=(digest,))
+                if (
+                    response.status == 401
+                    and "basic" in offered
+                    and not _first_challenge_is_digest(response)
+                ):
+                    # The middleware never engaged (Basic listed first); Basic
+                    # is what the camera offers, so it is not a downgrade.
+                    response.release()
+                    response = await _send(session, target, verify_ssl, authorization=basic)
+            elif "basic" in offered:
+                response = await _send(session, target, verify_ssl, authorization=basic)
+        yield response
+    finally:
+        response.release()
+
+
+async def _read_body(response: aiohttp.ClientResponse, max_bytes: int) -> bytes:
+    """Read the body in chunks, refusing more than max_bytes (even if compressed)."""
+    too_large = f"response larger than {max_bytes} bytes"
+    if response.content_length is not None and response.content_length > max_bytes:
+        raise CannotConnectError(too_large)
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(_CHUNK_SIZE):
+        body += chunk
+        if len(body) > max_bytes:
+            raise CannotConnectError(too_large)
+    return bytes(body)

@@ -1,0 +1,846 @@
+"""core.http.fetch against real aiohttp servers on 127.0.0.1 (HA-free)."""
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+import datetime as dt
+import hashlib
+import logging
+from pathlib import Path
+import re
+import secrets
+import socket
+import ssl
+import time
+
+import aiohttp
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+import pytest
+
+from custom_components.localcam.core.errors import (
+    CameraTimeoutError,
+    CannotConnectError,
+    InvalidAuthError,
+    InvalidUrlError,
+    LocalCamError,
+    NotLocalError,
+)
+from custom_components.localcam.core.http import HttpReply, _host_header, fetch
+from custom_components.localcam.core.netpolicy import NetPolicy
+
+USER = "viewer"
+PASSWORD = "Secr3t-Pw:with@odd/chars"
+QUERY_SECRET = "Secr3tQuery"
+REALM = "LocalCam test"
+JPEG = b"\xff\xd8\xff\xe0fake-jpeg\xff\xd9"
+SECRETS = (PASSWORD, QUERY_SECRET, "Secr3t")
+
+
+@dataclass
+class Seen:
+    """One request as the server received it."""
+
+    port: int
+    path: str
+    host: str | None
+    authorization: str | None
+
+
+@dataclass
+class ServerState:
+    """What a test server was asked, and the knobs a test turns."""
+
+    seen: list[Seen] = field(default_factory=list)
+    locations: dict[str, str] = field(default_factory=dict)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    nonces: set[str] = field(default_factory=set)
+
+    def auth_schemes(self, path: str) -> list[str | None]:
+        """The auth scheme of each request to path, None when it carried none."""
+        return [
+            s.authorization.split(" ", 1)[0] if s.authorization else None
+            for s in self.seen
+            if s.path == path
+        ]
+
+
+def _basic_ok(header: str | None) -> bool:
+    """Check a Basic Authorization header against USER/PASSWORD."""
+    if not header or not header.startswith("Basic "):
+        return False
+    try:
+        decoded = aiohttp.BasicAuth.decode(header, encoding="utf-8")
+    except ValueError:
+        return False
+    return (decoded.login, decoded.password) == (USER, PASSWORD)
+
+
+_DIGEST_PARAM = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
+
+
+def _md5(text: str) -> str:
+    """Hex MD5, as RFC 7616 Digest with algorithm=MD5 uses it."""
+    return hashlib.md5(text.encode()).hexdigest()  # noqa: S324 - the protocol's hash
+
+
+def _digest_ok(state: ServerState, request: web.Request) -> bool:
+    """Verify an RFC 7616 MD5/qop=auth Digest response, server side."""
+    header = request.headers.get("Authorization", "")
+    if not header.startswith("Digest "):
+        return False
+    params = {m[1]: m[2] or m[3] for m in _DIGEST_PARAM.finditer(header[7:])}
+    required = ("username", "realm", "nonce", "uri", "response", "qop", "nc", "cnonce")
+    if any(key not in params for key in required):
+        return False
+    if params["nonce"] not in state.nonces or params["uri"] != request.raw_path:
+        return False
+    ha1 = _md5(f"{params['username']}:{params['realm']}:{PASSWORD}")
+    ha2 = _md5(f"{request.method}:{params['uri']}")
+    expected = _md5(
+        f"{ha1}:{params['nonce']}:{params['nc']}:{params['cnonce']}:{params['qop']}:{ha2}"
+    )
+    return params["username"] == USER and secrets.compare_digest(expected, params["response"])
+
+
+def _digest_challenge(state: ServerState) -> str:
+    """Issue a fresh nonce in a Digest challenge."""
+    nonce = secrets.token_hex(16)
+    state.nonces.add(nonce)
+    return f'Digest realm="{REALM}", qop="auth", nonce="{nonce}", opaque="0pq", algorithm=MD5'
+
+
+def _unauthorized(*challenges: str) -> web.Response:
+    """A 401 carrying each challenge in its own WWW-Authenticate header."""
+    response = web.Response(status=401, text="unauthorized")
+    for challenge in challenges:
+        response.headers.add("WWW-Authenticate", challenge)
+    return response
+
+
+def make_app(state: ServerState) -> web.Application:
+    """A camera-like app: snapshots, auth schemes, redirects and misbehaviours."""
+    routes = web.RouteTableDef()
+
+    @web.middleware
+    async def record(
+        request: web.Request, handler: Callable[[web.Request], object]
+    ) -> web.StreamResponse:
+        sock = request.transport.get_extra_info("sockname") if request.transport else None
+        state.seen.append(
+            Seen(
+                port=sock[1] if sock else 0,
+                path=request.path,
+                host=request.headers.get("Host"),
+                authorization=request.headers.get("Authorization"),
+            )
+        )
+        result = await handler(request)  # type: ignore[misc]
+        assert isinstance(result, web.StreamResponse)
+        return result
+
+    @routes.get("/plain")
+    async def plain(request: web.Request) -> web.Response:
+        return web.Response(body=JPEG, content_type="image/jpeg")
+
+    @routes.get("/host")
+    async def host(request: web.Request) -> web.Response:
+        return web.Response(text=request.headers.get("Host", ""))
+
+    @routes.get("/basic")
+    async def basic(request: web.Request) -> web.Response:
+        if _basic_ok(request.headers.get("Authorization")):
+            return web.Response(body=JPEG, content_type="image/jpeg")
+        return _unauthorized(f'Basic realm="{REALM}"')
+
+    @routes.get("/digest")
+    async def digest(request: web.Request) -> web.Response:
+        if _digest_ok(state, request):
+            return web.Response(body=JPEG, content_type="image/jpeg")
+        return _unauthorized(_digest_challenge(state))
+
+    @routes.get("/both-digest-first")
+    async def both_digest_first(request: web.Request) -> web.Response:
+        if _digest_ok(state, request) or _basic_ok(request.headers.get("Authorization")):
+            return web.Response(body=JPEG, content_type="image/jpeg")
+        return _unauthorized(_digest_challenge(state), f'Basic realm="{REALM}"')
+
+    @routes.get("/both-basic-first")
+    async def both_basic_first(request: web.Request) -> web.Response:
+        if _digest_ok(state, request) or _basic_ok(request.headers.get("Authorization")):
+            return web.Response(body=JPEG, content_type="image/jpeg")
+        return _unauthorized(f'Basic realm="{REALM}"', _digest_challenge(state))
+
+    @routes.get("/bearer")
+    async def bearer(request: web.Request) -> web.Response:
+        return _unauthorized('Bearer realm="api"')
+
+    @routes.get("/redirect/{count}")
+    async def redirect(request: web.Request) -> web.Response:
+        count = int(request.match_info["count"])
+        if count == 0:
+            return web.Response(body=JPEG, content_type="image/jpeg")
+        raise web.HTTPFound(f"/redirect/{count - 1}?pwd={QUERY_SECRET}")
+
+    @routes.get("/go/{name}")
+    async def go(request: web.Request) -> web.Response:
+        # Raw header: the Location may be deliberately malformed.
+        location = state.locations[request.match_info["name"]]
+        return web.Response(status=307, headers={"Location": location})
+
+    @routes.get("/basic-go/{name}")
+    async def basic_go(request: web.Request) -> web.Response:
+        if not _basic_ok(request.headers.get("Authorization")):
+            return _unauthorized(f'Basic realm="{REALM}"')
+        raise web.HTTPFound(state.locations[request.match_info["name"]])
+
+    @routes.get("/record")
+    async def record_only(request: web.Request) -> web.Response:
+        return web.Response(text="recorded")
+
+    @routes.get("/hang")
+    async def hang(request: web.Request) -> web.Response:
+        await state.release.wait()
+        return web.Response(text="late")
+
+    @routes.get("/big")
+    async def big(request: web.Request) -> web.Response:
+        return web.Response(body=b"x" * 5000, content_type="image/jpeg")
+
+    @routes.get("/stream")
+    async def stream(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_type = "image/jpeg"
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for _ in range(10):
+            await response.write(b"y" * 1000)
+        await response.write_eof()
+        return response
+
+    @routes.get("/status/{code}")
+    async def status(request: web.Request) -> web.Response:
+        return web.Response(status=int(request.match_info["code"]), text="nope")
+
+    @routes.get("/no-location")
+    async def no_location(request: web.Request) -> web.Response:
+        return web.Response(status=302)
+
+    app = web.Application(middlewares=[record])
+    app.add_routes(routes)
+    return app
+
+
+@dataclass
+class Camera:
+    """A running test server and what it saw."""
+
+    server: TestServer
+    state: ServerState
+
+    @property
+    def port(self) -> int:
+        """The port the server listens on."""
+        assert self.server.port is not None
+        return self.server.port
+
+    def url(self, path: str, host: str = "127.0.0.1") -> str:
+        """An http URL for path on this server."""
+        return f"http://{host}:{self.port}{path}"
+
+
+async def _start(**kwargs: object) -> Camera:
+    """Start a camera app on 127.0.0.1 with an ephemeral port."""
+    state = ServerState()
+    server = TestServer(make_app(state), host="127.0.0.1")
+    # No access log: it would print the query strings this suite checks never leak.
+    await server.start_server(access_log=None, **kwargs)  # type: ignore[arg-type]
+    return Camera(server, state)
+
+
+async def _stop(camera: Camera) -> None:
+    """Let hanging handlers finish and close the server."""
+    camera.state.release.set()
+    await camera.server.close()
+
+
+@pytest.fixture
+async def cam(socket_enabled: None) -> AsyncIterator[Camera]:
+    """The main test camera."""
+    camera = await _start()
+    yield camera
+    await _stop(camera)
+
+
+@pytest.fixture
+async def other_cam(socket_enabled: None) -> AsyncIterator[Camera]:
+    """A second camera on another port (another origin)."""
+    camera = await _start()
+    yield camera
+    await _stop(camera)
+
+
+@dataclass
+class Traced:
+    """Where the client session actually sent requests."""
+
+    urls: list[str] = field(default_factory=list)
+
+
+@pytest.fixture
+async def traced() -> Traced:
+    """A record of requests the session started."""
+    return Traced()
+
+
+@pytest.fixture
+async def session(socket_enabled: None, traced: Traced) -> AsyncIterator[aiohttp.ClientSession]:
+    """A client session standing in for Home Assistant's shared one."""
+
+    async def on_request_start(
+        _session: aiohttp.ClientSession,
+        _ctx: object,
+        params: aiohttp.TraceRequestStartParams,
+    ) -> None:
+        traced.urls.append(str(params.url))
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(on_request_start)
+    async with aiohttp.ClientSession(trace_configs=[trace]) as client:
+        yield client
+
+
+class FakeResolver:
+    """Maps test names; anything else fails like an unknown name."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.names: dict[str, list[str]] = {
+            "cam.lan": ["127.0.0.1"],
+            "alias.lan": ["127.0.0.1"],
+            "evil.example": ["203.0.113.9"],
+        }
+
+    async def __call__(self, host: str, port: int) -> Sequence[str]:
+        self.calls.append(host)
+        if host not in self.names:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return self.names[host]
+
+
+@pytest.fixture
+def resolver() -> FakeResolver:
+    """The fake resolver."""
+    return FakeResolver()
+
+
+@pytest.fixture
+def policy(resolver: FakeResolver) -> NetPolicy:
+    """The default LAN policy with the fake resolver."""
+    return NetPolicy(resolver=resolver)
+
+
+def _only_loopback(traced: Traced) -> None:
+    """Assert that every request went to 127.0.0.1."""
+    assert traced.urls
+    for url in traced.urls:
+        assert url.startswith(("http://127.0.0.1:", "https://127.0.0.1:")), url
+
+
+async def test_plain_get(
+    session: aiohttp.ClientSession, policy: NetPolicy, cam: Camera, traced: Traced
+) -> None:
+    """A plain GET returns status, content type, body and a safe final URL."""
+    reply = await fetch(session, policy, cam.url(f"/plain?pwd={QUERY_SECRET}"))
+    assert reply == HttpReply(
+        status=200,
+        content_type="image/jpeg",
+        body=JPEG,
+        final_url=f"http://127.0.0.1:{cam.port}/plain?pwd=***",
+    )
+    assert cam.state.auth_schemes("/plain") == [None]
+    assert QUERY_SECRET not in repr(reply)
+    _only_loopback(traced)
+
+
+async def test_hostname_pinned_with_host_header(
+    session: aiohttp.ClientSession,
+    policy: NetPolicy,
+    resolver: FakeResolver,
+    cam: Camera,
+    traced: Traced,
+) -> None:
+    """A host name is resolved by the policy once; aiohttp gets the IP and the Host header."""
+    reply = await fetch(session, policy, cam.url("/host", host="cam.lan"))
+    assert reply.body.decode() == f"cam.lan:{cam.port}"
+    assert reply.final_url == f"http://cam.lan:{cam.port}/host"
+    assert resolver.calls == ["cam.lan"]
+    assert traced.urls == [f"http://127.0.0.1:{cam.port}/host"]
+
+
+async def test_basic_auth(session: aiohttp.ClientSession, policy: NetPolicy, cam: Camera) -> None:
+    """A Basic challenge is answered with Basic; nothing is sent before it is asked for."""
+    reply = await fetch(session, policy, cam.url("/basic"), username=USER, password=PASSWORD)
+    assert reply.body == JPEG
+    assert cam.state.auth_schemes("/basic") == [None, "Basic"]
+
+
+async def test_digest_auth(session: aiohttp.ClientSession, policy: NetPolicy, cam: Camera) -> None:
+    """A Digest challenge is answered with Digest (aiohttp's DigestAuthMiddleware)."""
+    reply = await fetch(session, policy, cam.url("/digest"), username=USER, password=PASSWORD)
+    assert reply.body == JPEG
+    schemes = cam.state.auth_schemes("/digest")
+    assert schemes[-1] == "Digest"
+    assert "Basic" not in schemes
+
+
+async def test_digest_preferred_over_basic(
+    session: aiohttp.ClientSession, policy: NetPolicy, cam: Camera
+) -> None:
+    """When both are offered, Digest is used and the password never goes out as Basic."""
+    url = cam.url("/both-digest-first")
+    reply = await fetch(session, policy, url, username=USER, password=PASSWORD)
+    assert reply.body == JPEG
+    schemes = cam.state.auth_schemes("/both-digest-first")
+    assert schemes[-1] == "Digest"
+    assert "Basic" not in schemes
+
+
+async def test_basic_listed_first_still_works(
+    session: aiohttp.ClientSession, policy: NetPolicy, cam: Camera
+) -> None:
+    """Basic listed before Digest: the request still succeeds (Basic is offered)."""
+    url = cam.url("/both-basic-first")
+    reply = await fetch(session, policy, url, username=USER, password=PASSWORD)
+    assert reply.body == JPEG
+
+
+@pytest.mark.parametrize("path", ["/basic", "/digest", "/both-digest-first"])
+async def test_wrong_credentials(
+    session: aiohttp.ClientSession, policy: NetPolicy, cam: Camera, path: str
+) -> None:
+    """Credentials the camera rejects raise InvalidAuthError."""
+    with pytest.raises(InvalidAuthError, match="rejected the credentials"):
+        await fetch(session, policy, cam.url(path), username=USER, password="wrong")
+
+
+@pytest.mark.parametrize("path", ["/basic", "/digest"])
+async def test_missing_credentials(
+    session: aiohttp.ClientSession, policy: NetPolicy, cam: Camera, path: str
+) -> None:
+    """A 401 without credentials to offer raises InvalidAuthError."""
+    with pytest.raises(InvalidAuthError, match="requires credentials"):
+        await fetch(session, policy, cam.url(path))
+
+
+async def test_unsupported_scheme_gets_no_password(
+    session: aiohttp.ClientSession, policy: NetPolicy, cam: Camera
+) -> None:
+    """A Bearer-only challenge is not answered with our password."""
+    with pytest.raises(InvalidAuthError):
+        await fetch(session, policy, cam.url("/bearer"), username=USER, password=PASSWORD)
+    assert cam.state.auth_schemes("/bearer") == [None]
+
+
+async def test_colon_in_username(
+    session: aiohttp.ClientSession, policy: NetPolicy, cam: Camera
+) -> None:
+    """A username Basic cannot carry is refused up front, without echoing it."""
+    with pytest.raises(InvalidAuthError) as excinfo:
+        await fetch(session, policy, cam.url("/basic"), username="a:Secr3tUser", password="x")
+    assert "Secr3tUser" not in str(excinfo.value)
+    assert cam.state.seen == []
+
+
+async def test_redirect_chain_of_three(
+    session: aiohttp.ClientSession, policy: NetPolicy, cam: Camera
+) -> None:
+    """Three redirects are followed; the final URL is the last hop's, query masked."""
+    reply = await fetch(session, policy, cam.url("/redirect/3"), max_redirects=3)
+    assert reply.body == JPEG
+    assert reply.final_url == f"http://127.0.0.1:{cam.port}/redirect/0?pwd=***"
+    assert [s.path for s in cam.state.seen] == [f"/redirect/{n}" for n in (3, 2, 1, 0)]
+
+
+async def test_redirect_chain_of_four_refused(
+    session: aiohttp.ClientSession, policy: NetPolicy, cam: Camera
+) -> None:
+    """A fourth redirect is refused and never requested."""
+    with pytest.raises(CannotConnectError, match="more than 3 redirects"):
+        await fetch(session, policy, cam.url("/redirect/4"), max_redirects=3)
+    assert [s.path for s in cam.state.seen] == [f"/redirect/{n}" for n in (4, 3, 2, 1)]
+
+
+@pytest.mark.parametrize(
+    ("location", "error", "reason"),
+    [
+        pytest.param(
+            f"http://203.0.113.9/steal?pwd={QUERY_SECRET}",
+            NotLocalError,
+            "public address 203.0.113.9",
+            id="public-literal",
+        ),
+        pytest.param(
+            "http://evil.example:8080/x", NotLocalError, "public address", id="public-name"
+        ),
+        pytest.param("http://169.254.169.254/latest/", NotLocalError, "cloud metadata", id="meta"),
+        pytest.param("http://[::ffff:203.0.113.9]/", NotLocalError, "public address", id="mapped"),
+        pytest.param("http://2130706433/", InvalidUrlError, "ambiguous numeric host", id="decimal"),
+        pytest.param("ftp://127.0.0.1/x", InvalidUrlError, "scheme ftp", id="ftp"),
+        pytest.param("rtsp://127.0.0.1/x", InvalidUrlError, "scheme rtsp", id="rtsp"),
+        pytest.param("http://u:p@127.0.0.1/", InvalidUrlError, "credentials in URL", id="userinfo"),
+        pytest.param("http://[::1/x", InvalidUrlError, "invalid redirect location", id="malformed"),
+    ],
+)
+async def test_redirect_checked_before_connecting(  # noqa: PLR0917 - pytest fixtures
+    session: aiohttp.ClientSession,
+    policy: NetPolicy,
+    cam: Camera,
+    traced: Traced,
+    location: str,
+    error: type[LocalCamError],
+    reason: str,
+) -> None:
+    """A redirect out of the LAN (or to a refused URL) fails before any connection to it."""
+    cam.state.locations["out"] = location
+    with pytest.raises(error, match=re.escape(reason)):
+        await fetch(session, policy, cam.url("/go/out"))
+    assert traced.urls == [f"http://127.0.0.1:{cam.port}/go/out"]
+
+
+async def test_redirect_without_location(
+    session: aiohttp.ClientSession, policy: NetPolicy, cam: Camera
+) -> None:
+    """A 302 without Location is an error, not a loop."""
+    with pytest.raises(CannotConnectError, match="without Location"):
+        await fetch(session, policy, cam.url("/no-location"))
+
+
+async def test_credentials_kept_on_same_origin_redirect(
+    session: aiohttp.ClientSession, policy: NetPolicy, cam: Camera
+) -> None:
+    """A redirect within the typed origin keeps the credentials."""
+    cam.state.locations["same"] = "/basic"
+    reply = await fetch(session, policy, cam.url("/go/same"), username=USER, password=PASSWORD)
+    assert reply.body == JPEG
+    assert cam.state.auth_schemes("/basic") == [None, "Basic"]
+
+
+async def test_credentials_not_forwarded_cross_port(
+    session: aiohttp.ClientSession,
+    policy: NetPolicy,
+    cam: Camera,
+    other_cam: Camera,
+) -> None:
+    """Credentials accepted by the origin are not sent to a redirect target on another port."""
+    cam.state.locations["away"] = other_cam.url("/record")
+    reply = await fetch(
+        session, policy, cam.url("/basic-go/away"), username=USER, password=PASSWORD
+    )
+    assert reply.body == b"recorded"
+    assert cam.state.auth_schemes("/basic-go/away") == [None, "Basic"]
+    assert other_cam.state.seen
+    assert all(s.authorization is None for s in other_cam.state.seen)
+
+
+async def test_credentials_not_forwarded_cross_host_same_address(
+    session: aiohttp.ClientSession, policy: NetPolicy, cam: Camera
+) -> None:
+    """Another host name is another origin even when it resolves to the same address."""
+    cam.state.locations["alias"] = cam.url("/basic", host="alias.lan")
+    with pytest.raises(InvalidAuthError, match="requires credentials"):
+        await fetch(
+            session,
+            policy,
+            cam.url("/basic-go/alias", host="cam.lan"),
+            username=USER,
+            password=PASSWORD,
+        )
+    assert cam.state.auth_schemes("/basic") == [None]
+
+
+async def test_hanging_server_times_out(
+    session: aiohttp.ClientSession, policy: NetPolicy, cam: Camera
+) -> None:
+    """A camera that never answers costs the timeout, then CameraTimeoutError."""
+    start = time.monotonic()
+    with pytest.raises(CameraTimeoutError):
+        await fetch(session, policy, cam.url("/hang"), timeout=0.5)
+    assert time.monotonic() - start < 1.0
+
+
+async def test_hanging_resolver_bounded_by_fetch_timeout(
+    session: aiohttp.ClientSession, cam: Camera
+) -> None:
+    """The overall deadline also covers name resolution."""
+
+    async def slow(host: str, port: int) -> Sequence[str]:
+        await asyncio.sleep(10)
+        return ["127.0.0.1"]
+
+    start = time.monotonic()
+    with pytest.raises(CameraTimeoutError):
+        await fetch(session, NetPolicy(resolver=slow), cam.url("/plain", "cam.lan"), timeout=0.3)
+    assert time.monotonic() - start < 0.8
+
+
+async def test_session_socket_timeout(policy: NetPolicy, cam: Camera) -> None:
+    """A timeout of the (shared) session itself also surfaces as CameraTimeoutError."""
+    timeout = aiohttp.ClientTimeout(sock_read=0.2)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        with pytest.raises(CameraTimeoutError, match="timed out"):
+            await fetch(session, policy, cam.url("/hang"), timeout=5)
+
+
+@pytest.mark.parametrize(
+    ("url", "host"),
+    [
+        pytest.param("http://cam.lan/", "cam.lan", id="default-port"),
+        pytest.param("http://cam.lan:80/", "cam.lan", id="explicit-default"),
+        pytest.param("https://cam.lan:8443/", "cam.lan:8443", id="other-port"),
+        pytest.param("http://[fd00::5]:8080/", "[fd00::5]:8080", id="ipv6"),
+        pytest.param("http://[fe80::1%25eth0]/", "[fe80::1]", id="zone-not-sent"),
+        pytest.param("http://bücher.lan/", "xn--bcher-kva.lan", id="idna"),
+    ],
+)
+async def test_host_header(url: str, host: str) -> None:
+    """The Host header carries the typed name (IDNA), a non-default port, never a zone."""
+
+    async def resolve(name: str, port: int) -> Sequence[str]:
+        return ["10.0.0.5"]
+
+    target = await NetPolicy(resolver=resolve).check(url)
+    assert _host_header(target) == host
+
+
+@pytest.mark.parametrize("path", ["/big", "/stream"])
+async def test_body_over_max_bytes(
+    session: aiohttp.ClientSession, policy: NetPolicy, cam: Camera, path: str
+) -> None:
+    """A body over max_bytes is refused, with or without Content-Length."""
+    with pytest.raises(CannotConnectError, match="response larger than 1000 bytes"):
+        await fetch(session, policy, cam.url(path), max_bytes=1000)
+
+
+async def test_body_at_max_bytes(
+    session: aiohttp.ClientSession, policy: NetPolicy, cam: Camera
+) -> None:
+    """A body of exactly max_bytes is fine."""
+    reply = await fetch(session, policy, cam.url("/stream"), max_bytes=10_000)
+    assert len(reply.body) == 10_000
+
+
+@pytest.mark.parametrize("code", [404, 500, 503, 304])
+async def test_non_2xx(
+    session: aiohttp.ClientSession, policy: NetPolicy, cam: Camera, code: int
+) -> None:
+    """Any other status raises CannotConnectError naming the status."""
+    with pytest.raises(CannotConnectError, match=f"HTTP {code}"):
+        await fetch(session, policy, cam.url(f"/status/{code}"))
+
+
+async def test_connection_refused(
+    session: aiohttp.ClientSession, policy: NetPolicy, socket_enabled: None
+) -> None:
+    """A closed port raises CannotConnectError."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(CannotConnectError):
+        await fetch(session, policy, f"http://127.0.0.1:{port}/x")
+
+
+async def test_public_url_refused_without_connecting(
+    session: aiohttp.ClientSession, policy: NetPolicy, traced: Traced
+) -> None:
+    """The policy refuses a public URL before aiohttp sees it."""
+    with pytest.raises(NotLocalError):
+        await fetch(session, policy, "http://evil.example/snap.jpg")
+    with pytest.raises(InvalidUrlError, match="credentials in URL"):
+        await fetch(session, policy, "http://u:p@127.0.0.1/snap.jpg")
+    assert traced.urls == []
+
+
+# --- HTTPS: SNI and certificate checks go to the name the user typed. ---
+
+
+@dataclass
+class TlsFiles:
+    """A self-signed certificate for cam.lan."""
+
+    cert: Path
+    key: Path
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """Generate a throwaway self-signed certificate for cam.lan."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cam.lan")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("cam.lan")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    folder = tmp_path_factory.mktemp("tls")
+    files = TlsFiles(cert=folder / "cert.pem", key=folder / "key.pem")
+    files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files.key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return files
+
+
+@dataclass
+class TlsCamera:
+    """An https camera and the SNI names its clients sent."""
+
+    camera: Camera
+    sni: list[str | None]
+
+
+@pytest.fixture
+async def quiet_tls_rejects() -> AsyncIterator[None]:
+    """Drop the server-side report of a TLS handshake our client rightly aborts.
+
+    asyncio hands that report to the loop's exception handler, which Home
+    Assistant's test plugin turns into a test error; anything else still passes.
+    """
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+
+    def handler(handler_loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+        message = str(context.get("message", ""))
+        exc = context.get("exception")
+        if message.startswith("Error on transport creation") and isinstance(
+            exc, ConnectionResetError | ssl.SSLError
+        ):
+            return
+        if previous is not None:
+            previous(handler_loop, context)
+        else:
+            handler_loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+    yield
+    loop.set_exception_handler(previous)
+
+
+@pytest.fixture
+async def tls_cam(
+    socket_enabled: None, quiet_tls_rejects: None, tls_files: TlsFiles
+) -> AsyncIterator[TlsCamera]:
+    """An https test camera recording the SNI of each handshake."""
+    sni: list[str | None] = []
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls_files.cert, tls_files.key)
+
+    def on_sni(_sock: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
+        sni.append(server_name)
+
+    context.sni_callback = on_sni
+    camera = await _start(ssl=context)
+    yield TlsCamera(camera, sni)
+    await _stop(camera)
+
+
+async def test_https_sni_and_host_header(
+    session: aiohttp.ClientSession, policy: NetPolicy, tls_cam: TlsCamera, traced: Traced
+) -> None:
+    """Over https the pinned connection still presents the typed name (SNI and Host)."""
+    url = f"https://cam.lan:{tls_cam.camera.port}/host"
+    reply = await fetch(session, policy, url, verify_ssl=False)
+    assert reply.body.decode() == f"cam.lan:{tls_cam.camera.port}"
+    assert tls_cam.sni == ["cam.lan"]
+    assert traced.urls == [f"https://127.0.0.1:{tls_cam.camera.port}/host"]
+
+
+async def test_https_verifies_certificates_by_default(
+    session: aiohttp.ClientSession, policy: NetPolicy, tls_cam: TlsCamera
+) -> None:
+    """verify_ssl=True (the default) refuses a self-signed certificate."""
+    url = f"https://cam.lan:{tls_cam.camera.port}/plain"
+    with pytest.raises(CannotConnectError, match="Certificate"):
+        await fetch(session, policy, url)
+
+
+# --- No secret in any error message or log line. ---
+
+
+async def _failing_calls(
+    session: aiohttp.ClientSession, policy: NetPolicy, cam: Camera
+) -> list[LocalCamError]:
+    """Provoke every kind of failure with secrets in the URL and the credentials."""
+    cam.state.locations["out"] = f"http://203.0.113.9/?pwd={QUERY_SECRET}"
+    q = f"?user={USER}&pwd={QUERY_SECRET}&token={QUERY_SECRET}"
+    calls: list[tuple[str, dict[str, object]]] = [
+        (cam.url(f"/basic{q}"), {"username": USER, "password": "Secr3t-wrong"}),
+        (cam.url(f"/digest{q}"), {"username": USER, "password": "Secr3t-wrong"}),
+        (cam.url(f"/status/500{q}"), {"username": USER, "password": PASSWORD}),
+        (cam.url(f"/go/out{q}"), {"username": USER, "password": PASSWORD}),
+        (cam.url(f"/redirect/9{q}"), {"username": USER, "password": PASSWORD}),
+        (cam.url(f"/big{q}"), {"username": USER, "password": PASSWORD, "max_bytes": 10}),
+        (cam.url(f"/hang{q}"), {"username": USER, "password": PASSWORD, "timeout": 0.2}),
+        ("http://127.0.0.1:1/x" + q, {"username": USER, "password": PASSWORD}),
+        ("http://nowhere.lan/x" + q, {"username": USER, "password": PASSWORD}),
+        (f"http://u:{PASSWORD}@127.0.0.1/x{q}", {}),
+    ]
+    errors: list[LocalCamError] = []
+    for url, kwargs in calls:
+        with pytest.raises(LocalCamError) as excinfo:
+            await fetch(session, policy, url, **kwargs)  # type: ignore[arg-type]
+        errors.append(excinfo.value)
+    return errors
+
+
+def _exception_texts(err: BaseException) -> Iterator[str]:
+    """Every text an error (and whatever it chains to) would show in a traceback."""
+    seen: BaseException | None = err
+    while seen is not None:
+        yield str(seen)
+        yield repr(seen)
+        yield from (str(v) for v in getattr(seen, "placeholders", {}).values())
+        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
+
+
+async def test_no_secret_in_errors_or_logs(
+    session: aiohttp.ClientSession,
+    policy: NetPolicy,
+    cam: Camera,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """No password or query value reaches an exception message or a log record."""
+    caplog.set_level(logging.DEBUG)
+    errors = await _failing_calls(session, policy, cam)
+    assert {type(e) for e in errors} >= {
+        InvalidAuthError,
+        CannotConnectError,
+        NotLocalError,
+        CameraTimeoutError,
+        InvalidUrlError,
+    }
+    for err in errors:
+        for text in _exception_texts(err):
+            for secret in SECRETS:
+                assert secret not in text, f"{type(err).__name__} leaks: {text}"
+    assert caplog.records, "fetch logs its hops at debug level"
+    for record in caplog.records:
+        text = record.getMessage() + (record.exc_text or "")
+        for secret in SECRETS:
+            assert secret not in text, f"log leaks: {text}"
