@@ -1,0 +1,103 @@
+"""Command line: run a farm of virtual cameras on 127.0.0.1 until SIGINT/SIGTERM."""
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+
+from .farm import CameraFarm
+
+
+def _size(text: str) -> tuple[int, int]:
+    """Parse WIDTHxHEIGHT."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError("size must look like 640x360") from None
+    if width < 16 or height < 16 or width % 2 or height % 2:
+        raise argparse.ArgumentTypeError("width and height must be even and >= 16")
+    return width, height
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The CLI options."""
+    parser = argparse.ArgumentParser(
+        prog="python -m virtualcam", description="Emulate IP cameras on 127.0.0.1."
+    )
+    parser.add_argument("--count", type=int, default=1, help="number of cameras")
+    parser.add_argument("--rtsp-port", type=int, default=0, help="base RTSP port (0 = auto)")
+    parser.add_argument("--http-port", type=int, default=0, help="base HTTP port (0 = auto)")
+    parser.add_argument("--username")
+    parser.add_argument("--password")
+    parser.add_argument("--auth", choices=("digest", "basic"), default="digest")
+    parser.add_argument("--gop", type=float, default=1.0, help="seconds between keyframes")
+    parser.add_argument("--fps", type=float, default=10.0)
+    parser.add_argument("--size", type=_size, default=(640, 360), help="WIDTHxHEIGHT")
+    parser.add_argument("--name", default="cam", help="camera name prefix")
+    parser.add_argument("--rtsp-only", type=int, default=0, help="last K cameras: no HTTP")
+    parser.add_argument("--no-http", action="store_true", help="no HTTP snapshot at all")
+    parser.add_argument(
+        "--keyframe-on-connect", action="store_true", help="IDR as soon as a client plays"
+    )
+    args = parser.parse_args(argv)
+    if args.count < 1:
+        parser.error("--count must be at least 1")
+    if not 0 <= args.rtsp_only <= args.count:
+        parser.error("--rtsp-only must be between 0 and --count")
+    return args
+
+
+async def run(args: argparse.Namespace) -> None:
+    """Start the farm, announce it on stdout, wait for a signal, stop."""
+    width, height = args.size
+    farm = CameraFarm(
+        args.count,
+        base_name=args.name,
+        rtsp_only=args.count if args.no_http else args.rtsp_only,
+        host="127.0.0.1",
+        rtsp_port=args.rtsp_port,
+        http_port=args.http_port,
+        width=width,
+        height=height,
+        fps=args.fps,
+        gop_seconds=args.gop,
+        username=args.username,
+        password=args.password if args.username else None,
+        auth=args.auth,
+        keyframe_on_connect=args.keyframe_on_connect,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await farm.start()
+    try:
+        for cam in farm.cameras:
+            line = {
+                "name": cam.name,
+                "color": list(cam.color),
+                "rtsp_url": cam.rtsp_url,
+                "snapshot_url": cam.snapshot_url if cam.config.http_snapshot else None,
+            }
+            sys.stdout.write(json.dumps(line) + "\n")
+        sys.stdout.write("READY\n")
+        sys.stdout.flush()
+        await stop.wait()
+    finally:
+        await farm.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    args = parse_args(argv)
+    try:
+        asyncio.run(run(args))
+    except OSError as err:  # typically a base port already in use
+        sys.stderr.write(f"virtualcam: {err}\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
