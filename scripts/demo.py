@@ -51,9 +51,7 @@ logger:
 """
 
 
-async def wait_for(
-    predicate: Any, timeout: float, what: str, interval: float = 0.25
-) -> Any:
+async def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.25) -> Any:
     """Poll ``predicate`` (an async callable) until it returns truthy."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -64,13 +62,28 @@ async def wait_for(
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-async def start_camera(rtsp_port: int, http_port: int) -> tuple[asyncio.subprocess.Process, dict[str, Any]]:
+async def start_camera(
+    rtsp_port: int, http_port: int
+) -> tuple[asyncio.subprocess.Process, dict[str, Any]]:
     """Start one virtual camera and return its process and description."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "virtualcam", "--count", "1", "--name", "porch",
-        "--rtsp-port", str(rtsp_port), "--http-port", str(http_port),
-        "--username", CAMERA_USER, "--password", CAMERA_PASSWORD,
-        cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "virtualcam",
+        "--count",
+        "1",
+        "--name",
+        "porch",
+        "--rtsp-port",
+        str(rtsp_port),
+        "--http-port",
+        str(http_port),
+        "--username",
+        CAMERA_USER,
+        "--password",
+        CAMERA_PASSWORD,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
     )
     assert proc.stdout is not None
     info: dict[str, Any] = {}
@@ -87,6 +100,23 @@ async def start_hass(config_dir: Path, port: int) -> asyncio.subprocess.Process:
     """Write the configuration and start Home Assistant."""
     config_dir.mkdir(parents=True, exist_ok=True)
     (config_dir / "configuration.yaml").write_text(CONFIGURATION.format(port=port))
+    storage = config_dir / ".storage"
+    storage.mkdir(exist_ok=True)
+    onboarding = storage / "onboarding"
+    if not onboarding.exists():
+        # Mark every onboarding step but the user's as done before the first
+        # start: finishing the core_config step through the API would add
+        # Met.no, Radio Browser and Google Translate, which call the internet.
+        onboarding.write_text(
+            json.dumps(
+                {
+                    "version": 4,
+                    "minor_version": 1,
+                    "key": "onboarding",
+                    "data": {"done": ["core_config", "analytics", "integration"]},
+                }
+            )
+        )
     custom = config_dir / "custom_components"
     custom.mkdir(exist_ok=True)
     link = custom / "localcam"
@@ -94,8 +124,12 @@ async def start_hass(config_dir: Path, port: int) -> asyncio.subprocess.Process:
         link.symlink_to(ROOT / "custom_components" / "localcam")
     log = (config_dir / "demo-hass.log").open("ab")
     return await asyncio.create_subprocess_exec(
-        str(Path(sys.executable).parent / "hass"), "-c", str(config_dir), "--skip-pip",
-        stdout=log, stderr=log,
+        str(Path(sys.executable).parent / "hass"),
+        "-c",
+        str(config_dir),
+        "--skip-pip",
+        stdout=log,
+        stderr=log,
     )
 
 
@@ -107,16 +141,24 @@ async def token(session: aiohttp.ClientSession, base: str) -> str:
     if not steps.get("user"):
         async with session.post(
             f"{base}/api/onboarding/users",
-            json={"client_id": client_id, "name": "Demo", "username": DEMO_USER,
-                  "password": DEMO_PASSWORD, "language": "en"},
+            json={
+                "client_id": client_id,
+                "name": "Demo",
+                "username": DEMO_USER,
+                "password": DEMO_PASSWORD,
+                "language": "en",
+            },
         ) as resp:
             resp.raise_for_status()
             code = (await resp.json())["auth_code"]
     else:
         async with session.post(
             f"{base}/auth/login_flow",
-            json={"client_id": client_id, "handler": ["homeassistant", None],
-                  "redirect_uri": client_id},
+            json={
+                "client_id": client_id,
+                "handler": ["homeassistant", None],
+                "redirect_uri": client_id,
+            },
         ) as resp:
             flow = await resp.json()
         async with session.post(
@@ -151,7 +193,8 @@ async def ensure_camera(
     if not entries:
         async with session.post(
             f"{base}/api/config/config_entries/flow",
-            json={"handler": "localcam", "show_advanced_options": False}, headers=headers,
+            json={"handler": "localcam", "show_advanced_options": False},
+            headers=headers,
         ) as resp:
             flow = await resp.json()
         url = f"{base}/api/config/config_entries/flow/{flow['flow_id']}"
@@ -159,8 +202,13 @@ async def ensure_camera(
             await resp.json()
         async with session.post(
             url,
-            json={"stream_url": camera["rtsp_url"], "snapshot_url": camera["snapshot_url"],
-                  "username": CAMERA_USER, "password": CAMERA_PASSWORD, "verify_ssl": True},
+            json={
+                "stream_url": camera["rtsp_url"],
+                "snapshot_url": camera["snapshot_url"],
+                "username": CAMERA_USER,
+                "password": CAMERA_PASSWORD,
+                "verify_ssl": True,
+            },
             headers=headers,
         ) as resp:
             result = await resp.json()

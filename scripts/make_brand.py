@@ -108,9 +108,7 @@ def _outline_mask(points: np.ndarray, width: float, size: int) -> Image.Image:
     return Image.fromarray(np.where(dist <= width / 2, 255, 0).astype(np.uint8), "L")
 
 
-def _disc(
-    draw: ImageDraw.ImageDraw, center: tuple[float, float], radius: float, fill: str
-) -> None:
+def _disc(draw: ImageDraw.ImageDraw, center: tuple[float, float], radius: float, fill: str) -> None:
     """Draw a filled circle."""
     x, y = center
     draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=fill)
@@ -205,9 +203,7 @@ def make_logo(height: int, palette: Palette) -> Image.Image:
     gap = round(LOGO_GAP * big)
     canvas = Image.new("RGBA", (big + gap + word.width, big), (0, 0, 0, 0))
     canvas.alpha_composite(mark, (0, 0))
-    canvas.alpha_composite(
-        word, (big + gap, round(LOGO_TEXT_CENTER * big - word.height / 2))
-    )
+    canvas.alpha_composite(word, (big + gap, round(LOGO_TEXT_CENTER * big - word.height / 2)))
     width = round(canvas.width / SUPERSAMPLE)
     return _downsample(canvas, (width, height))
 

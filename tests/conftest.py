@@ -4,6 +4,8 @@ from collections.abc import AsyncIterator, Generator
 import logging
 from typing import Any
 
+from homeassistant.const import CONF_PASSWORD, CONF_USERNAME
+from homeassistant.core import HomeAssistant
 import pytest
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
@@ -22,12 +24,10 @@ from custom_components.localcam.const import (
     DOMAIN,
 )
 from custom_components.localcam.core.netpolicy import normalized_identity
-from homeassistant.const import CONF_PASSWORD, CONF_USERNAME
-from homeassistant.core import HomeAssistant
 from virtualcam import CameraConfig, VirtualCamera, color_for
 
 CAM_USER = "viewer"
-CAM_PASSWORD = "s3cr3t-Pa55"  # noqa: S105 - the virtual camera's, checked absent from logs
+CAM_PASSWORD = "s3cr3t-Pa55"
 
 
 @pytest.fixture(autouse=True)

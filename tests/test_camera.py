@@ -1,21 +1,21 @@
 """The camera entity against real virtual cameras on 127.0.0.1."""
 
 import asyncio
-import io
 from http import HTTPStatus
+import io
 from unittest.mock import patch
 
-from PIL import Image
-import pytest
-
-from custom_components.localcam.const import DOMAIN
 from homeassistant.components.camera import async_get_image, async_get_stream_source
 from homeassistant.components.camera.helper import get_camera_from_entity_id
 from homeassistant.config_entries import SOURCE_REAUTH
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers import entity_registry as er
+from PIL import Image
+import pytest
 from pytest_homeassistant_custom_component.typing import ClientSessionGenerator
+
+from custom_components.localcam.const import DOMAIN
 from virtualcam import Fault, VirtualCamera, color_for, nearest_camera
 
 from .conftest import CAM_PASSWORD, CAM_USER, make_entry, setup_entry
@@ -47,9 +47,7 @@ async def test_stream_source_is_pinned_with_credentials(
     """stream_source() gives HA's stream the checked address with credentials."""
     entity_id = await _entity_id(hass, camera)
     source = await async_get_stream_source(hass, entity_id)
-    assert source == (
-        f"rtsp://{CAM_USER}:{CAM_PASSWORD}@127.0.0.1:{camera.rtsp_port}/stream"
-    )
+    assert source == (f"rtsp://{CAM_USER}:{CAM_PASSWORD}@127.0.0.1:{camera.rtsp_port}/stream")
 
 
 async def test_still_from_snapshot_url(hass: HomeAssistant, camera: VirtualCamera) -> None:
@@ -63,9 +61,7 @@ async def test_still_from_snapshot_url(hass: HomeAssistant, camera: VirtualCamer
     assert camera.stats.play_sessions == before  # no RTSP session for a still
 
 
-async def test_still_from_rtsp_grab(
-    hass: HomeAssistant, rtsp_only_camera: VirtualCamera
-) -> None:
+async def test_still_from_rtsp_grab(hass: HomeAssistant, rtsp_only_camera: VirtualCamera) -> None:
     """Without a snapshot URL, the still is a keyframe decoded from RTSP."""
     entity_id = await _entity_id(hass, rtsp_only_camera, snapshot=False)
     image = await async_get_image(hass, entity_id)
@@ -121,9 +117,7 @@ async def test_broken_images_are_errors(
     assert err.value.translation_key in {"invalid_image", "cannot_connect"}
 
 
-async def test_no_old_frame_after_failure(
-    hass: HomeAssistant, camera: VirtualCamera
-) -> None:
+async def test_no_old_frame_after_failure(hass: HomeAssistant, camera: VirtualCamera) -> None:
     """After a good still, a failing camera gives an error, not the old still."""
     entity_id = await _entity_id(hass, camera)
     entity = get_camera_from_entity_id(hass, entity_id)
@@ -147,9 +141,7 @@ async def test_hanging_camera_times_out(hass: HomeAssistant, camera: VirtualCame
     assert err.value.translation_key == "timeout"
 
 
-async def test_unauthorized_still_starts_reauth(
-    hass: HomeAssistant, camera: VirtualCamera
-) -> None:
+async def test_unauthorized_still_starts_reauth(hass: HomeAssistant, camera: VirtualCamera) -> None:
     """A 401 on a still raises invalid_auth and starts reauth."""
     entity_id = await _entity_id(hass, camera)
     entity = get_camera_from_entity_id(hass, entity_id)

@@ -3,6 +3,10 @@
 from typing import Any
 from unittest.mock import patch
 
+from homeassistant.config_entries import SOURCE_USER, ConfigEntryState
+from homeassistant.const import CONF_PASSWORD, CONF_USERNAME
+from homeassistant.core import HomeAssistant
+from homeassistant.data_entry_flow import FlowResultType
 import pytest
 
 from custom_components.localcam.const import (
@@ -19,10 +23,6 @@ from custom_components.localcam.const import (
     DOMAIN,
 )
 from custom_components.localcam.core.netpolicy import normalized_identity
-from homeassistant.config_entries import SOURCE_USER, ConfigEntryState
-from homeassistant.const import CONF_PASSWORD, CONF_USERNAME
-from homeassistant.core import HomeAssistant
-from homeassistant.data_entry_flow import FlowResultType
 from virtualcam import Fault, VirtualCamera
 
 from .conftest import CAM_PASSWORD, CAM_USER, make_entry, setup_entry
@@ -99,15 +99,43 @@ async def test_credentials_typed_into_the_url_are_moved_out(
     [
         ({CONF_STREAM_URL: "ftp://127.0.0.1/stream"}, CONF_STREAM_URL, "invalid_url", {"reason"}),
         ({CONF_STREAM_URL: "not a url"}, CONF_STREAM_URL, "invalid_url", {"reason"}),
-        ({CONF_STREAM_URL: "rtsp://203.0.113.9/stream"}, CONF_STREAM_URL, "not_local", {"host", "reason"}),
-        ({CONF_STREAM_URL: "rtsp://[2001:db8::1]/s"}, CONF_STREAM_URL, "not_local", {"host", "reason"}),
+        (
+            {CONF_STREAM_URL: "rtsp://203.0.113.9/stream"},
+            CONF_STREAM_URL,
+            "not_local",
+            {"host", "reason"},
+        ),
+        (
+            {CONF_STREAM_URL: "rtsp://[2001:db8::1]/s"},
+            CONF_STREAM_URL,
+            "not_local",
+            {"host", "reason"},
+        ),
         ({CONF_STREAM_URL: "rtsp://2130706433/stream"}, CONF_STREAM_URL, "invalid_url", {"reason"}),
-        ({CONF_SNAPSHOT_URL: "http://198.51.100.7/snap.jpg"}, CONF_SNAPSHOT_URL, "not_local", {"host", "reason"}),
-        ({CONF_SNAPSHOT_URL: "rtsp://127.0.0.1/snap"}, CONF_SNAPSHOT_URL, "invalid_url", {"reason"}),
+        (
+            {CONF_SNAPSHOT_URL: "http://198.51.100.7/snap.jpg"},
+            CONF_SNAPSHOT_URL,
+            "not_local",
+            {"host", "reason"},
+        ),
+        (
+            {CONF_SNAPSHOT_URL: "rtsp://127.0.0.1/snap"},
+            CONF_SNAPSHOT_URL,
+            "invalid_url",
+            {"reason"},
+        ),
         ({CONF_PASSWORD: "wrong"}, "base", "invalid_auth", set()),
     ],
-    ids=["scheme", "garbage", "public-v4", "public-v6", "decimal-ip", "public-snapshot",
-         "snapshot-scheme", "wrong-password"],
+    ids=[
+        "scheme",
+        "garbage",
+        "public-v4",
+        "public-v6",
+        "decimal-ip",
+        "public-snapshot",
+        "snapshot-scheme",
+        "wrong-password",
+    ],
 )
 async def test_errors_and_recovery(
     hass: HomeAssistant,

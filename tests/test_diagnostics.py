@@ -2,13 +2,13 @@
 
 import json
 
+from homeassistant.core import HomeAssistant
 import pytest
 from pytest_homeassistant_custom_component.components.diagnostics import (
     get_diagnostics_for_config_entry,
 )
-
-from homeassistant.core import HomeAssistant
 from pytest_homeassistant_custom_component.typing import ClientSessionGenerator
+
 from virtualcam import VirtualCamera
 
 from .conftest import CAM_PASSWORD, CAM_USER, make_entry, setup_entry

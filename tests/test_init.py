@@ -3,14 +3,14 @@
 from datetime import timedelta
 
 from freezegun.api import FrozenDateTimeFactory
-import pytest
-from pytest_homeassistant_custom_component.common import async_fire_time_changed
-
-from custom_components.localcam.const import CONF_ALLOWED_NETWORKS, DOMAIN
 from homeassistant.config_entries import SOURCE_REAUTH, ConfigEntryState
 from homeassistant.const import STATE_UNAVAILABLE
 from homeassistant.core import HomeAssistant
 from homeassistant.helpers import device_registry as dr, entity_registry as er
+import pytest
+from pytest_homeassistant_custom_component.common import async_fire_time_changed
+
+from custom_components.localcam.const import CONF_ALLOWED_NETWORKS, DOMAIN
 from virtualcam import Fault, VirtualCamera
 
 from .conftest import make_entry, setup_entry

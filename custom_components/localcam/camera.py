@@ -5,8 +5,7 @@ from typing import override
 
 from homeassistant.components.camera import Camera
 from homeassistant.components.camera.const import CameraEntityFeature
-from homeassistant.components.stream import CONF_RTSP_TRANSPORT as STREAM_RTSP_TRANSPORT
-from homeassistant.components.stream import Stream
+from homeassistant.components.stream import CONF_RTSP_TRANSPORT as STREAM_RTSP_TRANSPORT, Stream
 from homeassistant.core import HomeAssistant, callback
 from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
@@ -144,7 +143,5 @@ class LocalCamCamera(LocalCamEntity, Camera):
         # The entity's own check, independent of how the frame was obtained:
         # a frame stamped with another camera's id is never served.
         if snapshot.camera_id != self.camera_id:
-            raise HomeAssistantError(
-                translation_domain=DOMAIN, translation_key="foreign_frame"
-            )
+            raise HomeAssistantError(translation_domain=DOMAIN, translation_key="foreign_frame")
         return snapshot.jpeg

@@ -3,9 +3,6 @@
 from collections.abc import Mapping
 from typing import Any, override
 
-import probatio
-import yarl
-
 from homeassistant.config_entries import (
     ConfigFlow,
     ConfigFlowResult,
@@ -25,6 +22,8 @@ from homeassistant.helpers.selector import (
     TextSelectorConfig,
     TextSelectorType,
 )
+import probatio
+import yarl
 
 from .const import (
     CONF_ALLOWED_NETWORKS,
@@ -79,9 +78,7 @@ def _url_schema(defaults: Mapping[str, Any]) -> probatio.Schema:
             probatio.Optional(CONF_PASSWORD): TextSelector(
                 TextSelectorConfig(type=TextSelectorType.PASSWORD, autocomplete="current-password")
             ),
-            probatio.Required(
-                CONF_VERIFY_SSL, default=defaults.get(CONF_VERIFY_SSL, True)
-            ): bool,
+            probatio.Required(CONF_VERIFY_SSL, default=defaults.get(CONF_VERIFY_SSL, True)): bool,
         }
     )
 
@@ -122,7 +119,7 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
     @staticmethod
     @callback
     @override
-    def async_get_options_flow(config_entry: LocalCamConfigEntry) -> "LocalCamOptionsFlow":
+    def async_get_options_flow(config_entry: LocalCamConfigEntry) -> LocalCamOptionsFlow:
         """Return the options flow."""
         return LocalCamOptionsFlow()
 
@@ -160,9 +157,9 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
         if user_input is not None:
             # An empty password field keeps the stored one: passwords are
             # never sent back to the browser to prefill the form.
-            if not user_input.get(CONF_PASSWORD) and user_input.get(CONF_USERNAME) == entry.data.get(
+            if not user_input.get(CONF_PASSWORD) and user_input.get(
                 CONF_USERNAME
-            ):
+            ) == entry.data.get(CONF_USERNAME):
                 user_input = {**user_input, CONF_PASSWORD: entry.data.get(CONF_PASSWORD)}
             data, info = await self._async_test(user_input, entry.options, errors)
             if data is not None and info is not None:

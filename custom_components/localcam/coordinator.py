@@ -31,10 +31,10 @@ class LocalCamCoordinator(DataUpdateCoordinator[CameraHealth]):
     when it recovers, which is the log-when-unavailable behaviour we want.
     """
 
-    config_entry: "LocalCamConfigEntry"
+    config_entry: LocalCamConfigEntry
 
     def __init__(
-        self, hass: HomeAssistant, entry: "LocalCamConfigEntry", client: CameraClient
+        self, hass: HomeAssistant, entry: LocalCamConfigEntry, client: CameraClient
     ) -> None:
         """Bind the camera client."""
         super().__init__(

@@ -46,9 +46,7 @@ async def async_get_config_entry_diagnostics(
         "health": {
             "last_update_success": coordinator.last_update_success,
             "last_error": coordinator.last_error,
-            "last_checked": (
-                coordinator.data.checked_at.isoformat() if coordinator.data else None
-            ),
+            "last_checked": (coordinator.data.checked_at.isoformat() if coordinator.data else None),
             "interval_seconds": coordinator.update_interval.total_seconds()
             if coordinator.update_interval
             else None,

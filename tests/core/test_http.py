@@ -492,7 +492,7 @@ async def test_redirect_chain_of_four_refused(
         pytest.param("http://[::1/x", InvalidUrlError, "invalid redirect location", id="malformed"),
     ],
 )
-async def test_redirect_checked_before_connecting(  # noqa: PLR0917 - pytest fixtures
+async def test_redirect_checked_before_connecting(
     session: aiohttp.ClientSession,
     policy: NetPolicy,
     cam: Camera,

@@ -55,7 +55,7 @@ async def fetch(
     username: str | None = None,
     password: str | None = None,
     verify_ssl: bool = True,
-    timeout: float = 8.0,  # noqa: ASYNC109 - the one deadline for every hop and redirect
+    timeout: float = 8.0,
     max_bytes: int = 8 * 1024 * 1024,
     max_redirects: int = 3,
 ) -> HttpReply:

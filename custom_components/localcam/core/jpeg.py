@@ -23,10 +23,10 @@ _TRAILING_PADDING: Final = b"\x00\r\n \t"
 _MAX_PADDING: Final = 64
 
 _lock = threading.Lock()
-_turbojpeg: "TurboJPEG | None" = None
+_turbojpeg: TurboJPEG | None = None
 
 
-def turbojpeg() -> "TurboJPEG":
+def turbojpeg() -> TurboJPEG:
     """Return the process-wide TurboJPEG handle (loads libturbojpeg once)."""
     global _turbojpeg  # noqa: PLW0603 - one native handle per process
     with _lock:
@@ -67,7 +67,7 @@ def validate_jpeg(
     return int(width), int(height)
 
 
-def encode_bgr(array: "np.ndarray", quality: int = 85) -> bytes:
+def encode_bgr(array: np.ndarray, quality: int = 85) -> bytes:
     """Encode a BGR24 frame as JPEG."""
     return bytes(turbojpeg().encode(array, quality=quality))
 
@@ -88,8 +88,10 @@ def scale_jpeg(data: bytes, width: int | None, height: int | None) -> tuple[byte
             continue
         scaled_w = (src_width * num + den - 1) // den
         scaled_h = (src_height * num + den - 1) // den
-        if scaled_w >= width and scaled_h >= height and (
-            best is None or num / den < best[0] / best[1]
+        if (
+            scaled_w >= width
+            and scaled_h >= height
+            and (best is None or num / den < best[0] / best[1])
         ):
             best = (num, den)
     if best is None:

@@ -1,9 +1,9 @@
 """Plain data types shared by LocalCam's core and its Home Assistant glue."""
 
-import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+import hashlib
 
 
 class SnapshotSource(StrEnum):

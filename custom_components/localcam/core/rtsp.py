@@ -8,13 +8,13 @@ camera costs at most the timeout and never blocks the event loop.
 
 import asyncio
 import base64
+from dataclasses import dataclass
 import hashlib
 import logging
 import os
 import re
 import ssl
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from .errors import (
@@ -82,8 +82,11 @@ def grab_keyframe(
     import av  # noqa: PLC0415
 
     deadline = time.monotonic() + timeout
-    # FFmpeg's interrupt fires at the timeout; allow for timer granularity.
-    timed_out = lambda: time.monotonic() >= deadline - 0.05  # noqa: E731
+
+    def timed_out() -> bool:
+        """Whether PyAV's interrupt deadline has fired (allowing for jitter)."""
+        return time.monotonic() >= deadline - 0.05
+
     options = {
         **_FAST_OPEN,
         "rtsp_transport": transport.value,
@@ -145,10 +148,7 @@ async def async_grab_keyframe(
 def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     """Split a WWW-Authenticate header into its scheme and parameters."""
     scheme, _, rest = header.strip().partition(" ")
-    params = {
-        key.lower(): value
-        for key, value in re.findall(r'(\w+)\s*=\s*"?([^",]*)"?', rest)
-    }
+    params = {key.lower(): value for key, value in re.findall(r'(\w+)\s*=\s*"?([^",]*)"?', rest)}
     return scheme.lower(), params
 
 
@@ -206,7 +206,7 @@ async def _read_response(
 
 
 async def describe(
-    target: "Target",
+    target: Target,
     *,
     username: str | None = None,
     password: str | None = None,

@@ -9,10 +9,10 @@ back to an older frame: a failure is an exception.
 """
 
 import asyncio
-import hashlib
-import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+import hashlib
+import time
 from typing import Final
 
 import aiohttp

@@ -1,0 +1,210 @@
+"""RTSP I/O in core.rtsp: the DESCRIBE health check and the keyframe grab.
+
+Against the virtual camera where it can play the part, and against tiny
+scripted RTSP servers on 127.0.0.1 for replies a well-behaved camera never
+sends (no video in the SDP, garbage, endless headers).
+"""
+
+from collections.abc import AsyncIterator, Callable
+import asyncio
+import hashlib
+import io
+import re
+
+from PIL import Image
+import pytest
+
+from custom_components.localcam.core.errors import (
+    CameraTimeoutError,
+    CannotConnectError,
+    InvalidAuthError,
+    NoVideoError,
+)
+from custom_components.localcam.core.netpolicy import NetPolicy, Target
+from custom_components.localcam.core.rtsp import async_grab_keyframe, describe
+from virtualcam import CameraConfig, Fault, VirtualCamera, color_for, nearest_camera
+
+USER, PASSWORD = "cam", "pw-rtsp-9"
+
+type Responder = Callable[[str, dict[str, str]], bytes | None]
+
+
+async def _target(url: str) -> Target:
+    return await NetPolicy().check(url)
+
+
+@pytest.fixture(params=["digest", "basic"])
+async def vcam(
+    request: pytest.FixtureRequest, socket_enabled: None
+) -> AsyncIterator[VirtualCamera]:
+    """A virtual camera with Digest or Basic auth."""
+    cam = VirtualCamera(
+        CameraConfig(
+            name="t",
+            color=color_for(5),
+            username=USER,
+            password=PASSWORD,
+            auth=request.param,
+            width=320,
+            height=180,
+            http_snapshot=False,
+        )
+    )
+    await cam.start()
+    yield cam
+    await cam.stop()
+
+
+@pytest.fixture
+async def scripted(
+    socket_enabled: None,
+) -> AsyncIterator[Callable[[Responder], asyncio.Future[str]]]:
+    """Start an RTSP server that answers each request with ``responder``'s bytes."""
+    servers: list[asyncio.Server] = []
+
+    async def start(responder: Responder) -> str:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                for _ in range(5):
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    lines = head.decode().split("\r\n")
+                    headers = {
+                        k.strip().lower(): v.strip()
+                        for k, _, v in (line.partition(":") for line in lines[1:] if line)
+                    }
+                    reply = responder(lines[0], headers)
+                    if reply is None:
+                        await asyncio.sleep(30)
+                        return
+                    writer.write(reply)
+                    await writer.drain()
+            except asyncio.IncompleteReadError, ConnectionError:
+                pass
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        servers.append(server)
+        return f"rtsp://127.0.0.1:{server.sockets[0].getsockname()[1]}/stream"
+
+    yield start  # type: ignore[misc]
+    for server in servers:
+        server.close()
+        await server.wait_closed()
+
+
+def _reply(status: str, body: bytes = b"", extra: str = "") -> bytes:
+    head = f"RTSP/1.0 {status}\r\nCSeq: 1\r\n{extra}Content-Length: {len(body)}\r\n\r\n"
+    return head.encode() + body
+
+
+async def test_describe_authenticates(vcam: VirtualCamera) -> None:
+    """DESCRIBE passes with the right credentials, Digest or Basic."""
+    await describe(await _target(vcam.rtsp_url), username=USER, password=PASSWORD)
+    assert vcam.stats.describe_requests >= 1
+
+
+@pytest.mark.parametrize(("user", "password"), [(USER, "wrong"), (None, None)])
+async def test_describe_rejects_bad_credentials(
+    vcam: VirtualCamera, user: str | None, password: str | None
+) -> None:
+    """Wrong or missing credentials raise InvalidAuthError (reauth material)."""
+    with pytest.raises(InvalidAuthError):
+        await describe(await _target(vcam.rtsp_url), username=user, password=password)
+
+
+async def test_describe_faults(vcam: VirtualCamera) -> None:
+    """A refusing camera cannot be connected; a hanging one times out."""
+    target = await _target(vcam.rtsp_url)
+    vcam.fault = Fault.REFUSE
+    with pytest.raises(CannotConnectError):
+        await describe(target, username=USER, password=PASSWORD, timeout=2)
+    vcam.fault = Fault.HANG
+    with pytest.raises(CameraTimeoutError):
+        await describe(target, username=USER, password=PASSWORD, timeout=0.5)
+
+
+async def test_digest_with_qop_and_opaque(
+    scripted: Callable[[Responder], asyncio.Future[str]],
+) -> None:
+    """A camera asking for qop=auth with an opaque gets an RFC 2617 answer."""
+    realm, nonce, opaque = "cam", "abc123", "xyz"
+    seen: list[str] = []
+
+    def responder(request_line: str, headers: dict[str, str]) -> bytes:
+        auth = headers.get("authorization")
+        if auth is None:
+            return _reply(
+                "401 Unauthorized",
+                extra=f'WWW-Authenticate: Digest realm="{realm}", nonce="{nonce}", '
+                f'qop="auth", opaque="{opaque}"\r\n',
+            )
+        seen.append(auth)
+        fields = dict(re.findall(r'(\w+)="?([^",]*)"?', auth))
+        ha1 = hashlib.md5(f"{USER}:{realm}:{PASSWORD}".encode()).hexdigest()
+        ha2 = hashlib.md5(f"DESCRIBE:{fields['uri']}".encode()).hexdigest()
+        expected = hashlib.md5(
+            f"{ha1}:{nonce}:{fields['nc']}:{fields['cnonce']}:auth:{ha2}".encode()
+        ).hexdigest()
+        if fields["response"] != expected or fields["opaque"] != opaque:
+            return _reply("401 Unauthorized")
+        return _reply("200 OK", b"v=0\r\nm=video 0 RTP/AVP 96\r\n")
+
+    url = await scripted(responder)
+    await describe(await _target(url), username=USER, password=PASSWORD)
+    assert seen
+    assert PASSWORD not in seen[0]
+
+
+@pytest.mark.parametrize(
+    ("reply", "error", "message"),
+    [
+        (_reply("200 OK", b"v=0\r\nm=audio 0 RTP/AVP 0\r\n"), NoVideoError, "no video"),
+        (_reply("404 Not Found"), CannotConnectError, "RTSP 404"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", CannotConnectError, "not an RTSP"),
+        (b"RTSP/1.0 200 OK\r\n" + b"X-A: b\r\n" * 100 + b"\r\n", CannotConnectError, "headers"),
+        (_reply("200 OK", extra="Content-Length: 999999\r\n"), CannotConnectError, "too large"),
+        (
+            _reply("401 Unauthorized", extra='WWW-Authenticate: Bearer realm="x"\r\n'),
+            InvalidAuthError,
+            "401",
+        ),
+    ],
+    ids=["audio-only", "not-found", "http-server", "endless-headers", "huge-sdp", "bearer"],
+)
+async def test_describe_bad_replies(
+    scripted: Callable[[Responder], asyncio.Future[str]],
+    reply: bytes,
+    error: type[Exception],
+    message: str,
+) -> None:
+    """Each odd reply gets a clear error, not a crash or a hang."""
+    url = await scripted(lambda _line, _headers: reply)
+    with pytest.raises(error, match=message):
+        await describe(await _target(url), username=USER, password=PASSWORD, timeout=3)
+
+
+async def test_grab_keyframe_decodes_the_camera(vcam: VirtualCamera) -> None:
+    """A one-shot grab decodes a keyframe of this camera and encodes a JPEG."""
+    target = await _target(vcam.rtsp_url)
+    frame = await async_grab_keyframe(target.pinned_url(USER, PASSWORD), timeout=5)
+    assert (frame.info.codec, frame.info.width, frame.info.height) == ("h264", 320, 180)
+    image = Image.open(io.BytesIO(frame.jpeg)).convert("RGB")
+    pixel = image.getpixel((160, 90))
+    assert isinstance(pixel, tuple)
+    assert nearest_camera((pixel[0], pixel[1], pixel[2]), [color_for(i) for i in range(64)]) == 5
+
+
+async def test_grab_keyframe_errors(vcam: VirtualCamera) -> None:
+    """401, refusal and a hang map to their errors, with no URL in them."""
+    target = await _target(vcam.rtsp_url)
+    with pytest.raises(InvalidAuthError) as auth_err:
+        await async_grab_keyframe(target.pinned_url(USER, "wrong"), timeout=3)
+    assert "wrong" not in str(auth_err.value)
+    vcam.fault = Fault.REFUSE
+    with pytest.raises(CannotConnectError) as conn_err:
+        await async_grab_keyframe(target.pinned_url(USER, PASSWORD), timeout=3)
+    assert PASSWORD not in str(conn_err.value)
+    vcam.fault = Fault.HANG
+    with pytest.raises(CameraTimeoutError):
+        await async_grab_keyframe(target.pinned_url(USER, PASSWORD), timeout=1)

@@ -1,0 +1,64 @@
+"""The README's run command, for real: a separate `hass` process serves the demo."""
+
+import asyncio
+import io
+import os
+from pathlib import Path
+import signal
+import socket
+import sys
+
+from PIL import Image
+import pytest
+
+from virtualcam import color_for, nearest_camera
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.hass_process
+async def test_demo_serves_the_virtual_camera_through_hass(
+    socket_enabled: None, tmp_path: Path
+) -> None:
+    """scripts/demo.py --check: onboarded HA, camera added by flow, JPEG via camera_proxy."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "scripts" / "demo.py"),
+        "--check",
+        "--dir",
+        str(tmp_path),
+        "--port",
+        str(_free_port()),
+        "--camera-rtsp-port",
+        str(_free_port()),
+        "--camera-http-port",
+        str(_free_port()),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        async with asyncio.timeout(240):
+            output, _ = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            await proc.wait()
+    text = output.decode(errors="replace")
+    assert proc.returncode == 0, text[-3000:]
+    assert "CHECK OK camera." in text
+    still = (tmp_path / "check.jpg").read_bytes()
+    image = Image.open(io.BytesIO(still)).convert("RGB")
+    pixel = image.getpixel((image.width // 2, image.height // 2))
+    assert isinstance(pixel, tuple)
+    palette = [color_for(i) for i in range(64)]
+    assert nearest_camera((pixel[0], pixel[1], pixel[2]), palette) == 0
+    # The demo logged in: no password from the camera appears in HA's log.
+    log = (tmp_path / "config" / "home-assistant.log").read_text()
+    assert "camera-demo" not in log
