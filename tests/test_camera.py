@@ -1,8 +1,10 @@
 """The camera entity against real virtual cameras on 127.0.0.1."""
 
 import asyncio
+from dataclasses import replace
 from http import HTTPStatus
 import io
+from typing import Any
 from unittest.mock import patch
 
 from homeassistant.components.camera import async_get_image, async_get_stream_source
@@ -16,6 +18,7 @@ import pytest
 from pytest_homeassistant_custom_component.typing import ClientSessionGenerator
 
 from custom_components.localcam.const import DOMAIN
+from custom_components.localcam.core.netpolicy import NetPolicy
 from virtualcam import Fault, VirtualCamera, color_for, nearest_camera
 
 from .conftest import CAM_PASSWORD, CAM_USER, make_entry, setup_entry
@@ -166,3 +169,98 @@ async def test_camera_proxy_over_http(
     camera.fault = Fault.TRUNCATED_JPEG
     resp = await client.get(f"/api/camera_proxy/{entity_id}")
     assert resp.status == HTTPStatus.INTERNAL_SERVER_ERROR
+
+
+async def test_stream_source_refused_when_dns_turns_public(
+    hass: HomeAssistant, camera: VirtualCamera
+) -> None:
+    """A hostname that later resolves outside the LAN yields an error, not a URL."""
+    entry = make_entry(camera)
+    await setup_entry(hass, entry)
+    entity_id = er.async_get(hass).async_get_entity_id("camera", DOMAIN, f"{entry.unique_id}_main")
+    assert entity_id is not None
+    client = entry.runtime_data.client
+    # The DNS answer is the edge we do not own: fake it, keep everything else.
+    client.policy = NetPolicy(resolver=_resolve_to("203.0.113.5"))
+    client.source = replace(
+        client.source, stream_url=camera.rtsp_url.replace("127.0.0.1", "cam.lan")
+    )
+    with pytest.raises(HomeAssistantError) as err:
+        await async_get_stream_source(hass, entity_id)
+    assert err.value.translation_key == "not_local"
+    assert err.value.translation_placeholders == {
+        "host": "cam.lan",
+        "reason": err.value.translation_placeholders["reason"],
+    }
+    assert "203.0.113.5" in err.value.translation_placeholders["reason"]
+
+
+def _resolve_to(address: str) -> Any:
+    async def resolve(_host: str, _port: int) -> list[str]:
+        return [address]
+
+    return resolve
+
+
+async def test_entity_refuses_a_frame_of_another_camera(
+    hass: HomeAssistant, camera: VirtualCamera, rtsp_only_camera: VirtualCamera
+) -> None:
+    """Even if a still arrived stamped for another camera, the entity drops it."""
+    porch = await _entity_id(hass, camera)
+    other = make_entry(rtsp_only_camera, snapshot=False)
+    await setup_entry(hass, other)
+    entity = get_camera_from_entity_id(hass, porch)
+    entity._client = other.runtime_data.client  # a mix-up the entity must catch
+    with pytest.raises(HomeAssistantError) as err:
+        await entity.async_camera_image()
+    assert err.value.translation_key == "foreign_frame"
+
+
+async def test_stream_401_starts_reauth(
+    hass: HomeAssistant, rtsp_only_camera: VirtualCamera
+) -> None:
+    """When the running stream fails because the camera now answers 401, reauth starts."""
+    entity_id = await _entity_id(hass, rtsp_only_camera, snapshot=False)
+    entity = get_camera_from_entity_id(hass, entity_id)
+    stream = await entity.async_create_stream()
+    assert stream is not None
+    provider = stream.add_provider("hls")
+    await stream.start()
+    try:
+        for _ in range(100):
+            if rtsp_only_camera.stats.active_play_sessions:
+                break
+            await asyncio.sleep(0.05)
+        rtsp_only_camera.fault = Fault.UNAUTHORIZED
+        await rtsp_only_camera.restart()  # drops the session; reconnects get 401
+        for _ in range(200):
+            await hass.async_block_till_done()
+            if hass.config_entries.flow.async_progress_by_handler(DOMAIN):
+                break
+            await asyncio.sleep(0.05)
+        flows = hass.config_entries.flow.async_progress_by_handler(DOMAIN)
+        assert [flow["context"]["source"] for flow in flows] == [SOURCE_REAUTH]
+        state = hass.states.get(entity_id)
+        assert state is not None
+        assert state.state == "unavailable"
+    finally:
+        await stream.remove_provider(provider)
+
+
+async def test_slow_keyframe_falls_back_to_a_grab(
+    hass: HomeAssistant, rtsp_only_camera: VirtualCamera
+) -> None:
+    """If the running stream yields no keyframe in time, a fresh grab is made."""
+    entity_id = await _entity_id(hass, rtsp_only_camera, snapshot=False)
+    entity = get_camera_from_entity_id(hass, entity_id)
+    stream = await entity.async_create_stream()
+    assert stream is not None
+    provider = stream.add_provider("hls")
+    await stream.start()
+    try:
+        with patch("custom_components.localcam.camera.KEYFRAME_WAIT", 0.0):
+            image = await entity.async_camera_image()
+        assert image is not None
+        assert _camera_index(image) == 1
+    finally:
+        await stream.remove_provider(provider)

@@ -9,6 +9,7 @@ from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import FlowResultType
 import pytest
 
+from custom_components.localcam.config_flow import _title
 from custom_components.localcam.const import (
     CONF_ALLOWED_NETWORKS,
     CONF_CAMERA_ID,
@@ -318,3 +319,16 @@ async def test_options_flow(hass: HomeAssistant, camera: VirtualCamera) -> None:
     assert result["type"] is FlowResultType.CREATE_ENTRY
     assert entry.options == options
     assert len(setup.mock_calls) == 1  # OptionsFlowWithReload reloaded the entry
+
+
+@pytest.mark.parametrize(
+    ("url", "title"),
+    [
+        ("rtsp://192.168.1.20/stream", "192.168.1.20"),
+        ("rtsp://192.168.1.20:8554/stream", "192.168.1.20:8554"),
+        ("rtsp://[fd00::20]:8554/stream", "[fd00::20]:8554"),
+    ],
+)
+def test_title(url: str, title: str) -> None:
+    """Entries are named after the host, the port only when not the default."""
+    assert _title(url) == title

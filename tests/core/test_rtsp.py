@@ -5,8 +5,8 @@ scripted RTSP servers on 127.0.0.1 for replies a well-behaved camera never
 sends (no video in the SDP, garbage, endless headers).
 """
 
-from collections.abc import AsyncIterator, Callable
 import asyncio
+from collections.abc import AsyncIterator, Callable
 import hashlib
 import io
 import re
