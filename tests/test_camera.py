@@ -17,7 +17,7 @@ from PIL import Image
 import pytest
 from pytest_homeassistant_custom_component.typing import ClientSessionGenerator
 
-from custom_components.localcam.const import DOMAIN
+from custom_components.localcam.const import CONF_SNAPSHOT_MAX_AGE, DOMAIN
 from custom_components.localcam.core.netpolicy import NetPolicy
 from virtualcam import Fault, VirtualCamera, color_for, nearest_camera
 
@@ -121,11 +121,15 @@ async def test_broken_images_are_errors(
 
 
 async def test_no_old_frame_after_failure(hass: HomeAssistant, camera: VirtualCamera) -> None:
-    """After a good still, a failing camera gives an error, not the old still."""
-    entity_id = await _entity_id(hass, camera)
+    """Past max age, a failing camera gives an error, never the old still."""
+    entry = make_entry(camera, options={CONF_SNAPSHOT_MAX_AGE: 0.2})
+    await setup_entry(hass, entry)
+    entity_id = er.async_get(hass).async_get_entity_id("camera", DOMAIN, f"{entry.unique_id}_main")
+    assert entity_id is not None
     entity = get_camera_from_entity_id(hass, entity_id)
     assert await entity.async_camera_image()
     camera.fault = Fault.REFUSE
+    await asyncio.sleep(0.25)
     with pytest.raises(HomeAssistantError) as err:
         await entity.async_camera_image()
     assert err.value.translation_key == "cannot_connect"
@@ -136,10 +140,8 @@ async def test_hanging_camera_times_out(hass: HomeAssistant, camera: VirtualCame
     entity_id = await _entity_id(hass, camera)
     entity = get_camera_from_entity_id(hass, entity_id)
     camera.fault = Fault.HANG
-    with (
-        patch("custom_components.localcam.camera.SNAPSHOT_TIMEOUT", 1.0),
-        pytest.raises(HomeAssistantError) as err,
-    ):
+    entity._client.timeout = 1.0  # the production bound is 9 s
+    with pytest.raises(HomeAssistantError) as err:
         await entity.async_camera_image()
     assert err.value.translation_key == "timeout"
 
@@ -161,12 +163,15 @@ async def test_camera_proxy_over_http(
     hass: HomeAssistant, hass_client: ClientSessionGenerator, camera: VirtualCamera
 ) -> None:
     """HA's /api/camera_proxy serves the still, and a 500 when it is broken."""
-    entity_id = await _entity_id(hass, camera)
+    entry = make_entry(camera, options={CONF_SNAPSHOT_MAX_AGE: 0.2})
+    await setup_entry(hass, entry)
+    entity_id = er.async_get(hass).async_get_entity_id("camera", DOMAIN, f"{entry.unique_id}_main")
     client = await hass_client()
     resp = await client.get(f"/api/camera_proxy/{entity_id}")
     assert resp.status == HTTPStatus.OK
     assert _camera_index(await resp.read()) == 0
     camera.fault = Fault.TRUNCATED_JPEG
+    await asyncio.sleep(0.25)
     resp = await client.get(f"/api/camera_proxy/{entity_id}")
     assert resp.status == HTTPStatus.INTERNAL_SERVER_ERROR
 
@@ -210,7 +215,7 @@ async def test_entity_refuses_a_frame_of_another_camera(
     other = make_entry(rtsp_only_camera, snapshot=False)
     await setup_entry(hass, other)
     entity = get_camera_from_entity_id(hass, porch)
-    entity._client = other.runtime_data.client  # a mix-up the entity must catch
+    entity._snapshots = other.runtime_data.cache  # a mix-up the entity must catch
     with pytest.raises(HomeAssistantError) as err:
         await entity.async_camera_image()
     assert err.value.translation_key == "foreign_frame"

@@ -10,9 +10,11 @@ from homeassistant.core import HomeAssistant, callback
 from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 
-from .const import DOMAIN, LOGGER, SNAPSHOT_TIMEOUT
+from .const import DOMAIN, LOGGER
 from .core.errors import InvalidAuthError, LocalCamError
+from .core.models import Snapshot
 from .core.snapshot import CameraClient
+from .core.snapshot_cache import SnapshotCache
 from .data import LocalCamConfigEntry
 from .entity import LocalCamEntity
 from .helpers import translated_error
@@ -47,9 +49,21 @@ class LocalCamCamera(LocalCamEntity, Camera):
         LocalCamEntity.__init__(self, entry.runtime_data.coordinator)
         Camera.__init__(self)
         self._client: CameraClient = entry.runtime_data.client
+        self._snapshots: SnapshotCache = entry.runtime_data.cache
         self._attr_unique_id = f"{self.camera_id}_main"
         self.stream_options[STREAM_RTSP_TRANSPORT] = self._client.source.rtsp_transport.value
         self._auth_check: asyncio.Task[None] | None = None
+
+    @override
+    async def async_added_to_hass(self) -> None:
+        """Let stills use this entity's running stream; undo on removal."""
+        await super().async_added_to_hass()
+        self._client.keyframe_provider = self._async_stream_keyframe
+
+        def _detach() -> None:
+            self._client.keyframe_provider = None
+
+        self.async_on_remove(_detach)
 
     @property
     @override
@@ -131,10 +145,12 @@ class LocalCamCamera(LocalCamEntity, Camera):
         self, width: int | None = None, height: int | None = None
     ) -> bytes | None:
         """Return a fresh still of this camera, or raise a translated error."""
+        return (await self.async_snapshot(width, height)).jpeg
+
+    async def async_snapshot(self, width: int | None = None, height: int | None = None) -> Snapshot:
+        """Return a fresh still with its provenance (LocalCam's own view uses this)."""
         try:
-            snapshot = await self._client.fetch_snapshot(
-                width, height, keyframe=self._async_stream_keyframe, timeout=SNAPSHOT_TIMEOUT
-            )
+            snapshot = await self._snapshots.get(width, height)
         except InvalidAuthError as err:
             self.coordinator.config_entry.async_start_reauth(self.hass)
             raise translated_error(err) from err
@@ -144,4 +160,4 @@ class LocalCamCamera(LocalCamEntity, Camera):
         # a frame stamped with another camera's id is never served.
         if snapshot.camera_id != self.camera_id:
             raise HomeAssistantError(translation_domain=DOMAIN, translation_key="foreign_frame")
-        return snapshot.jpeg
+        return snapshot

@@ -6,6 +6,7 @@ from homeassistant.config_entries import ConfigEntry
 
 from .coordinator import LocalCamCoordinator
 from .core.snapshot import CameraClient
+from .core.snapshot_cache import SnapshotCache
 
 type LocalCamConfigEntry = ConfigEntry[LocalCamData]
 
@@ -16,3 +17,4 @@ class LocalCamData:
 
     client: CameraClient
     coordinator: LocalCamCoordinator
+    cache: SnapshotCache

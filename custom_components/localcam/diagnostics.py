@@ -1,5 +1,6 @@
 """Diagnostics for a LocalCam entry, with every secret and address redacted."""
 
+import time
 from typing import Any
 
 from homeassistant.components.diagnostics import async_redact_data
@@ -33,6 +34,8 @@ async def async_get_config_entry_diagnostics(
         if data.get(key):
             data[key] = redact_url(data[key])
     coordinator = entry.runtime_data.coordinator
+    cache = entry.runtime_data.cache
+    grabber = entry.runtime_data.client.grabber
     return {
         "entry": async_redact_data(
             {
@@ -50,5 +53,14 @@ async def async_get_config_entry_diagnostics(
             "interval_seconds": coordinator.update_interval.total_seconds()
             if coordinator.update_interval
             else None,
+        },
+        # Counters only: never image bytes.
+        "snapshot_cache": {
+            "max_age_seconds": cache.max_age,
+            **cache.stats.as_dict(time.monotonic()),
+        },
+        "rtsp_warm_session": {
+            "active": grabber.active,
+            "sessions_opened": grabber.sessions_opened,
         },
     }

@@ -8,14 +8,16 @@ camera costs at most the timeout and never blocks the event loop.
 
 import asyncio
 import base64
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 import hashlib
 import logging
 import os
 import re
 import ssl
+import threading
 import time
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from .errors import (
     CameraTimeoutError,
@@ -48,6 +50,7 @@ class GrabbedFrame:
 
     info: StreamInfo
     jpeg: bytes
+    received_at: float = field(default_factory=time.monotonic)  # when its packet arrived
 
 
 def _translate_av_error(err: Exception, *, timed_out: bool) -> LocalCamError:
@@ -65,6 +68,23 @@ def _translate_av_error(err: Exception, *, timed_out: bool) -> LocalCamError:
     # FFmpeg messages name the URL it opened (with credentials): keep only
     # the error type.
     return CannotConnectError(f"stream could not be opened ({type(err).__name__})")
+
+
+def _open_container(url: str, transport: RtspTransport, timeout: float) -> Any:
+    """Open an RTSP URL with probing off; raise NoVideoError without video."""
+    import av  # noqa: PLC0415
+
+    options = {
+        **_FAST_OPEN,
+        "rtsp_transport": transport.value,
+        # FFmpeg's socket I/O timeout, in microseconds.
+        "timeout": str(int(timeout * 1_000_000)),
+    }
+    container = av.open(url, options=options, timeout=(timeout, timeout))
+    if not container.streams.video:
+        container.close()
+        raise NoVideoError("stream has no video track")
+    return container
 
 
 def grab_keyframe(
@@ -87,19 +107,11 @@ def grab_keyframe(
         """Whether PyAV's interrupt deadline has fired (allowing for jitter)."""
         return time.monotonic() >= deadline - 0.05
 
-    options = {
-        **_FAST_OPEN,
-        "rtsp_transport": transport.value,
-        # FFmpeg's socket I/O timeout, in microseconds.
-        "timeout": str(int(timeout * 1_000_000)),
-    }
     try:
-        container = av.open(url, options=options, timeout=(timeout, timeout))
+        container = _open_container(url, transport, timeout)
     except (av.FFmpegError, OSError) as err:
         raise _translate_av_error(err, timed_out=timed_out()) from None
     try:
-        if not container.streams.video:
-            raise NoVideoError("stream has no video track")
         stream = container.streams.video[0]
         codec = stream.codec_context
         codec.skip_frame = "NONKEY"  # only keyframes are decoded at all
@@ -115,12 +127,13 @@ def grab_keyframe(
                 frames = codec.decode(None)
             if frames:
                 frame = frames[0]
+                received = time.monotonic()
                 break
         if frame is None:
             raise NoVideoError("stream ended before a video frame")
         info = StreamInfo(codec=codec.name, width=frame.width, height=frame.height)
         jpeg = encode_bgr(frame.to_ndarray(format="bgr24")) if encode else b""
-        return GrabbedFrame(info=info, jpeg=jpeg)
+        return GrabbedFrame(info=info, jpeg=jpeg, received_at=received)
     except (av.FFmpegError, OSError) as err:
         raise _translate_av_error(err, timed_out=timed_out()) from None
     finally:
@@ -139,6 +152,154 @@ async def async_grab_keyframe(
     return await loop.run_in_executor(
         None, lambda: grab_keyframe(url, transport=transport, timeout=timeout, encode=encode)
     )
+
+
+class WarmGrabber:
+    """Keyframe grabs that share one RTSP session during a burst of requests.
+
+    The first grab opens the stream (probing off) in a worker thread; the
+    session then stays open for ``linger`` seconds after the last request,
+    decoding only keyframes, so the next requests get the next keyframe
+    without a new RTSP handshake. It closes by itself. Every frame carries the
+    time its packet arrived, so its age is honest.
+    """
+
+    def __init__(
+        self,
+        *,
+        transport: RtspTransport = RtspTransport.TCP,
+        linger: float = 5.0,
+        reuse_within: float = 0.0,
+    ) -> None:
+        """Configure the session; ``reuse_within`` serves a keyframe this young."""
+        self._transport = transport
+        self._linger = linger
+        self._reuse_within = reuse_within
+        self._waiters: list[asyncio.Future[GrabbedFrame]] = []
+        self._wanted = threading.Event()
+        self._stop = threading.Event()
+        self._last_request = 0.0
+        self._latest: GrabbedFrame | None = None
+        self._session: asyncio.Future[None] | None = None
+        self.sessions_opened = 0
+
+    @property
+    def active(self) -> bool:
+        """Whether a session is open right now."""
+        return self._session is not None and not self._session.done()
+
+    async def grab(self, url_factory: Callable[[], Awaitable[str]], timeout: float) -> GrabbedFrame:
+        """Return the session's next keyframe (opening the session if needed)."""
+        loop = asyncio.get_running_loop()
+        self._last_request = time.monotonic()
+        latest = self._latest
+        if (
+            self.active
+            and latest is not None
+            and latest.jpeg
+            and time.monotonic() - latest.received_at <= self._reuse_within
+        ):
+            return latest
+        waiter: asyncio.Future[GrabbedFrame] = loop.create_future()
+        self._waiters.append(waiter)
+        self._wanted.set()
+        try:
+            async with asyncio.timeout(timeout):
+                if not self.active:
+                    url = await url_factory()
+                    self._open(loop, url, timeout)
+                return await asyncio.shield(waiter)
+        except TimeoutError:
+            raise CameraTimeoutError("no keyframe in time") from None
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+            if not self._waiters:
+                self._wanted.clear()
+
+    def _open(self, loop: asyncio.AbstractEventLoop, url: str, timeout: float) -> None:
+        """Start the session thread."""
+        self._stop.clear()
+        self._latest = None
+        self.sessions_opened += 1
+        self._session = loop.run_in_executor(None, self._run, loop, url, timeout)
+        self._session.add_done_callback(lambda _f: None)
+
+    def _deliver(self, frame: GrabbedFrame | None, error: LocalCamError | None) -> None:
+        """Hand a frame (or the session's error) to every waiter (in the loop)."""
+        waiters, self._waiters = self._waiters, []
+        self._wanted.clear()
+        for waiter in waiters:
+            if waiter.done():
+                continue
+            if error is not None:
+                waiter.set_exception(error)
+                waiter.exception()
+            elif frame is not None:
+                waiter.set_result(frame)
+
+    def _run(self, loop: asyncio.AbstractEventLoop, url: str, timeout: float) -> None:
+        """Session thread: demux, decode keyframes, encode when someone waits."""
+        import av  # noqa: PLC0415
+
+        error: LocalCamError | None = None
+        container: Any = None
+        open_deadline = time.monotonic() + timeout
+        try:
+            container = _open_container(url, self._transport, timeout)
+            stream = container.streams.video[0]
+            codec = stream.codec_context
+            codec.skip_frame = "NONKEY"
+            codec.thread_count = 1
+            for packet in container.demux(stream):
+                now = time.monotonic()
+                if self._stop.is_set() or (
+                    not self._wanted.is_set() and now - self._last_request > self._linger
+                ):
+                    break
+                if packet.size == 0 or not packet.is_keyframe:
+                    continue
+                frames = codec.decode(packet) or codec.decode(None)
+                if not frames:
+                    continue
+                frame = frames[0]
+                info = StreamInfo(codec=codec.name, width=frame.width, height=frame.height)
+                if self._wanted.is_set():
+                    grabbed = GrabbedFrame(
+                        info=info,
+                        jpeg=encode_bgr(frame.to_ndarray(format="bgr24")),
+                        received_at=now,
+                    )
+                    self._latest = grabbed
+                    loop.call_soon_threadsafe(self._deliver, grabbed, None)
+                else:
+                    self._latest = GrabbedFrame(info=info, jpeg=b"", received_at=now)
+            else:
+                error = NoVideoError("stream ended")
+        except LocalCamError as err:
+            error = err
+        except (av.FFmpegError, OSError) as err:
+            timed_out = container is None and time.monotonic() >= open_deadline - 0.05
+            error = _translate_av_error(err, timed_out=timed_out)
+        finally:
+            if container is not None:
+                container.close()
+            self._latest = None
+            if error is None and self._wanted.is_set():
+                error = CannotConnectError("session closed")
+            if error is not None:
+                loop.call_soon_threadsafe(self._deliver, None, error)
+
+    async def close(self) -> None:
+        """Stop the session (entry unload); bounded by FFmpeg's read timeout."""
+        self._stop.set()
+        if self._session is not None and not self._session.done():
+            try:
+                async with asyncio.timeout(10):
+                    await asyncio.shield(self._session)
+            except TimeoutError:
+                pass
+        self._deliver(None, CannotConnectError("camera closed"))
 
 
 # ---------------------------------------------------------------------------

@@ -10,7 +10,7 @@ back to an older frame: a failure is an exception.
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 import hashlib
 import time
 from typing import Final
@@ -21,9 +21,14 @@ from . import http, jpeg
 from .errors import CameraTimeoutError
 from .models import CameraSource, Snapshot, SnapshotSource, StreamInfo
 from .netpolicy import NetPolicy, Target
-from .rtsp import async_grab_keyframe, describe
+from .rtsp import WarmGrabber, async_grab_keyframe, describe
 
 STREAM_SCHEMES: Final = frozenset({"rtsp", "rtsps"})
+# How long a one-shot RTSP session stays open after a still, so a burst of
+# dashboard requests reuses it instead of a new handshake per request.
+WARM_LINGER: Final = 5.0
+# Below Home Assistant's 10 s camera image timeout, so our own error wins.
+DEFAULT_TIMEOUT: Final = 9.0
 SNAPSHOT_SCHEMES: Final = frozenset({"http", "https"})
 
 # Returns a JPEG of the running stream's next keyframe, or None when Home
@@ -41,6 +46,14 @@ class CameraClient:
         self._session = session
         self.policy = policy
         self.source = source
+        self.grabber = WarmGrabber(transport=source.rtsp_transport, linger=WARM_LINGER)
+        # Set by the glue while Home Assistant runs a stream for this camera.
+        self.keyframe_provider: KeyframeProvider | None = None
+        self.timeout = DEFAULT_TIMEOUT
+
+    async def close(self) -> None:
+        """Close the warm RTSP session, if any (entry unload)."""
+        await self.grabber.close()
 
     async def stream_target(self) -> Target:
         """Check the stream URL against the policy and pin its address."""
@@ -69,39 +82,26 @@ class CameraClient:
             timeout=timeout,
         )
 
-    async def fetch_snapshot(
-        self,
-        width: int | None = None,
-        height: int | None = None,
-        *,
-        keyframe: KeyframeProvider | None = None,
-        timeout: float = 9.0,
-    ) -> Snapshot:
-        """Fetch a fresh still from this camera and return it with provenance."""
+    async def fetch_snapshot(self, *, timeout: float | None = None) -> Snapshot:
+        """Fetch a fresh full-size still from this camera, with provenance."""
         loop = asyncio.get_running_loop()
+        timeout = self.timeout if timeout is None else timeout
+        keyframe = self.keyframe_provider
         try:
             async with asyncio.timeout(timeout):
-                body, content_type, kind = await self._fetch_raw(keyframe, timeout)
-                received = time.monotonic()
-                wall = datetime.now(UTC)
+                body, content_type, kind, received = await self._fetch_raw(keyframe, timeout)
+                # Wall time of the same instant the bytes arrived.
+                wall = datetime.now(UTC) - timedelta(seconds=time.monotonic() - received)
                 return await loop.run_in_executor(
-                    None,
-                    self._finish,
-                    body,
-                    content_type,
-                    kind,
-                    width,
-                    height,
-                    received,
-                    wall,
+                    None, self._finish, body, content_type, kind, received, wall
                 )
         except TimeoutError:
             raise CameraTimeoutError("no still within the time limit") from None
 
     async def _fetch_raw(
         self, keyframe: KeyframeProvider | None, timeout: float
-    ) -> tuple[bytes, str | None, SnapshotSource]:
-        """Get JPEG bytes from the best available source."""
+    ) -> tuple[bytes, str | None, SnapshotSource, float]:
+        """Get JPEG bytes, and when they arrived, from the best available source."""
         if self.source.snapshot_url:
             reply = await http.fetch(
                 self._session,
@@ -113,37 +113,35 @@ class CameraClient:
                 timeout=timeout,
                 max_bytes=jpeg.MAX_JPEG_BYTES,
             )
-            return reply.body, reply.content_type, SnapshotSource.SNAPSHOT_URL
+            return (
+                reply.body,
+                reply.content_type,
+                SnapshotSource.SNAPSHOT_URL,
+                time.monotonic(),
+            )
         if keyframe is not None and (image := await keyframe()) is not None:
-            return image, None, SnapshotSource.STREAM_KEYFRAME
-        frame = await async_grab_keyframe(
-            await self.stream_url(),
-            transport=self.source.rtsp_transport,
-            timeout=max(timeout - 0.5, 1.0),
-        )
-        return frame.jpeg, None, SnapshotSource.RTSP_GRAB
+            return image, None, SnapshotSource.STREAM_KEYFRAME, time.monotonic()
+        frame = await self.grabber.grab(self.stream_url, timeout=max(timeout - 0.5, 1.0))
+        return frame.jpeg, None, SnapshotSource.RTSP_GRAB, frame.received_at
 
     def _finish(
         self,
         body: bytes,
         content_type: str | None,
         kind: SnapshotSource,
-        width: int | None,
-        height: int | None,
         received: float,
         wall: datetime,
     ) -> Snapshot:
-        """Validate, scale and stamp a still (runs in the executor)."""
-        jpeg.validate_jpeg(body, content_type)
-        data, out_width, out_height = jpeg.scale_jpeg(body, width, height)
+        """Validate and stamp a still (runs in the executor)."""
+        width, height = jpeg.validate_jpeg(body, content_type)
         return Snapshot(
             camera_id=self.source.camera_id,
             fingerprint=self.source.fingerprint,
             source=kind,
-            jpeg=data,
-            width=out_width,
-            height=out_height,
+            jpeg=body,
+            width=width,
+            height=height,
             captured_at=received,
             captured_wall=wall,
-            sha256=hashlib.sha256(data).hexdigest(),
+            sha256=hashlib.sha256(body).hexdigest(),
         )

@@ -1,0 +1,242 @@
+"""A per-camera still cache that cannot cross cameras or go stale in silence.
+
+Guarantees, and where each is enforced:
+- One cache object per camera; it stores and serves only frames whose
+  ``camera_id`` and ``fingerprint`` equal its own, checked when a frame is
+  served (``_fresh``), not only when stored. A new source (URL, credentials,
+  identity) means a new fingerprint, so ``rebind`` empties the cache.
+- Single flight: concurrent requests for one camera share one upstream fetch;
+  every waiter gets that fetch's frame or its error. A waiter that gives up
+  (client gone) does not cancel the fetch for the others.
+- Honest age: a frame older than ``max_age`` is never returned; there is no
+  fallback to an older frame anywhere: a failed fetch raises to every waiter.
+- Sizes: a requested width/height is scaled from the camera's full frame in
+  the executor and cached per size with the same provenance; it never causes
+  a second upstream fetch.
+- Isolation: caches share nothing, so a hanging camera delays only its own
+  waiters (its fetch is bounded by the fetch function's own timeout).
+"""
+
+import asyncio
+from collections import Counter, OrderedDict
+from collections.abc import Awaitable, Callable
+import contextlib
+from dataclasses import dataclass, field, replace
+import hashlib
+import time
+from typing import Any, Final
+
+from . import jpeg
+from .errors import CameraTimeoutError, InvalidImageError, LocalCamError
+from .models import Snapshot
+
+# Dashboards request a handful of card sizes; bound the per-size entries so a
+# client iterating sizes cannot grow memory.
+MAX_SIZES: Final = 8
+
+type Size = tuple[int, int] | None
+type FetchFull = Callable[[], Awaitable[Snapshot]]
+
+
+@dataclass(slots=True)
+class CacheStats:
+    """Counters shown in diagnostics (never image bytes)."""
+
+    hits: int = 0
+    misses: int = 0
+    coalesced: int = 0
+    upstream_fetches: int = 0
+    scaled: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    last_capture: float | None = None  # monotonic
+
+    def as_dict(self, now: float) -> dict[str, Any]:
+        """Return a JSON-friendly view."""
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "coalesced_waiters": self.coalesced,
+            "upstream_fetches": self.upstream_fetches,
+            "scaled": self.scaled,
+            "rejected_images": dict(self.rejected),
+            "errors": dict(self.errors),
+            "last_capture_age_seconds": (
+                round(now - self.last_capture, 3) if self.last_capture is not None else None
+            ),
+        }
+
+
+class SnapshotCache:
+    """Stills of ONE camera, keyed by requested size."""
+
+    def __init__(
+        self,
+        camera_id: str,
+        fingerprint: str,
+        fetch: FetchFull,
+        *,
+        max_age: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Bind the camera's identity, its full-frame fetch and the max age."""
+        self.camera_id = camera_id
+        self.fingerprint = fingerprint
+        self.max_age = max_age
+        self.stats = CacheStats()
+        self._fetch = fetch
+        self._clock = clock
+        # The full frame is kept apart from the scaled copies, so that cycling
+        # through card sizes never evicts it (which would refetch upstream).
+        self._full_frame: Snapshot | None = None
+        self._frames: OrderedDict[tuple[int, int], Snapshot] = OrderedDict()
+        self._inflight: dict[Size, asyncio.Future[Snapshot]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def rebind(self, fingerprint: str, fetch: FetchFull) -> None:
+        """Switch to a new source: everything cached or in flight is dropped."""
+        self.fingerprint = fingerprint
+        self._fetch = fetch
+        self._full_frame = None
+        self._frames.clear()
+        self._inflight.clear()
+
+    def _fresh(self, frame: Snapshot | None) -> bool:
+        """Whether a frame may be served now: this camera, this source, young."""
+        return (
+            frame is not None
+            and frame.camera_id == self.camera_id
+            and frame.fingerprint == self.fingerprint
+            and self._clock() - frame.captured_at <= self.max_age
+        )
+
+    async def get(self, width: int | None = None, height: int | None = None) -> Snapshot:
+        """Return a still no older than max age, fetching once for all waiters."""
+        size: Size = (width, height) if width and height else None
+        frame = self._lookup(size)
+        if frame is not None and self._fresh(frame):
+            self.stats.hits += 1
+            return frame
+        if (pending := self._inflight.get(size)) is not None:
+            self.stats.coalesced += 1
+        else:
+            self.stats.misses += 1
+            pending = self._start(size)
+        # shield: a waiter that is cancelled (viewer closed the card) must not
+        # cancel the fetch other viewers are waiting on.
+        frame = await asyncio.shield(pending)
+        if not self._fresh(frame):
+            # Only reachable if the source changed while we waited, or the
+            # fetch itself outlived max age: never serve it as current.
+            self.stats.errors["stale"] += 1
+            raise CameraTimeoutError("the still expired before it could be served")
+        return frame
+
+    def _start(self, size: Size) -> asyncio.Future[Snapshot]:
+        """Start the one fetch for ``size`` and register it as in flight."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Snapshot] = loop.create_future()
+        self._inflight[size] = future
+        fingerprint = self.fingerprint
+        task = loop.create_task(self._produce(size, future, fingerprint))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return future
+
+    async def _produce(
+        self, size: Size, future: asyncio.Future[Snapshot], fingerprint: str
+    ) -> None:
+        """Fetch (or scale) one frame and hand it to every waiter."""
+        try:
+            frame = await (self._upstream() if size is None else self._scaled(size))
+        except asyncio.CancelledError:
+            # Unload: the waiters are cancelled with the fetch, never left hanging.
+            if not future.done():
+                future.cancel()
+            raise
+        except Exception as err:  # noqa: BLE001 - every waiter gets the same error
+            if not future.done():
+                future.set_exception(err)
+                future.exception()  # a burst with no waiter left must not warn
+        else:
+            if fingerprint == self.fingerprint:
+                self._store(size, frame)
+            if not future.done():
+                future.set_result(frame)
+        finally:
+            if self._inflight.get(size) is future:
+                del self._inflight[size]
+
+    def _lookup(self, size: Size) -> Snapshot | None:
+        """Return the stored frame for a size (None = full), if any."""
+        if size is None:
+            return self._full_frame
+        frame = self._frames.get(size)
+        if frame is not None:
+            self._frames.move_to_end(size)
+        return frame
+
+    async def _full(self) -> Snapshot:
+        """The camera's full frame for a scaled request: cached, shared or new."""
+        frame = self._full_frame
+        if frame is not None and self._fresh(frame):
+            return frame
+        pending = self._inflight.get(None) or self._start(None)
+        return await asyncio.shield(pending)
+
+    async def _scaled(self, size: tuple[int, int]) -> Snapshot:
+        """Scale the full frame in the executor; provenance stays the same."""
+        full = await self._full()
+        loop = asyncio.get_running_loop()
+        data, width, height = await loop.run_in_executor(
+            None, jpeg.scale_jpeg, full.jpeg, size[0], size[1]
+        )
+        if data is full.jpeg:
+            return full
+        self.stats.scaled += 1
+        return replace(
+            full,
+            jpeg=data,
+            width=width,
+            height=height,
+            sha256=hashlib.sha256(data).hexdigest(),
+        )
+
+    async def _upstream(self) -> Snapshot:
+        """Call the camera: the only place an upstream fetch starts."""
+        self.stats.upstream_fetches += 1
+        try:
+            frame = await self._fetch()
+        except InvalidImageError as err:
+            self.stats.rejected[err.reason] += 1
+            self.stats.errors[err.translation_key] += 1
+            raise
+        except LocalCamError as err:
+            self.stats.errors[err.translation_key] += 1
+            raise
+        self.stats.last_capture = frame.captured_at
+        return frame
+
+    def _store(self, size: Size, frame: Snapshot) -> None:
+        """Keep a frame for its size, bounded in the number of sizes."""
+        if size is None:
+            self._full_frame = frame
+            return
+        self._frames[size] = frame
+        self._frames.move_to_end(size)
+        while len(self._frames) > MAX_SIZES:
+            self._frames.popitem(last=False)
+
+    async def close(self) -> None:
+        """Cancel fetches in flight (entry unload) and forget every frame."""
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for future in self._inflight.values():
+            if not future.done():
+                future.cancel()
+        self._inflight.clear()
+        self._full_frame = None
+        self._frames.clear()

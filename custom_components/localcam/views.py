@@ -1,0 +1,77 @@
+"""LocalCam's own still endpoint, with the frame's provenance in its headers."""
+
+from http import HTTPStatus
+from typing import Final
+
+from aiohttp import web
+from homeassistant.components.camera.const import DATA_COMPONENT
+from homeassistant.core import HomeAssistant, callback
+from homeassistant.exceptions import HomeAssistantError
+from homeassistant.helpers.http import KEY_HASS, HomeAssistantView
+
+from .camera import LocalCamCamera
+
+MAX_SIZE: Final = 8192
+# Errors a card can act on; the body is a short key, never a URL or secret.
+_TIMEOUT_KEYS: Final = frozenset({"timeout"})
+
+
+@callback
+def async_register_views(hass: HomeAssistant) -> None:
+    """Register the views once per Home Assistant instance."""
+    hass.http.register_view(LocalCamSnapshotView())
+
+
+def _size(request: web.Request, name: str) -> int | None:
+    """Parse an optional positive size from the query (400 otherwise)."""
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit() or not 0 < int(raw) <= MAX_SIZE:
+        raise web.HTTPBadRequest(text=f"{name} must be an integer from 1 to {MAX_SIZE}")
+    return int(raw)
+
+
+class LocalCamSnapshotView(HomeAssistantView):
+    """GET /api/localcam/snapshot/{entity_id}: a fresh still of one LocalCam camera.
+
+    Beside the JPEG it says which camera (unique id), when the frame arrived
+    from the camera and from which source, with a content ETag so a client
+    that already has this frame gets a 304, and ``Cache-Control: no-store``
+    so no browser or proxy cache can ever serve it in place of a new one.
+    """
+
+    url = "/api/localcam/snapshot/{entity_id}"
+    name = "api:localcam:snapshot"
+    requires_auth = True
+
+    async def get(self, request: web.Request, entity_id: str) -> web.StreamResponse:
+        """Serve the still or a plain error status."""
+        hass = request.app[KEY_HASS]
+        component = hass.data.get(DATA_COMPONENT)
+        entity = component.get_entity(entity_id) if component else None
+        if not isinstance(entity, LocalCamCamera):
+            return web.Response(status=HTTPStatus.NOT_FOUND)
+        width, height = _size(request, "width"), _size(request, "height")
+        if (width is None) != (height is None):
+            raise web.HTTPBadRequest(text="give both width and height, or neither")
+        try:
+            snapshot = await entity.async_snapshot(width, height)
+        except HomeAssistantError as err:
+            status = (
+                HTTPStatus.GATEWAY_TIMEOUT
+                if err.translation_key in _TIMEOUT_KEYS
+                else HTTPStatus.BAD_GATEWAY
+            )
+            return web.Response(status=status, text=err.translation_key or "error")
+        etag = f'"{snapshot.sha256}"'
+        headers = {
+            "X-LocalCam-Camera": entity.unique_id or "",
+            "X-LocalCam-Captured-At": snapshot.captured_wall.isoformat(),
+            "X-LocalCam-Source": snapshot.source.value,
+            "ETag": etag,
+            "Cache-Control": "no-store",
+        }
+        if etag in {tag.strip() for tag in request.headers.get("If-None-Match", "").split(",")}:
+            return web.Response(status=HTTPStatus.NOT_MODIFIED, headers=headers)
+        return web.Response(body=snapshot.jpeg, content_type="image/jpeg", headers=headers)

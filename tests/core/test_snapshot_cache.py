@@ -1,0 +1,226 @@
+"""core.snapshot_cache: single flight, honest age, per-camera keys, sizes."""
+
+import asyncio
+from datetime import UTC, datetime
+import hashlib
+import io
+
+from PIL import Image
+import pytest
+
+from custom_components.localcam.core.errors import (
+    CameraTimeoutError,
+    CannotConnectError,
+    InvalidImageError,
+)
+from custom_components.localcam.core.models import Snapshot, SnapshotSource
+from custom_components.localcam.core.snapshot_cache import MAX_SIZES, SnapshotCache
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _jpeg(color: tuple[int, int, int] = (0, 200, 0), size: tuple[int, int] = (640, 360)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+class Upstream:
+    """A fake camera fetch (the edge): counts calls, can fail or hang."""
+
+    def __init__(self, clock: Clock, camera_id: str = "cam-a", fingerprint: str = "fp-a") -> None:
+        self.clock = clock
+        self.camera_id = camera_id
+        self.fingerprint = fingerprint
+        self.calls = 0
+        self.delay = 0.0
+        self.error: Exception | None = None
+        self.release = asyncio.Event()
+        self.release.set()
+
+    async def __call__(self) -> Snapshot:
+        self.calls += 1
+        await self.release.wait()
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.error is not None:
+            raise self.error
+        data = _jpeg()
+        return Snapshot(
+            camera_id=self.camera_id,
+            fingerprint=self.fingerprint,
+            source=SnapshotSource.SNAPSHOT_URL,
+            jpeg=data,
+            width=640,
+            height=360,
+            captured_at=self.clock(),
+            captured_wall=datetime.now(UTC),
+            sha256=hashlib.sha256(data).hexdigest(),
+        )
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def _cache(clock: Clock, upstream: Upstream, max_age: float = 1.0) -> SnapshotCache:
+    return SnapshotCache("cam-a", "fp-a", upstream, max_age=max_age, clock=clock)
+
+
+async def test_concurrent_requests_make_one_fetch(clock: Clock) -> None:
+    """200 viewers at once: one upstream fetch, 200 identical answers."""
+    upstream = Upstream(clock)
+    upstream.release.clear()
+    cache = _cache(clock, upstream)
+    tasks = [asyncio.create_task(cache.get()) for _ in range(200)]
+    await asyncio.sleep(0)
+    upstream.release.set()
+    frames = await asyncio.gather(*tasks)
+    assert upstream.calls == 1
+    assert len({frame.sha256 for frame in frames}) == 1
+    assert cache.stats.misses == 1
+    assert cache.stats.coalesced == 199
+
+
+async def test_every_waiter_gets_the_error(clock: Clock) -> None:
+    """A failed fetch raises to every waiter; nothing is cached."""
+    upstream = Upstream(clock)
+    upstream.error = CannotConnectError("refused")
+    cache = _cache(clock, upstream)
+    results = await asyncio.gather(*(cache.get() for _ in range(10)), return_exceptions=True)
+    assert all(isinstance(result, CannotConnectError) for result in results)
+    assert upstream.calls == 1
+    assert cache.stats.errors["cannot_connect"] == 1
+    upstream.error = None
+    assert (await cache.get()).camera_id == "cam-a"
+    assert upstream.calls == 2
+
+
+async def test_invalid_images_are_counted_by_reason(clock: Clock) -> None:
+    """Rejected images are counted per reason for diagnostics."""
+    upstream = Upstream(clock)
+    upstream.error = InvalidImageError("truncated (no JPEG end marker)")
+    cache = _cache(clock, upstream)
+    with pytest.raises(InvalidImageError):
+        await cache.get()
+    stats = cache.stats.as_dict(clock())
+    assert stats["rejected_images"] == {"truncated (no JPEG end marker)": 1}
+    assert stats["errors"] == {"invalid_image": 1}
+
+
+async def test_age_is_honest(clock: Clock) -> None:
+    """Within max age a hit; past it a new fetch, and a failure is an error."""
+    upstream = Upstream(clock)
+    cache = _cache(clock, upstream, max_age=1.0)
+    first = await cache.get()
+    clock.now += 0.9
+    assert await cache.get() is first
+    assert cache.stats.hits == 1
+    clock.now += 0.2
+    upstream.error = CannotConnectError("gone")
+    with pytest.raises(CannotConnectError):
+        await cache.get()  # never the 1.1 s old frame
+
+
+async def test_frames_of_another_source_are_never_served(clock: Clock) -> None:
+    """A frame stamped with another camera or fingerprint is refused at serve time."""
+    upstream = Upstream(clock, camera_id="cam-b")
+    cache = _cache(clock, upstream)
+    with pytest.raises(CameraTimeoutError):
+        await cache.get()
+    assert cache.stats.errors["stale"] == 1
+
+
+async def test_rebind_empties_the_cache(clock: Clock) -> None:
+    """A new source fingerprint drops every cached frame."""
+    upstream = Upstream(clock)
+    cache = _cache(clock, upstream)
+    await cache.get()
+    new_upstream = Upstream(clock, fingerprint="fp-new")
+    cache.rebind("fp-new", new_upstream)
+    frame = await cache.get()
+    assert frame.fingerprint == "fp-new"
+    assert new_upstream.calls == 1
+
+
+async def test_sizes_share_one_upstream_fetch(clock: Clock) -> None:
+    """Cards of several sizes: one upstream fetch, scaled copies with the same provenance."""
+    upstream = Upstream(clock)
+    cache = _cache(clock, upstream)
+    full, small, medium = await asyncio.gather(cache.get(), cache.get(160, 90), cache.get(320, 180))
+    assert upstream.calls == 1
+    assert small.width < full.width
+    assert medium.width < full.width
+    assert small.captured_at == full.captured_at
+    assert small.camera_id == full.camera_id
+    assert small.sha256 != full.sha256
+    assert await cache.get(160, 90) is small
+    assert cache.stats.scaled == 2
+
+
+async def test_size_entries_are_bounded(clock: Clock) -> None:
+    """A client cycling through sizes cannot grow memory without bound."""
+    upstream = Upstream(clock)
+    cache = _cache(clock, upstream)
+    for width in range(100, 100 + 4 * (MAX_SIZES + 5), 4):
+        await cache.get(width, width // 2)
+    assert len(cache._frames) <= MAX_SIZES
+    assert upstream.calls == 1
+
+
+async def test_a_cancelled_viewer_does_not_cancel_the_fetch(clock: Clock) -> None:
+    """The first viewer closing its card leaves the others their frame."""
+    upstream = Upstream(clock)
+    upstream.release.clear()
+    cache = _cache(clock, upstream)
+    first = asyncio.create_task(cache.get())
+    second = asyncio.create_task(cache.get())
+    await asyncio.sleep(0)
+    first.cancel()
+    upstream.release.set()
+    frame = await second
+    assert frame.camera_id == "cam-a"
+    assert upstream.calls == 1
+
+
+async def test_a_hanging_camera_does_not_slow_another(clock: Clock) -> None:
+    """Caches share nothing: camera A hanging leaves camera B's latency alone."""
+    hanging = Upstream(clock)
+    hanging.release.clear()
+    healthy = Upstream(clock, camera_id="cam-b", fingerprint="fp-b")
+    cache_a = _cache(clock, hanging)
+    cache_b = SnapshotCache("cam-b", "fp-b", healthy, max_age=1.0, clock=clock)
+    stuck = [asyncio.create_task(cache_a.get()) for _ in range(50)]
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    frame = await asyncio.wait_for(cache_b.get(), timeout=1)
+    assert frame.camera_id == "cam-b"
+    assert loop.time() - start < 0.5
+    await cache_a.close()
+    for task in stuck:
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_close_cancels_inflight(clock: Clock) -> None:
+    """Unload cancels fetches in flight and forgets frames."""
+    upstream = Upstream(clock)
+    cache = _cache(clock, upstream)
+    await cache.get()
+    upstream.release.clear()
+    clock.now += 5
+    waiter = asyncio.create_task(cache.get())
+    await asyncio.sleep(0)
+    await cache.close()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert cache._full_frame is None

@@ -1,0 +1,146 @@
+"""The seed's failure, made impossible and proved.
+
+Many virtual cameras, each in its own colour, served through Home Assistant's
+HTTP API (both HA's /api/camera_proxy and LocalCam's /api/localcam/snapshot,
+several sizes) while faults are injected: a hanging camera, dropped and
+truncated replies, 401s and reboots. Every image that is served must show its
+own camera's colour, none may be older than max age, and the hanging camera
+must not hold up the others. The benchmark (bench/) runs the large version.
+"""
+
+import asyncio
+from datetime import UTC, datetime
+import io
+import os
+import random
+import time
+
+from homeassistant.core import HomeAssistant
+from homeassistant.helpers import entity_registry as er
+from PIL import Image
+import pytest
+from pytest_homeassistant_custom_component.typing import ClientSessionGenerator
+
+from custom_components.localcam.const import CONF_SNAPSHOT_MAX_AGE, DOMAIN
+from virtualcam import CameraFarm, Fault, color_for, nearest_camera
+
+from .conftest import CAM_PASSWORD, CAM_USER, make_entry, setup_entry
+
+# CI-sized; LOCALCAM_ISOLATION_CAMERAS / _REQUESTS scale it up.
+CAMERAS = int(os.environ.get("LOCALCAM_ISOLATION_CAMERAS", "16"))
+RTSP_ONLY = max(2, CAMERAS // 16 * 2)
+REQUESTS = int(os.environ.get("LOCALCAM_ISOLATION_REQUESTS", "800"))
+MAX_AGE = 1.0
+PALETTE = [color_for(i) for i in range(120)]
+SIZES = [None, (320, 180), (160, 90)]
+
+
+def _colour_index(body: bytes) -> int:
+    image = Image.open(io.BytesIO(body))
+    image.load()  # a truncated JPEG fails here, not silently
+    rgb = image.convert("RGB")
+    pixel = rgb.getpixel((rgb.width // 2, rgb.height // 2))
+    assert isinstance(pixel, tuple)
+    return nearest_camera((pixel[0], pixel[1], pixel[2]), PALETTE)
+
+
+@pytest.mark.timeout(300)
+async def test_no_frame_crosses_cameras_under_faults(
+    hass: HomeAssistant, hass_client: ClientSessionGenerator, socket_enabled: None
+) -> None:
+    """Thousands of mixed requests, faults injected: 0 foreign, 0 stale frames."""
+    farm = CameraFarm(
+        CAMERAS,
+        base_name="iso",
+        rtsp_only=RTSP_ONLY,
+        username=CAM_USER,
+        password=CAM_PASSWORD,
+        width=320,
+        height=180,
+        fps=5.0,
+    )
+    await farm.start()
+    try:
+        entities: dict[str, int] = {}
+        for index, cam in enumerate(farm.cameras):
+            entry = make_entry(
+                cam,
+                snapshot=cam.config.http_snapshot,
+                options={CONF_SNAPSHOT_MAX_AGE: MAX_AGE},
+            )
+            await setup_entry(hass, entry)
+            entity_id = er.async_get(hass).async_get_entity_id(
+                "camera", DOMAIN, f"{entry.unique_id}_main"
+            )
+            assert entity_id is not None
+            entities[entity_id] = index
+            entry.runtime_data.client.timeout = 3.0  # keep the hang phase short
+        client = await hass_client()
+        by_index = {index: entity for entity, index in entities.items()}
+
+        # Faults on a few snapshot cameras; the RTSP-only ones get a reboot.
+        hanging, dropping, truncating, refusing_auth = 0, 1, 2, 3
+        farm[hanging].fault = Fault.HANG
+        farm[dropping].fault = Fault.DROP
+        farm[truncating].fault = Fault.TRUNCATED_JPEG
+        farm[refusing_auth].fault = Fault.UNAUTHORIZED
+
+        rng = random.Random(2019)
+        results: list[tuple[int, int, float, bytes, float | None]] = []
+        semaphore = asyncio.Semaphore(48)
+
+        async def one(index: int) -> None:
+            entity_id = by_index[index]
+            size = rng.choice(SIZES)
+            own = rng.random() < 0.5
+            path = (
+                f"/api/localcam/snapshot/{entity_id}" if own else f"/api/camera_proxy/{entity_id}"
+            )
+            if size:
+                path += f"?width={size[0]}&height={size[1]}"
+            async with semaphore:
+                start = time.monotonic()
+                resp = await client.get(path)
+                body = await resp.read()
+                elapsed = time.monotonic() - start
+            # Age of the frame when it reached the viewer.
+            age = None
+            if (captured := resp.headers.get("X-LocalCam-Captured-At")) is not None:
+                age = (datetime.now(UTC) - datetime.fromisoformat(captured)).total_seconds()
+            results.append((index, resp.status, elapsed, body, age))
+
+        async def reboots() -> None:
+            for cam in farm.cameras[-RTSP_ONLY:]:
+                await asyncio.sleep(0.5)
+                await cam.restart()
+
+        indexes = [rng.randrange(CAMERAS) for _ in range(REQUESTS)]
+        await asyncio.gather(reboots(), *(one(index) for index in indexes))
+
+        served = [r for r in results if r[1] == 200]
+        foreign = [r for r in served if _colour_index(r[3]) != r[0]]
+        # Served within max age; the slack covers HTTP transit on a loaded CI box.
+        stale = [r for r in served if r[4] is not None and r[4] > MAX_AGE + 0.5]
+        ages = sorted(r[4] for r in served if r[4] is not None)
+        faulted = {hanging, dropping, truncating, refusing_auth}
+        healthy = [r for r in results if r[0] not in faulted]
+        assert foreign == []
+        assert stale == []
+        # Faulted cameras never produced a 200 with a broken or wrong image.
+        assert all(r[1] != 200 for r in results if r[0] in {hanging, truncating, refusing_auth})
+        # Every healthy camera was served, and never waited on the hanging one.
+        assert {r[0] for r in healthy if r[1] == 200} == set(range(CAMERAS)) - faulted
+        slow = sorted(r[2] for r in healthy)
+        assert slow[int(len(slow) * 0.95)] < 2.5, "healthy cameras were held up"
+        print(
+            f"\nisolation: {len(results)} requests, {len(served)} served, "
+            f"{len(foreign)} foreign, {len(stale)} stale, "
+            f"healthy p95 {slow[int(len(slow) * 0.95)] * 1000:.0f} ms, "
+            f"oldest frame served {ages[-1] * 1000:.0f} ms"
+        )
+    finally:
+        for cam in farm.cameras:
+            cam.fault = None
+        for entry in hass.config_entries.async_entries(DOMAIN):
+            await hass.config_entries.async_unload(entry.entry_id)
+        await farm.stop()

@@ -1,0 +1,98 @@
+"""LocalCam's own still endpoint: provenance headers, ETag/304, errors."""
+
+import asyncio
+from datetime import UTC, datetime
+from http import HTTPStatus
+import io
+
+from homeassistant.core import HomeAssistant
+from homeassistant.helpers import entity_registry as er
+from PIL import Image
+import pytest
+from pytest_homeassistant_custom_component.typing import ClientSessionGenerator
+
+from custom_components.localcam.const import CONF_SNAPSHOT_MAX_AGE, DOMAIN
+from virtualcam import Fault, VirtualCamera, color_for, nearest_camera
+
+from .conftest import make_entry, setup_entry
+
+pytestmark = pytest.mark.usefixtures("secrets_absent_from_logs")
+
+
+async def _setup(hass: HomeAssistant, cam: VirtualCamera) -> tuple[str, str]:
+    entry = make_entry(cam, options={CONF_SNAPSHOT_MAX_AGE: 0.3})
+    await setup_entry(hass, entry)
+    unique_id = f"{entry.unique_id}_main"
+    entity_id = er.async_get(hass).async_get_entity_id("camera", DOMAIN, unique_id)
+    assert entity_id is not None
+    return entity_id, unique_id
+
+
+async def test_snapshot_with_provenance(
+    hass: HomeAssistant, hass_client: ClientSessionGenerator, camera: VirtualCamera
+) -> None:
+    """The still comes with its camera, capture time, source, ETag and no-store."""
+    entity_id, unique_id = await _setup(hass, camera)
+    client = await hass_client()
+    resp = await client.get(f"/api/localcam/snapshot/{entity_id}")
+    assert resp.status == HTTPStatus.OK
+    assert resp.content_type == "image/jpeg"
+    assert resp.headers["X-LocalCam-Camera"] == unique_id
+    assert resp.headers["X-LocalCam-Source"] == "snapshot_url"
+    assert resp.headers["Cache-Control"] == "no-store"
+    captured = datetime.fromisoformat(resp.headers["X-LocalCam-Captured-At"])
+    assert 0 <= (datetime.now(UTC) - captured).total_seconds() < 0.3
+    body = await resp.read()
+    image = Image.open(io.BytesIO(body)).convert("RGB")
+    pixel = image.getpixel((image.width // 2, image.height // 2))
+    assert isinstance(pixel, tuple)
+    assert nearest_camera((pixel[0], pixel[1], pixel[2]), [color_for(i) for i in range(64)]) == 0
+
+    etag = resp.headers["ETag"]
+    resp = await client.get(f"/api/localcam/snapshot/{entity_id}", headers={"If-None-Match": etag})
+    assert resp.status == HTTPStatus.NOT_MODIFIED
+    assert await resp.read() == b""
+    await asyncio.sleep(0.35)  # past max age: a new frame, a new ETag
+    resp = await client.get(f"/api/localcam/snapshot/{entity_id}", headers={"If-None-Match": etag})
+    assert resp.status == HTTPStatus.OK
+    assert resp.headers["ETag"] != etag
+
+
+async def test_sizes(
+    hass: HomeAssistant, hass_client: ClientSessionGenerator, camera: VirtualCamera
+) -> None:
+    """width+height scale the still; half a size or junk is a 400."""
+    entity_id, _ = await _setup(hass, camera)
+    client = await hass_client()
+    resp = await client.get(f"/api/localcam/snapshot/{entity_id}?width=160&height=90")
+    assert resp.status == HTTPStatus.OK
+    assert Image.open(io.BytesIO(await resp.read())).width < 320
+    for query in ("width=160", "width=abc&height=2", "width=0&height=0", "width=99999&height=1"):
+        resp = await client.get(f"/api/localcam/snapshot/{entity_id}?{query}")
+        assert resp.status == HTTPStatus.BAD_REQUEST, query
+
+
+async def test_errors_and_scope(
+    hass: HomeAssistant,
+    hass_client: ClientSessionGenerator,
+    hass_client_no_auth: ClientSessionGenerator,
+    camera: VirtualCamera,
+) -> None:
+    """A broken still is a 502, a hang a 504, other entities 404, no token 401."""
+    entity_id, _ = await _setup(hass, camera)
+    client = await hass_client()
+    camera.fault = Fault.TRUNCATED_JPEG
+    resp = await client.get(f"/api/localcam/snapshot/{entity_id}")
+    assert resp.status == HTTPStatus.BAD_GATEWAY
+    assert await resp.text() == "invalid_image"
+    camera.fault = Fault.HANG
+    entry = hass.config_entries.async_entries(DOMAIN)[0]
+    entry.runtime_data.client.timeout = 0.5
+    await asyncio.sleep(0.35)
+    resp = await client.get(f"/api/localcam/snapshot/{entity_id}")
+    assert resp.status == HTTPStatus.GATEWAY_TIMEOUT
+    resp = await client.get("/api/localcam/snapshot/camera.does_not_exist")
+    assert resp.status == HTTPStatus.NOT_FOUND
+    anonymous = await hass_client_no_auth()
+    resp = await anonymous.get(f"/api/localcam/snapshot/{entity_id}")
+    assert resp.status == HTTPStatus.UNAUTHORIZED
