@@ -59,9 +59,9 @@ def entity_registry_enabled_by_default() -> Generator[None]:
         yield
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def secrets_absent_from_logs(caplog: pytest.LogCaptureFixture) -> Generator[None]:
-    """After the test, assert no log record carries the camera's password."""
+    """After every test of the suite, assert no log record carries a camera password."""
     caplog.set_level(logging.DEBUG)
     yield
     for record in caplog.records:

@@ -30,3 +30,15 @@ async def test_diagnostics_are_redacted(
     assert data["stream_url"].endswith("/stream")
     assert diagnostics["health"]["last_update_success"] is True
     assert diagnostics["health"]["interval_seconds"] == 60
+    assert set(diagnostics["snapshot_cache"]) == {
+        "max_age_seconds",
+        "hits",
+        "misses",
+        "coalesced_waiters",
+        "upstream_fetches",
+        "scaled",
+        "rejected_images",
+        "errors",
+        "last_capture_age_seconds",
+    }
+    assert diagnostics["rtsp_warm_session"] == {"active": False, "sessions_opened": 0}

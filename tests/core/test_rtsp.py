@@ -21,7 +21,7 @@ from custom_components.localcam.core.errors import (
     NoVideoError,
 )
 from custom_components.localcam.core.netpolicy import NetPolicy, Target
-from custom_components.localcam.core.rtsp import async_grab_keyframe, describe
+from custom_components.localcam.core.rtsp import WarmGrabber, async_grab_keyframe, describe
 from virtualcam import CameraConfig, Fault, VirtualCamera, color_for, nearest_camera
 
 USER, PASSWORD = "cam", "pw-rtsp-9"
@@ -208,3 +208,45 @@ async def test_grab_keyframe_errors(vcam: VirtualCamera) -> None:
     vcam.fault = Fault.HANG
     with pytest.raises(CameraTimeoutError):
         await async_grab_keyframe(target.pinned_url(USER, PASSWORD), timeout=1)
+
+
+async def test_warm_session_serves_a_burst_with_one_handshake(vcam: VirtualCamera) -> None:
+    """Grabs within the linger window share one RTSP session, then it closes itself."""
+    target = await _target(vcam.rtsp_url)
+
+    async def url() -> str:
+        return target.pinned_url(USER, PASSWORD)
+
+    grabber = WarmGrabber(linger=0.5)
+    try:
+        first = await grabber.grab(url, timeout=5)
+        second = await grabber.grab(url, timeout=5)
+        assert grabber.sessions_opened == 1
+        assert vcam.stats.play_sessions == 1
+        assert second.received_at > first.received_at  # the next keyframe, not a copy
+        for _ in range(50):  # closes by itself after the linger window
+            if not grabber.active:
+                break
+            await asyncio.sleep(0.1)
+        assert not grabber.active
+        await grabber.grab(url, timeout=5)
+        assert grabber.sessions_opened == 2
+    finally:
+        await grabber.close()
+    assert not grabber.active
+
+
+async def test_warm_session_errors_reach_every_waiter(vcam: VirtualCamera) -> None:
+    """A refused session fails all its waiters at once, with a core error."""
+    target = await _target(vcam.rtsp_url)
+    vcam.fault = Fault.REFUSE
+
+    async def url() -> str:
+        return target.pinned_url(USER, PASSWORD)
+
+    grabber = WarmGrabber(linger=0.5)
+    results = await asyncio.gather(
+        *(grabber.grab(url, timeout=3) for _ in range(5)), return_exceptions=True
+    )
+    assert all(isinstance(result, CannotConnectError) for result in results)
+    await grabber.close()
