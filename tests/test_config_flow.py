@@ -15,6 +15,7 @@ from custom_components.localcam.const import (
     CONF_CAMERA_ID,
     CONF_CODEC,
     CONF_HEIGHT,
+    CONF_IDENTITY,
     CONF_RTSP_TRANSPORT,
     CONF_SNAPSHOT_MAX_AGE,
     CONF_SNAPSHOT_URL,
@@ -332,3 +333,43 @@ async def test_options_flow(hass: HomeAssistant, camera: VirtualCamera) -> None:
 def test_title(url: str, title: str) -> None:
     """Entries are named after the host, the port only when not the default."""
     assert _title(url) == title
+
+
+async def test_camera_on_the_link_is_identified_by_its_mac(
+    hass: HomeAssistant, camera: VirtualCamera
+) -> None:
+    """A MAC in the kernel's neighbour table becomes the unique id and identity."""
+    flow_id = await _url_form(hass)
+    with patch(
+        "custom_components.localcam.config_flow.neighbour_mac", return_value="aa:bb:cc:00:11:22"
+    ):
+        result = await hass.config_entries.flow.async_configure(flow_id, _input(camera))
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    assert result["result"].unique_id == "aa:bb:cc:00:11:22"
+    assert result["data"][CONF_IDENTITY] == {"mac": "aa:bb:cc:00:11:22"}
+    assert result["data"][CONF_CAMERA_ID] == "aa:bb:cc:00:11:22"
+
+
+async def test_reconfigure_refuses_a_different_device(
+    hass: HomeAssistant, camera: VirtualCamera
+) -> None:
+    """Reconfigure onto an address where another device (MAC) answers is refused."""
+    entry = make_entry(camera)
+    entry.add_to_hass(hass)
+    hass.config_entries.async_update_entry(
+        entry, data={**entry.data, CONF_IDENTITY: {"mac": "aa:bb:cc:00:11:22"}}
+    )
+    result = await entry.start_reconfigure_flow(hass)
+    with patch(
+        "custom_components.localcam.config_flow.neighbour_mac", return_value="aa:bb:cc:00:11:99"
+    ):
+        result = await hass.config_entries.flow.async_configure(result["flow_id"], _input(camera))
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "wrong_camera"
+    result = await entry.start_reconfigure_flow(hass)
+    with patch(
+        "custom_components.localcam.config_flow.neighbour_mac", return_value="aa:bb:cc:00:11:22"
+    ):
+        result = await hass.config_entries.flow.async_configure(result["flow_id"], _input(camera))
+    assert result["reason"] == "reconfigure_successful"
+    assert entry.unique_id == "aa:bb:cc:00:11:22"

@@ -1,16 +1,23 @@
 """Setup, unload, reload, and the errors a camera can raise at setup."""
 
 from datetime import timedelta
+from unittest.mock import patch
 
 from freezegun.api import FrozenDateTimeFactory
+from homeassistant.components.camera import async_get_image
 from homeassistant.config_entries import SOURCE_REAUTH, ConfigEntryState
 from homeassistant.const import STATE_UNAVAILABLE
 from homeassistant.core import HomeAssistant
-from homeassistant.helpers import device_registry as dr, entity_registry as er
+from homeassistant.exceptions import HomeAssistantError
+from homeassistant.helpers import (
+    device_registry as dr,
+    entity_registry as er,
+    issue_registry as ir,
+)
 import pytest
 from pytest_homeassistant_custom_component.common import async_fire_time_changed
 
-from custom_components.localcam.const import CONF_ALLOWED_NETWORKS, DOMAIN
+from custom_components.localcam.const import CONF_ALLOWED_NETWORKS, CONF_IDENTITY, DOMAIN
 from virtualcam import Fault, VirtualCamera
 
 from .conftest import make_entry, setup_entry
@@ -95,3 +102,39 @@ async def test_unavailable_and_back(
     state = hass.states.get(entity_id)
     assert state is not None
     assert state.state != STATE_UNAVAILABLE
+
+
+async def test_a_different_device_at_the_address(
+    hass: HomeAssistant, camera: VirtualCamera, freezer: FrozenDateTimeFactory
+) -> None:
+    """Another MAC at the camera's address: unavailable, a repair issue, no frames."""
+    entry = make_entry(camera)
+    entry.add_to_hass(hass)
+    hass.config_entries.async_update_entry(
+        entry, data={**entry.data, CONF_IDENTITY: {"mac": "aa:bb:cc:00:11:22"}}
+    )
+    await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    entity_id = er.async_get(hass).async_get_entity_id("camera", DOMAIN, f"{entry.unique_id}_main")
+    assert entity_id is not None
+    issue_id = f"identity_mismatch_{entry.entry_id}"
+    # The kernel's neighbour table is the edge: it now names another device.
+    with patch(
+        "custom_components.localcam.core.snapshot.neighbour_mac", return_value="aa:bb:cc:00:11:99"
+    ):
+        with pytest.raises(HomeAssistantError) as err:
+            await async_get_image(hass, entity_id)
+        freezer.tick(timedelta(seconds=61))
+        async_fire_time_changed(hass)
+        await hass.async_block_till_done(wait_background_tasks=True)
+        state = hass.states.get(entity_id)
+        assert state is not None
+        assert state.state == STATE_UNAVAILABLE
+        assert ir.async_get(hass).async_get_issue(DOMAIN, issue_id) is not None
+    assert entry.runtime_data.cache.stats.upstream_fetches >= 1
+    assert entry.runtime_data.cache._full_frame is None  # nothing of it was cached
+    assert err.value.translation_key == "identity_mismatch"
+    freezer.tick(timedelta(seconds=61))
+    async_fire_time_changed(hass)
+    await hass.async_block_till_done(wait_background_tasks=True)
+    assert ir.async_get(hass).async_get_issue(DOMAIN, issue_id) is None

@@ -30,6 +30,7 @@ from .const import (
     CONF_CAMERA_ID,
     CONF_CODEC,
     CONF_HEIGHT,
+    CONF_IDENTITY,
     CONF_RTSP_TRANSPORT,
     CONF_SNAPSHOT_MAX_AGE,
     CONF_SNAPSHOT_URL,
@@ -52,6 +53,7 @@ from .core.errors import (
     LocalCamError,
     NotLocalError,
 )
+from .core.identity import Identity, IdentityMismatchError, neighbour_mac
 from .core.models import CameraSource, RtspTransport, StreamInfo
 from .core.netpolicy import normalized_identity, parse_networks, split_credentials
 from .core.snapshot import SNAPSHOT_SCHEMES, STREAM_SCHEMES, CameraClient
@@ -134,10 +136,14 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
         if user_input is not None:
             data, info = await self._async_test(user_input, {}, errors)
             if data is not None and info is not None:
-                identity = normalized_identity(data[CONF_STREAM_URL])
-                await self.async_set_unique_id(identity)
+                # The MAC (when the camera is on this link) identifies the
+                # camera whatever URL it is reached by; else the URL does.
+                unique_id = Identity.from_dict(data[CONF_IDENTITY]).key or normalized_identity(
+                    data[CONF_STREAM_URL]
+                )
+                await self.async_set_unique_id(unique_id)
                 self._abort_if_unique_id_configured()
-                data[CONF_CAMERA_ID] = identity
+                data[CONF_CAMERA_ID] = unique_id
                 return self.async_create_entry(title=_title(data[CONF_STREAM_URL]), data=data)
         return self.async_show_form(
             step_id="url",
@@ -163,13 +169,21 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
                 user_input = {**user_input, CONF_PASSWORD: entry.data.get(CONF_PASSWORD)}
             data, info = await self._async_test(user_input, entry.options, errors)
             if data is not None and info is not None:
-                identity = normalized_identity(data[CONF_STREAM_URL])
-                if identity != entry.unique_id and (
-                    self.hass.config_entries.async_entry_for_domain_unique_id(DOMAIN, identity)
+                stored = Identity.from_dict(entry.data.get(CONF_IDENTITY))
+                observed = Identity.from_dict(data[CONF_IDENTITY])
+                try:
+                    stored.check(observed, _title(data[CONF_STREAM_URL]))
+                except IdentityMismatchError:
+                    return self.async_abort(reason="wrong_camera")
+                identity = stored.merged(observed)
+                data[CONF_IDENTITY] = identity.as_dict()
+                unique_id = identity.key or normalized_identity(data[CONF_STREAM_URL])
+                if unique_id != entry.unique_id and (
+                    self.hass.config_entries.async_entry_for_domain_unique_id(DOMAIN, unique_id)
                 ):
                     return self.async_abort(reason="already_configured")
                 return self.async_update_reload_and_abort(
-                    entry, unique_id=identity, data_updates=data
+                    entry, unique_id=unique_id, data_updates=data
                 )
         defaults = user_input or dict(entry.data)
         return self.async_show_form(
@@ -257,6 +271,8 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
             )
             client = CameraClient(async_get_clientsession(self.hass), policy, source)
             info = await client.probe(PROBE_TIMEOUT)
+            target = await client.stream_target()
+            mac = await self.hass.async_add_executor_job(neighbour_mac, target.address)
             if snapshot_url is not None:
                 field = CONF_SNAPSHOT_URL
                 await client.fetch_snapshot(timeout=SNAPSHOT_TIMEOUT)
@@ -282,6 +298,7 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
             CONF_USERNAME: username,
             CONF_PASSWORD: password,
             CONF_VERIFY_SSL: source.verify_ssl,
+            CONF_IDENTITY: Identity(mac=mac).as_dict(),
             CONF_CODEC: info.codec,
             CONF_WIDTH: info.width,
             CONF_HEIGHT: info.height,

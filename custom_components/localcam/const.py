@@ -13,6 +13,9 @@ CONF_VERIFY_SSL: Final = "verify_ssl"
 # The camera's stable identity, fixed when the entry is created. Entity and
 # device ids derive from it, so a reconfigured URL keeps the same entities.
 CONF_CAMERA_ID: Final = "camera_id"
+# What identifies the device (MAC, ONVIF serial, UUID): checked at setup, at
+# every connection where the MAC is visible, and at every health check.
+CONF_IDENTITY: Final = "identity"
 # Recorded by the test before configure; shown in diagnostics.
 CONF_CODEC: Final = "codec"
 CONF_WIDTH: Final = "width"

@@ -6,11 +6,13 @@ from typing import TYPE_CHECKING, override
 
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import ConfigEntryAuthFailed
+from homeassistant.helpers import issue_registry as ir
 from homeassistant.helpers.update_coordinator import DataUpdateCoordinator, UpdateFailed
 from homeassistant.util import dt as dt_util
 
 from .const import DOMAIN, HEALTH_INTERVAL_SECONDS, LOGGER
 from .core.errors import InvalidAuthError, LocalCamError
+from .core.identity import IdentityMismatchError
 from .core.snapshot import CameraClient
 
 if TYPE_CHECKING:
@@ -52,6 +54,22 @@ class LocalCamCoordinator(DataUpdateCoordinator[CameraHealth]):
         """Run one health check."""
         try:
             await self.client.check_health()
+        except IdentityMismatchError as err:
+            self.last_error = err.translation_key
+            ir.async_create_issue(
+                self.hass,
+                DOMAIN,
+                self._identity_issue_id,
+                is_fixable=False,
+                severity=ir.IssueSeverity.ERROR,
+                translation_key="identity_mismatch",
+                translation_placeholders={"host": err.host, "name": self.config_entry.title},
+            )
+            raise UpdateFailed(
+                translation_domain=DOMAIN,
+                translation_key="health_identity_mismatch",
+                translation_placeholders=err.placeholders,
+            ) from err
         except InvalidAuthError as err:
             self.last_error = err.translation_key
             raise ConfigEntryAuthFailed(
@@ -65,4 +83,10 @@ class LocalCamCoordinator(DataUpdateCoordinator[CameraHealth]):
                 translation_placeholders=err.placeholders,
             ) from err
         self.last_error = None
+        ir.async_delete_issue(self.hass, DOMAIN, self._identity_issue_id)
         return CameraHealth(checked_at=dt_util.utcnow())
+
+    @property
+    def _identity_issue_id(self) -> str:
+        """One repair issue per entry for 'a different device answers'."""
+        return f"identity_mismatch_{self.config_entry.entry_id}"

@@ -9,6 +9,7 @@ from homeassistant.exceptions import HomeAssistantError
 from .const import (
     CONF_ALLOWED_NETWORKS,
     CONF_CAMERA_ID,
+    CONF_IDENTITY,
     CONF_RTSP_TRANSPORT,
     CONF_SNAPSHOT_URL,
     CONF_STREAM_URL,
@@ -17,6 +18,7 @@ from .const import (
     DOMAIN,
 )
 from .core.errors import LocalCamError
+from .core.identity import Identity
 from .core.models import CameraSource, RtspTransport
 from .core.netpolicy import NetPolicy, parse_networks
 
@@ -36,6 +38,7 @@ def source_from_entry(data: Mapping[str, Any], options: Mapping[str, Any]) -> Ca
         password=data.get(CONF_PASSWORD) or None,
         verify_ssl=data.get(CONF_VERIFY_SSL, True),
         rtsp_transport=RtspTransport(options.get(CONF_RTSP_TRANSPORT, DEFAULT_RTSP_TRANSPORT)),
+        identity=Identity.from_dict(data.get(CONF_IDENTITY)),
     )
 
 

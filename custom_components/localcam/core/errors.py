@@ -76,3 +76,9 @@ class InvalidImageError(LocalCamError):
         """Name what was wrong with the image."""
         super().__init__(f"invalid image: {reason}", reason=reason)
         self.reason = reason
+
+
+class ProtocolError(LocalCamError):
+    """The camera answered, but not in a form LocalCam can use (bad SOAP, faults)."""
+
+    translation_key = "onvif_error"

@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address
 import logging
 import re
 from typing import Final
@@ -45,6 +46,9 @@ class HttpReply:
     content_type: str
     body: bytes = field(repr=False)
     final_url: str
+    # The checked address the answer came from (after redirects): the
+    # identity layer looks up that address's MAC.
+    address: IPv4Address | IPv6Address | None = None
 
 
 async def fetch(
@@ -120,6 +124,7 @@ async def _follow(
                         content_type=response.content_type,
                         body=body,
                         final_url=display_url(target.url),
+                        address=target.address,
                     )
         except TimeoutError:
             # aiohttp's own socket timeouts; the overall deadline arrives as a

@@ -5,6 +5,8 @@ from datetime import datetime
 from enum import StrEnum
 import hashlib
 
+from .identity import Identity
+
 
 class SnapshotSource(StrEnum):
     """Where a still came from."""
@@ -36,6 +38,7 @@ class CameraSource:
     password: str | None = field(default=None, repr=False)
     verify_ssl: bool = True
     rtsp_transport: RtspTransport = RtspTransport.TCP
+    identity: Identity = field(default_factory=Identity)
 
     @property
     def fingerprint(self) -> str:
@@ -51,6 +54,7 @@ class CameraSource:
             self.snapshot_url or "",
             self.username or "",
             self.password or "",
+            self.identity.key or "",
         ):
             digest.update(part.encode())
             digest.update(b"\0")

@@ -10,15 +10,19 @@ back to an older frame: a failure is an exception.
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 import hashlib
+from ipaddress import IPv4Address, IPv6Address
 import time
 from typing import Final
 
 import aiohttp
+import yarl
 
 from . import http, jpeg
 from .errors import CameraTimeoutError
+from .identity import Identity, neighbour_mac
 from .models import CameraSource, Snapshot, SnapshotSource, StreamInfo
 from .netpolicy import NetPolicy, Target
 from .rtsp import WarmGrabber, async_grab_keyframe, describe
@@ -73,14 +77,30 @@ class CameraClient:
         return frame.info
 
     async def check_health(self, timeout: float = 5.0) -> None:
-        """One light DESCRIBE: reachable, authorised and serving video."""
+        """One light DESCRIBE: reachable, authorised, serving video, same device."""
+        target = await self.stream_target()
         await describe(
-            await self.stream_target(),
+            target,
             username=self.source.username,
             password=self.source.password,
             verify_ssl=self.source.verify_ssl,
             timeout=timeout,
         )
+        await asyncio.get_running_loop().run_in_executor(
+            None, self.check_link_identity, target.address, target.host
+        )
+
+    def check_link_identity(self, address: IPv4Address | IPv6Address | None, host: str) -> None:
+        """Compare the MAC now answering at ``address`` with the configured one.
+
+        Runs after every connection (blocking /proc read: call from a thread).
+        Cameras not on the same link (or on loopback) have no neighbour entry,
+        and are pinned by ONVIF identity at setup and health checks instead.
+        """
+        expected = self.source.identity
+        if address is None or not expected.mac:
+            return
+        expected.check(Identity(mac=neighbour_mac(address)), host)
 
     async def fetch_snapshot(self, *, timeout: float | None = None) -> Snapshot:
         """Fetch a fresh full-size still from this camera, with provenance."""
@@ -89,19 +109,15 @@ class CameraClient:
         keyframe = self.keyframe_provider
         try:
             async with asyncio.timeout(timeout):
-                body, content_type, kind, received = await self._fetch_raw(keyframe, timeout)
+                raw = await self._fetch_raw(keyframe, timeout)
                 # Wall time of the same instant the bytes arrived.
-                wall = datetime.now(UTC) - timedelta(seconds=time.monotonic() - received)
-                return await loop.run_in_executor(
-                    None, self._finish, body, content_type, kind, received, wall
-                )
+                wall = datetime.now(UTC) - timedelta(seconds=time.monotonic() - raw.received)
+                return await loop.run_in_executor(None, self._finish, raw, wall)
         except TimeoutError:
             raise CameraTimeoutError("no still within the time limit") from None
 
-    async def _fetch_raw(
-        self, keyframe: KeyframeProvider | None, timeout: float
-    ) -> tuple[bytes, str | None, SnapshotSource, float]:
-        """Get JPEG bytes, and when they arrived, from the best available source."""
+    async def _fetch_raw(self, keyframe: KeyframeProvider | None, timeout: float) -> _Raw:
+        """Get JPEG bytes, when and from where they arrived, from the best source."""
         if self.source.snapshot_url:
             reply = await http.fetch(
                 self._session,
@@ -113,35 +129,51 @@ class CameraClient:
                 timeout=timeout,
                 max_bytes=jpeg.MAX_JPEG_BYTES,
             )
-            return (
+            return _Raw(
                 reply.body,
                 reply.content_type,
                 SnapshotSource.SNAPSHOT_URL,
                 time.monotonic(),
+                reply.address,
+                yarl_host(self.source.snapshot_url),
             )
+        target = await self.stream_target()
         if keyframe is not None and (image := await keyframe()) is not None:
-            return image, None, SnapshotSource.STREAM_KEYFRAME, time.monotonic()
-        frame = await self.grabber.grab(self.stream_url, timeout=max(timeout - 0.5, 1.0))
-        return frame.jpeg, None, SnapshotSource.RTSP_GRAB, frame.received_at
+            kind, received = SnapshotSource.STREAM_KEYFRAME, time.monotonic()
+        else:
+            frame = await self.grabber.grab(self.stream_url, timeout=max(timeout - 0.5, 1.0))
+            image, kind, received = frame.jpeg, SnapshotSource.RTSP_GRAB, frame.received_at
+        return _Raw(image, None, kind, received, target.address, target.host)
 
-    def _finish(
-        self,
-        body: bytes,
-        content_type: str | None,
-        kind: SnapshotSource,
-        received: float,
-        wall: datetime,
-    ) -> Snapshot:
-        """Validate and stamp a still (runs in the executor)."""
-        width, height = jpeg.validate_jpeg(body, content_type)
+    def _finish(self, raw: _Raw, wall: datetime) -> Snapshot:
+        """Check identity, validate and stamp a still (runs in the executor)."""
+        self.check_link_identity(raw.address, raw.host)
+        width, height = jpeg.validate_jpeg(raw.body, raw.content_type)
         return Snapshot(
             camera_id=self.source.camera_id,
             fingerprint=self.source.fingerprint,
-            source=kind,
-            jpeg=body,
+            source=raw.kind,
+            jpeg=raw.body,
             width=width,
             height=height,
-            captured_at=received,
+            captured_at=raw.received,
             captured_wall=wall,
-            sha256=hashlib.sha256(body).hexdigest(),
+            sha256=hashlib.sha256(raw.body).hexdigest(),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Raw:
+    """Unvalidated bytes of a still and where and when they came from."""
+
+    body: bytes
+    content_type: str | None
+    kind: SnapshotSource
+    received: float
+    address: IPv4Address | IPv6Address | None
+    host: str
+
+
+def yarl_host(url: str) -> str:
+    """The host part of a URL, for messages (never credentials or query)."""
+    return yarl.URL(url).host or ""

@@ -1,0 +1,127 @@
+"""Which device is this? Identities of cameras and the checks that pin them.
+
+An address is not an identity: DHCP hands a released lease to the next device
+that asks, so the camera answering at 192.168.1.20 today may not be the one
+that answered yesterday. An entry stores what identifies its camera (MAC,
+ONVIF serial, device UUID, whichever exist) and this module is the layer that
+compares what answers now with what was configured. A mismatch is an error,
+so no frame from the other device is ever cached or served under this camera.
+"""
+
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
+from pathlib import Path
+import re
+from typing import Any, Final, Self
+
+from .errors import LocalCamError
+
+ARP_TABLE: Final = Path("/proc/net/arp")
+_MAC_RE: Final = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+# /proc/net/arp flags: ATF_COM (0x2) marks a completed (resolved) entry.
+_ATF_COM: Final = 0x2
+
+
+class IdentityMismatchError(LocalCamError):
+    """A different device answers at the camera's address."""
+
+    translation_key = "identity_mismatch"
+
+    def __init__(self, host: str, field: str) -> None:
+        """Name the address and what differed (never the identity values)."""
+        super().__init__(f"a different device answers at {host} ({field} differs)", host=host)
+        self.host = host
+        self.field = field
+
+
+def normalize_mac(mac: str | None) -> str | None:
+    """Lower-case colon form, or None for empty/zero/invalid MACs."""
+    if not mac:
+        return None
+    digits = re.sub(r"[^0-9a-fA-F]", "", mac).lower()
+    if len(digits) != 12 or digits == "0" * 12:
+        return None
+    value = ":".join(digits[i : i + 2] for i in range(0, 12, 2))
+    return value if _MAC_RE.match(value) else None
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """What identifies one camera; any field may be unknown."""
+
+    mac: str | None = None
+    serial: str | None = None
+    uuid: str | None = None
+
+    @property
+    def known(self) -> bool:
+        """Whether anything identifies the device at all."""
+        return any((self.mac, self.serial, self.uuid))
+
+    @property
+    def key(self) -> str | None:
+        """The strongest identifier, as used for unique ids: MAC, serial, UUID."""
+        if self.mac:
+            return self.mac
+        if self.serial:
+            return f"serial_{self.serial}"
+        if self.uuid:
+            return f"uuid_{self.uuid}"
+        return None
+
+    def check(self, observed: Identity, host: str) -> None:
+        """Raise IdentityMismatchError when a field known on both sides differs."""
+        for field in ("mac", "serial", "uuid"):
+            mine, theirs = getattr(self, field), getattr(observed, field)
+            if mine and theirs and mine.lower() != theirs.lower():
+                raise IdentityMismatchError(host, field)
+
+    def merged(self, other: Identity) -> Identity:
+        """Fill unknown fields from ``other`` (after a check passed)."""
+        return Identity(
+            mac=self.mac or other.mac,
+            serial=self.serial or other.serial,
+            uuid=self.uuid or other.uuid,
+        )
+
+    def as_dict(self) -> dict[str, str]:
+        """Known fields only, for config entry data."""
+        return {
+            k: v for k, v in (("mac", self.mac), ("serial", self.serial), ("uuid", self.uuid)) if v
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Self:
+        """Read what ``as_dict`` wrote (tolerating missing or junk data)."""
+        if not isinstance(data, dict):
+            return cls()
+        return cls(
+            mac=normalize_mac(data.get("mac")),
+            serial=str(data["serial"]) if data.get("serial") else None,
+            uuid=str(data["uuid"]) if data.get("uuid") else None,
+        )
+
+
+def neighbour_mac(address: IPv4Address | IPv6Address, table: Path = ARP_TABLE) -> str | None:
+    """The MAC the kernel resolved for ``address`` (same link only), if any.
+
+    A cheap read of /proc/net/arp, done after each connection to the camera:
+    the entry is fresh because we just talked to that address. Loopback and
+    routed cameras have no entry; IPv6 neighbours are not read (None).
+    """
+    if not isinstance(address, IPv4Address) or address.is_loopback:
+        return None
+    try:
+        lines = table.read_text().splitlines()[1:]
+    except OSError:
+        return None
+    wanted = str(address)
+    for line in lines:
+        parts = line.split()
+        if len(parts) >= 4 and parts[0] == wanted:
+            try:
+                flags = int(parts[2], 16)
+            except ValueError:
+                return None
+            return normalize_mac(parts[3]) if flags & _ATF_COM else None
+    return None

@@ -1,0 +1,98 @@
+"""core.identity: MAC/serial/UUID identities and the neighbour-table lookup."""
+
+from ipaddress import IPv4Address, IPv6Address
+from pathlib import Path
+
+import pytest
+
+from custom_components.localcam.core.identity import (
+    Identity,
+    IdentityMismatchError,
+    neighbour_mac,
+    normalize_mac,
+)
+
+ARP = """IP address       HW type     Flags       HW address            Mask     Device
+192.168.1.20     0x1         0x2         AA:BB:CC:00:11:22     *        eth0
+192.168.1.21     0x1         0x0         00:00:00:00:00:00     *        eth0
+192.168.1.22     0x1         0x2         00:00:00:00:00:00     *        eth0
+192.168.1.23     0x1         0xZZ        aa:bb:cc:00:11:23     *        eth0
+"""
+
+
+@pytest.fixture
+def table(tmp_path: Path) -> Path:
+    path = tmp_path / "arp"
+    path.write_text(ARP)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("address", "mac"),
+    [
+        (IPv4Address("192.168.1.20"), "aa:bb:cc:00:11:22"),
+        (IPv4Address("192.168.1.21"), None),  # incomplete entry
+        (IPv4Address("192.168.1.22"), None),  # zero MAC
+        (IPv4Address("192.168.1.23"), None),  # junk flags
+        (IPv4Address("192.168.1.99"), None),  # not on the link
+        (IPv4Address("127.0.0.1"), None),  # loopback has no neighbour
+        (IPv6Address("fd00::1"), None),  # IPv6 neighbours are not read
+    ],
+)
+def test_neighbour_mac(table: Path, address: IPv4Address | IPv6Address, mac: str | None) -> None:
+    """Only complete, non-zero entries of the same link count."""
+    assert neighbour_mac(address, table) == mac
+
+
+def test_neighbour_mac_without_table(tmp_path: Path) -> None:
+    """A machine without /proc/net/arp yields no MAC, not an error."""
+    assert neighbour_mac(IPv4Address("192.168.1.20"), tmp_path / "missing") is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "mac"),
+    [
+        ("AA-BB-CC-00-11-22", "aa:bb:cc:00:11:22"),
+        ("aabbcc001122", "aa:bb:cc:00:11:22"),
+        ("00:00:00:00:00:00", None),
+        ("aa:bb", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_normalize_mac(raw: str | None, mac: str | None) -> None:
+    """Every spelling of a MAC becomes one form; junk becomes None."""
+    assert normalize_mac(raw) == mac
+
+
+def test_key_prefers_mac_then_serial_then_uuid() -> None:
+    """The unique id comes from the strongest identifier known."""
+    assert Identity(mac="aa:bb:cc:00:11:22", serial="S1").key == "aa:bb:cc:00:11:22"
+    assert Identity(serial="S1", uuid="u").key == "serial_S1"
+    assert Identity(uuid="u").key == "uuid_u"
+    assert Identity().key is None
+    assert not Identity().known
+
+
+def test_check_compares_only_known_fields() -> None:
+    """A field unknown on either side is no evidence; a differing one is."""
+    configured = Identity(mac="aa:bb:cc:00:11:22", serial="S1")
+    configured.check(Identity(serial="S1"), "cam")
+    configured.check(Identity(), "cam")
+    configured.check(Identity(mac="AA:BB:CC:00:11:22"), "cam")
+    with pytest.raises(IdentityMismatchError) as err:
+        configured.check(Identity(mac="aa:bb:cc:00:11:99"), "192.168.1.20")
+    assert err.value.field == "mac"
+    assert err.value.placeholders == {"host": "192.168.1.20"}
+    assert "aa:bb" not in str(err.value)
+    with pytest.raises(IdentityMismatchError):
+        configured.check(Identity(serial="S2"), "cam")
+
+
+def test_round_trip_and_merge() -> None:
+    """Entry data round-trips; merging fills only unknown fields."""
+    identity = Identity(mac="aa:bb:cc:00:11:22", serial="S1")
+    assert Identity.from_dict(identity.as_dict()) == identity
+    assert Identity.from_dict("junk") == Identity()
+    assert Identity.from_dict({"mac": "zz"}) == Identity()
+    assert Identity(serial="S1").merged(Identity(mac="aa:bb:cc:00:11:22", serial="S9")) == identity
