@@ -123,6 +123,9 @@ async def start_hass(config_dir: Path, port: int) -> asyncio.subprocess.Process:
     if not link.exists():
         link.symlink_to(ROOT / "custom_components" / "localcam")
     log = (config_dir / "demo-hass.log").open("ab")
+    # Nothing is multicast on the real network: LocalCam's WS-Discovery stays
+    # off, and default_config (zeroconf, ssdp, dhcp) is not loaded at all.
+    env = {**os.environ, "LOCALCAM_DISABLE_NETWORK_SCANS": "1"}
     return await asyncio.create_subprocess_exec(
         str(Path(sys.executable).parent / "hass"),
         "-c",
@@ -130,6 +133,7 @@ async def start_hass(config_dir: Path, port: int) -> asyncio.subprocess.Process:
         "--skip-pip",
         stdout=log,
         stderr=log,
+        env=env,
     )
 
 

@@ -2,6 +2,7 @@
 
 from collections.abc import AsyncIterator, Generator
 import logging
+import os
 from typing import Any
 
 from homeassistant.const import CONF_PASSWORD, CONF_USERNAME
@@ -25,6 +26,10 @@ from custom_components.localcam.const import (
 )
 from custom_components.localcam.core.netpolicy import normalized_identity
 from virtualcam import CameraConfig, VirtualCamera, color_for
+
+# No LocalCam network scan may multicast on a real interface from a test;
+# discovery tests that need scans run them inside their own namespaces.
+os.environ["LOCALCAM_DISABLE_NETWORK_SCANS"] = "1"
 
 CAM_USER = "viewer"
 CAM_PASSWORD = "s3cr3t-Pa55"

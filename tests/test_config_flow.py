@@ -36,7 +36,7 @@ async def _url_form(hass: HomeAssistant) -> str:
     """Open the flow, pick the URL entry of the menu, return the flow id."""
     result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
     assert result["type"] is FlowResultType.MENU
-    assert result["menu_options"] == ["url"]
+    assert result["menu_options"] == ["scan", "onvif", "url"]
     result = await hass.config_entries.flow.async_configure(
         result["flow_id"], {"next_step_id": "url"}
     )

@@ -40,6 +40,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--keyframe-on-connect", action="store_true", help="IDR as soon as a client plays"
     )
+    parser.add_argument("--onvif", action="store_true", help="serve ONVIF Device/Media SOAP")
+    parser.add_argument(
+        "--clock-offset", type=float, default=0.0, help="camera clock minus real time (s)"
+    )
+    parser.add_argument("--hevc-only", action="store_true", help="ONVIF profiles report H265")
+    parser.add_argument(
+        "--wsdiscovery-port",
+        type=int,
+        help="answer WS-Discovery probes on 127.0.0.1 (base port; 0 = auto)",
+    )
+    parser.add_argument(
+        "--scope-mix",
+        choices=("streaming", "t_only", "no_profile", "device_only"),
+        default="streaming",
+        help="WS-Discovery scopes/types to announce",
+    )
     args = parser.parse_args(argv)
     if args.count < 1:
         parser.error("--count must be at least 1")
@@ -66,6 +82,11 @@ async def run(args: argparse.Namespace) -> None:
         password=args.password if args.username else None,
         auth=args.auth,
         keyframe_on_connect=args.keyframe_on_connect,
+        onvif=args.onvif,
+        clock_offset=args.clock_offset,
+        hevc_only=args.hevc_only,
+        wsdiscovery_port=args.wsdiscovery_port,
+        scope_mix=args.scope_mix,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -74,12 +95,21 @@ async def run(args: argparse.Namespace) -> None:
     await farm.start()
     try:
         for cam in farm.cameras:
-            line = {
+            line: dict[str, object] = {
                 "name": cam.name,
                 "color": list(cam.color),
                 "rtsp_url": cam.rtsp_url,
                 "snapshot_url": cam.snapshot_url if cam.config.http_snapshot else None,
             }
+            if cam.config.onvif:
+                line |= {
+                    "onvif_url": cam.onvif_url,
+                    "device_uuid": cam.device_uuid,
+                    "serial": cam.config.serial,
+                    "mac": cam.config.mac,
+                }
+            if cam.config.wsdiscovery_port is not None:
+                line["wsdiscovery_port"] = cam.wsdiscovery_port
             sys.stdout.write(json.dumps(line) + "\n")
         sys.stdout.write("READY\n")
         sys.stdout.flush()

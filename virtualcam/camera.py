@@ -13,12 +13,14 @@ import re
 import socket
 import time
 from typing import TYPE_CHECKING, Any, Literal, Self
+import uuid
 
 from .media import MediaSource
 
 if TYPE_CHECKING:
     from .http import HttpServer
     from .rtsp import RtspServer
+    from .wsdiscovery import WsDiscoveryResponder
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -26,6 +28,26 @@ REALM = "LocalCam virtual camera"
 #: How long a Digest nonce stays valid; older ones get a 401 with stale=true.
 NONCE_LIFETIME = 300.0
 _DIGEST_PARAM = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
+
+
+@dataclass(frozen=True, slots=True)
+class OnvifProfileSpec:
+    """One ONVIF media profile the camera reports (GetProfiles)."""
+
+    token: str
+    name: str
+    encoding: str = "H264"
+    divisor: int = 1  # picture size divided by this, unless width/height are given
+    width: int | None = None
+    height: int | None = None
+    path: str = "/stream"  # RTSP path of its stream URI (a sub profile may reuse /stream)
+
+
+#: A main profile at full size and a sub profile at half size (both on /stream).
+DEFAULT_PROFILES: tuple[OnvifProfileSpec, ...] = (
+    OnvifProfileSpec("main", "mainStream"),
+    OnvifProfileSpec("sub", "subStream", divisor=2),
+)
 
 
 @dataclass(slots=True)
@@ -48,6 +70,25 @@ class CameraConfig:
     http_snapshot: bool = True
     keyframe_on_connect: bool = False
     slow_delay: float = 3.0
+    # ONVIF Device and Media services on the HTTP server (virtualcam/onvif.py).
+    onvif: bool = False
+    serial: str | None = None  # None: GetDeviceInformation reports an empty SerialNumber
+    mac: str | None = None  # None: GetNetworkInterfaces reports no hardware address
+    manufacturer: str = "LocalCam"
+    model: str = "VirtualCam"
+    firmware: str = "1.0.0"
+    clock_offset: float = 0.0  # camera clock = real time + this many seconds
+    profiles: tuple[OnvifProfileSpec, ...] = DEFAULT_PROFILES
+    hevc_only: bool = False  # every profile reports H265
+    # Host the camera writes into its stream/snapshot URIs (None: its real host), to
+    # emulate a camera that reports a wrong self-address behind NAT.
+    reported_host: str | None = None
+    reported_xaddr_host: str | None = None  # the same for service XAddrs
+    reported_userinfo: str | None = None  # "user:pass" embedded in reported URIs
+    device_uuid: str | None = None  # None: a UUID derived from the name
+    # WS-Discovery responder on host:port (None: none; 0: pick a free port).
+    wsdiscovery_port: int | None = None
+    scope_mix: str = "streaming"  # see virtualcam.wsdiscovery.ScopeMix
 
 
 class Fault(StrEnum):
@@ -92,6 +133,8 @@ class CameraStats:
     active_play_sessions: int = 0
     snapshot_requests: int = 0
     unauthorized_responses: int = 0
+    onvif_requests: int = 0
+    onvif_auth_failures: int = 0
     http_connections: int = 0
     refused_connections: int = 0
     dropped_sessions: int = 0
@@ -239,6 +282,8 @@ class VirtualCamera:
         self._http_port = config.http_port
         self._rtsp: RtspServer | None = None
         self._http: HttpServer | None = None
+        self._wsd: WsDiscoveryResponder | None = None
+        self._wsd_port = config.wsdiscovery_port or 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running = False
         self._lock: asyncio.Lock | None = None
@@ -288,6 +333,28 @@ class VirtualCamera:
         return f"http://{self.config.host}:{self._http_port}/snapshot.jpg"
 
     @property
+    def onvif_url(self) -> str:
+        """http://host:port/onvif/device_service (served only when config.onvif)."""
+        return f"http://{self.config.host}:{self._http_port}/onvif/device_service"
+
+    @property
+    def device_uuid(self) -> str:
+        """The camera's device UUID (ONVIF endpoint reference), stable per name."""
+        if self.config.device_uuid:
+            return self.config.device_uuid
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"virtualcam:{self.config.name}"))
+
+    @property
+    def clock(self) -> float:
+        """The camera's own clock: real time plus clock_offset (UNIX seconds)."""
+        return time.time() + self.config.clock_offset
+
+    @property
+    def wsdiscovery_port(self) -> int:
+        """The WS-Discovery UDP port actually bound (0 when there is no responder)."""
+        return self._wsd_port
+
+    @property
     def encoder_running(self) -> bool:
         """Whether this camera's encoder thread is running (only while someone plays)."""
         return self.media.encoder_running
@@ -323,6 +390,7 @@ class VirtualCamera:
             "encoder_running": self.media.encoder_running,
             "rtsp_url": self.rtsp_url if self.config.rtsp else None,
             "snapshot_url": self.snapshot_url if self.config.http_snapshot else None,
+            "onvif_url": self.onvif_url if self.config.onvif else None,
             **self.stats.as_dict(),
         }
 
@@ -336,6 +404,7 @@ class VirtualCamera:
             # Imported here: both servers import this module for Fault and VirtualCamera.
             from .http import HttpServer  # noqa: PLC0415
             from .rtsp import RtspServer  # noqa: PLC0415
+            from .wsdiscovery import Announcement, WsDiscoveryResponder  # noqa: PLC0415
 
             self._loop = asyncio.get_running_loop()
             cfg = self.config
@@ -346,11 +415,17 @@ class VirtualCamera:
                     self._rtsp_port = sock.getsockname()[1]
                     self._rtsp = RtspServer(self)
                     await self._rtsp.start(sock)
-                if cfg.http_snapshot:
+                if cfg.http_snapshot or cfg.onvif:
                     sock = _bind(cfg.host, self._http_port)
                     self._http_port = sock.getsockname()[1]
                     self._http = HttpServer(self)
                     await self._http.start(sock)
+                if cfg.wsdiscovery_port is not None:
+                    self._wsd = WsDiscoveryResponder(
+                        [Announcement.for_camera(self)], host=cfg.host, port=self._wsd_port
+                    )
+                    await self._wsd.start()
+                    self._wsd_port = self._wsd.port
             except BaseException:
                 await self._shutdown()
                 raise
@@ -368,6 +443,9 @@ class VirtualCamera:
         """Tear down servers then media (servers first so no one resubscribes)."""
         rtsp, http = self._rtsp, self._http
         self._rtsp = self._http = None
+        if self._wsd is not None:
+            self._wsd.stop()
+            self._wsd = None
         results = await asyncio.gather(
             *(s.stop() for s in (rtsp, http) if s is not None), return_exceptions=True
         )

@@ -2,6 +2,7 @@
 
 import asyncio
 from dataclasses import fields
+import hashlib
 from typing import Any, Self
 
 from .camera import CameraConfig, VirtualCamera
@@ -12,6 +13,10 @@ _PER_CAMERA = frozenset({"name", "color"})
 
 class CameraFarm:
     """`count` cameras named f"{base_name}-{i:02d}" with color_for(i) as their colour."""
+
+    # With onvif=True every camera gets its own serial and a locally administered MAC
+    # (unless `shared` sets them). wsdiscovery_port works like the other ports: None = no
+    # responder, 0 = a free port each, N = N + i.
 
     def __init__(
         self, count: int, *, base_name: str = "cam", rtsp_only: int = 0, **shared: Any
@@ -25,14 +30,24 @@ class CameraFarm:
             raise ValueError("need count >= 0 and 0 <= rtsp_only <= count")
         rtsp_base = shared.pop("rtsp_port", 0)
         http_base = shared.pop("http_port", 0)
+        wsd_base = shared.pop("wsdiscovery_port", None)
+        # One byte of the farm name in every MAC, so two farms do not share MACs.
+        farm_byte = hashlib.sha256(base_name.encode()).digest()[0]
         self.cameras: list[VirtualCamera] = []
         for i in range(count):
+            identity: dict[str, Any] = {}
+            if shared.get("onvif"):
+                identity = {
+                    "serial": f"VC{farm_byte:02X}{i:06d}",
+                    "mac": f"02:4c:43:{farm_byte:02x}:{i >> 8 & 0xFF:02x}:{i & 0xFF:02x}",
+                }
             config = CameraConfig(
                 name=f"{base_name}-{i:02d}",
                 color=color_for(i),
                 rtsp_port=rtsp_base + i if rtsp_base else 0,
                 http_port=http_base + i if http_base else 0,
-                **shared,
+                wsdiscovery_port=None if wsd_base is None else (wsd_base + i if wsd_base else 0),
+                **(identity | shared),
             )
             if i >= count - rtsp_only:
                 config.http_snapshot = False
@@ -45,6 +60,15 @@ class CameraFarm:
     def __getitem__(self, index: int) -> VirtualCamera:
         """Camera by index."""
         return self.cameras[index]
+
+    @property
+    def wsdiscovery_targets(self) -> list[str]:
+        """Host:port of every camera's WS-Discovery responder (after start())."""
+        return [
+            f"{cam.config.host}:{cam.wsdiscovery_port}"
+            for cam in self.cameras
+            if cam.config.wsdiscovery_port is not None
+        ]
 
     @property
     def colors(self) -> list[tuple[int, int, int]]:

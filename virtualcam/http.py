@@ -9,6 +9,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from .camera import Fault, VirtualCamera
+from .onvif import OnvifService
 from .rtsp import reset_connection
 
 _LOGGER = logging.getLogger(__name__)
@@ -21,7 +22,7 @@ WRONG_CONTENT_HTML = (
 
 
 class HttpServer:
-    """The HTTP listener of one camera: /snapshot.jpg, /status and POST /control."""
+    """The HTTP listener of one camera: /snapshot.jpg, /status, POST /control and /onvif/*."""
 
     def __init__(self, camera: VirtualCamera) -> None:
         """Bind nothing yet; start() takes an already-bound socket."""
@@ -35,6 +36,7 @@ class HttpServer:
             lingering_time=0.5,
         )
         self._server: asyncio.Server | None = None
+        self._onvif = OnvifService(camera, self._closing)
 
     async def start(self, sock: socket.socket) -> None:
         """Serve on a bound listening socket."""
@@ -72,7 +74,9 @@ class HttpServer:
             if request.method != "POST":
                 return web.Response(status=405, headers={"Allow": "POST"})
             return await self._control(request)
-        if path != "/snapshot.jpg":
+        if path.startswith("/onvif/") and self.camera.config.onvif:
+            return await self._onvif.handle(request)
+        if path != "/snapshot.jpg" or not self.camera.config.http_snapshot:
             return web.Response(status=404, text="404 Not Found")
         if request.method not in ("GET", "HEAD"):
             return web.Response(status=405, headers={"Allow": "GET, HEAD"})

@@ -3,16 +3,17 @@
 from homeassistant.const import Platform
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import ConfigEntryError
-from homeassistant.helpers import config_validation as cv
+from homeassistant.helpers import config_validation as cv, issue_registry as ir
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
 from homeassistant.helpers.typing import ConfigType
 
-from .const import CONF_SNAPSHOT_MAX_AGE, DEFAULT_SNAPSHOT_MAX_AGE, DOMAIN
+from .const import CONF_PROFILES, CONF_SNAPSHOT_MAX_AGE, DEFAULT_SNAPSHOT_MAX_AGE, DOMAIN
 from .coordinator import LocalCamCoordinator
 from .core.snapshot import CameraClient
 from .core.snapshot_cache import SnapshotCache
-from .data import LocalCamConfigEntry, LocalCamData
-from .helpers import policy_from_options, source_from_entry
+from .data import LocalCamConfigEntry, LocalCamData, StreamRuntime
+from .discovery import async_start_background_discovery
+from .helpers import main_profile, policy_from_options, sources_from_entry
 from .views import async_register_views
 
 CONFIG_SCHEMA = cv.config_entry_only_config_schema(DOMAIN)
@@ -22,6 +23,7 @@ PLATFORMS: list[Platform] = [Platform.CAMERA]
 async def async_setup(hass: HomeAssistant, config: ConfigType) -> bool:
     """Set up what is shared by every camera: LocalCam's HTTP views."""
     async_register_views(hass)
+    async_start_background_discovery(hass)
     return True
 
 
@@ -35,28 +37,50 @@ async def async_setup_entry(hass: HomeAssistant, entry: LocalCamConfigEntry) -> 
             translation_key="invalid_networks",
             translation_placeholders={"reason": str(err)},
         ) from err
-    source = source_from_entry(entry.data, entry.options)
-    client = CameraClient(async_get_clientsession(hass), policy, source)
-    coordinator = LocalCamCoordinator(hass, entry, client)
+    session = async_get_clientsession(hass)
+    max_age = float(entry.options.get(CONF_SNAPSHOT_MAX_AGE, DEFAULT_SNAPSHOT_MAX_AGE))
+    streams: dict[str, StreamRuntime] = {}
+    for profile, source in sources_from_entry(entry.data, entry.options).items():
+        client = CameraClient(session, policy, source)
+        # One cache per stream, bound to its frame key and source fingerprint.
+        # A reload (new URL, credentials or options) builds new, empty ones.
+        cache = SnapshotCache(
+            source.camera_id, source.fingerprint, client.fetch_snapshot, max_age=max_age
+        )
+        streams[profile] = StreamRuntime(client=client, cache=cache)
+    main = main_profile(entry.data)
+    _async_h265_note(hass, entry)
+    coordinator = LocalCamCoordinator(hass, entry, streams[main].client)
     # 401 -> ConfigEntryAuthFailed (reauth); unreachable -> ConfigEntryNotReady.
     await coordinator.async_config_entry_first_refresh()
-    # One cache per camera, bound to this camera's id and source fingerprint.
-    # A reload (new URL, credentials or options) builds a new, empty one.
-    cache = SnapshotCache(
-        source.camera_id,
-        source.fingerprint,
-        client.fetch_snapshot,
-        max_age=float(entry.options.get(CONF_SNAPSHOT_MAX_AGE, DEFAULT_SNAPSHOT_MAX_AGE)),
-    )
-    entry.runtime_data = LocalCamData(client=client, coordinator=coordinator, cache=cache)
+    entry.runtime_data = LocalCamData(streams=streams, main=main, coordinator=coordinator)
     await hass.config_entries.async_forward_entry_setups(entry, PLATFORMS)
     return True
+
+
+def _async_h265_note(hass: HomeAssistant, entry: LocalCamConfigEntry) -> None:
+    """An H.265-only camera works, but browsers may not play its stream: say so."""
+    profiles = entry.data.get(CONF_PROFILES) or []
+    issue_id = f"h265_only_{entry.entry_id}"
+    if profiles and all(p.get("encoding") == "H265" for p in profiles):
+        ir.async_create_issue(
+            hass,
+            DOMAIN,
+            issue_id,
+            is_fixable=False,
+            severity=ir.IssueSeverity.WARNING,
+            translation_key="h265_only",
+            translation_placeholders={"name": entry.title},
+        )
+    else:
+        ir.async_delete_issue(hass, DOMAIN, issue_id)
 
 
 async def async_unload_entry(hass: HomeAssistant, entry: LocalCamConfigEntry) -> bool:
     """Unload a camera: its platforms, its fetches in flight, its RTSP session."""
     unloaded = await hass.config_entries.async_unload_platforms(entry, PLATFORMS)
     if unloaded:
-        await entry.runtime_data.cache.close()
-        await entry.runtime_data.client.close()
+        for stream in entry.runtime_data.streams.values():
+            await stream.cache.close()
+            await stream.client.close()
     return unloaded

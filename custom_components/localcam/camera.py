@@ -10,14 +10,14 @@ from homeassistant.core import HomeAssistant, callback
 from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 
-from .const import DOMAIN, LOGGER
+from .const import CONF_PROFILES, DOMAIN, LOGGER
 from .core.errors import InvalidAuthError, LocalCamError
 from .core.models import Snapshot
 from .core.snapshot import CameraClient
 from .core.snapshot_cache import SnapshotCache
 from .data import LocalCamConfigEntry
 from .entity import LocalCamEntity
-from .helpers import translated_error
+from .helpers import frame_key, translated_error
 
 # Stills and streams are per camera and independent; Home Assistant must not
 # serialise one camera's image requests behind another's.
@@ -33,24 +33,42 @@ async def async_setup_entry(
     entry: LocalCamConfigEntry,
     async_add_entities: AddConfigEntryEntitiesCallback,
 ) -> None:
-    """Add the camera's entity."""
-    async_add_entities([LocalCamCamera(entry)])
+    """Add one camera entity per stream (ONVIF: per media profile)."""
+    data = entry.runtime_data
+    async_add_entities(LocalCamCamera(entry, profile) for profile in data.streams)
+
+
+def _profile_name(entry: LocalCamConfigEntry, profile: str) -> str:
+    """A profile's display name (its ONVIF name, else its token)."""
+    for item in entry.data.get(CONF_PROFILES, []):
+        if item["token"] == profile:
+            return str(item.get("name") or profile)
+    return profile
 
 
 class LocalCamCamera(LocalCamEntity, Camera):
     """A LAN camera: RTSP into HA's stream, stills from the camera itself."""
 
-    _attr_name = None  # the device's name is the camera's name
-    _attr_translation_key = "main"  # icon only (icons.json)
     _attr_supported_features = CameraEntityFeature.STREAM
 
-    def __init__(self, entry: LocalCamConfigEntry) -> None:
-        """Create the entity for the entry's camera."""
+    def __init__(self, entry: LocalCamConfigEntry, profile: str) -> None:
+        """Create the entity for one stream of the entry's camera."""
         LocalCamEntity.__init__(self, entry.runtime_data.coordinator)
         Camera.__init__(self)
-        self._client: CameraClient = entry.runtime_data.client
-        self._snapshots: SnapshotCache = entry.runtime_data.cache
-        self._attr_unique_id = f"{self.camera_id}_main"
+        stream = entry.runtime_data.streams[profile]
+        self._client: CameraClient = stream.client
+        self._snapshots: SnapshotCache = stream.cache
+        self._attr_unique_id = frame_key(self.camera_id, profile)
+        # Frames of this stream carry this key; anything else is refused.
+        self._frame_key = self._client.source.camera_id
+        if profile == entry.runtime_data.main:
+            self._attr_name = None  # the device's name is the camera's name
+            self._attr_translation_key = "main"  # icon only (icons.json)
+        else:
+            # Secondary ONVIF profiles (sub streams): named, off by default.
+            self._attr_translation_key = "profile"
+            self._attr_translation_placeholders = {"profile": _profile_name(entry, profile)}
+            self._attr_entity_registry_enabled_default = False
         self.stream_options[STREAM_RTSP_TRANSPORT] = self._client.source.rtsp_transport.value
         self._auth_check: asyncio.Task[None] | None = None
 
@@ -158,6 +176,6 @@ class LocalCamCamera(LocalCamEntity, Camera):
             raise translated_error(err) from err
         # The entity's own check, independent of how the frame was obtained:
         # a frame stamped with another camera's id is never served.
-        if snapshot.camera_id != self.camera_id:
+        if snapshot.camera_id != self._frame_key:
             raise HomeAssistantError(translation_domain=DOMAIN, translation_key="foreign_frame")
         return snapshot

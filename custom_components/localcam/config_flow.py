@@ -8,13 +8,14 @@ from homeassistant.config_entries import (
     ConfigFlowResult,
     OptionsFlowWithReload,
 )
-from homeassistant.const import CONF_PASSWORD, CONF_USERNAME
+from homeassistant.const import CONF_HOST, CONF_HOSTS, CONF_PASSWORD, CONF_PORT, CONF_USERNAME
 from homeassistant.core import callback
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
 from homeassistant.helpers.selector import (
     NumberSelector,
     NumberSelectorConfig,
     NumberSelectorMode,
+    SelectOptionDict,
     SelectSelector,
     SelectSelectorConfig,
     SelectSelectorMode,
@@ -22,6 +23,9 @@ from homeassistant.helpers.selector import (
     TextSelectorConfig,
     TextSelectorType,
 )
+from homeassistant.helpers.service_info.dhcp import DhcpServiceInfo
+from homeassistant.helpers.service_info.zeroconf import ZeroconfServiceInfo
+from homeassistant.helpers.typing import DiscoveryInfoType
 import probatio
 import yarl
 
@@ -29,14 +33,19 @@ from .const import (
     CONF_ALLOWED_NETWORKS,
     CONF_CAMERA_ID,
     CONF_CODEC,
+    CONF_DEVICE_INFO,
     CONF_HEIGHT,
     CONF_IDENTITY,
+    CONF_MAIN_PROFILE,
+    CONF_ONVIF,
+    CONF_PROFILES,
     CONF_RTSP_TRANSPORT,
     CONF_SNAPSHOT_MAX_AGE,
     CONF_SNAPSHOT_URL,
     CONF_STREAM_URL,
     CONF_VERIFY_SSL,
     CONF_WIDTH,
+    DEFAULT_ONVIF_PORT,
     DEFAULT_RTSP_TRANSPORT,
     DEFAULT_SNAPSHOT_MAX_AGE,
     DOMAIN,
@@ -52,12 +61,17 @@ from .core.errors import (
     InvalidUrlError,
     LocalCamError,
     NotLocalError,
+    NoVideoError,
 )
-from .core.identity import Identity, IdentityMismatchError, neighbour_mac
+from .core.identity import Identity, IdentityMismatchError, neighbour_mac, normalize_mac
 from .core.models import CameraSource, RtspTransport, StreamInfo
 from .core.netpolicy import normalized_identity, parse_networks, split_credentials
+from .core.onvif import read_device
+from .core.rtsp import describe
 from .core.snapshot import SNAPSHOT_SCHEMES, STREAM_SCHEMES, CameraClient
+from .core.wsdiscovery import DiscoveredDevice, unicast_range
 from .data import LocalCamConfigEntry
+from .discovery import async_scan
 from .helpers import policy_from_options
 
 URL_FIELDS = (CONF_STREAM_URL, CONF_SNAPSHOT_URL)
@@ -115,8 +129,10 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
     MINOR_VERSION = 1
 
     def __init__(self) -> None:
-        """Start with no placeholders."""
+        """Start with no placeholders and nothing discovered."""
         self._placeholders: dict[str, str] = {}
+        self._discovered: dict[str, Any] = {}
+        self._found: dict[str, DiscoveredDevice] = {}
 
     @staticmethod
     @callback
@@ -128,7 +144,7 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
     @override
     async def async_step_user(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
         """Offer the ways to add a camera (discovery adds entries here)."""
-        return self.async_show_menu(step_id="user", menu_options=["url"])
+        return self.async_show_menu(step_id="user", menu_options=["scan", "onvif", "url"])
 
     async def async_step_url(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
         """Add a camera by its RTSP URL (and optional HTTP snapshot URL)."""
@@ -148,7 +164,7 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
         return self.async_show_form(
             step_id="url",
             data_schema=self.add_suggested_values_to_schema(
-                _url_schema({}), _without_password(user_input)
+                _url_schema({}), _without_password(user_input or self._discovered)
             ),
             errors=errors,
             description_placeholders=self._placeholders,
@@ -159,6 +175,8 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
     ) -> ConfigFlowResult:
         """Change the URLs or credentials of a configured camera."""
         entry: LocalCamConfigEntry = self._get_reconfigure_entry()
+        if entry.data.get(CONF_ONVIF):
+            return await self.async_step_reconfigure_onvif(user_input)
         errors: dict[str, str] = {}
         if user_input is not None:
             # An empty password field keeps the stored one: passwords are
@@ -227,6 +245,306 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
             errors=errors,
             description_placeholders={**self._placeholders, "name": entry.title},
         )
+
+    async def async_step_onvif(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
+        """Add an ONVIF camera: its profiles, identity and URIs come from the camera."""
+        errors: dict[str, str] = {}
+        if user_input is not None:
+            data = await self._async_test_onvif(user_input, {}, errors)
+            if data is not None:
+                await self.async_set_unique_id(data[CONF_CAMERA_ID])
+                self._abort_if_unique_id_configured()
+                return self.async_create_entry(title=data.pop("title"), data=data)
+        return self.async_show_form(
+            step_id="onvif",
+            data_schema=self.add_suggested_values_to_schema(
+                _onvif_schema(), _without_password(user_input or self._discovered)
+            ),
+            errors=errors,
+            description_placeholders=self._placeholders,
+        )
+
+    async def async_step_reconfigure_onvif(
+        self, user_input: dict[str, Any] | None = None
+    ) -> ConfigFlowResult:
+        """Change an ONVIF camera's address or credentials; the device must be the same."""
+        entry: LocalCamConfigEntry = self._get_reconfigure_entry()
+        errors: dict[str, str] = {}
+        if user_input is not None:
+            if not user_input.get(CONF_PASSWORD):
+                user_input = {**user_input, CONF_PASSWORD: entry.data.get(CONF_PASSWORD)}
+            data = await self._async_test_onvif(user_input, entry.options, errors)
+            if data is not None:
+                stored = Identity.from_dict(entry.data.get(CONF_IDENTITY))
+                observed = Identity.from_dict(data[CONF_IDENTITY])
+                if stored.known and not stored.confirms(observed):
+                    return self.async_abort(reason="wrong_camera")
+                data.pop("title")
+                data[CONF_CAMERA_ID] = entry.data[CONF_CAMERA_ID]
+                data[CONF_IDENTITY] = stored.merged(observed).as_dict()
+                return self.async_update_reload_and_abort(entry, data_updates=data)
+        return self.async_show_form(
+            step_id="reconfigure_onvif",
+            data_schema=self.add_suggested_values_to_schema(
+                _onvif_schema(), _without_password(user_input or entry.data)
+            ),
+            errors=errors,
+            description_placeholders=self._placeholders,
+        )
+
+    async def _async_test_onvif(
+        self,
+        user_input: Mapping[str, Any],
+        options: Mapping[str, Any],
+        errors: dict[str, str],
+    ) -> dict[str, Any] | None:
+        """Read the camera over ONVIF and decode its main profile's stream."""
+        self._placeholders = {}
+        host = str(user_input[CONF_HOST]).strip()
+        port = int(user_input.get(CONF_PORT) or DEFAULT_ONVIF_PORT)
+        username = user_input.get(CONF_USERNAME) or None
+        password = user_input.get(CONF_PASSWORD) or None
+        policy = policy_from_options(options)
+        try:
+            device = await read_device(
+                host, port, username, password, policy=policy, timeout=PROBE_TIMEOUT
+            )
+            main = device.primary_profile
+            if main is None:
+                raise NoVideoError("the camera reports no media profile")
+            source = CameraSource(
+                camera_id="config_flow",
+                stream_url=main.stream_uri,
+                username=username,
+                password=password,
+                verify_ssl=bool(user_input.get(CONF_VERIFY_SSL, True)),
+                rtsp_transport=RtspTransport(
+                    options.get(CONF_RTSP_TRANSPORT, DEFAULT_RTSP_TRANSPORT)
+                ),
+            )
+            client = CameraClient(async_get_clientsession(self.hass), policy, source)
+            info = await client.probe(PROBE_TIMEOUT)
+        except (InvalidUrlError, NotLocalError) as err:
+            errors[CONF_HOST] = err.translation_key
+            self._placeholders = dict(err.placeholders)
+            return None
+        except LocalCamError as err:
+            errors["base"] = err.translation_key
+            self._placeholders = dict(err.placeholders)
+            return None
+        except Exception:  # noqa: BLE001 - a flow must never crash on a device
+            LOGGER.exception("Unexpected error while reading an ONVIF camera")
+            errors["base"] = "unknown"
+            return None
+        identity = Identity(
+            mac=normalize_mac(device.mac), serial=device.serial, uuid=device.device_uuid
+        )
+        return {
+            "title": " ".join(p for p in (device.manufacturer, device.model) if p) or host,
+            CONF_HOST: host,
+            CONF_PORT: port,
+            CONF_USERNAME: username,
+            CONF_PASSWORD: password,
+            CONF_VERIFY_SSL: source.verify_ssl,
+            CONF_ONVIF: True,
+            CONF_STREAM_URL: main.stream_uri,
+            CONF_SNAPSHOT_URL: main.snapshot_uri,
+            CONF_PROFILES: [
+                {
+                    "token": profile.token,
+                    "name": profile.name,
+                    "encoding": profile.encoding,
+                    "width": profile.width,
+                    "height": profile.height,
+                    "stream_url": profile.stream_uri,
+                    "snapshot_url": profile.snapshot_uri,
+                }
+                for profile in device.profiles
+            ],
+            CONF_MAIN_PROFILE: main.token,
+            CONF_IDENTITY: identity.as_dict(),
+            CONF_CAMERA_ID: identity.key or normalized_identity(main.stream_uri),
+            CONF_DEVICE_INFO: {
+                "manufacturer": device.manufacturer,
+                "model": device.model,
+                "firmware": device.firmware,
+            },
+            CONF_CODEC: info.codec,
+            CONF_WIDTH: info.width,
+            CONF_HEIGHT: info.height,
+        }
+
+    async def async_step_scan(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
+        """Look for ONVIF cameras now (WS-Discovery), optionally at given hosts."""
+        errors: dict[str, str] = {}
+        if user_input is not None:
+            try:
+                hosts = unicast_range(user_input[CONF_HOSTS]) if user_input.get(CONF_HOSTS) else []
+            except (InvalidUrlError, NotLocalError) as err:
+                errors[CONF_HOSTS] = err.translation_key
+                self._placeholders = dict(err.placeholders)
+            else:
+                known = {
+                    Identity.from_dict(entry.data.get(CONF_IDENTITY)).uuid
+                    for entry in self._async_current_entries(include_ignore=False)
+                }
+                self._found = {
+                    f"{device.host}:{device.port}": device
+                    for device in await async_scan(self.hass, hosts)
+                    if device.device_uuid is None or device.device_uuid not in known
+                }
+                if self._found:
+                    return await self.async_step_pick()
+                errors["base"] = "no_devices_found"
+        return self.async_show_form(
+            step_id="scan",
+            data_schema=self.add_suggested_values_to_schema(
+                probatio.Schema({probatio.Optional(CONF_HOSTS): TextSelector()}), user_input
+            ),
+            errors=errors,
+            description_placeholders=self._placeholders,
+        )
+
+    async def async_step_pick(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
+        """Choose one of the cameras the scan found."""
+        if user_input is not None:
+            device = self._found[user_input["device"]]
+            self._discovered = {CONF_HOST: device.host, CONF_PORT: device.port}
+            return await self.async_step_onvif()
+        options = [
+            SelectOptionDict(
+                value=key,
+                label=f"{device.name or device.hardware or 'ONVIF camera'} ({key})",
+            )
+            for key, device in self._found.items()
+        ]
+        return self.async_show_form(
+            step_id="pick",
+            data_schema=probatio.Schema(
+                {probatio.Required("device"): SelectSelector(SelectSelectorConfig(options=options))}
+            ),
+        )
+
+    async def async_step_zeroconf(self, discovery_info: ZeroconfServiceInfo) -> ConfigFlowResult:
+        """A camera announced over mDNS (_rtsp._tcp or _axis-video._tcp)."""
+        rtsp = discovery_info.type.startswith("_rtsp.")
+        return await self._async_discovered(
+            host=str(discovery_info.ip_address),
+            port=discovery_info.port or (554 if rtsp else DEFAULT_ONVIF_PORT),
+            mac=normalize_mac(str(discovery_info.properties.get("macaddress", ""))),
+            uuid=None,
+            name=discovery_info.name.split(".", 1)[0],
+            kind="rtsp" if rtsp else "onvif",
+        )
+
+    async def async_step_dhcp(self, discovery_info: DhcpServiceInfo) -> ConfigFlowResult:
+        """A device we know by MAC got an address (maybe a new one)."""
+        return await self._async_discovered(
+            host=discovery_info.ip,
+            port=None,
+            mac=normalize_mac(discovery_info.macaddress),
+            uuid=None,
+            name=discovery_info.hostname,
+            kind="onvif",
+        )
+
+    async def async_step_integration_discovery(
+        self, discovery_info: DiscoveryInfoType
+    ) -> ConfigFlowResult:
+        """A camera LocalCam's own WS-Discovery found."""
+        return await self._async_discovered(
+            host=str(discovery_info["host"]),
+            port=int(discovery_info.get("port") or DEFAULT_ONVIF_PORT),
+            mac=normalize_mac(discovery_info.get("mac")),
+            uuid=discovery_info.get("uuid"),
+            name=discovery_info.get("name"),
+            kind="onvif",
+        )
+
+    async def _async_discovered(
+        self,
+        *,
+        host: str,
+        port: int | None,
+        mac: str | None,
+        uuid: str | None,
+        name: str | None,
+        kind: str,
+    ) -> ConfigFlowResult:
+        """Recognise a configured camera by identity, or ask the user to add it."""
+        seen = Identity(mac=mac, uuid=uuid)
+        for entry in self._async_current_entries(include_ignore=False):
+            stored = Identity.from_dict(entry.data.get(CONF_IDENTITY))
+            if seen.known and stored.confirms(seen):
+                if _entry_host(entry) != host:
+                    await self._async_follow(entry, host)
+                return self.async_abort(reason="already_configured")
+        if seen.key is not None:
+            await self.async_set_unique_id(seen.key)
+            self._abort_if_unique_id_configured()
+        elif kind != "rtsp" and port is None:
+            return self.async_abort(reason="not_a_camera")
+        self._discovered = {CONF_HOST: host, CONF_PORT: port, "kind": kind}
+        if kind == "rtsp":
+            self._discovered[CONF_STREAM_URL] = f"rtsp://{_bracket(host)}:{port}/"
+        self._placeholders = {"name": name or host, "host": host}
+        self.context["title_placeholders"] = {"name": name or host}
+        return await self.async_step_discovery_confirm()
+
+    async def async_step_discovery_confirm(
+        self, user_input: dict[str, Any] | None = None
+    ) -> ConfigFlowResult:
+        """Ask before adding a discovered camera."""
+        if user_input is None:
+            return self.async_show_form(
+                step_id="discovery_confirm", description_placeholders=self._placeholders
+            )
+        if self._discovered["kind"] == "rtsp":
+            return await self.async_step_url()
+        return await self.async_step_onvif()
+
+    async def _async_follow(self, entry: LocalCamConfigEntry, host: str) -> None:
+        """Move an entry to its camera's new address, only after an identity check.
+
+        The device at the new address must prove to be the configured camera
+        (a matching MAC, serial or UUID, and none differing). Otherwise the
+        entry stays where it is: an address is never enough.
+        """
+        stored = Identity.from_dict(entry.data.get(CONF_IDENTITY))
+        policy = policy_from_options(entry.options)
+        username = entry.data.get(CONF_USERNAME)
+        password = entry.data.get(CONF_PASSWORD)
+        new_data = _with_host(entry.data, host)
+        try:
+            if entry.data.get(CONF_ONVIF):
+                device = await read_device(
+                    host,
+                    int(entry.data[CONF_PORT]),
+                    username,
+                    password,
+                    policy=policy,
+                    timeout=PROBE_TIMEOUT,
+                )
+                observed = Identity(
+                    mac=normalize_mac(device.mac), serial=device.serial, uuid=device.device_uuid
+                )
+            else:
+                target = await policy.check(new_data[CONF_STREAM_URL], schemes=STREAM_SCHEMES)
+                await describe(target, username=username, password=password)
+                observed = Identity(
+                    mac=await self.hass.async_add_executor_job(neighbour_mac, target.address)
+                )
+        except LocalCamError as err:
+            LOGGER.info("Not moving %s to %s: %s", entry.title, host, err)
+            return
+        if not stored.confirms(observed):
+            LOGGER.warning(
+                "Not moving %s to %s: the device there is not the same camera", entry.title, host
+            )
+            return
+        LOGGER.info("%s moved to %s (identity checked)", entry.title, host)
+        self.hass.config_entries.async_update_entry(entry, data=new_data)
+        self.hass.config_entries.async_schedule_reload(entry.entry_id)
 
     async def _async_test(
         self,
@@ -303,6 +621,59 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
             CONF_WIDTH: info.width,
             CONF_HEIGHT: info.height,
         }, info
+
+
+def _onvif_schema() -> probatio.Schema:
+    """Return the form for an ONVIF camera."""
+    return probatio.Schema(
+        {
+            probatio.Required(CONF_HOST): TextSelector(),
+            probatio.Required(CONF_PORT, default=DEFAULT_ONVIF_PORT): NumberSelector(
+                NumberSelectorConfig(min=1, max=65535, mode=NumberSelectorMode.BOX)
+            ),
+            probatio.Optional(CONF_USERNAME): TextSelector(
+                TextSelectorConfig(autocomplete="username")
+            ),
+            probatio.Optional(CONF_PASSWORD): TextSelector(
+                TextSelectorConfig(type=TextSelectorType.PASSWORD, autocomplete="current-password")
+            ),
+            probatio.Required(CONF_VERIFY_SSL, default=True): bool,
+        }
+    )
+
+
+def _bracket(host: str) -> str:
+    """An IPv6 literal in brackets, for URLs."""
+    return f"[{host}]" if ":" in host else host
+
+
+def _entry_host(entry: LocalCamConfigEntry) -> str:
+    """The host an entry talks to now."""
+    if entry.data.get(CONF_ONVIF):
+        return str(entry.data[CONF_HOST])
+    return yarl.URL(entry.data[CONF_STREAM_URL]).host or ""
+
+
+def _with_host(data: Mapping[str, Any], host: str) -> dict[str, Any]:
+    """Entry data with every URL (and the ONVIF host) moved to ``host``."""
+
+    def moved(url: str | None) -> str | None:
+        return str(yarl.URL(url).with_host(host)) if url else url
+
+    new = dict(data)
+    new[CONF_STREAM_URL] = moved(data.get(CONF_STREAM_URL))
+    new[CONF_SNAPSHOT_URL] = moved(data.get(CONF_SNAPSHOT_URL))
+    if data.get(CONF_ONVIF):
+        new[CONF_HOST] = host
+        new[CONF_PROFILES] = [
+            {
+                **profile,
+                "stream_url": moved(profile["stream_url"]),
+                "snapshot_url": moved(profile.get("snapshot_url")),
+            }
+            for profile in data[CONF_PROFILES]
+        ]
+    return new
 
 
 def _without_password(values: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -16,6 +16,14 @@ CONF_CAMERA_ID: Final = "camera_id"
 # What identifies the device (MAC, ONVIF serial, UUID): checked at setup, at
 # every connection where the MAC is visible, and at every health check.
 CONF_IDENTITY: Final = "identity"
+# ONVIF cameras: one entity per media profile; the main one is enabled.
+CONF_ONVIF: Final = "onvif"
+CONF_PROFILES: Final = "profiles"
+CONF_MAIN_PROFILE: Final = "main_profile"
+CONF_DEVICE_INFO: Final = "device_info"
+DEFAULT_ONVIF_PORT: Final = 80
+# The profile key of a camera added by URL (it has one stream).
+MAIN_PROFILE: Final = "main"
 # Recorded by the test before configure; shown in diagnostics.
 CONF_CODEC: Final = "codec"
 CONF_WIDTH: Final = "width"

@@ -12,9 +12,27 @@ type LocalCamConfigEntry = ConfigEntry[LocalCamData]
 
 
 @dataclass(slots=True)
-class LocalCamData:
-    """What a loaded entry holds: the camera's client and its health."""
+class StreamRuntime:
+    """One stream of the camera (a URL camera has one, ONVIF one per profile)."""
 
     client: CameraClient
-    coordinator: LocalCamCoordinator
     cache: SnapshotCache
+
+
+@dataclass(slots=True)
+class LocalCamData:
+    """What a loaded entry holds: its streams and the camera's health."""
+
+    streams: dict[str, StreamRuntime]
+    main: str
+    coordinator: LocalCamCoordinator
+
+    @property
+    def client(self) -> CameraClient:
+        """The main stream's client (health checks, cast)."""
+        return self.streams[self.main].client
+
+    @property
+    def cache(self) -> SnapshotCache:
+        """The main stream's still cache."""
+        return self.streams[self.main].cache

@@ -10,12 +10,16 @@ from .const import (
     CONF_ALLOWED_NETWORKS,
     CONF_CAMERA_ID,
     CONF_IDENTITY,
+    CONF_MAIN_PROFILE,
+    CONF_ONVIF,
+    CONF_PROFILES,
     CONF_RTSP_TRANSPORT,
     CONF_SNAPSHOT_URL,
     CONF_STREAM_URL,
     CONF_VERIFY_SSL,
     DEFAULT_RTSP_TRANSPORT,
     DOMAIN,
+    MAIN_PROFILE,
 )
 from .core.errors import LocalCamError
 from .core.identity import Identity
@@ -28,18 +32,51 @@ def policy_from_options(options: Mapping[str, Any]) -> NetPolicy:
     return NetPolicy(extra_networks=parse_networks(options.get(CONF_ALLOWED_NETWORKS, "")))
 
 
-def source_from_entry(data: Mapping[str, Any], options: Mapping[str, Any]) -> CameraSource:
-    """Build the camera source from entry data (connection) and options."""
-    return CameraSource(
-        camera_id=data[CONF_CAMERA_ID],
-        stream_url=data[CONF_STREAM_URL],
-        snapshot_url=data.get(CONF_SNAPSHOT_URL) or None,
-        username=data.get(CONF_USERNAME) or None,
-        password=data.get(CONF_PASSWORD) or None,
-        verify_ssl=data.get(CONF_VERIFY_SSL, True),
-        rtsp_transport=RtspTransport(options.get(CONF_RTSP_TRANSPORT, DEFAULT_RTSP_TRANSPORT)),
-        identity=Identity.from_dict(data.get(CONF_IDENTITY)),
-    )
+def frame_key(camera_id: str, profile: str) -> str:
+    """The key every frame of one stream carries: the entity's unique id."""
+    return f"{camera_id}_{profile}"
+
+
+def sources_from_entry(
+    data: Mapping[str, Any], options: Mapping[str, Any]
+) -> dict[str, CameraSource]:
+    """Build one camera source per stream (profile) from entry data and options.
+
+    A camera added by URL has one stream, MAIN_PROFILE; an ONVIF camera has
+    one per media profile. Each source carries its own frame key, so a
+    profile's cache can never serve another profile's (or camera's) frames.
+    """
+    camera_id = data[CONF_CAMERA_ID]
+    common: dict[str, Any] = {
+        "username": data.get(CONF_USERNAME) or None,
+        "password": data.get(CONF_PASSWORD) or None,
+        "verify_ssl": data.get(CONF_VERIFY_SSL, True),
+        "rtsp_transport": RtspTransport(options.get(CONF_RTSP_TRANSPORT, DEFAULT_RTSP_TRANSPORT)),
+        "identity": Identity.from_dict(data.get(CONF_IDENTITY)),
+    }
+    if not data.get(CONF_ONVIF):
+        return {
+            MAIN_PROFILE: CameraSource(
+                camera_id=frame_key(camera_id, MAIN_PROFILE),
+                stream_url=data[CONF_STREAM_URL],
+                snapshot_url=data.get(CONF_SNAPSHOT_URL) or None,
+                **common,
+            )
+        }
+    return {
+        profile["token"]: CameraSource(
+            camera_id=frame_key(camera_id, profile["token"]),
+            stream_url=profile["stream_url"],
+            snapshot_url=profile.get("snapshot_url") or None,
+            **common,
+        )
+        for profile in data[CONF_PROFILES]
+    }
+
+
+def main_profile(data: Mapping[str, Any]) -> str:
+    """The profile whose entity is enabled by default and health-checked."""
+    return str(data.get(CONF_MAIN_PROFILE) or MAIN_PROFILE)
 
 
 def translated_error(err: LocalCamError) -> HomeAssistantError:

@@ -5,6 +5,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 import datetime as dt
 import hashlib
+from ipaddress import ip_address
 import logging
 from pathlib import Path
 import re
@@ -357,6 +358,7 @@ async def test_plain_get(
         content_type="image/jpeg",
         body=JPEG,
         final_url=f"http://127.0.0.1:{cam.port}/plain?pwd=***",
+        address=ip_address("127.0.0.1"),  # the checked address it came from
     )
     assert cam.state.auth_schemes("/plain") == [None]
     assert QUERY_SECRET not in repr(reply)

@@ -96,3 +96,12 @@ def test_round_trip_and_merge() -> None:
     assert Identity.from_dict("junk") == Identity()
     assert Identity.from_dict({"mac": "zz"}) == Identity()
     assert Identity(serial="S1").merged(Identity(mac="aa:bb:cc:00:11:22", serial="S9")) == identity
+
+
+def test_confirms_needs_positive_evidence() -> None:
+    """Moving an entry needs a matching field, not just the absence of a mismatch."""
+    configured = Identity(mac="aa:bb:cc:00:11:22", serial="S1")
+    assert configured.confirms(Identity(serial="S1"))
+    assert not configured.confirms(Identity())
+    assert not configured.confirms(Identity(uuid="u"))
+    assert not configured.confirms(Identity(mac="aa:bb:cc:00:11:22", serial="S2"))

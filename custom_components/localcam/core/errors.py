@@ -82,3 +82,7 @@ class ProtocolError(LocalCamError):
     """The camera answered, but not in a form LocalCam can use (bad SOAP, faults)."""
 
     translation_key = "onvif_error"
+
+    def __init__(self, message: str) -> None:
+        """The message doubles as the reason shown to the user (no secrets in it)."""
+        super().__init__(message, reason=message)

@@ -76,6 +76,17 @@ class Identity:
             if mine and theirs and mine.lower() != theirs.lower():
                 raise IdentityMismatchError(host, field)
 
+    def confirms(self, observed: Identity) -> bool:
+        """True when a field known on both sides is equal and none differs."""
+        common = [
+            field
+            for field in ("mac", "serial", "uuid")
+            if getattr(self, field) and getattr(observed, field)
+        ]
+        return bool(common) and all(
+            getattr(self, field).lower() == getattr(observed, field).lower() for field in common
+        )
+
     def merged(self, other: Identity) -> Identity:
         """Fill unknown fields from ``other`` (after a check passed)."""
         return Identity(

@@ -60,6 +60,9 @@ MAX_PROFILES: Final = 16
 MAX_TOKEN_LENGTH: Final = 64
 MAX_TEXT_LENGTH: Final = 128
 MAX_URI_LENGTH: Final = 2048
+#: Largest SOAP reply read from a camera (after decompression); real ones are a few KiB, an
+#: NVR's GetProfiles a few hundred.
+MAX_SOAP_REPLY: Final = 2 * 1024 * 1024
 HTTP_SCHEMES: Final = frozenset({"http", "https"})
 STREAM_SCHEMES: Final = frozenset({"rtsp", "rtsps"})
 # Fault subcodes (ONVIF ter: and WS-Security wsse:) that mean "wrong credentials".
@@ -365,6 +368,72 @@ def _normalize_encoding(value: object) -> str:
     return "H265" if text == "HEVC" else text
 
 
+async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
+    """The whole body, or ProtocolError once it passes MAX_SOAP_REPLY."""
+    if (response.content_length or 0) > MAX_SOAP_REPLY:
+        response.close()
+        raise ProtocolError("the camera's reply is too large")
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await response.content.readany():
+        size += len(chunk)
+        if size > MAX_SOAP_REPLY:
+            response.close()
+            raise ProtocolError("the camera's reply is too large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class _CappedResponse:
+    """An aiohttp response whose body was already read, within the cap."""
+
+    def __init__(self, response: aiohttp.ClientResponse, body: bytes) -> None:
+        """Keep the response for its status and headers."""
+        self._response = response
+        self._body = body
+
+    async def read(self) -> bytes:
+        """The body read by _read_capped."""
+        return self._body
+
+    def __getattr__(self, name: str) -> Any:
+        """Everything else (status, headers, charset, ...) from the real response."""
+        return getattr(self._response, name)
+
+
+class _CappedSession:
+    """The library's own session, but no reply body is read past MAX_SOAP_REPLY."""
+
+    # onvif-zeep-async reads whole bodies into memory (AIOHTTPTransport._post_internal):
+    # without this a camera could answer with gigabytes until the timeout.
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        """Wrap the session the library created for one service."""
+        self._session = session
+
+    async def post(self, *args: Any, **kwargs: Any) -> _CappedResponse:
+        """POST, then read the body with the cap."""
+        response = await self._session.post(*args, **kwargs)
+        return _CappedResponse(response, await _read_capped(response))
+
+    async def get(self, *args: Any, **kwargs: Any) -> _CappedResponse:
+        """GET, then read the body with the cap."""
+        response = await self._session.get(*args, **kwargs)
+        return _CappedResponse(response, await _read_capped(response))
+
+    def __getattr__(self, name: str) -> Any:
+        """Everything else (closed, timeout, ...) from the real session."""
+        return getattr(self._session, name)
+
+
+def _capped(service: Any) -> Any:
+    """Put a library service's transport behind _CappedSession."""
+    transport = service.transport
+    if not isinstance(transport.session, _CappedSession):
+        transport.session = _CappedSession(transport.session)
+    return service
+
+
 class _Calls:
     """A library service whose operations are sent with WS-Security, or without it."""
 
@@ -384,7 +453,7 @@ async def _recreate_devicemgmt(camera: Any, service: Any) -> Any:
     """Rebuild the device service so its WS-Security tokens carry the new clock offset."""
     await service.close()
     camera.services.pop(service.binding_key, None)
-    return await camera.create_devicemgmt_service()
+    return _capped(await camera.create_devicemgmt_service())
 
 
 async def _read_clock(camera: Any, devicemgmt: Any, *, anonymous: bool) -> tuple[Any, float | None]:
@@ -505,7 +574,7 @@ async def _read(
     anonymous = not username
     step = "GetSystemDateAndTime"
     try:
-        devicemgmt = await camera.create_devicemgmt_service()
+        devicemgmt = _capped(await camera.create_devicemgmt_service())
         devicemgmt, offset = await _read_clock(camera, devicemgmt, anonymous=anonymous)
         device = _Calls(devicemgmt, anonymous=anonymous)
         step = "GetDeviceInformation"
@@ -525,7 +594,7 @@ async def _read(
             # Aim the library at the checked address, whatever name the XAddr carries.
             camera.xaddrs[MEDIA_NAMESPACE] = str(media_url.with_host(str(address)))
             step = "GetProfiles"
-            media = _Calls(await camera.create_media_service(), anonymous=anonymous)
+            media = _Calls(_capped(await camera.create_media_service()), anonymous=anonymous)
             profiles, snapshot_supported = await _read_profiles(media, vetter)
     except Exception as err:  # noqa: BLE001  (only core errors may escape; see _translate)
         # "from None": library errors can quote reply bodies, which may hold credentials.

@@ -181,6 +181,8 @@ class _InvalidMatchError(Exception):
 
 def _parse_xml(data: bytes) -> _Node:
     """Parse with expat, refusing any DTD, and build a small bounded tree."""
+    # With the DOCTYPE refused no entity can ever be declared, so every entity reference
+    # other than the five predefined ones is a well-formedness error, never a lookup.
     parser = expat.ParserCreate(namespace_separator=" ")
     # Never read external DTDs or parameter entities, whatever the document says.
     parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
@@ -192,9 +194,6 @@ def _parse_xml(data: bytes) -> _Node:
 
     def refuse(*_args: object) -> None:
         raise _RejectedError("DTD or entity declaration")
-
-    def refuse_external(*_args: object) -> int:
-        raise _RejectedError("external entity")
 
     def start_ns(prefix: str | None, uri: str) -> None:
         pending[prefix or ""] = uri
@@ -229,7 +228,6 @@ def _parse_xml(data: bytes) -> _Node:
     parser.EntityDeclHandler = refuse
     parser.UnparsedEntityDeclHandler = refuse
     parser.NotationDeclHandler = refuse
-    parser.ExternalEntityRefHandler = refuse_external
     parser.StartNamespaceDeclHandler = start_ns
     parser.StartElementHandler = start
     parser.EndElementHandler = end
@@ -442,11 +440,9 @@ def parse_probe_matches(
     relates_to: Collection[str] | None = None,
     problems: list[str] | None = None,
 ) -> list[DiscoveredDevice]:
-    """Parse a ProbeMatches datagram from `source` (an IP address); never raises.
-
-    Unusable matches are skipped; why is appended to `problems` when given (the caller
-    decides how often to log). With `relates_to`, replies to other MessageIDs are ignored.
-    """
+    """Parse a ProbeMatches datagram from `source` (an IP address); never raises."""
+    # Unusable matches are skipped and why is appended to `problems` (the caller decides
+    # how often to log). With `relates_to`, replies to other MessageIDs are ignored.
     found: list[str] = []
     try:
         return _probe_matches(data, source, policy or NetPolicy(), relates_to, found)
@@ -464,11 +460,9 @@ def parse_probe_matches(
 
 
 def unicast_range(text: str, *, policy: NetPolicy | None = None) -> list[str]:
-    """Hosts from "192.168.1.10", "192.168.1.0/28" or "192.168.1.10-20" (comma separated).
-
-    At most MAX_UNICAST_HOSTS in all; every address must be allowed by the policy.
-    Raises InvalidUrlError for bad syntax or too many hosts, NotLocalError for refused ones.
-    """
+    """Hosts from "192.168.1.10", "192.168.1.0/28" or "192.168.1.10-20" (comma separated)."""
+    # At most MAX_UNICAST_HOSTS in all, every one allowed by the policy: InvalidUrlError for
+    # bad syntax or too many hosts, NotLocalError for a refused address.
     policy = policy or NetPolicy()
     hosts: list[str] = []
     for item in re.split(r"[\s,;]+", text.strip()):
@@ -683,9 +677,14 @@ def _unicast_targets(
     hosts: Sequence[str], port: int, policy: NetPolicy
 ) -> list[tuple[IPv4Address | IPv6Address, int]]:
     """Valid, allowed, de-duplicated unicast targets (at most MAX_UNICAST_HOSTS)."""
-    targets: list[tuple[IPv4Address | IPv6Address, int]] = []
+    targets: dict[tuple[IPv4Address | IPv6Address, int], None] = {}
     refused = 0
     for text in hosts:
+        if len(targets) >= MAX_UNICAST_HOSTS:
+            _LOGGER.info(
+                "WS-Discovery: only the first %d unicast targets are probed", MAX_UNICAST_HOSTS
+            )
+            break
         try:
             address, target_port = _target(text, port)
         except ValueError:
@@ -694,16 +693,10 @@ def _unicast_targets(
         if policy.classify(address) is not None:
             refused += 1
             continue
-        if (address, target_port) not in targets:
-            targets.append((address, target_port))
+        targets[address, target_port] = None
     if refused:
         _LOGGER.info("WS-Discovery: %d unicast targets are invalid or not local", refused)
-    if len(targets) > MAX_UNICAST_HOSTS:
-        _LOGGER.info(
-            "WS-Discovery: only the first %d unicast targets are probed", MAX_UNICAST_HOSTS
-        )
-        del targets[MAX_UNICAST_HOSTS:]
-    return targets
+    return list(targets)
 
 
 async def scan(
@@ -716,12 +709,10 @@ async def scan(
     max_per_host: int = 4,
     policy: NetPolicy,
 ) -> list[DiscoveredDevice]:
-    """Probe for ONVIF devices; at most `timeout` (<= 3 s) and `max_replies` datagrams.
-
-    `multicast_interfaces` are IPv4 addresses of local interfaces to multicast on (none:
-    nothing is multicast). `unicast_hosts` are "host" or "host:port" IP literals. Devices
-    are de-duplicated by endpoint reference; at most `max_per_host` are kept per source.
-    """
+    """Probe for ONVIF devices; at most `timeout` (<= 3 s) and `max_replies` datagrams."""
+    # `multicast_interfaces`: IPv4 addresses of local interfaces to multicast on (none:
+    # nothing is multicast). `unicast_hosts`: "host" or "host:port" IP literals. Devices
+    # are de-duplicated by endpoint reference, at most `max_per_host` kept per source.
     timeout = min(max(timeout, 0.0), MAX_SCAN_TIME)
     max_replies = min(max(max_replies, 1), MAX_REPLIES_LIMIT)
     max_per_host = min(max(max_per_host, 1), MAX_MATCHES_PER_REPLY)

@@ -1,0 +1,93 @@
+"""Background WS-Discovery: find ONVIF cameras and offer them to the user.
+
+Probes go out at start and every 15 minutes on the adapters enabled in Home
+Assistant's `network` integration (multicast, TTL 1), bounded by the scanner
+in core.wsdiscovery (<= 3 s a scan, a capped number of replies and of devices
+per source address). Each camera found becomes an integration-discovery flow
+that the user confirms; a camera already configured is recognised by its
+identity (device UUID), not by its address.
+
+Tests, benchmarks and the demo set LOCALCAM_DISABLE_NETWORK_SCANS=1 so that
+nothing is multicast on a real interface outside a test's own namespace.
+"""
+
+from datetime import timedelta
+import os
+from typing import Any, Final
+
+from homeassistant.components import network
+from homeassistant.config_entries import SOURCE_INTEGRATION_DISCOVERY
+from homeassistant.const import EVENT_HOMEASSISTANT_STARTED
+from homeassistant.core import Event, HomeAssistant, callback
+from homeassistant.helpers import discovery_flow
+from homeassistant.helpers.event import async_track_time_interval
+
+from .const import DOMAIN, LOGGER
+from .core.netpolicy import NetPolicy
+from .core.wsdiscovery import WSD_PORT, DiscoveredDevice, scan
+
+SCAN_INTERVAL: Final = timedelta(minutes=15)
+WSD_DISCOVERY_PORT = WSD_PORT  # the standard port; tests aim at their responder's
+DISABLE_ENV: Final = "LOCALCAM_DISABLE_NETWORK_SCANS"
+
+
+def scans_disabled() -> bool:
+    """Whether network scans are switched off for this process."""
+    return os.environ.get(DISABLE_ENV, "") not in ("", "0")
+
+
+async def async_multicast_interfaces(hass: HomeAssistant) -> list[str]:
+    """IPv4 addresses of the adapters enabled in HA's network settings."""
+    if scans_disabled():
+        return []
+    adapters = await network.async_get_adapters(hass)
+    return [
+        str(ip["address"]) for adapter in adapters if adapter["enabled"] for ip in adapter["ipv4"]
+    ]
+
+
+async def async_scan(hass: HomeAssistant, unicast_hosts: list[str]) -> list[DiscoveredDevice]:
+    """One bounded scan: multicast on enabled adapters plus the given hosts."""
+    return await scan(
+        multicast_interfaces=await async_multicast_interfaces(hass),
+        unicast_hosts=unicast_hosts,
+        port=WSD_DISCOVERY_PORT,
+        policy=NetPolicy(),
+    )
+
+
+def discovery_data(device: DiscoveredDevice) -> dict[str, Any]:
+    """What an integration-discovery flow receives about one camera."""
+    return {
+        "host": device.host,
+        "port": device.port,
+        "uuid": device.device_uuid,
+        "mac": device.mac,
+        "name": device.name,
+        "hardware": device.hardware,
+    }
+
+
+@callback
+def async_start_background_discovery(hass: HomeAssistant) -> None:
+    """Scan once HA has started, then every 15 minutes."""
+    if scans_disabled():
+        LOGGER.debug("WS-Discovery scans are disabled (%s)", DISABLE_ENV)
+        return
+
+    async def _scan(*_: Any) -> None:
+        devices = await async_scan(hass, [])
+        for device in devices:
+            discovery_flow.async_create_flow(
+                hass,
+                DOMAIN,
+                context={"source": SOURCE_INTEGRATION_DISCOVERY},
+                data=discovery_data(device),
+            )
+
+    @callback
+    def _started(_event: Event) -> None:
+        hass.async_create_background_task(_scan(), f"{DOMAIN} WS-Discovery")
+
+    hass.bus.async_listen_once(EVENT_HOMEASSISTANT_STARTED, _started)
+    async_track_time_interval(hass, _scan, SCAN_INTERVAL, cancel_on_shutdown=True)

@@ -1,0 +1,607 @@
+"""core.wsdiscovery: probes, the hardened ProbeMatches parser and unicast scans on 127.0.0.1."""
+
+from collections.abc import AsyncIterator, Iterator
+import contextlib
+import ipaddress
+import logging
+from pathlib import Path
+import socket
+import time
+import tracemalloc
+
+import pytest
+
+from custom_components.localcam.core.errors import InvalidUrlError, NotLocalError
+from custom_components.localcam.core.netpolicy import NetPolicy
+from custom_components.localcam.core.onvif import read_device
+from custom_components.localcam.core.wsdiscovery import (
+    MAX_REPLY_SIZE,
+    PROBE_TYPES,
+    DiscoveredDevice,
+    _multicast_socket,
+    _target,
+    build_probe,
+    build_probes,
+    parse_probe_matches,
+    scan,
+    unicast_range,
+)
+from virtualcam import CameraConfig, CameraFarm, VirtualCamera, color_for
+from virtualcam.wsdiscovery import (
+    Announcement,
+    ScopeMix,
+    WsDiscoveryResponder,
+    parse_probe,
+    probe_matches,
+)
+
+POLICY = NetPolicy()
+SOURCE = "192.168.1.20"
+WSD_NS = 'xmlns:s="http://www.w3.org/2003/05/soap-envelope" ' + (
+    'xmlns:a="http://schemas.xmlsoap.org/ws/2004/08/addressing" '
+    'xmlns:d="http://schemas.xmlsoap.org/ws/2005/04/discovery" '
+    'xmlns:dn="http://www.onvif.org/ver10/network/wsdl"'
+)
+GOOD_MATCH = (
+    "<d:ProbeMatch><a:EndpointReference><a:Address>urn:uuid:{uuid}</a:Address>"
+    "</a:EndpointReference><d:Types>dn:NetworkVideoTransmitter</d:Types>"
+    "<d:Scopes>onvif://www.onvif.org/name/Front%20door onvif://www.onvif.org/hardware/X1"
+    " onvif://www.onvif.org/MAC/AA-BB-CC-DD-EE-01</d:Scopes>"
+    "<d:XAddrs>{xaddr}</d:XAddrs><d:MetadataVersion>1</d:MetadataVersion></d:ProbeMatch>"
+)
+UUID_A = "6f0e5a54-0000-4000-8000-00000000000a"
+UUID_B = "6f0e5a54-0000-4000-8000-00000000000b"
+
+
+def reply(*matches: str, relates_to: str = "urn:uuid:probe", namespaces: str = WSD_NS) -> bytes:
+    """A ProbeMatches envelope around match fragments."""
+    return (
+        f"<s:Envelope {namespaces}><s:Header><a:RelatesTo>{relates_to}</a:RelatesTo>"
+        f"</s:Header><s:Body><d:ProbeMatches>{''.join(matches)}</d:ProbeMatches></s:Body>"
+        "</s:Envelope>"
+    ).encode()
+
+
+def good(uuid: str = UUID_A, xaddr: str = f"http://{SOURCE}/onvif/device_service") -> str:
+    """One valid ProbeMatch."""
+    return GOOD_MATCH.format(uuid=uuid, xaddr=xaddr)
+
+
+@contextlib.asynccontextmanager
+async def responders(*items: WsDiscoveryResponder) -> AsyncIterator[list[WsDiscoveryResponder]]:
+    """Start responders on 127.0.0.1 and always stop them."""
+    started: list[WsDiscoveryResponder] = []
+    try:
+        for item in items:
+            await item.start()
+            started.append(item)
+        yield started
+    finally:
+        for item in started:
+            item.stop()
+
+
+def targets(items: list[WsDiscoveryResponder]) -> list[str]:
+    """unicast_hosts entries for responders."""
+    return [f"127.0.0.1:{item.port}" for item in items]
+
+
+# -- probes -----------------------------------------------------------------------------------
+
+
+def test_probes_are_separate_unfiltered_and_fresh() -> None:
+    """One probe per type, no scope filter, a new MessageID every time."""
+    probes = build_probes()
+    again = build_probes()
+    assert len(probes) == len(PROBE_TYPES) == 2
+    ids = {message_id for message_id, _ in probes + again}
+    assert len(ids) == 4
+    parsed = [parse_probe(message) for _, message in probes]
+    assert [p.types for p in parsed if p] == [
+        (("http://www.onvif.org/ver10/network/wsdl", "NetworkVideoTransmitter"),),
+        (("http://www.onvif.org/ver10/device/wsdl", "Device"),),
+    ]
+    assert all(p is not None and p.scopes == () for p in parsed)
+    assert all(b"Scopes" not in message for _, message in probes)
+    with pytest.raises(ValueError, match="unknown probe type"):
+        build_probe("x:Printer")
+
+
+# -- parser -----------------------------------------------------------------------------------
+
+
+def test_parse_good_reply() -> None:
+    """Endpoint, types, scopes, name, hardware and MAC are read from a ProbeMatch."""
+    devices = parse_probe_matches(reply(good()), SOURCE)
+    assert devices == [
+        DiscoveredDevice(
+            endpoint=f"urn:uuid:{UUID_A}",
+            xaddrs=(f"http://{SOURCE}/onvif/device_service",),
+            scopes=(
+                "onvif://www.onvif.org/name/Front%20door",
+                "onvif://www.onvif.org/hardware/X1",
+                "onvif://www.onvif.org/MAC/AA-BB-CC-DD-EE-01",
+            ),
+            types=("dn:NetworkVideoTransmitter",),
+            host=SOURCE,
+            port=80,
+            name="Front door",
+            hardware="X1",
+            mac="aa:bb:cc:dd:ee:01",
+        )
+    ]
+    assert devices[0].device_uuid == UUID_A
+
+
+def test_parse_other_endpoint_forms() -> None:
+    """ "uuid:" endpoints are normalised; other URI endpoints are kept, without a UUID."""
+    upper = UUID_A.upper()
+    data = reply(good(uuid=upper).replace(f"urn:uuid:{upper}", f"uuid:{upper}"))
+    (device,) = parse_probe_matches(data, SOURCE)
+    assert device.endpoint == f"urn:uuid:{UUID_A}"
+    data = reply(good().replace(f"urn:uuid:{UUID_A}", "http://192.168.1.20/device"))
+    (device,) = parse_probe_matches(data, SOURCE)
+    assert device.endpoint == "http://192.168.1.20/device"
+    assert device.device_uuid is None
+
+
+def test_unicast_target_syntax() -> None:
+    """Targets are "host", "host:port" or "[v6]:port"; anything else is refused."""
+    assert _target("192.168.1.5", 3702) == (ipaddress.ip_address("192.168.1.5"), 3702)
+    assert _target("192.168.1.5:4000", 3702) == (ipaddress.ip_address("192.168.1.5"), 4000)
+    assert _target("[fe80::1]:4000", 3702) == (ipaddress.ip_address("fe80::1"), 4000)
+    assert _target("[fd00::5]", 3702) == (ipaddress.ip_address("fd00::5"), 3702)
+    assert _target("fd00::5", 3702) == (ipaddress.ip_address("fd00::5"), 3702)
+    for text in ("[fd00::5]x", "host:port", "1.2.3.4:0", "cam.local", "[::1]:99999"):
+        with pytest.raises(ValueError):  # noqa: PT011  (the reason does not matter here)
+            _target(text, 3702)
+
+
+def test_parse_prefers_the_xaddr_of_the_sender() -> None:
+    """A multi-homed camera lists several XAddrs; the one we heard from is chosen."""
+    xaddrs = "http://10.0.0.9:8080/onvif/device_service http://192.168.1.20:8899/onvif/ds"
+    (device,) = parse_probe_matches(reply(good(xaddr=xaddrs)), SOURCE)
+    assert (device.host, device.port) == (SOURCE, 8899)
+    assert len(device.xaddrs) == 2
+
+
+def _nested(depth: int) -> bytes:
+    """A valid envelope with a deeply nested element."""
+    return reply(good()).replace(b"<d:ProbeMatches>", b"<d:ProbeMatches>" + b"<x>" * depth)
+
+
+# (case, datagram, endpoints expected to survive)
+BAD_INPUT: list[tuple[str, bytes, set[str]]] = [
+    ("empty", b"", set()),
+    ("truncated", reply(good())[:200], set()),
+    ("not xml", b"\x00\xff\xfe garbage", set()),
+    ("oversized", reply(good(), good(UUID_B)) + b" " * MAX_REPLY_SIZE, set()),
+    ("ten megabytes", b"<a>" + b"x" * 10_000_000 + b"</a>", set()),
+    (
+        "billion laughs",
+        b'<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaaaaaaaa">'
+        + b"".join(
+            f'<!ENTITY {chr(98 + i)} "{("&" + chr(97 + i) + ";") * 10}">'.encode() for i in range(9)
+        )
+        + b"]><l>&j;</l>",
+        set(),
+    ),
+    (
+        "entity in a reply",
+        b'<!DOCTYPE s:Envelope [<!ENTITY u "' + UUID_A.encode() + b'">]>' + reply(good(uuid="&u;")),
+        set(),
+    ),
+    ("undefined entity", reply(good(uuid="&u;")), set()),
+    (
+        "parameter entity",
+        b'<!DOCTYPE x [<!ENTITY % p SYSTEM "file:///etc/passwd"> %p;]><x/>',
+        set(),
+    ),
+    ("wrong envelope namespace", reply(good()).replace(b"2003/05/soap-envelope", b"1999/x"), set()),
+    (
+        "wrong discovery namespace",
+        reply(good()).replace(b"ws/2005/04/discovery", b"ws/2099/01/discovery"),
+        set(),
+    ),
+    (
+        "wrong addressing namespace on the EPR",
+        reply(
+            good(),
+            good(UUID_B)
+            .replace("<a:EndpointReference>", "<d:EndpointReference>")
+            .replace("</a:EndpointReference>", "</d:EndpointReference>"),
+        ),
+        {f"urn:uuid:{UUID_A}"},
+    ),
+    ("not a reply to our probe", reply(good(), relates_to="urn:uuid:other"), set()),
+    ("no ProbeMatches", reply().replace(b"<d:ProbeMatches></d:ProbeMatches>", b""), set()),
+    ("duplicate body", reply(good()).replace(b"</s:Body>", b"</s:Body><s:Body/>"), set()),
+    (
+        "missing EPR",
+        reply(
+            good(),
+            good(UUID_B).replace(
+                f"<a:EndpointReference><a:Address>urn:uuid:{UUID_B}"
+                "</a:Address></a:EndpointReference>",
+                "",
+            ),
+        ),
+        {f"urn:uuid:{UUID_A}"},
+    ),
+    (
+        "missing XAddrs",
+        reply(
+            good(),
+            good(UUID_B).replace(f"<d:XAddrs>http://{SOURCE}/onvif/device_service</d:XAddrs>", ""),
+        ),
+        {f"urn:uuid:{UUID_A}"},
+    ),
+    (
+        "duplicate XAddrs",
+        reply(
+            good(UUID_B).replace(
+                "<d:MetadataVersion>", "<d:XAddrs>http://10.0.0.1/</d:XAddrs><d:MetadataVersion>"
+            ),
+            good(),
+        ),
+        {f"urn:uuid:{UUID_A}"},
+    ),
+    (
+        "duplicate EPR",
+        reply(
+            good(UUID_B).replace(
+                "<d:Types>",
+                "<a:EndpointReference><a:Address>urn:uuid:"
+                f"{UUID_A}</a:Address></a:EndpointReference><d:Types>",
+            ),
+            good(),
+        ),
+        {f"urn:uuid:{UUID_A}"},
+    ),
+    ("same endpoint twice", reply(good(), good()), {f"urn:uuid:{UUID_A}"}),
+    (
+        "EPR without an address",
+        reply(good().replace(f"<a:Address>urn:uuid:{UUID_A}</a:Address>", ""), good(UUID_B)),
+        {f"urn:uuid:{UUID_B}"},
+    ),
+    ("endpoint that is not a URI", reply(good(uuid="x").replace("urn:uuid:x", "just text")), set()),
+    (
+        "stray element in ProbeMatches",
+        reply("<d:Other/>", good()),
+        {f"urn:uuid:{UUID_A}"},
+    ),
+    (
+        "65 matches in one reply",
+        reply(*(good(f"6f0e5a54-0000-4000-8000-{i:012x}") for i in range(65))),
+        {f"urn:uuid:6f0e5a54-0000-4000-8000-{i:012x}" for i in range(64)},
+    ),
+    ("malformed uuid", reply(good(uuid="not-a-uuid"), good(UUID_B)), {f"urn:uuid:{UUID_B}"}),
+    ("bad MetadataVersion", reply(good().replace(">1</d:Meta", ">x</d:Meta")), set()),
+    (
+        "port zero",
+        reply(good(xaddr="http://192.168.1.20:0/x"), good(UUID_B)),
+        {f"urn:uuid:{UUID_B}"},
+    ),
+    (
+        "port 70000",
+        reply(good(xaddr="http://192.168.1.20:70000/x"), good(UUID_B)),
+        {f"urn:uuid:{UUID_B}"},
+    ),
+    ("ftp scheme", reply(good(xaddr="ftp://192.168.1.20/x"), good(UUID_B)), {f"urn:uuid:{UUID_B}"}),
+    ("file scheme", reply(good(xaddr="file:///etc/passwd"), good(UUID_B)), {f"urn:uuid:{UUID_B}"}),
+    ("public xaddr", reply(good(xaddr="http://8.8.8.8/x"), good(UUID_B)), {f"urn:uuid:{UUID_B}"}),
+    ("metadata xaddr", reply(good(xaddr="http://169.254.169.254/x")), set()),
+    ("host name xaddr", reply(good(xaddr="http://cam.example.com/x")), set()),
+    ("ambiguous numeric host", reply(good(xaddr="http://0x7f.1/x")), set()),
+    ("credentials in xaddr", reply(good(xaddr="http://u:p@192.168.1.20/x")), set()),
+    ("too many xaddrs", reply(good(xaddr=" ".join(["http://192.168.1.20/"] * 50))), set()),
+    ("endless scope", reply(good().replace("X1", "X" * 5000)), set()),
+    ("control characters in endpoint", reply(good(uuid="a\x01b")), set()),
+    ("deep nesting", _nested(5000), set()),
+    ("many elements", reply(good()).replace(b"<d:Types>", b"<x/>" * 10_000 + b"<d:Types>"), set()),
+    ("utf-16", reply(good()).decode().encode("utf-16"), {f"urn:uuid:{UUID_A}"}),
+    (
+        "latin-1 declared",
+        b'<?xml version="1.0" encoding="ISO-8859-1"?>' + reply(good()),
+        {f"urn:uuid:{UUID_A}"},
+    ),
+    ("unknown encoding", b'<?xml version="1.0" encoding="x-klingon"?>' + reply(good()), set()),
+]
+
+
+@pytest.mark.parametrize(("case", "data", "survivors"), BAD_INPUT, ids=[c[0] for c in BAD_INPUT])
+def test_parser_survives_bad_input(case: str, data: bytes, survivors: set[str]) -> None:
+    """Each bad match is dropped, good ones kept; nothing raises, memory stays small."""
+    problems: list[str] = []
+    tracemalloc.start()
+    try:
+        start = time.perf_counter()
+        devices = parse_probe_matches(
+            data, SOURCE, policy=POLICY, relates_to={"urn:uuid:probe"}, problems=problems
+        )
+        elapsed = time.perf_counter() - start
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert {d.endpoint for d in devices} == survivors
+    if case not in ("same endpoint twice", "utf-16", "latin-1 declared"):
+        assert problems, case
+    assert len(problems) <= 16
+    assert elapsed < 0.5
+    assert peak < 8 * 1024 * 1024, peak  # the 10 MB input itself is the caller's
+
+
+def test_external_entity_is_never_read(tmp_path: Path) -> None:
+    """SYSTEM entities (a local file here) are refused before anything is opened."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOPSECRET")
+    for data in (
+        f'<!DOCTYPE x [<!ENTITY e SYSTEM "file://{secret}">]><x>&e;</x>'.encode(),
+        f'<!DOCTYPE x SYSTEM "file://{secret}"><x/>'.encode(),
+        b'<!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]>' + reply(good(uuid="&e;")),
+    ):
+        problems: list[str] = []
+        assert parse_probe_matches(data, SOURCE, problems=problems) == []
+        assert problems == ["DTD or entity declaration"]
+        assert "TOPSECRET" not in repr(problems)
+
+
+def test_parser_rejects_non_local_and_invalid_sources() -> None:
+    """Replies from public or invalid source addresses are ignored as a whole."""
+    problems: list[str] = []
+    assert parse_probe_matches(reply(good()), "8.8.8.8", problems=problems) == []
+    assert parse_probe_matches(reply(good()), "not-an-ip", problems=problems) == []
+    assert problems == ["reply from public address 8.8.8.8", "invalid source address"]
+
+
+def test_injected_policy_decides_what_is_local() -> None:
+    """An extra network in the policy admits its XAddrs; the default policy refuses them."""
+    data = reply(good(xaddr="http://100.64.1.5:80/onvif/device_service"))
+    assert parse_probe_matches(data, SOURCE) == []
+    wider = NetPolicy(extra_networks=(ipaddress.ip_network("100.64.0.0/10"),))
+    (device,) = parse_probe_matches(data, SOURCE, policy=wider)
+    assert device.host == "100.64.1.5"
+
+
+def test_parser_fuzz_never_raises() -> None:
+    """Random mutations of a good reply (hypothesis if installed) never raise."""
+    hypothesis = pytest.importorskip("hypothesis")
+    strategies = pytest.importorskip("hypothesis.strategies")
+    base = reply(good(), good(UUID_B))
+
+    @hypothesis.settings(max_examples=300, deadline=None, database=None)
+    @hypothesis.given(
+        cut=strategies.integers(0, len(base)),
+        insert=strategies.binary(max_size=64),
+        where=strategies.integers(0, len(base)),
+        junk=strategies.binary(max_size=512),
+    )
+    def check(cut: int, insert: bytes, where: int, junk: bytes) -> None:
+        for data in (base[:cut], base[:where] + insert + base[where:], junk):
+            result = parse_probe_matches(data, SOURCE)
+            assert isinstance(result, list)
+            assert all(isinstance(device, DiscoveredDevice) for device in result)
+
+    check()
+
+
+def test_parse_rate() -> None:
+    """A typical one-camera reply parses in well under a millisecond."""
+    data = probe_matches([Announcement.make("cam", SOURCE, 80)], "urn:uuid:probe")
+    count = 2000
+    start = time.perf_counter()
+    for _ in range(count):
+        assert len(parse_probe_matches(data, SOURCE)) == 1
+    rate = count / (time.perf_counter() - start)
+    print(f"parse rate: {rate:.0f} replies/s")
+    assert rate > 2000
+
+
+# -- unicast range ----------------------------------------------------------------------------
+
+
+def test_unicast_range() -> None:
+    """Single hosts, CIDR and last-octet ranges, bounded and policy-checked."""
+    assert unicast_range("192.168.1.10") == ["192.168.1.10"]
+    assert unicast_range("192.168.1.0/30") == ["192.168.1.1", "192.168.1.2"]
+    assert unicast_range("192.168.1.10-12, 10.0.0.1") == [
+        "192.168.1.10",
+        "192.168.1.11",
+        "192.168.1.12",
+        "10.0.0.1",
+    ]
+    assert unicast_range("10.0.0.5-10.0.0.6") == ["10.0.0.5", "10.0.0.6"]
+    assert len(unicast_range("192.168.1.0/24")) == 254
+    assert len(unicast_range("192.168.1.0-255")) == 256
+    for text in ("192.168.0.0/23", "10.0.0.0/8", "192.168.1.0/24 192.168.2.1-3"):
+        with pytest.raises(InvalidUrlError, match="more than 256"):
+            unicast_range(text)
+    for text in ("", "cam.local", "192.168.1.20-10", "192.168.1.1-300", "1.2.3.4/99", "-"):
+        with pytest.raises(InvalidUrlError):
+            unicast_range(text)
+    with pytest.raises(NotLocalError):
+        unicast_range("8.8.8.0/30")
+
+
+# -- scans on 127.0.0.1 -----------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("socket_enabled")
+async def test_unicast_scan_finds_fifty_cameras_within_a_second() -> None:
+    """50 responders with mixed scope sets (incl. Device-only): all found in under 1 s."""
+    mixes = list(ScopeMix)
+    items = [
+        WsDiscoveryResponder(
+            [Announcement.make(f"cam-{i:02d}", "127.0.0.1", 8000 + i, mix=mixes[i % len(mixes)])]
+        )
+        for i in range(50)
+    ]
+    async with responders(*items) as running:
+        start = time.monotonic()
+        found = await scan(unicast_hosts=targets(running), policy=POLICY)
+        elapsed = time.monotonic() - start
+    print(f"50 cameras by unicast in {elapsed:.3f} s")
+    assert sorted(d.name or "" for d in found) == [f"cam-{i:02d}" for i in range(50)]
+    assert elapsed < 1.0
+    by_name = {d.name: d for d in found}
+    assert by_name["cam-03"].types == ("tds:Device",)  # Device-only: found by the second probe
+    assert "onvif://www.onvif.org/Profile/Streaming" not in by_name["cam-01"].scopes  # T only
+    assert by_name["cam-07"].port == 8007
+
+
+@pytest.mark.usefixtures("socket_enabled")
+async def test_spoofed_flood_cannot_push_real_cameras_out(caplog: pytest.LogCaptureFixture) -> None:
+    """200 fake devices from one socket: at most max_per_host kept, every real camera listed."""
+    caplog.set_level(logging.INFO, logger="custom_components.localcam.core.wsdiscovery")
+    real = [
+        WsDiscoveryResponder([Announcement.make(f"real-{i}", "127.0.0.1", 9000 + i)])
+        for i in range(20)
+    ]
+    spoofer = WsDiscoveryResponder([], spoof=200)
+    async with responders(spoofer, *real) as running:
+        start = time.monotonic()
+        found = await scan(unicast_hosts=targets(running), max_replies=256, policy=POLICY)
+        elapsed = time.monotonic() - start
+    names = [d.name for d in found]
+    spoofed = [name for name in names if name and name.startswith("spoof-")]
+    print(f"spoofer sent {spoofer.stats.replies} replies; {len(spoofed)} kept; {elapsed:.2f} s")
+    assert spoofer.stats.replies >= 400  # 200 fakes for each of the two probes
+    assert sorted(n for n in names if n and n.startswith("real-")) == sorted(
+        f"real-{i}" for i in range(20)
+    )
+    assert len(spoofed) <= 4
+    assert elapsed <= 3.0
+    lines = [r for r in caplog.records if f":{spoofer.port} " in r.getMessage()]
+    assert len(lines) == 1  # one line for the flooding source, not one per packet
+
+
+@pytest.mark.usefixtures("socket_enabled")
+async def test_invalid_reply_ignored_rest_listed(caplog: pytest.LogCaptureFixture) -> None:
+    """A match with an invalid port is ignored; other devices and responders are listed."""
+    caplog.set_level(logging.INFO, logger="custom_components.localcam.core.wsdiscovery")
+    broken = Announcement(
+        endpoint=f"urn:uuid:{UUID_A}", xaddrs=("http://127.0.0.1:99999/onvif/device_service",)
+    )
+    same_datagram = WsDiscoveryResponder(
+        [broken, Announcement.make("neighbour", "127.0.0.1", 8080)], one_reply_per_device=False
+    )
+    garbage = WsDiscoveryResponder(
+        [Announcement.make("noisy", "127.0.0.1", 8081)],
+        raw_replies=[b"<not xml", reply(good(UUID_B), relates_to="{relates_to}")],
+    )
+    plain = WsDiscoveryResponder([Announcement.make("plain", "127.0.0.1", 8082)])
+    async with responders(same_datagram, garbage, plain) as running:
+        found = await scan(unicast_hosts=targets(running), timeout=1.0, policy=POLICY)
+    # The raw reply (XAddr on 192.168.1.20, "Front door") is valid and answers our probe.
+    assert sorted(d.name or "" for d in found) == ["Front door", "neighbour", "noisy", "plain"]
+    assert f"urn:uuid:{UUID_A}" not in {d.endpoint for d in found}
+    bad_lines = [r.getMessage() for r in caplog.records if "bad replies" in r.getMessage()]
+    assert len(bad_lines) == 2  # one per misbehaving source, whatever the packet count
+    assert any("malformed xaddr" in line or "port" in line for line in bad_lines)
+
+
+@pytest.mark.usefixtures("socket_enabled")
+async def test_scan_bounds_and_no_targets() -> None:
+    """No interfaces and no hosts: nothing sent; public and malformed targets are skipped."""
+    start = time.monotonic()
+    assert await scan(policy=POLICY) == []
+    assert await scan(unicast_hosts=["8.8.8.8", "nonsense", "127.0.0.1:0"], policy=POLICY) == []
+    assert time.monotonic() - start < 0.1
+    with pytest.raises(InvalidUrlError):
+        await scan(unicast_hosts=["127.0.0.1"], port=0, policy=POLICY)
+    # An address that is not ours cannot be multicast from: skipped, nothing sent.
+    assert await scan(multicast_interfaces=["192.0.2.1", "eth0"], policy=POLICY) == []
+    assert await scan(unicast_hosts=["127.0.0.1"], timeout=0, policy=POLICY) == []
+    silent = WsDiscoveryResponder([])
+    async with responders(silent) as running:
+        start = time.monotonic()
+        assert await scan(unicast_hosts=targets(running), timeout=60, policy=POLICY) == []
+        assert time.monotonic() - start <= 3.2  # clamped to 3 s
+        assert silent.stats.probes == 4  # both probe types, sent twice (UDP may drop one)
+
+
+@pytest.mark.usefixtures("socket_enabled")
+async def test_max_replies_bounds_the_scan() -> None:
+    """Once max_replies datagrams are parsed the scan ends."""
+    items = [
+        WsDiscoveryResponder([Announcement.make(f"c{i}", "127.0.0.1", 7000 + i)]) for i in range(10)
+    ]
+    async with responders(*items) as running:
+        found = await scan(unicast_hosts=targets(running), max_replies=3, policy=POLICY)
+    assert 1 <= len(found) <= 3
+
+
+@pytest.fixture
+async def discoverable_camera(socket_enabled: None) -> AsyncIterator[VirtualCamera]:
+    """A virtual ONVIF camera with its own unicast WS-Discovery responder."""
+    cam = VirtualCamera(
+        CameraConfig(
+            "discoverable",
+            color_for(5),
+            onvif=True,
+            username="admin",
+            password="pw-123",
+            serial="SER-9",
+            wsdiscovery_port=0,
+            scope_mix="t_only",
+        )
+    )
+    await cam.start()
+    yield cam
+    await cam.stop()
+
+
+async def test_discovered_camera_reads_over_onvif(discoverable_camera: VirtualCamera) -> None:
+    """Discovery -> ONVIF: the XAddr found leads to the same device UUID."""
+    cam = discoverable_camera
+    (device,) = await scan(
+        unicast_hosts=[f"127.0.0.1:{cam.wsdiscovery_port}"], timeout=1.0, policy=POLICY
+    )
+    assert device.xaddrs == (cam.onvif_url,)
+    assert device.name == "discoverable"
+    onvif = await read_device(device.host, device.port, "admin", "pw-123", policy=POLICY)
+    assert onvif.device_uuid == device.device_uuid
+    assert onvif.identity == "serial:SER-9"
+
+
+def test_responder_refuses_real_networks() -> None:
+    """The emulator binds loopback only (outside a test network namespace)."""
+    with pytest.raises(ValueError, match="loopback only"):
+        WsDiscoveryResponder([], host="0.0.0.0")._socket()
+    with pytest.raises(ValueError, match="loopback only"):
+        WsDiscoveryResponder([], multicast_interface="127.0.0.1")._socket()
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_tracemalloc() -> Iterator[None]:
+    """Leave tracemalloc as found even when a test fails half-way."""
+    yield
+    if tracemalloc.is_tracing():
+        tracemalloc.stop()
+
+
+@pytest.mark.usefixtures("socket_enabled")
+async def test_farm_cameras_are_discovered_with_distinct_identities() -> None:
+    """A CameraFarm with ONVIF and responders: each camera found once, each its own MAC."""
+    farm = CameraFarm(3, base_name="wsd", onvif=True, wsdiscovery_port=0, http_snapshot=False)
+    async with farm:
+        found = await scan(unicast_hosts=farm.wsdiscovery_targets, timeout=1.0, policy=POLICY)
+        assert sorted(d.name or "" for d in found) == ["wsd-00", "wsd-01", "wsd-02"]
+        devices = [await read_device(d.host, d.port, None, None, policy=POLICY) for d in found]
+    assert len({device.identity for device in devices}) == 3
+    assert all(device.mac and device.mac.startswith("02:4c:43:") for device in devices)
+    assert all(not device.snapshot_supported for device in devices)
+
+
+@pytest.mark.usefixtures("socket_enabled")
+def test_multicast_socket_is_pinned_to_its_interface_with_ttl_one() -> None:
+    """The multicast socket's options, checked without sending anything."""
+    sock = _multicast_socket(ipaddress.IPv4Address("127.0.0.1"))
+    try:
+        assert sock.getsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL) == 1
+        assert sock.getsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, 4) == bytes(
+            [127, 0, 0, 1]
+        )
+        assert sock.getsockname()[0] == "127.0.0.1"
+    finally:
+        sock.close()

@@ -1,0 +1,443 @@
+"""Config flow: ONVIF, scan, zeroconf, DHCP and integration discovery.
+
+Real ONVIF virtual cameras on 127.0.0.1; WS-Discovery answered by the virtual
+camera's responder on a loopback port (unicast, never multicast here).
+"""
+
+from collections.abc import AsyncIterator
+from ipaddress import ip_address
+from typing import Any
+from unittest.mock import patch
+
+from homeassistant.config_entries import (
+    SOURCE_DHCP,
+    SOURCE_INTEGRATION_DISCOVERY,
+    SOURCE_RECONFIGURE,
+    SOURCE_USER,
+    SOURCE_ZEROCONF,
+    ConfigEntryState,
+)
+from homeassistant.const import CONF_HOST, CONF_HOSTS, CONF_PASSWORD, CONF_PORT, CONF_USERNAME
+from homeassistant.core import HomeAssistant
+from homeassistant.data_entry_flow import FlowResultType
+from homeassistant.helpers import entity_registry as er, issue_registry as ir
+from homeassistant.helpers.service_info.dhcp import DhcpServiceInfo
+from homeassistant.helpers.service_info.zeroconf import ZeroconfServiceInfo
+import pytest
+from pytest_homeassistant_custom_component.common import MockConfigEntry
+import pytest_socket
+
+from custom_components.localcam.const import (
+    CONF_CAMERA_ID,
+    CONF_IDENTITY,
+    CONF_MAIN_PROFILE,
+    CONF_ONVIF,
+    CONF_PROFILES,
+    CONF_STREAM_URL,
+    DOMAIN,
+)
+from virtualcam import CameraConfig, Fault, VirtualCamera, color_for
+
+from .conftest import CAM_PASSWORD, CAM_USER, make_entry
+
+MAC = "02:00:00:aa:bb:01"
+SERIAL = "VC-0001"
+
+
+async def _onvif_camera(**overrides: Any) -> VirtualCamera:
+    settings: dict[str, Any] = {
+        "name": "door",
+        "color": color_for(2),
+        "username": CAM_USER,
+        "password": CAM_PASSWORD,
+        "width": 320,
+        "height": 180,
+        "onvif": True,
+        "serial": SERIAL,
+        "mac": MAC,
+    }
+    config = CameraConfig(**{**settings, **overrides})
+    cam = VirtualCamera(config)
+    await cam.start()
+    return cam
+
+
+@pytest.fixture
+async def onvif_camera(socket_enabled: None) -> AsyncIterator[VirtualCamera]:
+    """An ONVIF virtual camera with a MAC and a serial, and a WS-Discovery responder."""
+    cam = await _onvif_camera(wsdiscovery_port=0)
+    yield cam
+    await cam.stop()
+
+
+@pytest.fixture
+def loopback_hosts(socket_enabled: None) -> None:
+    """Let the test reach 127.0.0.2 and .3 too (still loopback: 127.0.0.0/8).
+
+    phcc allows only 127.0.0.1; two loopback addresses stand in for a camera's
+    old and new DHCP lease.
+    """
+    pytest_socket.socket_allow_hosts(["127.0.0.1", "127.0.0.2", "127.0.0.3"])
+
+
+def _onvif_input(cam: VirtualCamera, **overrides: Any) -> dict[str, Any]:
+    values = {
+        CONF_HOST: "127.0.0.1",
+        CONF_PORT: cam.http_port,
+        CONF_USERNAME: CAM_USER,
+        CONF_PASSWORD: CAM_PASSWORD,
+        "verify_ssl": True,
+    }
+    values.update(overrides)
+    return values
+
+
+async def _reconfigure(hass: HomeAssistant, entry_id: str) -> Any:
+    return await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_RECONFIGURE, "entry_id": entry_id}
+    )
+
+
+async def _onvif_form(hass: HomeAssistant) -> str:
+    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], {"next_step_id": "onvif"}
+    )
+    assert result["step_id"] == "onvif"
+    return str(result["flow_id"])
+
+
+async def test_add_onvif_camera(hass: HomeAssistant, onvif_camera: VirtualCamera) -> None:
+    """Identity, profiles and URIs come from the camera; one entity per profile."""
+    flow_id = await _onvif_form(hass)
+    result = await hass.config_entries.flow.async_configure(flow_id, _onvif_input(onvif_camera))
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    data = result["data"]
+    assert result["result"].unique_id == MAC
+    assert data[CONF_CAMERA_ID] == MAC
+    assert data[CONF_IDENTITY] == {
+        "mac": MAC,
+        "serial": SERIAL,
+        "uuid": data[CONF_IDENTITY]["uuid"],
+    }
+    assert data[CONF_ONVIF] is True
+    assert len(data[CONF_PROFILES]) >= 2
+    assert data[CONF_MAIN_PROFILE] == data[CONF_PROFILES][0]["token"]
+    assert CAM_PASSWORD not in str(data[CONF_PROFILES])
+    await hass.async_block_till_done()
+    entry = result["result"]
+    assert entry.state is ConfigEntryState.LOADED
+    entities = er.async_entries_for_config_entry(er.async_get(hass), entry.entry_id)
+    enabled = [e for e in entities if e.disabled_by is None]
+    assert len(entities) == len(data[CONF_PROFILES])
+    assert [e.unique_id for e in enabled] == [f"{MAC}_{data[CONF_MAIN_PROFILE]}"]
+
+
+async def test_onvif_errors_and_recovery(hass: HomeAssistant, onvif_camera: VirtualCamera) -> None:
+    """Wrong password, a public host and a dead port each show their error, then work."""
+    flow_id = await _onvif_form(hass)
+    for overrides, errors in (
+        ({CONF_PASSWORD: "nope"}, {"base": "invalid_auth"}),
+        ({CONF_HOST: "203.0.113.5"}, {CONF_HOST: "not_local"}),
+        ({CONF_PORT: 1}, {"base": "cannot_connect"}),
+    ):
+        result = await hass.config_entries.flow.async_configure(
+            flow_id, _onvif_input(onvif_camera, **overrides)
+        )
+        assert result["errors"] == errors, overrides
+    with patch("custom_components.localcam.config_flow.read_device", side_effect=RuntimeError):
+        result = await hass.config_entries.flow.async_configure(flow_id, _onvif_input(onvif_camera))
+    assert result["errors"] == {"base": "unknown"}
+    result = await hass.config_entries.flow.async_configure(flow_id, _onvif_input(onvif_camera))
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+
+
+async def test_camera_without_mac_uses_its_serial(
+    hass: HomeAssistant, socket_enabled: None
+) -> None:
+    """A camera that reports no MAC is configured with its serial as identity."""
+    cam = await _onvif_camera(mac=None)
+    try:
+        flow_id = await _onvif_form(hass)
+        result = await hass.config_entries.flow.async_configure(flow_id, _onvif_input(cam))
+        assert result["type"] is FlowResultType.CREATE_ENTRY
+        assert result["result"].unique_id == f"serial_{SERIAL}"
+    finally:
+        await cam.stop()
+
+
+async def test_h265_only_camera_is_added_with_a_note(
+    hass: HomeAssistant, socket_enabled: None
+) -> None:
+    """An H.265-only camera is set up, not hidden, and a repair issue says why."""
+    cam = await _onvif_camera(hevc_only=True)
+    try:
+        flow_id = await _onvif_form(hass)
+        # The virtual camera streams H.264 but reports H.265 profiles: the flow
+        # must not hide such a camera.
+        result = await hass.config_entries.flow.async_configure(flow_id, _onvif_input(cam))
+        assert result["type"] is FlowResultType.CREATE_ENTRY
+        await hass.async_block_till_done()
+        entry = result["result"]
+        issue = ir.async_get(hass).async_get_issue(DOMAIN, f"h265_only_{entry.entry_id}")
+        assert issue is not None
+        assert issue.translation_key == "h265_only"
+    finally:
+        await cam.stop()
+
+
+async def test_reconfigure_onvif(hass: HomeAssistant, onvif_camera: VirtualCamera) -> None:
+    """Same device: saved; another device at the address: refused."""
+    flow_id = await _onvif_form(hass)
+    result = await hass.config_entries.flow.async_configure(flow_id, _onvif_input(onvif_camera))
+    entry = result["result"]
+    await hass.async_block_till_done()
+    result = await _reconfigure(hass, entry.entry_id)
+    assert result["step_id"] == "reconfigure_onvif"
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], _onvif_input(onvif_camera, **{CONF_PORT: 1, CONF_PASSWORD: ""})
+    )
+    assert result["errors"] == {"base": "cannot_connect"}
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], _onvif_input(onvif_camera, **{CONF_PASSWORD: ""})
+    )
+    assert result["reason"] == "reconfigure_successful"
+    assert entry.data[CONF_PASSWORD] == CAM_PASSWORD
+    await hass.async_block_till_done()
+
+    other = await _onvif_camera(mac="02:00:00:aa:bb:99", serial="OTHER")
+    try:
+        result = await _reconfigure(hass, entry.entry_id)
+        result = await hass.config_entries.flow.async_configure(
+            result["flow_id"], _onvif_input(other)
+        )
+        assert result["type"] is FlowResultType.ABORT
+        assert result["reason"] == "wrong_camera"
+    finally:
+        await other.stop()
+
+
+async def test_scan_finds_cameras_by_unicast(
+    hass: HomeAssistant, onvif_camera: VirtualCamera
+) -> None:
+    """The scan step probes the given hosts and lists what answers."""
+    assert onvif_camera.wsdiscovery_port
+    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], {"next_step_id": "scan"}
+    )
+    assert result["step_id"] == "scan"
+    flow_id = result["flow_id"]
+    result = await hass.config_entries.flow.async_configure(flow_id, {CONF_HOSTS: "8.8.8.8"})
+    assert result["errors"] == {CONF_HOSTS: "not_local"}  # public address refused
+    # The responder listens on a free loopback port, not 3702.
+    with patch("custom_components.localcam.discovery.WSD_DISCOVERY_PORT", 9):
+        result = await hass.config_entries.flow.async_configure(flow_id, {CONF_HOSTS: "127.0.0.1"})
+    assert result["errors"] == {"base": "no_devices_found"}
+    with patch(
+        "custom_components.localcam.discovery.WSD_DISCOVERY_PORT", onvif_camera.wsdiscovery_port
+    ):
+        result = await hass.config_entries.flow.async_configure(flow_id, {CONF_HOSTS: "127.0.0.1"})
+    assert result["step_id"] == "pick"
+    key = next(iter(result["data_schema"].schema["device"].config["options"]))["value"]
+    result = await hass.config_entries.flow.async_configure(flow_id, {"device": key})
+    assert result["step_id"] == "onvif"
+    result = await hass.config_entries.flow.async_configure(flow_id, _onvif_input(onvif_camera))
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+
+
+async def test_integration_discovery(hass: HomeAssistant, onvif_camera: VirtualCamera) -> None:
+    """Background WS-Discovery results are confirmed, then added over ONVIF."""
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN,
+        context={"source": SOURCE_INTEGRATION_DISCOVERY},
+        data={"host": "127.0.0.1", "port": onvif_camera.http_port, "uuid": "u-1", "name": "Door"},
+    )
+    assert result["step_id"] == "discovery_confirm"
+    assert result["description_placeholders"] == {"name": "Door", "host": "127.0.0.1"}
+    result = await hass.config_entries.flow.async_configure(result["flow_id"], {})
+    assert result["step_id"] == "onvif"
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], _onvif_input(onvif_camera)
+    )
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+
+
+async def test_zeroconf_rtsp_goes_to_the_url_form(hass: HomeAssistant) -> None:
+    """An _rtsp._tcp announcement prefills the URL form after confirmation."""
+    info = ZeroconfServiceInfo(
+        ip_address=ip_address("192.168.1.30"),
+        ip_addresses=[ip_address("192.168.1.30")],
+        hostname="cam.local.",
+        name="Garden._rtsp._tcp.local.",
+        port=8554,
+        type="_rtsp._tcp.local.",
+        properties={},
+    )
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_ZEROCONF}, data=info
+    )
+    assert result["step_id"] == "discovery_confirm"
+    result = await hass.config_entries.flow.async_configure(result["flow_id"], {})
+    assert result["step_id"] == "url"
+    schema = result["data_schema"].schema
+    stream_key = next(k for k in schema if k == CONF_STREAM_URL)
+    assert stream_key.description["suggested_value"] == "rtsp://192.168.1.30:8554/"
+
+
+async def test_zeroconf_axis_with_known_mac_is_recognised(
+    hass: HomeAssistant, camera: VirtualCamera
+) -> None:
+    """A configured camera announcing itself is recognised by MAC, not address."""
+    entry = make_entry(camera)
+    entry.add_to_hass(hass)
+    hass.config_entries.async_update_entry(entry, data={**entry.data, CONF_IDENTITY: {"mac": MAC}})
+    info = ZeroconfServiceInfo(
+        ip_address=ip_address("127.0.0.1"),
+        ip_addresses=[ip_address("127.0.0.1")],
+        hostname="axis.local.",
+        name="AXIS M3045._axis-video._tcp.local.",
+        port=80,
+        type="_axis-video._tcp.local.",
+        properties={"macaddress": MAC.replace(":", "").upper()},
+    )
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_ZEROCONF}, data=info
+    )
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "already_configured"
+
+
+async def test_zeroconf_new_axis_camera_is_offered(hass: HomeAssistant) -> None:
+    """An unknown camera announced with its MAC is offered once, keyed by MAC."""
+    info = ZeroconfServiceInfo(
+        ip_address=ip_address("192.168.1.31"),
+        ip_addresses=[ip_address("192.168.1.31")],
+        hostname="axis.local.",
+        name="AXIS._axis-video._tcp.local.",
+        port=80,
+        type="_axis-video._tcp.local.",
+        properties={"macaddress": "ACCC8E000001"},
+    )
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_ZEROCONF}, data=info
+    )
+    assert result["step_id"] == "discovery_confirm"
+    result = await hass.config_entries.flow.async_configure(result["flow_id"], {})
+    assert result["step_id"] == "onvif"
+
+
+async def test_dhcp_unknown_device_without_port(hass: HomeAssistant) -> None:
+    """DHCP for a device we cannot key by MAC is not offered."""
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN,
+        context={"source": SOURCE_DHCP},
+        data=DhcpServiceInfo(ip="192.168.1.40", hostname="x", macaddress="000000000000"),
+    )
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "not_a_camera"
+
+
+async def test_dhcp_follows_a_moved_onvif_camera_after_identity_check(
+    hass: HomeAssistant, loopback_hosts: None
+) -> None:
+    """DHCP says the camera's MAC has a new address: the entry moves, once proven."""
+    cam = await _onvif_camera(host="127.0.0.2")
+    try:
+        old = MockConfigEntry(
+            domain=DOMAIN,
+            unique_id=MAC,
+            data={
+                CONF_HOST: "127.0.0.3",
+                CONF_PORT: cam.http_port,
+                CONF_USERNAME: CAM_USER,
+                CONF_PASSWORD: CAM_PASSWORD,
+                CONF_ONVIF: True,
+                CONF_IDENTITY: {"mac": MAC, "serial": SERIAL},
+                CONF_CAMERA_ID: MAC,
+                CONF_STREAM_URL: f"rtsp://127.0.0.3:{cam.rtsp_port}/stream",
+                CONF_PROFILES: [
+                    {"token": "main", "stream_url": f"rtsp://127.0.0.3:{cam.rtsp_port}/stream"}
+                ],
+                CONF_MAIN_PROFILE: "main",
+            },
+        )
+        old.add_to_hass(hass)
+        result = await hass.config_entries.flow.async_init(
+            DOMAIN,
+            context={"source": SOURCE_DHCP},
+            data=DhcpServiceInfo(ip="127.0.0.2", hostname="door", macaddress=MAC.replace(":", "")),
+        )
+        assert result["reason"] == "already_configured"
+        assert old.data[CONF_HOST] == "127.0.0.2"
+        assert old.data[CONF_STREAM_URL].startswith("rtsp://127.0.0.2:")
+        assert old.data[CONF_PROFILES][0]["stream_url"].startswith("rtsp://127.0.0.2:")
+    finally:
+        await cam.stop()
+
+
+async def test_dhcp_does_not_follow_to_a_different_device(
+    hass: HomeAssistant, loopback_hosts: None
+) -> None:
+    """A DHCP claim is not enough: the device at the new address must prove it."""
+    impostor = await _onvif_camera(host="127.0.0.2", mac="02:00:00:aa:bb:99", serial="X")
+    try:
+        old = MockConfigEntry(
+            domain=DOMAIN,
+            unique_id=MAC,
+            data={
+                CONF_HOST: "127.0.0.3",
+                CONF_PORT: impostor.http_port,
+                CONF_USERNAME: CAM_USER,
+                CONF_PASSWORD: CAM_PASSWORD,
+                CONF_ONVIF: True,
+                CONF_IDENTITY: {"mac": MAC, "serial": SERIAL},
+                CONF_CAMERA_ID: MAC,
+                CONF_STREAM_URL: "rtsp://127.0.0.3:554/stream",
+                CONF_PROFILES: [{"token": "main", "stream_url": "rtsp://127.0.0.3:554/stream"}],
+                CONF_MAIN_PROFILE: "main",
+            },
+        )
+        old.add_to_hass(hass)
+        result = await hass.config_entries.flow.async_init(
+            DOMAIN,
+            context={"source": SOURCE_DHCP},
+            data=DhcpServiceInfo(ip="127.0.0.2", hostname="x", macaddress=MAC.replace(":", "")),
+        )
+        assert result["reason"] == "already_configured"
+        assert old.data[CONF_HOST] == "127.0.0.3"  # not moved
+        impostor.fault = Fault.REFUSE
+        result = await hass.config_entries.flow.async_init(
+            DOMAIN,
+            context={"source": SOURCE_DHCP},
+            data=DhcpServiceInfo(ip="127.0.0.2", hostname="x", macaddress=MAC.replace(":", "")),
+        )
+        assert old.data[CONF_HOST] == "127.0.0.3"
+    finally:
+        await impostor.stop()
+
+
+async def test_dhcp_follows_a_url_camera_by_neighbour_mac(
+    hass: HomeAssistant, camera: VirtualCamera
+) -> None:
+    """A URL camera moves when the kernel's neighbour entry proves the MAC."""
+    entry = make_entry(camera)
+    entry.add_to_hass(hass)
+    moved_url = camera.rtsp_url.replace("127.0.0.1", "127.0.0.9")
+    hass.config_entries.async_update_entry(
+        entry,
+        data={
+            **entry.data,
+            CONF_IDENTITY: {"mac": MAC},
+            CONF_STREAM_URL: moved_url,
+            "snapshot_url": None,
+        },
+    )
+    with patch("custom_components.localcam.config_flow.neighbour_mac", return_value=MAC):
+        result = await hass.config_entries.flow.async_init(
+            DOMAIN,
+            context={"source": SOURCE_DHCP},
+            data=DhcpServiceInfo(ip="127.0.0.1", hostname="x", macaddress=MAC.replace(":", "")),
+        )
+    assert result["reason"] == "already_configured"
+    assert entry.data[CONF_STREAM_URL] == camera.rtsp_url

@@ -1,0 +1,180 @@
+"""What hassfest would check, for a custom integration it skips.
+
+The quality scale's 54 rules; translations used and present; icons; services;
+manifest, hacs.json and the test requirements in agreement; the HACS layout.
+"""
+
+import ast
+import json
+from pathlib import Path
+import re
+from typing import Any
+
+import pytest
+import yaml
+
+from custom_components.localcam.core import errors as core_errors, identity as core_identity
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "custom_components" / "localcam"
+RULES = {
+    # Bronze
+    "action-setup", "appropriate-polling", "brands", "common-modules",
+    "config-flow-test-coverage", "config-flow", "dependency-transparency", "docs-actions",
+    "docs-conditions", "docs-high-level-description", "docs-installation-instructions",
+    "docs-removal-instructions", "docs-triggers", "entity-event-setup", "entity-unique-id",
+    "has-entity-name", "runtime-data", "test-before-configure", "test-before-setup",
+    "unique-config-entry",
+    # Silver
+    "action-exceptions", "config-entry-unloading", "docs-configuration-parameters",
+    "docs-installation-parameters", "entity-unavailable", "integration-owner",
+    "log-when-unavailable", "parallel-updates", "reauthentication-flow", "test-coverage",
+    # Gold
+    "devices", "diagnostics", "discovery-update-info", "discovery", "docs-data-update",
+    "docs-examples", "docs-known-limitations", "docs-supported-devices",
+    "docs-supported-functions", "docs-troubleshooting", "docs-use-cases", "dynamic-devices",
+    "entity-category", "entity-device-class", "entity-disabled-by-default",
+    "entity-translations", "exception-translations", "icon-translations",
+    "reconfiguration-flow", "repair-issues", "stale-devices",
+    # Platinum
+    "async-dependency", "inject-websession", "strict-typing",
+}  # fmt: skip
+
+
+def _json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def _code() -> dict[Path, str]:
+    return {path: path.read_text() for path in PACKAGE.rglob("*.py")}
+
+
+def _error_keys() -> set[str]:
+    """translation_key of every error class core can raise."""
+    keys = set()
+    for module in (core_errors, core_identity):
+        for value in vars(module).values():
+            if isinstance(value, type) and issubclass(value, core_errors.LocalCamError):
+                keys.add(value.translation_key)
+    return keys
+
+
+def test_quality_scale_has_all_54_rules_with_a_reason() -> None:
+    """Every rule is listed, and each is done or exempt with a one-line reason."""
+    rules = yaml.safe_load((PACKAGE / "quality_scale.yaml").read_text())["rules"]
+    assert len(RULES) == 54
+    assert set(rules) == RULES
+    for name, rule in rules.items():
+        assert isinstance(rule, dict), f"{name}: give a status and a comment"
+        assert rule["status"] in {"done", "exempt", "todo"}, name
+        assert rule.get("comment", "").strip(), f"{name}: say why"
+
+
+def test_manifest_hacs_and_requirements_agree() -> None:
+    """Versions and pins in the manifest, hacs.json and requirements_test.txt match."""
+    manifest = _json(PACKAGE / "manifest.json")
+    hacs = _json(ROOT / "hacs.json")
+    pins = {}
+    for file in ("requirements_test.txt", "requirements_demo.txt"):
+        for line in (ROOT / file).read_text().splitlines():
+            if "==" in line and not line.startswith("#"):
+                name, version = line.split("==")
+                pins[name.strip().lower()] = version.strip()
+    for requirement in manifest["requirements"]:
+        name, version = requirement.split("==")
+        assert pins.get(name.lower()) == version, requirement
+    ha_version = pins["homeassistant"]
+    assert tuple(map(int, hacs["homeassistant"].split("."))) <= tuple(
+        map(int, ha_version.split("."))
+    )
+    assert manifest["domain"] == "localcam"
+    assert manifest["integration_type"] == "device"
+    assert manifest["iot_class"].startswith("local_")
+    assert "cast" in manifest.get("after_dependencies", [])
+    assert "cast" not in manifest["dependencies"]
+    assert re.fullmatch(r"\d+\.\d+\.\d+", manifest["version"])
+    import homeassistant.const as ha_const
+
+    assert ha_const.__version__ == ha_version
+
+
+def test_hacs_layout() -> None:
+    """One integration under custom_components/, hacs.json and a README at the root."""
+    assert [p.name for p in (ROOT / "custom_components").iterdir() if p.is_dir()] == ["localcam"]
+    assert (ROOT / "README.md").is_file()
+    hacs = _json(ROOT / "hacs.json")
+    assert hacs["name"] == "LocalCam"
+    assert hacs["render_readme"] is True
+    for name in ("icon", "logo"):
+        for variant in ("", "dark_"):
+            for scale in ("", "@2x"):
+                assert (PACKAGE / "brand" / f"{variant}{name}{scale}.png").is_file()
+
+
+def test_translations_are_full_strings() -> None:
+    """No [%key:...] references: custom integrations do not resolve them."""
+    text = (PACKAGE / "translations" / "en.json").read_text()
+    assert "[%key:" not in text
+
+
+def test_every_exception_key_has_a_message_and_every_message_is_used() -> None:
+    """translation_key in code <-> exceptions in en.json, both directions."""
+    strings = _json(PACKAGE / "translations" / "en.json")
+    exceptions = strings["exceptions"]
+    static = set()
+    for source in _code().values():
+        static |= set(re.findall(r'translation_key="([a-z0-9_]+)"', source))
+    errors = _error_keys()
+    # Health failures are translated as health_<error key> (coordinator.py).
+    health = {f"health_{key}" for key in errors - {"invalid_auth", "invalid_image", "unknown"}}
+    used_as_exception = (static | errors | health) - set(strings.get("issues", {}))
+    for key in used_as_exception:
+        if key in {"main"}:  # entity translation key, not an exception
+            continue
+        assert key in exceptions or key in strings["config"]["error"], key
+    for key, value in exceptions.items():
+        assert set(value) == {"message"}, key
+        assert key in static | errors | health, f"unused exception string {key}"
+
+
+def test_config_flow_errors_and_aborts_are_translated() -> None:
+    """Every error the flow can show, and every abort reason, has a string."""
+    strings = _json(PACKAGE / "translations" / "en.json")["config"]
+    flow = (PACKAGE / "config_flow.py").read_text()
+    for reason in set(re.findall(r'reason="([a-z_]+)"', flow)) | {
+        "reauth_successful",
+        "reconfigure_successful",
+        "already_configured",
+    }:
+        assert reason in strings["abort"], reason
+    for key in _error_keys() | set(re.findall(r'errors\[[^\]]+\] = "([a-z_]+)"', flow)):
+        if key == "invalid_networks":
+            continue
+        assert key in strings["error"], key
+
+
+def test_entities_have_icons() -> None:
+    """Every entity translation key has an icon in icons.json."""
+    icons = _json(PACKAGE / "icons.json")
+    keys: set[tuple[str, str]] = set()
+    for path, source in _code().items():
+        for node in ast.walk(ast.parse(source)):
+            if (
+                isinstance(node, ast.Assign)
+                and any(
+                    (isinstance(t, ast.Name) and t.id == "_attr_translation_key")
+                    or (isinstance(t, ast.Attribute) and t.attr == "_attr_translation_key")
+                    for t in node.targets
+                )
+                and isinstance(node.value, ast.Constant)
+            ):
+                keys.add((path.stem, str(node.value.value)))
+    assert keys
+    for platform, key in keys:
+        assert key in icons["entity"][platform], (platform, key)
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: p.name)
+def test_no_future_annotations(path: Path) -> None:
+    """Python 3.14 style: no `from __future__ import annotations`."""
+    assert "from __future__ import annotations" not in path.read_text()
