@@ -1,15 +1,24 @@
 """LocalCam: LAN-only cameras for Home Assistant."""
 
-from homeassistant.const import Platform
+from homeassistant.const import CONF_HOST, CONF_PASSWORD, CONF_PORT, CONF_USERNAME, Platform
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import ConfigEntryError
 from homeassistant.helpers import config_validation as cv, issue_registry as ir
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
 from homeassistant.helpers.typing import ConfigType
 
-from .const import CONF_PROFILES, CONF_SNAPSHOT_MAX_AGE, DEFAULT_SNAPSHOT_MAX_AGE, DOMAIN
+from .const import (
+    CONF_ONVIF,
+    CONF_PROFILES,
+    CONF_SNAPSHOT_MAX_AGE,
+    DEFAULT_SNAPSHOT_MAX_AGE,
+    DOMAIN,
+)
 from .coordinator import LocalCamCoordinator
-from .core.snapshot import CameraClient
+from .core.identity import Identity, normalize_mac
+from .core.netpolicy import NetPolicy
+from .core.onvif import read_device
+from .core.snapshot import CameraClient, IdentityProbe
 from .core.snapshot_cache import SnapshotCache
 from .data import LocalCamConfigEntry, LocalCamData, StreamRuntime
 from .discovery import async_start_background_discovery
@@ -40,8 +49,10 @@ async def async_setup_entry(hass: HomeAssistant, entry: LocalCamConfigEntry) -> 
     session = async_get_clientsession(hass)
     max_age = float(entry.options.get(CONF_SNAPSHOT_MAX_AGE, DEFAULT_SNAPSHOT_MAX_AGE))
     streams: dict[str, StreamRuntime] = {}
+    probe = _onvif_identity_probe(entry, policy) if entry.data.get(CONF_ONVIF) else None
     for profile, source in sources_from_entry(entry.data, entry.options).items():
         client = CameraClient(session, policy, source)
+        client.identity_probe = probe
         # One cache per stream, bound to its frame key and source fingerprint.
         # A reload (new URL, credentials or options) builds new, empty ones.
         cache = SnapshotCache(
@@ -56,6 +67,25 @@ async def async_setup_entry(hass: HomeAssistant, entry: LocalCamConfigEntry) -> 
     entry.runtime_data = LocalCamData(streams=streams, main=main, coordinator=coordinator)
     await hass.config_entries.async_forward_entry_setups(entry, PLATFORMS)
     return True
+
+
+def _onvif_identity_probe(entry: LocalCamConfigEntry, policy: NetPolicy) -> IdentityProbe:
+    """Ask the ONVIF device at the entry's address who it is."""
+    data = entry.data
+
+    async def probe() -> Identity:
+        device = await read_device(
+            data[CONF_HOST],
+            int(data[CONF_PORT]),
+            data.get(CONF_USERNAME),
+            data.get(CONF_PASSWORD),
+            policy=policy,
+        )
+        return Identity(
+            mac=normalize_mac(device.mac), serial=device.serial, uuid=device.device_uuid
+        )
+
+    return probe
 
 
 def _async_h265_note(hass: HomeAssistant, entry: LocalCamConfigEntry) -> None:

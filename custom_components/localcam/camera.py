@@ -12,6 +12,7 @@ from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 
 from .const import CONF_PROFILES, DOMAIN, LOGGER
 from .core.errors import InvalidAuthError, LocalCamError
+from .core.identity import IdentityMismatchError
 from .core.models import Snapshot
 from .core.snapshot import CameraClient
 from .core.snapshot_cache import SnapshotCache
@@ -124,12 +125,17 @@ class LocalCamCamera(LocalCamEntity, Camera):
         )
 
     async def _async_check_auth(self) -> None:
-        """Start reauth when the stream failed because the camera answers 401."""
+        """When the stream fails: a 401 starts reauth; another device stops it."""
         try:
             await self._client.check_health()
         except InvalidAuthError:
             LOGGER.warning("%s rejects its credentials; asking for new ones", self.entity_id)
             self.coordinator.config_entry.async_start_reauth(self.hass)
+        except IdentityMismatchError:
+            # Never let the worker reconnect to, and show, the other device.
+            if self.stream is not None:
+                await self.stream.stop()
+            await self.coordinator.async_request_refresh()
         except LocalCamError:
             pass  # unreachable cameras are the health coordinator's business
         finally:

@@ -4,17 +4,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, override
 
-from homeassistant.const import CONF_HOST, CONF_PASSWORD, CONF_PORT, CONF_USERNAME
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import ConfigEntryAuthFailed
 from homeassistant.helpers import issue_registry as ir
 from homeassistant.helpers.update_coordinator import DataUpdateCoordinator, UpdateFailed
 from homeassistant.util import dt as dt_util
 
-from .const import CONF_ONVIF, DOMAIN, HEALTH_INTERVAL_SECONDS, LOGGER
+from .const import DOMAIN, HEALTH_INTERVAL_SECONDS, LOGGER
 from .core.errors import InvalidAuthError, LocalCamError
-from .core.identity import Identity, IdentityMismatchError, normalize_mac
-from .core.onvif import read_device
+from .core.identity import IdentityMismatchError
 from .core.snapshot import CameraClient
 
 if TYPE_CHECKING:
@@ -56,8 +54,6 @@ class LocalCamCoordinator(DataUpdateCoordinator[CameraHealth]):
         """Run one health check."""
         try:
             await self.client.check_health()
-            if self.config_entry.data.get(CONF_ONVIF):
-                await self._async_check_onvif_identity()
         except IdentityMismatchError as err:
             self.last_error = err.translation_key
             ir.async_create_issue(
@@ -89,24 +85,6 @@ class LocalCamCoordinator(DataUpdateCoordinator[CameraHealth]):
         self.last_error = None
         ir.async_delete_issue(self.hass, DOMAIN, self._identity_issue_id)
         return CameraHealth(checked_at=dt_util.utcnow())
-
-    async def _async_check_onvif_identity(self) -> None:
-        """Ask the device who it is (ONVIF) and compare with the configured camera.
-
-        This catches a swap where the MAC is not visible (a routed camera).
-        """
-        data = self.config_entry.data
-        device = await read_device(
-            data[CONF_HOST],
-            int(data[CONF_PORT]),
-            data.get(CONF_USERNAME),
-            data.get(CONF_PASSWORD),
-            policy=self.client.policy,
-        )
-        self.client.source.identity.check(
-            Identity(mac=normalize_mac(device.mac), serial=device.serial, uuid=device.device_uuid),
-            str(data[CONF_HOST]),
-        )
 
     @property
     def _identity_issue_id(self) -> str:

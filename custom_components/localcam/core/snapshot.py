@@ -38,6 +38,8 @@ SNAPSHOT_SCHEMES: Final = frozenset({"http", "https"})
 # Returns a JPEG of the running stream's next keyframe, or None when Home
 # Assistant runs no stream for this camera right now.
 type KeyframeProvider = Callable[[], Awaitable[bytes | None]]
+# Asks the device at the camera's address for its identity (MAC/serial/UUID).
+type IdentityProbe = Callable[[], Awaitable[Identity]]
 
 
 class CameraClient:
@@ -53,6 +55,8 @@ class CameraClient:
         self.grabber = WarmGrabber(transport=source.rtsp_transport, linger=WARM_LINGER)
         # Set by the glue while Home Assistant runs a stream for this camera.
         self.keyframe_provider: KeyframeProvider | None = None
+        # Set by the glue for cameras that can say who they are (ONVIF).
+        self.identity_probe: IdentityProbe | None = None
         self.timeout = DEFAULT_TIMEOUT
 
     async def close(self) -> None:
@@ -86,6 +90,9 @@ class CameraClient:
             verify_ssl=self.source.verify_ssl,
             timeout=timeout,
         )
+        await self._check_device_identity(
+            _Raw(b"", None, SnapshotSource.RTSP_GRAB, time.monotonic(), target.address, target.host)
+        )
         await asyncio.get_running_loop().run_in_executor(
             None, self.check_link_identity, target.address, target.host
         )
@@ -110,11 +117,29 @@ class CameraClient:
         try:
             async with asyncio.timeout(timeout):
                 raw = await self._fetch_raw(keyframe, timeout)
+                await self._check_device_identity(raw)
                 # Wall time of the same instant the bytes arrived.
                 wall = datetime.now(UTC) - timedelta(seconds=time.monotonic() - raw.received)
                 return await loop.run_in_executor(None, self._finish, raw, wall)
         except TimeoutError:
             raise CameraTimeoutError("no still within the time limit") from None
+
+    async def _check_device_identity(self, raw: _Raw) -> None:
+        """Where the MAC is not visible, ask the device who it is after each fetch.
+
+        Asked AFTER the frame arrived: if the device was swapped before or
+        during the fetch, the answer comes from the new device and the frame
+        is refused. Single flight upstream bounds this to one light request
+        per fetch. Cameras on this link are checked by MAC in _finish instead.
+        """
+        if self.identity_probe is None or not self.source.identity.known:
+            return
+        loop = asyncio.get_running_loop()
+        if raw.address is not None and self.source.identity.mac:
+            seen = await loop.run_in_executor(None, neighbour_mac, raw.address)
+            if seen is not None:
+                return
+        self.source.identity.check(await self.identity_probe(), raw.host)
 
     async def _fetch_raw(self, keyframe: KeyframeProvider | None, timeout: float) -> _Raw:
         """Get JPEG bytes, when and from where they arrived, from the best source."""
