@@ -441,3 +441,14 @@ async def test_dhcp_follows_a_url_camera_by_neighbour_mac(
         )
     assert result["reason"] == "already_configured"
     assert entry.data[CONF_STREAM_URL] == camera.rtsp_url
+
+
+async def test_onvif_camera_without_profiles(hass: HomeAssistant, socket_enabled: None) -> None:
+    """A camera reporting no media profile gets no_video, not a crash."""
+    cam = await _onvif_camera(profiles=())
+    try:
+        flow_id = await _onvif_form(hass)
+        result = await hass.config_entries.flow.async_configure(flow_id, _onvif_input(cam))
+        assert result["errors"] == {"base": "no_video"}
+    finally:
+        await cam.stop()

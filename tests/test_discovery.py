@@ -1,0 +1,90 @@
+"""Background WS-Discovery glue (discovery.py).
+
+The scanner itself (core.wsdiscovery) is tested against real responders on
+127.0.0.1 and in network namespaces; here the network edge, the scan, is
+replaced so that no test multicasts on a real interface.
+"""
+
+from unittest.mock import AsyncMock, patch
+
+from homeassistant.config_entries import SOURCE_INTEGRATION_DISCOVERY
+from homeassistant.const import EVENT_HOMEASSISTANT_STARTED
+from homeassistant.core import HomeAssistant
+import pytest
+
+from custom_components.localcam import discovery
+from custom_components.localcam.const import DOMAIN
+from custom_components.localcam.core.wsdiscovery import DiscoveredDevice
+
+DEVICE = DiscoveredDevice(
+    endpoint="urn:uuid:1b6f0a3e-0000-4000-8000-000000000001",
+    xaddrs=("http://192.168.1.50/onvif/device_service",),
+    scopes=("onvif://www.onvif.org/name/Porch",),
+    types=("dn:NetworkVideoTransmitter",),
+    host="192.168.1.50",
+    port=80,
+    name="Porch",
+    hardware="VC-1",
+)
+
+
+def test_scans_are_off_in_tests() -> None:
+    """The suite switches LocalCam's own scans off (conftest)."""
+    assert discovery.scans_disabled()
+
+
+async def test_no_multicast_interfaces_when_disabled(hass: HomeAssistant) -> None:
+    """Disabled scans name no interface to multicast on."""
+    assert await discovery.async_multicast_interfaces(hass) == []
+
+
+async def test_multicast_only_on_enabled_adapters(
+    hass: HomeAssistant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the adapters enabled in HA's network settings are used."""
+    monkeypatch.setenv(discovery.DISABLE_ENV, "0")
+    adapters = [
+        {"enabled": True, "ipv4": [{"address": "192.168.1.2", "network_prefix": 24}]},
+        {"enabled": False, "ipv4": [{"address": "10.0.0.2", "network_prefix": 8}]},
+    ]
+    with patch.object(discovery.network, "async_get_adapters", AsyncMock(return_value=adapters)):
+        assert await discovery.async_multicast_interfaces(hass) == ["192.168.1.2"]
+
+
+async def test_background_scan_offers_cameras(
+    hass: HomeAssistant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After HA starts, each camera found becomes an integration-discovery flow."""
+    monkeypatch.setenv(discovery.DISABLE_ENV, "0")
+    with (
+        patch.object(discovery, "async_multicast_interfaces", AsyncMock(return_value=[])),
+        patch.object(discovery, "scan", AsyncMock(return_value=[DEVICE])) as scan,
+    ):
+        discovery.async_start_background_discovery(hass)
+        hass.bus.async_fire(EVENT_HOMEASSISTANT_STARTED)
+        await hass.async_block_till_done(wait_background_tasks=True)
+    assert scan.await_count == 1
+    flows = hass.config_entries.flow.async_progress_by_handler(DOMAIN)
+    assert [flow["context"]["source"] for flow in flows] == [SOURCE_INTEGRATION_DISCOVERY]
+    assert flows[0]["step_id"] == "discovery_confirm"
+
+
+async def test_background_scan_disabled(hass: HomeAssistant) -> None:
+    """With scans disabled nothing is scheduled at start."""
+    with patch.object(discovery, "scan", AsyncMock(return_value=[DEVICE])) as scan:
+        discovery.async_start_background_discovery(hass)
+        hass.bus.async_fire(EVENT_HOMEASSISTANT_STARTED)
+        await hass.async_block_till_done(wait_background_tasks=True)
+    assert scan.await_count == 0
+
+
+def test_discovery_data() -> None:
+    """A flow gets host, port, UUID and names, nothing else."""
+    assert discovery.discovery_data(DEVICE) == {
+        "host": "192.168.1.50",
+        "port": 80,
+        "uuid": "1b6f0a3e-0000-4000-8000-000000000001",
+        "mac": None,
+        "name": "Porch",
+        "hardware": "VC-1",
+    }
