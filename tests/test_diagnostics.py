@@ -30,7 +30,9 @@ async def test_diagnostics_are_redacted(
     assert data["stream_url"].endswith("/stream")
     assert diagnostics["health"]["last_update_success"] is True
     assert diagnostics["health"]["interval_seconds"] == 60
-    assert set(diagnostics["snapshot_cache"]) == {
+    streams = diagnostics["streams"]
+    assert list(streams) == ["main"]
+    assert set(streams["main"]["snapshot_cache"]) == {
         "max_age_seconds",
         "hits",
         "misses",
@@ -41,4 +43,58 @@ async def test_diagnostics_are_redacted(
         "errors",
         "last_capture_age_seconds",
     }
-    assert diagnostics["rtsp_warm_session"] == {"active": False, "sessions_opened": 0}
+    assert streams["main"]["rtsp_warm_session"] == {"active": False, "sessions_opened": 0}
+
+
+async def test_onvif_diagnostics_redact_identity_and_addresses(
+    hass: HomeAssistant, hass_client: ClientSessionGenerator, socket_enabled: None
+) -> None:
+    """An ONVIF camera's MAC, serial, UUID, host and profile URLs are redacted."""
+    from homeassistant.config_entries import SOURCE_USER
+
+    from virtualcam import CameraConfig
+
+    cam = VirtualCamera(
+        CameraConfig(
+            name="d",
+            color=(10, 200, 30),
+            username=CAM_USER,
+            password=CAM_PASSWORD,
+            width=320,
+            height=180,
+            onvif=True,
+            serial="SERIAL-XYZ",
+            mac="02:00:00:12:34:56",
+        )
+    )
+    await cam.start()
+    try:
+        result = await hass.config_entries.flow.async_init(
+            "localcam", context={"source": SOURCE_USER}
+        )
+        result = await hass.config_entries.flow.async_configure(
+            result["flow_id"], {"next_step_id": "onvif"}
+        )
+        result = await hass.config_entries.flow.async_configure(
+            result["flow_id"],
+            {
+                "host": "127.0.0.1",
+                "port": cam.http_port,
+                "username": CAM_USER,
+                "password": CAM_PASSWORD,
+                "verify_ssl": True,
+            },
+        )
+        entry = result["result"]
+        await hass.async_block_till_done()
+        diagnostics = await get_diagnostics_for_config_entry(hass, hass_client, entry)
+        text = json.dumps(diagnostics)
+        for secret in ("SERIAL-XYZ", "02:00:00:12:34:56", "127.0.0.1", CAM_PASSWORD, CAM_USER):
+            assert secret not in text
+        assert diagnostics["identity_known"] == {"mac": True, "serial": True, "uuid": True}
+        assert len(diagnostics["streams"]) == len(entry.data["profiles"])
+        for profile in diagnostics["entry"]["data"]["profiles"]:
+            assert profile["stream_url"].startswith("rtsp://**REDACTED**")
+    finally:
+        await hass.config_entries.async_unload(entry.entry_id)
+        await cam.stop()
