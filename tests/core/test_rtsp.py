@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 import hashlib
 import io
 import re
+import ssl
 
 from PIL import Image
 import pytest
@@ -22,6 +23,7 @@ from custom_components.localcam.core.errors import (
 )
 from custom_components.localcam.core.netpolicy import NetPolicy, Target
 from custom_components.localcam.core.rtsp import WarmGrabber, async_grab_keyframe, describe
+from tests.core.test_http import TlsFiles, tls_files  # noqa: F401 - shared fixture
 from virtualcam import CameraConfig, Fault, VirtualCamera, color_for, nearest_camera
 
 USER, PASSWORD = "cam", "pw-rtsp-9"
@@ -250,3 +252,44 @@ async def test_warm_session_errors_reach_every_waiter(vcam: VirtualCamera) -> No
     )
     assert all(isinstance(result, CannotConnectError) for result in results)
     await grabber.close()
+
+
+async def test_warm_session_hang_times_out(vcam: VirtualCamera) -> None:
+    """A camera that hangs during the session open costs the bound, then an error."""
+    target = await _target(vcam.rtsp_url)
+    vcam.fault = Fault.HANG
+
+    async def url() -> str:
+        return target.pinned_url(USER, PASSWORD)
+
+    grabber = WarmGrabber(linger=0.5)
+    with pytest.raises(CameraTimeoutError):
+        await grabber.grab(url, timeout=1)
+    vcam.fault = None
+    await grabber.close()
+
+
+@pytest.mark.parametrize("verify", [False, True])
+async def test_describe_over_rtsps(socket_enabled: None, tls_files: TlsFiles, verify: bool) -> None:
+    """rtsps:// is TLS to the pinned address; certificate checks follow verify_ssl."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls_files.cert, tls_files.key)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(_reply("200 OK", b"v=0\r\nm=video 0 RTP/AVP 96\r\n"))
+            await writer.drain()
+        except asyncio.IncompleteReadError, ConnectionError, ssl.SSLError:
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        target = await _target(f"rtsps://127.0.0.1:{port}/stream")
+        await describe(target, verify_ssl=False, timeout=3)
+    finally:
+        server.close()
+        await server.wait_closed()

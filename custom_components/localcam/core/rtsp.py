@@ -169,17 +169,14 @@ class WarmGrabber:
         *,
         transport: RtspTransport = RtspTransport.TCP,
         linger: float = 5.0,
-        reuse_within: float = 0.0,
     ) -> None:
-        """Configure the session; ``reuse_within`` serves a keyframe this young."""
+        """Configure the session."""
         self._transport = transport
         self._linger = linger
-        self._reuse_within = reuse_within
         self._waiters: list[asyncio.Future[GrabbedFrame]] = []
         self._wanted = threading.Event()
         self._stop = threading.Event()
         self._last_request = 0.0
-        self._latest: GrabbedFrame | None = None
         self._session: asyncio.Future[None] | None = None
         self.sessions_opened = 0
 
@@ -192,14 +189,8 @@ class WarmGrabber:
         """Return the session's next keyframe (opening the session if needed)."""
         loop = asyncio.get_running_loop()
         self._last_request = time.monotonic()
-        latest = self._latest
-        if (
-            self.active
-            and latest is not None
-            and latest.jpeg
-            and time.monotonic() - latest.received_at <= self._reuse_within
-        ):
-            return latest
+        # Always the NEXT keyframe: the session's previous one may be older
+        # than a viewer's max age (the cache above decides what is fresh).
         waiter: asyncio.Future[GrabbedFrame] = loop.create_future()
         self._waiters.append(waiter)
         self._wanted.set()
@@ -220,7 +211,6 @@ class WarmGrabber:
     def _open(self, loop: asyncio.AbstractEventLoop, url: str, timeout: float) -> None:
         """Start the session thread."""
         self._stop.clear()
-        self._latest = None
         self.sessions_opened += 1
         self._session = loop.run_in_executor(None, self._run, loop, url, timeout)
         self._session.add_done_callback(lambda _f: None)
@@ -257,23 +247,19 @@ class WarmGrabber:
                     not self._wanted.is_set() and now - self._last_request > self._linger
                 ):
                     break
-                if packet.size == 0 or not packet.is_keyframe:
+                # Keyframes decode on their own: decode only when someone waits.
+                if packet.size == 0 or not packet.is_keyframe or not self._wanted.is_set():
                     continue
                 frames = codec.decode(packet) or codec.decode(None)
                 if not frames:
                     continue
                 frame = frames[0]
-                info = StreamInfo(codec=codec.name, width=frame.width, height=frame.height)
-                if self._wanted.is_set():
-                    grabbed = GrabbedFrame(
-                        info=info,
-                        jpeg=encode_bgr(frame.to_ndarray(format="bgr24")),
-                        received_at=now,
-                    )
-                    self._latest = grabbed
-                    loop.call_soon_threadsafe(self._deliver, grabbed, None)
-                else:
-                    self._latest = GrabbedFrame(info=info, jpeg=b"", received_at=now)
+                grabbed = GrabbedFrame(
+                    info=StreamInfo(codec=codec.name, width=frame.width, height=frame.height),
+                    jpeg=encode_bgr(frame.to_ndarray(format="bgr24")),
+                    received_at=now,
+                )
+                loop.call_soon_threadsafe(self._deliver, grabbed, None)
             else:
                 error = NoVideoError("stream ended")
         except LocalCamError as err:
@@ -284,7 +270,6 @@ class WarmGrabber:
         finally:
             if container is not None:
                 container.close()
-            self._latest = None
             if error is None and self._wanted.is_set():
                 error = CannotConnectError("session closed")
             if error is not None:
