@@ -7,7 +7,10 @@ from homeassistant.helpers import config_validation as cv, issue_registry as ir
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
 from homeassistant.helpers.typing import ConfigType
 
+from .cast import async_stop_camera_casts
+from .cast_views import async_setup_cast
 from .const import (
+    CONF_CAMERA_ID,
     CONF_ONVIF,
     CONF_PROFILES,
     CONF_SNAPSHOT_MAX_AGE,
@@ -23,6 +26,7 @@ from .core.snapshot_cache import SnapshotCache
 from .data import LocalCamConfigEntry, LocalCamData, StreamRuntime
 from .discovery import async_start_background_discovery
 from .helpers import main_profile, policy_from_options, sources_from_entry
+from .services import async_setup_services
 from .views import async_register_views
 
 CONFIG_SCHEMA = cv.config_entry_only_config_schema(DOMAIN)
@@ -32,6 +36,8 @@ PLATFORMS: list[Platform] = [Platform.CAMERA]
 async def async_setup(hass: HomeAssistant, config: ConfigType) -> bool:
     """Set up what is shared by every camera: LocalCam's HTTP views."""
     async_register_views(hass)
+    async_setup_cast(hass)
+    async_setup_services(hass)
     async_start_background_discovery(hass)
     return True
 
@@ -107,7 +113,8 @@ def _async_h265_note(hass: HomeAssistant, entry: LocalCamConfigEntry) -> None:
 
 
 async def async_unload_entry(hass: HomeAssistant, entry: LocalCamConfigEntry) -> bool:
-    """Unload a camera: its platforms, its fetches in flight, its RTSP session."""
+    """Unload a camera: its casts and tokens, platforms, fetches, RTSP session."""
+    await async_stop_camera_casts(hass, entry.data[CONF_CAMERA_ID])
     unloaded = await hass.config_entries.async_unload_platforms(entry, PLATFORMS)
     if unloaded:
         for stream in entry.runtime_data.streams.values():

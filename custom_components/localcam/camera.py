@@ -14,6 +14,7 @@ from .const import CONF_PROFILES, DOMAIN, LOGGER
 from .core.errors import InvalidAuthError, LocalCamError
 from .core.identity import IdentityMismatchError
 from .core.models import Snapshot
+from .core.rtsp import FAST_OPEN_OPTIONS
 from .core.snapshot import CameraClient
 from .core.snapshot_cache import SnapshotCache
 from .data import LocalCamConfigEntry
@@ -111,6 +112,12 @@ class LocalCamCamera(LocalCamEntity, Camera):
         stream = await super().async_create_stream()
         if stream is not None:
             stream.set_update_callback(self._async_stream_state_changed)
+            # Probing off, as in LocalCam's own grabs: the codec parameters
+            # come from the SDP. Safe here because the test before configure
+            # decoded this very camera with the same options; it saves the
+            # ~2 s libavformat spends analysing a live stream before the
+            # first HLS segment (cast and more-info dialogs start that much sooner).
+            stream.pyav_options.update(FAST_OPEN_OPTIONS)
         return stream
 
     @callback

@@ -7,6 +7,7 @@ from homeassistant.components.diagnostics import async_redact_data
 from homeassistant.const import CONF_HOST, CONF_PASSWORD, CONF_USERNAME
 from homeassistant.core import HomeAssistant
 
+from .cast import async_cast_diagnostics
 from .const import (
     CONF_ALLOWED_NETWORKS,
     CONF_CAMERA_ID,
@@ -80,6 +81,8 @@ async def async_get_config_entry_diagnostics(
             field: bool(value) for field, value in (entry.data.get(CONF_IDENTITY) or {}).items()
         },
         "main_stream": entry.runtime_data.main,
+        # Last cast per receiver: no camera id, no URL; tokens redacted.
+        "cast": async_cast_diagnostics(hass, entry.data[CONF_CAMERA_ID]),
         # Counters only: never image bytes. Keyed by stream (profile).
         "streams": {
             profile: {

@@ -36,7 +36,7 @@ _LOGGER = logging.getLogger(__name__)
 
 # Probing off: the codec parameters come from the SDP (sprop-parameter-sets),
 # which saves the ~2.7 s libavformat spends analysing a live stream.
-_FAST_OPEN: Final = {"analyzeduration": "0", "probesize": "32", "fpsprobesize": "0"}
+FAST_OPEN_OPTIONS: Final = {"analyzeduration": "0", "probesize": "32", "fpsprobesize": "0"}
 # Upper bound on packets read while waiting for the first keyframe: a 4 s GOP
 # at 30 fps with audio interleaved stays well below it.
 _MAX_PACKETS: Final = 2000
@@ -75,7 +75,7 @@ def _open_container(url: str, transport: RtspTransport, timeout: float) -> Any:
     import av  # noqa: PLC0415
 
     options = {
-        **_FAST_OPEN,
+        **FAST_OPEN_OPTIONS,
         "rtsp_transport": transport.value,
         # FFmpeg's socket I/O timeout, in microseconds.
         "timeout": str(int(timeout * 1_000_000)),

@@ -1,0 +1,1111 @@
+"""Cast a LocalCam camera to Cast receivers: LAN-only URLs and a real cast lifecycle.
+
+Safety properties and the layer that guarantees each:
+
+- what a cast URL opens (one camera, one receiver, one mode, until the cast
+  ends): ``core.cast_links``, checked again by ``cast_views`` on every request;
+- that the URL stays home: ``LocalCamCastManager.async_base_url`` takes only
+  Home Assistant's internal address, prefers an IP literal (Cast devices ignore
+  the LAN's DNS) and has ``core.netpolicy`` approve the address, and every URL
+  is absolute and carries a query, so Cast neither resolves it with
+  ``get_url`` (which may pick the cloud) nor signs it for 24 hours;
+- that a person's media is not interrupted without ``force``, that a dropped
+  receiver is re-cast with bounded retries, and that the receiver is left as it
+  was found: the manager below;
+- that tokens never reach a log: the manager never logs URLs, and a filter on
+  the root handlers masks the token of any cast URL that Home Assistant's cast
+  integration or pychromecast write.
+"""
+
+import asyncio
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from enum import StrEnum
+import hmac
+import logging
+import re
+import time
+from typing import TYPE_CHECKING, Any, Final, override
+import uuid
+
+from homeassistant.components.media_player.browse_media import BrowseMedia
+from homeassistant.components.media_player.const import (
+    ATTR_MEDIA_CONTENT_ID,
+    ATTR_MEDIA_CONTENT_TYPE,
+    ATTR_MEDIA_EXTRA,
+    DOMAIN as MP_DOMAIN,
+    SERVICE_PLAY_MEDIA,
+    MediaPlayerState,
+    MediaType,
+)
+from homeassistant.components.stream import Stream
+from homeassistant.components.stream.const import HLS_PROVIDER
+from homeassistant.components.stream.core import StreamOutput
+from homeassistant.const import (
+    ATTR_ENTITY_ID,
+    EVENT_HOMEASSISTANT_STOP,
+    SERVICE_MEDIA_STOP,
+    SERVICE_TURN_OFF,
+    STATE_UNAVAILABLE,
+    STATE_UNKNOWN,
+)
+from homeassistant.core import (
+    CALLBACK_TYPE,
+    Context,
+    Event,
+    EventStateChangedData,
+    HomeAssistant,
+    State,
+    callback,
+)
+from homeassistant.exceptions import HomeAssistantError, ServiceValidationError
+from homeassistant.helpers import issue_registry as ir
+from homeassistant.helpers.event import (
+    async_call_later,
+    async_track_state_change_event,
+    async_track_time_interval,
+)
+from homeassistant.helpers.network import NoURLAvailableError, get_url
+from homeassistant.util import dt as dt_util
+from homeassistant.util.hass_dict import HassKey
+import yarl
+
+from .camera import LocalCamCamera
+from .const import DOMAIN, LOGGER
+from .core.cast_links import DEFAULT_LEASE, CastGrant, CastLinkLimitError, CastLinks, CastMode
+from .core.errors import CameraTimeoutError, CannotConnectError, LocalCamError
+from .core.netpolicy import REDACTED, NetPolicy
+
+if TYPE_CHECKING:
+    # Only for the cast platform hook's signature: pychromecast is installed
+    # with Home Assistant's cast integration, which LocalCam does not require.
+    from pychromecast import Chromecast
+
+# Actions and their fields.
+SERVICE_CAST: Final = "cast"
+SERVICE_STOP_CAST: Final = "stop_cast"
+ATTR_MEDIA_PLAYER: Final = "media_player"
+ATTR_MODE: Final = "mode"
+ATTR_DURATION: Final = "duration"
+ATTR_KEEP_ALIVE: Final = "keep_alive"
+ATTR_REFRESH: Final = "refresh"
+ATTR_FORCE: Final = "force"
+ATTR_REASON: Final = "reason"
+DEFAULT_DURATION: Final = 300
+MAX_DURATION: Final = 24 * 3600
+DEFAULT_REFRESH: Final = 5
+# A Cast receiver takes about a second to swap one image for the next; faster
+# refreshes would only queue LOADs.
+MIN_REFRESH: Final = 2
+MAX_REFRESH: Final = 3600
+
+EVENT_CAST_STARTED: Final = "localcam_cast_started"
+EVENT_CAST_ENDED: Final = "localcam_cast_ended"
+
+ISSUE_NO_INTERNAL_URL: Final = "no_internal_url"
+
+CAST_PATH: Final = "/api/localcam/cast"
+HLS_CONTENT_TYPE: Final = "application/vnd.apple.mpegurl"
+JPEG_CONTENT_TYPE: Final = "image/jpeg"
+# The Default Media Receiver, which Home Assistant's cast integration launches
+# for a URL. A receiver found idle in it is left idle in it (media_stop, no quit).
+DEFAULT_MEDIA_RECEIVER_APP_ID: Final = "CC1AD845"
+# Cast MediaMetadata types (Cast SDK): generic for video, photo for stills.
+METADATA_GENERIC: Final = 0
+METADATA_PHOTO: Final = 4
+
+# How long a live cast waits for the camera's first HLS part before it gives up.
+# Home Assistant's stream worker probes the RTSP stream (about 2 to 3 s) and the
+# first part follows one part duration later.
+LIVE_READY_TIMEOUT: Final = 15.0
+# pychromecast waits up to 30 s for the receiver's answer to a LOAD.
+PLAY_TIMEOUT: Final = 35.0
+# Stopping the app at the end is best effort; a receiver that is gone must not
+# hold up unload.
+STOP_TIMEOUT: Final = 10.0
+# Renew the token well before its lease runs out.
+RENEW_INTERVAL: Final = DEFAULT_LEASE / 3
+# After a LOAD the receiver reports the old media as interrupted and the new one
+# as buffering; judging the receiver during that window would read our own
+# LOAD as a drop.
+RECAST_SETTLE: Final = 2.0
+# Keep-alive: waits before each consecutive re-cast attempt (s); the count is
+# the bound on consecutive attempts. A receiver seen playing again resets it.
+RECAST_BACKOFF: Final[tuple[float, ...]] = (2.0, 4.0, 8.0, 16.0, 30.0)
+# And an absolute bound per cast, for a receiver that keeps flapping.
+MAX_RECASTS: Final = 30
+# Snapshot mode: a failing camera ends the cast after this many refreshes in a
+# row, so the receiver does not keep showing an ever older picture.
+MAX_REFRESH_FAILURES: Final = 2
+STATE_HISTORY: Final = 20
+MAX_RECORDS: Final = 64
+
+_FREE_STATES: Final = frozenset(
+    {
+        MediaPlayerState.OFF,
+        MediaPlayerState.IDLE,
+        MediaPlayerState.ON,
+        STATE_UNKNOWN,
+    }
+)
+_BUSY_STATES: Final = frozenset(
+    {MediaPlayerState.PLAYING, MediaPlayerState.PAUSED, MediaPlayerState.BUFFERING}
+)
+_TOKEN_IN_URL_RE: Final = re.compile(rf"({re.escape(CAST_PATH)}/)[A-Za-z0-9_-]{{43}}")
+
+
+class EndReason(StrEnum):
+    """Why a cast ended, as reported in ``localcam_cast_ended``."""
+
+    DURATION = "duration"
+    STOPPED = "stopped"
+    REPLACED = "replaced"
+    RECEIVER_LOST = "receiver_lost"
+    UNLOAD = "unload"
+    ERROR = "error"
+
+
+def redact_cast_urls(text: str) -> str:
+    """Mask the token of every LocalCam cast URL in a text."""
+    return _TOKEN_IN_URL_RE.sub(rf"\g<1>{REDACTED}", text)
+
+
+class _TokenRedactingFilter(logging.Filter):
+    """Mask cast tokens in records that other code writes (cast, pychromecast).
+
+    Home Assistant's cast integration logs the URL it loads at debug level and
+    the failing URL at error level; pychromecast puts it in exception texts.
+    """
+
+    @override
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite the record when it carries a cast URL; never drop it."""
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a bad record is the handler's to report
+            return True
+        if CAST_PATH in message:
+            record.msg = redact_cast_urls(message)
+            record.args = None
+        if record.exc_info and not record.exc_text:
+            text = logging.Formatter().formatException(record.exc_info)
+            if CAST_PATH in text:
+                record.exc_text = redact_cast_urls(text)
+        return True
+
+
+_REDACTING_FILTER: Final = _TokenRedactingFilter()
+
+
+@callback
+def async_install_log_filter() -> None:
+    """Add the token filter to every root handler (idempotent)."""
+    for handler in logging.getLogger().handlers:
+        if _REDACTING_FILTER not in handler.filters:
+            handler.addFilter(_REDACTING_FILTER)
+
+
+@dataclass(frozen=True, slots=True)
+class BaseUrl:
+    """The checked LAN base URL a receiver reaches Home Assistant at."""
+
+    url: str
+    host_is_ip: bool
+    scheme: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiverView:
+    """What a media_player shows right now, as far as casting cares."""
+
+    state: str | None
+    app_id: str | None
+    app_name: str | None
+    content_id: str | None
+
+    @classmethod
+    def of(cls, state: State | None) -> ReceiverView:
+        """Read the view from a media_player state."""
+        if state is None:
+            return cls(None, None, None, None)
+        attrs = state.attributes
+        return cls(
+            state=state.state,
+            app_id=attrs.get("app_id"),
+            app_name=attrs.get("app_name"),
+            content_id=attrs.get(ATTR_MEDIA_CONTENT_ID),
+        )
+
+    @property
+    def unavailable(self) -> bool:
+        """Return whether the receiver cannot be reached."""
+        return self.state is None or self.state == STATE_UNAVAILABLE
+
+    @property
+    def shows_cast(self) -> bool:
+        """Return whether the receiver shows some LocalCam cast (ours or older)."""
+        return is_cast_url(self.content_id)
+
+
+def _cast_path(content_id: str | None) -> str | None:
+    """Return the path of a LocalCam cast URL, or None for any other content."""
+    if not content_id:
+        return None
+    try:
+        path = yarl.URL(content_id).path
+    except ValueError:
+        return None
+    return path if path.startswith(f"{CAST_PATH}/") else None
+
+
+def is_cast_url(content_id: str | None) -> bool:
+    """Return whether a content id is a LocalCam cast URL."""
+    return _cast_path(content_id) is not None
+
+
+@dataclass(slots=True)
+class ReceiverRecord:
+    """Diagnostics of the last cast to one receiver (no token, no URL)."""
+
+    camera_entity_id: str
+    camera_id: str
+    mode: str
+    started: str
+    internal_host: bool
+    host_is_ip: bool
+    scheme: str
+    app_at_start: str | None
+    state_at_start: str | None
+    ended: str | None = None
+    end_reason: str | None = None
+    recasts: int = 0
+    last_idle_reason: str | None = None
+    history: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=STATE_HISTORY))
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return a JSON-able view, the token redacted."""
+        return {
+            "camera": self.camera_entity_id,
+            "mode": self.mode,
+            "token": REDACTED,
+            "path": f"{CAST_PATH}/{REDACTED}/{self.camera_entity_id}/…",
+            "internal_host": self.internal_host,
+            "host_is_ip": self.host_is_ip,
+            "scheme": self.scheme,
+            "started": self.started,
+            "ended": self.ended,
+            "end_reason": self.end_reason,
+            "app_at_start": self.app_at_start,
+            "state_at_start": self.state_at_start,
+            "recasts": self.recasts,
+            "last_idle_reason": self.last_idle_reason,
+            "state_history": list(self.history),
+        }
+
+
+@dataclass(slots=True, repr=False)
+class CastSession:
+    """One running cast of one camera to one receiver."""
+
+    camera: LocalCamCamera
+    camera_entity_id: str
+    camera_name: str
+    receiver: str
+    mode: CastMode
+    duration: float | None
+    keep_alive: bool
+    refresh: float
+    token: str  # secret: never logged, never in a repr or diagnostics
+    base: BaseUrl
+    found: ReceiverView
+    context: Context | None
+    record: ReceiverRecord
+    session_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    started_at: float = field(default_factory=time.monotonic)
+    version: int = 0
+    loading: bool = False
+    settle_until: float = 0.0
+    attempts: int = 0
+    refresh_failures: int = 0
+    ended: bool = False
+    unsubs: list[CALLBACK_TYPE] = field(default_factory=list)
+    check_unsub: CALLBACK_TYPE | None = None
+    refresh_task: asyncio.Task[None] | None = None
+    recast_task: asyncio.Task[None] | None = None
+
+    @override
+    def __repr__(self) -> str:
+        """Describe the cast without its token or URL."""
+        return (
+            f"CastSession({self.camera_entity_id} -> {self.receiver}, {self.mode}, "
+            f"id={self.session_id})"
+        )
+
+    @property
+    def recasting(self) -> bool:
+        """Return whether a keep-alive re-cast is pending."""
+        return self.recast_task is not None and not self.recast_task.done()
+
+    @property
+    def camera_id(self) -> str:
+        """Return the camera's stable id (the grant's camera)."""
+        return self.camera.camera_id
+
+    @property
+    def ends_at(self) -> float | None:
+        """Return when the cast ends (monotonic), or None until stopped."""
+        return None if self.duration is None else self.started_at + self.duration
+
+    def over(self) -> bool:
+        """Return whether the cast ended or its duration ran out."""
+        ends_at = self.ends_at
+        return self.ended or (ends_at is not None and time.monotonic() >= ends_at)
+
+    def path(self) -> str:
+        """Return the URL path for this cast's mode."""
+        kind = "live/playlist.m3u8" if self.mode is CastMode.LIVE else "snapshot.jpg"
+        return f"{CAST_PATH}/{self.token}/{self.camera_entity_id}/{kind}"
+
+    def url(self) -> str:
+        """Return the absolute URL of the current LOAD (secret)."""
+        # The query keeps Cast from signing the URL and busts the receiver's
+        # cache on each snapshot refresh; it carries nothing secret.
+        return f"{self.base.url}{self.path()}?v={self.version}"
+
+    def owns(self, content_id: str | None) -> bool:
+        """Return whether a content id is one of this cast's URLs."""
+        path = _cast_path(content_id)
+        return path is not None and hmac.compare_digest(path.encode(), self.path().encode())
+
+
+DATA_CAST: HassKey[LocalCamCastManager] = HassKey(f"{DOMAIN}_cast")
+
+
+@callback
+def async_get_cast_manager(hass: HomeAssistant) -> LocalCamCastManager:
+    """Return the cast manager (created by ``async_setup_cast``)."""
+    return hass.data[DATA_CAST]
+
+
+def _now() -> float:
+    """Return the token clock: wall time, as Home Assistant's own signed URLs use."""
+    return dt_util.utcnow().timestamp()
+
+
+def _reason(err: LocalCamError) -> str:
+    """Return a short, secret-free reason for a refused base URL."""
+    return err.placeholders.get("reason") or str(err)
+
+
+async def async_prepare_live(camera: LocalCamCamera, *, wait: float | None) -> StreamOutput:
+    """Start the camera's HLS output; with ``wait``, until its first part exists."""
+    stream: Stream | None = await camera.async_create_stream()
+    if stream is None:
+        raise HomeAssistantError(
+            translation_domain=DOMAIN,
+            translation_key="cast_no_stream",
+            translation_placeholders={"entity_id": camera.entity_id},
+        )
+    track = stream.add_provider(HLS_PROVIDER)
+    await stream.start()
+    # The receiver's requests keep the output awake from here on.
+    track.idle_timer.awake()
+    if wait is not None and not await async_wait_for_part(track, wait):
+        raise HomeAssistantError(
+            translation_domain=DOMAIN,
+            translation_key="cast_stream_timeout",
+            translation_placeholders={"entity_id": camera.entity_id, "seconds": str(round(wait))},
+        )
+    return track
+
+
+def has_part(track: StreamOutput) -> bool:
+    """Return whether the output holds at least one finished part."""
+    return any(segment.parts for segment in track.get_segments())
+
+
+async def async_wait_for_part(track: StreamOutput, timeout: float) -> bool:
+    """Wait, bounded, until the output holds a finished part."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not has_part(track):
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return False
+        await track.part_recv(timeout=remaining)
+    return True
+
+
+class LocalCamCastManager:
+    """Every LocalCam cast of one Home Assistant instance."""
+
+    def __init__(self, hass: HomeAssistant) -> None:
+        """Create the manager with an empty token table."""
+        self.hass = hass
+        # Wall time, so a test can move it (freezegun) while the loop keeps real time.
+        self.links = CastLinks(clock=_now)
+        self._sessions: dict[str, CastSession] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._records: dict[str, ReceiverRecord] = {}
+
+    @override
+    def __repr__(self) -> str:
+        """Show counts only."""
+        return f"LocalCamCastManager(casts={len(self._sessions)}, links={self.links!r})"
+
+    def _lock(self, receiver: str) -> asyncio.Lock:
+        """Return the lock that serialises casts to one receiver."""
+        return self._locks.setdefault(receiver, asyncio.Lock())
+
+    @callback
+    def session_for(self, receiver: str) -> CastSession | None:
+        """Return the running cast on a receiver."""
+        return self._sessions.get(receiver)
+
+    # ---- URL ---------------------------------------------------------------
+
+    async def async_base_url(self) -> BaseUrl:
+        """Return the checked LAN base URL, or raise (and raise a repair issue)."""
+        try:
+            internal = get_url(
+                self.hass, allow_external=False, allow_cloud=False, prefer_external=False
+            )
+        except NoURLAvailableError:
+            raise self._no_url("Home Assistant has no local network URL") from None
+        parsed = yarl.URL(internal)
+        policy = NetPolicy()
+        schemes = frozenset({"http", "https"})
+        try:
+            target = await policy.check(parsed, schemes=schemes)
+        except (CannotConnectError, CameraTimeoutError) as err:
+            # The internal URL names a host this machine cannot resolve. Cast
+            # devices ignore the LAN's DNS anyway: over plain HTTP, HA's own
+            # detected LAN address serves the same instance.
+            api = self.hass.config.api
+            if parsed.scheme != "http" or api is None or api.use_ssl or not api.local_ip:
+                raise self._no_url(_reason(err)) from None
+            parsed = yarl.URL.build(scheme="http", host=api.local_ip, port=api.port)
+            try:
+                target = await policy.check(parsed, schemes=schemes)
+            except LocalCamError as fallback_err:
+                raise self._no_url(_reason(fallback_err)) from None
+        except LocalCamError as err:
+            # A public or otherwise refused address: never cast it, never guess.
+            raise self._no_url(_reason(err)) from None
+        if parsed.scheme == "https":
+            # A certificate names the host, so the receiver must use that name.
+            url = str(parsed.with_path("").with_query(None).with_fragment(None))
+            host_is_ip = target.host == str(target.address)
+        else:
+            # Plain HTTP: the checked address itself, an IP literal.
+            url = target.pinned_url()
+            host_is_ip = True
+        ir.async_delete_issue(self.hass, DOMAIN, ISSUE_NO_INTERNAL_URL)
+        return BaseUrl(url=url.rstrip("/"), host_is_ip=host_is_ip, scheme=parsed.scheme)
+
+    def _no_url(self, reason: str) -> HomeAssistantError:
+        """Raise the repair issue and return the error to raise."""
+        ir.async_create_issue(
+            self.hass,
+            DOMAIN,
+            ISSUE_NO_INTERNAL_URL,
+            is_fixable=False,
+            is_persistent=False,
+            severity=ir.IssueSeverity.ERROR,
+            translation_key=ISSUE_NO_INTERNAL_URL,
+            translation_placeholders={"reason": reason},
+        )
+        return HomeAssistantError(
+            translation_domain=DOMAIN,
+            translation_key="cast_no_internal_url",
+            translation_placeholders={"reason": reason},
+        )
+
+    # ---- starting ----------------------------------------------------------
+
+    def _check_free(self, receiver: str, *, force: bool) -> ReceiverView:
+        """Return the receiver's view, or raise when it may not be cast to now."""
+        view = ReceiverView.of(self.hass.states.get(receiver))
+        if view.unavailable:
+            raise HomeAssistantError(
+                translation_domain=DOMAIN,
+                translation_key="cast_receiver_unavailable",
+                translation_placeholders={"entity_id": receiver},
+            )
+        if force or view.state in _FREE_STATES or view.shows_cast:
+            # Free, or showing a LocalCam cast (ours, or one from before a
+            # restart): casting replaces it.
+            return view
+        raise ServiceValidationError(
+            translation_domain=DOMAIN,
+            translation_key="cast_receiver_busy",
+            translation_placeholders={
+                "entity_id": receiver,
+                "app": view.app_name or view.app_id or "media",
+            },
+        )
+
+    async def async_cast(
+        self,
+        camera: LocalCamCamera,
+        receivers: Iterable[str],
+        *,
+        mode: CastMode,
+        duration: float | None,
+        keep_alive: bool,
+        refresh: float,
+        force: bool,
+        context: Context | None = None,
+    ) -> None:
+        """Cast a camera to receivers; raise a translated error on failure."""
+        receivers = list(dict.fromkeys(receivers))
+        # Refuse early, before a stream is started for nothing.
+        for receiver in receivers:
+            self._check_free(receiver, force=force)
+        base = await self.async_base_url()
+        if mode is CastMode.LIVE:
+            await async_prepare_live(camera, wait=LIVE_READY_TIMEOUT)
+        else:
+            await self._async_check_camera(camera)
+        state = self.hass.states.get(camera.entity_id)
+        name = state.name if state is not None else camera.entity_id
+        results = await asyncio.gather(
+            *(
+                self._async_start(
+                    camera,
+                    name,
+                    receiver,
+                    base,
+                    mode=mode,
+                    duration=duration,
+                    keep_alive=keep_alive,
+                    refresh=refresh,
+                    force=force,
+                    context=context,
+                )
+                for receiver in receivers
+            ),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def _async_check_camera(self, camera: LocalCamCamera) -> None:
+        """Fetch a still before a LOAD: it proves the camera works.
+
+        The receiver's request moments later is served from the same still by
+        the camera's snapshot cache, so this costs no second camera fetch.
+        """
+        if not await camera.async_camera_image():
+            raise HomeAssistantError(
+                translation_domain=DOMAIN,
+                translation_key="cast_no_image",
+                translation_placeholders={"entity_id": camera.entity_id},
+            )
+
+    async def _async_start(
+        self,
+        camera: LocalCamCamera,
+        name: str,
+        receiver: str,
+        base: BaseUrl,
+        *,
+        mode: CastMode,
+        duration: float | None,
+        keep_alive: bool,
+        refresh: float,
+        force: bool,
+        context: Context | None,
+    ) -> None:
+        """Start one cast to one receiver (replacing the cast already there)."""
+        async with self._lock(receiver):
+            # Again, now: starting the stream took a while, and someone may
+            # have started their own media meanwhile.
+            view = found = self._check_free(receiver, force=force)
+            if (previous := self._sessions.get(receiver)) is not None:
+                # The receiver goes back to how it was before the first cast,
+                # not to "showing the previous camera".
+                found = previous.found
+                await self._async_end(previous, EndReason.REPLACED, restore=False)
+            try:
+                token = self.links.issue(
+                    CastGrant(camera_id=camera.camera_id, receiver=receiver, mode=mode),
+                    duration=duration,
+                )
+            except CastLinkLimitError as err:
+                raise HomeAssistantError(
+                    translation_domain=DOMAIN,
+                    translation_key="cast_too_many",
+                    translation_placeholders={"limit": str(err.limit)},
+                ) from None
+            record = ReceiverRecord(
+                camera_entity_id=camera.entity_id,
+                camera_id=camera.camera_id,
+                mode=mode.value,
+                started=dt_util.utcnow().isoformat(),
+                internal_host=True,
+                host_is_ip=base.host_is_ip,
+                scheme=base.scheme,
+                app_at_start=view.app_name or view.app_id,
+                state_at_start=view.state,
+            )
+            session = CastSession(
+                camera=camera,
+                camera_entity_id=camera.entity_id,
+                camera_name=name,
+                receiver=receiver,
+                mode=mode,
+                duration=duration,
+                keep_alive=keep_alive,
+                refresh=refresh,
+                token=token,
+                base=base,
+                found=found,
+                context=context,
+                record=record,
+            )
+            self._store_record(receiver, record)
+            try:
+                await self._async_load(session)
+            except HomeAssistantError:
+                self.links.revoke(token)
+                record.ended = dt_util.utcnow().isoformat()
+                record.end_reason = EndReason.ERROR.value
+                raise
+            self._sessions[receiver] = session
+            self._async_track(session)
+        self.hass.bus.async_fire(
+            EVENT_CAST_STARTED,
+            {
+                "entity_id": camera.entity_id,
+                ATTR_MEDIA_PLAYER: receiver,
+                ATTR_MODE: mode.value,
+                ATTR_DURATION: duration or 0,
+                ATTR_KEEP_ALIVE: keep_alive,
+            },
+            context=context,
+        )
+
+    def _store_record(self, receiver: str, record: ReceiverRecord) -> None:
+        """Keep the receiver's last cast, bounded in count."""
+        self._records.pop(receiver, None)
+        self._records[receiver] = record
+        while len(self._records) > MAX_RECORDS:
+            del self._records[next(iter(self._records))]
+
+    async def _async_load(self, session: CastSession) -> None:
+        """Send one LOAD of the session's URL to its receiver."""
+        session.version += 1
+        if session.mode is CastMode.LIVE:
+            content_type = HLS_CONTENT_TYPE
+            extra: dict[str, Any] = {
+                "stream_type": "LIVE",
+                # The Default Media Receiver assumes MPEG-TS segments in HLS
+                # unless told otherwise; ours are fragmented MP4.
+                "media_info": {"hlsVideoSegmentFormat": "fmp4"},
+                "metadata": {"metadataType": METADATA_GENERIC, "title": session.camera_name},
+            }
+        else:
+            content_type = JPEG_CONTENT_TYPE
+            extra = {"metadata": {"metadataType": METADATA_PHOTO, "title": session.camera_name}}
+        session.loading = True
+        try:
+            async with asyncio.timeout(PLAY_TIMEOUT):
+                await self.hass.services.async_call(
+                    MP_DOMAIN,
+                    SERVICE_PLAY_MEDIA,
+                    {
+                        ATTR_ENTITY_ID: session.receiver,
+                        ATTR_MEDIA_CONTENT_ID: session.url(),
+                        ATTR_MEDIA_CONTENT_TYPE: content_type,
+                        ATTR_MEDIA_EXTRA: extra,
+                    },
+                    blocking=True,
+                    context=session.context,
+                )
+        except (HomeAssistantError, TimeoutError) as err:
+            # The error text may quote the URL (pychromecast names the media in
+            # its timeouts), so only its type is logged.
+            LOGGER.debug("Cast to %s failed: %s", session.receiver, type(err).__name__)
+            raise HomeAssistantError(
+                translation_domain=DOMAIN,
+                translation_key="cast_failed",
+                translation_placeholders={"entity_id": session.receiver},
+            ) from None
+        finally:
+            session.loading = False
+            session.settle_until = time.monotonic() + RECAST_SETTLE
+
+    # ---- watching ----------------------------------------------------------
+
+    @callback
+    def _async_track(self, session: CastSession) -> None:
+        """Start the timers and the receiver watch of a started cast."""
+        hass = self.hass
+
+        @callback
+        def _duration_over(_now: Any) -> None:
+            self._async_spawn(session, EndReason.DURATION, restore=True)
+
+        @callback
+        def _renew(_now: Any) -> None:
+            self._async_renew(session)
+
+        @callback
+        def _receiver_changed(event: Event[EventStateChangedData]) -> None:
+            self._async_receiver_changed(session, event)
+
+        if session.duration is not None:
+            session.unsubs.append(async_call_later(hass, session.duration, _duration_over))
+        session.unsubs.append(
+            async_track_time_interval(
+                hass, _renew, timedelta(seconds=RENEW_INTERVAL), name=f"{DOMAIN} cast renewal"
+            )
+        )
+        session.unsubs.append(
+            async_track_state_change_event(hass, [session.receiver], _receiver_changed)
+        )
+        if session.mode is CastMode.SNAPSHOT and session.refresh > 0:
+            session.refresh_task = hass.async_create_background_task(
+                self._async_refresh_loop(session), f"{DOMAIN} cast refresh {session.receiver}"
+            )
+        self._async_schedule_check(session)
+
+    @callback
+    def _async_renew(self, session: CastSession) -> None:
+        """Renew the cast's token by one lease step."""
+        if not self.links.renew(session.token):
+            # Only a bug or a stalled loop gets here; the URL no longer works.
+            self._async_spawn(session, EndReason.ERROR, restore=True)
+
+    @callback
+    def _async_receiver_changed(
+        self, session: CastSession, event: Event[EventStateChangedData]
+    ) -> None:
+        """Record the receiver's new state and judge it (after any settle time)."""
+        new_state = event.data["new_state"]
+        view = ReceiverView.of(new_state)
+        session.record.history.append(
+            {
+                "at": dt_util.utcnow().isoformat(),
+                "state": view.state,
+                "app": view.app_name or view.app_id,
+                "ours": session.owns(view.content_id),
+            }
+        )
+        self._async_schedule_check(session)
+
+    @callback
+    def _async_schedule_check(self, session: CastSession) -> None:
+        """Judge the receiver once the current LOAD has settled."""
+        if session.check_unsub is not None or session.ended:
+            return
+        delay = max(session.settle_until - time.monotonic(), 0.0)
+
+        @callback
+        def _run(_now: Any) -> None:
+            session.check_unsub = None
+            self._async_check(session)
+
+        session.check_unsub = async_call_later(self.hass, delay, _run)
+
+    @callback
+    def _async_check(self, session: CastSession) -> None:
+        """Judge what the receiver shows now; re-cast or end when needed."""
+        if session.ended or session.loading or session.recasting:
+            return
+        view = ReceiverView.of(self.hass.states.get(session.receiver))
+        if view.content_id and not session.owns(view.content_id):
+            # A person (or another app) took the receiver over; never fight them.
+            session.record.last_idle_reason = "other_media"
+            self._async_spawn(session, EndReason.REPLACED, restore=False)
+            return
+        idle_reason = self._idle_reason(session, view)
+        if idle_reason is None:
+            if view.state in _BUSY_STATES and view.content_id is None:
+                # An app without media info (a dashboard, a streaming app).
+                session.record.last_idle_reason = "other_app"
+                self._async_spawn(session, EndReason.REPLACED, restore=False)
+                return
+            session.attempts = 0
+            return
+        session.record.last_idle_reason = idle_reason
+        if (
+            session.keep_alive
+            and not session.over()
+            and session.attempts < len(RECAST_BACKOFF)
+            and session.record.recasts < MAX_RECASTS
+        ):
+            self._async_start_recast(session)
+            return
+        self._async_spawn(session, EndReason.RECEIVER_LOST, restore=False)
+
+    @staticmethod
+    def _idle_reason(session: CastSession, view: ReceiverView) -> str | None:
+        """Return why the receiver no longer shows the cast, or None if it does."""
+        if view.state in (None, STATE_UNAVAILABLE, STATE_UNKNOWN):
+            return "receiver_unavailable"
+        if view.state == MediaPlayerState.OFF:
+            return "receiver_off"
+        if view.state == MediaPlayerState.IDLE:
+            if (
+                session.mode is CastMode.SNAPSHOT
+                and session.owns(view.content_id)
+                and view.app_id in (None, DEFAULT_MEDIA_RECEIVER_APP_ID)
+            ):
+                # A still on screen: the player has nothing to play and says
+                # idle, yet the receiver shows our picture.
+                return None
+            return "receiver_idle"
+        return None
+
+    @callback
+    def _async_spawn(self, session: CastSession, reason: EndReason, *, restore: bool) -> None:
+        """End a cast from a callback."""
+        self.hass.async_create_background_task(
+            self._async_end_locked(session, reason, restore=restore),
+            f"{DOMAIN} cast end {session.receiver}",
+        )
+
+    @callback
+    def _async_start_recast(self, session: CastSession) -> None:
+        """Start one keep-alive re-cast attempt after its backoff."""
+        delay = RECAST_BACKOFF[min(session.attempts, len(RECAST_BACKOFF) - 1)]
+        session.attempts += 1
+        session.recast_task = self.hass.async_create_background_task(
+            self._async_recast(session, delay), f"{DOMAIN} cast keep-alive {session.receiver}"
+        )
+
+    async def _async_recast(self, session: CastSession, delay: float) -> None:
+        """Re-cast after ``delay`` unless the cast ended or a person took over."""
+        await asyncio.sleep(delay)
+        async with self._lock(session.receiver):
+            if session.over():
+                return  # stopped meanwhile, or the duration timer is ending it
+            view = ReceiverView.of(self.hass.states.get(session.receiver))
+            if view.content_id and not session.owns(view.content_id):
+                # Someone cast their own media during the backoff.
+                session.record.last_idle_reason = "other_media"
+                await self._async_end(session, EndReason.REPLACED, restore=False)
+                return
+            session.record.recasts += 1
+            try:
+                self.links.renew(session.token)
+                if session.mode is CastMode.LIVE:
+                    await async_prepare_live(session.camera, wait=LIVE_READY_TIMEOUT)
+                else:
+                    await self._async_check_camera(session.camera)
+                if not view.unavailable:
+                    await self._async_load(session)
+            except HomeAssistantError:
+                LOGGER.debug("Keep-alive re-cast to %s failed", session.receiver)
+        session.recast_task = None
+        if not session.ended:
+            self._async_schedule_check(session)
+
+    async def _async_refresh_loop(self, session: CastSession) -> None:
+        """Snapshot mode: send a new picture every ``refresh`` seconds."""
+        # Ending the cast cancels this task; a drop or a takeover is the
+        # receiver check's business (it ends the cast or re-casts).
+        while True:
+            await asyncio.sleep(session.refresh)
+            async with self._lock(session.receiver):
+                view = ReceiverView.of(self.hass.states.get(session.receiver))
+                if view.content_id and not session.owns(view.content_id):
+                    continue  # someone else's media now: never load over it
+                try:
+                    await self._async_check_camera(session.camera)
+                    await self._async_load(session)
+                except HomeAssistantError:
+                    session.refresh_failures += 1
+                    if session.refresh_failures >= MAX_REFRESH_FAILURES:
+                        session.record.last_idle_reason = "refresh_failed"
+                        await self._async_end(session, EndReason.ERROR, restore=True)
+                        return
+                    continue
+                session.refresh_failures = 0
+            self._async_schedule_check(session)
+
+    # ---- ending ------------------------------------------------------------
+
+    async def _async_end_locked(
+        self, session: CastSession, reason: EndReason, *, restore: bool
+    ) -> None:
+        """End a cast under its receiver's lock."""
+        async with self._lock(session.receiver):
+            await self._async_end(session, reason, restore=restore)
+
+    async def _async_end(self, session: CastSession, reason: EndReason, *, restore: bool) -> None:
+        """End a cast: revoke its token, stop its timers, report it, restore the receiver."""
+        if session.ended:
+            return
+        session.ended = True
+        self.links.revoke(session.token)
+        if self._sessions.get(session.receiver) is session:
+            del self._sessions[session.receiver]
+        for unsub in session.unsubs:
+            unsub()
+        session.unsubs.clear()
+        if session.check_unsub is not None:
+            session.check_unsub()
+            session.check_unsub = None
+        current = asyncio.current_task()
+        for task in (session.refresh_task, session.recast_task):
+            if task is not None and task is not current and not task.done():
+                task.cancel()
+        session.record.ended = dt_util.utcnow().isoformat()
+        session.record.end_reason = reason.value
+        self.hass.bus.async_fire(
+            EVENT_CAST_ENDED,
+            {
+                "entity_id": session.camera_entity_id,
+                ATTR_MEDIA_PLAYER: session.receiver,
+                ATTR_MODE: session.mode.value,
+                ATTR_REASON: reason.value,
+            },
+            context=session.context,
+        )
+        if restore:
+            await self._async_restore(session)
+
+    async def _async_restore(self, session: CastSession) -> None:
+        """Leave the receiver as the cast found it, as far as Cast allows."""
+        view = ReceiverView.of(self.hass.states.get(session.receiver))
+        if view.unavailable or (view.content_id and not session.owns(view.content_id)):
+            return  # gone, or showing someone else's media now
+        if view.state == MediaPlayerState.OFF:
+            return
+        found = session.found
+        services: list[str] = []
+        if found.state == MediaPlayerState.IDLE and found.app_id == DEFAULT_MEDIA_RECEIVER_APP_ID:
+            # It sat idle in the media receiver: stop the media, keep the app.
+            services.append(SERVICE_MEDIA_STOP)
+        # Otherwise it was off (ambient screen), in another app, or playing what
+        # `force` interrupted and cannot be resumed: quit back to ambient.
+        services.append(SERVICE_TURN_OFF)
+        for service in services:
+            try:
+                async with asyncio.timeout(STOP_TIMEOUT):
+                    await self.hass.services.async_call(
+                        MP_DOMAIN,
+                        service,
+                        {ATTR_ENTITY_ID: session.receiver},
+                        blocking=True,
+                        context=session.context,
+                    )
+            except (HomeAssistantError, TimeoutError) as err:
+                LOGGER.debug(
+                    "Could not %s %s after a cast: %s",
+                    service,
+                    session.receiver,
+                    type(err).__name__,
+                )
+                continue
+            return
+
+    async def async_stop(self, receivers: Iterable[str], context: Context | None = None) -> int:
+        """Stop the casts on receivers (no cast there is not an error); return how many."""
+        stopped = 0
+        for receiver in dict.fromkeys(receivers):
+            async with self._lock(receiver):
+                session = self._sessions.get(receiver)
+                if session is None:
+                    continue
+                session.context = context or session.context
+                await self._async_end(session, EndReason.STOPPED, restore=True)
+                stopped += 1
+        return stopped
+
+    async def async_stop_camera(self, camera_id: str, reason: EndReason = EndReason.UNLOAD) -> None:
+        """End every cast of a camera and revoke its tokens (its entry unloads)."""
+        sessions = [s for s in self._sessions.values() if s.camera_id == camera_id]
+        await asyncio.gather(
+            *(self._async_end_locked(session, reason, restore=True) for session in sessions)
+        )
+        self.links.revoke_camera(camera_id)
+
+    async def async_stop_all(
+        self, reason: EndReason = EndReason.UNLOAD, *, restore: bool = True
+    ) -> None:
+        """End every cast and revoke every token."""
+        sessions = list(self._sessions.values())
+        await asyncio.gather(
+            *(self._async_end_locked(session, reason, restore=restore) for session in sessions)
+        )
+        self.links.revoke_all()
+
+    # ---- diagnostics -------------------------------------------------------
+
+    @callback
+    def diagnostics(self, camera_id: str | None = None) -> dict[str, Any]:
+        """Return the last cast per receiver (of one camera), tokens redacted."""
+        return {
+            receiver: record.as_dict()
+            for receiver, record in self._records.items()
+            if camera_id is None or record.camera_id == camera_id
+        }
+
+
+@callback
+def async_create_cast_manager(hass: HomeAssistant) -> LocalCamCastManager:
+    """Create the domain-wide manager; stop every cast when HA stops."""
+    manager = hass.data[DATA_CAST] = LocalCamCastManager(hass)
+    async_install_log_filter()
+
+    async def _async_stop(_event: Event) -> None:
+        # Receivers are disconnecting too; revoking is what matters now: their
+        # players get 404s and go idle on their own.
+        await manager.async_stop_all(EndReason.UNLOAD, restore=False)
+
+    hass.bus.async_listen_once(EVENT_HOMEASSISTANT_STOP, _async_stop)
+    return manager
+
+
+# Home Assistant's cast integration loads every integration's ``cast`` module as
+# a cast platform (media browsing and playing for Cast devices). LocalCam adds
+# nothing there; these hooks keep the module a valid, inert platform.
+
+
+async def async_get_media_browser_root_object(
+    hass: HomeAssistant, cast_type: str
+) -> list[BrowseMedia]:
+    """Add no media browser entries to Cast devices."""
+    return []
+
+
+async def async_browse_media(
+    hass: HomeAssistant,
+    media_content_type: MediaType | str,
+    media_content_id: str,
+    cast_type: str,
+) -> BrowseMedia | None:
+    """Browse nothing: no media of Cast's browser belongs to LocalCam."""
+    return None
+
+
+async def async_play_media(
+    hass: HomeAssistant,
+    cast_entity_id: str,
+    chromecast: Chromecast,
+    media_type: MediaType | str,
+    media_id: str,
+) -> bool:
+    """Leave every play request to Cast's default media receiver."""
+    return False
+
+
+async def async_stop_camera_casts(hass: HomeAssistant, camera_id: str) -> None:
+    """End a camera's casts and revoke its tokens (for async_unload_entry)."""
+    if (manager := hass.data.get(DATA_CAST)) is not None:
+        await manager.async_stop_camera(camera_id, EndReason.UNLOAD)
+
+
+@callback
+def async_cast_diagnostics(hass: HomeAssistant, camera_id: str) -> dict[str, Any]:
+    """Diagnostics of one camera's casts (for diagnostics.py)."""
+    if (manager := hass.data.get(DATA_CAST)) is None:
+        return {}
+    return manager.diagnostics(camera_id)

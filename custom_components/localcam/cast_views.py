@@ -1,0 +1,281 @@
+"""HTTP views a Cast receiver fetches: ``/api/localcam/cast/{token}/{camera}/…``.
+
+The token is the credential (Cast receivers cannot log in), so the views need
+no Home Assistant auth. Every request resolves the token again, bound to the
+camera named in the path and to the mode of the route; anything else (unknown,
+expired, revoked, another camera, another mode, a malformed path) gets the
+same empty 404.
+
+Live mode re-publishes Home Assistant's own HLS output of that camera as a
+plain playlist: no low-latency tags, because Cast receivers play HLS with
+their own players (the Cast framework's, or Shaka) and Chromium's native HLS
+does not parse LL-HLS. To stay close to live anyway, each finished fMP4 part
+of Home Assistant's stream (about one second) is listed as a media segment of
+its own, so the first one is playable about a second after the stream starts
+instead of a whole segment (six seconds) later.
+"""
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from http import HTTPStatus
+import math
+import re
+from typing import Final
+from weakref import WeakKeyDictionary
+
+from aiohttp import web
+from homeassistant.components.camera.const import DATA_COMPONENT as CAMERA_DATA_COMPONENT
+from homeassistant.components.stream import Stream
+from homeassistant.components.stream.const import HLS_PROVIDER
+from homeassistant.components.stream.core import Part, Segment, StreamOutput
+from homeassistant.components.stream.fmp4utils import transform_init
+from homeassistant.core import HomeAssistant, callback
+from homeassistant.exceptions import HomeAssistantError
+from homeassistant.helpers.http import KEY_HASS, HomeAssistantView
+
+from .camera import LocalCamCamera
+from .cast import (
+    CAST_PATH,
+    DATA_CAST,
+    HLS_CONTENT_TYPE,
+    JPEG_CONTENT_TYPE,
+    LocalCamCastManager,
+    async_create_cast_manager,
+    async_prepare_live,
+    async_wait_for_part,
+)
+from .const import SNAPSHOT_TIMEOUT
+from .core.cast_links import CastMode
+
+# How long a playlist request waits for the stream's first part (the stream may
+# have stopped while idle and be starting again).
+PLAYLIST_WAIT: Final = 10.0
+# Parts listed in the playlist: several target durations, enough for a player
+# that starts three target durations behind the live edge to find its start.
+PLAYLIST_PARTS: Final = 8
+# Where a player starts, behind the end of the playlist, in target durations
+# (as Home Assistant does for its non-LL playlists).
+START_OFFSET_TARGETS: Final = 1.5
+
+_ENTITY_RE: Final = re.compile(r"^camera\.[a-z0-9_]{1,255}$")
+_INIT_RE: Final = re.compile(r"^live/init/(\d{1,9})\.mp4$")
+_SEGMENT_RE: Final = re.compile(r"^live/segment/(\d{1,12})\.(\d{1,4})\.m4s$")
+_PLAYLIST: Final = "live/playlist.m3u8"
+_SNAPSHOT: Final = "snapshot.jpg"
+_NO_STORE: Final = {"Cache-Control": "no-store"}
+
+
+def _not_found() -> web.Response:
+    """Return the one 404 every refused request gets: empty, uncacheable."""
+    return web.Response(status=HTTPStatus.NOT_FOUND, headers=_NO_STORE)
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """One part of HA's HLS output, numbered as a segment of our playlist."""
+
+    number: int
+    segment: Segment
+    index: int
+    part: Part
+
+
+class PartNumbers:
+    """Stable, gapless media sequence numbers for the parts of one HLS output.
+
+    HLS requires consecutive numbers for consecutive segments. Parts of Home
+    Assistant's segments are only ever appended (to the last segment, or as a
+    new segment), so numbering them in order as they are first seen gives
+    every part the same number on every reload of the playlist.
+    """
+
+    __slots__ = ("_assigned", "_next")
+
+    def __init__(self) -> None:
+        """Start numbering at zero."""
+        self._assigned: dict[tuple[int, int], int] = {}
+        self._next = 0
+
+    def entries(self, segments: Sequence[Segment]) -> list[_Entry]:
+        """Number the parts HA's output holds now, in playback order."""
+        entries: list[_Entry] = []
+        for segment in segments:
+            for index, part in enumerate(segment.parts):
+                key = (segment.sequence, index)
+                number = self._assigned.get(key)
+                if number is None:
+                    number = self._assigned[key] = self._next
+                    self._next += 1
+                entries.append(_Entry(number, segment, index, part))
+        # Forget parts HA no longer holds, so memory stays bounded.
+        held = {(entry.segment.sequence, entry.index) for entry in entries}
+        for key in self._assigned.keys() - held:
+            del self._assigned[key]
+        return entries
+
+
+# Keyed by HA's output object: a new output (after the stream idled out)
+# starts a new numbering, and a dropped output drops its numbers.
+_NUMBERS: WeakKeyDictionary[StreamOutput, PartNumbers] = WeakKeyDictionary()
+
+
+def render_playlist(track: StreamOutput) -> str | None:
+    """Render a plain HLS media playlist of the output's latest parts."""
+    numbers = _NUMBERS.get(track)
+    if numbers is None:
+        numbers = _NUMBERS[track] = PartNumbers()
+    entries = numbers.entries(list(track.get_segments()))[-PLAYLIST_PARTS:]
+    if not entries:
+        return None
+    target = max(1, math.ceil(max(entry.part.duration for entry in entries) - 1e-6))
+    first = entries[0]
+    start = first.segment.start_time + timedelta(
+        seconds=sum(part.duration for part in first.segment.parts[: first.index])
+    )
+    lines = [
+        "#EXTM3U",
+        "#EXT-X-VERSION:6",
+        f"#EXT-X-TARGETDURATION:{target}",
+        f"#EXT-X-MEDIA-SEQUENCE:{first.number}",
+        f"#EXT-X-DISCONTINUITY-SEQUENCE:{first.segment.stream_id}",
+        f"#EXT-X-START:TIME-OFFSET=-{START_OFFSET_TARGETS * target:.3f}",
+        f'#EXT-X-MAP:URI="init/{first.segment.stream_id}.mp4"',
+        "#EXT-X-PROGRAM-DATE-TIME:" + start.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+    ]
+    stream_id = first.segment.stream_id
+    for entry in entries:
+        if entry.segment.stream_id != stream_id:
+            # The camera's stream restarted: new timeline, maybe a new init.
+            stream_id = entry.segment.stream_id
+            lines.extend(["#EXT-X-DISCONTINUITY", f'#EXT-X-MAP:URI="init/{stream_id}.mp4"'])
+        lines.extend(
+            [
+                f"#EXTINF:{entry.part.duration:.3f},",
+                f"segment/{entry.segment.sequence}.{entry.index}.m4s",
+            ]
+        )
+    return "\n".join(lines) + "\n"
+
+
+class LocalCamCastView(HomeAssistantView):
+    """Serve a cast token's camera, and nothing else, to a Cast receiver."""
+
+    url = f"{CAST_PATH}/{{path:.*}}"
+    name = "api:localcam:cast"
+    # The token in the path is the credential.
+    requires_auth = False
+    # Receivers' players fetch playlists and segments with XHR.
+    cors_allowed = True
+
+    async def get(self, request: web.Request, path: str) -> web.StreamResponse:
+        """Resolve the token, then serve the playlist, init, segment or still."""
+        hass = request.app[KEY_HASS]
+        manager = hass.data.get(DATA_CAST)
+        token, _, rest = path.partition("/")
+        entity_id, _, resource = rest.partition("/")
+        if manager is None or not _ENTITY_RE.match(entity_id):
+            return _not_found()
+        camera = _local_camera(hass, entity_id)
+        if camera is None:
+            return _not_found()
+        mode = CastMode.SNAPSHOT if resource == _SNAPSHOT else CastMode.LIVE
+        if manager.links.resolve(token, camera_id=camera.camera_id, mode=mode) is None:
+            return _not_found()
+        if mode is CastMode.SNAPSHOT:
+            return await _async_snapshot(camera)
+        if resource == _PLAYLIST:
+            return await _async_playlist(manager, camera, token)
+        if match := _INIT_RE.match(resource):
+            return _init(camera, int(match.group(1)))
+        if match := _SEGMENT_RE.match(resource):
+            return _segment(camera, int(match.group(1)), int(match.group(2)))
+        return _not_found()
+
+
+def _local_camera(hass: HomeAssistant, entity_id: str) -> LocalCamCamera | None:
+    """Return the loaded LocalCam camera entity of an entity id."""
+    component = hass.data.get(CAMERA_DATA_COMPONENT)
+    entity = component.get_entity(entity_id) if component is not None else None
+    return entity if isinstance(entity, LocalCamCamera) else None
+
+
+def _live_track(camera: LocalCamCamera) -> tuple[Stream, StreamOutput] | None:
+    """Return the camera's stream and running HLS output, without starting anything."""
+    if (stream := camera.stream) is None or (track := stream.outputs().get(HLS_PROVIDER)) is None:
+        return None
+    # Receivers fetching media are viewers: keep HA's stream running.
+    track.idle_timer.awake()
+    return stream, track
+
+
+async def _async_playlist(
+    manager: LocalCamCastManager, camera: LocalCamCamera, token: str
+) -> web.StreamResponse:
+    """Serve the plain playlist, starting the stream when it idled out."""
+    try:
+        track = await async_prepare_live(camera, wait=None)
+    except HomeAssistantError:
+        return web.Response(status=HTTPStatus.SERVICE_UNAVAILABLE, headers=_NO_STORE)
+    if not await async_wait_for_part(track, PLAYLIST_WAIT):
+        return web.Response(status=HTTPStatus.SERVICE_UNAVAILABLE, headers=_NO_STORE)
+    # The cast may have ended while this request waited.
+    if manager.links.resolve(token, camera_id=camera.camera_id, mode=CastMode.LIVE) is None:
+        return _not_found()
+    body = render_playlist(track)
+    assert body is not None  # a part exists, and nothing was awaited since
+    return web.Response(
+        body=body.encode(),
+        headers={"Content-Type": HLS_CONTENT_TYPE, "Cache-Control": "no-cache"},
+    )
+
+
+def _init(camera: LocalCamCamera, stream_id: int) -> web.StreamResponse:
+    """Serve the fMP4 init section of one run of the camera's stream."""
+    if (live := _live_track(camera)) is None:
+        return _not_found()
+    stream, track = live
+    for segment in track.get_segments():
+        if segment.stream_id == stream_id:
+            return web.Response(
+                body=transform_init(segment.init, stream.dynamic_stream_settings.orientation),
+                headers={"Content-Type": "video/mp4", "Cache-Control": "max-age=3600"},
+            )
+    return _not_found()
+
+
+def _segment(camera: LocalCamCamera, sequence: int, index: int) -> web.StreamResponse:
+    """Serve one fMP4 part (moof + mdat) of the camera's stream."""
+    if (live := _live_track(camera)) is None:
+        return _not_found()
+    segment = live[1].get_segment(sequence)
+    if segment is None or index >= len(segment.parts):
+        return _not_found()
+    return web.Response(
+        body=segment.parts[index].data,
+        headers={"Content-Type": "video/iso.segment", "Cache-Control": "max-age=3600"},
+    )
+
+
+async def _async_snapshot(camera: LocalCamCamera) -> web.StreamResponse:
+    """Serve a fresh still of the camera (through its snapshot cache)."""
+    try:
+        # The entity bounds its own fetch; this only guards against a bug.
+        async with asyncio.timeout(SNAPSHOT_TIMEOUT + 1):
+            image = await camera.async_camera_image()
+    except HomeAssistantError, TimeoutError:
+        image = None
+    if not image:
+        # The camera failed: an error, never an older picture.
+        return web.Response(status=HTTPStatus.SERVICE_UNAVAILABLE, headers=_NO_STORE)
+    return web.Response(body=image, headers={"Content-Type": JPEG_CONTENT_TYPE, **_NO_STORE})
+
+
+@callback
+def async_setup_cast(hass: HomeAssistant) -> None:
+    """Create the cast manager and register the cast views (once)."""
+    if DATA_CAST in hass.data:
+        return
+    async_create_cast_manager(hass)
+    hass.http.register_view(LocalCamCastView())

@@ -1,0 +1,1533 @@
+"""localcam.cast against Home Assistant's real cast integration.
+
+pychromecast is mocked at its boundary, as Home Assistant's own cast tests do:
+discovery (CastBrowser), the device HTTP API (dial), the multizone manager,
+zeroconf and the Chromecast object. Everything above that boundary is real:
+the cast config entry and its media_player entity, ``media_player.play_media``,
+pychromecast's ``quick_play`` and its Default Media Receiver controller, which
+builds the LOAD message the fake device records. The simulated receiver then
+fetches the LOADed URL from Home Assistant's HTTP server on 127.0.0.1 and
+decodes it with PyAV. No discovery runs and no packet leaves 127.0.0.1.
+"""
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import ExitStack
+from datetime import timedelta
+from http import HTTPStatus
+import io
+import json
+import logging
+from pathlib import Path
+import secrets
+import shutil
+import sys
+import time
+from typing import Any
+from unittest.mock import AsyncMock, MagicMock, create_autospec, patch
+import uuid
+
+import aiohttp
+import av
+from freezegun import freeze_time
+from homeassistant.components.camera.const import DATA_COMPONENT as CAMERA_DATA_COMPONENT
+from homeassistant.components.camera.helper import get_camera_from_entity_id
+from homeassistant.components.cast.const import DOMAIN as CAST_DOMAIN
+from homeassistant.components.stream.core import Part, Segment
+from homeassistant.const import EVENT_HOMEASSISTANT_STOP
+from homeassistant.core import Context, HomeAssistant
+from homeassistant.exceptions import HomeAssistantError, ServiceValidationError, Unauthorized
+from homeassistant.helpers import entity_registry as er, issue_registry as ir
+from homeassistant.setup import async_setup_component
+from homeassistant.util import dt as dt_util
+import numpy as np
+import pychromecast
+from pychromecast.const import CAST_TYPE_CHROMECAST
+from pychromecast.controllers.media import MediaController, MediaStatus
+from pychromecast.controllers.multizone import MultizoneManager
+from pychromecast.controllers.receiver import CastStatus, ReceiverController
+from pychromecast.discovery import CastBrowser
+from pychromecast.error import PyChromecastError
+from pychromecast.models import CastInfo, HostServiceInfo
+from pychromecast.socket_client import (
+    CONNECTION_STATUS_CONNECTED,
+    CONNECTION_STATUS_LOST,
+    ConnectionStatus,
+    NetworkAddress,
+    SocketClient,
+)
+import pytest
+from pytest_homeassistant_custom_component.common import (
+    MockConfigEntry,
+    async_capture_events,
+    async_fire_time_changed,
+)
+import yarl
+
+from custom_components.localcam import cast as cast_module, cast_views
+from custom_components.localcam.cast import (
+    DATA_CAST,
+    EVENT_CAST_ENDED,
+    EVENT_CAST_STARTED,
+    ISSUE_NO_INTERNAL_URL,
+    async_cast_diagnostics,
+    async_stop_camera_casts,
+)
+from custom_components.localcam.cast_views import async_setup_cast
+from custom_components.localcam.const import DOMAIN
+from custom_components.localcam.core.cast_links import CastGrant, CastMode
+from custom_components.localcam.core.netpolicy import NetPolicy
+from custom_components.localcam.services import async_setup_services
+from virtualcam import Fault, VirtualCamera, color_for, nearest_camera
+
+from .conftest import make_entry, setup_entry
+
+PALETTE = [color_for(i) for i in range(64)]
+REPO = Path(__file__).resolve().parents[1]
+BLUEPRINT = Path("blueprints/automation/localcam/doorbell_cast.yaml")
+MEDIA_NS = "urn:x-cast:com.google.cast.media"
+APP_MEDIA_RECEIVER = "CC1AD845"
+APP_BACKDROP = "E8C28D3C"
+RECEIVER_UUID = uuid.UUID("9c0b0a4e-6d3a-4b4e-9b1c-2f5c7a1d0e01")
+RECEIVER = "media_player.kitchen_display"
+# A person's media: what LocalCam must not interrupt without force.
+PERSON_MEDIA = "https://example.com/music/song.mp3"
+WAIT = 10.0  # bound on every wait for something to happen
+
+
+# ---------------------------------------------------------------------------
+# The Cast device, at pychromecast's boundary
+# ---------------------------------------------------------------------------
+
+
+class FakeCastDevice:
+    """A Nest Hub as pychromecast sees it: LOADs in, statuses out.
+
+    The Chromecast, its socket client and controllers are autospecced from
+    pychromecast; the fake keeps the device's state (running app, media) and
+    reports it through the listeners Home Assistant registered, with
+    pychromecast's own CastStatus / MediaStatus / ConnectionStatus models.
+    """
+
+    def __init__(self, cast_info: CastInfo) -> None:
+        """Build the autospecced Chromecast around the device state."""
+        self.cast_info = cast_info
+        self.loads: list[dict[str, Any]] = []
+        self.commands: list[str] = []
+        self.auto_play = True
+        self.app_id: str | None = APP_BACKDROP
+        self.media: dict[str, Any] | None = None
+        self._session = 0
+        self._cast_listener: Any = None
+        self._media_listener: Any = None
+        self.connection_listener: Any = None
+
+        socket_client = create_autospec(SocketClient, instance=True)
+        socket_client.app_namespaces = []
+        socket_client.receiver_controller = create_autospec(ReceiverController, instance=True)
+        socket_client.receiver_controller.app_id = None
+        socket_client.receiver_controller.launch_app.side_effect = self._launch_app
+        socket_client.send_app_message.side_effect = self._send_app_message
+        media_controller = create_autospec(MediaController, instance=True)
+        media_controller.status = MediaStatus()
+        media_controller.register_status_listener.side_effect = self._set_media_listener
+        media_controller.stop.side_effect = self._stop_media
+        socket_client.media_controller = media_controller
+        self.socket_client = socket_client
+
+        chromecast = create_autospec(pychromecast.Chromecast, instance=True)
+        chromecast.cast_info = cast_info
+        chromecast.uuid = cast_info.uuid
+        chromecast.cast_type = cast_info.cast_type
+        chromecast.ignore_cec = False
+        chromecast.socket_client = socket_client
+        chromecast.media_controller = media_controller
+        chromecast.status = None
+        chromecast.app_id = None
+        chromecast.app_display_name = None
+        chromecast.is_idle = True
+        chromecast.register_handler = MagicMock(side_effect=self._register_handler)
+        chromecast.unregister_handler = MagicMock()
+        chromecast.register_status_listener = MagicMock(side_effect=self._set_cast_listener)
+        chromecast.register_connection_listener = MagicMock(
+            side_effect=self._set_connection_listener
+        )
+        chromecast.register_launch_error_listener = MagicMock()
+        chromecast.quit_app.side_effect = self._quit_app
+        self.chromecast = chromecast
+
+    # -- what Home Assistant calls (pychromecast API) --
+
+    def _register_handler(self, controller: Any) -> None:
+        controller.registered(self.socket_client)
+
+    def _set_cast_listener(self, listener: Any) -> None:
+        self._cast_listener = listener
+
+    def _set_media_listener(self, listener: Any) -> None:
+        self._media_listener = listener
+
+    def _set_connection_listener(self, listener: Any) -> None:
+        self.connection_listener = listener
+
+    def _launch_app(
+        self, app_id: str, *, force_launch: bool = False, callback_function: Any = None
+    ) -> None:
+        self.commands.append(f"launch {app_id}")
+        self._set_app(app_id)
+        self.media = None
+        self._report_media()
+        if callback_function:
+            callback_function(True, None)
+
+    def _send_app_message(self, namespace: str, message: dict[str, Any], **kwargs: Any) -> None:
+        callback_function = kwargs.get("callback_function")
+        if namespace == MEDIA_NS and message.get("type") == "LOAD":
+            self.loads.append(message)
+            self._session += 1
+            self.media = {
+                "mediaSessionId": self._session,
+                "playerState": "PLAYING" if self.auto_play else "BUFFERING",
+                "media": message["media"],
+            }
+            self._report_media()
+        if callback_function:
+            callback_function(True, {"type": "MEDIA_STATUS"})
+
+    def _stop_media(self, *args: Any, **kwargs: Any) -> None:
+        self.commands.append("media_stop")
+        if self.media is not None:
+            self.media = {**self.media, "playerState": "IDLE", "idleReason": "CANCELLED"}
+        self._report_media()
+
+    def _quit_app(self, *args: Any, **kwargs: Any) -> None:
+        self.commands.append("quit_app")
+        self._set_app(APP_BACKDROP)
+        self.media = None
+        self._report_media()
+
+    # -- what the test drives (the device's own behaviour) --
+
+    def _set_app(self, app_id: str | None) -> None:
+        self.app_id = app_id
+        media_app = app_id not in (None, APP_BACKDROP)
+        self.socket_client.app_namespaces = [MEDIA_NS] if media_app else []
+        self.socket_client.receiver_controller.app_id = app_id
+        names = {APP_MEDIA_RECEIVER: "Default Media Receiver", APP_BACKDROP: "Backdrop"}
+        status = CastStatus(
+            is_active_input=True,
+            is_stand_by=False,
+            volume_level=0.5,
+            volume_muted=False,
+            app_id=app_id,
+            display_name=names.get(app_id or "", app_id),
+            namespaces=list(self.socket_client.app_namespaces),
+            session_id="session" if media_app else None,
+            transport_id="transport" if media_app else None,
+            status_text="",
+            icon_url=None,
+            volume_control_type="attenuation",
+        )
+        self.chromecast.status = status
+        self.chromecast.app_id = app_id
+        self.chromecast.app_display_name = status.display_name
+        self.chromecast.is_idle = not media_app
+        if self._cast_listener is not None:
+            self._cast_listener.new_cast_status(status)
+
+    def _report_media(self) -> None:
+        status = MediaStatus()
+        if self.media is not None:
+            status.update({"status": [self.media]})
+        self.socket_client.media_controller.status = status
+        if self._media_listener is not None:
+            self._media_listener.new_media_status(status)
+
+    def connect(self) -> None:
+        """Report the socket connected and the ambient screen showing."""
+        assert self.connection_listener is not None
+        self.connection_listener.new_connection_status(
+            ConnectionStatus(
+                CONNECTION_STATUS_CONNECTED,
+                NetworkAddress(self.cast_info.host, self.cast_info.port),
+                None,
+            )
+        )
+        self._set_app(APP_BACKDROP)
+        self._report_media()
+
+    def connection(self, status: str) -> None:
+        """Report a connection change (LOST: unavailable; CONNECTED: back)."""
+        assert self.connection_listener is not None
+        self.connection_listener.new_connection_status(
+            ConnectionStatus(status, NetworkAddress(self.cast_info.host, self.cast_info.port), None)
+        )
+
+    def open_app(self, app_id: str) -> None:
+        """Someone opens an app that reports no media (a streaming app)."""
+        self._set_app(app_id)
+        self.media = None
+        self._report_media()
+
+    def person_plays(self, content_id: str = PERSON_MEDIA) -> None:
+        """A person casts their own media from a phone."""
+        self._set_app(APP_MEDIA_RECEIVER)
+        self._session += 1
+        self.media = {
+            "mediaSessionId": self._session,
+            "playerState": "PLAYING",
+            "media": {
+                "contentId": content_id,
+                "contentType": "audio/mp3",
+                "streamType": "BUFFERED",
+            },
+        }
+        self._report_media()
+
+    def drop_to_ambient(self) -> None:
+        """The Nest Hub gives up on the media and returns to its ambient screen."""
+        self._set_app(APP_BACKDROP)
+        self.media = None
+        self._report_media()
+
+    def player_idles(self, reason: str = "ERROR") -> None:
+        """The player stops (stream error, finished) but the app stays."""
+        if self.media is not None:
+            self.media = {**self.media, "playerState": "IDLE", "idleReason": reason}
+        self._report_media()
+
+
+def _cast_info(host: str = "127.0.0.1") -> CastInfo:
+    """A Nest Hub's mDNS data (host on loopback: nothing ever connects to it)."""
+    return CastInfo(
+        services={HostServiceInfo(host, 8009)},
+        uuid=RECEIVER_UUID,
+        model_name="Google Nest Hub",
+        friendly_name="Kitchen display",
+        host=host,
+        port=8009,
+        cast_type=CAST_TYPE_CHROMECAST,
+        manufacturer="Google Inc.",
+    )
+
+
+@pytest.fixture
+def cast_mocks() -> Iterator[dict[str, MagicMock]]:
+    """Patch pychromecast at every import site Home Assistant's cast uses."""
+    mocks = {
+        "browser": MagicMock(spec=CastBrowser),
+        "get_cast_type": create_autospec(pychromecast.dial.get_cast_type),
+        "get_multizone_status": create_autospec(pychromecast.dial.get_multizone_status),
+        "multizone": MagicMock(spec_set=MultizoneManager),
+        "get_chromecast": create_autospec(pychromecast.get_chromecast_from_cast_info),
+    }
+    mocks["multizone"].get_multizone_memberships.return_value = []
+    ignore_cec = list(pychromecast.IGNORE_CEC)
+    with ExitStack() as stack:
+        stack.enter_context(
+            patch(
+                "homeassistant.components.cast.discovery.pychromecast.discovery.CastBrowser",
+                mocks["browser"],
+            )
+        )
+        stack.enter_context(
+            patch(
+                "homeassistant.components.cast.helpers.dial.get_cast_type", mocks["get_cast_type"]
+            )
+        )
+        stack.enter_context(
+            patch(
+                "homeassistant.components.cast.helpers.dial.get_multizone_status",
+                mocks["get_multizone_status"],
+            )
+        )
+        stack.enter_context(
+            patch(
+                "homeassistant.components.cast.media_player.MultizoneManager",
+                return_value=mocks["multizone"],
+            )
+        )
+        stack.enter_context(
+            patch(
+                "homeassistant.components.cast.media_player.zeroconf.async_get_instance",
+                AsyncMock(),
+            )
+        )
+        stack.enter_context(
+            patch(
+                "homeassistant.components.cast.media_player.pychromecast.get_chromecast_from_cast_info",
+                mocks["get_chromecast"],
+            )
+        )
+        yield mocks
+    pychromecast.IGNORE_CEC = ignore_cec
+
+
+@pytest.fixture
+async def receiver(hass: HomeAssistant, cast_mocks: dict[str, MagicMock]) -> FakeCastDevice:
+    """A Nest Hub discovered by HA's real cast integration, as media_player.kitchen_display."""
+    info = _cast_info()
+    device = FakeCastDevice(info)
+    cast_mocks["get_chromecast"].return_value = device.chromecast
+    entry = MockConfigEntry(
+        domain=CAST_DOMAIN, data={"ignore_cec": [], "known_hosts": [], "uuid": []}
+    )
+    entry.add_to_hass(hass)
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    # HA starts discovery in a worker thread: wait for the CastListener it
+    # hands the (mocked) browser, then drive discovery by hand.
+    await _wait_for(hass, lambda: cast_mocks["browser"].call_args is not None)
+    listener = cast_mocks["browser"].call_args[0][0]
+    cast_mocks["browser"].return_value.devices = {info.uuid: info}
+    await hass.async_add_executor_job(listener.add_cast, info.uuid, None)
+    # The entity connects in a background task.
+    await _wait_for(hass, lambda: device.connection_listener is not None)
+    assert cast_mocks["get_chromecast"].call_count == 1
+    # pychromecast reports from its socket thread; so does the fake.
+    await hass.async_add_executor_job(device.connect)
+    await hass.async_block_till_done()
+    state = hass.states.get(RECEIVER)
+    assert state is not None
+    assert state.state == "off"  # the ambient screen
+    return device
+
+
+async def _report(hass: HomeAssistant, action: Callable[[], None]) -> None:
+    """Run a device-side change from a worker thread, as pychromecast does."""
+    await hass.async_add_executor_job(action)
+    await hass.async_block_till_done()
+
+
+@pytest.fixture
+async def http_port(
+    hass: HomeAssistant, hass_client_no_auth: Any, localcam: None, receiver: FakeCastDevice
+) -> int:
+    """Serve HA's HTTP app on 127.0.0.1 and make it HA's internal URL.
+
+    Last, once every component has registered its views.
+    """
+    client = await hass_client_no_auth()
+    port: int = client.port
+    hass.config.internal_url = f"http://127.0.0.1:{port}"
+    return port
+
+
+async def _camera_entity(hass: HomeAssistant, cam: VirtualCamera, **kwargs: Any) -> str:
+    entry = make_entry(cam, **kwargs)
+    await setup_entry(hass, entry)
+    entity_id = er.async_get(hass).async_get_entity_id("camera", DOMAIN, f"{entry.unique_id}_main")
+    assert entity_id is not None
+    return entity_id
+
+
+@pytest.fixture
+async def localcam(hass: HomeAssistant) -> None:
+    """LocalCam's component: actions, views and the cast manager.
+
+    async_setup_cast / async_setup_services are idempotent, so this works
+    before and after __init__.async_setup calls them itself.
+    """
+    assert await async_setup_component(hass, DOMAIN, {})
+    async_setup_services(hass)
+    async_setup_services(hass)  # idempotent
+    async_setup_cast(hass)
+
+
+@pytest.fixture(autouse=True)
+async def _stop_streams(hass: HomeAssistant) -> AsyncIterator[None]:
+    """After each test, stop the cameras' HLS outputs (and their idle timers)."""
+    yield
+    component = hass.data.get(CAMERA_DATA_COMPONENT)
+    for entity in list(component.entities) if component is not None else []:
+        if (stream := getattr(entity, "stream", None)) is not None:
+            for provider in list(stream.outputs().values()):
+                await stream.remove_provider(provider)
+    await hass.async_block_till_done()
+
+
+@pytest.fixture
+async def porch(hass: HomeAssistant, localcam: None, camera: VirtualCamera) -> str:
+    """The porch camera, set up, with the cast machinery and an internal URL."""
+    return await _camera_entity(hass, camera)
+
+
+@pytest.fixture
+async def receiver_session() -> AsyncIterator[aiohttp.ClientSession]:
+    """The simulated receiver's HTTP client (it only ever talks to 127.0.0.1)."""
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture(autouse=True)
+def _fast_lifecycle() -> Iterator[None]:
+    """Short settle and backoff times so keep-alive runs in test time."""
+    with (
+        patch.object(cast_module, "RECAST_SETTLE", 0.05),
+        patch.object(cast_module, "RECAST_BACKOFF", (0.05, 0.1, 0.2)),
+    ):
+        yield
+
+
+async def _cast(hass: HomeAssistant, camera: str, **data: Any) -> None:
+    await hass.services.async_call(
+        DOMAIN,
+        "cast",
+        {"entity_id": camera, "media_player": RECEIVER, **data},
+        blocking=True,
+    )
+    await hass.async_block_till_done()
+
+
+async def _wait_for(hass: HomeAssistant, predicate: Callable[[], bool]) -> None:
+    """Wait, bounded, until the predicate holds."""
+    deadline = time.monotonic() + WAIT
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await hass.async_block_till_done()
+        await asyncio.sleep(0.02)
+
+
+# ---------------------------------------------------------------------------
+# The simulated receiver
+# ---------------------------------------------------------------------------
+
+
+async def _get(session: aiohttp.ClientSession, url: str | yarl.URL) -> tuple[int, bytes]:
+    async with asyncio.timeout(WAIT), session.get(url) as resp:
+        return resp.status, await resp.read()
+
+
+def _media_lines(playlist: str) -> list[str]:
+    return [line for line in playlist.splitlines() if line and not line.startswith("#")]
+
+
+def _decode_first_frame(data: bytes) -> np.ndarray:
+    """Demux fMP4 (init + media) with PyAV and decode the first picture."""
+    with av.open(io.BytesIO(data), format="mp4") as container:
+        for frame in container.decode(video=0):
+            return frame.to_ndarray(format="rgb24")
+    raise AssertionError("no frame decoded")
+
+
+def _play_with_ffmpeg_hls(url: str) -> np.ndarray:
+    """Open the cast URL with libavformat's HLS demuxer and decode one frame."""
+    options = {"rw_timeout": "5000000", "live_start_index": "0"}
+    with av.open(url, format="hls", options=options, timeout=WAIT) as container:
+        for frame in container.decode(video=0):
+            return frame.to_ndarray(format="rgb24")
+    raise AssertionError("no frame decoded")
+
+
+def _camera_index(rgb: np.ndarray) -> int:
+    height, width, _ = rgb.shape
+    centre = rgb[height // 4 : 3 * height // 4, width // 4 : 3 * width // 4].reshape(-1, 3)
+    return nearest_camera(np.median(centre, axis=0), PALETTE)
+
+
+async def _play_live(
+    hass: HomeAssistant, session: aiohttp.ClientSession, url: str
+) -> tuple[int, str]:
+    """Fetch the playlist, the init section and parts until a frame decodes."""
+    status, body = await _get(session, url)
+    assert status == HTTPStatus.OK
+    playlist = body.decode()
+    base = yarl.URL(url)
+    init_uri = next(
+        line.split('URI="', 1)[1].rstrip('"')
+        for line in playlist.splitlines()
+        if line.startswith("#EXT-X-MAP")
+    )
+    status, init = await _get(session, base.join(yarl.URL(init_uri)))
+    assert status == HTTPStatus.OK
+    media = b""
+    for uri in _media_lines(playlist):
+        status, part = await _get(session, base.join(yarl.URL(uri)))
+        assert status == HTTPStatus.OK
+        media += part
+        try:
+            rgb = await hass.async_add_executor_job(_decode_first_frame, init + media)
+        except AssertionError, av.error.FFmpegError:
+            continue
+        return _camera_index(rgb), playlist
+    raise AssertionError("no decodable frame in the playlist")
+
+
+# ---------------------------------------------------------------------------
+# Tests
+# ---------------------------------------------------------------------------
+
+
+async def test_live_cast_plays_the_right_camera(
+    hass: HomeAssistant,
+    porch: str,
+    receiver: FakeCastDevice,
+    receiver_session: aiohttp.ClientSession,
+    http_port: int,
+) -> None:
+    """The LOAD carries an absolute LAN URL with our token; it plays the porch camera."""
+    started = async_capture_events(hass, EVENT_CAST_STARTED)
+    await _cast(hass, porch, mode="live", duration=60)
+
+    assert len(receiver.loads) == 1
+    load = receiver.loads[0]
+    media = load["media"]
+    url = yarl.URL(media["contentId"])
+    assert url.scheme == "http"
+    assert url.host == "127.0.0.1"
+    assert url.port == http_port
+    assert url.query_string  # a query: Cast must not sign it
+    assert "authSig" not in url.query
+    parts = url.path.split("/")
+    assert parts[:4] == ["", "api", "localcam", "cast"]
+    token = parts[4]
+    assert len(token) == 43
+    assert parts[5:] == [porch, "live", "playlist.m3u8"]
+    assert media["contentType"] == "application/vnd.apple.mpegurl"
+    assert media["streamType"] == "LIVE"
+    assert media["hlsVideoSegmentFormat"] == "fmp4"
+    assert receiver.commands == [f"launch {APP_MEDIA_RECEIVER}"]
+    assert hass.states.get(RECEIVER).state == "playing"  # type: ignore[union-attr]
+    assert [e.data for e in started] == [
+        {
+            "entity_id": porch,
+            "media_player": RECEIVER,
+            "mode": "live",
+            "duration": 60,
+            "keep_alive": True,
+        }
+    ]
+
+    index, playlist = await _play_live(hass, receiver_session, str(url))
+    assert index == 0  # the porch camera's colour
+    # A plain playlist: no LL-HLS tags a Cast or Chromium player would trip on.
+    assert "#EXT-X-PART" not in playlist
+    assert "#EXT-X-PRELOAD-HINT" not in playlist
+    assert "#EXT-X-SERVER-CONTROL" not in playlist
+    # An independent HLS client, FFmpeg's own demuxer, plays the URL as given.
+    rgb = await hass.async_add_executor_job(_play_with_ffmpeg_hls, str(url))
+    assert _camera_index(rgb) == 0
+    await hass.services.async_call(DOMAIN, "stop_cast", {"media_player": RECEIVER}, blocking=True)
+
+
+def _token(url: str) -> str:
+    return yarl.URL(url).path.split("/")[4]
+
+
+def _last_url(receiver: FakeCastDevice) -> str:
+    url: str = receiver.loads[-1]["media"]["contentId"]
+    return url
+
+
+async def test_snapshot_cast_shows_a_fresh_still(
+    hass: HomeAssistant,
+    porch: str,
+    receiver: FakeCastDevice,
+    http_port: int,
+    receiver_session: aiohttp.ClientSession,
+) -> None:
+    """Snapshot mode LOADs image/jpeg; the URL serves the porch camera's picture."""
+    await _cast(hass, porch, mode="snapshot", refresh=2, duration=30)
+    media = receiver.loads[-1]["media"]
+    assert media["contentType"] == "image/jpeg"
+    url = yarl.URL(media["contentId"])
+    assert url.host == "127.0.0.1"
+    assert url.path.endswith(f"/{porch}/snapshot.jpg")
+    assert url.query == {"v": "1"}
+    status, body = await _get(receiver_session, url)
+    assert status == HTTPStatus.OK
+    rgb = await hass.async_add_executor_job(_decode_jpeg, body)
+    assert _camera_index(rgb) == 0
+    # The refresh re-sends the LOAD with a new cache-busting query.
+    await _wait_for(hass, lambda: len(receiver.loads) >= 2)
+    refreshed = yarl.URL(_last_url(receiver))
+    assert refreshed.query == {"v": "2"}
+    assert refreshed.path == url.path
+    status, body = await _get(receiver_session, refreshed)
+    assert status == HTTPStatus.OK
+    assert body[:2] == b"\xff\xd8"
+
+
+def _decode_jpeg(data: bytes) -> np.ndarray:
+    with av.open(io.BytesIO(data), format="image2pipe") as container:
+        frame = next(container.decode(video=0))
+        return frame.to_ndarray(format="rgb24")
+
+
+async def test_token_is_scoped_to_its_camera_and_mode(
+    hass: HomeAssistant,
+    porch: str,
+    rtsp_only_camera: VirtualCamera,
+    receiver: FakeCastDevice,
+    http_port: int,
+    receiver_session: aiohttp.ClientSession,
+) -> None:
+    """Another camera's path, another mode, a bad token: the same empty 404."""
+    garage = await _camera_entity(hass, rtsp_only_camera, snapshot=False)
+    await _cast(hass, porch, mode="snapshot", refresh=3600)
+    url = yarl.URL(_last_url(receiver))
+    token = _token(str(url))
+    status, _ = await _get(receiver_session, url)
+    assert status == HTTPStatus.OK
+    base = f"http://127.0.0.1:{http_port}/api/localcam/cast"
+    refused = [
+        f"{base}/{token}/{garage}/snapshot.jpg?v=1",  # another camera
+        f"{base}/{token}/{porch}/live/playlist.m3u8?v=1",  # another mode
+        f"{base}/{token}/{porch}/live/segment/0.0.m4s",
+        f"{base}/{token[:-1]}{'B' if token.endswith('A') else 'A'}/{porch}/snapshot.jpg?v=1",
+        f"{base}/{token[:-2]}/{porch}/snapshot.jpg?v=1",  # malformed token
+        f"{base}/{token}/camera.nope/snapshot.jpg?v=1",
+        f"{base}/{token}/{porch}/../../hls/x",
+        f"{base}/",
+    ]
+    for target in refused:
+        async with asyncio.timeout(WAIT), receiver_session.get(target) as resp:
+            assert resp.status == HTTPStatus.NOT_FOUND, target
+            assert await resp.read() == b""
+    # The token itself still works for what it was made for.
+    status, _ = await _get(receiver_session, url)
+    assert status == HTTPStatus.OK
+
+
+async def test_stop_cast_revokes_and_restores(
+    hass: HomeAssistant,
+    porch: str,
+    receiver: FakeCastDevice,
+    http_port: int,
+    receiver_session: aiohttp.ClientSession,
+) -> None:
+    """stop_cast: 404 at once, the app quits back to ambient, event reason stopped."""
+    ended = async_capture_events(hass, EVENT_CAST_ENDED)
+    await _cast(hass, porch, mode="snapshot", refresh=3600)
+    url = _last_url(receiver)
+    assert (await _get(receiver_session, url))[0] == HTTPStatus.OK
+    await hass.services.async_call(DOMAIN, "stop_cast", {"media_player": RECEIVER}, blocking=True)
+    started = time.monotonic()
+    assert (await _get(receiver_session, url))[0] == HTTPStatus.NOT_FOUND
+    assert time.monotonic() - started < 10
+    await hass.async_block_till_done()
+    assert [e.data["reason"] for e in ended] == ["stopped"]
+    # It was on its ambient screen: quit the app, do not leave it idle.
+    assert receiver.commands[-1] == "quit_app"
+    assert hass.states.get(RECEIVER).state == "off"  # type: ignore[union-attr]
+    # Stopping again is a no-op, not an error.
+    await hass.services.async_call(DOMAIN, "stop_cast", {"media_player": RECEIVER}, blocking=True)
+
+
+async def test_idle_media_receiver_is_left_idle(
+    hass: HomeAssistant, porch: str, receiver: FakeCastDevice, http_port: int
+) -> None:
+    """A receiver found idle in the media receiver gets media_stop, not quit."""
+
+    def idle_app() -> None:
+        receiver.person_plays()
+        receiver.player_idles("FINISHED")
+
+    await _report(hass, idle_app)
+    assert hass.states.get(RECEIVER).state == "idle"  # type: ignore[union-attr]
+    await _cast(hass, porch, mode="snapshot", refresh=3600)
+    await hass.services.async_call(DOMAIN, "stop_cast", {"media_player": RECEIVER}, blocking=True)
+    await hass.async_block_till_done()
+    assert receiver.commands[-1] == "media_stop"
+    assert "quit_app" not in receiver.commands
+
+
+async def test_replacement_revokes_the_old_token(
+    hass: HomeAssistant,
+    porch: str,
+    rtsp_only_camera: VirtualCamera,
+    receiver: FakeCastDevice,
+    http_port: int,
+    receiver_session: aiohttp.ClientSession,
+) -> None:
+    """Casting another camera to the receiver replaces ours: old URL 404, no force needed."""
+    garage = await _camera_entity(hass, rtsp_only_camera, snapshot=False)
+    ended = async_capture_events(hass, EVENT_CAST_ENDED)
+    started = async_capture_events(hass, EVENT_CAST_STARTED)
+    await _cast(hass, porch, mode="snapshot", refresh=3600)
+    first = _last_url(receiver)
+    await _cast(hass, garage, mode="snapshot", refresh=3600)
+    second = _last_url(receiver)
+    assert _token(first) != _token(second)
+    assert (await _get(receiver_session, first))[0] == HTTPStatus.NOT_FOUND
+    status, body = await _get(receiver_session, second)
+    assert status == HTTPStatus.OK
+    assert _camera_index(await hass.async_add_executor_job(_decode_jpeg, body)) == 1
+    assert [(e.data["entity_id"], e.data["reason"]) for e in ended] == [(porch, "replaced")]
+    assert [e.data["entity_id"] for e in started] == [porch, garage]
+    # Replacing did not stop the app in between.
+    assert "quit_app" not in receiver.commands
+    # The receiver still goes back to how the first cast found it.
+    await hass.services.async_call(DOMAIN, "stop_cast", {"media_player": RECEIVER}, blocking=True)
+    assert receiver.commands[-1] == "quit_app"
+
+
+async def test_unload_revokes(
+    hass: HomeAssistant,
+    porch: str,
+    receiver: FakeCastDevice,
+    http_port: int,
+    receiver_session: aiohttp.ClientSession,
+) -> None:
+    """Unloading the camera's entry ends its casts and kills their tokens."""
+    ended = async_capture_events(hass, EVENT_CAST_ENDED)
+    await _cast(hass, porch, mode="snapshot", refresh=3600)
+    url = _last_url(receiver)
+    entry = hass.config_entries.async_entries(DOMAIN)[0]
+    manager = hass.data[DATA_CAST]
+    # What async_unload_entry does (idempotent: harmless once it is wired there).
+    await async_stop_camera_casts(hass, entry.data["camera_id"])
+    assert await hass.config_entries.async_unload(entry.entry_id)
+    await hass.async_block_till_done()
+    assert (await _get(receiver_session, url))[0] == HTTPStatus.NOT_FOUND
+    assert [e.data["reason"] for e in ended] == ["unload"]
+    assert receiver.commands[-1] == "quit_app"
+    assert len(manager.links) == 0
+
+
+async def test_duration_end(
+    hass: HomeAssistant,
+    porch: str,
+    receiver: FakeCastDevice,
+    http_port: int,
+    receiver_session: aiohttp.ClientSession,
+) -> None:
+    """At the end of the duration: 404, the app quits, event reason duration."""
+    ended = async_capture_events(hass, EVENT_CAST_ENDED)
+    await _cast(hass, porch, mode="snapshot", refresh=3600, duration=2)
+    url = _last_url(receiver)
+    assert (await _get(receiver_session, url))[0] == HTTPStatus.OK
+    await _wait_for(hass, lambda: bool(ended))
+    assert [e.data["reason"] for e in ended] == ["duration"]
+    assert (await _get(receiver_session, url))[0] == HTTPStatus.NOT_FOUND
+    await _wait_for(hass, lambda: receiver.commands[-1] == "quit_app")
+
+
+async def test_token_expires_on_its_own(
+    hass: HomeAssistant,
+    porch: str,
+    receiver: FakeCastDevice,
+    http_port: int,
+    receiver_session: aiohttp.ClientSession,
+) -> None:
+    """A token nobody revokes dies at duration + grace (the clock moved by freezegun)."""
+    manager = hass.data[DATA_CAST]
+    entry = hass.config_entries.async_entries(DOMAIN)[0]
+    grant = CastGrant(entry.data["camera_id"], "media_player.elsewhere", CastMode.SNAPSHOT)
+    token = manager.links.issue(grant, duration=30)
+    url = f"http://127.0.0.1:{http_port}/api/localcam/cast/{token}/{porch}/snapshot.jpg?v=1"
+    assert (await _get(receiver_session, url))[0] == HTTPStatus.OK
+    now = dt_util.utcnow()
+    # The loop keeps real time (real_asyncio); only the wall clock moves.
+    with freeze_time(now + timedelta(seconds=30 + manager.links.grace - 1), real_asyncio=True):
+        assert (await _get(receiver_session, url))[0] == HTTPStatus.OK
+    with freeze_time(now + timedelta(seconds=30 + manager.links.grace), real_asyncio=True):
+        assert (await _get(receiver_session, url))[0] == HTTPStatus.NOT_FOUND
+    assert len(manager.links) == 0  # and it is gone for good
+
+
+@pytest.mark.parametrize(
+    ("internal_url", "use_ssl"),
+    [
+        ("http://203.0.113.10:8123", False),  # a public address
+        ("http://169.254.169.254:8123", False),  # cloud metadata, never
+        (None, True),  # with http: ssl, get_url refuses IPs: nothing left
+    ],
+)
+async def test_no_lan_url_is_refused_with_a_repair(
+    hass: HomeAssistant,
+    porch: str,
+    receiver: FakeCastDevice,
+    http_port: int,
+    internal_url: str | None,
+    use_ssl: bool,
+) -> None:
+    """Without a LAN URL: a translated error, a repair issue, and no LOAD at all."""
+    hass.config.internal_url = internal_url
+    assert hass.config.api is not None
+    hass.config.api.use_ssl = use_ssl
+    if use_ssl:
+        hass.config.api.local_ip = "10.0.0.5"
+    with pytest.raises(HomeAssistantError) as err:
+        await _cast(hass, porch, mode="snapshot")
+    assert err.value.translation_domain == DOMAIN
+    assert err.value.translation_key == "cast_no_internal_url"
+    assert receiver.loads == []
+    issue = ir.async_get(hass).async_get_issue(DOMAIN, ISSUE_NO_INTERNAL_URL)
+    assert issue is not None
+    assert issue.translation_key == ISSUE_NO_INTERNAL_URL
+    # Fixed: the next cast works and the repair goes away.
+    hass.config.api.use_ssl = False
+    hass.config.internal_url = f"http://127.0.0.1:{http_port}"
+    await _cast(hass, porch, mode="snapshot", refresh=3600)
+    assert len(receiver.loads) == 1
+    assert ir.async_get(hass).async_get_issue(DOMAIN, ISSUE_NO_INTERNAL_URL) is None
+
+
+async def test_detected_lan_ip_without_internal_url(
+    hass: HomeAssistant, porch: str, receiver: FakeCastDevice, http_port: int
+) -> None:
+    """No internal URL set: HA's detected LAN IP is used, as an IP literal."""
+    hass.config.internal_url = None
+    await _cast(hass, porch, mode="snapshot", refresh=3600)
+    url = yarl.URL(_last_url(receiver))
+    assert hass.config.api is not None
+    assert (url.host, url.port) == (hass.config.api.local_ip, hass.config.api.port)
+
+
+async def test_keep_alive_recasts_after_a_drop(
+    hass: HomeAssistant,
+    porch: str,
+    receiver: FakeCastDevice,
+    http_port: int,
+    receiver_session: aiohttp.ClientSession,
+) -> None:
+    """The hub drops to its ambient screen: LocalCam re-casts the same live URL."""
+    await _cast(hass, porch, mode="live", duration=120)
+    first = _last_url(receiver)
+    await _report(hass, receiver.drop_to_ambient)
+    await _wait_for(hass, lambda: len(receiver.loads) == 2)
+    await hass.async_block_till_done()
+    again = _last_url(receiver)
+    assert yarl.URL(again).path == yarl.URL(first).path  # same token, renewed
+    assert hass.states.get(RECEIVER).state == "playing"  # type: ignore[union-attr]
+    index, _ = await _play_live(hass, receiver_session, again)
+    assert index == 0
+    # A stream error on the receiver (player idle, app up) is a drop too.
+    await _report(hass, receiver.player_idles)
+    await _wait_for(hass, lambda: len(receiver.loads) == 3)
+    diagnostics = hass.data[DATA_CAST].diagnostics()
+    assert diagnostics[RECEIVER]["recasts"] == 2
+    assert diagnostics[RECEIVER]["last_idle_reason"] == "receiver_idle"
+
+
+async def test_keep_alive_gives_up_after_bounded_retries(
+    hass: HomeAssistant,
+    porch: str,
+    receiver: FakeCastDevice,
+    http_port: int,
+    receiver_session: aiohttp.ClientSession,
+) -> None:
+    """A receiver that keeps refusing gets a bounded number of re-casts, then receiver_lost."""
+    ended = async_capture_events(hass, EVENT_CAST_ENDED)
+    await _cast(hass, porch, mode="snapshot", refresh=3600)
+    url = _last_url(receiver)
+    attempts: list[str] = []
+
+    def refuse(namespace: str, message: dict[str, Any], **kwargs: Any) -> None:
+        attempts.append(message["type"])
+        kwargs["callback_function"](False, None)
+
+    receiver.socket_client.send_app_message.side_effect = refuse
+    await _report(hass, receiver.drop_to_ambient)
+    await _wait_for(hass, lambda: bool(ended))
+    assert [e.data["reason"] for e in ended] == ["receiver_lost"]
+    assert attempts == ["LOAD"] * len(cast_module.RECAST_BACKOFF)
+    assert (await _get(receiver_session, url))[0] == HTTPStatus.NOT_FOUND
+
+
+async def test_stop_during_a_keep_alive_backoff(
+    hass: HomeAssistant, porch: str, receiver: FakeCastDevice, http_port: int
+) -> None:
+    """Stopping while a re-cast waits: no re-cast, and a receiver already off stays off."""
+    with patch.object(cast_module, "RECAST_BACKOFF", (30.0,)):
+        await _cast(hass, porch, mode="snapshot", refresh=3600)
+        await _report(hass, receiver.drop_to_ambient)
+        await asyncio.sleep(0.1)  # the check runs after the (patched) settle time
+        session = hass.data[DATA_CAST].session_for(RECEIVER)
+        assert session is not None
+        assert session.recasting
+        await hass.services.async_call(
+            DOMAIN, "stop_cast", {"media_player": RECEIVER}, blocking=True
+        )
+        await hass.async_block_till_done()
+    assert not session.recasting
+    assert len(receiver.loads) == 1
+    assert "quit_app" not in receiver.commands  # it was back on ambient already
+
+
+async def test_person_casting_during_the_backoff_wins(
+    hass: HomeAssistant, porch: str, receiver: FakeCastDevice, http_port: int
+) -> None:
+    """A drop, then someone casts before our re-cast: the cast ends as replaced."""
+    ended = async_capture_events(hass, EVENT_CAST_ENDED)
+    with patch.object(cast_module, "RECAST_BACKOFF", (0.3,)):
+        await _cast(hass, porch, mode="snapshot", refresh=3600)
+        await _report(hass, receiver.drop_to_ambient)
+        await asyncio.sleep(0.1)
+        await _report(hass, receiver.person_plays)
+        await _wait_for(hass, lambda: bool(ended))
+    assert [e.data["reason"] for e in ended] == ["replaced"]
+    assert len(receiver.loads) == 1
+    assert hass.data[DATA_CAST].diagnostics()[RECEIVER]["last_idle_reason"] == "other_media"
+
+
+async def test_without_keep_alive_a_drop_ends_the_cast(
+    hass: HomeAssistant, porch: str, receiver: FakeCastDevice, http_port: int
+) -> None:
+    """keep_alive false: no re-cast; the cast ends with receiver_lost."""
+    ended = async_capture_events(hass, EVENT_CAST_ENDED)
+    await _cast(hass, porch, mode="snapshot", refresh=3600, keep_alive=False)
+    await _report(hass, receiver.drop_to_ambient)
+    await _wait_for(hass, lambda: bool(ended))
+    assert [e.data["reason"] for e in ended] == ["receiver_lost"]
+    assert len(receiver.loads) == 1
+
+
+async def test_a_persons_media_needs_force(
+    hass: HomeAssistant, porch: str, receiver: FakeCastDevice, http_port: int
+) -> None:
+    """Playing someone's music: refused without force; with force, cast, then quit at stop."""
+    await _report(hass, receiver.person_plays)
+    with pytest.raises(ServiceValidationError) as err:
+        await _cast(hass, porch, mode="snapshot")
+    assert err.value.translation_key == "cast_receiver_busy"
+    assert err.value.translation_placeholders["entity_id"] == RECEIVER
+    assert receiver.loads == []
+    await _cast(hass, porch, mode="snapshot", refresh=3600, force=True)
+    assert len(receiver.loads) == 1
+    await hass.services.async_call(DOMAIN, "stop_cast", {"media_player": RECEIVER}, blocking=True)
+    # Their media cannot be resumed; back to the ambient screen.
+    assert receiver.commands[-1] == "quit_app"
+
+
+async def test_a_person_taking_over_is_not_fought(
+    hass: HomeAssistant, porch: str, receiver: FakeCastDevice, http_port: int
+) -> None:
+    """Someone casts their own media over ours: the cast ends as replaced, untouched."""
+    ended = async_capture_events(hass, EVENT_CAST_ENDED)
+    await _cast(hass, porch, mode="snapshot", refresh=3600)
+    await _report(hass, receiver.person_plays)
+    await _wait_for(hass, lambda: bool(ended))
+    assert [e.data["reason"] for e in ended] == ["replaced"]
+    await asyncio.sleep(0.3)  # longer than every patched backoff
+    await hass.async_block_till_done()
+    assert len(receiver.loads) == 1
+    assert "quit_app" not in receiver.commands
+    assert hass.states.get(RECEIVER).attributes["media_content_id"] == PERSON_MEDIA  # type: ignore[union-attr]
+
+
+async def test_bad_input_is_a_translated_validation_error(
+    hass: HomeAssistant,
+    porch: str,
+    rtsp_only_camera: VirtualCamera,
+    receiver: FakeCastDevice,
+    http_port: int,
+) -> None:
+    """Two cameras, no camera, a non-Cast player: ServiceValidationError with a key."""
+    garage = await _camera_entity(hass, rtsp_only_camera, snapshot=False)
+    hass.states.async_set("media_player.tv", "off")
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"entity_id": [porch, garage], "media_player": RECEIVER}, "cast_one_camera"),
+        ({"entity_id": "camera.nope", "media_player": RECEIVER}, "cast_one_camera"),
+        ({"entity_id": porch, "media_player": "media_player.tv"}, "cast_not_a_cast_device"),
+        ({"entity_id": porch, "media_player": "light.kitchen"}, "cast_not_a_cast_device"),
+    ]
+    for data, key in cases:
+        with pytest.raises(ServiceValidationError) as err:
+            await hass.services.async_call(DOMAIN, "cast", data, blocking=True)
+        assert err.value.translation_domain == DOMAIN
+        assert err.value.translation_key == key
+    with pytest.raises(ServiceValidationError) as err:
+        await hass.services.async_call(
+            DOMAIN, "stop_cast", {"media_player": "media_player.tv"}, blocking=True
+        )
+    assert err.value.translation_key == "cast_not_a_cast_device"
+    assert receiver.loads == []
+
+
+async def test_tokens_stay_out_of_logs_and_diagnostics(
+    hass: HomeAssistant,
+    porch: str,
+    receiver: FakeCastDevice,
+    http_port: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Cast and pychromecast log the URL at debug: the token is masked everywhere."""
+    caplog.set_level(logging.DEBUG)
+    await _cast(hass, porch, mode="snapshot", refresh=3600)
+    token = _token(_last_url(receiver))
+    # HA's cast integration logs the URL it failed to play at error level.
+    await _report(hass, lambda: receiver.player_idles("ERROR"))
+    logging.getLogger("pychromecast").debug("LOAD %s", _last_url(receiver))
+    assert any("/api/localcam/cast/**REDACTED**" in r.getMessage() for r in caplog.records)
+    for record in caplog.records:
+        assert token not in record.getMessage(), record.name
+    manager = hass.data[DATA_CAST]
+    entry = hass.config_entries.async_entries(DOMAIN)[0]
+    diagnostics = manager.diagnostics(entry.data["camera_id"])
+    assert async_cast_diagnostics(hass, entry.data["camera_id"]) == diagnostics
+    assert async_cast_diagnostics(hass, "another camera") == {}
+    assert diagnostics[RECEIVER]["token"] == "**REDACTED**"
+    assert diagnostics[RECEIVER]["internal_host"] is True
+    assert diagnostics[RECEIVER]["host_is_ip"] is True
+    assert token not in json.dumps(diagnostics)
+    assert token not in repr(manager)
+    assert token not in repr(manager.session_for(RECEIVER))
+
+
+async def test_doorbell_blueprint(
+    hass: HomeAssistant,
+    porch: str,
+    receiver: FakeCastDevice,
+    http_port: int,
+    tmp_path: Path,
+) -> None:
+    """The blueprint validates, and a doorbell press casts the camera."""
+    source = REPO / BLUEPRINT
+    target = tmp_path / BLUEPRINT
+
+    def install() -> None:
+        target.parent.mkdir(parents=True)
+        shutil.copyfile(source, target)
+
+    await hass.async_add_executor_job(install)
+    hass.config.config_dir = str(tmp_path)
+    hass.states.async_set("binary_sensor.doorbell", "off")
+    assert await async_setup_component(
+        hass,
+        "automation",
+        {
+            "automation": {
+                "use_blueprint": {
+                    "path": "localcam/doorbell_cast.yaml",
+                    "input": {
+                        "trigger_sensor": "binary_sensor.doorbell",
+                        "camera": porch,
+                        "displays": [RECEIVER],
+                        "duration": 30,
+                        "cast_mode": "snapshot",
+                    },
+                }
+            }
+        },
+    )
+    await hass.async_block_till_done()
+    automations = hass.states.async_entity_ids("automation")
+    assert len(automations) == 1
+    assert hass.states.get(automations[0]).state == "on"  # type: ignore[union-attr]
+    hass.states.async_set("binary_sensor.doorbell", "on")
+    await _wait_for(hass, lambda: len(receiver.loads) == 1)
+    assert receiver.loads[0]["media"]["contentType"] == "image/jpeg"
+    assert f"/{porch}/snapshot.jpg" in _last_url(receiver)
+
+
+# ---------------------------------------------------------------------------
+# Edges: the receiver, the camera and the URL misbehave
+# ---------------------------------------------------------------------------
+
+
+async def test_receiver_unavailable(
+    hass: HomeAssistant, porch: str, receiver: FakeCastDevice, http_port: int
+) -> None:
+    """Unavailable: refused up front; lost mid-cast: bounded retries, then receiver_lost."""
+    await _report(hass, lambda: receiver.connection(CONNECTION_STATUS_LOST))
+    assert hass.states.get(RECEIVER).state == "unavailable"  # type: ignore[union-attr]
+    with pytest.raises(HomeAssistantError) as err:
+        await _cast(hass, porch, mode="snapshot")
+    assert err.value.translation_key == "cast_receiver_unavailable"
+    await _report(hass, lambda: receiver.connection(CONNECTION_STATUS_CONNECTED))
+    ended = async_capture_events(hass, EVENT_CAST_ENDED)
+    await _cast(hass, porch, mode="snapshot", refresh=3600)
+    await _report(hass, lambda: receiver.connection(CONNECTION_STATUS_LOST))
+    await _wait_for(hass, lambda: bool(ended))
+    assert [e.data["reason"] for e in ended] == ["receiver_lost"]
+    assert len(receiver.loads) == 1  # nothing is sent to a device that is gone
+    record = hass.data[DATA_CAST].diagnostics()[RECEIVER]
+    assert record["last_idle_reason"] == "receiver_unavailable"
+    assert record["recasts"] == len(cast_module.RECAST_BACKOFF)
+
+
+async def test_load_failure_is_translated(
+    hass: HomeAssistant, porch: str, receiver: FakeCastDevice, http_port: int
+) -> None:
+    """The device refuses the LOAD: cast_failed, no cast left running, token dead."""
+    started = async_capture_events(hass, EVENT_CAST_STARTED)
+
+    def refuse(namespace: str, message: dict[str, Any], **kwargs: Any) -> None:
+        kwargs["callback_function"](False, None)
+
+    receiver.socket_client.send_app_message.side_effect = refuse
+    with pytest.raises(HomeAssistantError) as err:
+        await _cast(hass, porch, mode="snapshot")
+    assert err.value.translation_key == "cast_failed"
+    assert err.value.translation_placeholders == {"entity_id": RECEIVER}
+    manager = hass.data[DATA_CAST]
+    assert len(manager.links) == 0
+    assert manager.session_for(RECEIVER) is None
+    assert started == []
+    assert manager.diagnostics()[RECEIVER]["end_reason"] == "error"
+
+
+async def test_too_many_casts(
+    hass: HomeAssistant, porch: str, receiver: FakeCastDevice, http_port: int
+) -> None:
+    """The token table is bounded; the bound is a translated error."""
+    manager = hass.data[DATA_CAST]
+    manager.links.max_links = 1
+    manager.links.issue(CastGrant("cam", "media_player.other", CastMode.LIVE), duration=60)
+    with pytest.raises(HomeAssistantError) as err:
+        await _cast(hass, porch, mode="snapshot")
+    assert err.value.translation_key == "cast_too_many"
+    assert err.value.translation_placeholders == {"limit": "1"}
+    # A camera that returns no picture at all is an error too, before any LOAD.
+    entity = get_camera_from_entity_id(hass, porch)
+    with (
+        patch.object(entity, "async_camera_image", AsyncMock(return_value=None)),
+        pytest.raises(HomeAssistantError) as err,
+    ):
+        await _cast(hass, porch, mode="snapshot")
+    assert err.value.translation_key == "cast_no_image"
+    assert receiver.loads == []
+
+
+async def test_camera_failures_in_snapshot_mode(
+    hass: HomeAssistant,
+    porch: str,
+    camera: VirtualCamera,
+    receiver: FakeCastDevice,
+    http_port: int,
+    receiver_session: aiohttp.ClientSession,
+) -> None:
+    """A broken camera: no cast; mid-cast, a 503 (never an old picture), then error."""
+    camera.fault = Fault.REFUSE
+    with pytest.raises(HomeAssistantError) as err:
+        await _cast(hass, porch, mode="snapshot")
+    assert err.value.translation_key == "cannot_connect"
+    assert receiver.loads == []
+    camera.fault = None
+    await _cast(hass, porch, mode="snapshot", refresh=3600)
+    url = _last_url(receiver)
+    camera.fault = Fault.REFUSE
+    # Once the camera's still is older than its max age: 503, empty.
+    deadline = time.monotonic() + WAIT
+    while (reply := await _get(receiver_session, url))[0] == HTTPStatus.OK:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    assert reply == (HTTPStatus.SERVICE_UNAVAILABLE, b"")
+    # The refresh notices too, and ends the cast rather than keep an old picture.
+    camera.fault = None
+    ended = async_capture_events(hass, EVENT_CAST_ENDED)
+    with patch.object(cast_module, "MAX_REFRESH_FAILURES", 1):
+        await _cast(hass, porch, mode="snapshot", refresh=2)
+        camera.fault = Fault.REFUSE
+        await _wait_for(hass, lambda: len(ended) == 2)
+    assert [e.data["reason"] for e in ended] == ["replaced", "error"]
+    assert hass.data[DATA_CAST].diagnostics()[RECEIVER]["last_idle_reason"] == "refresh_failed"
+    await _wait_for(hass, lambda: receiver.commands[-1] == "quit_app")
+
+
+async def test_live_edges(
+    hass: HomeAssistant,
+    porch: str,
+    rtsp_only_camera: VirtualCamera,
+    receiver: FakeCastDevice,
+    http_port: int,
+    receiver_session: aiohttp.ClientSession,
+) -> None:
+    """No stream, a stream too slow to start, a token revoked mid-wait, parts gone."""
+    garage = await _camera_entity(hass, rtsp_only_camera, snapshot=False)
+    entity = get_camera_from_entity_id(hass, garage)
+    manager = hass.data[DATA_CAST]
+    entry = hass.config_entries.async_entries(DOMAIN)[1]
+    token = manager.links.issue(
+        CastGrant(entry.data["camera_id"], "media_player.elsewhere", CastMode.LIVE), duration=60
+    )
+    live = f"http://127.0.0.1:{http_port}/api/localcam/cast/{token}/{garage}/live"
+    # Nothing runs yet: init and parts are 404, not a stream start.
+    for path in ("init/0.mp4", "segment/0.0.m4s"):
+        assert (await _get(receiver_session, f"{live}/{path}"))[0] == HTTPStatus.NOT_FOUND
+    assert entity.stream is None
+    with patch.object(entity, "async_create_stream", AsyncMock(return_value=None)):
+        with pytest.raises(HomeAssistantError) as err:
+            await _cast(hass, garage, mode="live")
+        assert err.value.translation_key == "cast_no_stream"
+        status, _ = await _get(receiver_session, f"{live}/playlist.m3u8")
+        assert status == HTTPStatus.SERVICE_UNAVAILABLE
+    with (
+        patch.object(cast_module, "LIVE_READY_TIMEOUT", 0.001),
+        pytest.raises(HomeAssistantError) as err,
+    ):
+        await _cast(hass, garage, mode="live")
+    assert err.value.translation_key == "cast_stream_timeout"
+    assert receiver.loads == []
+    with patch.object(cast_views, "PLAYLIST_WAIT", 0.001):
+        status, _ = await _get(receiver_session, f"{live}/playlist.m3u8")
+    assert status == HTTPStatus.SERVICE_UNAVAILABLE
+
+    async def revoke_while_waiting(track: Any, timeout: float) -> bool:
+        manager.links.revoke(token)
+        return True
+
+    with patch.object(cast_views, "async_wait_for_part", revoke_while_waiting):
+        status, _ = await _get(receiver_session, f"{live}/playlist.m3u8")
+    assert status == HTTPStatus.NOT_FOUND
+
+
+async def test_parts_outside_the_window_are_404(
+    hass: HomeAssistant,
+    porch: str,
+    receiver: FakeCastDevice,
+    http_port: int,
+    receiver_session: aiohttp.ClientSession,
+) -> None:
+    """Init of an unknown run, a part HA dropped or never made: 404."""
+    await _cast(hass, porch, mode="live")
+    live = yarl.URL(_last_url(receiver)).with_query(None).parent
+    for path in ("init/9.mp4", "segment/99999.0.m4s", "segment/0.999.m4s", "index.html"):
+        assert (await _get(receiver_session, live / path))[0] == HTTPStatus.NOT_FOUND
+    assert (await _get(receiver_session, live / "init/0.mp4"))[0] == HTTPStatus.OK
+
+
+async def test_other_app_and_still_on_screen(
+    hass: HomeAssistant, porch: str, receiver: FakeCastDevice, http_port: int
+) -> None:
+    """An idle player under a still is fine; someone opening an app ends the cast."""
+    ended = async_capture_events(hass, EVENT_CAST_ENDED)
+    await _cast(hass, porch, mode="snapshot", refresh=3600)
+    # The Default Media Receiver shows a still with its player idle.
+    await _report(hass, lambda: receiver.player_idles("FINISHED"))
+    await asyncio.sleep(0.3)
+    await hass.async_block_till_done()
+    assert ended == []
+    assert len(receiver.loads) == 1
+    await _report(hass, lambda: receiver.open_app("Netflix"))
+    await _wait_for(hass, lambda: bool(ended))
+    assert [e.data["reason"] for e in ended] == ["replaced"]
+    assert hass.data[DATA_CAST].diagnostics()[RECEIVER]["last_idle_reason"] == "other_app"
+    assert "quit_app" not in receiver.commands
+
+
+async def test_media_stop_failure_falls_back_to_quitting(
+    hass: HomeAssistant, porch: str, receiver: FakeCastDevice, http_port: int
+) -> None:
+    """If stopping the media fails, the app is quit rather than left playing."""
+
+    def idle_app() -> None:
+        receiver.person_plays()
+        receiver.player_idles("FINISHED")
+
+    await _report(hass, idle_app)
+    await _cast(hass, porch, mode="snapshot", refresh=3600)
+    receiver.socket_client.media_controller.stop.side_effect = PyChromecastError("gone")
+    await hass.services.async_call(DOMAIN, "stop_cast", {"media_player": RECEIVER}, blocking=True)
+    assert receiver.commands[-1] == "quit_app"
+
+
+async def test_lost_lease_ends_with_error(
+    hass: HomeAssistant, porch: str, receiver: FakeCastDevice, http_port: int
+) -> None:
+    """A token that can no longer be renewed ends its cast (reason error)."""
+    ended = async_capture_events(hass, EVENT_CAST_ENDED)
+    await _cast(hass, porch, mode="snapshot", refresh=3600, duration=0)
+    manager = hass.data[DATA_CAST]
+    session = manager.session_for(RECEIVER)
+    assert session is not None
+    assert session.duration is None  # 0 = until stopped
+    assert manager.links.renew(session.token)
+    manager.links.revoke_all()
+    async_fire_time_changed(hass, dt_util.utcnow() + timedelta(seconds=cast_module.RENEW_INTERVAL))
+    await _wait_for(hass, lambda: bool(ended))
+    assert [e.data["reason"] for e in ended] == ["error"]
+
+
+async def test_home_assistant_stop_revokes_everything(
+    hass: HomeAssistant, porch: str, receiver: FakeCastDevice, http_port: int
+) -> None:
+    """On shutdown every cast ends (reason unload) and every token dies."""
+    ended = async_capture_events(hass, EVENT_CAST_ENDED)
+    await _cast(hass, porch, mode="snapshot", refresh=3600)
+    manager = hass.data[DATA_CAST]
+    hass.bus.async_fire(EVENT_HOMEASSISTANT_STOP)
+    await hass.async_block_till_done()
+    assert [e.data["reason"] for e in ended] == ["unload"]
+    assert len(manager.links) == 0
+
+
+def _resolver(answers: dict[str, list[str]]) -> Any:
+    async def resolve(host: str, _port: int) -> list[str]:
+        if host not in answers:
+            raise OSError("no such host")
+        return answers[host]
+
+    return resolve
+
+
+@pytest.mark.parametrize(
+    ("internal_url", "use_ssl", "expected"),
+    [
+        # A LAN name: cast gets the address it resolves to (Cast ignores LAN DNS).
+        ("http://homeassistant.lan:{port}", False, "http://127.0.0.1:{port}"),
+        # A name nobody resolves, over HTTP: HA's detected LAN address.
+        ("http://homeassistant.local:{port}", False, "http://10.10.10.10:8123"),
+        # HTTPS keeps the name (the certificate's), if it resolves to the LAN.
+        ("https://ha.example.org:{port}", True, "https://ha.example.org:{port}"),
+        # Refused: a name that resolves to a public address, an unresolvable
+        # HTTPS name (no fallback: the certificate names the host), and an
+        # unresolvable name when HA's own detected address is not LAN either.
+        ("http://public.example.org:{port}", False, None),
+        ("https://nowhere.example.org:{port}", True, None),
+        ("http://homeassistant.local:{port}", False, "public-local-ip"),
+    ],
+)
+async def test_base_url_prefers_a_checked_ip_literal(
+    hass: HomeAssistant,
+    porch: str,
+    receiver: FakeCastDevice,
+    http_port: int,
+    internal_url: str,
+    use_ssl: bool,
+    expected: str | None,
+) -> None:
+    """Names are resolved and checked by the netpolicy; IP literals win over HTTP."""
+    policy = NetPolicy(
+        resolver=_resolver(
+            {
+                "homeassistant.lan": ["127.0.0.1"],
+                "ha.example.org": ["127.0.0.1"],
+                "public.example.org": ["203.0.113.7"],
+            }
+        )
+    )
+    hass.config.internal_url = internal_url.format(port=http_port)
+    assert hass.config.api is not None
+    hass.config.api.use_ssl = use_ssl
+    if expected == "public-local-ip":
+        hass.config.api.local_ip = "198.51.100.4"
+        expected = None
+    with patch.object(cast_module, "NetPolicy", return_value=policy):
+        if expected is None:
+            with pytest.raises(HomeAssistantError) as err:
+                await _cast(hass, porch, mode="snapshot")
+            assert err.value.translation_key == "cast_no_internal_url"
+            return
+        await _cast(hass, porch, mode="snapshot", refresh=3600)
+    url = yarl.URL(_last_url(receiver))
+    assert f"{url.scheme}://{url.authority}" == expected.format(port=http_port)
+    record = hass.data[DATA_CAST].diagnostics()[RECEIVER]
+    assert record["host_is_ip"] is (url.host != "ha.example.org")
+
+
+async def test_service_permissions_and_unloaded_camera(
+    hass: HomeAssistant,
+    porch: str,
+    receiver: FakeCastDevice,
+    http_port: int,
+    hass_read_only_user: Any,
+) -> None:
+    """A user who may not control the entities is refused; an unloaded camera is an error."""
+    with pytest.raises(Unauthorized):
+        await hass.services.async_call(
+            DOMAIN,
+            "cast",
+            {"entity_id": porch, "media_player": RECEIVER, "mode": "snapshot"},
+            blocking=True,
+            context=Context(user_id=hass_read_only_user.id),
+        )
+    assert receiver.loads == []
+    entry = hass.config_entries.async_entries(DOMAIN)[0]
+    assert await hass.config_entries.async_unload(entry.entry_id)
+    with pytest.raises(HomeAssistantError) as err:
+        await _cast(hass, porch, mode="snapshot")
+    assert err.value.translation_key == "cast_camera_unavailable"
+
+
+async def test_without_the_manager(hass: HomeAssistant) -> None:
+    """Helpers for unload and diagnostics are safe before casting was ever set up."""
+    assert async_cast_diagnostics(hass, "cam") == {}
+    await async_stop_camera_casts(hass, "cam")
+
+
+async def test_cast_platform_hooks_are_inert(hass: HomeAssistant) -> None:
+    """HA's cast integration loads localcam.cast as a cast platform; it adds nothing."""
+    assert await cast_module.async_get_media_browser_root_object(hass, "cast") == []
+    assert await cast_module.async_browse_media(hass, "video", "x", "cast") is None
+    assert not await cast_module.async_play_media(hass, RECEIVER, MagicMock(), "video", "x")
+
+
+def test_diagnostics_records_are_bounded(hass: HomeAssistant) -> None:
+    """One record per receiver, and a bounded number of receivers."""
+    manager = cast_module.LocalCamCastManager(hass)
+    record = MagicMock()
+    with patch.object(cast_module, "MAX_RECORDS", 2):
+        for name in ("a", "b", "c", "b"):
+            manager._store_record(name, record)
+    assert list(manager._records) == ["c", "b"]
+
+
+def test_log_filter_masks_tokens_in_messages_and_tracebacks() -> None:
+    """Records from any logger lose the token; malformed records pass untouched."""
+    token = secrets.token_urlsafe(32)
+    url = f"http://10.0.0.2:8123/api/localcam/cast/{token}/camera.porch/snapshot.jpg?v=1"
+    log_filter = cast_module._TokenRedactingFilter()
+    record = logging.LogRecord("cast", logging.ERROR, __file__, 1, "Failed %s", (url,), None)
+    assert log_filter.filter(record)
+    assert token not in record.getMessage()
+    assert "/api/localcam/cast/**REDACTED**/camera.porch/" in record.getMessage()
+    try:
+        raise RuntimeError(f"quick play {url} timed out")
+    except RuntimeError:
+        exc_info = sys.exc_info()
+    record = logging.LogRecord("pychromecast", logging.ERROR, __file__, 1, "x", None, exc_info)
+    assert log_filter.filter(record)
+    assert record.exc_text is not None
+    assert token not in record.exc_text
+    bad = logging.LogRecord("x", logging.INFO, __file__, 1, "%s %s", ("one",), None)
+    assert log_filter.filter(bad)
+    assert cast_module.is_cast_url(url)
+    assert not cast_module.is_cast_url("http://[::1")
+    assert not cast_module.is_cast_url(None)
+
+
+class _Track:
+    """The part of HA's HLS output the playlist renderer reads."""
+
+    def __init__(self) -> None:
+        self.segments: list[Segment] = []
+
+    def get_segments(self) -> list[Segment]:
+        return self.segments
+
+    def add(self, sequence: int, stream_id: int, parts: int) -> Segment:
+        segment = Segment(
+            sequence=sequence,
+            init=b"init",
+            stream_id=stream_id,
+            start_time=dt_util.utcnow(),
+            _stream_outputs=[],
+        )
+        for index in range(parts):
+            segment.parts.append(Part(duration=0.9, has_keyframe=index == 0, data=b"moof"))
+        self.segments.append(segment)
+        return segment
+
+
+def test_playlist_numbers_parts_stably_across_restarts() -> None:
+    """Gapless, stable media sequence numbers; a stream restart is a discontinuity."""
+    track = _Track()
+    assert cast_views.render_playlist(track) is None  # type: ignore[arg-type]
+    track.add(0, 0, 3)
+    first = cast_views.render_playlist(track)  # type: ignore[arg-type]
+    assert first is not None
+    assert "#EXT-X-MEDIA-SEQUENCE:0" in first
+    assert _media_lines(first) == ["segment/0.0.m4s", "segment/0.1.m4s", "segment/0.2.m4s"]
+    later = track.add(1, 0, 4)
+    later.parts.append(Part(duration=1.2, has_keyframe=False, data=b"moof"))
+    track.add(2, 1, 2)  # the camera's stream restarted
+    playlist = cast_views.render_playlist(track)  # type: ignore[arg-type]
+    assert playlist is not None
+    lines = _media_lines(playlist)
+    assert len(lines) == cast_views.PLAYLIST_PARTS
+    # 3 + 5 + 2 parts so far: the window shows the last 8, numbered from 2.
+    assert "#EXT-X-MEDIA-SEQUENCE:2" in playlist
+    assert lines[0] == "segment/0.2.m4s"
+    assert "#EXT-X-TARGETDURATION:2" in playlist
+    assert playlist.count("#EXT-X-DISCONTINUITY\n") == 1
+    assert '#EXT-X-MAP:URI="init/1.mp4"' in playlist
+    assert "#EXT-X-PART" not in playlist
+    # HA drops its oldest segment: numbers of the remaining parts do not move.
+    track.segments.pop(0)
+    again = cast_views.render_playlist(track)  # type: ignore[arg-type]
+    assert again is not None
+    assert "#EXT-X-MEDIA-SEQUENCE:3" in again
+    assert _media_lines(again)[0] == "segment/1.0.m4s"
