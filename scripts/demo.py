@@ -117,6 +117,21 @@ async def start_hass(config_dir: Path, port: int) -> asyncio.subprocess.Process:
                 }
             )
         )
+    network = storage / "core.network"
+    if not network.exists():
+        # Only loopback is enabled in HA's network settings: the zeroconf
+        # resolver behind HA's shared HTTP session then joins no multicast
+        # group on a real interface (it would on the default one otherwise).
+        network.write_text(
+            json.dumps(
+                {
+                    "version": 1,
+                    "minor_version": 1,
+                    "key": "core.network",
+                    "data": {"configured_adapters": ["lo"]},
+                }
+            )
+        )
     custom = config_dir / "custom_components"
     custom.mkdir(exist_ok=True)
     link = custom / "localcam"
@@ -188,6 +203,24 @@ async def token(session: aiohttp.ClientSession, base: str) -> str:
     return access
 
 
+async def promote_http_config(session: aiohttp.ClientSession, base: str, access: str) -> None:
+    """Confirm the YAML http settings (HA 2026.10 treats them as a trial).
+
+    Unconfirmed, a modal covers every page and after 5 minutes HA reverts to
+    its defaults, which listen on all interfaces: confirm 127.0.0.1 for good.
+    """
+    async with session.ws_connect(f"{base}/api/websocket") as ws:
+        await ws.receive_json()  # auth_required
+        await ws.send_json({"type": "auth", "access_token": access})
+        if (await ws.receive_json()).get("type") != "auth_ok":
+            raise RuntimeError("websocket authentication failed")
+        await ws.send_json({"id": 1, "type": "http/config/promote"})
+        reply = await ws.receive_json()
+        # An error means nothing was pending: the settings are already confirmed.
+        if not reply.get("success") and reply.get("error", {}).get("code") == "unknown_command":
+            raise RuntimeError("this Home Assistant has no http/config/promote")
+
+
 async def ensure_camera(
     session: aiohttp.ClientSession, base: str, headers: dict[str, str], camera: dict[str, Any]
 ) -> str:
@@ -253,6 +286,7 @@ async def main() -> int:
             await wait_for(up, 180, "Home Assistant to start")
             access = await token(session, base)
             headers = {"Authorization": f"Bearer {access}"}
+            await promote_http_config(session, base, access)
             entity_id = await ensure_camera(session, base, headers, camera)
             async with session.get(f"{base}/api/camera_proxy/{entity_id}", headers=headers) as resp:
                 body = await resp.read()
