@@ -17,7 +17,7 @@ from PIL import Image
 import pytest
 from pytest_homeassistant_custom_component.typing import ClientSessionGenerator
 
-from custom_components.localcam.const import CONF_SNAPSHOT_MAX_AGE, DOMAIN
+from custom_components.localcam.const import CONF_IDENTITY, CONF_SNAPSHOT_MAX_AGE, DOMAIN
 from custom_components.localcam.core.netpolicy import NetPolicy
 from virtualcam import Fault, VirtualCamera, color_for, nearest_camera
 
@@ -269,3 +269,58 @@ async def test_slow_keyframe_falls_back_to_a_grab(
         assert _camera_index(image) == 1
     finally:
         await stream.remove_provider(provider)
+
+
+async def test_stream_that_reaches_another_device_is_stopped(
+    hass: HomeAssistant, rtsp_only_camera: VirtualCamera
+) -> None:
+    """A failing stream whose address now answers with another MAC is stopped."""
+    entry = make_entry(rtsp_only_camera, snapshot=False)
+    entry.add_to_hass(hass)
+    hass.config_entries.async_update_entry(
+        entry, data={**entry.data, CONF_IDENTITY: {"mac": "aa:bb:cc:00:11:22"}}
+    )
+    await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    entity_id = er.async_get(hass).async_get_entity_id("camera", DOMAIN, f"{entry.unique_id}_main")
+    assert entity_id is not None
+    entity = get_camera_from_entity_id(hass, entity_id)
+    stream = await entity.async_create_stream()
+    assert stream is not None
+    assert stream.pyav_options["probesize"] == "32"  # probing off, as the flow proved safe
+    provider = stream.add_provider("hls")
+    await stream.start()
+    try:
+        for _ in range(100):
+            if rtsp_only_camera.stats.active_play_sessions:
+                break
+            await asyncio.sleep(0.05)
+        # The kernel's neighbour table (the edge) now names another device.
+        with patch(
+            "custom_components.localcam.core.snapshot.neighbour_mac",
+            return_value="aa:bb:cc:00:11:99",
+        ):
+            await rtsp_only_camera.restart()
+            for _ in range(200):
+                await hass.async_block_till_done()
+                if not stream.outputs():
+                    break
+                await asyncio.sleep(0.05)
+            assert not stream.outputs()  # stopped: it will not show the other device
+            state = hass.states.get(entity_id)
+            assert state is not None
+            assert state.state == "unavailable"
+    finally:
+        if stream.outputs():
+            await stream.remove_provider(provider)
+
+
+def test_profile_name_falls_back_to_the_token() -> None:
+    """A profile missing from the entry's list is named by its token."""
+    from pytest_homeassistant_custom_component.common import MockConfigEntry
+
+    from custom_components.localcam.camera import _profile_name
+
+    entry = MockConfigEntry(domain=DOMAIN, data={"profiles": [{"token": "sub", "name": "Sub"}]})
+    assert _profile_name(entry, "sub") == "Sub"
+    assert _profile_name(entry, "other") == "other"
