@@ -301,7 +301,8 @@ async def test_stream_that_reaches_another_device_is_stopped(
             return_value="aa:bb:cc:00:11:99",
         ):
             await rtsp_only_camera.restart()
-            for _ in range(200):
+            # HA's worker notices the dropped session within its read timeout.
+            for _ in range(600):
                 await hass.async_block_till_done()
                 if not stream.outputs():
                     break
