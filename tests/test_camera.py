@@ -238,6 +238,7 @@ async def test_stream_401_starts_reauth(
             await asyncio.sleep(0.05)
         rtsp_only_camera.fault = Fault.UNAUTHORIZED
         await rtsp_only_camera.restart()  # drops the session; reconnects get 401
+        stream._async_update_state(False)  # what HA's worker reports when it drops
         for _ in range(200):
             await hass.async_block_till_done()
             if hass.config_entries.flow.async_progress_by_handler(DOMAIN):
