@@ -71,7 +71,7 @@ from .core.rtsp import describe
 from .core.snapshot import SNAPSHOT_SCHEMES, STREAM_SCHEMES, CameraClient
 from .core.wsdiscovery import DiscoveredDevice, unicast_range
 from .data import LocalCamConfigEntry
-from .discovery import async_scan
+from .discovery import FLOW_SCAN_TIME, async_scan
 from .helpers import policy_from_options
 
 URL_FIELDS = (CONF_STREAM_URL, CONF_SNAPSHOT_URL)
@@ -390,7 +390,7 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
                 }
                 self._found = {
                     f"{device.host}:{device.port}": device
-                    for device in await async_scan(self.hass, hosts)
+                    for device in await async_scan(self.hass, hosts, FLOW_SCAN_TIME)
                     if device.device_uuid is None or device.device_uuid not in known
                 }
                 if self._found:
