@@ -452,3 +452,38 @@ async def test_onvif_camera_without_profiles(hass: HomeAssistant, socket_enabled
         assert result["errors"] == {"base": "no_video"}
     finally:
         await cam.stop()
+
+
+async def test_camera_reporting_only_public_addresses(
+    hass: HomeAssistant, socket_enabled: None
+) -> None:
+    """Stream addresses outside the LAN are refused by name, never fetched."""
+    cam = await _onvif_camera(reported_host="203.0.113.9")
+    try:
+        flow_id = await _onvif_form(hass)
+        result = await hass.config_entries.flow.async_configure(flow_id, _onvif_input(cam))
+        assert result["errors"] == {CONF_HOST: "not_local"}
+        assert result["description_placeholders"]["host"] == "203.0.113.9"
+    finally:
+        await cam.stop()
+
+
+async def test_repair_when_the_camera_starts_reporting_a_public_address(
+    hass: HomeAssistant, onvif_camera: VirtualCamera
+) -> None:
+    """A configured camera that later reports outside addresses gets a repair issue."""
+    flow_id = await _onvif_form(hass)
+    result = await hass.config_entries.flow.async_configure(flow_id, _onvif_input(onvif_camera))
+    entry = result["result"]
+    await hass.async_block_till_done()
+    issue_id = f"uri_not_local_{entry.entry_id}"
+    assert ir.async_get(hass).async_get_issue(DOMAIN, issue_id) is None
+    onvif_camera.config.reported_host = "203.0.113.9"
+    await entry.runtime_data.coordinator.async_refresh()
+    issue = ir.async_get(hass).async_get_issue(DOMAIN, issue_id)
+    assert issue is not None
+    assert issue.translation_placeholders is not None
+    assert "203.0.113.9" in issue.translation_placeholders["uri"]
+    onvif_camera.config.reported_host = None
+    await entry.runtime_data.coordinator.async_refresh()
+    assert ir.async_get(hass).async_get_issue(DOMAIN, issue_id) is None

@@ -55,7 +55,7 @@ async def async_setup_entry(hass: HomeAssistant, entry: LocalCamConfigEntry) -> 
     session = async_get_clientsession(hass)
     max_age = float(entry.options.get(CONF_SNAPSHOT_MAX_AGE, DEFAULT_SNAPSHOT_MAX_AGE))
     streams: dict[str, StreamRuntime] = {}
-    probe = _onvif_identity_probe(entry, policy) if entry.data.get(CONF_ONVIF) else None
+    probe = _onvif_identity_probe(hass, entry, policy) if entry.data.get(CONF_ONVIF) else None
     for profile, source in sources_from_entry(entry.data, entry.options).items():
         client = CameraClient(session, policy, source)
         client.identity_probe = probe
@@ -75,9 +75,17 @@ async def async_setup_entry(hass: HomeAssistant, entry: LocalCamConfigEntry) -> 
     return True
 
 
-def _onvif_identity_probe(entry: LocalCamConfigEntry, policy: NetPolicy) -> IdentityProbe:
-    """Ask the ONVIF device at the entry's address who it is."""
+def _onvif_identity_probe(
+    hass: HomeAssistant, entry: LocalCamConfigEntry, policy: NetPolicy
+) -> IdentityProbe:
+    """Ask the ONVIF device at the entry's address who it is.
+
+    The same answer says which addresses the camera reports: any outside the
+    LAN policy (netpolicy refused them; they are never fetched) gets a repair
+    issue, because only the camera's own network settings can fix them.
+    """
     data = entry.data
+    issue_id = f"uri_not_local_{entry.entry_id}"
 
     async def probe() -> Identity:
         device = await read_device(
@@ -87,6 +95,23 @@ def _onvif_identity_probe(entry: LocalCamConfigEntry, policy: NetPolicy) -> Iden
             data.get(CONF_PASSWORD),
             policy=policy,
         )
+        if device.refused_uris:
+            refused = device.refused_uris[0]
+            ir.async_create_issue(
+                hass,
+                DOMAIN,
+                issue_id,
+                is_fixable=False,
+                severity=ir.IssueSeverity.WARNING,
+                translation_key="uri_not_local",
+                translation_placeholders={
+                    "name": entry.title,
+                    "uri": refused.uri,
+                    "reason": refused.reason,
+                },
+            )
+        else:
+            ir.async_delete_issue(hass, DOMAIN, issue_id)
         return Identity(
             mac=normalize_mac(device.mac), serial=device.serial, uuid=device.device_uuid
         )

@@ -310,6 +310,10 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
                 host, port, username, password, policy=policy, timeout=PROBE_TIMEOUT
             )
             main = device.primary_profile
+            if main is None and device.refused_uris:
+                # Every stream address it reported is outside the LAN policy.
+                refused = device.refused_uris[0]
+                raise NotLocalError(yarl.URL(refused.uri).host or host, refused.reason)
             if main is None:
                 raise NoVideoError("the camera reports no media profile")
             source = CameraSource(
