@@ -1,0 +1,1 @@
+"""LocalCam benchmarks: real Home Assistant, virtual cameras, loopback only."""

@@ -1,0 +1,674 @@
+"""Benchmark plumbing: camera host, a real `hass` process, its HTTP/WS APIs, /proc figures.
+
+Everything listens on and connects to 127.0.0.1 only. Every wait here is
+bounded in time, every loop in count, and only processes started here are
+ever signalled, by their PIDs.
+"""
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+import io
+import json
+import os
+from pathlib import Path
+import signal
+import socket
+import statistics
+import sys
+import time
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+USER = "bench"
+PASSWORD = "localcam-bench"
+CAMERA_USER = "admin"
+CAMERA_PASSWORD = "camera-bench"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# No default_config: it would load zeroconf, ssdp and dhcp, which send
+# multicast on the real network. `stream` is what generic's stream_source
+# and its config-flow preview need; `frontend` keeps the process as heavy as a
+# real installation's.
+CONFIGURATION = """\
+homeassistant:
+  name: LocalCam bench
+  latitude: 52.37
+  longitude: 4.89
+  elevation: 0
+  unit_system: metric
+  time_zone: UTC
+  country: NL
+  currency: EUR
+  internal_url: "http://127.0.0.1:{port}"
+http:
+  server_host: 127.0.0.1
+  server_port: {port}
+frontend:
+config:
+stream:
+ffmpeg:
+logger:
+  default: warning
+  logs:
+    # A 200-viewer burst makes these log hundreds of expected failures; the
+    # benchmark counts the HTTP answers instead.
+    homeassistant.components.generic: critical
+    homeassistant.components.camera: critical
+    homeassistant.components.stream: critical
+    haffmpeg: critical
+    custom_components.localcam: error
+{cameras}"""
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def require_loopback(url: str) -> str:
+    """Refuse any URL that is not on 127.0.0.1: the benchmark never leaves the host."""
+    from yarl import URL
+
+    if URL(url).host != HOST:
+        raise ValueError("the benchmark only talks to 127.0.0.1")
+    return url
+
+
+async def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.2) -> Any:
+    """Poll an async predicate until it returns truthy; raise after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(aiohttp.ClientError, OSError):
+            if result := await predicate():
+                return result
+        await asyncio.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+async def end_process(proc: asyncio.subprocess.Process, grace: float = 20.0) -> None:
+    """SIGTERM one process we started, then SIGKILL it after `grace` seconds."""
+    if proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGTERM)
+    try:
+        async with asyncio.timeout(grace):
+            await proc.wait()
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+        await proc.wait()
+
+
+# -- /proc ------------------------------------------------------------------------------------
+
+
+def rss_kb(pid: int) -> int:
+    """VmRSS of a process in kB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), in seconds."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    # After the command name: state is field 3, utime 14 and stime 15.
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def cpu_ns(pid: int) -> int | None:
+    """CPU time of every live thread in ns (schedstat), or None where the kernel lacks it.
+
+    Clock ticks are 10 ms, a third of what HA spends idle in a minute; the
+    scheduler's own counter resolves far below that.
+    """
+    total = 0
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                total += int((task / "schedstat").read_text().split()[0])
+    except OSError:
+        return None
+    return total
+
+
+async def settled_rss_kb(pid: int, seconds: float) -> int:
+    """The median of VmRSS samples over the last part of a quiet wait."""
+    await asyncio.sleep(seconds * 0.6)
+    samples = []
+    for _ in range(10):
+        samples.append(rss_kb(pid))
+        await asyncio.sleep(seconds * 0.04)
+    return int(statistics.median(samples))
+
+
+# -- camera host ------------------------------------------------------------------------------
+
+
+class CamHost:
+    """The virtual cameras, in their own process (python -m bench.camhost)."""
+
+    def __init__(self) -> None:
+        """Nothing runs until start()."""
+        self.proc: asyncio.subprocess.Process | None = None
+        self.cameras: dict[str, dict[str, Any]] = {}
+        self._lock = asyncio.Lock()
+
+    async def start(self, spec: dict[str, Any]) -> None:
+        """Start the process and read the cameras' addresses."""
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bench.camhost",
+            json.dumps(spec),
+            cwd=ROOT,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            limit=1 << 22,
+        )
+        assert self.proc.stdout is not None
+        async with asyncio.timeout(60):
+            for _ in range(len(spec["cameras"]) + 1):
+                line = (await self.proc.stdout.readline()).decode().strip()
+                if line == "READY":
+                    return
+                if not line:
+                    raise RuntimeError("the camera host exited before it was ready")
+                info = json.loads(line)
+                for key in ("rtsp_url", "snapshot_url"):
+                    if info[key]:
+                        require_loopback(info[key])
+                self.cameras[info["name"]] = info
+        raise RuntimeError("the camera host announced more cameras than asked for")
+
+    async def stats(self) -> dict[str, dict[str, Any]]:
+        """Every camera's counters right now."""
+        assert self.proc is not None
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        async with self._lock, asyncio.timeout(10):
+            self.proc.stdin.write(b"stats\n")
+            await self.proc.stdin.drain()
+            return dict(json.loads(await self.proc.stdout.readline()))
+
+    async def stop(self) -> None:
+        """Ask the host to stop, then make sure it did."""
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        if self.proc.stdin is not None:
+            with contextlib.suppress(ConnectionError):
+                self.proc.stdin.write(b"quit\n")
+                await self.proc.stdin.drain()
+        try:
+            async with asyncio.timeout(20):
+                await self.proc.wait()
+        except TimeoutError:
+            await end_process(self.proc, 5)
+
+    def rtsp_url(self, name: str, *, credentials: bool = False) -> str:
+        """A camera's RTSP URL, optionally with the credentials in it."""
+        url = str(self.cameras[name]["rtsp_url"])
+        if credentials:
+            url = url.replace("rtsp://", f"rtsp://{CAMERA_USER}:{CAMERA_PASSWORD}@", 1)
+        return url
+
+    def color(self, name: str) -> tuple[int, int, int]:
+        """A camera's colour."""
+        r, g, b = self.cameras[name]["color"]
+        return (r, g, b)
+
+
+# -- Home Assistant ---------------------------------------------------------------------------
+
+
+@dataclass
+class Hass:
+    """One `hass` process on 127.0.0.1 and an authenticated client for it."""
+
+    config_dir: Path
+    port: int = field(default_factory=free_port)
+    proc: asyncio.subprocess.Process | None = None
+    session: aiohttp.ClientSession | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    _ws: aiohttp.ClientWebSocketResponse | None = None
+    _ws_id: int = 0
+    _ws_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def base(self) -> str:
+        """The base URL."""
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        """The hass process id."""
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def log_path(self) -> Path:
+        """Where hass writes its output."""
+        return self.config_dir / "bench-hass.log"
+
+    async def start(self, yaml_cameras: list[dict[str, str]]) -> None:
+        """Write the configuration, seed onboarding, start hass, log in."""
+        self.config_dir.mkdir(parents=True, exist_ok=True)
+        cameras = ""
+        if yaml_cameras:
+            cameras = "camera:\n" + "".join(
+                f"  - platform: ffmpeg\n    name: {cam['name']}\n    input: {cam['input']}\n"
+                for cam in yaml_cameras
+            )
+        (self.config_dir / "configuration.yaml").write_text(
+            CONFIGURATION.format(port=self.port, cameras=cameras)
+        )
+        storage = self.config_dir / ".storage"
+        storage.mkdir(exist_ok=True)
+        # Every onboarding step but the user's is done before the first start:
+        # finishing core_config through the API would add integrations that
+        # call the internet (as scripts/demo.py explains).
+        (storage / "onboarding").write_text(
+            json.dumps(
+                {
+                    "version": 4,
+                    "minor_version": 1,
+                    "key": "onboarding",
+                    "data": {"done": ["core_config", "analytics", "integration"]},
+                }
+            )
+        )
+        custom = self.config_dir / "custom_components"
+        custom.mkdir(exist_ok=True)
+        link = custom / "localcam"
+        if not link.exists():
+            link.symlink_to(ROOT / "custom_components" / "localcam")
+        log = self.log_path.open("ab")
+        self.proc = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).parent / "hass"),
+            "-c",
+            str(self.config_dir),
+            "--skip-pip",
+            stdout=log,
+            stderr=log,
+        )
+        log.close()
+        connector = aiohttp.TCPConnector(limit=0)
+        self.session = aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=60)
+        )
+
+        async def up() -> bool:
+            if self.proc is not None and self.proc.returncode is not None:
+                raise RuntimeError(f"hass exited with {self.proc.returncode}; see {self.log_path}")
+            async with self.http.get(f"{self.base}/api/onboarding") as resp:
+                return resp.status == 200
+
+        await wait_for(up, 240, "Home Assistant to start", 0.5)
+        await self._login()
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        """The client session."""
+        assert self.session is not None
+        return self.session
+
+    async def _login(self) -> None:
+        """Create the owner through onboarding and keep an access token."""
+        client_id = f"{self.base}/"
+        async with self.http.post(
+            f"{self.base}/api/onboarding/users",
+            json={
+                "client_id": client_id,
+                "name": "Bench",
+                "username": USER,
+                "password": PASSWORD,
+                "language": "en",
+            },
+        ) as resp:
+            resp.raise_for_status()
+            code = (await resp.json())["auth_code"]
+        async with self.http.post(
+            f"{self.base}/auth/token",
+            data={"grant_type": "authorization_code", "code": code, "client_id": client_id},
+        ) as resp:
+            resp.raise_for_status()
+            self.headers = {"Authorization": f"Bearer {(await resp.json())['access_token']}"}
+        # HA 2026.10 moves http: from YAML into a pending config that it
+        # reverts, restarting itself, unless confirmed within five minutes.
+        with contextlib.suppress(RuntimeError):
+            await self.ws_call("http/config/promote")
+
+    def check_alive(self) -> None:
+        """Raise if hass has exited (a run must not measure a dead process)."""
+        if self.proc is None or self.proc.returncode is not None:
+            code = None if self.proc is None else self.proc.returncode
+            raise RuntimeError(f"hass is not running (exit code {code}); see {self.log_path}")
+
+    async def stop(self) -> None:
+        """Close the clients and stop hass (by its PID)."""
+        if self._ws is not None:
+            with contextlib.suppress(Exception):
+                await self._ws.close()
+        if self.session is not None:
+            await self.session.close()
+        if self.proc is not None:
+            await end_process(self.proc, 30)
+
+    # -- REST and WebSocket -------------------------------------------------------------------
+
+    async def get_json(self, path: str) -> Any:
+        """GET an API path and decode the JSON answer."""
+        async with self.http.get(f"{self.base}{path}", headers=self.headers) as resp:
+            resp.raise_for_status()
+            return await resp.json()
+
+    async def post_json(self, path: str, body: dict[str, Any]) -> Any:
+        """POST JSON to an API path and decode the JSON answer."""
+        async with self.http.post(f"{self.base}{path}", json=body, headers=self.headers) as resp:
+            text = await resp.text()
+            if resp.status >= 400:
+                raise RuntimeError(f"POST {path}: HTTP {resp.status} {text[:300]}")
+            return json.loads(text) if text else None
+
+    async def ws_call(self, command: str, **payload: Any) -> Any:
+        """One WebSocket API command and its result."""
+        async with self._ws_lock, asyncio.timeout(30):
+            if self._ws is None or self._ws.closed:
+                self._ws = await self.http.ws_connect(f"{self.base}/api/websocket")
+                await self._ws.receive_json()  # auth_required
+                token = self.headers["Authorization"].removeprefix("Bearer ")
+                await self._ws.send_json({"type": "auth", "access_token": token})
+                if (reply := await self._ws.receive_json())["type"] != "auth_ok":
+                    raise RuntimeError(f"WebSocket auth failed: {reply}")
+            self._ws_id += 1
+            await self._ws.send_json({"id": self._ws_id, "type": command, **payload})
+            for _ in range(1000):
+                msg = await self._ws.receive_json()
+                if msg.get("id") == self._ws_id and msg.get("type") == "result":
+                    if not msg.get("success"):
+                        raise RuntimeError(f"{command}: {msg.get('error')}")
+                    return msg.get("result")
+            raise RuntimeError(f"{command}: no result")
+
+    # -- config entries and entities ----------------------------------------------------------
+
+    async def _flow_step(self, flow_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Post one step of a config flow."""
+        return dict(await self.post_json(f"/api/config/config_entries/flow/{flow_id}", body))
+
+    async def add_localcam(self, stream_url: str, snapshot_url: str | None) -> str:
+        """Add a LocalCam camera through the config flow HTTP API; return the entry id."""
+        return _entry_id(await self.localcam_flow_result(stream_url, snapshot_url), "localcam")
+
+    async def localcam_flow_result(
+        self, stream_url: str, snapshot_url: str | None
+    ) -> dict[str, Any]:
+        """Run LocalCam's add flow for a camera; return the last step's answer."""
+        flow = await self.post_json(
+            "/api/config/config_entries/flow",
+            {"handler": "localcam", "show_advanced_options": False},
+        )
+        if flow.get("type") == "menu":
+            flow = await self._flow_step(flow["flow_id"], {"next_step_id": "url"})
+        body: dict[str, Any] = {
+            "stream_url": require_loopback(stream_url),
+            "username": CAMERA_USER,
+            "password": CAMERA_PASSWORD,
+            "verify_ssl": True,
+        }
+        if snapshot_url:
+            body["snapshot_url"] = require_loopback(snapshot_url)
+        return await self._flow_step(flow["flow_id"], body)
+
+    async def generic_flow_abandoned(self, still_url: str) -> None:
+        """Run generic's first step for a still URL, then close the flow as a user would."""
+        flow = await self.post_json(
+            "/api/config/config_entries/flow",
+            {"handler": "generic", "show_advanced_options": True},
+        )
+        await self._flow_step(flow["flow_id"], _generic_input(still_url, None))
+        async with self.http.delete(
+            f"{self.base}/api/config/config_entries/flow/{flow['flow_id']}", headers=self.headers
+        ) as resp:
+            resp.raise_for_status()
+
+    async def add_generic(self, *, still_url: str | None, stream_url: str | None) -> str:
+        """Add HA's generic camera through its config flow (form, then preview confirm)."""
+        flow = await self.post_json(
+            "/api/config/config_entries/flow",
+            {"handler": "generic", "show_advanced_options": True},
+        )
+        result = await self._flow_step(flow["flow_id"], _generic_input(still_url, stream_url))
+        if result.get("type") == "form" and result.get("step_id") == "user_confirm":
+            # The preview step: the frontend shows the still (and stream) and
+            # the user ticks "this image looks good".
+            result = await self._flow_step(flow["flow_id"], {"confirmed_ok": True})
+        return _entry_id(result, "generic")
+
+    async def entity_for_entry(self, entry_id: str, timeout: float = 60) -> str:
+        """The camera entity of a config entry (from the entity registry)."""
+
+        async def find() -> str | None:
+            for ent in await self.ws_call("config/entity_registry/list"):
+                if ent.get("config_entry_id") == entry_id and ent["entity_id"].startswith(
+                    "camera."
+                ):
+                    return str(ent["entity_id"])
+            return None
+
+        return str(await wait_for(find, timeout, f"the entity of entry {entry_id}", 0.5))
+
+    async def entity_by_name(self, name: str, timeout: float = 60) -> str:
+        """A YAML camera's entity id, found by its friendly name."""
+
+        async def find() -> str | None:
+            for state in await self.get_json("/api/states"):
+                if state["attributes"].get("friendly_name") == name:
+                    return str(state["entity_id"])
+            return None
+
+        return str(await wait_for(find, timeout, f"the entity named {name}", 0.5))
+
+    async def wait_available(self, entity_id: str, timeout: float = 30) -> None:
+        """Wait until an entity exists and is not unavailable."""
+
+        async def ready() -> bool:
+            async with self.http.get(
+                f"{self.base}/api/states/{entity_id}", headers=self.headers
+            ) as resp:
+                if resp.status != 200:
+                    return False
+                return (await resp.json())["state"] not in ("unavailable", "unknown")
+
+        await wait_for(ready, timeout, f"{entity_id} to be available", 0.2)
+
+    async def reload_entry(self, entry_id: str) -> None:
+        """Reload a config entry: its entity, cache and streams start from nothing."""
+        await self.post_json(f"/api/config/config_entries/entry/{entry_id}/reload", {})
+
+    async def remove_entry(self, entry_id: str) -> None:
+        """Delete a config entry."""
+        async with self.http.delete(
+            f"{self.base}/api/config/config_entries/entry/{entry_id}", headers=self.headers
+        ) as resp:
+            resp.raise_for_status()
+
+
+def _generic_input(still_url: str | None, stream_url: str | None) -> dict[str, Any]:
+    """What a user types into generic's form for a virtual camera."""
+    body: dict[str, Any] = {
+        "username": CAMERA_USER,
+        "password": CAMERA_PASSWORD,
+        # HA's defaults (DEFAULT_DATA), with digest auth since the virtual
+        # cameras, like most real ones, only accept digest.
+        "advanced": {
+            "framerate": 2,
+            "verify_ssl": True,
+            "authentication": "digest",
+            "rtsp_transport": "tcp",
+        },
+    }
+    if still_url:
+        body["still_image_url"] = require_loopback(still_url)
+    if stream_url:
+        body["stream_source"] = require_loopback(stream_url)
+    return body
+
+
+def _entry_id(result: dict[str, Any], what: str) -> str:
+    """The entry id from a finished flow, or a clear error."""
+    if result.get("type") != "create_entry":
+        raise RuntimeError(
+            f"adding the {what} camera failed: {result.get('errors') or result.get('reason')}"
+        )
+    entry = result["result"]
+    return str(entry["entry_id"] if isinstance(entry, dict) else entry)
+
+
+# -- HTTP load --------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Sample:
+    """One HTTP answer as the client saw it."""
+
+    status: int
+    seconds: float
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def ok_jpeg(self) -> bool:
+        """A 200 carrying something that starts and ends like a JPEG."""
+        return (
+            self.status == 200
+            and self.body.startswith(b"\xff\xd8")
+            and self.body.rstrip(b"\0").endswith(b"\xff\xd9")
+        )
+
+
+async def fetch(
+    session: aiohttp.ClientSession,
+    url: str,
+    headers: dict[str, str],
+    *,
+    keep_body: bool = True,
+    timeout: float = 30.0,
+) -> Sample:
+    """GET one URL and time it to the last body byte."""
+    start = time.perf_counter()
+    try:
+        async with session.get(
+            url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
+        ) as resp:
+            body = await resp.read()
+            return Sample(
+                resp.status,
+                time.perf_counter() - start,
+                body if keep_body else body[:2] + body[-2:],
+                {k.lower(): v for k, v in resp.headers.items()},
+            )
+    except (aiohttp.ClientError, TimeoutError, OSError) as err:
+        return Sample(0, time.perf_counter() - start, error=type(err).__name__)
+
+
+async def first_picture(
+    session: aiohttp.ClientSession,
+    url: str,
+    headers: dict[str, str],
+    *,
+    retry_every: float = 0.1,
+    timeout: float = 30.0,
+) -> tuple[Sample, Sample, int]:
+    """GET until a JPEG comes back, as a viewer's image retry would (bounded).
+
+    HA answers a cold stream-backed still with an immediate 500 until its
+    stream has decoded a keyframe, so the time a viewer waits for a picture
+    is the time to the first JPEG, not to the first answer. Returns the first
+    answer, the answer that ended the wait (its `seconds` measured from the
+    very first request), and the number of requests made.
+    """
+    start = time.perf_counter()
+    first: Sample | None = None
+    for attempt in range(1, 1000):
+        sample = await fetch(session, url, headers, timeout=max(1.0, timeout))
+        first = first or sample
+        elapsed = time.perf_counter() - start
+        if sample.ok_jpeg or elapsed + retry_every >= timeout:
+            sample.seconds = elapsed
+            return first, sample, attempt
+        await asyncio.sleep(retry_every)
+    raise RuntimeError("unreachable: the loop is bounded by its timeout")
+
+
+async def burst(
+    session: aiohttp.ClientSession, url: str, headers: dict[str, str], viewers: int
+) -> list[Sample]:
+    """`viewers` simultaneous GETs of one URL (HA answers each within 10 s)."""
+    gate = asyncio.Event()
+
+    async def one() -> Sample:
+        await gate.wait()
+        return await fetch(session, url, headers, timeout=40)
+
+    tasks = [asyncio.create_task(one()) for _ in range(viewers)]
+    await asyncio.sleep(0)
+    gate.set()
+    return list(await asyncio.gather(*tasks))
+
+
+async def sustained(
+    session: aiohttp.ClientSession,
+    url: str,
+    headers: dict[str, str],
+    *,
+    seconds: float,
+    concurrency: int,
+    max_requests: int,
+) -> tuple[list[Sample], float]:
+    """Back-to-back GETs from `concurrency` workers for `seconds` (at most `max_requests`)."""
+    samples: list[Sample] = []
+    start = time.perf_counter()
+    deadline = start + seconds
+
+    async def worker() -> None:
+        while time.perf_counter() < deadline and len(samples) < max_requests:
+            samples.append(await fetch(session, url, headers, keep_body=False, timeout=15))
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return samples, time.perf_counter() - start
+
+
+def percentile(values: list[float], pct: float) -> float | None:
+    """The pct-th percentile (nearest rank); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(pct / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def camera_of(jpeg: bytes, colors: list[tuple[int, int, int]]) -> int | None:
+    """Index of the camera whose colour the JPEG's centre shows (None if undecodable)."""
+    from PIL import Image
+
+    from virtualcam import nearest_camera
+
+    try:
+        image = Image.open(io.BytesIO(jpeg)).convert("RGB")
+        pixel = image.getpixel((image.width // 2, image.height // 2))
+    except OSError, ValueError:
+        return None
+    if not isinstance(pixel, tuple):
+        return None
+    return nearest_camera(pixel, colors)
