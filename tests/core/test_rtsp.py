@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 import hashlib
 import io
+from pathlib import Path
 import re
 import ssl
 
@@ -295,3 +296,50 @@ async def test_describe_over_rtsps(
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_grab_without_video_track(tmp_path: Path) -> None:
+    """A source with no video (here an audio-only file) is NoVideoError, not a hang."""
+    import av
+
+    path = tmp_path / "audio.wav"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("pcm_s16le", rate=8000)
+        frame = av.AudioFrame(format="s16", layout="mono", samples=800)
+        for plane in frame.planes:
+            plane.update(bytes(plane.buffer_size))
+        frame.rate = 8000
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    with pytest.raises(NoVideoError):
+        await async_grab_keyframe(str(path), timeout=3)
+
+
+async def test_grab_is_bounded_by_the_gop(socket_enabled: None) -> None:
+    """Joining a running stream whose next keyframe is beyond the bound times out."""
+    cam = VirtualCamera(
+        CameraConfig(
+            name="slowgop",
+            color=color_for(7),
+            width=320,
+            height=180,
+            gop_seconds=10.0,
+            http_snapshot=False,
+        )
+    )
+    await cam.start()
+    grabber = WarmGrabber(linger=30)
+    try:
+        target = await _target(cam.rtsp_url)
+
+        async def url() -> str:
+            return target.pinned_url()
+
+        # The first client starts the encoder (which starts on a keyframe) ...
+        await grabber.grab(url, timeout=5)
+        # ... a second, separate client joins mid-GOP: nothing within 1.5 s.
+        with pytest.raises(CameraTimeoutError):
+            await async_grab_keyframe(target.pinned_url(), timeout=1.5)
+    finally:
+        await grabber.close()
+        await cam.stop()
