@@ -27,7 +27,7 @@ from custom_components.localcam.core.errors import (
     LocalCamError,
     NotLocalError,
 )
-from custom_components.localcam.core.http import HttpReply, _host_header, fetch
+from custom_components.localcam.core.http import AuthMemory, HttpReply, _host_header, fetch
 from custom_components.localcam.core.netpolicy import NetPolicy
 
 USER = "viewer"
@@ -846,3 +846,40 @@ async def test_no_secret_in_errors_or_logs(
         text = record.getMessage() + (record.exc_text or "")
         for secret in SECRETS:
             assert secret not in text, f"log leaks: {text}"
+
+
+@pytest.mark.parametrize(("path", "scheme"), [("/digest", "Digest"), ("/basic", "Basic")])
+async def test_auth_memory_answers_at_once(
+    session: aiohttp.ClientSession, policy: NetPolicy, cam: Camera, path: str, scheme: str
+) -> None:
+    """A remembered scheme: the next fetch is one authorised request, not a bare one first."""
+    memory = AuthMemory()
+    for _ in range(3):
+        reply = await fetch(
+            session, policy, cam.url(path), username=USER, password=PASSWORD, auth_memory=memory
+        )
+        assert reply.body == JPEG
+    schemes = cam.state.auth_schemes(path)
+    first = schemes.index(scheme) + 1
+    assert schemes[first:] == [scheme, scheme]  # fetches 2 and 3: one request each
+    assert memory.scheme == scheme.lower()
+
+
+async def test_auth_memory_starts_over_after_a_401(
+    session: aiohttp.ClientSession, policy: NetPolicy, cam: Camera
+) -> None:
+    """Remembered credentials that stop working fall back to a fresh challenge."""
+    memory = AuthMemory()
+    await fetch(
+        session, policy, cam.url("/basic"), username=USER, password=PASSWORD, auth_memory=memory
+    )
+    with pytest.raises(InvalidAuthError):
+        await fetch(
+            session,
+            policy,
+            cam.url("/basic"),
+            username=USER,
+            password="changed",
+            auth_memory=memory,
+        )
+    assert memory.scheme is None

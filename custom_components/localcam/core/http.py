@@ -51,6 +51,27 @@ class HttpReply:
     address: IPv4Address | IPv6Address | None = None
 
 
+@dataclass(slots=True)
+class AuthMemory:
+    """The scheme a camera asked for, kept so later fetches answer it at once.
+
+    Without it every still costs a Digest camera three requests (a bare GET,
+    the middleware's own bare GET, then the authorised one). With it, the
+    kept middleware authenticates preemptively with the camera's nonce: one
+    request while the nonce lasts. Bound to the pinned origin it was learnt
+    from; a 401 or another origin starts over from a bare request.
+    """
+
+    origin: str | None = None
+    scheme: str | None = None
+    digest: aiohttp.DigestAuthMiddleware | None = field(default=None, repr=False)
+
+    def forget(self) -> None:
+        """Start over with a bare request next time."""
+        self.origin = self.scheme = None
+        self.digest = None
+
+
 async def fetch(
     session: aiohttp.ClientSession,
     policy: NetPolicy,
@@ -62,6 +83,7 @@ async def fetch(
     timeout: float = 8.0,
     max_bytes: int = 8 * 1024 * 1024,
     max_redirects: int = 3,
+    auth_memory: AuthMemory | None = None,
 ) -> HttpReply:
     """GET a credential-free LAN URL, following checked redirects, within one deadline."""
     credentials: Credentials | None = None
@@ -80,6 +102,7 @@ async def fetch(
                 verify_ssl=verify_ssl,
                 max_bytes=max_bytes,
                 max_redirects=max_redirects,
+                auth_memory=auth_memory,
             )
     except TimeoutError:
         raise CameraTimeoutError(
@@ -96,6 +119,7 @@ async def _follow(
     verify_ssl: bool,
     max_bytes: int,
     max_redirects: int,
+    auth_memory: AuthMemory | None = None,
 ) -> HttpReply:
     """Run the request/redirect loop; every hop is policy-checked before connecting."""
     origin = await policy.check(url, schemes=HTTP_SCHEMES)
@@ -105,7 +129,8 @@ async def _follow(
         hop_credentials = credentials if _same_origin(target, origin) else None
         _LOGGER.debug("GET %s via %s", display_url(target.url), target.address)
         try:
-            async with _exchange(session, target, hop_credentials, verify_ssl) as response:
+            memory = auth_memory if hop_credentials is not None and target is origin else None
+            async with _exchange(session, target, hop_credentials, verify_ssl, memory) as response:
                 status = response.status
                 if status in REDIRECT_STATUSES:
                     location = response.headers.get(hdrs.LOCATION)
@@ -223,11 +248,26 @@ async def _exchange(
     target: Target,
     credentials: Credentials | None,
     verify_ssl: bool,
+    memory: AuthMemory | None = None,
 ) -> AsyncIterator[aiohttp.ClientResponse]:
     """Do one GET, answering a 401 challenge with Digest when offered, else Basic."""
-    # The first try carries no credentials, so they only reach a camera that
-    # asks, and only in the form it asks for.
-    response = await _send(session, target, verify_ssl)
+    origin = f"{target.url.scheme}://{target.address}:{target.port}"
+    response: aiohttp.ClientResponse | None = None
+    if credentials is not None and memory is not None and memory.origin == origin:
+        # This camera asked before: answer in its scheme straight away.
+        if memory.digest is not None:
+            response = await _send(session, target, verify_ssl, middlewares=(memory.digest,))
+        else:
+            basic = aiohttp.encode_basic_auth(credentials[0], credentials[1])
+            response = await _send(session, target, verify_ssl, authorization=basic)
+        if response.status == 401:
+            response.release()
+            response = None
+            memory.forget()
+    if response is None:
+        # The first try carries no credentials, so they only reach a camera
+        # that asks, and only in the form it asks for.
+        response = await _send(session, target, verify_ssl)
     try:
         if response.status == 401 and credentials is not None:
             offered = _offered_schemes(response.headers.getall(hdrs.WWW_AUTHENTICATE, ()))
@@ -246,11 +286,29 @@ async def _exchange(
                     # is what the camera offers, so it is not a downgrade.
                     response.release()
                     response = await _send(session, target, verify_ssl, authorization=basic)
+                    _remember(memory, origin, response, None)
+                else:
+                    _remember(memory, origin, response, digest)
             elif "basic" in offered:
                 response = await _send(session, target, verify_ssl, authorization=basic)
+                _remember(memory, origin, response, None)
         yield response
     finally:
         response.release()
+
+
+def _remember(
+    memory: AuthMemory | None,
+    origin: str,
+    response: aiohttp.ClientResponse,
+    digest: aiohttp.DigestAuthMiddleware | None,
+) -> None:
+    """Keep the scheme that just worked for this camera's origin."""
+    if memory is None or response.status == 401:
+        return
+    memory.origin = origin
+    memory.scheme = "digest" if digest is not None else "basic"
+    memory.digest = digest
 
 
 async def _read_body(response: aiohttp.ClientResponse, max_bytes: int) -> bytes:

@@ -53,6 +53,8 @@ class CameraClient:
         self.policy = policy
         self.source = source
         self.grabber = WarmGrabber(transport=source.rtsp_transport, linger=WARM_LINGER)
+        # One camera, one auth scheme: later stills answer its challenge at once.
+        self._auth_memory = http.AuthMemory()
         # Set by the glue while Home Assistant runs a stream for this camera.
         self.keyframe_provider: KeyframeProvider | None = None
         # Set by the glue for cameras that can say who they are (ONVIF).
@@ -153,6 +155,7 @@ class CameraClient:
                 verify_ssl=self.source.verify_ssl,
                 timeout=timeout,
                 max_bytes=jpeg.MAX_JPEG_BYTES,
+                auth_memory=self._auth_memory,
             )
             return _Raw(
                 reply.body,
