@@ -28,6 +28,8 @@ PARALLEL_UPDATES = 0
 # How long a still request waits for the running stream's next keyframe before
 # opening its own short RTSP session instead.
 KEYFRAME_WAIT = 4.0
+# Stream state changes arriving during a check run it again, a bounded number of times.
+STREAM_RECHECKS = 3
 
 
 async def async_setup_entry(
@@ -73,6 +75,7 @@ class LocalCamCamera(LocalCamEntity, Camera):
             self._attr_entity_registry_enabled_default = False
         self.stream_options[STREAM_RTSP_TRANSPORT] = self._client.source.rtsp_transport.value
         self._auth_check: asyncio.Task[None] | None = None
+        self._recheck = False
 
     @override
     async def async_added_to_hass(self) -> None:
@@ -122,29 +125,46 @@ class LocalCamCamera(LocalCamEntity, Camera):
 
     @callback
     def _async_stream_state_changed(self) -> None:
-        """Write state; when the stream fails, check whether it was a 401."""
+        """Write state; check the camera whenever the stream drops or reconnects.
+
+        HA's stream worker reconnects by itself, without asking us; a
+        reconnect may reach another device (a reused address) or a camera
+        that now answers 401. So every change of the stream's state runs the
+        health check (DESCRIBE + identity); a change during a check runs it
+        once more afterwards, so none is missed.
+        """
         self.async_write_ha_state()
-        stream = self.stream
-        if stream is None or stream.available or self._auth_check is not None:
+        if self.stream is None or not self.stream.outputs():
+            return  # stopped (nobody watching, or stopped by us): nothing reconnects
+        if self._auth_check is not None:
+            self._recheck = True
             return
         self._auth_check = self.hass.async_create_background_task(
-            self._async_check_auth(), f"{DOMAIN} stream auth check {self.entity_id}"
+            self._async_check_stream_peer(), f"{DOMAIN} stream check {self.entity_id}"
         )
 
-    async def _async_check_auth(self) -> None:
-        """When the stream fails: a 401 starts reauth; another device stops it."""
+    async def _async_check_stream_peer(self) -> None:
+        """A 401 starts reauth; another device at the address stops the stream."""
         try:
-            await self._client.check_health()
-        except InvalidAuthError:
-            LOGGER.warning("%s rejects its credentials; asking for new ones", self.entity_id)
-            self.coordinator.config_entry.async_start_reauth(self.hass)
-        except IdentityMismatchError:
-            # Never let the worker reconnect to, and show, the other device.
-            if self.stream is not None:
-                await self.stream.stop()
-            await self.coordinator.async_request_refresh()
-        except LocalCamError:
-            pass  # unreachable cameras are the health coordinator's business
+            for _ in range(STREAM_RECHECKS):
+                self._recheck = False
+                try:
+                    await self._client.check_health()
+                except InvalidAuthError:
+                    LOGGER.warning(
+                        "%s rejects its credentials; asking for new ones", self.entity_id
+                    )
+                    self.coordinator.config_entry.async_start_reauth(self.hass)
+                except IdentityMismatchError:
+                    # Never let the worker reconnect to, and show, the other device.
+                    if self.stream is not None:
+                        await self.stream.stop()
+                    await self.coordinator.async_request_refresh()
+                    return
+                except LocalCamError:
+                    pass  # unreachable cameras are the health coordinator's business
+                if not self._recheck:
+                    return
         finally:
             self._auth_check = None
 
