@@ -308,7 +308,7 @@ async def test_options_flow(hass: HomeAssistant, camera: VirtualCamera) -> None:
     options = {
         CONF_SNAPSHOT_MAX_AGE: 0.5,
         CONF_RTSP_TRANSPORT: "udp",
-        CONF_ALLOWED_NETWORKS: "0.0.0.0/0",
+        CONF_ALLOWED_NETWORKS: "0.0.0.0/0",  # refused: wider than /8
     }
     result = await hass.config_entries.options.async_configure(result["flow_id"], options)
     assert result["errors"] == {CONF_ALLOWED_NETWORKS: "invalid_networks"}

@@ -228,7 +228,9 @@ async def test_scan_finds_cameras_by_unicast(
     )
     assert result["step_id"] == "scan"
     flow_id = result["flow_id"]
-    result = await hass.config_entries.flow.async_configure(flow_id, {CONF_HOSTS: "8.8.8.8"})
+    # A public address is refused by the policy before any probe is sent.
+    public = {CONF_HOSTS: "8.8.8.8"}  # refused: public
+    result = await hass.config_entries.flow.async_configure(flow_id, public)
     assert result["errors"] == {CONF_HOSTS: "not_local"}  # public address refused
     # The responder listens on a free loopback port, not 3702.
     with patch("custom_components.localcam.discovery.WSD_DISCOVERY_PORT", 9):

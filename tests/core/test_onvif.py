@@ -283,7 +283,7 @@ async def test_uri_on_public_host_is_refused_and_reported() -> None:
 
 async def test_public_media_service_is_never_contacted() -> None:
     """A public Media XAddr is refused before any request (pytest-socket would raise if not)."""
-    async with onvif_camera(reported_xaddr_host="8.8.8.8") as cam:
+    async with onvif_camera(reported_xaddr_host="8.8.8.8") as cam:  # refused: public
         device = await read(cam)
     assert device.profiles == ()
     assert [(r.kind, r.reason) for r in device.refused_uris] == [

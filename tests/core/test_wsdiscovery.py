@@ -349,7 +349,7 @@ def test_external_entity_is_never_read(tmp_path: Path) -> None:
 def test_parser_rejects_non_local_and_invalid_sources() -> None:
     """Replies from public or invalid source addresses are ignored as a whole."""
     problems: list[str] = []
-    assert parse_probe_matches(reply(good()), "8.8.8.8", problems=problems) == []
+    assert parse_probe_matches(reply(good()), "8.8.8.8", problems=problems) == []  # refused
     assert parse_probe_matches(reply(good()), "not-an-ip", problems=problems) == []
     assert problems == ["reply from public address 8.8.8.8", "invalid source address"]
 
@@ -567,7 +567,7 @@ async def test_discovered_camera_reads_over_onvif(discoverable_camera: VirtualCa
 def test_responder_refuses_real_networks() -> None:
     """The emulator binds loopback only (outside a test network namespace)."""
     with pytest.raises(ValueError, match="loopback only"):
-        WsDiscoveryResponder([], host="0.0.0.0")._socket()
+        WsDiscoveryResponder([], host="0.0.0.0")._socket()  # refused
     with pytest.raises(ValueError, match="loopback only"):
         WsDiscoveryResponder([], multicast_interface="127.0.0.1")._socket()
 

@@ -675,7 +675,7 @@ async def test_stop_is_idempotent_and_farm_rtsp_only() -> None:
         await farm.stop()
         await farm.stop()
     with pytest.raises(ValueError, match="loopback"):
-        VirtualCamera(CameraConfig("x", (1, 2, 3), host="0.0.0.0"))
+        VirtualCamera(CameraConfig("x", (1, 2, 3), host="0.0.0.0"))  # refused: not loopback
 
 
 # -- CLI --------------------------------------------------------------------------------------
