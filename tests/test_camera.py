@@ -1,6 +1,8 @@
 """The camera entity against real virtual cameras on 127.0.0.1."""
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from http import HTTPStatus
 import io
@@ -9,6 +11,7 @@ from unittest.mock import patch
 
 from homeassistant.components.camera import async_get_image, async_get_stream_source
 from homeassistant.components.camera.helper import get_camera_from_entity_id
+from homeassistant.components.stream import Stream
 from homeassistant.config_entries import SOURCE_REAUTH
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import HomeAssistantError
@@ -42,6 +45,30 @@ async def _entity_id(hass: HomeAssistant, cam: VirtualCamera, *, snapshot: bool 
     entity_id = er.async_get(hass).async_get_entity_id("camera", DOMAIN, f"{entry.unique_id}_main")
     assert entity_id is not None
     return entity_id
+
+
+@asynccontextmanager
+async def _running_stream(
+    hass: HomeAssistant, entity_id: str, cam: VirtualCamera, *, wait_playing: bool = True
+) -> AsyncIterator[Stream]:
+    """Start HA's stream for a LocalCam entity (as a viewer would); stop it after."""
+    entity = get_camera_from_entity_id(hass, entity_id)
+    stream = await entity.async_create_stream()
+    assert stream is not None
+    provider = stream.add_provider("hls")
+    await stream.start()
+    try:
+        # Wait (bounded) for the worker's RTSP session to be playing.
+        for _ in range(100 if wait_playing else 0):
+            if cam.stats.active_play_sessions:
+                break
+            await hass.async_block_till_done()
+            await asyncio.sleep(0.05)
+        yield stream
+    finally:
+        if stream.outputs():
+            # Cancels its idle timer and stops the worker.
+            await stream.remove_provider(provider)
 
 
 async def test_stream_source_is_pinned_with_credentials(
@@ -86,24 +113,11 @@ async def test_still_from_running_stream(
 ) -> None:
     """While HA streams the camera, stills come from its keyframes: no new session."""
     entity_id = await _entity_id(hass, rtsp_only_camera, snapshot=False)
-    entity = get_camera_from_entity_id(hass, entity_id)
-    stream = await entity.async_create_stream()
-    assert stream is not None
-    provider = stream.add_provider("hls")
-    await stream.start()
-    try:
-        # Wait (bounded) for the worker's RTSP session to be playing.
-        for _ in range(100):
-            if rtsp_only_camera.stats.active_play_sessions:
-                break
-            await hass.async_block_till_done()
-            await asyncio.sleep(0.05)
+    async with _running_stream(hass, entity_id, rtsp_only_camera):
         sessions = rtsp_only_camera.stats.play_sessions
         image = await async_get_image(hass, entity_id)
         assert _camera_index(image.content) == 1
         assert rtsp_only_camera.stats.play_sessions == sessions
-    finally:
-        await stream.remove_provider(provider)  # cancels its idle timer, stops the worker
 
 
 @pytest.mark.parametrize("fault", [Fault.TRUNCATED_JPEG, Fault.WRONG_CONTENT_TYPE, Fault.DROP])
@@ -226,16 +240,7 @@ async def test_stream_401_starts_reauth(
 ) -> None:
     """When the running stream fails because the camera now answers 401, reauth starts."""
     entity_id = await _entity_id(hass, rtsp_only_camera, snapshot=False)
-    entity = get_camera_from_entity_id(hass, entity_id)
-    stream = await entity.async_create_stream()
-    assert stream is not None
-    provider = stream.add_provider("hls")
-    await stream.start()
-    try:
-        for _ in range(100):
-            if rtsp_only_camera.stats.active_play_sessions:
-                break
-            await asyncio.sleep(0.05)
+    async with _running_stream(hass, entity_id, rtsp_only_camera) as stream:
         rtsp_only_camera.fault = Fault.UNAUTHORIZED
         await rtsp_only_camera.restart()  # drops the session; reconnects get 401
         stream._async_update_state(False)  # what HA's worker reports when it drops
@@ -249,8 +254,6 @@ async def test_stream_401_starts_reauth(
         state = hass.states.get(entity_id)
         assert state is not None
         assert state.state == "unavailable"
-    finally:
-        await stream.remove_provider(provider)
 
 
 async def test_slow_keyframe_falls_back_to_a_grab(
@@ -259,17 +262,11 @@ async def test_slow_keyframe_falls_back_to_a_grab(
     """If the running stream yields no keyframe in time, a fresh grab is made."""
     entity_id = await _entity_id(hass, rtsp_only_camera, snapshot=False)
     entity = get_camera_from_entity_id(hass, entity_id)
-    stream = await entity.async_create_stream()
-    assert stream is not None
-    provider = stream.add_provider("hls")
-    await stream.start()
-    try:
+    async with _running_stream(hass, entity_id, rtsp_only_camera, wait_playing=False):
         with patch("custom_components.localcam.camera.KEYFRAME_WAIT", 0.0):
             image = await entity.async_camera_image()
         assert image is not None
         assert _camera_index(image) == 1
-    finally:
-        await stream.remove_provider(provider)
 
 
 async def test_stream_that_reaches_another_device_is_stopped(
@@ -285,17 +282,8 @@ async def test_stream_that_reaches_another_device_is_stopped(
     await hass.async_block_till_done()
     entity_id = er.async_get(hass).async_get_entity_id("camera", DOMAIN, f"{entry.unique_id}_main")
     assert entity_id is not None
-    entity = get_camera_from_entity_id(hass, entity_id)
-    stream = await entity.async_create_stream()
-    assert stream is not None
-    assert stream.pyav_options["probesize"] == "32"  # probing off, as the flow proved safe
-    provider = stream.add_provider("hls")
-    await stream.start()
-    try:
-        for _ in range(100):
-            if rtsp_only_camera.stats.active_play_sessions:
-                break
-            await asyncio.sleep(0.05)
+    async with _running_stream(hass, entity_id, rtsp_only_camera) as stream:
+        assert stream.pyav_options["probesize"] == "32"  # probing off, as the flow proved safe
         # The kernel's neighbour table (the edge) now names another device.
         with patch(
             "custom_components.localcam.core.snapshot.neighbour_mac",
@@ -314,9 +302,6 @@ async def test_stream_that_reaches_another_device_is_stopped(
             state = hass.states.get(entity_id)
             assert state is not None
             assert state.state == "unavailable"
-    finally:
-        if stream.outputs():
-            await stream.remove_provider(provider)
 
 
 def test_profile_name_falls_back_to_the_token() -> None:
