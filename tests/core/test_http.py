@@ -388,12 +388,10 @@ async def test_basic_auth(session: aiohttp.ClientSession, policy: NetPolicy, cam
 
 
 async def test_digest_auth(session: aiohttp.ClientSession, policy: NetPolicy, cam: Camera) -> None:
-    """A Digest challenge is answered with Digest (aiohttp's DigestAuthMiddleware)."""
+    """A Digest challenge is answered with Digest: two requests at first contact, not three."""
     reply = await fetch(session, policy, cam.url("/digest"), username=USER, password=PASSWORD)
     assert reply.body == JPEG
-    schemes = cam.state.auth_schemes("/digest")
-    assert schemes[-1] == "Digest"
-    assert "Basic" not in schemes
+    assert cam.state.auth_schemes("/digest") == [None, "Digest"]
 
 
 async def test_digest_preferred_over_basic(
@@ -863,6 +861,19 @@ async def test_auth_memory_answers_at_once(
     first = schemes.index(scheme) + 1
     assert schemes[first:] == [scheme, scheme]  # fetches 2 and 3: one request each
     assert memory.scheme == scheme.lower()
+
+
+async def test_auth_memory_sends_nothing_to_a_camera_that_never_asked(
+    session: aiohttp.ClientSession, policy: NetPolicy, cam: Camera
+) -> None:
+    """A camera that needs no credentials never receives any, on any fetch."""
+    memory = AuthMemory()
+    for _ in range(2):
+        await fetch(
+            session, policy, cam.url("/plain"), username=USER, password=PASSWORD, auth_memory=memory
+        )
+    assert cam.state.auth_schemes("/plain") == [None, None]
+    assert memory.scheme is None
 
 
 async def test_auth_memory_starts_over_after_a_401(

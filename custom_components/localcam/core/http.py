@@ -206,12 +206,6 @@ def _offered_schemes(challenges: Collection[str]) -> set[str]:
     }
 
 
-def _first_challenge_is_digest(response: aiohttp.ClientResponse) -> bool:
-    """Tell whether aiohttp's digest middleware could have answered this 401."""
-    # DigestAuthMiddleware reads only the first WWW-Authenticate header.
-    return response.headers.get(hdrs.WWW_AUTHENTICATE, "").lstrip().lower().startswith("digest")
-
-
 async def _send(
     session: aiohttp.ClientSession,
     target: Target,
@@ -250,7 +244,11 @@ async def _exchange(
     verify_ssl: bool,
     memory: AuthMemory | None = None,
 ) -> AsyncIterator[aiohttp.ClientResponse]:
-    """Do one GET, answering a 401 challenge with Digest when offered, else Basic."""
+    """Do one GET, answering a 401 challenge with Digest when offered, else Basic.
+
+    Requests per still: a remembered scheme, 1; a first contact, 2 (the bare
+    request, then the answer to its challenge); no credentials needed, 1.
+    """
     origin = f"{target.url.scheme}://{target.address}:{target.port}"
     response: aiohttp.ClientResponse | None = None
     if credentials is not None and memory is not None and memory.origin == origin:
@@ -264,37 +262,39 @@ async def _exchange(
             response.release()
             response = None
             memory.forget()
+    digest: aiohttp.DigestAuthMiddleware | None = None
     if response is None:
-        # The first try carries no credentials, so they only reach a camera
-        # that asks, and only in the form it asks for.
-        response = await _send(session, target, verify_ssl)
+        # The first try carries no credentials. With credentials to offer it
+        # goes through aiohttp's Digest middleware, which sends nothing unless
+        # the camera's (first) challenge is Digest and then answers it at once:
+        # a Digest camera costs two requests, not three. The password itself
+        # only ever goes out as Basic to a camera that offers Basic.
+        if credentials is not None:
+            digest = aiohttp.DigestAuthMiddleware(credentials[0], credentials[1])
+        middlewares = (digest,) if digest is not None else None
+        response = await _send(session, target, verify_ssl, middlewares=middlewares)
+        if digest is not None and _sent_digest(response):
+            _remember(memory, origin, response, digest)
     try:
-        if response.status == 401 and credentials is not None:
+        if response.status == 401 and credentials is not None and not _sent_digest(response):
             offered = _offered_schemes(response.headers.getall(hdrs.WWW_AUTHENTICATE, ()))
-            response.release()
-            # aiohttp 3.14 deprecates BasicAuth/auth= in favour of this header.
-            basic = aiohttp.encode_basic_auth(credentials[0], credentials[1])
-            if "digest" in offered:
-                digest = aiohttp.DigestAuthMiddleware(credentials[0], credentials[1])
-                response = await _send(session, target, verify_ssl, middlewares=(digest,))
-                if (
-                    response.status == 401
-                    and "basic" in offered
-                    and not _first_challenge_is_digest(response)
-                ):
-                    # The middleware never engaged (Basic listed first); Basic
-                    # is what the camera offers, so it is not a downgrade.
-                    response.release()
-                    response = await _send(session, target, verify_ssl, authorization=basic)
-                    _remember(memory, origin, response, None)
-                else:
-                    _remember(memory, origin, response, digest)
-            elif "basic" in offered:
+            if "basic" in offered:
+                # Digest was not engaged (not offered, or listed after Basic):
+                # Basic is what the camera offers, so it is not a downgrade.
+                response.release()
+                # aiohttp 3.14 deprecates BasicAuth/auth= in favour of this header.
+                basic = aiohttp.encode_basic_auth(credentials[0], credentials[1])
                 response = await _send(session, target, verify_ssl, authorization=basic)
                 _remember(memory, origin, response, None)
         yield response
     finally:
         response.release()
+
+
+def _sent_digest(response: aiohttp.ClientResponse) -> bool:
+    """Tell whether the request behind this response carried a Digest answer."""
+    sent = response.request_info.headers.get(hdrs.AUTHORIZATION, "")
+    return sent.lower().startswith("digest")
 
 
 def _remember(
