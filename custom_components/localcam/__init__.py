@@ -59,6 +59,7 @@ async def async_setup_entry(hass: HomeAssistant, entry: LocalCamConfigEntry) -> 
     for profile, source in sources_from_entry(entry.data, entry.options).items():
         client = CameraClient(session, policy, source)
         client.identity_probe = probe
+        client.reuse_within = max_age / 2
         # One cache per stream, bound to its frame key and source fingerprint.
         # A reload (new URL, credentials or options) builds new, empty ones.
         cache = SnapshotCache(

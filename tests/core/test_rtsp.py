@@ -12,6 +12,7 @@ import io
 from pathlib import Path
 import re
 import ssl
+import time
 
 from PIL import Image
 import pytest
@@ -237,6 +238,66 @@ async def test_warm_session_serves_a_burst_with_one_handshake(vcam: VirtualCamer
     finally:
         await grabber.close()
     assert not grabber.active
+
+
+async def test_warm_session_reuses_only_a_young_keyframe(vcam: VirtualCamera) -> None:
+    """A warm burst gets the session's latest keyframe at once while it is young enough.
+
+    A keyframe older than ``fresh_within`` is never handed out: the next one is
+    awaited instead. Without ``fresh_within`` every grab is the next keyframe.
+    """
+    target = await _target(vcam.rtsp_url)
+
+    async def url() -> str:
+        return target.pinned_url(USER, PASSWORD)
+
+    grabber = WarmGrabber(linger=5)
+    try:
+        first = await grabber.grab(url, timeout=5)
+        again = await grabber.grab(url, timeout=5, fresh_within=0.5)
+        assert again is first  # no wait for the next keyframe, no new session
+        nxt = await grabber.grab(url, timeout=5)
+        assert nxt.received_at > first.received_at
+        for _ in range(3):
+            await asyncio.sleep(0.35)
+            called = time.monotonic()
+            frame = await grabber.grab(url, timeout=5, fresh_within=0.3)
+            assert frame.received_at >= called - 0.3  # young at the call, or newer
+        assert grabber.sessions_opened == 1
+        assert vcam.stats.play_sessions == 1
+    finally:
+        await grabber.close()
+    # A closed session's keyframe is never reused.
+    reopened = await grabber.grab(url, timeout=5, fresh_within=60)
+    assert reopened.received_at > nxt.received_at
+    assert grabber.sessions_opened == 2
+    await grabber.close()
+
+
+async def test_warm_session_ending_as_a_request_joins_opens_a_new_one(
+    vcam: VirtualCamera,
+) -> None:
+    """A session that ends (linger over) while a request waits on it: a new session answers."""
+    target = await _target(vcam.rtsp_url)
+
+    async def url() -> str:
+        return target.pinned_url(USER, PASSWORD)
+
+    grabber = WarmGrabber(linger=0.5)
+    try:
+        pending = asyncio.create_task(grabber.grab(url, timeout=5))
+        for _ in range(100):
+            if grabber.active:
+                break
+            await asyncio.sleep(0.01)
+        # What the session thread reports when its linger ran out just as
+        # this request arrived (before it saw the request's wish for a frame).
+        grabber._ended(grabber._generation, None)
+        frame = await pending
+        assert frame.jpeg
+        assert grabber.sessions_opened == 2
+    finally:
+        await grabber.close()
 
 
 async def test_warm_session_errors_reach_every_waiter(vcam: VirtualCamera) -> None:

@@ -154,14 +154,20 @@ async def async_grab_keyframe(
     )
 
 
+class _SessionEndedError(CannotConnectError):
+    """The warm session closed (linger over) while a request was arriving."""
+
+
 class WarmGrabber:
     """Keyframe grabs that share one RTSP session during a burst of requests.
 
     The first grab opens the stream (probing off) in a worker thread; the
     session then stays open for ``linger`` seconds after the last request,
-    decoding only keyframes, so the next requests get the next keyframe
+    decoding only keyframes (one per GOP), so the next requests get a keyframe
     without a new RTSP handshake. It closes by itself. Every frame carries the
-    time its packet arrived, so its age is honest.
+    time its packet arrived, so its age is honest: a caller that accepts the
+    session's latest keyframe (``fresh_within``) gets it at once only while it
+    is that young, else the next one. Never an older frame.
     """
 
     def __init__(
@@ -178,6 +184,10 @@ class WarmGrabber:
         self._stop = threading.Event()
         self._last_request = 0.0
         self._session: asyncio.Future[None] | None = None
+        # Which session is current; a finished session's late calls are ignored.
+        self._generation = 0
+        # The open session's most recent keyframe (read and written in the loop).
+        self._latest: GrabbedFrame | None = None
         self.sessions_opened = 0
 
     @property
@@ -185,23 +195,55 @@ class WarmGrabber:
         """Whether a session is open right now."""
         return self._session is not None and not self._session.done()
 
-    async def grab(self, url_factory: Callable[[], Awaitable[str]], timeout: float) -> GrabbedFrame:
-        """Return the session's next keyframe (opening the session if needed)."""
+    async def grab(
+        self,
+        url_factory: Callable[[], Awaitable[str]],
+        timeout: float,
+        *,
+        fresh_within: float = 0.0,
+    ) -> GrabbedFrame:
+        """Return a keyframe of the session (opening the session if needed).
+
+        The open session's latest keyframe if it arrived at most
+        ``fresh_within`` seconds ago (a warm burst gets it at once, not one
+        GOP later); otherwise the NEXT keyframe. The cache above still checks
+        every frame's age against its max age when serving it.
+        """
         loop = asyncio.get_running_loop()
-        self._last_request = time.monotonic()
-        # Always the NEXT keyframe: the session's previous one may be older
-        # than a viewer's max age (the cache above decides what is fresh).
+        self._last_request = now = time.monotonic()
+        latest = self._latest
+        if fresh_within > 0 and latest is not None and now - latest.received_at <= fresh_within:
+            return latest
+        try:
+            async with asyncio.timeout(timeout):
+                # A session that ends (linger over) just as this request joins
+                # it gets one new session; any other error is the answer.
+                for attempt in range(2):
+                    try:
+                        return await self._next(loop, url_factory, timeout)
+                    except _SessionEndedError:
+                        if attempt:
+                            raise
+        except TimeoutError:
+            raise CameraTimeoutError("no keyframe in time") from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _next(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        url_factory: Callable[[], Awaitable[str]],
+        timeout: float,
+    ) -> GrabbedFrame:
+        """Wait for the session's next keyframe."""
         waiter: asyncio.Future[GrabbedFrame] = loop.create_future()
         self._waiters.append(waiter)
         self._wanted.set()
         try:
-            async with asyncio.timeout(timeout):
+            if not self.active:
+                url = await url_factory()
                 if not self.active:
-                    url = await url_factory()
                     self._open(loop, url, timeout)
-                return await asyncio.shield(waiter)
-        except TimeoutError:
-            raise CameraTimeoutError("no keyframe in time") from None
+            return await asyncio.shield(waiter)
         finally:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
@@ -212,24 +254,44 @@ class WarmGrabber:
         """Start the session thread."""
         self._stop.clear()
         self.sessions_opened += 1
-        self._session = loop.run_in_executor(None, self._run, loop, url, timeout)
+        self._generation += 1
+        self._latest = None
+        self._session = loop.run_in_executor(None, self._run, loop, url, timeout, self._generation)
         self._session.add_done_callback(lambda _f: None)
 
-    def _deliver(self, frame: GrabbedFrame | None, error: LocalCamError | None) -> None:
-        """Hand a frame (or the session's error) to every waiter (in the loop)."""
+    def _fail(self, error: LocalCamError) -> None:
+        """Hand an error to every waiter (in the loop)."""
         waiters, self._waiters = self._waiters, []
         self._wanted.clear()
         for waiter in waiters:
-            if waiter.done():
-                continue
-            if error is not None:
+            if not waiter.done():
                 waiter.set_exception(error)
                 waiter.exception()
-            elif frame is not None:
+
+    def _deliver(self, generation: int, frame: GrabbedFrame) -> None:
+        """A keyframe arrived: keep it as the latest and hand it to every waiter."""
+        if generation != self._generation:
+            return
+        self._latest = frame
+        waiters, self._waiters = self._waiters, []
+        self._wanted.clear()
+        for waiter in waiters:
+            if not waiter.done():
                 waiter.set_result(frame)
 
-    def _run(self, loop: asyncio.AbstractEventLoop, url: str, timeout: float) -> None:
-        """Session thread: demux, decode keyframes, encode when someone waits."""
+    def _ended(self, generation: int, error: LocalCamError | None) -> None:
+        """The session is over: its frames go with it; its waiters get an error."""
+        if generation != self._generation:
+            return
+        self._latest = None
+        self._session = None
+        if self._waiters:
+            self._fail(error or _SessionEndedError("session closed"))
+
+    def _run(
+        self, loop: asyncio.AbstractEventLoop, url: str, timeout: float, generation: int
+    ) -> None:
+        """Session thread: demux; decode and encode each keyframe while warm."""
         import av  # noqa: PLC0415
 
         error: LocalCamError | None = None
@@ -247,8 +309,9 @@ class WarmGrabber:
                     not self._wanted.is_set() and now - self._last_request > self._linger
                 ):
                     break
-                # Keyframes decode on their own: decode only when someone waits.
-                if packet.size == 0 or not packet.is_keyframe or not self._wanted.is_set():
+                # Keyframes decode on their own: one decode per GOP, only
+                # while the session is warm (it closes after the linger).
+                if packet.size == 0 or not packet.is_keyframe:
                     continue
                 frames = codec.decode(packet) or codec.decode(None)
                 if not frames:
@@ -259,7 +322,7 @@ class WarmGrabber:
                     jpeg=encode_bgr(frame.to_ndarray(format="bgr24")),
                     received_at=now,
                 )
-                loop.call_soon_threadsafe(self._deliver, grabbed, None)
+                loop.call_soon_threadsafe(self._deliver, generation, grabbed)
             else:
                 error = NoVideoError("stream ended")
         except LocalCamError as err:
@@ -270,21 +333,20 @@ class WarmGrabber:
         finally:
             if container is not None:
                 container.close()
-            if error is None and self._wanted.is_set():
-                error = CannotConnectError("session closed")
-            if error is not None:
-                loop.call_soon_threadsafe(self._deliver, None, error)
+            loop.call_soon_threadsafe(self._ended, generation, error)
 
     async def close(self) -> None:
         """Stop the session (entry unload); bounded by FFmpeg's read timeout."""
         self._stop.set()
-        if self._session is not None and not self._session.done():
+        session = self._session
+        if session is not None and not session.done():
             try:
                 async with asyncio.timeout(10):
-                    await asyncio.shield(self._session)
+                    await asyncio.shield(session)
             except TimeoutError:
                 pass
-        self._deliver(None, CannotConnectError("camera closed"))
+        self._latest = None
+        self._fail(CannotConnectError("camera closed"))
 
 
 # ---------------------------------------------------------------------------

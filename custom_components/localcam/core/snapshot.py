@@ -60,6 +60,10 @@ class CameraClient:
         # Set by the glue for cameras that can say who they are (ONVIF).
         self.identity_probe: IdentityProbe | None = None
         self.timeout = DEFAULT_TIMEOUT
+        # A warm RTSP session's latest keyframe is reused while it is at most
+        # this old (the glue sets half the cache's max age, so a reused frame
+        # still has half its life); otherwise the next keyframe is awaited.
+        self.reuse_within = 0.0
 
     async def close(self) -> None:
         """Close the warm RTSP session, if any (entry unload)."""
@@ -169,7 +173,11 @@ class CameraClient:
         if keyframe is not None and (image := await keyframe()) is not None:
             kind, received = SnapshotSource.STREAM_KEYFRAME, time.monotonic()
         else:
-            frame = await self.grabber.grab(self.stream_url, timeout=max(timeout - 0.5, 1.0))
+            frame = await self.grabber.grab(
+                self.stream_url,
+                timeout=max(timeout - 0.5, 1.0),
+                fresh_within=self.reuse_within,
+            )
             image, kind, received = frame.jpeg, SnapshotSource.RTSP_GRAB, frame.received_at
         return _Raw(image, None, kind, received, target.address, target.host)
 
