@@ -67,6 +67,9 @@ async def test_background_scan_offers_cameras(
     flows = hass.config_entries.flow.async_progress_by_handler(DOMAIN)
     assert [flow["context"]["source"] for flow in flows] == [SOURCE_INTEGRATION_DISCOVERY]
     assert flows[0]["step_id"] == "discovery_confirm"
+    status = hass.data[discovery.DATA_DISCOVERY]  # what diagnostics show
+    assert (status.scans_enabled, status.scans, status.last_found) == (True, 1, 1)
+    assert status.last_scan is not None
 
 
 async def test_background_scan_disabled(hass: HomeAssistant) -> None:
@@ -76,6 +79,8 @@ async def test_background_scan_disabled(hass: HomeAssistant) -> None:
         hass.bus.async_fire(EVENT_HOMEASSISTANT_STARTED)
         await hass.async_block_till_done(wait_background_tasks=True)
     assert scan.await_count == 0
+    status = hass.data[discovery.DATA_DISCOVERY]
+    assert (status.scans_enabled, status.scans, status.last_scan) == (False, 0, None)
 
 
 def test_discovery_data() -> None:

@@ -6,6 +6,7 @@ from typing import Any
 from homeassistant.components.diagnostics import async_redact_data
 from homeassistant.const import CONF_HOST, CONF_PASSWORD, CONF_USERNAME
 from homeassistant.core import HomeAssistant
+from homeassistant.helpers import device_registry as dr, entity_registry as er
 
 from .cast import async_cast_diagnostics
 from .const import (
@@ -18,6 +19,7 @@ from .const import (
 )
 from .core.netpolicy import redact_url
 from .data import LocalCamConfigEntry
+from .discovery import DATA_DISCOVERY
 
 # Credentials obviously; the camera id and unique id because they are hashes
 # of the camera's URL; allowed networks because they map the user's LAN.
@@ -81,6 +83,7 @@ async def async_get_config_entry_diagnostics(
             field: bool(value) for field, value in (entry.data.get(CONF_IDENTITY) or {}).items()
         },
         "main_stream": entry.runtime_data.main,
+        "discovery": _discovery(hass, entry),
         # Last cast per receiver: no camera id, no URL; tokens redacted.
         "cast": async_cast_diagnostics(hass, entry.data[CONF_CAMERA_ID]),
         # Counters only: never image bytes. Keyed by stream (profile).
@@ -97,4 +100,41 @@ async def async_get_config_entry_diagnostics(
             }
             for profile, stream in streams.items()
         },
+    }
+
+
+async def async_get_device_diagnostics(
+    hass: HomeAssistant, entry: LocalCamConfigEntry, device: dr.DeviceEntry
+) -> dict[str, Any]:
+    """Return diagnostics for the camera's device: the entry's, plus its entities."""
+    entities = er.async_entries_for_device(er.async_get(hass), device.id)
+    return {
+        **await async_get_config_entry_diagnostics(hass, entry),
+        "device": {
+            "manufacturer": device.manufacturer,
+            "model": device.model,
+            "sw_version": device.sw_version,
+            "hw_version": device.hw_version,
+            "connections": len(device.connections),  # MACs: counted, never shown
+        },
+        "entities": [
+            {
+                "translation_key": entity.translation_key,
+                "disabled_by": entity.disabled_by,
+                "state": (state.state if (state := hass.states.get(entity.entity_id)) else None),
+            }
+            for entity in sorted(entities, key=lambda e: e.entity_id)
+        ],
+    }
+
+
+def _discovery(hass: HomeAssistant, entry: LocalCamConfigEntry) -> dict[str, Any]:
+    """How the camera was found, and what the background scans do."""
+    status = hass.data.get(DATA_DISCOVERY)
+    return {
+        "source": entry.source,
+        "background_scans": status.scans_enabled if status else None,
+        "scans": status.scans if status else 0,
+        "last_scan": status.last_scan.isoformat() if status and status.last_scan else None,
+        "last_found": status.last_found if status else None,
     }

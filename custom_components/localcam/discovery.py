@@ -11,7 +11,8 @@ Tests, benchmarks and the demo set LOCALCAM_DISABLE_NETWORK_SCANS=1 so that
 nothing is multicast on a real interface outside a test's own namespace.
 """
 
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 import os
 from typing import Any, Final
 
@@ -21,6 +22,8 @@ from homeassistant.const import EVENT_HOMEASSISTANT_STARTED
 from homeassistant.core import Event, HomeAssistant, callback
 from homeassistant.helpers import discovery_flow
 from homeassistant.helpers.event import async_track_time_interval
+from homeassistant.util import dt as dt_util
+from homeassistant.util.hass_dict import HassKey
 
 from .const import DOMAIN, LOGGER
 from .core.netpolicy import NetPolicy
@@ -33,6 +36,19 @@ FLOW_SCAN_TIME: Final = 1.0
 BACKGROUND_SCAN_TIME: Final = 3.0
 WSD_DISCOVERY_PORT = WSD_PORT  # the standard port; tests aim at their responder's
 DISABLE_ENV: Final = "LOCALCAM_DISABLE_NETWORK_SCANS"
+
+
+@dataclass(slots=True)
+class DiscoveryStatus:
+    """What the background scans did (shown in diagnostics; no addresses)."""
+
+    scans_enabled: bool
+    scans: int = 0
+    last_scan: datetime | None = None
+    last_found: int | None = None
+
+
+DATA_DISCOVERY: HassKey[DiscoveryStatus] = HassKey(f"{DOMAIN}_discovery")
 
 
 def scans_disabled() -> bool:
@@ -78,12 +94,16 @@ def discovery_data(device: DiscoveredDevice) -> dict[str, Any]:
 @callback
 def async_start_background_discovery(hass: HomeAssistant) -> None:
     """Scan once HA has started, then every 15 minutes."""
-    if scans_disabled():
+    status = hass.data[DATA_DISCOVERY] = DiscoveryStatus(scans_enabled=not scans_disabled())
+    if not status.scans_enabled:
         LOGGER.debug("WS-Discovery scans are disabled (%s)", DISABLE_ENV)
         return
 
     async def _scan(*_: Any) -> None:
         devices = await async_scan(hass, [])
+        status.scans += 1
+        status.last_scan = dt_util.utcnow()
+        status.last_found = len(devices)
         for device in devices:
             discovery_flow.async_create_flow(
                 hass,
