@@ -17,6 +17,7 @@ import time
 from PIL import Image
 import pytest
 
+from custom_components.localcam.core import rtsp
 from custom_components.localcam.core.errors import (
     CameraTimeoutError,
     CannotConnectError,
@@ -24,7 +25,7 @@ from custom_components.localcam.core.errors import (
     NoVideoError,
 )
 from custom_components.localcam.core.netpolicy import NetPolicy, Target
-from custom_components.localcam.core.rtsp import WarmGrabber, async_grab_keyframe, describe
+from custom_components.localcam.core.rtsp import WarmGrabber, _decode, async_grab_keyframe, describe
 from tests.core.test_http import TlsFiles, tls_files  # noqa: F401 - shared fixture
 from virtualcam import CameraConfig, Fault, VirtualCamera, color_for, nearest_camera
 
@@ -404,3 +405,106 @@ async def test_grab_is_bounded_by_the_gop(socket_enabled: None) -> None:
     finally:
         await grabber.close()
         await cam.stop()
+
+
+def _write_video(path: Path, *, frames: int, b_frames: int = 0, gop: int = 10) -> None:
+    """Write an H.264 file (10 fps, 320x180), each frame a different grey."""
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 320, 180, "yuv420p"
+        stream.options = {"g": str(gop), "keyint_min": str(gop), "bf": str(b_frames)}
+        for index in range(frames):
+            image = np.full((180, 320, 3), (index * 7) % 255, dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+
+
+def test_every_keyframe_decodes_with_a_reordering_decoder(tmp_path: Path) -> None:
+    """A stream with B-frames holds each keyframe back: drained and reset, each one decodes.
+
+    Without the reset, FFmpeg refuses the second keyframe after the first
+    drain (EOF), and a warm session would die there.
+    """
+    import av
+
+    path = tmp_path / "bframes.mp4"
+    _write_video(path, frames=35, b_frames=2)
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        codec = stream.codec_context
+        codec.skip_frame = "NONKEY"
+        codec.thread_count = 1
+        keyframes = [p for p in container.demux(stream) if p.size and p.is_keyframe]
+        assert len(keyframes) == 4
+        assert codec.decode(keyframes[0]) == []  # held back for reordering
+        codec.decode(None)
+        codec.flush_buffers()
+        decoded = [_decode(codec, packet, drain=True) for packet in keyframes[1:]]
+    assert all(frame is not None and frame.width == 320 for frame in decoded)
+
+
+async def test_grab_from_a_reordering_stream(tmp_path: Path) -> None:
+    """The one-shot grab drains a decoder that holds the first keyframe back."""
+    path = tmp_path / "bframes.mp4"
+    _write_video(path, frames=12, b_frames=2)
+    frame = await async_grab_keyframe(str(path), timeout=5)
+    assert frame.info.width == 320
+    assert Image.open(io.BytesIO(frame.jpeg)).size == (320, 180)
+
+
+async def test_grab_from_a_video_track_without_frames(tmp_path: Path) -> None:
+    """A video track that ends before any frame (here: audio only) is NoVideoError, not a hang."""
+    import av
+
+    path = tmp_path / "empty.mkv"
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("mpeg4", rate=10)
+        video.width, video.height, video.pix_fmt = 320, 180, "yuv420p"
+        audio = container.add_stream("pcm_s16le", rate=8000)
+        frame = av.AudioFrame(format="s16", layout="mono", samples=800)
+        for plane in frame.planes:
+            plane.update(bytes(plane.buffer_size))
+        frame.rate = 8000
+        for packet in audio.encode(frame):
+            container.mux(packet)
+    with pytest.raises(NoVideoError, match="ended before a video frame"):
+        await async_grab_keyframe(str(path), timeout=3)
+
+
+async def test_grab_is_bounded_in_packets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demux loop stops at its packet bound, whatever the camera sends."""
+    path = tmp_path / "late.mp4"
+    _write_video(path, frames=5)
+    monkeypatch.setattr(rtsp, "_MAX_PACKETS", 0)
+    with pytest.raises(CameraTimeoutError, match="no keyframe in time"):
+        await async_grab_keyframe(str(path), timeout=3)
+
+
+async def test_warm_session_over_a_stream_that_ends(tmp_path: Path) -> None:
+    """A session whose stream ends hands its keyframe out, then closes; the next grab reopens."""
+    path = tmp_path / "short.mp4"
+    _write_video(path, frames=25, b_frames=2)
+
+    async def url() -> str:
+        return str(path)
+
+    grabber = WarmGrabber(linger=5)
+    try:
+        first = await grabber.grab(url, timeout=5)
+        assert first.info.width == 320
+        for _ in range(100):  # the file ends at once: the session closes by itself
+            if not grabber.active:
+                break
+            await asyncio.sleep(0.02)
+        assert not grabber.active
+        # Its keyframes went with it: a new session, however lenient the caller.
+        again = await grabber.grab(url, timeout=5, fresh_within=60)
+        assert again.received_at > first.received_at
+        assert grabber.sessions_opened == 2
+    finally:
+        await grabber.close()

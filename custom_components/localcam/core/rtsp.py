@@ -87,6 +87,21 @@ def _open_container(url: str, transport: RtspTransport, timeout: float) -> Any:
     return container
 
 
+def _decode(codec: Any, packet: Any, *, drain: bool) -> Any | None:
+    """Decode one packet on its own; return its frame, or None.
+
+    A decoder with reorder delay (B-frames declared in the SPS) holds a
+    keyframe back; ``drain`` empties it, then resets it, because after a
+    drain FFmpeg refuses every further packet (EOF) until it is reset: a
+    warm session would otherwise die at its second keyframe.
+    """
+    frames = codec.decode(packet)
+    if not frames and drain:
+        frames = codec.decode(None)
+        codec.flush_buffers()
+    return frames[0] if frames else None
+
+
 def grab_keyframe(
     url: str,
     *,
@@ -122,11 +137,8 @@ def grab_keyframe(
                 raise CameraTimeoutError("no keyframe in time")
             if packet.size == 0:
                 continue
-            frames = codec.decode(packet)
-            if not frames and packet.is_keyframe:
-                frames = codec.decode(None)
-            if frames:
-                frame = frames[0]
+            # Non-key packets too: a demuxer may not flag every keyframe.
+            if (frame := _decode(codec, packet, drain=packet.is_keyframe)) is not None:
                 received = time.monotonic()
                 break
         if frame is None:
@@ -313,10 +325,8 @@ class WarmGrabber:
                 # while the session is warm (it closes after the linger).
                 if packet.size == 0 or not packet.is_keyframe:
                     continue
-                frames = codec.decode(packet) or codec.decode(None)
-                if not frames:
+                if (frame := _decode(codec, packet, drain=True)) is None:
                     continue
-                frame = frames[0]
                 grabbed = GrabbedFrame(
                     info=StreamInfo(codec=codec.name, width=frame.width, height=frame.height),
                     jpeg=encode_bgr(frame.to_ndarray(format="bgr24")),
