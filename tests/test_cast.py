@@ -1415,7 +1415,7 @@ async def test_service_permissions_and_unloaded_camera(
     http_port: int,
     hass_read_only_user: Any,
 ) -> None:
-    """A user who may not control the entities is refused; an unloaded camera is an error."""
+    """A user who may not control the entities is refused, others are not; unloaded: an error."""
     with pytest.raises(Unauthorized):
         await hass.services.async_call(
             DOMAIN,
@@ -1425,6 +1425,19 @@ async def test_service_permissions_and_unloaded_camera(
             context=Context(user_id=hass_read_only_user.id),
         )
     assert receiver.loads == []
+    # An admin, and a user whose group may control every entity, are let through.
+    admin = await hass.auth.async_create_user("admin", group_ids=["system-admin"])
+    user = await hass.auth.async_create_user("member", group_ids=["system-users"])
+    assert admin.is_admin and not user.is_admin
+    for allowed in (admin, user):
+        await hass.services.async_call(
+            DOMAIN,
+            "cast",
+            {"entity_id": porch, "media_player": RECEIVER, "mode": "snapshot", "force": True},
+            blocking=True,
+            context=Context(user_id=allowed.id),
+        )
+    assert len(receiver.loads) == 2
     entry = hass.config_entries.async_entries(DOMAIN)[0]
     assert await hass.config_entries.async_unload(entry.entry_id)
     with pytest.raises(HomeAssistantError) as err:

@@ -6,13 +6,14 @@ sends (no video in the SDP, garbage, endless headers).
 """
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 import hashlib
 import io
 from pathlib import Path
 import re
 import ssl
 import time
+from typing import Any
 
 from PIL import Image
 import pytest
@@ -36,6 +37,16 @@ type Responder = Callable[[str, dict[str, str]], bytes | None]
 
 async def _target(url: str) -> Target:
     return await NetPolicy().check(url)
+
+
+async def _session_url(vcam: VirtualCamera) -> Callable[[], Awaitable[str]]:
+    """The URL factory a WarmGrabber is given: the camera's pinned URL with credentials."""
+    target = await _target(vcam.rtsp_url)
+
+    async def url() -> str:
+        return target.pinned_url(USER, PASSWORD)
+
+    return url
 
 
 @pytest.fixture(params=["digest", "basic"])
@@ -217,10 +228,7 @@ async def test_grab_keyframe_errors(vcam: VirtualCamera) -> None:
 
 async def test_warm_session_serves_a_burst_with_one_handshake(vcam: VirtualCamera) -> None:
     """Grabs within the linger window share one RTSP session, then it closes itself."""
-    target = await _target(vcam.rtsp_url)
-
-    async def url() -> str:
-        return target.pinned_url(USER, PASSWORD)
+    url = await _session_url(vcam)
 
     grabber = WarmGrabber(linger=0.5)
     try:
@@ -247,10 +255,7 @@ async def test_warm_session_reuses_only_a_young_keyframe(vcam: VirtualCamera) ->
     A keyframe older than ``fresh_within`` is never handed out: the next one is
     awaited instead. Without ``fresh_within`` every grab is the next keyframe.
     """
-    target = await _target(vcam.rtsp_url)
-
-    async def url() -> str:
-        return target.pinned_url(USER, PASSWORD)
+    url = await _session_url(vcam)
 
     grabber = WarmGrabber(linger=5)
     try:
@@ -279,10 +284,7 @@ async def test_warm_session_ending_as_a_request_joins_opens_a_new_one(
     vcam: VirtualCamera,
 ) -> None:
     """A session that ends (linger over) while a request waits on it: a new session answers."""
-    target = await _target(vcam.rtsp_url)
-
-    async def url() -> str:
-        return target.pinned_url(USER, PASSWORD)
+    url = await _session_url(vcam)
 
     grabber = WarmGrabber(linger=0.5)
     try:
@@ -303,11 +305,8 @@ async def test_warm_session_ending_as_a_request_joins_opens_a_new_one(
 
 async def test_warm_session_errors_reach_every_waiter(vcam: VirtualCamera) -> None:
     """A refused session fails all its waiters at once, with a core error."""
-    target = await _target(vcam.rtsp_url)
+    url = await _session_url(vcam)
     vcam.fault = Fault.REFUSE
-
-    async def url() -> str:
-        return target.pinned_url(USER, PASSWORD)
 
     grabber = WarmGrabber(linger=0.5)
     results = await asyncio.gather(
@@ -319,11 +318,8 @@ async def test_warm_session_errors_reach_every_waiter(vcam: VirtualCamera) -> No
 
 async def test_warm_session_hang_times_out(vcam: VirtualCamera) -> None:
     """A camera that hangs during the session open costs the bound, then an error."""
-    target = await _target(vcam.rtsp_url)
+    url = await _session_url(vcam)
     vcam.fault = Fault.HANG
-
-    async def url() -> str:
-        return target.pinned_url(USER, PASSWORD)
 
     grabber = WarmGrabber(linger=0.5)
     with pytest.raises(CameraTimeoutError):
@@ -360,19 +356,26 @@ async def test_describe_over_rtsps(
         await server.wait_closed()
 
 
+def _mux_silence(container: Any) -> None:
+    """Add an audio track to an output container and mux 0.1 s of silence into it."""
+    import av
+
+    stream = container.add_stream("pcm_s16le", rate=8000)
+    frame = av.AudioFrame(format="s16", layout="mono", samples=800)
+    for plane in frame.planes:
+        plane.update(bytes(plane.buffer_size))
+    frame.rate = 8000
+    for packet in stream.encode(frame):
+        container.mux(packet)
+
+
 async def test_grab_without_video_track(tmp_path: Path) -> None:
     """A source with no video (here an audio-only file) is NoVideoError, not a hang."""
     import av
 
     path = tmp_path / "audio.wav"
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("pcm_s16le", rate=8000)
-        frame = av.AudioFrame(format="s16", layout="mono", samples=800)
-        for plane in frame.planes:
-            plane.update(bytes(plane.buffer_size))
-        frame.rate = 8000
-        for packet in stream.encode(frame):
-            container.mux(packet)
+        _mux_silence(container)
     with pytest.raises(NoVideoError):
         await async_grab_keyframe(str(path), timeout=3)
 
@@ -465,13 +468,7 @@ async def test_grab_from_a_video_track_without_frames(tmp_path: Path) -> None:
     with av.open(str(path), "w") as container:
         video = container.add_stream("mpeg4", rate=10)
         video.width, video.height, video.pix_fmt = 320, 180, "yuv420p"
-        audio = container.add_stream("pcm_s16le", rate=8000)
-        frame = av.AudioFrame(format="s16", layout="mono", samples=800)
-        for plane in frame.planes:
-            plane.update(bytes(plane.buffer_size))
-        frame.rate = 8000
-        for packet in audio.encode(frame):
-            container.mux(packet)
+        _mux_silence(container)
     with pytest.raises(NoVideoError, match="ended before a video frame"):
         await async_grab_keyframe(str(path), timeout=3)
 
