@@ -1428,7 +1428,8 @@ async def test_service_permissions_and_unloaded_camera(
     # An admin, and a user whose group may control every entity, are let through.
     admin = await hass.auth.async_create_user("admin", group_ids=["system-admin"])
     user = await hass.auth.async_create_user("member", group_ids=["system-users"])
-    assert admin.is_admin and not user.is_admin
+    assert admin.is_admin
+    assert not user.is_admin
     for allowed in (admin, user):
         await hass.services.async_call(
             DOMAIN,
