@@ -13,7 +13,7 @@ import argparse
 import asyncio
 import base64
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 import contextlib
 import importlib.util
 import json
@@ -231,7 +231,7 @@ class DevTools:
         self._reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
-        """Route replies to their callers; keep console output."""
+        """Route replies to their callers; keep console output and media logs."""
         async for msg in self._ws:
             if msg.type != aiohttp.WSMsgType.TEXT:
                 break
@@ -243,6 +243,12 @@ class DevTools:
                 args = data["params"].get("args", [])
                 text = " ".join(str(a.get("value", a.get("description", ""))) for a in args)
                 self.console.append(f"console.{data['params']['type']}: {text[:300]}")
+            elif data.get("method") == "Media.playerMessagesLogged":
+                for message in data["params"].get("messages", []):
+                    self.console.append(f"media {message.get('level')}: {message.get('message')}")
+            elif data.get("method") == "Media.playerErrorsRaised":
+                for error in data["params"].get("errors", []):
+                    self.console.append(f"media error: {json.dumps(error)[:600]}")
             elif data.get("method") == "Runtime.exceptionThrown":
                 details = data["params"]["exceptionDetails"]
                 text = details.get("exception", {}).get("description", details.get("text"))
@@ -353,7 +359,9 @@ async def poll[T](
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-async def start_chromium(profile: Path) -> tuple[asyncio.subprocess.Process, str]:
+async def start_chromium(
+    profile: Path, extra_args: Sequence[str] = ()
+) -> tuple[asyncio.subprocess.Process, str]:
     """Start headless Chromium; return it and its DevTools browser websocket URL's port."""
     await asyncio.to_thread(profile.mkdir, parents=True, exist_ok=True)
     log = (profile.parent / "chromium.log").open("ab")
@@ -377,6 +385,7 @@ async def start_chromium(profile: Path) -> tuple[asyncio.subprocess.Process, str
         f"--window-size={VIEWPORT[0]},{VIEWPORT[1]}",
         f"--user-data-dir={profile}",
         "--remote-debugging-port=0",
+        *extra_args,
         "about:blank",
         stdout=log,
         stderr=log,

@@ -9,8 +9,6 @@ packet can leave the namespace: it has no link but its own `lo` and no default r
 deleted, and every process left in it killed by PID, whatever happens.
 """
 
-from collections.abc import Iterator
-import contextlib
 import json
 import os
 from pathlib import Path
@@ -25,6 +23,8 @@ from PIL import Image, ImageStat
 import pytest
 
 from virtualcam import nearest_camera
+
+from .netns import loopback_namespace
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -57,51 +57,6 @@ def auto_enable_custom_integrations() -> None:
 @pytest.fixture(autouse=True)
 def _no_blocking_io() -> None:
     """Override the suite's: this test has no event loop and waits on subprocesses."""
-
-
-def ip(*args: str) -> str:
-    """Run one `ip` command; raise with its stderr on failure."""
-    result = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10, check=False)
-    if result.returncode:
-        raise RuntimeError(f"ip {' '.join(args)}: {result.stderr.strip()}")
-    return result.stdout
-
-
-def kill_namespace_processes() -> None:
-    """SIGKILL, by PID, whatever still runs in the test's own namespace; bounded."""
-    # Only this test's driver and its children ever enter the namespace.
-    for _ in range(20):
-        with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
-            pids = [int(pid) for pid in ip("netns", "pids", NAMESPACE).split()]
-            if not pids:
-                return
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-        time.sleep(0.25)
-
-
-@contextlib.contextmanager
-def namespace() -> Iterator[None]:
-    """A network namespace with only `lo`; always emptied and deleted."""
-    try:
-        ip("netns", "add", NAMESPACE)
-    except RuntimeError as err:
-        pytest.skip(f"cannot create a network namespace here: {err}")
-    try:
-        ip("-n", NAMESPACE, "link", "set", "lo", "up")
-        # HA's shared aiohttp session builds a zeroconf resolver that joins mDNS on the
-        # default interface; without a multicast route that fails and the config flow
-        # errors. Here the only multicast route is the namespace's own loopback.
-        ip("-n", NAMESPACE, "link", "set", "lo", "multicast", "on")
-        ip("-n", NAMESPACE, "route", "add", "224.0.0.0/4", "dev", "lo")
-        yield
-    finally:
-        try:
-            kill_namespace_processes()
-        finally:
-            with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
-                ip("netns", "del", NAMESPACE)
 
 
 def run_driver(state: Path, out: Path) -> tuple[dict[str, Any] | None, str]:
@@ -164,7 +119,7 @@ def test_dashboard_and_live_stream_in_headless_chromium(
     shots.mkdir(parents=True, exist_ok=True)
     with capsys.disabled():
         print(f"\nbrowser screenshots: {shots}", flush=True)
-    with namespace():
+    with loopback_namespace(NAMESPACE):
         result, log = run_driver(tmp_path, shots)
     if result is None:
         hass_log = tmp_path / "config" / "home-assistant.log"
