@@ -37,6 +37,11 @@ def turbojpeg() -> TurboJPEG:
         return _turbojpeg
 
 
+def loaded() -> bool:
+    """Whether libturbojpeg is loaded (loading it is blocking file I/O)."""
+    return _turbojpeg is not None
+
+
 def validate_jpeg(
     data: bytes, content_type: str | None = None, max_bytes: int = MAX_JPEG_BYTES
 ) -> tuple[int, int]:

@@ -34,6 +34,9 @@ WARM_LINGER: Final = 5.0
 # Below Home Assistant's 10 s camera image timeout, so our own error wins.
 DEFAULT_TIMEOUT: Final = 9.0
 SNAPSHOT_SCHEMES: Final = frozenset({"http", "https"})
+# Stills up to this size are checked and hashed in the event loop (tens of
+# microseconds); larger ones, and any that need the /proc MAC lookup, in a thread.
+INLINE_FINISH_BYTES: Final = 256 * 1024
 
 # Returns a JPEG of the running stream's next keyframe, or None when Home
 # Assistant runs no stream for this camera right now.
@@ -103,6 +106,10 @@ class CameraClient:
             None, self.check_link_identity, target.address, target.host
         )
 
+    def _needs_link_check(self, raw: _Raw) -> bool:
+        """Whether finishing this still reads the kernel's neighbour table (blocking)."""
+        return raw.address is not None and bool(self.source.identity.mac)
+
     def check_link_identity(self, address: IPv4Address | IPv6Address | None, host: str) -> None:
         """Compare the MAC now answering at ``address`` with the configured one.
 
@@ -126,6 +133,15 @@ class CameraClient:
                 await self._check_device_identity(raw)
                 # Wall time of the same instant the bytes arrived.
                 wall = datetime.now(UTC) - timedelta(seconds=time.monotonic() - raw.received)
+                if (
+                    len(raw.body) <= INLINE_FINISH_BYTES
+                    and not self._needs_link_check(raw)
+                    and jpeg.loaded()
+                ):
+                    # A header parse and a hash of a small JPEG cost less than
+                    # a thread hop, which under a burst of viewers waits behind
+                    # every request the loop has queued.
+                    return self._finish(raw, wall)
                 return await loop.run_in_executor(None, self._finish, raw, wall)
         except TimeoutError:
             raise CameraTimeoutError("no still within the time limit") from None
@@ -182,7 +198,11 @@ class CameraClient:
         return _Raw(image, None, kind, received, target.address, target.host)
 
     def _finish(self, raw: _Raw, wall: datetime) -> Snapshot:
-        """Check identity, validate and stamp a still (runs in the executor)."""
+        """Check identity, validate and stamp a still.
+
+        In the executor; inline for small stills that need no /proc read once
+        libturbojpeg is loaded (fetch_snapshot decides).
+        """
         self.check_link_identity(raw.address, raw.host)
         width, height = jpeg.validate_jpeg(raw.body, raw.content_type)
         return Snapshot(
