@@ -281,6 +281,7 @@ class WsDiscoveryResponder(asyncio.DatagramProtocol):
         raw_replies: Sequence[bytes] = (),
         one_reply_per_device: bool = True,
         reply_delay: float = 0.0,
+        lose_probes: int = 0,
     ) -> None:
         """Configure; nothing is bound until start()."""
         # port 0 picks a free port (unicast only). multicast_interface: the address of the
@@ -289,6 +290,8 @@ class WsDiscoveryResponder(asyncio.DatagramProtocol):
         # real ones, "{relates_to}" replaced by the probe's MessageID. one_reply_per_device:
         # a datagram per device, as real cameras send. reply_delay: the maximum random
         # delay before answering (WS-Discovery allows up to 500 ms on multicast).
+        # lose_probes: the first N probes are lost on the way (a lossy link).
+        self.lose_probes = lose_probes
         self.announcements = list(announcements)
         self.host = host
         self._port = port
@@ -384,6 +387,8 @@ class WsDiscoveryResponder(asyncio.DatagramProtocol):
             self.stats.ignored += 1
             return
         self.stats.probes += 1
+        if self.stats.probes <= self.lose_probes:
+            return
         sender = (str(addr[0]), int(addr[1]))
         self.stats.senders.add(sender)
         replies = self._replies(probe)

@@ -517,7 +517,25 @@ async def test_scan_bounds_and_no_targets() -> None:
         start = time.monotonic()
         assert await scan(unicast_hosts=targets(running), timeout=60, policy=POLICY) == []
         assert time.monotonic() - start <= 3.2  # clamped to 3 s
-        assert silent.stats.probes == 4  # both probe types, sent twice (UDP may drop one)
+        # Both probe types, sent once and repeated three times while unanswered.
+        assert silent.stats.probes == 8
+
+
+@pytest.mark.usefixtures("socket_enabled")
+async def test_lossy_link_camera_found_by_the_repeats() -> None:
+    """A camera whose first six probes are lost (a bad Wi-Fi link) is still listed."""
+    lossy = WsDiscoveryResponder([Announcement.make("lossy", "127.0.0.1", 8090)], lose_probes=6)
+    async with responders(lossy) as running:
+        found = await scan(unicast_hosts=targets(running), policy=POLICY)
+    assert [device.name for device in found] == ["lossy"]
+    assert lossy.stats.probes == 8  # the last repeat got through
+    short = WsDiscoveryResponder([], lose_probes=0)
+    async with responders(short) as running:
+        start = time.monotonic()
+        await scan(unicast_hosts=targets(running), timeout=1.0, policy=POLICY)
+        # A short scan still repeats three times, inside its own deadline.
+        assert short.stats.probes == 8
+        assert time.monotonic() - start <= 1.2
 
 
 @pytest.mark.usefixtures("socket_enabled")

@@ -69,6 +69,8 @@ PACKETS_PER_ENDPOINT: Final = 4
 RECEIVE_BUFFER: Final = 1024 * 1024
 # Unicast scans end early once every host answered and the air has been quiet this long.
 QUIET_PERIOD: Final = 0.2
+# When unanswered probes go out again (seconds after the first, for a full-length scan).
+REPEAT_AFTER: Final = (0.25, 0.75, 1.5)
 
 SOAP12: Final = "http://www.w3.org/2003/05/soap-envelope"
 SOAP11: Final = "http://schemas.xmlsoap.org/soap/envelope/"
@@ -781,20 +783,32 @@ async def _send_and_wait(
     *,
     multicast: bool,
 ) -> None:
-    """Send every probe (twice, as UDP may drop one) and collect replies until done."""
-    repeat_at = loop.time() + min(0.25, max(deadline - loop.time(), 0) / 4)
+    """Send every probe and collect replies until done.
+
+    UDP may drop a probe or its reply (Wi-Fi, or a kernel buffer a flood from
+    another host filled): the multicast probes go out twice, and a unicast
+    host that has not answered is probed again at each of REPEAT_AFTER,
+    while time remains. Bounded: at most 1 + len(REPEAT_AFTER) sends each.
+    """
+    start = loop.time()
+    span = max(deadline - start, 0)
+    # Scaled down for short scans, so every repeat fits inside the deadline.
+    repeats = [start + min(offset, span * offset / MAX_SCAN_TIME) for offset in REPEAT_AFTER]
     for _, message in probes:
         for transport, destination in sends:
             with contextlib.suppress(OSError):  # no route, buffer full
                 transport.sendto(message, destination)
-    repeated = False
+    sent_repeats = 0
     while (remaining := deadline - loop.time()) > 0:
-        if not repeated and loop.time() >= repeat_at:
-            repeated = True
+        if sent_repeats < len(repeats) and loop.time() >= repeats[sent_repeats]:
+            first_repeat = sent_repeats == 0
+            sent_repeats += 1
             for _, message in probes:
                 for transport, destination in sends:
                     if destination in state.answered:
                         continue
+                    if destination[0] == MULTICAST_GROUP and not first_repeat:
+                        continue  # multicast: one repeat only, no noise on the LAN
                     with contextlib.suppress(OSError):  # no route, buffer full
                         transport.sendto(message, destination)
         if state.full.is_set() or (not multicast and state.unicast_done()):
