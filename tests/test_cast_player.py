@@ -145,9 +145,9 @@ def test_cast_url_plays_in_hlsjs(played: dict[str, Any]) -> None:
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "Chromium's native live HLS resumes at a segment of its choosing and needs it to "
-        "start with a keyframe; the cast playlist lists HA's LL-HLS parts, most of which "
-        "do not (VOD and hls.js are fine). Keyframe-aligned segments are the fix: open."
+        "Chromium 156's native live HLS quits with 'segment queue never had any data' on the "
+        "cast playlist of ~1 s LL-HLS parts; the same media plays natively as VOD, and live "
+        "when parts are joined into chunks of a few seconds. Chunks delay the start: open."
     ),
 )
 def test_cast_url_plays_in_chromium_native_hls(played: dict[str, Any]) -> None:
