@@ -8,6 +8,7 @@ ever signalled, by their PIDs.
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
+import importlib.util
 import io
 import json
 import os
@@ -29,39 +30,31 @@ CAMERA_USER = "admin"
 CAMERA_PASSWORD = "camera-bench"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-# No default_config: it would load zeroconf, ssdp and dhcp, which send
-# multicast on the real network. `stream` is what generic's stream_source
-# and its config-flow preview need; `frontend` keeps the process as heavy as a
-# real installation's.
-CONFIGURATION = """\
-homeassistant:
-  name: LocalCam bench
-  latitude: 52.37
-  longitude: 4.89
-  elevation: 0
-  unit_system: metric
-  time_zone: UTC
-  country: NL
-  currency: EUR
-  internal_url: "http://127.0.0.1:{port}"
-http:
-  server_host: 127.0.0.1
-  server_port: {port}
-frontend:
-config:
-stream:
-ffmpeg:
-logger:
-  default: warning
-  logs:
-    # A 200-viewer burst makes these log hundreds of expected failures; the
-    # benchmark counts the HTTP answers instead.
-    homeassistant.components.generic: critical
-    homeassistant.components.camera: critical
-    homeassistant.components.stream: critical
-    haffmpeg: critical
-    custom_components.localcam: error
-{cameras}"""
+# `stream` is what generic's stream_source and its config-flow preview need;
+# `frontend` (in scripts/demo.py's configuration) keeps the process as heavy as
+# a real installation's. A 200-viewer burst makes these log hundreds of
+# expected failures; the benchmark counts the HTTP answers instead.
+COMPONENTS = ("stream", "ffmpeg")
+LOGS = {
+    "homeassistant.components.generic": "critical",
+    "homeassistant.components.camera": "critical",
+    "homeassistant.components.stream": "critical",
+    "haffmpeg": "critical",
+    "custom_components.localcam": "error",
+}
+
+
+def _load_demo() -> Any:
+    """scripts/demo.py as a module: the loopback-only HA configuration it writes."""
+    spec = importlib.util.spec_from_file_location("localcam_demo", ROOT / "scripts" / "demo.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+demo = _load_demo()
 
 
 def free_port() -> int:
@@ -268,29 +261,19 @@ class Hass:
                 f"  - platform: ffmpeg\n    name: {cam['name']}\n    input: {cam['input']}\n"
                 for cam in yaml_cameras
             )
-        (self.config_dir / "configuration.yaml").write_text(
-            CONFIGURATION.format(port=self.port, cameras=cameras)
+        # The demo's configuration: HTTP on 127.0.0.1 only, no default_config,
+        # onboarding pre-seeded (finishing core_config through the API would
+        # add integrations that call the internet), only loopback enabled in
+        # HA's network settings, LocalCam linked into custom_components.
+        demo.prepare_config(
+            self.config_dir,
+            self.port,
+            writer="bench/harness.py",
+            name="LocalCam bench",
+            components=COMPONENTS,
+            logs=LOGS,
+            extra=cameras,
         )
-        storage = self.config_dir / ".storage"
-        storage.mkdir(exist_ok=True)
-        # Every onboarding step but the user's is done before the first start:
-        # finishing core_config through the API would add integrations that
-        # call the internet (as scripts/demo.py explains).
-        (storage / "onboarding").write_text(
-            json.dumps(
-                {
-                    "version": 4,
-                    "minor_version": 1,
-                    "key": "onboarding",
-                    "data": {"done": ["core_config", "analytics", "integration"]},
-                }
-            )
-        )
-        custom = self.config_dir / "custom_components"
-        custom.mkdir(exist_ok=True)
-        link = custom / "localcam"
-        if not link.exists():
-            link.symlink_to(ROOT / "custom_components" / "localcam")
         log = self.log_path.open("ab")
         self.proc = await asyncio.create_subprocess_exec(
             str(Path(sys.executable).parent / "hass"),

@@ -27,10 +27,10 @@ CAMERA_USER = "admin"
 CAMERA_PASSWORD = "camera-demo"  # noqa: S105
 
 CONFIGURATION = """\
-# Written by scripts/demo. No default_config: it would load zeroconf, ssdp and
+# Written by {writer}. No default_config: it would load zeroconf, ssdp and
 # dhcp, which send multicast on the real network.
 homeassistant:
-  name: LocalCam demo
+  name: {name}
   latitude: 52.37
   longitude: 4.89
   elevation: 0
@@ -44,11 +44,77 @@ http:
   server_port: {port}
 frontend:
 config:
-logger:
+{components}logger:
   default: warning
   logs:
-    custom_components.localcam: info
-"""
+{logs}{extra}"""
+
+
+def prepare_config(
+    config_dir: Path,
+    port: int,
+    *,
+    writer: str = "scripts/demo",
+    name: str = "LocalCam demo",
+    components: tuple[str, ...] = (),
+    logs: dict[str, str] | None = None,
+    extra: str = "",
+) -> None:
+    """Write a loopback-only Home Assistant configuration (shared with bench/harness.py).
+
+    configuration.yaml (HTTP on 127.0.0.1 only, no default_config), onboarding
+    pre-seeded, only loopback enabled in HA's network settings, and LocalCam
+    linked into custom_components.
+    """
+    config_dir.mkdir(parents=True, exist_ok=True)
+    levels = logs if logs is not None else {"custom_components.localcam": "info"}
+    (config_dir / "configuration.yaml").write_text(
+        CONFIGURATION.format(
+            writer=writer,
+            name=name,
+            port=port,
+            components="".join(f"{component}:\n" for component in components),
+            logs="".join(f"    {logger}: {level}\n" for logger, level in levels.items()),
+            extra=extra,
+        )
+    )
+    storage = config_dir / ".storage"
+    storage.mkdir(exist_ok=True)
+    onboarding = storage / "onboarding"
+    if not onboarding.exists():
+        # Mark every onboarding step but the user's as done before the first
+        # start: finishing the core_config step through the API would add
+        # Met.no, Radio Browser and Google Translate, which call the internet.
+        onboarding.write_text(
+            json.dumps(
+                {
+                    "version": 4,
+                    "minor_version": 1,
+                    "key": "onboarding",
+                    "data": {"done": ["core_config", "analytics", "integration"]},
+                }
+            )
+        )
+    network = storage / "core.network"
+    if not network.exists():
+        # Only loopback is enabled in HA's network settings: the zeroconf
+        # resolver behind HA's shared HTTP session then joins no multicast
+        # group on a real interface (it would on the default one otherwise).
+        network.write_text(
+            json.dumps(
+                {
+                    "version": 1,
+                    "minor_version": 1,
+                    "key": "core.network",
+                    "data": {"configured_adapters": ["lo"]},
+                }
+            )
+        )
+    custom = config_dir / "custom_components"
+    custom.mkdir(exist_ok=True)
+    link = custom / "localcam"
+    if not link.exists():
+        link.symlink_to(ROOT / "custom_components" / "localcam")
 
 
 async def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.25) -> Any:
@@ -98,45 +164,7 @@ async def start_camera(
 
 async def start_hass(config_dir: Path, port: int) -> asyncio.subprocess.Process:
     """Write the configuration and start Home Assistant."""
-    config_dir.mkdir(parents=True, exist_ok=True)
-    (config_dir / "configuration.yaml").write_text(CONFIGURATION.format(port=port))
-    storage = config_dir / ".storage"
-    storage.mkdir(exist_ok=True)
-    onboarding = storage / "onboarding"
-    if not onboarding.exists():
-        # Mark every onboarding step but the user's as done before the first
-        # start: finishing the core_config step through the API would add
-        # Met.no, Radio Browser and Google Translate, which call the internet.
-        onboarding.write_text(
-            json.dumps(
-                {
-                    "version": 4,
-                    "minor_version": 1,
-                    "key": "onboarding",
-                    "data": {"done": ["core_config", "analytics", "integration"]},
-                }
-            )
-        )
-    network = storage / "core.network"
-    if not network.exists():
-        # Only loopback is enabled in HA's network settings: the zeroconf
-        # resolver behind HA's shared HTTP session then joins no multicast
-        # group on a real interface (it would on the default one otherwise).
-        network.write_text(
-            json.dumps(
-                {
-                    "version": 1,
-                    "minor_version": 1,
-                    "key": "core.network",
-                    "data": {"configured_adapters": ["lo"]},
-                }
-            )
-        )
-    custom = config_dir / "custom_components"
-    custom.mkdir(exist_ok=True)
-    link = custom / "localcam"
-    if not link.exists():
-        link.symlink_to(ROOT / "custom_components" / "localcam")
+    prepare_config(config_dir, port)
     log = (config_dir / "demo-hass.log").open("ab")
     # Nothing is multicast on the real network: LocalCam's WS-Discovery stays
     # off, and default_config (zeroconf, ssdp, dhcp) is not loaded at all.
