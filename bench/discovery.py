@@ -30,7 +30,7 @@ Usage: bench/discovery [--reps N]  (needs root for ip netns).
 
 import argparse
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 import contextlib
 from datetime import UTC, datetime
 import importlib.util
@@ -41,10 +41,11 @@ import select
 import signal
 import subprocess
 import sys
-import threading
 import time
 from typing import Any, cast
 import uuid
+
+from tests.netns import bridged_namespaces, in_namespace
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -94,65 +95,9 @@ def camera_mix(index: int) -> str:
 # -- namespaces ------------------------------------------------------------------------------
 
 
-def ip(*args: str) -> None:
-    """Run one `ip` command, raising with its stderr on failure."""
-    result = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10, check=False)
-    if result.returncode:
-        raise RuntimeError(f"ip {' '.join(args)}: {result.stderr.strip()}")
-
-
-@contextlib.contextmanager
-def namespaces(members: dict[str, str]) -> Iterator[None]:
+def namespaces(members: dict[str, str]) -> contextlib.AbstractContextManager[None]:
     """The hub (bridge, no default route) and one namespace per member {name: address}."""
-    created: list[str] = []
-    try:
-        for name in (HUB, *members):
-            ip("netns", "add", name)
-            created.append(name)
-            ip("-n", name, "link", "set", "lo", "up")
-        ip("-n", HUB, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
-        ip("-n", HUB, "addr", "add", f"{HUB_IP}/24", "dev", "br0")
-        ip("-n", HUB, "link", "set", "br0", "up")
-        for index, (name, address) in enumerate(members.items()):
-            port = f"v{index}"
-            ip("-n", HUB, "link", "add", port, "type", "veth", "peer", "eth0", "netns", name)
-            ip("-n", HUB, "link", "set", port, "master", "br0", "up")
-            ip("-n", name, "addr", "add", f"{address}/24", "dev", "eth0")
-            ip("-n", name, "link", "set", "eth0", "up")
-        yield
-    finally:
-        for name in reversed(created):
-            with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
-                ip("netns", "del", name)
-
-
-def in_namespace[T](name: str, work: Callable[[], T], timeout: float = 10.0) -> T:
-    """Run work() on a fresh thread inside network namespace `name`, then leave it."""
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-        netns = os.open(f"/run/netns/{name}", os.O_RDONLY)
-        try:
-            os.setns(netns, os.CLONE_NEWNET)
-            try:
-                box["result"] = work()
-            finally:
-                os.setns(home, os.CLONE_NEWNET)
-        except BaseException as err:  # re-raised in the calling thread
-            box["error"] = err
-        finally:
-            os.close(netns)
-            os.close(home)
-
-    thread = threading.Thread(target=target, name=f"netns-{name}", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        raise RuntimeError(f"work in {name} did not finish within {timeout} s")
-    if "error" in box:
-        raise box["error"]
-    return cast(T, box["result"])
+    return bridged_namespaces(HUB, HUB_IP, members)
 
 
 # -- responders (subcommand "serve", run under `ip netns exec`) -----------------------------

@@ -1,16 +1,18 @@
-"""Network namespaces that tests create for themselves (needs root and iproute2).
+"""Network namespaces that tests and benchmarks create for themselves (root, iproute2).
 
 A namespace from ``loopback_namespace`` holds only its own ``lo`` (multicast on
 it, routed there) and no default route: nothing run inside can reach any real
 network. It is always emptied (every process in it killed by PID) and deleted.
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 import contextlib
 import os
 import signal
 import subprocess
+import threading
 import time
+from typing import Any, cast
 
 import pytest
 
@@ -58,3 +60,67 @@ def loopback_namespace(name: str) -> Iterator[None]:
         finally:
             with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
                 ip("netns", "del", name)
+
+
+@contextlib.contextmanager
+def bridged_namespaces(hub: str, hub_address: str, members: dict[str, str]) -> Iterator[None]:
+    """A hub namespace with a bridge, and one namespace per member {name: address}.
+
+    Every member's `eth0` is a veth port of the hub's `br0` (multicast snooping
+    off: the bridge floods multicast to every port, like a dumb switch), all in
+    one /24 that exists only here, with no default route. Raises RuntimeError
+    when namespaces cannot be made; always deletes what it created.
+    """
+    created: list[str] = []
+    try:
+        for name in (hub, *members):
+            ip("netns", "add", name)
+            created.append(name)
+            ip("-n", name, "link", "set", "lo", "up")
+        ip("-n", hub, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
+        ip("-n", hub, "addr", "add", f"{hub_address}/24", "dev", "br0")
+        ip("-n", hub, "link", "set", "br0", "up")
+        for index, (name, address) in enumerate(members.items()):
+            port = f"v{index}"
+            ip("-n", hub, "link", "add", port, "type", "veth", "peer", "eth0", "netns", name)
+            ip("-n", hub, "link", "set", port, "master", "br0", "up")
+            ip("-n", name, "addr", "add", f"{address}/24", "dev", "eth0")
+            ip("-n", name, "link", "set", "eth0", "up")
+        yield
+    finally:
+        for name in reversed(created):
+            with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+                ip("netns", "del", name)
+
+
+def in_namespace[T](name: str, work: Callable[[], T], timeout: float = 20.0) -> T:
+    """Run work() on a fresh thread inside network namespace `name`, then leave it.
+
+    A namespace switch (setns) is per thread: the thread enters, works, and
+    goes back before it ends, so no other thread ever runs inside.
+    """
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        netns = os.open(f"/run/netns/{name}", os.O_RDONLY)
+        try:
+            os.setns(netns, os.CLONE_NEWNET)
+            try:
+                box["result"] = work()
+            finally:
+                os.setns(home, os.CLONE_NEWNET)
+        except BaseException as err:  # re-raised in the calling thread
+            box["error"] = err
+        finally:
+            os.close(netns)
+            os.close(home)
+
+    thread = threading.Thread(target=target, name=f"netns-{name}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise RuntimeError(f"work in {name} did not finish within {timeout} s")
+    if "error" in box:
+        raise box["error"]
+    return cast(T, box["result"])

@@ -15,7 +15,7 @@ hold only these links, and every namespace is deleted at the end whatever happen
 """
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 import contextlib
 import os
 from pathlib import Path
@@ -23,14 +23,13 @@ import select
 import shutil
 import subprocess
 import sys
-import threading
 import time
-from typing import Any, cast
 
 import pytest
 
 from custom_components.localcam.core.netpolicy import NetPolicy
 from custom_components.localcam.core.wsdiscovery import DiscoveredDevice, scan
+from tests.netns import bridged_namespaces, in_namespace
 
 REPO = Path(__file__).resolve().parents[2]
 PREFIX = f"lc{os.getpid()}"
@@ -46,40 +45,19 @@ pytestmark = [
 ]
 
 
-def ip(*args: str) -> None:
-    """Run one `ip` command, raising with its stderr on failure."""
-    result = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10, check=False)
-    if result.returncode:
-        raise RuntimeError(f"ip {' '.join(args)}: {result.stderr.strip()}")
-
-
 @contextlib.contextmanager
 def namespaces() -> Iterator[None]:
     """Create the hub and camera namespaces with a bridge; always delete them."""
-    created: list[str] = []
+    members = {f"{PREFIX}{key}": address for key, address in CAMERA_NS.items()}
     try:
-        for name in (HUB, *(f"{PREFIX}{key}" for key in CAMERA_NS)):
-            try:
-                ip("netns", "add", name)
-            except RuntimeError as err:
-                pytest.skip(f"cannot create a network namespace here: {err}")
-            created.append(name)
-            ip("-n", name, "link", "set", "lo", "up")
-        # Snooping off: the bridge floods multicast to every port, like a dumb switch.
-        ip("-n", HUB, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
-        ip("-n", HUB, "addr", "add", f"{SUBNET}.1/24", "dev", "br0")
-        ip("-n", HUB, "link", "set", "br0", "up")
-        for key, address in CAMERA_NS.items():
-            name = f"{PREFIX}{key}"
-            ip("-n", HUB, "link", "add", f"v{key}", "type", "veth", "peer", "eth0", "netns", name)
-            ip("-n", HUB, "link", "set", f"v{key}", "master", "br0", "up")
-            ip("-n", name, "addr", "add", f"{address}/24", "dev", "eth0")
-            ip("-n", name, "link", "set", "eth0", "up")
+        context = bridged_namespaces(HUB, f"{SUBNET}.1", members)
+        context.__enter__()
+    except RuntimeError as err:
+        pytest.skip(f"cannot create the network namespaces here: {err}")
+    try:
         yield
     finally:
-        for name in created:
-            with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
-                ip("netns", "del", name)
+        context.__exit__(None, None, None)
 
 
 def _env() -> dict[str, str]:
@@ -154,35 +132,6 @@ def probes_seen(output: str) -> int:
         if line.startswith("STATS"):
             return int(line.split("probes=")[1].split()[0])
     raise AssertionError(f"no STATS line in {output!r}")
-
-
-def in_namespace[T](name: str, work: Callable[[], T], timeout: float = 20.0) -> T:
-    """Run work() on a fresh thread inside network namespace `name`, then leave it."""
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-        netns = os.open(f"/run/netns/{name}", os.O_RDONLY)
-        try:
-            os.setns(netns, os.CLONE_NEWNET)
-            try:
-                box["result"] = work()
-            finally:
-                os.setns(home, os.CLONE_NEWNET)
-        except BaseException as err:  # re-raised in the calling thread
-            box["error"] = err
-        finally:
-            os.close(netns)
-            os.close(home)
-
-    thread = threading.Thread(target=target, name=f"netns-{name}", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        raise AssertionError(f"work in {name} did not finish within {timeout} s")
-    if "error" in box:
-        raise box["error"]
-    return cast(T, box["result"])
 
 
 def scan_twice() -> list[tuple[float, list[DiscoveredDevice]]]:
