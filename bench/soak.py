@@ -60,8 +60,33 @@ TCP_STATES_LISTEN = "0A"
 # -- camera processes ---------------------------------------------------------------------------
 
 
+def _pair_config(cam: dict[str, Any], host: str) -> CameraConfig:
+    """One camera of the swap pair: ONVIF, with its identity, on `host`."""
+    return CameraConfig(
+        name=cam["name"],
+        color=color_for(cam["index"]),
+        host=host,
+        rtsp_port=cam["rtsp_port"],
+        http_port=cam["http_port"],
+        width=WIDTH,
+        height=HEIGHT,
+        fps=FPS,
+        gop_seconds=1.0,
+        username=CAMERA_USER,
+        password=CAMERA_PASSWORD,
+        onvif=True,
+        serial=f"SOAK-SERIAL-{cam['index']}",
+        mac=f"02:00:00:00:50:{cam['index']:02x}",
+    )
+
+
 async def camera_process(spec: dict[str, Any]) -> None:
-    """Run the cameras of `spec` until SIGTERM, the parent's exit or an hour."""
+    """Run the cameras of `spec` until SIGTERM, the parent's exit or an hour.
+
+    A swap pair (two ONVIF cameras on 127.0.0.2 and 127.0.0.3, same ports)
+    takes "swap" / "unswap" lines on stdin: both reboot onto each other's
+    address (a reused DHCP lease) or back; "DONE" answers each.
+    """
     cameras = [
         VirtualCamera(
             CameraConfig(
@@ -81,25 +106,54 @@ async def camera_process(spec: dict[str, Any]) -> None:
         )
         for cam in spec["cameras"]
     ]
+    pair = spec.get("pair") or []
+    pair_cams = [VirtualCamera(_pair_config(cam, cam["host"])) for cam in pair]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     parent = os.getppid()
+    commands: asyncio.Queue[str] = asyncio.Queue()
+    if pair:
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+
+        async def read_commands() -> None:
+            while line := await reader.readline():
+                await commands.put(line.decode().strip())
+
+        reading = loop.create_task(read_commands())
     try:
-        await asyncio.gather(*(cam.start() for cam in cameras))
+        await asyncio.gather(*(cam.start() for cam in [*cameras, *pair_cams]))
         sys.stdout.write("READY\n")
         sys.stdout.flush()
         for _ in range(3600):
             if stop.is_set() or os.getppid() != parent:
                 break
+            command = ""
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1):
-                    await stop.wait()
+                    command = await commands.get()
+            if command in ("swap", "unswap"):
+                await asyncio.gather(*(cam.stop() for cam in pair_cams))
+                hosts = [cam["host"] for cam in pair]
+                if command == "swap":
+                    hosts.reverse()
+                pair_cams = [
+                    VirtualCamera(_pair_config(cam, host))
+                    for cam, host in zip(pair, hosts, strict=True)
+                ]
+                await asyncio.gather(*(cam.start() for cam in pair_cams))
+                sys.stdout.write("DONE\n")
+                sys.stdout.flush()
     finally:
+        if pair:
+            reading.cancel()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(10):
-                await asyncio.gather(*(cam.stop() for cam in cameras), return_exceptions=True)
+                await asyncio.gather(
+                    *(cam.stop() for cam in [*cameras, *pair_cams]), return_exceptions=True
+                )
 
 
 @dataclass
@@ -111,6 +165,8 @@ class Cam:
     http: bool
     rtsp_port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
+    host: str = HOST
+    onvif: bool = False
     entry_id: str = ""
     entity_id: str = ""
     header_id: str | None = None  # X-LocalCam-Camera of its first frame
@@ -118,25 +174,26 @@ class Cam:
     @property
     def rtsp_url(self) -> str:
         """Its RTSP URL (no credentials)."""
-        return f"rtsp://{HOST}:{self.rtsp_port}/stream"
+        return f"rtsp://{self.host}:{self.rtsp_port}/stream"
 
     @property
     def snapshot_url(self) -> str | None:
         """Its HTTP snapshot URL, if it has one."""
-        return f"http://{HOST}:{self.http_port}/snapshot.jpg" if self.http else None
+        return f"http://{self.host}:{self.http_port}/snapshot.jpg" if self.http else None
 
     @property
     def control_url(self) -> str:
         """Its fault switch (HTTP cameras only)."""
-        return f"http://{HOST}:{self.http_port}/control"
+        return f"http://{self.host}:{self.http_port}/control"
 
 
 class CameraProcess:
     """A `bench/soak.py --camera-process` child holding some of the cameras."""
 
-    def __init__(self, cams: list[Cam]) -> None:
+    def __init__(self, cams: list[Cam], pair: list[Cam] | None = None) -> None:
         """Nothing runs until start()."""
         self.cams = cams
+        self.pair = pair or []
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
@@ -151,7 +208,17 @@ class CameraProcess:
                     "http": c.http,
                 }
                 for c in self.cams
-            ]
+            ],
+            "pair": [
+                {
+                    "index": c.index,
+                    "name": c.name,
+                    "rtsp_port": c.rtsp_port,
+                    "http_port": c.http_port,
+                    "host": c.host,
+                }
+                for c in self.pair
+            ],
         }
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -160,7 +227,7 @@ class CameraProcess:
             json.dumps(spec),
             cwd=ROOT,
             stdout=asyncio.subprocess.PIPE,
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.PIPE if self.pair else asyncio.subprocess.DEVNULL,
         )
         assert self.proc.stdout is not None
         async with asyncio.timeout(60):
@@ -168,6 +235,18 @@ class CameraProcess:
         if line.strip() != b"READY":
             await end_process(self.proc, 5)
             raise RuntimeError("a camera process exited before it was ready")
+
+    async def command(self, line: str) -> None:
+        """Tell the swap pair to "swap" or "unswap"; wait (bounded) until it has."""
+        assert self.proc is not None
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        self.proc.stdin.write(f"{line}\n".encode())
+        await self.proc.stdin.drain()
+        async with asyncio.timeout(60):
+            answer = await self.proc.stdout.readline()
+        if answer.strip() != b"DONE":
+            raise RuntimeError(f"the camera process did not {line}")
 
     async def stop(self) -> None:
         """Stop the process by its PID (SIGTERM, then SIGKILL)."""
@@ -254,7 +333,16 @@ class Soak:
         self.rng = random.Random(args.seed)
         n, rtsp_only = args.cameras, max(2, args.cameras // 8)
         self.cams = [Cam(i, f"soak-{i:02d}", http=i < n - rtsp_only) for i in range(n)]
-        self.colors = [color_for(i) for i in range(n)]
+        # Two ONVIF cameras on 127.0.0.2 and .3 with the same ports: they swap
+        # addresses once (a reused DHCP lease); identity must keep every frame
+        # with its own entity. They take dashboard traffic like the others.
+        rtsp_port, http_port = free_port(), free_port()
+        self.pair = [
+            Cam(n + k, f"soak-swap-{k}", http=True, rtsp_port=rtsp_port, http_port=http_port,
+                host=f"127.0.0.{2 + k}", onvif=True)
+            for k in range(2)
+        ]  # fmt: skip
+        self.colors = [color_for(i) for i in range(n + len(self.pair))]
         # One HTTP and one RTSP-only camera get rebooted (two of each from 16 cameras).
         per = 2 if n >= 16 else 1
         self.reboot_cams = [c for c in self.cams if c.http][-per:] + [
@@ -264,13 +352,15 @@ class Soak:
         self.reload_cams = [c for c in self.cams if c not in self.reboot_cams]
         self.procs = {c.index: CameraProcess([c]) for c in self.reboot_cams}
         rest = [c for c in self.cams if c not in self.reboot_cams]
-        self.bulk = CameraProcess(rest)
+        self.bulk = CameraProcess(rest, self.pair)
+        self.cams = [*self.cams, *self.pair]
         self.config_dir = Path(tempfile.mkdtemp(prefix="localcam-soak-"))
         self.hass = Hass(config_dir=self.config_dir)
         self.counters = Counters()
         self.events: list[dict[str, Any]] = []
         self.max_age = DEFAULT_MAX_AGE
         self.restarting = False
+        self.swap_outcomes: dict[str, int] | None = None
         self.t0 = 0.0
         self.stop_at = 0.0
         self._cpu_done = 0.0  # CPU seconds of hass processes that have ended
@@ -289,7 +379,10 @@ class Soak:
 
         async def add(cam: Cam) -> None:
             async with gate:
-                cam.entry_id = await self.hass.add_localcam(cam.rtsp_url, cam.snapshot_url)
+                if cam.onvif:
+                    cam.entry_id = await self.hass.add_localcam_onvif(cam.host, cam.http_port)
+                else:
+                    cam.entry_id = await self.hass.add_localcam(cam.rtsp_url, cam.snapshot_url)
                 cam.entity_id = await self.hass.entity_for_entry(cam.entry_id)
 
         await asyncio.gather(*(add(c) for c in self.cams))
@@ -317,6 +410,11 @@ class Soak:
         """Count one answer; True for a good frame (200, right camera, fresh)."""
         c = self.counters
         c.requests[kind] = c.requests.get(kind, 0) + 1
+        if self.swap_outcomes is not None and cam in self.pair:
+            # What the swapped pair's viewers got: errors, or their own camera only.
+            shown = camera_of(sample.body, self.colors) if sample.status == 200 else None
+            outcome = "error" if shown is None else ("own" if shown == cam.index else "foreign")
+            self.swap_outcomes[outcome] = self.swap_outcomes.get(outcome, 0) + 1
         if sample.status != 200:
             key = f"{kind} {sample.status or sample.error}"
             if self.restarting:
@@ -451,6 +549,8 @@ class Soak:
             t += step
         if not restarted:
             plan.append((restart_at, "ha_restart", None))
+        # The address swap, once, between two other faults.
+        plan.append((total * (0.3 if self.args.short else 0.72) + step / 2, "ip_swap", None))
         return sorted(plan, key=lambda item: item[0])
 
     async def faults(self) -> None:
@@ -468,6 +568,15 @@ class Soak:
             try:
                 if kind == "ha_restart":
                     await self.ha_restart(event)
+                    continue
+                if kind == "ip_swap":
+                    event["camera"] = "swap pair"
+                    await self.bulk.command("swap")
+                    self.swap_outcomes = event["while_swapped"] = {}
+                    await asyncio.sleep(hold)
+                    self.swap_outcomes = None
+                    await self.bulk.command("unswap")
+                    self._spawn(self.recovery(event, self.pair, time.monotonic()))
                     continue
                 assert cam is not None
                 if kind == "reboot":
@@ -696,7 +805,11 @@ class Soak:
             "worst_recovery_s": worst if worst < 1e9 else None,
             "recovery_target_s": RECOVERY_TARGET,
             "hls": "camera/stream websocket + GET of its HLS master playlist",
-            "ip_swaps": "not run here: covered by tests/test_swap.py",
+            "ip_swaps": (
+                "two ONVIF cameras on 127.0.0.2 and .3 (same ports) reboot onto each other's"
+                " address, stay swapped, then swap back; frames of either are checked like"
+                " all others (cross-camera must be 0). DHCP-following: tests/test_swap.py"
+            ),
         }
         report["passed"] = bool(
             report["cross_camera_frames"] == 0

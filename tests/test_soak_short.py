@@ -71,3 +71,7 @@ def test_short_soak(tmp_path: Path) -> None:
         assert event["recovery_s"] <= RECOVERY_TARGET, event
     assert any(e["fault"] == "ha_restart" for e in report["faults"])
     assert all(e.get("reauth_started") for e in report["faults"] if e["fault"] == "auth")
+    # Two cameras swapped addresses: their viewers got errors, never each other's frames.
+    [swap] = [e for e in report["faults"] if e["fault"] == "ip_swap"]
+    assert swap["while_swapped"].get("foreign", 0) == 0, swap
+    assert swap["while_swapped"].get("error", 0) > 0, swap
