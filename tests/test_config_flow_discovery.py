@@ -435,7 +435,7 @@ async def test_dhcp_follows_a_url_camera_by_neighbour_mac(
             "snapshot_url": None,
         },
     )
-    with patch("custom_components.localcam.config_flow.neighbour_mac", return_value=MAC):
+    with patch("custom_components.localcam.helpers.neighbour_mac", return_value=MAC):
         result = await hass.config_entries.flow.async_init(
             DOMAIN,
             context={"source": SOURCE_DHCP},

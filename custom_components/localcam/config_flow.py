@@ -67,12 +67,11 @@ from .core.identity import Identity, IdentityMismatchError, neighbour_mac, norma
 from .core.models import CameraSource, RtspTransport, StreamInfo
 from .core.netpolicy import normalized_identity, parse_networks, split_credentials
 from .core.onvif import read_device
-from .core.rtsp import describe
 from .core.snapshot import SNAPSHOT_SCHEMES, STREAM_SCHEMES, CameraClient
 from .core.wsdiscovery import DiscoveredDevice, unicast_range
 from .data import LocalCamConfigEntry
 from .discovery import FLOW_SCAN_TIME, async_scan
-from .helpers import policy_from_options
+from .helpers import async_observe_identity, policy_from_options
 
 URL_FIELDS = (CONF_STREAM_URL, CONF_SNAPSHOT_URL)
 
@@ -515,29 +514,9 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
         entry stays where it is: an address is never enough.
         """
         stored = Identity.from_dict(entry.data.get(CONF_IDENTITY))
-        policy = policy_from_options(entry.options)
-        username = entry.data.get(CONF_USERNAME)
-        password = entry.data.get(CONF_PASSWORD)
         new_data = _with_host(entry.data, host)
         try:
-            if entry.data.get(CONF_ONVIF):
-                device = await read_device(
-                    host,
-                    int(entry.data[CONF_PORT]),
-                    username,
-                    password,
-                    policy=policy,
-                    timeout=PROBE_TIMEOUT,
-                )
-                observed = Identity(
-                    mac=normalize_mac(device.mac), serial=device.serial, uuid=device.device_uuid
-                )
-            else:
-                target = await policy.check(new_data[CONF_STREAM_URL], schemes=STREAM_SCHEMES)
-                await describe(target, username=username, password=password)
-                observed = Identity(
-                    mac=await self.hass.async_add_executor_job(neighbour_mac, target.address)
-                )
+            observed = await async_observe_identity(self.hass, new_data, entry.options)
         except LocalCamError as err:
             LOGGER.info("Not moving %s to %s: %s", entry.title, host, err)
             return

@@ -15,6 +15,8 @@ from .core.errors import InvalidAuthError, LocalCamError
 from .core.identity import IdentityMismatchError
 from .core.snapshot import CameraClient
 
+IDENTITY_ISSUE_PREFIX = "identity_mismatch_"
+
 if TYPE_CHECKING:
     from .data import LocalCamConfigEntry
 
@@ -60,7 +62,9 @@ class LocalCamCoordinator(DataUpdateCoordinator[CameraHealth]):
                 self.hass,
                 DOMAIN,
                 self._identity_issue_id,
-                is_fixable=False,
+                # Fixable: if the user replaced the camera, they can trust the new device.
+                is_fixable=True,
+                data={"entry_id": self.config_entry.entry_id},
                 severity=ir.IssueSeverity.ERROR,
                 translation_key="identity_mismatch",
                 translation_placeholders={"host": err.host, "name": self.config_entry.title},
@@ -89,4 +93,4 @@ class LocalCamCoordinator(DataUpdateCoordinator[CameraHealth]):
     @property
     def _identity_issue_id(self) -> str:
         """One repair issue per entry for 'a different device answers'."""
-        return f"identity_mismatch_{self.config_entry.entry_id}"
+        return f"{IDENTITY_ISSUE_PREFIX}{self.config_entry.entry_id}"

@@ -3,7 +3,8 @@
 from collections.abc import Mapping
 from typing import Any
 
-from homeassistant.const import CONF_PASSWORD, CONF_USERNAME
+from homeassistant.const import CONF_HOST, CONF_PASSWORD, CONF_PORT, CONF_USERNAME
+from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import HomeAssistantError
 
 from .const import (
@@ -22,9 +23,16 @@ from .const import (
     MAIN_PROFILE,
 )
 from .core.errors import LocalCamError
-from .core.identity import Identity
+from .core.identity import Identity, neighbour_mac, normalize_mac
 from .core.models import CameraSource, RtspTransport
 from .core.netpolicy import NetPolicy, parse_networks
+from .core.onvif import read_device
+from .core.rtsp import describe
+from .core.snapshot import STREAM_SCHEMES
+
+# Reading a device's identity: an ONVIF GetDeviceInformation/GetNetworkInterfaces
+# round, or one DESCRIBE plus the neighbour table.
+OBSERVE_TIMEOUT = 10.0
 
 
 def policy_from_options(options: Mapping[str, Any]) -> NetPolicy:
@@ -90,3 +98,30 @@ def translated_error(err: LocalCamError) -> HomeAssistantError:
         translation_key=err.translation_key,
         translation_placeholders=err.placeholders,
     )
+
+
+async def async_observe_identity(
+    hass: HomeAssistant, data: Mapping[str, Any], options: Mapping[str, Any]
+) -> Identity:
+    """Ask the device at an entry's address who it is; raise LocalCamError if it cannot say.
+
+    ONVIF cameras answer with their MAC, serial and UUID; cameras added by URL
+    are known by the MAC the kernel resolved for their address (same link).
+    """
+    policy = policy_from_options(options)
+    username, password = data.get(CONF_USERNAME), data.get(CONF_PASSWORD)
+    if data.get(CONF_ONVIF):
+        device = await read_device(
+            data[CONF_HOST],
+            int(data[CONF_PORT]),
+            username,
+            password,
+            policy=policy,
+            timeout=OBSERVE_TIMEOUT,
+        )
+        return Identity(
+            mac=normalize_mac(device.mac), serial=device.serial, uuid=device.device_uuid
+        )
+    target = await policy.check(data[CONF_STREAM_URL], schemes=STREAM_SCHEMES)
+    await describe(target, username=username, password=password, timeout=OBSERVE_TIMEOUT)
+    return Identity(mac=await hass.async_add_executor_job(neighbour_mac, target.address))

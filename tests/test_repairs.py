@@ -1,0 +1,172 @@
+"""Repair fix flow: a camera replaced at its address is trusted only when the user says so."""
+
+from http import HTTPStatus
+import io
+import socket
+from typing import Any
+
+from homeassistant.components import camera as camera_component
+from homeassistant.config_entries import SOURCE_USER
+from homeassistant.core import HomeAssistant
+from homeassistant.data_entry_flow import UnknownHandler
+from homeassistant.exceptions import HomeAssistantError
+from homeassistant.helpers import entity_registry as er, issue_registry as ir
+from homeassistant.setup import async_setup_component
+from PIL import Image
+import pytest
+from pytest_homeassistant_custom_component.typing import ClientSessionGenerator
+import pytest_socket
+
+from custom_components.localcam.const import CONF_IDENTITY, DOMAIN
+from custom_components.localcam.repairs import async_create_fix_flow
+from virtualcam import CameraConfig, VirtualCamera, color_for, nearest_camera
+
+from .conftest import CAM_PASSWORD, CAM_USER, make_entry, setup_entry
+
+HOST = "127.0.0.2"
+PALETTE = [color_for(i) for i in range(8)]
+OLD, NEW = 1, 2  # palette indexes: the original camera and its replacement
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _camera(index: int, rtsp_port: int, http_port: int) -> VirtualCamera:
+    return VirtualCamera(
+        CameraConfig(
+            name=f"cam{index}",
+            color=color_for(index),
+            host=HOST,
+            rtsp_port=rtsp_port,
+            http_port=http_port,
+            username=CAM_USER,
+            password=CAM_PASSWORD,
+            width=320,
+            height=180,
+            onvif=True,
+            serial=f"SERIAL-{index}",
+            mac=f"02:00:00:00:00:0{index}",
+        )
+    )
+
+
+async def _colour(hass: HomeAssistant, entity_id: str) -> int:
+    image = await camera_component.async_get_image(hass, entity_id)
+    rgb = Image.open(io.BytesIO(image.content)).convert("RGB")
+    pixel = rgb.getpixel((rgb.width // 2, rgb.height // 2))
+    assert isinstance(pixel, tuple)
+    return nearest_camera((pixel[0], pixel[1], pixel[2]), PALETTE)
+
+
+async def _fix(client: Any, issue_id: str) -> dict[str, Any]:
+    """Run the fix flow as the frontend does: open it, then submit its one step."""
+    resp = await client.post(
+        "/api/repairs/issues/fix", json={"handler": DOMAIN, "issue_id": issue_id}
+    )
+    assert resp.status == HTTPStatus.OK
+    flow = await resp.json()
+    assert flow["step_id"] == "confirm"
+    resp = await client.post(f"/api/repairs/issues/fix/{flow['flow_id']}", json={})
+    assert resp.status == HTTPStatus.OK
+    return dict(await resp.json())
+
+
+async def test_replaced_camera_is_trusted_after_the_fix_flow(
+    hass: HomeAssistant, hass_client: ClientSessionGenerator, socket_enabled: None
+) -> None:
+    """Another device at the address: refused and a repair; confirmed: pinned to it, shown."""
+    pytest_socket.socket_allow_hosts(["127.0.0.1", HOST])
+    assert await async_setup_component(hass, "repairs", {})
+    rtsp_port, http_port = _free_port(), _free_port()
+    cam = _camera(OLD, rtsp_port, http_port)
+    await cam.start()
+    try:
+        result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
+        result = await hass.config_entries.flow.async_configure(
+            result["flow_id"], {"next_step_id": "onvif"}
+        )
+        result = await hass.config_entries.flow.async_configure(
+            result["flow_id"],
+            {
+                "host": HOST,
+                "port": http_port,
+                "username": CAM_USER,
+                "password": CAM_PASSWORD,
+                "verify_ssl": True,
+            },
+        )
+        entry = result["result"]
+        await hass.async_block_till_done()
+        entities = er.async_entries_for_config_entry(er.async_get(hass), entry.entry_id)
+        entity_id = next(e.entity_id for e in entities if e.disabled_by is None)
+        assert await _colour(hass, entity_id) == OLD
+
+        # The camera is replaced by another device at the same address.
+        await cam.stop()
+        cam = _camera(NEW, rtsp_port, http_port)
+        await cam.start()
+        await entry.runtime_data.coordinator.async_refresh()
+        await hass.async_block_till_done()
+        issue_id = f"identity_mismatch_{entry.entry_id}"
+        issue = ir.async_get(hass).async_get_issue(DOMAIN, issue_id)
+        assert issue is not None
+        assert issue.is_fixable
+        with pytest.raises(HomeAssistantError):  # nothing from the other device, until...
+            await camera_component.async_get_image(hass, entity_id)
+
+        # ... the user confirms that they replaced the camera.
+        client = await hass_client()
+        assert (await _fix(client, issue_id))["type"] == "create_entry"
+        await hass.async_block_till_done(wait_background_tasks=True)
+        assert entry.data[CONF_IDENTITY]["serial"] == f"SERIAL-{NEW}"
+        assert ir.async_get(hass).async_get_issue(DOMAIN, issue_id) is None
+        assert await _colour(hass, entity_id) == NEW
+
+        # A fix flow started while the device is down reads nothing and changes nothing.
+        ir.async_create_issue(
+            hass, DOMAIN, issue_id, is_fixable=True, data={"entry_id": entry.entry_id},
+            severity=ir.IssueSeverity.ERROR, translation_key="identity_mismatch",
+            translation_placeholders={"host": HOST, "name": entry.title},
+        )  # fmt: skip
+        await cam.stop()
+        result = await _fix(client, issue_id)
+        assert (result["type"], result["reason"]) == ("abort", "cannot_connect")
+        assert entry.data[CONF_IDENTITY]["serial"] == f"SERIAL-{NEW}"
+    finally:
+        for loaded in hass.config_entries.async_entries(DOMAIN):
+            await hass.config_entries.async_unload(loaded.entry_id)
+        await cam.stop()
+
+
+async def test_fix_flow_edges(
+    hass: HomeAssistant,
+    hass_client: ClientSessionGenerator,
+    camera: VirtualCamera,
+) -> None:
+    """No identity to read (no MAC on loopback): abort; a removed entry: abort; other issues."""
+    assert await async_setup_component(hass, "repairs", {})
+    entry = make_entry(camera)
+    await setup_entry(hass, entry)
+    client = await hass_client()
+    for issue_id, entry_id, reason in (
+        (f"identity_mismatch_{entry.entry_id}", entry.entry_id, "cannot_identify"),
+        ("identity_mismatch_gone", "gone", "entry_removed"),
+    ):
+        ir.async_create_issue(
+            hass, DOMAIN, issue_id, is_fixable=True, data={"entry_id": entry_id},
+            severity=ir.IssueSeverity.ERROR, translation_key="identity_mismatch",
+            translation_placeholders={"host": "127.0.0.1", "name": "cam"},
+        )  # fmt: skip
+        if reason == "entry_removed":
+            resp = await client.post(
+                "/api/repairs/issues/fix", json={"handler": DOMAIN, "issue_id": issue_id}
+            )
+            result = await resp.json()
+        else:
+            result = await _fix(client, issue_id)
+        assert (result["type"], result["reason"]) == ("abort", reason)
+    with pytest.raises(UnknownHandler):
+        await async_create_fix_flow(hass, "h265_only_x", None)
