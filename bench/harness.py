@@ -8,7 +8,6 @@ ever signalled, by their PIDs.
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
-import importlib.util
 import io
 import json
 import os
@@ -21,6 +20,9 @@ import time
 from typing import Any
 
 import aiohttp
+
+# scripts/demo.py as a module (its loopback-only HA configuration), loaded once.
+from tests.e2e_support import demo
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -42,19 +44,6 @@ LOGS = {
     "haffmpeg": "critical",
     "custom_components.localcam": "error",
 }
-
-
-def _load_demo() -> Any:
-    """scripts/demo.py as a module: the loopback-only HA configuration it writes."""
-    spec = importlib.util.spec_from_file_location("localcam_demo", ROOT / "scripts" / "demo.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-demo = _load_demo()
 
 
 _HANDED_OUT: set[int] = set()

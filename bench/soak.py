@@ -60,8 +60,15 @@ TCP_STATES_LISTEN = "0A"
 # -- camera processes ---------------------------------------------------------------------------
 
 
-def _pair_config(cam: dict[str, Any], host: str) -> CameraConfig:
-    """One camera of the swap pair: ONVIF, with its identity, on `host`."""
+def _camera_config(cam: dict[str, Any], host: str = HOST) -> CameraConfig:
+    """A soak camera on `host`; the swap pair's are ONVIF, with an identity."""
+    identity: dict[str, Any] = {}
+    if cam.get("onvif"):
+        identity = {
+            "onvif": True,
+            "serial": f"SOAK-SERIAL-{cam['index']}",
+            "mac": f"02:00:00:00:50:{cam['index']:02x}",
+        }
     return CameraConfig(
         name=cam["name"],
         color=color_for(cam["index"]),
@@ -74,9 +81,8 @@ def _pair_config(cam: dict[str, Any], host: str) -> CameraConfig:
         gop_seconds=1.0,
         username=CAMERA_USER,
         password=CAMERA_PASSWORD,
-        onvif=True,
-        serial=f"SOAK-SERIAL-{cam['index']}",
-        mac=f"02:00:00:00:50:{cam['index']:02x}",
+        http_snapshot=cam.get("http", True),
+        **identity,
     )
 
 
@@ -87,27 +93,9 @@ async def camera_process(spec: dict[str, Any]) -> None:
     takes "swap" / "unswap" lines on stdin: both reboot onto each other's
     address (a reused DHCP lease) or back; "DONE" answers each.
     """
-    cameras = [
-        VirtualCamera(
-            CameraConfig(
-                name=cam["name"],
-                color=color_for(cam["index"]),
-                host=HOST,
-                rtsp_port=cam["rtsp_port"],
-                http_port=cam["http_port"],
-                width=WIDTH,
-                height=HEIGHT,
-                fps=FPS,
-                gop_seconds=1.0,
-                username=CAMERA_USER,
-                password=CAMERA_PASSWORD,
-                http_snapshot=cam["http"],
-            )
-        )
-        for cam in spec["cameras"]
-    ]
+    cameras = [VirtualCamera(_camera_config(cam)) for cam in spec["cameras"]]
     pair = spec.get("pair") or []
-    pair_cams = [VirtualCamera(_pair_config(cam, cam["host"])) for cam in pair]
+    pair_cams = [VirtualCamera(_camera_config(cam, cam["host"])) for cam in pair]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -140,7 +128,7 @@ async def camera_process(spec: dict[str, Any]) -> None:
                 if command == "swap":
                     hosts.reverse()
                 pair_cams = [
-                    VirtualCamera(_pair_config(cam, host))
+                    VirtualCamera(_camera_config(cam, host))
                     for cam, host in zip(pair, hosts, strict=True)
                 ]
                 await asyncio.gather(*(cam.start() for cam in pair_cams))
@@ -216,6 +204,7 @@ class CameraProcess:
                     "rtsp_port": c.rtsp_port,
                     "http_port": c.http_port,
                     "host": c.host,
+                    "onvif": True,
                 }
                 for c in self.pair
             ],

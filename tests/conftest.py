@@ -128,6 +128,26 @@ def entry_data(cam: VirtualCamera, *, snapshot: bool = True) -> dict[str, Any]:
     }
 
 
+def onvif_camera_config(
+    index: int, host: str, rtsp_port: int, http_port: int, mac: str
+) -> CameraConfig:
+    """An ONVIF virtual camera in palette colour `index`, serial SERIAL-<index>."""
+    return CameraConfig(
+        name=f"cam{index}",
+        color=color_for(index),
+        host=host,
+        rtsp_port=rtsp_port,
+        http_port=http_port,
+        username=CAM_USER,
+        password=CAM_PASSWORD,
+        width=320,
+        height=180,
+        onvif=True,
+        serial=f"SERIAL-{index}",
+        mac=mac,
+    )
+
+
 def make_entry(cam: VirtualCamera, *, snapshot: bool = True, **kwargs: Any) -> MockConfigEntry:
     """A LocalCam config entry for a virtual camera."""
     data = entry_data(cam, snapshot=snapshot)

@@ -8,6 +8,7 @@ network. It is always emptied (every process in it killed by PID) and deleted.
 from collections.abc import Callable, Iterator
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -15,6 +16,23 @@ import time
 from typing import Any, cast
 
 import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+
+# What a test running Chromium in its own namespace needs (scripts/install_e2e_deps).
+BROWSER_IN_NAMESPACE = [
+    pytest.mark.skipif(
+        not hasattr(os, "geteuid") or os.geteuid() != 0,
+        reason="needs root to create a network namespace (ip netns add)",
+    ),
+    pytest.mark.skipif(
+        shutil.which("ip") is None, reason="iproute2 'ip' is missing (scripts/install_e2e_deps)"
+    ),
+    pytest.mark.skipif(
+        not os.path.exists(CHROMIUM),
+        reason=f"{CHROMIUM} is missing (scripts/install_e2e_deps)",
+    ),
+]
 
 
 def ip(*args: str) -> str:

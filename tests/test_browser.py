@@ -12,7 +12,6 @@ deleted, and every process left in it killed by PID, whatever happens.
 import json
 import os
 from pathlib import Path
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,10 +23,9 @@ import pytest
 
 from virtualcam import nearest_camera
 
-from .netns import loopback_namespace
+from .netns import BROWSER_IN_NAMESPACE, loopback_namespace
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
 NAMESPACE = f"lce2e{os.getpid()}"
 # Everything inside the driver (HA start, flows, browser, two streams) must fit here;
 # it takes about 30 s on two CPUs.
@@ -35,18 +33,7 @@ BUDGET = 150
 # Max per-channel distance from a camera's colour after JPEG or H.264 and scaling.
 TOLERANCE = 40
 
-pytestmark = [
-    pytest.mark.skipif(
-        not hasattr(os, "geteuid") or os.geteuid() != 0,
-        reason="needs root to create a network namespace (ip netns add)",
-    ),
-    pytest.mark.skipif(
-        shutil.which("ip") is None, reason="iproute2 'ip' is missing (scripts/install_e2e_deps)"
-    ),
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason="/usr/bin/chromium is missing (scripts/install_e2e_deps)"
-    ),
-]
+pytestmark = BROWSER_IN_NAMESPACE
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,6 @@ import importlib.util
 import json
 import os
 from pathlib import Path
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,7 +24,7 @@ import pytest
 
 from virtualcam import nearest_camera
 
-from .netns import loopback_namespace
+from .netns import BROWSER_IN_NAMESPACE, loopback_namespace
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMESPACE = f"lccast{os.getpid()}"
@@ -48,17 +47,7 @@ def _hlsjs_path() -> Path:
 HLSJS = _hlsjs_path()
 
 pytestmark = [
-    pytest.mark.skipif(
-        not hasattr(os, "geteuid") or os.geteuid() != 0,
-        reason="needs root to create a network namespace (ip netns add)",
-    ),
-    pytest.mark.skipif(
-        shutil.which("ip") is None, reason="iproute2 'ip' is missing (scripts/install_e2e_deps)"
-    ),
-    pytest.mark.skipif(
-        not Path("/usr/bin/chromium").exists(),
-        reason="/usr/bin/chromium is missing (scripts/install_e2e_deps)",
-    ),
+    *BROWSER_IN_NAMESPACE,
     pytest.mark.skipif(
         not HLSJS.is_file(), reason=f"{HLSJS} is missing (scripts/install_e2e_deps)"
     ),

@@ -19,9 +19,9 @@ import pytest_socket
 
 from custom_components.localcam.const import CONF_IDENTITY, DOMAIN
 from custom_components.localcam.repairs import async_create_fix_flow
-from virtualcam import CameraConfig, VirtualCamera, color_for, nearest_camera
+from virtualcam import VirtualCamera, color_for, nearest_camera
 
-from .conftest import CAM_PASSWORD, CAM_USER, make_entry, setup_entry
+from .conftest import CAM_PASSWORD, CAM_USER, make_entry, onvif_camera_config, setup_entry
 
 HOST = "127.0.0.2"
 PALETTE = [color_for(i) for i in range(8)]
@@ -35,22 +35,8 @@ def _free_port() -> int:
 
 
 def _camera(index: int, rtsp_port: int, http_port: int) -> VirtualCamera:
-    return VirtualCamera(
-        CameraConfig(
-            name=f"cam{index}",
-            color=color_for(index),
-            host=HOST,
-            rtsp_port=rtsp_port,
-            http_port=http_port,
-            username=CAM_USER,
-            password=CAM_PASSWORD,
-            width=320,
-            height=180,
-            onvif=True,
-            serial=f"SERIAL-{index}",
-            mac=f"02:00:00:00:00:0{index}",
-        )
-    )
+    mac = f"02:00:00:00:00:0{index}"
+    return VirtualCamera(onvif_camera_config(index, HOST, rtsp_port, http_port, mac))
 
 
 async def _colour(hass: HomeAssistant, entity_id: str) -> int:

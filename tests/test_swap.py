@@ -28,7 +28,7 @@ import pytest_socket
 from custom_components.localcam.const import CONF_SNAPSHOT_MAX_AGE, DOMAIN
 from virtualcam import CameraConfig, VirtualCamera, color_for, nearest_camera
 
-from .conftest import CAM_PASSWORD, CAM_USER
+from .conftest import CAM_PASSWORD, CAM_USER, onvif_camera_config
 
 PALETTE = [color_for(i) for i in range(64)]
 A, B = 3, 4  # palette indexes = the cameras' colours
@@ -42,20 +42,7 @@ def _free_port() -> int:
 
 
 def _config(index: int, host: str, rtsp_port: int, http_port: int) -> CameraConfig:
-    return CameraConfig(
-        name=f"cam{index}",
-        color=color_for(index),
-        host=host,
-        rtsp_port=rtsp_port,
-        http_port=http_port,
-        username=CAM_USER,
-        password=CAM_PASSWORD,
-        width=320,
-        height=180,
-        onvif=True,
-        serial=f"SERIAL-{index}",
-        mac=MACS[index],
-    )
+    return onvif_camera_config(index, host, rtsp_port, http_port, MACS[index])
 
 
 def _colour(body: bytes) -> int:
