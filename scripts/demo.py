@@ -180,6 +180,36 @@ async def start_hass(config_dir: Path, port: int) -> asyncio.subprocess.Process:
     )
 
 
+async def login_code(session: aiohttp.ClientSession, base: str, client_id: str) -> str:
+    """Log the demo user in through HA's login flow; return the authorization code."""
+    async with session.post(
+        f"{base}/auth/login_flow",
+        json={
+            "client_id": client_id,
+            "handler": ["homeassistant", None],
+            "redirect_uri": client_id,
+        },
+    ) as resp:
+        flow = await resp.json()
+    async with session.post(
+        f"{base}/auth/login_flow/{flow['flow_id']}",
+        json={"client_id": client_id, "username": DEMO_USER, "password": DEMO_PASSWORD},
+    ) as resp:
+        return str((await resp.json())["result"])
+
+
+async def exchange_code(
+    session: aiohttp.ClientSession, base: str, code: str, client_id: str
+) -> dict[str, Any]:
+    """Trade an authorization code for HA's token response (access and refresh token)."""
+    async with session.post(
+        f"{base}/auth/token",
+        data={"grant_type": "authorization_code", "code": code, "client_id": client_id},
+    ) as resp:
+        resp.raise_for_status()
+        return dict(await resp.json())
+
+
 async def token(session: aiohttp.ClientSession, base: str) -> str:
     """Onboard on first run (or log in later) and return an access token."""
     client_id = f"{base}/"
@@ -199,26 +229,8 @@ async def token(session: aiohttp.ClientSession, base: str) -> str:
             resp.raise_for_status()
             code = (await resp.json())["auth_code"]
     else:
-        async with session.post(
-            f"{base}/auth/login_flow",
-            json={
-                "client_id": client_id,
-                "handler": ["homeassistant", None],
-                "redirect_uri": client_id,
-            },
-        ) as resp:
-            flow = await resp.json()
-        async with session.post(
-            f"{base}/auth/login_flow/{flow['flow_id']}",
-            json={"client_id": client_id, "username": DEMO_USER, "password": DEMO_PASSWORD},
-        ) as resp:
-            code = (await resp.json())["result"]
-    async with session.post(
-        f"{base}/auth/token",
-        data={"grant_type": "authorization_code", "code": code, "client_id": client_id},
-    ) as resp:
-        resp.raise_for_status()
-        access = str((await resp.json())["access_token"])
+        code = await login_code(session, base, client_id)
+    access = str((await exchange_code(session, base, code, client_id))["access_token"])
     headers = {"Authorization": f"Bearer {access}"}
     for step, body in (
         ("core_config", {}),

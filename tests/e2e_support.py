@@ -152,30 +152,8 @@ async def add_camera(
 async def browser_tokens(session: aiohttp.ClientSession, base: str) -> dict[str, Any]:
     """Log in through the auth API with the frontend's client id; the tokens it would keep."""
     client_id = f"{base}/"
-    async with session.post(
-        f"{base}/auth/login_flow",
-        json={
-            "client_id": client_id,
-            "handler": ["homeassistant", None],
-            "redirect_uri": client_id,
-        },
-    ) as resp:
-        flow = await resp.json()
-    async with session.post(
-        f"{base}/auth/login_flow/{flow['flow_id']}",
-        json={
-            "client_id": client_id,
-            "username": demo.DEMO_USER,
-            "password": demo.DEMO_PASSWORD,
-        },
-    ) as resp:
-        code = (await resp.json())["result"]
-    async with session.post(
-        f"{base}/auth/token",
-        data={"grant_type": "authorization_code", "code": code, "client_id": client_id},
-    ) as resp:
-        resp.raise_for_status()
-        tokens = dict(await resp.json())
+    code = await demo.login_code(session, base, client_id)
+    tokens = await demo.exchange_code(session, base, code, client_id)
     # The shape home-assistant-js-websocket stores in localStorage["hassTokens"].
     return tokens | {"hassUrl": base, "clientId": client_id}
 
