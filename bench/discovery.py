@@ -37,7 +37,6 @@ import importlib.util
 import json
 import os
 from pathlib import Path
-import select
 import signal
 import subprocess
 import sys
@@ -45,7 +44,7 @@ import time
 from typing import Any, cast
 import uuid
 
-from tests.netns import bridged_namespaces, in_namespace
+from tests.netns import bridged_namespaces, in_namespace, stop_process, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -175,37 +174,12 @@ def start_serve(netns: str, spec: list[dict[str, Any]]) -> subprocess.Popen[str]
     )  # fmt: skip
 
 
-def wait_ready(proc: subprocess.Popen[str], timeout: float = READY_TIMEOUT) -> None:
-    """Wait (bounded) for a serve process's READY line."""
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    for _ in range(1000):  # lines; bounded
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        ready, _, _ = select.select([proc.stdout], [], [], remaining)
-        if not ready:
-            break
-        line = proc.stdout.readline()
-        if line.startswith("READY"):
-            return
-        if not line:
-            break
-    err = proc.stderr.read() if proc.stderr and proc.poll() is not None else ""
-    raise RuntimeError(f"responders not ready: {err[-800:]}")
-
-
 def stop_proc(proc: subprocess.Popen[str]) -> str:
-    """SIGTERM one process we started (by its PID); SIGKILL if it lingers. Its stdout tail."""
+    """Stop one process we started (by its PID); its stdout, or "" if stopping failed."""
     try:
-        if proc.poll() is None:
-            proc.terminate()
-        out, _ = proc.communicate(timeout=10)
-    except BaseException:
-        proc.kill()
-        proc.wait(timeout=5)
+        return stop_process(proc)
+    except OSError, subprocess.SubprocessError:
         return ""
-    return out or ""
 
 
 # -- scans (subcommands "ha-scan" and "lc-scan", run in the hub namespace) ------------------
@@ -469,20 +443,20 @@ def orchestrate(reps: int) -> dict[str, Any]:
         print(f"namespaces up in {time.monotonic() - t0:.1f} s ({len(members) + 1})", flush=True)
         try:
             procs["cameras"] = start_serve(camera_ns(0), camera_spec())
-            wait_ready(procs["cameras"])
+            wait_ready(procs["cameras"], READY_TIMEOUT)
             scenarios["mixed"] = run_scenario("mixed", reps)
 
             procs["spoofer"] = start_serve(
                 SPOOF_NS, [{"netns": SPOOF_NS, "ip": SPOOF_IP, "cams": [], "spoof": SPOOF_COUNT}]
             )
-            wait_ready(procs["spoofer"])
+            wait_ready(procs["spoofer"], READY_TIMEOUT)
             scenarios["spoof"] = run_scenario("spoof", reps)
             stats["spoofer"] = stop_proc(procs.pop("spoofer")).strip()
 
             procs["bad_port"] = start_serve(
                 BAD_NS, [{"netns": BAD_NS, "ip": BAD_IP, "cams": [], "bad_port": True}]
             )
-            wait_ready(procs["bad_port"])
+            wait_ready(procs["bad_port"], READY_TIMEOUT)
             scenarios["invalid_port"] = run_scenario("invalid_port", reps)
         finally:
             for key in list(procs):

@@ -8,6 +8,7 @@ network. It is always emptied (every process in it killed by PID) and deleted.
 from collections.abc import Callable, Iterator
 import contextlib
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -142,3 +143,39 @@ def in_namespace[T](name: str, work: Callable[[], T], timeout: float = 20.0) -> 
     if "error" in box:
         raise box["error"]
     return cast(T, box["result"])
+
+
+def wait_ready(proc: subprocess.Popen[str], timeout: float = 15.0) -> None:
+    """Wait (bounded in time and lines) for a started process's READY line."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    for _ in range(1000):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        ready, _, _ = select.select([proc.stdout], [], [], remaining)
+        if not ready:
+            break
+        line = proc.stdout.readline()
+        if line.startswith("READY"):
+            return
+        if not line:
+            break
+    stderr = proc.stderr.read() if proc.stderr and proc.poll() is not None else ""
+    raise RuntimeError(f"process not ready: {stderr[-800:]}")
+
+
+def stop_process(proc: subprocess.Popen[str], timeout: float = 10.0) -> str:
+    """SIGTERM a process we started (by its PID), SIGKILL if it lingers; its stdout.
+
+    Whatever goes wrong, the process does not outlive the call; the error is re-raised.
+    """
+    try:
+        if proc.poll() is None:
+            proc.terminate()
+        out, _ = proc.communicate(timeout=timeout)
+    except BaseException:
+        proc.kill()
+        proc.wait(timeout=5)
+        raise
+    return out or ""

@@ -19,7 +19,6 @@ from collections.abc import Iterator
 import contextlib
 import os
 from pathlib import Path
-import select
 import shutil
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import pytest
 
 from custom_components.localcam.core.netpolicy import NetPolicy
 from custom_components.localcam.core.wsdiscovery import DiscoveredDevice, scan
-from tests.netns import bridged_namespaces, in_namespace
+from tests.netns import bridged_namespaces, in_namespace, stop_process, wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
 PREFIX = f"lc{os.getpid()}"
@@ -81,44 +80,13 @@ def start_responder(key: str, *args: str) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
-def wait_ready(proc: subprocess.Popen[str], timeout: float = 15.0) -> None:
-    """Wait (bounded) for the responder's READY line."""
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    while (remaining := deadline - time.monotonic()) > 0:
-        ready, _, _ = select.select([proc.stdout], [], [], remaining)
-        if not ready:
-            break
-        line = proc.stdout.readline()
-        if line.startswith("READY"):
-            return
-        if not line:
-            break
-    stderr = proc.stderr.read() if proc.stderr and proc.poll() is not None else ""
-    raise AssertionError(f"responder not ready: {stderr[-500:]}")
-
-
-def stop(proc: subprocess.Popen[str]) -> str:
-    """SIGTERM the responder (by its PID) and return what it printed after READY."""
-    try:
-        if proc.poll() is None:
-            proc.terminate()
-        out, _ = proc.communicate(timeout=5)
-    except BaseException:
-        # Whatever went wrong, the process must not outlive the test.
-        proc.kill()
-        proc.wait(timeout=5)
-        raise
-    return out
-
-
 def stop_all(procs: dict[str, subprocess.Popen[str]]) -> dict[str, str]:
     """Stop every responder, even when stopping one of them fails."""
     outputs: dict[str, str] = {}
     errors: list[BaseException] = []
     for key, proc in procs.items():
         try:
-            outputs[key] = stop(proc)
+            outputs[key] = stop_process(proc, 5)
         except Exception as err:  # the first is re-raised below
             errors.append(err)
     if errors:
