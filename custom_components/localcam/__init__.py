@@ -18,7 +18,7 @@ from .const import (
     DOMAIN,
 )
 from .coordinator import LocalCamCoordinator
-from .core.identity import Identity, normalize_mac
+from .core.identity import Identity
 from .core.netpolicy import NetPolicy
 from .core.onvif import read_device
 from .core.snapshot import CameraClient, IdentityProbe
@@ -96,26 +96,16 @@ def _onvif_identity_probe(
             data.get(CONF_PASSWORD),
             policy=policy,
         )
-        if device.refused_uris:
-            refused = device.refused_uris[0]
-            ir.async_create_issue(
-                hass,
-                DOMAIN,
-                issue_id,
-                is_fixable=False,
-                severity=ir.IssueSeverity.WARNING,
-                translation_key="uri_not_local",
-                translation_placeholders={
-                    "name": entry.title,
-                    "uri": refused.uri,
-                    "reason": refused.reason,
-                },
-            )
-        else:
-            ir.async_delete_issue(hass, DOMAIN, issue_id)
-        return Identity(
-            mac=normalize_mac(device.mac), serial=device.serial, uuid=device.device_uuid
+        refused = device.refused_uris[0] if device.refused_uris else None
+        _async_warning(
+            hass,
+            issue_id,
+            "uri_not_local",
+            {"name": entry.title, "uri": refused.uri, "reason": refused.reason}
+            if refused
+            else None,
         )
+        return device.device_identity
 
     return probe
 
@@ -124,18 +114,26 @@ def _async_h265_note(hass: HomeAssistant, entry: LocalCamConfigEntry) -> None:
     """An H.265-only camera works, but browsers may not play its stream: say so."""
     profiles = entry.data.get(CONF_PROFILES) or []
     issue_id = f"h265_only_{entry.entry_id}"
-    if profiles and all(p.get("encoding") == "H265" for p in profiles):
-        ir.async_create_issue(
-            hass,
-            DOMAIN,
-            issue_id,
-            is_fixable=False,
-            severity=ir.IssueSeverity.WARNING,
-            translation_key="h265_only",
-            translation_placeholders={"name": entry.title},
-        )
-    else:
+    h265_only = bool(profiles) and all(p.get("encoding") == "H265" for p in profiles)
+    _async_warning(hass, issue_id, "h265_only", {"name": entry.title} if h265_only else None)
+
+
+def _async_warning(
+    hass: HomeAssistant, issue_id: str, key: str, placeholders: dict[str, str] | None
+) -> None:
+    """Raise a warning repair issue (placeholders given) or clear it (None)."""
+    if placeholders is None:
         ir.async_delete_issue(hass, DOMAIN, issue_id)
+        return
+    ir.async_create_issue(
+        hass,
+        DOMAIN,
+        issue_id,
+        is_fixable=False,
+        severity=ir.IssueSeverity.WARNING,
+        translation_key=key,
+        translation_placeholders=placeholders,
+    )
 
 
 async def async_unload_entry(hass: HomeAssistant, entry: LocalCamConfigEntry) -> bool:

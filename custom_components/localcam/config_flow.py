@@ -254,14 +254,7 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
                 await self.async_set_unique_id(data[CONF_CAMERA_ID])
                 self._abort_if_unique_id_configured()
                 return self.async_create_entry(title=data.pop("title"), data=data)
-        return self.async_show_form(
-            step_id="onvif",
-            data_schema=self.add_suggested_values_to_schema(
-                _onvif_schema(), _without_password(user_input or self._discovered)
-            ),
-            errors=errors,
-            description_placeholders=self._placeholders,
-        )
+        return self._onvif_form("onvif", user_input or self._discovered, errors)
 
     async def async_step_reconfigure_onvif(
         self, user_input: dict[str, Any] | None = None
@@ -282,10 +275,16 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
                 data[CONF_CAMERA_ID] = entry.data[CONF_CAMERA_ID]
                 data[CONF_IDENTITY] = stored.merged(observed).as_dict()
                 return self.async_update_reload_and_abort(entry, data_updates=data)
+        return self._onvif_form("reconfigure_onvif", user_input or entry.data, errors)
+
+    def _onvif_form(
+        self, step_id: str, values: Mapping[str, Any], errors: dict[str, str]
+    ) -> ConfigFlowResult:
+        """The ONVIF address form, filled with `values` (never the password)."""
         return self.async_show_form(
-            step_id="reconfigure_onvif",
+            step_id=step_id,
             data_schema=self.add_suggested_values_to_schema(
-                _onvif_schema(), _without_password(user_input or entry.data)
+                _onvif_schema(), _without_password(values)
             ),
             errors=errors,
             description_placeholders=self._placeholders,
@@ -339,9 +338,7 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
             LOGGER.exception("Unexpected error while reading an ONVIF camera")
             errors["base"] = "unknown"
             return None
-        identity = Identity(
-            mac=normalize_mac(device.mac), serial=device.serial, uuid=device.device_uuid
-        )
+        identity = device.device_identity
         return {
             "title": " ".join(p for p in (device.manufacturer, device.model) if p) or host,
             CONF_HOST: host,

@@ -23,7 +23,7 @@ from .const import (
     MAIN_PROFILE,
 )
 from .core.errors import LocalCamError
-from .core.identity import Identity, neighbour_mac, normalize_mac
+from .core.identity import Identity, neighbour_mac
 from .core.models import CameraSource, RtspTransport
 from .core.netpolicy import NetPolicy, parse_networks
 from .core.onvif import read_device
@@ -119,9 +119,7 @@ async def async_observe_identity(
             policy=policy,
             timeout=OBSERVE_TIMEOUT,
         )
-        return Identity(
-            mac=normalize_mac(device.mac), serial=device.serial, uuid=device.device_uuid
-        )
+        return device.device_identity
     target = await policy.check(data[CONF_STREAM_URL], schemes=STREAM_SCHEMES)
     await describe(target, username=username, password=password, timeout=OBSERVE_TIMEOUT)
     return Identity(mac=await hass.async_add_executor_job(neighbour_mac, target.address))

@@ -48,6 +48,7 @@ from .errors import (
     NotLocalError,
     ProtocolError,
 )
+from .identity import Identity, normalize_mac
 from .netpolicy import CREDENTIAL_PARAMS, NetPolicy, display_url
 
 _LOGGER = logging.getLogger(__name__)
@@ -141,6 +142,11 @@ class OnvifDevice:
         if self.device_uuid:
             return f"uuid:{self.device_uuid}"
         return None
+
+    @property
+    def device_identity(self) -> Identity:
+        """What pins this device: its MAC (normalised), serial and UUID."""
+        return Identity(mac=normalize_mac(self.mac), serial=self.serial, uuid=self.device_uuid)
 
     @property
     def h265_only(self) -> bool:
