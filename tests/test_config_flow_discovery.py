@@ -340,30 +340,34 @@ async def test_dhcp_unknown_device_without_port(hass: HomeAssistant) -> None:
     assert result["reason"] == "not_a_camera"
 
 
+def _onvif_entry_at(host: str, port: int, rtsp_port: int) -> MockConfigEntry:
+    """The entry of the ONVIF camera MAC/SERIAL, configured at `host`."""
+    stream_url = f"rtsp://{host}:{rtsp_port}/stream"
+    return MockConfigEntry(
+        domain=DOMAIN,
+        unique_id=MAC,
+        data={
+            CONF_HOST: host,
+            CONF_PORT: port,
+            CONF_USERNAME: CAM_USER,
+            CONF_PASSWORD: CAM_PASSWORD,
+            CONF_ONVIF: True,
+            CONF_IDENTITY: {"mac": MAC, "serial": SERIAL},
+            CONF_CAMERA_ID: MAC,
+            CONF_STREAM_URL: stream_url,
+            CONF_PROFILES: [{"token": "main", "stream_url": stream_url}],
+            CONF_MAIN_PROFILE: "main",
+        },
+    )
+
+
 async def test_dhcp_follows_a_moved_onvif_camera_after_identity_check(
     hass: HomeAssistant, loopback_hosts: None
 ) -> None:
     """DHCP says the camera's MAC has a new address: the entry moves, once proven."""
     cam = await _onvif_camera(host="127.0.0.2")
     try:
-        old = MockConfigEntry(
-            domain=DOMAIN,
-            unique_id=MAC,
-            data={
-                CONF_HOST: "127.0.0.3",
-                CONF_PORT: cam.http_port,
-                CONF_USERNAME: CAM_USER,
-                CONF_PASSWORD: CAM_PASSWORD,
-                CONF_ONVIF: True,
-                CONF_IDENTITY: {"mac": MAC, "serial": SERIAL},
-                CONF_CAMERA_ID: MAC,
-                CONF_STREAM_URL: f"rtsp://127.0.0.3:{cam.rtsp_port}/stream",
-                CONF_PROFILES: [
-                    {"token": "main", "stream_url": f"rtsp://127.0.0.3:{cam.rtsp_port}/stream"}
-                ],
-                CONF_MAIN_PROFILE: "main",
-            },
-        )
+        old = _onvif_entry_at("127.0.0.3", cam.http_port, cam.rtsp_port)
         old.add_to_hass(hass)
         result = await hass.config_entries.flow.async_init(
             DOMAIN,
@@ -384,22 +388,7 @@ async def test_dhcp_does_not_follow_to_a_different_device(
     """A DHCP claim is not enough: the device at the new address must prove it."""
     impostor = await _onvif_camera(host="127.0.0.2", mac="02:00:00:aa:bb:99", serial="X")
     try:
-        old = MockConfigEntry(
-            domain=DOMAIN,
-            unique_id=MAC,
-            data={
-                CONF_HOST: "127.0.0.3",
-                CONF_PORT: impostor.http_port,
-                CONF_USERNAME: CAM_USER,
-                CONF_PASSWORD: CAM_PASSWORD,
-                CONF_ONVIF: True,
-                CONF_IDENTITY: {"mac": MAC, "serial": SERIAL},
-                CONF_CAMERA_ID: MAC,
-                CONF_STREAM_URL: "rtsp://127.0.0.3:554/stream",
-                CONF_PROFILES: [{"token": "main", "stream_url": "rtsp://127.0.0.3:554/stream"}],
-                CONF_MAIN_PROFILE: "main",
-            },
-        )
+        old = _onvif_entry_at("127.0.0.3", impostor.http_port, 554)
         old.add_to_hass(hass)
         result = await hass.config_entries.flow.async_init(
             DOMAIN,
