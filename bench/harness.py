@@ -18,6 +18,7 @@ import statistics
 import sys
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -633,23 +634,120 @@ async def burst(
     return list(await asyncio.gather(*tasks))
 
 
+class KeepAliveClient:
+    """A minimal HTTP/1.1 keep-alive GET client for the sustained-rate loops.
+
+    aiohttp's client costs this 2-core host about as much CPU per request as
+    HA's server does, and in a one-at-a-time loop its time adds to every
+    request, so it would flatten any difference between two servers. This
+    client only writes the request and reads the status line, the headers and
+    a Content-Length (or chunked) body: the figures measure the server.
+    Correctness (is it a JPEG, whose colour) is checked with aiohttp's
+    `fetch` around the timed loops.
+    """
+
+    MAX_HEAD = 64 * 1024
+    MAX_BODY = 64 * 1024 * 1024
+
+    def __init__(self, url: str) -> None:
+        """Remember the target; the connection opens on the first request."""
+        parsed = urlsplit(url)
+        self.host = parsed.hostname or ""
+        self.port = parsed.port or 80
+        self.target = parsed.path + (f"?{parsed.query}" if parsed.query else "")
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def get(self, headers: dict[str, str], timeout: float) -> Sample:
+        """One GET, timed from the write to the last body byte; reconnects if closed."""
+        start = time.perf_counter()
+        try:
+            async with asyncio.timeout(timeout):
+                if self._writer is None or self._writer.is_closing():
+                    self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+                assert self._reader is not None
+                lines = [f"GET {self.target} HTTP/1.1", f"Host: {self.host}:{self.port}"]
+                lines += [f"{k}: {v}" for k, v in headers.items()]
+                self._writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+                head = await self._reader.readuntil(b"\r\n\r\n")
+                if len(head) > self.MAX_HEAD:
+                    raise ValueError("response head too large")
+                status_line, *header_lines = head.decode("latin-1").split("\r\n")
+                status = int(status_line.split(" ", 2)[1])
+                got = {}
+                for line in header_lines:
+                    if ":" in line:
+                        key, value = line.split(":", 1)
+                        got[key.strip().lower()] = value.strip()
+                body = await self._body(got, status)
+                if got.get("connection", "").lower() == "close":
+                    self.close()
+                return Sample(status, time.perf_counter() - start, body[:2] + body[-2:], got)
+        except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError) as err:
+            self.close()
+            return Sample(0, time.perf_counter() - start, error=type(err).__name__)
+
+    async def _body(self, headers: dict[str, str], status: int) -> bytes:
+        """Read the body the headers announce (none for 304 and 204)."""
+        assert self._reader is not None
+        if status in (204, 304):
+            return b""
+        if "content-length" in headers:
+            length = int(headers["content-length"])
+            if not 0 <= length <= self.MAX_BODY:
+                raise ValueError("bad Content-Length")
+            return await self._reader.readexactly(length)
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            chunks: list[bytes] = []
+            for _ in range(100_000):
+                size = int((await self._reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                chunk = await self._reader.readexactly(size + 2)
+                if size == 0:
+                    return b"".join(chunks)
+                chunks.append(chunk[:-2])
+            raise ValueError("too many chunks")
+        raise ValueError("response without a length")
+
+    def close(self) -> None:
+        """Drop the connection."""
+        if self._writer is not None:
+            self._writer.close()
+        self._reader = self._writer = None
+
+
 async def sustained(
-    session: aiohttp.ClientSession,
     url: str,
     headers: dict[str, str],
     *,
     seconds: float,
     concurrency: int,
     max_requests: int,
+    revalidate: bool = False,
 ) -> tuple[list[Sample], float]:
-    """Back-to-back GETs from `concurrency` workers for `seconds` (at most `max_requests`)."""
+    """Back-to-back GETs from `concurrency` workers for `seconds` (at most `max_requests`).
+
+    Each worker holds one keep-alive connection (KeepAliveClient), as a
+    browser tab does. With `revalidate`, each worker is a client that keeps
+    the picture it has: it sends the ETag of its last 200 as If-None-Match,
+    as a browser or an automation that re-polls a still does; a 304 means
+    that picture is still the current one.
+    """
     samples: list[Sample] = []
     start = time.perf_counter()
     deadline = start + seconds
 
     async def worker() -> None:
-        while time.perf_counter() < deadline and len(samples) < max_requests:
-            samples.append(await fetch(session, url, headers, keep_body=False, timeout=15))
+        client = KeepAliveClient(url)
+        etag: str | None = None
+        try:
+            while time.perf_counter() < deadline and len(samples) < max_requests:
+                ask = {**headers, "If-None-Match": etag} if revalidate and etag else headers
+                sample = await client.get(ask, timeout=15)
+                if revalidate and sample.status == 200:
+                    etag = sample.headers.get("etag")
+                samples.append(sample)
+        finally:
+            client.close()
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return samples, time.perf_counter() - start
