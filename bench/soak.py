@@ -19,6 +19,7 @@ from pathlib import Path
 import random
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -44,6 +45,9 @@ from bench.harness import (
     rss_kb,
     wait_for,
 )
+from bench.soak_cast import CastTraffic
+from tests.e2e_support import in_private_netns
+from tests.netns import loopback_namespace
 from virtualcam import CameraConfig, Fault, VirtualCamera, color_for
 
 RESULTS = ROOT / "bench" / "results"
@@ -354,12 +358,19 @@ class Soak:
         self.stop_at = 0.0
         self._cpu_done = 0.0  # CPU seconds of hass processes that have ended
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Cast traffic needs HA's cast integration, which runs zeroconf: only
+        # inside the soak's own network namespace (see main()).
+        self.cast = (
+            CastTraffic(self.hass, self.colors, args.cast_every) if args.cast == "on" else None
+        )
 
     # -- setup -------------------------------------------------------------------------------
 
     async def setup(self) -> None:
         """Cameras, hass, one LocalCam entry per camera, first frames."""
         await asyncio.gather(self.bulk.start(), *(p.start() for p in self.procs.values()))
+        if self.cast is not None:
+            await self.cast.start()
         log(f"{len(self.cams)} cameras up; starting hass in {self.config_dir}")
         started = time.monotonic()
         await self.hass.start([])
@@ -379,6 +390,9 @@ class Soak:
         log(f"{len(self.cams)} LocalCam entries; max age {self.max_age} s")
         for cam in self.cams:
             await self.hass.wait_available(cam.entity_id, 60)
+        if self.cast is not None:
+            await self.cast.add_to_hass()
+            log(f"HA's cast integration sees the emulated receiver as {self.cast.media_player}")
 
     def _max_age_option(self) -> float:
         """The largest snapshot_max_age among LocalCam's entries (HA's own storage)."""
@@ -716,15 +730,23 @@ class Soak:
             monitor = asyncio.create_task(self.monitor())
             viewers = [asyncio.create_task(self.viewer(i)) for i in range(self.args.viewers)]
             hls = asyncio.create_task(self.hls())
-            workers = [monitor, hls, *viewers]
+            casting = []
+            if self.cast is not None:
+                plan = self.cast.run(
+                    self.cams, self.stop_at, lambda: self.restarting, random.Random(self.args.seed)
+                )
+                casting.append(asyncio.create_task(plan))
+            workers = [monitor, hls, *viewers, *casting]
             await self.faults()
             # Traffic runs to the planned end, or until the last recovery is measured.
             for _ in range(1000):
                 if not self._tasks:
                     break
                 await asyncio.wait(set(self._tasks), timeout=1)
-            await asyncio.gather(*viewers, hls)
+            await asyncio.gather(*viewers, hls, *casting)
             elapsed = time.monotonic() - self.t0
+            if self.cast is not None:
+                self.cast.check_all(self.cams)
             self.stop_at = time.monotonic() - 5
             await monitor
         finally:
@@ -737,6 +759,9 @@ class Soak:
         """Stop hass and the cameras (by PID), keep hass's log, drop the config dir."""
         with contextlib.suppress(Exception):
             await self.hass.stop()
+        if self.cast is not None:
+            with contextlib.suppress(Exception):
+                await self.cast.stop()
         await asyncio.gather(
             self.bulk.stop(), *(p.stop() for p in self.procs.values()), return_exceptions=True
         )
@@ -800,8 +825,21 @@ class Soak:
                 " all others (cross-camera must be 0). DHCP-following: tests/test_swap.py"
             ),
         }
+        if self.cast is not None:
+            report["cast"] = self.cast.report()
+        else:
+            report["cast"] = {"skipped": "needs root and `ip` for a network namespace (--cast on)"}
+        cast = report["cast"]
         report["passed"] = bool(
-            report["cross_camera_frames"] == 0
+            (
+                "skipped" in cast
+                or (
+                    cast["played"] > 0
+                    and cast["foreign_pictures"] == 0
+                    and not cast["url_still_alive"]
+                )
+            )
+            and report["cross_camera_frames"] == 0
             and report["frames_past_max_age"] == 0
             and report["outside_connections"] == 0
             and not failed
@@ -840,6 +878,7 @@ def print_table(report: dict[str, Any]) -> None:
             f"{report['hass_peak_cpu_pct_5s']} % / {report['hass_mean_cpu_pct']} % of one core",
         ),
         ("worst recovery (target <= 30 s)", report["worst_recovery_s"]),
+        *_cast_rows(report["cast"]),
         ("passed", report["passed"]),
     ]
     width = max(len(r[0]) for r in rows)
@@ -853,6 +892,37 @@ def print_table(report: dict[str, Any]) -> None:
         print(f"  {e['t']:>7}  {e['fault']:<11} {e['camera']!s:>6}  {recovery!s:>10}  {notes}")
 
 
+def _cast_rows(cast: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The cast traffic's headline figures."""
+    if "skipped" in cast:
+        return [("cast traffic", f"skipped: {cast['skipped']}")]
+    first = cast["call_to_first_picture"]
+    return [
+        (
+            "casts / stops (to an emulated receiver)",
+            f"{cast['casts']} / {cast['stops']} via {cast['media_player']}",
+        ),
+        (
+            "  played / LOADs all of the right camera",
+            f"{cast['played']} / {cast['playbacks_all_right_camera']}",
+        ),
+        ("  not played, action errors", f"{cast['not_played']}, {cast['service_errors']}"),
+        (
+            "  foreign pictures (must be 0)",
+            f"{cast['foreign_pictures']} of {cast['pictures_decoded']}",
+        ),
+        (
+            "  call -> first picture (median / max)",
+            ", ".join(f"{m} {v['median_s']} / {v['max_s']} s" for m, v in first.items()) or "-",
+        ),
+        (
+            "  old URL 404 after stop/replace (<= 10 s)",
+            f"{cast['dead_url_checked']} checked, max {cast['dead_url_max_s']} s,"
+            f" still alive {len(cast['url_still_alive'])}",
+        ),
+    ]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The options."""
     parser = argparse.ArgumentParser(prog="bench/soak", description=__doc__)
@@ -864,7 +934,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--json", type=Path, help="report path (default bench/results/soak-*.json)")
     parser.add_argument("--budget", type=float, default=0.0, help="abort after this many seconds")
+    parser.add_argument(
+        "--cast",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="cast traffic to an emulated receiver (needs root: runs in a network namespace)",
+    )
+    parser.add_argument("--cast-every", type=float, default=0.0, help="seconds between casts")
     args = parser.parse_args(argv)
+    if args.cast == "auto":
+        args.cast = "on" if in_private_netns() or can_make_namespace() else "off"
+    args.cast_every = args.cast_every or (5.0 if args.short else 15.0)
     if args.short:
         args.cameras, args.minutes = 8, 1.0
     if args.cameras < 4:
@@ -894,12 +974,46 @@ async def main_async(args: argparse.Namespace) -> int:
     return 0 if report["passed"] else 1
 
 
+def can_make_namespace() -> bool:
+    """Whether this process can create a network namespace (root, and `ip`)."""
+    return os.geteuid() == 0 and shutil.which("ip") is not None
+
+
+def run_in_namespace(argv: list[str]) -> int:
+    """Run the soak again inside a namespace holding only its own loopback.
+
+    HA's cast integration starts zeroconf and polls its known hosts; in the
+    namespace no packet of it (or of anything else the soak runs) can reach a
+    real network. The namespace, and any process left in it, is removed on
+    the way out, by PID.
+    """
+    name = f"lcsoak{os.getpid()}"
+    with loopback_namespace(name):
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", name, sys.executable, str(SELF), *argv, "--cast", "on"],
+            cwd=ROOT,
+        )
+
+        def forward(signum: int, _frame: Any) -> None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signum)
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, forward)
+        return proc.wait()
+
+
 def main() -> int:
     """Entry point (also the camera processes' one)."""
     if len(sys.argv) == 3 and sys.argv[1] == "--camera-process":
         asyncio.run(camera_process(json.loads(sys.argv[2])))
         return 0
-    return asyncio.run(main_async(parse_args()))
+    args = parse_args()
+    if args.cast == "on" and not in_private_netns():
+        if not can_make_namespace():
+            sys.exit("soak: --cast on needs root and `ip` (it runs in a network namespace)")
+        return run_in_namespace(sys.argv[1:])
+    return asyncio.run(main_async(args))
 
 
 if __name__ == "__main__":
