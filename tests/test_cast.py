@@ -714,6 +714,51 @@ async def test_stop_cast_revokes_and_restores(
     await hass.services.async_call(DOMAIN, "stop_cast", {"media_player": RECEIVER}, blocking=True)
 
 
+async def test_media_stop_in_home_assistant_ends_the_cast(
+    hass: HomeAssistant,
+    porch: str,
+    receiver: FakeCastDevice,
+    http_port: int,
+    receiver_session: aiohttp.ClientSession,
+) -> None:
+    """media_stop on the display (a dashboard, an automation): stopped, 404, never re-cast."""
+    ended = async_capture_events(hass, EVENT_CAST_ENDED)
+    await _cast(hass, porch, mode="live", duration=120)
+    url = _last_url(receiver)
+    loads = len(receiver.loads)
+    # A stop aimed at another display leaves this cast alone.
+    await hass.services.async_call(
+        "media_player", "media_stop", {"entity_id": "media_player.elsewhere"}, blocking=True
+    )
+    await hass.async_block_till_done()
+    assert ended == []
+    await hass.services.async_call(
+        "media_player", "media_stop", {"entity_id": RECEIVER}, blocking=True
+    )
+    await hass.async_block_till_done()
+    assert [e.data["reason"] for e in ended] == ["stopped"]
+    assert (await _get(receiver_session, url))[0] == HTTPStatus.NOT_FOUND
+    # Keep-alive re-casts after drops and errors (test_keep_alive_recasts_after_a_drop),
+    # not after this: the player idles, and nothing is loaded again.
+    assert hass.states.get(RECEIVER).state == "idle"  # type: ignore[union-attr]
+    await asyncio.sleep(0.5)  # longer than the test's whole keep-alive backoff
+    await hass.async_block_till_done()
+    assert len(receiver.loads) == loads
+    record = hass.data[DATA_CAST].diagnostics()[RECEIVER]
+    assert record["last_idle_reason"] == "stopped_in_home_assistant"
+
+
+async def test_turn_off_all_displays_ends_the_cast(
+    hass: HomeAssistant, porch: str, receiver: FakeCastDevice, http_port: int
+) -> None:
+    """media_player.turn_off with entity_id: all ends every cast (reason stopped)."""
+    ended = async_capture_events(hass, EVENT_CAST_ENDED)
+    await _cast(hass, porch, mode="snapshot", refresh=3600)
+    await hass.services.async_call("media_player", "turn_off", {"entity_id": "all"}, blocking=True)
+    await hass.async_block_till_done()
+    assert [e.data["reason"] for e in ended] == ["stopped"]
+
+
 async def test_idle_media_receiver_is_left_idle(
     hass: HomeAssistant, porch: str, receiver: FakeCastDevice, http_port: int
 ) -> None:

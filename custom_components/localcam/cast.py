@@ -44,7 +44,12 @@ from homeassistant.components.stream import Stream
 from homeassistant.components.stream.const import HLS_PROVIDER
 from homeassistant.components.stream.core import StreamOutput
 from homeassistant.const import (
+    ATTR_DOMAIN,
     ATTR_ENTITY_ID,
+    ATTR_SERVICE,
+    ATTR_SERVICE_DATA,
+    ENTITY_MATCH_ALL,
+    EVENT_CALL_SERVICE,
     EVENT_HOMEASSISTANT_STOP,
     SERVICE_MEDIA_STOP,
     SERVICE_TURN_OFF,
@@ -154,6 +159,31 @@ _BUSY_STATES: Final = frozenset(
     {MediaPlayerState.PLAYING, MediaPlayerState.PAUSED, MediaPlayerState.BUFFERING}
 )
 _TOKEN_IN_URL_RE: Final = re.compile(rf"({re.escape(CAST_PATH)}/)[A-Za-z0-9_-]{{43}}")
+
+
+# A person stopping the display through Home Assistant (a dashboard's stop
+# button, an automation, a voice assistant) ends the cast: keep-alive re-casts
+# after drops and player errors, never after a stop someone asked for.
+_USER_STOP_SERVICES: Final = frozenset({SERVICE_MEDIA_STOP, SERVICE_TURN_OFF})
+
+
+@callback
+def _is_stop_call(data: Any) -> bool:
+    """Event filter: a media_player stop or turn-off call."""
+    return data.get(ATTR_DOMAIN) == MP_DOMAIN and data.get(ATTR_SERVICE) in _USER_STOP_SERVICES
+
+
+def _called_entities(data: Any) -> frozenset[str] | None:
+    """The entity ids a service call named (None: all of them)."""
+    service_data = data.get(ATTR_SERVICE_DATA) or {}
+    named = service_data.get(ATTR_ENTITY_ID) if isinstance(service_data, dict) else None
+    if named == ENTITY_MATCH_ALL:
+        return None
+    if isinstance(named, str):
+        return frozenset(part.strip() for part in named.split(","))
+    if isinstance(named, list):
+        return frozenset(str(item) for item in named)
+    return frozenset()
 
 
 class EndReason(StrEnum):
@@ -758,6 +788,13 @@ class LocalCamCastManager:
         def _receiver_changed(event: Event[EventStateChangedData]) -> None:
             self._async_receiver_changed(session, event)
 
+        @callback
+        def _stop_called(event: Event[Any]) -> None:
+            named = _called_entities(event.data)
+            if named is None or session.receiver in named:
+                session.record.last_idle_reason = "stopped_in_home_assistant"
+                self._async_spawn(session, EndReason.STOPPED, restore=False)
+
         if session.duration is not None:
             session.unsubs.append(async_call_later(hass, session.duration, _duration_over))
         session.unsubs.append(
@@ -767,6 +804,10 @@ class LocalCamCastManager:
         )
         session.unsubs.append(
             async_track_state_change_event(hass, [session.receiver], _receiver_changed)
+        )
+        # Registered after LocalCam's own LOAD; its own stop calls come after unsub.
+        session.unsubs.append(
+            hass.bus.async_listen(EVENT_CALL_SERVICE, _stop_called, event_filter=_is_stop_call)
         )
         if session.mode is CastMode.SNAPSHOT and session.refresh > 0:
             session.refresh_task = hass.async_create_background_task(
