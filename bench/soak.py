@@ -19,7 +19,6 @@ from pathlib import Path
 import random
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,7 +46,7 @@ from bench.harness import (
 )
 from bench.soak_cast import CastTraffic
 from tests.e2e_support import in_private_netns
-from tests.netns import loopback_namespace
+from tests.netns import can_make_namespace, rerun_in_namespace
 from virtualcam import CameraConfig, Fault, VirtualCamera, color_for
 
 RESULTS = ROOT / "bench" / "results"
@@ -974,35 +973,6 @@ async def main_async(args: argparse.Namespace) -> int:
     return 0 if report["passed"] else 1
 
 
-def can_make_namespace() -> bool:
-    """Whether this process can create a network namespace (root, and `ip`)."""
-    return os.geteuid() == 0 and shutil.which("ip") is not None
-
-
-def run_in_namespace(argv: list[str]) -> int:
-    """Run the soak again inside a namespace holding only its own loopback.
-
-    HA's cast integration starts zeroconf and polls its known hosts; in the
-    namespace no packet of it (or of anything else the soak runs) can reach a
-    real network. The namespace, and any process left in it, is removed on
-    the way out, by PID.
-    """
-    name = f"lcsoak{os.getpid()}"
-    with loopback_namespace(name):
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", name, sys.executable, str(SELF), *argv, "--cast", "on"],
-            cwd=ROOT,
-        )
-
-        def forward(signum: int, _frame: Any) -> None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signum)
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, forward)
-        return proc.wait()
-
-
 def main() -> int:
     """Entry point (also the camera processes' one)."""
     if len(sys.argv) == 3 and sys.argv[1] == "--camera-process":
@@ -1012,7 +982,9 @@ def main() -> int:
     if args.cast == "on" and not in_private_netns():
         if not can_make_namespace():
             sys.exit("soak: --cast on needs root and `ip` (it runs in a network namespace)")
-        return run_in_namespace(sys.argv[1:])
+        return rerun_in_namespace(
+            [sys.executable, str(SELF), *sys.argv[1:], "--cast", "on"], "lcsoak", ROOT
+        )
     return asyncio.run(main_async(args))
 
 

@@ -41,6 +41,36 @@ FIRST_PICTURE_TIMEOUT = {"live": 20.0, "snapshot": 10.0}
 TOLERANCE = 40
 
 
+async def add_cast_receiver(hass: Hass, host: str, name: str, timeout: float = 90) -> str:
+    """Set HA's cast integration up with `host` as a known host; return its media_player.
+
+    The user's way: the cast config flow through HA's HTTP API, which asks
+    for known hosts (for a network where mDNS does not reach). pychromecast
+    then polls the host's eureka_info and connects.
+    """
+    flow = await hass.post_json("/api/config/config_entries/flow", {"handler": "cast"})
+    for _ in range(4):
+        if flow.get("type") != "form":
+            break
+        flow = await hass.post_json(
+            f"/api/config/config_entries/flow/{flow['flow_id']}",
+            {"known_hosts": [host]} if flow.get("step_id") == "config" else {},
+        )
+    if flow.get("type") != "create_entry":
+        raise RuntimeError(f"cast config flow ended with {flow}")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for state in await hass.get_json("/api/states"):
+            if (
+                state["entity_id"].startswith("media_player.")
+                and state["attributes"].get("friendly_name") == name
+                and state["state"] != "unavailable"
+            ):
+                return str(state["entity_id"])
+        await asyncio.sleep(0.5)
+    raise RuntimeError(f"HA's cast integration never showed the receiver at {host}")
+
+
 @dataclass
 class CastCounters:
     """What the cast traffic saw."""
@@ -78,28 +108,7 @@ class CastTraffic:
 
     async def add_to_hass(self) -> None:
         """Add HA's cast integration (known host = the receiver) and wait for its player."""
-        flow = await self.hass.post_json("/api/config/config_entries/flow", {"handler": "cast"})
-        for _ in range(4):
-            if flow.get("type") != "form":
-                break
-            flow = await self.hass.post_json(
-                f"/api/config/config_entries/flow/{flow['flow_id']}",
-                {"known_hosts": [RECEIVER_HOST]} if flow.get("step_id") == "config" else {},
-            )
-        if flow.get("type") != "create_entry":
-            raise RuntimeError(f"cast config flow ended with {flow}")
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            for state in await self.hass.get_json("/api/states"):
-                if (
-                    state["entity_id"].startswith("media_player.")
-                    and state["attributes"].get("friendly_name") == RECEIVER_NAME
-                    and state["state"] != "unavailable"
-                ):
-                    self.media_player = state["entity_id"]
-                    return
-            await asyncio.sleep(0.5)
-        raise RuntimeError("HA's cast integration never showed the emulated receiver")
+        self.media_player = await add_cast_receiver(self.hass, RECEIVER_HOST, RECEIVER_NAME)
 
     async def stop(self) -> None:
         """Stop the receiver and any URL check still running."""

@@ -60,6 +60,8 @@ FETCH_TIMEOUT: Final = 12.0
 MAX_PLAYLIST_FAILURES: Final = 5
 MAX_PLAY_SECONDS: Final = 3600.0
 MAX_POLLS: Final = 100_000
+LOAD_ATTEMPTS: Final = 3
+LOAD_RETRY_DELAY: Final = 1.0
 # Where a receiver's player may fetch from: loopback and the private LAN ranges.
 LAN: Final = tuple(
     ipaddress.ip_network(net)
@@ -363,7 +365,13 @@ class _Player:
             self._end("refused", f"refused to fetch {urlsplit(url).hostname}")
             return
         try:
-            status, body, content_type = await self._get(url)
+            # Players retry a media URL that does not answer yet (hls.js, Shaka:
+            # a few times, about a second apart) before they give up.
+            for attempt in range(LOAD_ATTEMPTS):
+                status, body, content_type = await self._get(url)
+                if status == 200 or attempt == LOAD_ATTEMPTS - 1:
+                    break
+                await asyncio.sleep(LOAD_RETRY_DELAY)
             if status == 404:
                 self._end("not_found")
                 return
