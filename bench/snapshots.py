@@ -555,9 +555,6 @@ class Bench:
         """N simultaneous viewers of one camera nobody was watching."""
         out: list[dict[str, Any]] = []
         self.results["fanout"] = out
-        # Open the client's connections before any timed burst, so that no
-        # contender's first burst pays the TCP handshakes for everybody.
-        await burst(self.ha.http, f"{self.ha.base}/api/", self.ha.headers, max(self.sizes.viewers))
 
         async def one(c: Contender, viewers: int, rep: int) -> None:
             try:
@@ -600,7 +597,7 @@ class Bench:
         await self.make_cold(c, None if c.who == GENERIC else 0)
         before = await self.counters(c.camera)
         started = time.perf_counter()
-        samples = await burst(self.ha.http, self.proxy_url(c), self.ha.headers, viewers)
+        samples = await burst(self.proxy_url(c), self.ha.headers, viewers)
         wall = time.perf_counter() - started
         await self.after_test()
         upstream = self.fetches(before, await self.counters(c.camera))
