@@ -3,7 +3,6 @@
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-import datetime as dt
 import hashlib
 from ipaddress import ip_address
 import logging
@@ -29,6 +28,7 @@ from custom_components.localcam.core.errors import (
 )
 from custom_components.localcam.core.http import AuthMemory, HttpReply, _host_header, fetch
 from custom_components.localcam.core.netpolicy import NetPolicy
+from virtualcam.cast import self_signed
 
 USER = "viewer"
 PASSWORD = "Secr3t-Pw:with@odd/chars"
@@ -675,36 +675,8 @@ class TlsFiles:
 @pytest.fixture(scope="module")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
     """Generate a throwaway self-signed certificate for cam.lan."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cam.lan")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("cam.lan")]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    folder = tmp_path_factory.mktemp("tls")
-    files = TlsFiles(cert=folder / "cert.pem", key=folder / "key.pem")
-    files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    files.key.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return files
+    cert, key = self_signed(tmp_path_factory.mktemp("tls"), "cam.lan")
+    return TlsFiles(cert=cert, key=key)
 
 
 @dataclass
