@@ -759,6 +759,23 @@ async def test_turn_off_all_displays_ends_the_cast(
     assert [e.data["reason"] for e in ended] == ["stopped"]
 
 
+def test_stop_calls_name_their_displays() -> None:
+    """The displays a stop call names: one, a list, a comma list, all, or none."""
+    called = cast_module._called_entities
+    assert called({"service_data": {"entity_id": RECEIVER}}) == {RECEIVER}
+    assert called({"service_data": {"entity_id": [RECEIVER, "media_player.b"]}}) == {
+        RECEIVER,
+        "media_player.b",
+    }
+    assert called({"service_data": {"entity_id": f"{RECEIVER}, media_player.b"}}) == {
+        RECEIVER,
+        "media_player.b",
+    }
+    assert called({"service_data": {"entity_id": "all"}}) is None
+    assert called({"service_data": {"area_id": "kitchen"}}) == frozenset()
+    assert called({}) == frozenset()
+
+
 async def test_idle_media_receiver_is_left_idle(
     hass: HomeAssistant, porch: str, receiver: FakeCastDevice, http_port: int
 ) -> None:
