@@ -83,6 +83,15 @@ def _close(cast: pychromecast.Chromecast) -> None:
     cast.disconnect(timeout=10)
 
 
+async def _sender_sees(controller: Any, state: str, timeout: float = 5.0) -> bool:
+    """Wait (bounded) until pychromecast's media status reaches `state`."""
+    for _ in range(int(timeout * 10)):
+        if controller.status.player_state == state:
+            return True
+        await asyncio.sleep(0.1)
+    return controller.status.player_state == state
+
+
 def _near(colour: tuple[int, int, int] | None, expected: tuple[int, int, int]) -> bool:
     return (
         colour is not None
@@ -111,24 +120,12 @@ async def test_pychromecast_plays_a_still_and_stops_it(receiver: CastReceiver) -
             assert playback.content_id == camera.snapshot_url
             assert _near(playback.colour, COLOUR)
             assert cast.app_id == "CC1AD845"
-
-            def playing() -> bool:
-                return controller.status.player_state == "PLAYING"
-
-            for _ in range(50):
-                if playing():
-                    break
-                await asyncio.sleep(0.1)
+            assert await _sender_sees(controller, "PLAYING")
             assert controller.status.content_id == camera.snapshot_url
-            assert playing()
 
             await asyncio.to_thread(controller.stop, 10)
             assert playback.ended == "stopped"
-            for _ in range(50):
-                if controller.status.player_state == "IDLE":
-                    break
-                await asyncio.sleep(0.1)
-            assert controller.status.player_state == "IDLE"
+            assert await _sender_sees(controller, "IDLE")
             assert controller.status.idle_reason == "CANCELLED"
         finally:
             await asyncio.to_thread(_close, cast)
@@ -242,11 +239,7 @@ async def test_player_follows_an_hls_playlist_until_it_is_gone(receiver: CastRec
             state["gone"] = True
             assert await receiver.wait_for(lambda: playback.ended is not None, 10)
             assert playback.ended == "not_found"
-            for _ in range(50):
-                if controller.status.player_state == "IDLE":
-                    break
-                await asyncio.sleep(0.1)
-            assert controller.status.player_state == "IDLE"
+            assert await _sender_sees(controller, "IDLE")
         finally:
             await asyncio.to_thread(_close, cast)
     finally:

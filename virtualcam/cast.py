@@ -460,6 +460,14 @@ class _Connection:
             self.writer.write(encode_message(source, destination, namespace, data))
 
 
+def _refuse(
+    connection: _Connection, source: str, destination: str, namespace: str, request_id: Any
+) -> None:
+    """Answer a command this receiver does not know, as a device does."""
+    refusal = {"type": "INVALID_REQUEST", "reason": "INVALID_COMMAND", "requestId": request_id}
+    connection.send(source, destination, namespace, refusal)
+
+
 class CastReceiver:
     """A Cast device on `host`: Cast v2 over TLS, eureka_info over HTTP and HTTPS.
 
@@ -720,12 +728,7 @@ class CastReceiver:
             if isinstance(volume.get("muted"), bool):
                 self._muted = volume["muted"]
         elif kind != "GET_STATUS":
-            connection.send(
-                PLATFORM,
-                source,
-                NS_RECEIVER,
-                {"type": "INVALID_REQUEST", "reason": "INVALID_COMMAND", "requestId": request_id},
-            )
+            _refuse(connection, PLATFORM, source, NS_RECEIVER, request_id)
             return
         status = {"type": "RECEIVER_STATUS", "status": self._receiver_status()}
         self._reply(connection, PLATFORM, source, NS_RECEIVER, status, request_id)
@@ -782,12 +785,7 @@ class CastReceiver:
         elif kind == "PLAY" and self._playback is not None:
             self._player_state = "PLAYING"
         elif kind != "GET_STATUS":
-            connection.send(
-                transport,
-                source,
-                NS_MEDIA,
-                {"type": "INVALID_REQUEST", "reason": "INVALID_COMMAND", "requestId": request_id},
-            )
+            _refuse(connection, transport, source, NS_MEDIA, request_id)
             return
         status = {"type": "MEDIA_STATUS", "status": self._media_status()}
         self._reply(connection, transport, source, NS_MEDIA, status, request_id)
