@@ -104,6 +104,30 @@ async def test_unavailable_and_back(
     assert state.state != STATE_UNAVAILABLE
 
 
+async def test_a_healthy_check_writes_no_state(
+    hass: HomeAssistant, camera: VirtualCamera, freezer: FrozenDateTimeFactory
+) -> None:
+    """A minute's DESCRIBE that changes nothing costs no entity state write."""
+    entry = make_entry(camera)
+    await setup_entry(hass, entry)
+    entity_id = er.async_get(hass).async_get_entity_id("camera", DOMAIN, f"{entry.unique_id}_main")
+    assert entity_id is not None
+    before = hass.states.get(entity_id)
+    assert before is not None
+    # HA updates a state's last_reported in place when it is written unchanged.
+    reported = before.last_reported
+    describes = camera.stats.describe_requests
+    checked = entry.runtime_data.coordinator.data.checked_at
+    freezer.tick(timedelta(seconds=61))
+    async_fire_time_changed(hass)
+    await hass.async_block_till_done(wait_background_tasks=True)
+    assert camera.stats.describe_requests > describes  # the check ran ...
+    assert entry.runtime_data.coordinator.data.checked_at > checked  # ... and is recorded
+    after = hass.states.get(entity_id)
+    assert after is not None
+    assert after.last_reported == reported  # ... but nothing was written
+
+
 async def test_a_different_device_at_the_address(
     hass: HomeAssistant, camera: VirtualCamera, freezer: FrozenDateTimeFactory
 ) -> None:

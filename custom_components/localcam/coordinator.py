@@ -1,6 +1,6 @@
 """Health of one camera: a light DESCRIBE a minute, never an image."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, override
 
@@ -23,9 +23,14 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class CameraHealth:
-    """The result of the last successful health check."""
+    """The result of the last successful health check.
 
-    checked_at: datetime
+    Two healthy results compare equal whatever their time, so a check that
+    changes nothing writes no entity state (the coordinator's always_update
+    is off); the time is still kept for diagnostics.
+    """
+
+    checked_at: datetime = field(compare=False)
 
 
 class LocalCamCoordinator(DataUpdateCoordinator[CameraHealth]):
@@ -47,6 +52,7 @@ class LocalCamCoordinator(DataUpdateCoordinator[CameraHealth]):
             config_entry=entry,
             name=f"{DOMAIN} {entry.title}",
             update_interval=timedelta(seconds=HEALTH_INTERVAL_SECONDS),
+            always_update=False,
         )
         self.client = client
         self.last_error: str | None = None

@@ -102,9 +102,11 @@ class CameraClient:
         await self._check_device_identity(
             _Raw(b"", None, SnapshotSource.RTSP_GRAB, time.monotonic(), target.address, target.host)
         )
-        await asyncio.get_running_loop().run_in_executor(
-            None, self.check_link_identity, target.address, target.host
-        )
+        if self.source.identity.mac:
+            # A blocking /proc read: only for cameras pinned by their MAC.
+            await asyncio.get_running_loop().run_in_executor(
+                None, self.check_link_identity, target.address, target.host
+            )
 
     def _needs_link_check(self, raw: _Raw) -> bool:
         """Whether finishing this still reads the kernel's neighbour table (blocking)."""
