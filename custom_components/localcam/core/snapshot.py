@@ -99,11 +99,10 @@ class CameraClient:
             verify_ssl=self.source.verify_ssl,
             timeout=timeout,
         )
-        await self._check_device_identity(
-            _Raw(b"", None, SnapshotSource.RTSP_GRAB, time.monotonic(), target.address, target.host)
-        )
-        if self.source.identity.mac:
-            # A blocking /proc read: only for cameras pinned by their MAC.
+        now = time.monotonic()
+        raw = _Raw(b"", None, SnapshotSource.RTSP_GRAB, now, target.address, target.host)
+        await self._check_device_identity(raw)
+        if self._needs_link_check(raw):
             await asyncio.get_running_loop().run_in_executor(
                 None, self.check_link_identity, target.address, target.host
             )
