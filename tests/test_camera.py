@@ -256,6 +256,40 @@ async def test_stream_401_starts_reauth(
         assert state.state == "unavailable"
 
 
+async def test_a_stream_change_during_a_check_is_checked_again(
+    hass: HomeAssistant, rtsp_only_camera: VirtualCamera
+) -> None:
+    """The stream drops and reconnects while its check runs: one more check follows."""
+    entity_id = await _entity_id(hass, rtsp_only_camera, snapshot=False)
+    entity = get_camera_from_entity_id(hass, entity_id)
+    client = entity._client  # type: ignore[attr-defined]
+    real_check = client.check_health
+    first_running, release = asyncio.Event(), asyncio.Event()
+    calls = 0
+
+    async def check(timeout: float = 5.0) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            first_running.set()
+            await release.wait()
+        await real_check(timeout)
+
+    async with _running_stream(hass, entity_id, rtsp_only_camera) as stream:
+        with patch.object(client, "check_health", side_effect=check):
+            stream._async_update_state(False)  # the worker reports a drop: check 1 starts
+            async with asyncio.timeout(10):
+                await first_running.wait()
+            stream._async_update_state(True)  # ... and a reconnect while check 1 runs
+            release.set()
+            for _ in range(200):
+                await hass.async_block_till_done()
+                if entity._auth_check is None:  # type: ignore[attr-defined]
+                    break
+                await asyncio.sleep(0.05)
+    assert calls == 2  # the reconnect was checked too, once
+
+
 async def test_slow_keyframe_falls_back_to_a_grab(
     hass: HomeAssistant, rtsp_only_camera: VirtualCamera
 ) -> None:
