@@ -7,6 +7,7 @@ from typing import Any
 
 from homeassistant.const import CONF_PASSWORD, CONF_USERNAME
 from homeassistant.core import HomeAssistant
+from homeassistant.helpers import entity_registry as er
 import pytest
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
@@ -158,6 +159,13 @@ def make_entry(cam: VirtualCamera, *, snapshot: bool = True, **kwargs: Any) -> M
         data=data,
         **kwargs,
     )
+
+
+def main_entity_id(hass: HomeAssistant, entry: MockConfigEntry) -> str:
+    """The entity id of an entry's main camera (its first profile)."""
+    entity_id = er.async_get(hass).async_get_entity_id("camera", DOMAIN, f"{entry.unique_id}_main")
+    assert entity_id is not None
+    return entity_id
 
 
 async def setup_entry(hass: HomeAssistant, entry: MockConfigEntry) -> None:

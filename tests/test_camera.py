@@ -15,7 +15,6 @@ from homeassistant.components.stream import Stream
 from homeassistant.config_entries import SOURCE_REAUTH
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import HomeAssistantError
-from homeassistant.helpers import entity_registry as er
 from PIL import Image
 import pytest
 from pytest_homeassistant_custom_component.typing import ClientSessionGenerator
@@ -24,7 +23,7 @@ from custom_components.localcam.const import CONF_IDENTITY, CONF_SNAPSHOT_MAX_AG
 from custom_components.localcam.core.netpolicy import NetPolicy
 from virtualcam import Fault, VirtualCamera, color_for, nearest_camera
 
-from .conftest import CAM_PASSWORD, CAM_USER, make_entry, setup_entry
+from .conftest import CAM_PASSWORD, CAM_USER, main_entity_id, make_entry, setup_entry
 
 pytestmark = pytest.mark.usefixtures("secrets_absent_from_logs")
 
@@ -42,9 +41,7 @@ def _camera_index(jpeg: bytes) -> int:
 async def _entity_id(hass: HomeAssistant, cam: VirtualCamera, *, snapshot: bool = True) -> str:
     entry = make_entry(cam, snapshot=snapshot)
     await setup_entry(hass, entry)
-    entity_id = er.async_get(hass).async_get_entity_id("camera", DOMAIN, f"{entry.unique_id}_main")
-    assert entity_id is not None
-    return entity_id
+    return main_entity_id(hass, entry)
 
 
 @asynccontextmanager
@@ -138,8 +135,7 @@ async def test_no_old_frame_after_failure(hass: HomeAssistant, camera: VirtualCa
     """Past max age, a failing camera gives an error, never the old still."""
     entry = make_entry(camera, options={CONF_SNAPSHOT_MAX_AGE: 0.2})
     await setup_entry(hass, entry)
-    entity_id = er.async_get(hass).async_get_entity_id("camera", DOMAIN, f"{entry.unique_id}_main")
-    assert entity_id is not None
+    entity_id = main_entity_id(hass, entry)
     entity = get_camera_from_entity_id(hass, entity_id)
     assert await entity.async_camera_image()
     camera.fault = Fault.REFUSE
@@ -179,7 +175,7 @@ async def test_camera_proxy_over_http(
     """HA's /api/camera_proxy serves the still, and a 500 when it is broken."""
     entry = make_entry(camera, options={CONF_SNAPSHOT_MAX_AGE: 0.2})
     await setup_entry(hass, entry)
-    entity_id = er.async_get(hass).async_get_entity_id("camera", DOMAIN, f"{entry.unique_id}_main")
+    entity_id = main_entity_id(hass, entry)
     client = await hass_client()
     resp = await client.get(f"/api/camera_proxy/{entity_id}")
     assert resp.status == HTTPStatus.OK
@@ -196,8 +192,7 @@ async def test_stream_source_refused_when_dns_turns_public(
     """A hostname that later resolves outside the LAN yields an error, not a URL."""
     entry = make_entry(camera)
     await setup_entry(hass, entry)
-    entity_id = er.async_get(hass).async_get_entity_id("camera", DOMAIN, f"{entry.unique_id}_main")
-    assert entity_id is not None
+    entity_id = main_entity_id(hass, entry)
     client = entry.runtime_data.client
     # The DNS answer is the edge we do not own: fake it, keep everything else.
     client.policy = NetPolicy(resolver=_resolve_to("203.0.113.5"))
@@ -314,8 +309,7 @@ async def test_stream_that_reaches_another_device_is_stopped(
     )
     await hass.config_entries.async_setup(entry.entry_id)
     await hass.async_block_till_done()
-    entity_id = er.async_get(hass).async_get_entity_id("camera", DOMAIN, f"{entry.unique_id}_main")
-    assert entity_id is not None
+    entity_id = main_entity_id(hass, entry)
     async with _running_stream(hass, entity_id, rtsp_only_camera) as stream:
         assert stream.pyav_options["probesize"] == "32"  # probing off, as the flow proved safe
         # The kernel's neighbour table (the edge) now names another device.

@@ -37,7 +37,7 @@ from homeassistant.components.stream.core import Part, Segment
 from homeassistant.const import EVENT_HOMEASSISTANT_STOP
 from homeassistant.core import Context, HomeAssistant
 from homeassistant.exceptions import HomeAssistantError, ServiceValidationError, Unauthorized
-from homeassistant.helpers import entity_registry as er, issue_registry as ir
+from homeassistant.helpers import issue_registry as ir
 from homeassistant.setup import async_setup_component
 from homeassistant.util import dt as dt_util
 import numpy as np
@@ -80,7 +80,7 @@ from custom_components.localcam.core.netpolicy import NetPolicy
 from custom_components.localcam.services import async_setup_services
 from virtualcam import Fault, VirtualCamera, color_for, nearest_camera
 
-from .conftest import make_entry, setup_entry
+from .conftest import main_entity_id, make_entry, setup_entry
 
 PALETTE = [color_for(i) for i in range(64)]
 REPO = Path(__file__).resolve().parents[1]
@@ -416,9 +416,7 @@ async def http_port(
 async def _camera_entity(hass: HomeAssistant, cam: VirtualCamera, **kwargs: Any) -> str:
     entry = make_entry(cam, **kwargs)
     await setup_entry(hass, entry)
-    entity_id = er.async_get(hass).async_get_entity_id("camera", DOMAIN, f"{entry.unique_id}_main")
-    assert entity_id is not None
-    return entity_id
+    return main_entity_id(hass, entry)
 
 
 @pytest.fixture

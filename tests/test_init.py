@@ -11,7 +11,6 @@ from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers import (
     device_registry as dr,
-    entity_registry as er,
     issue_registry as ir,
 )
 import pytest
@@ -20,7 +19,7 @@ from pytest_homeassistant_custom_component.common import async_fire_time_changed
 from custom_components.localcam.const import CONF_ALLOWED_NETWORKS, CONF_IDENTITY, DOMAIN
 from virtualcam import Fault, VirtualCamera
 
-from .conftest import make_entry, setup_entry
+from .conftest import main_entity_id, make_entry, setup_entry
 
 pytestmark = pytest.mark.usefixtures("secrets_absent_from_logs")
 
@@ -30,8 +29,7 @@ async def test_setup_unload_reload(hass: HomeAssistant, camera: VirtualCamera) -
     entry = make_entry(camera)
     await setup_entry(hass, entry)
     assert entry.state is ConfigEntryState.LOADED
-    entity_id = er.async_get(hass).async_get_entity_id("camera", DOMAIN, f"{entry.unique_id}_main")
-    assert entity_id is not None
+    entity_id = main_entity_id(hass, entry)
     device = dr.async_get(hass).async_get_device_by_identifier(
         (DOMAIN, entry.unique_id), entry.entry_id
     )
@@ -84,8 +82,7 @@ async def test_unavailable_and_back(
     """The health check marks the camera unavailable, and available again."""
     entry = make_entry(camera)
     await setup_entry(hass, entry)
-    entity_id = er.async_get(hass).async_get_entity_id("camera", DOMAIN, f"{entry.unique_id}_main")
-    assert entity_id is not None
+    entity_id = main_entity_id(hass, entry)
 
     camera.fault = Fault.REFUSE
     freezer.tick(timedelta(seconds=61))
@@ -110,8 +107,7 @@ async def test_a_healthy_check_writes_no_state(
     """A minute's DESCRIBE that changes nothing costs no entity state write."""
     entry = make_entry(camera)
     await setup_entry(hass, entry)
-    entity_id = er.async_get(hass).async_get_entity_id("camera", DOMAIN, f"{entry.unique_id}_main")
-    assert entity_id is not None
+    entity_id = main_entity_id(hass, entry)
     before = hass.states.get(entity_id)
     assert before is not None
     # HA updates a state's last_reported in place when it is written unchanged.
@@ -139,8 +135,7 @@ async def test_a_different_device_at_the_address(
     )
     await hass.config_entries.async_setup(entry.entry_id)
     await hass.async_block_till_done()
-    entity_id = er.async_get(hass).async_get_entity_id("camera", DOMAIN, f"{entry.unique_id}_main")
-    assert entity_id is not None
+    entity_id = main_entity_id(hass, entry)
     issue_id = f"identity_mismatch_{entry.entry_id}"
     # The kernel's neighbour table is the edge: it now names another device.
     with patch(
