@@ -746,6 +746,29 @@ async def test_media_stop_in_home_assistant_ends_the_cast(
     assert record["last_idle_reason"] == "stopped_in_home_assistant"
 
 
+async def test_stop_on_the_display_ends_the_cast(
+    hass: HomeAssistant,
+    porch: str,
+    receiver: FakeCastDevice,
+    http_port: int,
+    receiver_session: aiohttp.ClientSession,
+) -> None:
+    """Stopped on the Nest Hub itself (idle reason CANCELLED): stopped, 404, never re-cast."""
+    ended = async_capture_events(hass, EVENT_CAST_ENDED)
+    await _cast(hass, porch, mode="live", duration=120)
+    url = _last_url(receiver)
+    loads = len(receiver.loads)
+    await _report(hass, lambda: receiver.player_idles("CANCELLED"))
+    await _wait_for(hass, lambda: bool(ended))
+    assert [e.data["reason"] for e in ended] == ["stopped"]
+    assert (await _get(receiver_session, url))[0] == HTTPStatus.NOT_FOUND
+    await asyncio.sleep(0.5)  # longer than the test's whole keep-alive backoff
+    await hass.async_block_till_done()
+    assert len(receiver.loads) == loads
+    record = hass.data[DATA_CAST].diagnostics()[RECEIVER]
+    assert record["last_idle_reason"] == "stopped_on_display"
+
+
 async def test_turn_off_all_displays_ends_the_cast(
     hass: HomeAssistant, porch: str, receiver: FakeCastDevice, http_port: int
 ) -> None:

@@ -35,6 +35,7 @@ from homeassistant.components.media_player.const import (
     ATTR_MEDIA_CONTENT_ID,
     ATTR_MEDIA_CONTENT_TYPE,
     ATTR_MEDIA_EXTRA,
+    DATA_COMPONENT as MP_DATA_COMPONENT,
     DOMAIN as MP_DOMAIN,
     SERVICE_PLAY_MEDIA,
     MediaPlayerState,
@@ -184,6 +185,26 @@ def _called_entities(data: Any) -> frozenset[str] | None:
     if isinstance(named, list):
         return frozenset(str(item) for item in named)
     return frozenset()
+
+
+# What a Cast device reports when a person stopped its media (the display's
+# touchscreen, the Google Home app); ERROR and FINISHED are not a person.
+_IDLE_BY_PERSON: Final = "CANCELLED"
+
+
+def _device_idle_reason(hass: HomeAssistant, receiver: str) -> str | None:
+    """The Cast device's own idle reason for its media, if HA's cast entity has one.
+
+    Home Assistant's state says only "idle"; its cast entity keeps the
+    device's last media status (pychromecast's MediaStatus), which says why.
+    Read defensively: on any other media_player, or if the cast integration
+    keeps it elsewhere one day, this is None and keep-alive acts as before.
+    """
+    component = hass.data.get(MP_DATA_COMPONENT)
+    entity = component.get_entity(receiver) if component is not None else None
+    status = getattr(entity, "media_status", None)
+    reason = getattr(status, "idle_reason", None)
+    return reason if isinstance(reason, str) else None
 
 
 class EndReason(StrEnum):
@@ -863,6 +884,15 @@ class LocalCamCastManager:
             # A person (or another app) took the receiver over; never fight them.
             session.record.last_idle_reason = "other_media"
             self._async_spawn(session, EndReason.REPLACED, restore=False)
+            return
+        if (
+            view.state == MediaPlayerState.IDLE
+            and session.owns(view.content_id)
+            and _device_idle_reason(self.hass, session.receiver) == _IDLE_BY_PERSON
+        ):
+            # Stopped on the display itself: a person's choice, like a stop in HA.
+            session.record.last_idle_reason = "stopped_on_display"
+            self._async_spawn(session, EndReason.STOPPED, restore=False)
             return
         idle_reason = self._idle_reason(session, view)
         if idle_reason is None:
