@@ -50,6 +50,15 @@ config:
 {logs}{extra}"""
 
 
+def _seed_storage(storage: Path, key: str, version: int, data: dict[str, Any]) -> None:
+    """Write one of HA's .storage files before the first start (never over one HA wrote)."""
+    path = storage / key
+    if not path.exists():
+        path.write_text(
+            json.dumps({"version": version, "minor_version": 1, "key": key, "data": data})
+        )
+
+
 def prepare_config(
     config_dir: Path,
     port: int,
@@ -80,36 +89,14 @@ def prepare_config(
     )
     storage = config_dir / ".storage"
     storage.mkdir(exist_ok=True)
-    onboarding = storage / "onboarding"
-    if not onboarding.exists():
-        # Mark every onboarding step but the user's as done before the first
-        # start: finishing the core_config step through the API would add
-        # Met.no, Radio Browser and Google Translate, which call the internet.
-        onboarding.write_text(
-            json.dumps(
-                {
-                    "version": 4,
-                    "minor_version": 1,
-                    "key": "onboarding",
-                    "data": {"done": ["core_config", "analytics", "integration"]},
-                }
-            )
-        )
-    network = storage / "core.network"
-    if not network.exists():
-        # Only loopback is enabled in HA's network settings: the zeroconf
-        # resolver behind HA's shared HTTP session then joins no multicast
-        # group on a real interface (it would on the default one otherwise).
-        network.write_text(
-            json.dumps(
-                {
-                    "version": 1,
-                    "minor_version": 1,
-                    "key": "core.network",
-                    "data": {"configured_adapters": ["lo"]},
-                }
-            )
-        )
+    # Mark every onboarding step but the user's as done before the first
+    # start: finishing the core_config step through the API would add
+    # Met.no, Radio Browser and Google Translate, which call the internet.
+    _seed_storage(storage, "onboarding", 4, {"done": ["core_config", "analytics", "integration"]})
+    # Only loopback is enabled in HA's network settings: the zeroconf
+    # resolver behind HA's shared HTTP session then joins no multicast
+    # group on a real interface (it would on the default one otherwise).
+    _seed_storage(storage, "core.network", 1, {"configured_adapters": ["lo"]})
     custom = config_dir / "custom_components"
     custom.mkdir(exist_ok=True)
     link = custom / "localcam"

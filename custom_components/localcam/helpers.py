@@ -21,6 +21,7 @@ from .const import (
     DEFAULT_RTSP_TRANSPORT,
     DOMAIN,
     MAIN_PROFILE,
+    PROBE_TIMEOUT,
 )
 from .core.errors import LocalCamError
 from .core.identity import Identity, neighbour_mac
@@ -29,10 +30,6 @@ from .core.netpolicy import NetPolicy, parse_networks
 from .core.onvif import read_device
 from .core.rtsp import describe
 from .core.snapshot import STREAM_SCHEMES
-
-# Reading a device's identity: an ONVIF GetDeviceInformation/GetNetworkInterfaces
-# round, or one DESCRIBE plus the neighbour table.
-OBSERVE_TIMEOUT = 10.0
 
 
 def policy_from_options(options: Mapping[str, Any]) -> NetPolicy:
@@ -117,9 +114,9 @@ async def async_observe_identity(
             username,
             password,
             policy=policy,
-            timeout=OBSERVE_TIMEOUT,
+            timeout=PROBE_TIMEOUT,
         )
         return device.device_identity
     target = await policy.check(data[CONF_STREAM_URL], schemes=STREAM_SCHEMES)
-    await describe(target, username=username, password=password, timeout=OBSERVE_TIMEOUT)
+    await describe(target, username=username, password=password, timeout=PROBE_TIMEOUT)
     return Identity(mac=await hass.async_add_executor_job(neighbour_mac, target.address))
