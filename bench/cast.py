@@ -40,10 +40,9 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import CAMERA_PASSWORD, CAMERA_USER, ROOT, CamHost, Hass
-from bench.soak_cast import TOLERANCE, add_cast_receiver
+from bench.soak_cast import add_cast_receiver, poll_until_gone, shows_camera
 from tests.e2e_support import in_private_netns
 from tests.netns import can_make_namespace, rerun_in_namespace
-from virtualcam import nearest_camera
 from virtualcam.cast import CastReceiver, Playback
 
 RESULTS = ROOT / "bench" / "results"
@@ -204,30 +203,14 @@ class CastBench:
         assert playback.first_picture_at is not None
         trial.first_picture_s = playback.first_picture_at - started
         assert playback.colour is not None
-        want = self.colors[list(self.cams.cameras).index(camera)]
-        trial.right_camera = (
-            nearest_camera(playback.colour, self.colors) == self.colors.index(want)
-            and max(abs(a - b) for a, b in zip(playback.colour, want, strict=True)) <= TOLERANCE
-        )
+        index = list(self.cams.cameras).index(camera)
+        trial.right_camera = shows_camera(playback.colour, self.colors, index)
         return trial, playback
 
     async def watch_url(self, way: str, after: str, url: str) -> UrlWatch:
         """Poll an old URL every 0.5 s until it answers 404, for at most URL_WATCH s."""
-        watch = UrlWatch(way, after)
-        started = time.monotonic()
-        while time.monotonic() - started < URL_WATCH and watch.polls < 1000:
-            watch.polls += 1
-            try:
-                async with self.hass.http.get(url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
-                    await resp.read()
-                    watch.last_status = resp.status
-            except aiohttp.ClientError, TimeoutError, OSError:
-                watch.last_status = 0
-            if watch.last_status == 404:
-                watch.dead_after_s = time.monotonic() - started
-                break
-            await asyncio.sleep(0.5)
-        return watch
+        dead_after, status, polls = await poll_until_gone(self.hass.http, url, URL_WATCH)
+        return UrlWatch(way, after, dead_after_s=dead_after, last_status=status, polls=polls)
 
     async def run_way(self, way: str) -> None:
         """Trials from a cold camera; the last one also watches its URL die (or not)."""

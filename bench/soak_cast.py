@@ -19,7 +19,6 @@ exists.
 """
 
 import asyncio
-import contextlib
 from dataclasses import dataclass, field
 import statistics
 import time
@@ -39,6 +38,41 @@ FIRST_PICTURE_TIMEOUT = {"live": 20.0, "snapshot": 10.0}
 # Max per-channel distance between a decoded picture and its camera's colour
 # (H.264 at the soak's small size, and JPEG): anything further is not that camera.
 TOLERANCE = 40
+
+
+def shows_camera(
+    colour: tuple[int, int, int], colors: list[tuple[int, int, int]], index: int
+) -> bool:
+    """Whether a decoded picture's colour is camera `index`'s (nearest, and close)."""
+    nearest = nearest_camera(colour, colors)
+    return (
+        nearest == index
+        and max(abs(a - b) for a, b in zip(colour, colors[nearest], strict=True)) <= TOLERANCE
+    )
+
+
+async def poll_until_gone(
+    http: aiohttp.ClientSession, url: str, limit: float
+) -> tuple[float | None, int | None, int]:
+    """GET `url` every 0.5 s until it answers 404, for at most `limit` seconds.
+
+    Returns (seconds until the 404 or None, the last status (0: no answer), polls).
+    """
+    started = time.monotonic()
+    status: int | None = None
+    polls = 0
+    while time.monotonic() - started < limit and polls < 1000:
+        polls += 1
+        try:
+            async with http.get(url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                await resp.read()
+                status = resp.status
+        except aiohttp.ClientError, TimeoutError, OSError:
+            status = 0
+        if status == 404:
+            return time.monotonic() - started, status, polls
+        await asyncio.sleep(0.5)
+    return None, status, polls
 
 
 async def add_cast_receiver(hass: Hass, host: str, name: str, timeout: float = 90) -> str:
@@ -202,11 +236,10 @@ class CastTraffic:
         c = self.counters
         c.pictures += playback.pictures
         for colour in playback.colours:
-            index = nearest_camera(colour, self.colors)
-            close = max(abs(a - b) for a, b in zip(colour, self.colors[index], strict=True))
-            if index == cam.index and close <= TOLERANCE:
+            if shows_camera(colour, self.colors, cam.index):
                 continue
-            c.foreign.append({"asked": cam.index, "colour": colour, "nearest": index})
+            nearest = nearest_camera(colour, self.colors)
+            c.foreign.append({"asked": cam.index, "colour": colour, "nearest": nearest})
             return
         # Every picture of this playback (one LOAD, or a still re-sent by a refresh).
         c.right_camera += 1
@@ -226,20 +259,13 @@ class CastTraffic:
         """Poll (bounded) the URL of a cast that ended until it answers 404."""
 
         async def watch() -> None:
-            ended = time.monotonic()
-            for _ in range(200):
-                with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError):
-                    async with self.hass.http.get(
-                        playback.content_id, timeout=aiohttp.ClientTimeout(total=5)
-                    ) as resp:
-                        await resp.read()
-                        if resp.status == 404:
-                            self.counters.dead_url_s.append(time.monotonic() - ended)
-                            return
-                if time.monotonic() - ended > DEAD_URL_TARGET + 5:
-                    break
-                await asyncio.sleep(0.5)
-            self.counters.url_alive.append({"why": why, "session": playback.session})
+            dead_after, _, _ = await poll_until_gone(
+                self.hass.http, playback.content_id, DEAD_URL_TARGET + 5
+            )
+            if dead_after is not None:
+                self.counters.dead_url_s.append(dead_after)
+            else:
+                self.counters.url_alive.append({"why": why, "session": playback.session})
 
         task = asyncio.create_task(watch())
         self._tasks.add(task)
