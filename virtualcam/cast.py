@@ -185,27 +185,6 @@ class Playback:
     fetches: int = 0
     errors: list[str] = field(default_factory=list)
     ended: str | None = None  # stopped, replaced, not_found, error, refused, finished
-    ended_at: float | None = None
-
-    @property
-    def first_picture_seconds(self) -> float | None:
-        """LOAD to first decoded picture."""
-        if self.first_picture_at is None:
-            return None
-        return self.first_picture_at - self.loaded_at
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-friendly summary."""
-        return {
-            "session": self.session,
-            "content_type": self.content_type,
-            "first_picture_seconds": self.first_picture_seconds,
-            "colour": self.colour,
-            "pictures": self.pictures,
-            "fetches": self.fetches,
-            "errors": self.errors[:5],
-            "ended": self.ended,
-        }
 
 
 def _centre_colour(rgb: Any) -> tuple[int, int, int]:
@@ -356,7 +335,6 @@ class _Player:
             self.playback.errors.append(error)
         if self.playback.ended is None:
             self.playback.ended = reason
-            self.playback.ended_at = time.monotonic()
 
     async def run(self) -> None:
         """Play; every exit records why."""
@@ -496,7 +474,6 @@ class CastReceiver:
         self.max_play_seconds = max_play_seconds
         self.playbacks: list[Playback] = []
         self.connections_accepted = 0
-        self.messages = 0
         self.protocol_errors: list[str] = []
         self._connections: set[_Connection] = set()
         self._servers: list[asyncio.Server] = []
@@ -607,7 +584,6 @@ class CastReceiver:
             for _ in range(MAX_MESSAGES_PER_CONNECTION):
                 async with asyncio.timeout(READ_IDLE):
                     source, destination, namespace, data = await read_message(reader)
-                self.messages += 1
                 connection.peers.add(source)
                 self._handle(connection, source, destination, namespace, data)
                 await writer.drain()
@@ -796,7 +772,7 @@ class CastReceiver:
     def _load(self, content_id: str, content_type: str) -> None:
         previous, previous_task = self._playback, self._player_task
         if previous is not None and previous.ended is None:
-            previous.ended, previous.ended_at = "replaced", time.monotonic()
+            previous.ended = "replaced"
         if previous_task is not None:
             previous_task.cancel()
         playback = Playback(
@@ -839,7 +815,7 @@ class CastReceiver:
     def _spawn_stop(self, reason: str) -> None:
         playback, task = self._playback, self._player_task
         if playback is not None and playback.ended is None:
-            playback.ended, playback.ended_at = reason, time.monotonic()
+            playback.ended = reason
         if task is not None:
             task.cancel()
         self._player_task = None
