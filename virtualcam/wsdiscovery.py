@@ -325,8 +325,12 @@ class WsDiscoveryResponder(asyncio.DatagramProtocol):
         self._check_address()
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if self.multicast_interface is not None:
+                # Several responders share the well-known port in a namespace.
+                # Never on the ephemeral unicast bind below: with SO_REUSEADDR,
+                # Linux may hand two UDP sockets the same ephemeral port, and
+                # one responder would never see a probe.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 # Bound to the wildcard so both multicast and unicast probes arrive; the
                 # group is joined on the one interface inside the namespace.
                 sock.bind(("0.0.0.0", self._port or WSD_PORT))
