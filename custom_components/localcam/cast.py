@@ -118,6 +118,8 @@ JPEG_CONTENT_TYPE: Final = "image/jpeg"
 # The Default Media Receiver, which Home Assistant's cast integration launches
 # for a URL. A receiver found idle in it is left idle in it (media_stop, no quit).
 DEFAULT_MEDIA_RECEIVER_APP_ID: Final = "CC1AD845"
+# The ambient screen ("Backdrop"): where a display goes when media drops.
+BACKDROP_APP_ID: Final = "E8C28D3C"
 # Cast MediaMetadata types (Cast SDK): generic for video, photo for stills.
 METADATA_GENERIC: Final = 0
 METADATA_PHOTO: Final = 4
@@ -880,9 +882,8 @@ class LocalCamCastManager:
         if session.ended or session.loading or session.recasting:
             return
         view = ReceiverView.of(self.hass.states.get(session.receiver))
-        if view.content_id and not session.owns(view.content_id):
-            # A person (or another app) took the receiver over; never fight them.
-            session.record.last_idle_reason = "other_media"
+        if (taken_by := self._taken_over(session, view)) is not None:
+            session.record.last_idle_reason = taken_by
             self._async_spawn(session, EndReason.REPLACED, restore=False)
             return
         if (
@@ -913,6 +914,21 @@ class LocalCamCastManager:
             self._async_start_recast(session)
             return
         self._async_spawn(session, EndReason.RECEIVER_LOST, restore=False)
+
+    @staticmethod
+    def _taken_over(session: CastSession, view: ReceiverView) -> str | None:
+        """Return how a person (or another app) took the receiver over, if one did.
+
+        Never fight them: the cast ends. Another app counts as soon as the
+        device reports it running, even while HA still holds our media status:
+        a Cast device reports the app switch and the media session's end as two
+        messages, and keep-alive must not LOAD over the app in between.
+        """
+        if view.content_id and not session.owns(view.content_id):
+            return "other_media"
+        if view.app_id not in (None, DEFAULT_MEDIA_RECEIVER_APP_ID, BACKDROP_APP_ID):
+            return "other_app"
+        return None
 
     @staticmethod
     def _idle_reason(session: CastSession, view: ReceiverView) -> str | None:
@@ -957,9 +973,9 @@ class LocalCamCastManager:
             if session.over():
                 return  # stopped meanwhile, or the duration timer is ending it
             view = ReceiverView.of(self.hass.states.get(session.receiver))
-            if view.content_id and not session.owns(view.content_id):
-                # Someone cast their own media during the backoff.
-                session.record.last_idle_reason = "other_media"
+            if (taken_by := self._taken_over(session, view)) is not None:
+                # Someone cast their own media or opened an app during the backoff.
+                session.record.last_idle_reason = taken_by
                 await self._async_end(session, EndReason.REPLACED, restore=False)
                 return
             session.record.recasts += 1
@@ -985,8 +1001,8 @@ class LocalCamCastManager:
             await asyncio.sleep(session.refresh)
             async with self._lock(session.receiver):
                 view = ReceiverView.of(self.hass.states.get(session.receiver))
-                if view.content_id and not session.owns(view.content_id):
-                    continue  # someone else's media now: never load over it
+                if self._taken_over(session, view) is not None:
+                    continue  # someone else's media or app now: never load over it
                 try:
                     await self._async_check_camera(session.camera)
                     await self._async_load(session)
