@@ -1351,6 +1351,65 @@ async def test_live_edges(
     assert status == HTTPStatus.NOT_FOUND
 
 
+def _last_number(playlist: str) -> int:
+    """The media sequence number of the playlist's last segment."""
+    first = next(
+        int(line.split(":", 1)[1])
+        for line in playlist.splitlines()
+        if line.startswith("#EXT-X-MEDIA-SEQUENCE:")
+    )
+    return first + len(_media_lines(playlist)) - 1
+
+
+async def test_live_reload_lists_a_part_the_cast_has_not_seen(
+    hass: HomeAssistant,
+    porch: str,
+    receiver: FakeCastDevice,
+    http_port: int,
+    receiver_session: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An immediate reload (Chromium's native HLS does one) waits for the next part."""
+    await _cast(hass, porch, mode="live", duration=60)
+    url = _last_url(receiver)
+    other = _url_for_another_receiver(hass, porch, url)
+    status, body = await _get(receiver_session, url)
+    assert status == HTTPStatus.OK
+    first = body.decode()
+    status, body = await _get(receiver_session, url)
+    assert status == HTTPStatus.OK
+    assert _last_number(body.decode()) > _last_number(first)
+    # Another cast of the same camera has seen nothing yet: its first load lists
+    # the newest part there is, the one just listed for the first cast.
+    status, body = await _get(receiver_session, other)
+    assert status == HTTPStatus.OK
+    assert _last_number(body.decode()) >= _last_number(first) + 1
+    # HA drops the output's parts while a reload waits: 503, never an empty playlist.
+    entity = get_camera_from_entity_id(hass, porch)
+    live = cast_views._live_track(entity)  # type: ignore[arg-type]
+    assert live is not None
+    track = live[1]
+
+    async def stream_gone(_track: Any, _served: int) -> None:
+        monkeypatch.setattr(track, "get_segments", list)
+
+    with patch.object(cast_views, "async_wait_for_newer_part", stream_gone):
+        status, _ = await _get(receiver_session, url)
+    assert status == HTTPStatus.SERVICE_UNAVAILABLE
+    await hass.services.async_call(DOMAIN, "stop_cast", {"media_player": RECEIVER}, blocking=True)
+
+
+def _url_for_another_receiver(hass: HomeAssistant, camera: str, url: str) -> str:
+    """The same camera's live URL under a token of its own, as a second display gets."""
+    manager = hass.data[DATA_CAST]
+    entity = get_camera_from_entity_id(hass, camera)
+    token = manager.links.issue(
+        CastGrant(entity.camera_id, "media_player.elsewhere", CastMode.LIVE),  # type: ignore[attr-defined]
+        duration=60,
+    )
+    return url.replace(_token(url), token)
+
+
 async def test_parts_outside_the_window_are_404(
     hass: HomeAssistant,
     porch: str,
@@ -1617,9 +1676,23 @@ class _Track:
 
     def __init__(self) -> None:
         self.segments: list[Segment] = []
+        self.part_event = asyncio.Event()
 
     def get_segments(self) -> list[Segment]:
         return self.segments
+
+    async def part_recv(self, timeout: float | None = None) -> bool:
+        try:
+            async with asyncio.timeout(timeout):
+                await self.part_event.wait()
+        except TimeoutError:
+            return False
+        self.part_event.clear()
+        return True
+
+    def add_part(self) -> None:
+        self.segments[-1].parts.append(Part(duration=0.9, has_keyframe=True, data=b"moof"))
+        self.part_event.set()
 
     def add(self, sequence: int, stream_id: int, parts: int) -> Segment:
         segment = Segment(
@@ -1633,6 +1706,54 @@ class _Track:
             segment.parts.append(Part(duration=0.9, has_keyframe=index == 0, data=b"moof"))
         self.segments.append(segment)
         return segment
+
+
+async def test_reload_waits_for_a_part_the_cast_has_not_seen() -> None:
+    """A reload by a cast served the newest part waits, bounded, for the next one."""
+    track = _Track()
+    track.add(0, 0, 2)
+    numbers = cast_views.part_numbers(track)  # type: ignore[arg-type]
+    assert numbers.newest(track.segments) == 1
+    assert numbers.served("porch-cast") is None
+    numbers.note_served("porch-cast", 1)
+
+    async def next_part_later() -> None:
+        await asyncio.sleep(0.05)
+        track.part_event.set()  # woken without a new part: the wait goes on
+        await asyncio.sleep(0.05)
+        track.add_part()
+
+    adder = asyncio.create_task(next_part_later())
+    await cast_views.async_wait_for_newer_part(track, 1)  # type: ignore[arg-type]
+    assert numbers.newest(track.segments) == 2
+    await adder
+    # Nothing new in time: the wait ends at its bound and the playlist is served as is.
+    with patch.object(cast_views, "RELOAD_WAIT", 0.05):
+        await asyncio.wait_for(
+            cast_views.async_wait_for_newer_part(track, 2),  # type: ignore[arg-type]
+            timeout=1.0,
+        )
+    assert numbers.newest(track.segments) == 2
+    # Parts gone (the output emptied): no wait at all.
+    track.segments.clear()
+    await asyncio.wait_for(
+        cast_views.async_wait_for_newer_part(track, 2),  # type: ignore[arg-type]
+        timeout=0.5,
+    )
+
+
+def test_served_parts_are_remembered_per_cast_and_bounded() -> None:
+    """One entry per cast token; the oldest is forgotten first."""
+    numbers = cast_views.PartNumbers()
+    for index in range(cast_views.SERVED_MEMORY + 2):
+        numbers.note_served(f"cast-{index}", index)
+    assert numbers.served("cast-0") is None
+    assert numbers.served("cast-1") is None
+    assert numbers.served("cast-2") == 2
+    numbers.note_served("cast-2", 40)  # renewed: now the newest entry
+    numbers.note_served("cast-new", 41)
+    assert numbers.served("cast-2") == 40
+    assert numbers.served("cast-3") is None
 
 
 def test_playlist_numbers_parts_stably_across_restarts() -> None:

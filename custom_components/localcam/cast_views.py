@@ -13,10 +13,19 @@ does not parse LL-HLS. To stay close to live anyway, each finished fMP4 part
 of Home Assistant's stream (about one second) is listed as a media segment of
 its own, so the first one is playable about a second after the stream starts
 instead of a whole segment (six seconds) later.
+
+A reload of the playlist by a cast that was already served the newest part
+waits, bounded, for the next part (what LL-HLS calls a blocking reload, here
+without the client asking for it). Chromium's native live HLS needs this: it
+counts its preroll as a pause, reloads the playlist the moment it starts
+playing, and quits ("segment queue never had any data") when the reload lists
+no segment it has not seen. With parts of about a second that reload came
+milliseconds after the first load and found nothing new. Other players reload
+after about a target duration, when a new part is there anyway.
 """
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from http import HTTPStatus
@@ -58,6 +67,12 @@ PLAYLIST_PARTS: Final = 8
 # Where a player starts, behind the end of the playlist, in target durations
 # (as Home Assistant does for its non-LL playlists).
 START_OFFSET_TARGETS: Final = 1.5
+# Bound on how long a reload waits for a part newer than the cast was served
+# (parts come about every second; a stalled stream answers with what it has).
+RELOAD_WAIT: Final = 3.0
+# Casts whose newest served part is remembered, per camera stream (one
+# receiver per cast; the oldest is forgotten first).
+SERVED_MEMORY: Final = 16
 
 _ENTITY_RE: Final = re.compile(r"^camera\.[a-z0-9_]{1,255}$")
 _INIT_RE: Final = re.compile(r"^live/init/(\d{1,9})\.mp4$")
@@ -91,12 +106,14 @@ class PartNumbers:
     every part the same number on every reload of the playlist.
     """
 
-    __slots__ = ("_assigned", "_next")
+    __slots__ = ("_assigned", "_next", "_served")
 
     def __init__(self) -> None:
         """Start numbering at zero."""
         self._assigned: dict[tuple[int, int], int] = {}
         self._next = 0
+        # Cast token -> number of the newest part its last playlist listed.
+        self._served: dict[str, int] = {}
 
     def entries(self, segments: Sequence[Segment]) -> list[_Entry]:
         """Number the parts HA's output holds now, in playback order."""
@@ -115,6 +132,42 @@ class PartNumbers:
             del self._assigned[key]
         return entries
 
+    def newest(self, segments: Iterable[Segment]) -> int | None:
+        """Return the number of the newest part HA's output holds, if any."""
+        entries = self.entries(list(segments))
+        return entries[-1].number if entries else None
+
+    def served(self, token: str) -> int | None:
+        """Return the newest part the cast's last playlist listed, if any."""
+        return self._served.get(token)
+
+    def note_served(self, token: str, number: int) -> None:
+        """Remember what the cast's playlist listed last (bounded)."""
+        self._served.pop(token, None)
+        self._served[token] = number
+        while len(self._served) > SERVED_MEMORY:
+            del self._served[next(iter(self._served))]
+
+
+def part_numbers(track: StreamOutput) -> PartNumbers:
+    """Return the numbering of one HLS output (created on first use)."""
+    numbers = _NUMBERS.get(track)
+    if numbers is None:
+        numbers = _NUMBERS[track] = PartNumbers()
+    return numbers
+
+
+async def async_wait_for_newer_part(track: StreamOutput, served: int) -> None:
+    """Wait, at most RELOAD_WAIT, until the output holds a part numbered above ``served``."""
+    numbers = part_numbers(track)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + RELOAD_WAIT
+    while (newest := numbers.newest(track.get_segments())) is not None and newest <= served:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return
+        await track.part_recv(timeout=remaining)
+
 
 # Keyed by HA's output object: a new output (after the stream idled out)
 # starts a new numbering, and a dropped output drops its numbers.
@@ -123,10 +176,7 @@ _NUMBERS: WeakKeyDictionary[StreamOutput, PartNumbers] = WeakKeyDictionary()
 
 def render_playlist(track: StreamOutput) -> str | None:
     """Render a plain HLS media playlist of the output's latest parts."""
-    numbers = _NUMBERS.get(track)
-    if numbers is None:
-        numbers = _NUMBERS[track] = PartNumbers()
-    entries = numbers.entries(list(track.get_segments()))[-PLAYLIST_PARTS:]
+    entries = part_numbers(track).entries(list(track.get_segments()))[-PLAYLIST_PARTS:]
     if not entries:
         return None
     target = max(1, math.ceil(max(entry.part.duration for entry in entries) - 1e-6))
@@ -220,11 +270,19 @@ async def _async_playlist(
         return web.Response(status=HTTPStatus.SERVICE_UNAVAILABLE, headers=_NO_STORE)
     if not await async_wait_for_part(track, PLAYLIST_WAIT):
         return web.Response(status=HTTPStatus.SERVICE_UNAVAILABLE, headers=_NO_STORE)
+    numbers = part_numbers(track)
+    if (served := numbers.served(token)) is not None:
+        # A reload: list something this cast has not seen (module docstring).
+        await async_wait_for_newer_part(track, served)
     # The cast may have ended while this request waited.
     if manager.links.resolve(token, camera_id=camera.camera_id, mode=CastMode.LIVE) is None:
         return _not_found()
     body = render_playlist(track)
-    assert body is not None  # a part exists, and nothing was awaited since
+    newest = numbers.newest(track.get_segments())
+    if body is None or newest is None:
+        # HA dropped the output's parts while this request waited (stream gone).
+        return web.Response(status=HTTPStatus.SERVICE_UNAVAILABLE, headers=_NO_STORE)
+    numbers.note_served(token, newest)
     return web.Response(
         body=body.encode(),
         headers={"Content-Type": HLS_CONTENT_TYPE, "Cache-Control": "no-cache"},
