@@ -127,6 +127,9 @@ API = "camera_proxy"
 DASHBOARD = "camera_proxy ?token"
 VIEW = "localcam view"
 REVALIDATE = "localcam view, revalidating"
+# HA's own lightest authenticated view (a constant JSON body): no camera entity
+# can answer through HA's HTTP server faster than this, so it bounds the warm ratio.
+FLOOR_PATH = "/api/"
 
 
 @dataclass(slots=True)
@@ -730,8 +733,26 @@ class Bench:
                 "seq_round_rates": [],
                 "conc_round_rates": [],
             }
+        # On the HTTP camera, each round also times HA's floor (FLOOR_PATH).
+        floor: dict[str, Any] | None = (
+            {"seq": [], "conc": [], "seq_wall": 0.0, "conc_wall": 0.0} if camera == "snap" else None
+        )
         for mode, concurrency in (("seq", 1), ("conc", 16)):
             for _ in range(rounds):
+                if floor is not None:
+                    samples, wall = await sustained(
+                        require_loopback(f"{self.ha.base}{FLOOR_PATH}"),
+                        self.ha.headers,
+                        seconds=slice_s,
+                        concurrency=concurrency,
+                        max_requests=1_000_000,
+                    )
+                    served = sum(s.status == 200 for s in samples)
+                    floor.setdefault(f"{mode}_round_rates", []).append(
+                        served / wall if wall else 0.0
+                    )
+                    floor[mode].extend(s.seconds for s in samples if s.status == 200)
+                    floor[f"{mode}_wall"] += wall
                 for target in targets:
                     url, headers = await self.warm_request(target)
                     await first_picture(self.ha.http, url, headers, timeout=20)
@@ -751,6 +772,29 @@ class Bench:
                     acc[target][f"{mode}_wall"] += wall
                     acc[target][f"{mode}_upstream"] += up["fetches"]
         held = bool((await self.counters(camera))["active_play_sessions"])
+        if floor is not None:
+            self.results["warm_floor"] = {
+                "path": FLOOR_PATH,
+                **{
+                    f"{mode}_{key}": value
+                    for mode in ("seq", "conc")
+                    for key, value in (
+                        ("requests", len(floor[mode])),
+                        (
+                            "rate",
+                            len(floor[mode]) / floor[f"{mode}_wall"]
+                            if floor[f"{mode}_wall"]
+                            else None,
+                        ),
+                        ("p50", percentile(floor[mode], 50)),
+                        ("round_rates", floor.get(f"{mode}_round_rates", [])),
+                    )
+                },
+            }
+            self.log(
+                f"warm floor GET {FLOOR_PATH}: {rate(self.results['warm_floor']['seq_rate'])} "
+                f"req/s one at a time, {rate(self.results['warm_floor']['conc_rate'])} at 16"
+            )
         for target in targets:
             c, a = target.contender, acc[target]
             url, headers = await self.warm_request(target)
@@ -1441,6 +1485,16 @@ def summary(results: dict[str, Any]) -> str:
                     rat,
                     ">= 1.2x HA",
                     rat >= TARGET_WARM_RATE_RATIO if rat is not None else None,
+                )
+        if camera == "snap" and (floor := results.get("warm_floor")):
+            for key, text in (("seq_rate", "one at a time"), ("conc_rate", "16 concurrent")):
+                add(
+                    f"  ceiling: HA's GET {floor['path']} (auth, constant body), {text}",
+                    rate(floor[key]),
+                    f"{rate(ge[key])} (generic)",
+                    paired_ratio(floor, ge, key),
+                    "reference",
+                    None,
                 )
         add(
             f"warm still, {label}: p99 one at a time",
