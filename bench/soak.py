@@ -57,6 +57,7 @@ CLOCK_SLACK = 0.05  # isoformat rounding and wall/monotonic drift, seconds
 RECOVERY_TARGET = 30.0
 RECOVERY_LIMIT = 90.0
 PROXY_SIZES = [None, (160, 90), (240, 136), (320, 180)]
+CARDS = 4  # requests one viewer (a dashboard) has in flight at most
 TCP_STATES_LISTEN = "0A"
 
 
@@ -463,19 +464,38 @@ class Soak:
     # -- traffic -----------------------------------------------------------------------------
 
     async def viewer(self, seed: int) -> None:
-        """Dashboard-like stills and LocalCam's view of random cameras until the end."""
+        """A dashboard: stills and LocalCam's view of random cameras until the end.
+
+        Its cards load side by side (up to CARDS requests in flight), so a camera
+        that hangs holds its own card, not the viewer: the other cameras keep
+        being asked, as they are on a real dashboard.
+        """
         rng = random.Random(seed)
-        for _ in range(1_000_000):
-            if time.monotonic() >= self.stop_at:
-                return
-            cam = rng.choice(self.cams)
-            if rng.random() < 0.55:
-                size = rng.choice(PROXY_SIZES)
-                query = f"?width={size[0]}&height={size[1]}" if size else ""
-                await self.get("camera_proxy", cam, f"/api/camera_proxy/{cam.entity_id}{query}")
-            else:
-                await self.view(cam)
-            await asyncio.sleep(rng.uniform(0.05, 0.3))
+        cards: set[asyncio.Task[bool]] = set()
+        try:
+            for _ in range(1_000_000):
+                if time.monotonic() >= self.stop_at:
+                    return
+                if len(cards) >= CARDS:
+                    done, _ = await asyncio.wait(cards, return_when=asyncio.FIRST_COMPLETED)
+                    for card in done:
+                        cards.discard(card)
+                        card.result()  # a harness error ends the run, as before
+                cam = rng.choice(self.cams)
+                if rng.random() < 0.55:
+                    size = rng.choice(PROXY_SIZES)
+                    query = f"?width={size[0]}&height={size[1]}" if size else ""
+                    request = self.get(
+                        "camera_proxy", cam, f"/api/camera_proxy/{cam.entity_id}{query}"
+                    )
+                else:
+                    request = self.view(cam)
+                cards.add(asyncio.create_task(request))
+                await asyncio.sleep(rng.uniform(0.05, 0.3))
+        finally:
+            # Requests are bounded (15 s): let the last ones finish and be counted.
+            for card in asyncio.as_completed(cards):
+                await card
 
     async def hls(self) -> None:
         """Now and then, a stream through HA's `camera/stream` and its HLS playlist."""
@@ -607,12 +627,13 @@ class Soak:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def set_fault(self, cam: Cam, fault: Fault | None) -> None:
-        """POST /control on the camera's own HTTP port."""
+    async def set_fault(self, cam: Cam, fault: Fault | None) -> dict[str, Any]:
+        """POST /control on the camera's own HTTP port; the camera's status and counters."""
         async with self.hass.http.post(
             cam.control_url, json={"fault": fault.value if fault else None}
         ) as resp:
             resp.raise_for_status()
+            return dict(await resp.json())
 
     async def _reauth_flow(self, cam: Cam) -> str | None:
         """The reauth flow in progress for the camera's entry, if any."""
@@ -631,9 +652,14 @@ class Soak:
         """The camera answers 401, LocalCam should start reauth; restore, confirm the form.
 
         Returns when the camera took its old credentials back: recovery counts from there,
-        so it includes the user's answer to the reauth form.
+        so it includes the user's answer to the reauth form. `camera_refused` counts the
+        requests the camera answered 401 meanwhile: reauth is due once LocalCam met one.
+        None may come: while HA's stream of the camera runs (a live cast, a card playing),
+        stills come from its keyframes over the session authenticated before the change,
+        and the next new connection (at the latest the health check, once a minute) is
+        the first to hear the 401.
         """
-        await self.set_fault(cam, Fault.UNAUTHORIZED)
+        before = await self.set_fault(cam, Fault.UNAUTHORIZED)
         flow_id = None
         started = time.monotonic()
         for _ in range(int(hold * 4) + 40):
@@ -647,8 +673,9 @@ class Soak:
                 break
             await asyncio.sleep(0.25)
         event["reauth_started"] = flow_id is not None
-        await self.set_fault(cam, None)
+        after = await self.set_fault(cam, None)
         cleared = time.monotonic()
+        event["camera_refused"] = after["unauthorized_responses"] - before["unauthorized_responses"]
         if flow_id is not None:
             # The user types the camera's (restored) credentials into the reauth form.
             result = await self.hass.post_json(
