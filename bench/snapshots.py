@@ -734,9 +734,10 @@ class Bench:
                 "conc_round_rates": [],
             }
         # On the HTTP camera, each round also times HA's floor (FLOOR_PATH).
-        floor: dict[str, Any] | None = (
-            {"seq": [], "conc": [], "seq_wall": 0.0, "conc_wall": 0.0} if camera == "snap" else None
-        )
+        floor: dict[str, Any] | None = None
+        if camera == "snap":
+            floor = {f"{mode}{key}": [] for mode in ("seq", "conc") for key in ("", "_round_rates")}
+            floor |= {"seq_wall": 0.0, "conc_wall": 0.0}
         for mode, concurrency in (("seq", 1), ("conc", 16)):
             for _ in range(rounds):
                 if floor is not None:
@@ -748,9 +749,7 @@ class Bench:
                         max_requests=1_000_000,
                     )
                     served = sum(s.status == 200 for s in samples)
-                    floor.setdefault(f"{mode}_round_rates", []).append(
-                        served / wall if wall else 0.0
-                    )
+                    floor[f"{mode}_round_rates"].append(served / wall if wall else 0.0)
                     floor[mode].extend(s.seconds for s in samples if s.status == 200)
                     floor[f"{mode}_wall"] += wall
                 for target in targets:
@@ -787,7 +786,7 @@ class Bench:
                             else None,
                         ),
                         ("p50", percentile(floor[mode], 50)),
-                        ("round_rates", floor.get(f"{mode}_round_rates", [])),
+                        ("round_rates", floor[f"{mode}_round_rates"]),
                     )
                 },
             }

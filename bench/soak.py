@@ -475,7 +475,7 @@ class Soak:
         try:
             for _ in range(1_000_000):
                 if time.monotonic() >= self.stop_at:
-                    return
+                    break
                 if len(cards) >= CARDS:
                     done, _ = await asyncio.wait(cards, return_when=asyncio.FIRST_COMPLETED)
                     for card in done:
@@ -492,10 +492,13 @@ class Soak:
                     request = self.view(cam)
                 cards.add(asyncio.create_task(request))
                 await asyncio.sleep(rng.uniform(0.05, 0.3))
-        finally:
             # Requests are bounded (15 s): let the last ones finish and be counted.
             for card in asyncio.as_completed(cards):
                 await card
+        except asyncio.CancelledError:
+            for card in cards:
+                card.cancel()  # the run is being torn down: no card outlives it
+            raise
 
     async def hls(self) -> None:
         """Now and then, a stream through HA's `camera/stream` and its HLS playlist."""
