@@ -16,7 +16,12 @@ from homeassistant.helpers import (
 import pytest
 from pytest_homeassistant_custom_component.common import async_fire_time_changed
 
-from custom_components.localcam.const import CONF_ALLOWED_NETWORKS, CONF_IDENTITY, DOMAIN
+from custom_components.localcam.const import (
+    CONF_ALLOWED_NETWORKS,
+    CONF_IDENTITY,
+    DOMAIN,
+    HEALTH_INTERVAL_SECONDS,
+)
 from virtualcam import Fault, VirtualCamera
 
 from .conftest import main_entity_id, make_entry, setup_entry
@@ -76,6 +81,13 @@ async def test_invalid_allowed_networks(hass: HomeAssistant, camera: VirtualCame
     assert entry.reason is not None
 
 
+async def _next_health_check(hass: HomeAssistant, freezer: FrozenDateTimeFactory) -> None:
+    """Move past one health interval and let the check (and what it starts) finish."""
+    freezer.tick(timedelta(seconds=HEALTH_INTERVAL_SECONDS + 1))
+    async_fire_time_changed(hass)
+    await hass.async_block_till_done(wait_background_tasks=True)
+
+
 async def test_unavailable_and_back(
     hass: HomeAssistant, camera: VirtualCamera, freezer: FrozenDateTimeFactory
 ) -> None:
@@ -85,17 +97,13 @@ async def test_unavailable_and_back(
     entity_id = main_entity_id(hass, entry)
 
     camera.fault = Fault.REFUSE
-    freezer.tick(timedelta(seconds=61))
-    async_fire_time_changed(hass)
-    await hass.async_block_till_done(wait_background_tasks=True)
+    await _next_health_check(hass, freezer)
     state = hass.states.get(entity_id)
     assert state is not None
     assert state.state == STATE_UNAVAILABLE
 
     camera.fault = None
-    freezer.tick(timedelta(seconds=61))
-    async_fire_time_changed(hass)
-    await hass.async_block_till_done(wait_background_tasks=True)
+    await _next_health_check(hass, freezer)
     state = hass.states.get(entity_id)
     assert state is not None
     assert state.state != STATE_UNAVAILABLE
@@ -114,9 +122,7 @@ async def test_a_healthy_check_writes_no_state(
     reported = before.last_reported
     describes = camera.stats.describe_requests
     checked = entry.runtime_data.coordinator.data.checked_at
-    freezer.tick(timedelta(seconds=61))
-    async_fire_time_changed(hass)
-    await hass.async_block_till_done(wait_background_tasks=True)
+    await _next_health_check(hass, freezer)
     assert camera.stats.describe_requests > describes  # the check ran ...
     assert entry.runtime_data.coordinator.data.checked_at > checked  # ... and is recorded
     after = hass.states.get(entity_id)
@@ -143,9 +149,7 @@ async def test_a_different_device_at_the_address(
     ):
         with pytest.raises(HomeAssistantError) as err:
             await async_get_image(hass, entity_id)
-        freezer.tick(timedelta(seconds=61))
-        async_fire_time_changed(hass)
-        await hass.async_block_till_done(wait_background_tasks=True)
+        await _next_health_check(hass, freezer)
         state = hass.states.get(entity_id)
         assert state is not None
         assert state.state == STATE_UNAVAILABLE
@@ -153,7 +157,5 @@ async def test_a_different_device_at_the_address(
     assert entry.runtime_data.cache.stats.upstream_fetches >= 1
     assert entry.runtime_data.cache._full_frame is None  # nothing of it was cached
     assert err.value.translation_key == "identity_mismatch"
-    freezer.tick(timedelta(seconds=61))
-    async_fire_time_changed(hass)
-    await hass.async_block_till_done(wait_background_tasks=True)
+    await _next_health_check(hass, freezer)
     assert ir.async_get(hass).async_get_issue(DOMAIN, issue_id) is None
