@@ -273,19 +273,14 @@ class FakeCastDevice:
         self.media = None
         self._report_media()
 
-    def person_plays(self, content_id: str = PERSON_MEDIA) -> None:
-        """A person casts their own media from a phone."""
+    def person_plays(self, content_id: str | None = PERSON_MEDIA) -> None:
+        """A person casts their own media from a phone (None: a sender that sets no id)."""
         self._set_app(APP_MEDIA_RECEIVER)
         self._session += 1
-        self.media = {
-            "mediaSessionId": self._session,
-            "playerState": "PLAYING",
-            "media": {
-                "contentId": content_id,
-                "contentType": "audio/mp3",
-                "streamType": "BUFFERED",
-            },
-        }
+        media: dict[str, Any] = {"contentType": "audio/mp3", "streamType": "BUFFERED"}
+        if content_id is not None:
+            media["contentId"] = content_id
+        self.media = {"mediaSessionId": self._session, "playerState": "PLAYING", "media": media}
         self._report_media()
 
     def drop_to_ambient(self) -> None:
@@ -1047,6 +1042,32 @@ async def test_person_casting_during_the_backoff_wins(
     assert [e.data["reason"] for e in ended] == ["replaced"]
     assert len(receiver.loads) == 1
     assert hass.data[DATA_CAST].diagnostics()[RECEIVER]["last_idle_reason"] == "other_media"
+
+
+@pytest.mark.parametrize("mode", ["live", "snapshot"])
+async def test_media_without_an_id_is_someone_elses(
+    hass: HomeAssistant, porch: str, receiver: FakeCastDevice, http_port: int, mode: str
+) -> None:
+    """The media receiver busy with media that has no content id: not ours, never fought.
+
+    Every LOAD of ours carries its URL as the content id, so a playing session
+    without one belongs to another sender: the cast ends as replaced, keep-alive
+    loads nothing over it.
+    """
+    ended = async_capture_events(hass, EVENT_CAST_ENDED)
+    await _cast(hass, porch, mode=mode, refresh=3600)
+    await _report(hass, lambda: receiver.person_plays(None))
+    state = hass.states.get(RECEIVER)
+    assert state is not None
+    assert state.state == "playing"
+    assert state.attributes.get("media_content_id") is None
+    await _wait_for(hass, lambda: bool(ended))
+    assert [e.data["reason"] for e in ended] == ["replaced"]
+    assert hass.data[DATA_CAST].diagnostics()[RECEIVER]["last_idle_reason"] == "other_media"
+    await asyncio.sleep(0.3)
+    await hass.async_block_till_done()
+    assert len(receiver.loads) == 1
+    assert "quit_app" not in receiver.commands
 
 
 async def test_without_keep_alive_a_drop_ends_the_cast(

@@ -898,8 +898,9 @@ class LocalCamCastManager:
         idle_reason = self._idle_reason(session, view)
         if idle_reason is None:
             if view.state in _BUSY_STATES and view.content_id is None:
-                # An app without media info (a dashboard, a streaming app).
-                session.record.last_idle_reason = "other_app"
+                # The media receiver busy with media that has no content id:
+                # every LOAD of ours carries one, so this is another sender's.
+                session.record.last_idle_reason = "other_media"
                 self._async_spawn(session, EndReason.REPLACED, restore=False)
                 return
             session.attempts = 0
