@@ -24,6 +24,7 @@ from pathlib import Path
 import platform
 import random
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -105,7 +106,7 @@ FULL = Sizes(
     viewers=(1, 10, 50, 200),
     fanout_reps=5,
     warm_seconds=8.0,
-    warm_rounds=8,
+    warm_rounds=16,
     warmup_flows=40,
     uncached_samples=10,
     uncached_gap=1.2,
@@ -163,15 +164,10 @@ def ratio(ours: float | None, theirs: float | None) -> float | None:
     return ours / theirs
 
 
-def paired_ratio(ours: dict[str, Any], theirs: dict[str, Any], key: str) -> float | None:
-    """Median of the per-round rate ratios of two warm rows (`key` is seq_rate or conc_rate).
-
-    Rounds interleave the contenders, so round i of each ran seconds apart:
-    the median of those pairs is steadier on a shared host than the ratio of
-    the totals, which a few seconds of background work can tilt either way.
-    """
+def round_ratios(ours: dict[str, Any], theirs: dict[str, Any], key: str) -> list[float]:
+    """The per-round rate ratios of two warm rows (`key` is seq_rate or conc_rate)."""
     mode = key.removesuffix("_rate")
-    pairs = [
+    return [
         a / b
         for a, b in zip(
             ours.get(f"{mode}_round_rates") or [],
@@ -180,7 +176,32 @@ def paired_ratio(ours: dict[str, Any], theirs: dict[str, Any], key: str) -> floa
         )
         if b
     ]
+
+
+def paired_ratio(ours: dict[str, Any], theirs: dict[str, Any], key: str) -> float | None:
+    """Median of the per-round rate ratios of two warm rows.
+
+    Rounds interleave the contenders, so round i of each ran seconds apart:
+    the median of those pairs is steadier on a shared host than the ratio of
+    the totals, which a few seconds of background work can tilt either way.
+    """
+    pairs = round_ratios(ours, theirs, key)
     return _median(pairs) if pairs else ratio(ours[key], theirs[key])
+
+
+def fmt_spread(ours: dict[str, Any], theirs: dict[str, Any], key: str) -> str:
+    """The median round ratio with its interquartile range, e.g. "1.16 (1.09-1.22)".
+
+    One-at-a-time rates on a 2-core host move by several per cent from one
+    half-second round to the next (where the scheduler puts client and server),
+    so a median alone reads as more certain than it is.
+    """
+    pairs = round_ratios(ours, theirs, key)
+    median = fmt_ratio(paired_ratio(ours, theirs, key))
+    if len(pairs) < 4:
+        return median
+    low, _, high = statistics.quantiles(pairs, n=4)
+    return f"{median} ({low:.2f}-{high:.2f})"
 
 
 def fmt_ratio(value: float | None) -> str:
@@ -1381,8 +1402,10 @@ def summary(results: dict[str, Any]) -> str:
         rat: float | None,
         target: str,
         ok: bool | None,
+        *,
+        shown: str | None = None,
     ) -> None:
-        rows.append([what, ours, theirs, fmt_ratio(rat), target, _verdict(ok)])
+        rows.append([what, ours, theirs, shown or fmt_ratio(rat), target, _verdict(ok)])
 
     def cold_median(who: str, scenario: str, camera: str) -> float | None:
         times = [
@@ -1484,6 +1507,7 @@ def summary(results: dict[str, Any]) -> str:
                     rat,
                     ">= 1.2x HA",
                     rat >= TARGET_WARM_RATE_RATIO if rat is not None else None,
+                    shown=fmt_spread(lc_row, ge_row, key),
                 )
         if camera == "snap" and (floor := results.get("warm_floor")):
             for key, text in (("seq_rate", "one at a time"), ("conc_rate", "16 concurrent")):
@@ -1494,6 +1518,7 @@ def summary(results: dict[str, Any]) -> str:
                     paired_ratio(floor, ge, key),
                     "reference",
                     None,
+                    shown=fmt_spread(floor, ge, key),
                 )
         add(
             f"warm still, {label}: p99 one at a time",
@@ -1593,7 +1618,7 @@ def summary(results: dict[str, Any]) -> str:
     return table(
         "SUMMARY: LocalCam beside HA core in this run (ratio = LocalCam / HA; "
         "below 1 is better for times, fetches, CPU and memory, above 1 for rates; warm rates: "
-        "median of the interleaved rounds' ratios)",
+        "median of the interleaved rounds' ratios, their interquartile range in parentheses)",
         ["measure", LOCALCAM, "HA", "LocalCam:HA", "target (ANCHORS.md)", "met"],
         rows,
     )
