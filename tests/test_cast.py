@@ -1782,15 +1782,19 @@ def test_playlist_numbers_parts_stably_across_restarts() -> None:
     track = _Track()
     assert cast_views.render_playlist(track) is None  # type: ignore[arg-type]
     track.add(0, 0, 3)
-    first = cast_views.render_playlist(track)  # type: ignore[arg-type]
-    assert first is not None
+    rendered = cast_views.render_playlist(track)  # type: ignore[arg-type]
+    assert rendered is not None
+    first, newest = rendered
+    assert newest == 2
     assert "#EXT-X-MEDIA-SEQUENCE:0" in first
     assert _media_lines(first) == ["segment/0.0.m4s", "segment/0.1.m4s", "segment/0.2.m4s"]
     later = track.add(1, 0, 4)
     later.parts.append(Part(duration=1.2, has_keyframe=False, data=b"moof"))
     track.add(2, 1, 2)  # the camera's stream restarted
-    playlist = cast_views.render_playlist(track)  # type: ignore[arg-type]
-    assert playlist is not None
+    rendered = cast_views.render_playlist(track)  # type: ignore[arg-type]
+    assert rendered is not None
+    playlist, newest = rendered
+    assert newest == 9  # the listing ends at the newest part HA holds
     lines = _media_lines(playlist)
     assert len(lines) == cast_views.PLAYLIST_PARTS
     # 3 + 5 + 2 parts so far: the window shows the last 8, numbered from 2.
@@ -1802,7 +1806,9 @@ def test_playlist_numbers_parts_stably_across_restarts() -> None:
     assert "#EXT-X-PART" not in playlist
     # HA drops its oldest segment: numbers of the remaining parts do not move.
     track.segments.pop(0)
-    again = cast_views.render_playlist(track)  # type: ignore[arg-type]
-    assert again is not None
+    rendered = cast_views.render_playlist(track)  # type: ignore[arg-type]
+    assert rendered is not None
+    again, newest = rendered
+    assert newest == 9
     assert "#EXT-X-MEDIA-SEQUENCE:3" in again
     assert _media_lines(again)[0] == "segment/1.0.m4s"

@@ -31,7 +31,7 @@ from datetime import timedelta
 from http import HTTPStatus
 import math
 import re
-from typing import Final
+from typing import Final, NamedTuple
 from weakref import WeakKeyDictionary
 
 from aiohttp import web
@@ -174,7 +174,14 @@ async def async_wait_for_newer_part(track: StreamOutput, served: int) -> None:
 _NUMBERS: WeakKeyDictionary[StreamOutput, PartNumbers] = WeakKeyDictionary()
 
 
-def render_playlist(track: StreamOutput) -> str | None:
+class Playlist(NamedTuple):
+    """A rendered media playlist and the number of the newest part it lists."""
+
+    text: str
+    newest: int
+
+
+def render_playlist(track: StreamOutput) -> Playlist | None:
     """Render a plain HLS media playlist of the output's latest parts."""
     entries = part_numbers(track).entries(list(track.get_segments()))[-PLAYLIST_PARTS:]
     if not entries:
@@ -206,7 +213,7 @@ def render_playlist(track: StreamOutput) -> str | None:
                 f"segment/{entry.segment.sequence}.{entry.index}.m4s",
             ]
         )
-    return "\n".join(lines) + "\n"
+    return Playlist("\n".join(lines) + "\n", entries[-1].number)
 
 
 class LocalCamCastView(HomeAssistantView):
@@ -277,14 +284,12 @@ async def _async_playlist(
     # The cast may have ended while this request waited.
     if manager.links.resolve(token, camera_id=camera.camera_id, mode=CastMode.LIVE) is None:
         return _not_found()
-    body = render_playlist(track)
-    newest = numbers.newest(track.get_segments())
-    if body is None or newest is None:
+    if (playlist := render_playlist(track)) is None:
         # HA dropped the output's parts while this request waited (stream gone).
         return web.Response(status=HTTPStatus.SERVICE_UNAVAILABLE, headers=_NO_STORE)
-    numbers.note_served(token, newest)
+    numbers.note_served(token, playlist.newest)
     return web.Response(
-        body=body.encode(),
+        body=playlist.text.encode(),
         headers={"Content-Type": HLS_CONTENT_TYPE, "Cache-Control": "no-cache"},
     )
 
