@@ -376,6 +376,7 @@ class Bench:
             "play_sessions",
             "describe_requests",
             "rtsp_connections",
+            "http_connections",
             "unauthorized_responses",
         )
         out = {k: int(after.get(k, 0)) - int(before.get(k, 0)) for k in keys}
