@@ -353,6 +353,9 @@ class Soak:
         self.events: list[dict[str, Any]] = []
         self.max_age = DEFAULT_MAX_AGE
         self.restarting = False
+        # Cameras whose entry is being set up again (a reload, a completed reauth, a
+        # restart) until their first good frame: a 404 then is "no such entity yet".
+        self.loading: set[int] = set()
         self.swap_outcomes: dict[str, int] | None = None
         self.t0 = 0.0
         self.stop_at = 0.0
@@ -422,6 +425,8 @@ class Soak:
             key = f"{kind} {sample.status or sample.error}"
             if self.restarting:
                 key += " (hass restarting)"
+            elif sample.status == 404 and cam.index in self.loading:
+                key += " (entry loading)"
             c.errors[key] = c.errors.get(key, 0) + 1
             return False
         c.ok[kind] = c.ok.get(kind, 0) + 1
@@ -617,10 +622,12 @@ class Soak:
                     self._spawn(self.recovery(event, [cam], cleared))
                     continue
                 elif kind == "reload":
+                    self.loading.add(cam.index)
                     await self.hass.reload_entry(cam.entry_id)
             except (RuntimeError, TimeoutError, aiohttp.ClientError, OSError) as err:
                 event["error"] = f"{type(err).__name__}: {err}"
                 log(f"  fault {kind} failed: {event['error']}")
+                self.loading.discard(cam.index)  # no recovery follows to end the window
                 continue
             self._spawn(self.recovery(event, [cam], time.monotonic()))
 
@@ -680,7 +687,9 @@ class Soak:
         cleared = time.monotonic()
         event["camera_refused"] = after["unauthorized_responses"] - before["unauthorized_responses"]
         if flow_id is not None:
-            # The user types the camera's (restored) credentials into the reauth form.
+            # The user types the camera's (restored) credentials into the reauth form;
+            # the entry reloads (recovery ends the loading window at the first good frame).
+            self.loading.add(cam.index)
             result = await self.hass.post_json(
                 f"/api/config/config_entries/flow/{flow_id}",
                 {"username": CAMERA_USER, "password": CAMERA_PASSWORD},
@@ -723,6 +732,8 @@ class Soak:
             self.max_age = max(self.max_age, self._max_age_option())
             event["down_s"] = round(time.monotonic() - began, 1)
         finally:
+            # Up, but each entry loads in its own time (recovery ends each window).
+            self.loading.update(cam.index for cam in self.cams)
             self.restarting = False
         cleared = time.monotonic()
         await self.recovery(event, self.cams, cleared)
@@ -731,13 +742,16 @@ class Soak:
         """Time from the fault cleared to each camera's first good frame (LocalCam's view)."""
 
         async def one(cam: Cam) -> float | None:
-            for _ in range(10_000):
-                if time.monotonic() - cleared > RECOVERY_LIMIT:
-                    return None
-                if await self.view(cam):
-                    return time.monotonic() - cleared
-                await asyncio.sleep(0.25)
-            return None
+            try:
+                for _ in range(10_000):
+                    if time.monotonic() - cleared > RECOVERY_LIMIT:
+                        return None
+                    if await self.view(cam):
+                        return time.monotonic() - cleared
+                    await asyncio.sleep(0.25)
+                return None
+            finally:
+                self.loading.discard(cam.index)
 
         times = await asyncio.gather(*(one(c) for c in cams))
         done = [t for t in times if t is not None]

@@ -134,6 +134,7 @@ class CastTraffic:
         self.receiver = CastReceiver(RECEIVER_HOST, name=RECEIVER_NAME, max_play_seconds=900)
         self.media_player = ""
         self.counters = CastCounters()
+        self.began = time.monotonic()  # reset when the casting loop starts
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
@@ -154,6 +155,7 @@ class CastTraffic:
 
     async def run(self, cams: list[Any], stop_at: float, paused: Any, rng: Any) -> None:
         """Cast a camera every `every` seconds until `stop_at`; every fourth action stops."""
+        self.began = time.monotonic()
         for n in range(100_000):
             await asyncio.sleep(self.every)
             if time.monotonic() >= stop_at:
@@ -193,6 +195,8 @@ class CastTraffic:
         }
         if (error := await self._action("cast", body)) is not None:
             c.service_errors[error] = c.service_errors.get(error, 0) + 1
+            t = round(called - self.began, 1)
+            c.log.append({"t": t, "camera": cam.index, "mode": mode, "error": error})
             return
 
         def shown() -> Playback | None:
@@ -203,7 +207,12 @@ class CastTraffic:
 
         await self.receiver.wait_for(lambda: shown() is not None, FIRST_PICTURE_TIMEOUT[mode])
         playback = shown()
-        record: dict[str, Any] = {"camera": cam.index, "mode": mode}
+        # "t": seconds since traffic began, as the soak's fault events count them.
+        record: dict[str, Any] = {
+            "t": round(called - self.began, 1),
+            "camera": cam.index,
+            "mode": mode,
+        }
         if playback is None:
             new = self.receiver.playbacks[before:]
             reason = (new[-1].ended or "no picture") if new else "no LOAD"
