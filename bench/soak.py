@@ -731,9 +731,9 @@ class Soak:
             await wait_for(up, 180, "Home Assistant to restart", 0.5)
             self.max_age = max(self.max_age, self._max_age_option())
             event["down_s"] = round(time.monotonic() - began, 1)
-        finally:
             # Up, but each entry loads in its own time (recovery ends each window).
             self.loading.update(cam.index for cam in self.cams)
+        finally:
             self.restarting = False
         cleared = time.monotonic()
         await self.recovery(event, self.cams, cleared)

@@ -187,6 +187,12 @@ class CastTraffic:
         previous = self.receiver.playing
         before = len(self.receiver.playbacks)
         called = time.monotonic()
+        # "t": seconds since traffic began, as the soak's fault events count them.
+        record: dict[str, Any] = {
+            "t": round(called - self.began, 1),
+            "camera": cam.index,
+            "mode": mode,
+        }
         body = {
             "entity_id": cam.entity_id,
             "media_player": self.media_player,
@@ -195,8 +201,7 @@ class CastTraffic:
         }
         if (error := await self._action("cast", body)) is not None:
             c.service_errors[error] = c.service_errors.get(error, 0) + 1
-            t = round(called - self.began, 1)
-            c.log.append({"t": t, "camera": cam.index, "mode": mode, "error": error})
+            c.log.append({**record, "error": error})
             return
 
         def shown() -> Playback | None:
@@ -207,12 +212,6 @@ class CastTraffic:
 
         await self.receiver.wait_for(lambda: shown() is not None, FIRST_PICTURE_TIMEOUT[mode])
         playback = shown()
-        # "t": seconds since traffic began, as the soak's fault events count them.
-        record: dict[str, Any] = {
-            "t": round(called - self.began, 1),
-            "camera": cam.index,
-            "mode": mode,
-        }
         if playback is None:
             new = self.receiver.playbacks[before:]
             reason = (new[-1].ended or "no picture") if new else "no LOAD"
