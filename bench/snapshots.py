@@ -197,11 +197,47 @@ def fmt_spread(ours: dict[str, Any], theirs: dict[str, Any], key: str) -> str:
     so a median alone reads as more certain than it is.
     """
     pairs = round_ratios(ours, theirs, key)
-    median = fmt_ratio(paired_ratio(ours, theirs, key))
     if len(pairs) < 4:
-        return median
+        return fmt_ratio(paired_ratio(ours, theirs, key))
+    median = fmt_ratio(_median(pairs))
     low, _, high = statistics.quantiles(pairs, n=4)
     return f"{median} ({low:.2f}-{high:.2f})"
+
+
+def _new_slices() -> dict[str, Any]:
+    """An empty accumulator of timed warm slices, one at a time (seq) and at 16 (conc)."""
+    return {
+        key: value
+        for mode in ("seq", "conc")
+        for key, value in ((mode, []), (f"{mode}_wall", 0.0), (f"{mode}_round_rates", []))
+    }
+
+
+def _add_slice(acc: dict[str, Any], mode: str, samples: list[Sample], wall: float) -> None:
+    """Add one timed slice; a 304 answers a revalidating client completely."""
+    served = sum(s.status in (200, 304) for s in samples)
+    acc[f"{mode}_round_rates"].append(served / wall if wall else 0.0)
+    acc[mode].extend(samples)
+    acc[f"{mode}_wall"] += wall
+
+
+def _slice_stats(acc: dict[str, Any]) -> dict[str, Any]:
+    """Requests, answers, rate, latency and round rates of an accumulator, per mode."""
+    out: dict[str, Any] = {}
+    for mode in ("seq", "conc"):
+        samples, wall = acc[mode], acc[f"{mode}_wall"]
+        ok = [s.seconds for s in samples if s.status in (200, 304)]
+        out |= {
+            f"{mode}_requests": len(samples),
+            f"{mode}_ok": len(ok),
+            f"{mode}_not_modified": sum(s.status == 304 for s in samples),
+            f"{mode}_rate": len(ok) / wall if wall else None,
+            f"{mode}_p50": percentile(ok, 50),
+            f"{mode}_p99": percentile(ok, 99),
+            f"{mode}_max": max(ok, default=None),
+            f"{mode}_round_rates": acc[f"{mode}_round_rates"],
+        }
+    return out
 
 
 def fmt_ratio(value: float | None) -> str:
@@ -746,20 +782,12 @@ class Bench:
             acc[target] = {
                 "first_status": first.status,
                 "first_picture_seconds": warmed.seconds if warmed.ok_jpeg else None,
-                "seq": [],
-                "conc": [],
-                "seq_wall": 0.0,
-                "conc_wall": 0.0,
+                **_new_slices(),
                 "seq_upstream": 0,
                 "conc_upstream": 0,
-                "seq_round_rates": [],
-                "conc_round_rates": [],
             }
         # On the HTTP camera, each round also times HA's floor (FLOOR_PATH).
-        floor: dict[str, Any] | None = None
-        if camera == "snap":
-            floor = {f"{mode}{key}": [] for mode in ("seq", "conc") for key in ("", "_round_rates")}
-            floor |= {"seq_wall": 0.0, "conc_wall": 0.0}
+        floor = _new_slices() if camera == "snap" else None
         for mode, concurrency in (("seq", 1), ("conc", 16)):
             for _ in range(rounds):
                 if floor is not None:
@@ -770,10 +798,7 @@ class Bench:
                         concurrency=concurrency,
                         max_requests=1_000_000,
                     )
-                    served = sum(s.status == 200 for s in samples)
-                    floor[f"{mode}_round_rates"].append(served / wall if wall else 0.0)
-                    floor[mode].extend(s.seconds for s in samples if s.status == 200)
-                    floor[f"{mode}_wall"] += wall
+                    _add_slice(floor, mode, samples, wall)
                 for target in targets:
                     url, headers = await self.warm_request(target)
                     await first_picture(self.ha.http, url, headers, timeout=20)
@@ -787,31 +812,11 @@ class Bench:
                         revalidate=target.revalidate,
                     )
                     up = self.fetches(before, await self.counters(camera))
-                    served = sum(s.status in (200, 304) for s in samples)
-                    acc[target][f"{mode}_round_rates"].append(served / wall if wall else 0.0)
-                    acc[target][mode].extend(samples)
-                    acc[target][f"{mode}_wall"] += wall
+                    _add_slice(acc[target], mode, samples, wall)
                     acc[target][f"{mode}_upstream"] += up["fetches"]
         held = bool((await self.counters(camera))["active_play_sessions"])
         if floor is not None:
-            self.results["warm_floor"] = {
-                "path": FLOOR_PATH,
-                **{
-                    f"{mode}_{key}": value
-                    for mode in ("seq", "conc")
-                    for key, value in (
-                        ("requests", len(floor[mode])),
-                        (
-                            "rate",
-                            len(floor[mode]) / floor[f"{mode}_wall"]
-                            if floor[f"{mode}_wall"]
-                            else None,
-                        ),
-                        ("p50", percentile(floor[mode], 50)),
-                        ("round_rates", floor[f"{mode}_round_rates"]),
-                    )
-                },
-            }
+            self.results["warm_floor"] = {"path": FLOOR_PATH, **_slice_stats(floor)}
             self.log(
                 f"warm floor GET {FLOOR_PATH}: {rate(self.results['warm_floor']['seq_rate'])} "
                 f"req/s one at a time, {rate(self.results['warm_floor']['conc_rate'])} at 16"
@@ -820,34 +825,15 @@ class Bench:
             c, a = target.contender, acc[target]
             url, headers = await self.warm_request(target)
             last = await fetch(self.ha.http, url, headers)
-            # A 304 answers a revalidating client completely: the picture it
-            # holds is still the current frame.
-            seq_ok = [s.seconds for s in a["seq"] if s.status in (200, 304)]
-            conc_ok = [s.seconds for s in a["conc"] if s.status in (200, 304)]
             row = {
                 "who": c.who,
                 "camera": c.camera,
                 "endpoint": target.endpoint,
                 "first_status": a["first_status"],
                 "first_picture_seconds": a["first_picture_seconds"],
-                "seq_requests": len(a["seq"]),
-                "seq_ok": len(seq_ok),
-                "seq_not_modified": sum(s.status == 304 for s in a["seq"]),
-                "seq_rate": len(seq_ok) / a["seq_wall"] if a["seq_wall"] else None,
-                "seq_p50": percentile(seq_ok, 50),
-                "seq_p99": percentile(seq_ok, 99),
-                "seq_max": max(seq_ok, default=None),
+                **_slice_stats(a),
                 "seq_upstream": a["seq_upstream"],
-                "seq_round_rates": a["seq_round_rates"],
-                "conc_requests": len(a["conc"]),
-                "conc_ok": len(conc_ok),
-                "conc_not_modified": sum(s.status == 304 for s in a["conc"]),
-                "conc_rate": len(conc_ok) / a["conc_wall"] if a["conc_wall"] else None,
-                "conc_p50": percentile(conc_ok, 50),
-                "conc_p99": percentile(conc_ok, 99),
-                "conc_max": max(conc_ok, default=None),
                 "conc_upstream": a["conc_upstream"],
-                "conc_round_rates": a["conc_round_rates"],
                 "rtsp_session_playing_after": held,
                 "seconds": a["seq_wall"] + a["conc_wall"],
                 "cache_control": last.headers.get("cache-control"),
