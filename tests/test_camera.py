@@ -4,6 +4,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
+import hashlib
 from http import HTTPStatus
 import io
 from typing import Any
@@ -184,6 +185,31 @@ async def test_camera_proxy_over_http(
     await asyncio.sleep(0.25)
     resp = await client.get(f"/api/camera_proxy/{entity_id}")
     assert resp.status == HTTPStatus.INTERNAL_SERVER_ERROR
+
+
+async def test_card_size_reaches_the_card_as_cached(
+    hass: HomeAssistant, hass_client: ClientSessionGenerator, camera: VirtualCamera
+) -> None:
+    """A dashboard card's sized camera_proxy request gets LocalCam's cached copy as is.
+
+    The frontend asks for its own pixel size. HA's camera_proxy scales
+    whatever the entity returns again, on every request, unless 7/8 of it no
+    longer covers the request: a TurboJPEG factor alone (160x90 here) would
+    have been scaled again to 140x79. LocalCam's copy has the request's
+    cover size, so the card gets the very bytes LocalCam's view reports.
+    """
+    entry = make_entry(camera, options={CONF_SNAPSHOT_MAX_AGE: 10.0})
+    await setup_entry(hass, entry)
+    entity_id = main_entity_id(hass, entry)
+    client = await hass_client()
+    view = await client.get(f"/api/localcam/snapshot/{entity_id}?width=130&height=74")
+    assert view.status == HTTPStatus.OK
+    proxied = await client.get(f"/api/camera_proxy/{entity_id}?width=130&height=74")
+    assert proxied.status == HTTPStatus.OK
+    body = await proxied.read()
+    assert Image.open(io.BytesIO(body)).size == (132, 74)
+    assert f'"{hashlib.sha256(body).hexdigest()}"' == view.headers["ETag"]
+    assert _camera_index(body) == 0
 
 
 async def test_stream_source_refused_when_dns_turns_public(

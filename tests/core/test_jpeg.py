@@ -2,11 +2,12 @@
 
 import io
 
+from homeassistant.components.camera.img_util import find_supported_scaling_factor
 from PIL import Image
 import pytest
 
 from custom_components.localcam.core.errors import InvalidImageError
-from custom_components.localcam.core.jpeg import scale_jpeg, validate_jpeg
+from custom_components.localcam.core.jpeg import cover_size, scale_jpeg, validate_jpeg
 
 
 def _jpeg(width: int = 64, height: int = 48, color: tuple[int, int, int] = (200, 30, 30)) -> bytes:
@@ -51,13 +52,65 @@ def test_size_cap() -> None:
         validate_jpeg(_jpeg(), "image/jpeg", max_bytes=100)
 
 
-def test_scale_covers_request_and_shrinks() -> None:
-    """Scaling never goes below the requested size, and does shrink."""
-    original = _jpeg(640, 360)
-    scaled, width, height = scale_jpeg(original, 160, 90)
-    assert (width, height) == validate_jpeg(scaled)
-    assert 160 <= width < 640
-    assert 90 <= height < 360
+def _color_jpeg(width: int, height: int, mode: str = "RGB") -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 30)).convert(mode).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("source", "request_size", "expected"),
+    [
+        ((640, 360), (160, 90), (160, 90)),  # a TurboJPEG factor (1/4) hits it exactly
+        ((640, 360), (250, 141), (251, 141)),  # between factors: 3/8 < it < 1/2
+        ((1920, 1080), (1000, 563), (1001, 563)),  # between 1/2 and 5/8
+        ((704, 576), (300, 100), (300, 246)),  # a wider box: the width decides
+        ((1280, 720), (100, 100), (178, 100)),  # below 1/8: factor 1/8, then resampled
+    ],
+)
+def test_scale_covers_request_exactly(
+    source: tuple[int, int], request_size: tuple[int, int], expected: tuple[int, int]
+) -> None:
+    """The scaled still keeps the aspect, covers the request and meets it on one side."""
+    scaled, width, height = scale_jpeg(_jpeg(*source), *request_size)
+    assert (width, height) == expected == validate_jpeg(scaled)
+    assert cover_size(*source, *request_size) == expected
+
+
+def test_scaled_stills_pass_through_home_assistants_own_scaler() -> None:
+    """HA's camera_proxy re-scales what an entity returns unless 7/8 of it no longer covers.
+
+    A cached scaled still must reach the card as cached: never scaled a second
+    time (lossy, and on HA's event loop for every request). Checked for the
+    sizes cards ask for: every width from 17 px up, at the camera's aspect,
+    at 2:1 and at a square box, on common camera resolutions.
+    """
+    checked = 0
+    for src_w, src_h in ((640, 360), (704, 576), (1280, 720), (1280, 960), (2560, 1440)):
+        for want_w in range(17, src_w + 40, 3):
+            for want_h in (-(-want_w * src_h // src_w), want_w // 2, want_w, 50):
+                size = cover_size(src_w, src_h, want_w, want_h)
+                if size is None:
+                    assert want_w >= src_w or want_h >= src_h
+                    continue
+                checked += 1
+                assert size[0] >= want_w
+                assert size[1] >= want_h
+                assert size[0] <= src_w
+                assert size[1] <= src_h
+                assert abs(size[0] / size[1] - src_w / src_h) < 2 / min(size)
+                assert find_supported_scaling_factor(*size, want_w, want_h) is None
+    assert checked > 5_000
+
+
+def test_unscalable_jpeg_is_served_whole() -> None:
+    """A valid JPEG TurboJPEG cannot decode to RGB (CMYK) keeps its full size, unchanged."""
+    cmyk = _color_jpeg(640, 360, "CMYK")
+    assert validate_jpeg(cmyk) == (640, 360)
+    assert scale_jpeg(cmyk, 160, 90) == (cmyk, 640, 360)
+    gray = _color_jpeg(640, 360, "L")
+    scaled, width, height = scale_jpeg(gray, 161, 90)
+    assert (width, height) == (161, 91) == validate_jpeg(scaled)
 
 
 def test_scale_is_a_no_op_without_a_smaller_request() -> None:

@@ -77,30 +77,63 @@ def encode_bgr(array: np.ndarray, quality: int = 85) -> bytes:
     return bytes(turbojpeg().encode(array, quality=quality))
 
 
+def cover_size(src_width: int, src_height: int, width: int, height: int) -> tuple[int, int] | None:
+    """The smallest size with the source's aspect that covers ``width``x``height``.
+
+    One side equals the request exactly and the other is at least as large
+    (rounded up), so the picture fills the card without being upscaled.
+    None when the source is no larger than that: it is served as it is.
+    """
+    if width * src_height >= height * src_width:  # the width decides
+        if width >= src_width:
+            return None
+        return width, -(-src_height * width // src_width)
+    if height >= src_height:
+        return None
+    return -(-src_width * height // src_height), height
+
+
 def scale_jpeg(data: bytes, width: int | None, height: int | None) -> tuple[bytes, int, int]:
     """Scale a JPEG down for a card that asked for ``width``x``height``.
 
-    Uses TurboJPEG's DCT scaling (a fraction of a full decode) with the
-    smallest factor that still covers the request, so the picture is never
-    upscaled and never smaller than asked. Returns the JPEG and its size.
+    The result has exactly the ``cover_size`` of the request. That matters
+    beyond looks: HA's camera_proxy runs its own best-effort scaling
+    (``scale_jpeg_camera_image``) on whatever the entity returns, on the event
+    loop, for every request, and it leaves a picture alone only when 7/8 of
+    it no longer covers the request. A TurboJPEG scaling factor alone (k/8)
+    often lands above that, and HA then scaled the cached copy again on every
+    request, a second lossy encode. So: decode with the smallest DCT factor
+    that still covers the request (a fraction of a full decode), resample the
+    rest of the way (Pillow, which Home Assistant itself requires) and encode
+    once. Returns the JPEG and its size; the original when no smaller size is
+    asked for, or when this JPEG cannot be scaled (the same frame, unscaled).
     """
     src_width, src_height, _s, _c = turbojpeg().decode_header(data)
-    if not width or not height or (width >= src_width and height >= src_height):
+    target = cover_size(src_width, src_height, width, height) if width and height else None
+    if target is None:
         return data, int(src_width), int(src_height)
-    best: tuple[int, int] | None = None
-    for num, den in turbojpeg().scaling_factors:
-        if num >= den:
-            continue
-        scaled_w = (src_width * num + den - 1) // den
-        scaled_h = (src_height * num + den - 1) // den
-        if (
-            scaled_w >= width
-            and scaled_h >= height
-            and (best is None or num / den < best[0] / best[1])
-        ):
-            best = (num, den)
-    if best is None:
+    factor = min(
+        (
+            (num, den)
+            for num, den in turbojpeg().scaling_factors
+            if num < den
+            and -(-src_width * num // den) >= target[0]
+            and -(-src_height * num // den) >= target[1]
+        ),
+        key=lambda f: f[0] / f[1],
+        default=(1, 1),
+    )
+    import numpy as np  # noqa: PLC0415 - only scaled requests need these
+    from PIL import Image  # noqa: PLC0415
+    from turbojpeg import TJPF_RGB  # noqa: PLC0415
+
+    try:
+        pixels = turbojpeg().decode(data, pixel_format=TJPF_RGB, scaling_factor=factor)
+    except OSError:
+        # Decodable header, undecodable pixels for RGB (a CMYK JPEG, say):
+        # the full frame is still this camera's current, valid picture.
         return data, int(src_width), int(src_height)
-    scaled = bytes(turbojpeg().scale_with_quality(data, scaling_factor=best, quality=80))
-    new_width, new_height, _s, _c = turbojpeg().decode_header(scaled)
-    return scaled, int(new_width), int(new_height)
+    if (pixels.shape[1], pixels.shape[0]) != target:
+        image = Image.fromarray(pixels).resize(target, Image.Resampling.BICUBIC)
+        pixels = np.asarray(image)
+    return bytes(turbojpeg().encode(pixels, quality=80, pixel_format=TJPF_RGB)), *target

@@ -12,7 +12,8 @@ Guarantees, and where each is enforced:
   fallback to an older frame anywhere: a failed fetch raises to every waiter.
 - Sizes: a requested width/height is scaled from the camera's full frame in
   the executor and cached per size with the same provenance; it never causes
-  a second upstream fetch.
+  a second upstream fetch (``jpeg.scale_jpeg`` sizes it so that HA's
+  camera_proxy does not scale it again).
 - Isolation: caches share nothing, so a hanging camera delays only its own
   waiters (its fetch is bounded by the fetch function's own timeout).
 """
