@@ -789,3 +789,14 @@ def camera_of(jpeg: bytes, colors: list[tuple[int, int, int]]) -> int | None:
     if not isinstance(pixel, tuple):
         return None
     return nearest_camera(pixel, colors)
+
+
+def picture_size(jpeg: bytes) -> str | None:
+    """A JPEG's size as WIDTHxHEIGHT (None if undecodable)."""
+    from PIL import Image
+
+    try:
+        width, height = Image.open(io.BytesIO(jpeg)).size
+    except OSError, ValueError:
+        return None
+    return f"{width}x{height}"

@@ -46,6 +46,7 @@ from bench.harness import (
     fetch,
     first_picture,
     percentile,
+    picture_size,
     require_loopback,
     settled_rss_kb,
     sustained,
@@ -120,12 +121,20 @@ FULL = Sizes(
 
 
 # How a warm-still client asks (bench phase 2): HA's camera proxy with the
-# benchmark's bearer token (an API client), the same proxy the way a dashboard
-# card's <img> asks (the entity's rotating ?token=, no Authorization header),
-# and LocalCam's own view by a client that keeps its picture and revalidates
-# it with the ETag (304 while it is still the current frame).
+# benchmark's bearer token (an API client); the same proxy through the entity's
+# picture URL (entity_picture: its rotating ?token=, no Authorization header);
+# the same proxy the way HA's frontend picture cards ask (hui-image: a signed
+# path, ?authSig=, with the card's size in device pixels, so HA's proxy hands
+# the entity width and height); and LocalCam's own view by a client that keeps
+# its picture and revalidates it with the ETag (304 while it is still the
+# current frame).
 API = "camera_proxy"
 DASHBOARD = "camera_proxy ?token"
+CARD = "camera_proxy, card size"
+# A picture card about 430 CSS px wide at device pixel ratio 1 on the
+# benchmark's 640x360 cameras: between two TurboJPEG factors (3/8 and 5/8 of
+# 640 are 240 and 400 px), as most card widths are.
+CARD_SIZE = (430, 242)
 VIEW = "localcam view"
 REVALIDATE = "localcam view, revalidating"
 # HA's own lightest authenticated view (a constant JSON body): no camera entity
@@ -695,7 +704,7 @@ class Bench:
             targets: list[WarmTarget] = []
             for who in (LOCALCAM, GENERIC):
                 if (c := self.contenders.get((who, camera))) is not None:
-                    targets += [WarmTarget(c, API), WarmTarget(c, DASHBOARD)]
+                    targets += [WarmTarget(c, API), WarmTarget(c, DASHBOARD), WarmTarget(c, CARD)]
                     if who == LOCALCAM and self.results.get("localcam_view"):
                         targets += [WarmTarget(c, VIEW), WarmTarget(c, REVALIDATE)]
             try:
@@ -755,6 +764,15 @@ class Bench:
             state = await self.ha.get_json(f"/api/states/{c.entity_id}")
             picture = str(state["attributes"]["entity_picture"])
             return require_loopback(f"{self.ha.base}{picture}"), {}
+        if target.endpoint == CARD:
+            # What the frontend does every 10 s: sign the proxy path over the
+            # WebSocket API, then add the card's size.
+            signed = await self.ha.ws_call(
+                "auth/sign_path", path=f"/api/camera_proxy/{c.entity_id}", expires=60
+            )
+            width, height = CARD_SIZE
+            url = f"{self.ha.base}{signed['path']}&width={width}&height={height}"
+            return require_loopback(url), {}
         if target.endpoint in (VIEW, REVALIDATE):
             return self.view_url(c), self.ha.headers
         return self.proxy_url(c), self.ha.headers
@@ -839,12 +857,14 @@ class Bench:
                 "cache_control": last.headers.get("cache-control"),
                 "etag": last.headers.get("etag"),
                 "right_camera": self.right_camera([last], c.camera) == 1,
+                "picture_size": picture_size(last.body) if last.ok_jpeg else None,
                 **await self.conditional(url, headers, last),
             }
             self.results["warm"].append(row)
             self.log(
                 f"warm {c.camera} {c.who} {target.endpoint}: {rate(row['seq_rate'])} req/s one "
-                f"at a time, {rate(row['conc_rate'])} at 16; p99 {ms(row['seq_p99'])} ms"
+                f"at a time, {rate(row['conc_rate'])} at 16; p99 {ms(row['seq_p99'])} ms; "
+                f"picture {row['picture_size']}"
             )
         # Stop what the test left running (generic's HA stream, LocalCam's warm
         # RTSP session) so the next test starts from a quiet camera.
@@ -1477,7 +1497,8 @@ def summary(results: dict[str, Any]) -> str:
         # revalidate with: its client must take the whole picture every time.
         pairs = [
             (API, API, ""),
-            (DASHBOARD, DASHBOARD, " (dashboard ?token)"),
+            (DASHBOARD, DASHBOARD, " (entity_picture ?token)"),
+            (CARD, CARD, f" (dashboard card: signed URL, {CARD_SIZE[0]}x{CARD_SIZE[1]})"),
             (REVALIDATE, API, " (client revalidates: ETag/304)"),
         ]
         for ours, theirs, how in pairs:
