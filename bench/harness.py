@@ -367,24 +367,44 @@ class Hass:
             return json.loads(text) if text else None
 
     async def ws_call(self, command: str, **payload: Any) -> Any:
-        """One WebSocket API command and its result."""
+        """One WebSocket API command and its result.
+
+        The connection is kept between calls, but nothing reads it in
+        between, so it does not answer HA's heartbeat pings and HA closes it
+        after about a minute. A call that finds it gone opens a new one and
+        sends again (the commands used here only read or are idempotent).
+        """
         async with self._ws_lock, asyncio.timeout(30):
-            if self._ws is None or self._ws.closed:
-                self._ws = await self.http.ws_connect(f"{self.base}/api/websocket")
-                await self._ws.receive_json()  # auth_required
-                token = self.headers["Authorization"].removeprefix("Bearer ")
-                await self._ws.send_json({"type": "auth", "access_token": token})
-                if (reply := await self._ws.receive_json())["type"] != "auth_ok":
-                    raise RuntimeError(f"WebSocket auth failed: {reply}")
-            self._ws_id += 1
-            await self._ws.send_json({"id": self._ws_id, "type": command, **payload})
-            for _ in range(1000):
-                msg = await self._ws.receive_json()
-                if msg.get("id") == self._ws_id and msg.get("type") == "result":
-                    if not msg.get("success"):
-                        raise RuntimeError(f"{command}: {msg.get('error')}")
-                    return msg.get("result")
-            raise RuntimeError(f"{command}: no result")
+            for attempt in (1, 2):
+                try:
+                    return await self._ws_send(command, payload)
+                except aiohttp.ClientError, aiohttp.WSMessageTypeError, ConnectionError:
+                    if attempt == 2:
+                        raise
+                    with contextlib.suppress(Exception):
+                        if self._ws is not None:
+                            await self._ws.close()
+                    self._ws = None
+            raise AssertionError("unreachable")
+
+    async def _ws_send(self, command: str, payload: dict[str, Any]) -> Any:
+        """Send one command on the (re)opened connection and wait for its result."""
+        if self._ws is None or self._ws.closed:
+            self._ws = await self.http.ws_connect(f"{self.base}/api/websocket")
+            await self._ws.receive_json()  # auth_required
+            token = self.headers["Authorization"].removeprefix("Bearer ")
+            await self._ws.send_json({"type": "auth", "access_token": token})
+            if (reply := await self._ws.receive_json())["type"] != "auth_ok":
+                raise RuntimeError(f"WebSocket auth failed: {reply}")
+        self._ws_id += 1
+        await self._ws.send_json({"id": self._ws_id, "type": command, **payload})
+        for _ in range(1000):
+            msg = await self._ws.receive_json()
+            if msg.get("id") == self._ws_id and msg.get("type") == "result":
+                if not msg.get("success"):
+                    raise RuntimeError(f"{command}: {msg.get('error')}")
+                return msg.get("result")
+        raise RuntimeError(f"{command}: no result")
 
     # -- config entries and entities ----------------------------------------------------------
 

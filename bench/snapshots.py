@@ -132,8 +132,8 @@ API = "camera_proxy"
 DASHBOARD = "camera_proxy ?token"
 CARD = "camera_proxy, card size"
 # A picture card about 430 CSS px wide at device pixel ratio 1 on the
-# benchmark's 640x360 cameras: between two TurboJPEG factors (3/8 and 5/8 of
-# 640 are 240 and 400 px), as most card widths are.
+# benchmark's 640x360 cameras: between two TurboJPEG factors (5/8 and 3/4 of
+# 640 are 400 and 480 px), as most card widths are.
 CARD_SIZE = (430, 242)
 VIEW = "localcam view"
 REVALIDATE = "localcam view, revalidating"
