@@ -39,8 +39,14 @@ def _camera_index(jpeg: bytes) -> int:
     return nearest_camera((pixel[0], pixel[1], pixel[2]), PALETTE)
 
 
-async def _entity_id(hass: HomeAssistant, cam: VirtualCamera, *, snapshot: bool = True) -> str:
-    entry = make_entry(cam, snapshot=snapshot)
+async def _entity_id(
+    hass: HomeAssistant,
+    cam: VirtualCamera,
+    *,
+    snapshot: bool = True,
+    options: dict[str, Any] | None = None,
+) -> str:
+    entry = make_entry(cam, snapshot=snapshot, options=options)
     await setup_entry(hass, entry)
     return main_entity_id(hass, entry)
 
@@ -174,9 +180,7 @@ async def test_camera_proxy_over_http(
     hass: HomeAssistant, hass_client: ClientSessionGenerator, camera: VirtualCamera
 ) -> None:
     """HA's /api/camera_proxy serves the still, and a 500 when it is broken."""
-    entry = make_entry(camera, options={CONF_SNAPSHOT_MAX_AGE: 0.2})
-    await setup_entry(hass, entry)
-    entity_id = main_entity_id(hass, entry)
+    entity_id = await _entity_id(hass, camera, options={CONF_SNAPSHOT_MAX_AGE: 0.2})
     client = await hass_client()
     resp = await client.get(f"/api/camera_proxy/{entity_id}")
     assert resp.status == HTTPStatus.OK
@@ -198,9 +202,7 @@ async def test_card_size_reaches_the_card_as_cached(
     have been scaled again to 140x79. LocalCam's copy has the request's
     cover size, so the card gets the very bytes LocalCam's view reports.
     """
-    entry = make_entry(camera, options={CONF_SNAPSHOT_MAX_AGE: 10.0})
-    await setup_entry(hass, entry)
-    entity_id = main_entity_id(hass, entry)
+    entity_id = await _entity_id(hass, camera, options={CONF_SNAPSHOT_MAX_AGE: 10.0})
     client = await hass_client()
     view = await client.get(f"/api/localcam/snapshot/{entity_id}?width=130&height=74")
     assert view.status == HTTPStatus.OK
