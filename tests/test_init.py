@@ -130,6 +130,21 @@ async def test_a_healthy_check_writes_no_state(
     assert after.last_reported == reported  # ... but nothing was written
 
 
+async def test_a_health_check_is_one_describe(
+    hass: HomeAssistant, camera: VirtualCamera, freezer: FrozenDateTimeFactory
+) -> None:
+    """Once the camera's Digest challenge is known, each minute's check is one DESCRIBE."""
+    entry = make_entry(camera)
+    await setup_entry(hass, entry)
+    await _next_health_check(hass, freezer)  # learns the challenge (if setup did not)
+    for _ in range(3):
+        describes = camera.stats.describe_requests
+        challenges = camera.stats.unauthorized_responses
+        await _next_health_check(hass, freezer)
+        assert camera.stats.describe_requests == describes + 1
+        assert camera.stats.unauthorized_responses == challenges
+
+
 async def test_a_different_device_at_the_address(
     hass: HomeAssistant, camera: VirtualCamera, freezer: FrozenDateTimeFactory
 ) -> None:

@@ -26,7 +26,13 @@ from custom_components.localcam.core.errors import (
     NoVideoError,
 )
 from custom_components.localcam.core.netpolicy import NetPolicy, Target
-from custom_components.localcam.core.rtsp import WarmGrabber, _decode, async_grab_keyframe, describe
+from custom_components.localcam.core.rtsp import (
+    RtspAuthMemory,
+    WarmGrabber,
+    _decode,
+    async_grab_keyframe,
+    describe,
+)
 from tests.core.test_http import TlsFiles, tls_files  # noqa: F401 - shared fixture
 from virtualcam import CameraConfig, Fault, VirtualCamera, color_for, nearest_camera
 
@@ -138,6 +144,85 @@ async def test_describe_faults(vcam: VirtualCamera) -> None:
     vcam.fault = Fault.HANG
     with pytest.raises(CameraTimeoutError):
         await describe(target, username=USER, password=PASSWORD, timeout=0.5)
+
+
+def _requests(cam: VirtualCamera) -> tuple[int, int]:
+    """DESCRIBEs the camera got, and how many of them it answered 401."""
+    return cam.stats.describe_requests, cam.stats.unauthorized_responses
+
+
+async def test_health_checks_answer_the_remembered_challenge(vcam: VirtualCamera) -> None:
+    """After the first challenge, each health check is one DESCRIBE (Digest or Basic)."""
+    target = await _target(vcam.rtsp_url)
+    memory = RtspAuthMemory()
+    await describe(target, username=USER, password=PASSWORD, auth_memory=memory)
+    assert _requests(vcam) == (2, 1)
+    for _ in range(3):
+        await describe(target, username=USER, password=PASSWORD, auth_memory=memory)
+    assert _requests(vcam) == (5, 1)
+
+
+async def test_a_refused_remembered_answer_is_not_wrong_credentials(vcam: VirtualCamera) -> None:
+    """A nonce the camera no longer honours costs the one request it saved, never a reauth."""
+    target = await _target(vcam.rtsp_url)
+    memory = RtspAuthMemory(
+        origin=(str(target.address), target.port),
+        challenges=['Digest realm="LocalCam virtual camera", nonce="long-expired"'],
+    )
+    await describe(target, username=USER, password=PASSWORD, auth_memory=memory)
+    assert _requests(vcam) == (2, 1)
+    await describe(target, username=USER, password=PASSWORD, auth_memory=memory)
+    assert _requests(vcam) == (3, 1)
+
+
+async def test_wrong_password_with_a_remembered_challenge(vcam: VirtualCamera) -> None:
+    """A changed password is still InvalidAuthError, in two requests; the challenge is dropped."""
+    target = await _target(vcam.rtsp_url)
+    memory = RtspAuthMemory()
+    await describe(target, username=USER, password=PASSWORD, auth_memory=memory)
+    with pytest.raises(InvalidAuthError):
+        await describe(target, username=USER, password="changed", auth_memory=memory)
+    assert _requests(vcam) == (4, 3)
+    assert memory.origin is None
+
+
+async def test_a_remembered_challenge_stays_with_its_address(vcam: VirtualCamera) -> None:
+    """A challenge learnt at another address or port is not answered here."""
+    target = await _target(vcam.rtsp_url)
+    memory = RtspAuthMemory(origin=(str(target.address), target.port + 1), challenges=["Basic"])
+    await describe(target, username=USER, password=PASSWORD, auth_memory=memory)
+    assert _requests(vcam) == (2, 1)
+    assert memory.origin == (str(target.address), target.port)
+
+
+async def test_a_remembered_digest_counts_its_uses(
+    scripted: Callable[[Responder], asyncio.Future[str]],
+) -> None:
+    """Answering a qop=auth nonce again sends the next nonce count (RFC 7616)."""
+    realm, nonce = "cam", "n-1"
+    counts: list[str] = []
+
+    def responder(_request_line: str, headers: dict[str, str]) -> bytes:
+        auth = headers.get("authorization")
+        challenge = f'WWW-Authenticate: Digest realm="{realm}", nonce="{nonce}", qop="auth"\r\n'
+        if auth is None:
+            return _reply("401 Unauthorized", extra=challenge)
+        fields = dict(re.findall(r'(\w+)="?([^",]*)"?', auth))
+        ha1 = hashlib.md5(f"{USER}:{realm}:{PASSWORD}".encode()).hexdigest()
+        ha2 = hashlib.md5(f"DESCRIBE:{fields['uri']}".encode()).hexdigest()
+        expected = hashlib.md5(
+            f"{ha1}:{nonce}:{fields['nc']}:{fields['cnonce']}:auth:{ha2}".encode()
+        ).hexdigest()
+        if fields["response"] != expected or fields["nc"] in counts:
+            return _reply("401 Unauthorized", extra=challenge)
+        counts.append(fields["nc"])
+        return _reply("200 OK", b"v=0\r\nm=video 0 RTP/AVP 96\r\n")
+
+    target = await _target(await scripted(responder))
+    memory = RtspAuthMemory()
+    for _ in range(3):
+        await describe(target, username=USER, password=PASSWORD, auth_memory=memory)
+    assert counts == ["00000001", "00000002", "00000003"]
 
 
 async def test_digest_with_qop_and_opaque(

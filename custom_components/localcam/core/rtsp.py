@@ -371,9 +371,13 @@ def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
 
 
 def _authorization(
-    challenges: list[str], method: str, uri: str, username: str, password: str
+    challenges: list[str], method: str, uri: str, username: str, password: str, nc: int = 1
 ) -> str | None:
-    """Answer the strongest offered challenge (Digest before Basic)."""
+    """Answer the strongest offered challenge (Digest before Basic).
+
+    ``nc`` is the how-many-th answer to the same nonce (RFC 7616), for a
+    remembered challenge answered again.
+    """
     parsed = [_parse_challenge(challenge) for challenge in challenges]
     for scheme, params in parsed:
         if scheme != "digest" or "nonce" not in params:
@@ -383,11 +387,11 @@ def _authorization(
         ha2 = hashlib.md5(f"{method}:{uri}".encode()).hexdigest()  # noqa: S324
         fields = f'username="{username}", realm="{realm}", nonce="{nonce}", uri="{uri}"'
         if "auth" in params.get("qop", "").split(","):
-            cnonce = os.urandom(8).hex()
+            cnonce, count = os.urandom(8).hex(), f"{nc:08x}"
             response = hashlib.md5(  # noqa: S324
-                f"{ha1}:{nonce}:00000001:{cnonce}:auth:{ha2}".encode()
+                f"{ha1}:{nonce}:{count}:{cnonce}:auth:{ha2}".encode()
             ).hexdigest()
-            fields += f', qop=auth, nc=00000001, cnonce="{cnonce}"'
+            fields += f', qop=auth, nc={count}, cnonce="{cnonce}"'
         else:
             response = hashlib.md5(f"{ha1}:{nonce}:{ha2}".encode()).hexdigest()  # noqa: S324
         if opaque := params.get("opaque"):
@@ -423,6 +427,31 @@ async def _read_response(
     return int(match.group(1)), headers, body
 
 
+@dataclass(slots=True)
+class RtspAuthMemory:
+    """A camera's last RTSP authentication challenge, answered at once next time.
+
+    Without it every health check costs the camera two DESCRIBEs: a bare one
+    that draws the 401 with its challenge, then the authorised one. With it
+    the next DESCRIBE carries the answer to the remembered challenge (the
+    Digest nonce with the next nonce count, or Basic where the camera asked
+    for Basic): one request while the camera honours the nonce. Bound to the
+    address and port it was learnt from. When the camera refuses the
+    remembered answer (an expired nonce, or one it allows only once), the
+    fresh challenge of that 401 is answered instead, so there are never more
+    requests than without it, and only a refused fresh answer counts as wrong
+    credentials (describe guarantees this).
+    """
+
+    origin: tuple[str, int] | None = None
+    challenges: list[str] = field(default_factory=list)
+    uses: int = 0
+
+    def forget(self) -> None:
+        """Start over with a bare request next time."""
+        self.origin, self.challenges, self.uses = None, [], 0
+
+
 async def describe(
     target: Target,
     *,
@@ -430,20 +459,32 @@ async def describe(
     password: str | None = None,
     verify_ssl: bool = True,
     timeout: float = 5.0,
+    auth_memory: RtspAuthMemory | None = None,
 ) -> None:
     """Check that the camera answers DESCRIBE with a video SDP.
 
-    This is the light health request (one TCP connection, no media). A 401
-    that our credentials do not clear raises InvalidAuthError, which the glue
-    turns into a reauth flow.
+    This is the light health request (one TCP connection, no media; one
+    DESCRIBE while ``auth_memory`` holds a challenge the camera still
+    honours). A 401 that our credentials do not clear raises
+    InvalidAuthError, which the glue turns into a reauth flow.
     """
     uri = str(target.url)
+    origin = (str(target.address), target.port)
     ssl_context: ssl.SSLContext | None = None
     if target.url.scheme == "rtsps":
         ssl_context = ssl.create_default_context()
         if not verify_ssl:
             ssl_context.check_hostname = False
             ssl_context.verify_mode = ssl.CERT_NONE
+    memory = auth_memory if username is not None else None
+    authorization: str | None = None
+    remembered = False
+    if memory is not None and memory.origin == origin and memory.challenges:
+        memory.uses += 1
+        authorization = _authorization(
+            memory.challenges, "DESCRIBE", uri, username or "", password or "", nc=memory.uses
+        )
+        remembered = authorization is not None
     writer: asyncio.StreamWriter | None = None
     try:
         async with asyncio.timeout(timeout):
@@ -453,7 +494,6 @@ async def describe(
                 ssl=ssl_context,
                 server_hostname=target.host if ssl_context else None,
             )
-            authorization: str | None = None
             for cseq in (1, 2):
                 request = f"DESCRIBE {uri} RTSP/1.0\r\nCSeq: {cseq}\r\nAccept: application/sdp\r\n"
                 request += "User-Agent: LocalCam\r\n"
@@ -462,11 +502,18 @@ async def describe(
                 writer.write((request + "\r\n").encode())
                 await writer.drain()
                 status, headers, body = await _read_response(reader)
-                if status == 401 and authorization is None and username is not None:
+                if status == 401 and (authorization is None or remembered) and username is not None:
+                    # A bare request's challenge, or a refused remembered
+                    # answer: answer this 401's own challenge, once.
+                    remembered = False
                     challenges = [v for k, v in headers if k == "www-authenticate"]
                     authorization = _authorization(
                         challenges, "DESCRIBE", uri, username, password or ""
                     )
+                    if memory is not None:
+                        memory.forget()
+                        if authorization is not None:
+                            memory.origin, memory.challenges, memory.uses = origin, challenges, 1
                     if authorization is not None:
                         continue
                 break
@@ -478,6 +525,8 @@ async def describe(
         if writer is not None:
             writer.close()
     if status == 401:
+        if memory is not None:
+            memory.forget()
         raise InvalidAuthError("camera answered 401 Unauthorized")
     if status != 200:
         raise CannotConnectError(f"camera answered RTSP {status}")

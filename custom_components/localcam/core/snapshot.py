@@ -25,7 +25,7 @@ from .errors import CameraTimeoutError
 from .identity import Identity, neighbour_mac
 from .models import CameraSource, Snapshot, SnapshotSource, StreamInfo
 from .netpolicy import NetPolicy, Target
-from .rtsp import WarmGrabber, async_grab_keyframe, describe
+from .rtsp import RtspAuthMemory, WarmGrabber, async_grab_keyframe, describe
 
 STREAM_SCHEMES: Final = frozenset({"rtsp", "rtsps"})
 # How long a one-shot RTSP session stays open after a still, so a burst of
@@ -58,6 +58,8 @@ class CameraClient:
         self.grabber = WarmGrabber(transport=source.rtsp_transport, linger=WARM_LINGER)
         # One camera, one auth scheme: later stills answer its challenge at once.
         self._auth_memory = http.AuthMemory()
+        # Likewise its RTSP challenge: a health check is then one DESCRIBE.
+        self._rtsp_auth = RtspAuthMemory()
         # Set by the glue while Home Assistant runs a stream for this camera.
         self.keyframe_provider: KeyframeProvider | None = None
         # Set by the glue for cameras that can say who they are (ONVIF).
@@ -98,6 +100,7 @@ class CameraClient:
             password=self.source.password,
             verify_ssl=self.source.verify_ssl,
             timeout=timeout,
+            auth_memory=self._rtsp_auth,
         )
         now = time.monotonic()
         raw = _Raw(b"", None, SnapshotSource.RTSP_GRAB, now, target.address, target.host)
