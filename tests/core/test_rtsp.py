@@ -195,6 +195,17 @@ async def test_a_remembered_challenge_stays_with_its_address(vcam: VirtualCamera
     assert memory.origin == (str(target.address), target.port)
 
 
+def _qop_auth_fields(auth: str, realm: str, nonce: str) -> dict[str, str] | None:
+    """A camera's check of a qop=auth Digest answer: its fields if right, else None."""
+    fields = dict(re.findall(r'(\w+)="?([^",]*)"?', auth))
+    ha1 = hashlib.md5(f"{USER}:{realm}:{PASSWORD}".encode()).hexdigest()
+    ha2 = hashlib.md5(f"DESCRIBE:{fields['uri']}".encode()).hexdigest()
+    expected = hashlib.md5(
+        f"{ha1}:{nonce}:{fields['nc']}:{fields['cnonce']}:auth:{ha2}".encode()
+    ).hexdigest()
+    return fields if fields["response"] == expected else None
+
+
 async def test_a_remembered_digest_counts_its_uses(
     scripted: Callable[[Responder], asyncio.Future[str]],
 ) -> None:
@@ -207,13 +218,8 @@ async def test_a_remembered_digest_counts_its_uses(
         challenge = f'WWW-Authenticate: Digest realm="{realm}", nonce="{nonce}", qop="auth"\r\n'
         if auth is None:
             return _reply("401 Unauthorized", extra=challenge)
-        fields = dict(re.findall(r'(\w+)="?([^",]*)"?', auth))
-        ha1 = hashlib.md5(f"{USER}:{realm}:{PASSWORD}".encode()).hexdigest()
-        ha2 = hashlib.md5(f"DESCRIBE:{fields['uri']}".encode()).hexdigest()
-        expected = hashlib.md5(
-            f"{ha1}:{nonce}:{fields['nc']}:{fields['cnonce']}:auth:{ha2}".encode()
-        ).hexdigest()
-        if fields["response"] != expected or fields["nc"] in counts:
+        fields = _qop_auth_fields(auth, realm, nonce)
+        if fields is None or fields["nc"] in counts:
             return _reply("401 Unauthorized", extra=challenge)
         counts.append(fields["nc"])
         return _reply("200 OK", b"v=0\r\nm=video 0 RTP/AVP 96\r\n")
@@ -241,13 +247,8 @@ async def test_digest_with_qop_and_opaque(
                 f'qop="auth", opaque="{opaque}"\r\n',
             )
         seen.append(auth)
-        fields = dict(re.findall(r'(\w+)="?([^",]*)"?', auth))
-        ha1 = hashlib.md5(f"{USER}:{realm}:{PASSWORD}".encode()).hexdigest()
-        ha2 = hashlib.md5(f"DESCRIBE:{fields['uri']}".encode()).hexdigest()
-        expected = hashlib.md5(
-            f"{ha1}:{nonce}:{fields['nc']}:{fields['cnonce']}:auth:{ha2}".encode()
-        ).hexdigest()
-        if fields["response"] != expected or fields["opaque"] != opaque:
+        fields = _qop_auth_fields(auth, realm, nonce)
+        if fields is None or fields["opaque"] != opaque:
             return _reply("401 Unauthorized")
         return _reply("200 OK", b"v=0\r\nm=video 0 RTP/AVP 96\r\n")
 
