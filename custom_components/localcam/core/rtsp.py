@@ -447,6 +447,10 @@ class RtspAuthMemory:
     challenges: list[str] = field(default_factory=list)
     uses: int = 0
 
+    def learn(self, origin: tuple[str, int], challenges: list[str]) -> None:
+        """Keep a challenge just answered once (its nonce count is 1)."""
+        self.origin, self.challenges, self.uses = origin, challenges, 1
+
     def forget(self) -> None:
         """Start over with a bare request next time."""
         self.origin, self.challenges, self.uses = None, [], 0
@@ -510,12 +514,11 @@ async def describe(
                     authorization = _authorization(
                         challenges, "DESCRIBE", uri, username, password or ""
                     )
+                    if authorization is None:
+                        break  # a 401 we cannot answer: InvalidAuthError below
                     if memory is not None:
-                        memory.forget()
-                        if authorization is not None:
-                            memory.origin, memory.challenges, memory.uses = origin, challenges, 1
-                    if authorization is not None:
-                        continue
+                        memory.learn(origin, challenges)
+                    continue
                 break
     except TimeoutError:
         raise CameraTimeoutError("camera did not answer DESCRIBE in time") from None
