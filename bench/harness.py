@@ -375,17 +375,14 @@ class Hass:
         sends again (the commands used here only read or are idempotent).
         """
         async with self._ws_lock, asyncio.timeout(30):
-            for attempt in (1, 2):
-                try:
-                    return await self._ws_send(command, payload)
-                except aiohttp.ClientError, aiohttp.WSMessageTypeError, ConnectionError:
-                    if attempt == 2:
-                        raise
+            try:
+                return await self._ws_send(command, payload)
+            except aiohttp.ClientError, aiohttp.WSMessageTypeError, ConnectionError:
+                if self._ws is not None:
                     with contextlib.suppress(Exception):
-                        if self._ws is not None:
-                            await self._ws.close()
-                    self._ws = None
-            raise AssertionError("unreachable")
+                        await self._ws.close()
+                self._ws = None
+            return await self._ws_send(command, payload)  # on a new connection
 
     async def _ws_send(self, command: str, payload: dict[str, Any]) -> Any:
         """Send one command on the (re)opened connection and wait for its result."""
