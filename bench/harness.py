@@ -38,6 +38,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # a real installation's. A 200-viewer burst makes these log hundreds of
 # expected failures; the benchmark counts the HTTP answers instead.
 COMPONENTS = ("stream", "ffmpeg")
+# bench/bound_camera, linked into custom_components when a bench asks for it.
+BOUND_DOMAIN = "bench_bound"
 LOGS = {
     "homeassistant.components.generic": "critical",
     "homeassistant.components.camera": "critical",
@@ -60,6 +62,13 @@ def free_port() -> int:
             _HANDED_OUT.add(port)
             return port
     raise RuntimeError("no free TCP port on 127.0.0.1")
+
+
+def link_bound_camera(config_dir: Path) -> None:
+    """Link bench/bound_camera into a bench configuration's custom_components."""
+    link = config_dir / "custom_components" / BOUND_DOMAIN
+    if not link.exists():
+        link.symlink_to(Path(__file__).resolve().parent / "bound_camera")
 
 
 def require_loopback(url: str) -> str:
@@ -262,7 +271,7 @@ class Hass:
         cameras = ""
         if yaml_cameras:
             cameras = "camera:\n" + "".join(
-                f"  - platform: ffmpeg\n    name: {cam['name']}\n    input: {cam['input']}\n"
+                "  - " + "    ".join(f"{key}: {value}\n" for key, value in cam.items())
                 for cam in yaml_cameras
             )
         # The demo's configuration: HTTP on 127.0.0.1 only, no default_config,
@@ -278,6 +287,8 @@ class Hass:
             logs=LOGS,
             extra=cameras,
         )
+        if any(cam.get("platform") == BOUND_DOMAIN for cam in yaml_cameras):
+            link_bound_camera(self.config_dir)
         log = self.log_path.open("ab")
         self.proc = await asyncio.create_subprocess_exec(
             str(Path(sys.executable).parent / "hass"),

@@ -31,7 +31,10 @@ import time
 import traceback
 from typing import Any
 
+import aiohttp
+
 from bench.harness import (
+    BOUND_DOMAIN,
     CAMERA_PASSWORD,
     CAMERA_USER,
     ROOT,
@@ -56,6 +59,10 @@ RESULTS = ROOT / "bench" / "results"
 LOCALCAM = "LocalCam"
 GENERIC = "HA generic"
 FFMPEG = "HA ffmpeg"
+# bench/bound_camera: an entity that answers with the same picture at once, the
+# most any camera entity could get out of HA's camera_proxy (a reference, not
+# a contender).
+BOUND = "bound"
 LIMIT = "physical limit"
 # ANCHORS.md, "Snapshots": the figures LocalCam is held to.
 TARGET_WARM_RATE_RATIO = 1.2
@@ -340,10 +347,17 @@ class Bench:
             self.index[name] = int(info["index"])
         self.colors = [self.cams.color(name) for name in self.cams.cameras]
         self.hass = Hass(config_dir=config_dir)
-        yaml = [
-            {"name": f"bench ffmpeg {name}", "input": self.cams.rtsp_url(name, credentials=True)}
+        yaml: list[dict[str, str]] = [
+            {
+                "platform": "ffmpeg",
+                "name": f"bench ffmpeg {name}",
+                "input": self.cams.rtsp_url(name, credentials=True),
+            }
             for name in ("rtsp1", "rtsp2")
         ]
+        picture = config_dir / "bound-snap.jpg"
+        picture.write_bytes(await self.camera_picture("snap"))
+        yaml.append({"platform": BOUND_DOMAIN, "name": "bench bound snap", "file": str(picture)})
         self.log(f"starting hass on 127.0.0.1:{self.ha.port} (config {config_dir})")
         started = time.monotonic()
         await self.ha.start(yaml)
@@ -378,6 +392,11 @@ class Bench:
                     self.contenders[FFMPEG, name] = Contender(FFMPEG, name, entity)
                 except Exception as err:
                     self.error(f"find ffmpeg {name}", err)
+        try:
+            entity = await self.ha.entity_by_name("bench bound snap")
+            self.contenders[BOUND, "snap"] = Contender(BOUND, "snap", entity)
+        except Exception as err:
+            self.error("find bound snap", err)
         for c in self.contenders.values():
             with contextlib.suppress(TimeoutError):
                 await self.ha.wait_available(c.entity_id, 30)
@@ -385,6 +404,17 @@ class Bench:
             f"{c.who} / {c.camera}": c.entity_id for c in self.contenders.values()
         }
         self.results["localcam_view"] = await self.localcam_view_present()
+
+    async def camera_picture(self, camera: str) -> bytes:
+        """One picture straight from a virtual camera (Digest), for the bound entity."""
+        url = require_loopback(str(self.cams.cameras[camera]["snapshot_url"]))
+        digest = aiohttp.DigestAuthMiddleware(CAMERA_USER, CAMERA_PASSWORD)
+        async with (
+            aiohttp.ClientSession(middlewares=(digest,)) as session,
+            session.get(url, timeout=aiohttp.ClientTimeout(total=15)) as resp,
+        ):
+            resp.raise_for_status()
+            return await resp.read()
 
     async def localcam_view_present(self) -> bool:
         """Whether LocalCam's own snapshot view (issue 4 part 7) exists in this build."""
@@ -707,6 +737,9 @@ class Bench:
                     targets += [WarmTarget(c, API), WarmTarget(c, DASHBOARD), WarmTarget(c, CARD)]
                     if who == LOCALCAM and self.results.get("localcam_view"):
                         targets += [WarmTarget(c, VIEW), WarmTarget(c, REVALIDATE)]
+            if (c := self.contenders.get((BOUND, camera))) is not None:
+                # Unsized only: HA's proxy would scale its picture per request.
+                targets += [WarmTarget(c, API), WarmTarget(c, DASHBOARD)]
             try:
                 if (c := self.contenders.get((FFMPEG, camera))) is not None:
                     await self.warm_uncacheable(c)
@@ -1527,6 +1560,23 @@ def summary(results: dict[str, Any]) -> str:
                     "reference",
                     None,
                     shown=fmt_spread(floor, ge, key),
+                )
+        for endpoint, how in ((API, ""), (DASHBOARD, " ?token")):
+            bound = _find(warm, who=BOUND, camera=camera, endpoint=endpoint)
+            ge_row = _find(warm, who=GENERIC, camera=camera, endpoint=endpoint)
+            lc_row = _find(warm, who=LOCALCAM, camera=camera, endpoint=endpoint)
+            if not (bound and ge_row and lc_row):
+                continue
+            for key, text in (("seq_rate", "one at a time"), ("conc_rate", "16 concurrent")):
+                add(
+                    f"  ceiling: an entity whose still costs nothing{how}, {text}",
+                    rate(bound[key]),
+                    f"{rate(ge_row[key])} (generic)",
+                    paired_ratio(bound, ge_row, key),
+                    "reference",
+                    None,
+                    shown=f"{fmt_spread(bound, ge_row, key)}; LocalCam at "
+                    f"{fmt_spread(lc_row, bound, key)} of it",
                 )
         add(
             f"warm still, {label}: p99 one at a time",
