@@ -1,9 +1,7 @@
 """A camera entity whose still costs nothing (benchmark only, see __init__.py)."""
 
-from __future__ import annotations
-
 from pathlib import Path
-from typing import Any
+from typing import Any, override
 
 from homeassistant.components.camera import Camera
 from homeassistant.core import HomeAssistant
@@ -28,9 +26,9 @@ class BoundCamera(Camera):
         """Keep the picture."""
         super().__init__()
         self._attr_name = name
-        self._attr_unique_id = None
         self._image = image
 
+    @override
     async def async_camera_image(
         self, width: int | None = None, height: int | None = None
     ) -> bytes | None:
