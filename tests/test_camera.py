@@ -21,6 +21,7 @@ import pytest
 from pytest_homeassistant_custom_component.typing import ClientSessionGenerator
 
 from custom_components.localcam.const import CONF_IDENTITY, CONF_SNAPSHOT_MAX_AGE, DOMAIN
+from custom_components.localcam.core import jpeg
 from custom_components.localcam.core.netpolicy import NetPolicy
 from virtualcam import Fault, VirtualCamera, color_for, nearest_camera
 
@@ -136,6 +137,22 @@ async def test_broken_images_are_errors(
         await entity.async_camera_image()
     assert err.value.translation_domain == DOMAIN
     assert err.value.translation_key in {"invalid_image", "cannot_connect"}
+
+
+async def test_a_still_over_the_size_cap_is_an_invalid_image(
+    hass: HomeAssistant, camera: VirtualCamera, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reply cut off at the JPEG size cap is the camera's bad image, not a lost connection."""
+    entity_id = await _entity_id(hass, camera)
+    entity = get_camera_from_entity_id(hass, entity_id)
+    # The virtual camera's stills are a few KB: a 1000-byte cap makes each one too large.
+    monkeypatch.setattr(jpeg, "MAX_JPEG_BYTES", 1000)
+    with pytest.raises(HomeAssistantError) as err:
+        await entity.async_camera_image()
+    assert err.value.translation_key == "invalid_image"
+    stats = entity._snapshots.stats
+    assert dict(stats.rejected) == {"too_large": 1}
+    assert dict(stats.errors) == {"invalid_image": 1}
 
 
 async def test_no_old_frame_after_failure(hass: HomeAssistant, camera: VirtualCamera) -> None:

@@ -58,6 +58,29 @@ async def test_snapshot_with_provenance(
     assert resp.headers["ETag"] != etag
 
 
+async def test_revalidation_follows_rfc_9110(
+    hass: HomeAssistant, hass_client: ClientSessionGenerator, camera: VirtualCamera
+) -> None:
+    """If-None-Match: a weak tag, "*", a list or a second header naming the frame: 304."""
+    entry = make_entry(camera, options={CONF_SNAPSHOT_MAX_AGE: 10.0})
+    await setup_entry(hass, entry)
+    entity_id = er.async_get(hass).async_get_entity_id("camera", DOMAIN, f"{entry.unique_id}_main")
+    client = await hass_client()
+    url = f"/api/localcam/snapshot/{entity_id}"
+    etag = (await client.get(url)).headers["ETag"]
+    for headers in (
+        [("If-None-Match", f"W/{etag}")],
+        [("If-None-Match", "*")],
+        [("If-None-Match", f'"other", {etag}')],
+        [("If-None-Match", '"other"'), ("If-None-Match", etag)],
+    ):
+        resp = await client.get(url, headers=headers)
+        assert resp.status == HTTPStatus.NOT_MODIFIED, headers
+        assert resp.headers["ETag"] == etag
+    resp = await client.get(url, headers={"If-None-Match": 'W/"other", "another"'})
+    assert resp.status == HTTPStatus.OK
+
+
 async def test_sizes(
     hass: HomeAssistant, hass_client: ClientSessionGenerator, camera: VirtualCamera
 ) -> None:
@@ -67,7 +90,14 @@ async def test_sizes(
     resp = await client.get(f"/api/localcam/snapshot/{entity_id}?width=160&height=90")
     assert resp.status == HTTPStatus.OK
     assert Image.open(io.BytesIO(await resp.read())).width < 320
-    for query in ("width=160", "width=abc&height=2", "width=0&height=0", "width=99999&height=1"):
+    for query in (
+        "width=160",
+        "width=abc&height=2",
+        "width=0&height=0",
+        "width=99999&height=1",
+        "width=%C2%B2&height=2",  # a superscript two: a digit to str.isdigit, not to int()
+        f"width={'1' * 5000}&height=2",  # more digits than int() converts
+    ):
         resp = await client.get(f"/api/localcam/snapshot/{entity_id}?{query}")
         assert resp.status == HTTPStatus.BAD_REQUEST, query
 

@@ -27,9 +27,24 @@ def _size(request: web.Request, name: str) -> int | None:
     raw = request.query.get(name)
     if raw is None or raw == "":
         return None
-    if not raw.isdigit() or not 0 < int(raw) <= MAX_SIZE:
+    # ASCII digits only (str.isdigit also accepts "²", which int() refuses),
+    # and few of them (int() refuses thousands of digits).
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 5) or not 0 < int(raw) <= MAX_SIZE:
         raise web.HTTPBadRequest(text=f"{name} must be an integer from 1 to {MAX_SIZE}")
     return int(raw)
+
+
+def _none_match(request: web.Request, etag: str) -> bool:
+    """Whether If-None-Match names this frame (RFC 9110 13.1.2).
+
+    Weak comparison (a client may send W/"..."), "*" matches the current
+    frame, and every If-None-Match header counts.
+    """
+    for value in request.headers.getall("If-None-Match", ()):
+        for listed in value.split(","):
+            if listed.strip().removeprefix("W/") in (etag, "*"):
+                return True
+    return False
 
 
 class LocalCamSnapshotView(HomeAssistantView):
@@ -72,6 +87,6 @@ class LocalCamSnapshotView(HomeAssistantView):
             "ETag": etag,
             "Cache-Control": "no-store",
         }
-        if etag in {tag.strip() for tag in request.headers.get("If-None-Match", "").split(",")}:
+        if _none_match(request, etag):
             return web.Response(status=HTTPStatus.NOT_MODIFIED, headers=headers)
         return web.Response(body=snapshot.jpeg, content_type="image/jpeg", headers=headers)

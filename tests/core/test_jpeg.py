@@ -26,24 +26,67 @@ def test_padding_after_end_marker_is_tolerated() -> None:
     assert validate_jpeg(_jpeg() + b"\r\n\x00\x00", "image/jpeg; charset=binary") == (64, 48)
 
 
+def _with_dimensions(data: bytes, width: int, height: int) -> bytes:
+    """The same JPEG with other dimensions written into its frame header (SOF0)."""
+    at = data.index(b"\xff\xc0")
+    # FFC0, length (2), precision (1), then height and width (2 each).
+    dims = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return data[: at + 5] + dims + data[at + 9 :]
+
+
 @pytest.mark.parametrize(
-    ("body", "content_type", "reason"),
+    ("body", "content_type", "reason", "kind"),
     [
-        (b"", "image/jpeg", "empty reply"),
-        (b"<html><body>500 Internal Error</body></html>", "text/html", "content type text/html"),
-        (b"<html>error</html>", None, "no JPEG start marker"),
-        (_jpeg()[: len(_jpeg()) // 2], "image/jpeg", "truncated (no JPEG end marker)"),
-        (b"\xff\xd8" + b"\x00" * 100 + b"\xff\xd9", "image/jpeg", "implausible size 0x0"),
-        (_jpeg(), "application/octet-stream", "content type application/octet-stream"),
+        (b"", "image/jpeg", "empty reply", "empty"),
+        (
+            b"<html><body>500 Internal Error</body></html>",
+            "text/html",
+            "content type text/html",
+            "content_type",
+        ),
+        (b"<html>error</html>", None, "no JPEG start marker", "not_jpeg"),
+        (
+            _jpeg()[: len(_jpeg()) // 2],
+            "image/jpeg",
+            "truncated (no JPEG end marker)",
+            "truncated",
+        ),
+        (
+            b"\xff\xd8" + b"\x00" * 100 + b"\xff\xd9",
+            "image/jpeg",
+            "implausible size 0x0",
+            "bad_size",
+        ),
+        (
+            _jpeg(),
+            "application/octet-stream",
+            "content type application/octet-stream",
+            "content_type",
+        ),
+        # Each side under the 16384 cap, but 56 megapixels: hundreds of MB to scale.
+        (
+            _with_dimensions(_jpeg(), 8000, 7000),
+            "image/jpeg",
+            "implausible size 8000x7000",
+            "bad_size",
+        ),
     ],
-    ids=["empty", "html-page", "html-without-type", "truncated", "garbage", "wrong-type"],
+    ids=["empty", "html-page", "html-without-type", "truncated", "garbage", "wrong-type", "56mp"],
 )
-def test_bad_images_are_rejected(body: bytes, content_type: str | None, reason: str) -> None:
-    """Each real-world failure gets its own clear reason."""
+def test_bad_images_are_rejected(
+    body: bytes, content_type: str | None, reason: str, kind: str
+) -> None:
+    """Each real-world failure gets its own clear reason, and a fixed kind for counters."""
     with pytest.raises(InvalidImageError) as err:
         validate_jpeg(body, content_type)
     assert err.value.reason == reason
+    assert err.value.kind == kind
     assert err.value.translation_key == "invalid_image"
+
+
+def test_a_large_frame_under_the_pixel_cap_passes() -> None:
+    """An 8K frame (33 megapixels) is a real camera's and passes."""
+    assert validate_jpeg(_with_dimensions(_jpeg(), 7680, 4320), "image/jpeg") == (7680, 4320)
 
 
 def test_size_cap() -> None:

@@ -8,6 +8,7 @@ import io
 from PIL import Image
 import pytest
 
+from custom_components.localcam.core import snapshot_cache
 from custom_components.localcam.core.errors import (
     CameraTimeoutError,
     CannotConnectError,
@@ -105,16 +106,21 @@ async def test_every_waiter_gets_the_error(clock: Clock) -> None:
     assert upstream.calls == 2
 
 
-async def test_invalid_images_are_counted_by_reason(clock: Clock) -> None:
-    """Rejected images are counted per reason for diagnostics."""
+async def test_invalid_images_are_counted_by_kind(clock: Clock) -> None:
+    """Rejected images are counted per kind, whatever the camera put in the reason."""
     upstream = Upstream(clock)
-    upstream.error = InvalidImageError("truncated (no JPEG end marker)")
     cache = _cache(clock, upstream)
+    # A camera that sends another wrong content type each time adds no counter.
+    for media_type in ("text/html", "text/plain", "video/x-whatever"):
+        upstream.error = InvalidImageError(f"content type {media_type}", kind="content_type")
+        with pytest.raises(InvalidImageError):
+            await cache.get()
+    upstream.error = InvalidImageError("truncated (no JPEG end marker)", kind="truncated")
     with pytest.raises(InvalidImageError):
         await cache.get()
     stats = cache.stats.as_dict(clock())
-    assert stats["rejected_images"] == {"truncated (no JPEG end marker)": 1}
-    assert stats["errors"] == {"invalid_image": 1}
+    assert stats["rejected_images"] == {"content_type": 3, "truncated": 1}
+    assert stats["errors"] == {"invalid_image": 4}
 
 
 async def test_age_is_honest(clock: Clock) -> None:
@@ -165,6 +171,37 @@ async def test_sizes_share_one_upstream_fetch(clock: Clock) -> None:
     assert small.sha256 != full.sha256
     assert await cache.get(160, 90) is small
     assert cache.stats.scaled == 2
+
+
+async def test_a_copy_that_expires_while_scaling_is_made_again_from_a_new_frame(
+    clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full frame near its max age that ages out while scaled: one new fetch, no error."""
+    upstream = Upstream(clock)
+    cache = _cache(clock, upstream, max_age=1.0)
+    await cache.get()
+    slow_scale = snapshot_cache._scale_and_hash
+
+    def scale_taking_100ms(data: bytes, size: tuple[int, int]) -> tuple[bytes, int, int, str]:
+        clock.now += 0.1  # a busy executor: the scale finishes 100 ms later
+        return slow_scale(data, size)
+
+    monkeypatch.setattr(snapshot_cache, "_scale_and_hash", scale_taking_100ms)
+    clock.now += 0.95
+    small = await cache.get(320, 180)
+    assert upstream.calls == 2
+    assert clock() - small.captured_at <= 1.0
+    assert small.width == 320
+
+
+async def test_a_size_that_is_not_positive_gets_the_full_frame(clock: Clock) -> None:
+    """HA's proxy passes any integer it parsed: 0 or -1 is no size, never a crash."""
+    upstream = Upstream(clock)
+    cache = _cache(clock, upstream)
+    full = await cache.get()
+    assert await cache.get(-1, -1) is full
+    assert await cache.get(0, 180) is full
+    assert cache.stats.scaled == 0
 
 
 async def test_size_entries_are_bounded(clock: Clock) -> None:

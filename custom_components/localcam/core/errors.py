@@ -49,6 +49,10 @@ class CannotConnectError(LocalCamError):
     translation_key = "cannot_connect"
 
 
+class ReplyTooLargeError(CannotConnectError):
+    """The reply was longer than the caller allows (it was not read to the end)."""
+
+
 class InvalidAuthError(LocalCamError):
     """The camera answered 401: missing or wrong credentials."""
 
@@ -72,10 +76,16 @@ class InvalidImageError(LocalCamError):
 
     translation_key = "invalid_image"
 
-    def __init__(self, reason: str) -> None:
-        """Name what was wrong with the image."""
+    def __init__(self, reason: str, *, kind: str) -> None:
+        """Name what was wrong with the image, and its kind (one fixed word, for counters).
+
+        ``reason`` may carry what the camera sent (a content type, a size);
+        ``kind`` never does, so counters keyed by it stay bounded whatever a
+        camera sends.
+        """
         super().__init__(f"invalid image: {reason}", reason=reason)
         self.reason = reason
+        self.kind = kind
 
 
 class ProtocolError(LocalCamError):

@@ -21,7 +21,13 @@ import aiohttp
 from aiohttp import hdrs
 import yarl
 
-from .errors import CameraTimeoutError, CannotConnectError, InvalidAuthError, InvalidUrlError
+from .errors import (
+    CameraTimeoutError,
+    CannotConnectError,
+    InvalidAuthError,
+    InvalidUrlError,
+    ReplyTooLargeError,
+)
 from .netpolicy import DEFAULT_PORTS, NetPolicy, Target, display_url
 
 _LOGGER: Final = logging.getLogger(__name__)
@@ -315,10 +321,10 @@ async def _read_body(response: aiohttp.ClientResponse, max_bytes: int) -> bytes:
     """Read the body in chunks, refusing more than max_bytes (even if compressed)."""
     too_large = f"response larger than {max_bytes} bytes"
     if response.content_length is not None and response.content_length > max_bytes:
-        raise CannotConnectError(too_large)
+        raise ReplyTooLargeError(too_large)
     body = bytearray()
     async for chunk in response.content.iter_chunked(_CHUNK_SIZE):
         body += chunk
         if len(body) > max_bytes:
-            raise CannotConnectError(too_large)
+            raise ReplyTooLargeError(too_large)
     return bytes(body)

@@ -17,6 +17,9 @@ SOI: Final = b"\xff\xd8"
 EOI: Final = b"\xff\xd9"
 MAX_JPEG_BYTES: Final = 8 * 1024 * 1024
 MAX_DIMENSION: Final = 16384
+# About 50 megapixels (an 8K frame is 33): a frame that decodes to more would
+# take hundreds of MB to scale. No camera LocalCam serves sends one.
+MAX_PIXELS: Final = 50_000_000
 JPEG_CONTENT_TYPES: Final = frozenset({"image/jpeg", "image/jpg", "image/pjpeg"})
 # Some cameras pad their JPEGs after the end marker; tolerate a little.
 _TRAILING_PADDING: Final = b"\x00\r\n \t"
@@ -51,24 +54,26 @@ def validate_jpeg(
     served with 200, bodies cut short by a dropped connection, and garbage.
     """
     if not data:
-        raise InvalidImageError("empty reply")
+        raise InvalidImageError("empty reply", kind="empty")
     if len(data) > max_bytes:
-        raise InvalidImageError(f"larger than {max_bytes} bytes")
+        raise InvalidImageError(f"larger than {max_bytes} bytes", kind="too_large")
     if content_type is not None:
         media_type = content_type.split(";", 1)[0].strip().lower()
         if media_type not in JPEG_CONTENT_TYPES:
-            raise InvalidImageError(f"content type {media_type or 'missing'}")
+            raise InvalidImageError(f"content type {media_type or 'missing'}", kind="content_type")
     if not data.startswith(SOI):
-        raise InvalidImageError("no JPEG start marker")
+        raise InvalidImageError("no JPEG start marker", kind="not_jpeg")
     tail = data[-_MAX_PADDING - 2 :].rstrip(_TRAILING_PADDING)
     if not tail.endswith(EOI):
-        raise InvalidImageError("truncated (no JPEG end marker)")
+        raise InvalidImageError("truncated (no JPEG end marker)", kind="truncated")
     try:
         width, height, _subsample, _colorspace = turbojpeg().decode_header(data)
     except OSError as err:
-        raise InvalidImageError("header does not decode") from err
-    if not (0 < width <= MAX_DIMENSION and 0 < height <= MAX_DIMENSION):
-        raise InvalidImageError(f"implausible size {width}x{height}")
+        raise InvalidImageError("header does not decode", kind="undecodable") from err
+    if not (
+        0 < width <= MAX_DIMENSION and 0 < height <= MAX_DIMENSION and width * height <= MAX_PIXELS
+    ):
+        raise InvalidImageError(f"implausible size {width}x{height}", kind="bad_size")
     return int(width), int(height)
 
 

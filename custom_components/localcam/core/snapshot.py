@@ -21,7 +21,7 @@ import aiohttp
 import yarl
 
 from . import http, jpeg
-from .errors import CameraTimeoutError
+from .errors import CameraTimeoutError, InvalidImageError, ReplyTooLargeError
 from .identity import Identity, neighbour_mac
 from .models import CameraSource, Snapshot, SnapshotSource, StreamInfo
 from .netpolicy import NetPolicy, Target
@@ -170,17 +170,23 @@ class CameraClient:
     async def _fetch_raw(self, keyframe: KeyframeProvider | None, timeout: float) -> _Raw:
         """Get JPEG bytes, when and from where they arrived, from the best source."""
         if self.source.snapshot_url:
-            reply = await http.fetch(
-                self._session,
-                self.policy,
-                self.source.snapshot_url,
-                username=self.source.username,
-                password=self.source.password,
-                verify_ssl=self.source.verify_ssl,
-                timeout=timeout,
-                max_bytes=jpeg.MAX_JPEG_BYTES,
-                auth_memory=self._auth_memory,
-            )
+            try:
+                reply = await http.fetch(
+                    self._session,
+                    self.policy,
+                    self.source.snapshot_url,
+                    username=self.source.username,
+                    password=self.source.password,
+                    verify_ssl=self.source.verify_ssl,
+                    timeout=timeout,
+                    max_bytes=jpeg.MAX_JPEG_BYTES,
+                    auth_memory=self._auth_memory,
+                )
+            except ReplyTooLargeError as err:
+                # Cut off at the cap, the same refusal validate_jpeg makes.
+                raise InvalidImageError(
+                    f"larger than {jpeg.MAX_JPEG_BYTES} bytes", kind="too_large"
+                ) from err
             return _Raw(
                 reply.body,
                 reply.content_type,

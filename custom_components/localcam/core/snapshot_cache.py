@@ -113,7 +113,9 @@ class SnapshotCache:
 
     async def get(self, width: int | None = None, height: int | None = None) -> Snapshot:
         """Return a still no older than max age, fetching once for all waiters."""
-        size: Size = (width, height) if width and height else None
+        # HA's camera_proxy hands over any integer it parsed: a size that is
+        # not positive asks for nothing smaller than the camera's own frame.
+        size: Size = (width, height) if width and height and width > 0 and height > 0 else None
         frame = self._lookup(size)
         if frame is not None and self._fresh(frame):
             self.stats.hits += 1
@@ -186,22 +188,30 @@ class SnapshotCache:
         return await asyncio.shield(pending)
 
     async def _scaled(self, size: tuple[int, int]) -> Snapshot:
-        """Scale the full frame in the executor; provenance stays the same."""
-        full = await self._full()
+        """Scale the full frame in the executor; provenance stays the same.
+
+        A copy keeps its full frame's capture time, so a full frame taken
+        from the cache near the end of its max age can expire while it is
+        being scaled. Then one new full frame is fetched (or joined) and
+        scaled instead, so the request gets a current picture, not an error.
+        """
+        scaled = await self._scale(await self._full(), size)
+        if not self._fresh(scaled) and self._full_frame is not None:
+            if not self._fresh(self._full_frame):
+                self._full_frame = None
+            scaled = await self._scale(await self._full(), size)
+        return scaled
+
+    async def _scale(self, full: Snapshot, size: tuple[int, int]) -> Snapshot:
+        """One scaled copy of ``full`` (scaling and hashing in the executor)."""
         loop = asyncio.get_running_loop()
-        data, width, height = await loop.run_in_executor(
-            None, jpeg.scale_jpeg, full.jpeg, size[0], size[1]
+        data, width, height, digest = await loop.run_in_executor(
+            None, _scale_and_hash, full.jpeg, size
         )
         if data is full.jpeg:
             return full
         self.stats.scaled += 1
-        return replace(
-            full,
-            jpeg=data,
-            width=width,
-            height=height,
-            sha256=hashlib.sha256(data).hexdigest(),
-        )
+        return replace(full, jpeg=data, width=width, height=height, sha256=digest)
 
     async def _upstream(self) -> Snapshot:
         """Call the camera: the only place an upstream fetch starts."""
@@ -209,7 +219,7 @@ class SnapshotCache:
         try:
             frame = await self._fetch()
         except InvalidImageError as err:
-            self.stats.rejected[err.reason] += 1
+            self.stats.rejected[err.kind] += 1
             self.stats.errors[err.translation_key] += 1
             raise
         except LocalCamError as err:
@@ -241,3 +251,10 @@ class SnapshotCache:
         self._inflight.clear()
         self._full_frame = None
         self._frames.clear()
+
+
+def _scale_and_hash(data: bytes, size: tuple[int, int]) -> tuple[bytes, int, int, str]:
+    """Scale a JPEG to cover ``size`` and hash the result (CPU work: in a thread)."""
+    scaled, width, height = jpeg.scale_jpeg(data, size[0], size[1])
+    digest = "" if scaled is data else hashlib.sha256(scaled).hexdigest()
+    return scaled, width, height, digest
