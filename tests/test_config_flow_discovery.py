@@ -4,7 +4,9 @@ Real ONVIF virtual cameras on 127.0.0.1; WS-Discovery answered by the virtual
 camera's responder on a loopback port (unicast, never multicast here).
 """
 
+import asyncio
 from collections.abc import AsyncIterator
+import contextlib
 from ipaddress import ip_address
 from typing import Any
 from unittest.mock import patch
@@ -408,6 +410,76 @@ async def test_dhcp_does_not_follow_to_a_different_device(
         await impostor.stop()
 
 
+async def test_dhcp_sends_no_credential_to_an_onvif_device_with_another_mac(
+    hass: HomeAssistant, loopback_hosts: None
+) -> None:
+    """A device claiming the camera's MAC over DHCP, whose link MAC differs, is never asked."""
+    impostor = await _onvif_camera(host="127.0.0.2", mac="02:00:00:aa:bb:99", serial="X")
+    try:
+        old = _onvif_entry_at("127.0.0.3", impostor.http_port, 554)
+        old.add_to_hass(hass)
+        # The kernel's neighbour entry for the new address: the impostor's own MAC.
+        with patch(
+            "custom_components.localcam.helpers.neighbour_mac", return_value="02:00:00:aa:bb:99"
+        ):
+            result = await hass.config_entries.flow.async_init(
+                DOMAIN,
+                context={"source": SOURCE_DHCP},
+                data=DhcpServiceInfo(ip="127.0.0.2", hostname="x", macaddress=MAC.replace(":", "")),
+            )
+        assert result["reason"] == "already_configured"
+        assert old.data[CONF_HOST] == "127.0.0.3"
+        assert impostor.stats.onvif_requests == 0  # not one SOAP call, so no WS-Security digest
+    finally:
+        await impostor.stop()
+
+
+async def test_dhcp_sends_no_credential_when_following_a_url_camera(
+    hass: HomeAssistant, socket_enabled: None
+) -> None:
+    """Following a camera added by URL takes its link MAC only: the device hears not a byte."""
+    heard: list[bytes] = []
+
+    async def listen(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            heard.append(await reader.read(4096))
+        writer.close()
+
+    server = await asyncio.start_server(listen, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        entry = MockConfigEntry(
+            domain=DOMAIN,
+            unique_id=MAC,
+            data={
+                CONF_STREAM_URL: f"rtsp://127.0.0.9:{port}/stream",
+                CONF_USERNAME: CAM_USER,
+                CONF_PASSWORD: CAM_PASSWORD,
+                CONF_IDENTITY: {"mac": MAC},
+                CONF_CAMERA_ID: MAC,
+            },
+        )
+        entry.add_to_hass(hass)
+        with patch(
+            "custom_components.localcam.helpers.neighbour_mac", return_value="02:00:00:aa:bb:99"
+        ):
+            result = await hass.config_entries.flow.async_init(
+                DOMAIN,
+                context={"source": SOURCE_DHCP},
+                data=DhcpServiceInfo(ip="127.0.0.1", hostname="x", macaddress=MAC.replace(":", "")),
+            )
+        assert result["reason"] == "already_configured"
+        assert entry.data[CONF_STREAM_URL].startswith("rtsp://127.0.0.9:")  # not moved
+        for _ in range(50):  # bounded: the connection's end reaches the server
+            if heard:
+                break
+            await asyncio.sleep(0.01)
+        assert heard == [b""]  # connected, then closed, nothing sent
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 async def test_dhcp_follows_a_url_camera_by_neighbour_mac(
     hass: HomeAssistant, camera: VirtualCamera
 ) -> None:
@@ -432,6 +504,52 @@ async def test_dhcp_follows_a_url_camera_by_neighbour_mac(
         )
     assert result["reason"] == "already_configured"
     assert entry.data[CONF_STREAM_URL] == camera.rtsp_url
+
+
+async def test_following_moves_only_the_camera_s_own_urls(
+    hass: HomeAssistant, camera: VirtualCamera
+) -> None:
+    """The stream moves with the camera; a still URL on another device (an NVR) stays."""
+    entry = make_entry(camera)
+    entry.add_to_hass(hass)
+    nvr_still = "http://127.0.0.5:8080/nvr/snap.jpg"
+    hass.config_entries.async_update_entry(
+        entry,
+        data={
+            **entry.data,
+            CONF_IDENTITY: {"mac": MAC},
+            CONF_STREAM_URL: camera.rtsp_url.replace("127.0.0.1", "127.0.0.9"),
+            "snapshot_url": nvr_still,
+        },
+    )
+    with patch("custom_components.localcam.helpers.neighbour_mac", return_value=MAC):
+        await hass.config_entries.flow.async_init(
+            DOMAIN,
+            context={"source": SOURCE_DHCP},
+            data=DhcpServiceInfo(ip="127.0.0.1", hostname="x", macaddress=MAC.replace(":", "")),
+        )
+    assert entry.data[CONF_STREAM_URL] == camera.rtsp_url
+    assert entry.data["snapshot_url"] == nvr_still
+
+
+async def test_a_camera_configured_by_name_is_left_to_dns(
+    hass: HomeAssistant, camera: VirtualCamera
+) -> None:
+    """A DHCP address for a camera configured by host name does not rewrite it to an address."""
+    entry = make_entry(camera)
+    entry.add_to_hass(hass)
+    by_name = camera.rtsp_url.replace("127.0.0.1", "localhost")
+    hass.config_entries.async_update_entry(
+        entry, data={**entry.data, CONF_IDENTITY: {"mac": MAC}, CONF_STREAM_URL: by_name}
+    )
+    with patch("custom_components.localcam.helpers.neighbour_mac", return_value=MAC):
+        result = await hass.config_entries.flow.async_init(
+            DOMAIN,
+            context={"source": SOURCE_DHCP},
+            data=DhcpServiceInfo(ip="127.0.0.1", hostname="x", macaddress=MAC.replace(":", "")),
+        )
+    assert result["reason"] == "already_configured"
+    assert entry.data[CONF_STREAM_URL] == by_name
 
 
 async def test_onvif_camera_without_profiles(hass: HomeAssistant, socket_enabled: None) -> None:

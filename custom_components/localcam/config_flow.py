@@ -1,6 +1,7 @@
 """Config flow for LocalCam: add a camera by URL, reconfigure, reauth, options."""
 
 from collections.abc import Mapping
+from ipaddress import ip_address
 from typing import Any, override
 
 from homeassistant.config_entries import (
@@ -476,7 +477,8 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
         for entry in self._async_current_entries(include_ignore=False):
             stored = Identity.from_dict(entry.data.get(CONF_IDENTITY))
             if seen.known and stored.confirms(seen):
-                if _entry_host(entry) != host:
+                # A camera configured by name is followed by DNS, not by LocalCam.
+                if _is_ip(current := _entry_host(entry)) and current != host:
                     await self._async_follow(entry, host)
                 return self.async_abort(reason="already_configured")
         if seen.key is not None:
@@ -513,7 +515,9 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
         stored = Identity.from_dict(entry.data.get(CONF_IDENTITY))
         new_data = _with_host(entry.data, host)
         try:
-            observed = await async_observe_identity(self.hass, new_data, entry.options)
+            observed = await async_observe_identity(
+                self.hass, new_data, entry.options, expected=stored
+            )
         except LocalCamError as err:
             LOGGER.info("Not moving %s to %s: %s", entry.title, host, err)
             return
@@ -634,11 +638,27 @@ def _entry_host(entry: LocalCamConfigEntry) -> str:
     return yarl.URL(entry.data[CONF_STREAM_URL]).host or ""
 
 
+def _is_ip(host: str) -> bool:
+    """Whether a host is an address literal (not a name)."""
+    try:
+        ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def _with_host(data: Mapping[str, Any], host: str) -> dict[str, Any]:
-    """Entry data with every URL (and the ONVIF host) moved to ``host``."""
+    """Entry data with the camera's URLs (and the ONVIF host) moved to ``host``.
+
+    Only URLs on the camera's old address move: a still URL on another
+    device (an NVR) stays where it is.
+    """
+    old = str(data[CONF_HOST]) if data.get(CONF_ONVIF) else yarl.URL(data[CONF_STREAM_URL]).host
 
     def moved(url: str | None) -> str | None:
-        return str(yarl.URL(url).with_host(host)) if url else url
+        if not url or yarl.URL(url).host != old:
+            return url
+        return str(yarl.URL(url).with_host(host))
 
     new = dict(data)
     new[CONF_STREAM_URL] = moved(data.get(CONF_STREAM_URL))

@@ -24,11 +24,10 @@ from .const import (
     PROBE_TIMEOUT,
 )
 from .core.errors import LocalCamError
-from .core.identity import Identity, neighbour_mac
+from .core.identity import Identity, neighbour_mac, touch
 from .core.models import CameraSource, RtspTransport
 from .core.netpolicy import NetPolicy, parse_networks
 from .core.onvif import read_device
-from .core.rtsp import describe
 from .core.snapshot import STREAM_SCHEMES
 
 
@@ -98,25 +97,42 @@ def translated_error(err: LocalCamError) -> HomeAssistantError:
 
 
 async def async_observe_identity(
-    hass: HomeAssistant, data: Mapping[str, Any], options: Mapping[str, Any]
+    hass: HomeAssistant,
+    data: Mapping[str, Any],
+    options: Mapping[str, Any],
+    *,
+    expected: Identity | None = None,
 ) -> Identity:
     """Ask the device at an entry's address who it is; raise LocalCamError if it cannot say.
 
-    ONVIF cameras answer with their MAC, serial and UUID; cameras added by URL
-    are known by the MAC the kernel resolved for their address (same link).
+    First a bare TCP connection, which sends nothing: on the same link the
+    kernel then knows the device's MAC. A camera added by URL is known by that
+    MAC alone, so it is never sent a credential here. An ONVIF camera answers
+    with its MAC, serial and UUID, which takes its credentials; with
+    ``expected`` (following a camera to a new address), a device whose MAC
+    already differs is not asked at all. Only a device that is, or may be,
+    the camera gets a WS-Security digest.
     """
     policy = policy_from_options(options)
-    username, password = data.get(CONF_USERNAME), data.get(CONF_PASSWORD)
     if data.get(CONF_ONVIF):
-        device = await read_device(
-            data[CONF_HOST],
-            int(data[CONF_PORT]),
-            username,
-            password,
-            policy=policy,
-            timeout=PROBE_TIMEOUT,
-        )
-        return device.device_identity
-    target = await policy.check(data[CONF_STREAM_URL], schemes=STREAM_SCHEMES)
-    await describe(target, username=username, password=password, timeout=PROBE_TIMEOUT)
-    return Identity(mac=await hass.async_add_executor_job(neighbour_mac, target.address))
+        host = str(data[CONF_HOST])
+        url = f"http://{f'[{host}]' if ':' in host else host}:{int(data[CONF_PORT])}/"
+        target = await policy.check(url, schemes=frozenset({"http"}))
+    else:
+        target = await policy.check(data[CONF_STREAM_URL], schemes=STREAM_SCHEMES)
+    await touch(target.address, target.port, PROBE_TIMEOUT)
+    mac = await hass.async_add_executor_job(neighbour_mac, target.address)
+    seen = Identity(mac=mac)
+    if not data.get(CONF_ONVIF):
+        return seen
+    if expected is not None and expected.mac and mac and expected.mac.lower() != mac.lower():
+        return seen
+    device = await read_device(
+        data[CONF_HOST],
+        int(data[CONF_PORT]),
+        data.get(CONF_USERNAME),
+        data.get(CONF_PASSWORD),
+        policy=policy,
+        timeout=PROBE_TIMEOUT,
+    )
+    return device.device_identity

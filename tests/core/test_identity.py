@@ -1,15 +1,18 @@
 """core.identity: MAC/serial/UUID identities and the neighbour-table lookup."""
 
+import asyncio
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 import pytest
 
+from custom_components.localcam.core.errors import CameraTimeoutError, CannotConnectError
 from custom_components.localcam.core.identity import (
     Identity,
     IdentityMismatchError,
     neighbour_mac,
     normalize_mac,
+    touch,
 )
 
 ARP = """IP address       HW type     Flags       HW address            Mask     Device
@@ -105,3 +108,29 @@ def test_confirms_needs_positive_evidence() -> None:
     assert not configured.confirms(Identity())
     assert not configured.confirms(Identity(uuid="u"))
     assert not configured.confirms(Identity(mac="aa:bb:cc:00:11:22", serial="S2"))
+
+
+async def test_touch_connects_and_sends_nothing(socket_enabled: None) -> None:
+    """touch opens a connection and closes it without a byte; refusals are core errors."""
+    heard: list[bytes] = []
+
+    async def listen(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heard.append(await reader.read(100))
+        writer.close()
+
+    server = await asyncio.start_server(listen, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        await touch(IPv4Address("127.0.0.1"), port, 5.0)
+        for _ in range(50):  # bounded: the close reaches the server
+            if heard:
+                break
+            await asyncio.sleep(0.01)
+        assert heard == [b""]
+    finally:
+        server.close()
+        await server.wait_closed()
+    with pytest.raises(CannotConnectError):
+        await touch(IPv4Address("127.0.0.1"), port, 5.0)  # nobody listens any more
+    with pytest.raises(CameraTimeoutError):
+        await touch(IPv4Address("127.0.0.1"), port, 0)  # no time at all

@@ -8,13 +8,15 @@ compares what answers now with what was configured. A mismatch is an error,
 so no frame from the other device is ever cached or served under this camera.
 """
 
+import asyncio
+import contextlib
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 import re
 from typing import Any, Final, Self
 
-from .errors import LocalCamError
+from .errors import CameraTimeoutError, CannotConnectError, LocalCamError
 
 ARP_TABLE: Final = Path("/proc/net/arp")
 _MAC_RE: Final = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
@@ -136,3 +138,23 @@ def neighbour_mac(address: IPv4Address | IPv6Address, table: Path = ARP_TABLE) -
                 return None
             return normalize_mac(parts[3]) if flags & _ATF_COM else None
     return None
+
+
+async def touch(address: IPv4Address | IPv6Address, port: int, timeout: float) -> None:
+    """Open a TCP connection to ``address`` and close it, sending nothing.
+
+    Connecting makes the kernel resolve the address's MAC (read it with
+    neighbour_mac after), so a device can be told from the camera before it
+    is sent a single credential.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            _reader, writer = await asyncio.open_connection(str(address), port)
+    except TimeoutError:
+        raise CameraTimeoutError(f"no answer from {address} within {timeout:g} s") from None
+    except OSError as err:
+        raise CannotConnectError(f"{address}:{port} refused the connection") from err
+    writer.close()
+    # Already reset by the peer: it answered, which is all we asked.
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
