@@ -9,7 +9,7 @@ from unittest.mock import AsyncMock, patch
 
 from homeassistant.config_entries import SOURCE_INTEGRATION_DISCOVERY
 from homeassistant.const import EVENT_HOMEASSISTANT_STARTED
-from homeassistant.core import HomeAssistant
+from homeassistant.core import CoreState, HomeAssistant
 import pytest
 
 from custom_components.localcam import discovery
@@ -60,8 +60,9 @@ async def test_background_scan_offers_cameras(
         patch.object(discovery, "async_multicast_interfaces", AsyncMock(return_value=[])),
         patch.object(discovery, "scan", AsyncMock(return_value=[DEVICE])) as scan,
     ):
+        # LocalCam set up after HA started (the first camera added from the
+        # UI): the first scan comes at once, not 15 minutes later.
         discovery.async_start_background_discovery(hass)
-        hass.bus.async_fire(EVENT_HOMEASSISTANT_STARTED)
         await hass.async_block_till_done(wait_background_tasks=True)
     assert scan.await_count == 1
     flows = hass.config_entries.flow.async_progress_by_handler(DOMAIN)
@@ -70,6 +71,25 @@ async def test_background_scan_offers_cameras(
     status = hass.data[discovery.DATA_DISCOVERY]  # what diagnostics show
     assert (status.scans_enabled, status.scans, status.last_found) == (True, 1, 1)
     assert status.last_scan is not None
+
+
+async def test_background_scan_waits_for_start_then_runs_once(
+    hass: HomeAssistant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Set up while HA starts: the first scan comes when HA has started, not before."""
+    monkeypatch.setenv(discovery.DISABLE_ENV, "0")
+    hass.set_state(CoreState.starting)
+    with (
+        patch.object(discovery, "async_multicast_interfaces", AsyncMock(return_value=[])),
+        patch.object(discovery, "scan", AsyncMock(return_value=[])) as scan,
+    ):
+        discovery.async_start_background_discovery(hass)
+        await hass.async_block_till_done(wait_background_tasks=True)
+        assert scan.await_count == 0
+        hass.set_state(CoreState.running)
+        hass.bus.async_fire(EVENT_HOMEASSISTANT_STARTED)
+        await hass.async_block_till_done(wait_background_tasks=True)
+    assert scan.await_count == 1
 
 
 async def test_background_scan_disabled(hass: HomeAssistant) -> None:

@@ -18,10 +18,10 @@ from typing import Any, Final
 
 from homeassistant.components import network
 from homeassistant.config_entries import SOURCE_INTEGRATION_DISCOVERY
-from homeassistant.const import EVENT_HOMEASSISTANT_STARTED
-from homeassistant.core import Event, HomeAssistant, callback
+from homeassistant.core import HomeAssistant, callback
 from homeassistant.helpers import discovery_flow
 from homeassistant.helpers.event import async_track_time_interval
+from homeassistant.helpers.start import async_at_started
 from homeassistant.util import dt as dt_util
 from homeassistant.util.hass_dict import HassKey
 
@@ -113,8 +113,10 @@ def async_start_background_discovery(hass: HomeAssistant) -> None:
             )
 
     @callback
-    def _started(_event: Event) -> None:
+    def _started(_hass: HomeAssistant) -> None:
         hass.async_create_background_task(_scan(), f"{DOMAIN} WS-Discovery")
 
-    hass.bus.async_listen_once(EVENT_HOMEASSISTANT_STARTED, _started)
+    # At once when LocalCam is set up after HA started (the first camera added
+    # from the UI), otherwise when HA has started.
+    async_at_started(hass, _started)
     async_track_time_interval(hass, _scan, SCAN_INTERVAL, cancel_on_shutdown=True)
