@@ -174,3 +174,27 @@ async def test_a_different_device_at_the_address(
     assert err.value.translation_key == "identity_mismatch"
     await _next_health_check(hass, freezer)
     assert ir.async_get(hass).async_get_issue(DOMAIN, issue_id) is None
+
+
+async def test_removing_a_camera_removes_its_repair_issues(
+    hass: HomeAssistant, camera: VirtualCamera
+) -> None:
+    """A deleted entry's repair issues go with it; another camera's stay."""
+    entry = make_entry(camera)
+    await setup_entry(hass, entry)
+    issues = ir.async_get(hass)
+    ids = [f"{p}{entry.entry_id}" for p in ("uri_not_local_", "h265_only_", "identity_mismatch_")]
+    for issue_id in [*ids, "h265_only_another-entry"]:
+        ir.async_create_issue(
+            hass,
+            DOMAIN,
+            issue_id,
+            is_fixable=False,
+            severity=ir.IssueSeverity.WARNING,
+            translation_key="h265_only",
+            translation_placeholders={"name": "x"},
+        )
+    await hass.config_entries.async_remove(entry.entry_id)
+    await hass.async_block_till_done()
+    assert [issue_id for issue_id in ids if issues.async_get_issue(DOMAIN, issue_id)] == []
+    assert issues.async_get_issue(DOMAIN, "h265_only_another-entry") is not None

@@ -17,7 +17,7 @@ from .const import (
     DEFAULT_SNAPSHOT_MAX_AGE,
     DOMAIN,
 )
-from .coordinator import LocalCamCoordinator
+from .coordinator import IDENTITY_ISSUE_PREFIX, LocalCamCoordinator
 from .core.identity import Identity
 from .core.netpolicy import NetPolicy
 from .core.onvif import read_device
@@ -134,6 +134,12 @@ def _async_warning(
         translation_key=key,
         translation_placeholders=placeholders,
     )
+
+
+async def async_remove_entry(hass: HomeAssistant, entry: LocalCamConfigEntry) -> None:
+    """A removed camera leaves no repair issue behind."""
+    for prefix in ("uri_not_local_", "h265_only_", IDENTITY_ISSUE_PREFIX):
+        ir.async_delete_issue(hass, DOMAIN, f"{prefix}{entry.entry_id}")
 
 
 async def async_unload_entry(hass: HomeAssistant, entry: LocalCamConfigEntry) -> bool:
