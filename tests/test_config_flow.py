@@ -292,6 +292,13 @@ async def test_reauth(hass: HomeAssistant, camera: VirtualCamera) -> None:
         result["flow_id"], {CONF_USERNAME: CAM_USER, CONF_PASSWORD: "nope"}
     )
     assert result["errors"] == {"base": "invalid_auth"}
+    # The camera's still is broken: the form (credentials only) says so above its fields.
+    camera.fault = Fault.TRUNCATED_JPEG
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], {CONF_USERNAME: CAM_USER, CONF_PASSWORD: CAM_PASSWORD}
+    )
+    assert result["errors"] == {"base": "invalid_image"}
+    camera.fault = None
     result = await hass.config_entries.flow.async_configure(
         result["flow_id"], {CONF_USERNAME: CAM_USER, CONF_PASSWORD: CAM_PASSWORD}
     )

@@ -238,6 +238,12 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
                         CONF_PASSWORD: data[CONF_PASSWORD],
                     },
                 )
+            # This form has only the credentials: an error about a URL (the
+            # camera's still is broken, say) is shown above them, not lost.
+            errors = {
+                field if field in (CONF_USERNAME, CONF_PASSWORD) else "base": error
+                for field, error in errors.items()
+            }
         self._placeholders.setdefault("name", entry.title)
         return self.async_show_form(
             step_id="reauth_confirm",
