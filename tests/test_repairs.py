@@ -14,6 +14,7 @@ from homeassistant.helpers import entity_registry as er, issue_registry as ir
 from homeassistant.setup import async_setup_component
 from PIL import Image
 import pytest
+from pytest_homeassistant_custom_component.common import MockConfigEntry
 from pytest_homeassistant_custom_component.typing import ClientSessionGenerator
 import pytest_socket
 
@@ -103,11 +104,20 @@ async def test_replaced_camera_is_trusted_after_the_fix_flow(
         with pytest.raises(HomeAssistantError):  # nothing from the other device, until...
             await camera_component.async_get_image(hass, entity_id)
 
-        # ... the user confirms that they replaced the camera.
+        # ... the user confirms that they replaced the camera. If the new
+        # device is already configured as another entry, nothing changes.
         client = await hass_client()
+        twin = MockConfigEntry(domain=DOMAIN, unique_id=f"02:00:00:00:00:0{NEW}")
+        twin.add_to_hass(hass)
+        result = await _fix(client, issue_id)
+        assert (result["type"], result["reason"]) == ("abort", "already_configured")
+        assert entry.data[CONF_IDENTITY]["serial"] == f"SERIAL-{OLD}"
+        await hass.config_entries.async_remove(twin.entry_id)
         assert (await _fix(client, issue_id))["type"] == "create_entry"
         await hass.async_block_till_done(wait_background_tasks=True)
         assert entry.data[CONF_IDENTITY]["serial"] == f"SERIAL-{NEW}"
+        # The entry stands for the new device: adding it again is "already configured".
+        assert entry.unique_id == f"02:00:00:00:00:0{NEW}"
         assert ir.async_get(hass).async_get_issue(DOMAIN, issue_id) is None
         assert await _colour(hass, entity_id) == NEW
 

@@ -46,9 +46,15 @@ class TrustReplacedCameraFlow(RepairsFlow):
                 return self.async_abort(reason="cannot_connect")
             if not observed.known:
                 return self.async_abort(reason="cannot_identify")
+            # The entry now stands for the new device: it takes the device's
+            # unique id too, unless another entry already configures that device.
+            unique_id = observed.key
+            other = self.hass.config_entries.async_entry_for_domain_unique_id(DOMAIN, unique_id)
+            if other is not None and other.entry_id != entry.entry_id:
+                return self.async_abort(reason="already_configured")
             LOGGER.warning("%s is now pinned to the device at its address (replaced)", entry.title)
             self.hass.config_entries.async_update_entry(
-                entry, data={**entry.data, CONF_IDENTITY: observed.as_dict()}
+                entry, data={**entry.data, CONF_IDENTITY: observed.as_dict()}, unique_id=unique_id
             )
             ir.async_delete_issue(self.hass, DOMAIN, f"{IDENTITY_ISSUE_PREFIX}{entry.entry_id}")
             self.hass.config_entries.async_schedule_reload(entry.entry_id)
