@@ -13,6 +13,7 @@ from unittest.mock import patch
 
 from homeassistant.config_entries import (
     SOURCE_DHCP,
+    SOURCE_IGNORE,
     SOURCE_INTEGRATION_DISCOVERY,
     SOURCE_RECONFIGURE,
     SOURCE_USER,
@@ -287,6 +288,43 @@ async def test_zeroconf_rtsp_goes_to_the_url_form(hass: HomeAssistant) -> None:
     schema = result["data_schema"].schema
     stream_key = next(k for k in schema if k == CONF_STREAM_URL)
     assert stream_key.description["suggested_value"] == "rtsp://192.168.1.30:8554/"
+
+
+async def test_zeroconf_rtsp_without_identity_is_offered_once_and_can_be_ignored(
+    hass: HomeAssistant, camera: VirtualCamera
+) -> None:
+    """No MAC in the announcement: a configured address is not offered; a new one can be ignored."""
+    make_entry(camera).add_to_hass(hass)  # configured by URL at 127.0.0.1
+
+    def announce(host: str) -> ZeroconfServiceInfo:
+        return ZeroconfServiceInfo(
+            ip_address=ip_address(host),
+            ip_addresses=[ip_address(host)],
+            hostname="cam.local.",
+            name="Garden._rtsp._tcp.local.",
+            port=8554,
+            type="_rtsp._tcp.local.",
+            properties={},
+        )
+
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_ZEROCONF}, data=announce("127.0.0.1")
+    )
+    assert (result["type"], result["reason"]) == (FlowResultType.ABORT, "already_configured")
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_ZEROCONF}, data=announce("192.168.1.30")
+    )
+    assert result["step_id"] == "discovery_confirm"
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN,
+        context={"source": SOURCE_IGNORE},
+        data={"unique_id": "rtsp_192.168.1.30:8554", "title": "Garden"},
+    )
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_ZEROCONF}, data=announce("192.168.1.30")
+    )
+    assert (result["type"], result["reason"]) == (FlowResultType.ABORT, "already_configured")
 
 
 async def test_zeroconf_axis_with_known_mac_is_recognised(

@@ -492,6 +492,15 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
             self._abort_if_unique_id_configured()
         elif kind != "rtsp" and port is None:
             return self.async_abort(reason="not_a_camera")
+        else:
+            # An announcement without an identity: a camera already configured
+            # at that address is not offered again (and never moved), and the
+            # offer is keyed by address so that the user can ignore it.
+            entries = self._async_current_entries(include_ignore=False)
+            if any(_entry_host(entry) == host for entry in entries):
+                return self.async_abort(reason="already_configured")
+            await self.async_set_unique_id(f"{kind}_{_bracket(host)}:{port}")
+            self._abort_if_unique_id_configured()
         self._discovered = {CONF_HOST: host, CONF_PORT: port, "kind": kind}
         if kind == "rtsp":
             self._discovered[CONF_STREAM_URL] = f"rtsp://{_bracket(host)}:{port}/"
