@@ -179,12 +179,7 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
             return await self.async_step_reconfigure_onvif(user_input)
         errors: dict[str, str] = {}
         if user_input is not None:
-            # An empty password field keeps the stored one: passwords are
-            # never sent back to the browser to prefill the form.
-            if not user_input.get(CONF_PASSWORD) and user_input.get(
-                CONF_USERNAME
-            ) == entry.data.get(CONF_USERNAME):
-                user_input = {**user_input, CONF_PASSWORD: entry.data.get(CONF_PASSWORD)}
+            user_input = _keep_stored_password(user_input, entry)
             data, info = await self._async_test(user_input, entry.options, errors)
             if data is not None and info is not None:
                 stored = Identity.from_dict(entry.data.get(CONF_IDENTITY))
@@ -270,8 +265,7 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
         entry: LocalCamConfigEntry = self._get_reconfigure_entry()
         errors: dict[str, str] = {}
         if user_input is not None:
-            if not user_input.get(CONF_PASSWORD):
-                user_input = {**user_input, CONF_PASSWORD: entry.data.get(CONF_PASSWORD)}
+            user_input = _keep_stored_password(user_input, entry)
             data = await self._async_test_onvif(user_input, entry.options, errors)
             if data is not None:
                 stored = Identity.from_dict(entry.data.get(CONF_IDENTITY))
@@ -639,6 +633,19 @@ def _onvif_schema() -> probatio.Schema:
             probatio.Required(CONF_VERIFY_SSL, default=True): bool,
         }
     )
+
+
+def _keep_stored_password(user_input: dict[str, Any], entry: LocalCamConfigEntry) -> dict[str, Any]:
+    """An empty password field keeps the stored password, for the same username only.
+
+    Passwords are never sent back to the browser to prefill the form; and a
+    new username is never tried with the old account's password.
+    """
+    if user_input.get(CONF_PASSWORD) or user_input.get(CONF_USERNAME) != entry.data.get(
+        CONF_USERNAME
+    ):
+        return user_input
+    return {**user_input, CONF_PASSWORD: entry.data.get(CONF_PASSWORD)}
 
 
 def _bracket(host: str) -> str:
