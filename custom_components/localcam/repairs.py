@@ -44,11 +44,10 @@ class TrustReplacedCameraFlow(RepairsFlow):
             except LocalCamError as err:
                 LOGGER.info("Cannot read the identity at %s's address: %s", entry.title, err)
                 return self.async_abort(reason="cannot_connect")
-            if not observed.known:
+            if (unique_id := observed.key) is None:
                 return self.async_abort(reason="cannot_identify")
             # The entry now stands for the new device: it takes the device's
             # unique id too, unless another entry already configures that device.
-            unique_id = observed.key
             other = self.hass.config_entries.async_entry_for_domain_unique_id(DOMAIN, unique_id)
             if other is not None and other.entry_id != entry.entry_id:
                 return self.async_abort(reason="already_configured")
