@@ -2,7 +2,7 @@
 
 import asyncio
 import base64
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 import contextlib
 from datetime import UTC, datetime, timedelta
 import gzip
@@ -33,9 +33,11 @@ from custom_components.localcam.core.netpolicy import NetPolicy
 from custom_components.localcam.core.onvif import (
     OnvifDevice,
     UriKind,
+    _CappedSession,
     _clean_text,
     _clean_uuid,
     _clock_offset,
+    _is_xml,
     _last_enabled_mac,
     _optional,
     _read_clock,
@@ -86,28 +88,85 @@ async def read(cam: VirtualCamera, password: str = PASSWORD, **kwargs: Any) -> O
 
 
 @contextlib.asynccontextmanager
-async def soap_server(answer: Callable[[bytes], tuple[int, bytes]]) -> AsyncIterator[int]:
-    """A bare HTTP server on 127.0.0.1 answering every POST with answer(body)."""
+async def _serve(
+    handle: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]], host: str = "127.0.0.1"
+) -> AsyncIterator[int]:
+    """Serve handle on host (a loopback address) at a free port; yields the port."""
+    runner = web.ServerRunner(web.Server(handle))
+    await runner.setup()
+    site = web.TCPSite(runner, host, 0)
+    await site.start()
+    try:
+        yield site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def soap_server(
+    answer: Callable[[bytes], tuple[int, bytes]],
+    *,
+    host: str = "127.0.0.1",
+    content_type: str = "application/soap+xml",
+    headers: dict[str, str] | None = None,
+) -> AsyncIterator[int]:
+    """A bare HTTP server on host answering every request with answer(body)."""
 
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
         status, body = answer(await request.read())
         response = web.Response(
-            status=status, body=body, content_type="application/soap+xml", charset="utf-8"
+            status=status, body=body, content_type=content_type, charset="utf-8", headers=headers
         )
         if body[:2] == b"\x1f\x8b":  # a gzip bomb: small on the wire, 10 MB inflated
             response.headers["Content-Encoding"] = "gzip"
         return response
 
-    server = web.Server(handle)
-    runner = web.ServerRunner(server)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    async with _serve(handle, host) as port:
         yield port
-    finally:
-        await runner.cleanup()
+
+
+#: (HTTP status, content type, body) a fronted camera's proxy answers with itself.
+type Reply = tuple[int, str, bytes]
+
+
+def _operation(request: bytes) -> str:
+    """The SOAP operation a request calls: the first element in the envelope's Body."""
+    body = next(e for e in etree.fromstring(request) if etree.QName(e).localname == "Body")
+    return etree.QName(body[0]).localname
+
+
+@contextlib.asynccontextmanager
+async def fronted_camera(
+    override: Callable[[str, bool], Reply | None], **settings: Any
+) -> AsyncIterator[int]:
+    """A virtual camera behind a proxy on 127.0.0.1; yields the proxy's port.
+
+    override(operation, authenticated) gives the reply the proxy sends itself, or None to
+    pass the request on to the camera (whose XAddrs are re-aimed at the proxy).
+    """
+    ports: list[int] = []
+    async with onvif_camera(**settings) as cam, aiohttp.ClientSession() as session:
+
+        async def handle(request: web.BaseRequest) -> web.StreamResponse:
+            body = await request.read()
+            mine = override(_operation(body), b"UsernameToken" in body)
+            if mine is not None:
+                status, content_type, reply = mine
+                return web.Response(status=status, body=reply, content_type=content_type)
+            upstream_url = f"http://127.0.0.1:{cam.http_port}{request.path}"
+            headers = {"Content-Type": request.headers["Content-Type"]}
+            async with session.post(upstream_url, data=body, headers=headers) as upstream:
+                reply = await upstream.read()
+                status, content_type = upstream.status, upstream.headers["Content-Type"]
+            reply = reply.replace(
+                f"127.0.0.1:{cam.http_port}/onvif/".encode(),
+                f"127.0.0.1:{ports[0]}/onvif/".encode(),
+            )
+            return web.Response(status=status, body=reply, headers={"Content-Type": content_type})
+
+        async with _serve(handle) as port:
+            ports.append(port)
+            yield port
 
 
 # -- the happy path ---------------------------------------------------------------------------
@@ -443,6 +502,139 @@ async def test_bad_soap_answers_fail_cleanly(case: str) -> None:
         assert "too large" in str(err.value)
 
 
+async def test_redirects_are_never_followed() -> None:
+    """A 307 to another loopback host: nothing reaches that host; the read is a ProtocolError."""
+    elsewhere: list[bytes] = []
+
+    def record(request: bytes) -> tuple[int, bytes]:
+        elsewhere.append(request)
+        return 200, b""
+
+    # 127.0.0.2 stands for a host NetPolicy never classified: only the configured one was.
+    async with soap_server(record, host="127.0.0.2") as other:
+        location = {"Location": f"http://127.0.0.2:{other}/onvif/device_service"}
+        async with soap_server(lambda _request: (307, b""), headers=location) as port:
+            with pytest.raises(ProtocolError) as err:
+                await read_device("127.0.0.1", port, USER, PASSWORD, policy=POLICY, timeout=5)
+            async with aiohttp.ClientSession() as session:
+                url = f"http://127.0.0.1:{port}/onvif/device_service"
+                # Forced off even when a caller asks for redirects.
+                response = await _CappedSession(session).get(url, allow_redirects=True)
+    assert elsewhere == []
+    assert "redirect (HTTP 307)" in str(err.value)
+    assert response.status == 307
+    assert await response.read() == b""
+
+
+_PLAIN_ERRORS: dict[str, Reply] = {
+    "500 text": (500, "text/plain", b"Internal Error"),
+    "200 text": (200, "text/plain", b"hello"),
+    "500 blank": (500, "text/plain", b" \r\n"),
+}
+
+
+@pytest.mark.parametrize("reply", sorted(_PLAIN_ERRORS))
+async def test_optional_query_with_plain_text_error_is_skipped(reply: str) -> None:
+    """GetDeviceInformation answered with text, not XML: read succeeds without that part."""
+
+    def answer(operation: str, _authenticated: bool) -> Reply | None:
+        return _PLAIN_ERRORS[reply] if operation == "GetDeviceInformation" else None
+
+    async with fronted_camera(answer) as port:
+        device = await read_device("127.0.0.1", port, USER, PASSWORD, policy=POLICY, timeout=5)
+    assert (device.manufacturer, device.model, device.firmware, device.serial) == (None,) * 4
+    assert device.mac == "aa:bb:cc:00:11:22"
+    assert [p.token for p in device.profiles] == ["main", "sub"]
+
+
+@pytest.mark.parametrize("reply", sorted(_PLAIN_ERRORS))
+async def test_clock_query_with_plain_text_error_is_skipped(reply: str) -> None:
+    """GetSystemDateAndTime answered with text, not XML: read succeeds, clock unknown."""
+
+    def answer(operation: str, _authenticated: bool) -> Reply | None:
+        return _PLAIN_ERRORS[reply] if operation == "GetSystemDateAndTime" else None
+
+    async with fronted_camera(answer) as port:
+        device = await read_device("127.0.0.1", port, USER, PASSWORD, policy=POLICY, timeout=5)
+    assert device.clock_offset is None
+    assert device.serial == "VC-000123"
+    assert len(device.profiles) == 2
+
+
+_REFUSALS: dict[str, Reply] = {
+    "401 text": (401, "text/plain", b"401 Unauthorized"),
+    "403 text": (403, "text/plain", b"Forbidden"),
+    "401 html": (401, "text/html", b"<html><body>Unauthorized</body></html>"),
+}
+
+
+@pytest.mark.parametrize("reply", sorted(_REFUSALS))
+async def test_http_401_403_is_invalid_auth(reply: str) -> None:
+    """Authenticated calls refused with HTTP 401/403 (any body) are InvalidAuthError."""
+
+    def answer(_operation: str, authenticated: bool) -> Reply | None:
+        return _REFUSALS[reply] if authenticated else None
+
+    async with fronted_camera(answer) as port:
+        with pytest.raises(InvalidAuthError) as err:
+            await read_device("127.0.0.1", port, USER, PASSWORD, policy=POLICY, timeout=5)
+    assert f"HTTP {_REFUSALS[reply][0]}" in str(err.value)
+    status, content_type, body = _REFUSALS[reply]
+    # A camera refusing everything, the authless clock query included, with and without
+    # credentials.
+    async with soap_server(lambda _request: (status, body), content_type=content_type) as port:
+        for username, password in ((USER, PASSWORD), (None, None)):
+            with pytest.raises(InvalidAuthError):
+                await read_device("127.0.0.1", port, username, password, policy=POLICY, timeout=5)
+
+
+_NOT_ALLOWED_FAULT = b"""<?xml version="1.0" encoding="UTF-8"?>
+<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope"
+  xmlns:ter="http://www.onvif.org/ver10/error">
+ <s:Body><s:Fault>
+  <s:Code><s:Value>s:Sender</s:Value>
+   <s:Subcode><s:Value>ter:ActionNotSupported</s:Value></s:Subcode></s:Code>
+  <s:Reason><s:Text xml:lang="en">Not available to this account</s:Text></s:Reason>
+ </s:Fault></s:Body>
+</s:Envelope>"""
+
+
+async def test_optional_query_refused_with_a_non_auth_fault_is_skipped() -> None:
+    """A 401 that carries a SOAP fault without an auth subcode: that part only is missing."""
+
+    def answer(operation: str, _authenticated: bool) -> Reply | None:
+        if operation == "GetNetworkInterfaces":
+            return (401, "application/soap+xml", _NOT_ALLOWED_FAULT)
+        return None
+
+    async with fronted_camera(answer) as port:
+        device = await read_device("127.0.0.1", port, USER, PASSWORD, policy=POLICY, timeout=5)
+    assert device.mac is None
+    assert device.serial == "VC-000123"
+    assert [p.token for p in device.profiles] == ["main", "sub"]
+
+
+async def test_non_xml_reply_to_required_call_is_protocol_error() -> None:
+    """GetProfiles answered 200 with plain text: a ProtocolError that says so."""
+
+    def answer(operation: str, _authenticated: bool) -> Reply | None:
+        return (200, "text/plain", b"hello") if operation == "GetProfiles" else None
+
+    async with fronted_camera(answer) as port:
+        with pytest.raises(ProtocolError) as err:
+            await read_device("127.0.0.1", port, USER, PASSWORD, policy=POLICY, timeout=5)
+    assert str(err.value) == "the camera answered GetProfiles with HTTP 200 but no XML"
+
+
+async def test_fronted_camera_passes_requests_through() -> None:
+    """The test proxy itself: with nothing overridden, the whole read works through it."""
+    async with fronted_camera(lambda _operation, _authenticated: None) as port:
+        device = await read_device("127.0.0.1", port, USER, PASSWORD, policy=POLICY, timeout=5)
+    assert device.serial == "VC-000123"
+    assert device.clock_offset is not None
+    assert [p.token for p in device.profiles] == ["main", "sub"]
+
+
 def test_format_mac() -> None:
     """MACs in any common spelling become lower-case colon form; junk becomes None."""
     assert format_mac("AA-BB-CC-00-11-22") == "aa:bb:cc:00:11:22"
@@ -649,6 +841,21 @@ async def test_optional_queries() -> None:
         await _optional(raises(TransportError(status_code=401)), "X")
     with pytest.raises(SoapFault):
         await _optional(raises(_fault("Sender not Authorized", None, "NotAuthorized")), "X")
+
+
+def test_xml_sniffing() -> None:
+    """Replies count as XML after BOMs and blanks (UTF-8 and UTF-16); text does not."""
+    envelope = _ENVELOPE.format("<x/>")
+    for body in (
+        envelope.encode(),
+        b"\r\n  " + envelope.encode(),
+        b"\xef\xbb\xbf" + envelope.encode(),
+        envelope.encode("utf-16"),  # with its BOM
+        envelope.encode("utf-16-be"),
+    ):
+        assert _is_xml(body), body[:8]
+    for body in (b"", b" \r\n", b"Internal Error", b"401 Unauthorized", b" " * 5000 + b"<x/>"):
+        assert not _is_xml(body), body[:8]
 
 
 def test_small_helpers() -> None:

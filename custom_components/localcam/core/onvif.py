@@ -5,7 +5,7 @@ Safety guarantees of this layer:
 * The configured host passes ``NetPolicy.check`` before anything is sent, and every SOAP
   request goes to that checked address (the library is given the literal address, and the
   Media service XAddr the camera reports is re-aimed at it), so a camera cannot steer
-  LocalCam to another host.
+  LocalCam to another host. HTTP redirects are never followed: a 3xx is a ProtocolError.
 * Every URI the camera reports (service XAddr, stream, snapshot) is parsed, stripped of
   embedded credentials and checked by the policy. A refused URI is dropped, never fetched,
   and listed in ``OnvifDevice.refused_uris``. A LAN URI on another host than the configured
@@ -70,6 +70,8 @@ STREAM_SCHEMES: Final = frozenset({"rtsp", "rtsps"})
 _AUTH_SUBCODES: Final = frozenset(
     {"NotAuthorized", "FailedAuthentication", "InvalidSecurity", "InvalidSecurityToken"}
 )
+#: What may come before the first "<" of an XML reply: BOMs (UTF-8/16), UTF-16 NULs, blanks.
+_XML_LEAD: Final = b"\xef\xbb\xbf\xfe\xff\x00 \t\r\n"
 _AUTH_MESSAGE_RE: Final = re.compile(r"(?i)not\s*authori[sz]ed|unauthori[sz]ed|authenticat")
 _MAC_RE: Final = re.compile(r"^[0-9a-f]{12}$")
 _PRINTABLE_RE: Final = re.compile(r"[^\x20-\x7e\u00a0-\uffff]")
@@ -222,6 +224,15 @@ def _translate(err: BaseException, where: str) -> LocalCamError:
             return ProtocolError(f"the camera answered {where} with a SOAP fault")
         case TransportError() if err.status_code in (401, 403):
             return InvalidAuthError(f"the camera answered {where} with HTTP {err.status_code}")
+        case TransportError() if 300 <= err.status_code < 400:
+            return ProtocolError(
+                f"the camera answered {where} with a redirect (HTTP {err.status_code}),"
+                " which is not followed"
+            )
+        case _NotXmlError():
+            return ProtocolError(
+                f"the camera answered {where} with HTTP {err.status_code} but no XML"
+            )
         case TransportError():
             return ProtocolError(f"the camera answered {where} with HTTP {err.status_code}")
         case ONVIFAuthError():
@@ -390,6 +401,20 @@ async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
     return b"".join(chunks)
 
 
+class _NotXmlError(TransportError):
+    """A SOAP reply whose body is not XML at all (plain text, blank)."""
+
+
+def _is_xml(body: bytes) -> bool:
+    """Whether a reply body could be XML: "<" first, after any BOM and blanks."""
+    return body[:4096].lstrip(_XML_LEAD).startswith(b"<")
+
+
+def _is_soap(body: bytes) -> bool:
+    """Whether a reply body looks like a SOAP envelope (not an HTML or text error page)."""
+    return _is_xml(body) and b"Envelope" in body[:4096]
+
+
 class _CappedResponse:
     """An aiohttp response whose body was already read, within the cap."""
 
@@ -418,12 +443,27 @@ class _CappedSession:
         self._session = session
 
     async def post(self, *args: Any, **kwargs: Any) -> _CappedResponse:
-        """POST, then read the body with the cap."""
+        """POST without redirects, read the body with the cap, refuse non-SOAP answers."""
+        # A redirect would re-send the request, WS-Security token included, to a host the
+        # policy never checked; aiohttp follows them unless told not to.
+        kwargs["allow_redirects"] = False
         response = await self._session.post(*args, **kwargs)
-        return _CappedResponse(response, await _read_capped(response))
+        body = await _read_capped(response)
+        status = response.status
+        if 300 <= status < 400 or (status in (401, 403) and not _is_soap(body)):
+            # A 401/403 without a SOAP fault (text, HTML) refuses the credentials; one
+            # with a fault goes to zeep, whose subcode tells an auth refusal from an
+            # operation this account may not use. _translate and _optional know these.
+            raise TransportError(status_code=status)  # type: ignore[no-untyped-call]
+        if not _is_xml(body):
+            # The library runs zeep with strict=False: "Internal Error" parses to None and
+            # fails later as an AttributeError, which _optional cannot tell from a bug.
+            raise _NotXmlError(status_code=status, content=body)  # type: ignore[no-untyped-call]
+        return _CappedResponse(response, body)
 
     async def get(self, *args: Any, **kwargs: Any) -> _CappedResponse:
-        """GET, then read the body with the cap."""
+        """GET without redirects, then read the body with the cap."""
+        kwargs["allow_redirects"] = False  # same reason as in post
         response = await self._session.get(*args, **kwargs)
         return _CappedResponse(response, await _read_capped(response))
 
@@ -464,15 +504,17 @@ async def _recreate_devicemgmt(camera: Any, service: Any) -> Any:
 
 async def _read_clock(camera: Any, devicemgmt: Any, *, anonymous: bool) -> tuple[Any, float | None]:
     """Learn the camera clock and authenticate with the camera's time, as HA does."""
+    # The clock only helps tokens; a fault, an HTTP error or a non-XML answer leaves it
+    # unknown, and the queries that follow show whether the camera is usable.
     try:
         reply = await devicemgmt.authless_GetSystemDateAndTime()
-    except Fault:
+    except ZeepError:
         if anonymous:
             return devicemgmt, None
         # Some firmwares want credentials even for the time; then tokens use our clock.
         try:
             reply = await devicemgmt.GetSystemDateAndTime()
-        except Fault:
+        except ZeepError:
             return devicemgmt, None
     offset = _clock_offset(reply)
     if offset is None:
