@@ -124,6 +124,14 @@ CHECK_TABLE: list[tuple[str, str, tuple[object, str]]] = [
     ("zone-on-loopback", "http://[::1%lo]/", (InvalidUrlError, "zone id on a non link-local")),
     ("empty-zone", "http://[fe80::1%25]/", (InvalidUrlError, "invalid zone id")),
     ("bad-ipv6", "http://[fe80::zz]/", (InvalidUrlError, "invalid ipv6 address")),
+    # "xn--" labels that are not valid punycode/IDNA (yarl raises UnicodeError on .host).
+    ("idna-empty", "http://xn--/", (InvalidUrlError, "invalid host name")),
+    ("idna-empty-rtsp", "rtsp://xn--:554/s", (InvalidUrlError, "invalid host name")),
+    ("idna-upper", "http://XN--/", (InvalidUrlError, "invalid host name")),
+    ("idna-bad-punycode", "http://xn--a.lan/", (InvalidUrlError, "invalid host name")),
+    ("idna-no-round-trip", "http://xn--zz-.lan/", (InvalidUrlError, "invalid host name")),
+    ("idna-last-label", "http://cam.xn--/", (InvalidUrlError, "invalid host name")),
+    ("idna-punycode-ok", "http://xn--bcher-kva.lan/", (OK, "10.9.9.9")),
     # Host names through the fake resolver.
     ("name-private", "rtsp://cam.lan/live", (OK, "192.168.1.20")),
     ("name-uppercase", "rtsp://CAM.Lan/live", (OK, "192.168.1.20")),
@@ -437,6 +445,37 @@ def test_display_url_never_raises() -> None:
     """A malformed URL renders as a placeholder, not an exception with the text in it."""
     assert display_url("http://[::1/?pwd=Secr3t") == "<invalid url>"
     assert redact_url("http://[::1/?pwd=Secr3t") == "<invalid url>"
+
+
+MALFORMED_IDNA: list[str] = [
+    "http://xn--/",
+    "rtsp://xn--:554/s",
+    "http://xn--a.lan/",
+    "http://xn--zz-.lan/snap.jpg?pwd=Secr3t",
+    "rtsps://cam.xn--:322/live",
+]
+
+
+@pytest.mark.parametrize("url", MALFORMED_IDNA)
+async def test_malformed_idna_host_is_invalid_url(
+    policy: NetPolicy, resolver: FakeResolver, url: str
+) -> None:
+    """A bad "xn--" host is InvalidUrlError (str or yarl.URL), never a UnicodeError."""
+    for value in (url, yarl.URL(url)):
+        with pytest.raises(InvalidUrlError, match="invalid host name"):
+            await policy.check(value)
+    assert resolver.calls == []  # refused before any lookup
+
+
+@pytest.mark.parametrize("url", MALFORMED_IDNA)
+def test_malformed_idna_host_renders(url: str) -> None:
+    """Messages and diagnostics can still show such a URL: the host as written, no secret."""
+    raw_host = yarl.URL(url).raw_host or ""
+    assert raw_host in display_url(url)
+    assert "Secr3t" not in display_url(url)
+    assert redact_url(url).startswith(f"{yarl.URL(url).scheme}://**REDACTED**")
+    assert raw_host not in redact_url(url)
+    assert normalized_identity(url).startswith("url_")
 
 
 @pytest.mark.parametrize(

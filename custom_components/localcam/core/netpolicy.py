@@ -271,7 +271,12 @@ def _parse(url: str | yarl.URL) -> yarl.URL:
 
 def _literal_address(url: yarl.URL) -> IPv4Address | IPv6Address | None:
     """Return the host as an address when it is an IP literal, refusing ambiguous ones."""
-    host = url.host or ""
+    try:
+        host = url.host or ""
+    except ValueError, UnicodeError:
+        # yarl decodes "xn--" labels and raises when one is not valid punycode/IDNA
+        # ("xn--", "xn--a"): such a name is refused here, not leaked as a UnicodeError.
+        raise InvalidUrlError("invalid host name") from None
     raw_host = url.raw_host or ""
     if ":" in host:
         # yarl only lets a colon in through brackets, so this is an IPv6 literal.
