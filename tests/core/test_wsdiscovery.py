@@ -1,5 +1,6 @@
-"""core.wsdiscovery: probes, the hardened ProbeMatches parser and unicast scans on 127.0.0.1."""
+"""core.wsdiscovery: probes, the hardened ProbeMatches parser and unicast scans on 127.0.0.0/8."""
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 import contextlib
 import ipaddress
@@ -8,6 +9,7 @@ from pathlib import Path
 import socket
 import time
 import tracemalloc
+from typing import override
 
 import pytest
 
@@ -19,6 +21,8 @@ from custom_components.localcam.core.wsdiscovery import (
     PROBE_TYPES,
     DiscoveredDevice,
     _multicast_socket,
+    _Scan,
+    _send_and_wait,
     _target,
     build_probe,
     build_probes,
@@ -83,7 +87,12 @@ async def responders(*items: WsDiscoveryResponder) -> AsyncIterator[list[WsDisco
 
 def targets(items: list[WsDiscoveryResponder]) -> list[str]:
     """unicast_hosts entries for responders."""
-    return [f"127.0.0.1:{item.port}" for item in items]
+    return [f"{item.host}:{item.port}" for item in items]
+
+
+def lan(index: int) -> str:
+    """A loopback address of camera `index`'s own: scan limits are per address, as on a LAN."""
+    return f"127.0.0.{10 + index}"
 
 
 # -- probes -----------------------------------------------------------------------------------
@@ -432,7 +441,8 @@ async def test_unicast_scan_finds_fifty_cameras_within_a_second() -> None:
     mixes = list(ScopeMix)
     items = [
         WsDiscoveryResponder(
-            [Announcement.make(f"cam-{i:02d}", "127.0.0.1", 8000 + i, mix=mixes[i % len(mixes)])]
+            [Announcement.make(f"cam-{i:02d}", lan(i), 8000 + i, mix=mixes[i % len(mixes)])],
+            host=lan(i),
         )
         for i in range(50)
     ]
@@ -451,13 +461,13 @@ async def test_unicast_scan_finds_fifty_cameras_within_a_second() -> None:
 
 @pytest.mark.usefixtures("socket_enabled")
 async def test_spoofed_flood_cannot_push_real_cameras_out(caplog: pytest.LogCaptureFixture) -> None:
-    """200 fake devices from one socket: at most max_per_host kept, every real camera listed."""
+    """200 fake devices from one host: at most max_per_host kept, every real camera listed."""
     caplog.set_level(logging.INFO, logger="custom_components.localcam.core.wsdiscovery")
     real = [
-        WsDiscoveryResponder([Announcement.make(f"real-{i}", "127.0.0.1", 9000 + i)])
+        WsDiscoveryResponder([Announcement.make(f"real-{i}", lan(i), 9000 + i)], host=lan(i))
         for i in range(20)
     ]
-    spoofer = WsDiscoveryResponder([], spoof=200)
+    spoofer = WsDiscoveryResponder([], host="127.0.0.2", spoof=200)
     async with responders(spoofer, *real) as running:
         start = time.monotonic()
         found = await scan(unicast_hosts=targets(running), max_replies=256, policy=POLICY)
@@ -471,8 +481,125 @@ async def test_spoofed_flood_cannot_push_real_cameras_out(caplog: pytest.LogCapt
     )
     assert len(spoofed) <= 4
     assert elapsed <= 3.0
-    lines = [r for r in caplog.records if f":{spoofer.port} " in r.getMessage()]
+    lines = [r for r in caplog.records if "127.0.0.2 " in r.getMessage()]
     assert len(lines) == 1  # one line for the flooding source, not one per packet
+
+
+class PortFlooder(asyncio.DatagramProtocol):
+    """A LAN host that answers each probe from many source ports, four fakes per reply."""
+
+    def __init__(self, host: str, ports: int) -> None:
+        """Configure; nothing is bound until start()."""
+        self.host = host
+        self.ports = ports
+        self.port = 0
+        self.sent = 0
+        self._senders: list[socket.socket] = []
+        self._listener: asyncio.DatagramTransport | None = None
+        self._answered: set[str] = set()
+
+    async def start(self) -> None:
+        """Bind the probe listener and one socket per source port (loopback only)."""
+        loop = asyncio.get_running_loop()
+        self._listener, _ = await loop.create_datagram_endpoint(
+            lambda: self, local_addr=(self.host, 0)
+        )
+        self.port = self._listener.get_extra_info("sockname")[1]
+        for _ in range(self.ports):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self._senders.append(sock)
+            sock.bind((self.host, 0))  # a new ephemeral source port each
+
+    def stop(self) -> None:
+        """Close every socket."""
+        if self._listener is not None:
+            self._listener.close()
+        for sock in self._senders:
+            sock.close()
+
+    @override
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        """Flood once per probe MessageID (repeats of a probe reuse it)."""
+        probe = parse_probe(data)
+        if probe is None or probe.message_id in self._answered:
+            return
+        self._answered.add(probe.message_id)
+        # All at once, as a flooder would: the whole wave is queued at the scan's socket
+        # before any camera answers (the scan's 1 MB receive buffer holds it).
+        for index, sock in enumerate(self._senders):
+            fakes = [
+                Announcement.make(f"flood-{probe.message_id}-{index}-{n}", self.host, 8000 + index)
+                for n in range(4)
+            ]
+            sock.sendto(probe_matches(fakes, probe.message_id), (str(addr[0]), int(addr[1])))
+            self.sent += 1
+
+
+@pytest.mark.usefixtures("socket_enabled")
+async def test_flood_from_many_source_ports_is_bounded_per_host(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """260 source ports on one host, four fakes each: max_per_host kept, the camera listed."""
+    caplog.set_level(logging.INFO, logger="custom_components.localcam.core.wsdiscovery")
+    flooder = PortFlooder("127.0.0.2", ports=260)
+    # The camera misses the first two probes and answers their first repeat, so its reply
+    # comes after the whole flood, when a per-socket budget would already be spent.
+    camera = WsDiscoveryResponder(
+        [Announcement.make("real", "127.0.0.3", 8080)], host="127.0.0.3", lose_probes=2
+    )
+    try:
+        await flooder.start()
+        async with responders(camera):
+            found = await scan(
+                unicast_hosts=[f"127.0.0.2:{flooder.port}", f"127.0.0.3:{camera.port}"],
+                timeout=1.0,
+                max_replies=256,
+                max_per_host=4,
+                policy=POLICY,
+            )
+    finally:
+        flooder.stop()
+    assert [d.name for d in found if d.host == "127.0.0.3"] == ["real"]
+    assert len([d for d in found if d.host == "127.0.0.2"]) == 4
+    assert len(found) == 5
+    # More source ports than max_replies really flooded (one wave per probe type).
+    assert flooder.sent == 2 * 260
+    lines = [r.getMessage() for r in caplog.records if "127.0.0.2 " in r.getMessage()]
+    assert len(lines) == 1  # one line for the flooding host, whatever its port count
+    assert "127.0.0.2 sent more than 4 devices or replies" in lines[0]
+
+
+class RecordingTransport(asyncio.DatagramTransport):
+    """Records what a scan sends, instead of sending it."""
+
+    def __init__(self) -> None:
+        """Start with nothing sent."""
+        super().__init__()
+        self.sent: list[tuple[str, int]] = []
+
+    @override
+    def sendto(self, data: bytes, addr: object = None) -> None:
+        """Record the destination only."""
+        assert isinstance(addr, tuple)
+        self.sent.append(addr)
+
+
+async def test_zoned_link_local_target_counts_as_answered() -> None:
+    """A link-local target with a zone is answered by a reply whose zone is spelt otherwise."""
+    # No real link-local traffic in tests: the scan's protocol is fed the datagram as the
+    # kernel would hand it over (zone as an interface name), the sends are recorded.
+    probes = build_probes()
+    target = ("fe80::1%2", 3702)  # typed with an interface index
+    state = _Scan(POLICY, {mid for mid, _ in probes}, 256, 4, {target})
+    data = reply(good(xaddr="http://[fe80::1]/onvif/device_service"), relates_to=probes[0][0])
+    state.datagram_received(data, ("fe80::1%eth0", 3702, 0, 2))
+    assert [d.host for d in state.devices.values()] == ["fe80::1"]
+    transport = RecordingTransport()
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    await _send_and_wait(loop, state, probes, [(transport, target)], start + 3.0, multicast=False)
+    assert loop.time() - start < 1.0  # ends after the quiet period, not at the deadline
+    assert transport.sent == [target, target]  # no repeats to a host that answered
 
 
 @pytest.mark.usefixtures("socket_enabled")
@@ -483,13 +610,16 @@ async def test_invalid_reply_ignored_rest_listed(caplog: pytest.LogCaptureFixtur
         endpoint=f"urn:uuid:{UUID_A}", xaddrs=("http://127.0.0.1:99999/onvif/device_service",)
     )
     same_datagram = WsDiscoveryResponder(
-        [broken, Announcement.make("neighbour", "127.0.0.1", 8080)], one_reply_per_device=False
+        [broken, Announcement.make("neighbour", lan(0), 8080)],
+        host=lan(0),
+        one_reply_per_device=False,
     )
     garbage = WsDiscoveryResponder(
-        [Announcement.make("noisy", "127.0.0.1", 8081)],
+        [Announcement.make("noisy", lan(1), 8081)],
+        host=lan(1),
         raw_replies=[b"<not xml", reply(good(UUID_B), relates_to="{relates_to}")],
     )
-    plain = WsDiscoveryResponder([Announcement.make("plain", "127.0.0.1", 8082)])
+    plain = WsDiscoveryResponder([Announcement.make("plain", lan(2), 8082)], host=lan(2))
     async with responders(same_datagram, garbage, plain) as running:
         found = await scan(unicast_hosts=targets(running), timeout=1.0, policy=POLICY)
     # The raw reply (XAddr on 192.168.1.20, "Front door") is valid and answers our probe.
@@ -542,7 +672,8 @@ async def test_lossy_link_camera_found_by_the_repeats() -> None:
 async def test_max_replies_bounds_the_scan() -> None:
     """Once max_replies datagrams are parsed the scan ends."""
     items = [
-        WsDiscoveryResponder([Announcement.make(f"c{i}", "127.0.0.1", 7000 + i)]) for i in range(10)
+        WsDiscoveryResponder([Announcement.make(f"c{i}", lan(i), 7000 + i)], host=lan(i))
+        for i in range(10)
     ]
     async with responders(*items) as running:
         found = await scan(unicast_hosts=targets(running), max_replies=3, policy=POLICY)

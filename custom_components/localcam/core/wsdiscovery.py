@@ -15,8 +15,9 @@ Safety guarantees of this layer (replies come from anyone on the LAN):
   literal with a valid port that ``NetPolicy.classify`` allows; host names are not resolved
   during discovery (that would let any host make LocalCam send DNS queries).
 * ``parse_probe_matches`` never raises. ``scan`` is bounded in time (<= 3 s), in reply
-  datagrams parsed, in endpoints kept per source socket and in hosts probed; it logs one
-  line per misbehaving source and scan, never one per packet.
+  datagrams parsed, in datagrams and endpoints accepted per source address (not per
+  socket: one host has thousands of source ports) and in hosts probed; it logs one line
+  per misbehaving source and scan, never one per packet.
 * With no interfaces given nothing is multicast; multicast goes out on the given interface
   addresses only, with TTL 1.
 """
@@ -63,8 +64,9 @@ MAX_SCOPES: Final = 64
 MAX_TYPES: Final = 16
 MAX_FIELD_LENGTH: Final = 512
 MAX_NAME_LENGTH: Final = 64
-# Datagrams a single source socket may send per probe sent, before it is ignored unparsed:
-# a camera answers each of our probes once (twice if it repeats), a spoofer floods.
+# Datagrams one source address may send per endpoint it may list, before the rest of what
+# it sends is ignored unparsed: a camera answers each of our probes once (twice if it
+# repeats), a spoofer floods, from as many source ports as it likes.
 PACKETS_PER_ENDPOINT: Final = 4
 RECEIVE_BUFFER: Final = 1024 * 1024
 # Unicast scans end early once every host answered and the air has been quiet this long.
@@ -532,9 +534,16 @@ def _target(text: str, default_port: int) -> tuple[IPv4Address | IPv6Address, in
 # -- scanning ---------------------------------------------------------------------------------
 
 
+def _unzoned(host: str) -> str:
+    """The address without its IPv6 zone: "fe80::1%eth0" -> "fe80::1"."""
+    # Replies name the zone as the kernel does (an interface name), a typed target may use
+    # an index or another name: the zone is dropped on both sides before they are compared.
+    return host.partition("%")[0]
+
+
 @dataclass(slots=True)
 class _Source:
-    """What one source socket (address, port) has sent during a scan."""
+    """What one source address (any of its ports) has sent during a scan."""
 
     packets: int = 0
     endpoints: set[str] = field(default_factory=set)
@@ -559,10 +568,12 @@ class _Scan(asyncio.DatagramProtocol):
         self.message_ids = message_ids
         self.max_replies = max_replies
         self.max_per_host = max_per_host
-        self.targets = targets
+        self.targets = {(_unzoned(host), port) for host, port in targets}
         self.answered: set[tuple[str, int]] = set()
         self.devices: dict[str, DiscoveredDevice] = {}
-        self.sources: dict[tuple[str, int], _Source] = {}
+        # Keyed by address alone: limits per socket would let one host that sends from
+        # many source ports register fake devices without bound and use up the budget.
+        self.sources: dict[str, _Source] = {}
         self.parsed = 0
         self.over_budget = False
         self.last_reply = time.monotonic()
@@ -571,16 +582,16 @@ class _Scan(asyncio.DatagramProtocol):
     @override
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         """Account, bound and parse one reply."""
-        key = (str(addr[0]).partition("%")[0], int(addr[1]))
-        source = self.sources.get(key)
+        host = _unzoned(str(addr[0]))
+        source = self.sources.get(host)
         if source is None:
             if len(self.sources) >= self.max_replies:
                 self.over_budget = True
                 return
-            source = self.sources[key] = _Source()
+            source = self.sources[host] = _Source()
         source.packets += 1
-        # A flood from one socket is dropped before parsing, and does not use up the
-        # datagram budget, so it cannot push real cameras out of the scan.
+        # A flood from one host, whatever its source ports, is dropped before parsing and
+        # does not use up the datagram budget, so it cannot push real cameras out.
         if source.packets > self.max_per_host * PACKETS_PER_ENDPOINT:
             source.dropped += 1
             return
@@ -591,7 +602,7 @@ class _Scan(asyncio.DatagramProtocol):
         self.parsed += 1
         problems: list[str] = []
         found = parse_probe_matches(
-            data, key[0], policy=self.policy, relates_to=self.message_ids, problems=problems
+            data, host, policy=self.policy, relates_to=self.message_ids, problems=problems
         )
         if problems:
             source.bad_replies += 1
@@ -606,12 +617,16 @@ class _Scan(asyncio.DatagramProtocol):
             source.endpoints.add(device.endpoint)
             self.devices[device.endpoint] = device
         if found:
-            self.answered.add(key)
+            self.answered.add((host, int(addr[1])))
             self.last_reply = time.monotonic()
 
     @override
     def error_received(self, exc: Exception) -> None:
         """ICMP errors (a closed port on a probed host) are expected; nothing to do."""
+
+    def answered_by(self, destination: tuple[str, int]) -> bool:
+        """Whether the host probed at `destination` has answered (zone ignored)."""
+        return (_unzoned(destination[0]), destination[1]) in self.answered
 
     def unicast_done(self) -> bool:
         """Whether every probed host answered and the replies have died down."""
@@ -619,20 +634,18 @@ class _Scan(asyncio.DatagramProtocol):
 
     def log_summary(self) -> None:
         """One line per misbehaving source, never one per packet."""
-        for (host, port), source in self.sources.items():
+        for host, source in self.sources.items():
             if source.bad_replies:
                 _LOGGER.info(
-                    "WS-Discovery: ignored %d bad replies from %s:%d (%s)",
+                    "WS-Discovery: ignored %d bad replies from %s (%s)",
                     source.bad_replies,
                     host,
-                    port,
                     "; ".join(dict.fromkeys(source.problems)),
                 )
             if source.dropped:
                 _LOGGER.info(
-                    "WS-Discovery: %s:%d sent more than %d devices or replies; %d were ignored",
+                    "WS-Discovery: %s sent more than %d devices or replies; %d were ignored",
                     host,
-                    port,
                     self.max_per_host,
                     source.dropped,
                 )
@@ -714,7 +727,7 @@ async def scan(
     """Probe for ONVIF devices; at most `timeout` (<= 3 s) and `max_replies` datagrams."""
     # `multicast_interfaces`: IPv4 addresses of local interfaces to multicast on (none:
     # nothing is multicast). `unicast_hosts`: "host" or "host:port" IP literals. Devices
-    # are de-duplicated by endpoint reference, at most `max_per_host` kept per source.
+    # are de-duplicated by endpoint reference, at most `max_per_host` kept per address.
     timeout = min(max(timeout, 0.0), MAX_SCAN_TIME)
     max_replies = min(max(max_replies, 1), MAX_REPLIES_LIMIT)
     max_per_host = min(max(max_per_host, 1), MAX_MATCHES_PER_REPLY)
@@ -805,7 +818,7 @@ async def _send_and_wait(
             sent_repeats += 1
             for _, message in probes:
                 for transport, destination in sends:
-                    if destination in state.answered:
+                    if state.answered_by(destination):
                         continue
                     if destination[0] == MULTICAST_GROUP and not first_repeat:
                         continue  # multicast: one repeat only, no noise on the LAN
