@@ -259,6 +259,181 @@ async def test_digest_with_qop_and_opaque(
 
 
 @pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (
+            'Digest realm="Cam, Inc", nonce="n"',
+            [("digest", {"realm": "Cam, Inc", "nonce": "n"})],
+        ),
+        (r'Digest realm="a\"b\\", nonce="n"', [("digest", {"realm": 'a"b\\', "nonce": "n"})]),
+        (
+            'Digest realm="r", nonce="n", qop="auth-int, auth"',
+            [("digest", {"realm": "r", "nonce": "n", "qop": "auth-int, auth"})],
+        ),
+        (
+            'Basic realm="x", Digest realm="r", nonce="n"',
+            [("basic", {"realm": "x"}), ("digest", {"realm": "r", "nonce": "n"})],
+        ),
+        (
+            "Negotiate abc/def==, digest REALM = r, nonce=ab/c+=",
+            [("negotiate", {}), ("digest", {"realm": "r", "nonce": "ab/c+="})],
+        ),
+        ('Basic realm="x", realm="y", Bearer', [("basic", {"realm": "x"}), ("bearer", {})]),
+        ('Digest nonce="n", realm="never closed', [("digest", {"nonce": "n"})]),
+        ('/junk, Basic realm="x", @', [("basic", {"realm": "x"})]),
+    ],
+    ids=[
+        "comma",
+        "escapes",
+        "qop-list",
+        "two-challenges",
+        "token68-bare",
+        "first-wins",
+        "unclosed",
+        "junk-skipped",
+    ],
+)
+def test_parse_challenge_header(header: str, expected: list[rtsp.Challenge]) -> None:
+    """Quoted values keep commas and escaped quotes; one header may hold several challenges."""
+    assert rtsp._parse_challenges([header]) == expected
+
+
+def test_the_challenge_parser_is_bounded() -> None:
+    """An over-long value is skipped whole; only the first challenges and parameters count."""
+    cap = rtsp._MAX_CHALLENGE_CHARS
+    fits = 'Digest realm="r", nonce="' + "n" * (cap - 26) + '"'
+    assert len(fits) == cap
+    assert rtsp._parse_challenges([fits + " ", 'Basic realm="x"']) == [("basic", {"realm": "x"})]
+    assert rtsp._parse_challenges([fits])[0][1]["nonce"] == "n" * (cap - 26)
+    many = ", ".join(f"S{i}" for i in range(rtsp._MAX_CHALLENGES + 5))
+    assert len(rtsp._parse_challenges([many, many])) == rtsp._MAX_CHALLENGES
+    params = ", ".join(f"p{i}=v" for i in range(rtsp._MAX_AUTH_PARAMS + 5))
+    assert len(rtsp._parse_challenges([f"Digest {params}"])[0][1]) == rtsp._MAX_AUTH_PARAMS
+
+
+@pytest.mark.parametrize(
+    "challenges",
+    [
+        ['Basic realm="x", Digest realm="r", nonce="n"'],
+        ['Basic realm="x"', 'Digest realm="r", nonce="n"'],
+    ],
+    ids=["one-header", "two-headers"],
+)
+def test_digest_is_chosen_over_basic(challenges: list[str]) -> None:
+    """Digest offered anywhere beside Basic is what gets answered."""
+    answer = rtsp._authorization(challenges, "DESCRIBE", "rtsp://cam/s", USER, PASSWORD)
+    assert answer is not None
+    assert answer.startswith('Digest username="cam", realm="r", nonce="n"')
+
+
+def test_an_unanswerable_digest_is_not_downgraded_to_basic() -> None:
+    """A Digest challenge without a nonce beside Basic: no answer, never the cleartext password."""
+    challenges = ['Basic realm="x", Digest realm="r"']
+    assert rtsp._authorization(challenges, "DESCRIBE", "rtsp://cam/s", USER, PASSWORD) is None
+
+
+@pytest.mark.parametrize("realm", ["Cam, Inc", 'Cam "HQ"'], ids=["comma", "quotes"])
+async def test_quoted_realm_and_qop_list_are_answered(
+    scripted: Callable[[Responder], asyncio.Future[str]], realm: str
+) -> None:
+    """A realm with a comma or escaped quotes, and qop="auth-int, auth": a qop=auth answer."""
+    nonce = "n-7"
+    quoted = realm.replace('"', '\\"')
+    seen: list[str] = []
+
+    def responder(_request_line: str, headers: dict[str, str]) -> bytes:
+        challenge = (
+            f'WWW-Authenticate: Digest realm="{quoted}", nonce="{nonce}", qop="auth-int, auth"\r\n'
+        )
+        auth = headers.get("authorization")
+        if auth is None:
+            return _reply("401 Unauthorized", extra=challenge)
+        seen.append(auth)
+        if "qop=auth," not in auth or f'realm="{quoted}"' not in auth:
+            return _reply("401 Unauthorized", extra=challenge)
+        if _qop_auth_fields(auth, realm, nonce) is None:
+            return _reply("401 Unauthorized", extra=challenge)
+        return _reply("200 OK", b"v=0\r\nm=video 0 RTP/AVP 96\r\n")
+
+    target = await _target(await scripted(responder))
+    await describe(target, username=USER, password=PASSWORD, timeout=3)
+    assert len(seen) == 1
+
+
+async def test_a_camera_offering_basic_and_digest_in_one_header_gets_digest(
+    scripted: Callable[[Responder], asyncio.Future[str]],
+) -> None:
+    """One header "Basic ..., Digest ...": the camera never receives a Basic answer."""
+    realm, nonce = "cam", "n-2"
+    challenge = (
+        f'WWW-Authenticate: Basic realm="{realm}", Digest realm="{realm}", '
+        f'nonce="{nonce}", qop="auth"\r\n'
+    )
+    seen: list[str] = []
+
+    def responder(_request_line: str, headers: dict[str, str]) -> bytes:
+        auth = headers.get("authorization")
+        if auth is None:
+            return _reply("401 Unauthorized", extra=challenge)
+        seen.append(auth)
+        if not auth.startswith("Digest ") or _qop_auth_fields(auth, realm, nonce) is None:
+            return _reply("401 Unauthorized", extra=challenge)
+        return _reply("200 OK", b"v=0\r\nm=video 0 RTP/AVP 96\r\n")
+
+    target = await _target(await scripted(responder))
+    memory = RtspAuthMemory()
+    for _ in range(2):  # the fresh challenge, then the remembered one
+        await describe(target, username=USER, password=PASSWORD, auth_memory=memory, timeout=3)
+    assert len(seen) == 2
+    assert not any(auth.startswith("Basic") for auth in seen)
+
+
+@pytest.mark.parametrize("beside", [False, True], ids=["alone", "beside-a-sane-challenge"])
+async def test_an_oversized_challenge_is_not_parsed(
+    scripted: Callable[[Responder], asyncio.Future[str]],
+    monkeypatch: pytest.MonkeyPatch,
+    beside: bool,
+) -> None:
+    """A 60 KiB "Digest aaaa..." challenge is never tokenized, so it cannot stall the loop.
+
+    (60 KiB, not 64: asyncio's 64 KiB line limit turns a longer header line
+    into CannotConnectError before any parsing.) Alone it is a camera fault,
+    not wrong credentials; beside a sane challenge, the sane one is answered.
+    """
+    realm, nonce = "cam", "n-3"
+    huge = "WWW-Authenticate: Digest " + "a" * (60 * 1024) + "\r\n"
+    sane = f'WWW-Authenticate: Digest realm="{realm}", nonce="{nonce}", qop="auth"\r\n'
+    challenges = huge + (sane if beside else "")
+    parsed: list[int] = []
+    parse_header = rtsp._parse_header
+
+    def spy(value: str) -> list[rtsp.Challenge]:
+        parsed.append(len(value))
+        return parse_header(value)
+
+    monkeypatch.setattr(rtsp, "_parse_header", spy)
+
+    def responder(_request_line: str, headers: dict[str, str]) -> bytes:
+        auth = headers.get("authorization")
+        if auth is None or _qop_auth_fields(auth, realm, nonce) is None:
+            return _reply("401 Unauthorized", extra=challenges)
+        return _reply("200 OK", b"v=0\r\nm=video 0 RTP/AVP 96\r\n")
+
+    target = await _target(await scripted(responder))
+    memory = RtspAuthMemory()
+    started = time.monotonic()
+    if beside:
+        await describe(target, username=USER, password=PASSWORD, auth_memory=memory, timeout=3)
+        await describe(target, username=USER, password=PASSWORD, auth_memory=memory, timeout=3)
+    else:
+        with pytest.raises(CannotConnectError, match="oversized"):
+            await describe(target, username=USER, password=PASSWORD, timeout=3)
+    assert time.monotonic() - started < 1.0  # the old regex took ~25 s here
+    assert all(length <= rtsp._MAX_CHALLENGE_CHARS for length in parsed)
+    assert len(parsed) == (2 if beside else 0)  # the sane one, fresh and remembered
+
+
+@pytest.mark.parametrize(
     ("reply", "error", "message"),
     [
         (_reply("200 OK", b"v=0\r\nm=audio 0 RTP/AVP 0\r\n"), NoVideoError, "no video"),

@@ -363,30 +363,147 @@ class WarmGrabber:
 # Health check: one RTSP DESCRIBE, authenticated like FFmpeg would.
 
 
-def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
-    """Split a WWW-Authenticate header into its scheme and parameters."""
-    scheme, _, rest = header.strip().partition(" ")
-    params = {key.lower(): value for key, value in re.findall(r'(\w+)\s*=\s*"?([^",]*)"?', rest)}
-    return scheme.lower(), params
+# WWW-Authenticate (RFC 7235) is read by a hand-written scanner whose work is
+# linear in the header's length: the header is untrusted camera input, parsed
+# in the event loop (where asyncio.timeout cannot interrupt it) and parsed
+# again before each health check while RtspAuthMemory holds it. What lies
+# beyond these bounds is ignored, never an error: a value longer than
+# _MAX_CHALLENGE_CHARS is skipped whole (a cut challenge could be misread),
+# and only the first headers, challenges and parameters count.
+_MAX_CHALLENGE_CHARS: Final = 4096
+_MAX_CHALLENGE_HEADERS: Final = 8
+_MAX_CHALLENGES: Final = 8
+_MAX_AUTH_PARAMS: Final = 16
+_TCHARS: Final = frozenset(
+    "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+)
+# token68 (a Negotiate blob, say) adds "/" and "+" to ALPHA DIGIT "-._~".
+_TOKEN68_CHARS: Final = frozenset(
+    "-._~+/0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+)
+_SPACE: Final = frozenset(" \t")
+_EQUALS: Final = frozenset("=")
+# An unquoted parameter value ends here. Wider than a token: some cameras send
+# a bare base64 nonce, which holds "/", "+" and "=".
+_BARE_VALUE_END: Final = frozenset(' \t,"')
+
+type Challenge = tuple[str, dict[str, str]]
+
+
+def _scan(value: str, pos: int, chars: frozenset[str]) -> int:
+    """Return where the run of ``chars`` starting at ``pos`` ends."""
+    end = len(value)
+    while pos < end and value[pos] in chars:
+        pos += 1
+    return pos
+
+
+def _scan_until(value: str, pos: int, stops: frozenset[str]) -> int:
+    """Return the position of the first of ``stops`` from ``pos`` on (or the end)."""
+    end = len(value)
+    while pos < end and value[pos] not in stops:
+        pos += 1
+    return pos
+
+
+def _scan_quoted(value: str, pos: int) -> tuple[str, int] | None:
+    """Read the quoted-string opening at ``pos``: its text and end, or None if unclosed."""
+    chars: list[str] = []
+    pos, end = pos + 1, len(value)
+    while pos < end:
+        char = value[pos]
+        if char == '"':
+            return "".join(chars), pos + 1
+        if char == "\\" and pos + 1 < end:  # quoted-pair: the next char, literally
+            pos += 1
+            char = value[pos]
+        chars.append(char)
+        pos += 1
+    return None
+
+
+def _parse_header(value: str) -> list[Challenge]:
+    """Split one WWW-Authenticate value into its challenges: (scheme, parameters)."""
+    challenges: list[Challenge] = []
+    params: dict[str, str] | None = None  # the parameters of the challenge being read
+    pos, end = 0, len(value)
+    # Every step moves ``pos`` forward and no character is scanned more than
+    # a few times: linear whatever the camera sends.
+    while pos < end:
+        if value[pos] in _SPACE or value[pos] == ",":
+            pos += 1
+            continue
+        token_end = _scan(value, pos, _TCHARS)
+        if token_end == pos:
+            # Not a token: skip this list element rather than guess at it.
+            comma = value.find(",", pos)
+            pos = end if comma < 0 else comma
+            continue
+        name = value[pos:token_end].lower()
+        pos = _scan(value, token_end, _SPACE)
+        if pos < end and value[pos] == "=":
+            # An auth-param: token BWS "=" BWS (token / quoted-string).
+            pos = _scan(value, pos + 1, _SPACE)
+            if pos < end and value[pos] == '"':
+                if (quoted := _scan_quoted(value, pos)) is None:
+                    break  # an unclosed quote: nothing after it can be trusted
+                text, pos = quoted
+            else:
+                start, pos = pos, _scan_until(value, pos, _BARE_VALUE_END)
+                text = value[start:pos]
+            # RFC 7235 allows each name once per challenge: the first one counts.
+            if params is not None and name not in params and len(params) < _MAX_AUTH_PARAMS:
+                params[name] = text
+            continue
+        # A token not followed by "=" is an auth-scheme: a new challenge (the
+        # rule core/http.py's _AUTH_SCHEME_RE applies too).
+        if len(challenges) == _MAX_CHALLENGES:
+            break
+        params = {}
+        challenges.append((name, params))
+        blob_end = _scan(value, _scan(value, pos, _TOKEN68_CHARS), _EQUALS)
+        after = _scan(value, blob_end, _SPACE)
+        if blob_end > pos and (after == end or value[after] == ","):
+            pos = after  # a token68 instead of parameters: nothing we answer
+    return challenges
+
+
+def _parse_challenges(values: list[str]) -> list[Challenge]:
+    """Parse a 401's WWW-Authenticate values, within the bounds above."""
+    challenges: list[Challenge] = []
+    for value in values[:_MAX_CHALLENGE_HEADERS]:
+        if len(value) <= _MAX_CHALLENGE_CHARS:
+            challenges += _parse_header(value)
+    return challenges[:_MAX_CHALLENGES]
+
+
+def _quote(text: str) -> str:
+    """Quote a value the camera sent as a quoted-string, escaped as it must be."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
 
 
 def _authorization(
     challenges: list[str], method: str, uri: str, username: str, password: str, nc: int = 1
 ) -> str | None:
-    """Answer the strongest offered challenge (Digest before Basic).
+    """Answer the strongest offered challenge: Digest whenever offered, else Basic.
 
     ``nc`` is the how-many-th answer to the same nonce (RFC 7616), for a
-    remembered challenge answered again.
+    remembered challenge answered again. A camera that offers Digest never
+    gets the password in cleartext, even when it offers Basic too.
     """
-    parsed = [_parse_challenge(challenge) for challenge in challenges]
-    for scheme, params in parsed:
-        if scheme != "digest" or "nonce" not in params:
+    parsed = _parse_challenges(challenges)
+    digests = [params for scheme, params in parsed if scheme == "digest"]
+    for params in digests:
+        if "nonce" not in params:
             continue
         realm, nonce = params.get("realm", ""), params["nonce"]
         ha1 = hashlib.md5(f"{username}:{realm}:{password}".encode()).hexdigest()  # noqa: S324 - RFC 2617
         ha2 = hashlib.md5(f"{method}:{uri}".encode()).hexdigest()  # noqa: S324
-        fields = f'username="{username}", realm="{realm}", nonce="{nonce}", uri="{uri}"'
-        if "auth" in params.get("qop", "").split(","):
+        fields = f'username="{username}", realm={_quote(realm)}, nonce={_quote(nonce)}'
+        fields += f', uri="{uri}"'
+        qop = {option.strip().lower() for option in params.get("qop", "").split(",")}
+        if "auth" in qop:
             cnonce, count = os.urandom(8).hex(), f"{nc:08x}"
             response = hashlib.md5(  # noqa: S324
                 f"{ha1}:{nonce}:{count}:{cnonce}:auth:{ha2}".encode()
@@ -395,9 +512,9 @@ def _authorization(
         else:
             response = hashlib.md5(f"{ha1}:{nonce}:{ha2}".encode()).hexdigest()  # noqa: S324
         if opaque := params.get("opaque"):
-            fields += f', opaque="{opaque}"'
+            fields += f", opaque={_quote(opaque)}"
         return f'Digest {fields}, response="{response}"'
-    if any(scheme == "basic" for scheme, _ in parsed):
+    if not digests and any(scheme == "basic" for scheme, _ in parsed):
         token = base64.b64encode(f"{username}:{password}".encode()).decode()
         return f"Basic {token}"
     return None
@@ -470,7 +587,8 @@ async def describe(
     This is the light health request (one TCP connection, no media; one
     DESCRIBE while ``auth_memory`` holds a challenge the camera still
     honours). A 401 that our credentials do not clear raises
-    InvalidAuthError, which the glue turns into a reauth flow.
+    InvalidAuthError, which the glue turns into a reauth flow; one whose only
+    challenges are too long to read raises CannotConnectError.
     """
     uri = str(target.url)
     origin = (str(target.address), target.port)
@@ -483,6 +601,7 @@ async def describe(
     memory = auth_memory if username is not None else None
     authorization: str | None = None
     remembered = False
+    oversized = False  # a challenge too long to read: the camera's fault, not ours
     if memory is not None and memory.origin == origin and memory.challenges:
         memory.uses += 1
         authorization = _authorization(
@@ -515,7 +634,11 @@ async def describe(
                         challenges, "DESCRIBE", uri, username, password or ""
                     )
                     if authorization is None:
-                        break  # a 401 we cannot answer: InvalidAuthError below
+                        # A 401 we cannot answer: InvalidAuthError below, unless
+                        # a challenge was skipped for its length (then nothing
+                        # says the credentials are wrong, so no reauth).
+                        oversized = any(len(v) > _MAX_CHALLENGE_CHARS for v in challenges)
+                        break
                     if memory is not None:
                         memory.learn(origin, challenges)
                     continue
@@ -530,6 +653,8 @@ async def describe(
     if status == 401:
         if memory is not None:
             memory.forget()
+        if oversized:
+            raise CannotConnectError("camera sent an oversized RTSP auth challenge")
         raise InvalidAuthError("camera answered 401 Unauthorized")
     if status != 200:
         raise CannotConnectError(f"camera answered RTSP {status}")
