@@ -158,10 +158,17 @@ class NetPolicy:
             return f"multicast address {addr}"
         if addr == _BROADCAST:
             return f"broadcast address {addr}"
+        if addr in METADATA_ADDRESSES:
+            # Only when the user names this very address (a camera that took it by
+            # link-local autoconfiguration): a network added for a VPN or a camera
+            # VLAN must not open the cloud metadata service that lies inside it.
+            if any(
+                network.num_addresses == 1 and addr in network for network in self.extra_networks
+            ):
+                return None
+            return f"cloud metadata address {addr}"
         if any(addr in network for network in self.extra_networks):
             return None
-        if addr in METADATA_ADDRESSES:
-            return f"cloud metadata address {addr}"
         if any(addr in network for network in LAN_NETWORKS):
             return None
         return f"public address {addr}"
