@@ -26,7 +26,13 @@ from custom_components.localcam.core.errors import (
     LocalCamError,
     NotLocalError,
 )
-from custom_components.localcam.core.http import AuthMemory, HttpReply, _host_header, fetch
+from custom_components.localcam.core.http import (
+    AuthMemory,
+    HttpReply,
+    _check_hop,
+    _host_header,
+    fetch,
+)
 from custom_components.localcam.core.netpolicy import NetPolicy
 from virtualcam.cast import self_signed
 
@@ -506,6 +512,23 @@ async def test_redirect_checked_before_connecting(
     with pytest.raises(error, match=re.escape(reason)):
         await fetch(session, policy, cam.url("/go/out"))
     assert traced.urls == [f"http://127.0.0.1:{cam.port}/go/out"]
+
+
+async def test_a_lan_device_cannot_redirect_to_loopback() -> None:
+    """LAN to loopback is refused (HA's own local services); loopback to loopback is fine."""
+
+    async def resolve(name: str, port: int) -> Sequence[str]:
+        return {"cam.lan": ["192.168.1.20"], "localhost": ["127.0.0.1"]}[name]
+
+    policy = NetPolicy(resolver=resolve)
+    lan = await policy.check("http://cam.lan/snap.jpg")
+    for url in ("http://127.0.0.1:8123/api/", "http://localhost:8123/", "http://[::1]/"):
+        with pytest.raises(NotLocalError, match="redirected to loopback"):
+            _check_hop(lan, await policy.check(url))
+    here = await policy.check("http://127.0.0.1:8554/snap.jpg")
+    hop = await policy.check("http://127.0.0.1:8555/other.jpg")
+    assert _check_hop(here, hop) is hop
+    assert _check_hop(lan, await policy.check("http://192.168.1.21/x")).host == "192.168.1.21"
 
 
 async def test_redirect_without_location(

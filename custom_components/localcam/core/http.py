@@ -26,6 +26,7 @@ from .errors import (
     CannotConnectError,
     InvalidAuthError,
     InvalidUrlError,
+    NotLocalError,
     ReplyTooLargeError,
 )
 from .netpolicy import DEFAULT_PORTS, NetPolicy, Target, display_url
@@ -179,9 +180,20 @@ async def _follow(
             raise InvalidUrlError("invalid redirect location") from None
         # The redirect target is checked exactly like the original URL, before
         # any connection to it: a redirect is how a LAN host could bounce us out.
-        target = await policy.check(next_url, schemes=HTTP_SCHEMES)
+        target = _check_hop(target, await policy.check(next_url, schemes=HTTP_SCHEMES))
         _LOGGER.debug("Redirected (%s) to %s", status, display_url(target.url))
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _check_hop(current: Target, hop: Target) -> Target:
+    """Refuse a redirect from a LAN device to this machine's loopback.
+
+    Loopback is allowed for cameras on this machine, not as a place a device
+    on the LAN can bounce LocalCam to (Home Assistant's own local services).
+    """
+    if hop.address.is_loopback and not current.address.is_loopback:
+        raise NotLocalError(hop.host, "a LAN device redirected to loopback")
+    return hop
 
 
 def _same_origin(target: Target, origin: Target) -> bool:
