@@ -19,6 +19,7 @@ from homeassistant.config_entries import (
     SOURCE_USER,
     SOURCE_ZEROCONF,
     ConfigEntryState,
+    ConfigFlowResult,
 )
 from homeassistant.const import CONF_HOST, CONF_HOSTS, CONF_PASSWORD, CONF_PORT, CONF_USERNAME
 from homeassistant.core import HomeAssistant
@@ -448,6 +449,16 @@ async def test_dhcp_does_not_follow_to_a_different_device(
         await impostor.stop()
 
 
+async def _dhcp(hass: HomeAssistant, ip: str, *, link_mac: str) -> ConfigFlowResult:
+    """DHCP reports the camera's MAC at ``ip``; the kernel's neighbour table says ``link_mac``."""
+    with patch("custom_components.localcam.helpers.neighbour_mac", return_value=link_mac):
+        return await hass.config_entries.flow.async_init(
+            DOMAIN,
+            context={"source": SOURCE_DHCP},
+            data=DhcpServiceInfo(ip=ip, hostname="x", macaddress=MAC.replace(":", "")),
+        )
+
+
 async def test_dhcp_sends_no_credential_to_an_onvif_device_with_another_mac(
     hass: HomeAssistant, loopback_hosts: None
 ) -> None:
@@ -457,14 +468,7 @@ async def test_dhcp_sends_no_credential_to_an_onvif_device_with_another_mac(
         old = _onvif_entry_at("127.0.0.3", impostor.http_port, 554)
         old.add_to_hass(hass)
         # The kernel's neighbour entry for the new address: the impostor's own MAC.
-        with patch(
-            "custom_components.localcam.helpers.neighbour_mac", return_value="02:00:00:aa:bb:99"
-        ):
-            result = await hass.config_entries.flow.async_init(
-                DOMAIN,
-                context={"source": SOURCE_DHCP},
-                data=DhcpServiceInfo(ip="127.0.0.2", hostname="x", macaddress=MAC.replace(":", "")),
-            )
+        result = await _dhcp(hass, "127.0.0.2", link_mac="02:00:00:aa:bb:99")
         assert result["reason"] == "already_configured"
         assert old.data[CONF_HOST] == "127.0.0.3"
         assert impostor.stats.onvif_requests == 0  # not one SOAP call, so no WS-Security digest
@@ -498,14 +502,7 @@ async def test_dhcp_sends_no_credential_when_following_a_url_camera(
             },
         )
         entry.add_to_hass(hass)
-        with patch(
-            "custom_components.localcam.helpers.neighbour_mac", return_value="02:00:00:aa:bb:99"
-        ):
-            result = await hass.config_entries.flow.async_init(
-                DOMAIN,
-                context={"source": SOURCE_DHCP},
-                data=DhcpServiceInfo(ip="127.0.0.1", hostname="x", macaddress=MAC.replace(":", "")),
-            )
+        result = await _dhcp(hass, "127.0.0.1", link_mac="02:00:00:aa:bb:99")
         assert result["reason"] == "already_configured"
         assert entry.data[CONF_STREAM_URL].startswith("rtsp://127.0.0.9:")  # not moved
         for _ in range(50):  # bounded: the connection's end reaches the server
@@ -534,12 +531,7 @@ async def test_dhcp_follows_a_url_camera_by_neighbour_mac(
             "snapshot_url": None,
         },
     )
-    with patch("custom_components.localcam.helpers.neighbour_mac", return_value=MAC):
-        result = await hass.config_entries.flow.async_init(
-            DOMAIN,
-            context={"source": SOURCE_DHCP},
-            data=DhcpServiceInfo(ip="127.0.0.1", hostname="x", macaddress=MAC.replace(":", "")),
-        )
+    result = await _dhcp(hass, "127.0.0.1", link_mac=MAC)
     assert result["reason"] == "already_configured"
     assert entry.data[CONF_STREAM_URL] == camera.rtsp_url
 
@@ -560,12 +552,7 @@ async def test_following_moves_only_the_camera_s_own_urls(
             "snapshot_url": nvr_still,
         },
     )
-    with patch("custom_components.localcam.helpers.neighbour_mac", return_value=MAC):
-        await hass.config_entries.flow.async_init(
-            DOMAIN,
-            context={"source": SOURCE_DHCP},
-            data=DhcpServiceInfo(ip="127.0.0.1", hostname="x", macaddress=MAC.replace(":", "")),
-        )
+    await _dhcp(hass, "127.0.0.1", link_mac=MAC)
     assert entry.data[CONF_STREAM_URL] == camera.rtsp_url
     assert entry.data["snapshot_url"] == nvr_still
 
@@ -580,12 +567,7 @@ async def test_a_camera_configured_by_name_is_left_to_dns(
     hass.config_entries.async_update_entry(
         entry, data={**entry.data, CONF_IDENTITY: {"mac": MAC}, CONF_STREAM_URL: by_name}
     )
-    with patch("custom_components.localcam.helpers.neighbour_mac", return_value=MAC):
-        result = await hass.config_entries.flow.async_init(
-            DOMAIN,
-            context={"source": SOURCE_DHCP},
-            data=DhcpServiceInfo(ip="127.0.0.1", hostname="x", macaddress=MAC.replace(":", "")),
-        )
+    result = await _dhcp(hass, "127.0.0.1", link_mac=MAC)
     assert result["reason"] == "already_configured"
     assert entry.data[CONF_STREAM_URL] == by_name
 
