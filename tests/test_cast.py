@@ -22,6 +22,7 @@ from pathlib import Path
 import secrets
 import shutil
 import sys
+import threading
 import time
 from typing import Any
 from unittest.mock import AsyncMock, MagicMock, create_autospec, patch
@@ -37,7 +38,12 @@ from homeassistant.components.stream.core import Part, Segment
 from homeassistant.const import EVENT_HOMEASSISTANT_STOP
 from homeassistant.core import Context, HomeAssistant
 from homeassistant.exceptions import HomeAssistantError, ServiceValidationError, Unauthorized
-from homeassistant.helpers import issue_registry as ir
+from homeassistant.helpers import (
+    area_registry as ar,
+    device_registry as dr,
+    entity_registry as er,
+    issue_registry as ir,
+)
 from homeassistant.setup import async_setup_component
 from homeassistant.util import dt as dt_util
 import numpy as np
@@ -75,7 +81,7 @@ from custom_components.localcam.cast import (
 )
 from custom_components.localcam.cast_views import async_setup_cast
 from custom_components.localcam.const import DOMAIN
-from custom_components.localcam.core.cast_links import CastGrant, CastMode
+from custom_components.localcam.core.cast_links import CastGrant, CastLinks, CastMode
 from custom_components.localcam.core.netpolicy import NetPolicy
 from custom_components.localcam.services import async_setup_services
 from virtualcam import Fault, VirtualCamera, color_for, nearest_camera
@@ -466,6 +472,69 @@ def _fast_lifecycle() -> Iterator[None]:
         yield
 
 
+class SteppedClock:
+    """Monotonic time that a test can step forward (the event loop keeps real time)."""
+
+    def __init__(self) -> None:
+        """Start at the real monotonic time."""
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        """Return monotonic time plus every step taken so far."""
+        return time.monotonic() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        """Step forward."""
+        self.offset += seconds
+
+
+@pytest.fixture
+def cast_clock(hass: HomeAssistant, localcam: None) -> SteppedClock:
+    """The cast manager's token clock, steppable by the test.
+
+    The manager's tokens and casts age on its token table's clock; a fresh
+    table (nothing issued yet) is given a steppable monotonic clock.
+    """
+    clock = SteppedClock()
+    manager = hass.data[DATA_CAST]
+    assert len(manager.links) == 0
+    manager.links = CastLinks(clock=clock)
+    return clock
+
+
+class HeldLoads:
+    """Hold every LOAD at the device, in pychromecast's worker thread, until released.
+
+    A slow receiver: the LOAD's service call, and so the receiver's lock in
+    LocalCam, stay busy meanwhile.
+    """
+
+    def __init__(self, receiver: FakeCastDevice) -> None:
+        """Wrap the device's message handler from now on."""
+        loop = asyncio.get_running_loop()
+        self.started = asyncio.Event()
+        self.release = threading.Event()
+        self.urls: list[str] = []
+        answer = receiver.socket_client.send_app_message.side_effect
+
+        def held(namespace: str, message: dict[str, Any], **kwargs: Any) -> None:
+            if namespace == MEDIA_NS and message.get("type") == "LOAD":
+                self.urls.append(message["media"]["contentId"])
+                loop.call_soon_threadsafe(self.started.set)
+                self.release.wait(WAIT)
+            answer(namespace, message, **kwargs)
+
+        receiver.socket_client.send_app_message.side_effect = held
+
+
+async def _until(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
+    """Wait, bounded, without async_block_till_done (which would wait for a held LOAD)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
 async def _cast(hass: HomeAssistant, camera: str, **data: Any) -> None:
     await hass.services.async_call(
         DOMAIN,
@@ -779,21 +848,65 @@ async def test_turn_off_all_displays_ends_the_cast(
     assert [e.data["reason"] for e in ended] == ["stopped"]
 
 
-def test_stop_calls_name_their_displays() -> None:
-    """The displays a stop call names: one, a list, a comma list, all, or none."""
-    called = cast_module._called_entities
-    assert called({"service_data": {"entity_id": RECEIVER}}) == {RECEIVER}
-    assert called({"service_data": {"entity_id": [RECEIVER, "media_player.b"]}}) == {
-        RECEIVER,
-        "media_player.b",
-    }
-    assert called({"service_data": {"entity_id": f"{RECEIVER}, media_player.b"}}) == {
-        RECEIVER,
-        "media_player.b",
-    }
-    assert called({"service_data": {"entity_id": "all"}}) is None
-    assert called({"service_data": {"area_id": "kitchen"}}) == frozenset()
+async def test_stop_calls_name_their_displays(
+    hass: HomeAssistant, receiver: FakeCastDevice
+) -> None:
+    """The displays a stop call targets: by entity, list, comma list, all, device or area."""
+
+    def called(service_data: Any) -> frozenset[str] | None:
+        return cast_module._called_entities(hass, {"service_data": service_data})
+
+    assert called({"entity_id": RECEIVER}) == {RECEIVER}
+    assert called({"entity_id": [RECEIVER, "media_player.b"]}) == {RECEIVER, "media_player.b"}
+    assert called({"entity_id": f"{RECEIVER}, media_player.b"}) == {RECEIVER, "media_player.b"}
+    assert called({"entity_id": RECEIVER.upper()}) == {RECEIVER}
+    assert called({"entity_id": "all"}) is None
+    device_id = er.async_get(hass).async_get(RECEIVER).device_id  # type: ignore[union-attr]
+    assert device_id is not None
+    assert called({"device_id": device_id}) == {RECEIVER}
+    assert called({"device_id": [device_id]}) == {RECEIVER}
+    kitchen = ar.async_get(hass).async_create("Kitchen")
+    assert called({"area_id": kitchen.id}) == frozenset()  # the display is in no area yet
+    dr.async_get(hass).async_update_device(device_id, area_id=kitchen.id)
+    assert called({"area_id": kitchen.id}) == {RECEIVER}
+    assert called({"area_id": "garage"}) == frozenset()
+    assert called({"device_id": "another device"}) == frozenset()
     assert called({}) == frozenset()
+    assert called(None) == frozenset()
+
+
+@pytest.mark.parametrize("service", ["turn_off", "media_stop"])
+@pytest.mark.parametrize("target", ["device_id", "area_id"])
+async def test_a_stop_aimed_at_the_displays_device_or_area_ends_the_cast(
+    hass: HomeAssistant,
+    porch: str,
+    receiver: FakeCastDevice,
+    http_port: int,
+    receiver_session: aiohttp.ClientSession,
+    service: str,
+    target: str,
+) -> None:
+    """A stop aimed at the display's device or area: stopped, 404, never re-cast."""
+    ended = async_capture_events(hass, EVENT_CAST_ENDED)
+    device_id = er.async_get(hass).async_get(RECEIVER).device_id  # type: ignore[union-attr]
+    assert device_id is not None
+    kitchen = ar.async_get(hass).async_create("Kitchen")
+    dr.async_get(hass).async_update_device(device_id, area_id=kitchen.id)
+    await _cast(hass, porch, mode="snapshot", refresh=3600)
+    url = _last_url(receiver)
+    loads = len(receiver.loads)
+    target_id = device_id if target == "device_id" else kitchen.id
+    await hass.services.async_call(
+        "media_player", service, {}, target={target: target_id}, blocking=True
+    )
+    await hass.async_block_till_done()
+    assert [e.data["reason"] for e in ended] == ["stopped"]
+    assert (await _get(receiver_session, url))[0] == HTTPStatus.NOT_FOUND
+    await asyncio.sleep(0.5)  # longer than the test's whole keep-alive backoff
+    await hass.async_block_till_done()
+    assert len(receiver.loads) == loads
+    record = hass.data[DATA_CAST].diagnostics()[RECEIVER]
+    assert record["last_idle_reason"] == "stopped_in_home_assistant"
 
 
 async def test_idle_media_receiver_is_left_idle(
@@ -891,21 +1004,59 @@ async def test_token_expires_on_its_own(
     receiver: FakeCastDevice,
     http_port: int,
     receiver_session: aiohttp.ClientSession,
+    cast_clock: SteppedClock,
 ) -> None:
-    """A token nobody revokes dies at duration + grace (the clock moved by freezegun)."""
+    """A token nobody revokes dies at duration + grace (the manager's clock stepped)."""
     manager = hass.data[DATA_CAST]
     entry = hass.config_entries.async_entries(DOMAIN)[0]
     grant = CastGrant(entry.data["camera_id"], "media_player.elsewhere", CastMode.SNAPSHOT)
     token = manager.links.issue(grant, duration=30)
     url = f"http://127.0.0.1:{http_port}/api/localcam/cast/{token}/{porch}/snapshot.jpg?v=1"
     assert (await _get(receiver_session, url))[0] == HTTPStatus.OK
-    now = dt_util.utcnow()
-    # The loop keeps real time (real_asyncio); only the wall clock moves.
-    with freeze_time(now + timedelta(seconds=30 + manager.links.grace - 1), real_asyncio=True):
-        assert (await _get(receiver_session, url))[0] == HTTPStatus.OK
-    with freeze_time(now + timedelta(seconds=30 + manager.links.grace), real_asyncio=True):
-        assert (await _get(receiver_session, url))[0] == HTTPStatus.NOT_FOUND
+    cast_clock.advance(30 + manager.links.grace - 1)
+    assert (await _get(receiver_session, url))[0] == HTTPStatus.OK
+    cast_clock.advance(1)
+    assert (await _get(receiver_session, url))[0] == HTTPStatus.NOT_FOUND
     assert len(manager.links) == 0  # and it is gone for good
+
+
+async def test_a_wall_clock_step_forward_keeps_a_running_cast(
+    hass: HomeAssistant,
+    porch: str,
+    receiver: FakeCastDevice,
+    http_port: int,
+    receiver_session: aiohttp.ClientSession,
+) -> None:
+    """NTP steps the clock three minutes ahead: a running cast's URL keeps working."""
+    ended = async_capture_events(hass, EVENT_CAST_ENDED)
+    await _cast(hass, porch, mode="snapshot", refresh=3600, duration=0)
+    url = _last_url(receiver)
+    assert (await _get(receiver_session, url))[0] == HTTPStatus.OK
+    # Only the wall clock steps; the loop (real_asyncio) and monotonic time do not.
+    with freeze_time(dt_util.utcnow() + timedelta(minutes=3), real_asyncio=True):
+        assert (await _get(receiver_session, url))[0] == HTTPStatus.OK
+    await hass.async_block_till_done()
+    assert ended == []
+    assert hass.data[DATA_CAST].session_for(RECEIVER) is not None
+    assert (await _get(receiver_session, url))[0] == HTTPStatus.OK
+
+
+async def test_a_wall_clock_step_back_does_not_extend_a_token(
+    hass: HomeAssistant, porch: str, http_port: int, receiver_session: aiohttp.ClientSession
+) -> None:
+    """The clock steps an hour back: a token nobody revokes still dies when its duration ends."""
+    manager = hass.data[DATA_CAST]
+    manager.links.grace = 0.0  # nothing to wait out past the duration itself
+    entry = hass.config_entries.async_entries(DOMAIN)[0]
+    grant = CastGrant(entry.data["camera_id"], "media_player.elsewhere", CastMode.SNAPSHOT)
+    token = manager.links.issue(grant, duration=1.0)
+    url = f"http://127.0.0.1:{http_port}/api/localcam/cast/{token}/{porch}/snapshot.jpg?v=1"
+    assert (await _get(receiver_session, url))[0] == HTTPStatus.OK
+    await asyncio.sleep(1.0)  # the duration runs out (the loop cannot sleep under freezegun)
+    # Meanwhile the wall clock was stepped back an hour: to it, the token is brand new.
+    with freeze_time(dt_util.utcnow() - timedelta(hours=1), real_asyncio=True):
+        assert (await _get(receiver_session, url))[0] == HTTPStatus.NOT_FOUND
+    assert len(manager.links) == 0
 
 
 @pytest.mark.parametrize(
@@ -1543,6 +1694,205 @@ async def test_home_assistant_stop_revokes_everything(
     assert len(manager.links) == 0
 
 
+# ---------------------------------------------------------------------------
+# Races: stops and unloads while the receiver is busy
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stop", ["media_stop", "stop_cast", "unload"])
+async def test_a_stop_during_a_slow_load_revokes_at_once(
+    hass: HomeAssistant,
+    porch: str,
+    receiver: FakeCastDevice,
+    http_port: int,
+    receiver_session: aiohttp.ClientSession,
+    stop: str,
+) -> None:
+    """A stop while a refresh LOAD holds the receiver: 404 at once, not when the LOAD ends."""
+    ended = async_capture_events(hass, EVENT_CAST_ENDED)
+    manager = hass.data[DATA_CAST]
+    await _cast(hass, porch, mode="snapshot", refresh=2, duration=300)
+    url = _last_url(receiver)
+    token = _token(url)
+    held = HeldLoads(receiver)
+    stopping: asyncio.Task[Any] | None = None
+    try:
+        await asyncio.wait_for(held.started.wait(), WAIT)  # the refresh's LOAD, held
+        if stop == "media_stop":
+            # media_player's own action; LocalCam only hears of it.
+            await hass.services.async_call(
+                "media_player", "media_stop", {"entity_id": RECEIVER}, blocking=True
+            )
+        elif stop == "stop_cast":
+            stopping = asyncio.create_task(
+                hass.services.async_call(
+                    DOMAIN, "stop_cast", {"media_player": RECEIVER}, blocking=True
+                )
+            )
+        else:
+            entry = hass.config_entries.async_entries(DOMAIN)[0]
+            stopping = asyncio.create_task(hass.config_entries.async_unload(entry.entry_id))
+        await _until(lambda: manager.links.resolve(token) is None)
+        assert (await _get(receiver_session, url))[0] == HTTPStatus.NOT_FOUND
+        # All while the LOAD still holds the receiver: the rest of the stop waits.
+        assert not held.release.is_set()
+        assert stopping is None or not stopping.done()
+        assert manager.session_for(RECEIVER) is not None
+    finally:
+        held.release.set()
+    if stopping is not None:
+        await asyncio.wait_for(stopping, WAIT)
+    await _wait_for(hass, lambda: manager.session_for(RECEIVER) is None)
+    assert [e.data["reason"] for e in ended] == ["unload" if stop == "unload" else "stopped"]
+    assert len(manager.links) == 0
+
+
+async def test_unload_while_a_cast_checks_the_camera_refuses_the_cast(
+    hass: HomeAssistant,
+    porch: str,
+    receiver: FakeCastDevice,
+    http_port: int,
+) -> None:
+    """The entry unloads while a cast waits for the camera: refused, no token, even after reload."""
+    entity = get_camera_from_entity_id(hass, porch)
+    still = await entity.async_camera_image()
+    checking = asyncio.Event()
+    answer = asyncio.Event()
+
+    async def slow_camera(*args: Any, **kwargs: Any) -> bytes | None:
+        checking.set()
+        await answer.wait()
+        return still
+
+    manager = hass.data[DATA_CAST]
+    entry = hass.config_entries.async_entries(DOMAIN)[0]
+    started = async_capture_events(hass, EVENT_CAST_STARTED)
+    with patch.object(entity, "async_camera_image", slow_camera):
+        casting = asyncio.create_task(_cast(hass, porch, mode="snapshot", refresh=3600))
+        await asyncio.wait_for(checking.wait(), WAIT)
+        assert await hass.config_entries.async_unload(entry.entry_id)
+        answer.set()
+        with pytest.raises(HomeAssistantError) as err:
+            await asyncio.wait_for(casting, WAIT)
+    assert err.value.translation_domain == DOMAIN
+    assert err.value.translation_key == "cast_camera_unavailable"
+    assert err.value.translation_placeholders == {"entity_id": porch}
+    assert receiver.loads == []
+    assert started == []
+    assert manager.session_for(RECEIVER) is None
+    assert len(manager.links) == 0
+    # A caller still holding the unloaded entity is refused up front.
+    with pytest.raises(HomeAssistantError) as err:
+        await manager.async_cast(
+            entity,
+            [RECEIVER],
+            mode=CastMode.SNAPSHOT,
+            duration=None,
+            keep_alive=True,
+            refresh=3600,
+            force=False,
+        )
+    assert err.value.translation_key == "cast_camera_unavailable"
+    assert receiver.loads == []
+    # Reloaded, the camera casts afresh; nothing of the refused cast comes back.
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    assert manager.session_for(RECEIVER) is None
+    assert len(manager.links) == 0
+    await _cast(hass, porch, mode="snapshot", refresh=3600)
+    assert len(receiver.loads) == 1
+    await hass.services.async_call(DOMAIN, "stop_cast", {"media_player": RECEIVER}, blocking=True)
+
+
+async def test_unload_during_the_load_refuses_the_cast(
+    hass: HomeAssistant,
+    porch: str,
+    receiver: FakeCastDevice,
+    http_port: int,
+    receiver_session: aiohttp.ClientSession,
+) -> None:
+    """The entry unloads while the LOAD is in flight: 404 at once, then refused and cleaned up."""
+    manager = hass.data[DATA_CAST]
+    entry = hass.config_entries.async_entries(DOMAIN)[0]
+    started = async_capture_events(hass, EVENT_CAST_STARTED)
+    held = HeldLoads(receiver)
+    casting = asyncio.create_task(_cast(hass, porch, mode="snapshot", refresh=3600))
+    try:
+        await asyncio.wait_for(held.started.wait(), WAIT)
+        url = held.urls[0]
+        assert await asyncio.wait_for(hass.config_entries.async_unload(entry.entry_id), WAIT)
+        assert (await _get(receiver_session, url))[0] == HTTPStatus.NOT_FOUND
+    finally:
+        held.release.set()
+    with pytest.raises(HomeAssistantError) as err:
+        await asyncio.wait_for(casting, WAIT)
+    assert err.value.translation_key == "cast_camera_unavailable"
+    assert started == []
+    assert manager.session_for(RECEIVER) is None
+    assert len(manager.links) == 0
+    assert manager.diagnostics()[RECEIVER]["end_reason"] == "unload"
+    # The LOAD landed; the dead URL is taken off the screen (it was on ambient).
+    assert receiver.commands[-1] == "quit_app"
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    assert (await _get(receiver_session, url))[0] == HTTPStatus.NOT_FOUND
+
+
+async def test_a_cancelled_cast_leaves_no_token(
+    hass: HomeAssistant,
+    porch: str,
+    receiver: FakeCastDevice,
+    http_port: int,
+    receiver_session: aiohttp.ClientSession,
+) -> None:
+    """The cast action is cancelled during its LOAD (its automation stopped): its URL dies."""
+    manager = hass.data[DATA_CAST]
+    held = HeldLoads(receiver)
+    casting = asyncio.create_task(_cast(hass, porch, mode="snapshot", refresh=3600))
+    try:
+        await asyncio.wait_for(held.started.wait(), WAIT)
+        assert len(manager.links) == 1
+        casting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await casting
+        assert len(manager.links) == 0
+        assert (await _get(receiver_session, held.urls[0]))[0] == HTTPStatus.NOT_FOUND
+    finally:
+        held.release.set()
+    assert manager.session_for(RECEIVER) is None
+    assert manager.diagnostics()[RECEIVER]["end_reason"] == "error"
+
+
+async def test_keep_alive_outlives_an_unexpected_error(
+    hass: HomeAssistant,
+    porch: str,
+    receiver: FakeCastDevice,
+    http_port: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A re-cast that fails in a way nobody foresaw is logged, and the next attempt follows."""
+    await _cast(hass, porch, mode="snapshot", refresh=3600)
+    controller = receiver.socket_client.receiver_controller
+    launch = controller.launch_app.side_effect
+    failures: list[str] = []
+
+    def fails_once(app_id: str, **kwargs: Any) -> None:
+        # Before the device changes anything: no state change follows to
+        # prompt another check; only keep-alive itself can try again.
+        if not failures:
+            failures.append(app_id)
+            raise RuntimeError("socket gone")
+        launch(app_id, **kwargs)
+
+    controller.launch_app.side_effect = fails_once
+    await _report(hass, receiver.drop_to_ambient)
+    await _wait_for(hass, lambda: len(receiver.loads) == 2)
+    assert failures == [APP_MEDIA_RECEIVER]
+    assert hass.data[DATA_CAST].session_for(RECEIVER) is not None
+    assert hass.data[DATA_CAST].diagnostics()[RECEIVER]["recasts"] == 2
+    assert "Keep-alive re-cast to media_player.kitchen_display failed unexpectedly" in caplog.text
+
+
 def _resolver(answers: dict[str, list[str]]) -> Any:
     async def resolve(host: str, _port: int) -> list[str]:
         if host not in answers:
@@ -1775,6 +2125,24 @@ def test_served_parts_are_remembered_per_cast_and_bounded() -> None:
     numbers.note_served("cast-new", 41)
     assert numbers.served("cast-2") == 40
     assert numbers.served("cast-3") is None
+
+
+def test_target_duration_never_shrinks_between_reloads() -> None:
+    """EXT-X-TARGETDURATION stays put once a long part has scrolled out (RFC 8216 4.3.3.1)."""
+    track = _Track()
+    long_part = track.add(0, 0, 1)
+    long_part.parts[0] = Part(duration=1.05, has_keyframe=True, data=b"moof")
+    track.add(1, 0, 3)
+    rendered = cast_views.render_playlist(track)  # type: ignore[arg-type]
+    assert rendered is not None
+    assert "#EXT-X-TARGETDURATION:2" in rendered.text
+    for sequence in range(2, 5):  # the 1.05 s part leaves the 8-part window
+        track.add(sequence, 0, 3)
+    track.segments.pop(0)
+    rendered = cast_views.render_playlist(track)  # type: ignore[arg-type]
+    assert rendered is not None
+    assert "segment/0.0.m4s" not in rendered.text
+    assert "#EXT-X-TARGETDURATION:2" in rendered.text
 
 
 def test_playlist_numbers_parts_stably_across_restarts() -> None:

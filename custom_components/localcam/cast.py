@@ -4,6 +4,11 @@ Safety properties and the layer that guarantees each:
 
 - what a cast URL opens (one camera, one receiver, one mode, until the cast
   ends): ``core.cast_links``, checked again by ``cast_views`` on every request;
+- that the URL dies at once when its cast ends (a stop, the duration, a
+  replacement, an unload), even while a slow LOAD holds the receiver, and that
+  no cast started before an unload outlives it: the manager below, which
+  revokes before it waits for a receiver's lock and refuses a cast whose
+  camera's entry unloaded while it started;
 - that the URL stays home: ``LocalCamCastManager.async_base_url`` takes only
   Home Assistant's internal address, prefers an IP literal (Cast devices ignore
   the LAN's DNS) and has ``core.netpolicy`` approve the address, and every URL
@@ -44,9 +49,14 @@ from homeassistant.components.media_player.const import (
 from homeassistant.components.stream import Stream
 from homeassistant.components.stream.const import HLS_PROVIDER
 from homeassistant.components.stream.core import StreamOutput
+from homeassistant.config_entries import ConfigEntryState
 from homeassistant.const import (
+    ATTR_AREA_ID,
+    ATTR_DEVICE_ID,
     ATTR_DOMAIN,
     ATTR_ENTITY_ID,
+    ATTR_FLOOR_ID,
+    ATTR_LABEL_ID,
     ATTR_SERVICE,
     ATTR_SERVICE_DATA,
     ENTITY_MATCH_ALL,
@@ -74,6 +84,7 @@ from homeassistant.helpers.event import (
     async_track_time_interval,
 )
 from homeassistant.helpers.network import NoURLAvailableError, get_url
+from homeassistant.helpers.target import TargetSelection, async_extract_referenced_entity_ids
 from homeassistant.util import dt as dt_util
 from homeassistant.util.hass_dict import HassKey
 import yarl
@@ -176,17 +187,38 @@ def _is_stop_call(data: Any) -> bool:
     return data.get(ATTR_DOMAIN) == MP_DOMAIN and data.get(ATTR_SERVICE) in _USER_STOP_SERVICES
 
 
-def _called_entities(data: Any) -> frozenset[str] | None:
-    """The entity ids a service call named (None: all of them)."""
-    service_data = data.get(ATTR_SERVICE_DATA) or {}
-    named = service_data.get(ATTR_ENTITY_ID) if isinstance(service_data, dict) else None
-    if named == ENTITY_MATCH_ALL:
+_TARGET_KEYS: Final = (ATTR_ENTITY_ID, ATTR_DEVICE_ID, ATTR_AREA_ID, ATTR_FLOOR_ID, ATTR_LABEL_ID)
+
+
+def _target_ids(value: Any) -> list[str]:
+    """One target field of raw service data as a list of ids."""
+    # The event carries the data before the service's schema ran, so a
+    # comma-separated string or a single id is as likely as a list.
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, list):
+        return [str(item).strip() for item in value]
+    return []
+
+
+@callback
+def _called_entities(hass: HomeAssistant, data: Any) -> frozenset[str] | None:
+    """The entity ids a service call targets (None: all of them).
+
+    The call_service event carries the raw target: a stop aimed at the
+    display's device, area, floor or label names no entity id, yet reaches the
+    display; expand it as Home Assistant's entity services do.
+    """
+    service_data = data.get(ATTR_SERVICE_DATA)
+    if not isinstance(service_data, dict):
+        return frozenset()
+    if service_data.get(ATTR_ENTITY_ID) == ENTITY_MATCH_ALL:
         return None
-    if isinstance(named, str):
-        return frozenset(part.strip() for part in named.split(","))
-    if isinstance(named, list):
-        return frozenset(str(item) for item in named)
-    return frozenset()
+    target = {key: _target_ids(service_data.get(key)) for key in _TARGET_KEYS}
+    # As the services' schema does: entity ids are matched in lower case.
+    target[ATTR_ENTITY_ID] = [entity_id.lower() for entity_id in target[ATTR_ENTITY_ID]]
+    selected = async_extract_referenced_entity_ids(hass, TargetSelection(target))
+    return frozenset(selected.referenced | selected.indirectly_referenced)
 
 
 # What a Cast device reports when a person stopped its media (the display's
@@ -375,13 +407,15 @@ class CastSession:
     found: ReceiverView
     context: Context | None
     record: ReceiverRecord
+    started_at: float  # on the token table's clock, as its expiry is
     session_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
-    started_at: float = field(default_factory=time.monotonic)
     version: int = 0
     loading: bool = False
     settle_until: float = 0.0
     attempts: int = 0
     refresh_failures: int = 0
+    # The token is revoked; the rest of the end waits for the receiver's lock.
+    revoked: bool = False
     ended: bool = False
     unsubs: list[CALLBACK_TYPE] = field(default_factory=list)
     check_unsub: CALLBACK_TYPE | None = None
@@ -408,13 +442,13 @@ class CastSession:
 
     @property
     def ends_at(self) -> float | None:
-        """Return when the cast ends (monotonic), or None until stopped."""
+        """Return when the cast ends (token clock), or None until stopped."""
         return None if self.duration is None else self.started_at + self.duration
 
-    def over(self) -> bool:
-        """Return whether the cast ended or its duration ran out."""
+    def over(self, now: float) -> bool:
+        """Return whether the cast is ending or ended, or its duration ran out by ``now``."""
         ends_at = self.ends_at
-        return self.ended or (ends_at is not None and time.monotonic() >= ends_at)
+        return self.ended or self.revoked or (ends_at is not None and now >= ends_at)
 
     def path(self) -> str:
         """Return the URL path for this cast's mode."""
@@ -440,11 +474,6 @@ DATA_CAST: HassKey[LocalCamCastManager] = HassKey(f"{DOMAIN}_cast")
 def async_get_cast_manager(hass: HomeAssistant) -> LocalCamCastManager:
     """Return the cast manager (created by ``async_setup_cast``)."""
     return hass.data[DATA_CAST]
-
-
-def _now() -> float:
-    """Return the token clock: wall time, as Home Assistant's own signed URLs use."""
-    return dt_util.utcnow().timestamp()
 
 
 def _reason(err: LocalCamError) -> str:
@@ -497,11 +526,16 @@ class LocalCamCastManager:
     def __init__(self, hass: HomeAssistant) -> None:
         """Create the manager with an empty token table."""
         self.hass = hass
-        # Wall time, so a test can move it (freezegun) while the loop keeps real time.
-        self.links = CastLinks(clock=_now)
+        # Monotonic time (CastLinks' default): a wall-clock step must neither
+        # kill a running cast nor keep an ended one open.
+        self.links = CastLinks()
         self._sessions: dict[str, CastSession] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._records: dict[str, ReceiverRecord] = {}
+        # Bumped each time a camera's casts are stopped for its entry's unload;
+        # a cast started before the bump must not outlive it. One int per
+        # camera ever unloaded.
+        self._generations: dict[str, int] = {}
 
     @override
     def __repr__(self) -> str:
@@ -511,6 +545,26 @@ class LocalCamCastManager:
     def _lock(self, receiver: str) -> asyncio.Lock:
         """Return the lock that serialises casts to one receiver."""
         return self._locks.setdefault(receiver, asyncio.Lock())
+
+    def _generation(self, camera_id: str) -> int:
+        """Return how many times the camera's casts were stopped for an unload."""
+        return self._generations.get(camera_id, 0)
+
+    def _camera_closed(self, camera: LocalCamCamera, generation: int) -> bool:
+        """Return whether the camera's entry unloaded (or is unloading) since ``generation``."""
+        if self._generation(camera.camera_id) != generation:
+            return True
+        state = camera.coordinator.config_entry.state
+        return state not in (ConfigEntryState.LOADED, ConfigEntryState.SETUP_IN_PROGRESS)
+
+    @staticmethod
+    def _closed_error(camera: LocalCamCamera) -> HomeAssistantError:
+        """Return the error for a cast whose camera's entry unloaded."""
+        return HomeAssistantError(
+            translation_domain=DOMAIN,
+            translation_key="cast_camera_unavailable",
+            translation_placeholders={"entity_id": camera.entity_id},
+        )
 
     @callback
     def session_for(self, receiver: str) -> CastSession | None:
@@ -614,6 +668,11 @@ class LocalCamCastManager:
     ) -> None:
         """Cast a camera to receivers; raise a translated error on failure."""
         receivers = list(dict.fromkeys(receivers))
+        # Taken before the first wait: an unload from here on bumps it, and the
+        # cast is then refused (see _async_start).
+        generation = self._generation(camera.camera_id)
+        if self._camera_closed(camera, generation):
+            raise self._closed_error(camera)
         # Refuse early, before a stream is started for nothing.
         for receiver in receivers:
             self._check_free(receiver, force=force)
@@ -631,6 +690,7 @@ class LocalCamCastManager:
                     name,
                     receiver,
                     base,
+                    generation=generation,
                     mode=mode,
                     duration=duration,
                     keep_alive=keep_alive,
@@ -666,6 +726,7 @@ class LocalCamCastManager:
         receiver: str,
         base: BaseUrl,
         *,
+        generation: int,
         mode: CastMode,
         duration: float | None,
         keep_alive: bool,
@@ -675,6 +736,11 @@ class LocalCamCastManager:
     ) -> None:
         """Start one cast to one receiver (replacing the cast already there)."""
         async with self._lock(receiver):
+            # The camera's entry may have unloaded while the stream started or
+            # the lock was busy: its unload found no cast of ours to end and
+            # revoked no token of ours, so no token may be issued now.
+            if self._camera_closed(camera, generation):
+                raise self._closed_error(camera)
             # Again, now: starting the stream took a while, and someone may
             # have started their own media meanwhile.
             view = found = self._check_free(receiver, force=force)
@@ -719,14 +785,26 @@ class LocalCamCastManager:
                 found=found,
                 context=context,
                 record=record,
+                started_at=self.links.now(),
             )
             self._store_record(receiver, record)
             try:
                 await self._async_load(session)
-            except HomeAssistantError:
+                if self._camera_closed(camera, generation):
+                    # Unloaded during the LOAD: its unload revoked the token
+                    # already; take the dead URL off the screen and refuse.
+                    self.links.revoke(token)
+                    record.ended = dt_util.utcnow().isoformat()
+                    record.end_reason = EndReason.UNLOAD.value
+                    await self._async_restore(session)
+                    raise self._closed_error(camera)
+            except BaseException:
+                # A failed or refused LOAD, or a cancelled one: the token must
+                # not outlive this call, as no session will revoke it.
                 self.links.revoke(token)
-                record.ended = dt_util.utcnow().isoformat()
-                record.end_reason = EndReason.ERROR.value
+                if record.ended is None:
+                    record.ended = dt_util.utcnow().isoformat()
+                    record.end_reason = EndReason.ERROR.value
                 raise
             self._sessions[receiver] = session
             self._async_track(session)
@@ -813,7 +891,7 @@ class LocalCamCastManager:
 
         @callback
         def _stop_called(event: Event[Any]) -> None:
-            named = _called_entities(event.data)
+            named = _called_entities(hass, event.data)
             if named is None or session.receiver in named:
                 session.record.last_idle_reason = "stopped_in_home_assistant"
                 self._async_spawn(session, EndReason.STOPPED, restore=False)
@@ -841,6 +919,8 @@ class LocalCamCastManager:
     @callback
     def _async_renew(self, session: CastSession) -> None:
         """Renew the cast's token by one lease step."""
+        if session.revoked:
+            return  # revoked on purpose; its end is on the way
         if not self.links.renew(session.token):
             # Only a bug or a stalled loop gets here; the URL no longer works.
             self._async_spawn(session, EndReason.ERROR, restore=True)
@@ -879,7 +959,7 @@ class LocalCamCastManager:
     @callback
     def _async_check(self, session: CastSession) -> None:
         """Judge what the receiver shows now; re-cast or end when needed."""
-        if session.ended or session.loading or session.recasting:
+        if session.revoked or session.ended or session.loading or session.recasting:
             return
         view = ReceiverView.of(self.hass.states.get(session.receiver))
         if (taken_by := self._taken_over(session, view)) is not None:
@@ -908,7 +988,7 @@ class LocalCamCastManager:
         session.record.last_idle_reason = idle_reason
         if (
             session.keep_alive
-            and not session.over()
+            and not session.over(self.links.now())
             and session.attempts < len(RECAST_BACKOFF)
             and session.record.recasts < MAX_RECASTS
         ):
@@ -951,8 +1031,24 @@ class LocalCamCastManager:
         return None
 
     @callback
+    def _async_revoke(self, session: CastSession) -> bool:
+        """Revoke a cast's token at once; False when it was revoked already.
+
+        The rest of ending a cast waits for the receiver's lock, which a slow
+        LOAD (a refresh, a keep-alive re-cast) can hold for tens of seconds;
+        the URL must stop working now, not then.
+        """
+        if session.revoked:
+            return False
+        session.revoked = True
+        self.links.revoke(session.token)
+        return True
+
+    @callback
     def _async_spawn(self, session: CastSession, reason: EndReason, *, restore: bool) -> None:
-        """End a cast from a callback."""
+        """End a cast from a callback (once: the first reason wins)."""
+        if not self._async_revoke(session):
+            return
         self.hass.async_create_background_task(
             self._async_end_locked(session, reason, restore=restore),
             f"{DOMAIN} cast end {session.receiver}",
@@ -968,10 +1064,26 @@ class LocalCamCastManager:
         )
 
     async def _async_recast(self, session: CastSession, delay: float) -> None:
-        """Re-cast after ``delay`` unless the cast ended or a person took over."""
+        """Re-cast after ``delay``, then judge the receiver again (whatever went wrong)."""
         await asyncio.sleep(delay)
+        try:
+            await self._async_recast_locked(session)
+        except Exception as err:  # noqa: BLE001 - keep-alive must outlive one bad attempt
+            # The attempt counts (attempts and recasts are bounded); the check
+            # below decides on the next one.
+            LOGGER.warning(
+                "Keep-alive re-cast to %s failed unexpectedly: %s",
+                session.receiver,
+                type(err).__name__,
+            )
+        session.recast_task = None
+        if not session.ended:
+            self._async_schedule_check(session)
+
+    async def _async_recast_locked(self, session: CastSession) -> None:
+        """One keep-alive re-cast under the receiver's lock."""
         async with self._lock(session.receiver):
-            if session.over():
+            if session.over(self.links.now()):
                 return  # stopped meanwhile, or the duration timer is ending it
             view = ReceiverView.of(self.hass.states.get(session.receiver))
             if (taken_by := self._taken_over(session, view)) is not None:
@@ -990,9 +1102,6 @@ class LocalCamCastManager:
                     await self._async_load(session)
             except HomeAssistantError:
                 LOGGER.debug("Keep-alive re-cast to %s failed", session.receiver)
-        session.recast_task = None
-        if not session.ended:
-            self._async_schedule_check(session)
 
     async def _async_refresh_loop(self, session: CastSession) -> None:
         """Snapshot mode: send a new picture every ``refresh`` seconds."""
@@ -1001,6 +1110,8 @@ class LocalCamCastManager:
         while True:
             await asyncio.sleep(session.refresh)
             async with self._lock(session.receiver):
+                if session.over(self.links.now()):
+                    return  # ending: never LOAD a revoked or expired URL
                 view = ReceiverView.of(self.hass.states.get(session.receiver))
                 if self._taken_over(session, view) is not None:
                     continue  # someone else's media or app now: never load over it
@@ -1022,7 +1133,8 @@ class LocalCamCastManager:
     async def _async_end_locked(
         self, session: CastSession, reason: EndReason, *, restore: bool
     ) -> None:
-        """End a cast under its receiver's lock."""
+        """End a cast under its receiver's lock, its token revoked before the wait."""
+        self._async_revoke(session)
         async with self._lock(session.receiver):
             await self._async_end(session, reason, restore=restore)
 
@@ -1031,7 +1143,7 @@ class LocalCamCastManager:
         if session.ended:
             return
         session.ended = True
-        self.links.revoke(session.token)
+        self._async_revoke(session)
         if self._sessions.get(session.receiver) is session:
             del self._sessions[session.receiver]
         for unsub in session.unsubs:
@@ -1096,8 +1208,13 @@ class LocalCamCastManager:
 
     async def async_stop(self, receivers: Iterable[str], context: Context | None = None) -> int:
         """Stop the casts on receivers (no cast there is not an error); return how many."""
+        receivers = list(dict.fromkeys(receivers))
+        # Every URL dies now; each end then waits for its receiver's lock.
+        for receiver in receivers:
+            if (running := self._sessions.get(receiver)) is not None:
+                self._async_revoke(running)
         stopped = 0
-        for receiver in dict.fromkeys(receivers):
+        for receiver in receivers:
             async with self._lock(receiver):
                 session = self._sessions.get(receiver)
                 if session is None:
@@ -1109,7 +1226,13 @@ class LocalCamCastManager:
 
     async def async_stop_camera(self, camera_id: str, reason: EndReason = EndReason.UNLOAD) -> None:
         """End every cast of a camera and revoke its tokens (its entry unloads)."""
+        # Before any wait: casts still starting see the bump and give up, and
+        # every URL of the camera, even one whose LOAD is in flight, dies now.
+        self._generations[camera_id] = self._generation(camera_id) + 1
+        self.links.revoke_camera(camera_id)
         sessions = [s for s in self._sessions.values() if s.camera_id == camera_id]
+        for session in sessions:
+            self._async_revoke(session)  # so no callback reads the revocation as a failure
         await asyncio.gather(
             *(self._async_end_locked(session, reason, restore=True) for session in sessions)
         )
@@ -1119,7 +1242,10 @@ class LocalCamCastManager:
         self, reason: EndReason = EndReason.UNLOAD, *, restore: bool = True
     ) -> None:
         """End every cast and revoke every token."""
+        self.links.revoke_all()
         sessions = list(self._sessions.values())
+        for session in sessions:
+            self._async_revoke(session)  # so no callback reads the revocation as a failure
         await asyncio.gather(
             *(self._async_end_locked(session, reason, restore=restore) for session in sessions)
         )

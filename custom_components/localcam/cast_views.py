@@ -106,12 +106,15 @@ class PartNumbers:
     every part the same number on every reload of the playlist.
     """
 
-    __slots__ = ("_assigned", "_next", "_served")
+    __slots__ = ("_assigned", "_next", "_served", "target_duration")
 
     def __init__(self) -> None:
         """Start numbering at zero."""
         self._assigned: dict[tuple[int, int], int] = {}
         self._next = 0
+        # EXT-X-TARGETDURATION must not change between reloads (RFC 8216
+        # 4.3.3.1): the longest part seen so far, in whole seconds, only grows.
+        self.target_duration = 1
         # Cast token -> number of the newest part its last playlist listed.
         self._served: dict[str, int] = {}
 
@@ -183,10 +186,12 @@ class Playlist(NamedTuple):
 
 def render_playlist(track: StreamOutput) -> Playlist | None:
     """Render a plain HLS media playlist of the output's latest parts."""
-    entries = part_numbers(track).entries(list(track.get_segments()))[-PLAYLIST_PARTS:]
+    numbers = part_numbers(track)
+    entries = numbers.entries(list(track.get_segments()))[-PLAYLIST_PARTS:]
     if not entries:
         return None
-    target = max(1, math.ceil(max(entry.part.duration for entry in entries) - 1e-6))
+    longest = math.ceil(max(entry.part.duration for entry in entries) - 1e-6)
+    target = numbers.target_duration = max(numbers.target_duration, longest)
     first = entries[0]
     start = first.segment.start_time + timedelta(
         seconds=sum(part.duration for part in first.segment.parts[: first.index])

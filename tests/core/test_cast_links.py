@@ -1,11 +1,13 @@
 """Cast tokens without Home Assistant: scope, expiry, renewal, revocation, bounds."""
 
+from datetime import UTC, datetime, timedelta
 import hashlib
 import logging
 import re
 import secrets
 from unittest.mock import patch
 
+from freezegun import freeze_time
 import pytest
 
 from custom_components.localcam.core import cast_links
@@ -113,6 +115,25 @@ def test_renewal_is_stepwise_and_bounded_by_the_duration(
     clock.now += 55
     assert links.resolve(token) is None
     assert links.renew(token) is False
+
+
+def test_expiry_is_measured_on_the_tables_clock(links: CastLinks, clock: FakeClock) -> None:
+    """now() reads the injected clock: what the cast manager times its casts by."""
+    assert links.now() == clock.now
+    clock.now += 7.5
+    assert links.now() == clock.now
+
+
+@pytest.mark.parametrize("step", [timedelta(minutes=3), -timedelta(hours=1)])
+def test_wall_clock_steps_neither_kill_nor_extend_a_token(step: timedelta) -> None:
+    """By default expiry is monotonic: an NTP step forward or back changes nothing."""
+    links = CastLinks()
+    token = links.issue(PORCH, duration=30)
+    left = links.expires_in(token)
+    assert left is not None
+    with freeze_time(datetime.now(UTC) + step):
+        assert links.resolve(token) == PORCH
+        assert links.expires_in(token) == pytest.approx(left, abs=1.0)
 
 
 def test_until_stopped_lives_on_renewals_only(links: CastLinks, clock: FakeClock) -> None:

@@ -9,6 +9,8 @@ URL can open:
 - it dies at the end of its cast's duration plus a short grace, and without
   renewal after one lease step (minutes, never hours), so a token the manager
   forgot still dies on its own;
+- expiry runs on a monotonic clock: a wall-clock step (NTP, a user setting the
+  time) neither kills a running cast nor keeps an ended one open;
 - a receiver holds at most one live token: issuing a new one revokes the old;
 - tokens live in memory only, so a restart revokes every one of them;
 - lookups are keyed by the token's SHA-256 and confirmed with
@@ -122,6 +124,10 @@ class CastLinks:
     def __repr__(self) -> str:
         """Show counts only: a repr must never carry a token."""
         return f"CastLinks(live={len(self._links)}, max={self.max_links})"
+
+    def now(self) -> float:
+        """Return the clock every expiry is measured on (monotonic unless injected)."""
+        return self._clock()
 
     def _expiry(self, now: float, ends_at: float | None) -> float:
         """One lease step from now, never past the cast's end, plus the grace."""
