@@ -35,6 +35,7 @@ from homeassistant.components.camera.const import DATA_COMPONENT as CAMERA_DATA_
 from homeassistant.components.camera.helper import get_camera_from_entity_id
 from homeassistant.components.cast.const import DOMAIN as CAST_DOMAIN
 from homeassistant.components.stream.core import Part, Segment
+from homeassistant.config_entries import SOURCE_USER
 from homeassistant.const import EVENT_HOMEASSISTANT_STOP
 from homeassistant.core import Context, HomeAssistant
 from homeassistant.exceptions import HomeAssistantError, ServiceValidationError, Unauthorized
@@ -84,9 +85,9 @@ from custom_components.localcam.const import DOMAIN
 from custom_components.localcam.core.cast_links import CastGrant, CastLinks, CastMode
 from custom_components.localcam.core.netpolicy import NetPolicy
 from custom_components.localcam.services import async_setup_services
-from virtualcam import Fault, VirtualCamera, color_for, nearest_camera
+from virtualcam import CameraConfig, Fault, VirtualCamera, color_for, nearest_camera
 
-from .conftest import main_entity_id, make_entry, setup_entry
+from .conftest import CAM_PASSWORD, CAM_USER, main_entity_id, make_entry, setup_entry
 
 PALETTE = [color_for(i) for i in range(64)]
 REPO = Path(__file__).resolve().parents[1]
@@ -714,6 +715,63 @@ async def test_snapshot_cast_shows_a_fresh_still(
     assert body[:2] == b"\xff\xd8"
 
 
+async def test_a_token_opens_only_the_profile_it_was_cast_for(
+    hass: HomeAssistant,
+    localcam: None,
+    receiver: FakeCastDevice,
+    http_port: int,
+    receiver_session: aiohttp.ClientSession,
+    entity_registry_enabled_by_default: None,
+) -> None:
+    """An ONVIF camera's main and sub streams share a camera id: a token opens one entity only."""
+    cam = VirtualCamera(
+        CameraConfig(
+            name="door",
+            color=color_for(3),
+            username=CAM_USER,
+            password=CAM_PASSWORD,
+            width=320,
+            height=180,
+            onvif=True,
+            serial="SERIAL-DOOR",
+            mac="02:00:00:12:34:56",
+        )
+    )
+    await cam.start()
+    try:
+        result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
+        result = await hass.config_entries.flow.async_configure(
+            result["flow_id"], {"next_step_id": "onvif"}
+        )
+        result = await hass.config_entries.flow.async_configure(
+            result["flow_id"],
+            {
+                "host": "127.0.0.1",
+                "port": cam.http_port,
+                "username": CAM_USER,
+                "password": CAM_PASSWORD,
+                "verify_ssl": True,
+            },
+        )
+        entry = result["result"]
+        await hass.async_block_till_done()
+        registry = er.async_get(hass)
+        main, sub = sorted(
+            e.entity_id for e in er.async_entries_for_config_entry(registry, entry.entry_id)
+        )
+        await _cast(hass, main, mode="snapshot", refresh=3600)
+        url = _last_url(receiver)
+        assert (await _get(receiver_session, url))[0] == HTTPStatus.OK
+        status, _ = await _get(receiver_session, url.replace(f"/{main}/", f"/{sub}/"))
+        assert status == HTTPStatus.NOT_FOUND
+    finally:
+        await hass.services.async_call(
+            DOMAIN, "stop_cast", {"media_player": RECEIVER}, blocking=True
+        )
+        await hass.config_entries.async_unload(entry.entry_id)
+        await cam.stop()
+
+
 def _decode_jpeg(data: bytes) -> np.ndarray:
     with av.open(io.BytesIO(data), format="image2pipe") as container:
         frame = next(container.decode(video=0))
@@ -1009,7 +1067,9 @@ async def test_token_expires_on_its_own(
     """A token nobody revokes dies at duration + grace (the manager's clock stepped)."""
     manager = hass.data[DATA_CAST]
     entry = hass.config_entries.async_entries(DOMAIN)[0]
-    grant = CastGrant(entry.data["camera_id"], "media_player.elsewhere", CastMode.SNAPSHOT)
+    grant = CastGrant(
+        entry.data["camera_id"], "media_player.elsewhere", CastMode.SNAPSHOT, _stream(hass, porch)
+    )
     token = manager.links.issue(grant, duration=30)
     url = f"http://127.0.0.1:{http_port}/api/localcam/cast/{token}/{porch}/snapshot.jpg?v=1"
     assert (await _get(receiver_session, url))[0] == HTTPStatus.OK
@@ -1048,7 +1108,9 @@ async def test_a_wall_clock_step_back_does_not_extend_a_token(
     manager = hass.data[DATA_CAST]
     manager.links.grace = 0.0  # nothing to wait out past the duration itself
     entry = hass.config_entries.async_entries(DOMAIN)[0]
-    grant = CastGrant(entry.data["camera_id"], "media_player.elsewhere", CastMode.SNAPSHOT)
+    grant = CastGrant(
+        entry.data["camera_id"], "media_player.elsewhere", CastMode.SNAPSHOT, _stream(hass, porch)
+    )
     token = manager.links.issue(grant, duration=1.0)
     url = f"http://127.0.0.1:{http_port}/api/localcam/cast/{token}/{porch}/snapshot.jpg?v=1"
     assert (await _get(receiver_session, url))[0] == HTTPStatus.OK
@@ -1490,7 +1552,10 @@ async def test_live_edges(
     manager = hass.data[DATA_CAST]
     entry = hass.config_entries.async_entries(DOMAIN)[1]
     token = manager.links.issue(
-        CastGrant(entry.data["camera_id"], "media_player.elsewhere", CastMode.LIVE), duration=60
+        CastGrant(
+            entry.data["camera_id"], "media_player.elsewhere", CastMode.LIVE, entity.unique_id or ""
+        ),
+        duration=60,
     )
     live = f"http://127.0.0.1:{http_port}/api/localcam/cast/{token}/{garage}/live"
     # Nothing runs yet: init and parts are 404, not a stream start.
@@ -1576,10 +1641,20 @@ def _url_for_another_receiver(hass: HomeAssistant, camera: str, url: str) -> str
     manager = hass.data[DATA_CAST]
     entity = get_camera_from_entity_id(hass, camera)
     token = manager.links.issue(
-        CastGrant(entity.camera_id, "media_player.elsewhere", CastMode.LIVE),  # type: ignore[attr-defined]
+        CastGrant(
+            entity.camera_id,  # type: ignore[attr-defined]
+            "media_player.elsewhere",
+            CastMode.LIVE,
+            _stream(hass, camera),
+        ),
         duration=60,
     )
     return url.replace(_token(url), token)
+
+
+def _stream(hass: HomeAssistant, camera: str) -> str:
+    """The stream a cast token of ``camera`` opens: its entity's unique id."""
+    return get_camera_from_entity_id(hass, camera).unique_id or ""
 
 
 async def test_parts_outside_the_window_are_404(

@@ -751,7 +751,12 @@ class LocalCamCastManager:
                 await self._async_end(previous, EndReason.REPLACED, restore=False)
             try:
                 token = self.links.issue(
-                    CastGrant(camera_id=camera.camera_id, receiver=receiver, mode=mode),
+                    CastGrant(
+                        camera_id=camera.camera_id,
+                        receiver=receiver,
+                        mode=mode,
+                        stream=camera.unique_id or "",
+                    ),
                     duration=duration,
                 )
             except CastLinkLimitError as err:

@@ -243,7 +243,7 @@ class LocalCamCastView(HomeAssistantView):
         if camera is None:
             return _not_found()
         mode = CastMode.SNAPSHOT if resource == _SNAPSHOT else CastMode.LIVE
-        if manager.links.resolve(token, camera_id=camera.camera_id, mode=mode) is None:
+        if not _grants(manager, token, camera, mode):
             return _not_found()
         if mode is CastMode.SNAPSHOT:
             return await _async_snapshot(camera)
@@ -254,6 +254,16 @@ class LocalCamCastView(HomeAssistantView):
         if match := _SEGMENT_RE.match(resource):
             return _segment(camera, int(match.group(1)), int(match.group(2)))
         return _not_found()
+
+
+def _grants(
+    manager: LocalCamCastManager, token: str, camera: LocalCamCamera, mode: CastMode
+) -> bool:
+    """Whether a live token opens this camera's stream (this entity), in this mode."""
+    grant = manager.links.resolve(
+        token, camera_id=camera.camera_id, mode=mode, stream=camera.unique_id or ""
+    )
+    return grant is not None
 
 
 def _local_camera(hass: HomeAssistant, entity_id: str) -> LocalCamCamera | None:
@@ -287,7 +297,7 @@ async def _async_playlist(
         # A reload: list something this cast has not seen (module docstring).
         await async_wait_for_newer_part(track, served)
     # The cast may have ended while this request waited.
-    if manager.links.resolve(token, camera_id=camera.camera_id, mode=CastMode.LIVE) is None:
+    if not _grants(manager, token, camera, CastMode.LIVE):
         return _not_found()
     if (playlist := render_playlist(track)) is None:
         # HA dropped the output's parts while this request waited (stream gone).

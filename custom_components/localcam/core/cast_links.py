@@ -78,6 +78,9 @@ class CastGrant:
     camera_id: str
     receiver: str
     mode: CastMode
+    # The entity's unique id: which of the camera's streams (ONVIF profiles)
+    # the token opens. The camera id alone would open its other profiles too.
+    stream: str = ""
 
 
 @dataclass(slots=True, repr=False)
@@ -183,6 +186,7 @@ class CastLinks:
         *,
         camera_id: str | None = None,
         mode: CastMode | None = None,
+        stream: str | None = None,
     ) -> CastGrant | None:
         """Return the token's grant, or None if unknown, expired, revoked or out of scope."""
         link = self._find(token)
@@ -192,6 +196,8 @@ class CastLinks:
         if camera_id is not None and not hmac.compare_digest(
             grant.camera_id.encode(), camera_id.encode()
         ):
+            return None
+        if stream is not None and not hmac.compare_digest(grant.stream.encode(), stream.encode()):
             return None
         if mode is not None and grant.mode is not mode:
             return None
