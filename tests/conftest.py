@@ -5,6 +5,7 @@ import logging
 import os
 from typing import Any
 
+from homeassistant.config_entries import SOURCE_USER, ConfigEntry
 from homeassistant.const import CONF_PASSWORD, CONF_USERNAME
 from homeassistant.core import HomeAssistant
 from homeassistant.helpers import entity_registry as er
@@ -173,3 +174,25 @@ async def setup_entry(hass: HomeAssistant, entry: MockConfigEntry) -> None:
     entry.add_to_hass(hass)
     await hass.config_entries.async_setup(entry.entry_id)
     await hass.async_block_till_done()
+
+
+async def add_onvif_entry(
+    hass: HomeAssistant, cam: VirtualCamera, host: str = "127.0.0.1"
+) -> ConfigEntry:
+    """Add an ONVIF virtual camera as a user does (the flow's ONVIF form); return its entry."""
+    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], {"next_step_id": "onvif"}
+    )
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"],
+        {
+            "host": host,
+            "port": cam.http_port,
+            "username": CAM_USER,
+            "password": CAM_PASSWORD,
+            "verify_ssl": True,
+        },
+    )
+    await hass.async_block_till_done()
+    return result["result"]

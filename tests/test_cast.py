@@ -35,7 +35,6 @@ from homeassistant.components.camera.const import DATA_COMPONENT as CAMERA_DATA_
 from homeassistant.components.camera.helper import get_camera_from_entity_id
 from homeassistant.components.cast.const import DOMAIN as CAST_DOMAIN
 from homeassistant.components.stream.core import Part, Segment
-from homeassistant.config_entries import SOURCE_USER
 from homeassistant.const import EVENT_HOMEASSISTANT_STOP
 from homeassistant.core import Context, HomeAssistant
 from homeassistant.exceptions import HomeAssistantError, ServiceValidationError, Unauthorized
@@ -87,7 +86,14 @@ from custom_components.localcam.core.netpolicy import NetPolicy
 from custom_components.localcam.services import async_setup_services
 from virtualcam import CameraConfig, Fault, VirtualCamera, color_for, nearest_camera
 
-from .conftest import CAM_PASSWORD, CAM_USER, main_entity_id, make_entry, setup_entry
+from .conftest import (
+    CAM_PASSWORD,
+    CAM_USER,
+    add_onvif_entry,
+    main_entity_id,
+    make_entry,
+    setup_entry,
+)
 
 PALETTE = [color_for(i) for i in range(64)]
 REPO = Path(__file__).resolve().parents[1]
@@ -739,22 +745,7 @@ async def test_a_token_opens_only_the_profile_it_was_cast_for(
     )
     await cam.start()
     try:
-        result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
-        result = await hass.config_entries.flow.async_configure(
-            result["flow_id"], {"next_step_id": "onvif"}
-        )
-        result = await hass.config_entries.flow.async_configure(
-            result["flow_id"],
-            {
-                "host": "127.0.0.1",
-                "port": cam.http_port,
-                "username": CAM_USER,
-                "password": CAM_PASSWORD,
-                "verify_ssl": True,
-            },
-        )
-        entry = result["result"]
-        await hass.async_block_till_done()
+        entry = await add_onvif_entry(hass, cam)
         registry = er.async_get(hass)
         main, sub = sorted(
             e.entity_id for e in er.async_entries_for_config_entry(registry, entry.entry_id)

@@ -15,7 +15,7 @@ from syrupy.matchers import path_type
 
 from virtualcam import VirtualCamera
 
-from .conftest import CAM_PASSWORD, CAM_USER, make_entry, setup_entry
+from .conftest import CAM_PASSWORD, CAM_USER, add_onvif_entry, make_entry, setup_entry
 
 # Values that differ from run to run (the time of the health check); their
 # type is pinned instead.
@@ -72,7 +72,6 @@ async def test_onvif_diagnostics_redact_identity_and_addresses(
     hass: HomeAssistant, hass_client: ClientSessionGenerator, socket_enabled: None
 ) -> None:
     """An ONVIF camera's MAC, serial, UUID, host and profile URLs are redacted."""
-    from homeassistant.config_entries import SOURCE_USER
 
     from virtualcam import CameraConfig
 
@@ -91,24 +90,7 @@ async def test_onvif_diagnostics_redact_identity_and_addresses(
     )
     await cam.start()
     try:
-        result = await hass.config_entries.flow.async_init(
-            "localcam", context={"source": SOURCE_USER}
-        )
-        result = await hass.config_entries.flow.async_configure(
-            result["flow_id"], {"next_step_id": "onvif"}
-        )
-        result = await hass.config_entries.flow.async_configure(
-            result["flow_id"],
-            {
-                "host": "127.0.0.1",
-                "port": cam.http_port,
-                "username": CAM_USER,
-                "password": CAM_PASSWORD,
-                "verify_ssl": True,
-            },
-        )
-        entry = result["result"]
-        await hass.async_block_till_done()
+        entry = await add_onvif_entry(hass, cam)
         diagnostics = await get_diagnostics_for_config_entry(hass, hass_client, entry)
         text = json.dumps(diagnostics)
         for secret in ("SERIAL-XYZ", "02:00:00:12:34:56", "127.0.0.1", CAM_PASSWORD, CAM_USER):

@@ -6,7 +6,6 @@ import socket
 from typing import Any
 
 from homeassistant.components import camera as camera_component
-from homeassistant.config_entries import SOURCE_USER
 from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import UnknownHandler
 from homeassistant.exceptions import HomeAssistantError
@@ -22,7 +21,12 @@ from custom_components.localcam.const import CONF_IDENTITY, DOMAIN
 from custom_components.localcam.repairs import async_create_fix_flow
 from virtualcam import VirtualCamera, color_for, nearest_camera
 
-from .conftest import CAM_PASSWORD, CAM_USER, make_entry, onvif_camera_config, setup_entry
+from .conftest import (
+    add_onvif_entry,
+    make_entry,
+    onvif_camera_config,
+    setup_entry,
+)
 
 HOST = "127.0.0.2"
 PALETTE = [color_for(i) for i in range(8)]
@@ -71,22 +75,7 @@ async def test_replaced_camera_is_trusted_after_the_fix_flow(
     cam = _camera(OLD, rtsp_port, http_port)
     await cam.start()
     try:
-        result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
-        result = await hass.config_entries.flow.async_configure(
-            result["flow_id"], {"next_step_id": "onvif"}
-        )
-        result = await hass.config_entries.flow.async_configure(
-            result["flow_id"],
-            {
-                "host": HOST,
-                "port": http_port,
-                "username": CAM_USER,
-                "password": CAM_PASSWORD,
-                "verify_ssl": True,
-            },
-        )
-        entry = result["result"]
-        await hass.async_block_till_done()
+        entry = await add_onvif_entry(hass, cam, HOST)
         entities = er.async_entries_for_config_entry(er.async_get(hass), entry.entry_id)
         entity_id = next(e.entity_id for e in entities if e.disabled_by is None)
         assert await _colour(hass, entity_id) == OLD
