@@ -269,19 +269,23 @@ async def test_integration_discovery(hass: HomeAssistant, onvif_camera: VirtualC
     assert result["type"] is FlowResultType.CREATE_ENTRY
 
 
-async def test_zeroconf_rtsp_goes_to_the_url_form(hass: HomeAssistant) -> None:
-    """An _rtsp._tcp announcement prefills the URL form after confirmation."""
-    info = ZeroconfServiceInfo(
-        ip_address=ip_address("192.168.1.30"),
-        ip_addresses=[ip_address("192.168.1.30")],
+def _rtsp_announcement(host: str) -> ZeroconfServiceInfo:
+    """An _rtsp._tcp announcement from ``host``, without a MAC."""
+    return ZeroconfServiceInfo(
+        ip_address=ip_address(host),
+        ip_addresses=[ip_address(host)],
         hostname="cam.local.",
         name="Garden._rtsp._tcp.local.",
         port=8554,
         type="_rtsp._tcp.local.",
         properties={},
     )
+
+
+async def test_zeroconf_rtsp_goes_to_the_url_form(hass: HomeAssistant) -> None:
+    """An _rtsp._tcp announcement prefills the URL form after confirmation."""
     result = await hass.config_entries.flow.async_init(
-        DOMAIN, context={"source": SOURCE_ZEROCONF}, data=info
+        DOMAIN, context={"source": SOURCE_ZEROCONF}, data=_rtsp_announcement("192.168.1.30")
     )
     assert result["step_id"] == "discovery_confirm"
     result = await hass.config_entries.flow.async_configure(result["flow_id"], {})
@@ -296,24 +300,12 @@ async def test_zeroconf_rtsp_without_identity_is_offered_once_and_can_be_ignored
 ) -> None:
     """No MAC in the announcement: a configured address is not offered; a new one can be ignored."""
     make_entry(camera).add_to_hass(hass)  # configured by URL at 127.0.0.1
-
-    def announce(host: str) -> ZeroconfServiceInfo:
-        return ZeroconfServiceInfo(
-            ip_address=ip_address(host),
-            ip_addresses=[ip_address(host)],
-            hostname="cam.local.",
-            name="Garden._rtsp._tcp.local.",
-            port=8554,
-            type="_rtsp._tcp.local.",
-            properties={},
-        )
-
     result = await hass.config_entries.flow.async_init(
-        DOMAIN, context={"source": SOURCE_ZEROCONF}, data=announce("127.0.0.1")
+        DOMAIN, context={"source": SOURCE_ZEROCONF}, data=_rtsp_announcement("127.0.0.1")
     )
     assert (result["type"], result["reason"]) == (FlowResultType.ABORT, "already_configured")
     result = await hass.config_entries.flow.async_init(
-        DOMAIN, context={"source": SOURCE_ZEROCONF}, data=announce("192.168.1.30")
+        DOMAIN, context={"source": SOURCE_ZEROCONF}, data=_rtsp_announcement("192.168.1.30")
     )
     assert result["step_id"] == "discovery_confirm"
     result = await hass.config_entries.flow.async_init(
@@ -323,7 +315,7 @@ async def test_zeroconf_rtsp_without_identity_is_offered_once_and_can_be_ignored
     )
     assert result["type"] is FlowResultType.CREATE_ENTRY
     result = await hass.config_entries.flow.async_init(
-        DOMAIN, context={"source": SOURCE_ZEROCONF}, data=announce("192.168.1.30")
+        DOMAIN, context={"source": SOURCE_ZEROCONF}, data=_rtsp_announcement("192.168.1.30")
     )
     assert (result["type"], result["reason"]) == (FlowResultType.ABORT, "already_configured")
 
