@@ -1663,6 +1663,25 @@ async def test_parts_outside_the_window_are_404(
     assert (await _get(receiver_session, live / "init/0.mp4"))[0] == HTTPStatus.OK
 
 
+async def test_init_and_parts_are_never_cached(
+    hass: HomeAssistant,
+    porch: str,
+    receiver: FakeCastDevice,
+    http_port: int,
+    receiver_session: aiohttp.ClientSession,
+) -> None:
+    """HA's part numbers restart with its stream: no copy may outlive the run it came from."""
+    await _cast(hass, porch, mode="live")
+    url = _last_url(receiver)
+    live = yarl.URL(url).with_query(None).parent
+    status, body = await _get(receiver_session, url)
+    assert status == HTTPStatus.OK
+    for path in ("init/0.mp4", _media_lines(body.decode())[0]):
+        async with receiver_session.get(live / path) as resp:
+            assert resp.status == HTTPStatus.OK, path
+            assert resp.headers["Cache-Control"] == "no-store", path
+
+
 async def test_other_app_and_still_on_screen(
     hass: HomeAssistant, porch: str, receiver: FakeCastDevice, http_port: int
 ) -> None:

@@ -79,6 +79,9 @@ _INIT_RE: Final = re.compile(r"^live/init/(\d{1,9})\.mp4$")
 _SEGMENT_RE: Final = re.compile(r"^live/segment/(\d{1,12})\.(\d{1,4})\.m4s$")
 _PLAYLIST: Final = "live/playlist.m3u8"
 _SNAPSHOT: Final = "snapshot.jpg"
+# Also for init sections and parts: their URLs name HA's run and part numbers,
+# which start again from 0 when HA's stream restarts, so a cached copy could
+# replay old video under a URL that now means a new picture.
 _NO_STORE: Final = {"Cache-Control": "no-store"}
 
 
@@ -318,7 +321,7 @@ def _init(camera: LocalCamCamera, stream_id: int) -> web.StreamResponse:
         if segment.stream_id == stream_id:
             return web.Response(
                 body=transform_init(segment.init, stream.dynamic_stream_settings.orientation),
-                headers={"Content-Type": "video/mp4", "Cache-Control": "max-age=3600"},
+                headers={"Content-Type": "video/mp4", **_NO_STORE},
             )
     return _not_found()
 
@@ -332,7 +335,7 @@ def _segment(camera: LocalCamCamera, sequence: int, index: int) -> web.StreamRes
         return _not_found()
     return web.Response(
         body=segment.parts[index].data,
-        headers={"Content-Type": "video/iso.segment", "Cache-Control": "max-age=3600"},
+        headers={"Content-Type": "video/iso.segment", **_NO_STORE},
     )
 
 
