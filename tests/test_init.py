@@ -11,6 +11,7 @@ from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers import (
     device_registry as dr,
+    entity_registry as er,
     issue_registry as ir,
 )
 import pytest
@@ -24,7 +25,13 @@ from custom_components.localcam.const import (
 )
 from virtualcam import Fault, VirtualCamera
 
-from .conftest import main_entity_id, make_entry, setup_entry
+from .conftest import (
+    add_onvif_entry,
+    main_entity_id,
+    make_entry,
+    onvif_camera_config,
+    setup_entry,
+)
 
 pytestmark = pytest.mark.usefixtures("secrets_absent_from_logs")
 
@@ -198,3 +205,34 @@ async def test_removing_a_camera_removes_its_repair_issues(
     await hass.async_block_till_done()
     assert [issue_id for issue_id in ids if issues.async_get_issue(DOMAIN, issue_id)] == []
     assert issues.async_get_issue(DOMAIN, "h265_only_another-entry") is not None
+
+
+async def test_the_identity_check_after_each_fetch_is_light(
+    hass: HomeAssistant, socket_enabled: None
+) -> None:
+    """No MAC visible (loopback): each still is followed by an identity-only ONVIF read.
+
+    The whole read (profiles and their URIs) is the health check's, once a minute.
+    """
+    cam = VirtualCamera(onvif_camera_config(4, "127.0.0.1", 0, 0, "02:00:00:00:00:04"))
+    await cam.start()
+    try:
+        entry = await add_onvif_entry(hass, cam)
+        entity_id = next(
+            e.entity_id
+            for e in er.async_entries_for_config_entry(er.async_get(hass), entry.entry_id)
+            if e.disabled_by is None
+        )
+        whole = cam.stats.onvif_requests  # the flow's read and setup's first (whole) check
+        await async_get_image(hass, entity_id)
+        first = cam.stats.onvif_requests - whole
+        # Clock, information, interfaces, endpoint reference: no media service,
+        # no profiles (the whole read takes about ten requests).
+        assert 0 < first <= 4
+        entry.runtime_data.streams[entry.runtime_data.main].cache._full_frame = None
+        before = cam.stats.onvif_requests
+        await async_get_image(hass, entity_id)
+        assert cam.stats.onvif_requests - before == first
+    finally:
+        await hass.config_entries.async_unload(entry.entry_id)
+        await cam.stop()

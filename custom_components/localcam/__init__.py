@@ -81,21 +81,26 @@ def _onvif_identity_probe(
 ) -> IdentityProbe:
     """Ask the ONVIF device at the entry's address who it is.
 
-    The same answer says which addresses the camera reports: any outside the
-    LAN policy (netpolicy refused them; they are never fetched) gets a repair
+    After every fetch where the MAC is not visible, the identity-only read (a
+    few requests, no profiles). At the health check, the whole read, whose
+    answer also says which addresses the camera reports: any outside the LAN
+    policy (netpolicy refused them; they are never fetched) gets a repair
     issue, because only the camera's own network settings can fix them.
     """
     data = entry.data
     issue_id = f"uri_not_local_{entry.entry_id}"
 
-    async def probe() -> Identity:
+    async def probe(whole: bool) -> Identity:
         device = await read_device(
             data[CONF_HOST],
             int(data[CONF_PORT]),
             data.get(CONF_USERNAME),
             data.get(CONF_PASSWORD),
             policy=policy,
+            with_media=whole,
         )
+        if not whole:
+            return device.device_identity
         refused = device.refused_uris[0] if device.refused_uris else None
         _async_warning(
             hass,

@@ -615,6 +615,7 @@ async def _read(
     username: str | None,
     password: str | None,
     policy: NetPolicy,
+    with_media: bool = True,
 ) -> OnvifDevice:
     """Talk to the camera at its checked address; errors are translated by the caller."""
     camera = ONVIFCamera(str(address), port, username, password, no_cache=True)
@@ -631,12 +632,12 @@ async def _read(
         interfaces = await _optional(device.GetNetworkInterfaces(), step)
         step = "GetEndpointReference"
         reference = await _optional(device.GetEndpointReference(), step)
-        step = "GetServices"
-        raw_media = await _media_xaddr(device)
         profiles: list[OnvifProfile] = []
         snapshot_supported = False
+        step = "GetServices"
+        raw_media = await _media_xaddr(device) if with_media else None
         media_url = await vetter.vet(raw_media, UriKind.SERVICE, None, HTTP_SCHEMES)
-        if media_url is None and not vetter.refused:
+        if with_media and media_url is None and not vetter.refused:
             raise ProtocolError("the camera reports no media service")
         if media_url is not None:
             # Aim the library at the checked address, whatever name the XAddr carries.
@@ -673,14 +674,19 @@ async def read_device(
     *,
     policy: NetPolicy,
     timeout: float = DEFAULT_TIMEOUT,
+    with_media: bool = True,
 ) -> OnvifDevice:
-    """Read identity and media profiles from the ONVIF camera at host:port."""
+    """Read identity and media profiles from the ONVIF camera at host:port.
+
+    With ``with_media=False`` only who the device is (information, interfaces,
+    endpoint reference): no profiles and no URIs, a few light requests.
+    """
     base = _device_url(host, port)
     shown = display_url(base)
     try:
         async with asyncio.timeout(timeout):
             target = await policy.check(base, schemes=HTTP_SCHEMES)
-            return await _read(host, port, target.address, username, password, policy)
+            return await _read(host, port, target.address, username, password, policy, with_media)
     except TimeoutError:
         raise CameraTimeoutError(
             f"ONVIF camera at {shown} did not answer within {timeout:g} s", host=host

@@ -42,7 +42,10 @@ INLINE_FINISH_BYTES: Final = 256 * 1024
 # Assistant runs no stream for this camera right now.
 type KeyframeProvider = Callable[[], Awaitable[bytes | None]]
 # Asks the device at the camera's address for its identity (MAC/serial/UUID).
-type IdentityProbe = Callable[[], Awaitable[Identity]]
+# Called with ``whole=True`` by the health check (once a minute: the device's
+# whole description, URIs included) and ``whole=False`` after each fetch (who
+# the device is, nothing more: a few light requests).
+type IdentityProbe = Callable[[bool], Awaitable[Identity]]
 
 
 class CameraClient:
@@ -104,7 +107,7 @@ class CameraClient:
         )
         now = time.monotonic()
         raw = _Raw(b"", None, SnapshotSource.RTSP_GRAB, now, target.address, target.host)
-        await self._check_device_identity(raw)
+        await self._check_device_identity(raw, whole=True)
         if self._needs_link_check(raw):
             await asyncio.get_running_loop().run_in_executor(
                 None, self.check_link_identity, target.address, target.host
@@ -134,7 +137,7 @@ class CameraClient:
         try:
             async with asyncio.timeout(timeout):
                 raw = await self._fetch_raw(keyframe, timeout)
-                await self._check_device_identity(raw)
+                await self._check_device_identity(raw, whole=False)
                 # Wall time of the same instant the bytes arrived.
                 wall = datetime.now(UTC) - timedelta(seconds=time.monotonic() - raw.received)
                 if (
@@ -150,7 +153,7 @@ class CameraClient:
         except TimeoutError:
             raise CameraTimeoutError("no still within the time limit") from None
 
-    async def _check_device_identity(self, raw: _Raw) -> None:
+    async def _check_device_identity(self, raw: _Raw, *, whole: bool) -> None:
         """Where the MAC is not visible, ask the device who it is after each fetch.
 
         Asked AFTER the frame arrived: if the device was swapped before or
@@ -165,7 +168,7 @@ class CameraClient:
             seen = await loop.run_in_executor(None, neighbour_mac, raw.address)
             if seen is not None:
                 return
-        self.source.identity.check(await self.identity_probe(), raw.host)
+        self.source.identity.check(await self.identity_probe(whole), raw.host)
 
     async def _fetch_raw(self, keyframe: KeyframeProvider | None, timeout: float) -> _Raw:
         """Get JPEG bytes, when and from where they arrived, from the best source."""
