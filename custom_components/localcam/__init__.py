@@ -1,6 +1,6 @@
 """LocalCam: LAN-only cameras for Home Assistant."""
 
-from homeassistant.const import CONF_HOST, CONF_PASSWORD, CONF_PORT, CONF_USERNAME, Platform
+from homeassistant.const import Platform
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import ConfigEntryError
 from homeassistant.helpers import config_validation as cv, issue_registry as ir
@@ -20,12 +20,11 @@ from .const import (
 from .coordinator import IDENTITY_ISSUE_PREFIX, LocalCamCoordinator
 from .core.identity import Identity
 from .core.netpolicy import NetPolicy
-from .core.onvif import read_device
 from .core.snapshot import CameraClient, IdentityProbe
 from .core.snapshot_cache import SnapshotCache
 from .data import LocalCamConfigEntry, LocalCamData, StreamRuntime
 from .discovery import async_start_background_discovery
-from .helpers import main_profile, policy_from_options, sources_from_entry
+from .helpers import main_profile, policy_from_options, read_entry_device, sources_from_entry
 from .services import async_setup_services
 from .views import async_register_views
 
@@ -91,14 +90,7 @@ def _onvif_identity_probe(
     issue_id = f"uri_not_local_{entry.entry_id}"
 
     async def probe(whole: bool) -> Identity:
-        device = await read_device(
-            data[CONF_HOST],
-            int(data[CONF_PORT]),
-            data.get(CONF_USERNAME),
-            data.get(CONF_PASSWORD),
-            policy=policy,
-            with_media=whole,
-        )
+        device = await read_entry_device(data, policy, with_media=whole)
         if not whole:
             return device.device_identity
         refused = device.refused_uris[0] if device.refused_uris else None

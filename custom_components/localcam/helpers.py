@@ -27,7 +27,7 @@ from .core.errors import LocalCamError
 from .core.identity import Identity, neighbour_mac, touch
 from .core.models import CameraSource, RtspTransport
 from .core.netpolicy import NetPolicy, parse_networks
-from .core.onvif import read_device
+from .core.onvif import OnvifDevice, read_device
 from .core.snapshot import STREAM_SCHEMES
 
 
@@ -127,12 +127,19 @@ async def async_observe_identity(
         return seen
     if expected is not None and expected.mac and mac and expected.mac.lower() != mac.lower():
         return seen
-    device = await read_device(
+    device = await read_entry_device(data, policy, timeout=PROBE_TIMEOUT)
+    return device.device_identity
+
+
+async def read_entry_device(
+    data: Mapping[str, Any], policy: NetPolicy, **options: Any
+) -> OnvifDevice:
+    """Read the ONVIF device an entry's data names, with its credentials."""
+    return await read_device(
         data[CONF_HOST],
         int(data[CONF_PORT]),
         data.get(CONF_USERNAME),
         data.get(CONF_PASSWORD),
         policy=policy,
-        timeout=PROBE_TIMEOUT,
+        **options,
     )
-    return device.device_identity
