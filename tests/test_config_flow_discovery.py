@@ -394,6 +394,19 @@ def _onvif_entry_at(host: str, port: int, rtsp_port: int) -> MockConfigEntry:
     )
 
 
+async def _dhcp(hass: HomeAssistant, ip: str, *, link_mac: str | None = None) -> ConfigFlowResult:
+    """DHCP reports the camera's MAC at ``ip``; the kernel's neighbour table says ``link_mac``.
+
+    None is what the table says for loopback: no entry.
+    """
+    with patch("custom_components.localcam.helpers.neighbour_mac", return_value=link_mac):
+        return await hass.config_entries.flow.async_init(
+            DOMAIN,
+            context={"source": SOURCE_DHCP},
+            data=DhcpServiceInfo(ip=ip, hostname="x", macaddress=MAC.replace(":", "")),
+        )
+
+
 async def test_dhcp_follows_a_moved_onvif_camera_after_identity_check(
     hass: HomeAssistant, loopback_hosts: None
 ) -> None:
@@ -402,11 +415,7 @@ async def test_dhcp_follows_a_moved_onvif_camera_after_identity_check(
     try:
         old = _onvif_entry_at("127.0.0.3", cam.http_port, cam.rtsp_port)
         old.add_to_hass(hass)
-        result = await hass.config_entries.flow.async_init(
-            DOMAIN,
-            context={"source": SOURCE_DHCP},
-            data=DhcpServiceInfo(ip="127.0.0.2", hostname="door", macaddress=MAC.replace(":", "")),
-        )
+        result = await _dhcp(hass, "127.0.0.2")
         assert result["reason"] == "already_configured"
         assert old.data[CONF_HOST] == "127.0.0.2"
         assert old.data[CONF_STREAM_URL].startswith("rtsp://127.0.0.2:")
@@ -423,32 +432,14 @@ async def test_dhcp_does_not_follow_to_a_different_device(
     try:
         old = _onvif_entry_at("127.0.0.3", impostor.http_port, 554)
         old.add_to_hass(hass)
-        result = await hass.config_entries.flow.async_init(
-            DOMAIN,
-            context={"source": SOURCE_DHCP},
-            data=DhcpServiceInfo(ip="127.0.0.2", hostname="x", macaddress=MAC.replace(":", "")),
-        )
+        result = await _dhcp(hass, "127.0.0.2")
         assert result["reason"] == "already_configured"
         assert old.data[CONF_HOST] == "127.0.0.3"  # not moved
         impostor.fault = Fault.REFUSE
-        result = await hass.config_entries.flow.async_init(
-            DOMAIN,
-            context={"source": SOURCE_DHCP},
-            data=DhcpServiceInfo(ip="127.0.0.2", hostname="x", macaddress=MAC.replace(":", "")),
-        )
+        result = await _dhcp(hass, "127.0.0.2")
         assert old.data[CONF_HOST] == "127.0.0.3"
     finally:
         await impostor.stop()
-
-
-async def _dhcp(hass: HomeAssistant, ip: str, *, link_mac: str) -> ConfigFlowResult:
-    """DHCP reports the camera's MAC at ``ip``; the kernel's neighbour table says ``link_mac``."""
-    with patch("custom_components.localcam.helpers.neighbour_mac", return_value=link_mac):
-        return await hass.config_entries.flow.async_init(
-            DOMAIN,
-            context={"source": SOURCE_DHCP},
-            data=DhcpServiceInfo(ip=ip, hostname="x", macaddress=MAC.replace(":", "")),
-        )
 
 
 async def test_dhcp_sends_no_credential_to_an_onvif_device_with_another_mac(
