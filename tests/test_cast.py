@@ -84,14 +84,13 @@ from custom_components.localcam.const import DOMAIN
 from custom_components.localcam.core.cast_links import CastGrant, CastLinks, CastMode
 from custom_components.localcam.core.netpolicy import NetPolicy
 from custom_components.localcam.services import async_setup_services
-from virtualcam import CameraConfig, Fault, VirtualCamera, color_for, nearest_camera
+from virtualcam import Fault, VirtualCamera, color_for, nearest_camera
 
 from .conftest import (
-    CAM_PASSWORD,
-    CAM_USER,
     add_onvif_entry,
     main_entity_id,
     make_entry,
+    onvif_camera_config,
     setup_entry,
 )
 
@@ -730,19 +729,7 @@ async def test_a_token_opens_only_the_profile_it_was_cast_for(
     entity_registry_enabled_by_default: None,
 ) -> None:
     """An ONVIF camera's main and sub streams share a camera id: a token opens one entity only."""
-    cam = VirtualCamera(
-        CameraConfig(
-            name="door",
-            color=color_for(3),
-            username=CAM_USER,
-            password=CAM_PASSWORD,
-            width=320,
-            height=180,
-            onvif=True,
-            serial="SERIAL-DOOR",
-            mac="02:00:00:12:34:56",
-        )
-    )
+    cam = VirtualCamera(onvif_camera_config(3, "127.0.0.1", 0, 0, "02:00:00:12:34:56"))
     await cam.start()
     try:
         entry = await add_onvif_entry(hass, cam)
