@@ -655,9 +655,14 @@ def _bracket(host: str) -> str:
 
 def _entry_host(entry: LocalCamConfigEntry) -> str:
     """The host an entry talks to now."""
-    if entry.data.get(CONF_ONVIF):
-        return str(entry.data[CONF_HOST])
-    return yarl.URL(entry.data[CONF_STREAM_URL]).host or ""
+    return _data_host(entry.data)
+
+
+def _data_host(data: Mapping[str, Any]) -> str:
+    """The host an entry's data names: the ONVIF host, else the stream URL's."""
+    if data.get(CONF_ONVIF):
+        return str(data[CONF_HOST])
+    return yarl.URL(data[CONF_STREAM_URL]).host or ""
 
 
 def _is_ip(host: str) -> bool:
@@ -675,7 +680,7 @@ def _with_host(data: Mapping[str, Any], host: str) -> dict[str, Any]:
     Only URLs on the camera's old address move: a still URL on another
     device (an NVR) stays where it is.
     """
-    old = str(data[CONF_HOST]) if data.get(CONF_ONVIF) else yarl.URL(data[CONF_STREAM_URL]).host
+    old = _data_host(data)
 
     def moved(url: str | None) -> str | None:
         if not url or yarl.URL(url).host != old:
