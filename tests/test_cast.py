@@ -416,11 +416,16 @@ async def http_port(
 ) -> int:
     """Serve HA's HTTP app on 127.0.0.1 and make it HA's internal URL.
 
-    Last, once every component has registered its views.
+    Last, once every component has registered its views. The receivers here
+    are on this machine, so HA's detected address is loopback too: with a LAN
+    address, a loopback internal URL would be replaced by it (see
+    test_loopback_internal_url_gives_way_to_the_lan_address).
     """
     client = await hass_client_no_auth()
     port: int = client.port
     hass.config.internal_url = f"http://127.0.0.1:{port}"
+    assert hass.config.api is not None
+    hass.config.api.local_ip = "127.0.0.1"
     return port
 
 
@@ -1142,10 +1147,63 @@ async def test_detected_lan_ip_without_internal_url(
 ) -> None:
     """No internal URL set: HA's detected LAN IP is used, as an IP literal."""
     hass.config.internal_url = None
+    assert hass.config.api is not None
+    hass.config.api.local_ip = "10.10.10.10"
     await _cast(hass, porch, mode="snapshot", refresh=3600)
     url = yarl.URL(_last_url(receiver))
     assert hass.config.api is not None
     assert (url.host, url.port) == (hass.config.api.local_ip, hass.config.api.port)
+
+
+@pytest.mark.parametrize(
+    ("internal_url", "use_ssl", "server_host", "expected"),
+    [
+        # Plain HTTP on loopback: HA's detected LAN address, same port as HA's server.
+        ("http://127.0.0.1:{port}", False, None, "http://10.10.10.10:8123"),
+        ("http://[::1]:{port}", False, None, "http://10.10.10.10:8123"),
+        ("http://[::ffff:127.0.0.1]:{port}", False, None, "http://10.10.10.10:8123"),
+        ("http://localhost:{port}", False, None, "http://10.10.10.10:8123"),
+        # HTTPS: the certificate names the host; never swapped, refused.
+        ("https://localhost:{port}", True, None, None),
+        # HA listens on loopback only: its LAN address would not answer either.
+        ("http://127.0.0.1:{port}", False, "127.0.0.1", None),
+    ],
+)
+async def test_loopback_internal_url_gives_way_to_the_lan_address(
+    hass: HomeAssistant,
+    porch: str,
+    receiver: FakeCastDevice,
+    http_port: int,
+    internal_url: str,
+    use_ssl: bool,
+    server_host: str | None,
+    expected: str | None,
+) -> None:
+    """A loopback internal URL is this machine only: no Cast device is sent it.
+
+    Where HA has a LAN address of its own, a plain-HTTP cast uses that; else
+    the cast is refused with the repair issue, and nothing is loaded.
+    """
+    policy = NetPolicy(resolver=_resolver({"localhost": ["127.0.0.1", "::1"]}))
+    hass.config.internal_url = internal_url.format(port=http_port)
+    assert hass.config.api is not None
+    hass.config.api.local_ip = "10.10.10.10"
+    hass.config.api.use_ssl = use_ssl
+    if server_host is not None:
+        hass.config.api.host = server_host
+    with patch.object(cast_module, "NetPolicy", return_value=policy):
+        if expected is None:
+            with pytest.raises(HomeAssistantError) as err:
+                await _cast(hass, porch, mode="snapshot")
+            assert err.value.translation_key == "cast_no_internal_url"
+            assert "loopback" in str(err.value.translation_placeholders)
+            assert receiver.loads == []
+            assert ir.async_get(hass).async_get_issue(DOMAIN, ISSUE_NO_INTERNAL_URL)
+            return
+        await _cast(hass, porch, mode="snapshot", refresh=3600)
+    url = yarl.URL(_last_url(receiver))
+    assert f"{url.scheme}://{url.authority}" == expected
+    assert ir.async_get(hass).async_get_issue(DOMAIN, ISSUE_NO_INTERNAL_URL) is None
 
 
 async def test_keep_alive_recasts_after_a_drop(
@@ -2013,6 +2071,8 @@ async def test_base_url_prefers_a_checked_ip_literal(
     hass.config.internal_url = internal_url.format(port=http_port)
     assert hass.config.api is not None
     hass.config.api.use_ssl = use_ssl
+    if "homeassistant.local" in internal_url:
+        hass.config.api.local_ip = "10.10.10.10"  # what HA detected on the LAN
     if expected == "public-local-ip":
         hass.config.api.local_ip = "198.51.100.4"
         expected = None

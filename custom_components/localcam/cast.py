@@ -93,7 +93,7 @@ from .camera import LocalCamCamera
 from .const import DOMAIN, LOGGER
 from .core.cast_links import DEFAULT_LEASE, CastGrant, CastLinkLimitError, CastLinks, CastMode
 from .core.errors import CameraTimeoutError, CannotConnectError, LocalCamError
-from .core.netpolicy import REDACTED, NetPolicy
+from .core.netpolicy import REDACTED, NetPolicy, Target, is_loopback_literal
 
 if TYPE_CHECKING:
     # Only for the cast platform hook's signature: pychromecast is installed
@@ -476,6 +476,9 @@ def async_get_cast_manager(hass: HomeAssistant) -> LocalCamCastManager:
     return hass.data[DATA_CAST]
 
 
+_BASE_SCHEMES: Final = frozenset({"http", "https"})
+
+
 def _reason(err: LocalCamError) -> str:
     """Return a short, secret-free reason for a refused base URL."""
     return err.placeholders.get("reason") or str(err)
@@ -583,24 +586,25 @@ class LocalCamCastManager:
             raise self._no_url("Home Assistant has no local network URL") from None
         parsed = yarl.URL(internal)
         policy = NetPolicy()
-        schemes = frozenset({"http", "https"})
         try:
-            target = await policy.check(parsed, schemes=schemes)
+            target = await policy.check(parsed, schemes=_BASE_SCHEMES)
         except (CannotConnectError, CameraTimeoutError) as err:
             # The internal URL names a host this machine cannot resolve. Cast
             # devices ignore the LAN's DNS anyway: over plain HTTP, HA's own
             # detected LAN address serves the same instance.
-            api = self.hass.config.api
-            if parsed.scheme != "http" or api is None or api.use_ssl or not api.local_ip:
-                raise self._no_url(_reason(err)) from None
-            parsed = yarl.URL.build(scheme="http", host=api.local_ip, port=api.port)
-            try:
-                target = await policy.check(parsed, schemes=schemes)
-            except LocalCamError as fallback_err:
-                raise self._no_url(_reason(fallback_err)) from None
+            parsed, target = await self._detected_lan(policy, parsed, _reason(err))
         except LocalCamError as err:
             # A public or otherwise refused address: never cast it, never guess.
             raise self._no_url(_reason(err)) from None
+        if target.address.is_loopback and self._has_lan_address():
+            # An internal URL of 127.0.0.1 or localhost reaches only this
+            # machine, and a Cast device that opened it would ask itself. Where
+            # Home Assistant has a LAN address, that address serves the same
+            # instance (plain HTTP). Without one, loopback is all there is, and
+            # only a receiver on this machine could be cast to anyway.
+            parsed, target = await self._detected_lan(
+                policy, parsed, f"the local network URL {parsed.host} is this machine's loopback"
+            )
         if parsed.scheme == "https":
             # A certificate names the host, so the receiver must use that name.
             url = str(parsed.with_path("").with_query(None).with_fragment(None))
@@ -611,6 +615,31 @@ class LocalCamCastManager:
             host_is_ip = True
         ir.async_delete_issue(self.hass, DOMAIN, ISSUE_NO_INTERNAL_URL)
         return BaseUrl(url=url.rstrip("/"), host_is_ip=host_is_ip, scheme=parsed.scheme)
+
+    async def _detected_lan(
+        self, policy: NetPolicy, parsed: yarl.URL, reason: str
+    ) -> tuple[yarl.URL, Target]:
+        """Return HA's detected LAN address over plain HTTP, or raise ``_no_url(reason)``.
+
+        Only for an ``http`` internal URL without ``ssl``: a certificate names
+        its host, so an HTTPS URL is never swapped for an address.
+        """
+        api = self.hass.config.api
+        if parsed.scheme != "http" or api is None or api.use_ssl or not api.local_ip:
+            raise self._no_url(reason)
+        if is_loopback_literal(api.host):
+            # server_host is loopback: HA does not listen on the LAN address.
+            raise self._no_url(f"{reason}; Home Assistant listens on {api.host} only")
+        lan = yarl.URL.build(scheme="http", host=api.local_ip, port=api.port)
+        try:
+            return lan, await policy.check(lan, schemes=_BASE_SCHEMES)
+        except LocalCamError as err:
+            raise self._no_url(_reason(err)) from None
+
+    def _has_lan_address(self) -> bool:
+        """Whether HA detected an address of its own other than loopback."""
+        api = self.hass.config.api
+        return api is not None and bool(api.local_ip) and not is_loopback_literal(api.local_ip)
 
     def _no_url(self, reason: str) -> HomeAssistantError:
         """Raise the repair issue and return the error to raise."""

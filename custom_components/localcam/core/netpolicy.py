@@ -235,6 +235,17 @@ class NetPolicy:
         return tuple(addresses)
 
 
+def is_loopback_literal(host: str | None) -> bool:
+    """Whether ``host`` is an IP literal on loopback, ``::ffff:127.0.0.1`` included.
+
+    A name is not judged here (it would need resolving): False.
+    """
+    try:
+        return _unmapped(ip_address(host or "")).is_loopback
+    except ValueError:
+        return False
+
+
 def _unmapped(address: IPv4Address | IPv6Address) -> IPv4Address | IPv6Address:
     """Return the IPv4 address behind ::ffff:a.b.c.d, so we connect to what we judged."""
     if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
