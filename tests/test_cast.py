@@ -127,6 +127,8 @@ class FakeCastDevice:
         self.loads: list[dict[str, Any]] = []
         self.commands: list[str] = []
         self.auto_play = True
+        # Raised by the next LOADs (a socket failing mid-LOAD), when set.
+        self.load_error: Exception | None = None
         self.app_id: str | None = APP_BACKDROP
         self.media: dict[str, Any] | None = None
         self._session = 0
@@ -195,6 +197,8 @@ class FakeCastDevice:
     def _send_app_message(self, namespace: str, message: dict[str, Any], **kwargs: Any) -> None:
         callback_function = kwargs.get("callback_function")
         if namespace == MEDIA_NS and message.get("type") == "LOAD":
+            if self.load_error is not None:
+                raise self.load_error
             self.loads.append(message)
             self._session += 1
             self.media = {
@@ -1572,6 +1576,34 @@ async def test_camera_failures_in_snapshot_mode(
     assert [e.data["reason"] for e in ended] == ["replaced", "error"]
     assert hass.data[DATA_CAST].diagnostics()[RECEIVER]["last_idle_reason"] == "refresh_failed"
     await _wait_for(hass, lambda: receiver.commands[-1] == "quit_app")
+
+
+async def test_a_load_that_fails_unexpectedly_is_a_cast_failure(
+    hass: HomeAssistant,
+    porch: str,
+    receiver: FakeCastDevice,
+    http_port: int,
+) -> None:
+    """A LOAD raising something neither HA nor pychromecast wraps (an OSError).
+
+    At the start: the translated cast_failed, not a raw OSError. Mid-cast: the
+    snapshot refresh counts it and ends the cast, instead of dying and leaving
+    the display on a picture that only grows older.
+    """
+    receiver.load_error = OSError("connection reset mid-LOAD")
+    with pytest.raises(HomeAssistantError) as err:
+        await _cast(hass, porch, mode="snapshot")
+    assert err.value.translation_key == "cast_failed"
+    receiver.load_error = None
+    ended = async_capture_events(hass, EVENT_CAST_ENDED)
+    with patch.object(cast_module, "MAX_REFRESH_FAILURES", 1):
+        await _cast(hass, porch, mode="snapshot", refresh=2)
+        assert len(receiver.loads) == 1
+        receiver.load_error = OSError("connection reset mid-LOAD")
+        await _wait_for(hass, lambda: len(ended) == 1)
+    assert ended[0].data["reason"] == "error"
+    assert hass.data[DATA_CAST].diagnostics()[RECEIVER]["last_idle_reason"] == "refresh_failed"
+    assert len(receiver.loads) == 1
 
 
 async def test_live_edges(

@@ -891,10 +891,21 @@ class LocalCamCastManager:
                     blocking=True,
                     context=session.context,
                 )
-        except (HomeAssistantError, TimeoutError) as err:
-            # The error text may quote the URL (pychromecast names the media in
-            # its timeouts), so only its type is logged.
-            LOGGER.debug("Cast to %s failed: %s", session.receiver, type(err).__name__)
+        except Exception as err:  # noqa: BLE001 - the edge LocalCam does not own
+            # HA's cast entity turns pychromecast's own errors into
+            # HomeAssistantError, but a device whose socket fails mid-LOAD can
+            # raise anything through it (an OSError). Every failure to play is
+            # the same translated cast_failed, so each caller (start, re-cast,
+            # refresh) handles it as one. The error text may quote the URL
+            # (pychromecast names the media in its timeouts): only its type is
+            # logged.
+            expected = isinstance(err, (HomeAssistantError, TimeoutError))
+            LOGGER.log(
+                logging.DEBUG if expected else logging.WARNING,
+                "Cast to %s failed: %s",
+                session.receiver,
+                type(err).__name__,
+            )
             raise HomeAssistantError(
                 translation_domain=DOMAIN,
                 translation_key="cast_failed",
@@ -1152,7 +1163,13 @@ class LocalCamCastManager:
                 try:
                     await self._async_check_camera(session.camera)
                     await self._async_load(session)
-                except HomeAssistantError:
+                except Exception as err:  # noqa: BLE001 - see below
+                    # Whatever failed, this loop must go on to count it: a
+                    # refresh loop that died would leave the display on its
+                    # last picture, growing older, for the rest of the cast.
+                    LOGGER.debug(
+                        "Snapshot refresh on %s failed: %s", session.receiver, type(err).__name__
+                    )
                     session.refresh_failures += 1
                     if session.refresh_failures >= MAX_REFRESH_FAILURES:
                         session.record.last_idle_reason = "refresh_failed"
