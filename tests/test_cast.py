@@ -1159,6 +1159,19 @@ async def test_detected_lan_ip_without_internal_url(
     assert (url.host, url.port) == (hass.config.api.local_ip, hass.config.api.port)
 
 
+async def _cast_base(
+    hass: HomeAssistant, porch: str, receiver: FakeCastDevice, policy: NetPolicy
+) -> str | HomeAssistantError:
+    """Cast a snapshot under ``policy``: the base URL the receiver got (or the error)."""
+    with patch.object(cast_module, "NetPolicy", return_value=policy):
+        try:
+            await _cast(hass, porch, mode="snapshot", refresh=3600)
+        except HomeAssistantError as err:
+            return err
+    url = yarl.URL(_last_url(receiver))
+    return f"{url.scheme}://{url.authority}"
+
+
 @pytest.mark.parametrize(
     ("internal_url", "use_ssl", "server_host", "expected"),
     [
@@ -1195,18 +1208,15 @@ async def test_loopback_internal_url_gives_way_to_the_lan_address(
     hass.config.api.use_ssl = use_ssl
     if server_host is not None:
         hass.config.api.host = server_host
-    with patch.object(cast_module, "NetPolicy", return_value=policy):
-        if expected is None:
-            with pytest.raises(HomeAssistantError) as err:
-                await _cast(hass, porch, mode="snapshot")
-            assert err.value.translation_key == "cast_no_internal_url"
-            assert "loopback" in str(err.value.translation_placeholders)
-            assert receiver.loads == []
-            assert ir.async_get(hass).async_get_issue(DOMAIN, ISSUE_NO_INTERNAL_URL)
-            return
-        await _cast(hass, porch, mode="snapshot", refresh=3600)
-    url = yarl.URL(_last_url(receiver))
-    assert f"{url.scheme}://{url.authority}" == expected
+    got = await _cast_base(hass, porch, receiver, policy)
+    if expected is None:
+        assert isinstance(got, HomeAssistantError)
+        assert got.translation_key == "cast_no_internal_url"
+        assert "loopback" in str(got.translation_placeholders)
+        assert receiver.loads == []
+        assert ir.async_get(hass).async_get_issue(DOMAIN, ISSUE_NO_INTERNAL_URL)
+        return
+    assert got == expected
     assert ir.async_get(hass).async_get_issue(DOMAIN, ISSUE_NO_INTERNAL_URL) is None
 
 
@@ -2108,17 +2118,14 @@ async def test_base_url_prefers_a_checked_ip_literal(
     if expected == "public-local-ip":
         hass.config.api.local_ip = "198.51.100.4"
         expected = None
-    with patch.object(cast_module, "NetPolicy", return_value=policy):
-        if expected is None:
-            with pytest.raises(HomeAssistantError) as err:
-                await _cast(hass, porch, mode="snapshot")
-            assert err.value.translation_key == "cast_no_internal_url"
-            return
-        await _cast(hass, porch, mode="snapshot", refresh=3600)
-    url = yarl.URL(_last_url(receiver))
-    assert f"{url.scheme}://{url.authority}" == expected.format(port=http_port)
+    got = await _cast_base(hass, porch, receiver, policy)
+    if expected is None:
+        assert isinstance(got, HomeAssistantError)
+        assert got.translation_key == "cast_no_internal_url"
+        return
+    assert got == expected.format(port=http_port)
     record = hass.data[DATA_CAST].diagnostics()[RECEIVER]
-    assert record["host_is_ip"] is (url.host != "ha.example.org")
+    assert record["host_is_ip"] is (yarl.URL(got).host != "ha.example.org")
 
 
 async def test_service_permissions_and_unloaded_camera(
