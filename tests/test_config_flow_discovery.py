@@ -599,3 +599,123 @@ async def test_repair_when_the_camera_starts_reporting_a_public_address(
     onvif_camera.config.reported_host = None
     await entry.runtime_data.coordinator.async_refresh()
     assert ir.async_get(hass).async_get_issue(DOMAIN, issue_id) is None
+
+
+UUID = "2419d68a-2dd2-21b2-a205-ec4f9e2a2b01"
+
+
+async def _ws_discovered(
+    hass: HomeAssistant, host: str, port: int, *, link_mac: str | None = None
+) -> ConfigFlowResult:
+    """WS-Discovery heard UUID (no MAC scope) at ``host``; the link shows ``link_mac``."""
+    with patch("custom_components.localcam.helpers.neighbour_mac", return_value=link_mac):
+        return await hass.config_entries.flow.async_init(
+            DOMAIN,
+            context={"source": SOURCE_INTEGRATION_DISCOVERY},
+            data={"host": host, "port": port, "uuid": UUID, "name": "Cam"},
+        )
+
+
+def _with_identity(entry: MockConfigEntry, **identity: str) -> MockConfigEntry:
+    """The same entry, storing ``identity``."""
+    return MockConfigEntry(
+        domain=DOMAIN, unique_id=entry.unique_id, data={**entry.data, CONF_IDENTITY: identity}
+    )
+
+
+async def test_follow_refuses_a_device_that_repeats_only_broadcast_fields(
+    hass: HomeAssistant, loopback_hosts: None
+) -> None:
+    """No MAC on the link: a device that reports only the camera's UUID is not moved to.
+
+    The UUID is in every WS-Discovery reply the camera sends, so any device on
+    the LAN can repeat it; following needs every stored field, the serial too.
+    """
+    impostor = await _onvif_camera(host="127.0.0.2", mac=None, serial=None, device_uuid=UUID)
+    try:
+        at_old = _onvif_entry_at("127.0.0.3", impostor.http_port, impostor.rtsp_port)
+        entry = _with_identity(at_old, mac=MAC, serial=SERIAL, uuid=UUID)
+        entry.add_to_hass(hass)
+        result = await _ws_discovered(hass, "127.0.0.2", impostor.http_port)
+        assert (result["type"], result["reason"]) == (FlowResultType.ABORT, "already_configured")
+        assert entry.data[CONF_HOST] == "127.0.0.3"
+        assert entry.data[CONF_STREAM_URL].startswith("rtsp://127.0.0.3:")
+    finally:
+        await impostor.stop()
+
+
+async def test_follow_by_link_mac_asks_the_device_nothing(
+    hass: HomeAssistant, loopback_hosts: None
+) -> None:
+    """The link shows the camera's MAC at the new address: moved, without one SOAP request."""
+    cam = await _onvif_camera(host="127.0.0.2")
+    try:
+        old = _onvif_entry_at("127.0.0.3", cam.http_port, cam.rtsp_port)
+        old.add_to_hass(hass)
+        result = await _dhcp(hass, "127.0.0.2", link_mac=MAC)
+        assert result["reason"] == "already_configured"
+        assert old.data[CONF_HOST] == "127.0.0.2"
+        assert cam.stats.onvif_requests == 0
+    finally:
+        await cam.stop()
+
+
+async def test_a_second_camera_with_the_same_firmware_uuid_is_offered(
+    hass: HomeAssistant, loopback_hosts: None
+) -> None:
+    """Cheap cameras share a firmware-default UUID: B, shown to be another device, is offered.
+
+    A stays where it is, and B is not swallowed as "already configured".
+    """
+    other_mac = "02:00:00:aa:bb:99"
+    b = await _onvif_camera(host="127.0.0.2", mac=other_mac, serial="B", device_uuid=UUID)
+    try:
+        at_old = _onvif_entry_at("127.0.0.3", b.http_port, 554)
+        a = _with_identity(at_old, mac=MAC, serial=SERIAL, uuid=UUID)
+        a.add_to_hass(hass)
+        result = await _ws_discovered(hass, "127.0.0.2", b.http_port, link_mac=other_mac)
+        assert (result["type"], result["step_id"]) == (FlowResultType.FORM, "discovery_confirm")
+        assert a.data[CONF_HOST] == "127.0.0.3"
+        assert b.stats.onvif_requests == 0  # the link MAC told them apart
+    finally:
+        await b.stop()
+
+
+async def test_a_configured_camera_announcing_a_field_its_entry_lacks_is_not_offered(
+    hass: HomeAssistant, camera: VirtualCamera
+) -> None:
+    """Same address, no field in common, none differing: the configured camera itself.
+
+    An ONVIF camera without GetEndpointReference stores MAC and serial, yet
+    announces a UUID; a camera added by URL stores only its link MAC.
+    """
+    onvif = _onvif_entry_at("192.168.1.20", 80, 554)
+    onvif.add_to_hass(hass)
+    result = await _ws_discovered(hass, "192.168.1.20", 80)
+    assert (result["type"], result["reason"]) == (FlowResultType.ABORT, "already_configured")
+    by_url = make_entry(camera)
+    by_url.add_to_hass(hass)
+    hass.config_entries.async_update_entry(
+        by_url, data={**by_url.data, CONF_IDENTITY: {"mac": "02:00:00:aa:bb:02"}}
+    )
+    result = await _ws_discovered(hass, "127.0.0.1", 80)
+    assert (result["type"], result["reason"]) == (FlowResultType.ABORT, "already_configured")
+
+
+async def test_scan_leaves_out_a_camera_configured_at_that_address(
+    hass: HomeAssistant, onvif_camera: VirtualCamera
+) -> None:
+    """The scan's list leaves out the configured camera even when its entry holds no UUID."""
+    entry = _onvif_entry_at("127.0.0.1", onvif_camera.http_port, onvif_camera.rtsp_port)
+    entry.add_to_hass(hass)
+    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], {"next_step_id": "scan"}
+    )
+    with patch(
+        "custom_components.localcam.discovery.WSD_DISCOVERY_PORT", onvif_camera.wsdiscovery_port
+    ):
+        result = await hass.config_entries.flow.async_configure(
+            result["flow_id"], {CONF_HOSTS: "127.0.0.1"}
+        )
+    assert result["errors"] == {"base": "no_devices_found"}

@@ -385,14 +385,11 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
                 errors[CONF_HOSTS] = err.translation_key
                 self._placeholders = dict(err.placeholders)
             else:
-                known = {
-                    Identity.from_dict(entry.data.get(CONF_IDENTITY)).uuid
-                    for entry in self._async_current_entries(include_ignore=False)
-                }
+                entries = self._async_current_entries(include_ignore=False)
                 self._found = {
                     f"{device.host}:{device.port}": device
                     for device in await async_scan(self.hass, hosts, FLOW_SCAN_TIME)
-                    if device.device_uuid is None or device.device_uuid not in known
+                    if not any(_is_configured(entry, device) for entry in entries)
                 }
                 if self._found:
                     return await self.async_step_pick()
@@ -476,10 +473,16 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
         seen = Identity(mac=mac, uuid=uuid)
         for entry in self._async_current_entries(include_ignore=False):
             stored = Identity.from_dict(entry.data.get(CONF_IDENTITY))
+            current = _entry_host(entry)
             if seen.known and stored.confirms(seen):
                 # A camera configured by name is followed by DNS, not by LocalCam.
-                if _is_ip(current := _entry_host(entry)) and current != host:
-                    await self._async_follow(entry, host)
+                if not _is_ip(current) or current == host or await self._async_follow(entry, host):
+                    return self.async_abort(reason="already_configured")
+                # Shown to be another device that announces the same MAC or
+                # UUID (cheap cameras share firmware-default UUIDs): offer it.
+            elif current == host and not stored.differs(seen):
+                # The configured camera, announcing a field its entry does not
+                # hold (a UUID the camera never reported over ONVIF).
                 return self.async_abort(reason="already_configured")
         if seen.key is not None:
             await self.async_set_unique_id(seen.key)
@@ -487,12 +490,9 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
         elif kind != "rtsp" and port is None:
             return self.async_abort(reason="not_a_camera")
         else:
-            # An announcement without an identity: a camera already configured
-            # at that address is not offered again (and never moved), and the
+            # An announcement without an identity (a camera already configured
+            # at that address was recognised above, and is never moved): the
             # offer is keyed by address so that the user can ignore it.
-            entries = self._async_current_entries(include_ignore=False)
-            if any(_entry_host(entry) == host for entry in entries):
-                return self.async_abort(reason="already_configured")
             await self.async_set_unique_id(f"{kind}_{_bracket(host)}:{port}")
             self._abort_if_unique_id_configured()
         self._discovered = {CONF_HOST: host, CONF_PORT: port, "kind": kind}
@@ -514,30 +514,34 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
             return await self.async_step_url()
         return await self.async_step_onvif()
 
-    async def _async_follow(self, entry: LocalCamConfigEntry, host: str) -> None:
+    async def _async_follow(self, entry: LocalCamConfigEntry, host: str) -> bool:
         """Move an entry to its camera's new address, only after an identity check.
 
         The device at the new address must prove to be the configured camera
-        (a matching MAC, serial or UUID, and none differing). Otherwise the
-        entry stays where it is: an address is never enough.
+        (``Identity.proves_move``: the MAC on the link, or every stored field
+        with the serial). Otherwise the entry stays where it is: an address,
+        or a MAC or UUID that any device can copy from a broadcast, is never
+        enough. Return False when the device there is shown to be another one
+        (so it may be offered as a camera of its own), True otherwise.
         """
         stored = Identity.from_dict(entry.data.get(CONF_IDENTITY))
         new_data = _with_host(entry.data, host)
         try:
-            observed = await async_observe_identity(
-                self.hass, new_data, entry.options, expected=stored
-            )
+            seen = await async_observe_identity(self.hass, new_data, entry.options, expected=stored)
         except LocalCamError as err:
             LOGGER.info("Not moving %s to %s: %s", entry.title, host, err)
-            return
-        if not stored.confirms(observed):
+            return True
+        if not stored.proves_move(seen.identity, seen.link_mac):
             LOGGER.warning(
-                "Not moving %s to %s: the device there is not the same camera", entry.title, host
+                "Not moving %s to %s: the device there is not shown to be the same camera",
+                entry.title,
+                host,
             )
-            return
+            return not stored.differs(Identity(mac=seen.link_mac).merged(seen.identity))
         LOGGER.info("%s moved to %s (identity checked)", entry.title, host)
         self.hass.config_entries.async_update_entry(entry, data=new_data)
         self.hass.config_entries.async_schedule_reload(entry.entry_id)
+        return True
 
     async def _async_test(
         self,
@@ -651,6 +655,19 @@ def _keep_stored_password(user_input: dict[str, Any], entry: LocalCamConfigEntry
 def _bracket(host: str) -> str:
     """An IPv6 literal in brackets, for URLs."""
     return f"[{host}]" if ":" in host else host
+
+
+def _is_configured(entry: LocalCamConfigEntry, device: DiscoveredDevice) -> bool:
+    """Whether a scanned device is the camera an entry configures.
+
+    Its UUID or MAC names the entry's camera, or it answers at the entry's
+    address and nothing it announces says it is another device.
+    """
+    stored = Identity.from_dict(entry.data.get(CONF_IDENTITY))
+    seen = Identity(mac=normalize_mac(device.mac), uuid=device.device_uuid)
+    if seen.known and stored.confirms(seen):
+        return True
+    return _entry_host(entry) == device.host and not stored.differs(seen)
 
 
 def _entry_host(entry: LocalCamConfigEntry) -> str:

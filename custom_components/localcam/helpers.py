@@ -1,6 +1,7 @@
 """Glue helpers: build core objects from an entry; translate core errors."""
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from homeassistant.const import CONF_HOST, CONF_PASSWORD, CONF_PORT, CONF_USERNAME
@@ -96,22 +97,34 @@ def translated_error(err: LocalCamError) -> HomeAssistantError:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """Who answers at an address: the MAC seen on the link, and the device's identity.
+
+    ``identity`` is what pins an entry: an ONVIF device's own report (MAC,
+    serial, UUID), or for a camera added by URL the link's MAC.
+    """
+
+    link_mac: str | None
+    identity: Identity
+
+
 async def async_observe_identity(
     hass: HomeAssistant,
     data: Mapping[str, Any],
     options: Mapping[str, Any],
     *,
     expected: Identity | None = None,
-) -> Identity:
+) -> Observation:
     """Ask the device at an entry's address who it is; raise LocalCamError if it cannot say.
 
     First a bare TCP connection, which sends nothing: on the same link the
     kernel then knows the device's MAC. A camera added by URL is known by that
     MAC alone, so it is never sent a credential here. An ONVIF camera answers
     with its MAC, serial and UUID, which takes its credentials; with
-    ``expected`` (following a camera to a new address), a device whose MAC
-    already differs is not asked at all. Only a device that is, or may be,
-    the camera gets a WS-Security digest.
+    ``expected`` (following a camera to a new address), a device is not asked
+    at all when the link's MAC already decides. Only a device that may be the
+    camera, and cannot be told apart on the link, gets a WS-Security digest.
     """
     policy = policy_from_options(options)
     if data.get(CONF_ONVIF):
@@ -122,13 +135,14 @@ async def async_observe_identity(
         target = await policy.check(data[CONF_STREAM_URL], schemes=STREAM_SCHEMES)
     await touch(target.address, target.port, PROBE_TIMEOUT)
     mac = await hass.async_add_executor_job(neighbour_mac, target.address)
-    seen = Identity(mac=mac)
-    if not data.get(CONF_ONVIF):
-        return seen
-    if expected is not None and expected.mac and mac and expected.mac.lower() != mac.lower():
+    seen = Observation(link_mac=mac, identity=Identity(mac=mac))
+    if not data.get(CONF_ONVIF) or (expected is not None and expected.mac and mac):
+        # A camera added by URL is known by its MAC alone; and where the
+        # camera's MAC is known and the link shows one, that settles it
+        # (Identity.proves_move) without a word to the device.
         return seen
     device = await read_entry_device(data, policy, timeout=PROBE_TIMEOUT)
-    return device.device_identity
+    return Observation(link_mac=mac, identity=device.device_identity)
 
 
 async def read_entry_device(

@@ -40,7 +40,9 @@ class TrustReplacedCameraFlow(RepairsFlow):
             return self.async_abort(reason="entry_removed")
         if user_input is not None:
             try:
-                observed = await async_observe_identity(self.hass, entry.data, entry.options)
+                observed = (
+                    await async_observe_identity(self.hass, entry.data, entry.options)
+                ).identity
             except LocalCamError as err:
                 LOGGER.info("Cannot read the identity at %s's address: %s", entry.title, err)
                 return self.async_abort(reason="cannot_connect")

@@ -110,6 +110,36 @@ def test_confirms_needs_positive_evidence() -> None:
     assert not configured.confirms(Identity(mac="aa:bb:cc:00:11:22", serial="S2"))
 
 
+def test_proves_move_takes_the_link_mac_or_every_field_with_the_serial() -> None:
+    """What a device says of itself moves an entry only when it could not have copied it."""
+    mac = "aa:bb:cc:00:11:22"
+    full = Identity(mac=mac, serial="S1", uuid="u1")
+    # The link's MAC decides where the camera's MAC is known, whatever is claimed.
+    assert full.proves_move(Identity(), mac.upper())
+    assert not full.proves_move(full, "aa:bb:cc:00:11:99")
+    # No link MAC: every stored field, each equal; the broadcast ones alone are not enough.
+    assert full.proves_move(Identity(mac=mac, serial="s1", uuid="U1"), None)
+    assert not full.proves_move(Identity(uuid="u1"), None)
+    assert not full.proves_move(Identity(mac=mac, uuid="u1"), None)
+    assert not full.proves_move(Identity(mac=mac, serial="S1"), None)
+    # Without a stored serial nothing but the link can prove it.
+    assert not Identity(mac=mac, uuid="u1").proves_move(Identity(mac=mac, uuid="u1"), None)
+    # A camera without a MAC: its serial (and UUID) it must repeat, link or not.
+    no_mac = Identity(serial="S1", uuid="u1")
+    assert no_mac.proves_move(Identity(serial="S1", uuid="u1"), mac)
+    assert not no_mac.proves_move(Identity(serial="S1"), mac)
+
+
+def test_differs_only_on_a_field_known_on_both_sides() -> None:
+    """differs is check's question without the raise: a conflict, not a lack of evidence."""
+    configured = Identity(mac="aa:bb:cc:00:11:22", serial="S1")
+    assert not configured.differs(Identity())
+    assert not configured.differs(Identity(uuid="u"))
+    assert not configured.differs(Identity(serial="s1"))
+    assert configured.differs(Identity(serial="S2", uuid="u"))
+    assert configured.differs(Identity(mac="aa:bb:cc:00:11:99"))
+
+
 async def test_touch_connects_and_sends_nothing(socket_enabled: None) -> None:
     """touch opens a connection and closes it without a byte; refusals are core errors."""
     heard: list[bytes] = []

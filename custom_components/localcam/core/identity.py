@@ -78,6 +78,15 @@ class Identity:
             if mine and theirs and mine.lower() != theirs.lower():
                 raise IdentityMismatchError(host, field)
 
+    def differs(self, observed: Identity) -> bool:
+        """True when a field known on both sides differs (``check`` would raise)."""
+        return any(
+            (mine := getattr(self, field))
+            and (theirs := getattr(observed, field))
+            and mine.lower() != theirs.lower()
+            for field in ("mac", "serial", "uuid")
+        )
+
     def confirms(self, observed: Identity) -> bool:
         """True when a field known on both sides is equal and none differs."""
         common = [
@@ -88,6 +97,30 @@ class Identity:
         return bool(common) and all(
             getattr(self, field).lower() == getattr(observed, field).lower() for field in common
         )
+
+    def proves_move(self, claimed: Identity, link_mac: str | None) -> bool:
+        """Whether the device at a new address is this camera, firmly enough to move to it.
+
+        Stricter than ``confirms``, which is for a device already at the
+        camera's address: moving an entry hands the new address its
+        credentials and its place on the dashboard. The MAC and the UUID are
+        in every WS-Discovery reply, so anyone on the LAN can claim them.
+
+        - ``link_mac`` (what the kernel saw answer on the link) decides when
+          this camera's MAC is known: equal moves, different never does.
+        - Otherwise only the device's ``claimed`` identity remains. It must
+          repeat every field stored here, each equal, and those must include
+          the serial, which no broadcast carries.
+        """
+        if self.mac and link_mac:
+            return self.mac.lower() == link_mac.lower()
+        if not self.serial:
+            return False
+        for field in ("mac", "serial", "uuid"):
+            mine, theirs = getattr(self, field), getattr(claimed, field)
+            if mine and (not theirs or mine.lower() != theirs.lower()):
+                return False
+        return True
 
     def merged(self, other: Identity) -> Identity:
         """Fill unknown fields from ``other`` (after a check passed)."""
