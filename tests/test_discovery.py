@@ -5,15 +5,24 @@ The scanner itself (core.wsdiscovery) is tested against real responders on
 replaced so that no test multicasts on a real interface.
 """
 
+from dataclasses import replace
+from typing import Any
 from unittest.mock import AsyncMock, patch
 
 from homeassistant.config_entries import SOURCE_INTEGRATION_DISCOVERY
 from homeassistant.const import EVENT_HOMEASSISTANT_STARTED
 from homeassistant.core import CoreState, HomeAssistant
+from homeassistant.util import dt as dt_util
 import pytest
+from pytest_homeassistant_custom_component.common import MockConfigEntry, async_fire_time_changed
 
 from custom_components.localcam import discovery
-from custom_components.localcam.const import DOMAIN
+from custom_components.localcam.const import (
+    CONF_CAMERA_ID,
+    CONF_IDENTITY,
+    CONF_STREAM_URL,
+    DOMAIN,
+)
 from custom_components.localcam.core.wsdiscovery import DiscoveredDevice
 
 DEVICE = DiscoveredDevice(
@@ -26,6 +35,20 @@ DEVICE = DiscoveredDevice(
     name="Porch",
     hardware="VC-1",
 )
+
+
+def _url_data(last_octet: int) -> dict[str, Any]:
+    """Entry data of a camera added by its RTSP URL at 192.168.1.<last_octet>."""
+    stream_url = f"rtsp://192.168.1.{last_octet}:554/stream"
+    return {CONF_STREAM_URL: stream_url, CONF_CAMERA_ID: f"cam{last_octet}", CONF_IDENTITY: {}}
+
+
+@pytest.fixture
+def an_entry(hass: HomeAssistant) -> MockConfigEntry:
+    """A LocalCam entry (a camera added by URL): background scans run only while there is one."""
+    entry = MockConfigEntry(domain=DOMAIN, unique_id="02:00:00:00:00:01", data=_url_data(60))
+    entry.add_to_hass(hass)
+    return entry
 
 
 def test_scans_are_off_in_tests() -> None:
@@ -52,7 +75,7 @@ async def test_multicast_only_on_enabled_adapters(
 
 
 async def test_background_scan_offers_cameras(
-    hass: HomeAssistant, monkeypatch: pytest.MonkeyPatch
+    hass: HomeAssistant, monkeypatch: pytest.MonkeyPatch, an_entry: MockConfigEntry
 ) -> None:
     """After HA starts, each camera found becomes an integration-discovery flow."""
     monkeypatch.setenv(discovery.DISABLE_ENV, "0")
@@ -74,7 +97,7 @@ async def test_background_scan_offers_cameras(
 
 
 async def test_background_scan_waits_for_start_then_runs_once(
-    hass: HomeAssistant, monkeypatch: pytest.MonkeyPatch
+    hass: HomeAssistant, monkeypatch: pytest.MonkeyPatch, an_entry: MockConfigEntry
 ) -> None:
     """Set up while HA starts: the first scan comes when HA has started, not before."""
     monkeypatch.setenv(discovery.DISABLE_ENV, "0")
@@ -90,6 +113,61 @@ async def test_background_scan_waits_for_start_then_runs_once(
         hass.bus.async_fire(EVENT_HOMEASSISTANT_STARTED)
         await hass.async_block_till_done(wait_background_tasks=True)
     assert scan.await_count == 1
+
+
+async def test_background_scans_only_while_there_is_an_entry(
+    hass: HomeAssistant, monkeypatch: pytest.MonkeyPatch, an_entry: MockConfigEntry
+) -> None:
+    """The last entry removed: the 15-minute scans stop multicasting; a new entry restarts them."""
+    monkeypatch.setenv(discovery.DISABLE_ENV, "0")
+    with (
+        patch.object(discovery, "async_multicast_interfaces", AsyncMock(return_value=[])),
+        patch.object(discovery, "scan", AsyncMock(return_value=[])) as scan,
+    ):
+        discovery.async_start_background_discovery(hass)
+        await hass.async_block_till_done(wait_background_tasks=True)
+        assert scan.await_count == 1
+        assert await hass.config_entries.async_remove(an_entry.entry_id)
+        for n in range(1, 4):
+            async_fire_time_changed(hass, dt_util.utcnow() + discovery.SCAN_INTERVAL * n)
+            await hass.async_block_till_done(wait_background_tasks=True)
+        assert scan.await_count == 1
+        another = MockConfigEntry(domain=DOMAIN, unique_id="02:00:00:00:00:02", data=_url_data(61))
+        another.add_to_hass(hass)
+        async_fire_time_changed(hass, dt_util.utcnow() + discovery.SCAN_INTERVAL * 4)
+        await hass.async_block_till_done(wait_background_tasks=True)
+    assert scan.await_count == 2
+
+
+async def test_background_offers_are_capped(
+    hass: HomeAssistant, monkeypatch: pytest.MonkeyPatch, an_entry: MockConfigEntry
+) -> None:
+    """Made-up UUIDs, new every scan, never queue more than MAX_WAITING_OFFERS offers."""
+    monkeypatch.setenv(discovery.DISABLE_ENV, "0")
+
+    def devices(first: int) -> list[DiscoveredDevice]:
+        return [
+            replace(
+                DEVICE,
+                endpoint=f"urn:uuid:1b6f0a3e-0000-4000-8000-{n:012d}",
+                host=f"10.0.{n // 250}.{n % 250 + 1}",
+            )
+            for n in range(first, first + 40)
+        ]
+
+    with (
+        patch.object(discovery, "async_multicast_interfaces", AsyncMock(return_value=[])),
+        patch.object(discovery, "scan", AsyncMock(side_effect=[devices(0), devices(40)])),
+    ):
+        discovery.async_start_background_discovery(hass)
+        await hass.async_block_till_done(wait_background_tasks=True)
+        offers = hass.config_entries.flow.async_progress_by_handler(DOMAIN)
+        assert len(offers) == discovery.MAX_WAITING_OFFERS
+        async_fire_time_changed(hass, dt_util.utcnow() + discovery.SCAN_INTERVAL)
+        await hass.async_block_till_done(wait_background_tasks=True)
+    assert len(hass.config_entries.flow.async_progress_by_handler(DOMAIN)) == (
+        discovery.MAX_WAITING_OFFERS
+    )
 
 
 async def test_background_scan_disabled(hass: HomeAssistant) -> None:

@@ -1,11 +1,12 @@
 """Background WS-Discovery: find ONVIF cameras and offer them to the user.
 
-Probes go out at start and every 15 minutes on the adapters enabled in Home
-Assistant's `network` integration (multicast, TTL 1), bounded by the scanner
-in core.wsdiscovery (<= 3 s a scan, a capped number of replies and of devices
-per source address). Each camera found becomes an integration-discovery flow
-that the user confirms; a camera already configured is recognised by its
-identity (device UUID), not by its address.
+Probes go out at start and every 15 minutes, while LocalCam has an entry that
+is enabled, on the adapters enabled in Home Assistant's `network` integration
+(multicast, TTL 1), bounded by the scanner in core.wsdiscovery (<= 3 s a scan,
+a capped number of replies and of devices per source address). Each camera
+found becomes an integration-discovery flow that the user confirms (at most
+MAX_WAITING_OFFERS wait at once); a camera already configured is recognised by
+its identity, or at its own address, in the config flow.
 
 Tests, benchmarks and the demo set LOCALCAM_DISABLE_NETWORK_SCANS=1 so that
 nothing is multicast on a real interface outside a test's own namespace.
@@ -36,6 +37,8 @@ FLOW_SCAN_TIME: Final = 1.0
 BACKGROUND_SCAN_TIME: Final = 3.0
 WSD_DISCOVERY_PORT = WSD_PORT  # the standard port; tests aim at their responder's
 DISABLE_ENV: Final = "LOCALCAM_DISABLE_NETWORK_SCANS"
+# Background offers (integration-discovery flows) waiting for the user, at most.
+MAX_WAITING_OFFERS: Final = 32
 
 
 @dataclass(slots=True)
@@ -100,11 +103,24 @@ def async_start_background_discovery(hass: HomeAssistant) -> None:
         return
 
     async def _scan(*_: Any) -> None:
+        if not hass.config_entries.async_entries(
+            DOMAIN, include_ignore=False, include_disabled=False
+        ):
+            # Only while LocalCam has a camera: with the last entry removed or
+            # disabled, nothing is multicast until one is added again (as after
+            # a restart, which does not set LocalCam up without an entry).
+            return
         devices = await async_scan(hass, [])
         status.scans += 1
         status.last_scan = dt_util.utcnow()
         status.last_found = len(devices)
-        for device in devices:
+        # Offers waiting for the user are capped: each scan can hear up to
+        # 1024 devices (256 sources x 4), and made-up UUIDs are new every time.
+        waiting = sum(
+            flow["context"].get("source") == SOURCE_INTEGRATION_DISCOVERY
+            for flow in hass.config_entries.flow.async_progress_by_handler(DOMAIN)
+        )
+        for device in devices[: max(0, MAX_WAITING_OFFERS - waiting)]:
             discovery_flow.async_create_flow(
                 hass,
                 DOMAIN,
