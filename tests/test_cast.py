@@ -2062,7 +2062,8 @@ async def test_keep_alive_outlives_an_unexpected_error(
     assert failures == [APP_MEDIA_RECEIVER]
     assert hass.data[DATA_CAST].session_for(RECEIVER) is not None
     assert hass.data[DATA_CAST].diagnostics()[RECEIVER]["recasts"] == 2
-    assert "Keep-alive re-cast to media_player.kitchen_display failed unexpectedly" in caplog.text
+    # The LOAD's edge turns it into cast_failed, logged with its type (never the URL).
+    assert "Cast to media_player.kitchen_display failed: RuntimeError" in caplog.text
 
 
 def _resolver(answers: dict[str, list[str]]) -> Any:
