@@ -10,6 +10,7 @@ from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers.http import KEY_HASS, HomeAssistantView
 
 from .camera import LocalCamCamera
+from .core.snapshot_cache import CameraUnloadedError
 
 MAX_SIZE: Final = 8192
 # Errors a card can act on; the body is a short key, never a URL or secret.
@@ -32,6 +33,21 @@ def _size(request: web.Request, name: str) -> int | None:
     if not (raw.isascii() and raw.isdigit() and len(raw) <= 5) or not 0 < int(raw) <= MAX_SIZE:
         raise web.HTTPBadRequest(text=f"{name} must be an integer from 1 to {MAX_SIZE}")
     return int(raw)
+
+
+def _error_status(err: HomeAssistantError) -> HTTPStatus:
+    """The status of a failed still: the camera's fault (502/504) or ours (503).
+
+    A request caught by the entry's unload (reload, removal) is answered 503
+    by this view: the camera did not fail, and a retry reaches the reloaded
+    entity. The snapshot cache guarantees such a request gets an error, never
+    a CancelledError that would drop the connection.
+    """
+    if isinstance(err.__cause__, CameraUnloadedError):
+        return HTTPStatus.SERVICE_UNAVAILABLE
+    if err.translation_key in _TIMEOUT_KEYS:
+        return HTTPStatus.GATEWAY_TIMEOUT
+    return HTTPStatus.BAD_GATEWAY
 
 
 def _none_match(request: web.Request, etag: str) -> bool:
@@ -73,12 +89,7 @@ class LocalCamSnapshotView(HomeAssistantView):
         try:
             snapshot = await entity.async_snapshot(width, height)
         except HomeAssistantError as err:
-            status = (
-                HTTPStatus.GATEWAY_TIMEOUT
-                if err.translation_key in _TIMEOUT_KEYS
-                else HTTPStatus.BAD_GATEWAY
-            )
-            return web.Response(status=status, text=err.translation_key or "error")
+            return web.Response(status=_error_status(err), text=err.translation_key or "error")
         etag = f'"{snapshot.sha256}"'
         headers = {
             "X-LocalCam-Camera": entity.unique_id or "",

@@ -2,6 +2,7 @@
 
 import asyncio
 from datetime import UTC, datetime
+import gc
 import hashlib
 import io
 
@@ -15,7 +16,11 @@ from custom_components.localcam.core.errors import (
     InvalidImageError,
 )
 from custom_components.localcam.core.models import Snapshot, SnapshotSource
-from custom_components.localcam.core.snapshot_cache import MAX_SIZES, SnapshotCache
+from custom_components.localcam.core.snapshot_cache import (
+    MAX_SIZES,
+    CameraUnloadedError,
+    SnapshotCache,
+)
 
 
 class Clock:
@@ -244,12 +249,12 @@ async def test_a_hanging_camera_does_not_slow_another(clock: Clock) -> None:
     assert loop.time() - start < 0.5
     await cache_a.close()
     for task in stuck:
-        with pytest.raises(asyncio.CancelledError):
+        with pytest.raises(CameraUnloadedError):
             await task
 
 
-async def test_close_cancels_inflight(clock: Clock) -> None:
-    """Unload cancels fetches in flight and forgets frames."""
+async def test_close_ends_inflight_with_an_error(clock: Clock) -> None:
+    """Unload ends fetches in flight, answers their waiters with an error, forgets frames."""
     upstream = Upstream(clock)
     cache = _cache(clock, upstream)
     await cache.get()
@@ -258,6 +263,95 @@ async def test_close_cancels_inflight(clock: Clock) -> None:
     waiter = asyncio.create_task(cache.get())
     await asyncio.sleep(0)
     await cache.close()
-    with pytest.raises(asyncio.CancelledError):
+    with pytest.raises(CameraUnloadedError) as caught:
         await waiter
+    # A LocalCam error with a translation (en.json exceptions.cannot_connect).
+    assert isinstance(caught.value, CannotConnectError)
+    assert caught.value.translation_key == "cannot_connect"
     assert cache._full_frame is None
+    assert not cache._tasks
+
+
+async def test_close_answers_every_waiter_of_every_size(clock: Clock) -> None:
+    """Full, coalesced and scaled waiters all get the unload error, none a CancelledError."""
+    upstream = Upstream(clock)
+    upstream.release.clear()
+    cache = _cache(clock, upstream)
+    waiters = [
+        asyncio.create_task(cache.get()),
+        asyncio.create_task(cache.get()),
+        asyncio.create_task(cache.get(160, 90)),
+        asyncio.create_task(cache.get(320, 180)),
+    ]
+    await asyncio.sleep(0.01)
+    assert upstream.calls == 1
+    await cache.close()
+    results = await asyncio.gather(*waiters, return_exceptions=True)
+    assert all(isinstance(result, CameraUnloadedError) for result in results), results
+
+
+async def test_close_answers_a_producer_that_never_ran(clock: Clock) -> None:
+    """A fetch cancelled before it started still leaves no waiter hanging."""
+    upstream = Upstream(clock)
+    cache = _cache(clock, upstream)
+    waiter = asyncio.create_task(cache.get())
+    await asyncio.sleep(0)  # the waiter started the producer, which has not run yet
+    assert upstream.calls == 0
+    await cache.close()
+    with pytest.raises(CameraUnloadedError):
+        async with asyncio.timeout(1):
+            await waiter
+    assert upstream.calls == 0
+
+
+async def test_close_answers_waiters_of_a_source_rebind_replaced(clock: Clock) -> None:
+    """A fetch of the old source (dropped from in-flight by rebind) is answered too."""
+    upstream = Upstream(clock)
+    upstream.release.clear()
+    cache = _cache(clock, upstream)
+    waiter = asyncio.create_task(cache.get())
+    await asyncio.sleep(0.01)
+    cache.rebind("fp-b", Upstream(clock, fingerprint="fp-b"))
+    await cache.close()
+    with pytest.raises(CameraUnloadedError):
+        await waiter
+
+
+async def test_a_cancelled_waiter_stays_cancelled_at_close(clock: Clock) -> None:
+    """Only a waiter that was itself cancelled sees CancelledError."""
+    upstream = Upstream(clock)
+    upstream.release.clear()
+    cache = _cache(clock, upstream)
+    leaving = asyncio.create_task(cache.get())
+    staying = asyncio.create_task(cache.get())
+    await asyncio.sleep(0.01)
+    leaving.cancel()
+    await cache.close()
+    with pytest.raises(asyncio.CancelledError):
+        await leaving
+    with pytest.raises(CameraUnloadedError):
+        await staying
+
+
+async def test_close_with_no_waiter_left_warns_nothing(clock: Clock) -> None:
+    """Failed futures nobody awaits are marked retrieved: no asyncio warning."""
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, object]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    try:
+        upstream = Upstream(clock)
+        upstream.release.clear()
+        cache = _cache(clock, upstream)
+        waiters = [asyncio.create_task(cache.get(w, w)) for w in (None, 100, 200)]
+        await asyncio.sleep(0.01)
+        for waiter in waiters:
+            waiter.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+        await cache.close()
+        del waiters, cache
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(previous)
+    assert reported == []

@@ -16,19 +16,22 @@ Guarantees, and where each is enforced:
   camera_proxy does not scale it again).
 - Isolation: caches share nothing, so a hanging camera delays only its own
   waiters (its fetch is bounded by the fetch function's own timeout).
+- Unload: ``close`` ends every fetch in flight and hands each waiter
+  ``CameraUnloadedError`` (a LocalCam error, so views answer with an error
+  status), never a CancelledError it did not ask for: only a waiter whose own
+  task is cancelled sees CancelledError.
 """
 
 import asyncio
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
-import contextlib
 from dataclasses import dataclass, field, replace
 import hashlib
 import time
 from typing import Any, Final
 
 from . import jpeg
-from .errors import CameraTimeoutError, InvalidImageError, LocalCamError
+from .errors import CameraTimeoutError, CannotConnectError, InvalidImageError, LocalCamError
 from .models import Snapshot
 
 # Dashboards request a handful of card sizes; bound the per-size entries so a
@@ -68,6 +71,18 @@ class CacheStats:
         }
 
 
+class CameraUnloadedError(CannotConnectError):
+    """The camera's entry unloaded (reload or removal): no still is coming.
+
+    A ``cannot_connect`` error (translated, like every LocalCam error), so a
+    request caught by the unload gets an answer, not a dropped connection.
+    """
+
+    def __init__(self) -> None:
+        """Say why, for logs; the translation needs no placeholder."""
+        super().__init__("the camera was unloaded while a still was requested")
+
+
 class SnapshotCache:
     """Stills of ONE camera, keyed by requested size."""
 
@@ -92,7 +107,9 @@ class SnapshotCache:
         self._full_frame: Snapshot | None = None
         self._frames: OrderedDict[tuple[int, int], Snapshot] = OrderedDict()
         self._inflight: dict[Size, asyncio.Future[Snapshot]] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        # Every producer and the future it completes, also those ``rebind``
+        # dropped from ``_inflight``: ``close`` must answer all their waiters.
+        self._tasks: dict[asyncio.Task[None], asyncio.Future[Snapshot]] = {}
 
     def rebind(self, fingerprint: str, fetch: FetchFull) -> None:
         """Switch to a new source: everything cached or in flight is dropped."""
@@ -126,7 +143,9 @@ class SnapshotCache:
             self.stats.misses += 1
             pending = self._start(size)
         # shield: a waiter that is cancelled (viewer closed the card) must not
-        # cancel the fetch other viewers are waiting on.
+        # cancel the fetch other viewers are waiting on. The shared future is
+        # never cancelled (``close`` fails it), so CancelledError here means
+        # this waiter itself was cancelled.
         frame = await asyncio.shield(pending)
         if not self._fresh(frame):
             # Only reachable if the source changed while we waited, or the
@@ -142,9 +161,13 @@ class SnapshotCache:
         self._inflight[size] = future
         fingerprint = self.fingerprint
         task = loop.create_task(self._produce(size, future, fingerprint))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks[task] = future
+        task.add_done_callback(self._forget)
         return future
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        """Drop a finished producer."""
+        self._tasks.pop(task, None)
 
     async def _produce(
         self, size: Size, future: asyncio.Future[Snapshot], fingerprint: str
@@ -153,14 +176,12 @@ class SnapshotCache:
         try:
             frame = await (self._upstream() if size is None else self._scaled(size))
         except asyncio.CancelledError:
-            # Unload: the waiters are cancelled with the fetch, never left hanging.
-            if not future.done():
-                future.cancel()
+            # Unload: the waiters get an error, never left hanging and never
+            # cancelled (they were not, only the fetch was).
+            _fail(future, CameraUnloadedError())
             raise
         except Exception as err:  # noqa: BLE001 - every waiter gets the same error
-            if not future.done():
-                future.set_exception(err)
-                future.exception()  # a burst with no waiter left must not warn
+            _fail(future, err)
         else:
             if fingerprint == self.fingerprint:
                 self._store(size, frame)
@@ -239,18 +260,33 @@ class SnapshotCache:
             self._frames.popitem(last=False)
 
     async def close(self) -> None:
-        """Cancel fetches in flight (entry unload) and forget every frame."""
-        for task in list(self._tasks):
+        """Entry unload: fail every waiter, end the fetches, forget every frame.
+
+        Waiters get ``CameraUnloadedError`` before the producers are
+        cancelled, so also a producer cancelled before it ever ran (which
+        then runs none of its own code) leaves no waiter hanging.
+        """
+        producers = dict(self._tasks)
+        for task, future in producers.items():
+            _fail(future, CameraUnloadedError())
             task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        for future in self._inflight.values():
-            if not future.done():
-                future.cancel()
+        if producers:
+            # wait, not await: the producers end cancelled, and close() itself
+            # stays cancellable.
+            await asyncio.wait(producers)
         self._inflight.clear()
         self._full_frame = None
         self._frames.clear()
+
+
+def _fail(future: asyncio.Future[Snapshot], err: BaseException) -> None:
+    """Hand every waiter of ``future`` the error, unless it is already answered."""
+    if future.done():
+        return
+    future.set_exception(err)
+    # Mark it retrieved: a future nobody awaits any more (every viewer left)
+    # must not log "Future exception was never retrieved".
+    future.exception()
 
 
 def _scale_and_hash(data: bytes, size: tuple[int, int]) -> tuple[bytes, int, int, str]:

@@ -1,0 +1,119 @@
+"""Stills requested while the camera's entry unloads: an answer, never a dropped connection.
+
+The virtual camera (the edge LocalCam does not own) hangs or answers on
+loopback; everything from the view to the snapshot cache is LocalCam's own.
+"""
+
+import asyncio
+import gc
+from http import HTTPStatus
+import time
+
+from homeassistant.components.camera.const import DATA_COMPONENT
+from homeassistant.core import HomeAssistant
+from homeassistant.exceptions import HomeAssistantError
+import pytest
+from pytest_homeassistant_custom_component.typing import ClientSessionGenerator
+
+from custom_components.localcam.camera import LocalCamCamera
+from custom_components.localcam.cast_views import _async_snapshot
+from virtualcam import Fault, VirtualCamera
+
+from .conftest import main_entity_id, make_entry, setup_entry
+
+pytestmark = pytest.mark.usefixtures("secrets_absent_from_logs")
+
+
+async def _camera_asked(camera: VirtualCamera, count: int) -> None:
+    """Wait (bounded) until the virtual camera has received ``count`` snapshot requests."""
+    deadline = time.monotonic() + 5
+    while camera.stats.snapshot_requests < count:
+        assert time.monotonic() < deadline, "the camera was never asked"
+        await asyncio.sleep(0.01)
+
+
+def _entity(hass: HomeAssistant, entity_id: str) -> LocalCamCamera:
+    entity = hass.data[DATA_COMPONENT].get_entity(entity_id)
+    assert isinstance(entity, LocalCamCamera)
+    return entity
+
+
+async def test_a_still_in_flight_at_unload_is_answered_503(
+    hass: HomeAssistant,
+    hass_client: ClientSessionGenerator,
+    camera: VirtualCamera,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Full and scaled requests waiting on a hung camera get 503 when the entry unloads."""
+    entry = make_entry(camera)
+    await setup_entry(hass, entry)
+    entity_id = main_entity_id(hass, entry)
+    client = await hass_client()
+    camera.fault = Fault.HANG
+    asked = camera.stats.snapshot_requests
+    url = f"/api/localcam/snapshot/{entity_id}"
+    requests = [
+        asyncio.create_task(client.get(url)),
+        asyncio.create_task(client.get(url)),  # coalesced on the same fetch
+        asyncio.create_task(client.get(f"{url}?width=160&height=90")),  # waits on the full frame
+    ]
+    await _camera_asked(camera, asked + 1)
+    await asyncio.sleep(0.1)  # every request is now waiting on the one fetch
+    assert not any(request.done() for request in requests)
+
+    assert await hass.config_entries.async_unload(entry.entry_id)
+
+    async with asyncio.timeout(5):
+        responses = await asyncio.gather(*requests)
+    for resp in responses:
+        assert resp.status == HTTPStatus.SERVICE_UNAVAILABLE
+        assert await resp.text() == "cannot_connect"
+    # The coalesced requests shared one fetch; the unload ended it.
+    assert camera.stats.snapshot_requests == asked + 1
+    gc.collect()
+    await asyncio.sleep(0)
+    assert "never retrieved" not in caplog.text
+
+
+async def test_the_cast_still_in_flight_at_unload_is_answered_503(
+    hass: HomeAssistant, camera: VirtualCamera
+) -> None:
+    """The cast view's still goes through the same cache: a 503, not a CancelledError."""
+    entry = make_entry(camera)
+    await setup_entry(hass, entry)
+    entity = _entity(hass, main_entity_id(hass, entry))
+    camera.fault = Fault.HANG
+    asked = camera.stats.snapshot_requests
+    pending = asyncio.create_task(_async_snapshot(entity))
+    await _camera_asked(camera, asked + 1)
+
+    assert await hass.config_entries.async_unload(entry.entry_id)
+
+    async with asyncio.timeout(5):
+        resp = await pending
+    assert resp.status == HTTPStatus.SERVICE_UNAVAILABLE
+
+
+async def test_a_request_that_is_itself_cancelled_still_ends_cancelled(
+    hass: HomeAssistant, camera: VirtualCamera
+) -> None:
+    """Only the unload becomes an error: a request cancelled by its client stays cancelled."""
+    entry = make_entry(camera)
+    await setup_entry(hass, entry)
+    entity = _entity(hass, main_entity_id(hass, entry))
+    camera.fault = Fault.HANG
+    asked = camera.stats.snapshot_requests
+    leaving = asyncio.create_task(entity.async_snapshot())
+    staying = asyncio.create_task(entity.async_snapshot())
+    await _camera_asked(camera, asked + 1)
+    leaving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await leaving
+    assert not staying.done()  # the other viewer's fetch goes on
+
+    assert await hass.config_entries.async_unload(entry.entry_id)
+
+    with pytest.raises(HomeAssistantError) as caught:
+        async with asyncio.timeout(5):
+            await staying
+    assert caught.value.translation_key == "cannot_connect"
