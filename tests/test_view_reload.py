@@ -117,3 +117,33 @@ async def test_a_request_that_is_itself_cancelled_still_ends_cancelled(
         async with asyncio.timeout(5):
             await staying
     assert caught.value.translation_key == "cannot_connect"
+
+
+async def test_an_entity_kept_past_unload_fetches_nothing(
+    hass: HomeAssistant, camera: VirtualCamera
+) -> None:
+    """A request that found the entity just before unload gets the error at once, no network."""
+    entry = make_entry(camera)
+    await setup_entry(hass, entry)
+    entity = _entity(hass, main_entity_id(hass, entry))
+    assert (await entity.async_snapshot()).jpeg  # the camera works
+    assert await hass.config_entries.async_unload(entry.entry_id)
+    before = (
+        camera.stats.snapshot_requests,
+        camera.stats.http_connections,
+        camera.stats.rtsp_connections,
+    )
+
+    for size in ((None, None), (160, 90)):
+        with pytest.raises(HomeAssistantError) as caught:
+            async with asyncio.timeout(1):
+                await entity.async_snapshot(*size)
+        assert caught.value.translation_key == "cannot_connect"
+
+    await asyncio.sleep(0.2)  # nothing started in the background either
+    after = (
+        camera.stats.snapshot_requests,
+        camera.stats.http_connections,
+        camera.stats.rtsp_connections,
+    )
+    assert after == before

@@ -355,3 +355,19 @@ async def test_close_with_no_waiter_left_warns_nothing(clock: Clock) -> None:
     finally:
         loop.set_exception_handler(previous)
     assert reported == []
+
+
+async def test_get_after_close_fetches_nothing(clock: Clock) -> None:
+    """A request that arrives after unload gets the error at once, without a fetch."""
+    upstream = Upstream(clock)
+    cache = _cache(clock, upstream)
+    await cache.get()
+    assert upstream.calls == 1
+    await cache.close()
+    for size in ((None, None), (160, 90)):
+        with pytest.raises(CameraUnloadedError):
+            await cache.get(*size)
+    await asyncio.sleep(0.01)  # nothing was started in the background either
+    assert upstream.calls == 1
+    assert not cache._tasks
+    assert cache.stats.misses == 1

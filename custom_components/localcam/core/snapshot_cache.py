@@ -19,7 +19,8 @@ Guarantees, and where each is enforced:
 - Unload: ``close`` ends every fetch in flight and hands each waiter
   ``CameraUnloadedError`` (a LocalCam error, so views answer with an error
   status), never a CancelledError it did not ask for: only a waiter whose own
-  task is cancelled sees CancelledError.
+  task is cancelled sees CancelledError. After ``close``, ``get`` raises the
+  same error at once and starts no fetch (no network, no RTSP session).
 """
 
 import asyncio
@@ -110,6 +111,7 @@ class SnapshotCache:
         # Every producer and the future it completes, also those ``rebind``
         # dropped from ``_inflight``: ``close`` must answer all their waiters.
         self._tasks: dict[asyncio.Task[None], asyncio.Future[Snapshot]] = {}
+        self._closed = False
 
     def rebind(self, fingerprint: str, fetch: FetchFull) -> None:
         """Switch to a new source: everything cached or in flight is dropped."""
@@ -133,6 +135,10 @@ class SnapshotCache:
         # HA's camera_proxy hands over any integer it parsed: a size that is
         # not positive asks for nothing smaller than the camera's own frame.
         size: Size = (width, height) if width and height and width > 0 and height > 0 else None
+        if self._closed:
+            # A request that found the entity just before unload: no fetch on
+            # a closed client (it would reopen a warm RTSP session).
+            raise CameraUnloadedError
         frame = self._lookup(size)
         if frame is not None and self._fresh(frame):
             self.stats.hits += 1
@@ -266,6 +272,7 @@ class SnapshotCache:
         cancelled, so also a producer cancelled before it ever ran (which
         then runs none of its own code) leaves no waiter hanging.
         """
+        self._closed = True
         producers = dict(self._tasks)
         for task, future in producers.items():
             _fail(future, CameraUnloadedError())
