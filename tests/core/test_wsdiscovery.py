@@ -17,10 +17,14 @@ from custom_components.localcam.core.errors import InvalidUrlError, NotLocalErro
 from custom_components.localcam.core.netpolicy import NetPolicy
 from custom_components.localcam.core.onvif import read_device
 from custom_components.localcam.core.wsdiscovery import (
+    MAX_NAMESPACE_LENGTH,
+    MAX_NAMESPACES,
     MAX_REPLY_SIZE,
     PROBE_TYPES,
     DiscoveredDevice,
     _multicast_socket,
+    _parse_xml,
+    _Prefixes,
     _Scan,
     _send_and_wait,
     _target,
@@ -53,6 +57,7 @@ GOOD_MATCH = (
     " onvif://www.onvif.org/MAC/AA-BB-CC-DD-EE-01</d:Scopes>"
     "<d:XAddrs>{xaddr}</d:XAddrs><d:MetadataVersion>1</d:MetadataVersion></d:ProbeMatch>"
 )
+DN_NS = "http://www.onvif.org/ver10/network/wsdl"
 UUID_A = "6f0e5a54-0000-4000-8000-00000000000a"
 UUID_B = "6f0e5a54-0000-4000-8000-00000000000b"
 
@@ -177,6 +182,24 @@ def test_parse_prefers_the_xaddr_of_the_sender() -> None:
 def _nested(depth: int) -> bytes:
     """A valid envelope with a deeply nested element."""
     return reply(good()).replace(b"<d:ProbeMatches>", b"<d:ProbeMatches>" + b"<x>" * depth)
+
+
+def _declaring(root: int, children: int) -> bytes:
+    """A good reply, `root` extra namespaces on the envelope, `children` header elements each
+    declaring one more (the reviewer's datagram cost 100 MiB and 60 ms when each element
+    with a declaration copied its parent's prefix map)."""
+    extra = " ".join(f'xmlns:n{i:x}="urn:x"' for i in range(root))
+    data = reply(good(), namespaces=f"{WSD_NS} {extra}")
+    return data.replace(b"</s:Header>", b'<x xmlns:z="urn:x"/>' * children + b"</s:Header>")
+
+
+def _long_namespace(length: int, uses: int) -> bytes:
+    """A good reply whose header declares one namespace URI `length` long and uses it `uses`
+    times (expat copies the URI into the name of every element that uses it)."""
+    uri = "urn:" + "u" * (length - 4)
+    return reply(good()).replace(
+        b"</s:Header>", f'<p:x xmlns:p="{uri}">'.encode() + b"<p:y/>" * uses + b"</p:x></s:Header>"
+    )
 
 
 # (case, datagram, endpoints expected to survive)
@@ -308,6 +331,20 @@ BAD_INPUT: list[tuple[str, bytes, set[str]]] = [
     ("control characters in endpoint", reply(good(uuid="a\x01b")), set()),
     ("deep nesting", _nested(5000), set()),
     ("many elements", reply(good()).replace(b"<d:Types>", b"<x/>" * 10_000 + b"<d:Types>"), set()),
+    ("namespace declarations on every element", _declaring(1600, 1600), set()),
+    ("one namespace too many", _declaring(MAX_NAMESPACES - 4 + 1, 0), set()),
+    ("long namespace URI used everywhere", _long_namespace(40_000, 3000), set()),
+    ("namespace URI one character too long", _long_namespace(MAX_NAMESPACE_LENGTH + 1, 1), set()),
+    (
+        "control character in a scope",
+        reply(good().replace("hardware/X1", "hardware/X\x9b1"), good(UUID_B)),
+        {f"urn:uuid:{UUID_B}"},
+    ),
+    (
+        "DEL in a scope",
+        reply(good().replace("hardware/X1", "hardware/X\x7f1"), good(UUID_B)),
+        {f"urn:uuid:{UUID_B}"},
+    ),
     ("utf-16", reply(good()).decode().encode("utf-16"), {f"urn:uuid:{UUID_A}"}),
     (
         "latin-1 declared",
@@ -338,6 +375,112 @@ def test_parser_survives_bad_input(case: str, data: bytes, survivors: set[str]) 
     assert len(problems) <= 16
     assert elapsed < 0.5
     assert peak < 8 * 1024 * 1024, peak  # the 10 MB input itself is the caller's
+
+
+def test_namespace_limits_reject_the_whole_reply() -> None:
+    """Past either namespace limit the datagram is refused as a whole, with its reason."""
+    for data in (
+        _declaring(1600, 1600),
+        _declaring(MAX_NAMESPACES - 4, 1),
+        _long_namespace(40_000, 3000),
+        _long_namespace(MAX_NAMESPACE_LENGTH + 1, 1),
+    ):
+        assert len(data) <= MAX_REPLY_SIZE
+        problems: list[str] = []
+        assert parse_probe_matches(data, SOURCE, problems=problems) == []
+        assert problems == ["too many or too long namespace declarations"]
+
+
+def test_namespaces_up_to_the_limits_are_kept() -> None:
+    """A reply with exactly MAX_NAMESPACES declarations (WSD_NS has 4), on the root and on
+    elements, and a URI of MAX_NAMESPACE_LENGTH, is a normal reply."""
+    for data in (
+        _declaring(MAX_NAMESPACES - 4, 0),
+        _declaring(MAX_NAMESPACES - 4 - 100, 100),
+        _long_namespace(MAX_NAMESPACE_LENGTH, 3000),
+    ):
+        problems: list[str] = []
+        (device,) = parse_probe_matches(data, SOURCE, problems=problems)
+        assert problems == []
+        assert device.types == ("dn:NetworkVideoTransmitter",)
+
+
+def test_elements_hold_only_their_own_namespace_declarations() -> None:
+    """Memory for prefixes is linear: the mappings all elements hold add up to the
+    declarations in the document, whatever the nesting (no per-element copies)."""
+    root = _parse_xml(_declaring(150, 100))
+    links: dict[int, _Prefixes] = {}
+    pending = [root]
+    while pending:
+        node = pending.pop()
+        pending.extend(node.children)
+        link = node.prefixes
+        while link is not None:
+            links[id(link)] = link
+            link = link.outer
+    assert sum(len(link.declared) for link in links.values()) == 4 + 150 + 100
+
+
+def test_type_prefixes_resolve_through_nested_declarations() -> None:
+    """A prefix resolves to its nearest declaration: on the Types element, on an ancestor in
+    between, or shadowing the envelope's; an unbound or undeclared prefix stays verbatim."""
+    other = "urn:example:other"
+    cases = [
+        # (Types element, ProbeMatch attributes, expected types)
+        ("<d:Types>dn:NetworkVideoTransmitter</d:Types>", "", ("dn:NetworkVideoTransmitter",)),
+        (
+            '<d:Types xmlns:t="http://www.onvif.org/ver10/device/wsdl">t:Device</d:Types>',
+            "",
+            ("tds:Device",),
+        ),
+        (
+            "<d:Types>q:Device</d:Types>",
+            ' xmlns:q="http://www.onvif.org/ver10/device/wsdl"',
+            ("tds:Device",),
+        ),
+        ("<d:Types>dn:Camera</d:Types>", f' xmlns:dn="{other}"', (f"{{{other}}}Camera",)),
+        (
+            f'<d:Types xmlns:dn="{DN_NS}">dn:Camera</d:Types>',
+            f' xmlns:dn="{other}"',
+            ("dn:Camera",),
+        ),
+        ("<d:Types>zz:Camera Device</d:Types>", "", ("zz:Camera", "Device")),
+        ('<d:Types xmlns="">Device</d:Types>', f' xmlns="{DN_NS}"', ("Device",)),
+        ("<d:Types>Device</d:Types>", f' xmlns="{DN_NS}"', ("dn:Device",)),
+    ]
+    for types, attributes, expected in cases:
+        match = good().replace("<d:Types>dn:NetworkVideoTransmitter</d:Types>", types)
+        match = match.replace("<d:ProbeMatch>", f"<d:ProbeMatch{attributes}>", 1)
+        problems: list[str] = []
+        (device,) = parse_probe_matches(reply(match), SOURCE, problems=problems)
+        assert (device.types, problems) == (expected, []), types
+
+
+@pytest.mark.parametrize(
+    ("scope", "name"),
+    [
+        ("onvif://www.onvif.org/name/Küche", "Küche"),
+        ("onvif://www.onvif.org/name/门口", "门口"),
+        ("onvif://www.onvif.org/location/门口", None),
+        ("onvif://www.onvif.org/name/K%C3%BCche", "Küche"),
+        ("onvif://www.onvif.org/name/Caf%C2%9Be", "Cafe"),  # a C1 control is left out
+    ],
+)
+def test_non_ascii_scopes_keep_the_camera(scope: str, name: str | None) -> None:
+    """Cameras send UTF-8 names and locations, raw or percent-encoded: the device is listed
+    with its scopes as sent, and its name is read from them."""
+    hardware = "onvif://www.onvif.org/hardware/X1"
+    mac = "onvif://www.onvif.org/MAC/AA-BB-CC-DD-EE-01"
+    match = good().replace(
+        f"<d:Scopes>onvif://www.onvif.org/name/Front%20door {hardware}",
+        f"<d:Scopes>{scope} {hardware}",
+    )
+    for data in (reply(match), reply(match).decode().encode("utf-16")):
+        problems: list[str] = []
+        (device,) = parse_probe_matches(data, SOURCE, problems=problems)
+        assert problems == []
+        assert device.scopes == (scope, hardware, mac)
+        assert (device.name, device.hardware, device.mac) == (name, "X1", "aa:bb:cc:dd:ee:01")
 
 
 def test_external_entity_is_never_read(tmp_path: Path) -> None:

@@ -8,12 +8,17 @@ Safety guarantees of this layer (replies come from anyone on the LAN):
 
 * A reply is parsed only when it is at most ``MAX_REPLY_SIZE`` bytes, by expat with no DTD
   at all: a DOCTYPE or ENTITY declaration rejects the datagram before any entity exists, so
-  neither entity expansion nor external entities can happen. Element count and depth are
-  capped, so memory per reply is bounded.
+  neither entity expansion nor external entities can happen. Element count and depth, the
+  number of namespace declarations and the length of a namespace URI are capped, and an
+  element keeps only the prefixes it declares itself (prefixes resolve up the chain of its
+  ancestors, never through copied maps), so work and memory per reply grow linearly with
+  its size and are bounded.
 * A match with a wrong namespace, a missing or duplicated field, or no acceptable XAddr is
   dropped and the rest of the datagram kept. An XAddr is acceptable only as http(s) to an IP
   literal with a valid port that ``NetPolicy.classify`` allows; host names are not resolved
-  during discovery (that would let any host make LocalCam send DNS queries).
+  during discovery (that would let any host make LocalCam send DNS queries). Scopes may hold
+  any Unicode text (cameras send UTF-8 names and locations); a scope with a control
+  character drops its match, and control characters never reach a name or hardware model.
 * ``parse_probe_matches`` never raises. ``scan`` is bounded in time (<= 3 s), in reply
   datagrams parsed, in datagrams and endpoints accepted per source address (not per
   socket: one host has thousands of source ports) and in hosts probed; it logs one line
@@ -59,6 +64,10 @@ MAX_REPLIES_LIMIT: Final = 4096
 MAX_MATCHES_PER_REPLY: Final = 64
 MAX_ELEMENTS: Final = 4096
 MAX_DEPTH: Final = 32
+# Namespace declarations per reply and the length of one namespace URI: a real reply
+# declares a few dozen namespaces, none of them with a URI of more than about 100 characters.
+MAX_NAMESPACES: Final = 256
+MAX_NAMESPACE_LENGTH: Final = 256
 MAX_XADDRS: Final = 8
 MAX_SCOPES: Final = 64
 MAX_TYPES: Final = 16
@@ -92,9 +101,9 @@ _PROBE_TYPE_NAMESPACES: Final = {"dn": DN, "tds": TDS}
 
 _SCOPE_PREFIX: Final = "onvif://www.onvif.org/"
 _ENDPOINT_RE: Final = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:[\x21-\x7e]{1,250}$")
-_TOKEN_RE: Final = re.compile(r"^[\x21-\x7e]+$")
 _MAC_RE: Final = re.compile(r"^[0-9a-f]{12}$")
-_UNPRINTABLE_RE: Final = re.compile(r"[\x00-\x1f\x7f]")
+# Control characters (C0, DEL and C1); any other character may appear in a scope.
+_CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,13 +164,31 @@ class _RejectedError(Exception):
     """The datagram as a whole is refused (DTD, limits)."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Prefixes:
+    """The prefixes one element declares, linked to those of its nearest declaring ancestor."""
+
+    declared: dict[str, str | None]  # None: the default namespace undeclared (xmlns="")
+    outer: _Prefixes | None
+
+    def get(self, prefix: str) -> str | None:
+        """The namespace bound to `prefix` here ("" is the default), None if unbound."""
+        # At most MAX_DEPTH links up: one per element on the way to the root.
+        prefixes: _Prefixes | None = self
+        while prefixes is not None:
+            if prefix in prefixes.declared:
+                return prefixes.declared[prefix]
+            prefixes = prefixes.outer
+        return None
+
+
 @dataclass(slots=True)
 class _Node:
     """A parsed element: namespace, local name, children, text, in-scope prefixes."""
 
     namespace: str
     local: str
-    nsmap: dict[str, str]
+    prefixes: _Prefixes | None
     children: list[_Node] = field(default_factory=list)
     parts: list[str] = field(default_factory=list)
     length: int = 0
@@ -192,27 +219,35 @@ def _parse_xml(data: bytes) -> _Node:
     parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
     parser.buffer_text = True
     stack: list[_Node] = []
-    pending: dict[str, str] = {}
+    pending: dict[str, str | None] = {}
     root: list[_Node] = []
     count = 0
+    declarations = 0
 
     def refuse(*_args: object) -> None:
         raise _RejectedError("DTD or entity declaration")
 
-    def start_ns(prefix: str | None, uri: str) -> None:
+    def start_ns(prefix: str | None, uri: str | None) -> None:
+        # Refused before expat expands a name with it: a long URI is copied into the name
+        # of every element and attribute that uses its prefix.
+        nonlocal declarations
+        declarations += 1
+        if declarations > MAX_NAMESPACES or len(uri or "") > MAX_NAMESPACE_LENGTH:
+            raise _RejectedError("too many or too long namespace declarations")
         pending[prefix or ""] = uri
 
     def start(name: str, _attrs: dict[str, str]) -> None:
-        nonlocal count
+        nonlocal count, pending
         count += 1
         if count > MAX_ELEMENTS or len(stack) >= MAX_DEPTH:
             raise _RejectedError("too many or too deeply nested elements")
         namespace, _, local = name.rpartition(" ")
-        nsmap = stack[-1].nsmap if stack else {}
+        prefixes = stack[-1].prefixes if stack else None
         if pending:
-            nsmap = {**nsmap, **pending}
-            pending.clear()
-        node = _Node(namespace, local, nsmap)
+            # The element's own declarations only, linked to the outer prefixes: no copies.
+            prefixes = _Prefixes(pending, prefixes)
+            pending = {}
+        node = _Node(namespace, local, prefixes)
         if stack:
             stack[-1].children.append(node)
         else:
@@ -294,10 +329,10 @@ def _xaddr(text: str, policy: NetPolicy) -> tuple[str, str, int]:
     return str(url.with_fragment(None)), (host or ""), port
 
 
-def _resolve_type(qname: str, nsmap: dict[str, str]) -> str:
+def _resolve_type(qname: str, prefixes: _Prefixes | None) -> str:
     """A d:Types QName as "dn:Local"/"tds:Local" for known namespaces, else "{ns}Local"."""
     prefix, _, local = qname.rpartition(":")
-    namespace = nsmap.get(prefix)
+    namespace = prefixes.get(prefix) if prefixes is not None else None
     if namespace is None:
         return qname  # unresolvable prefix: kept verbatim, it is informational only
     known = KNOWN_TYPE_PREFIXES.get(namespace)
@@ -308,8 +343,9 @@ def _scope_value(scopes: Sequence[str], kind: str) -> str | None:
     """The decoded value of an onvif://www.onvif.org/<kind>/<value> scope."""
     prefix = f"{_SCOPE_PREFIX}{kind}/"
     for scope in scopes:
-        if scope.lower().startswith(prefix.lower()):
-            value = _UNPRINTABLE_RE.sub("", unquote(scope[len(prefix) :])).strip()
+        # The prefix is compared as a slice: lower() may change the length of non-ASCII text.
+        if scope[: len(prefix)].lower() == prefix.lower():
+            value = _CONTROL_RE.sub("", unquote(scope[len(prefix) :])).strip()
             return value[:MAX_NAME_LENGTH] or None
     return None
 
@@ -338,13 +374,13 @@ def _match(match: _Node, source: str, policy: NetPolicy) -> DiscoveredDevice:
     if xaddrs_node is None:
         raise _InvalidMatchError("missing XAddrs")
     scopes = _split_field(scopes_node, MAX_SCOPES, "scopes") if scopes_node is not None else []
-    if any(not _TOKEN_RE.match(scope) for scope in scopes):
-        raise _InvalidMatchError("unprintable scope")
-    types = (
-        [_resolve_type(q, types_node.nsmap) for q in _split_field(types_node, MAX_TYPES, "types")]
-        if types_node is not None
-        else []
-    )
+    # Non-ASCII is fine (a camera named "Küche"); whitespace already separates scopes.
+    if any(_CONTROL_RE.search(scope) for scope in scopes):
+        raise _InvalidMatchError("control character in scope")
+    types: list[str] = []
+    if types_node is not None:
+        qnames = _split_field(types_node, MAX_TYPES, "types")
+        types = [_resolve_type(qname, types_node.prefixes) for qname in qnames]
     accepted: list[tuple[str, str, int]] = []
     first_reason = "no xaddrs"
     for text in _split_field(xaddrs_node, MAX_XADDRS, "xaddrs"):
