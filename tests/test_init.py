@@ -1,5 +1,6 @@
 """Setup, unload, reload, and the errors a camera can raise at setup."""
 
+from dataclasses import replace
 from datetime import timedelta
 from unittest.mock import patch
 
@@ -207,14 +208,25 @@ async def test_removing_a_camera_removes_its_repair_issues(
     assert issues.async_get_issue(DOMAIN, "h265_only_another-entry") is not None
 
 
+@pytest.mark.parametrize(
+    ("serial", "requests"),
+    [
+        # Clock and device information: the serial, which no broadcast carries.
+        ("SERIAL-4", 2),
+        # No serial: clock, information, interfaces, endpoint reference.
+        (None, 4),
+    ],
+)
 async def test_the_identity_check_after_each_fetch_is_light(
-    hass: HomeAssistant, socket_enabled: None
+    hass: HomeAssistant, socket_enabled: None, serial: str | None, requests: int
 ) -> None:
     """No MAC visible (loopback): each still is followed by an identity-only ONVIF read.
 
-    The whole read (profiles and their URIs) is the health check's, once a minute.
+    The whole read (profiles and their URIs, about ten requests) is the health
+    check's, once a minute.
     """
-    cam = VirtualCamera(onvif_camera_config(4, "127.0.0.1", 0, 0, "02:00:00:00:00:04"))
+    config = onvif_camera_config(4, "127.0.0.1", 0, 0, "02:00:00:00:00:04")
+    cam = VirtualCamera(replace(config, serial=serial))
     await cam.start()
     try:
         entry = await add_onvif_entry(hass, cam)
@@ -226,9 +238,7 @@ async def test_the_identity_check_after_each_fetch_is_light(
         whole = cam.stats.onvif_requests  # the flow's read and setup's first (whole) check
         await async_get_image(hass, entity_id)
         first = cam.stats.onvif_requests - whole
-        # Clock, information, interfaces, endpoint reference: no media service,
-        # no profiles (the whole read takes about ten requests).
-        assert 0 < first <= 4
+        assert first == requests
         entry.runtime_data.streams[entry.runtime_data.main].cache._full_frame = None
         before = cam.stats.onvif_requests
         await async_get_image(hass, entity_id)

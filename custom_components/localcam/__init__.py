@@ -11,6 +11,7 @@ from .cast import async_stop_camera_casts
 from .cast_views import async_setup_cast
 from .const import (
     CONF_CAMERA_ID,
+    CONF_IDENTITY,
     CONF_ONVIF,
     CONF_PROFILES,
     CONF_SNAPSHOT_MAX_AGE,
@@ -88,11 +89,18 @@ def _onvif_identity_probe(
     """
     data = entry.data
     issue_id = f"uri_not_local_{entry.entry_id}"
+    # A serial is in no broadcast: where the entry holds one, it alone tells
+    # this camera from any other device after a fetch (clock and device
+    # information, two requests instead of four), so a slow camera's still
+    # is not aged by the check.
+    only_serial = bool(Identity.from_dict(data.get(CONF_IDENTITY)).serial)
 
     async def probe(whole: bool) -> Identity:
-        device = await read_entry_device(data, policy, with_media=whole)
         if not whole:
-            return device.device_identity
+            return (
+                await read_entry_device(data, policy, with_media=False, only_serial=only_serial)
+            ).device_identity
+        device = await read_entry_device(data, policy)
         refused = device.refused_uris[0] if device.refused_uris else None
         _async_warning(
             hass,

@@ -616,6 +616,7 @@ async def _read(
     password: str | None,
     policy: NetPolicy,
     with_media: bool = True,
+    only_serial: bool = False,
 ) -> OnvifDevice:
     """Talk to the camera at its checked address; errors are translated by the caller."""
     camera = ONVIFCamera(str(address), port, username, password, no_cache=True)
@@ -628,10 +629,12 @@ async def _read(
         device = _Calls(devicemgmt, anonymous=anonymous)
         step = "GetDeviceInformation"
         info = await _optional(device.GetDeviceInformation(), step)
-        step = "GetNetworkInterfaces"
-        interfaces = await _optional(device.GetNetworkInterfaces(), step)
-        step = "GetEndpointReference"
-        reference = await _optional(device.GetEndpointReference(), step)
+        interfaces = reference = None
+        if not only_serial:
+            step = "GetNetworkInterfaces"
+            interfaces = await _optional(device.GetNetworkInterfaces(), step)
+            step = "GetEndpointReference"
+            reference = await _optional(device.GetEndpointReference(), step)
         profiles: list[OnvifProfile] = []
         snapshot_supported = False
         step = "GetServices"
@@ -675,18 +678,23 @@ async def read_device(
     policy: NetPolicy,
     timeout: float = DEFAULT_TIMEOUT,
     with_media: bool = True,
+    only_serial: bool = False,
 ) -> OnvifDevice:
     """Read identity and media profiles from the ONVIF camera at host:port.
 
     With ``with_media=False`` only who the device is (information, interfaces,
-    endpoint reference): no profiles and no URIs, a few light requests.
+    endpoint reference): no profiles and no URIs, a few light requests. With
+    ``only_serial`` too, the clock and the device information alone (two
+    requests): enough to tell a camera whose serial is known from any other.
     """
     base = _device_url(host, port)
     shown = display_url(base)
     try:
         async with asyncio.timeout(timeout):
             target = await policy.check(base, schemes=HTTP_SCHEMES)
-            return await _read(host, port, target.address, username, password, policy, with_media)
+            return await _read(
+                host, port, target.address, username, password, policy, with_media, only_serial
+            )
     except TimeoutError:
         raise CameraTimeoutError(
             f"ONVIF camera at {shown} did not answer within {timeout:g} s", host=host
