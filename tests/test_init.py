@@ -208,6 +208,36 @@ async def test_removing_a_camera_removes_its_repair_issues(
     assert issues.async_get_issue(DOMAIN, "h265_only_another-entry") is not None
 
 
+async def test_a_device_that_names_none_of_the_camera_s_fields_gets_no_still(
+    hass: HomeAssistant, socket_enabled: None
+) -> None:
+    """No MAC visible, and the device at the address reports an empty serial: no still.
+
+    Nothing it says differs, but nothing shows it is this camera either; an
+    impostor need not answer the identity queries at all.
+    """
+    config = onvif_camera_config(5, "127.0.0.1", 0, 0, "02:00:00:00:00:05")
+    cam = VirtualCamera(config)
+    await cam.start()
+    try:
+        entry = await add_onvif_entry(hass, cam)
+        entity_id = next(
+            e.entity_id
+            for e in er.async_entries_for_config_entry(er.async_get(hass), entry.entry_id)
+            if e.disabled_by is None
+        )
+        assert (await async_get_image(hass, entity_id)).content
+        cam.config = replace(config, serial=None)
+        entry.runtime_data.streams[entry.runtime_data.main].cache._full_frame = None
+        with pytest.raises(HomeAssistantError):
+            await async_get_image(hass, entity_id)
+        cam.config = config
+        assert (await async_get_image(hass, entity_id)).content
+    finally:
+        await hass.config_entries.async_unload(entry.entry_id)
+        await cam.stop()
+
+
 @pytest.mark.parametrize(
     ("serial", "requests"),
     [

@@ -21,7 +21,12 @@ import aiohttp
 import yarl
 
 from . import http, jpeg
-from .errors import CameraTimeoutError, InvalidImageError, ReplyTooLargeError
+from .errors import (
+    CameraTimeoutError,
+    CannotConnectError,
+    InvalidImageError,
+    ReplyTooLargeError,
+)
 from .identity import Identity, neighbour_mac
 from .models import CameraSource, Snapshot, SnapshotSource, StreamInfo
 from .netpolicy import NetPolicy, Target
@@ -168,7 +173,13 @@ class CameraClient:
             seen = await loop.run_in_executor(None, neighbour_mac, raw.address)
             if seen is not None:
                 return
-        self.source.identity.check(await self.identity_probe(whole), raw.host)
+        observed = await self.identity_probe(whole)
+        self.source.identity.check(observed, raw.host)
+        if not self.source.identity.confirms(observed):
+            # Every identity query failed or came back empty: the device did
+            # not show it is this camera, so its frame is not served as this
+            # camera's (an impostor need not answer them at all).
+            raise CannotConnectError(f"the device at {raw.host} did not say which camera it is")
 
     async def _fetch_raw(self, keyframe: KeyframeProvider | None, timeout: float) -> _Raw:
         """Get JPEG bytes, when and from where they arrived, from the best source."""
