@@ -1,6 +1,8 @@
 """The camera entity: live stream and stills, only ever from its own camera."""
 
 import asyncio
+import contextlib
+from dataclasses import replace
 from typing import override
 
 from homeassistant.components.camera import Camera
@@ -50,6 +52,27 @@ def _profile_name(entry: LocalCamConfigEntry, profile: str) -> str:
     return profile
 
 
+def _ignore_stream_state() -> None:
+    """The update callback of a stream whose entity is gone."""
+
+
+async def _async_stop_stream(stream: Stream) -> None:
+    """Stop the stream's worker, even when the user preloads the stream.
+
+    ``Stream.stop()`` leaves the worker running while ``preload_stream`` is
+    set. That setting object is Home Assistant's cached preference for the
+    entity id (shared with the next entity of the same id after a reload),
+    so the stream gets a copy with preload off while it stops, never a
+    change of the user's preference; afterwards it has the preference again.
+    """
+    settings = stream.dynamic_stream_settings
+    stream.dynamic_stream_settings = replace(settings, preload_stream=False)
+    try:
+        await stream.stop()
+    finally:
+        stream.dynamic_stream_settings = settings
+
+
 class LocalCamCamera(LocalCamEntity, Camera):
     """A LAN camera: RTSP into HA's stream, stills from the camera itself."""
 
@@ -76,6 +99,7 @@ class LocalCamCamera(LocalCamEntity, Camera):
         self.stream_options[STREAM_RTSP_TRANSPORT] = self._client.source.rtsp_transport.value
         self._auth_check: asyncio.Task[None] | None = None
         self._recheck = False
+        self._removed = False
 
     @override
     async def async_added_to_hass(self) -> None:
@@ -87,6 +111,30 @@ class LocalCamCamera(LocalCamEntity, Camera):
             self._client.keyframe_provider = None
 
         self.async_on_remove(_detach)
+
+    @override
+    async def async_will_remove_from_hass(self) -> None:
+        """Stop this entity's stream and its check: neither may outlive the entity.
+
+        Home Assistant's Camera leaves ``self.stream`` running when the entity
+        goes (unload, reload, disable); its worker would keep the RTSP session
+        with the old URL and credentials, and its state changes would still
+        run this entity's check against the entry's closed client (and could
+        start a reauth flow for an entry that is gone).
+        """
+        self._removed = True
+        if (task := self._auth_check) is not None:
+            task.cancel()
+            await asyncio.wait([task])
+            self._auth_check = None
+        # A stream being created right now is created before it is stopped.
+        lock = self._create_stream_lock or contextlib.nullcontext()
+        async with lock:
+            if (stream := self.stream) is not None:
+                self.stream = None
+                stream.set_update_callback(_ignore_stream_state)
+                await _async_stop_stream(stream)
+        await super().async_will_remove_from_hass()
 
     @property
     @override
@@ -112,15 +160,18 @@ class LocalCamCamera(LocalCamEntity, Camera):
     @override
     async def async_create_stream(self) -> Stream | None:
         """Create the stream and watch it for authentication failures."""
+        if self._removed:
+            return None  # a removed entity starts no stream
         stream = await super().async_create_stream()
-        if stream is not None:
-            stream.set_update_callback(self._async_stream_state_changed)
-            # Probing off, as in LocalCam's own grabs: the codec parameters
-            # come from the SDP. Safe here because the test before configure
-            # decoded this very camera with the same options; it saves the
-            # ~2 s libavformat spends analysing a live stream before the
-            # first HLS segment (cast and more-info dialogs start that much sooner).
-            stream.pyav_options.update(FAST_OPEN_OPTIONS)
+        if stream is None or self._removed:
+            return None  # no source, or removed meanwhile (the removal stops the stream)
+        stream.set_update_callback(self._async_stream_state_changed)
+        # Probing off, as in LocalCam's own grabs: the codec parameters
+        # come from the SDP. Safe here because the test before configure
+        # decoded this very camera with the same options; it saves the
+        # ~2 s libavformat spends analysing a live stream before the
+        # first HLS segment (cast and more-info dialogs start that much sooner).
+        stream.pyav_options.update(FAST_OPEN_OPTIONS)
         return stream
 
     @callback
@@ -133,15 +184,20 @@ class LocalCamCamera(LocalCamEntity, Camera):
         health check (DESCRIBE + identity); a change during a check runs it
         once more afterwards, so none is missed.
         """
+        if self._removed:
+            return
         self.async_write_ha_state()
         if self.stream is None or not self.stream.outputs():
             return  # stopped (nobody watching, or stopped by us): nothing reconnects
         if self._auth_check is not None:
             self._recheck = True
             return
-        self._auth_check = self.hass.async_create_background_task(
-            self._async_check_stream_peer(), f"{DOMAIN} stream check {self.entity_id}"
+        # Bound to the entry: unloading it cancels the check.
+        task = self.coordinator.config_entry.async_create_background_task(
+            self.hass, self._async_check_stream_peer(), f"{DOMAIN} stream check {self.entity_id}"
         )
+        if not task.done():  # an eagerly finished check has already cleared _auth_check
+            self._auth_check = task
 
     async def _async_check_stream_peer(self) -> None:
         """A 401 starts reauth; another device at the address stops the stream."""
@@ -158,7 +214,7 @@ class LocalCamCamera(LocalCamEntity, Camera):
                 except IdentityMismatchError:
                     # Never let the worker reconnect to, and show, the other device.
                     if self.stream is not None:
-                        await self.stream.stop()
+                        await _async_stop_stream(self.stream)
                     await self.coordinator.async_request_refresh()
                     return
                 except LocalCamError:

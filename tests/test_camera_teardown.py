@@ -1,0 +1,195 @@
+"""A camera entity's stream and stream checks end with the entity (unload, reload)."""
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+from unittest.mock import patch
+
+from homeassistant.components.camera.helper import get_camera_from_entity_id
+from homeassistant.config_entries import ConfigEntryState
+from homeassistant.core import HomeAssistant
+import pytest
+from pytest_homeassistant_custom_component.common import MockConfigEntry
+from pytest_homeassistant_custom_component.typing import WebSocketGenerator
+
+from custom_components.localcam.const import CONF_IDENTITY, DOMAIN
+from virtualcam import Fault, VirtualCamera
+
+from .conftest import main_entity_id, make_entry
+from .test_camera import _running_stream
+
+pytestmark = pytest.mark.usefixtures("secrets_absent_from_logs")
+
+
+async def _until(hass: HomeAssistant, condition: Callable[[], bool], seconds: float = 10) -> bool:
+    """Wait (bounded) until condition() holds; return whether it did."""
+    for _ in range(int(seconds / 0.05)):
+        await hass.async_block_till_done()
+        if condition():
+            return True
+        await asyncio.sleep(0.05)
+    return condition()
+
+
+async def _stream_entry(hass: HomeAssistant, cam: VirtualCamera, **data: Any) -> MockConfigEntry:
+    """A loaded entry for an RTSP-only camera (entry data updated with `data`)."""
+    entry = make_entry(cam, snapshot=False)
+    entry.add_to_hass(hass)
+    if data:
+        hass.config_entries.async_update_entry(entry, data={**entry.data, **data})
+    await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    assert entry.state is ConfigEntryState.LOADED
+    return entry
+
+
+def _state(hass: HomeAssistant, entity_id: str) -> str | None:
+    """An entity's state, or None without one."""
+    state = hass.states.get(entity_id)
+    return state.state if state is not None else None
+
+
+async def _set_preload(hass_ws_client: WebSocketGenerator, entity_id: str, preload: bool) -> None:
+    """Switch "preload stream" as the user does (the camera's settings dialog)."""
+    client = await hass_ws_client()
+    await client.send_json_auto_id(
+        {"type": "camera/update_prefs", "entity_id": entity_id, "preload_stream": preload}
+    )
+    assert (await client.receive_json())["success"]
+
+
+async def _preload(hass_ws_client: WebSocketGenerator, entity_id: str) -> bool:
+    """The user's "preload stream" setting, as the settings dialog shows it."""
+    client = await hass_ws_client()
+    await client.send_json_auto_id({"type": "camera/get_prefs", "entity_id": entity_id})
+    reply = await client.receive_json()
+    assert reply["success"]
+    return bool(reply["result"]["preload_stream"])
+
+
+async def test_unload_ends_the_stream_and_its_checks(
+    hass: HomeAssistant, rtsp_only_camera: VirtualCamera
+) -> None:
+    """After unload no RTSP session is left, and the old stream starts no check or reauth."""
+    cam = rtsp_only_camera
+    entry = await _stream_entry(hass, cam)
+    entity_id = main_entity_id(hass, entry)
+    async with _running_stream(hass, entity_id, cam) as stream:
+        assert cam.stats.active_play_sessions == 1
+
+        assert await hass.config_entries.async_unload(entry.entry_id)
+        await hass.async_block_till_done()
+        assert entry.state is ConfigEntryState.NOT_LOADED
+        # The worker's session ends with the entity, not at HLS's idle timeout (minutes).
+        assert await _until(hass, lambda: cam.stats.active_play_sessions == 0, 5)
+
+        # The camera now refuses the old credentials, and something still reports
+        # a state change of the old stream (as its worker would on a reconnect):
+        # nothing of the unloaded entry asks the camera, nothing starts a reauth.
+        cam.fault = Fault.UNAUTHORIZED
+        await cam.restart()
+        describes = cam.stats.describe_requests
+        stream._async_update_state(False)
+        await _until(
+            hass, lambda: bool(hass.config_entries.flow.async_progress_by_handler(DOMAIN)), 1
+        )
+        assert hass.config_entries.flow.async_progress_by_handler(DOMAIN) == []
+        assert cam.stats.describe_requests == describes
+        assert cam.stats.active_play_sessions == 0
+
+
+async def test_unload_cancels_a_running_stream_check(
+    hass: HomeAssistant, rtsp_only_camera: VirtualCamera
+) -> None:
+    """A stream check waiting on the camera ends with the unload, not at its timeout."""
+    cam = rtsp_only_camera
+    entry = await _stream_entry(hass, cam)
+    entity_id = main_entity_id(hass, entry)
+    entity = get_camera_from_entity_id(hass, entity_id)
+    async with _running_stream(hass, entity_id, cam) as stream:
+        # The check's DESCRIBE is answered late (the worker's RTP keeps flowing);
+        # the default 3 s is far longer than the few steps to the unload below.
+        cam.fault = Fault.SLOW
+        connections = cam.stats.rtsp_connections
+        stream._async_update_state(True)  # the worker reports a reconnect: a check starts
+        check = entity._auth_check  # type: ignore[attr-defined]
+        assert check is not None
+        assert await _until(hass, lambda: cam.stats.rtsp_connections > connections, 5)
+        assert not check.done()  # waiting for the camera's answer
+
+        assert await hass.config_entries.async_unload(entry.entry_id)
+        assert check.cancelled()
+        cam.fault = None
+        await hass.async_block_till_done()
+        assert hass.config_entries.flow.async_progress_by_handler(DOMAIN) == []
+        # The worker's (slowly answered) TEARDOWN ends its session too.
+        assert await _until(hass, lambda: cam.stats.active_play_sessions == 0, 10)
+
+
+async def test_a_preloaded_stream_ends_with_the_entry_and_keeps_the_setting(
+    hass: HomeAssistant, rtsp_only_camera: VirtualCamera, hass_ws_client: WebSocketGenerator
+) -> None:
+    """With "preload stream" on, unload still ends the worker; the user's setting stays on."""
+    cam = rtsp_only_camera
+    entry = await _stream_entry(hass, cam)
+    entity_id = main_entity_id(hass, entry)
+    await _set_preload(hass_ws_client, entity_id, True)
+    async with _running_stream(hass, entity_id, cam) as stream:
+        assert stream.dynamic_stream_settings.preload_stream
+        assert await hass.config_entries.async_unload(entry.entry_id)
+        await hass.async_block_till_done()
+        assert await _until(hass, lambda: cam.stats.active_play_sessions == 0, 5)
+    assert await _preload(hass_ws_client, entity_id)
+
+    # Loaded again, the new entity's stream is preloaded as before, and ends with
+    # the next unload too.
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    async with _running_stream(hass, entity_id, cam) as stream:
+        assert cam.stats.active_play_sessions == 1
+        assert stream.dynamic_stream_settings.preload_stream
+        assert await hass.config_entries.async_unload(entry.entry_id)
+        await hass.async_block_till_done()
+        assert await _until(hass, lambda: cam.stats.active_play_sessions == 0, 5)
+    assert await _preload(hass_ws_client, entity_id)
+
+
+async def test_reload_leaves_one_stream_session(
+    hass: HomeAssistant, rtsp_only_camera: VirtualCamera
+) -> None:
+    """A reload ends the old entity's stream; the new entity streams on its own."""
+    cam = rtsp_only_camera
+    entry = await _stream_entry(hass, cam)
+    entity_id = main_entity_id(hass, entry)
+    async with _running_stream(hass, entity_id, cam):
+        assert await hass.config_entries.async_reload(entry.entry_id)
+        await hass.async_block_till_done()
+        assert await _until(hass, lambda: cam.stats.active_play_sessions == 0, 5)
+    async with _running_stream(hass, entity_id, cam) as stream:
+        assert cam.stats.active_play_sessions == 1
+        assert stream.available
+    assert await _until(hass, lambda: cam.stats.active_play_sessions == 0, 5)
+
+
+async def test_a_preloaded_stream_that_reaches_another_device_is_stopped(
+    hass: HomeAssistant, rtsp_only_camera: VirtualCamera, hass_ws_client: WebSocketGenerator
+) -> None:
+    """The identity check stops the worker's session even with "preload stream" on."""
+    cam = rtsp_only_camera
+    entry = await _stream_entry(hass, cam, **{CONF_IDENTITY: {"mac": "aa:bb:cc:00:11:22"}})
+    entity_id = main_entity_id(hass, entry)
+    await _set_preload(hass_ws_client, entity_id, True)
+    async with _running_stream(hass, entity_id, cam) as stream:
+        assert cam.stats.active_play_sessions == 1
+        # The kernel's neighbour table (the edge) now names another device.
+        with patch(
+            "custom_components.localcam.core.snapshot.neighbour_mac",
+            return_value="aa:bb:cc:00:11:99",
+        ):
+            stream._async_update_state(True)  # a state change of the stream: a check runs
+            assert await _until(hass, lambda: cam.stats.active_play_sessions == 0, 5)
+            # ... then the health refresh it requests marks the entity unavailable.
+            assert await _until(hass, lambda: _state(hass, entity_id) == "unavailable", 5)
+        assert not stream.outputs()
+    assert await _preload(hass_ws_client, entity_id)  # the user's setting is untouched
+    await hass.config_entries.async_unload(entry.entry_id)
