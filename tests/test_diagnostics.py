@@ -3,6 +3,7 @@
 import json
 
 from homeassistant.components import camera as camera_component
+from homeassistant.config_entries import ConfigEntryState
 from homeassistant.core import HomeAssistant
 from homeassistant.helpers import device_registry as dr
 from pytest_homeassistant_custom_component.components.diagnostics import (
@@ -13,7 +14,7 @@ from pytest_homeassistant_custom_component.typing import ClientSessionGenerator
 from syrupy.assertion import SnapshotAssertion
 from syrupy.matchers import path_type
 
-from virtualcam import VirtualCamera
+from virtualcam import Fault, VirtualCamera
 
 from .conftest import CAM_PASSWORD, CAM_USER, add_onvif_entry, make_entry, setup_entry
 
@@ -102,3 +103,49 @@ async def test_onvif_diagnostics_redact_identity_and_addresses(
     finally:
         await hass.config_entries.async_unload(entry.entry_id)
         await cam.stop()
+
+
+async def test_diagnostics_of_an_entry_whose_camera_is_down(
+    hass: HomeAssistant,
+    hass_client: ClientSessionGenerator,
+    camera: VirtualCamera,
+    snapshot: SnapshotAssertion,
+) -> None:
+    """An entry waiting to retry its setup still gives (redacted) diagnostics, and says so."""
+    camera.fault = Fault.REFUSE
+    entry = make_entry(camera)
+    await setup_entry(hass, entry)
+    assert entry.state is ConfigEntryState.SETUP_RETRY
+    diagnostics = await get_diagnostics_for_config_entry(hass, hass_client, entry)
+    text = json.dumps(diagnostics)
+    for secret in (CAM_PASSWORD, CAM_USER, "127.0.0.1", str(camera.rtsp_port), entry.unique_id):
+        assert secret not in text
+    assert diagnostics["state"] == "setup_retry"
+    # What needs a loaded entry (health, streams) is left out, not an HTTP 500.
+    assert not {"health", "main_stream", "streams"} & diagnostics.keys()
+    assert diagnostics == snapshot
+
+
+async def test_device_diagnostics_after_a_reload_that_failed(
+    hass: HomeAssistant,
+    hass_client: ClientSessionGenerator,
+    device_registry: dr.DeviceRegistry,
+    camera: VirtualCamera,
+) -> None:
+    """The camera's device keeps its diagnostics when a reload finds the camera down."""
+    entry = make_entry(camera)
+    await setup_entry(hass, entry)
+    [device] = dr.async_entries_for_config_entry(device_registry, entry.entry_id)
+    camera.fault = Fault.REFUSE
+    await hass.config_entries.async_reload(entry.entry_id)
+    await hass.async_block_till_done()
+    assert entry.state is ConfigEntryState.SETUP_RETRY
+    diagnostics = await get_diagnostics_for_device(hass, hass_client, entry, device)
+    text = json.dumps(diagnostics)
+    for secret in (CAM_PASSWORD, CAM_USER, "127.0.0.1", str(camera.rtsp_port), entry.unique_id):
+        assert secret not in text
+    assert diagnostics["state"] == "setup_retry"
+    assert "streams" not in diagnostics
+    assert diagnostics["entry"]["data"]["stream_url"] == "rtsp://**REDACTED**:**REDACTED**/stream"
+    assert diagnostics["device"]["manufacturer"] == "LocalCam"
+    assert [entity["state"] for entity in diagnostics["entities"]] == ["unavailable"]

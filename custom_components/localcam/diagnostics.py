@@ -4,6 +4,7 @@ import time
 from typing import Any
 
 from homeassistant.components.diagnostics import async_redact_data
+from homeassistant.config_entries import ConfigEntryState
 from homeassistant.const import CONF_HOST, CONF_PASSWORD, CONF_USERNAME
 from homeassistant.core import HomeAssistant
 from homeassistant.helpers import device_registry as dr, entity_registry as er
@@ -18,7 +19,7 @@ from .const import (
     CONF_STREAM_URL,
 )
 from .core.netpolicy import redact_url
-from .data import LocalCamConfigEntry
+from .data import LocalCamConfigEntry, LocalCamData
 from .discovery import DATA_DISCOVERY
 
 # Credentials obviously; the camera id and unique id because they are hashes
@@ -59,9 +60,9 @@ async def async_get_config_entry_diagnostics(
         }
         for profile in data.get(CONF_PROFILES) or []
     ]
-    coordinator = entry.runtime_data.coordinator
-    streams = entry.runtime_data.streams
-    return {
+    diagnostics: dict[str, Any] = {
+        # "loaded", or why not ("setup_retry" while the camera is down, ...).
+        "state": entry.state.value,
         "entry": async_redact_data(
             {
                 "title": entry.title,
@@ -71,6 +72,21 @@ async def async_get_config_entry_diagnostics(
             },
             TO_REDACT,
         ),
+        "identity_known": {
+            field: bool(value) for field, value in (entry.data.get(CONF_IDENTITY) or {}).items()
+        },
+        "discovery": _discovery(hass, entry),
+        # Last cast per receiver: no camera id, no URL; tokens redacted.
+        "cast": async_cast_diagnostics(hass, entry.data[CONF_CAMERA_ID]),
+    }
+    # Health and streams exist only while the entry is loaded: an entry that
+    # waits to retry its setup (camera down) or failed it has no runtime data.
+    runtime: LocalCamData | None = getattr(entry, "runtime_data", None)
+    if entry.state is not ConfigEntryState.LOADED or runtime is None:
+        return diagnostics
+    coordinator = runtime.coordinator
+    return {
+        **diagnostics,
         "health": {
             "last_update_success": coordinator.last_update_success,
             "last_error": coordinator.last_error,
@@ -79,13 +95,7 @@ async def async_get_config_entry_diagnostics(
             if coordinator.update_interval
             else None,
         },
-        "identity_known": {
-            field: bool(value) for field, value in (entry.data.get(CONF_IDENTITY) or {}).items()
-        },
-        "main_stream": entry.runtime_data.main,
-        "discovery": _discovery(hass, entry),
-        # Last cast per receiver: no camera id, no URL; tokens redacted.
-        "cast": async_cast_diagnostics(hass, entry.data[CONF_CAMERA_ID]),
+        "main_stream": runtime.main,
         # Counters only: never image bytes. Keyed by stream (profile).
         "streams": {
             profile: {
@@ -98,7 +108,7 @@ async def async_get_config_entry_diagnostics(
                     "sessions_opened": stream.client.grabber.sessions_opened,
                 },
             }
-            for profile, stream in streams.items()
+            for profile, stream in runtime.streams.items()
         },
     }
 
