@@ -18,14 +18,29 @@ from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import HomeAssistantError
 from PIL import Image
 import pytest
+from pytest_homeassistant_custom_component.common import MockConfigEntry
 from pytest_homeassistant_custom_component.typing import ClientSessionGenerator
+import pytest_socket
 
-from custom_components.localcam.const import CONF_IDENTITY, CONF_SNAPSHOT_MAX_AGE, DOMAIN
+from custom_components.localcam.const import (
+    CONF_CAMERA_ID,
+    CONF_IDENTITY,
+    CONF_SNAPSHOT_MAX_AGE,
+    CONF_STREAM_URL,
+    DOMAIN,
+)
 from custom_components.localcam.core import jpeg
 from custom_components.localcam.core.netpolicy import NetPolicy
-from virtualcam import Fault, VirtualCamera, color_for, nearest_camera
+from virtualcam import CameraConfig, Fault, VirtualCamera, color_for, nearest_camera
 
-from .conftest import CAM_PASSWORD, CAM_USER, main_entity_id, make_entry, setup_entry
+from .conftest import (
+    CAM_PASSWORD,
+    CAM_USER,
+    entry_data,
+    main_entity_id,
+    make_entry,
+    setup_entry,
+)
 
 pytestmark = pytest.mark.usefixtures("secrets_absent_from_logs")
 
@@ -386,3 +401,111 @@ def test_profile_name_falls_back_to_the_token() -> None:
     entry = MockConfigEntry(domain=DOMAIN, data={"profiles": [{"token": "sub", "name": "Sub"}]})
     assert _profile_name(entry, "sub") == "Sub"
     assert _profile_name(entry, "other") == "other"
+
+
+@asynccontextmanager
+async def _moved_camera(
+    hass: HomeAssistant,
+) -> AsyncIterator[tuple[Any, VirtualCamera, VirtualCamera]]:
+    """Camera A, known as porch.test, with a stream opened; A moves, B takes A's old address.
+
+    Yields (A's entity, A at its new address 127.0.0.2, B at A's old 127.0.0.1).
+    DNS and the kernel's neighbour table are the edge: both follow the move.
+    """
+    pytest_socket.socket_allow_hosts(["127.0.0.1", "127.0.0.2"], allow_unix_socket=True)
+    dns = {"porch.test": "127.0.0.1"}
+    link = {"127.0.0.1": MAC_A}
+
+    async def resolve(host: str, _port: int) -> list[str]:
+        return [dns[host]]
+
+    def config(color: int, host: str, port: int = 0) -> CameraConfig:
+        return CameraConfig(
+            name=f"c{color}",
+            color=color_for(color),
+            host=host,
+            rtsp_port=port,
+            username=CAM_USER,
+            password=CAM_PASSWORD,
+            http_snapshot=False,
+            width=320,
+            height=180,
+        )
+
+    a = VirtualCamera(config(0, "127.0.0.1"))
+    await a.start()
+    moved = other = None
+    with (
+        patch("custom_components.localcam.core.netpolicy._system_resolve", resolve),
+        patch(
+            "custom_components.localcam.core.snapshot.neighbour_mac",
+            lambda address, *_: link.get(str(address)),
+        ),
+    ):
+        data = entry_data(a, snapshot=False)
+        data[CONF_STREAM_URL] = f"rtsp://porch.test:{a.rtsp_port}/stream"
+        data[CONF_IDENTITY] = {"mac": MAC_A}
+        entry = MockConfigEntry(
+            domain=DOMAIN, title="porch", unique_id=data[CONF_CAMERA_ID], data=data
+        )
+        await setup_entry(hass, entry)
+        entity = get_camera_from_entity_id(hass, main_entity_id(hass, entry))
+        try:
+            stream = await entity.async_create_stream()
+            assert stream is not None
+            assert "@127.0.0.1:" in stream.source
+            await a.stop()
+            moved = VirtualCamera(config(0, "127.0.0.2", a.rtsp_port))
+            other = VirtualCamera(config(5, "127.0.0.1", a.rtsp_port))
+            await moved.start()
+            await other.start()
+            dns["porch.test"] = "127.0.0.2"
+            link.update({"127.0.0.2": MAC_A, "127.0.0.1": MAC_B})
+            yield entity, moved, other
+        finally:
+            await hass.config_entries.async_unload(entry.entry_id)
+            for cam in (moved, other):
+                if cam is not None:
+                    await cam.stop()
+
+
+MAC_A = "02:00:00:00:00:0a"
+MAC_B = "02:00:00:00:00:0b"
+
+
+async def test_a_still_never_comes_from_a_stream_left_on_the_old_address(
+    hass: HomeAssistant, socket_enabled: None
+) -> None:
+    """A camera known by host name moved; its stream, opened before, is on the old address.
+
+    A still from that stream's keyframe would be whatever answers there now
+    (B) under A's name: the stream is pointed at the address the fetch just
+    checked instead, and this still is grabbed from there. (HA's worker is not
+    started here: the stream's address, not its pictures, is what is checked.)
+    """
+    async with _moved_camera(hass) as (entity, moved, other):
+        stream = entity.stream
+        provider = stream.add_provider("hls")  # someone is watching
+        try:
+            snapshot = await entity.async_snapshot()
+            assert _camera_index(snapshot.jpeg) == 0  # A's colour, never B's (5)
+            assert snapshot.source.value == "rtsp_grab"
+            assert "@127.0.0.2:" in stream.source
+            assert moved.stats.play_sessions == 1
+            assert other.stats.play_sessions == 0
+        finally:
+            await stream.remove_provider(provider)
+
+
+async def test_a_health_check_points_the_stream_at_the_camera_s_new_address(
+    hass: HomeAssistant, socket_enabled: None
+) -> None:
+    """After the minute's health check (which resolves the host anew) the stream follows too."""
+    async with _moved_camera(hass) as (entity, _moved, other):
+        await entity.coordinator.async_refresh()
+        await hass.async_block_till_done()
+        assert entity.coordinator.last_update_success
+        assert "@127.0.0.2:" in entity.stream.source
+        # And a viewer opening it now gets the same stream, on the new address.
+        assert await entity.async_create_stream() is entity.stream
+        assert other.stats.play_sessions == 0

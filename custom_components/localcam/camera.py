@@ -165,6 +165,8 @@ class LocalCamCamera(LocalCamEntity, Camera):
         stream = await super().async_create_stream()
         if stream is None or self._removed:
             return None  # no source, or removed meanwhile (the removal stops the stream)
+        # An existing stream may still play from where the host name used to point.
+        await self._async_repin_stream(stream)
         stream.set_update_callback(self._async_stream_state_changed)
         # Probing off, as in LocalCam's own grabs: the codec parameters
         # come from the SDP. Safe here because the test before configure
@@ -173,6 +175,47 @@ class LocalCamCamera(LocalCamEntity, Camera):
         # first HLS segment (cast and more-info dialogs start that much sooner).
         stream.pyav_options.update(FAST_OPEN_OPTIONS)
         return stream
+
+    async def _async_repin_stream(self, stream: Stream) -> None:
+        """Point HA's stream at the address the camera's host now checks out at.
+
+        Home Assistant asks ``stream_source`` once, when it creates the stream,
+        and reconnects to that URL (pinned to one address) for as long as the
+        stream lives. A camera configured by host name that moved would go on
+        playing whatever device took its old address, while every check of
+        LocalCam's looks at the new one. So the stream follows the checked
+        address (``update_source`` restarts its worker there); for an address
+        literal nothing ever changes.
+        """
+        try:
+            pinned = await self._client.stream_url()
+        except LocalCamError as err:
+            raise translated_error(err) from err
+        self._pin(stream, pinned)
+
+    def _pin(self, stream: Stream, pinned: str) -> bool:
+        """Make ``stream`` play from ``pinned`` (a secret); True if it already did."""
+        if stream.source == pinned:
+            return True
+        LOGGER.info("%s: the stream follows its camera to a new address", self.entity_id)
+        stream.update_source(pinned)
+        return False
+
+    @callback
+    def _handle_coordinator_update(self) -> None:
+        """After each health check (which resolved the host anew), re-pin a running stream."""
+        super()._handle_coordinator_update()
+        stream = self.stream
+        if self._removed or stream is None or not self.coordinator.last_update_success:
+            return
+        self.coordinator.config_entry.async_create_background_task(
+            self.hass, self._async_repin_quietly(stream), f"{DOMAIN} stream pin {self.entity_id}"
+        )
+
+    async def _async_repin_quietly(self, stream: Stream) -> None:
+        """Re-pin after a health check; a failure is the next check's business."""
+        with contextlib.suppress(HomeAssistantError):
+            await self._async_repin_stream(stream)
 
     @callback
     def _async_stream_state_changed(self) -> None:
@@ -219,22 +262,31 @@ class LocalCamCamera(LocalCamEntity, Camera):
                     return
                 except LocalCamError:
                     pass  # unreachable cameras are the health coordinator's business
+                else:
+                    # The check looked at where the host points now; so must the stream.
+                    if (stream := self.stream) is not None:
+                        await self._async_repin_quietly(stream)
                 if not self._recheck:
                     return
         finally:
             self._auth_check = None
 
-    async def _async_stream_keyframe(self) -> bytes | None:
+    async def _async_stream_keyframe(self, pinned: str) -> bytes | None:
         """Return a JPEG of the running stream's next keyframe, or None.
 
         Only used while a stream already runs for this camera (someone is
-        watching), so no second RTSP session is opened. Home Assistant's
-        keyframe converter returns its previous image when a decode fails;
-        that would be an old frame served as new, so an unchanged image
-        object counts as no image here and the caller grabs its own.
+        watching), so no second RTSP session is opened. Only a stream that
+        plays from ``pinned``, the address the fetch just checked, may give
+        the still: one still on an older address is pointed there, and the
+        caller grabs its own this time. Home Assistant's keyframe converter
+        returns its previous image when a decode fails; that would be an old
+        frame served as new, so an unchanged image object counts as no image
+        here and the caller grabs its own.
         """
         stream = self.stream
         if stream is None or not stream.available or not stream.outputs():
+            return None
+        if not self._pin(stream, pinned):
             return None
         converter = stream._keyframe_converter  # noqa: SLF001 - see docstring
         previous = converter._image  # noqa: SLF001

@@ -27,10 +27,13 @@ class CameraHealth:
 
     Two healthy results compare equal whatever their time, so a check that
     changes nothing writes no entity state (the coordinator's always_update
-    is off); the time is still kept for diagnostics.
+    is off); the time is still kept for diagnostics. The address the camera's
+    host resolved to does compare: when it changes (a camera known by host
+    name moved), the entities hear of it and point a running stream there.
     """
 
     checked_at: datetime = field(compare=False)
+    address: str | None = None
 
 
 class LocalCamCoordinator(DataUpdateCoordinator[CameraHealth]):
@@ -61,7 +64,7 @@ class LocalCamCoordinator(DataUpdateCoordinator[CameraHealth]):
     async def _async_update_data(self) -> CameraHealth:
         """Run one health check."""
         try:
-            await self.client.check_health()
+            target = await self.client.check_health()
         except IdentityMismatchError as err:
             self.last_error = err.translation_key
             ir.async_create_issue(
@@ -94,7 +97,7 @@ class LocalCamCoordinator(DataUpdateCoordinator[CameraHealth]):
             ) from err
         self.last_error = None
         ir.async_delete_issue(self.hass, DOMAIN, self._identity_issue_id)
-        return CameraHealth(checked_at=dt_util.utcnow())
+        return CameraHealth(checked_at=dt_util.utcnow(), address=str(target.address))
 
     @property
     def _identity_issue_id(self) -> str:

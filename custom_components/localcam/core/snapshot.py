@@ -45,7 +45,11 @@ INLINE_FINISH_BYTES: Final = 256 * 1024
 
 # Returns a JPEG of the running stream's next keyframe, or None when Home
 # Assistant runs no stream for this camera right now.
-type KeyframeProvider = Callable[[], Awaitable[bytes | None]]
+# Called with the stream URL pinned to the address just checked (a secret):
+# a JPEG of the running stream's next keyframe, or None. The provider must
+# return None unless its stream plays from exactly that URL: a stream opened
+# on an address the camera's host name no longer resolves to plays another device.
+type KeyframeProvider = Callable[[str], Awaitable[bytes | None]]
 # Asks the device at the camera's address for its identity (MAC/serial/UUID).
 # Called with ``whole=True`` by the health check (once a minute: the device's
 # whole description, URIs included) and ``whole=False`` after each fetch (who
@@ -99,8 +103,11 @@ class CameraClient:
         )
         return frame.info
 
-    async def check_health(self, timeout: float = 5.0) -> None:
-        """One light DESCRIBE: reachable, authorised, serving video, same device."""
+    async def check_health(self, timeout: float = 5.0) -> Target:
+        """One light DESCRIBE: reachable, authorised, serving video, same device.
+
+        Return the target checked: the address the stream URL resolved to now.
+        """
         target = await self.stream_target()
         await describe(
             target,
@@ -117,6 +124,7 @@ class CameraClient:
             await asyncio.get_running_loop().run_in_executor(
                 None, self.check_link_identity, target.address, target.host
             )
+        return target
 
     def _needs_link_check(self, raw: _Raw) -> bool:
         """Whether finishing this still reads the kernel's neighbour table (blocking)."""
@@ -210,7 +218,8 @@ class CameraClient:
                 yarl_host(self.source.snapshot_url),
             )
         target = await self.stream_target()
-        if keyframe is not None and (image := await keyframe()) is not None:
+        pinned = target.pinned_url(self.source.username, self.source.password)
+        if keyframe is not None and (image := await keyframe(pinned)) is not None:
             kind, received = SnapshotSource.STREAM_KEYFRAME, time.monotonic()
         else:
             frame = await self.grabber.grab(
