@@ -702,11 +702,20 @@ async def test_a_configured_camera_announcing_a_field_its_entry_lacks_is_not_off
     assert (result["type"], result["reason"]) == (FlowResultType.ABORT, "already_configured")
 
 
-async def test_scan_leaves_out_a_camera_configured_at_that_address(
-    hass: HomeAssistant, onvif_camera: VirtualCamera
+@pytest.mark.parametrize("known_by", ["address", "uuid"])
+async def test_scan_leaves_out_a_configured_camera(
+    hass: HomeAssistant, onvif_camera: VirtualCamera, known_by: str
 ) -> None:
-    """The scan's list leaves out the configured camera even when its entry holds no UUID."""
-    entry = _onvif_entry_at("127.0.0.1", onvif_camera.http_port, onvif_camera.rtsp_port)
+    """The scan's list leaves out a configured camera: by its UUID, or at its own address.
+
+    By address even when the entry holds no UUID (a camera without
+    GetEndpointReference); by UUID wherever the entry thinks it is.
+    """
+    if known_by == "address":
+        entry = _onvif_entry_at("127.0.0.1", onvif_camera.http_port, onvif_camera.rtsp_port)
+    else:
+        at_old = _onvif_entry_at("192.168.1.20", 80, 554)
+        entry = _with_identity(at_old, mac=MAC, serial=SERIAL, uuid=onvif_camera.device_uuid)
     entry.add_to_hass(hass)
     result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
     result = await hass.config_entries.flow.async_configure(
