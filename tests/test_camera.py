@@ -1,7 +1,7 @@
 """The camera entity against real virtual cameras on 127.0.0.1."""
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 import hashlib
@@ -501,11 +501,51 @@ async def test_a_health_check_points_the_stream_at_the_camera_s_new_address(
     hass: HomeAssistant, socket_enabled: None
 ) -> None:
     """After the minute's health check (which resolves the host anew) the stream follows too."""
-    async with _moved_camera(hass) as (entity, _moved, other):
+    async with _moved_camera(hass) as (entity, moved, other):
         await entity.coordinator.async_refresh()
         await hass.async_block_till_done()
         assert entity.coordinator.last_update_success
-        assert "@127.0.0.2:" in entity.stream.source
-        # And a viewer opening it now gets the same stream, on the new address.
-        assert await entity.async_create_stream() is entity.stream
+        stream = entity.stream
+        assert "@127.0.0.2:" in stream.source
+        # And a viewer opening it now gets the same stream, on the new address;
+        # when the viewer leaves, HA's own stop ends it (no restart left pending).
+        assert await entity.async_create_stream() is stream
+        provider = stream.add_provider("hls")
+        await stream.start()
+        await _until(lambda: moved.stats.active_play_sessions == 1)
+        async with asyncio.timeout(30):
+            await stream.remove_provider(provider)
         assert other.stats.play_sessions == 0
+        await _until(lambda: moved.stats.active_play_sessions == 0)
+
+
+async def test_an_unload_right_after_the_stream_followed_its_camera_ends_it(
+    hass: HomeAssistant, socket_enabled: None
+) -> None:
+    """The stream restarts on the new address, and the entry unloads at once: the unload ends.
+
+    Home Assistant's worker reads a stop right after update_source as the
+    restart and runs on; LocalCam's stop clears that restart first.
+    """
+    async with _moved_camera(hass) as (entity, moved, other):
+        stream = entity.stream
+        stream.add_provider("hls")
+        await stream.start()  # on the old address: B answers there
+        await _until(lambda: other.stats.play_sessions == 1)
+        # A viewer opens it: it follows A (update_source), and at once the entry unloads.
+        assert await entity.async_create_stream() is stream
+        assert "@127.0.0.2:" in stream.source
+        async with asyncio.timeout(30):
+            assert await hass.config_entries.async_unload(entity.coordinator.config_entry.entry_id)
+        await _until(
+            lambda: moved.stats.active_play_sessions == other.stats.active_play_sessions == 0
+        )
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    """Wait (at most 10 s) until ``condition`` holds."""
+    for _ in range(200):  # the emulator's counters change on its own loop callbacks
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met within 10 s")

@@ -67,6 +67,16 @@ async def _async_stop_stream(stream: Stream) -> None:
     """
     settings = stream.dynamic_stream_settings
     stream.dynamic_stream_settings = replace(settings, preload_stream=False)
+    # Home Assistant 2026.10's worker reads a stop that comes right after
+    # update_source (before the worker restarted on the new URL) as that
+    # restart: it clears the quit flag and runs on, and stop() then waits
+    # for ever on the thread. After a re-pin (``_pin``), an unload could hang
+    # so. Clearing the pending restart first makes the stop a stop.
+    stream._fast_restart_once = False  # noqa: SLF001 - see above
+    # stop() drops the outputs without their cleanup: release their waiting
+    # requests and idle timers first (as remove_provider does for one).
+    for output in stream.outputs().values():
+        output.cleanup()
     try:
         await stream.stop()
     finally:
@@ -194,11 +204,22 @@ class LocalCamCamera(LocalCamEntity, Camera):
         self._pin(stream, pinned)
 
     def _pin(self, stream: Stream, pinned: str) -> bool:
-        """Make ``stream`` play from ``pinned`` (a secret); True if it already did."""
+        """Make ``stream`` play from ``pinned`` (a secret); True if it already did.
+
+        A running worker restarts on the new URL (``update_source``). A stream
+        whose worker is not running just takes the URL for its next start:
+        ``update_source`` would leave its restart flag set, and Home
+        Assistant's worker then treats the next stop as that restart and runs
+        on (``_async_stop_stream`` explains the race).
+        """
         if stream.source == pinned:
             return True
         LOGGER.info("%s: the stream follows its camera to a new address", self.entity_id)
-        stream.update_source(pinned)
+        worker = stream._thread  # noqa: SLF001 - no public "is running" in HA 2026.10
+        if worker is not None and worker.is_alive():
+            stream.update_source(pinned)
+        else:
+            stream.source = pinned
         return False
 
     @callback
