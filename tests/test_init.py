@@ -1,5 +1,7 @@
 """Setup, unload, reload, and the errors a camera can raise at setup."""
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import timedelta
 from unittest.mock import patch
@@ -16,7 +18,7 @@ from homeassistant.helpers import (
     issue_registry as ir,
 )
 import pytest
-from pytest_homeassistant_custom_component.common import async_fire_time_changed
+from pytest_homeassistant_custom_component.common import MockConfigEntry, async_fire_time_changed
 
 from custom_components.localcam.const import (
     CONF_ALLOWED_NETWORKS,
@@ -24,7 +26,7 @@ from custom_components.localcam.const import (
     DOMAIN,
     HEALTH_INTERVAL_SECONDS,
 )
-from virtualcam import Fault, VirtualCamera
+from virtualcam import CameraConfig, Fault, VirtualCamera
 
 from .conftest import (
     add_onvif_entry,
@@ -208,15 +210,14 @@ async def test_removing_a_camera_removes_its_repair_issues(
     assert issues.async_get_issue(DOMAIN, "h265_only_another-entry") is not None
 
 
-async def test_a_device_that_names_none_of_the_camera_s_fields_gets_no_still(
-    hass: HomeAssistant, socket_enabled: None
-) -> None:
-    """No MAC visible, and the device at the address reports an empty serial: no still.
+@asynccontextmanager
+async def _onvif_entity(
+    hass: HomeAssistant, config: CameraConfig
+) -> AsyncIterator[tuple[VirtualCamera, MockConfigEntry, str]]:
+    """An ONVIF virtual camera on loopback (no MAC visible), added through the flow.
 
-    Nothing it says differs, but nothing shows it is this camera either; an
-    impostor need not answer the identity queries at all.
+    Yields the camera, its entry and its main entity's id; unloads and stops after.
     """
-    config = onvif_camera_config(5, "127.0.0.1", 0, 0, "02:00:00:00:00:05")
     cam = VirtualCamera(config)
     await cam.start()
     try:
@@ -226,16 +227,34 @@ async def test_a_device_that_names_none_of_the_camera_s_fields_gets_no_still(
             for e in er.async_entries_for_config_entry(er.async_get(hass), entry.entry_id)
             if e.disabled_by is None
         )
+        yield cam, entry, entity_id
+    finally:
+        await hass.config_entries.async_unload(entry.entry_id)
+        await cam.stop()
+
+
+def _forget_still(entry: MockConfigEntry) -> None:
+    """Drop the main stream's cached still, so that the next request fetches."""
+    entry.runtime_data.streams[entry.runtime_data.main].cache._full_frame = None
+
+
+async def test_a_device_that_names_none_of_the_camera_s_fields_gets_no_still(
+    hass: HomeAssistant, socket_enabled: None
+) -> None:
+    """No MAC visible, and the device at the address reports an empty serial: no still.
+
+    Nothing it says differs, but nothing shows it is this camera either; an
+    impostor need not answer the identity queries at all.
+    """
+    config = onvif_camera_config(5, "127.0.0.1", 0, 0, "02:00:00:00:00:05")
+    async with _onvif_entity(hass, config) as (cam, entry, entity_id):
         assert (await async_get_image(hass, entity_id)).content
         cam.config = replace(config, serial=None)
-        entry.runtime_data.streams[entry.runtime_data.main].cache._full_frame = None
+        _forget_still(entry)
         with pytest.raises(HomeAssistantError):
             await async_get_image(hass, entity_id)
         cam.config = config
         assert (await async_get_image(hass, entity_id)).content
-    finally:
-        await hass.config_entries.async_unload(entry.entry_id)
-        await cam.stop()
 
 
 @pytest.mark.parametrize(
@@ -256,23 +275,12 @@ async def test_the_identity_check_after_each_fetch_is_light(
     check's, once a minute.
     """
     config = onvif_camera_config(4, "127.0.0.1", 0, 0, "02:00:00:00:00:04")
-    cam = VirtualCamera(replace(config, serial=serial))
-    await cam.start()
-    try:
-        entry = await add_onvif_entry(hass, cam)
-        entity_id = next(
-            e.entity_id
-            for e in er.async_entries_for_config_entry(er.async_get(hass), entry.entry_id)
-            if e.disabled_by is None
-        )
+    async with _onvif_entity(hass, replace(config, serial=serial)) as (cam, entry, entity_id):
         whole = cam.stats.onvif_requests  # the flow's read and setup's first (whole) check
         await async_get_image(hass, entity_id)
         first = cam.stats.onvif_requests - whole
         assert first == requests
-        entry.runtime_data.streams[entry.runtime_data.main].cache._full_frame = None
+        _forget_still(entry)
         before = cam.stats.onvif_requests
         await async_get_image(hass, entity_id)
         assert cam.stats.onvif_requests - before == first
-    finally:
-        await hass.config_entries.async_unload(entry.entry_id)
-        await cam.stop()
