@@ -7,6 +7,7 @@ camera's responder on a loopback port (unicast, never multicast here).
 import asyncio
 from collections.abc import AsyncIterator
 import contextlib
+from contextlib import asynccontextmanager
 from ipaddress import ip_address
 from typing import Any
 from unittest.mock import patch
@@ -48,7 +49,9 @@ MAC = "02:00:00:aa:bb:01"
 SERIAL = "VC-0001"
 
 
-async def _onvif_camera(**overrides: Any) -> VirtualCamera:
+@asynccontextmanager
+async def _onvif_camera(**overrides: Any) -> AsyncIterator[VirtualCamera]:
+    """The ONVIF virtual camera MAC/SERIAL ("door"), with ``overrides``; stopped after."""
     settings: dict[str, Any] = {
         "name": "door",
         "color": color_for(2),
@@ -63,15 +66,17 @@ async def _onvif_camera(**overrides: Any) -> VirtualCamera:
     config = CameraConfig(**{**settings, **overrides})
     cam = VirtualCamera(config)
     await cam.start()
-    return cam
+    try:
+        yield cam
+    finally:
+        await cam.stop()
 
 
 @pytest.fixture
 async def onvif_camera(socket_enabled: None) -> AsyncIterator[VirtualCamera]:
     """An ONVIF virtual camera with a MAC and a serial, and a WS-Discovery responder."""
-    cam = await _onvif_camera(wsdiscovery_port=0)
-    yield cam
-    await cam.stop()
+    async with _onvif_camera(wsdiscovery_port=0) as cam:
+        yield cam
 
 
 @pytest.fixture
@@ -160,22 +165,18 @@ async def test_camera_without_mac_uses_its_serial(
     hass: HomeAssistant, socket_enabled: None
 ) -> None:
     """A camera that reports no MAC is configured with its serial as identity."""
-    cam = await _onvif_camera(mac=None)
-    try:
+    async with _onvif_camera(mac=None) as cam:
         flow_id = await _onvif_form(hass)
         result = await hass.config_entries.flow.async_configure(flow_id, _onvif_input(cam))
         assert result["type"] is FlowResultType.CREATE_ENTRY
         assert result["result"].unique_id == f"serial_{SERIAL}"
-    finally:
-        await cam.stop()
 
 
 async def test_h265_only_camera_is_added_with_a_note(
     hass: HomeAssistant, socket_enabled: None
 ) -> None:
     """An H.265-only camera is set up, not hidden, and a repair issue says why."""
-    cam = await _onvif_camera(hevc_only=True)
-    try:
+    async with _onvif_camera(hevc_only=True) as cam:
         flow_id = await _onvif_form(hass)
         # The virtual camera streams H.264 but reports H.265 profiles: the flow
         # must not hide such a camera.
@@ -186,8 +187,6 @@ async def test_h265_only_camera_is_added_with_a_note(
         issue = ir.async_get(hass).async_get_issue(DOMAIN, f"h265_only_{entry.entry_id}")
         assert issue is not None
         assert issue.translation_key == "h265_only"
-    finally:
-        await cam.stop()
 
 
 async def test_reconfigure_onvif(hass: HomeAssistant, onvif_camera: VirtualCamera) -> None:
@@ -209,16 +208,13 @@ async def test_reconfigure_onvif(hass: HomeAssistant, onvif_camera: VirtualCamer
     assert entry.data[CONF_PASSWORD] == CAM_PASSWORD
     await hass.async_block_till_done()
 
-    other = await _onvif_camera(mac="02:00:00:aa:bb:99", serial="OTHER")
-    try:
+    async with _onvif_camera(mac="02:00:00:aa:bb:99", serial="OTHER") as other:
         result = await _reconfigure(hass, entry.entry_id)
         result = await hass.config_entries.flow.async_configure(
             result["flow_id"], _onvif_input(other)
         )
         assert result["type"] is FlowResultType.ABORT
         assert result["reason"] == "wrong_camera"
-    finally:
-        await other.stop()
 
 
 async def test_scan_finds_cameras_by_unicast(
@@ -411,8 +407,7 @@ async def test_dhcp_follows_a_moved_onvif_camera_after_identity_check(
     hass: HomeAssistant, loopback_hosts: None
 ) -> None:
     """DHCP says the camera's MAC has a new address: the entry moves, once proven."""
-    cam = await _onvif_camera(host="127.0.0.2")
-    try:
+    async with _onvif_camera(host="127.0.0.2") as cam:
         old = _onvif_entry_at("127.0.0.3", cam.http_port, cam.rtsp_port)
         old.add_to_hass(hass)
         result = await _dhcp(hass, "127.0.0.2")
@@ -420,16 +415,13 @@ async def test_dhcp_follows_a_moved_onvif_camera_after_identity_check(
         assert old.data[CONF_HOST] == "127.0.0.2"
         assert old.data[CONF_STREAM_URL].startswith("rtsp://127.0.0.2:")
         assert old.data[CONF_PROFILES][0]["stream_url"].startswith("rtsp://127.0.0.2:")
-    finally:
-        await cam.stop()
 
 
 async def test_dhcp_does_not_follow_to_a_different_device(
     hass: HomeAssistant, loopback_hosts: None
 ) -> None:
     """A DHCP claim is not enough: the device at the new address must prove it."""
-    impostor = await _onvif_camera(host="127.0.0.2", mac="02:00:00:aa:bb:99", serial="X")
-    try:
+    async with _onvif_camera(host="127.0.0.2", mac="02:00:00:aa:bb:99", serial="X") as impostor:
         old = _onvif_entry_at("127.0.0.3", impostor.http_port, 554)
         old.add_to_hass(hass)
         result = await _dhcp(hass, "127.0.0.2")
@@ -438,16 +430,13 @@ async def test_dhcp_does_not_follow_to_a_different_device(
         impostor.fault = Fault.REFUSE
         result = await _dhcp(hass, "127.0.0.2")
         assert old.data[CONF_HOST] == "127.0.0.3"
-    finally:
-        await impostor.stop()
 
 
 async def test_dhcp_sends_no_credential_to_an_onvif_device_with_another_mac(
     hass: HomeAssistant, loopback_hosts: None
 ) -> None:
     """A device claiming the camera's MAC over DHCP, whose link MAC differs, is never asked."""
-    impostor = await _onvif_camera(host="127.0.0.2", mac="02:00:00:aa:bb:99", serial="X")
-    try:
+    async with _onvif_camera(host="127.0.0.2", mac="02:00:00:aa:bb:99", serial="X") as impostor:
         old = _onvif_entry_at("127.0.0.3", impostor.http_port, 554)
         old.add_to_hass(hass)
         # The kernel's neighbour entry for the new address: the impostor's own MAC.
@@ -455,8 +444,6 @@ async def test_dhcp_sends_no_credential_to_an_onvif_device_with_another_mac(
         assert result["reason"] == "already_configured"
         assert old.data[CONF_HOST] == "127.0.0.3"
         assert impostor.stats.onvif_requests == 0  # not one SOAP call, so no WS-Security digest
-    finally:
-        await impostor.stop()
 
 
 async def test_dhcp_sends_no_credential_when_following_a_url_camera(
@@ -557,27 +544,21 @@ async def test_a_camera_configured_by_name_is_left_to_dns(
 
 async def test_onvif_camera_without_profiles(hass: HomeAssistant, socket_enabled: None) -> None:
     """A camera reporting no media profile gets no_video, not a crash."""
-    cam = await _onvif_camera(profiles=())
-    try:
+    async with _onvif_camera(profiles=()) as cam:
         flow_id = await _onvif_form(hass)
         result = await hass.config_entries.flow.async_configure(flow_id, _onvif_input(cam))
         assert result["errors"] == {"base": "no_video"}
-    finally:
-        await cam.stop()
 
 
 async def test_camera_reporting_only_public_addresses(
     hass: HomeAssistant, socket_enabled: None
 ) -> None:
     """Stream addresses outside the LAN are refused by name, never fetched."""
-    cam = await _onvif_camera(reported_host="203.0.113.9")
-    try:
+    async with _onvif_camera(reported_host="203.0.113.9") as cam:
         flow_id = await _onvif_form(hass)
         result = await hass.config_entries.flow.async_configure(flow_id, _onvif_input(cam))
         assert result["errors"] == {CONF_HOST: "not_local"}
         assert result["description_placeholders"]["host"] == "203.0.113.9"
-    finally:
-        await cam.stop()
 
 
 async def test_repair_when_the_camera_starts_reporting_a_public_address(
@@ -631,8 +612,7 @@ async def test_follow_refuses_a_device_that_repeats_only_broadcast_fields(
     The UUID is in every WS-Discovery reply the camera sends, so any device on
     the LAN can repeat it; following needs every stored field, the serial too.
     """
-    impostor = await _onvif_camera(host="127.0.0.2", mac=None, serial=None, device_uuid=UUID)
-    try:
+    async with _onvif_camera(host="127.0.0.2", mac=None, serial=None, device_uuid=UUID) as impostor:
         at_old = _onvif_entry_at("127.0.0.3", impostor.http_port, impostor.rtsp_port)
         entry = _with_identity(at_old, mac=MAC, serial=SERIAL, uuid=UUID)
         entry.add_to_hass(hass)
@@ -640,24 +620,19 @@ async def test_follow_refuses_a_device_that_repeats_only_broadcast_fields(
         assert (result["type"], result["reason"]) == (FlowResultType.ABORT, "already_configured")
         assert entry.data[CONF_HOST] == "127.0.0.3"
         assert entry.data[CONF_STREAM_URL].startswith("rtsp://127.0.0.3:")
-    finally:
-        await impostor.stop()
 
 
 async def test_follow_by_link_mac_asks_the_device_nothing(
     hass: HomeAssistant, loopback_hosts: None
 ) -> None:
     """The link shows the camera's MAC at the new address: moved, without one SOAP request."""
-    cam = await _onvif_camera(host="127.0.0.2")
-    try:
+    async with _onvif_camera(host="127.0.0.2") as cam:
         old = _onvif_entry_at("127.0.0.3", cam.http_port, cam.rtsp_port)
         old.add_to_hass(hass)
         result = await _dhcp(hass, "127.0.0.2", link_mac=MAC)
         assert result["reason"] == "already_configured"
         assert old.data[CONF_HOST] == "127.0.0.2"
         assert cam.stats.onvif_requests == 0
-    finally:
-        await cam.stop()
 
 
 async def test_a_second_camera_with_the_same_firmware_uuid_is_offered(
@@ -668,8 +643,7 @@ async def test_a_second_camera_with_the_same_firmware_uuid_is_offered(
     A stays where it is, and B is not swallowed as "already configured".
     """
     other_mac = "02:00:00:aa:bb:99"
-    b = await _onvif_camera(host="127.0.0.2", mac=other_mac, serial="B", device_uuid=UUID)
-    try:
+    async with _onvif_camera(host="127.0.0.2", mac=other_mac, serial="B", device_uuid=UUID) as b:
         at_old = _onvif_entry_at("127.0.0.3", b.http_port, 554)
         a = _with_identity(at_old, mac=MAC, serial=SERIAL, uuid=UUID)
         a.add_to_hass(hass)
@@ -677,8 +651,6 @@ async def test_a_second_camera_with_the_same_firmware_uuid_is_offered(
         assert (result["type"], result["step_id"]) == (FlowResultType.FORM, "discovery_confirm")
         assert a.data[CONF_HOST] == "127.0.0.3"
         assert b.stats.onvif_requests == 0  # the link MAC told them apart
-    finally:
-        await b.stop()
 
 
 async def test_a_configured_camera_announcing_a_field_its_entry_lacks_is_not_offered(
