@@ -13,6 +13,7 @@ from homeassistant.components.camera.const import DATA_COMPONENT
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import HomeAssistantError
 import pytest
+from pytest_homeassistant_custom_component.common import MockConfigEntry
 from pytest_homeassistant_custom_component.typing import ClientSessionGenerator
 
 from custom_components.localcam.camera import LocalCamCamera
@@ -36,6 +37,15 @@ def _entity(hass: HomeAssistant, entity_id: str) -> LocalCamCamera:
     entity = hass.data[DATA_COMPONENT].get_entity(entity_id)
     assert isinstance(entity, LocalCamCamera)
     return entity
+
+
+async def _loaded(
+    hass: HomeAssistant, camera: VirtualCamera
+) -> tuple[MockConfigEntry, LocalCamCamera]:
+    """The camera's entry, set up, and its main entity."""
+    entry = make_entry(camera)
+    await setup_entry(hass, entry)
+    return entry, _entity(hass, main_entity_id(hass, entry))
 
 
 async def test_a_still_in_flight_at_unload_is_answered_503(
@@ -79,9 +89,7 @@ async def test_the_cast_still_in_flight_at_unload_is_answered_503(
     hass: HomeAssistant, camera: VirtualCamera
 ) -> None:
     """The cast view's still goes through the same cache: a 503, not a CancelledError."""
-    entry = make_entry(camera)
-    await setup_entry(hass, entry)
-    entity = _entity(hass, main_entity_id(hass, entry))
+    entry, entity = await _loaded(hass, camera)
     camera.fault = Fault.HANG
     asked = camera.stats.snapshot_requests
     pending = asyncio.create_task(_async_snapshot(entity))
@@ -98,9 +106,7 @@ async def test_a_request_that_is_itself_cancelled_still_ends_cancelled(
     hass: HomeAssistant, camera: VirtualCamera
 ) -> None:
     """Only the unload becomes an error: a request cancelled by its client stays cancelled."""
-    entry = make_entry(camera)
-    await setup_entry(hass, entry)
-    entity = _entity(hass, main_entity_id(hass, entry))
+    entry, entity = await _loaded(hass, camera)
     camera.fault = Fault.HANG
     asked = camera.stats.snapshot_requests
     leaving = asyncio.create_task(entity.async_snapshot())
@@ -123,9 +129,7 @@ async def test_an_entity_kept_past_unload_fetches_nothing(
     hass: HomeAssistant, camera: VirtualCamera
 ) -> None:
     """A request that found the entity just before unload gets the error at once, no network."""
-    entry = make_entry(camera)
-    await setup_entry(hass, entry)
-    entity = _entity(hass, main_entity_id(hass, entry))
+    entry, entity = await _loaded(hass, camera)
     assert (await entity.async_snapshot()).jpeg  # the camera works
     assert await hass.config_entries.async_unload(entry.entry_id)
     before = (
