@@ -253,6 +253,8 @@ async def test_stream_source_refused_when_dns_turns_public(
     entry = make_entry(camera)
     await setup_entry(hass, entry)
     entity_id = main_entity_id(hass, entry)
+    entity = get_camera_from_entity_id(hass, entity_id)
+    assert await entity.async_create_stream() is not None  # opened while the name was LAN
     client = entry.runtime_data.client
     # The DNS answer is the edge we do not own: fake it, keep everything else.
     client.policy = NetPolicy(resolver=_resolve_to("203.0.113.5"))
@@ -267,6 +269,10 @@ async def test_stream_source_refused_when_dns_turns_public(
         "reason": err.value.translation_placeholders["reason"],
     }
     assert "203.0.113.5" in err.value.translation_placeholders["reason"]
+    # Nor does the stream opened before go on: opening it again is the same error.
+    with pytest.raises(HomeAssistantError) as err:
+        await entity.async_create_stream()
+    assert err.value.translation_key == "not_local"
 
 
 def _resolve_to(address: str) -> Any:

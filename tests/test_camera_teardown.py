@@ -119,6 +119,8 @@ async def test_unload_cancels_a_running_stream_check(
 
         assert await hass.config_entries.async_unload(entry.entry_id)
         assert check.cancelled()
+        # A removed entity opens no stream again (a viewer that held on to it).
+        assert await entity.async_create_stream() is None
         cam.fault = None
         await hass.async_block_till_done()
         assert hass.config_entries.flow.async_progress_by_handler(DOMAIN) == []

@@ -248,8 +248,6 @@ class LocalCamCamera(LocalCamEntity, Camera):
         health check (DESCRIBE + identity); a change during a check runs it
         once more afterwards, so none is missed.
         """
-        if self._removed:
-            return
         self.async_write_ha_state()
         if self.stream is None or not self.stream.outputs():
             return  # stopped (nobody watching, or stopped by us): nothing reconnects
