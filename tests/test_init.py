@@ -17,6 +17,7 @@ from homeassistant.helpers import (
     entity_registry as er,
     issue_registry as ir,
 )
+from homeassistant.helpers.update_coordinator import UpdateFailed
 import pytest
 from pytest_homeassistant_custom_component.common import MockConfigEntry, async_fire_time_changed
 
@@ -183,6 +184,40 @@ async def test_a_different_device_at_the_address(
     assert entry.runtime_data.cache._full_frame is None  # nothing of it was cached
     assert err.value.translation_key == "identity_mismatch"
     await _next_health_check(hass, freezer)
+    assert ir.async_get(hass).async_get_issue(DOMAIN, issue_id) is None
+
+
+async def test_a_check_that_ends_after_removal_raises_no_issue(
+    hass: HomeAssistant, camera: VirtualCamera
+) -> None:
+    """A health check under way when its entry is removed finds another device: no issue.
+
+    The removal deleted the entry's issues; one created after it would stay
+    for an entry that is gone, with a fix flow that can only abort.
+    """
+    entry = make_entry(camera)
+    entry.add_to_hass(hass)
+    hass.config_entries.async_update_entry(
+        entry, data={**entry.data, CONF_IDENTITY: {"mac": "aa:bb:cc:00:11:22"}}
+    )
+    await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    coordinator = entry.runtime_data.coordinator
+    await hass.config_entries.async_remove(entry.entry_id)
+    await hass.async_block_till_done()
+    # The check's end, after the removal (HA's coordinator starts no new one
+    # once shut down, so its last step is run as an in-flight one would end).
+    # The kernel's neighbour table is the edge: it now names another device.
+    with (
+        patch(
+            "custom_components.localcam.core.snapshot.neighbour_mac",
+            return_value="aa:bb:cc:00:11:99",
+        ),
+        pytest.raises(UpdateFailed),
+    ):
+        await coordinator._async_update_data()
+    assert coordinator.last_error == "identity_mismatch"  # the check did see it
+    issue_id = f"identity_mismatch_{entry.entry_id}"
     assert ir.async_get(hass).async_get_issue(DOMAIN, issue_id) is None
 
 

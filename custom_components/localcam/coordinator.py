@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, override
 
+from homeassistant.config_entries import ConfigEntryState
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import ConfigEntryAuthFailed
 from homeassistant.helpers import issue_registry as ir
@@ -16,6 +17,8 @@ from .core.identity import IdentityMismatchError
 from .core.snapshot import CameraClient
 
 IDENTITY_ISSUE_PREFIX = "identity_mismatch_"
+# Entry states in which a health check may raise a repair issue.
+_RUNNING = frozenset({ConfigEntryState.SETUP_IN_PROGRESS, ConfigEntryState.LOADED})
 
 if TYPE_CHECKING:
     from .data import LocalCamConfigEntry
@@ -67,17 +70,21 @@ class LocalCamCoordinator(DataUpdateCoordinator[CameraHealth]):
             target = await self.client.check_health()
         except IdentityMismatchError as err:
             self.last_error = err.translation_key
-            ir.async_create_issue(
-                self.hass,
-                DOMAIN,
-                self._identity_issue_id,
-                # Fixable: if the user replaced the camera, they can trust the new device.
-                is_fixable=True,
-                data={"entry_id": self.config_entry.entry_id},
-                severity=ir.IssueSeverity.ERROR,
-                translation_key="identity_mismatch",
-                translation_placeholders={"host": err.host, "name": self.config_entry.title},
-            )
+            # Not for a check that was under way when the entry was unloaded
+            # or removed: its issues went with it (async_remove_entry), and
+            # none may come back for an entry that is not there.
+            if self.config_entry.state in _RUNNING:
+                ir.async_create_issue(
+                    self.hass,
+                    DOMAIN,
+                    self._identity_issue_id,
+                    # Fixable: if the user replaced the camera, they can trust the new device.
+                    is_fixable=True,
+                    data={"entry_id": self.config_entry.entry_id},
+                    severity=ir.IssueSeverity.ERROR,
+                    translation_key="identity_mismatch",
+                    translation_placeholders={"host": err.host, "name": self.config_entry.title},
+                )
             raise UpdateFailed(
                 translation_domain=DOMAIN,
                 translation_key="health_identity_mismatch",
