@@ -156,17 +156,21 @@ async def test_a_health_check_is_one_describe(
         assert camera.stats.unauthorized_responses == challenges
 
 
+async def _set_up_with_mac(hass: HomeAssistant, camera: VirtualCamera, mac: str) -> MockConfigEntry:
+    """The camera's entry, pinned to ``mac`` (as if the flow had read it on the link), set up."""
+    entry = make_entry(camera)
+    entry.add_to_hass(hass)
+    hass.config_entries.async_update_entry(entry, data={**entry.data, CONF_IDENTITY: {"mac": mac}})
+    await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    return entry
+
+
 async def test_a_different_device_at_the_address(
     hass: HomeAssistant, camera: VirtualCamera, freezer: FrozenDateTimeFactory
 ) -> None:
     """Another MAC at the camera's address: unavailable, a repair issue, no frames."""
-    entry = make_entry(camera)
-    entry.add_to_hass(hass)
-    hass.config_entries.async_update_entry(
-        entry, data={**entry.data, CONF_IDENTITY: {"mac": "aa:bb:cc:00:11:22"}}
-    )
-    await hass.config_entries.async_setup(entry.entry_id)
-    await hass.async_block_till_done()
+    entry = await _set_up_with_mac(hass, camera, "aa:bb:cc:00:11:22")
     entity_id = main_entity_id(hass, entry)
     issue_id = f"identity_mismatch_{entry.entry_id}"
     # The kernel's neighbour table is the edge: it now names another device.
@@ -195,13 +199,7 @@ async def test_a_check_that_ends_after_removal_raises_no_issue(
     The removal deleted the entry's issues; one created after it would stay
     for an entry that is gone, with a fix flow that can only abort.
     """
-    entry = make_entry(camera)
-    entry.add_to_hass(hass)
-    hass.config_entries.async_update_entry(
-        entry, data={**entry.data, CONF_IDENTITY: {"mac": "aa:bb:cc:00:11:22"}}
-    )
-    await hass.config_entries.async_setup(entry.entry_id)
-    await hass.async_block_till_done()
+    entry = await _set_up_with_mac(hass, camera, "aa:bb:cc:00:11:22")
     coordinator = entry.runtime_data.coordinator
     await hass.config_entries.async_remove(entry.entry_id)
     await hass.async_block_till_done()
