@@ -49,7 +49,6 @@ from homeassistant.components.media_player.const import (
 from homeassistant.components.stream import Stream
 from homeassistant.components.stream.const import HLS_PROVIDER
 from homeassistant.components.stream.core import StreamOutput
-from homeassistant.config_entries import ConfigEntryState
 from homeassistant.const import (
     ATTR_AREA_ID,
     ATTR_DEVICE_ID,
@@ -94,6 +93,7 @@ from .const import DOMAIN, LOGGER
 from .core.cast_links import DEFAULT_LEASE, CastGrant, CastLinkLimitError, CastLinks, CastMode
 from .core.errors import CameraTimeoutError, CannotConnectError, LocalCamError
 from .core.netpolicy import REDACTED, NetPolicy, Target, is_loopback_literal
+from .helpers import entry_is_running
 
 if TYPE_CHECKING:
     # Only for the cast platform hook's signature: pychromecast is installed
@@ -557,8 +557,7 @@ class LocalCamCastManager:
         """Return whether the camera's entry unloaded (or is unloading) since ``generation``."""
         if self._generation(camera.camera_id) != generation:
             return True
-        state = camera.coordinator.config_entry.state
-        return state not in (ConfigEntryState.LOADED, ConfigEntryState.SETUP_IN_PROGRESS)
+        return not entry_is_running(camera.coordinator.config_entry)
 
     @staticmethod
     def _closed_error(camera: LocalCamCamera) -> HomeAssistantError:

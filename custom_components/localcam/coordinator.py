@@ -4,7 +4,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, override
 
-from homeassistant.config_entries import ConfigEntryState
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import ConfigEntryAuthFailed
 from homeassistant.helpers import issue_registry as ir
@@ -15,10 +14,9 @@ from .const import DOMAIN, HEALTH_INTERVAL_SECONDS, LOGGER
 from .core.errors import InvalidAuthError, LocalCamError
 from .core.identity import IdentityMismatchError
 from .core.snapshot import CameraClient
+from .helpers import entry_is_running
 
 IDENTITY_ISSUE_PREFIX = "identity_mismatch_"
-# Entry states in which a health check may raise a repair issue.
-_RUNNING = frozenset({ConfigEntryState.SETUP_IN_PROGRESS, ConfigEntryState.LOADED})
 
 if TYPE_CHECKING:
     from .data import LocalCamConfigEntry
@@ -73,7 +71,7 @@ class LocalCamCoordinator(DataUpdateCoordinator[CameraHealth]):
             # Not for a check that was under way when the entry was unloaded
             # or removed: its issues went with it (async_remove_entry), and
             # none may come back for an entry that is not there.
-            if self.config_entry.state in _RUNNING:
+            if entry_is_running(self.config_entry):
                 ir.async_create_issue(
                     self.hass,
                     DOMAIN,

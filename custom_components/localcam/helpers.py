@@ -4,6 +4,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from homeassistant.config_entries import ConfigEntry, ConfigEntryState
 from homeassistant.const import CONF_HOST, CONF_PASSWORD, CONF_PORT, CONF_USERNAME
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import HomeAssistantError
@@ -107,6 +108,15 @@ class Observation:
 
     link_mac: str | None
     identity: Identity
+
+
+def entry_is_running(entry: ConfigEntry[Any]) -> bool:
+    """Whether an entry is setting up or loaded: not unloading, unloaded or removed.
+
+    Work that outlived its entry's unload (a health check, a cast starting)
+    checks this before it leaves anything behind for the entry.
+    """
+    return entry.state in (ConfigEntryState.SETUP_IN_PROGRESS, ConfigEntryState.LOADED)
 
 
 async def async_observe_identity(
