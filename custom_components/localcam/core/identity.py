@@ -73,19 +73,20 @@ class Identity:
 
     def check(self, observed: Identity, host: str) -> None:
         """Raise IdentityMismatchError when a field known on both sides differs."""
-        for field in ("mac", "serial", "uuid"):
-            mine, theirs = getattr(self, field), getattr(observed, field)
-            if mine and theirs and mine.lower() != theirs.lower():
-                raise IdentityMismatchError(host, field)
+        if (field := self._differing_field(observed)) is not None:
+            raise IdentityMismatchError(host, field)
 
     def differs(self, observed: Identity) -> bool:
         """True when a field known on both sides differs (``check`` would raise)."""
-        return any(
-            (mine := getattr(self, field))
-            and (theirs := getattr(observed, field))
-            and mine.lower() != theirs.lower()
-            for field in ("mac", "serial", "uuid")
-        )
+        return self._differing_field(observed) is not None
+
+    def _differing_field(self, observed: Identity) -> str | None:
+        """The first field known on both sides whose values differ, if any."""
+        for field in ("mac", "serial", "uuid"):
+            mine, theirs = getattr(self, field), getattr(observed, field)
+            if mine and theirs and mine.lower() != theirs.lower():
+                return field
+        return None
 
     def confirms(self, observed: Identity) -> bool:
         """True when a field known on both sides is equal and none differs."""

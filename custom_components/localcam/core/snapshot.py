@@ -92,7 +92,10 @@ class CameraClient:
 
     async def stream_url(self) -> str:
         """Return the pinned stream URL with credentials (secret: never log it)."""
-        target = await self.stream_target()
+        return self.pinned_url(await self.stream_target())
+
+    def pinned_url(self, target: Target) -> str:
+        """The stream URL aimed at a checked target, with credentials (secret)."""
         return target.pinned_url(self.source.username, self.source.password)
 
     async def probe(self, timeout: float) -> StreamInfo:
@@ -218,7 +221,7 @@ class CameraClient:
                 yarl_host(self.source.snapshot_url),
             )
         target = await self.stream_target()
-        pinned = target.pinned_url(self.source.username, self.source.password)
+        pinned = self.pinned_url(target)
         if keyframe is not None and (image := await keyframe(pinned)) is not None:
             kind, received = SnapshotSource.STREAM_KEYFRAME, time.monotonic()
         else:
