@@ -30,7 +30,7 @@ from custom_components.localcam.const import (
     DOMAIN,
 )
 from custom_components.localcam.core import jpeg
-from custom_components.localcam.core.netpolicy import NetPolicy
+from custom_components.localcam.core.netpolicy import NetPolicy, Target
 from virtualcam import CameraConfig, Fault, VirtualCamera, color_for, nearest_camera
 
 from .conftest import (
@@ -328,13 +328,13 @@ async def test_a_stream_change_during_a_check_is_checked_again(
     first_running, release = asyncio.Event(), asyncio.Event()
     calls = 0
 
-    async def check(timeout: float = 5.0) -> None:
+    async def check(timeout: float = 5.0) -> Target:
         nonlocal calls
         calls += 1
         if calls == 1:
             first_running.set()
             await release.wait()
-        await real_check(timeout)
+        return await real_check(timeout)
 
     async with _running_stream(hass, entity_id, rtsp_only_camera) as stream:
         with patch.object(client, "check_health", side_effect=check):
@@ -523,6 +523,50 @@ async def test_a_health_check_points_the_stream_at_the_camera_s_new_address(
             await stream.remove_provider(provider)
         assert other.stats.play_sessions == 0
         await _until(lambda: moved.stats.active_play_sessions == 0)
+
+
+async def test_a_stream_check_pins_the_stream_to_the_address_it_checked(
+    hass: HomeAssistant, socket_enabled: None
+) -> None:
+    """The stream follows the address the check proved to be A, not a later DNS answer.
+
+    The host name resolves to A's new address for the check, then (round-robin,
+    a flapping record) to the old one, where B answers now. A second lookup
+    after the check would pin the stream to B's address, never checked.
+    """
+    async with _moved_camera(hass) as (entity, _moved, other):
+        stream = entity.stream
+        provider = stream.add_provider("hls")  # someone is watching
+        answers = iter(["127.0.0.2"])
+
+        async def flapping(_host: str, _port: int) -> list[str]:
+            return [next(answers, "127.0.0.1")]
+
+        try:
+            with patch("custom_components.localcam.core.netpolicy._system_resolve", flapping):
+                stream._async_update_state(False)  # the worker reports a drop: a check runs
+                await _until(lambda: entity._auth_check is None)  # type: ignore[attr-defined]
+            assert "@127.0.0.2:" in stream.source  # where the check found A
+            assert other.stats.play_sessions == 0
+        finally:
+            await stream.remove_provider(provider)
+
+
+async def test_a_health_check_pins_the_stream_to_the_address_it_checked(
+    hass: HomeAssistant, socket_enabled: None
+) -> None:
+    """The minute's check, too, hands the stream the address it proved, with no second lookup."""
+    async with _moved_camera(hass) as (entity, _moved, _other):
+        answers = iter(["127.0.0.2"])
+
+        async def flapping(_host: str, _port: int) -> list[str]:
+            return [next(answers, "127.0.0.1")]
+
+        with patch("custom_components.localcam.core.netpolicy._system_resolve", flapping):
+            await entity.coordinator.async_refresh()
+            await hass.async_block_till_done()
+        assert entity.coordinator.last_update_success
+        assert "@127.0.0.2:" in entity.stream.source
 
 
 async def test_an_unload_right_after_the_stream_followed_its_camera_ends_it(

@@ -229,14 +229,13 @@ class LocalCamCamera(LocalCamEntity, Camera):
         stream = self.stream
         if self._removed or stream is None or not self.coordinator.last_update_success:
             return
-        self.coordinator.config_entry.async_create_background_task(
-            self.hass, self._async_repin_quietly(stream), f"{DOMAIN} stream pin {self.entity_id}"
-        )
-
-    async def _async_repin_quietly(self, stream: Stream) -> None:
-        """Re-pin after a health check; a failure is the next check's business."""
-        with contextlib.suppress(HomeAssistantError):
-            await self._async_repin_stream(stream)
+        # The check resolved the camera's host and proved the device there:
+        # the stream goes to that very address, not to a second lookup's answer.
+        # (A profile on another host than the checked one is left to its own
+        # stream's check, which runs whenever its worker reconnects.)
+        pinned = self._client.pinned_url_at(self.coordinator.data.target)
+        if pinned is not None:
+            self._pin(stream, pinned)
 
     @callback
     def _async_stream_state_changed(self) -> None:
@@ -267,7 +266,7 @@ class LocalCamCamera(LocalCamEntity, Camera):
             for _ in range(STREAM_RECHECKS):
                 self._recheck = False
                 try:
-                    await self._client.check_health()
+                    checked = await self._client.check_health()
                 except InvalidAuthError:
                     LOGGER.warning(
                         "%s rejects its credentials; asking for new ones", self.entity_id
@@ -282,9 +281,10 @@ class LocalCamCamera(LocalCamEntity, Camera):
                 except LocalCamError:
                     pass  # unreachable cameras are the health coordinator's business
                 else:
-                    # The check looked at where the host points now; so must the stream.
+                    # The check looked at where the host points now; so must the
+                    # stream: that very address, not a second lookup's answer.
                     if (stream := self.stream) is not None:
-                        await self._async_repin_quietly(stream)
+                        self._pin(stream, self._client.pinned_url(checked))
                 if not self._recheck:
                     return
         finally:

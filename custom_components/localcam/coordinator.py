@@ -13,6 +13,7 @@ from homeassistant.util import dt as dt_util
 from .const import DOMAIN, HEALTH_INTERVAL_SECONDS, LOGGER
 from .core.errors import InvalidAuthError, LocalCamError
 from .core.identity import IdentityMismatchError
+from .core.netpolicy import Target
 from .core.snapshot import CameraClient
 from .helpers import entry_is_running
 
@@ -30,11 +31,13 @@ class CameraHealth:
     changes nothing writes no entity state (the coordinator's always_update
     is off); the time is still kept for diagnostics. The address the camera's
     host resolved to does compare: when it changes (a camera known by host
-    name moved), the entities hear of it and point a running stream there.
+    name moved), the entities hear of it and point a running stream there:
+    ``target``, the very address checked, not a later lookup's answer.
     """
 
     checked_at: datetime = field(compare=False)
-    address: str | None = None
+    address: str
+    target: Target = field(compare=False)
 
 
 class LocalCamCoordinator(DataUpdateCoordinator[CameraHealth]):
@@ -102,7 +105,7 @@ class LocalCamCoordinator(DataUpdateCoordinator[CameraHealth]):
             ) from err
         self.last_error = None
         ir.async_delete_issue(self.hass, DOMAIN, self._identity_issue_id)
-        return CameraHealth(checked_at=dt_util.utcnow(), address=str(target.address))
+        return CameraHealth(checked_at=dt_util.utcnow(), address=str(target.address), target=target)
 
     @property
     def _identity_issue_id(self) -> str:

@@ -355,6 +355,24 @@ async def test_pinned_url_and_target(policy: NetPolicy) -> None:
     assert zoned.pinned_url() == "rtsp://[fe80::1%eth0]/live"
 
 
+async def test_target_for_another_url_of_the_same_host(
+    policy: NetPolicy, resolver: FakeResolver
+) -> None:
+    """A checked host's address serves its other URLs without a second lookup."""
+    checked = await policy.check("rtsp://cam.lan/main")
+    sub = checked.for_url("rtsp://CAM.lan:8554/sub?profile=2#x")
+    assert sub is not None
+    assert sub.pinned_url("u", "p") == "rtsp://u:p@192.168.1.20:8554/sub?profile=2"
+    assert (sub.host, sub.port, sub.address) == ("cam.lan", 8554, checked.address)
+    assert checked.for_url("rtsp://cam.lan/main") == checked
+    assert resolver.calls == [("cam.lan", 554)]  # the one lookup of the check
+    # Another host, credentials in the URL, or a scheme without a port: no target.
+    assert checked.for_url("rtsp://other.lan/main") is None
+    assert checked.for_url("rtsp://192.168.1.20/main") is None
+    assert checked.for_url("rtsp://u:p@cam.lan/main") is None
+    assert checked.for_url("ftp://cam.lan/main") is None
+
+
 async def test_target_repr_hides_query_values(policy: NetPolicy) -> None:
     """Logging a Target shows no query value."""
     target = await policy.check("http://cam.lan/snap.cgi?user=admin&pwd=hunter2")

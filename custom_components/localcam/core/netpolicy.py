@@ -13,7 +13,7 @@ config-entry unique ids.
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 import hashlib
 from ipaddress import (
     IPv4Address,
@@ -116,6 +116,20 @@ class Target:
         port = "" if self.url.explicit_port is None else f":{self.url.explicit_port}"
         return f"{self.url.scheme}://{userinfo}{literal}{port}{self.url.raw_path_qs}"
 
+    def for_url(self, url: str | yarl.URL) -> Target | None:
+        """This checked address for another credential-free URL of the same host, else None.
+
+        The host passed the policy (and the caller's identity check) at this
+        address; another URL of the same camera needs no second lookup, which
+        could answer differently (round-robin or flapping DNS).
+        """
+        parsed = _parse(url)
+        if parsed.raw_user is not None or parsed.raw_password is not None:
+            return None
+        if parsed.host != self.url.host or (port := _port_of(parsed)) is None:
+            return None
+        return replace(self, url=parsed.with_fragment(None), port=port)
+
     def __repr__(self) -> str:
         """Show the target without query values, so logging it leaks nothing."""
         return (
@@ -188,9 +202,8 @@ class NetPolicy:
             raise InvalidUrlError("credentials in URL")
         if not parsed.raw_host:
             raise InvalidUrlError("host is missing")
-        port = parsed.explicit_port
-        if port is None:
-            port = DEFAULT_PORTS[scheme]
+        port = _port_of(parsed)
+        assert port is not None  # every allowed scheme has a default port
         if not 1 <= port <= 65535:
             raise InvalidUrlError(f"port {port} is out of range")
         target_url = parsed.with_fragment(None)
@@ -285,6 +298,11 @@ def _parse(url: str | yarl.URL) -> yarl.URL:
         return yarl.URL(url.strip())
     except ValueError, TypeError:
         raise InvalidUrlError("malformed url") from None
+
+
+def _port_of(url: yarl.URL) -> int | None:
+    """The URL's port: explicit, else its scheme's default (None for other schemes)."""
+    return url.explicit_port if url.explicit_port is not None else DEFAULT_PORTS.get(url.scheme)
 
 
 def _literal_address(url: yarl.URL) -> IPv4Address | IPv6Address | None:

@@ -98,6 +98,16 @@ class CameraClient:
         """The stream URL aimed at a checked target, with credentials (secret)."""
         return target.pinned_url(self.source.username, self.source.password)
 
+    def pinned_url_at(self, checked: Target) -> str | None:
+        """The stream URL aimed at an address checked for its host (secret), else None.
+
+        ``checked`` comes from a check of this camera (maybe of another
+        profile's URL on the same host); reusing its address, rather than
+        resolving again, keeps the stream where the check looked.
+        """
+        target = checked.for_url(self.source.stream_url)
+        return None if target is None else self.pinned_url(target)
+
     async def probe(self, timeout: float) -> StreamInfo:
         """Test before configure: decode the first video frame of the stream."""
         url = await self.stream_url()
