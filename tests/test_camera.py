@@ -525,6 +525,16 @@ async def test_a_health_check_points_the_stream_at_the_camera_s_new_address(
         await _until(lambda: moved.stats.active_play_sessions == 0)
 
 
+def _flapping_dns() -> Any:
+    """The moved camera's name answers its new address once, then the old one (B's now)."""
+    answers = iter(["127.0.0.2"])
+
+    async def flapping(_host: str, _port: int) -> list[str]:
+        return [next(answers, "127.0.0.1")]
+
+    return patch("custom_components.localcam.core.netpolicy._system_resolve", flapping)
+
+
 async def test_a_stream_check_pins_the_stream_to_the_address_it_checked(
     hass: HomeAssistant, socket_enabled: None
 ) -> None:
@@ -537,13 +547,8 @@ async def test_a_stream_check_pins_the_stream_to_the_address_it_checked(
     async with _moved_camera(hass) as (entity, _moved, other):
         stream = entity.stream
         provider = stream.add_provider("hls")  # someone is watching
-        answers = iter(["127.0.0.2"])
-
-        async def flapping(_host: str, _port: int) -> list[str]:
-            return [next(answers, "127.0.0.1")]
-
         try:
-            with patch("custom_components.localcam.core.netpolicy._system_resolve", flapping):
+            with _flapping_dns():
                 stream._async_update_state(False)  # the worker reports a drop: a check runs
                 await _until(lambda: entity._auth_check is None)  # type: ignore[attr-defined]
             assert "@127.0.0.2:" in stream.source  # where the check found A
@@ -557,12 +562,7 @@ async def test_a_health_check_pins_the_stream_to_the_address_it_checked(
 ) -> None:
     """The minute's check, too, hands the stream the address it proved, with no second lookup."""
     async with _moved_camera(hass) as (entity, _moved, _other):
-        answers = iter(["127.0.0.2"])
-
-        async def flapping(_host: str, _port: int) -> list[str]:
-            return [next(answers, "127.0.0.1")]
-
-        with patch("custom_components.localcam.core.netpolicy._system_resolve", flapping):
+        with _flapping_dns():
             await entity.coordinator.async_refresh()
             await hass.async_block_till_done()
         assert entity.coordinator.last_update_success
