@@ -39,6 +39,7 @@ from custom_components.localcam.const import (
     CONF_ONVIF,
     CONF_PROFILES,
     CONF_STREAM_URL,
+    CONF_VERIFY_SSL,
     DOMAIN,
 )
 from virtualcam import CameraConfig, Fault, VirtualCamera, color_for
@@ -246,6 +247,56 @@ async def test_scan_finds_cameras_by_unicast(
     assert result["step_id"] == "onvif"
     result = await hass.config_entries.flow.async_configure(flow_id, _onvif_input(onvif_camera))
     assert result["type"] is FlowResultType.CREATE_ENTRY
+
+
+async def _add_by_hand(hass: HomeAssistant, cam: VirtualCamera, way: str) -> ConfigFlowResult:
+    """Add ``cam`` from Add integration, by ONVIF address, by scan and pick, or by URL."""
+    if way == "onvif":
+        flow_id = await _onvif_form(hass)
+        return await hass.config_entries.flow.async_configure(flow_id, _onvif_input(cam))
+    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
+    flow_id = result["flow_id"]
+    await hass.config_entries.flow.async_configure(flow_id, {"next_step_id": way})
+    if way == "scan":
+        with patch("custom_components.localcam.discovery.WSD_DISCOVERY_PORT", cam.wsdiscovery_port):
+            result = await hass.config_entries.flow.async_configure(
+                flow_id, {CONF_HOSTS: "127.0.0.1"}
+            )
+        key = next(iter(result["data_schema"].schema["device"].config["options"]))["value"]
+        await hass.config_entries.flow.async_configure(flow_id, {"device": key})
+        return await hass.config_entries.flow.async_configure(flow_id, _onvif_input(cam))
+    # By URL, the camera's MAC is what the kernel's neighbour table shows for it.
+    with patch("custom_components.localcam.config_flow.neighbour_mac", return_value=MAC):
+        return await hass.config_entries.flow.async_configure(
+            flow_id,
+            {
+                CONF_STREAM_URL: cam.rtsp_url,
+                CONF_USERNAME: CAM_USER,
+                CONF_PASSWORD: CAM_PASSWORD,
+                CONF_VERIFY_SSL: True,
+            },
+        )
+
+
+@pytest.mark.parametrize("way", ["onvif", "scan", "url"])
+async def test_a_pending_offer_does_not_block_adding_the_camera_by_hand(
+    hass: HomeAssistant, onvif_camera: VirtualCamera, way: str
+) -> None:
+    """The user adds a camera discovery is offering: added, and the offer is gone.
+
+    The user's own flow must not abort with already_in_progress; creating the
+    entry ends the offer that shares its unique id.
+    """
+    offer = await hass.config_entries.flow.async_init(
+        DOMAIN,
+        context={"source": SOURCE_INTEGRATION_DISCOVERY},
+        data={"host": "127.0.0.1", "port": onvif_camera.http_port, "mac": MAC, "name": "Door"},
+    )
+    assert offer["step_id"] == "discovery_confirm"
+    result = await _add_by_hand(hass, onvif_camera, way)
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    assert result["result"].unique_id == MAC
+    assert hass.config_entries.flow.async_progress_by_handler(DOMAIN) == []
 
 
 async def test_integration_discovery(hass: HomeAssistant, onvif_camera: VirtualCamera) -> None:

@@ -157,7 +157,9 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
                 unique_id = Identity.from_dict(data[CONF_IDENTITY]).key or normalized_identity(
                     data[CONF_STREAM_URL]
                 )
-                await self.async_set_unique_id(unique_id)
+                # A pending discovery offer of this camera must not stop the
+                # user adding it here; creating the entry aborts that offer.
+                await self.async_set_unique_id(unique_id, raise_on_progress=False)
                 self._abort_if_unique_id_configured()
                 data[CONF_CAMERA_ID] = unique_id
                 return self.async_create_entry(title=_title(data[CONF_STREAM_URL]), data=data)
@@ -253,7 +255,9 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
         if user_input is not None:
             data = await self._async_test_onvif(user_input, {}, errors)
             if data is not None:
-                await self.async_set_unique_id(data[CONF_CAMERA_ID])
+                # As for the URL: an offer pending for this camera is aborted
+                # when the entry is created, not the other way round.
+                await self.async_set_unique_id(data[CONF_CAMERA_ID], raise_on_progress=False)
                 self._abort_if_unique_id_configured()
                 return self.async_create_entry(title=data.pop("title"), data=data)
         return self._onvif_form("onvif", user_input or self._discovered, errors)
