@@ -4,8 +4,10 @@ import json
 
 from homeassistant.components import camera as camera_component
 from homeassistant.config_entries import ConfigEntryState
+from homeassistant.const import CONF_PASSWORD
 from homeassistant.core import HomeAssistant
 from homeassistant.helpers import device_registry as dr
+from pytest_homeassistant_custom_component.common import MockConfigEntry
 from pytest_homeassistant_custom_component.components.diagnostics import (
     get_diagnostics_for_config_entry,
     get_diagnostics_for_device,
@@ -14,6 +16,8 @@ from pytest_homeassistant_custom_component.typing import ClientSessionGenerator
 from syrupy.assertion import SnapshotAssertion
 from syrupy.matchers import path_type
 
+from custom_components.localcam.const import CONF_PROFILES, CONF_STREAM_URL, DOMAIN
+from custom_components.localcam.diagnostics import _scrub_password
 from virtualcam import Fault, VirtualCamera
 
 from .conftest import CAM_PASSWORD, CAM_USER, add_onvif_entry, make_entry, setup_entry
@@ -103,6 +107,38 @@ async def test_onvif_diagnostics_redact_identity_and_addresses(
     finally:
         await hass.config_entries.async_unload(entry.entry_id)
         await cam.stop()
+
+
+async def test_a_password_in_a_url_path_is_masked(
+    hass: HomeAssistant, hass_client: ClientSessionGenerator, camera: VirtualCamera
+) -> None:
+    """A camera URL with the password as a bare path segment (no name=value to spot) hides it."""
+    base = make_entry(camera)
+    url = f"rtsp://127.0.0.1:{camera.rtsp_port}/{CAM_USER}/{CAM_PASSWORD}/ch1"
+    profile = {"token": "main", "name": "main", "stream_url": url, "snapshot_url": None}
+    entry = MockConfigEntry(
+        domain=DOMAIN,
+        unique_id=base.unique_id,
+        data={**base.data, CONF_STREAM_URL: url, CONF_PROFILES: [profile]},
+    )
+    await setup_entry(hass, entry)  # the emulator has no such path: not loaded, still reported
+    diagnostics = await get_diagnostics_for_config_entry(hass, hass_client, entry)
+    assert CAM_PASSWORD not in json.dumps(diagnostics)
+    # The path's other segments stay readable; only the password goes.
+    assert diagnostics["entry"]["data"][CONF_STREAM_URL].endswith("/**REDACTED**/ch1")
+    [shown] = diagnostics["entry"]["data"][CONF_PROFILES]
+    assert shown["stream_url"].endswith("/**REDACTED**/ch1")
+
+
+def test_a_password_too_short_to_scrub_leaves_the_report_readable() -> None:
+    """Masking a 3-character password everywhere would garble every word holding it."""
+    report = {"state": "not_loaded", "urls": ["rtsp://x/p4ss/ch1"]}
+    for password, expected in (
+        ("p4s", report),
+        ("p4ss", {"state": "not_loaded", "urls": ["rtsp://x/**REDACTED**/ch1"]}),
+    ):
+        entry = MockConfigEntry(domain=DOMAIN, data={CONF_PASSWORD: password})
+        assert _scrub_password(report, entry) == expected  # type: ignore[arg-type]
 
 
 async def test_diagnostics_of_an_entry_whose_camera_is_down(

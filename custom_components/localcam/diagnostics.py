@@ -2,6 +2,7 @@
 
 import time
 from typing import Any
+from urllib.parse import quote
 
 from homeassistant.components.diagnostics import async_redact_data
 from homeassistant.config_entries import ConfigEntryState
@@ -18,7 +19,7 @@ from .const import (
     CONF_SNAPSHOT_URL,
     CONF_STREAM_URL,
 )
-from .core.netpolicy import redact_url
+from .core.netpolicy import REDACTED, redact_url
 from .data import LocalCamConfigEntry, LocalCamData
 from .discovery import DATA_DISCOVERY
 
@@ -40,10 +41,19 @@ TO_REDACT = {
 }
 
 
+# A password this short would mask ordinary words all over the report.
+MIN_SCRUBBED_PASSWORD = 4
+
+
 async def async_get_config_entry_diagnostics(
     hass: HomeAssistant, entry: LocalCamConfigEntry
 ) -> dict[str, Any]:
     """Return diagnostics for a config entry."""
+    return _scrub_password(_entry_diagnostics(hass, entry), entry)
+
+
+def _entry_diagnostics(hass: HomeAssistant, entry: LocalCamConfigEntry) -> dict[str, Any]:
+    """The entry's diagnostics, redacted field by field."""
     data = dict(entry.data)
     # URLs keep their scheme and path (useful to spot a wrong stream path)
     # but lose host, port, credentials and query values.
@@ -118,24 +128,55 @@ async def async_get_device_diagnostics(
 ) -> dict[str, Any]:
     """Return diagnostics for the camera's device: the entry's, plus its entities."""
     entities = er.async_entries_for_device(er.async_get(hass), device.id)
-    return {
-        **await async_get_config_entry_diagnostics(hass, entry),
-        "device": {
-            "manufacturer": device.manufacturer,
-            "model": device.model,
-            "sw_version": device.sw_version,
-            "hw_version": device.hw_version,
-            "connections": len(device.connections),  # MACs: counted, never shown
+    return _scrub_password(
+        {
+            **_entry_diagnostics(hass, entry),
+            "device": {
+                "manufacturer": device.manufacturer,
+                "model": device.model,
+                "sw_version": device.sw_version,
+                "hw_version": device.hw_version,
+                "connections": len(device.connections),  # MACs: counted, never shown
+            },
+            "entities": [
+                {
+                    "translation_key": entity.translation_key,
+                    "disabled_by": entity.disabled_by,
+                    "state": (
+                        state.state if (state := hass.states.get(entity.entity_id)) else None
+                    ),
+                }
+                for entity in sorted(entities, key=lambda e: e.entity_id)
+            ],
         },
-        "entities": [
-            {
-                "translation_key": entity.translation_key,
-                "disabled_by": entity.disabled_by,
-                "state": (state.state if (state := hass.states.get(entity.entity_id)) else None),
-            }
-            for entity in sorted(entities, key=lambda e: e.entity_id)
-        ],
-    }
+        entry,
+    )
+
+
+def _scrub_password(report: dict[str, Any], entry: LocalCamConfigEntry) -> dict[str, Any]:
+    """Mask the entry's password wherever it still appears, the last line of redaction.
+
+    Field rules redact credentials and URL hosts, userinfo and ``name=value``
+    pairs; a camera may still put its password in a bare path segment of a URL
+    it reports (``/admin/<password>/ch1``), which no URL rule can tell apart.
+    """
+    password = entry.data.get(CONF_PASSWORD) or ""
+    if len(password) < MIN_SCRUBBED_PASSWORD:
+        return report
+    forms = {password, quote(password, safe=""), quote(password)}
+
+    def scrub(item: Any) -> Any:
+        if isinstance(item, str):
+            for form in forms:
+                item = item.replace(form, REDACTED)
+            return item
+        if isinstance(item, dict):
+            return {key: scrub(inner) for key, inner in item.items()}
+        if isinstance(item, list):
+            return [scrub(inner) for inner in item]
+        return item
+
+    return {key: scrub(inner) for key, inner in report.items()}
 
 
 def _discovery(hass: HomeAssistant, entry: LocalCamConfigEntry) -> dict[str, Any]:
