@@ -24,6 +24,7 @@ from custom_components.localcam.const import (
     CONF_WIDTH,
     DOMAIN,
 )
+from custom_components.localcam.core.errors import CannotConnectError
 from custom_components.localcam.core.netpolicy import normalized_identity
 from virtualcam import Fault, VirtualCamera
 
@@ -74,6 +75,7 @@ async def test_add_camera(hass: HomeAssistant, camera: VirtualCamera) -> None:
     entry = result["result"]
     assert entry.unique_id == normalized_identity(camera.rtsp_url)
     assert data[CONF_CAMERA_ID] == entry.unique_id
+    assert entry.options == {}  # no extra allowed networks unless typed in
     assert CAM_PASSWORD not in entry.unique_id
     assert camera.stats.play_sessions >= 1
     assert camera.stats.snapshot_requests >= 1
@@ -94,6 +96,38 @@ async def test_credentials_typed_into_the_url_are_moved_out(
     assert data[CONF_SNAPSHOT_URL] is None
     assert (data[CONF_USERNAME], data[CONF_PASSWORD]) == (CAM_USER, CAM_PASSWORD)
     assert CAM_PASSWORD not in result["title"]
+
+
+async def test_camera_on_a_vpn_range_is_added_with_its_network_allowed(
+    hass: HomeAssistant, camera: VirtualCamera
+) -> None:
+    """The add form's extra allowed networks let a VPN address through, and become options.
+
+    Options exist only once the entry does: without the field, a camera on
+    100.64.0.0/10 (Tailscale) could never pass the test before configure.
+    """
+    flow_id = await _url_form(hass)
+    vpn = {CONF_STREAM_URL: "rtsp://100.64.0.5/stream", CONF_SNAPSHOT_URL: None}
+    result = await hass.config_entries.flow.async_configure(flow_id, _input(camera, **vpn))
+    assert result["errors"] == {CONF_STREAM_URL: "not_local"}
+    too_wide = _input(camera, **vpn, **{CONF_ALLOWED_NETWORKS: "0.0.0.0/0"})
+    result = await hass.config_entries.flow.async_configure(flow_id, too_wide)
+    assert result["errors"] == {CONF_ALLOWED_NETWORKS: "invalid_networks"}
+    assert result["description_placeholders"]["reason"]
+    # Allowed, the address reaches the probe, stubbed: no packet leaves this host.
+    allowed = {CONF_ALLOWED_NETWORKS: "100.64.0.0/10"}
+    with patch(
+        "custom_components.localcam.config_flow.CameraClient.probe",
+        side_effect=CannotConnectError("stub"),
+    ) as probe:
+        result = await hass.config_entries.flow.async_configure(
+            flow_id, _input(camera, **vpn, **allowed)
+        )
+    assert result["errors"] == {"base": "cannot_connect"}
+    assert probe.called
+    result = await hass.config_entries.flow.async_configure(flow_id, _input(camera, **allowed))
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    assert result["result"].options == allowed
 
 
 @pytest.mark.parametrize(

@@ -33,6 +33,7 @@ from pytest_homeassistant_custom_component.common import MockConfigEntry
 import pytest_socket
 
 from custom_components.localcam.const import (
+    CONF_ALLOWED_NETWORKS,
     CONF_CAMERA_ID,
     CONF_IDENTITY,
     CONF_MAIN_PROFILE,
@@ -42,6 +43,7 @@ from custom_components.localcam.const import (
     CONF_VERIFY_SSL,
     DOMAIN,
 )
+from custom_components.localcam.core.errors import CannotConnectError
 from virtualcam import CameraConfig, Fault, VirtualCamera, color_for
 
 from .conftest import CAM_PASSWORD, CAM_USER, make_entry
@@ -160,6 +162,35 @@ async def test_onvif_errors_and_recovery(hass: HomeAssistant, onvif_camera: Virt
     assert result["errors"] == {"base": "unknown"}
     result = await hass.config_entries.flow.async_configure(flow_id, _onvif_input(onvif_camera))
     assert result["type"] is FlowResultType.CREATE_ENTRY
+
+
+async def test_onvif_camera_on_a_vpn_range_is_added_with_its_network_allowed(
+    hass: HomeAssistant, onvif_camera: VirtualCamera
+) -> None:
+    """The ONVIF add form's extra allowed networks reach the policy and become options."""
+    flow_id = await _onvif_form(hass)
+    vpn = _onvif_input(onvif_camera, **{CONF_HOST: "100.64.0.5"})
+    result = await hass.config_entries.flow.async_configure(flow_id, vpn)
+    assert result["errors"] == {CONF_HOST: "not_local"}
+    result = await hass.config_entries.flow.async_configure(
+        flow_id, {**vpn, CONF_ALLOWED_NETWORKS: "100.64.0.0/33"}
+    )
+    assert result["errors"] == {CONF_ALLOWED_NETWORKS: "invalid_networks"}
+    assert result["description_placeholders"]["reason"]
+    # Allowed, the address reaches the ONVIF read, stubbed: no packet leaves this host.
+    allowed = {CONF_ALLOWED_NETWORKS: "100.64.0.0/10"}
+    with patch(
+        "custom_components.localcam.config_flow.read_device",
+        side_effect=CannotConnectError("stub"),
+    ) as read:
+        result = await hass.config_entries.flow.async_configure(flow_id, {**vpn, **allowed})
+    assert result["errors"] == {"base": "cannot_connect"}
+    assert read.call_args.kwargs["policy"].classify("100.64.0.5") is None
+    result = await hass.config_entries.flow.async_configure(
+        flow_id, {**_onvif_input(onvif_camera), **allowed}
+    )
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    assert result["result"].options == allowed
 
 
 async def test_camera_without_mac_uses_its_serial(

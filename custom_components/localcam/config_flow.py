@@ -77,9 +77,22 @@ from .helpers import async_observe_identity, policy_from_options
 URL_FIELDS = (CONF_STREAM_URL, CONF_SNAPSHOT_URL)
 
 
-def _url_schema(defaults: Mapping[str, Any]) -> probatio.Schema:
-    """Return the form for a camera's URLs and credentials."""
-    return probatio.Schema(
+def _allowed_networks_field() -> dict[Any, Any]:
+    """The options' extra allowed networks field, also on the forms that add a camera.
+
+    A camera on a VPN range must pass the LAN policy before its entry (and so
+    its options) exists.
+    """
+    return {
+        probatio.Optional(CONF_ALLOWED_NETWORKS, default=""): TextSelector(
+            TextSelectorConfig(multiline=True)
+        )
+    }
+
+
+def _url_schema(defaults: Mapping[str, Any], *, adding: bool = False) -> probatio.Schema:
+    """Return the form for a camera's URLs and credentials (and, to add one, its networks)."""
+    schema = probatio.Schema(
         {
             probatio.Required(
                 CONF_STREAM_URL, default=defaults.get(CONF_STREAM_URL, probatio.UNDEFINED)
@@ -97,6 +110,7 @@ def _url_schema(defaults: Mapping[str, Any]) -> probatio.Schema:
             probatio.Required(CONF_VERIFY_SSL, default=defaults.get(CONF_VERIFY_SSL, True)): bool,
         }
     )
+    return schema.extend(_allowed_networks_field()) if adding else schema
 
 
 def _credentials_schema(username: str | None) -> probatio.Schema:
@@ -149,8 +163,11 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
     async def async_step_url(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
         """Add a camera by its RTSP URL (and optional HTTP snapshot URL)."""
         errors: dict[str, str] = {}
-        if user_input is not None:
-            data, info = await self._async_test(user_input, {}, errors)
+        if (
+            user_input is not None
+            and (options := self._new_options(user_input, errors)) is not None
+        ):
+            data, info = await self._async_test(user_input, options, errors)
             if data is not None and info is not None:
                 # The MAC (when the camera is on this link) identifies the
                 # camera whatever URL it is reached by; else the URL does.
@@ -162,11 +179,13 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
                 await self.async_set_unique_id(unique_id, raise_on_progress=False)
                 self._abort_if_unique_id_configured()
                 data[CONF_CAMERA_ID] = unique_id
-                return self.async_create_entry(title=_title(data[CONF_STREAM_URL]), data=data)
+                return self.async_create_entry(
+                    title=_title(data[CONF_STREAM_URL]), data=data, options=options
+                )
         return self.async_show_form(
             step_id="url",
             data_schema=self.add_suggested_values_to_schema(
-                _url_schema({}), _without_password(user_input or self._discovered)
+                _url_schema({}, adding=True), _without_password(user_input or self._discovered)
             ),
             errors=errors,
             description_placeholders=self._placeholders,
@@ -252,15 +271,20 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
     async def async_step_onvif(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
         """Add an ONVIF camera: its profiles, identity and URIs come from the camera."""
         errors: dict[str, str] = {}
-        if user_input is not None:
-            data = await self._async_test_onvif(user_input, {}, errors)
+        if (
+            user_input is not None
+            and (options := self._new_options(user_input, errors)) is not None
+        ):
+            data = await self._async_test_onvif(user_input, options, errors)
             if data is not None:
                 # As for the URL: an offer pending for this camera is aborted
                 # when the entry is created, not the other way round.
                 await self.async_set_unique_id(data[CONF_CAMERA_ID], raise_on_progress=False)
                 self._abort_if_unique_id_configured()
-                return self.async_create_entry(title=data.pop("title"), data=data)
-        return self._onvif_form("onvif", user_input or self._discovered, errors)
+                return self.async_create_entry(title=data.pop("title"), data=data, options=options)
+        return self._onvif_form(
+            "onvif", _onvif_schema(adding=True), user_input or self._discovered, errors
+        )
 
     async def async_step_reconfigure_onvif(
         self, user_input: dict[str, Any] | None = None
@@ -280,20 +304,40 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
                 data[CONF_CAMERA_ID] = entry.data[CONF_CAMERA_ID]
                 data[CONF_IDENTITY] = stored.merged(observed).as_dict()
                 return self.async_update_reload_and_abort(entry, data_updates=data)
-        return self._onvif_form("reconfigure_onvif", user_input or entry.data, errors)
+        return self._onvif_form(
+            "reconfigure_onvif", _onvif_schema(), user_input or entry.data, errors
+        )
 
     def _onvif_form(
-        self, step_id: str, values: Mapping[str, Any], errors: dict[str, str]
+        self,
+        step_id: str,
+        schema: probatio.Schema,
+        values: Mapping[str, Any],
+        errors: dict[str, str],
     ) -> ConfigFlowResult:
         """The ONVIF address form, filled with `values` (never the password)."""
         return self.async_show_form(
             step_id=step_id,
-            data_schema=self.add_suggested_values_to_schema(
-                _onvif_schema(), _without_password(values)
-            ),
+            data_schema=self.add_suggested_values_to_schema(schema, _without_password(values)),
             errors=errors,
             description_placeholders=self._placeholders,
         )
+
+    def _new_options(
+        self, user_input: Mapping[str, Any], errors: dict[str, str]
+    ) -> dict[str, Any] | None:
+        """The options of a camera being added: its extra allowed networks, if valid.
+
+        The test before configure runs with them, and the entry keeps them,
+        so a camera on a VPN range can be added at all. None when the
+        networks are refused, with the error on their field.
+        """
+        networks = str(user_input.get(CONF_ALLOWED_NETWORKS) or "").strip()
+        if (reason := _networks_error(networks)) is not None:
+            errors[CONF_ALLOWED_NETWORKS] = "invalid_networks"
+            self._placeholders = {"reason": reason}
+            return None
+        return {CONF_ALLOWED_NETWORKS: networks} if networks else {}
 
     async def _async_test_onvif(
         self,
@@ -624,9 +668,9 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
         }, info
 
 
-def _onvif_schema() -> probatio.Schema:
-    """Return the form for an ONVIF camera."""
-    return probatio.Schema(
+def _onvif_schema(*, adding: bool = False) -> probatio.Schema:
+    """Return the form for an ONVIF camera (and, to add one, its networks)."""
+    schema = probatio.Schema(
         {
             probatio.Required(CONF_HOST): TextSelector(),
             probatio.Required(CONF_PORT, default=DEFAULT_ONVIF_PORT): NumberSelector(
@@ -641,6 +685,16 @@ def _onvif_schema() -> probatio.Schema:
             probatio.Required(CONF_VERIFY_SSL, default=True): bool,
         }
     )
+    return schema.extend(_allowed_networks_field()) if adding else schema
+
+
+def _networks_error(text: str) -> str | None:
+    """Why extra allowed networks typed into a form are refused; None when they are valid."""
+    try:
+        parse_networks(text)
+    except ValueError as err:
+        return str(err)
+    return None
 
 
 def _keep_stored_password(user_input: dict[str, Any], entry: LocalCamConfigEntry) -> dict[str, Any]:
@@ -737,13 +791,11 @@ class LocalCamOptionsFlow(OptionsFlowWithReload):
         errors: dict[str, str] = {}
         placeholders: dict[str, str] = {"reason": ""}
         if user_input is not None:
-            try:
-                parse_networks(user_input.get(CONF_ALLOWED_NETWORKS, ""))
-            except ValueError as err:
-                errors[CONF_ALLOWED_NETWORKS] = "invalid_networks"
-                placeholders["reason"] = str(err)
-            else:
+            reason = _networks_error(user_input.get(CONF_ALLOWED_NETWORKS, ""))
+            if reason is None:
                 return self.async_create_entry(data=user_input)
+            errors[CONF_ALLOWED_NETWORKS] = "invalid_networks"
+            placeholders["reason"] = reason
         schema = probatio.Schema(
             {
                 probatio.Required(
@@ -766,9 +818,7 @@ class LocalCamOptionsFlow(OptionsFlowWithReload):
                         mode=SelectSelectorMode.DROPDOWN,
                     )
                 ),
-                probatio.Optional(CONF_ALLOWED_NETWORKS, default=""): TextSelector(
-                    TextSelectorConfig(multiline=True)
-                ),
+                **_allowed_networks_field(),
             }
         )
         return self.async_show_form(
