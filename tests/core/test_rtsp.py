@@ -6,12 +6,15 @@ sends (no video in the SDP, garbage, endless headers).
 """
 
 import asyncio
+import base64
 from collections.abc import AsyncIterator, Awaitable, Callable
 import hashlib
 import io
 from pathlib import Path
 import re
 import ssl
+import struct
+import threading
 import time
 from typing import Any
 
@@ -766,3 +769,272 @@ async def test_warm_session_over_a_stream_that_ends(tmp_path: Path) -> None:
         assert grabber.sessions_opened == 2
     finally:
         await grabber.close()
+
+
+# -- a scripted camera that plays RTP: an SDP it chooses, then only audio -------------------
+
+
+class _Bits:
+    """An H.264 RBSP bit writer: just enough for a parameter set."""
+
+    def __init__(self) -> None:
+        self.bits: list[int] = []
+
+    def u(self, size: int, value: int) -> None:
+        self.bits += [(value >> shift) & 1 for shift in range(size - 1, -1, -1)]
+
+    def ue(self, value: int) -> None:
+        value += 1
+        self.u(value.bit_length() - 1, 0)
+        self.u(value.bit_length(), value)
+
+    def nal(self, header: int) -> bytes:
+        """The NAL unit: header byte, RBSP with its stop bit, emulation prevention."""
+        self.u(1, 1)
+        self.bits += [0] * (-len(self.bits) % 8)
+        raw = bytes(
+            int("".join(map(str, self.bits[i : i + 8])), 2) for i in range(0, len(self.bits), 8)
+        )
+        out, zeros = bytearray([header]), 0
+        for byte in raw:
+            if zeros >= 2 and byte <= 3:
+                out.append(3)
+                zeros = 0
+            out.append(byte)
+            zeros = zeros + 1 if byte == 0 else 0
+        return bytes(out)
+
+
+def _sprop(width: int, height: int) -> str:
+    """sprop-parameter-sets of a Baseline H.264 stream declaring ``width``x``height``.
+
+    Built bit by bit, so a test can declare any size without encoding a frame of it.
+    """
+    sps = _Bits()
+    sps.u(8, 66)  # profile_idc: Baseline
+    sps.u(8, 0)  # constraint flags
+    sps.u(8, 40)  # level_idc
+    for value in (0, 0, 2, 1):  # sps id, log2_max_frame_num-4, poc type 2, 1 ref frame
+        sps.ue(value)
+    sps.u(1, 0)  # no gaps in frame_num
+    sps.ue(width // 16 - 1)
+    sps.ue(height // 16 - 1)
+    for flag in (1, 1, 0, 0):  # frame_mbs_only, direct_8x8, no cropping, no VUI
+        sps.u(1, flag)
+    pps = _Bits()
+    for value in (0, 0):  # pps id, sps id
+        pps.ue(value)
+    pps.u(2, 0)  # CAVLC, no bottom_field_pic_order
+    for value in (0, 0, 0):  # one slice group, one ref each list
+        pps.ue(value)
+    pps.u(3, 0)  # no weighted prediction
+    for value in (0, 0, 0):  # qp, qs, chroma qp offset (se(0) is ue(0))
+        pps.ue(value)
+    pps.u(3, 0b100)  # deblocking control present; no constrained intra, no redundant pics
+    return ",".join(base64.b64encode(nal).decode() for nal in (sps.nal(0x67), pps.nal(0x68)))
+
+
+class ScriptedCamera:
+    """An RTSP server (interleaved TCP) whose SDP offers video and audio.
+
+    After PLAY it sends what ``audio`` says: PCMU audio RTP every 20 ms, never a
+    video packet (a camera whose video encoder died, or one that never sends
+    it), or nothing at all. ``connections`` counts the clients still connected.
+    """
+
+    def __init__(self, *, width: int = 320, height: int = 176, audio: bool = True) -> None:
+        """Declare a video size (in the SDP's SPS) and whether audio flows."""
+        self.sprop = _sprop(width, height)
+        self.audio = audio
+        self.audio_packets = 0
+        self.connections = 0
+        self._writers: list[asyncio.StreamWriter] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        """Serve on 127.0.0.1; return the stream URL."""
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return f"rtsp://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/stream"
+
+    async def stop(self) -> None:
+        """Drop every client and stop serving."""
+        for task in self._tasks:
+            task.cancel()
+        for writer in self._writers:
+            writer.transport.abort()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def _sdp(self, base: str) -> bytes:
+        return (
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=x\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\n"
+            "a=control:*\r\n"
+            "m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n"
+            f"a=fmtp:96 packetization-mode=1;sprop-parameter-sets={self.sprop}\r\n"
+            f"a=control:{base}trackID=0\r\n"
+            "m=audio 0 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+            f"a=control:{base}trackID=1\r\n"
+        ).encode()
+
+    async def _send_audio(self, writer: asyncio.StreamWriter) -> None:
+        seq = 0
+        while not writer.is_closing():
+            rtp = struct.pack("!BBHII", 0x80, 0, seq & 0xFFFF, seq * 160, 0x1234) + b"\xff" * 160
+            writer.write(b"$\x02" + struct.pack("!H", len(rtp)) + rtp)
+            seq += 1
+            self.audio_packets += 1
+            await writer.drain()
+            await asyncio.sleep(0.02)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.append(writer)
+        port = writer.get_extra_info("sockname")[1]
+        base = f"rtsp://127.0.0.1:{port}/stream/"
+        try:
+            while True:
+                first = await reader.readexactly(1)
+                if first == b"$":  # the client's interleaved RTCP
+                    _channel, size = struct.unpack("!BH", await reader.readexactly(3))
+                    await reader.readexactly(size)
+                    continue
+                head = (first + await reader.readuntil(b"\r\n\r\n")).decode()
+                method = head.split(" ", 1)[0]
+                cseq = re.search(r"(?im)^cseq:\s*(\S+)", head)
+                extra, body = "", b""
+                if method == "DESCRIBE":
+                    body = self._sdp(base)
+                    extra = f"Content-Base: {base}\r\nContent-Type: application/sdp\r\n"
+                elif method == "SETUP":
+                    channels = "2-3" if "trackID=1" in head.split("\r\n", 1)[0] else "0-1"
+                    extra = f"Transport: RTP/AVP/TCP;unicast;interleaved={channels}\r\n"
+                    extra += "Session: 42;timeout=60\r\n"
+                elif method in ("PLAY", "GET_PARAMETER"):
+                    extra = "Session: 42\r\n"
+                writer.write(
+                    f"RTSP/1.0 200 OK\r\nCSeq: {cseq.group(1) if cseq else 0}\r\n{extra}"
+                    f"Content-Length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )
+                await writer.drain()
+                if method == "PLAY" and self.audio:
+                    task = asyncio.get_running_loop().create_task(self._send_audio(writer))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+        except asyncio.IncompleteReadError, ConnectionError:
+            pass
+        finally:
+            self.connections -= 1
+            writer.close()
+
+
+@pytest.fixture
+async def audio_only_camera(socket_enabled: None) -> AsyncIterator[ScriptedCamera]:
+    """A camera whose SDP offers video but whose RTP carries only audio."""
+    camera = ScriptedCamera()
+    yield camera
+    await camera.stop()
+
+
+async def _wait_until(condition: Callable[[], bool], seconds: float) -> bool:
+    """Poll ``condition`` for up to ``seconds``; whether it came true."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+async def test_grab_ends_at_its_timeout_while_only_audio_flows(
+    audio_only_camera: ScriptedCamera,
+) -> None:
+    """Audio packets are read and counted too: no video in time is a timeout at the bound.
+
+    Demuxing the video stream alone dropped the audio inside FFmpeg, where
+    neither the deadline nor the packet bound ran: the grab never ended.
+    """
+    url = await audio_only_camera.start()
+    start = time.monotonic()
+    job = asyncio.get_running_loop().run_in_executor(
+        None, lambda: rtsp.grab_keyframe(url, timeout=2)
+    )
+    done, _ = await asyncio.wait({job}, timeout=6)
+    elapsed = time.monotonic() - start
+    await audio_only_camera.stop()  # unblocks an unbounded grab (the old bug)
+    with pytest.raises(CameraTimeoutError):
+        await job
+    assert done, f"grab_keyframe(timeout=2) still running after {elapsed:.1f} s"
+    assert 2 <= elapsed < 2.5
+    assert audio_only_camera.audio_packets > 50  # the camera did flood audio meanwhile
+
+
+async def test_async_grab_stops_a_thread_that_outlives_it(
+    audio_only_camera: ScriptedCamera, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The awaiting caller gets its timeout at its own deadline; the thread is told to stop.
+
+    A negative grace puts the caller's deadline (0.5 s) well before the
+    thread's own (2 s): the thread must still stop at once and close its
+    container (the camera sees the connection go).
+    """
+    url = await audio_only_camera.start()
+    monkeypatch.setattr(rtsp, "_GRAB_GRACE", -1.5)
+    start = time.monotonic()
+    with pytest.raises(CameraTimeoutError):
+        await async_grab_keyframe(url, timeout=2)
+    assert time.monotonic() - start < 1
+    assert await _wait_until(lambda: audio_only_camera.connections == 0, 1)
+    assert time.monotonic() - start < 1.5
+
+
+async def test_async_grab_is_bounded_whatever_the_thread_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Even a grab thread that ignores its own bound cannot hold its caller past the grace."""
+    stopped = threading.Event()
+
+    def stuck(_url: str, *, stop: threading.Event, **_kwargs: Any) -> rtsp.GrabbedFrame:
+        if stop.wait(10):
+            stopped.set()
+        raise CameraTimeoutError("stopped")
+
+    monkeypatch.setattr(rtsp, "grab_keyframe", stuck)
+    start = time.monotonic()
+    with pytest.raises(CameraTimeoutError, match="no keyframe in time"):
+        await async_grab_keyframe("rtsp://127.0.0.1/x", timeout=0.5)
+    assert time.monotonic() - start < 0.5 + rtsp._GRAB_GRACE + 0.3
+    assert await asyncio.get_running_loop().run_in_executor(None, stopped.wait, 2)
+
+
+async def test_warm_session_over_audio_only_closes_after_its_linger(
+    audio_only_camera: ScriptedCamera,
+) -> None:
+    """A warm session that gets no video still closes after its linger, or at once on close()."""
+    url = await audio_only_camera.start()
+
+    async def factory() -> str:
+        return url
+
+    grabber = WarmGrabber(linger=0.5)
+    try:
+        with pytest.raises(CameraTimeoutError):
+            await grabber.grab(factory, timeout=1)
+        assert await _wait_until(lambda: not grabber.active, 2)
+        assert await _wait_until(lambda: audio_only_camera.connections == 0, 1)
+    finally:
+        await grabber.close()
+
+    lingering = WarmGrabber(linger=60)
+    try:
+        with pytest.raises(CameraTimeoutError):
+            await lingering.grab(factory, timeout=1)
+        assert lingering.active
+    finally:
+        start = time.monotonic()
+        await lingering.close()
+    assert time.monotonic() - start < 1
+    assert not lingering.active
+    assert await _wait_until(lambda: audio_only_camera.connections == 0, 1)

@@ -4,6 +4,13 @@ Both connect only to a ``netpolicy.Target`` (an address the policy checked);
 callers never hand this module a raw URL. PyAV runs in a worker thread and is
 bounded by FFmpeg's own socket timeout plus an interrupt deadline, so a hanging
 camera costs at most the timeout and never blocks the event loop.
+
+Which layer bounds what: PyAV's interrupt deadline bounds each single read
+(it restarts on every read). The demux loops here bound the whole grab: they
+read every stream's packets, so their deadline, packet, stop and linger
+checks run whatever the camera sends (audio only, say), and skip what is not
+video in Python. The async wrappers bound every awaiting caller with an
+asyncio deadline of their own, and tell a thread that outlives it to stop.
 """
 
 import asyncio
@@ -40,6 +47,11 @@ FAST_OPEN_OPTIONS: Final = {"analyzeduration": "0", "probesize": "32", "fpsprobe
 # Upper bound on packets read while waiting for the first keyframe: a 4 s GOP
 # at 30 fps with audio interleaved stays well below it.
 _MAX_PACKETS: Final = 2000
+# How long past its own timeout an awaiting caller waits for a grab thread.
+# The thread checks its deadline on every packet, but a read that starts just
+# before the deadline may run one more read timeout; the caller does not wait
+# for that (the thread is told to stop and closes its container itself).
+_GRAB_GRACE: Final = 1.0
 _MAX_HEADER_LINES: Final = 64
 _MAX_SDP_BYTES: Final = 64 * 1024
 
@@ -108,11 +120,14 @@ def grab_keyframe(
     transport: RtspTransport = RtspTransport.TCP,
     timeout: float = 5.0,
     encode: bool = True,
+    stop: threading.Event | None = None,
 ) -> GrabbedFrame:
     """Open the stream, decode its first keyframe and encode it (blocking).
 
     ``url`` is a pinned URL and may carry credentials: it is never logged and
-    never put in an exception. The whole call is bounded by ``timeout``.
+    never put in an exception. The call is bounded by ``timeout`` (checked on
+    every packet of any stream, plus at most one read timeout for a read in
+    flight), and ends at the next packet once ``stop`` is set.
     """
     import av  # noqa: PLC0415
 
@@ -132,10 +147,16 @@ def grab_keyframe(
         codec.skip_frame = "NONKEY"  # only keyframes are decoded at all
         codec.thread_count = 1  # frame threading would delay the first frame
         frame = None
-        for count, packet in enumerate(container.demux(stream)):
-            if count >= _MAX_PACKETS or time.monotonic() > deadline:
+        # Every stream's packets: demux(stream) would drop the others in C,
+        # where none of these checks run (an audio-only flood never ended).
+        for count, packet in enumerate(container.demux()):
+            if (
+                count >= _MAX_PACKETS
+                or time.monotonic() > deadline
+                or (stop is not None and stop.is_set())
+            ):
                 raise CameraTimeoutError("no keyframe in time")
-            if packet.size == 0:
+            if packet.stream_index != stream.index or packet.size == 0:
                 continue
             # Non-key packets too: a demuxer may not flag every keyframe.
             if (frame := _decode(codec, packet, drain=packet.is_keyframe)) is not None:
@@ -159,11 +180,26 @@ async def async_grab_keyframe(
     timeout: float = 5.0,
     encode: bool = True,
 ) -> GrabbedFrame:
-    """Run grab_keyframe in the default executor; the thread is self-bounded."""
+    """Run grab_keyframe in the default executor, bounded here as well.
+
+    The caller waits ``timeout`` plus a short grace at most, whatever the
+    thread does; a thread still running then (or when the caller is
+    cancelled) is told to stop, and closes its container itself at its next
+    packet or read timeout (only that thread may touch its container).
+    """
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(
-        None, lambda: grab_keyframe(url, transport=transport, timeout=timeout, encode=encode)
+    stop = threading.Event()
+    job = loop.run_in_executor(
+        None,
+        lambda: grab_keyframe(url, transport=transport, timeout=timeout, encode=encode, stop=stop),
     )
+    try:
+        async with asyncio.timeout(timeout + _GRAB_GRACE):
+            return await job
+    except TimeoutError:
+        raise CameraTimeoutError("no keyframe in time") from None
+    finally:
+        stop.set()
 
 
 class _SessionEndedError(CannotConnectError):
@@ -193,6 +229,8 @@ class WarmGrabber:
         self._linger = linger
         self._waiters: list[asyncio.Future[GrabbedFrame]] = []
         self._wanted = threading.Event()
+        # The current session's stop flag; each session gets its own, so one
+        # that outlives close() stays told to stop when a new one opens.
         self._stop = threading.Event()
         self._last_request = 0.0
         self._session: asyncio.Future[None] | None = None
@@ -264,11 +302,13 @@ class WarmGrabber:
 
     def _open(self, loop: asyncio.AbstractEventLoop, url: str, timeout: float) -> None:
         """Start the session thread."""
-        self._stop.clear()
+        self._stop = stop = threading.Event()
         self.sessions_opened += 1
         self._generation += 1
         self._latest = None
-        self._session = loop.run_in_executor(None, self._run, loop, url, timeout, self._generation)
+        self._session = loop.run_in_executor(
+            None, self._run, loop, url, timeout, self._generation, stop
+        )
         self._session.add_done_callback(lambda _f: None)
 
     def _fail(self, error: LocalCamError) -> None:
@@ -301,7 +341,12 @@ class WarmGrabber:
             self._fail(error or _SessionEndedError("session closed"))
 
     def _run(
-        self, loop: asyncio.AbstractEventLoop, url: str, timeout: float, generation: int
+        self,
+        loop: asyncio.AbstractEventLoop,
+        url: str,
+        timeout: float,
+        generation: int,
+        stop: threading.Event,
     ) -> None:
         """Session thread: demux; decode and encode each keyframe while warm."""
         import av  # noqa: PLC0415
@@ -315,15 +360,21 @@ class WarmGrabber:
             codec = stream.codec_context
             codec.skip_frame = "NONKEY"
             codec.thread_count = 1
-            for packet in container.demux(stream):
+            # Every stream's packets, so the stop and linger checks run on
+            # each one (see grab_keyframe); only video is decoded.
+            for packet in container.demux():
                 now = time.monotonic()
-                if self._stop.is_set() or (
+                if stop.is_set() or (
                     not self._wanted.is_set() and now - self._last_request > self._linger
                 ):
                     break
                 # Keyframes decode on their own: one decode per GOP, only
                 # while the session is warm (it closes after the linger).
-                if packet.size == 0 or not packet.is_keyframe:
+                if (
+                    packet.stream_index != stream.index
+                    or packet.size == 0
+                    or not packet.is_keyframe
+                ):
                     continue
                 if (frame := _decode(codec, packet, drain=True)) is None:
                     continue
