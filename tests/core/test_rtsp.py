@@ -620,6 +620,42 @@ async def test_describe_over_rtsps(
         await server.wait_closed()
 
 
+async def test_rtsps_context_is_built_off_the_event_loop(
+    socket_enabled: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rtsps context reads the CA bundle in a worker thread, once per verify setting.
+
+    HA's block_async_io skips this call in tests, so a spy checks the thread.
+    """
+    loop_thread = threading.get_ident()
+    threads: list[bool] = []  # per CA bundle read: whether it ran in the loop thread
+    original = ssl.SSLContext.load_default_certs
+
+    def spy(self: ssl.SSLContext, *args: Any, **kwargs: Any) -> None:
+        threads.append(threading.get_ident() == loop_thread)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ssl.SSLContext, "load_default_certs", spy)
+    rtsp._client_ssl_context.cache_clear()
+
+    async def handle(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    target = await _target(f"rtsps://127.0.0.1:{server.sockets[0].getsockname()[1]}/stream")
+    try:
+        for verify in (True, False, True, False):
+            with pytest.raises(CannotConnectError):
+                await describe(target, verify_ssl=verify, timeout=2)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert threads == [False, False]  # built twice (verify on, off), never in the loop
+    assert rtsp._client_ssl_context(True).verify_mode == ssl.CERT_REQUIRED
+    unverified = rtsp._client_ssl_context(False)
+    assert (unverified.verify_mode, unverified.check_hostname) == (ssl.CERT_NONE, False)
+
+
 def _mux_silence(container: Any) -> None:
     """Add an audio track to an output container and mux 0.1 s of silence into it."""
     import av

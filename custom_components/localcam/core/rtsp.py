@@ -17,6 +17,7 @@ import asyncio
 import base64
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+import functools
 import hashlib
 import logging
 import os
@@ -624,6 +625,22 @@ class RtspAuthMemory:
         self.origin, self.challenges, self.uses = None, [], 0
 
 
+@functools.cache
+def _client_ssl_context(verify: bool) -> ssl.SSLContext:
+    """The rtsps client context, verifying or not (blocking: reads the CA bundle).
+
+    Built once per setting and shared by every health check: creating one
+    reads the system CA bundle from disk, which must not happen in the event
+    loop (describe calls this through the executor). Never changed after it
+    is built, so sharing it across cameras is safe.
+    """
+    context = ssl.create_default_context()
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 async def describe(
     target: Target,
     *,
@@ -645,10 +662,10 @@ async def describe(
     origin = (str(target.address), target.port)
     ssl_context: ssl.SSLContext | None = None
     if target.url.scheme == "rtsps":
-        ssl_context = ssl.create_default_context()
-        if not verify_ssl:
-            ssl_context.check_hostname = False
-            ssl_context.verify_mode = ssl.CERT_NONE
+        # Built (CA bundle read) in a worker thread, once per setting.
+        ssl_context = await asyncio.get_running_loop().run_in_executor(
+            None, _client_ssl_context, verify_ssl
+        )
     memory = auth_memory if username is not None else None
     authorization: str | None = None
     remembered = False
