@@ -340,6 +340,38 @@ async def test_reauth(hass: HomeAssistant, camera: VirtualCamera) -> None:
     assert result["reason"] == "reauth_successful"
 
 
+async def test_reauth_refuses_a_different_device(
+    hass: HomeAssistant, camera: VirtualCamera
+) -> None:
+    """New credentials are not saved when another device (MAC) answers at the camera's address."""
+    entry = make_entry(camera)
+    entry.add_to_hass(hass)
+    hass.config_entries.async_update_entry(
+        entry,
+        data={
+            **entry.data,
+            CONF_IDENTITY: {"mac": "aa:bb:cc:00:11:22"},
+            CONF_PASSWORD: "old-password",
+        },
+    )
+    result = await entry.start_reauth_flow(hass)
+    credentials = {CONF_USERNAME: CAM_USER, CONF_PASSWORD: CAM_PASSWORD}
+    with patch(
+        "custom_components.localcam.config_flow.neighbour_mac", return_value="aa:bb:cc:00:11:99"
+    ):
+        result = await hass.config_entries.flow.async_configure(result["flow_id"], credentials)
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "wrong_camera"
+    assert entry.data[CONF_PASSWORD] == "old-password"
+    result = await entry.start_reauth_flow(hass)
+    with patch(
+        "custom_components.localcam.config_flow.neighbour_mac", return_value="aa:bb:cc:00:11:22"
+    ):
+        result = await hass.config_entries.flow.async_configure(result["flow_id"], credentials)
+    assert result["reason"] == "reauth_successful"
+    assert entry.data[CONF_PASSWORD] == CAM_PASSWORD
+
+
 async def test_options_flow(hass: HomeAssistant, camera: VirtualCamera) -> None:
     """Bad networks are refused with a reason; good options reload the entry."""
     entry = make_entry(camera)

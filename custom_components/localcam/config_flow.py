@@ -203,13 +203,8 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
             user_input = _keep_stored_password(user_input, entry)
             data, info = await self._async_test(user_input, entry.options, errors)
             if data is not None and info is not None:
-                stored = Identity.from_dict(entry.data.get(CONF_IDENTITY))
-                observed = Identity.from_dict(data[CONF_IDENTITY])
-                try:
-                    stored.check(observed, _title(data[CONF_STREAM_URL]))
-                except IdentityMismatchError:
+                if (identity := _checked_identity(entry, data)) is None:
                     return self.async_abort(reason="wrong_camera")
-                identity = stored.merged(observed)
                 data[CONF_IDENTITY] = identity.as_dict()
                 unique_id = identity.key or normalized_identity(data[CONF_STREAM_URL])
                 if unique_id != entry.unique_id and (
@@ -247,6 +242,10 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
             }
             data, info = await self._async_test(candidate, entry.options, errors)
             if data is not None and info is not None:
+                # Credentials are saved only for the camera they were typed
+                # for, never for another device that took its address.
+                if _checked_identity(entry, data) is None:
+                    return self.async_abort(reason="wrong_camera")
                 return self.async_update_reload_and_abort(
                     entry,
                     data_updates={
@@ -695,6 +694,20 @@ def _networks_error(text: str) -> str | None:
     except ValueError as err:
         return str(err)
     return None
+
+
+def _checked_identity(entry: LocalCamConfigEntry, data: Mapping[str, Any]) -> Identity | None:
+    """The entry's identity merged with what answered at ``data``'s URL.
+
+    None when a field known on both sides differs: another device answers.
+    """
+    stored = Identity.from_dict(entry.data.get(CONF_IDENTITY))
+    observed = Identity.from_dict(data[CONF_IDENTITY])
+    try:
+        stored.check(observed, _title(data[CONF_STREAM_URL]))
+    except IdentityMismatchError:
+        return None
+    return stored.merged(observed)
 
 
 def _keep_stored_password(user_input: dict[str, Any], entry: LocalCamConfigEntry) -> dict[str, Any]:
