@@ -31,6 +31,8 @@ from custom_components.localcam.core.errors import (
 )
 from custom_components.localcam.core.netpolicy import NetPolicy
 from custom_components.localcam.core.onvif import (
+    MAX_SOAP_REPLY,
+    MAX_SOAP_TAGS,
     OnvifDevice,
     UriKind,
     _CappedSession,
@@ -878,3 +880,76 @@ def test_small_helpers() -> None:
     assert empty.identity is None
     assert empty.primary_profile is None
     assert not empty.h265_only
+
+
+# -- a reply within the byte cap but too big to parse in the loop ----------------------------
+
+#: One GetProfiles profile as the virtual camera writes it: 29 tags ("<"), 552 bytes.
+_PROFILE = (
+    '<trt:Profiles token="main" fixed="true"><tt:Name>main</tt:Name>'
+    '<tt:VideoSourceConfiguration token="vsc"><tt:Name>source</tt:Name>'
+    "<tt:UseCount>2</tt:UseCount><tt:SourceToken>video0</tt:SourceToken>"
+    '<tt:Bounds x="0" y="0" width="320" height="180"/></tt:VideoSourceConfiguration>'
+    '<tt:VideoEncoderConfiguration token="enc"><tt:Name>main</tt:Name>'
+    "<tt:UseCount>1</tt:UseCount><tt:Encoding>H264</tt:Encoding><tt:Resolution>"
+    "<tt:Width>320</tt:Width><tt:Height>180</tt:Height></tt:Resolution>"
+    "<tt:Quality>5</tt:Quality></tt:VideoEncoderConfiguration></trt:Profiles>"
+)
+
+
+def _get_profiles_reply(tags: int) -> bytes:
+    """A GetProfiles reply of copies of _PROFILE: at most ``tags`` tags, less than one short."""
+    from virtualcam.onvif import envelope
+
+    one = envelope(f"<trt:GetProfilesResponse>{_PROFILE}</trt:GetProfilesResponse>")
+    copies = 1 + (tags - one.count(b"<")) // _PROFILE.count("<")
+    return one.replace(_PROFILE.encode(), _PROFILE.encode() * copies)
+
+
+async def _read_with_stall(reply: bytes) -> tuple[OnvifDevice | LocalCamError, float]:
+    """read_device with ``reply`` to GetProfiles; its result and the longest loop stall."""
+    stall, done = 0.0, False
+
+    async def ticker() -> None:
+        nonlocal stall
+        while not done:
+            start = time.monotonic()
+            await asyncio.sleep(0.002)
+            stall = max(stall, time.monotonic() - start - 0.002)
+
+    def override(operation: str, _authenticated: bool) -> Reply | None:
+        return (200, "application/soap+xml", reply) if operation == "GetProfiles" else None
+
+    async with fronted_camera(override) as port:
+        task = asyncio.create_task(ticker())
+        try:
+            result: OnvifDevice | LocalCamError = await read_device(
+                "127.0.0.1", port, USER, PASSWORD, policy=POLICY, timeout=10
+            )
+        except LocalCamError as err:
+            result = err
+        done = True
+        await task
+    return result, stall
+
+
+async def test_a_reply_with_too_many_tags_is_refused_before_parsing() -> None:
+    """A reply under the byte cap with more tags than MAX_SOAP_TAGS never reaches zeep.
+
+    Four times the tag cap (~1.2 MB, under MAX_SOAP_REPLY) once cost ~0.3 s of
+    zeep parsing inside the event loop; now it is refused with the byte cap's
+    error, and the loop never stalls for long. A reply just under the cap
+    still reads.
+    """
+    big = _get_profiles_reply(4 * MAX_SOAP_TAGS)
+    assert len(big) < MAX_SOAP_REPLY
+    result, stall = await _read_with_stall(big)
+    assert isinstance(result, ProtocolError), result
+    assert str(result) == f"the camera's reply is too large (over {MAX_SOAP_TAGS} XML tags)"
+    assert stall < 0.1, f"the event loop stalled {stall * 1000:.0f} ms"
+
+    fits = _get_profiles_reply(MAX_SOAP_TAGS)
+    assert MAX_SOAP_TAGS - _PROFILE.count("<") < fits.count(b"<") <= MAX_SOAP_TAGS
+    result, _stall = await _read_with_stall(fits)
+    assert isinstance(result, OnvifDevice), result
+    assert [profile.token for profile in result.profiles] == ["main"]  # one token, repeated
