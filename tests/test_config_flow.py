@@ -160,6 +160,13 @@ async def test_camera_on_a_vpn_range_is_added_with_its_network_allowed(
             "invalid_url",
             {"reason"},
         ),
+        (
+            {CONF_STREAM_URL: "rtsp://127.0.0.1:99999/stream"},
+            CONF_STREAM_URL,
+            "invalid_url",
+            {"reason"},
+        ),
+        ({CONF_SNAPSHOT_URL: "http://[::1/snap.jpg"}, CONF_SNAPSHOT_URL, "invalid_url", {"reason"}),
         ({CONF_PASSWORD: "wrong"}, "base", "invalid_auth", set()),
     ],
     ids=[
@@ -170,6 +177,8 @@ async def test_camera_on_a_vpn_range_is_added_with_its_network_allowed(
         "decimal-ip",
         "public-snapshot",
         "snapshot-scheme",
+        "unparsable",
+        "unparsable-snapshot",
         "wrong-password",
     ],
 )

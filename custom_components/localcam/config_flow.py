@@ -602,19 +602,23 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
         fields, so that no URL we store, log or show holds a secret.
         """
         self._placeholders = {}
-        stream_url, url_user, url_password = split_credentials(
-            str(user_input[CONF_STREAM_URL]).strip()
-        )
         snapshot_url: str | None = None
         snap_user: str | None = None
         snap_password: str | None = None
-        if raw_snapshot := str(user_input.get(CONF_SNAPSHOT_URL) or "").strip():
-            snapshot_url, snap_user, snap_password = split_credentials(raw_snapshot)
-        username = user_input.get(CONF_USERNAME) or url_user or snap_user or None
-        password = user_input.get(CONF_PASSWORD) or url_password or snap_password or None
-        policy = policy_from_options(options)
         field = CONF_STREAM_URL
         try:
+            # A URL yarl cannot parse (a port out of range, an open bracket)
+            # is an error on its field, not a crash of the flow.
+            stream_url, url_user, url_password = split_credentials(
+                str(user_input[CONF_STREAM_URL]).strip()
+            )
+            if raw_snapshot := str(user_input.get(CONF_SNAPSHOT_URL) or "").strip():
+                field = CONF_SNAPSHOT_URL
+                snapshot_url, snap_user, snap_password = split_credentials(raw_snapshot)
+            username = user_input.get(CONF_USERNAME) or url_user or snap_user or None
+            password = user_input.get(CONF_PASSWORD) or url_password or snap_password or None
+            policy = policy_from_options(options)
+            field = CONF_STREAM_URL
             await policy.check(stream_url, schemes=STREAM_SCHEMES)
             if snapshot_url is not None:
                 field = CONF_SNAPSHOT_URL
