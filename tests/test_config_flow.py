@@ -292,6 +292,34 @@ async def test_reconfigure(hass: HomeAssistant, camera: VirtualCamera) -> None:
     assert entry.state is ConfigEntryState.LOADED
 
 
+async def test_reconfigure_takes_a_new_password_typed_into_the_url(
+    hass: HomeAssistant, camera: VirtualCamera
+) -> None:
+    """rtsp://user:NEWPASS@host/ wins over the stored password; no stored URL keeps it."""
+    entry = make_entry(camera, snapshot=False)
+    entry.add_to_hass(hass)
+    # The camera's password was changed; the entry still holds the old one.
+    hass.config_entries.async_update_entry(
+        entry, data={**entry.data, CONF_PASSWORD: "old-password"}
+    )
+    result = await entry.start_reconfigure_flow(hass)
+    # The form comes back with the stored username; the password field stays empty.
+    form = {CONF_USERNAME: CAM_USER, CONF_VERIFY_SSL: True}
+    unparsable = camera.rtsp_url.replace("rtsp://", f"rtsp://{CAM_USER}:{CAM_PASSWORD}@[")
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], {CONF_STREAM_URL: unparsable, **form}
+    )
+    assert result["errors"] == {CONF_STREAM_URL: "invalid_url"}
+    url = camera.rtsp_url.replace("rtsp://", f"rtsp://{CAM_USER}:{CAM_PASSWORD}@")
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], {CONF_STREAM_URL: url, **form}
+    )
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "reconfigure_successful"
+    assert entry.data[CONF_PASSWORD] == CAM_PASSWORD
+    assert entry.data[CONF_STREAM_URL] == camera.rtsp_url
+
+
 async def test_reconfigure_new_url_keeps_identity(
     hass: HomeAssistant, camera: VirtualCamera, rtsp_only_camera: VirtualCamera
 ) -> None:

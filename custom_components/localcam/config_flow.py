@@ -717,14 +717,25 @@ def _checked_identity(entry: LocalCamConfigEntry, data: Mapping[str, Any]) -> Id
 def _keep_stored_password(user_input: dict[str, Any], entry: LocalCamConfigEntry) -> dict[str, Any]:
     """An empty password field keeps the stored password, for the same username only.
 
-    Passwords are never sent back to the browser to prefill the form; and a
-    new username is never tried with the old account's password.
+    Passwords are never sent back to the browser to prefill the form; a new
+    username is never tried with the old account's password; and a password
+    typed into a URL is the new one (the field would win over it).
     """
-    if user_input.get(CONF_PASSWORD) or user_input.get(CONF_USERNAME) != entry.data.get(
-        CONF_USERNAME
+    if (
+        user_input.get(CONF_PASSWORD)
+        or any(_url_password(user_input.get(field)) for field in URL_FIELDS)
+        or user_input.get(CONF_USERNAME) != entry.data.get(CONF_USERNAME)
     ):
         return user_input
     return {**user_input, CONF_PASSWORD: entry.data.get(CONF_PASSWORD)}
+
+
+def _url_password(url: str | None) -> str | None:
+    """The password typed into a URL, if any (an unparsable URL: none, its test says why)."""
+    try:
+        return split_credentials(str(url or "").strip())[2]
+    except InvalidUrlError:
+        return None
 
 
 def _bracket(host: str) -> str:
