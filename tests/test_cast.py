@@ -1871,6 +1871,29 @@ async def test_home_assistant_stop_revokes_everything(
 # ---------------------------------------------------------------------------
 
 
+async def _stop(hass: HomeAssistant, stop: str) -> None:
+    """Stop the cast on RECEIVER one of the ways a cast is stopped.
+
+    media_stop: media_player's own action, which LocalCam only hears of;
+    stop_cast: LocalCam's; unload: the camera's entry; home_assistant_stop: HA
+    shutting down (this returns once the event is fired).
+    """
+    if stop == "media_stop":
+        await hass.services.async_call(
+            "media_player", "media_stop", {"entity_id": RECEIVER}, blocking=True
+        )
+    elif stop == "stop_cast":
+        await hass.services.async_call(
+            DOMAIN, "stop_cast", {"media_player": RECEIVER}, blocking=True
+        )
+    elif stop == "unload":
+        entry = hass.config_entries.async_entries(DOMAIN)[0]
+        assert await hass.config_entries.async_unload(entry.entry_id)
+    else:
+        assert stop == "home_assistant_stop"
+        hass.bus.async_fire(EVENT_HOMEASSISTANT_STOP)
+
+
 @pytest.mark.parametrize("stop", ["media_stop", "stop_cast", "unload"])
 async def test_a_stop_during_a_slow_load_revokes_at_once(
     hass: HomeAssistant,
@@ -1891,19 +1914,9 @@ async def test_a_stop_during_a_slow_load_revokes_at_once(
     try:
         await asyncio.wait_for(held.started.wait(), WAIT)  # the refresh's LOAD, held
         if stop == "media_stop":
-            # media_player's own action; LocalCam only hears of it.
-            await hass.services.async_call(
-                "media_player", "media_stop", {"entity_id": RECEIVER}, blocking=True
-            )
-        elif stop == "stop_cast":
-            stopping = asyncio.create_task(
-                hass.services.async_call(
-                    DOMAIN, "stop_cast", {"media_player": RECEIVER}, blocking=True
-                )
-            )
+            await _stop(hass, stop)  # media_player's own action: it never waits for LocalCam
         else:
-            entry = hass.config_entries.async_entries(DOMAIN)[0]
-            stopping = asyncio.create_task(hass.config_entries.async_unload(entry.entry_id))
+            stopping = asyncio.create_task(_stop(hass, stop))
         await _until(lambda: manager.links.resolve(token) is None)
         assert (await _get(receiver_session, url))[0] == HTTPStatus.NOT_FOUND
         # All while the LOAD still holds the receiver: the rest of the stop waits.
@@ -1917,6 +1930,54 @@ async def test_a_stop_during_a_slow_load_revokes_at_once(
     await _wait_for(hass, lambda: manager.session_for(RECEIVER) is None)
     assert [e.data["reason"] for e in ended] == ["unload" if stop == "unload" else "stopped"]
     assert len(manager.links) == 0
+
+
+@pytest.mark.parametrize("stop", ["media_stop", "stop_cast", "home_assistant_stop"])
+async def test_a_stop_during_the_first_load_ends_the_cast(
+    hass: HomeAssistant,
+    porch: str,
+    receiver: FakeCastDevice,
+    http_port: int,
+    receiver_session: aiohttp.ClientSession,
+    stop: str,
+) -> None:
+    """A stop while the cast's FIRST LOAD holds the receiver: 404 at once, and the cast ends.
+
+    The LOAD lands after the stop: the display is restored as after any stop
+    (not at HA's shutdown), the cast is never tracked, nothing is re-cast.
+    (An unload then: test_unload_during_the_load_refuses_the_cast.)
+    """
+    ended = async_capture_events(hass, EVENT_CAST_ENDED)
+    started = async_capture_events(hass, EVENT_CAST_STARTED)
+    manager = hass.data[DATA_CAST]
+    held = HeldLoads(receiver)
+    casting = asyncio.create_task(_cast(hass, porch, mode="snapshot", refresh=2, duration=0))
+    try:
+        await asyncio.wait_for(held.started.wait(), WAIT)  # the first LOAD, held
+        url = held.urls[0]
+        stopping = asyncio.create_task(_stop(hass, stop))
+        await _until(lambda: manager.links.resolve(_token(url)) is None)
+        assert (await _get(receiver_session, url))[0] == HTTPStatus.NOT_FOUND
+        assert not held.release.is_set()  # all while the LOAD still holds the receiver
+    finally:
+        held.release.set()
+    await asyncio.wait_for(casting, WAIT)  # the cast was sent; stopping it is no error
+    await asyncio.wait_for(stopping, WAIT)
+    await _wait_for(hass, lambda: bool(ended))
+    reason = "unload" if stop == "home_assistant_stop" else "stopped"
+    assert [e.data["reason"] for e in ended] == [reason]
+    assert [e.data["entity_id"] for e in started] == [porch]
+    assert manager.session_for(RECEIVER) is None
+    assert len(manager.links) == 0
+    assert manager.diagnostics()[RECEIVER]["end_reason"] == reason
+    if stop == "home_assistant_stop":
+        assert "quit_app" not in receiver.commands  # receivers are disconnecting too
+    else:
+        assert receiver.commands[-1] == "quit_app"  # it was on ambient
+    # Neither a refresh nor keep-alive loads the dead URL again.
+    await asyncio.sleep(2.5)
+    await hass.async_block_till_done()
+    assert len(receiver.loads) == 1
 
 
 async def test_unload_while_a_cast_checks_the_camera_refuses_the_cast(

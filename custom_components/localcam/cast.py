@@ -5,10 +5,11 @@ Safety properties and the layer that guarantees each:
 - what a cast URL opens (one camera, one receiver, one mode, until the cast
   ends): ``core.cast_links``, checked again by ``cast_views`` on every request;
 - that the URL dies at once when its cast ends (a stop, the duration, a
-  replacement, an unload), even while a slow LOAD holds the receiver, and that
-  no cast started before an unload outlives it: the manager below, which
-  revokes before it waits for a receiver's lock and refuses a cast whose
-  camera's entry unloaded while it started;
+  replacement, an unload), even while a slow LOAD holds the receiver (its
+  first LOAD included), and that no cast started before an unload outlives it:
+  the manager below, which registers a cast before its first LOAD, revokes
+  before it waits for a receiver's lock and refuses a cast whose camera's
+  entry unloaded while it started;
 - that the URL stays home: ``LocalCamCastManager.async_base_url`` takes only
   Home Assistant's internal address, prefers an IP literal (Cast devices ignore
   the LAN's DNS) and has ``core.netpolicy`` approve the address, and every URL
@@ -414,8 +415,14 @@ class CastSession:
     settle_until: float = 0.0
     attempts: int = 0
     refresh_failures: int = 0
+    # The first LOAD is in flight (under the receiver's lock): whoever stops
+    # the cast meanwhile only revokes it and leaves the end to its starter.
+    starting: bool = True
     # The token is revoked; the rest of the end waits for the receiver's lock.
     revoked: bool = False
+    # How the first revocation asked the cast to end (what a starter ends it with).
+    end_reason: EndReason = EndReason.STOPPED
+    end_restore: bool = True
     ended: bool = False
     unsubs: list[CALLBACK_TYPE] = field(default_factory=list)
     check_unsub: CALLBACK_TYPE | None = None
@@ -821,37 +828,65 @@ class LocalCamCastManager:
                 started_at=self.links.now(),
             )
             self._store_record(receiver, record)
+            # Registered before the LOAD, which may take pychromecast 30 s: a
+            # stop meanwhile (stop_cast, a media_stop in HA, an unload, HA
+            # stopping) finds the cast and revokes its URL at once.
+            self._sessions[receiver] = session
+            self._async_watch_stops(session)
             try:
                 await self._async_load(session)
                 if self._camera_closed(camera, generation):
                     # Unloaded during the LOAD: its unload revoked the token
                     # already; take the dead URL off the screen and refuse.
-                    self.links.revoke(token)
                     record.ended = dt_util.utcnow().isoformat()
                     record.end_reason = EndReason.UNLOAD.value
+                    self._async_discard(session)
                     await self._async_restore(session)
                     raise self._closed_error(camera)
             except BaseException:
                 # A failed or refused LOAD, or a cancelled one: the token must
                 # not outlive this call, as no session will revoke it.
-                self.links.revoke(token)
+                self._async_discard(session)
                 if record.ended is None:
                     record.ended = dt_util.utcnow().isoformat()
                     record.end_reason = EndReason.ERROR.value
                 raise
-            self._sessions[receiver] = session
+            session.starting = False
+            if session.revoked:
+                # Stopped during the LOAD, which then landed the dead URL on
+                # the display: the cast started and ends now, as the stop
+                # asked (a display restored as after any stop).
+                self._async_fire_started(session)
+                await self._async_end(session, session.end_reason, restore=session.end_restore)
+                return
             self._async_track(session)
+        self._async_fire_started(session)
+
+    @callback
+    def _async_fire_started(self, session: CastSession) -> None:
+        """Report a cast whose first LOAD landed."""
         self.hass.bus.async_fire(
             EVENT_CAST_STARTED,
             {
-                "entity_id": camera.entity_id,
-                ATTR_MEDIA_PLAYER: receiver,
-                ATTR_MODE: mode.value,
-                ATTR_DURATION: duration or 0,
-                ATTR_KEEP_ALIVE: keep_alive,
+                "entity_id": session.camera_entity_id,
+                ATTR_MEDIA_PLAYER: session.receiver,
+                ATTR_MODE: session.mode.value,
+                ATTR_DURATION: session.duration or 0,
+                ATTR_KEEP_ALIVE: session.keep_alive,
             },
-            context=context,
+            context=session.context,
         )
+
+    @callback
+    def _async_discard(self, session: CastSession) -> None:
+        """Drop a cast that never started (its first LOAD failed, was cancelled or refused)."""
+        session.ended = True
+        self._async_revoke(session, EndReason.ERROR, restore=False)
+        if self._sessions.get(session.receiver) is session:
+            del self._sessions[session.receiver]
+        for unsub in session.unsubs:
+            unsub()
+        session.unsubs.clear()
 
     def _store_record(self, receiver: str, record: ReceiverRecord) -> None:
         """Keep the receiver's last cast, bounded in count."""
@@ -933,13 +968,6 @@ class LocalCamCastManager:
         def _receiver_changed(event: Event[EventStateChangedData]) -> None:
             self._async_receiver_changed(session, event)
 
-        @callback
-        def _stop_called(event: Event[Any]) -> None:
-            named = _called_entities(hass, event.data)
-            if named is None or session.receiver in named:
-                session.record.last_idle_reason = "stopped_in_home_assistant"
-                self._async_spawn(session, EndReason.STOPPED, restore=False)
-
         if session.duration is not None:
             session.unsubs.append(async_call_later(hass, session.duration, _duration_over))
         session.unsubs.append(
@@ -950,15 +978,34 @@ class LocalCamCastManager:
         session.unsubs.append(
             async_track_state_change_event(hass, [session.receiver], _receiver_changed)
         )
-        # Registered after LocalCam's own LOAD; its own stop calls come after unsub.
-        session.unsubs.append(
-            hass.bus.async_listen(EVENT_CALL_SERVICE, _stop_called, event_filter=_is_stop_call)
-        )
         if session.mode is CastMode.SNAPSHOT and session.refresh > 0:
             session.refresh_task = hass.async_create_background_task(
                 self._async_refresh_loop(session), f"{DOMAIN} cast refresh {session.receiver}"
             )
         self._async_schedule_check(session)
+
+    @callback
+    def _async_watch_stops(self, session: CastSession) -> None:
+        """End the cast when its display is stopped or turned off through HA.
+
+        From before the first LOAD on. LocalCam's own stop calls (restoring a
+        display) come after the cast ended, when this listener is gone.
+        """
+        hass = self.hass
+
+        @callback
+        def _stop_called(event: Event[Any]) -> None:
+            named = _called_entities(hass, event.data)
+            if named is None or session.receiver in named:
+                session.record.last_idle_reason = "stopped_in_home_assistant"
+                # A stop during the first LOAD comes before the LOAD lands
+                # the URL: that display needs restoring; a later one stopped
+                # the cast's media itself.
+                self._async_spawn(session, EndReason.STOPPED, restore=session.starting)
+
+        session.unsubs.append(
+            hass.bus.async_listen(EVENT_CALL_SERVICE, _stop_called, event_filter=_is_stop_call)
+        )
 
     @callback
     def _async_renew(self, session: CastSession) -> None:
@@ -1075,24 +1122,27 @@ class LocalCamCastManager:
         return None
 
     @callback
-    def _async_revoke(self, session: CastSession) -> bool:
+    def _async_revoke(self, session: CastSession, reason: EndReason, *, restore: bool) -> bool:
         """Revoke a cast's token at once; False when it was revoked already.
 
         The rest of ending a cast waits for the receiver's lock, which a slow
-        LOAD (a refresh, a keep-alive re-cast) can hold for tens of seconds;
-        the URL must stop working now, not then.
+        LOAD (the first one, a refresh, a keep-alive re-cast) can hold for tens
+        of seconds; the URL must stop working now, not then. The first
+        revocation's reason is how the cast ends.
         """
         if session.revoked:
             return False
         session.revoked = True
+        session.end_reason = reason
+        session.end_restore = restore
         self.links.revoke(session.token)
         return True
 
     @callback
     def _async_spawn(self, session: CastSession, reason: EndReason, *, restore: bool) -> None:
         """End a cast from a callback (once: the first reason wins)."""
-        if not self._async_revoke(session):
-            return
+        if not self._async_revoke(session, reason, restore=restore) or session.starting:
+            return  # ending already, or its starter ends it when the first LOAD returns
         self.hass.async_create_background_task(
             self._async_end_locked(session, reason, restore=restore),
             f"{DOMAIN} cast end {session.receiver}",
@@ -1184,7 +1234,12 @@ class LocalCamCastManager:
         self, session: CastSession, reason: EndReason, *, restore: bool
     ) -> None:
         """End a cast under its receiver's lock, its token revoked before the wait."""
-        self._async_revoke(session)
+        self._async_revoke(session, reason, restore=restore)
+        if session.starting:
+            # Its starter holds the lock for the first LOAD and ends it when
+            # the LOAD returns: a stop, an unload or HA's shutdown need not
+            # wait up to 35 s for that.
+            return
         async with self._lock(session.receiver):
             await self._async_end(session, reason, restore=restore)
 
@@ -1193,7 +1248,7 @@ class LocalCamCastManager:
         if session.ended:
             return
         session.ended = True
-        self._async_revoke(session)
+        self._async_revoke(session, reason, restore=restore)
         if self._sessions.get(session.receiver) is session:
             del self._sessions[session.receiver]
         for unsub in session.unsubs:
@@ -1259,20 +1314,18 @@ class LocalCamCastManager:
     async def async_stop(self, receivers: Iterable[str], context: Context | None = None) -> int:
         """Stop the casts on receivers (no cast there is not an error); return how many."""
         receivers = list(dict.fromkeys(receivers))
-        # Every URL dies now; each end then waits for its receiver's lock.
-        for receiver in receivers:
-            if (running := self._sessions.get(receiver)) is not None:
-                self._async_revoke(running)
-        stopped = 0
+        # Every URL dies now; each end then waits for its receiver's lock (a
+        # cast in its first LOAD is ended by its starter, which holds it).
+        running = [s for receiver in receivers if (s := self._sessions.get(receiver)) is not None]
+        for session in running:
+            session.context = context or session.context
+            self._async_revoke(session, EndReason.STOPPED, restore=True)
         for receiver in receivers:
             async with self._lock(receiver):
-                session = self._sessions.get(receiver)
-                if session is None:
-                    continue
-                session.context = context or session.context
-                await self._async_end(session, EndReason.STOPPED, restore=True)
-                stopped += 1
-        return stopped
+                if (current := self._sessions.get(receiver)) is not None:
+                    current.context = context or current.context
+                    await self._async_end(current, EndReason.STOPPED, restore=True)
+        return len(running)
 
     async def async_stop_camera(self, camera_id: str, reason: EndReason = EndReason.UNLOAD) -> None:
         """End every cast of a camera and revoke its tokens (its entry unloads)."""
@@ -1282,7 +1335,8 @@ class LocalCamCastManager:
         self.links.revoke_camera(camera_id)
         sessions = [s for s in self._sessions.values() if s.camera_id == camera_id]
         for session in sessions:
-            self._async_revoke(session)  # so no callback reads the revocation as a failure
+            # So no callback reads the revocation as a failure.
+            self._async_revoke(session, reason, restore=True)
         await asyncio.gather(
             *(self._async_end_locked(session, reason, restore=True) for session in sessions)
         )
@@ -1295,7 +1349,8 @@ class LocalCamCastManager:
         self.links.revoke_all()
         sessions = list(self._sessions.values())
         for session in sessions:
-            self._async_revoke(session)  # so no callback reads the revocation as a failure
+            # So no callback reads the revocation as a failure.
+            self._async_revoke(session, reason, restore=restore)
         await asyncio.gather(
             *(self._async_end_locked(session, reason, restore=restore) for session in sessions)
         )
