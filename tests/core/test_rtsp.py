@@ -26,6 +26,7 @@ from custom_components.localcam.core.errors import (
     CameraTimeoutError,
     CannotConnectError,
     InvalidAuthError,
+    InvalidImageError,
     NoVideoError,
 )
 from custom_components.localcam.core.netpolicy import NetPolicy, Target
@@ -878,10 +879,22 @@ class ScriptedCamera:
     it), or nothing at all. ``connections`` counts the clients still connected.
     """
 
-    def __init__(self, *, width: int = 320, height: int = 176, audio: bool = True) -> None:
-        """Declare a video size (in the SDP's SPS) and whether audio flows."""
+    def __init__(
+        self,
+        *,
+        width: int = 320,
+        height: int = 176,
+        audio: bool = True,
+        video: list[bytes] | None = None,
+    ) -> None:
+        """Declare a video size (in the SDP's SPS), whether audio flows, and any video.
+
+        ``video`` is one access unit's NAL units, sent again every 100 ms once
+        audio has flowed for a while (so FFmpeg's probing saw only audio).
+        """
         self.sprop = _sprop(width, height)
         self.audio = audio
+        self.video = video
         self.audio_packets = 0
         self.connections = 0
         self._writers: list[asyncio.StreamWriter] = []
@@ -924,6 +937,18 @@ class ScriptedCamera:
             await writer.drain()
             await asyncio.sleep(0.02)
 
+    async def _send_video(self, writer: asyncio.StreamWriter, nals: list[bytes]) -> None:
+        await asyncio.sleep(0.3)
+        seq = 0
+        while not writer.is_closing():
+            for index, nal in enumerate(nals):  # single NAL unit packets, marker on the last
+                marker = 0x80 if index == len(nals) - 1 else 0
+                header = struct.pack("!BBHII", 0x80, marker | 96, seq & 0xFFFF, seq * 9000, 0x5678)
+                writer.write(b"$\x00" + struct.pack("!H", len(header) + len(nal)) + header + nal)
+                seq += 1
+            await writer.drain()
+            await asyncio.sleep(0.1)
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         self._writers.append(writer)
@@ -955,10 +980,14 @@ class ScriptedCamera:
                     + body
                 )
                 await writer.drain()
-                if method == "PLAY" and self.audio:
-                    task = asyncio.get_running_loop().create_task(self._send_audio(writer))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+                if method == "PLAY":
+                    senders = [self._send_audio(writer)] if self.audio else []
+                    if self.video:
+                        senders.append(self._send_video(writer, self.video))
+                    for sender in senders:
+                        task = asyncio.get_running_loop().create_task(sender)
+                        self._tasks.add(task)
+                        task.add_done_callback(self._tasks.discard)
         except asyncio.IncompleteReadError, ConnectionError:
             pass
         finally:
@@ -1074,3 +1103,84 @@ async def test_warm_session_over_audio_only_closes_after_its_linger(
     assert time.monotonic() - start < 1
     assert not lingering.active
     assert await _wait_until(lambda: audio_only_camera.connections == 0, 1)
+
+
+def _idr_nal_units(width: int, height: int) -> list[bytes]:
+    """SPS, PPS and IDR slice NAL units of one black ``width``x``height`` H.264 frame."""
+    import av
+    import numpy as np
+
+    codec = av.CodecContext.create("libx264", "w")
+    codec.width, codec.height, codec.pix_fmt = width, height, "yuv420p"
+    codec.options = {"bf": "0", "g": "1"}
+    image = np.zeros((height, width, 3), np.uint8)
+    frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p")
+    data = b"".join(bytes(p) for p in [*codec.encode(frame), *codec.encode(None)])
+    nals = [nal.lstrip(b"\x00") for nal in data.split(b"\x00\x00\x01")]
+    return [nal for nal in nals if nal and nal[0] & 0x1F in (5, 7, 8)]
+
+
+async def test_a_declared_oversize_stream_is_refused_before_decoding(
+    socket_enabled: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A size known at open (probed from the camera's SPS) above the limit: nothing decodes.
+
+    The limit is lowered to just below this camera's 320x180, the smallest
+    honest stand-in for a camera declaring a 16384x16384 stream.
+    """
+    cam = VirtualCamera(
+        CameraConfig(name="big", color=color_for(2), width=320, height=180, http_snapshot=False)
+    )
+    await cam.start()
+    decoded: list[bool] = []
+    monkeypatch.setattr(rtsp, "_decode", lambda *_a, **_k: decoded.append(True))
+    monkeypatch.setattr(rtsp, "MAX_PIXELS", 320 * 180 - 1)
+    target = await _target(cam.rtsp_url)
+
+    async def url() -> str:
+        return target.pinned_url()
+
+    grabber = WarmGrabber(linger=0.5)
+    try:
+        with pytest.raises(InvalidImageError, match="implausible size 320x180") as err:
+            await async_grab_keyframe(target.pinned_url(), timeout=5)
+        assert err.value.kind == "bad_size"
+        with pytest.raises(InvalidImageError, match="implausible size 320x180"):
+            await grabber.grab(url, timeout=5)
+    finally:
+        await grabber.close()
+        await cam.stop()
+    assert not decoded
+
+
+@pytest.mark.parametrize("limit", ["MAX_PIXELS", "MAX_DIMENSION"])
+async def test_an_in_band_oversize_frame_is_refused_before_conversion(
+    socket_enabled: None, monkeypatch: pytest.MonkeyPatch, limit: str
+) -> None:
+    """A size only the in-band SPS declares: refused by the decoder or after it, never encoded.
+
+    Audio arrives first, so FFmpeg's probing knows no video size at open.
+    Above MAX_PIXELS, FFmpeg's max_pixels refuses to allocate the frame;
+    above MAX_DIMENSION (but within the pixel limit), the decoded frame is
+    refused before its conversion to BGR and JPEG.
+    """
+    camera = ScriptedCamera(width=160, height=96, video=_idr_nal_units(320, 176))
+    url = await camera.start()
+    monkeypatch.setattr(rtsp, limit, 320 * 176 - 1 if limit == "MAX_PIXELS" else 319)
+    decoded: list[bool] = []  # per decode: whether it produced a frame
+    real_decode = rtsp._decode
+
+    def decode(*args: Any, **kwargs: Any) -> Any:
+        frame = real_decode(*args, **kwargs)
+        decoded.append(frame is not None)
+        return frame
+
+    monkeypatch.setattr(rtsp, "_decode", decode)
+    monkeypatch.setattr(rtsp, "encode_bgr", lambda _array: pytest.fail("encoded"))
+    try:
+        with pytest.raises(InvalidImageError, match="implausible size 320x176"):
+            await async_grab_keyframe(url, timeout=5)
+    finally:
+        await camera.stop()
+    # FFmpeg itself refused to allocate the frame above MAX_PIXELS.
+    assert decoded == [limit == "MAX_DIMENSION"]

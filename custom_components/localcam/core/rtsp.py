@@ -31,10 +31,11 @@ from .errors import (
     CameraTimeoutError,
     CannotConnectError,
     InvalidAuthError,
+    InvalidImageError,
     LocalCamError,
     NoVideoError,
 )
-from .jpeg import encode_bgr
+from .jpeg import MAX_DIMENSION, MAX_PIXELS, encode_bgr
 from .models import RtspTransport, StreamInfo
 
 if TYPE_CHECKING:
@@ -100,6 +101,44 @@ def _open_container(url: str, transport: RtspTransport, timeout: float) -> Any:
     return container
 
 
+def _check_size(width: int, height: int) -> None:
+    """Refuse a frame size no JPEG of ours may have (0 means not known yet).
+
+    The size comes from the camera's SPS. This layer refuses what
+    validate_jpeg would refuse anyway, before the frame costs its memory:
+    a 16384x16384 frame is 400 MB decoded and twice that as BGR.
+    """
+    if width > MAX_DIMENSION or height > MAX_DIMENSION or width * height > MAX_PIXELS:
+        raise InvalidImageError(f"implausible size {width}x{height}", kind="bad_size")
+
+
+def _prepare_decoder(codec: Any) -> None:
+    """Decode keyframes only, single-threaded, never into a frame above MAX_PIXELS.
+
+    A size the SDP or the probed packets declared is checked here, before
+    the decoder opens; FFmpeg's own ``max_pixels`` refuses to allocate a
+    bigger frame that an in-band SPS declares later.
+    """
+    _check_size(codec.width, codec.height)
+    codec.skip_frame = "NONKEY"  # only keyframes are decoded at all
+    codec.thread_count = 1  # frame threading would delay the first frame
+    codec.options = {"max_pixels": str(MAX_PIXELS)}
+
+
+def _decode_checked(codec: Any, packet: Any, *, drain: bool) -> Any | None:
+    """_decode, then refuse a size the packet's in-band SPS declared (before any conversion).
+
+    FFmpeg's h264 decoder does not fail on a frame above ``max_pixels``: it
+    logs, allocates nothing and returns no frame, but it has read the size
+    into the codec context, so the grab ends here instead of at its timeout.
+    """
+    frame = _decode(codec, packet, drain=drain)
+    _check_size(codec.width, codec.height)
+    if frame is not None:
+        _check_size(frame.width, frame.height)
+    return frame
+
+
 def _decode(codec: Any, packet: Any, *, drain: bool) -> Any | None:
     """Decode one packet on its own; return its frame, or None.
 
@@ -145,8 +184,7 @@ def grab_keyframe(
     try:
         stream = container.streams.video[0]
         codec = stream.codec_context
-        codec.skip_frame = "NONKEY"  # only keyframes are decoded at all
-        codec.thread_count = 1  # frame threading would delay the first frame
+        _prepare_decoder(codec)
         frame = None
         # Every stream's packets: demux(stream) would drop the others in C,
         # where none of these checks run (an audio-only flood never ended).
@@ -160,7 +198,7 @@ def grab_keyframe(
             if packet.stream_index != stream.index or packet.size == 0:
                 continue
             # Non-key packets too: a demuxer may not flag every keyframe.
-            if (frame := _decode(codec, packet, drain=packet.is_keyframe)) is not None:
+            if (frame := _decode_checked(codec, packet, drain=packet.is_keyframe)) is not None:
                 received = time.monotonic()
                 break
         if frame is None:
@@ -359,8 +397,7 @@ class WarmGrabber:
             container = _open_container(url, self._transport, timeout)
             stream = container.streams.video[0]
             codec = stream.codec_context
-            codec.skip_frame = "NONKEY"
-            codec.thread_count = 1
+            _prepare_decoder(codec)
             # Every stream's packets, so the stop and linger checks run on
             # each one (see grab_keyframe); only video is decoded.
             for packet in container.demux():
@@ -377,7 +414,7 @@ class WarmGrabber:
                     or not packet.is_keyframe
                 ):
                     continue
-                if (frame := _decode(codec, packet, drain=True)) is None:
+                if (frame := _decode_checked(codec, packet, drain=True)) is None:
                     continue
                 grabbed = GrabbedFrame(
                     info=StreamInfo(codec=codec.name, width=frame.width, height=frame.height),
