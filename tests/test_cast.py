@@ -12,7 +12,7 @@ decodes it with PyAV. No discovery runs and no packet leaves 127.0.0.1.
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, asynccontextmanager
 from datetime import timedelta
 from http import HTTPStatus
 import io
@@ -540,6 +540,31 @@ class HeldLoads:
             answer(namespace, message, **kwargs)
 
         receiver.socket_client.send_app_message.side_effect = held
+
+
+class HeldStills:
+    """The camera's still fetches, held (a slow camera) until released."""
+
+    def __init__(self) -> None:
+        """Nothing fetched, nothing released yet."""
+        self.fetching = asyncio.Event()
+        self.release = asyncio.Event()
+
+
+@asynccontextmanager
+async def _held_stills(hass: HomeAssistant, camera: str) -> AsyncIterator[HeldStills]:
+    """Hold every still fetch of a camera entity until released (then: a good still)."""
+    entity = get_camera_from_entity_id(hass, camera)
+    still = await entity.async_camera_image()
+    held = HeldStills()
+
+    async def slow_camera(*args: Any, **kwargs: Any) -> bytes | None:
+        held.fetching.set()
+        await held.release.wait()
+        return still
+
+    with patch.object(entity, "async_camera_image", slow_camera):
+        yield held
 
 
 async def _until(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
@@ -1980,6 +2005,38 @@ async def test_a_stop_during_the_first_load_ends_the_cast(
     assert len(receiver.loads) == 1
 
 
+@pytest.mark.parametrize("load", ["refresh", "keep_alive"])
+async def test_a_stop_during_a_camera_check_sends_no_load(
+    hass: HomeAssistant,
+    porch: str,
+    receiver: FakeCastDevice,
+    http_port: int,
+    load: str,
+) -> None:
+    """A stop while a refresh or a keep-alive re-cast checks the camera: no LOAD of the dead URL.
+
+    Nor does the stop wait for one: it ends the cast as soon as the check returns.
+    """
+    ended = async_capture_events(hass, EVENT_CAST_ENDED)
+    manager = hass.data[DATA_CAST]
+    refresh = 2 if load == "refresh" else 3600
+    await _cast(hass, porch, mode="snapshot", refresh=refresh, duration=300)
+    session = manager.session_for(RECEIVER)
+    assert session is not None
+    async with _held_stills(hass, porch) as held:
+        if load == "keep_alive":
+            await hass.async_add_executor_job(receiver.drop_to_ambient)
+        await asyncio.wait_for(held.fetching.wait(), WAIT)  # the refresh's or re-cast's check
+        stopping = asyncio.create_task(_stop(hass, "stop_cast"))
+        await _until(lambda: session.revoked)
+        held.release.set()
+        await asyncio.wait_for(stopping, WAIT)
+    await hass.async_block_till_done()
+    assert [e.data["reason"] for e in ended] == ["stopped"]
+    assert len(receiver.loads) == 1  # the cast's own LOAD only
+    assert manager.session_for(RECEIVER) is None
+
+
 async def test_unload_while_a_cast_checks_the_camera_refuses_the_cast(
     hass: HomeAssistant,
     porch: str,
@@ -1988,23 +2045,14 @@ async def test_unload_while_a_cast_checks_the_camera_refuses_the_cast(
 ) -> None:
     """The entry unloads while a cast waits for the camera: refused, no token, even after reload."""
     entity = get_camera_from_entity_id(hass, porch)
-    still = await entity.async_camera_image()
-    checking = asyncio.Event()
-    answer = asyncio.Event()
-
-    async def slow_camera(*args: Any, **kwargs: Any) -> bytes | None:
-        checking.set()
-        await answer.wait()
-        return still
-
     manager = hass.data[DATA_CAST]
     entry = hass.config_entries.async_entries(DOMAIN)[0]
     started = async_capture_events(hass, EVENT_CAST_STARTED)
-    with patch.object(entity, "async_camera_image", slow_camera):
+    async with _held_stills(hass, porch) as held:
         casting = asyncio.create_task(_cast(hass, porch, mode="snapshot", refresh=3600))
-        await asyncio.wait_for(checking.wait(), WAIT)
+        await asyncio.wait_for(held.fetching.wait(), WAIT)
         assert await hass.config_entries.async_unload(entry.entry_id)
-        answer.set()
+        held.release.set()
         with pytest.raises(HomeAssistantError) as err:
             await asyncio.wait_for(casting, WAIT)
     assert err.value.translation_domain == DOMAIN

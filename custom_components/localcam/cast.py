@@ -1192,6 +1192,8 @@ class LocalCamCastManager:
                     await async_prepare_live(session.camera, wait=LIVE_READY_TIMEOUT)
                 else:
                     await self._async_check_camera(session.camera)
+                if session.over(self.links.now()):
+                    return  # stopped while the stream started or the camera answered
                 if not view.unavailable:
                     await self._async_load(session)
             except HomeAssistantError:
@@ -1211,6 +1213,8 @@ class LocalCamCastManager:
                     continue  # someone else's media or app now: never load over it
                 try:
                     await self._async_check_camera(session.camera)
+                    if session.over(self.links.now()):
+                        return  # stopped while the camera answered: no LOAD of a dead URL
                     await self._async_load(session)
                 except Exception as err:  # noqa: BLE001 - see below
                     # Whatever failed, this loop must go on to count it: a
