@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 import contextlib
 from contextlib import asynccontextmanager
 from ipaddress import ip_address
+import json
+from pathlib import Path
 from typing import Any
 from unittest.mock import patch
 
@@ -50,6 +52,7 @@ from .conftest import CAM_PASSWORD, CAM_USER, make_entry
 
 MAC = "02:00:00:aa:bb:01"
 SERIAL = "VC-0001"
+EN = Path(__file__).parents[1] / "custom_components" / "localcam" / "translations" / "en.json"
 
 
 @asynccontextmanager
@@ -191,6 +194,37 @@ async def test_onvif_camera_on_a_vpn_range_is_added_with_its_network_allowed(
     )
     assert result["type"] is FlowResultType.CREATE_ENTRY
     assert result["result"].options == allowed
+
+
+def _error_text(result: ConfigFlowResult, field: str) -> str:
+    """The English text the user sees for ``field``'s error (KeyError: a placeholder lacks)."""
+    template: str = json.loads(EN.read_text())["config"]["error"][result["errors"][field]]
+    return template.format(**(result["description_placeholders"] or {}))
+
+
+@pytest.mark.parametrize(
+    ("step", "user_input", "field", "error"),
+    [
+        ("onvif", {CONF_HOST: "http://192.168.1.20"}, CONF_HOST, "invalid_host"),
+        ("onvif", {CONF_HOST: "admin@192.168.1.20"}, CONF_HOST, "invalid_host"),
+        ("scan", {CONF_HOSTS: "192.168.0.0/16"}, CONF_HOSTS, "invalid_hosts"),
+        ("scan", {CONF_HOSTS: "192.168.1.20-10"}, CONF_HOSTS, "invalid_hosts"),
+    ],
+    ids=["onvif-url", "onvif-userinfo", "scan-too-many", "scan-backwards"],
+)
+async def test_host_fields_get_host_errors(
+    hass: HomeAssistant, step: str, user_input: dict[str, Any], field: str, error: str
+) -> None:
+    """A bad host (ONVIF) or host list (scan) is named as such, not as a bad stream URL.
+
+    Refused before any packet is sent.
+    """
+    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
+    flow_id = result["flow_id"]
+    await hass.config_entries.flow.async_configure(flow_id, {"next_step_id": step})
+    result = await hass.config_entries.flow.async_configure(flow_id, user_input)
+    assert result["errors"] == {field: error}
+    assert result["description_placeholders"]["reason"] in _error_text(result, field)
 
 
 async def test_camera_without_mac_uses_its_serial(

@@ -374,7 +374,12 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
             )
             client = CameraClient(async_get_clientsession(self.hass), policy, source)
             info = await client.probe(PROBE_TIMEOUT)
-        except (InvalidUrlError, NotLocalError) as err:
+        except InvalidUrlError as err:
+            # invalid_url's text is about stream and snapshot URLs, not a host.
+            errors[CONF_HOST] = "invalid_host"
+            self._placeholders = dict(err.placeholders)
+            return None
+        except NotLocalError as err:
             errors[CONF_HOST] = err.translation_key
             self._placeholders = dict(err.placeholders)
             return None
@@ -428,7 +433,11 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
         if user_input is not None:
             try:
                 hosts = unicast_range(user_input[CONF_HOSTS]) if user_input.get(CONF_HOSTS) else []
-            except (InvalidUrlError, NotLocalError) as err:
+            except InvalidUrlError as err:
+                # Bad syntax or too many hosts: invalid_url's text is about URLs.
+                errors[CONF_HOSTS] = "invalid_hosts"
+                self._placeholders = dict(err.placeholders)
+            except NotLocalError as err:
                 errors[CONF_HOSTS] = err.translation_key
                 self._placeholders = dict(err.placeholders)
             else:
