@@ -2037,6 +2037,28 @@ async def test_a_stop_during_a_camera_check_sends_no_load(
     assert manager.session_for(RECEIVER) is None
 
 
+@pytest.mark.parametrize("stop", ["stop_cast", "unload"])
+async def test_a_still_fetched_while_the_cast_ends_is_not_served(
+    hass: HomeAssistant,
+    porch: str,
+    receiver: FakeCastDevice,
+    http_port: int,
+    receiver_session: aiohttp.ClientSession,
+    stop: str,
+) -> None:
+    """A snapshot request let in just before the cast ended gets a 404, not a fresh picture."""
+    manager = hass.data[DATA_CAST]
+    await _cast(hass, porch, mode="snapshot", refresh=3600, duration=300)
+    url = _last_url(receiver)
+    async with _held_stills(hass, porch) as held:
+        request = asyncio.create_task(_get(receiver_session, url))
+        await asyncio.wait_for(held.fetching.wait(), WAIT)  # past the token check
+        await _stop(hass, stop)
+        assert manager.links.resolve(_token(url)) is None
+        held.release.set()
+        assert await asyncio.wait_for(request, WAIT) == (HTTPStatus.NOT_FOUND, b"")
+
+
 async def test_unload_while_a_cast_checks_the_camera_refuses_the_cast(
     hass: HomeAssistant,
     porch: str,

@@ -2,9 +2,11 @@
 
 The token is the credential (Cast receivers cannot log in), so the views need
 no Home Assistant auth. Every request resolves the token again, bound to the
-camera named in the path and to the mode of the route; anything else (unknown,
-expired, revoked, another camera, another mode, a malformed path) gets the
-same empty 404.
+camera named in the path and to the mode of the route, and once more after
+anything it waits for (a still from the camera, a playlist's next part), so a
+cast that ended meanwhile is not served; anything else (unknown, expired,
+revoked, another camera, another mode, a malformed path) gets the same empty
+404.
 
 Live mode re-publishes Home Assistant's own HLS output of that camera as a
 plain playlist: no low-latency tags, because Cast receivers play HLS with
@@ -249,7 +251,7 @@ class LocalCamCastView(HomeAssistantView):
         if not _grants(manager, token, camera, mode):
             return _not_found()
         if mode is CastMode.SNAPSHOT:
-            return await _async_snapshot(camera)
+            return await _async_snapshot(manager, camera, token)
         if resource == _PLAYLIST:
             return await _async_playlist(manager, camera, token)
         if match := _INIT_RE.match(resource):
@@ -339,7 +341,9 @@ def _segment(camera: LocalCamCamera, sequence: int, index: int) -> web.StreamRes
     )
 
 
-async def _async_snapshot(camera: LocalCamCamera) -> web.StreamResponse:
+async def _async_snapshot(
+    manager: LocalCamCastManager, camera: LocalCamCamera, token: str
+) -> web.StreamResponse:
     """Serve a fresh still of the camera (through its snapshot cache)."""
     try:
         # The entity bounds its own fetch; this only guards against a bug.
@@ -347,6 +351,10 @@ async def _async_snapshot(camera: LocalCamCamera) -> web.StreamResponse:
             image = await camera.async_camera_image()
     except HomeAssistantError, TimeoutError:
         image = None
+    # The cast may have ended (a stop, its duration, an unload) while the
+    # camera answered, which can take seconds: no picture for an ended cast.
+    if not _grants(manager, token, camera, CastMode.SNAPSHOT):
+        return _not_found()
     if not image:
         # The camera failed: an error, never an older picture.
         return web.Response(status=HTTPStatus.SERVICE_UNAVAILABLE, headers=_NO_STORE)
