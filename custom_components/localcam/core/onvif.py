@@ -68,10 +68,11 @@ MAX_SOAP_REPLY: Final = 2 * 1024 * 1024
 #: MAX_SOAP_REPLY bounds memory, not CPU: zeep parses the whole reply into objects in the
 #: event loop, at about 4.5 us per tag (measured with GetProfiles replies through
 #: read_device), so a 2 MiB reply of small elements (~110 000 tags) stalled the loop for
-#: ~0.5 s. This cap holds a reply to about 0.1 s of zeep work (a 16 363-tag, 300 KB
-#: GetProfiles: 76-131 ms). A camera's GetProfiles has a few hundred tags, an NVR's a few
-#: hundred per channel profile: real replies stay below it.
-MAX_SOAP_TAGS: Final = 16384
+#: ~0.5 s. This cap holds a reply to about 0.15 s of zeep work (a 16 363-tag, 300 KB
+#: GetProfiles took 76-131 ms). A camera's GetProfiles has a few hundred tags; an NVR's
+#: has a few hundred per channel profile, so a 64-channel NVR with two rich profiles per
+#: channel (PTZ, analytics: ~200 tags each) needs ~26 000: it must still be added.
+MAX_SOAP_TAGS: Final = 32768
 HTTP_SCHEMES: Final = frozenset({"http", "https"})
 STREAM_SCHEMES: Final = frozenset({"rtsp", "rtsps"})
 # Fault subcodes (ONVIF ter: and WS-Security wsse:) that mean "wrong credentials".
