@@ -398,6 +398,29 @@ async def test_stream_that_reaches_another_device_is_stopped(
             assert state.state == "unavailable"
 
 
+async def test_a_stream_whose_camera_redirects_it_elsewhere_is_stopped(
+    hass: HomeAssistant, rtsp_only_camera: VirtualCamera
+) -> None:
+    """The camera now answers DESCRIBE with a redirect: HA's FFmpeg would follow it, unchecked.
+
+    LocalCam's check never follows one; the stream is stopped rather than left
+    to reconnect to wherever the camera points, and the camera shows unavailable.
+    """
+    entity_id = await _entity_id(hass, rtsp_only_camera, snapshot=False)
+    async with _running_stream(hass, entity_id, rtsp_only_camera) as stream:
+        rtsp_only_camera.fault = Fault.REDIRECT
+        await rtsp_only_camera.restart()
+        stream._async_update_state(False)  # what HA's worker reports when it drops
+        await _until(lambda: not stream.outputs())
+        await hass.async_block_till_done()
+        state = hass.states.get(entity_id)
+        assert state is not None
+        assert state.state == "unavailable"
+        entity = get_camera_from_entity_id(hass, entity_id)
+        assert entity.coordinator.last_exception is not None  # type: ignore[attr-defined]
+        assert "RTSP 302" in str(entity.coordinator.last_exception.__cause__)  # type: ignore[attr-defined]
+
+
 def test_profile_name_falls_back_to_the_token() -> None:
     """A profile missing from the entry's list is named by its token."""
     from pytest_homeassistant_custom_component.common import MockConfigEntry

@@ -111,6 +111,9 @@ class Fault(StrEnum):
     # RTSP: ~1 s after PLAY (or after the fault is set) the connection and UDP are closed.
     # Snapshot: headers with the full Content-Length, half the body, then the connection closes.
     DROP = "drop"
+    # RTSP only: DESCRIBE answers 302 with a Location on a loopback port where nothing
+    # listens (a camera sending its clients elsewhere; a client that follows finds nothing).
+    REDIRECT = "redirect"
 
     @classmethod
     def parse(cls, value: Fault | str | None) -> Fault | None:

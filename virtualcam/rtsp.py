@@ -30,8 +30,12 @@ _MAX_BODY = 64 * 1024
 SERVER_HEADER = "LocalCam-VirtualCam/1.0"
 PUBLIC = "OPTIONS, DESCRIBE, SETUP, PLAY, PAUSE, GET_PARAMETER, SET_PARAMETER, TEARDOWN"
 
+# Where Fault.REDIRECT sends clients: loopback (tests send packets nowhere else), the
+# discard port, where nothing listens.
+REDIRECT_LOCATION = "rtsp://127.0.0.1:9/elsewhere"
 _REASONS = {
     200: "OK",
+    302: "Moved Temporarily",
     400: "Bad Request",
     401: "Unauthorized",
     404: "Not Found",
@@ -292,6 +296,9 @@ class _Connection:
         self.camera.stats.describe_requests += 1
         if not self._path_ok(request):
             self.respond(request, 404)
+            return
+        if self.camera.fault is Fault.REDIRECT:
+            self.respond(request, 302, {"Location": REDIRECT_LOCATION})
             return
         if not self._authorized(request):
             return

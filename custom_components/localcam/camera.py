@@ -13,7 +13,7 @@ from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 
 from .const import CONF_PROFILES, DOMAIN, LOGGER
-from .core.errors import InvalidAuthError, LocalCamError
+from .core.errors import InvalidAuthError, LocalCamError, RedirectedError
 from .core.identity import IdentityMismatchError
 from .core.models import Snapshot
 from .core.rtsp import FAST_OPEN_OPTIONS
@@ -272,8 +272,10 @@ class LocalCamCamera(LocalCamEntity, Camera):
                         "%s rejects its credentials; asking for new ones", self.entity_id
                     )
                     self.coordinator.config_entry.async_start_reauth(self.hass)
-                except IdentityMismatchError:
-                    # Never let the worker reconnect to, and show, the other device.
+                except IdentityMismatchError, RedirectedError:
+                    # Never let the worker reconnect to, and show, the other
+                    # device; nor follow the camera's redirect (FFmpeg would,
+                    # to wherever it points, unchecked).
                     if self.stream is not None:
                         await _async_stop_stream(self.stream)
                     await self.coordinator.async_request_refresh()

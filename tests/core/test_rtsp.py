@@ -28,6 +28,7 @@ from custom_components.localcam.core.errors import (
     InvalidAuthError,
     InvalidImageError,
     NoVideoError,
+    RedirectedError,
 )
 from custom_components.localcam.core.netpolicy import NetPolicy, Target
 from custom_components.localcam.core.rtsp import (
@@ -442,6 +443,11 @@ async def test_an_oversized_challenge_is_not_parsed(
     [
         (_reply("200 OK", b"v=0\r\nm=audio 0 RTP/AVP 0\r\n"), NoVideoError, "no video"),
         (_reply("404 Not Found"), CannotConnectError, "RTSP 404"),
+        (
+            _reply("302 Moved Temporarily", extra="Location: rtsp://203.0.113.9/x\r\n"),
+            RedirectedError,
+            r"redirects its stream elsewhere \(RTSP 302\)",
+        ),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", CannotConnectError, "not an RTSP"),
         (b"RTSP/1.0 200 OK\r\n" + b"X-A: b\r\n" * 100 + b"\r\n", CannotConnectError, "headers"),
         (_reply("200 OK", extra="Content-Length: 999999\r\n"), CannotConnectError, "too large"),
@@ -451,7 +457,15 @@ async def test_an_oversized_challenge_is_not_parsed(
             "401",
         ),
     ],
-    ids=["audio-only", "not-found", "http-server", "endless-headers", "huge-sdp", "bearer"],
+    ids=[
+        "audio-only",
+        "not-found",
+        "redirect",
+        "http-server",
+        "endless-headers",
+        "huge-sdp",
+        "bearer",
+    ],
 )
 async def test_describe_bad_replies(
     scripted: Callable[[Responder], asyncio.Future[str]],

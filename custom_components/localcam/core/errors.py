@@ -49,6 +49,22 @@ class CannotConnectError(LocalCamError):
     translation_key = "cannot_connect"
 
 
+class RedirectedError(CannotConnectError):
+    """The camera sent LocalCam's RTSP request elsewhere (3xx): LocalCam never follows.
+
+    FFmpeg (Home Assistant's stream, LocalCam's grabs) would follow the same
+    redirect to wherever it points, unchecked; the glue stops such a stream.
+    """
+
+    translation_key = "redirected"
+
+    def __init__(self, status: int) -> None:
+        """Name the status only: the Location may point anywhere, and is not repeated."""
+        super().__init__(
+            f"camera redirects its stream elsewhere (RTSP {status})", status=str(status)
+        )
+
+
 class ReplyTooLargeError(CannotConnectError):
     """The reply was longer than the caller allows (it was not read to the end)."""
 

@@ -34,6 +34,7 @@ from .errors import (
     InvalidImageError,
     LocalCamError,
     NoVideoError,
+    RedirectedError,
 )
 from .jpeg import MAX_DIMENSION, MAX_PIXELS, encode_bgr
 from .models import RtspTransport, StreamInfo
@@ -761,6 +762,8 @@ async def describe(
         if oversized:
             raise CannotConnectError("camera sent an oversized RTSP auth challenge")
         raise InvalidAuthError("camera answered 401 Unauthorized")
+    if 300 <= status < 400:
+        raise RedirectedError(status)
     if status != 200:
         raise CannotConnectError(f"camera answered RTSP {status}")
     if b"m=video" not in body:
