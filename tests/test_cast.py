@@ -1092,6 +1092,61 @@ async def test_token_expires_on_its_own(
     assert len(manager.links) == 0  # and it is gone for good
 
 
+async def test_a_slow_first_load_shortens_neither_the_cast_nor_its_url(
+    hass: HomeAssistant,
+    porch: str,
+    receiver: FakeCastDevice,
+    http_port: int,
+    receiver_session: aiohttp.ClientSession,
+    cast_clock: SteppedClock,
+) -> None:
+    """The duration counts from the first LOAD's return, for the URL as for the cast's timer.
+
+    A receiver that takes longer than the grace to answer the LOAD must not see
+    its URL 404 before the cast ends (its player would error, and the cast end
+    as receiver_lost, unrestored, instead of duration).
+    """
+    manager = hass.data[DATA_CAST]
+    held = HeldLoads(receiver)
+    casting = asyncio.create_task(_cast(hass, porch, mode="snapshot", refresh=3600, duration=30))
+    try:
+        await asyncio.wait_for(held.started.wait(), WAIT)
+        cast_clock.advance(manager.links.grace + 5)  # a slow receiver, on the token clock
+    finally:
+        held.release.set()
+    await asyncio.wait_for(casting, WAIT)
+    url = held.urls[0]
+    session = manager.session_for(RECEIVER)
+    assert session is not None
+    # The cast's end, as its duration timer (started now) has it.
+    assert session.ends_at == pytest.approx(manager.links.now() + 30, abs=1)
+    cast_clock.advance(30 - 1)
+    assert (await _get(receiver_session, url))[0] == HTTPStatus.OK
+    cast_clock.advance(1 + manager.links.grace)
+    assert (await _get(receiver_session, url))[0] == HTTPStatus.NOT_FOUND
+    await hass.services.async_call(DOMAIN, "stop_cast", {"media_player": RECEIVER}, blocking=True)
+
+
+async def test_a_url_lost_during_the_first_load_ends_the_cast(
+    hass: HomeAssistant, porch: str, receiver: FakeCastDevice, http_port: int
+) -> None:
+    """A token gone by the time the first LOAD returns (a bug, a stalled loop): error, restored."""
+    ended = async_capture_events(hass, EVENT_CAST_ENDED)
+    manager = hass.data[DATA_CAST]
+    held = HeldLoads(receiver)
+    casting = asyncio.create_task(_cast(hass, porch, mode="snapshot", refresh=2, duration=30))
+    try:
+        await asyncio.wait_for(held.started.wait(), WAIT)
+        assert manager.links.revoke(_token(held.urls[0]))  # behind the cast's back
+    finally:
+        held.release.set()
+    await asyncio.wait_for(casting, WAIT)
+    await _wait_for(hass, lambda: bool(ended))
+    assert [e.data["reason"] for e in ended] == ["error"]
+    assert manager.session_for(RECEIVER) is None
+    assert receiver.commands[-1] == "quit_app"
+
+
 async def test_a_wall_clock_step_forward_keeps_a_running_cast(
     hass: HomeAssistant,
     porch: str,

@@ -408,7 +408,7 @@ class CastSession:
     found: ReceiverView
     context: Context | None
     record: ReceiverRecord
-    started_at: float  # on the token table's clock, as its expiry is
+    started_at: float  # when the first LOAD returned, on the token table's clock
     session_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     version: int = 0
     loading: bool = False
@@ -785,6 +785,9 @@ class LocalCamCastManager:
                 found = previous.found
                 await self._async_end(previous, EndReason.REPLACED, restore=False)
             try:
+                # Its duration starts when the first LOAD returns (begin
+                # below); until then the token lives on its lease, which
+                # outlasts any LOAD (PLAY_TIMEOUT).
                 token = self.links.issue(
                     CastGrant(
                         camera_id=camera.camera_id,
@@ -792,7 +795,7 @@ class LocalCamCastManager:
                         mode=mode,
                         stream=camera.unique_id or "",
                     ),
-                    duration=duration,
+                    duration=None,
                 )
             except CastLinkLimitError as err:
                 raise HomeAssistantError(
@@ -852,10 +855,17 @@ class LocalCamCastManager:
                     record.end_reason = EndReason.ERROR.value
                 raise
             session.starting = False
+            if not session.revoked:
+                # The cast shows from now on: its end timer starts now
+                # (_async_track), and so does its URL's duration.
+                session.started_at = self.links.now()
+                if not self.links.begin(token, duration=duration):
+                    # Only a bug or a stalled loop gets here: the URL is gone.
+                    self._async_revoke(session, EndReason.ERROR, restore=True)
             if session.revoked:
-                # Stopped during the LOAD, which then landed the dead URL on
-                # the display: the cast started and ends now, as the stop
-                # asked (a display restored as after any stop).
+                # Stopped during the LOAD (or its URL lost), which then landed
+                # the dead URL on the display: the cast started and ends now,
+                # as the stop asked (a display restored as after any stop).
                 self._async_fire_started(session)
                 await self._async_end(session, session.end_reason, restore=session.end_restore)
                 return

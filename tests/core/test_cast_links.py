@@ -117,6 +117,25 @@ def test_renewal_is_stepwise_and_bounded_by_the_duration(
     assert links.renew(token) is False
 
 
+def test_begin_starts_the_duration_when_the_cast_starts_showing(
+    links: CastLinks, clock: FakeClock
+) -> None:
+    """Issued before a slow LOAD, the token gets its cast's end when the cast starts."""
+    token = links.issue(PORCH, duration=None)  # on its lease while the LOAD is in flight
+    clock.now += 20  # the receiver took 20 s, longer than the grace
+    assert links.begin(token, duration=30)
+    assert links.expires_in(token) == pytest.approx(30 + 5)
+    clock.now += 30 + 5 - 0.001
+    assert links.resolve(token) == PORCH
+    clock.now += 0.001
+    assert links.resolve(token) is None
+    assert links.begin(token, duration=30) is False  # an expired token stays dead
+    # Until stopped: from now on, it lives on renewals only.
+    token = links.issue(PORCH, duration=None)
+    assert links.begin(token, duration=None)
+    assert links.expires_in(token) == pytest.approx(60 + 5)
+
+
 def test_expiry_is_measured_on_the_tables_clock(links: CastLinks, clock: FakeClock) -> None:
     """now() reads the injected clock: what the cast manager times its casts by."""
     assert links.now() == clock.now
@@ -235,6 +254,9 @@ def test_invalid_arguments() -> None:
         CastLinks(max_links=0)
     with pytest.raises(ValueError, match="duration"):
         CastLinks().issue(PORCH, duration=-1)
+    links = CastLinks()
+    with pytest.raises(ValueError, match="duration"):
+        links.begin(links.issue(PORCH, duration=None), duration=-1)
 
 
 def test_default_grace_meets_the_404_target() -> None:

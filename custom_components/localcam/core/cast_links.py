@@ -8,7 +8,9 @@ URL can open:
   grant: (camera id, receiver entity id, mode);
 - it dies at the end of its cast's duration plus a short grace, and without
   renewal after one lease step (minutes, never hours), so a token the manager
-  forgot still dies on its own;
+  forgot still dies on its own; a cast's duration may start after the token
+  is issued (``begin``: when its first LOAD landed), so the URL lives exactly
+  as long as the cast however slowly the receiver answered;
 - expiry runs on a monotonic clock: a wall-clock step (NTP, a user setting the
   time) neither kills a running cast nor keeps an ended one open;
 - a receiver holds at most one live token: issuing a new one revokes the old;
@@ -202,6 +204,22 @@ class CastLinks:
         if mode is not None and grant.mode is not mode:
             return None
         return grant
+
+    def begin(self, token: str, *, duration: float | None) -> bool:
+        """Start a live token's cast duration now (its cast starts showing only now).
+
+        A token issued before a slow LOAD (until stopped, on its lease) gets
+        its cast's end here, the moment the cast's own end timer starts.
+        """
+        if duration is not None and duration < 0:
+            raise ValueError("duration must be >= 0 or None")
+        link = self._find(token)
+        if link is None:
+            return False
+        now = self._clock()
+        link.ends_at = None if duration is None else now + duration
+        link.expires_at = self._expiry(now, link.ends_at)
+        return True
 
     def renew(self, token: str) -> bool:
         """Extend a live token by one lease step (never past its cast's end)."""
