@@ -592,6 +592,51 @@ async def test_a_health_check_pins_the_stream_to_the_address_it_checked(
         assert "@127.0.0.2:" in entity.stream.source
 
 
+async def test_a_grabbed_still_comes_from_the_address_that_was_checked(
+    hass: HomeAssistant, socket_enabled: None
+) -> None:
+    """Nobody watches: the still is an RTSP grab, from the very address its check proved.
+
+    The host name answers A's new address for the check (MAC_A there), then
+    (round-robin, a flapping record) the old one, where B answers now. A
+    second lookup for the grab would connect to B and serve B's frame as A's.
+    """
+    async with _moved_camera(hass) as (entity, moved, other):
+        with _flapping_dns():
+            snapshot = await entity.async_snapshot()
+        assert snapshot.source.value == "rtsp_grab"
+        assert _camera_index(snapshot.jpeg) == 0  # A's colour, never B's (5)
+        assert moved.stats.play_sessions == 1
+        assert other.stats.play_sessions == 0
+
+
+async def test_a_warm_grab_session_on_a_refused_device_is_never_reused(
+    hass: HomeAssistant, socket_enabled: None
+) -> None:
+    """A stale DNS answer opens a grab session on B; B's frame is refused, its session ends.
+
+    The session stays warm for its linger. When the name points at A again,
+    the next still is grabbed from A through a new session; B's keyframe,
+    however young, is never served as A's.
+    """
+    async with _moved_camera(hass) as (entity, moved, other):
+        resolved = {"porch.test": "127.0.0.1"}  # stale: B answers there (MAC_B)
+
+        async def resolve(host: str, _port: int) -> list[str]:
+            return [resolved[host]]
+
+        with patch("custom_components.localcam.core.netpolicy._system_resolve", resolve):
+            with pytest.raises(HomeAssistantError) as err:
+                await entity.async_snapshot()
+            assert err.value.translation_key == "identity_mismatch"
+            assert other.stats.play_sessions == 1
+            resolved["porch.test"] = "127.0.0.2"  # right again: A
+            snapshot = await entity.async_snapshot()
+        assert _camera_index(snapshot.jpeg) == 0
+        assert moved.stats.play_sessions == 1
+        await _until(lambda: other.stats.active_play_sessions == 0)  # B's session was ended
+
+
 async def test_an_unload_right_after_the_stream_followed_its_camera_ends_it(
     hass: HomeAssistant, socket_enabled: None
 ) -> None:

@@ -7,7 +7,7 @@ sends (no video in the SDP, garbage, endless headers).
 
 import asyncio
 import base64
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 import hashlib
 import io
 from pathlib import Path
@@ -50,14 +50,9 @@ async def _target(url: str) -> Target:
     return await NetPolicy().check(url)
 
 
-async def _session_url(vcam: VirtualCamera) -> Callable[[], Awaitable[str]]:
-    """The URL factory a WarmGrabber is given: the camera's pinned URL with credentials."""
-    target = await _target(vcam.rtsp_url)
-
-    async def url() -> str:
-        return target.pinned_url(USER, PASSWORD)
-
-    return url
+async def _session_url(vcam: VirtualCamera) -> str:
+    """The URL a WarmGrabber is given: the camera's pinned URL with credentials."""
+    return (await _target(vcam.rtsp_url)).pinned_url(USER, PASSWORD)
 
 
 @pytest.fixture(params=["digest", "basic"])
@@ -607,6 +602,100 @@ async def test_warm_session_hang_times_out(vcam: VirtualCamera) -> None:
     await grabber.close()
 
 
+def _colour(frame: rtsp.GrabbedFrame) -> int:
+    """Which virtual camera a grabbed keyframe shows, by the colour at its centre."""
+    image = Image.open(io.BytesIO(frame.jpeg)).convert("RGB")
+    pixel = image.getpixel((image.width // 2, image.height // 2))
+    assert isinstance(pixel, tuple)
+    return nearest_camera((pixel[0], pixel[1], pixel[2]), [color_for(i) for i in range(64)])
+
+
+async def _wait_until_true(condition: Callable[[], bool]) -> None:
+    """Wait (at most 5 s) until ``condition`` holds."""
+    for _ in range(100):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met within 5 s")
+
+
+@pytest.fixture
+async def two_cams(socket_enabled: None) -> AsyncIterator[tuple[VirtualCamera, VirtualCamera]]:
+    """Two devices a camera's host name may point at: colours 0 and 5."""
+    cams = [
+        VirtualCamera(
+            CameraConfig(
+                name=f"c{colour}",
+                color=color_for(colour),
+                username=USER,
+                password=PASSWORD,
+                width=320,
+                height=180,
+                http_snapshot=False,
+            )
+        )
+        for colour in (0, 5)
+    ]
+    for cam in cams:
+        await cam.start()
+    yield cams[0], cams[1]
+    for cam in cams:
+        await cam.stop()
+
+
+async def test_warm_session_on_another_url_is_never_reused(
+    two_cams: tuple[VirtualCamera, VirtualCamera],
+) -> None:
+    """A grab for another URL ends the warm session: never the old session's frame.
+
+    The session was opened where the host name pointed before (a device whose
+    frame the caller refused, or the camera's old address); the next grab is
+    for the address checked now. However lenient ``fresh_within``, it gets a
+    keyframe of a new session on its own URL, and the old session stops.
+    """
+    here, elsewhere = two_cams
+    old_url, new_url = await _session_url(elsewhere), await _session_url(here)
+    grabber = WarmGrabber(linger=30)
+    try:
+        old = await grabber.grab(old_url, timeout=5)
+        assert _colour(old) == 5
+        old_generation = grabber._generation
+        frame = await grabber.grab(new_url, timeout=5, fresh_within=60)
+        assert frame is not old
+        assert _colour(frame) == 0
+        assert grabber.sessions_opened == 2
+        # The old session was told to stop, though its linger had 30 s to run.
+        await _wait_until_true(lambda: elsewhere.stats.active_play_sessions == 0)
+        # A keyframe the old session delivers late is not kept for anyone.
+        grabber._deliver(old_generation, old)
+        again = await grabber.grab(new_url, timeout=5, fresh_within=60)
+        assert again is frame
+        assert elsewhere.stats.play_sessions == 1
+        assert here.stats.play_sessions == 1
+    finally:
+        await grabber.close()
+
+
+async def test_a_grab_waiting_on_a_session_moved_elsewhere_gets_an_error(
+    two_cams: tuple[VirtualCamera, VirtualCamera],
+) -> None:
+    """A grab still waiting when another URL takes the session over gets an error, not a frame."""
+    here, elsewhere = two_cams
+    old_url, new_url = await _session_url(elsewhere), await _session_url(here)
+    grabber = WarmGrabber(linger=30)
+    try:
+        elsewhere.fault = Fault.HANG  # the old session opens, and no keyframe comes
+        waiting = asyncio.create_task(grabber.grab(old_url, timeout=2))
+        await _wait_until_true(lambda: grabber.active)
+        frame = await grabber.grab(new_url, timeout=5)
+        assert _colour(frame) == 0
+        with pytest.raises(CannotConnectError, match="address changed"):
+            await waiting
+    finally:
+        elsewhere.fault = None
+        await grabber.close()
+
+
 async def test_describe_over_rtsps(
     socket_enabled: None,
     tls_files: TlsFiles,  # noqa: F811 - the fixture imported from test_http
@@ -711,10 +800,7 @@ async def test_grab_is_bounded_by_the_gop(socket_enabled: None) -> None:
     grabber = WarmGrabber(linger=30)
     try:
         target = await _target(cam.rtsp_url)
-
-        async def url() -> str:
-            return target.pinned_url()
-
+        url = target.pinned_url()
         # The first client starts the encoder (which starts on a keyframe) ...
         await grabber.grab(url, timeout=5)
         # ... a second, separate client joins mid-GOP: nothing within 1.5 s.
@@ -802,9 +888,7 @@ async def test_warm_session_over_a_stream_that_ends(tmp_path: Path) -> None:
     path = tmp_path / "short.mp4"
     _write_video(path, frames=25, b_frames=2)
 
-    async def url() -> str:
-        return str(path)
-
+    url = str(path)
     grabber = WarmGrabber(linger=5)
     try:
         first = await grabber.grab(url, timeout=5)
@@ -1093,14 +1177,10 @@ async def test_warm_session_over_audio_only_closes_after_its_linger(
 ) -> None:
     """A warm session that gets no video still closes after its linger, or at once on close()."""
     url = await audio_only_camera.start()
-
-    async def factory() -> str:
-        return url
-
     grabber = WarmGrabber(linger=0.5)
     try:
         with pytest.raises(CameraTimeoutError):
-            await grabber.grab(factory, timeout=1)
+            await grabber.grab(url, timeout=1)
         assert await _wait_until(lambda: not grabber.active, 2)
         assert await _wait_until(lambda: audio_only_camera.connections == 0, 1)
     finally:
@@ -1109,7 +1189,7 @@ async def test_warm_session_over_audio_only_closes_after_its_linger(
     lingering = WarmGrabber(linger=60)
     try:
         with pytest.raises(CameraTimeoutError):
-            await lingering.grab(factory, timeout=1)
+            await lingering.grab(url, timeout=1)
         assert lingering.active
     finally:
         start = time.monotonic()
@@ -1150,10 +1230,7 @@ async def test_a_declared_oversize_stream_is_refused_before_decoding(
     monkeypatch.setattr(rtsp, "_decode", lambda *_a, **_k: decoded.append(True))
     monkeypatch.setattr(rtsp, "MAX_PIXELS", 320 * 180 - 1)
     target = await _target(cam.rtsp_url)
-
-    async def url() -> str:
-        return target.pinned_url()
-
+    url = target.pinned_url()
     grabber = WarmGrabber(linger=0.5)
     try:
         with pytest.raises(InvalidImageError, match="implausible size 320x180") as err:

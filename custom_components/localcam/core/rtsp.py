@@ -15,7 +15,6 @@ asyncio deadline of their own, and tell a thread that outlives it to stop.
 
 import asyncio
 import base64
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 import functools
 import hashlib
@@ -256,6 +255,13 @@ class WarmGrabber:
     time its packet arrived, so its age is honest: a caller that accepts the
     session's latest keyframe (``fresh_within``) gets it at once only while it
     is that young, else the next one. Never an older frame.
+
+    A session plays from one URL (pinned to one checked address). This class
+    guarantees that a grab only ever gets frames of a session opened on the
+    very URL it asked for: a grab for another URL (the host name now points
+    elsewhere, or a session was left on a device whose frame the caller
+    refused) ends the old session and opens a new one; the old session's
+    frames, kept or still arriving, are never handed out.
     """
 
     def __init__(
@@ -274,6 +280,11 @@ class WarmGrabber:
         self._stop = threading.Event()
         self._last_request = 0.0
         self._session: asyncio.Future[None] | None = None
+        # The URL the current session plays from (a secret: never log it).
+        self._url: str | None = None
+        # Sessions ended for another URL whose threads may still be winding
+        # down: close() waits for them too, so an unload leaves none behind.
+        self._retired: set[asyncio.Future[None]] = set()
         # Which session is current; a finished session's late calls are ignored.
         self._generation = 0
         # The open session's most recent keyframe (read and written in the loop).
@@ -287,20 +298,24 @@ class WarmGrabber:
 
     async def grab(
         self,
-        url_factory: Callable[[], Awaitable[str]],
+        url: str,
         timeout: float,
         *,
         fresh_within: float = 0.0,
     ) -> GrabbedFrame:
-        """Return a keyframe of the session (opening the session if needed).
+        """Return a keyframe played from ``url`` (opening a session on it if needed).
 
-        The open session's latest keyframe if it arrived at most
-        ``fresh_within`` seconds ago (a warm burst gets it at once, not one
-        GOP later); otherwise the NEXT keyframe. The cache above still checks
-        every frame's age against its max age when serving it.
+        ``url`` is the stream URL pinned to the address the caller just
+        checked: it is never resolved again here. The open session's latest
+        keyframe if that session plays from ``url`` and the keyframe arrived
+        at most ``fresh_within`` seconds ago (a warm burst gets it at once,
+        not one GOP later); otherwise the NEXT keyframe from ``url``. The
+        cache above still checks every frame's age against its max age when
+        serving it.
         """
         loop = asyncio.get_running_loop()
         self._last_request = now = time.monotonic()
+        self._retire_unless(url)
         latest = self._latest
         if fresh_within > 0 and latest is not None and now - latest.received_at <= fresh_within:
             return latest
@@ -310,7 +325,7 @@ class WarmGrabber:
                 # it gets one new session; any other error is the answer.
                 for attempt in range(2):
                     try:
-                        return await self._next(loop, url_factory, timeout)
+                        return await self._next(loop, url, timeout)
                     except _SessionEndedError:
                         if attempt:
                             raise
@@ -318,21 +333,42 @@ class WarmGrabber:
             raise CameraTimeoutError("no keyframe in time") from None
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _retire_unless(self, url: str) -> None:
+        """End the open session unless it plays from ``url``; forget its frames.
+
+        Its stop flag ends its thread; the new generation makes its late
+        deliveries (and its end) no-ops; ``_latest`` goes with it. Grabs still
+        waiting on it wanted frames from the old URL and get an error, never a
+        frame of the new one (nor of the old one, which they can no longer tell
+        apart from a frame of wherever the host name points now).
+        """
+        if self._url is None or self._url == url:
+            return
+        self._stop.set()
+        self._generation += 1
+        if (session := self._session) is not None and not session.done():
+            self._retired.add(session)
+            session.add_done_callback(self._retired.discard)
+        self._session = None
+        self._url = None
+        self._latest = None
+        self._fail(CannotConnectError("the camera's stream address changed during the grab"))
+
     async def _next(
         self,
         loop: asyncio.AbstractEventLoop,
-        url_factory: Callable[[], Awaitable[str]],
+        url: str,
         timeout: float,
     ) -> GrabbedFrame:
-        """Wait for the session's next keyframe."""
+        """Wait for the next keyframe of the session on ``url``."""
+        # Between attempts another grab may have moved the session elsewhere.
+        self._retire_unless(url)
         waiter: asyncio.Future[GrabbedFrame] = loop.create_future()
         self._waiters.append(waiter)
         self._wanted.set()
         try:
             if not self.active:
-                url = await url_factory()
-                if not self.active:
-                    self._open(loop, url, timeout)
+                self._open(loop, url, timeout)
             return await asyncio.shield(waiter)
         finally:
             if waiter in self._waiters:
@@ -345,6 +381,7 @@ class WarmGrabber:
         self._stop = stop = threading.Event()
         self.sessions_opened += 1
         self._generation += 1
+        self._url = url
         self._latest = None
         self._session = loop.run_in_executor(
             None, self._run, loop, url, timeout, self._generation, stop
@@ -377,6 +414,7 @@ class WarmGrabber:
             return
         self._latest = None
         self._session = None
+        self._url = None
         if self._waiters:
             self._fail(error or _SessionEndedError("session closed"))
 
@@ -438,13 +476,11 @@ class WarmGrabber:
     async def close(self) -> None:
         """Stop the session (entry unload); bounded by FFmpeg's read timeout."""
         self._stop.set()
-        session = self._session
-        if session is not None and not session.done():
-            try:
-                async with asyncio.timeout(10):
-                    await asyncio.shield(session)
-            except TimeoutError:
-                pass
+        sessions = {*self._retired} if self._session is None else {*self._retired, self._session}
+        if pending := {session for session in sessions if not session.done()}:
+            # wait neither cancels the sessions (their threads end on the stop
+            # flags) nor raises their errors (those went to their waiters).
+            await asyncio.wait(pending, timeout=10)
         self._latest = None
         self._fail(CannotConnectError("camera closed"))
 

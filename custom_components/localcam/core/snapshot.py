@@ -230,13 +230,18 @@ class CameraClient:
                 reply.address,
                 yarl_host(self.source.snapshot_url),
             )
+        # One lookup per still: the frame is stamped with this address, which
+        # the identity checks inspect, so it must come from exactly this
+        # address. Both sources get the URL pinned to it, never a new lookup
+        # (with round-robin or flapping DNS that could reach another device),
+        # and the warm grabber serves only frames of a session on that URL.
         target = await self.stream_target()
         pinned = self.pinned_url(target)
         if keyframe is not None and (image := await keyframe(pinned)) is not None:
             kind, received = SnapshotSource.STREAM_KEYFRAME, time.monotonic()
         else:
             frame = await self.grabber.grab(
-                self.stream_url,
+                pinned,
                 timeout=max(timeout - 0.5, 1.0),
                 fresh_within=self.reuse_within,
             )
