@@ -9,6 +9,7 @@ loaded, so no packet leaves the machine.
 
 import argparse
 import asyncio
+from collections.abc import Callable
 import contextlib
 import json
 import os
@@ -25,6 +26,8 @@ DEMO_USER = "demo"
 DEMO_PASSWORD = "localcam-demo"  # noqa: S105 - a local demo login, printed on purpose
 CAMERA_USER = "admin"
 CAMERA_PASSWORD = "camera-demo"  # noqa: S105
+# Each ends the demo the same way: its children are stopped, by PID, before it exits.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 CONFIGURATION = """\
 # Written by {writer}. No default_config: it would load zeroconf, ssdp and
@@ -140,13 +143,34 @@ async def start_camera(
     )
     assert proc.stdout is not None
     info: dict[str, Any] = {}
-    async with asyncio.timeout(30):
-        while (line := (await proc.stdout.readline()).decode().strip()) != "READY":
-            if not line:
-                raise RuntimeError("the virtual camera exited before it was ready")
-            if line.startswith("{"):
-                info = json.loads(line)
+    try:
+        async with asyncio.timeout(30):
+            while (line := (await proc.stdout.readline()).decode().strip()) != "READY":
+                if not line:
+                    raise RuntimeError("the virtual camera exited before it was ready")
+                if line.startswith("{"):
+                    info = json.loads(line)
+    except BaseException:
+        # Not yet handed to the caller's cleanup (a signal may land here): stop it now.
+        await stop_process(proc)
+        raise
     return proc, info
+
+
+async def stop_process(proc: asyncio.subprocess.Process, grace: float = 30.0) -> None:
+    """End one process this script started, by its PID: SIGTERM, then SIGKILL."""
+    if proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGTERM)
+    try:
+        async with asyncio.timeout(grace):
+            await proc.wait()
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+        async with asyncio.timeout(10):
+            await proc.wait()
 
 
 async def start_hass(config_dir: Path, port: int) -> asyncio.subprocess.Process:
@@ -288,7 +312,13 @@ async def ensure_camera(
 
 
 async def main() -> int:
-    """Start everything, print the login, wait for Ctrl-C (or check and stop)."""
+    """Start everything, print the login, wait for Ctrl-C (or check and stop).
+
+    SIGINT, SIGTERM and SIGHUP cancel this task from the moment it starts, so
+    the cleanup below (stopping the children it started, by PID) always runs:
+    before the demo is up and in --check mode too, where an unhandled SIGTERM
+    used to kill this script alone and leave hass and the camera running.
+    """
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=8123)
     parser.add_argument("--camera-rtsp-port", type=int, default=18554)
@@ -296,8 +326,36 @@ async def main() -> int:
     parser.add_argument("--dir", type=Path, default=ROOT / ".demo")
     parser.add_argument("--check", action="store_true", help="fetch one still, then stop")
     args = parser.parse_args()
-    base = f"http://127.0.0.1:{args.port}"
 
+    received: list[int] = []
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+
+    def on_signal(sig: int) -> None:
+        # Only the first signal cancels: a second one must not cut the cleanup short.
+        if not received:
+            received.append(sig)
+            task.cancel()
+
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, on_signal, sig)
+    running = asyncio.Event()
+    try:
+        return await run(args, running.set)
+    except asyncio.CancelledError:
+        if not received:
+            raise
+        # Ctrl-C on a running demo is its normal end; a signal before that is not.
+        return 0 if running.is_set() else 128 + received[0]
+    finally:
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+
+
+async def run(args: argparse.Namespace, on_running: Callable[[], None]) -> int:
+    """The demo itself; stopping its children is in the `finally` below."""
+    base = f"http://127.0.0.1:{args.port}"
     procs: list[asyncio.subprocess.Process] = []
     try:
         cam_proc, camera = await start_camera(args.camera_rtsp_port, args.camera_http_port)
@@ -329,28 +387,15 @@ async def main() -> int:
                 out.write_bytes(body)
                 print(f"CHECK OK {entity_id} {out}", flush=True)
                 return 0
+            on_running()
             print("Press Ctrl-C to stop.", flush=True)
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
             waiters = [asyncio.ensure_future(p.wait()) for p in procs]
-            stopper = asyncio.ensure_future(stop.wait())
-            await asyncio.wait([stopper, *waiters], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             return 0
     finally:
         # End only the processes this script started, by their PIDs.
         for proc in reversed(procs):
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGTERM)
-                try:
-                    async with asyncio.timeout(30):
-                        await proc.wait()
-                except TimeoutError:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(proc.pid, signal.SIGKILL)
-                    await proc.wait()
+            await stop_process(proc)
 
 
 if __name__ == "__main__":

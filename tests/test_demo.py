@@ -22,13 +22,9 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.mark.hass_process
-async def test_demo_serves_the_virtual_camera_through_hass(
-    socket_enabled: None, tmp_path: Path
-) -> None:
-    """scripts/demo.py --check: onboarded HA, camera added by flow, JPEG via camera_proxy."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
+def _demo_args(tmp_path: Path) -> list[str]:
+    """scripts/demo.py --check on free loopback ports, its state in tmp_path."""
+    return [
         str(ROOT / "scripts" / "demo.py"),
         "--check",
         "--dir",
@@ -39,6 +35,70 @@ async def test_demo_serves_the_virtual_camera_through_hass(
         str(_free_port()),
         "--camera-http-port",
         str(_free_port()),
+    ]
+
+
+def _children(pid: int) -> list[int]:
+    """The PIDs of a process's children (Linux /proc)."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    try:
+        return [int(child) for child in path.read_text().split()]
+    except OSError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.hass_process
+async def test_demo_stops_its_children_on_sigterm_during_startup(
+    socket_enabled: None, tmp_path: Path
+) -> None:
+    """SIGTERM before the demo is up (in --check mode) still stops hass and the camera."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *_demo_args(tmp_path),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    children: list[int] = []
+    left: list[int] = []
+    try:
+        async with asyncio.timeout(60):
+            # Both children started (the camera is ready once hass is spawned).
+            while len(children := _children(proc.pid)) < 2:  # noqa: ASYNC110 - /proc has no event
+                await asyncio.sleep(0.1)
+        os.kill(proc.pid, signal.SIGTERM)
+        async with asyncio.timeout(60):
+            output, _ = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            await proc.wait()
+        # Should the demo have left them behind, end them here (by PID), not in the next test.
+        left = [pid for pid in children if _alive(pid)]
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+    text = output.decode(errors="replace")
+    assert proc.returncode == 128 + signal.SIGTERM, text[-3000:]
+    assert "CHECK OK" not in text
+    assert left == []
+
+
+@pytest.mark.hass_process
+async def test_demo_serves_the_virtual_camera_through_hass(
+    socket_enabled: None, tmp_path: Path
+) -> None:
+    """scripts/demo.py --check: onboarded HA, camera added by flow, JPEG via camera_proxy."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *_demo_args(tmp_path),
         cwd=ROOT,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
