@@ -225,6 +225,17 @@ def make_app(state: ServerState) -> web.Application:
         await response.write_eof()
         return response
 
+    @routes.get("/trickle")
+    async def trickle(request: web.Request) -> web.StreamResponse:
+        # Headers and the first bytes at once, the rest of the body 0.5 s later.
+        response = web.StreamResponse(headers={"Content-Type": "image/jpeg"})
+        response.content_length = len(JPEG)
+        await response.prepare(request)
+        await response.write(JPEG[:5])
+        await asyncio.sleep(0.5)
+        await response.write(JPEG[5:])
+        return response
+
     @routes.get("/status/{code}")
     async def status(request: web.Request) -> web.Response:
         return web.Response(status=int(request.match_info["code"]), text="nope")
@@ -358,14 +369,17 @@ async def test_plain_get(
     session: aiohttp.ClientSession, policy: NetPolicy, cam: Camera, traced: Traced
 ) -> None:
     """A plain GET returns status, content type, body and a safe final URL."""
+    asked = time.monotonic()
     reply = await fetch(session, policy, cam.url(f"/plain?pwd={QUERY_SECRET}"))
     assert reply == HttpReply(
         status=200,
         content_type="image/jpeg",
         body=JPEG,
         final_url=f"http://127.0.0.1:{cam.port}/plain?pwd=***",
+        answered_at=reply.answered_at,  # not compared; checked below
         address=ip_address("127.0.0.1"),  # the checked address it came from
     )
+    assert asked <= reply.answered_at <= time.monotonic()
     assert cam.state.auth_schemes("/plain") == [None]
     assert QUERY_SECRET not in repr(reply)
     _only_loopback(traced)
@@ -651,6 +665,16 @@ async def test_body_at_max_bytes(
     """A body of exactly max_bytes is fine."""
     reply = await fetch(session, policy, cam.url("/stream"), max_bytes=10_000)
     assert len(reply.body) == 10_000
+
+
+async def test_answered_at_is_when_the_headers_arrived(
+    session: aiohttp.ClientSession, policy: NetPolicy, cam: Camera
+) -> None:
+    """A body that trickles in does not move the answer's time: the headers' arrival does."""
+    reply = await fetch(session, policy, cam.url("/trickle"))
+    done = time.monotonic()
+    assert reply.body == JPEG
+    assert done - reply.answered_at >= 0.45
 
 
 @pytest.mark.parametrize("code", [404, 500, 503, 304])

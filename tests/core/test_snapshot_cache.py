@@ -1,11 +1,16 @@
 """core.snapshot_cache: single flight, honest age, per-camera keys, sizes."""
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 import gc
 import hashlib
 import io
+import time
 
+import aiohttp
+from aiohttp import web
 from PIL import Image
 import pytest
 
@@ -15,7 +20,9 @@ from custom_components.localcam.core.errors import (
     CannotConnectError,
     InvalidImageError,
 )
-from custom_components.localcam.core.models import Snapshot, SnapshotSource
+from custom_components.localcam.core.models import CameraSource, Snapshot, SnapshotSource
+from custom_components.localcam.core.netpolicy import NetPolicy
+from custom_components.localcam.core.snapshot import CameraClient
 from custom_components.localcam.core.snapshot_cache import (
     MAX_SIZES,
     CameraUnloadedError,
@@ -371,3 +378,104 @@ async def test_get_after_close_fetches_nothing(clock: Clock) -> None:
     assert upstream.calls == 1
     assert not cache._tasks
     assert cache.stats.misses == 1
+
+
+class _SlowCamera:
+    """A real HTTP camera on 127.0.0.1 whose still takes a while: before or during its body."""
+
+    def __init__(self, *, before_headers: float = 0.0, during_body: float = 0.0) -> None:
+        self.before_headers = before_headers
+        self.during_body = during_body
+        self.headers_sent: list[float] = []
+        self.jpeg = _jpeg(size=(64, 48))
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def _still(self, request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(self.before_headers)  # encoding before it answers
+        response = web.StreamResponse(headers={"Content-Type": "image/jpeg"})
+        response.content_length = len(self.jpeg)
+        await response.prepare(request)
+        # The camera answers: the picture exists now, its first bytes leave.
+        self.headers_sent.append(time.monotonic())
+        await response.write(self.jpeg[:100])
+        await asyncio.sleep(self.during_body)  # a poor network
+        await response.write(self.jpeg[100:])
+        return response
+
+    async def __aenter__(self) -> _SlowCamera:
+        app = web.Application()
+        app.router.add_get("/snap.jpg", self._still)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}/snap.jpg"
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        assert self.runner is not None
+        await self.runner.cleanup()
+
+
+@asynccontextmanager
+async def _through_client(camera: _SlowCamera, max_age: float) -> AsyncIterator[SnapshotCache]:
+    """The real fetch path: CameraClient (http.fetch, jpeg checks) behind a SnapshotCache."""
+    source = CameraSource(
+        camera_id="cam_main", stream_url="rtsp://127.0.0.1:1/unused", snapshot_url=camera.url
+    )
+    async with aiohttp.ClientSession() as session:
+        client = CameraClient(session, NetPolicy(), source)
+        try:
+            yield SnapshotCache(
+                source.camera_id, source.fingerprint, client.fetch_snapshot, max_age=max_age
+            )
+        finally:
+            await client.close()
+
+
+async def test_a_still_whose_body_trickles_in_past_max_age_is_an_error(
+    socket_enabled: None,
+) -> None:
+    """Headers at once, body 3 s later, max age 1 s: a timeout error, never a 3 s old frame.
+
+    The frame is aged from when the camera began answering (its headers), not
+    from its last byte: stamped on arrival it would be served as fresh, and
+    kept for another second. A scaled request fails the same way, with no
+    second (as slow) fetch.
+    """
+    async with (
+        _SlowCamera(during_body=3.0) as camera,
+        _through_client(camera, max_age=1.0) as cache,
+    ):
+        with pytest.raises(CameraTimeoutError) as err:
+            await cache.get()
+        assert err.value.translation_key == "timeout"
+        assert cache.stats.errors["stale"] == 1
+        camera.during_body = 1.5
+        with pytest.raises(CameraTimeoutError):
+            await cache.get(32, 24)
+        assert cache.stats.upstream_fetches == 2
+        assert cache.stats.errors["stale"] == 2
+
+
+async def test_a_camera_slow_to_answer_but_quick_to_send_is_served(
+    socket_enabled: None,
+) -> None:
+    """A camera that encodes for 1.2 s before it answers, then sends at once: a fresh still.
+
+    Its picture exists only once it answers, so the frame is aged from its
+    headers (captured_at), not from the request: max age 1 s still serves it.
+    """
+    async with (
+        _SlowCamera(before_headers=1.2) as camera,
+        _through_client(camera, max_age=1.0) as cache,
+    ):
+        asked = time.monotonic()
+        frame = await cache.get()
+        assert frame.source == SnapshotSource.SNAPSHOT_URL
+        assert frame.captured_at >= asked + 1.1  # its headers, not the request
+        assert abs(frame.captured_at - camera.headers_sent[0]) < 0.2
+        assert time.monotonic() - frame.captured_at <= cache.max_age
+        assert frame.width == 64

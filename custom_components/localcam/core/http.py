@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 import logging
 import re
+import time
 from typing import Final
 
 import aiohttp
@@ -53,6 +54,10 @@ class HttpReply:
     content_type: str
     body: bytes = field(repr=False)
     final_url: str
+    # time.monotonic() when the answer's status line and headers had arrived,
+    # before its body was read: the camera had the picture by then, so this
+    # is how old a still is however slowly its body trickles in.
+    answered_at: float = field(compare=False)
     # The checked address the answer came from (after redirects): the
     # identity layer looks up that address's MAC.
     address: IPv4Address | IPv6Address | None = None
@@ -138,6 +143,8 @@ async def _follow(
         try:
             memory = auth_memory if hop_credentials is not None and target is origin else None
             async with _exchange(session, target, hop_credentials, verify_ssl, memory) as response:
+                # Headers in, body not yet read (aiohttp returns at the headers).
+                answered_at = time.monotonic()
                 status = response.status
                 if status in REDIRECT_STATUSES:
                     location = response.headers.get(hdrs.LOCATION)
@@ -156,6 +163,7 @@ async def _follow(
                         content_type=response.content_type,
                         body=body,
                         final_url=display_url(target.url),
+                        answered_at=answered_at,
                         address=target.address,
                     )
         except TimeoutError:

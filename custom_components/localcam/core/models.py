@@ -80,8 +80,12 @@ class Snapshot:
     jpeg: bytes = field(repr=False)
     width: int
     height: int
-    captured_at: float  # time.monotonic() when the bytes were received
-    captured_wall: datetime
+    # time.monotonic() the still is aged from, the cache serving it only within
+    # max age: HTTP, when the camera's response headers arrived (never when a
+    # slow body finished); RTSP grab, when the keyframe's packet arrived; a
+    # running stream, when it handed its keyframe over.
+    captured_at: float
+    captured_wall: datetime  # the same instant, as wall-clock time (UTC)
     sha256: str
 
     @property

@@ -4,8 +4,10 @@ Order of sources: the camera's own snapshot URL when configured; else a
 keyframe of the live stream Home Assistant already runs for this camera (no
 second RTSP session); else a one-shot RTSP keyframe grab. Each returned
 ``Snapshot`` is fresh (fetched for this call), validated (core.jpeg) and
-stamped with the camera's id and source fingerprint. Nothing here ever falls
-back to an older frame: a failure is an exception.
+stamped with the camera's id and source fingerprint, and with the time it is
+aged from (``captured_at``): for the snapshot URL, when the camera's response
+headers arrived, so a slowly trickling body counts against max age. Nothing
+here ever falls back to an older frame: a failure is an exception.
 """
 
 import asyncio
@@ -164,7 +166,7 @@ class CameraClient:
             async with asyncio.timeout(timeout):
                 raw = await self._fetch_raw(keyframe, timeout)
                 await self._check_device_identity(raw, whole=False)
-                # Wall time of the same instant the bytes arrived.
+                # Wall time of the same instant as raw.received (the capture time).
                 wall = datetime.now(UTC) - timedelta(seconds=time.monotonic() - raw.received)
                 if (
                     len(raw.body) <= INLINE_FINISH_BYTES
@@ -222,11 +224,15 @@ class CameraClient:
                 raise InvalidImageError(
                     f"larger than {jpeg.MAX_JPEG_BYTES} bytes", kind="too_large"
                 ) from err
+            # Aged from when the camera began answering, not from the body's
+            # last byte: a body that trickles in for seconds is that much
+            # older when served, and the cache refuses it once past max age.
+            # (A camera slow to encode before it answers is not penalised.)
             return _Raw(
                 reply.body,
                 reply.content_type,
                 SnapshotSource.SNAPSHOT_URL,
-                time.monotonic(),
+                reply.answered_at,
                 reply.address,
                 yarl_host(self.source.snapshot_url),
             )
@@ -271,7 +277,11 @@ class CameraClient:
 
 @dataclass(frozen=True, slots=True)
 class _Raw:
-    """Unvalidated bytes of a still and where and when they came from."""
+    """Unvalidated bytes of a still and where and when they came from.
+
+    ``received`` (monotonic) is the time the still is aged from: an HTTP
+    answer's headers, a grabbed keyframe's packet, a stream keyframe's arrival.
+    """
 
     body: bytes
     content_type: str | None

@@ -10,6 +10,9 @@ Guarantees, and where each is enforced:
   (client gone) does not cancel the fetch for the others.
 - Honest age: a frame older than ``max_age`` is never returned; there is no
   fallback to an older frame anywhere: a failed fetch raises to every waiter.
+  Age counts from the frame's ``captured_at``, which the fetch (core.snapshot)
+  sets to when the camera began answering, so a fetch that outlives max age
+  (a body trickling in) yields ``CameraTimeoutError`` (``timeout``), not a frame.
 - Sizes: a requested width/height is scaled from the camera's full frame in
   the executor and cached per size with the same provenance; it never causes
   a second upstream fetch (``jpeg.scale_jpeg`` sizes it so that HA's
@@ -154,8 +157,9 @@ class SnapshotCache:
         # this waiter itself was cancelled.
         frame = await asyncio.shield(pending)
         if not self._fresh(frame):
-            # Only reachable if the source changed while we waited, or the
-            # fetch itself outlived max age: never serve it as current.
+            # The source changed while we waited, or the fetch itself outlived
+            # max age (the camera began answering longer ago than that, e.g.
+            # a slowly trickling body): never serve it as current.
             self.stats.errors["stale"] += 1
             raise CameraTimeoutError("the still expired before it could be served")
         return frame
@@ -221,8 +225,17 @@ class SnapshotCache:
         from the cache near the end of its max age can expire while it is
         being scaled. Then one new full frame is fetched (or joined) and
         scaled instead, so the request gets a current picture, not an error.
+        A full frame that was already too old when its fetch ended is an
+        error at once (``timeout``), with no second fetch.
         """
-        scaled = await self._scale(await self._full(), size)
+        full = await self._full()
+        if self._clock() - full.captured_at > self.max_age:
+            # Too old on arrival: the fetch itself outlived max age. A second
+            # fetch would be as slow (and could outlast Home Assistant's own
+            # image timeout), so the request gets the error now.
+            self.stats.errors["stale"] += 1
+            raise CameraTimeoutError("the still was older than max age when it arrived")
+        scaled = await self._scale(full, size)
         if not self._fresh(scaled) and self._full_frame is not None:
             if not self._fresh(self._full_frame):
                 self._full_frame = None
