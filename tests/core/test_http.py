@@ -17,6 +17,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 import pytest
+import yarl
 
 from custom_components.localcam.core.errors import (
     CameraTimeoutError,
@@ -29,8 +30,8 @@ from custom_components.localcam.core.errors import (
 from custom_components.localcam.core.http import (
     AuthMemory,
     HttpReply,
-    _check_hop,
     _host_header,
+    _same_host_hop,
     fetch,
 )
 from custom_components.localcam.core.netpolicy import NetPolicy
@@ -528,21 +529,78 @@ async def test_redirect_checked_before_connecting(
     assert traced.urls == [f"http://127.0.0.1:{cam.port}/go/out"]
 
 
-async def test_a_lan_device_cannot_redirect_to_loopback() -> None:
-    """LAN to loopback is refused (HA's own local services); loopback to loopback is fine."""
+async def test_a_redirect_is_followed_only_within_the_camera_s_host() -> None:
+    """Another host is refused (LAN device, loopback, another name); the same host is followed.
+
+    LocalCam serves only what the camera itself serves: nothing after the
+    fetch checks where a redirect went for a camera with no MAC on this link.
+    """
 
     async def resolve(name: str, port: int) -> Sequence[str]:
-        return {"cam.lan": ["192.168.1.20"], "localhost": ["127.0.0.1"]}[name]
+        return {
+            "cam.lan": ["192.168.1.20"],
+            "alias.lan": ["192.168.1.20"],
+            "localhost": ["127.0.0.1"],
+        }[name]
 
     policy = NetPolicy(resolver=resolve)
     lan = await policy.check("http://cam.lan/snap.jpg")
-    for url in ("http://127.0.0.1:8123/api/", "http://localhost:8123/", "http://[::1]/"):
-        with pytest.raises(NotLocalError, match="redirected to loopback"):
-            _check_hop(lan, await policy.check(url))
+    for url in (
+        "http://127.0.0.1:8123/api/",  # Home Assistant's own services
+        "http://localhost:8123/",
+        "http://[::1]/",
+        "http://192.168.1.21/x",  # another LAN device
+        "http://192.168.1.20/x",  # the camera's address, not its name
+        "http://alias.lan/x",  # another name for the same address
+    ):
+        with pytest.raises(InvalidUrlError, match=r"redirects to another host \(HTTP 302\)"):
+            _same_host_hop(lan, await policy.check(url), 302)
+    for url in ("https://cam.lan:8443/x", "http://cam.lan:8080/other.jpg?size=1"):
+        hop = _same_host_hop(lan, await policy.check(url), 302)
+        assert (hop.url, hop.host, hop.address) == (yarl.URL(url), "cam.lan", lan.address)
     here = await policy.check("http://127.0.0.1:8554/snap.jpg")
-    hop = await policy.check("http://127.0.0.1:8555/other.jpg")
-    assert _check_hop(here, hop) is hop
-    assert _check_hop(lan, await policy.check("http://192.168.1.21/x")).host == "192.168.1.21"
+    hop = _same_host_hop(here, await policy.check("http://127.0.0.1:8555/other.jpg"), 307)
+    assert (hop.port, hop.address) == (8555, here.address)
+
+
+async def test_a_redirect_to_another_lan_host_is_never_requested(
+    session: aiohttp.ClientSession, policy: NetPolicy, cam: Camera, traced: Traced
+) -> None:
+    """A camera that sends its still to another LAN device: an error, and no request there."""
+    cam.state.locations["away"] = f"http://192.168.1.21/snap.jpg?pwd={QUERY_SECRET}"
+    with pytest.raises(InvalidUrlError, match="redirects to another host") as err:
+        await fetch(session, policy, cam.url("/go/away"))
+    assert err.value.translation_key == "invalid_url"
+    assert QUERY_SECRET not in str(err.value)
+    assert "192.168.1.21" not in str(err.value)
+    assert traced.urls == [f"http://127.0.0.1:{cam.port}/go/away"]
+
+
+async def test_a_same_host_redirect_keeps_the_checked_address(
+    session: aiohttp.ClientSession, resolver: FakeResolver, cam: Camera, traced: Traced
+) -> None:
+    """A redirect within the camera's host name goes to the address checked for it.
+
+    The name resolves anew for the hop's policy check and answers another
+    address now (round-robin, a flapping record): the hop still connects to
+    the address the origin was checked at, never the second answer.
+    """
+    cam.state.locations["same"] = cam.url("/plain", host="cam.lan")
+    answers = iter([["127.0.0.1"]])
+    names = resolver.names
+
+    async def flapping(host: str, port: int) -> Sequence[str]:
+        names["cam.lan"] = next(answers, ["127.0.0.9"])
+        return await resolver(host, port)
+
+    reply = await fetch(session, NetPolicy(resolver=flapping), cam.url("/go/same", host="cam.lan"))
+    assert reply.body == JPEG
+    assert resolver.calls == ["cam.lan", "cam.lan"]
+    assert traced.urls == [
+        f"http://127.0.0.1:{cam.port}/go/same",
+        f"http://127.0.0.1:{cam.port}/plain",
+    ]
+    assert [seen.host for seen in cam.state.seen] == [f"cam.lan:{cam.port}"] * 2
 
 
 async def test_redirect_without_location(
@@ -580,12 +638,15 @@ async def test_credentials_not_forwarded_cross_port(
     assert all(s.authorization is None for s in other_cam.state.seen)
 
 
-async def test_credentials_not_forwarded_cross_host_same_address(
+async def test_a_redirect_to_another_name_for_the_same_address_is_refused(
     session: aiohttp.ClientSession, policy: NetPolicy, cam: Camera
 ) -> None:
-    """Another host name is another origin even when it resolves to the same address."""
+    """Another host name is another host, even at the same address: refused, never requested.
+
+    (So the credentials typed for the origin never reach it either.)
+    """
     cam.state.locations["alias"] = cam.url("/basic", host="alias.lan")
-    with pytest.raises(InvalidAuthError, match="requires credentials"):
+    with pytest.raises(InvalidUrlError, match="redirects to another host"):
         await fetch(
             session,
             policy,
@@ -593,7 +654,7 @@ async def test_credentials_not_forwarded_cross_host_same_address(
             username=USER,
             password=PASSWORD,
         )
-    assert cam.state.auth_schemes("/basic") == [None]
+    assert cam.state.auth_schemes("/basic") == []
 
 
 async def test_hanging_server_times_out(

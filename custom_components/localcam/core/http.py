@@ -6,6 +6,13 @@ IP-literal URL with the original ``Host`` header (and SNI/certificate name for
 https). aiohttp therefore never resolves a name itself and the connection goes
 to the address the policy checked. Redirects are followed here, one policy
 check per hop, and credentials only ever go to the origin the user typed.
+
+This module guarantees that an answer comes from the host the caller named:
+a redirect is followed only within that host (another path, port or scheme),
+at the address checked for it. LocalCam shows only what the camera itself
+serves, as its RTSP path does: a still from another device would be served
+as this camera's, and for a camera with no MAC on this link, or one known by
+its URL alone, no later identity check looks at the redirect's target.
 """
 
 import asyncio
@@ -27,7 +34,6 @@ from .errors import (
     CannotConnectError,
     InvalidAuthError,
     InvalidUrlError,
-    NotLocalError,
     ReplyTooLargeError,
 )
 from .netpolicy import DEFAULT_PORTS, NetPolicy, Target, display_url
@@ -188,20 +194,26 @@ async def _follow(
             raise InvalidUrlError("invalid redirect location") from None
         # The redirect target is checked exactly like the original URL, before
         # any connection to it: a redirect is how a LAN host could bounce us out.
-        target = _check_hop(target, await policy.check(next_url, schemes=HTTP_SCHEMES))
+        target = _same_host_hop(origin, await policy.check(next_url, schemes=HTTP_SCHEMES), status)
         _LOGGER.debug("Redirected (%s) to %s", status, display_url(target.url))
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _check_hop(current: Target, hop: Target) -> Target:
-    """Refuse a redirect from a LAN device to this machine's loopback.
+def _same_host_hop(origin: Target, hop: Target, status: int) -> Target:
+    """Follow a redirect only to the camera's own host, at the address checked for it.
 
-    Loopback is allowed for cameras on this machine, not as a place a device
-    on the LAN can bounce LocalCam to (Home Assistant's own local services).
+    Another host (another LAN device, this machine's own services, even a
+    second name for the same address) is refused before any connection to it:
+    its picture would be served as this camera's. Another path, port or scheme
+    of the same host is the camera's own. The hop keeps the origin's checked
+    address: a second lookup of the same name (round-robin or flapping DNS)
+    must not move the connection to a device nobody checked.
     """
-    if hop.address.is_loopback and not current.address.is_loopback:
-        raise NotLocalError(hop.host, "a LAN device redirected to loopback")
-    return hop
+    pinned = origin.for_url(hop.url)
+    if pinned is None:
+        # Only the status: the Location may point anywhere, and is not repeated.
+        raise InvalidUrlError(f"it redirects to another host (HTTP {status})")
+    return pinned
 
 
 def _same_origin(target: Target, origin: Target) -> bool:
