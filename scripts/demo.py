@@ -9,8 +9,10 @@ loaded, so no packet leaves the machine.
 
 import argparse
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 import contextlib
+from datetime import UTC, datetime
+from http import HTTPStatus
 import json
 import os
 from pathlib import Path
@@ -22,6 +24,7 @@ from typing import Any
 import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
+LOOPBACK = "127.0.0.1"
 DEMO_USER = "demo"
 DEMO_PASSWORD = "localcam-demo"  # noqa: S105 - a local demo login, printed on purpose
 CAMERA_USER = "admin"
@@ -42,9 +45,9 @@ homeassistant:
   country: NL
   currency: EUR
   internal_url: "http://127.0.0.1:{port}"
-http:
-  server_host: 127.0.0.1
-  server_port: {port}
+# No http: section. Home Assistant 2026.10 reads it only on the first start
+# (then only .storage/http counts): {writer} writes .storage/http before
+# every start instead, so each run's port takes effect.
 frontend:
 config:
 {components}logger:
@@ -62,6 +65,39 @@ def _seed_storage(storage: Path, key: str, version: int, data: dict[str, Any]) -
         )
 
 
+def write_http_storage(storage: Path, port: int) -> None:
+    """Write HA's stored HTTP config: 127.0.0.1 only, on ``port``, nothing pending.
+
+    Home Assistant 2026.10 migrates a YAML http: section to .storage/http once
+    and ignores YAML on every later start, so a second run with another port
+    would keep listening on the first one. Written before every start, as the
+    confirmed ("stable") config with the YAML migration marked done, it is what
+    HA binds, with no trial to confirm and nothing for HA to revert to.
+    """
+    from homeassistant.components.http.config import (  # noqa: PLC0415 - HA's own schema
+        HTTP_STORAGE_SCHEMA,
+        STORAGE_KEY,
+        STORAGE_MINOR_VERSION,
+        STORAGE_VERSION,
+    )
+
+    stable = HTTP_STORAGE_SCHEMA({"server_host": [LOOPBACK], "server_port": port})
+    stable |= {"created_at": datetime.now(UTC).isoformat(), "error": None, "error_message": None}
+    path = storage / STORAGE_KEY
+    path.write_text(
+        json.dumps(
+            {
+                "version": STORAGE_VERSION,
+                "minor_version": STORAGE_MINOR_VERSION,
+                "key": STORAGE_KEY,
+                "data": {"stable": stable, "pending": None, "yaml_migration_done": True},
+            },
+            indent=2,
+        )
+    )
+    path.chmod(0o600)
+
+
 def prepare_config(
     config_dir: Path,
     port: int,
@@ -74,9 +110,10 @@ def prepare_config(
 ) -> None:
     """Write a loopback-only Home Assistant configuration (shared with bench/harness.py).
 
-    configuration.yaml (HTTP on 127.0.0.1 only, no default_config), onboarding
-    pre-seeded, only loopback enabled in HA's network settings, and LocalCam
-    linked into custom_components.
+    configuration.yaml (no default_config), HTTP on 127.0.0.1:``port`` in
+    .storage/http (rewritten on every call), onboarding pre-seeded, only
+    loopback enabled in HA's network settings, and LocalCam linked into
+    custom_components.
     """
     config_dir.mkdir(parents=True, exist_ok=True)
     levels = logs if logs is not None else {"custom_components.localcam": "info"}
@@ -92,6 +129,7 @@ def prepare_config(
     )
     storage = config_dir / ".storage"
     storage.mkdir(exist_ok=True)
+    write_http_storage(storage, port)
     # Mark every onboarding step but the user's as done before the first
     # start: finishing the core_config step through the API would add
     # Met.no, Radio Browser and Google Translate, which call the internet.
@@ -225,7 +263,12 @@ async def token(session: aiohttp.ClientSession, base: str) -> str:
     """Onboard on first run (or log in later) and return an access token."""
     client_id = f"{base}/"
     async with session.get(f"{base}/api/onboarding") as resp:
-        steps = {step["step"]: step["done"] for step in await resp.json()}
+        if resp.status == HTTPStatus.NOT_FOUND:
+            # Fully onboarded: HA no longer registers the onboarding views.
+            steps = dict.fromkeys(("user", "core_config", "analytics", "integration"), True)
+        else:
+            resp.raise_for_status()
+            steps = {step["step"]: step["done"] for step in await resp.json()}
     if not steps.get("user"):
         async with session.post(
             f"{base}/api/onboarding/users",
@@ -254,28 +297,44 @@ async def token(session: aiohttp.ClientSession, base: str) -> str:
     return access
 
 
-async def promote_http_config(session: aiohttp.ClientSession, base: str, access: str) -> None:
-    """Confirm the YAML http settings (HA 2026.10 treats them as a trial).
+def stale_camera_entries(config_dir: Path, camera: dict[str, Any]) -> list[str]:
+    """LocalCam entries in HA's stored config that point elsewhere than this run's camera.
 
-    Unconfirmed, a modal covers every page and after 5 minutes HA reverts to
-    its defaults, which listen on all interfaces: confirm 127.0.0.1 for good.
+    Read before hass starts (HA then has nothing unsaved): a run with other
+    --camera-rtsp-port/--camera-http-port finds the entry of an earlier run
+    still pointing at the old ports.
     """
-    async with session.ws_connect(f"{base}/api/websocket") as ws:
-        await ws.receive_json()  # auth_required
-        await ws.send_json({"type": "auth", "access_token": access})
-        if (await ws.receive_json()).get("type") != "auth_ok":
-            raise RuntimeError("websocket authentication failed")
-        await ws.send_json({"id": 1, "type": "http/config/promote"})
-        reply = await ws.receive_json()
-        # An error means nothing was pending: the settings are already confirmed.
-        if not reply.get("success") and reply.get("error", {}).get("code") == "unknown_command":
-            raise RuntimeError("this Home Assistant has no http/config/promote")
+    path = config_dir / ".storage" / "core.config_entries"
+    try:
+        entries = json.loads(path.read_text())["data"]["entries"]
+    except OSError, ValueError, KeyError, TypeError:
+        return []
+    want = (camera["rtsp_url"], camera["snapshot_url"])
+    return [
+        str(entry["entry_id"])
+        for entry in entries
+        if entry.get("domain") == "localcam"
+        and (entry["data"].get("stream_url"), entry["data"].get("snapshot_url")) != want
+    ]
 
 
 async def ensure_camera(
-    session: aiohttp.ClientSession, base: str, headers: dict[str, str], camera: dict[str, Any]
+    session: aiohttp.ClientSession,
+    base: str,
+    headers: dict[str, str],
+    camera: dict[str, Any],
+    stale: Sequence[str] = (),
 ) -> str:
-    """Add the virtual camera through the config flow API unless it is there."""
+    """Add the virtual camera through the config flow API unless it is there.
+
+    Entries in ``stale`` (an earlier run's camera on other ports) are deleted
+    first, as the frontend's Delete does, and the camera is added afresh.
+    """
+    for entry_id in stale:
+        async with session.delete(
+            f"{base}/api/config/config_entries/entry/{entry_id}", headers=headers
+        ) as resp:
+            resp.raise_for_status()
     async with session.get(f"{base}/api/config/config_entries/entry", headers=headers) as resp:
         entries = [e for e in await resp.json() if e["domain"] == "localcam"]
     if not entries:
@@ -360,19 +419,22 @@ async def run(args: argparse.Namespace, on_running: Callable[[], None]) -> int:
     try:
         cam_proc, camera = await start_camera(args.camera_rtsp_port, args.camera_http_port)
         procs.append(cam_proc)
-        procs.append(await start_hass(args.dir.resolve() / "config", args.port))
+        config_dir = args.dir.resolve() / "config"
+        stale = stale_camera_entries(config_dir, camera)
+        procs.append(await start_hass(config_dir, args.port))
         timeout = aiohttp.ClientTimeout(total=30)
         async with aiohttp.ClientSession(timeout=timeout) as session:
 
             async def up() -> bool:
+                # HA serves once frontend (which depends on onboarding) is set
+                # up; a 404 then means onboarded (a later run on the same --dir).
                 async with session.get(f"{base}/api/onboarding") as resp:
-                    return resp.status == 200
+                    return resp.status in {HTTPStatus.OK, HTTPStatus.NOT_FOUND}
 
             await wait_for(up, 180, "Home Assistant to start")
             access = await token(session, base)
             headers = {"Authorization": f"Bearer {access}"}
-            await promote_http_config(session, base, access)
-            entity_id = await ensure_camera(session, base, headers, camera)
+            entity_id = await ensure_camera(session, base, headers, camera, stale)
             async with session.get(f"{base}/api/camera_proxy/{entity_id}", headers=headers) as resp:
                 body = await resp.read()
                 still = f"HTTP {resp.status}, {resp.content_type}, {len(body)} bytes"

@@ -1,7 +1,9 @@
 """The README's run command, for real: a separate `hass` process serves the demo."""
 
 import asyncio
+import importlib.util
 import io
+import json
 import os
 from pathlib import Path
 import signal
@@ -14,6 +16,11 @@ import pytest
 from virtualcam import color_for, nearest_camera
 
 ROOT = Path(__file__).resolve().parents[1]
+_SPEC = importlib.util.spec_from_file_location("localcam_demo_t", ROOT / "scripts" / "demo.py")
+assert _SPEC is not None
+assert _SPEC.loader is not None
+demo = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(demo)
 
 
 def _free_port() -> int:
@@ -22,7 +29,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _demo_args(tmp_path: Path) -> list[str]:
+def _demo_args(tmp_path: Path, port: int | None = None) -> list[str]:
     """scripts/demo.py --check on free loopback ports, its state in tmp_path."""
     return [
         str(ROOT / "scripts" / "demo.py"),
@@ -30,7 +37,7 @@ def _demo_args(tmp_path: Path) -> list[str]:
         "--dir",
         str(tmp_path),
         "--port",
-        str(_free_port()),
+        str(port or _free_port()),
         "--camera-rtsp-port",
         str(_free_port()),
         "--camera-http-port",
@@ -122,3 +129,67 @@ async def test_demo_serves_the_virtual_camera_through_hass(
     # The demo logged in: no password from the camera appears in HA's log.
     log = (tmp_path / "config" / "home-assistant.log").read_text()
     assert "camera-demo" not in log
+
+
+def test_every_prepare_config_stores_its_own_port(tmp_path: Path) -> None:
+    """HA 2026.10 reads http: from YAML once: the port lives in .storage/http, rewritten."""
+    for port in (18123, 18124):
+        demo.prepare_config(tmp_path, port)
+        stored = json.loads((tmp_path / ".storage" / "http").read_text())
+        assert stored["data"]["stable"]["server_host"] == ["127.0.0.1"]
+        assert stored["data"]["stable"]["server_port"] == port
+        assert stored["data"]["pending"] is None
+        assert stored["data"]["yaml_migration_done"] is True
+    assert "\nhttp:" not in (tmp_path / "configuration.yaml").read_text()
+
+
+def test_stale_camera_entries_are_those_on_other_urls(tmp_path: Path) -> None:
+    """An earlier run's LocalCam entry on other camera ports is found (to be re-added)."""
+    camera = {"rtsp_url": "rtsp://127.0.0.1:2/stream", "snapshot_url": "http://127.0.0.1:3/s.jpg"}
+    (tmp_path / ".storage").mkdir()
+    entries = [
+        {
+            "entry_id": "old",
+            "domain": "localcam",
+            "data": {
+                "stream_url": "rtsp://127.0.0.1:1/stream",
+                "snapshot_url": camera["snapshot_url"],
+            },
+        },
+        {
+            "entry_id": "same",
+            "domain": "localcam",
+            "data": {"stream_url": camera["rtsp_url"], "snapshot_url": camera["snapshot_url"]},
+        },
+        {"entry_id": "other", "domain": "sun", "data": {}},
+    ]
+    (tmp_path / ".storage" / "core.config_entries").write_text(
+        json.dumps({"data": {"entries": entries}})
+    )
+    assert demo.stale_camera_entries(tmp_path, camera) == ["old"]
+    assert demo.stale_camera_entries(tmp_path / "missing", camera) == []
+
+
+@pytest.mark.hass_process
+async def test_demo_second_run_takes_its_new_ports(socket_enabled: None, tmp_path: Path) -> None:
+    """A second --check on the same --dir with other ports serves on those ports."""
+    for _ in range(2):
+        port = _free_port()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *_demo_args(tmp_path, port),
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        try:
+            async with asyncio.timeout(120):
+                output, _ = await proc.communicate()
+        finally:
+            if proc.returncode is None:
+                os.kill(proc.pid, signal.SIGTERM)
+                await proc.wait()
+        text = output.decode(errors="replace")
+        assert proc.returncode == 0, text[-3000:]
+        assert f"LocalCam demo is running: http://127.0.0.1:{port}" in text
+        assert "CHECK OK camera." in text
