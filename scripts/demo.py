@@ -9,7 +9,7 @@ loaded, so no packet leaves the machine.
 
 import argparse
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 import contextlib
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -17,6 +17,7 @@ import json
 import os
 from pathlib import Path
 import signal
+import socket
 import sys
 import time
 from typing import Any
@@ -143,6 +144,63 @@ def prepare_config(
     link = custom / "localcam"
     if not link.exists():
         link.symlink_to(ROOT / "custom_components" / "localcam")
+
+
+def port_in_use(port: int) -> bool:
+    """Whether a TCP port on 127.0.0.1 cannot be bound (something listens there).
+
+    SO_REUSEADDR, as Home Assistant's server uses: a connection of an earlier
+    run in TIME_WAIT does not count, a listener (also on 0.0.0.0) does.
+    """
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError:
+            return True
+    return False
+
+
+class ChildExitedError(Exception):
+    """A child this script started (hass, the camera) exited while it was needed."""
+
+    def __init__(self, what: str, code: int) -> None:
+        """Remember which child and its exit code (negative: killed by that signal)."""
+        super().__init__(f"{what} exited with code {code}")
+        self.what = what
+        self.code = code
+
+    @property
+    def exit_status(self) -> int:
+        """This script's exit status for it: the child's own, never 0."""
+        if self.code < 0:
+            return 128 - self.code
+        return self.code or 1
+
+
+async def watched[T](
+    work: Coroutine[Any, Any, T], children: dict[asyncio.subprocess.Process, str]
+) -> T:
+    """Run ``work`` unless a child exits first; then raise ChildExitedError.
+
+    A dead hass otherwise goes unnoticed: the demo polled it for 180 s during
+    startup and exited 0 without a word once it was running.
+    """
+    task = asyncio.ensure_future(work)
+    exits = {asyncio.ensure_future(proc.wait()): proc for proc in children}
+    try:
+        await asyncio.wait([task, *exits], return_when=asyncio.FIRST_COMPLETED)
+        if task.done() and task.exception() is not None:
+            # A request failing because hass just died: report the death, not the request.
+            await asyncio.wait(exits, timeout=2)
+        for proc, what in children.items():
+            if proc.returncode is not None:
+                raise ChildExitedError(what, proc.returncode)
+        return task.result()
+    finally:
+        for future in (task, *exits):
+            future.cancel()
+        await asyncio.gather(task, *exits, return_exceptions=True)
 
 
 async def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.25) -> Any:
@@ -414,36 +472,51 @@ async def main() -> int:
 
 async def run(args: argparse.Namespace, on_running: Callable[[], None]) -> int:
     """The demo itself; stopping its children is in the `finally` below."""
-    base = f"http://127.0.0.1:{args.port}"
+    base = f"http://{LOOPBACK}:{args.port}"
+    ports = {
+        "--port": args.port,
+        "--camera-rtsp-port": args.camera_rtsp_port,
+        "--camera-http-port": args.camera_http_port,
+    }
+    if busy := [
+        f"{LOOPBACK}:{port} ({option})" for option, port in ports.items() if port_in_use(port)
+    ]:
+        # Never talk to (or onboard, or log in to) a server this demo did not start.
+        print(
+            f"Something already listens on {', '.join(busy)}: choose other ports "
+            "(e.g. --port 8124) or stop what uses them.",
+            file=sys.stderr,
+        )
+        return 1
     procs: list[asyncio.subprocess.Process] = []
     try:
         cam_proc, camera = await start_camera(args.camera_rtsp_port, args.camera_http_port)
         procs.append(cam_proc)
         config_dir = args.dir.resolve() / "config"
         stale = stale_camera_entries(config_dir, camera)
-        procs.append(await start_hass(config_dir, args.port))
+        hass = await start_hass(config_dir, args.port)
+        procs.append(hass)
+        hass_log = config_dir / "home-assistant.log"
+        children = {hass: f"Home Assistant (log: {hass_log})", cam_proc: "The virtual camera"}
         timeout = aiohttp.ClientTimeout(total=30)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-
-            async def up() -> bool:
-                # HA serves once frontend (which depends on onboarding) is set
-                # up; a 404 then means onboarded (a later run on the same --dir).
-                async with session.get(f"{base}/api/onboarding") as resp:
-                    return resp.status in {HTTPStatus.OK, HTTPStatus.NOT_FOUND}
-
-            await wait_for(up, 180, "Home Assistant to start")
-            access = await token(session, base)
-            headers = {"Authorization": f"Bearer {access}"}
-            entity_id = await ensure_camera(session, base, headers, camera, stale)
-            async with session.get(f"{base}/api/camera_proxy/{entity_id}", headers=headers) as resp:
-                body = await resp.read()
-                still = f"HTTP {resp.status}, {resp.content_type}, {len(body)} bytes"
+            try:
+                entity_id, status, body = await watched(
+                    bring_up(session, base, camera, stale), children
+                )
+            except ChildExitedError as err:
+                print(
+                    f"{err.what} exited with code {err.code} during startup.",
+                    file=sys.stderr,
+                )
+                return err.exit_status
+            still = f"HTTP {status}, {len(body)} bytes"
             print(f"\nLocalCam demo is running: {base}", flush=True)
             print(f"  login:  {DEMO_USER} / {DEMO_PASSWORD}")
             print(f"  camera: {entity_id} (virtual camera 'porch', colour {camera['color']})")
             print(f"  still through /api/camera_proxy: {still}")
             if args.check:
-                if resp.status != 200 or not body.startswith(b"\xff\xd8"):
+                if status != HTTPStatus.OK or not body.startswith(b"\xff\xd8"):
                     return 1
                 out = args.dir.resolve() / "check.jpg"
                 out.write_bytes(body)
@@ -451,13 +524,35 @@ async def run(args: argparse.Namespace, on_running: Callable[[], None]) -> int:
                 return 0
             on_running()
             print("Press Ctrl-C to stop.", flush=True)
-            waiters = [asyncio.ensure_future(p.wait()) for p in procs]
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            return 0
+            try:
+                await watched(asyncio.Event().wait(), children)
+            except ChildExitedError as err:
+                print(f"{err.what} exited with code {err.code}; the demo stops.", file=sys.stderr)
+                return err.exit_status
+            return 0  # not reached: only a signal or a child's exit ends the wait
     finally:
         # End only the processes this script started, by their PIDs.
         for proc in reversed(procs):
             await stop_process(proc)
+
+
+async def bring_up(
+    session: aiohttp.ClientSession, base: str, camera: dict[str, Any], stale: Sequence[str]
+) -> tuple[str, int, bytes]:
+    """Wait for HA, log in, add the camera; return its entity and one still's status and body."""
+
+    async def up() -> bool:
+        # HA serves once frontend (which depends on onboarding) is set
+        # up; a 404 then means onboarded (a later run on the same --dir).
+        async with session.get(f"{base}/api/onboarding") as resp:
+            return resp.status in {HTTPStatus.OK, HTTPStatus.NOT_FOUND}
+
+    await wait_for(up, 180, "Home Assistant to start")
+    access = await token(session, base)
+    headers = {"Authorization": f"Bearer {access}"}
+    entity_id = await ensure_camera(session, base, headers, camera, stale)
+    async with session.get(f"{base}/api/camera_proxy/{entity_id}", headers=headers) as resp:
+        return entity_id, resp.status, await resp.read()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The README's run command, for real: a separate `hass` process serves the demo."""
 
 import asyncio
+import contextlib
 import importlib.util
 import io
 import json
@@ -52,6 +53,37 @@ def _children(pid: int) -> list[int]:
         return [int(child) for child in path.read_text().split()]
     except OSError:
         return []
+
+
+def _hass_child(pid: int) -> int | None:
+    """The PID of the `hass` process a demo started, if it has started it."""
+    for child in _children(pid):
+        with contextlib.suppress(OSError):
+            if b"/hass\0" in Path(f"/proc/{child}/cmdline").read_bytes():
+                return child
+    return None
+
+
+async def _start_demo(args: list[str]) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        *args,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+
+
+async def _finish(proc: asyncio.subprocess.Process, timeout: float) -> str:
+    """Wait (bounded) for a demo to exit; its output."""
+    try:
+        async with asyncio.timeout(timeout):
+            output, _ = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            await proc.wait()
+    return output.decode(errors="replace")
 
 
 def _alive(pid: int) -> bool:
@@ -193,3 +225,55 @@ async def test_demo_second_run_takes_its_new_ports(socket_enabled: None, tmp_pat
         assert proc.returncode == 0, text[-3000:]
         assert f"LocalCam demo is running: http://127.0.0.1:{port}" in text
         assert "CHECK OK camera." in text
+
+
+async def test_demo_refuses_a_port_something_already_listens_on(
+    socket_enabled: None, tmp_path: Path
+) -> None:
+    """Another server on --port (the user's real HA, say) is refused, never onboarded."""
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        proc = await _start_demo(_demo_args(tmp_path, port))
+        text = await _finish(proc, 30)
+    assert proc.returncode == 1, text[-3000:]
+    assert f"Something already listens on 127.0.0.1:{port} (--port)" in text
+    assert not (tmp_path / "config").exists()
+
+
+@pytest.mark.hass_process
+async def test_demo_ends_when_hass_dies_during_startup(
+    socket_enabled: None, tmp_path: Path
+) -> None:
+    """hass killed while the demo waits for it: the demo exits at once, with hass's status."""
+    proc = await _start_demo(_demo_args(tmp_path))
+    try:
+        async with asyncio.timeout(60):
+            while (hass := _hass_child(proc.pid)) is None:  # noqa: ASYNC110 - /proc has no event
+                await asyncio.sleep(0.05)
+        os.kill(hass, signal.SIGKILL)  # the demo's child, started by this test's demo
+    finally:
+        text = await _finish(proc, 40)
+    assert proc.returncode == 128 + signal.SIGKILL, text[-3000:]
+    assert "Home Assistant (log: " in text
+    assert "exited with code -9 during startup" in text
+
+
+@pytest.mark.hass_process
+async def test_demo_ends_when_hass_dies_while_running(socket_enabled: None, tmp_path: Path) -> None:
+    """A running demo (no --check) whose hass dies exits non-zero and says so."""
+    args = [arg for arg in _demo_args(tmp_path) if arg != "--check"]
+    proc = await _start_demo(args)
+    assert proc.stdout is not None
+    try:
+        async with asyncio.timeout(90):
+            while b"Press Ctrl-C" not in (line := await proc.stdout.readline()):
+                assert line, "the demo exited before it was running"
+        hass = _hass_child(proc.pid)
+        assert hass is not None
+        os.kill(hass, signal.SIGKILL)
+    finally:
+        text = await _finish(proc, 40)
+    assert proc.returncode == 128 + signal.SIGKILL, text[-3000:]
+    assert "exited with code -9; the demo stops." in text
