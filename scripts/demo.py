@@ -13,6 +13,7 @@ from collections.abc import Callable, Coroutine, Sequence
 import contextlib
 from datetime import UTC, datetime
 from http import HTTPStatus
+import ipaddress
 import json
 import os
 from pathlib import Path
@@ -159,6 +160,87 @@ def port_in_use(port: int) -> bool:
         except OSError:
             return True
     return False
+
+
+class NotLoopbackError(RuntimeError):
+    """Home Assistant listens, or is configured to listen, elsewhere than the demo's address."""
+
+
+def _proc_address(hex_address: str) -> tuple[str, int]:
+    """Decode a /proc/net/tcp{,6} address ("0100007F:1F90") to ("127.0.0.1", 8080)."""
+    host, port = hex_address.split(":")
+    raw = bytes.fromhex(host)
+    if sys.byteorder == "little":
+        # The kernel prints each 32-bit word of the address in host byte order.
+        raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    return str(ipaddress.ip_address(raw)), int(port, 16)
+
+
+def tcp_listeners(pid: int, proc: Path = Path("/proc")) -> set[tuple[str, int]]:
+    """The addresses a process's own TCP sockets listen on (Linux /proc)."""
+    inodes = set()
+    for fd in (proc / str(pid) / "fd").iterdir():
+        with contextlib.suppress(OSError):
+            if (target := os.readlink(fd)).startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    listeners = set()
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(FileNotFoundError):
+            for line in (proc / str(pid) / "net" / table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                    listeners.add(_proc_address(fields[1]))
+    return listeners
+
+
+def check_listeners(listeners: set[tuple[str, int]], port: int) -> None:
+    """Raise unless hass listens on exactly 127.0.0.1:``port`` and nowhere else.
+
+    Run before the demo logs in: the server that answered is then hass itself
+    (not another one holding the port), and hass did not fall back to a
+    configuration listening on all interfaces.
+    """
+    if listeners != {(LOOPBACK, port)}:
+        found = ", ".join(f"{host}:{p}" for host, p in sorted(listeners)) or "nothing"
+        raise NotLoopbackError(
+            f"Home Assistant should listen on {LOOPBACK}:{port} only, but listens on {found}"
+        )
+
+
+def check_http_config(config: dict[str, Any], port: int) -> None:
+    """Raise unless HA's http/config says it runs the stored 127.0.0.1:``port`` config.
+
+    ``config`` is the reply of HA's ``http/config`` websocket command: the
+    active slot must be the stable one the demo wrote (not a pending trial,
+    not HA's default, which listens on all interfaces on 8123).
+    """
+    active = config.get("active_config_type")
+    stable = config.get("stable") or {}
+    if (
+        active != "stable"
+        or config.get("pending") is not None
+        or stable.get("server_host") != [LOOPBACK]
+        or stable.get("server_port") != port
+    ):
+        raise NotLoopbackError(
+            f"Home Assistant's HTTP config is not the demo's {LOOPBACK}:{port}: "
+            f"active {active!r}, stable host {stable.get('server_host')!r} "
+            f"port {stable.get('server_port')!r}, pending {config.get('pending')!r}"
+        )
+
+
+async def http_config(session: aiohttp.ClientSession, base: str, access: str) -> dict[str, Any]:
+    """HA's ``http/config`` websocket reply (stable, pending, active slot)."""
+    async with session.ws_connect(f"{base}/api/websocket") as ws:
+        await ws.receive_json()  # auth_required
+        await ws.send_json({"type": "auth", "access_token": access})
+        if (await ws.receive_json()).get("type") != "auth_ok":
+            raise RuntimeError("websocket authentication failed")
+        await ws.send_json({"id": 1, "type": "http/config"})
+        reply = await ws.receive_json()
+    if not reply.get("success"):
+        raise RuntimeError(f"http/config failed: {reply.get('error')}")
+    return dict(reply["result"])
 
 
 class ChildExitedError(Exception):
@@ -502,8 +584,11 @@ async def run(args: argparse.Namespace, on_running: Callable[[], None]) -> int:
         async with aiohttp.ClientSession(timeout=timeout) as session:
             try:
                 entity_id, status, body = await watched(
-                    bring_up(session, base, camera, stale), children
+                    bring_up(session, base, camera, stale, hass.pid, args.port), children
                 )
+            except NotLoopbackError as err:
+                print(f"{err}: stopping it.", file=sys.stderr)
+                return 1
             except ChildExitedError as err:
                 print(
                     f"{err.what} exited with code {err.code} during startup.",
@@ -537,9 +622,17 @@ async def run(args: argparse.Namespace, on_running: Callable[[], None]) -> int:
 
 
 async def bring_up(
-    session: aiohttp.ClientSession, base: str, camera: dict[str, Any], stale: Sequence[str]
+    session: aiohttp.ClientSession,
+    base: str,
+    camera: dict[str, Any],
+    stale: Sequence[str],
+    hass_pid: int,
+    port: int,
 ) -> tuple[str, int, bytes]:
-    """Wait for HA, log in, add the camera; return its entity and one still's status and body."""
+    """Wait for HA, check where it listens, log in, add the camera; return one still.
+
+    Returns the camera's entity id and the still's HTTP status and body.
+    """
 
     async def up() -> bool:
         # HA serves once frontend (which depends on onboarding) is set
@@ -548,7 +641,9 @@ async def bring_up(
             return resp.status in {HTTPStatus.OK, HTTPStatus.NOT_FOUND}
 
     await wait_for(up, 180, "Home Assistant to start")
+    check_listeners(tcp_listeners(hass_pid), port)
     access = await token(session, base)
+    check_http_config(await http_config(session, base, access), port)
     headers = {"Authorization": f"Bearer {access}"}
     entity_id = await ensure_camera(session, base, headers, camera, stale)
     async with session.get(f"{base}/api/camera_proxy/{entity_id}", headers=headers) as resp:

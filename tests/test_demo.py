@@ -277,3 +277,71 @@ async def test_demo_ends_when_hass_dies_while_running(socket_enabled: None, tmp_
         text = await _finish(proc, 40)
     assert proc.returncode == 128 + signal.SIGKILL, text[-3000:]
     assert "exited with code -9; the demo stops." in text
+
+
+def _fake_proc(tmp_path: Path, tcp: list[str], tcp6: list[str], inodes: list[int]) -> Path:
+    """A /proc with one process (PID 7): its socket fds and TCP tables."""
+    header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt uid inode"
+    (tmp_path / "7" / "net").mkdir(parents=True)
+    (tmp_path / "7" / "fd").mkdir()
+    for fd, inode in enumerate(inodes):
+        (tmp_path / "7" / "fd" / str(fd)).symlink_to(f"socket:[{inode}]")
+    (tmp_path / "7" / "fd" / "99").symlink_to("/dev/null")
+    (tmp_path / "7" / "net" / "tcp").write_text("\n".join([header, *tcp]) + "\n")
+    (tmp_path / "7" / "net" / "tcp6").write_text("\n".join([header, *tcp6]) + "\n")
+    return tmp_path
+
+
+def _row(address: str, state: str, inode: int) -> str:
+    return (
+        f"0: {address} 00000000:0000 {state} 00000000:00000000 00:00000000 00000000 0 0 {inode} 1"
+    )
+
+
+@pytest.mark.skipif(sys.byteorder != "little", reason="sample rows are little-endian /proc text")
+def test_tcp_listeners_reads_only_the_process_own_listening_sockets(tmp_path: Path) -> None:
+    """127.0.0.1:8123 and [::]:8123 of the process are found; others' and non-LISTEN are not."""
+    proc = _fake_proc(
+        tmp_path,
+        tcp=[
+            _row("0100007F:1FBB", "0A", 11),  # 127.0.0.1:8123, ours
+            _row("00000000:1FBB", "0A", 12),  # 0.0.0.0:8123, someone else's
+            _row("0100007F:D431", "01", 13),  # an established connection of ours
+        ],
+        tcp6=[_row("00000000000000000000000000000000:1FBB", "0A", 14)],  # [::]:8123, ours
+        inodes=[11, 13, 14],
+    )
+    assert demo.tcp_listeners(7, proc) == {("127.0.0.1", 8123), ("::", 8123)}
+
+
+def test_check_listeners_accepts_only_the_demo_address() -> None:
+    """hass must listen on 127.0.0.1:port and nowhere else (not all interfaces, not absent)."""
+    demo.check_listeners({("127.0.0.1", 8124)}, 8124)
+    for listeners in (
+        {("0.0.0.0", 8123)},  # HA's default config: all interfaces
+        {("127.0.0.1", 8124), ("::", 8124)},
+        {("127.0.0.1", 8123)},  # another port
+        set(),  # the answering server is not hass
+    ):
+        with pytest.raises(demo.NotLoopbackError):
+            demo.check_listeners(listeners, 8124)
+
+
+def test_check_http_config_accepts_only_the_stored_loopback_config() -> None:
+    """HA's http/config reply must show the demo's stable 127.0.0.1:port config active."""
+    good = {
+        "active_config_type": "stable",
+        "stable": {"server_host": ["127.0.0.1"], "server_port": 8124},
+        "pending": None,
+    }
+    demo.check_http_config(good, 8124)
+    for bad in (
+        good | {"active_config_type": "default"},
+        good | {"active_config_type": "pending"},
+        good | {"pending": {"server_port": 8124}},
+        good | {"stable": {"server_port": 8124}},  # no server_host: all interfaces
+        good | {"stable": {"server_host": ["0.0.0.0"], "server_port": 8124}},
+        good | {"stable": {"server_host": ["127.0.0.1"], "server_port": 8123}},
+    ):
+        with pytest.raises(demo.NotLoopbackError):
+            demo.check_http_config(bad, 8124)
