@@ -3,8 +3,12 @@
 Starts the virtual camera (python -m virtualcam) and `hass` as child processes,
 onboards Home Assistant with a demo user through its REST API, adds the camera
 through the config flow's HTTP API exactly as the frontend does, and prints the
-URL and login. Nothing listens beyond 127.0.0.1 and no discovery integration is
-loaded, so no packet leaves the machine.
+URL and login. HA's HTTP server, the camera and everything the demo starts listen
+on 127.0.0.1 only, and no discovery integration is loaded. One socket is wider:
+HA's shared HTTP client resolves through a zeroconf (mDNS) resolver, which binds
+UDP *:5353 on all interfaces; with only loopback enabled in HA's network settings
+it joins no multicast group and sends nothing, and HA 2026.10 has no setting or
+variable to leave it out (helpers/aiohttp_client.py always builds it).
 """
 
 import argparse
