@@ -355,9 +355,25 @@ async def stop_process(proc: asyncio.subprocess.Process, grace: float = 30.0) ->
             await proc.wait()
 
 
-async def start_hass(config_dir: Path, port: int) -> asyncio.subprocess.Process:
-    """Write the configuration and start Home Assistant."""
+def link_local_brands(config_dir: Path) -> None:
+    """Put scripts/demo_brands in as `brands`, which Home Assistant then loads instead of its own.
+
+    HA's built-in `brands` fetches other integrations' icons from
+    brands.home-assistant.io when the frontend shows them; the stand-in
+    serves local images only (see scripts/demo_brands/__init__.py).
+    """
+    link = config_dir / "custom_components" / "brands"
+    if not link.exists():
+        link.symlink_to(ROOT / "scripts" / "demo_brands")
+
+
+async def start_hass(
+    config_dir: Path, port: int, *, local_brands: bool = False
+) -> asyncio.subprocess.Process:
+    """Write the configuration and start Home Assistant (with local-only brands if asked)."""
     prepare_config(config_dir, port)
+    if local_brands:
+        link_local_brands(config_dir)
     log = (config_dir / "demo-hass.log").open("ab")
     # Nothing is multicast on the real network: LocalCam's WS-Discovery stays
     # off, and default_config (zeroconf, ssdp, dhcp) is not loaded at all.
@@ -580,7 +596,7 @@ async def run(args: argparse.Namespace, on_running: Callable[[], None]) -> int:
         procs.append(cam_proc)
         config_dir = args.dir.resolve() / "config"
         stale = stale_camera_entries(config_dir, camera)
-        hass = await start_hass(config_dir, args.port)
+        hass = await start_hass(config_dir, args.port, local_brands=True)
         procs.append(hass)
         hass_log = config_dir / "home-assistant.log"
         children = {hass: f"Home Assistant (log: {hass_log})", cam_proc: "The virtual camera"}

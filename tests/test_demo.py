@@ -7,12 +7,17 @@ import io
 import json
 import os
 from pathlib import Path
+import re
 import signal
 import socket
 import sys
 
+from homeassistant.core import HomeAssistant
+from homeassistant.setup import async_setup_component
 from PIL import Image
 import pytest
+from pytest_homeassistant_custom_component.test_util.aiohttp import AiohttpClientMocker
+from pytest_homeassistant_custom_component.typing import ClientSessionGenerator
 
 from virtualcam import color_for, nearest_camera
 
@@ -345,3 +350,40 @@ def test_check_http_config_accepts_only_the_stored_loopback_config() -> None:
     ):
         with pytest.raises(demo.NotLoopbackError):
             demo.check_http_config(bad, 8124)
+
+
+async def test_demo_brands_serve_local_images_and_never_fetch(
+    hass: HomeAssistant,
+    hass_client: ClientSessionGenerator,
+    hass_client_no_auth: ClientSessionGenerator,
+    aioclient_mock: AiohttpClientMocker,
+    tmp_path: Path,
+) -> None:
+    """The demo's `brands` stand-in: LocalCam's own icon, a 404 for others, no CDN request."""
+    hass.config.config_dir = str(tmp_path)  # its disk cache: empty, and nobody else's
+    spec = importlib.util.spec_from_file_location(
+        "demo_brands", ROOT / "scripts" / "demo_brands" / "__init__.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    brands = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(brands)
+    assert await async_setup_component(hass, "http", {})
+    assert await async_setup_component(hass, "websocket_api", {})
+    assert await brands.async_setup(hass, {})
+    aioclient_mock.get(re.compile(r"https://brands\.home-assistant\.io/.*"), content=b"\x89PNG cdn")
+    client = await hass_client()
+    for path in (
+        "/api/brands/integration/sun/icon.png",
+        "/api/brands/integration/sun/logo.png?placeholder=no",
+        "/api/brands/hardware/boards/green.png",
+    ):
+        resp = await client.get(path)
+        assert resp.status == 404, path
+    resp = await client.get("/api/brands/integration/localcam/icon.png")
+    assert resp.status == 200
+    assert (await resp.read()).startswith(b"\x89PNG\r\n")
+    assert aioclient_mock.call_count == 0
+    # Without a token or auth, as the built-in: refused.
+    anonymous = await hass_client_no_auth()
+    assert (await anonymous.get("/api/brands/integration/sun/icon.png")).status == 403
