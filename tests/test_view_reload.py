@@ -17,7 +17,9 @@ from pytest_homeassistant_custom_component.common import MockConfigEntry
 from pytest_homeassistant_custom_component.typing import ClientSessionGenerator
 
 from custom_components.localcam.camera import LocalCamCamera
+from custom_components.localcam.cast import DATA_CAST
 from custom_components.localcam.cast_views import _async_snapshot
+from custom_components.localcam.core.cast_links import CastGrant, CastMode
 from virtualcam import Fault, VirtualCamera
 
 from .conftest import main_entity_id, make_entry, setup_entry
@@ -85,21 +87,36 @@ async def test_a_still_in_flight_at_unload_is_answered_503(
     assert "never retrieved" not in caplog.text
 
 
-async def test_the_cast_still_in_flight_at_unload_is_answered_503(
+async def test_the_cast_still_in_flight_at_unload_is_answered_404(
     hass: HomeAssistant, camera: VirtualCamera
 ) -> None:
-    """The cast view's still goes through the same cache: a 503, not a CancelledError."""
+    """The cast view's still goes through the same cache: answered, not a CancelledError.
+
+    The unload fails the cache's waiters and revokes the camera's cast links,
+    so the request gets the ended cast's 404 rather than a dropped connection.
+    """
     entry, entity = await _loaded(hass, camera)
+    manager = hass.data[DATA_CAST]
+    token = manager.links.issue(
+        CastGrant(
+            camera_id=entity.camera_id,
+            receiver="media_player.kitchen",
+            mode=CastMode.SNAPSHOT,
+            stream=entity.unique_id or "",
+        ),
+        duration=None,
+    )
     camera.fault = Fault.HANG
     asked = camera.stats.snapshot_requests
-    pending = asyncio.create_task(_async_snapshot(entity))
+    pending = asyncio.create_task(_async_snapshot(manager, entity, token))
     await _camera_asked(camera, asked + 1)
 
     assert await hass.config_entries.async_unload(entry.entry_id)
 
     async with asyncio.timeout(5):
         resp = await pending
-    assert resp.status == HTTPStatus.SERVICE_UNAVAILABLE
+    assert resp.status == HTTPStatus.NOT_FOUND
+    assert manager.links.resolve(token) is None
 
 
 async def test_a_request_that_is_itself_cancelled_still_ends_cancelled(
