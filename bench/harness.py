@@ -340,10 +340,6 @@ class Hass:
         ) as resp:
             resp.raise_for_status()
             self.headers = {"Authorization": f"Bearer {(await resp.json())['access_token']}"}
-        # HA 2026.10 moves http: from YAML into a pending config that it
-        # reverts, restarting itself, unless confirmed within five minutes.
-        with contextlib.suppress(RuntimeError):
-            await self.ws_call("http/config/promote")
 
     def check_alive(self) -> None:
         """Raise if hass has exited (a run must not measure a dead process)."""
