@@ -12,7 +12,6 @@ import io
 import json
 import os
 from pathlib import Path
-import signal
 import socket
 import statistics
 import sys
@@ -98,18 +97,8 @@ async def wait_for(predicate: Any, timeout: float, what: str, interval: float = 
 
 
 async def end_process(proc: asyncio.subprocess.Process, grace: float = 20.0) -> None:
-    """SIGTERM one process we started, then SIGKILL it after `grace` seconds."""
-    if proc.returncode is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(proc.pid, signal.SIGTERM)
-    try:
-        async with asyncio.timeout(grace):
-            await proc.wait()
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGKILL)
-        await proc.wait()
+    """SIGTERM one process we started, then SIGKILL it after `grace` seconds (the demo's way)."""
+    await demo.stop_process(proc, grace)
 
 
 # -- /proc ------------------------------------------------------------------------------------

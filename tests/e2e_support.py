@@ -69,18 +69,8 @@ def free_port() -> int:
 
 
 async def stop(proc: asyncio.subprocess.Process, grace: float = 20.0) -> None:
-    """End one process this module started, by its PID: SIGTERM, then SIGKILL."""
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGTERM)
-        try:
-            async with asyncio.timeout(grace):
-                await proc.wait()
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
-            async with asyncio.timeout(10):
-                await proc.wait()
+    """End one process this module started, by its PID: SIGTERM, then SIGKILL (the demo's way)."""
+    await demo.stop_process(proc, grace)
 
 
 async def start_cameras(count: int) -> tuple[asyncio.subprocess.Process, list[dict[str, Any]]]:
