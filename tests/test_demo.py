@@ -86,8 +86,14 @@ async def _finish(proc: asyncio.subprocess.Process, timeout: float) -> str:
             output, _ = await proc.communicate()
     finally:
         if proc.returncode is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            await proc.wait()
+            # SIGTERM first: the demo then ends its own children.
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                async with asyncio.timeout(30):
+                    await proc.wait()
+            except TimeoutError:
+                os.kill(proc.pid, signal.SIGKILL)
+                await proc.wait()
     return output.decode(errors="replace")
 
 
@@ -104,13 +110,7 @@ async def test_demo_stops_its_children_on_sigterm_during_startup(
     socket_enabled: None, tmp_path: Path
 ) -> None:
     """SIGTERM before the demo is up (in --check mode) still stops hass and the camera."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        *_demo_args(tmp_path),
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
+    proc = await _start_demo(_demo_args(tmp_path))
     children: list[int] = []
     left: list[int] = []
     try:
@@ -140,21 +140,8 @@ async def test_demo_serves_the_virtual_camera_through_hass(
     socket_enabled: None, tmp_path: Path
 ) -> None:
     """scripts/demo.py --check: onboarded HA, camera added by flow, JPEG via camera_proxy."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        *_demo_args(tmp_path),
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    try:
-        async with asyncio.timeout(240):
-            output, _ = await proc.communicate()
-    finally:
-        if proc.returncode is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            await proc.wait()
-    text = output.decode(errors="replace")
+    proc = await _start_demo(_demo_args(tmp_path))
+    text = await _finish(proc, 240)
     assert proc.returncode == 0, text[-3000:]
     assert "CHECK OK camera." in text
     still = (tmp_path / "check.jpg").read_bytes()
@@ -212,21 +199,8 @@ async def test_demo_second_run_takes_its_new_ports(socket_enabled: None, tmp_pat
     """A second --check on the same --dir with other ports serves on those ports."""
     for _ in range(2):
         port = _free_port()
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            *_demo_args(tmp_path, port),
-            cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        try:
-            async with asyncio.timeout(120):
-                output, _ = await proc.communicate()
-        finally:
-            if proc.returncode is None:
-                os.kill(proc.pid, signal.SIGTERM)
-                await proc.wait()
-        text = output.decode(errors="replace")
+        proc = await _start_demo(_demo_args(tmp_path, port))
+        text = await _finish(proc, 120)
         assert proc.returncode == 0, text[-3000:]
         assert f"LocalCam demo is running: http://127.0.0.1:{port}" in text
         assert "CHECK OK camera." in text
