@@ -1335,6 +1335,8 @@ class LocalCamCastManager:
             session.context = context or session.context
             self._async_revoke(session, EndReason.STOPPED, restore=True)
         for receiver in receivers:
+            if (found := self._sessions.get(receiver)) is not None and found.starting:
+                continue  # revoked above; its starter ends it when the first LOAD returns
             async with self._lock(receiver):
                 if (current := self._sessions.get(receiver)) is not None:
                     current.context = context or current.context
