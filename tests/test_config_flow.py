@@ -320,6 +320,27 @@ async def test_reconfigure_takes_a_new_password_typed_into_the_url(
     assert entry.data[CONF_STREAM_URL] == camera.rtsp_url
 
 
+async def test_reconfigure_takes_the_user_typed_into_the_url_too(
+    hass: HomeAssistant, camera: VirtualCamera
+) -> None:
+    """rtsp://user:pass@host/ names the account: the prefilled old username does not win."""
+    entry = make_entry(camera, snapshot=False)
+    entry.add_to_hass(hass)
+    hass.config_entries.async_update_entry(
+        entry, data={**entry.data, CONF_USERNAME: "olduser", CONF_PASSWORD: "old-password"}
+    )
+    result = await entry.start_reconfigure_flow(hass)
+    url = camera.rtsp_url.replace("rtsp://", f"rtsp://{CAM_USER}:{CAM_PASSWORD}@")
+    # As the frontend submits it: the stored username prefilled, the password empty.
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], {CONF_STREAM_URL: url, CONF_USERNAME: "olduser", CONF_VERIFY_SSL: True}
+    )
+    assert result["type"] is FlowResultType.ABORT, result.get("errors")
+    assert result["reason"] == "reconfigure_successful"
+    assert (entry.data[CONF_USERNAME], entry.data[CONF_PASSWORD]) == (CAM_USER, CAM_PASSWORD)
+    assert entry.data[CONF_STREAM_URL] == camera.rtsp_url
+
+
 async def test_reconfigure_new_url_keeps_identity(
     hass: HomeAssistant, camera: VirtualCamera, rtsp_only_camera: VirtualCamera
 ) -> None:

@@ -18,6 +18,7 @@ from homeassistant.config_entries import (
     SOURCE_DHCP,
     SOURCE_IGNORE,
     SOURCE_INTEGRATION_DISCOVERY,
+    SOURCE_REAUTH,
     SOURCE_RECONFIGURE,
     SOURCE_USER,
     SOURCE_ZEROCONF,
@@ -110,6 +111,12 @@ def _onvif_input(cam: VirtualCamera, **overrides: Any) -> dict[str, Any]:
 async def _reconfigure(hass: HomeAssistant, entry_id: str) -> Any:
     return await hass.config_entries.flow.async_init(
         DOMAIN, context={"source": SOURCE_RECONFIGURE, "entry_id": entry_id}
+    )
+
+
+async def _reauth(hass: HomeAssistant, entry_id: str) -> Any:
+    return await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_REAUTH, "entry_id": entry_id}
     )
 
 
@@ -281,6 +288,39 @@ async def test_reconfigure_onvif(hass: HomeAssistant, onvif_camera: VirtualCamer
         )
         assert result["type"] is FlowResultType.ABORT
         assert result["reason"] == "wrong_camera"
+
+
+async def test_reauth_of_an_onvif_camera_asks_the_device_who_it_is(
+    hass: HomeAssistant, onvif_camera: VirtualCamera
+) -> None:
+    """ONVIF entries: reauth checks the device's own identity; another device's saves nothing.
+
+    Over loopback the link shows no MAC, so only what the device reports over
+    ONVIF (serial, UUID, MAC) can tell it from another device at the address.
+    """
+    flow_id = await _onvif_form(hass)
+    result = await hass.config_entries.flow.async_configure(flow_id, _onvif_input(onvif_camera))
+    entry = result["result"]
+    await hass.async_block_till_done()
+    own = entry.data[CONF_IDENTITY]
+    credentials = {CONF_USERNAME: CAM_USER, CONF_PASSWORD: CAM_PASSWORD}
+    # The entry was made for another device (its serial): the camera answering is not it.
+    hass.config_entries.async_update_entry(
+        entry,
+        data={**entry.data, CONF_IDENTITY: {"serial": "ANOTHER"}, CONF_PASSWORD: "old-password"},
+    )
+    result = await _reauth(hass, entry.entry_id)
+    result = await hass.config_entries.flow.async_configure(result["flow_id"], credentials)
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "wrong_camera"
+    assert entry.data[CONF_PASSWORD] == "old-password"
+    # Its own device: the new credentials are saved.
+    hass.config_entries.async_update_entry(entry, data={**entry.data, CONF_IDENTITY: own})
+    result = await _reauth(hass, entry.entry_id)
+    result = await hass.config_entries.flow.async_configure(result["flow_id"], credentials)
+    assert result["reason"] == "reauth_successful"
+    assert entry.data[CONF_PASSWORD] == CAM_PASSWORD
+    await hass.async_block_till_done()
 
 
 async def test_scan_finds_cameras_by_unicast(

@@ -240,11 +240,19 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
                 CONF_USERNAME: user_input.get(CONF_USERNAME),
                 CONF_PASSWORD: user_input.get(CONF_PASSWORD),
             }
-            data, info = await self._async_test(candidate, entry.options, errors)
-            if data is not None and info is not None:
+            if entry.data.get(CONF_ONVIF):
+                # The device says who it is (serial, UUID, MAC) over ONVIF,
+                # where the link may show no MAC at all (routed, IPv6).
+                data = await self._async_test_onvif(candidate, entry.options, errors)
+                same = data is not None and _onvif_identity(entry, data) is not None
+            else:
+                data, info = await self._async_test(candidate, entry.options, errors)
+                data = data if info is not None else None
+                same = data is not None and _checked_identity(entry, data) is not None
+            if data is not None:
                 # Credentials are saved only for the camera they were typed
                 # for, never for another device that took its address.
-                if _checked_identity(entry, data) is None:
+                if not same:
                     return self.async_abort(reason="wrong_camera")
                 return self.async_update_reload_and_abort(
                     entry,
@@ -295,13 +303,11 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
             user_input = _keep_stored_password(user_input, entry)
             data = await self._async_test_onvif(user_input, entry.options, errors)
             if data is not None:
-                stored = Identity.from_dict(entry.data.get(CONF_IDENTITY))
-                observed = Identity.from_dict(data[CONF_IDENTITY])
-                if stored.known and not stored.confirms(observed):
+                if (identity := _onvif_identity(entry, data)) is None:
                     return self.async_abort(reason="wrong_camera")
                 data.pop("title")
                 data[CONF_CAMERA_ID] = entry.data[CONF_CAMERA_ID]
-                data[CONF_IDENTITY] = stored.merged(observed).as_dict()
+                data[CONF_IDENTITY] = identity.as_dict()
                 return self.async_update_reload_and_abort(entry, data_updates=data)
         return self._onvif_form(
             "reconfigure_onvif", _onvif_schema(), user_input or entry.data, errors
@@ -723,28 +729,48 @@ def _checked_identity(entry: LocalCamConfigEntry, data: Mapping[str, Any]) -> Id
     return stored.merged(observed)
 
 
-def _keep_stored_password(user_input: dict[str, Any], entry: LocalCamConfigEntry) -> dict[str, Any]:
-    """An empty password field keeps the stored password, for the same username only.
+def _onvif_identity(entry: LocalCamConfigEntry, data: Mapping[str, Any]) -> Identity | None:
+    """The entry's identity merged with what the ONVIF device at ``data`` reports.
 
-    Passwords are never sent back to the browser to prefill the form; a new
-    username is never tried with the old account's password; and a password
-    typed into a URL is the new one (the field would win over it).
+    None when the entry knows the device and no field it reports confirms it.
     """
-    if (
-        user_input.get(CONF_PASSWORD)
-        or any(_url_password(user_input.get(field)) for field in URL_FIELDS)
-        or user_input.get(CONF_USERNAME) != entry.data.get(CONF_USERNAME)
-    ):
-        return user_input
-    return {**user_input, CONF_PASSWORD: entry.data.get(CONF_PASSWORD)}
-
-
-def _url_password(url: str | None) -> str | None:
-    """The password typed into a URL, if any (an unparsable URL: none, its test says why)."""
-    try:
-        return split_credentials(str(url or "").strip())[2]
-    except InvalidUrlError:
+    stored = Identity.from_dict(entry.data.get(CONF_IDENTITY))
+    observed = Identity.from_dict(data[CONF_IDENTITY])
+    if stored.known and not stored.confirms(observed):
         return None
+    return stored.merged(observed)
+
+
+def _keep_stored_password(user_input: dict[str, Any], entry: LocalCamConfigEntry) -> dict[str, Any]:
+    """The credentials a reconfigure form means, its password field being empty.
+
+    Credentials typed into a URL are the new ones: they win over the username
+    field, which the form prefilled with the stored one. An empty password
+    keeps the stored password, for the same username only: passwords are
+    never sent back to the browser to prefill the form, and a new username is
+    never tried with the old account's password.
+    """
+    url_user, url_password = _url_credentials(user_input)
+    username = url_user or user_input.get(CONF_USERNAME)
+    password = user_input.get(CONF_PASSWORD) or url_password
+    if not password and username == entry.data.get(CONF_USERNAME):
+        password = entry.data.get(CONF_PASSWORD)
+    return {**user_input, CONF_USERNAME: username, CONF_PASSWORD: password}
+
+
+def _url_credentials(user_input: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """The user and password typed into the stream or snapshot URL, if any.
+
+    An unparsable URL has none here; its own test says why it is refused.
+    """
+    for field in URL_FIELDS:
+        try:
+            _, user, password = split_credentials(str(user_input.get(field) or "").strip())
+        except InvalidUrlError:
+            continue
+        if user or password:
+            return user, password
+    return None, None
 
 
 def _bracket(host: str) -> str:
