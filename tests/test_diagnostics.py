@@ -17,6 +17,7 @@ from syrupy.assertion import SnapshotAssertion
 from syrupy.matchers import path_type
 
 from custom_components.localcam.const import CONF_PROFILES, CONF_STREAM_URL, DOMAIN
+from custom_components.localcam.core.netpolicy import redact_url
 from custom_components.localcam.diagnostics import _scrub_password
 from virtualcam import Fault, VirtualCamera
 
@@ -139,6 +140,18 @@ def test_a_password_too_short_to_scrub_leaves_the_report_readable() -> None:
     ):
         entry = MockConfigEntry(domain=DOMAIN, data={CONF_PASSWORD: password})
         assert _scrub_password(report, entry) == expected  # type: ignore[arg-type]
+
+
+def test_a_password_is_masked_in_the_forms_urls_write_it() -> None:
+    """yarl keeps '!' and writes a space as %20 in a path, as + in a query value: all masked."""
+    password = "my pass!"
+    path = redact_url(f"rtsp://cam/admin/{password}/ch1")
+    assert path.endswith("/admin/my%20pass!/ch1")  # what a bare path segment becomes
+    report = {"stream_url": path, "profile_uri": "http://cam/onvif?pwd=my+pass!"}
+    entry = MockConfigEntry(domain=DOMAIN, data={CONF_PASSWORD: password})
+    scrubbed = json.dumps(_scrub_password(report, entry))  # type: ignore[arg-type]
+    assert "pass!" not in scrubbed
+    assert scrubbed.count("**REDACTED**") == 3  # the host, and the password twice
 
 
 async def test_diagnostics_of_an_entry_whose_camera_is_down(

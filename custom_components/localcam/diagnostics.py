@@ -9,6 +9,7 @@ from homeassistant.config_entries import ConfigEntryState
 from homeassistant.const import CONF_HOST, CONF_PASSWORD, CONF_USERNAME
 from homeassistant.core import HomeAssistant
 from homeassistant.helpers import device_registry as dr, entity_registry as er
+import yarl
 
 from .cast import async_cast_diagnostics
 from .const import (
@@ -163,7 +164,15 @@ def _scrub_password(report: dict[str, Any], entry: LocalCamConfigEntry) -> dict[
     password = entry.data.get(CONF_PASSWORD) or ""
     if len(password) < MIN_SCRUBBED_PASSWORD:
         return report
-    forms = {password, quote(password, safe=""), quote(password)}
+    forms = {
+        password,
+        quote(password, safe=""),
+        quote(password),
+        # As yarl writes it (redact_url keeps yarl's raw path and query):
+        # sub-delimiters such as ! $ ( ) stay, spaces become %20 or +.
+        yarl.URL.build(path="/" + password).raw_path[1:],
+        yarl.URL.build(query={"p": password}).raw_query_string[2:],
+    }
 
     def scrub(item: Any) -> Any:
         if isinstance(item, str):
