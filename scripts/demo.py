@@ -146,9 +146,20 @@ def prepare_config(
     _seed_storage(storage, "core.network", 1, {"configured_adapters": ["lo"]})
     custom = config_dir / "custom_components"
     custom.mkdir(exist_ok=True)
-    link = custom / "localcam"
-    if not link.exists():
-        link.symlink_to(ROOT / "custom_components" / "localcam")
+    link_into(custom / "localcam", ROOT / "custom_components" / "localcam")
+
+
+def link_into(link: Path, target: Path) -> None:
+    """Make ``link`` a symlink to ``target``, replacing one to anywhere else.
+
+    A config dir made by a checkout that has since moved holds a dangling link
+    (exists() is False, yet the name is taken), or one to the old checkout.
+    """
+    if link.is_symlink():
+        if link.readlink() == target:
+            return
+        link.unlink()
+    link.symlink_to(target)
 
 
 def port_in_use(port: int) -> bool:
@@ -362,9 +373,7 @@ def link_local_brands(config_dir: Path) -> None:
     brands.home-assistant.io when the frontend shows them; the stand-in
     serves local images only (see scripts/demo_brands/__init__.py).
     """
-    link = config_dir / "custom_components" / "brands"
-    if not link.exists():
-        link.symlink_to(ROOT / "scripts" / "demo_brands")
+    link_into(config_dir / "custom_components" / "brands", ROOT / "scripts" / "demo_brands")
 
 
 async def start_hass(

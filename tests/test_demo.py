@@ -105,6 +105,20 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def test_config_made_by_a_moved_checkout_is_relinked(tmp_path: Path) -> None:
+    """A --dir made before the checkout moved: its dangling links are replaced, not a crash."""
+    custom = tmp_path / "config" / "custom_components"
+    custom.mkdir(parents=True)
+    (custom / "localcam").symlink_to(tmp_path / "old-checkout" / "custom_components" / "localcam")
+    (custom / "brands").symlink_to(tmp_path / "old-checkout" / "scripts" / "demo_brands")
+    demo.prepare_config(tmp_path / "config", 28125)
+    demo.link_local_brands(tmp_path / "config")
+    assert (custom / "localcam").resolve() == (ROOT / "custom_components" / "localcam").resolve()
+    assert (custom / "brands").resolve() == (ROOT / "scripts" / "demo_brands").resolve()
+    demo.prepare_config(tmp_path / "config", 28125)  # and again: left as it is
+    assert (custom / "localcam").is_dir()
+
+
 @pytest.mark.hass_process
 async def test_demo_stops_its_children_on_sigterm_during_startup(
     socket_enabled: None, tmp_path: Path
