@@ -497,16 +497,17 @@ async def test_redirect_chain_of_four_refused(
     [
         pytest.param(
             f"http://203.0.113.9/steal?pwd={QUERY_SECRET}",
-            NotLocalError,
-            "public address 203.0.113.9",
+            InvalidUrlError,
+            "redirects to another host",
             id="public-literal",
         ),
         pytest.param(
-            "http://evil.example:8080/x", NotLocalError, "public address", id="public-name"
+            "http://evil.example:8080/x", InvalidUrlError, "another host", id="public-name"
         ),
-        pytest.param("http://169.254.169.254/latest/", NotLocalError, "cloud metadata", id="meta"),
-        pytest.param("http://[::ffff:203.0.113.9]/", NotLocalError, "public address", id="mapped"),
-        pytest.param("http://2130706433/", InvalidUrlError, "ambiguous numeric host", id="decimal"),
+        pytest.param("http://169.254.169.254/latest/", InvalidUrlError, "another host", id="meta"),
+        pytest.param("http://[::ffff:203.0.113.9]/", InvalidUrlError, "another host", id="mapped"),
+        pytest.param("http://2130706433/", InvalidUrlError, "another host", id="decimal"),
+        pytest.param("http://xn--/", InvalidUrlError, "another host", id="bad-idna"),
         pytest.param("ftp://127.0.0.1/x", InvalidUrlError, "scheme ftp", id="ftp"),
         pytest.param("rtsp://127.0.0.1/x", InvalidUrlError, "scheme rtsp", id="rtsp"),
         pytest.param("http://u:p@127.0.0.1/", InvalidUrlError, "credentials in URL", id="userinfo"),
@@ -516,17 +517,23 @@ async def test_redirect_chain_of_four_refused(
 async def test_redirect_checked_before_connecting(
     session: aiohttp.ClientSession,
     policy: NetPolicy,
+    resolver: FakeResolver,
     cam: Camera,
     traced: Traced,
     location: str,
     error: type[LocalCamError],
     reason: str,
 ) -> None:
-    """A redirect out of the LAN (or to a refused URL) fails before any connection to it."""
+    """A redirect out of the camera's host (or to a refused URL) fails before any connection.
+
+    Another host is refused before it is even looked up: the camera does not
+    get to make LocalCam resolve names of its choosing.
+    """
     cam.state.locations["out"] = location
     with pytest.raises(error, match=re.escape(reason)):
         await fetch(session, policy, cam.url("/go/out"))
     assert traced.urls == [f"http://127.0.0.1:{cam.port}/go/out"]
+    assert resolver.calls == []
 
 
 async def test_a_redirect_is_followed_only_within_the_camera_s_host() -> None:
@@ -554,12 +561,12 @@ async def test_a_redirect_is_followed_only_within_the_camera_s_host() -> None:
         "http://alias.lan/x",  # another name for the same address
     ):
         with pytest.raises(InvalidUrlError, match=r"redirects to another host \(HTTP 302\)"):
-            _same_host_hop(lan, await policy.check(url), 302)
+            await _same_host_hop(lan, yarl.URL(url), 302, policy)
     for url in ("https://cam.lan:8443/x", "http://cam.lan:8080/other.jpg?size=1"):
-        hop = _same_host_hop(lan, await policy.check(url), 302)
+        hop = await _same_host_hop(lan, yarl.URL(url), 302, policy)
         assert (hop.url, hop.host, hop.address) == (yarl.URL(url), "cam.lan", lan.address)
     here = await policy.check("http://127.0.0.1:8554/snap.jpg")
-    hop = _same_host_hop(here, await policy.check("http://127.0.0.1:8555/other.jpg"), 307)
+    hop = await _same_host_hop(here, yarl.URL("http://127.0.0.1:8555/other.jpg"), 307, policy)
     assert (hop.port, hop.address) == (8555, here.address)
 
 
@@ -879,6 +886,7 @@ async def _failing_calls(
         (cam.url(f"/hang{q}"), {"username": USER, "password": PASSWORD, "timeout": 0.2}),
         ("http://127.0.0.1:1/x" + q, {"username": USER, "password": PASSWORD}),
         ("http://nowhere.lan/x" + q, {"username": USER, "password": PASSWORD}),
+        ("http://203.0.113.9/x" + q, {"username": USER, "password": PASSWORD}),  # public
         (f"http://u:{PASSWORD}@127.0.0.1/x{q}", {}),
     ]
     errors: list[LocalCamError] = []

@@ -194,12 +194,14 @@ async def _follow(
             raise InvalidUrlError("invalid redirect location") from None
         # The redirect target is checked exactly like the original URL, before
         # any connection to it: a redirect is how a LAN host could bounce us out.
-        target = _same_host_hop(origin, await policy.check(next_url, schemes=HTTP_SCHEMES), status)
+        target = await _same_host_hop(origin, next_url, status, policy)
         _LOGGER.debug("Redirected (%s) to %s", status, display_url(target.url))
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _same_host_hop(origin: Target, hop: Target, status: int) -> Target:
+async def _same_host_hop(
+    origin: Target, next_url: yarl.URL, status: int, policy: NetPolicy
+) -> Target:
     """Follow a redirect only to the camera's own host, at the address checked for it.
 
     Another host (another LAN device, this machine's own services, even a
@@ -207,12 +209,23 @@ def _same_host_hop(origin: Target, hop: Target, status: int) -> Target:
     its picture would be served as this camera's. Another path, port or scheme
     of the same host is the camera's own. The hop keeps the origin's checked
     address: a second lookup of the same name (round-robin or flapping DNS)
-    must not move the connection to a device nobody checked.
+    must not move the connection to a device nobody checked. Another host is
+    refused before it is even looked up: the camera does not get to make
+    LocalCam resolve names of its choosing.
     """
-    pinned = origin.for_url(hop.url)
-    if pinned is None:
+    try:
+        same_host = next_url.host == origin.url.host
+    except ValueError, UnicodeError:  # an "xn--" label that is not valid IDNA
+        same_host = False
+    if not same_host:
         # Only the status: the Location may point anywhere, and is not repeated.
         raise InvalidUrlError(f"it redirects to another host (HTTP {status})")
+    # The camera's own host: its URL is still checked like the original one
+    # (scheme, credentials, port, where the name points now) before any
+    # connection, which then goes to the address checked for the origin.
+    await policy.check(next_url, schemes=HTTP_SCHEMES)
+    pinned = origin.for_url(next_url)
+    assert pinned is not None  # the same host, in a URL the policy accepted
     return pinned
 
 

@@ -126,7 +126,11 @@ class Target:
         parsed = _parse(url)
         if parsed.raw_user is not None or parsed.raw_password is not None:
             return None
-        if parsed.host != self.url.host or (port := _port_of(parsed)) is None:
+        try:
+            host = parsed.host
+        except ValueError, UnicodeError:
+            return None  # an "xn--" label that is not valid IDNA names no host of ours
+        if host != self.url.host or (port := _port_of(parsed)) is None:
             return None
         return replace(self, url=parsed.with_fragment(None), port=port)
 
