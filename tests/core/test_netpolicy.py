@@ -371,6 +371,7 @@ async def test_target_for_another_url_of_the_same_host(
     assert checked.for_url("rtsp://192.168.1.20/main") is None
     assert checked.for_url("rtsp://u:p@cam.lan/main") is None
     assert checked.for_url("ftp://cam.lan/main") is None
+    assert checked.for_url("rtsp://xn--/main") is None  # not valid IDNA: no host of ours
 
 
 async def test_target_repr_hides_query_values(policy: NetPolicy) -> None:
