@@ -298,7 +298,7 @@ def test_tcp_listeners_reads_only_the_process_own_listening_sockets(tmp_path: Pa
         tmp_path,
         tcp=[
             _row("0100007F:1FBB", "0A", 11),  # 127.0.0.1:8123, ours
-            _row("00000000:1FBB", "0A", 12),  # 0.0.0.0:8123, someone else's
+            _row("00000000:1FBB", "0A", 12),  # 0.0.0.0:8123, someone else's: outside
             _row("0100007F:D431", "01", 13),  # an established connection of ours
         ],
         tcp6=[_row("00000000000000000000000000000000:1FBB", "0A", 14)],  # [::]:8123, ours
@@ -311,7 +311,7 @@ def test_check_listeners_accepts_only_the_demo_address() -> None:
     """hass must listen on 127.0.0.1:port and nowhere else (not all interfaces, not absent)."""
     demo.check_listeners({("127.0.0.1", 8124)}, 8124)
     for listeners in (
-        {("0.0.0.0", 8123)},  # HA's default config: all interfaces
+        {("0.0.0.0", 8123)},  # HA's default config, all interfaces: refused
         {("127.0.0.1", 8124), ("::", 8124)},
         {("127.0.0.1", 8123)},  # another port
         set(),  # the answering server is not hass
@@ -333,7 +333,7 @@ def test_check_http_config_accepts_only_the_stored_loopback_config() -> None:
         good | {"active_config_type": "pending"},
         good | {"pending": {"server_port": 8124}},
         good | {"stable": {"server_port": 8124}},  # no server_host: all interfaces
-        good | {"stable": {"server_host": ["0.0.0.0"], "server_port": 8124}},
+        good | {"stable": {"server_host": ["0.0.0.0"], "server_port": 8124}},  # refused
         good | {"stable": {"server_host": ["127.0.0.1"], "server_port": 8123}},
     ):
         with pytest.raises(demo.NotLoopbackError):
