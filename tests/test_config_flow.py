@@ -110,7 +110,7 @@ async def test_camera_on_a_vpn_range_is_added_with_its_network_allowed(
     vpn = {CONF_STREAM_URL: "rtsp://100.64.0.5/stream", CONF_SNAPSHOT_URL: None}
     result = await hass.config_entries.flow.async_configure(flow_id, _input(camera, **vpn))
     assert result["errors"] == {CONF_STREAM_URL: "not_local"}
-    too_wide = _input(camera, **vpn, **{CONF_ALLOWED_NETWORKS: "0.0.0.0/0"})
+    too_wide = _input(camera, **vpn, **{CONF_ALLOWED_NETWORKS: "0.0.0.0/0"})  # refused
     result = await hass.config_entries.flow.async_configure(flow_id, too_wide)
     assert result["errors"] == {CONF_ALLOWED_NETWORKS: "invalid_networks"}
     assert result["description_placeholders"]["reason"]

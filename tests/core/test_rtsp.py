@@ -1015,8 +1015,10 @@ class ScriptedCamera:
             await self._server.wait_closed()
 
     def _sdp(self, base: str) -> bytes:
+        # The c= line is SDP's "any" connection address (as cameras send it over
+        # interleaved TCP): no packet goes there, it is outside the policy's concern.
         return (
-            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=x\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\n"
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=x\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\n"  # outside
             "a=control:*\r\n"
             "m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n"
             f"a=fmtp:96 packetization-mode=1;sprop-parameter-sets={self.sprop}\r\n"
