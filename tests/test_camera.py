@@ -514,16 +514,13 @@ async def test_a_still_never_comes_from_a_stream_left_on_the_old_address(
     """
     async with _moved_camera(hass) as (entity, moved, other):
         stream = entity.stream
-        provider = stream.add_provider("hls")  # someone is watching
-        try:
+        async with _watching(stream):
             snapshot = await entity.async_snapshot()
             assert _camera_index(snapshot.jpeg) == 0  # A's colour, never B's (5)
             assert snapshot.source.value == "rtsp_grab"
             assert "@127.0.0.2:" in stream.source
             assert moved.stats.play_sessions == 1
             assert other.stats.play_sessions == 0
-        finally:
-            await stream.remove_provider(provider)
 
 
 async def test_a_health_check_points_the_stream_at_the_camera_s_new_address(
@@ -548,6 +545,16 @@ async def test_a_health_check_points_the_stream_at_the_camera_s_new_address(
         await _until(lambda: moved.stats.active_play_sessions == 0)
 
 
+@asynccontextmanager
+async def _watching(stream: Stream) -> AsyncIterator[None]:
+    """Someone watches the stream (an HLS output, its worker not started) for the block."""
+    provider = stream.add_provider("hls")
+    try:
+        yield
+    finally:
+        await stream.remove_provider(provider)
+
+
 def _flapping_dns() -> Any:
     """The moved camera's name answers its new address once, then the old one (B's now)."""
     answers = iter(["127.0.0.2"])
@@ -569,15 +576,12 @@ async def test_a_stream_check_pins_the_stream_to_the_address_it_checked(
     """
     async with _moved_camera(hass) as (entity, _moved, other):
         stream = entity.stream
-        provider = stream.add_provider("hls")  # someone is watching
-        try:
+        async with _watching(stream):
             with _flapping_dns():
                 stream._async_update_state(False)  # the worker reports a drop: a check runs
                 await _until(lambda: entity._auth_check is None)  # type: ignore[attr-defined]
             assert "@127.0.0.2:" in stream.source  # where the check found A
             assert other.stats.play_sessions == 0
-        finally:
-            await stream.remove_provider(provider)
 
 
 async def test_a_health_check_pins_the_stream_to_the_address_it_checked(
