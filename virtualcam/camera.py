@@ -89,6 +89,9 @@ class CameraConfig:
     # WS-Discovery responder on host:port (None: none; 0: pick a free port).
     wsdiscovery_port: int | None = None
     scope_mix: str = "streaming"  # see virtualcam.wsdiscovery.ScopeMix
+    # Where Fault.REDIRECT and Fault.REDIRECT_PLAYERS send RTSP clients (None: a loopback
+    # port where nothing listens). Tests point it at another virtual camera.
+    redirect_location: str | None = None
 
 
 class Fault(StrEnum):
@@ -114,6 +117,10 @@ class Fault(StrEnum):
     # RTSP only: DESCRIBE answers 302 with a Location on a loopback port where nothing
     # listens (a camera sending its clients elsewhere; a client that follows finds nothing).
     REDIRECT = "redirect"
+    # RTSP only: the same, but only for FFmpeg's DESCRIBE (User-Agent "Lavf..."); other
+    # clients (LocalCam's own health check) are served normally. A camera that passes a
+    # check but sends its players elsewhere.
+    REDIRECT_PLAYERS = "redirect_players"
 
     @classmethod
     def parse(cls, value: Fault | str | None) -> Fault | None:

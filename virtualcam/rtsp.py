@@ -297,8 +297,13 @@ class _Connection:
         if not self._path_ok(request):
             self.respond(request, 404)
             return
-        if self.camera.fault is Fault.REDIRECT:
-            self.respond(request, 302, {"Location": REDIRECT_LOCATION})
+        fault = self.camera.fault
+        if fault is Fault.REDIRECT or (
+            fault is Fault.REDIRECT_PLAYERS
+            and request.headers.get("user-agent", "").startswith("Lavf")
+        ):
+            location = self.camera.config.redirect_location or REDIRECT_LOCATION
+            self.respond(request, 302, {"Location": location})
             return
         if not self._authorized(request):
             return
