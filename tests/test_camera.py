@@ -21,6 +21,7 @@ import pytest
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 from pytest_homeassistant_custom_component.typing import ClientSessionGenerator
 import pytest_socket
+import yarl
 
 from custom_components.localcam.const import (
     CONF_CAMERA_ID,
@@ -91,13 +92,56 @@ async def _running_stream(
             await stream.remove_provider(provider)
 
 
+def _relayed_to(entity: Any, url: str) -> str:
+    """The checked address (``host:port``) a stream URL's loopback relay connects to."""
+    relayed = entity._client.guard.relayed_to(url)
+    assert relayed is not None, "not a URL of this camera's relay"
+    return f"{relayed[0]}:{relayed[1]}"
+
+
 async def test_stream_source_is_pinned_with_credentials(
     hass: HomeAssistant, camera: VirtualCamera
 ) -> None:
-    """stream_source() gives HA's stream the checked address with credentials."""
+    """stream_source() gives HA's stream a relay to the checked address, with credentials."""
     entity_id = await _entity_id(hass, camera)
     source = await async_get_stream_source(hass, entity_id)
-    assert source == (f"rtsp://{CAM_USER}:{CAM_PASSWORD}@127.0.0.1:{camera.rtsp_port}/stream")
+    assert source is not None
+    url = yarl.URL(source)
+    assert (url.user, url.password, url.host, url.path) == (
+        CAM_USER,
+        CAM_PASSWORD,
+        "127.0.0.1",
+        "/stream",
+    )
+    assert url.port != camera.rtsp_port  # FFmpeg is never handed the camera itself
+    entity = get_camera_from_entity_id(hass, entity_id)
+    assert _relayed_to(entity, source) == f"127.0.0.1:{camera.rtsp_port}"
+
+
+async def test_ha_s_stream_never_follows_a_camera_that_sends_it_elsewhere(
+    hass: HomeAssistant, rtsp_only_camera: VirtualCamera
+) -> None:
+    """The camera answers LocalCam's checks but redirects FFmpeg to another camera.
+
+    HA's own stream worker (FFmpeg) would follow the redirect and play the
+    other camera under this one's name; through the relay it is refused and
+    the other camera is never even connected to.
+    """
+    other = VirtualCamera(
+        CameraConfig(name="other", color=color_for(5), width=320, height=180, http_snapshot=False)
+    )
+    await other.start()
+    try:
+        rtsp_only_camera.config.redirect_location = other.rtsp_url
+        rtsp_only_camera.fault = Fault.REDIRECT_PLAYERS
+        entity_id = await _entity_id(hass, rtsp_only_camera, snapshot=False)
+        entity = get_camera_from_entity_id(hass, entity_id)
+        async with _running_stream(hass, entity_id, rtsp_only_camera, wait_playing=False):
+            await _until(lambda: entity._client.guard.refusals >= 1)  # type: ignore[attr-defined]
+            assert other.stats.rtsp_connections == 0
+            assert rtsp_only_camera.stats.active_play_sessions == 0
+    finally:
+        await other.stop()
 
 
 async def test_still_from_snapshot_url(hass: HomeAssistant, camera: VirtualCamera) -> None:
@@ -482,7 +526,7 @@ async def _moved_camera(
         try:
             stream = await entity.async_create_stream()
             assert stream is not None
-            assert "@127.0.0.1:" in stream.source
+            assert _relayed_to(entity, stream.source).startswith("127.0.0.1:")
             await a.stop()
             moved = VirtualCamera(config(0, "127.0.0.2", a.rtsp_port))
             other = VirtualCamera(config(5, "127.0.0.1", a.rtsp_port))
@@ -518,7 +562,7 @@ async def test_a_still_never_comes_from_a_stream_left_on_the_old_address(
             snapshot = await entity.async_snapshot()
             assert _camera_index(snapshot.jpeg) == 0  # A's colour, never B's (5)
             assert snapshot.source.value == "rtsp_grab"
-            assert "@127.0.0.2:" in stream.source
+            assert _relayed_to(entity, stream.source).startswith("127.0.0.2:")
             assert moved.stats.play_sessions == 1
             assert other.stats.play_sessions == 0
 
@@ -532,7 +576,7 @@ async def test_a_health_check_points_the_stream_at_the_camera_s_new_address(
         await hass.async_block_till_done()
         assert entity.coordinator.last_update_success
         stream = entity.stream
-        assert "@127.0.0.2:" in stream.source
+        assert _relayed_to(entity, stream.source).startswith("127.0.0.2:")
         # And a viewer opening it now gets the same stream, on the new address;
         # when the viewer leaves, HA's own stop ends it (no restart left pending).
         assert await entity.async_create_stream() is stream
@@ -580,7 +624,8 @@ async def test_a_stream_check_pins_the_stream_to_the_address_it_checked(
             with _flapping_dns():
                 stream._async_update_state(False)  # the worker reports a drop: a check runs
                 await _until(lambda: entity._auth_check is None)  # type: ignore[attr-defined]
-            assert "@127.0.0.2:" in stream.source  # where the check found A
+            # Where the check found A.
+            assert _relayed_to(entity, stream.source).startswith("127.0.0.2:")
             assert other.stats.play_sessions == 0
 
 
@@ -593,7 +638,7 @@ async def test_a_health_check_pins_the_stream_to_the_address_it_checked(
             await entity.coordinator.async_refresh()
             await hass.async_block_till_done()
         assert entity.coordinator.last_update_success
-        assert "@127.0.0.2:" in entity.stream.source
+        assert _relayed_to(entity, entity.stream.source).startswith("127.0.0.2:")
 
 
 async def test_a_grabbed_still_comes_from_the_address_that_was_checked(
@@ -656,7 +701,7 @@ async def test_an_unload_right_after_the_stream_followed_its_camera_ends_it(
         await _until(lambda: other.stats.play_sessions == 1)
         # A viewer opens it: it follows A (update_source), and at once the entry unloads.
         assert await entity.async_create_stream() is stream
-        assert "@127.0.0.2:" in stream.source
+        assert _relayed_to(entity, stream.source).startswith("127.0.0.2:")
         async with asyncio.timeout(30):
             assert await hass.config_entries.async_unload(entity.coordinator.config_entry.entry_id)
         await _until(

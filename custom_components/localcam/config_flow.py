@@ -1,6 +1,7 @@
 """Config flow for LocalCam: add a camera by URL, reconfigure, reauth, options."""
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from ipaddress import ip_address
 from typing import Any, override
 
@@ -66,7 +67,7 @@ from .core.errors import (
 )
 from .core.identity import Identity, IdentityMismatchError, neighbour_mac, normalize_mac
 from .core.models import CameraSource, RtspTransport, StreamInfo
-from .core.netpolicy import normalized_identity, parse_networks, split_credentials
+from .core.netpolicy import NetPolicy, normalized_identity, parse_networks, split_credentials
 from .core.onvif import read_device
 from .core.snapshot import SNAPSHOT_SCHEMES, STREAM_SCHEMES, CameraClient
 from .core.wsdiscovery import DiscoveredDevice, unicast_range
@@ -344,6 +345,15 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
             return None
         return {CONF_ALLOWED_NETWORKS: networks} if networks else {}
 
+    @asynccontextmanager
+    async def _client(self, policy: NetPolicy, source: CameraSource) -> AsyncIterator[CameraClient]:
+        """A camera client for one test, closed after it (its RTSP relay included)."""
+        client = CameraClient(async_get_clientsession(self.hass), policy, source)
+        try:
+            yield client
+        finally:
+            await client.close()
+
     async def _async_test_onvif(
         self,
         user_input: Mapping[str, Any],
@@ -378,8 +388,8 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
                     options.get(CONF_RTSP_TRANSPORT, DEFAULT_RTSP_TRANSPORT)
                 ),
             )
-            client = CameraClient(async_get_clientsession(self.hass), policy, source)
-            info = await client.probe(PROBE_TIMEOUT)
+            async with self._client(policy, source) as client:
+                info = await client.probe(PROBE_TIMEOUT)
         except InvalidUrlError as err:
             # invalid_url's text is about stream and snapshot URLs, not a host.
             errors[CONF_HOST] = "invalid_host"
@@ -650,13 +660,13 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
                     options.get(CONF_RTSP_TRANSPORT, DEFAULT_RTSP_TRANSPORT)
                 ),
             )
-            client = CameraClient(async_get_clientsession(self.hass), policy, source)
-            info = await client.probe(PROBE_TIMEOUT)
-            target = await client.stream_target()
-            mac = await self.hass.async_add_executor_job(neighbour_mac, target.address)
-            if snapshot_url is not None:
-                field = CONF_SNAPSHOT_URL
-                await client.fetch_snapshot(timeout=SNAPSHOT_TIMEOUT)
+            async with self._client(policy, source) as client:
+                info = await client.probe(PROBE_TIMEOUT)
+                target = await client.stream_target()
+                mac = await self.hass.async_add_executor_job(neighbour_mac, target.address)
+                if snapshot_url is not None:
+                    field = CONF_SNAPSHOT_URL
+                    await client.fetch_snapshot(timeout=SNAPSHOT_TIMEOUT)
         except (InvalidUrlError, NotLocalError) as err:
             errors[field] = err.translation_key
             self._placeholders = dict(err.placeholders)

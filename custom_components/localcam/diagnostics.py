@@ -118,6 +118,8 @@ def _entry_diagnostics(hass: HomeAssistant, entry: LocalCamConfigEntry) -> dict[
                     "active": stream.client.grabber.active,
                     "sessions_opened": stream.client.grabber.sessions_opened,
                 },
+                # FFmpeg's loopback relay: sessions refused are redirects it stopped.
+                "rtsp_relay": stream.client.guard.as_dict(),
             }
             for profile, stream in runtime.streams.items()
         },

@@ -27,12 +27,14 @@ from .errors import (
     CameraTimeoutError,
     CannotConnectError,
     InvalidImageError,
+    LocalCamError,
     ReplyTooLargeError,
 )
 from .identity import Identity, neighbour_mac
 from .models import CameraSource, Snapshot, SnapshotSource, StreamInfo
 from .netpolicy import NetPolicy, Target
 from .rtsp import RtspAuthMemory, WarmGrabber, async_grab_keyframe, describe
+from .rtsp_guard import RtspGuard
 
 STREAM_SCHEMES: Final = frozenset({"rtsp", "rtsps"})
 # How long a one-shot RTSP session stays open after a still, so a burst of
@@ -70,6 +72,9 @@ class CameraClient:
         self.policy = policy
         self.source = source
         self.grabber = WarmGrabber(transport=source.rtsp_transport, linger=WARM_LINGER)
+        # FFmpeg (the grabber's and Home Assistant's stream) reaches the camera
+        # only through this loopback relay: it follows no redirect elsewhere.
+        self.guard = RtspGuard()
         # One camera, one auth scheme: later stills answer its challenge at once.
         self._auth_memory = http.AuthMemory()
         # Likewise its RTSP challenge: a health check is then one DESCRIBE.
@@ -85,8 +90,9 @@ class CameraClient:
         self.reuse_within = 0.0
 
     async def close(self) -> None:
-        """Close the warm RTSP session, if any (entry unload)."""
+        """Close the warm RTSP session, if any, and the relay (entry unload, flow end)."""
         await self.grabber.close()
+        await self.guard.close()
 
     async def stream_target(self) -> Target:
         """Check the stream URL against the policy and pin its address."""
@@ -97,8 +103,12 @@ class CameraClient:
         return self.pinned_url(await self.stream_target())
 
     def pinned_url(self, target: Target) -> str:
-        """The stream URL aimed at a checked target, with credentials (secret)."""
-        return target.pinned_url(self.source.username, self.source.password)
+        """FFmpeg's URL for a checked target, with credentials (secret).
+
+        For ``rtsp://`` it is the guard's loopback relay to exactly that
+        address (one per address, so a new address is a new URL).
+        """
+        return self.guard.url(target, self.source.username, self.source.password)
 
     def pinned_url_at(self, checked: Target) -> str | None:
         """The stream URL aimed at an address checked for its host (secret), else None.
@@ -113,10 +123,23 @@ class CameraClient:
     async def probe(self, timeout: float) -> StreamInfo:
         """Test before configure: decode the first video frame of the stream."""
         url = await self.stream_url()
-        frame = await async_grab_keyframe(
-            url, transport=self.source.rtsp_transport, timeout=timeout, encode=False
-        )
+        started = time.monotonic()
+        try:
+            frame = await async_grab_keyframe(
+                url, transport=self.source.rtsp_transport, timeout=timeout, encode=False
+            )
+        except LocalCamError as err:
+            self._raise_refusal(err, started)
+            raise
         return frame.info
+
+    def _raise_refusal(self, err: LocalCamError, started: float) -> None:
+        """Raise the redirect the guard refused during a failed FFmpeg session, if any.
+
+        FFmpeg only sees the guard's 502 and ends; the guard knows why.
+        """
+        if (refused := self.guard.refused_since(started)) is not None:
+            raise refused from err
 
     async def check_health(self, timeout: float = 5.0) -> Target:
         """One light DESCRIBE: reachable, authorised, serving video, same device.
@@ -246,11 +269,16 @@ class CameraClient:
         if keyframe is not None and (image := await keyframe(pinned)) is not None:
             kind, received = SnapshotSource.STREAM_KEYFRAME, time.monotonic()
         else:
-            frame = await self.grabber.grab(
-                pinned,
-                timeout=max(timeout - 0.5, 1.0),
-                fresh_within=self.reuse_within,
-            )
+            started = time.monotonic()
+            try:
+                frame = await self.grabber.grab(
+                    pinned,
+                    timeout=max(timeout - 0.5, 1.0),
+                    fresh_within=self.reuse_within,
+                )
+            except LocalCamError as err:
+                self._raise_refusal(err, started)
+                raise
             image, kind, received = frame.jpeg, SnapshotSource.RTSP_GRAB, frame.received_at
         return _Raw(image, None, kind, received, target.address, target.host)
 

@@ -1,0 +1,379 @@
+"""A loopback relay that keeps FFmpeg's RTSP sessions on the address LocalCam checked.
+
+FFmpeg (LocalCam's still grabs through PyAV, and Home Assistant's stream
+worker) follows an RTSP redirect (3xx) to wherever it points, without asking,
+and has no option to refuse one. With UDP transport it also sends its RTCP and
+NAT-punch packets to whatever ``source=`` the camera's SETUP reply names. So a
+camera, or a device that took its address, could send FFmpeg to another host,
+and LocalCam would serve that host's frames as this camera's.
+
+This module closes that gap for plain ``rtsp://``: FFmpeg is given a URL on
+127.0.0.1, and the relay behind it connects only to the checked address.
+Everything the client sends is copied unchanged (its own credentials and
+Digest answers included, so the relay never holds a secret of its own).
+Everything the camera sends is parsed message by message:
+
+- interleaved RTP/RTCP (``$`` frames) is copied as it is;
+- an RTSP reply with a 3xx status, or a server ``REDIRECT`` request, is
+  refused: FFmpeg gets ``502`` instead, the connection closes, the refusal is
+  recorded (``refused_since``) and reported (``on_refused``);
+- a ``Transport`` header's ``source=`` is replaced by the checked address, so
+  FFmpeg's UDP packets go to the camera and nowhere else;
+- a head or body beyond the caps below ends the connection.
+
+Which layer guarantees what: ``netpolicy`` checked the address; this relay
+guarantees FFmpeg talks to nothing else over RTSP. ``rtsps://`` is end-to-end
+TLS, which a relay cannot read: it is not relayed (see the README).
+"""
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address
+import logging
+import socket
+import time
+from typing import Final
+from urllib.parse import quote
+
+import yarl
+
+from .errors import RedirectedError
+from .netpolicy import Target
+
+_LOGGER = logging.getLogger(__name__)
+
+# Only plain RTSP is relayed: rtsps is TLS end to end (see the module docstring).
+RELAYED_SCHEMES: Final = frozenset({"rtsp"})
+# A reply or request head larger than this is not RTSP (a real one is < 4 KiB).
+MAX_HEAD: Final = 64 * 1024
+# An RTSP body is an SDP or a parameter list; a few KiB in practice.
+MAX_BODY: Final = 1024 * 1024
+CONNECT_TIMEOUT: Final = 5.0
+# Addresses kept per camera (a camera that moves gets a new listener; the
+# oldest is closed beyond this, with its connections).
+MAX_LISTENERS: Final = 4
+# Concurrent sessions per listener: HA's stream, a warm grab, a probe, and
+# room for a restart overlapping the old session.
+MAX_CONNECTIONS: Final = 8
+READ_SIZE: Final = 64 * 1024
+_BACKLOG: Final = 8
+
+type RefusalCallback = Callable[[RedirectedError], None]
+
+
+class _RefusedError(Exception):
+    """The camera sent something the relay does not pass on."""
+
+    def __init__(self, reason: str, redirect: int | None = None) -> None:
+        super().__init__(reason)
+        self.redirect = redirect  # the refused redirect's status
+
+
+def _status_of(start_line: bytes) -> int | None:
+    """The status code of an ``RTSP/1.0 NNN reason`` line, else None (a request)."""
+    if not start_line.startswith(b"RTSP/"):
+        return None
+    parts = start_line.split(None, 2)
+    if len(parts) < 2 or not parts[1].isdigit():
+        raise _RefusedError("malformed status line")
+    return int(parts[1])
+
+
+def _rewrite_transport(value: str, address: str) -> str:
+    """Point every transport spec's ``source`` at the checked address.
+
+    FFmpeg sends its UDP punch and RTCP packets to ``source`` when a reply
+    names one, else to the URL's host (here 127.0.0.1, where the camera is
+    not): naming the checked address keeps UDP working and on that device.
+    Interleaved (TCP) specs carry no address and are left as they are.
+    """
+    specs = []
+    for spec in value.split(","):
+        params = [p for p in spec.split(";") if not p.strip().lower().startswith("source=")]
+        if "/tcp" not in params[0].lower():
+            params.append(f"source={address}")
+        specs.append(";".join(params))
+    return ",".join(specs)
+
+
+@dataclass(slots=True)
+class ReplyFilter:
+    """Parse what the camera sends, message by message; pass, rewrite or refuse it."""
+
+    address: str
+    _buffer: bytearray = field(default_factory=bytearray)
+    _left: int = 0  # bytes of the current body or $ frame still to pass unread
+
+    def feed(self, data: bytes) -> bytes:
+        """Return what may go to the client now; raise _RefusedError to end the session."""
+        buf = self._buffer
+        buf += data
+        out = bytearray()
+        pos = 0
+        end = len(buf)
+        while pos < end:
+            if self._left:
+                take = min(self._left, end - pos)
+                out += buf[pos : pos + take]
+                pos += take
+                self._left -= take
+                continue
+            if buf[pos] == 0x24:  # "$": channel, 16-bit length, RTP/RTCP payload
+                if end - pos < 4:
+                    break
+                out += buf[pos : pos + 4]
+                self._left = int.from_bytes(buf[pos + 2 : pos + 4])
+                pos += 4
+                continue
+            head_end = buf.find(b"\r\n\r\n", pos, pos + MAX_HEAD + 4)
+            if head_end < 0:
+                if end - pos > MAX_HEAD:
+                    raise _RefusedError("a message head beyond the size cap")
+                break
+            head, body = self._check(bytes(buf[pos : head_end + 4]))
+            out += head
+            pos = head_end + 4
+            self._left = body
+        del buf[:pos]
+        return bytes(out)
+
+    def _check(self, head: bytes) -> tuple[bytes, int]:
+        """Check one message head; return it (maybe rewritten) and its body length."""
+        lines = head[:-4].split(b"\r\n")
+        status = _status_of(lines[0])
+        if status is None and lines[0].split(b" ", 1)[0].upper() == b"REDIRECT":
+            raise _RefusedError("a REDIRECT request", 302)
+        if status is not None and 300 <= status < 400:
+            raise _RefusedError(f"a {status} redirect", status)
+        length = 0
+        rewritten = False
+        for index, line in enumerate(lines[1:], start=1):
+            name, sep, value = line.partition(b":")
+            if not sep:
+                continue
+            key = name.strip().lower()
+            if key == b"content-length":
+                text = value.strip()
+                if not text.isdigit() or int(text) > MAX_BODY:
+                    raise _RefusedError("a body length beyond the cap")
+                length = int(text)
+            elif key == b"transport" and status is not None:
+                new = _rewrite_transport(value.strip().decode("latin-1"), self.address)
+                lines[index] = name + b": " + new.encode("latin-1")
+                rewritten = True
+        if rewritten:
+            head = b"\r\n".join(lines) + b"\r\n\r\n"
+        return head, length
+
+
+def _refusal_reply(head_cseq: bytes | None) -> bytes:
+    """The reply FFmpeg gets instead of a refused one: it names LocalCam in HA's log."""
+    cseq = b"CSeq: " + head_cseq + b"\r\n" if head_cseq else b""
+    return b"RTSP/1.0 502 Redirect refused by LocalCam\r\n" + cseq + b"\r\n"
+
+
+def _cseq_of(data: bytes) -> bytes | None:
+    """The CSeq of the last request the client sent (what a refusal answers)."""
+    found = None
+    for line in data.split(b"\r\n"):
+        name, sep, value = line.partition(b":")
+        if sep and name.strip().lower() == b"cseq" and value.strip().isdigit():
+            found = value.strip()
+    return found
+
+
+class _Listener:
+    """One loopback port relaying to one checked address."""
+
+    def __init__(self, guard: RtspGuard, address: IPv4Address | IPv6Address, port: int) -> None:
+        self.guard = guard
+        self.address = address
+        self.port = port
+        # Bound now (synchronously), so the URL is known at once; connections
+        # wait in the backlog until serving starts a moment later.
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            self.sock.bind(("127.0.0.1", 0))
+            self.sock.listen(_BACKLOG)
+            self.sock.setblocking(False)
+        except OSError:
+            self.sock.close()
+            raise
+        self.local_port: int = self.sock.getsockname()[1]
+        self.warned = False
+        self.server: asyncio.Server | None = None
+        self.sessions: set[asyncio.Task[None]] = set()
+        self.started = asyncio.get_running_loop().create_task(self._start())
+
+    async def _start(self) -> None:
+        self.server = await asyncio.start_server(self._accept, sock=self.sock)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Relay one client session, bounded by MAX_CONNECTIONS."""
+        task = asyncio.current_task()
+        if task is None or len(self.sessions) >= MAX_CONNECTIONS:
+            writer.transport.abort()
+            return
+        self.sessions.add(task)
+        try:
+            await self._relay(reader, writer)
+        except OSError as err:  # either side reset or broke the connection: the session ends
+            _LOGGER.debug("Relay to %s:%s ended: %r", self.address, self.port, err)
+        finally:
+            self.sessions.discard(task)
+            writer.transport.abort()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                up_reader, up_writer = await asyncio.open_connection(str(self.address), self.port)
+        except (OSError, TimeoutError) as err:
+            _LOGGER.debug("Relay to %s:%s: cannot connect (%s)", self.address, self.port, err)
+            return
+        last_request = bytearray()
+        try:
+            to_camera = asyncio.create_task(self._copy(reader, up_writer, last_request))
+            to_client = asyncio.create_task(self._filter(up_reader, writer, last_request))
+            done, pending = await asyncio.wait(
+                (to_camera, to_client), return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            for task in done:
+                task.result()
+        finally:
+            up_writer.transport.abort()
+
+    async def _copy(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, last: bytearray
+    ) -> None:
+        """Client to camera: copied unchanged; the latest chunk is kept for its CSeq."""
+        while data := await reader.read(READ_SIZE):
+            if data[:1] != b"$":
+                last[:] = data[-4096:]
+            writer.write(data)
+            await writer.drain()
+
+    async def _filter(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, last: bytearray
+    ) -> None:
+        """Camera to client, through the ReplyFilter."""
+        check = ReplyFilter(str(self.address))
+        while data := await reader.read(READ_SIZE):
+            try:
+                passed = check.feed(data)
+            except _RefusedError as err:
+                writer.write(_refusal_reply(_cseq_of(bytes(last))))
+                await writer.drain()
+                self.guard.refused(self, str(err), err.redirect)
+                return
+            if passed:
+                writer.write(passed)
+                await writer.drain()
+
+    async def close(self) -> None:
+        """Stop accepting and end every relayed session."""
+        # Not cancelled: start_server has registered the socket with the loop
+        # before its last await, and only the Server it returns unregisters it
+        # (a socket closed while registered leaves a stale entry in the
+        # selector, which breaks the next socket to get its number).
+        await asyncio.gather(self.started, return_exceptions=True)
+        if self.server is not None:
+            self.server.close()
+        self.sock.close()
+        for task in list(self.sessions):
+            task.cancel()
+        await asyncio.gather(*self.sessions, return_exceptions=True)
+
+
+class RtspGuard:
+    """The loopback relays of one camera, one per checked address (bounded)."""
+
+    def __init__(self, on_refused: RefusalCallback | None = None) -> None:
+        """Start with no listener; ``on_refused`` hears of every refused redirect."""
+        self._listeners: OrderedDict[tuple[str, int], _Listener] = OrderedDict()
+        self._closing: set[asyncio.Task[None]] = set()
+        self.on_refused = on_refused
+        self.refusals = 0
+        self._last_refusal: tuple[float, int] | None = None
+
+    def url(self, target: Target, username: str | None, password: str | None) -> str:
+        """FFmpeg's URL for ``target``: its own path and query, on a loopback relay (secret).
+
+        Other schemes (rtsps) are returned pinned to the address, unrelayed.
+        """
+        if target.url.scheme not in RELAYED_SCHEMES:
+            return target.pinned_url(username, password)
+        key = (str(target.address), target.port)
+        listener = self._listeners.get(key)
+        if listener is None:
+            listener = _Listener(self, target.address, target.port)
+            self._listeners[key] = listener
+            while len(self._listeners) > MAX_LISTENERS:
+                _, oldest = self._listeners.popitem(last=False)
+                task = asyncio.get_running_loop().create_task(oldest.close())
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+        else:
+            self._listeners.move_to_end(key)
+        userinfo = ""
+        if username is not None or password is not None:
+            userinfo = quote(username or "", safe="")
+            if password is not None:
+                userinfo += ":" + quote(password, safe="")
+            userinfo += "@"
+        return f"rtsp://{userinfo}127.0.0.1:{listener.local_port}{target.url.raw_path_qs}"
+
+    def as_dict(self) -> dict[str, int]:
+        """Counters for diagnostics (no addresses: diagnostics redact hosts)."""
+        return {
+            "relays": len(self._listeners),
+            "sessions": sum(len(listener.sessions) for listener in self._listeners.values()),
+            "sessions_refused": self.refusals,
+        }
+
+    def relayed_to(self, url: str) -> tuple[IPv4Address | IPv6Address, int] | None:
+        """The checked address and port a URL from ``url()`` relays to, if still open."""
+        try:
+            parsed = yarl.URL(url)
+        except ValueError:
+            return None
+        if parsed.host != "127.0.0.1":
+            return None
+        for listener in self._listeners.values():
+            if listener.local_port == parsed.port:
+                return listener.address, listener.port
+        return None
+
+    def refused(self, listener: _Listener, reason: str, redirect: int | None) -> None:
+        """Record and report a refused session (called by a listener)."""
+        self.refusals += 1
+        # FFmpeg retries (HA's stream with backoff): one warning per address.
+        log = _LOGGER.debug if listener.warned else _LOGGER.warning
+        listener.warned = True
+        log(
+            "The camera at %s sent %s; LocalCam refused it, so its stream goes nowhere else",
+            listener.address,
+            reason,
+        )
+        if redirect is not None:
+            self._last_refusal = (time.monotonic(), redirect)
+            if self.on_refused is not None:
+                self.on_refused(RedirectedError(redirect))
+
+    def refused_since(self, since: float) -> RedirectedError | None:
+        """The redirect refused at or after ``since`` (monotonic), if any."""
+        if self._last_refusal is not None and self._last_refusal[0] >= since:
+            return RedirectedError(self._last_refusal[1])
+        return None
+
+    async def close(self) -> None:
+        """Close every listener and its sessions (the camera's unload)."""
+        listeners = list(self._listeners.values())
+        self._listeners.clear()
+        await asyncio.gather(
+            *(listener.close() for listener in listeners), *self._closing, return_exceptions=True
+        )

@@ -1,0 +1,336 @@
+"""core.rtsp_guard: FFmpeg reaches the checked address and nothing else.
+
+The filter is tested on byte streams; the relay against the virtual camera
+and tiny scripted servers, all on 127.0.0.1.
+"""
+
+import asyncio
+from collections.abc import AsyncIterator
+import contextlib
+from contextlib import asynccontextmanager
+import io
+import random
+import socket
+
+import aiohttp
+from PIL import Image
+import pytest
+import yarl
+
+from custom_components.localcam.core import rtsp_guard
+from custom_components.localcam.core.errors import RedirectedError
+from custom_components.localcam.core.models import CameraSource, RtspTransport
+from custom_components.localcam.core.netpolicy import NetPolicy
+from custom_components.localcam.core.rtsp import async_grab_keyframe
+from custom_components.localcam.core.rtsp_guard import ReplyFilter, RtspGuard
+from custom_components.localcam.core.snapshot import CameraClient
+from virtualcam import CameraConfig, Fault, VirtualCamera, color_for, nearest_camera
+
+USER, PASSWORD = "cam", "pw-guard-3"
+ADDRESS = "192.168.1.20"
+
+
+def _frame(channel: int, payload: bytes) -> bytes:
+    return b"$" + bytes([channel]) + len(payload).to_bytes(2) + payload
+
+
+def _feed_in_pieces(data: bytes, seed: int) -> bytes:
+    """Feed ``data`` to a fresh filter in random pieces (1 to 300 bytes); return the output."""
+    rng = random.Random(seed)
+    check = ReplyFilter(ADDRESS)
+    out = bytearray()
+    pos = 0
+    while pos < len(data):
+        step = rng.randint(1, 300)
+        out += check.feed(data[pos : pos + step])
+        pos += step
+    return bytes(out)
+
+
+def test_the_filter_passes_replies_and_interleaved_frames_byte_for_byte() -> None:
+    """Frames whose payloads look like RTSP, a reply with a body, split anywhere: all unchanged."""
+    sdp = b"v=0\r\n\r\nm=video 0 RTP/AVP 96\r\n"
+    stream = (
+        b"RTSP/1.0 200 OK\r\nCSeq: 2\r\nContent-Type: application/sdp\r\n"
+        b"Content-Length: "
+        + str(len(sdp)).encode()
+        + b"\r\n\r\n"
+        + sdp
+        # Payloads that would be refused if read as messages: only lengths count.
+        + _frame(0, b"RTSP/1.0 302 Found\r\nLocation: rtsp://x/\r\n\r\n")
+        + _frame(1, b"\x00" * 1400)
+        + b"RTSP/1.0 200 OK\r\nCSeq: 5\r\nSession: 1\r\n\r\n"
+        + _frame(0, bytes(range(256)) * 200)
+    )
+    for seed in range(20):
+        assert _feed_in_pieces(stream, seed) == stream
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 305, 307, 308, 399])
+def test_the_filter_refuses_a_redirect_reply(status: int) -> None:
+    """Any 3xx (what FFmpeg follows) ends the session; the status is kept for the error."""
+    check = ReplyFilter(ADDRESS)
+    with pytest.raises(rtsp_guard._RefusedError) as caught:
+        check.feed(
+            f"RTSP/1.0 {status} Moved\r\nCSeq: 2\r\nLocation: rtsp://10.1.1.1/\r\n\r\n".encode()
+        )
+    assert caught.value.redirect == status
+
+
+def test_the_filter_refuses_a_server_redirect_request_and_passes_other_requests() -> None:
+    """RTSP's server-to-client REDIRECT is refused; a server's GET_PARAMETER is not."""
+    check = ReplyFilter(ADDRESS)
+    request = b"GET_PARAMETER rtsp://cam/ RTSP/1.0\r\nCSeq: 1\r\n\r\n"
+    assert check.feed(request) == request
+    with pytest.raises(rtsp_guard._RefusedError) as caught:
+        check.feed(b"REDIRECT rtsp://cam/ RTSP/1.0\r\nCSeq: 2\r\nLocation: rtsp://x/\r\n\r\n")
+    assert caught.value.redirect == 302
+
+
+def test_the_filter_points_udp_packets_at_the_checked_address() -> None:
+    """A UDP spec's source= becomes the checked address (added where missing); TCP stays."""
+    check = ReplyFilter(ADDRESS)
+    out = check.feed(
+        b"RTSP/1.0 200 OK\r\nCSeq: 3\r\n"
+        b"transport: RTP/AVP;unicast;client_port=5000-5001;source=203.0.113.9;"
+        b"server_port=6970-6971,RTP/AVP;unicast;client_port=5002-5003\r\n\r\n"
+    )
+    assert out == (
+        b"RTSP/1.0 200 OK\r\nCSeq: 3\r\n"
+        b"transport: RTP/AVP;unicast;client_port=5000-5001;server_port=6970-6971;"
+        b"source=192.168.1.20,RTP/AVP;unicast;client_port=5002-5003;source=192.168.1.20\r\n\r\n"
+    )
+    tcp = b"RTSP/1.0 200 OK\r\nCSeq: 3\r\nTransport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n\r\n"
+    assert check.feed(tcp) == tcp
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"RTSP/1.0 200 OK\r\n" + b"X: " + b"a" * rtsp_guard.MAX_HEAD,
+        b"RTSP/1.0 200 OK\r\nContent-Length: 99999999\r\n\r\n",
+        b"RTSP/1.0 200 OK\r\nContent-Length: -5\r\n\r\n",
+        b"RTSP/1.0 OK\r\n\r\n",
+    ],
+    ids=["endless-head", "huge-body", "bad-length", "bad-status"],
+)
+def test_the_filter_refuses_what_is_not_rtsp(data: bytes) -> None:
+    """An endless head, an oversized or malformed length, a status line without a code."""
+    with pytest.raises(rtsp_guard._RefusedError):
+        ReplyFilter(ADDRESS).feed(data)
+
+
+@pytest.fixture
+async def two_cams(socket_enabled: None) -> AsyncIterator[tuple[VirtualCamera, VirtualCamera]]:
+    """Camera 0, whose players may be sent to camera 5 (which asks for no credentials)."""
+    other = VirtualCamera(
+        CameraConfig(
+            name="c5",
+            color=color_for(5),
+            width=320,
+            height=180,
+            http_snapshot=False,
+        )
+    )
+    await other.start()
+    cam = VirtualCamera(
+        CameraConfig(
+            name="c0",
+            color=color_for(0),
+            username=USER,
+            password=PASSWORD,
+            width=320,
+            height=180,
+            http_snapshot=False,
+            redirect_location=other.rtsp_url,
+        )
+    )
+    await cam.start()
+    yield cam, other
+    await cam.stop()
+    await other.stop()
+
+
+def _colour(jpeg: bytes) -> int:
+    image = Image.open(io.BytesIO(jpeg)).convert("RGB")
+    pixel = image.getpixel((image.width // 2, image.height // 2))
+    assert isinstance(pixel, tuple)
+    return nearest_camera((pixel[0], pixel[1], pixel[2]), [color_for(i) for i in range(64)])
+
+
+@asynccontextmanager
+async def _client(
+    cam: VirtualCamera, transport: RtspTransport = RtspTransport.TCP
+) -> AsyncIterator[CameraClient]:
+    """LocalCam's client for an RTSP-only camera (stills are grabbed by FFmpeg)."""
+    source = CameraSource(
+        camera_id="cam_main",
+        stream_url=cam.rtsp_url,
+        username=USER,
+        password=PASSWORD,
+        rtsp_transport=transport,
+    )
+    async with aiohttp.ClientSession() as session:
+        client = CameraClient(session, NetPolicy(), source)
+        try:
+            yield client
+        finally:
+            await client.close()
+
+
+@pytest.mark.parametrize("transport", list(RtspTransport))
+async def test_stills_are_grabbed_through_the_relay_over_tcp_and_udp(
+    two_cams: tuple[VirtualCamera, VirtualCamera], transport: RtspTransport
+) -> None:
+    """FFmpeg is handed a loopback relay URL, not the camera's, and gets the camera's frames."""
+    cam, _ = two_cams
+    async with _client(cam, transport) as client:
+        url = yarl.URL(await client.stream_url())
+        camera = yarl.URL(cam.rtsp_url)
+        assert (url.host, url.path) == ("127.0.0.1", camera.path)
+        assert url.port != camera.port
+        assert (url.user, url.password) == (USER, PASSWORD)
+        snapshot = await client.fetch_snapshot(timeout=8)
+        assert _colour(snapshot.jpeg) == 0
+        assert cam.stats.rtsp_connections >= 1
+
+
+async def test_a_camera_that_sends_ffmpeg_elsewhere_gets_an_error_not_that_frame(
+    two_cams: tuple[VirtualCamera, VirtualCamera],
+) -> None:
+    """Camera 0 passes checks but redirects FFmpeg to camera 5: no still, a RedirectedError.
+
+    Without the relay FFmpeg follows the redirect and camera 5's frame is
+    served as camera 0's (shown first, on the pinned URL itself).
+    """
+    cam, other = two_cams
+    cam.fault = Fault.REDIRECT_PLAYERS
+    direct = (await NetPolicy().check(cam.rtsp_url)).pinned_url(USER, PASSWORD)
+    followed = await async_grab_keyframe(direct, timeout=5)
+    assert _colour(followed.jpeg) == 5  # what FFmpeg does on its own
+    before = other.stats.rtsp_connections
+    async with _client(cam) as client:
+        with pytest.raises(RedirectedError):
+            await client.fetch_snapshot(timeout=5)
+        with pytest.raises(RedirectedError):
+            await client.probe(5)
+        assert client.guard.refusals == 2
+    assert other.stats.rtsp_connections == before
+    cam.fault = None
+    async with _client(cam) as client:
+        assert _colour((await client.fetch_snapshot(timeout=8)).jpeg) == 0
+
+
+async def _rtsp_options(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+    """Connect to a relay port and ask OPTIONS; return the stream and the reply head."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"OPTIONS rtsp://127.0.0.1/stream RTSP/1.0\r\nCSeq: 1\r\n\r\n")
+    async with asyncio.timeout(5):
+        head = await reader.readuntil(b"\r\n\r\n")
+    return reader, writer, head
+
+
+async def test_close_ends_relayed_sessions_and_stops_listening(
+    two_cams: tuple[VirtualCamera, VirtualCamera],
+) -> None:
+    """Unload: a session in progress ends at once and the port takes no new one."""
+    cam, _ = two_cams
+    guard = RtspGuard()
+    target = await NetPolicy().check(cam.rtsp_url)
+    port = yarl.URL(guard.url(target, None, None)).port
+    assert port is not None
+    reader, writer, head = await _rtsp_options(port)
+    assert head.startswith(b"RTSP/1.0 200")
+    await guard.close()
+    async with asyncio.timeout(2):
+        assert await reader.read() == b""
+    writer.close()
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection("127.0.0.1", port)
+
+
+async def test_listeners_and_sessions_are_bounded(socket_enabled: None) -> None:
+    """At most MAX_LISTENERS addresses per camera and MAX_CONNECTIONS sessions per address."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while await reader.readuntil(b"\r\n\r\n"):
+                writer.write(b"RTSP/1.0 200 OK\r\nCSeq: 1\r\n\r\n")
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    cam_port = server.sockets[0].getsockname()[1]
+    guard = RtspGuard()
+    try:
+        # Six addresses (ports stand in for them: only the last is ever connected to).
+        targets = [
+            await NetPolicy().check(f"rtsp://127.0.0.1:{port}/s")
+            for port in (1001, 1002, 1003, 1004, 1005, cam_port)
+        ]
+        ports = [yarl.URL(guard.url(t, None, None)).port for t in targets]
+        assert len(set(ports)) == 6
+        # Asked again, the newest addresses keep their port; the two oldest were closed.
+        assert yarl.URL(guard.url(targets[-1], None, None)).port == ports[-1]
+        await asyncio.sleep(0.1)
+        for port in ports[:2]:
+            assert port is not None
+            with pytest.raises(ConnectionRefusedError):
+                await asyncio.open_connection("127.0.0.1", port)
+        port = ports[-1]
+        assert port is not None
+        sessions = [await _rtsp_options(port) for _ in range(rtsp_guard.MAX_CONNECTIONS)]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        async with asyncio.timeout(2):
+            assert await reader.read() == b""  # one more is turned away
+        writer.close()
+        for _, session_writer, _ in sessions:
+            session_writer.close()
+    finally:
+        await guard.close()
+        server.close()
+
+
+async def test_a_camera_that_is_not_there_ends_the_session(socket_enabled: None) -> None:
+    """Nothing listens at the checked address: FFmpeg's connection is closed, nothing hangs."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    guard = RtspGuard()
+    try:
+        target = await NetPolicy().check(f"rtsp://127.0.0.1:{free}/s")
+        port = yarl.URL(guard.url(target, None, None)).port
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        async with asyncio.timeout(rtsp_guard.CONNECT_TIMEOUT + 1):
+            assert await reader.read() == b""
+        writer.close()
+    finally:
+        await guard.close()
+
+
+async def test_a_refused_redirect_answers_ffmpeg_with_502_and_is_reported(
+    socket_enabled: None,
+) -> None:
+    """FFmpeg's DESCRIBE gets LocalCam's 502 with its own CSeq; on_refused hears the status."""
+
+    async def redirect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"RTSP/1.0 301 Moved\r\nCSeq: 7\r\nLocation: rtsp://10.0.0.9/\r\n\r\n")
+        with contextlib.suppress(ConnectionError):
+            await reader.read()
+
+    server = await asyncio.start_server(redirect, "127.0.0.1", 0)
+    heard: list[RedirectedError] = []
+    guard = RtspGuard(on_refused=heard.append)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        target = await NetPolicy().check(f"rtsp://127.0.0.1:{port}/s")
+        relay = yarl.URL(guard.url(target, None, None)).port
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay)
+        writer.write(b"DESCRIBE rtsp://127.0.0.1/s RTSP/1.0\r\nCSeq: 7\r\n\r\n")
+        async with asyncio.timeout(5):
+            reply = await reader.read()
+        assert reply == b"RTSP/1.0 502 Redirect refused by LocalCam\r\nCSeq: 7\r\n\r\n"
+        writer.close()
+        assert [err.placeholders for err in heard] == [{"status": "301"}]
+    finally:
+        await guard.close()
+        server.close()
