@@ -87,8 +87,61 @@ def test_the_filter_refuses_a_server_redirect_request_and_passes_other_requests(
     assert caught.value.redirect == 302
 
 
+@pytest.mark.parametrize(
+    "stream",
+    [
+        # FFmpeg skips spaces before the first word, drops every "\r" and takes atoi()
+        # of the status, overflow included (4294967598 wraps to 302 in its int).
+        b" RTSP/1.0 302 Found\r\nLocation: rtsp://x/\r\n\r\n",
+        b"RTSP/1.0 3\r02 Found\r\nLocation: rtsp://x/\r\n\r\n",
+        b"RTSP/1.0\t302x\nLocation: rtsp://x/\n\n",
+        b"RTSP/1.0 4294967598 Found\r\nLocation: rtsp://x/\r\n\r\n",
+        # FFmpeg reads no length from " Content-Length:" (not at the line's start):
+        # the 302 after it is a message, not a body to pass unread.
+        b"RTSP/1.0 200 OK\r\n Content-Length: 40\r\n\r\n"
+        b"RTSP/1.0 302 Found\r\nLocation: rtsp://x/\r\n\r\n",
+        # "\r" before "$" still starts a frame for FFmpeg: the payload (which looks
+        # like a head with a length) is skipped, and the 302 after it is read.
+        b"\r"
+        + _frame(0, b"RTSP/1.0 200 OK\r\nContent-Length: 50\r\n\r\n")
+        + b"RTSP/1.0 302 Found\r\nLocation: rtsp://x/\r\n\r\n",
+        # Lengths wrap in FFmpeg's int as well: no body, then a body of 5 bytes.
+        b"RTSP/1.0 200 OK\r\nContent-Length: 4294967296000\r\n\r\n"
+        b"RTSP/1.0 302 Found\r\nLocation: rtsp://x/\r\n\r\n",
+        b"RTSP/1.0 200 OK\r\nContent-Length: 4294967301\r\n\r\nabcde"
+        b"RTSP/1.0 302 Found\r\nLocation: rtsp://x/\r\n\r\n",
+    ],
+    ids=[
+        "leading-space",
+        "cr-in-status",
+        "bare-lf",
+        "int-overflow",
+        "spaced-length",
+        "cr-frame",
+        "length-wraps-to-0",
+        "length-wraps-to-5",
+    ],
+)
+def test_the_filter_reads_messages_as_ffmpeg_does(stream: bytes) -> None:
+    """Every way FFmpeg's own parser would see a redirect is refused here too, split anywhere."""
+    for seed in range(10):
+        with pytest.raises(rtsp_guard._RefusedError):
+            _feed_in_pieces(stream, seed)
+
+
+def test_the_filter_passes_a_camera_that_ends_lines_with_lf_only() -> None:
+    """Bare "\n" line ends are RTSP to FFmpeg, so a camera sending them keeps working."""
+    stream = (
+        b"RTSP/1.0 200 OK\nCSeq: 2\nContent-Length: 6\n\nv=0\n\n"
+        + _frame(0, b"\x80" * 20)
+        + b"RTSP/1.0 200 OK\nCSeq: 3\n\n"
+    )
+    for seed in range(10):
+        assert _feed_in_pieces(stream, seed) == stream
+
+
 def test_the_filter_points_udp_packets_at_the_checked_address() -> None:
-    """A UDP spec's source= becomes the checked address (added where missing); TCP stays."""
+    """Every spec's source= becomes the checked address (FFmpeg ignores it for TCP)."""
     check = ReplyFilter(ADDRESS)
     out = check.feed(
         b"RTSP/1.0 200 OK\r\nCSeq: 3\r\n"
@@ -97,11 +150,12 @@ def test_the_filter_points_udp_packets_at_the_checked_address() -> None:
     )
     assert out == (
         b"RTSP/1.0 200 OK\r\nCSeq: 3\r\n"
-        b"transport: RTP/AVP;unicast;client_port=5000-5001;server_port=6970-6971;"
+        b"Transport: RTP/AVP;unicast;client_port=5000-5001;server_port=6970-6971;"
         b"source=192.168.1.20,RTP/AVP;unicast;client_port=5002-5003;source=192.168.1.20\r\n\r\n"
     )
-    tcp = b"RTSP/1.0 200 OK\r\nCSeq: 3\r\nTransport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n\r\n"
-    assert check.feed(tcp) == tcp
+    # FFmpeg skips a "/" before a parameter name: "/source" is a source to it.
+    out = check.feed(b"RTSP/1.0 200 OK\r\nTransport: RTP/AVP;/source=203.0.113.9;ssrc=1\r\n\r\n")
+    assert out == b"RTSP/1.0 200 OK\r\nTransport: RTP/AVP;ssrc=1;source=192.168.1.20\r\n\r\n"
 
 
 @pytest.mark.parametrize(
@@ -109,13 +163,13 @@ def test_the_filter_points_udp_packets_at_the_checked_address() -> None:
     [
         b"RTSP/1.0 200 OK\r\n" + b"X: " + b"a" * rtsp_guard.MAX_HEAD,
         b"RTSP/1.0 200 OK\r\nContent-Length: 99999999\r\n\r\n",
-        b"RTSP/1.0 200 OK\r\nContent-Length: -5\r\n\r\n",
-        b"RTSP/1.0 OK\r\n\r\n",
+        b"RTSP/1.0 200 OK\r\nX: " + b"a" * 5000 + b"\r\n\r\n",
+        b"\r" * 5000,
     ],
-    ids=["endless-head", "huge-body", "bad-length", "bad-status"],
+    ids=["endless-head", "huge-body", "long-line", "endless-cr"],
 )
 def test_the_filter_refuses_what_is_not_rtsp(data: bytes) -> None:
-    """An endless head, an oversized or malformed length, a status line without a code."""
+    """An endless head, an oversized body, a line FFmpeg would cut short, endless CRs."""
     with pytest.raises(rtsp_guard._RefusedError):
         ReplyFilter(ADDRESS).feed(data)
 

@@ -71,36 +71,99 @@ class _RefusedError(Exception):
         self.redirect = redirect  # the refused redirect's status
 
 
+# FFmpeg's SPACE_CHARS (what get_word skips and stops at) and C's isspace (what atoi
+# and strtol skip).
+_FF_SPACE: Final = b" \t\r\n"
+_C_SPACE: Final = b" \t\n\v\f\r"
+# FFmpeg reads a line into a 4096-byte buffer and drops what does not fit; a longer
+# line would be read differently here and there, so it ends the session.
+MAX_LINE: Final = 4000
+
+
+def _c_int(text: bytes) -> int:
+    """C's ``(int)strtol(text, NULL, 10)`` on a 64-bit machine (atoi, FFmpeg's lengths).
+
+    Emulated exactly, overflow included: "4294967598" is 302 to FFmpeg.
+    """
+    text = text.lstrip(_C_SPACE)
+    sign = -1 if text[:1] == b"-" else 1
+    if text[:1] in (b"-", b"+"):
+        text = text[1:]
+    digits = len(text) - len(text.lstrip(b"0123456789"))
+    value = sign * int(text[:digits]) if digits else 0
+    value = max(-(2**63), min(2**63 - 1, value))  # strtol clamps to long
+    return (value + 2**31) % 2**32 - 2**31  # and the int it is stored in wraps
+
+
+def _word(line: bytes, pos: int) -> tuple[bytes, int]:
+    """FFmpeg's get_word: skip SPACE_CHARS, then read up to the next one."""
+    while pos < len(line) and line[pos] in _FF_SPACE:
+        pos += 1
+    start = pos
+    while pos < len(line) and line[pos] not in _FF_SPACE:
+        pos += 1
+    return line[start:pos], pos
+
+
 def _status_of(start_line: bytes) -> int | None:
-    """The status code of an ``RTSP/1.0 NNN reason`` line, else None (a request)."""
-    if not start_line.startswith(b"RTSP/"):
+    """The status FFmpeg reads from a message's first line; None for a request.
+
+    As ``ff_rtsp_read_reply``: the first word starting ``RTSP/`` makes it a
+    reply, and the status is ``atoi`` of the second word.
+    """
+    first, pos = _word(start_line, 0)
+    if not first.startswith(b"RTSP/"):
         return None
-    parts = start_line.split(None, 2)
-    if len(parts) < 2 or not parts[1].isdigit():
-        raise _RefusedError("malformed status line")
-    return int(parts[1])
+    return _c_int(_word(start_line, pos)[0])
+
+
+def _is_source_param(param: str) -> bool:
+    """Whether FFmpeg reads this Transport parameter as ``source`` (any case here)."""
+    # get_word_sep skips one leading "/", then SPACE_CHARS; the name ends at "=".
+    name = param.removeprefix("/").lstrip(" \t").split("=", 1)[0]
+    return name.lower() == "source"
 
 
 def _rewrite_transport(value: str, address: str) -> str:
-    """Point every transport spec's ``source`` at the checked address.
+    """Make the checked address every transport spec's last (so winning) ``source``.
 
     FFmpeg sends its UDP punch and RTCP packets to ``source`` when a reply
     names one, else to the URL's host (here 127.0.0.1, where the camera is
     not): naming the checked address keeps UDP working and on that device.
-    Interleaved (TCP) specs carry no address and are left as they are.
+    Every parameter FFmpeg could read as a source is dropped first; with
+    interleaved (TCP) transport FFmpeg ignores ``source`` altogether.
     """
     specs = []
     for spec in value.split(","):
-        params = [p for p in spec.split(";") if not p.strip().lower().startswith("source=")]
-        if "/tcp" not in params[0].lower():
-            params.append(f"source={address}")
+        params = [p for p in spec.split(";") if not _is_source_param(p)]
+        params.append(f"source={address}")
         specs.append(";".join(params))
     return ",".join(specs)
 
 
+def _head_end(buf: bytearray, pos: int, end: int) -> int:
+    """Where a message head that starts at ``pos`` ends (after its blank line), or -1.
+
+    As FFmpeg reads it: lines end at LF, every CR is dropped, and the
+    first line that is then empty ends the head.
+    """
+    limit = min(end, pos + MAX_HEAD)
+    line = pos
+    while (newline := buf.find(b"\n", line, limit)) >= 0:
+        if not buf[line:newline].replace(b"\r", b""):
+            return newline + 1
+        line = newline + 1
+    return -1
+
+
 @dataclass(slots=True)
 class ReplyFilter:
-    """Parse what the camera sends, message by message; pass, rewrite or refuse it."""
+    """Read what the camera sends as FFmpeg will, message by message; pass, rewrite or refuse.
+
+    The framing must be FFmpeg's own (``ff_rtsp_read_reply``,
+    ``ff_rtsp_skip_packet``): a message this filter read differently could
+    hide a redirect inside what it took for a body or a frame.
+    """
 
     address: str
     _buffer: bytearray = field(default_factory=bytearray)
@@ -120,52 +183,60 @@ class ReplyFilter:
                 pos += take
                 self._left -= take
                 continue
-            if buf[pos] == 0x24:  # "$": channel, 16-bit length, RTP/RTCP payload
-                if end - pos < 4:
+            # FFmpeg drops "\r" before it looks for the "$" of an interleaved frame.
+            first = pos
+            while first < end and buf[first] == 0x0D:
+                first += 1
+            if first - pos > MAX_LINE:
+                raise _RefusedError("a line beyond the size cap")
+            if first == end:
+                break
+            if buf[first] == 0x24:  # "$": channel, 16-bit length, RTP/RTCP payload
+                if end - first < 4:
                     break
-                out += buf[pos : pos + 4]
-                self._left = int.from_bytes(buf[pos + 2 : pos + 4])
-                pos += 4
+                out += buf[pos : first + 4]
+                self._left = int.from_bytes(buf[first + 2 : first + 4])
+                pos = first + 4
                 continue
-            head_end = buf.find(b"\r\n\r\n", pos, pos + MAX_HEAD + 4)
+            head_end = _head_end(buf, pos, end)
             if head_end < 0:
-                if end - pos > MAX_HEAD:
+                if end - pos >= MAX_HEAD:
                     raise _RefusedError("a message head beyond the size cap")
                 break
-            head, body = self._check(bytes(buf[pos : head_end + 4]))
+            head, body = self._check(bytes(buf[pos:head_end]))
             out += head
-            pos = head_end + 4
+            pos = head_end
             self._left = body
         del buf[:pos]
         return bytes(out)
 
     def _check(self, head: bytes) -> tuple[bytes, int]:
         """Check one message head; return it (maybe rewritten) and its body length."""
-        lines = head[:-4].split(b"\r\n")
+        raw_lines = head.split(b"\n")
+        lines = [line.replace(b"\r", b"") for line in raw_lines]
+        if any(len(line) > MAX_LINE for line in raw_lines):
+            raise _RefusedError("a line beyond the size cap")
         status = _status_of(lines[0])
-        if status is None and lines[0].split(b" ", 1)[0].upper() == b"REDIRECT":
+        if status is None and _word(lines[0], 0)[0].upper() == b"REDIRECT":
             raise _RefusedError("a REDIRECT request", 302)
         if status is not None and 300 <= status < 400:
             raise _RefusedError(f"a {status} redirect", status)
         length = 0
         rewritten = False
         for index, line in enumerate(lines[1:], start=1):
-            name, sep, value = line.partition(b":")
-            if not sep:
-                continue
-            key = name.strip().lower()
-            if key == b"content-length":
-                text = value.strip()
-                if not text.isdigit() or int(text) > MAX_BODY:
-                    raise _RefusedError("a body length beyond the cap")
-                length = int(text)
-            elif key == b"transport" and status is not None:
-                new = _rewrite_transport(value.strip().decode("latin-1"), self.address)
-                lines[index] = name + b": " + new.encode("latin-1")
+            lower = line.lower()
+            # av_stristart: the name at the very start of the line, any case.
+            if lower.startswith(b"content-length:"):
+                length = _c_int(line[15:])  # the last one wins, as in FFmpeg
+            elif lower.startswith(b"transport:"):
+                new = _rewrite_transport(line[10:].strip().decode("latin-1"), self.address)
+                raw_lines[index] = b"Transport: " + new.encode("latin-1") + b"\r"
                 rewritten = True
+        if length > MAX_BODY:
+            raise _RefusedError("a body length beyond the cap")
         if rewritten:
-            head = b"\r\n".join(lines) + b"\r\n\r\n"
-        return head, length
+            head = b"\n".join(raw_lines)
+        return head, max(length, 0)
 
 
 def _refusal_reply(head_cseq: bytes | None) -> bytes:
@@ -223,7 +294,10 @@ class _Listener:
             _LOGGER.debug("Relay to %s:%s ended: %r", self.address, self.port, err)
         finally:
             self.sessions.discard(task)
-            writer.transport.abort()
+            if writer.transport.get_write_buffer_size():
+                writer.transport.abort()  # FFmpeg reads no more: drop what it did not take
+            else:
+                writer.close()  # a FIN after the last reply (the 502 of a refusal)
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
