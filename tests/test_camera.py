@@ -124,8 +124,8 @@ async def test_ha_s_stream_never_follows_a_camera_that_sends_it_elsewhere(
     """The camera answers LocalCam's checks but redirects FFmpeg to another camera.
 
     HA's own stream worker (FFmpeg) would follow the redirect and play the
-    other camera under this one's name; through the relay it is refused and
-    the other camera is never even connected to.
+    other camera under this one's name; through the relay it is refused, the
+    other camera is never even connected to, and the stream is stopped.
     """
     other = VirtualCamera(
         CameraConfig(name="other", color=color_for(5), width=320, height=180, http_snapshot=False)
@@ -136,8 +136,15 @@ async def test_ha_s_stream_never_follows_a_camera_that_sends_it_elsewhere(
         rtsp_only_camera.fault = Fault.REDIRECT_PLAYERS
         entity_id = await _entity_id(hass, rtsp_only_camera, snapshot=False)
         entity = get_camera_from_entity_id(hass, entity_id)
-        async with _running_stream(hass, entity_id, rtsp_only_camera, wait_playing=False):
+        async with _running_stream(hass, entity_id, rtsp_only_camera, wait_playing=False) as stream:
             await _until(lambda: entity._client.guard.refusals >= 1)  # type: ignore[attr-defined]
+            # Stopped rather than left to reconnect into the refusal, and shown
+            # unavailable (the camera's own health check would call it healthy).
+            await _until(lambda: not stream.outputs())
+            await hass.async_block_till_done()
+            state = hass.states.get(entity_id)
+            assert state is not None
+            assert state.state == "unavailable"
             assert other.stats.rtsp_connections == 0
             assert rtsp_only_camera.stats.active_play_sessions == 0
     finally:

@@ -11,6 +11,7 @@ from homeassistant.components.stream import CONF_RTSP_TRANSPORT as STREAM_RTSP_T
 from homeassistant.core import HomeAssistant, callback
 from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
+from homeassistant.helpers.update_coordinator import UpdateFailed
 
 from .const import CONF_PROFILES, DOMAIN, LOGGER
 from .core.errors import InvalidAuthError, LocalCamError, RedirectedError
@@ -116,9 +117,11 @@ class LocalCamCamera(LocalCamEntity, Camera):
         """Let stills use this entity's running stream; undo on removal."""
         await super().async_added_to_hass()
         self._client.keyframe_provider = self._async_stream_keyframe
+        self._client.guard.on_refused = self._async_redirect_refused
 
         def _detach() -> None:
             self._client.keyframe_provider = None
+            self._client.guard.on_refused = None
 
         self.async_on_remove(_detach)
 
@@ -259,6 +262,34 @@ class LocalCamCamera(LocalCamEntity, Camera):
         )
         if not task.done():  # an eagerly finished check has already cleared _auth_check
             self._auth_check = task
+
+    @callback
+    def _async_redirect_refused(self, err: RedirectedError) -> None:
+        """The relay refused a redirect sent to FFmpeg: stop the stream, show unavailable.
+
+        The camera answers LocalCam's own check normally but sends its players
+        elsewhere, so the health check alone would keep calling it healthy and
+        HA's worker would keep reconnecting into the refusal. Unavailable
+        until the next health check; a still fails on its own (the grab
+        gets the same refusal).
+        """
+        if self._removed:
+            return
+        self.coordinator.config_entry.async_create_background_task(
+            self.hass, self._async_stop_redirected(err), f"{DOMAIN} redirect {self.entity_id}"
+        )
+
+    async def _async_stop_redirected(self, err: RedirectedError) -> None:
+        """Stop the stream a camera redirected, and mark the camera unavailable."""
+        if (stream := self.stream) is not None and stream.outputs():
+            await _async_stop_stream(stream)
+        self.coordinator.async_set_update_error(
+            UpdateFailed(
+                translation_domain=DOMAIN,
+                translation_key=f"health_{err.translation_key}",
+                translation_placeholders=err.placeholders,
+            )
+        )
 
     async def _async_check_stream_peer(self) -> None:
         """A 401 starts reauth; another device at the address stops the stream."""

@@ -18,7 +18,7 @@ import pytest
 import yarl
 
 from custom_components.localcam.core import rtsp_guard
-from custom_components.localcam.core.errors import RedirectedError
+from custom_components.localcam.core.errors import CannotConnectError, RedirectedError
 from custom_components.localcam.core.models import CameraSource, RtspTransport
 from custom_components.localcam.core.netpolicy import NetPolicy
 from custom_components.localcam.core.rtsp import async_grab_keyframe
@@ -105,6 +105,13 @@ def test_the_filter_refuses_a_server_redirect_request_and_passes_other_requests(
         b"\r"
         + _frame(0, b"RTSP/1.0 200 OK\r\nContent-Length: 50\r\n\r\n")
         + b"RTSP/1.0 302 Found\r\nLocation: rtsp://x/\r\n\r\n",
+        # A "$" starting a later line of a head is a frame to FFmpeg too (CRs dropped):
+        # "\r\n\r" is then its header, and its length hides a decoy with a body
+        # that would cover the 302 (found by review, reproduced against FFmpeg).
+        b"RTSP/1.0 200 OK\r\nCSeq: 1\r\n$\r\n\r\n"
+        + b"RTSP/1.0 200 OK\r\nContent-Length: 2573\r\n\r\n"
+        + b"x" * 2500
+        + b"\r\nRTSP/1.0 302 Found\r\nCSeq: 2\r\nLocation: rtsp://x/\r\n\r\n",
         # Lengths wrap in FFmpeg's int as well: no body, then a body of 5 bytes.
         b"RTSP/1.0 200 OK\r\nContent-Length: 4294967296000\r\n\r\n"
         b"RTSP/1.0 302 Found\r\nLocation: rtsp://x/\r\n\r\n",
@@ -118,6 +125,7 @@ def test_the_filter_refuses_a_server_redirect_request_and_passes_other_requests(
         "int-overflow",
         "spaced-length",
         "cr-frame",
+        "dollar-line",
         "length-wraps-to-0",
         "length-wraps-to-5",
     ],
@@ -129,10 +137,18 @@ def test_the_filter_reads_messages_as_ffmpeg_does(stream: bytes) -> None:
             _feed_in_pieces(stream, seed)
 
 
+def test_a_nul_that_would_hide_the_checked_source_from_ffmpeg_is_refused() -> None:
+    """FFmpeg's C strings end at a NUL: a source= added after one would never be read."""
+    with pytest.raises(rtsp_guard._RefusedError):
+        ReplyFilter(ADDRESS).feed(
+            b"RTSP/1.0 200 OK\r\nTransport: RTP/AVP;unicast;server_port=47311-47312\x00\r\n\r\n"
+        )
+
+
 def test_the_filter_passes_a_camera_that_ends_lines_with_lf_only() -> None:
     """Bare "\n" line ends are RTSP to FFmpeg, so a camera sending them keeps working."""
     stream = (
-        b"RTSP/1.0 200 OK\nCSeq: 2\nContent-Length: 6\n\nv=0\n\n"
+        b"RTSP/1.0 200 OK\nCSeq: 2\nContent-Length: 5\n\nv=0\n\n"
         + _frame(0, b"\x80" * 20)
         + b"RTSP/1.0 200 OK\nCSeq: 3\n\n"
     )
@@ -301,6 +317,10 @@ async def test_close_ends_relayed_sessions_and_stops_listening(
     writer.close()
     with pytest.raises(ConnectionRefusedError):
         await asyncio.open_connection("127.0.0.1", port)
+    # A fetch still running during the unload gets an error, not a new listener.
+    with pytest.raises(CannotConnectError):
+        guard.url(target, None, None)
+    assert guard.as_dict()["relays"] == 0
 
 
 async def test_listeners_and_sessions_are_bounded(socket_enabled: None) -> None:

@@ -39,7 +39,7 @@ from urllib.parse import quote
 
 import yarl
 
-from .errors import RedirectedError
+from .errors import CannotConnectError, RedirectedError
 from .netpolicy import Target
 
 _LOGGER = logging.getLogger(__name__)
@@ -141,21 +141,6 @@ def _rewrite_transport(value: str, address: str) -> str:
     return ",".join(specs)
 
 
-def _head_end(buf: bytearray, pos: int, end: int) -> int:
-    """Where a message head that starts at ``pos`` ends (after its blank line), or -1.
-
-    As FFmpeg reads it: lines end at LF, every CR is dropped, and the
-    first line that is then empty ends the head.
-    """
-    limit = min(end, pos + MAX_HEAD)
-    line = pos
-    while (newline := buf.find(b"\n", line, limit)) >= 0:
-        if not buf[line:newline].replace(b"\r", b""):
-            return newline + 1
-        line = newline + 1
-    return -1
-
-
 @dataclass(slots=True)
 class ReplyFilter:
     """Read what the camera sends as FFmpeg will, message by message; pass, rewrite or refuse.
@@ -168,6 +153,39 @@ class ReplyFilter:
     address: str
     _buffer: bytearray = field(default_factory=bytearray)
     _left: int = 0  # bytes of the current body or $ frame still to pass unread
+    _scanned: int = 0  # how much of a pending head's lines is already read (no rescans)
+    _crs: int = 0  # CRs passed at the start of the coming message
+
+    def _head_end(self, buf: bytearray, pos: int, end: int) -> int:
+        r"""Where a message head that starts at ``pos`` ends (after its blank line), or -1.
+
+        As FFmpeg reads it: lines end at LF, every CR is dropped, and the
+        first line that is then empty ends the head. Lines already read in an
+        earlier feed are not read again (a head trickled in byte by byte
+        costs linear time). A NUL ends FFmpeg's C strings early (a Transport
+        value would lose the source= added after it) and a "$" that starts a
+        later line makes FFmpeg skip a frame there: either is refused.
+        """
+        limit = min(end, pos + MAX_HEAD)
+        line = pos + self._scanned
+        while (newline := buf.find(b"\n", line, limit)) >= 0:
+            text = buf[line:newline].replace(b"\r", b"")
+            if b"\x00" in text:
+                raise _RefusedError("a NUL byte in a message head")
+            if not text:
+                self._scanned = 0
+                return newline + 1
+            if line > pos and text[:1] == b"$":
+                raise _RefusedError("a frame inside a message head")
+            if newline - line > MAX_LINE:
+                raise _RefusedError("a line beyond the size cap")
+            line = newline + 1
+        if b"\x00" in buf[line:limit]:
+            raise _RefusedError("a NUL byte in a message head")
+        if limit - line > MAX_LINE:
+            raise _RefusedError("a line beyond the size cap")
+        self._scanned = line - pos
+        return -1
 
     def feed(self, data: bytes) -> bytes:
         """Return what may go to the client now; raise _RefusedError to end the session."""
@@ -183,22 +201,28 @@ class ReplyFilter:
                 pos += take
                 self._left -= take
                 continue
-            # FFmpeg drops "\r" before it looks for the "$" of an interleaved frame.
-            first = pos
-            while first < end and buf[first] == 0x0D:
-                first += 1
-            if first - pos > MAX_LINE:
-                raise _RefusedError("a line beyond the size cap")
-            if first == end:
-                break
-            if buf[first] == 0x24:  # "$": channel, 16-bit length, RTP/RTCP payload
-                if end - first < 4:
+            if not self._scanned:
+                # FFmpeg drops CRs before it looks for the "$" of a frame: passing
+                # them on at once changes nothing it reads, and none is read twice.
+                first = pos
+                while first < end and buf[first] == 0x0D:
+                    first += 1
+                self._crs += first - pos
+                if self._crs > MAX_LINE:
+                    raise _RefusedError("a line beyond the size cap")
+                out += buf[pos:first]
+                pos = first
+                if pos == end:
                     break
-                out += buf[pos : first + 4]
-                self._left = int.from_bytes(buf[first + 2 : first + 4])
-                pos = first + 4
-                continue
-            head_end = _head_end(buf, pos, end)
+                if buf[pos] == 0x24:  # "$": channel, 16-bit length, RTP/RTCP payload
+                    if end - pos < 4:
+                        break
+                    out += buf[pos : pos + 4]
+                    self._left = int.from_bytes(buf[pos + 2 : pos + 4])
+                    pos += 4
+                    self._crs = 0
+                    continue
+            head_end = self._head_end(buf, pos, end)
             if head_end < 0:
                 if end - pos >= MAX_HEAD:
                     raise _RefusedError("a message head beyond the size cap")
@@ -207,6 +231,7 @@ class ReplyFilter:
             out += head
             pos = head_end
             self._left = body
+            self._crs = 0
         del buf[:pos]
         return bytes(out)
 
@@ -214,8 +239,6 @@ class ReplyFilter:
         """Check one message head; return it (maybe rewritten) and its body length."""
         raw_lines = head.split(b"\n")
         lines = [line.replace(b"\r", b"") for line in raw_lines]
-        if any(len(line) > MAX_LINE for line in raw_lines):
-            raise _RefusedError("a line beyond the size cap")
         status = _status_of(lines[0])
         if status is None and _word(lines[0], 0)[0].upper() == b"REDIRECT":
             raise _RefusedError("a REDIRECT request", 302)
@@ -316,8 +339,11 @@ class _Listener:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+            # Both may have ended together: read every outcome, so none is left
+            # unretrieved; a broken connection just ends the session.
             for task in done:
-                task.result()
+                if (error := task.exception()) is not None and not isinstance(error, OSError):
+                    raise error
         finally:
             up_writer.transport.abort()
 
@@ -373,6 +399,7 @@ class RtspGuard:
         self.on_refused = on_refused
         self.refusals = 0
         self._last_refusal: tuple[float, int] | None = None
+        self._closed = False
 
     def url(self, target: Target, username: str | None, password: str | None) -> str:
         """FFmpeg's URL for ``target``: its own path and query, on a loopback relay (secret).
@@ -381,6 +408,10 @@ class RtspGuard:
         """
         if target.url.scheme not in RELAYED_SCHEMES:
             return target.pinned_url(username, password)
+        if self._closed:
+            # A fetch still running while its camera unloads: no new listener
+            # that nothing would close.
+            raise CannotConnectError("the camera is being unloaded")
         key = (str(target.address), target.port)
         listener = self._listeners.get(key)
         if listener is None:
@@ -446,6 +477,7 @@ class RtspGuard:
 
     async def close(self) -> None:
         """Close every listener and its sessions (the camera's unload)."""
+        self._closed = True
         listeners = list(self._listeners.values())
         self._listeners.clear()
         await asyncio.gather(
