@@ -88,6 +88,24 @@ def test_the_filter_refuses_a_server_redirect_request_and_passes_other_requests(
 
 
 @pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        (b" 302 Found", 302),
+        (b"\t+302", 302),
+        (b"-5", -5),
+        (b"302x", 302),
+        (b"x302", 0),
+        (b"", 0),
+        (b"4294967598", 302),  # wraps in a 32-bit int
+        (b"99999999999999999999999", -1),  # strtol clamps to LONG_MAX, whose low 32 bits are -1
+    ],
+)
+def test_numbers_are_read_as_c_reads_them(text: bytes, value: int) -> None:
+    """Status and lengths: (int)strtol(text, NULL, 10), as FFmpeg reads them."""
+    assert rtsp_guard._c_int(text) == value
+
+
+@pytest.mark.parametrize(
     "stream",
     [
         # FFmpeg skips spaces before the first word, drops every "\r" and takes atoi()
@@ -137,6 +155,14 @@ def test_the_filter_reads_messages_as_ffmpeg_does(stream: bytes) -> None:
             _feed_in_pieces(stream, seed)
 
 
+def test_a_frame_header_split_across_reads_is_passed_whole() -> None:
+    """A "$" frame whose 4-byte header arrives in pieces is framed once it is complete."""
+    check = ReplyFilter(ADDRESS)
+    frame = _frame(0, b"RTSP/1.0 302 Found\r\n\r\n")
+    assert check.feed(frame[:2]) == b""
+    assert check.feed(frame[2:]) == frame
+
+
 def test_a_nul_that_would_hide_the_checked_source_from_ffmpeg_is_refused() -> None:
     """FFmpeg's C strings end at a NUL: a source= added after one would never be read."""
     with pytest.raises(rtsp_guard._RefusedError):
@@ -180,12 +206,13 @@ def test_the_filter_points_udp_packets_at_the_checked_address() -> None:
         b"RTSP/1.0 200 OK\r\n" + b"X: " + b"a" * rtsp_guard.MAX_HEAD,
         b"RTSP/1.0 200 OK\r\nContent-Length: 99999999\r\n\r\n",
         b"RTSP/1.0 200 OK\r\nX: " + b"a" * 5000 + b"\r\n\r\n",
+        b"RTSP/1.0 200 OK\r\n" + b"X: y\r\n" * 20000,
         b"\r" * 5000,
     ],
-    ids=["endless-head", "huge-body", "long-line", "endless-cr"],
+    ids=["endless-head", "huge-body", "long-line", "many-lines", "endless-cr"],
 )
 def test_the_filter_refuses_what_is_not_rtsp(data: bytes) -> None:
-    """An endless head, an oversized body, a line FFmpeg would cut short, endless CRs."""
+    """An endless head, an oversized body, a line FFmpeg would cut short, too many lines, CRs."""
     with pytest.raises(rtsp_guard._RefusedError):
         ReplyFilter(ADDRESS).feed(data)
 
@@ -363,6 +390,26 @@ async def test_listeners_and_sessions_are_bounded(socket_enabled: None) -> None:
         server.close()
 
 
+async def test_urls_name_the_relay_and_keep_what_the_camera_needs(socket_enabled: None) -> None:
+    """Credentials, path and query kept; rtsps (TLS) unrelayed; foreign URLs relay nowhere."""
+    guard = RtspGuard()
+    try:
+        target = await NetPolicy().check("rtsp://127.0.0.1:5540/live?channel=1")
+        url = yarl.URL(guard.url(target, "viewer", None))
+        assert (url.user, url.password, url.host) == ("viewer", None, "127.0.0.1")
+        assert (url.path, url.query_string) == ("/live", "channel=1")
+        relayed = guard.relayed_to(str(url))
+        assert relayed is not None
+        assert (str(relayed[0]), relayed[1]) == ("127.0.0.1", 5540)
+        tls = await NetPolicy().check("rtsps://127.0.0.1:3322/live")
+        assert guard.url(tls, None, None) == "rtsps://127.0.0.1:3322/live"
+        assert guard.relayed_to("rtsp://127.0.0.1:1/live") is None  # no relay on that port
+        assert guard.relayed_to("rtsp://192.168.1.9:5540/live") is None  # not the relay
+        assert guard.relayed_to("rtsp://[::1") is None  # not a URL
+    finally:
+        await guard.close()
+
+
 async def test_a_camera_that_is_not_there_ends_the_session(socket_enabled: None) -> None:
     """Nothing listens at the checked address: FFmpeg's connection is closed, nothing hangs."""
     with socket.socket() as probe:
@@ -380,14 +427,23 @@ async def test_a_camera_that_is_not_there_ends_the_session(socket_enabled: None)
         await guard.close()
 
 
-async def test_a_refused_redirect_answers_ffmpeg_with_502_and_is_reported(
-    socket_enabled: None,
+@pytest.mark.parametrize(
+    ("reply", "reported"),
+    [
+        (b"RTSP/1.0 301 Moved\r\nCSeq: 7\r\nLocation: rtsp://10.0.0.9/\r\n\r\n", ["301"]),
+        # Refused too, but not a redirect: the session ends, no RedirectedError is reported.
+        (b"RTSP/1.0 200 OK\r\nCSeq: 7\r\nX: \x00\r\n\r\n", []),
+    ],
+    ids=["redirect", "nul"],
+)
+async def test_a_refused_reply_answers_ffmpeg_with_502_and_only_redirects_are_reported(
+    socket_enabled: None, reply: bytes, reported: list[str]
 ) -> None:
-    """FFmpeg's DESCRIBE gets LocalCam's 502 with its own CSeq; on_refused hears the status."""
+    """FFmpeg gets LocalCam's 502 with its own CSeq; on_refused hears redirects only."""
 
     async def redirect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"RTSP/1.0 301 Moved\r\nCSeq: 7\r\nLocation: rtsp://10.0.0.9/\r\n\r\n")
+        writer.write(reply)
         with contextlib.suppress(ConnectionError):
             await reader.read()
 
@@ -401,10 +457,12 @@ async def test_a_refused_redirect_answers_ffmpeg_with_502_and_is_reported(
         reader, writer = await asyncio.open_connection("127.0.0.1", relay)
         writer.write(b"DESCRIBE rtsp://127.0.0.1/s RTSP/1.0\r\nCSeq: 7\r\n\r\n")
         async with asyncio.timeout(5):
-            reply = await reader.read()
-        assert reply == b"RTSP/1.0 502 Redirect refused by LocalCam\r\nCSeq: 7\r\n\r\n"
+            answer = await reader.read()
+        what = b"Redirect" if reported else b"Reply"
+        assert answer == b"RTSP/1.0 502 " + what + b" refused by LocalCam\r\nCSeq: 7\r\n\r\n"
         writer.close()
-        assert [err.placeholders for err in heard] == [{"status": "301"}]
+        assert [err.placeholders["status"] for err in heard] == reported
+        assert guard.refusals == 1
     finally:
         await guard.close()
         server.close()

@@ -180,8 +180,6 @@ class ReplyFilter:
             if newline - line > MAX_LINE:
                 raise _RefusedError("a line beyond the size cap")
             line = newline + 1
-        if b"\x00" in buf[line:limit]:
-            raise _RefusedError("a NUL byte in a message head")
         if limit - line > MAX_LINE:
             raise _RefusedError("a line beyond the size cap")
         self._scanned = line - pos
@@ -262,10 +260,11 @@ class ReplyFilter:
         return head, max(length, 0)
 
 
-def _refusal_reply(head_cseq: bytes | None) -> bytes:
+def _refusal_reply(cseq: bytes | None, *, redirect: bool) -> bytes:
     """The reply FFmpeg gets instead of a refused one: it names LocalCam in HA's log."""
-    cseq = b"CSeq: " + head_cseq + b"\r\n" if head_cseq else b""
-    return b"RTSP/1.0 502 Redirect refused by LocalCam\r\n" + cseq + b"\r\n"
+    what = b"Redirect" if redirect else b"Reply"
+    header = b"CSeq: " + cseq + b"\r\n" if cseq else b""
+    return b"RTSP/1.0 502 " + what + b" refused by LocalCam\r\n" + header + b"\r\n"
 
 
 def _cseq_of(data: bytes) -> bytes | None:
@@ -366,7 +365,9 @@ class _Listener:
             try:
                 passed = check.feed(data)
             except _RefusedError as err:
-                writer.write(_refusal_reply(_cseq_of(bytes(last))))
+                writer.write(
+                    _refusal_reply(_cseq_of(bytes(last)), redirect=err.redirect is not None)
+                )
                 await writer.drain()
                 self.guard.refused(self, str(err), err.redirect)
                 return
