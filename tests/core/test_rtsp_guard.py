@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 import io
 import random
 import socket
+from typing import Any
 
 import aiohttp
 from PIL import Image
@@ -339,6 +340,10 @@ async def test_close_ends_relayed_sessions_and_stops_listening(
     reader, writer, head = await _rtsp_options(port)
     assert head.startswith(b"RTSP/1.0 200")
     await guard.close()
+    # Neither direction of the session outlives it (left running, they would
+    # fail later with nobody to read their error).
+    running = {task.get_coro().__name__ for task in asyncio.all_tasks()}  # type: ignore[union-attr]
+    assert not running & {"_copy", "_filter", "_relay", "_accept"}
     async with asyncio.timeout(2):
         assert await reader.read() == b""
     writer.close()
@@ -408,6 +413,39 @@ async def test_urls_name_the_relay_and_keep_what_the_camera_needs(socket_enabled
         assert guard.relayed_to("rtsp://[::1") is None  # not a URL
     finally:
         await guard.close()
+
+
+async def test_a_relay_port_is_never_handed_out_twice(
+    socket_enabled: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An old relay URL never reaches another camera's relay that got the same port.
+
+    The kernel is made to offer a port a closed relay used (as it may, under
+    churn): the guard binds another, and the old URL reaches nothing.
+    """
+    first = RtspGuard()
+    target = await NetPolicy().check("rtsp://127.0.0.1:5540/a")
+    old_port = yarl.URL(first.url(target, None, None)).port
+    await first.close()
+    offered = iter([old_port])
+    real_socket = socket.socket
+
+    class OfferingOldPortFirst(real_socket):
+        def bind(self, address: Any) -> None:
+            port = next(offered, 0) if address == ("127.0.0.1", 0) else address[1]
+            super().bind((address[0], port))
+
+    monkeypatch.setattr(rtsp_guard.socket, "socket", OfferingOldPortFirst)
+    second = RtspGuard()
+    try:
+        other = await NetPolicy().check("rtsp://127.0.0.1:5541/b")
+        new_port = yarl.URL(second.url(other, None, None)).port
+        assert new_port != old_port
+        assert next(offered, None) is None  # the old port was offered, and passed over
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection("127.0.0.1", old_port)
+    finally:
+        await second.close()
 
 
 async def test_a_camera_that_is_not_there_ends_the_session(socket_enabled: None) -> None:

@@ -277,6 +277,46 @@ def _cseq_of(data: bytes) -> bytes | None:
     return found
 
 
+# Ports relays of this process have used, newest last. A URL outlives its
+# listener (an evicted address, an unloaded camera): if another camera's relay
+# took the same port, a session still holding the old URL would reach that
+# camera. So no relay port is handed out twice while it is remembered here.
+_USED_PORTS: Final[OrderedDict[int, None]] = OrderedDict()
+_REMEMBERED_PORTS: Final = 4096
+_BIND_ATTEMPTS: Final = 16
+
+
+def _bind_unused_port() -> socket.socket:
+    """A listening loopback socket on a port no relay of this process has used."""
+    held: list[socket.socket] = []  # kept bound while retrying, so the kernel moves on
+    try:
+        for _ in range(_BIND_ATTEMPTS):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.bind(("127.0.0.1", 0))
+            except OSError:
+                sock.close()
+                raise
+            port = sock.getsockname()[1]
+            if port in _USED_PORTS:
+                held.append(sock)
+                continue
+            try:
+                sock.listen(_BACKLOG)
+                sock.setblocking(False)
+            except OSError:
+                sock.close()
+                raise
+            _USED_PORTS[port] = None
+            while len(_USED_PORTS) > _REMEMBERED_PORTS:
+                _USED_PORTS.popitem(last=False)
+            return sock
+        raise OSError("no unused loopback port for an RTSP relay")
+    finally:
+        for sock in held:
+            sock.close()
+
+
 class _Listener:
     """One loopback port relaying to one checked address."""
 
@@ -286,14 +326,7 @@ class _Listener:
         self.port = port
         # Bound now (synchronously), so the URL is known at once; connections
         # wait in the backlog until serving starts a moment later.
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            self.sock.bind(("127.0.0.1", 0))
-            self.sock.listen(_BACKLOG)
-            self.sock.setblocking(False)
-        except OSError:
-            self.sock.close()
-            raise
+        self.sock = _bind_unused_port()
         self.local_port: int = self.sock.getsockname()[1]
         self.warned = False
         self.server: asyncio.Server | None = None
@@ -329,22 +362,23 @@ class _Listener:
             _LOGGER.debug("Relay to %s:%s: cannot connect (%s)", self.address, self.port, err)
             return
         last_request = bytearray()
+        directions = (
+            asyncio.create_task(self._copy(reader, up_writer, last_request)),
+            asyncio.create_task(self._filter(up_reader, writer, last_request)),
+        )
         try:
-            to_camera = asyncio.create_task(self._copy(reader, up_writer, last_request))
-            to_client = asyncio.create_task(self._filter(up_reader, writer, last_request))
-            done, pending = await asyncio.wait(
-                (to_camera, to_client), return_when=asyncio.FIRST_COMPLETED
-            )
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-            # Both may have ended together: read every outcome, so none is left
-            # unretrieved; a broken connection just ends the session.
-            for task in done:
-                if (error := task.exception()) is not None and not isinstance(error, OSError):
-                    raise error
+            await asyncio.wait(directions, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            # Also when this session is cancelled (unload, eviction): neither
+            # direction may outlive it, and every outcome is read, so none is
+            # left unretrieved. A broken connection just ends the session.
+            for task in directions:
+                task.cancel()
+            outcomes = await asyncio.gather(*directions, return_exceptions=True)
             up_writer.transport.abort()
+        for outcome in outcomes:
+            if isinstance(outcome, Exception) and not isinstance(outcome, OSError):
+                raise outcome
 
     async def _copy(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, last: bytearray
