@@ -46,6 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--hevc-only", action="store_true", help="ONVIF profiles report H265")
     parser.add_argument(
+        "--noise", action="store_true", help="a band of noise: a real camera's bit rate"
+    )
+    parser.add_argument(
         "--wsdiscovery-port",
         type=int,
         help="answer WS-Discovery probes on 127.0.0.1 (base port; 0 = auto)",
@@ -87,6 +90,7 @@ async def run(args: argparse.Namespace) -> None:
         hevc_only=args.hevc_only,
         wsdiscovery_port=args.wsdiscovery_port,
         scope_mix=args.scope_mix,
+        noise=args.noise,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

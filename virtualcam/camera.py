@@ -92,6 +92,8 @@ class CameraConfig:
     # Where Fault.REDIRECT and Fault.REDIRECT_PLAYERS send RTSP clients (None: a loopback
     # port where nothing listens). Tests point it at another virtual camera.
     redirect_location: str | None = None
+    # A band of noise at the bottom of the picture: a real camera's bit rate (benchmarks).
+    noise: bool = False
 
 
 class Fault(StrEnum):
@@ -286,6 +288,7 @@ class VirtualCamera:
             height=config.height,
             fps=config.fps,
             gop_seconds=config.gop_seconds,
+            noise=config.noise,
         )
         self._fault: Fault | None = None
         self._rtsp_port = config.rtsp_port

@@ -728,3 +728,16 @@ async def test_cli_prints_ready_and_stops_on_sigterm() -> None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(5):
                     await proc.wait()
+
+
+def test_noise_changes_a_bottom_band_and_keeps_the_centre_pure() -> None:
+    """--noise: successive pictures differ in a bottom band; the centre keeps the colour."""
+    colour = color_for(3)
+    renderer = Renderer("n", colour, 320, 180, noise=True)
+    first, second = renderer.render(0.0), renderer.render(0.0)
+    band = 180 // 32
+    assert not np.array_equal(first[-band:], second[-band:])
+    assert np.array_equal(first[: 180 - band, 100:], second[: 180 - band, 100:])
+    assert tuple(first[90, 160]) == colour
+    plain = Renderer("n", colour, 320, 180)
+    assert np.array_equal(plain.render(0.0), plain.render(0.0))

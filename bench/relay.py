@@ -1,0 +1,142 @@
+"""What the RTSP guard's relay costs a live stream, beside FFmpeg reading the camera directly.
+
+Home Assistant's way: its stream worker (FFmpeg through PyAV) reads the
+camera's RTSP itself. LocalCam's: the same reader, through core.rtsp_guard's
+relay in the event loop. One virtual camera (its own process, so its encoder
+is not counted; noise in its picture gives it a real camera's bit rate)
+streams H.264 over TCP; this process demuxes it for a fixed
+time each way, as HA's worker does (packets, no decode), and reports its
+own CPU time, the bytes received, and the ratio. All on 127.0.0.1.
+
+    .venv/bin/python -m bench.relay [--seconds 15] [--size 1280x720] [--fps 25]
+"""
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+from pathlib import Path
+import resource
+import subprocess
+import sys
+import time
+from typing import Any
+
+import av
+
+from custom_components.localcam.core.netpolicy import NetPolicy
+from custom_components.localcam.core.rtsp_guard import RtspGuard
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cpu_seconds() -> float:
+    """This process's CPU time (user + system, every thread)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _demux(url: str, seconds: float, result: dict[str, float]) -> None:
+    """Read packets for ``seconds`` after the first one, as HA's worker does (no decode)."""
+    options = {"rtsp_transport": "tcp", "timeout": "5000000"}
+    with av.open(url, options=options, timeout=(5, 5)) as container:
+        stream = container.streams.video[0]
+        deadline = None
+        size = packets = 0
+        for packet in container.demux(stream):
+            if deadline is None:
+                deadline = time.monotonic() + seconds
+                result["cpu_start"] = _cpu_seconds()
+            size += packet.size
+            packets += 1
+            if time.monotonic() >= deadline:
+                break
+        result["cpu_end"] = _cpu_seconds()
+        result["bytes"] = size
+        result["packets"] = packets
+
+
+async def _measure(url: str, seconds: float) -> dict[str, float]:
+    """Demux in a thread (as HA's worker), with this event loop free to run the relay."""
+    result: dict[str, float] = {}
+    await asyncio.to_thread(_demux, url, seconds, result)
+    if "cpu_end" not in result:
+        raise RuntimeError("the demux thread failed")
+    return result
+
+
+async def _start_camera(size: str, fps: float) -> tuple[subprocess.Popen[str], str]:
+    """One virtual camera in its own process; return it and its RTSP URL."""
+    command = [sys.executable, "-m", "virtualcam", "--no-http", "--noise", "--size", size]
+    process = subprocess.Popen(  # noqa: ASYNC220 - read line by line below, bounded
+        [*command, "--fps", str(fps)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    url = None
+    for _ in range(10):
+        line = await asyncio.to_thread(process.stdout.readline)
+        if line.strip() == "READY":
+            break
+        if line.startswith("{"):
+            url = json.loads(line)["rtsp_url"]
+    if url is None:
+        process.terminate()
+        raise RuntimeError("the virtual camera did not start")
+    return process, url
+
+
+def _row(name: str, result: dict[str, float], seconds: float) -> str:
+    cpu = (result["cpu_end"] - result["cpu_start"]) / seconds * 100
+    rate = result["bytes"] * 8 / seconds / 1e6
+    return f"{name:<34} {rate:7.2f} Mbit/s {result['packets']:7.0f} packets {cpu:7.2f} % of a core"
+
+
+async def main(args: argparse.Namespace) -> None:
+    """Run both ways, alternating, and print the figures."""
+    process, url = await _start_camera(args.size, args.fps)
+    guard = RtspGuard()
+    try:
+        target = await NetPolicy().check(url)
+        relayed = guard.url(target, None, None)
+        runs: dict[str, list[dict[str, float]]] = {"direct": [], "relay": []}
+        for _ in range(args.rounds):
+            runs["direct"].append(await _measure(target.pinned_url(), args.seconds))
+            runs["relay"].append(await _measure(relayed, args.seconds))
+    finally:
+        await guard.close()
+        process.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=5)
+    print(f"relay: one camera {args.size} at {args.fps:g} fps, {args.seconds:g} s x {args.rounds}")
+    totals: dict[str, float] = {}
+    labels = (("direct", "HA's way: FFmpeg reads the camera"), ("relay", "LocalCam: via the relay"))
+    for name, label in labels:
+        merged: dict[str, Any] = {
+            "cpu_start": 0.0,
+            "cpu_end": sum(r["cpu_end"] - r["cpu_start"] for r in runs[name]),
+            "bytes": sum(r["bytes"] for r in runs[name]),
+            "packets": sum(r["packets"] for r in runs[name]),
+        }
+        print(_row(label, merged, args.seconds * args.rounds))
+        totals[name] = merged["cpu_end"]
+    extra = (totals["relay"] - totals["direct"]) / (args.seconds * args.rounds) * 100
+    ratio = totals["relay"] / totals["direct"]
+    print(f"relay's own cost: {extra:.2f} % of a core; LocalCam:HA CPU {ratio:.2f}")
+
+
+def _parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bench/relay", description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--size", default="1280x720")
+    parser.add_argument("--fps", type=float, default=25.0)
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("LOCALCAM_DISABLE_NETWORK_SCANS", "1")
+    asyncio.run(main(_parse()))
