@@ -11,19 +11,25 @@ This module closes that gap for plain ``rtsp://``: FFmpeg is given a URL on
 127.0.0.1, and the relay behind it connects only to the checked address.
 Everything the client sends is copied unchanged (its own credentials and
 Digest answers included, so the relay never holds a secret of its own).
-Everything the camera sends is parsed message by message:
+Everything the camera sends is parsed message by message, exactly as FFmpeg's
+``ff_rtsp_read_reply`` reads it (a message read differently here could hide a
+redirect from the relay):
 
 - interleaved RTP/RTCP (``$`` frames) is copied as it is;
 - an RTSP reply with a 3xx status, or a server ``REDIRECT`` request, is
   refused: FFmpeg gets ``502`` instead, the connection closes, the refusal is
-  recorded (``refused_since``) and reported (``on_refused``);
-- a ``Transport`` header's ``source=`` is replaced by the checked address, so
-  FFmpeg's UDP packets go to the camera and nowhere else;
-- a head or body beyond the caps below ends the connection.
+  recorded (``refused_since``) and reported (``on_refused``: the entity
+  stops its stream);
+- every ``source`` of a ``Transport`` header is replaced by the checked
+  address, so FFmpeg's outgoing UDP packets go to the camera and nowhere else;
+- what FFmpeg could read differently (a NUL, a line it would cut short, a
+  "$" starting a later line of a head) and heads or bodies beyond the caps
+  below end the connection.
 
 Which layer guarantees what: ``netpolicy`` checked the address; this relay
-guarantees FFmpeg talks to nothing else over RTSP. ``rtsps://`` is end-to-end
-TLS, which a relay cannot read: it is not relayed (see the README).
+guarantees FFmpeg talks RTSP to nothing else. Not covered: ``rtsps://`` is
+end-to-end TLS, which a relay cannot read, so it is not relayed; with UDP
+transport the video packets themselves do not pass the relay (see the README).
 """
 
 import asyncio
