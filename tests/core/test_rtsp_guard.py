@@ -5,6 +5,7 @@ and tiny scripted servers, all on 127.0.0.1.
 """
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 import contextlib
 from contextlib import asynccontextmanager
@@ -162,6 +163,14 @@ def test_a_frame_header_split_across_reads_is_passed_whole() -> None:
     frame = _frame(0, b"RTSP/1.0 302 Found\r\n\r\n")
     assert check.feed(frame[:2]) == b""
     assert check.feed(frame[2:]) == frame
+
+
+def test_crs_before_a_message_are_passed_on_at_once() -> None:
+    """CRs at a message's start (dropped by FFmpeg) pass as they come; what follows is read."""
+    check = ReplyFilter(ADDRESS)
+    assert check.feed(b"\r\r") == b"\r\r"
+    with pytest.raises(rtsp_guard._RefusedError):
+        check.feed(b"RTSP/1.0 302 Found\r\n\r\n")
 
 
 def test_a_nul_that_would_hide_the_checked_source_from_ffmpeg_is_refused() -> None:
@@ -355,6 +364,32 @@ async def test_close_ends_relayed_sessions_and_stops_listening(
     assert guard.as_dict()["relays"] == 0
 
 
+async def test_a_connection_accepted_as_the_relay_closes_is_not_relayed(
+    two_cams: tuple[VirtualCamera, VirtualCamera],
+) -> None:
+    """Whatever the moment of a connection before close(), no session outlives close().
+
+    asyncio hands an accepted socket to the relay a few loop turns later; one
+    arriving after close() cancelled the sessions it knew of is turned away.
+    """
+    cam, _ = two_cams
+    target = await NetPolicy().check(cam.rtsp_url)
+    for turns in range(8):
+        guard = RtspGuard()
+        port = yarl.URL(guard.url(target, None, None)).port
+        await asyncio.sleep(0.05)  # listening
+        assert port is not None
+        with socket.socket() as client:
+            client.setblocking(False)
+            client.connect_ex(("127.0.0.1", port))  # no loop turn spent connecting
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            await guard.close()
+            await asyncio.sleep(0.1)
+            running = {t.get_coro().__name__ for t in asyncio.all_tasks()}  # type: ignore[union-attr]
+            assert not running & {"_copy", "_filter", "_relay", "_accept"}, turns
+
+
 async def test_listeners_and_sessions_are_bounded(socket_enabled: None) -> None:
     """At most MAX_LISTENERS addresses per camera and MAX_CONNECTIONS sessions per address."""
 
@@ -446,6 +481,101 @@ async def test_a_relay_port_is_never_handed_out_twice(
             await asyncio.open_connection("127.0.0.1", old_port)
     finally:
         await second.close()
+
+
+class _FailingSocket(socket.socket):
+    """A socket whose bind or listen fails (no loopback port left, say)."""
+
+    fail: str = "bind"
+
+    def bind(self, address: Any) -> None:
+        if self.fail == "bind":
+            raise OSError(98, "Address already in use")
+        super().bind(address)
+
+    def listen(self, backlog: int = 0) -> None:
+        if self.fail == "listen":
+            raise OSError(22, "Invalid argument")
+        super().listen(backlog)
+
+
+@pytest.mark.parametrize("fail", ["bind", "listen"])
+async def test_no_relay_port_is_a_connection_error(
+    socket_enabled: None, monkeypatch: pytest.MonkeyPatch, fail: str
+) -> None:
+    """A relay that cannot listen fails the session as an unreachable camera would."""
+    monkeypatch.setattr(_FailingSocket, "fail", fail)
+    monkeypatch.setattr(rtsp_guard.socket, "socket", _FailingSocket)
+    guard = RtspGuard()
+    target = await NetPolicy().check("rtsp://127.0.0.1:5540/a")
+    with pytest.raises(CannotConnectError):
+        guard.url(target, None, None)
+    await guard.close()
+
+
+async def test_remembered_ports_are_bounded_and_a_kernel_that_offers_only_them_fails(
+    socket_enabled: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The memory of used ports keeps the newest; offered only used ports, url() gives up."""
+    monkeypatch.setattr(rtsp_guard, "_USED_PORTS", OrderedDict())
+    monkeypatch.setattr(rtsp_guard, "_REMEMBERED_PORTS", 2)
+    guard = RtspGuard()
+    try:
+        ports = [
+            yarl.URL(guard.url(await NetPolicy().check(f"rtsp://127.0.0.1:{n}/a"), None, None)).port
+            for n in (5001, 5002, 5003)
+        ]
+        assert list(rtsp_guard._USED_PORTS) == ports[1:]
+        monkeypatch.setattr(rtsp_guard, "_BIND_ATTEMPTS", 1)
+        used = ports[1]
+        real_socket = socket.socket
+
+        class OfferingAUsedPort(real_socket):
+            def bind(self, address: Any) -> None:
+                # The used port's listener still holds it: take the same number
+                # on another loopback address, as the kernel would hand it out.
+                super().bind(("127.0.0.2", used))
+
+        monkeypatch.setattr(rtsp_guard.socket, "socket", OfferingAUsedPort)
+        with pytest.raises(CannotConnectError):
+            guard.url(await NetPolicy().check("rtsp://127.0.0.1:5004/a"), None, None)
+    finally:
+        await guard.close()
+
+
+async def test_an_unexpected_relay_failure_is_logged_and_ends_the_session(
+    socket_enabled: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in the filter ends only that session, closed and logged, never silently."""
+
+    def broken(_self: ReplyFilter, _data: bytes) -> bytes:
+        raise RuntimeError("filter bug")
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"RTSP/1.0 200 OK\r\nCSeq: 1\r\n\r\n")
+            await reader.read()
+
+    monkeypatch.setattr(ReplyFilter, "feed", broken)
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    guard = RtspGuard()
+    try:
+        port = server.sockets[0].getsockname()[1]
+        target = await NetPolicy().check(f"rtsp://127.0.0.1:{port}/s")
+        relay = yarl.URL(guard.url(target, None, None))
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+        # An interleaved RTCP report first (FFmpeg sends them over TCP), then a request.
+        writer.write(_frame(1, b"\x81\xc9\x00\x01" + b"\x00" * 4))
+        writer.write(b"OPTIONS rtsp://127.0.0.1/s RTSP/1.0\r\nCSeq: 1\r\n\r\n")
+        async with asyncio.timeout(5):
+            assert await reader.read() == b""
+        writer.close()
+        assert "Relay to 127.0.0.1" in caplog.text
+        assert "filter bug" in caplog.text
+    finally:
+        await guard.close()
+        server.close()
 
 
 async def test_a_camera_that_is_not_there_ends_the_session(socket_enabled: None) -> None:

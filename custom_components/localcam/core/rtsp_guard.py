@@ -331,34 +331,44 @@ class _Listener:
         self.address = address
         self.port = port
         # Bound now (synchronously), so the URL is known at once; connections
-        # wait in the backlog until serving starts a moment later.
+        # wait in the backlog until the accept loop starts a moment later.
         self.sock = _bind_unused_port()
         self.local_port: int = self.sock.getsockname()[1]
         self.warned = False
-        self.server: asyncio.Server | None = None
         self.sessions: set[asyncio.Task[None]] = set()
-        self.started = asyncio.get_running_loop().create_task(self._start())
+        self.serving = asyncio.get_running_loop().create_task(self._serve())
 
-    async def _start(self) -> None:
-        self.server = await asyncio.start_server(self._accept, sock=self.sock)
+    async def _serve(self) -> None:
+        """Accept connections until closed; each becomes a session at once.
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Relay one client session, bounded by MAX_CONNECTIONS."""
-        task = asyncio.current_task()
-        if task is None or len(self.sessions) >= MAX_CONNECTIONS:
-            writer.transport.abort()
-            return
-        self.sessions.add(task)
+        A plain accept loop rather than asyncio's Server: a session is
+        registered in the same step its connection is accepted, so close()
+        never misses one, and no connection accepted as the server closes
+        reaches asyncio's transport creation after it (CPython #109564: an
+        AssertionError logged as an error).
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            conn, _ = await loop.sock_accept(self.sock)
+            if len(self.sessions) >= MAX_CONNECTIONS:
+                conn.close()
+                continue
+            task = loop.create_task(self._session(conn))
+            self.sessions.add(task)
+            task.add_done_callback(self.sessions.discard)
+
+    async def _session(self, conn: socket.socket) -> None:
+        """Relay one client session; whatever ends it, the client's connection is closed."""
+        # asyncio closes the socket itself if this fails or is cancelled.
+        reader, writer = await asyncio.open_connection(sock=conn)
         try:
             await self._relay(reader, writer)
-        except OSError as err:  # either side reset or broke the connection: the session ends
-            _LOGGER.debug("Relay to %s:%s ended: %r", self.address, self.port, err)
+        except Exception:
+            # Not expected (broken connections end the session quietly in
+            # _relay); logged here, as nobody awaits a session's task.
+            _LOGGER.exception("Relay to %s:%s failed", self.address, self.port)
         finally:
-            self.sessions.discard(task)
-            if writer.transport.get_write_buffer_size():
-                writer.transport.abort()  # FFmpeg reads no more: drop what it did not take
-            else:
-                writer.close()  # a FIN after the last reply (the 502 of a refusal)
+            writer.close()  # a FIN after the last reply (the 502 of a refusal)
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -417,13 +427,11 @@ class _Listener:
 
     async def close(self) -> None:
         """Stop accepting and end every relayed session."""
-        # Not cancelled: start_server has registered the socket with the loop
-        # before its last await, and only the Server it returns unregisters it
-        # (a socket closed while registered leaves a stale entry in the
-        # selector, which breaks the next socket to get its number).
-        await asyncio.gather(self.started, return_exceptions=True)
-        if self.server is not None:
-            self.server.close()
+        # sock_accept unregisters the socket from the loop when cancelled, so
+        # it is closed only after: a socket closed while registered leaves a
+        # stale selector entry that breaks the next socket given its number.
+        self.serving.cancel()
+        await asyncio.gather(self.serving, return_exceptions=True)
         self.sock.close()
         for task in list(self.sessions):
             task.cancel()
@@ -456,7 +464,10 @@ class RtspGuard:
         key = (str(target.address), target.port)
         listener = self._listeners.get(key)
         if listener is None:
-            listener = _Listener(self, target.address, target.port)
+            try:
+                listener = _Listener(self, target.address, target.port)
+            except OSError as err:  # no loopback port: the session fails like a camera would
+                raise CannotConnectError(f"no relay port for the stream ({err})") from err
             self._listeners[key] = listener
             while len(self._listeners) > MAX_LISTENERS:
                 _, oldest = self._listeners.popitem(last=False)
