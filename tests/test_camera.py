@@ -4,9 +4,11 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from datetime import timedelta
 import hashlib
 from http import HTTPStatus
 import io
+from types import SimpleNamespace
 from typing import Any
 from unittest.mock import patch
 
@@ -16,9 +18,10 @@ from homeassistant.components.stream import Stream
 from homeassistant.config_entries import SOURCE_REAUTH
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import HomeAssistantError
+from homeassistant.util import dt as dt_util
 from PIL import Image
 import pytest
-from pytest_homeassistant_custom_component.common import MockConfigEntry
+from pytest_homeassistant_custom_component.common import MockConfigEntry, async_fire_time_changed
 from pytest_homeassistant_custom_component.typing import ClientSessionGenerator
 import pytest_socket
 import yarl
@@ -31,6 +34,7 @@ from custom_components.localcam.const import (
     DOMAIN,
 )
 from custom_components.localcam.core import jpeg
+from custom_components.localcam.core.errors import CannotConnectError, RedirectedError
 from custom_components.localcam.core.netpolicy import NetPolicy, Target
 from virtualcam import CameraConfig, Fault, VirtualCamera, color_for, nearest_camera
 
@@ -118,8 +122,19 @@ async def test_stream_source_is_pinned_with_credentials(
     assert _relayed_to(entity, source) == f"127.0.0.1:{camera.rtsp_port}"
 
 
+@pytest.fixture
+async def other_camera(socket_enabled: None) -> AsyncIterator[VirtualCamera]:
+    """Another camera (colour 5, no credentials asked) a camera may send its players to."""
+    other = VirtualCamera(
+        CameraConfig(name="other", color=color_for(5), width=320, height=180, http_snapshot=False)
+    )
+    await other.start()
+    yield other
+    await other.stop()
+
+
 async def test_ha_s_stream_never_follows_a_camera_that_sends_it_elsewhere(
-    hass: HomeAssistant, rtsp_only_camera: VirtualCamera
+    hass: HomeAssistant, rtsp_only_camera: VirtualCamera, other_camera: VirtualCamera
 ) -> None:
     """The camera answers LocalCam's checks but redirects FFmpeg to another camera.
 
@@ -127,28 +142,113 @@ async def test_ha_s_stream_never_follows_a_camera_that_sends_it_elsewhere(
     other camera under this one's name; through the relay it is refused, the
     other camera is never even connected to, and the stream is stopped.
     """
-    other = VirtualCamera(
-        CameraConfig(name="other", color=color_for(5), width=320, height=180, http_snapshot=False)
-    )
-    await other.start()
-    try:
-        rtsp_only_camera.config.redirect_location = other.rtsp_url
-        rtsp_only_camera.fault = Fault.REDIRECT_PLAYERS
-        entity_id = await _entity_id(hass, rtsp_only_camera, snapshot=False)
-        entity = get_camera_from_entity_id(hass, entity_id)
-        async with _running_stream(hass, entity_id, rtsp_only_camera, wait_playing=False) as stream:
-            await _until(lambda: entity._client.guard.refusals >= 1)  # type: ignore[attr-defined]
-            # Stopped rather than left to reconnect into the refusal, and shown
-            # unavailable (the camera's own health check would call it healthy).
-            await _until(lambda: not stream.outputs())
-            await hass.async_block_till_done()
-            state = hass.states.get(entity_id)
-            assert state is not None
-            assert state.state == "unavailable"
-            assert other.stats.rtsp_connections == 0
-            assert rtsp_only_camera.stats.active_play_sessions == 0
-    finally:
-        await other.stop()
+    other = other_camera
+    rtsp_only_camera.config.redirect_location = other.rtsp_url
+    rtsp_only_camera.fault = Fault.REDIRECT_PLAYERS
+    entity_id = await _entity_id(hass, rtsp_only_camera, snapshot=False)
+    entity = get_camera_from_entity_id(hass, entity_id)
+    async with _running_stream(hass, entity_id, rtsp_only_camera, wait_playing=False) as stream:
+        await _until(lambda: entity._client.guard.refusals >= 1)  # type: ignore[attr-defined]
+        # Stopped rather than left to reconnect into the refusal, and shown
+        # unavailable (the camera's own health check would call it healthy).
+        await _until(lambda: not stream.outputs())
+        await hass.async_block_till_done()
+        state = hass.states.get(entity_id)
+        assert state is not None
+        assert state.state == "unavailable"
+        assert other.stats.rtsp_connections == 0
+        assert rtsp_only_camera.stats.active_play_sessions == 0
+    # A health check in the meantime (the camera answers LocalCam's own
+    # DESCRIBE normally) does not end it; one health interval does.
+    await entity.coordinator.async_refresh()
+    await hass.async_block_till_done()
+    assert entity.coordinator.last_update_success
+    state = hass.states.get(entity_id)
+    assert state is not None
+    assert state.state == "unavailable"
+    # A still is grabbed through the relay too: refused, a clear error, no
+    # other camera's frame (and the camera stays unavailable).
+    with pytest.raises(HomeAssistantError) as err:
+        await async_get_image(hass, entity_id)
+    assert "redirect" in str(err.value.__cause__).lower()
+    assert other.stats.rtsp_connections == 0
+    async_fire_time_changed(hass, dt_util.utcnow() + timedelta(seconds=61))
+    await hass.async_block_till_done()
+    state = hass.states.get(entity_id)
+    assert state is not None
+    assert state.state != "unavailable"
+
+
+async def test_an_unload_during_a_refusal_leaves_nothing_behind(
+    hass: HomeAssistant, rtsp_only_camera: VirtualCamera, other_camera: VirtualCamera
+) -> None:
+    """A camera unloaded while a refused redirect keeps it unavailable: its timer goes too."""
+    rtsp_only_camera.config.redirect_location = other_camera.rtsp_url
+    rtsp_only_camera.fault = Fault.REDIRECT_PLAYERS
+    entity_id = await _entity_id(hass, rtsp_only_camera, snapshot=False)
+    entity = get_camera_from_entity_id(hass, entity_id)
+    with pytest.raises(HomeAssistantError):
+        await async_get_image(hass, entity_id)
+    state = hass.states.get(entity_id)
+    assert state is not None
+    assert state.state == "unavailable"
+    entry_id = entity.coordinator.config_entry.entry_id
+    assert await hass.config_entries.async_unload(entry_id)
+    await hass.async_block_till_done()
+    # A refusal reported late (a session ending during the removal) changes nothing.
+    entity._async_redirect_refused(RedirectedError(302))
+    async_fire_time_changed(hass, dt_util.utcnow() + timedelta(seconds=61))
+    await hass.async_block_till_done()
+    state = hass.states.get(entity_id)
+    assert state is not None
+    assert state.state == "unavailable"  # unloaded, not brought back by a stale timer
+    assert other_camera.stats.rtsp_connections == 0
+
+
+async def test_a_health_check_without_a_relay_port_leaves_the_stream_as_it_is(
+    hass: HomeAssistant, camera: VirtualCamera
+) -> None:
+    """No loopback port for a new relay: the stream keeps its URL until a later check."""
+    entity_id = await _entity_id(hass, camera)
+    entity = get_camera_from_entity_id(hass, entity_id)
+    stream = await entity.async_create_stream()
+    assert stream is not None
+    before = stream.source
+    with patch.object(entity._client.guard, "url", side_effect=CannotConnectError("no relay port")):
+        # A health check's result (the same camera, checked again) reaches the entity.
+        entity.coordinator.async_set_updated_data(entity.coordinator.data)
+        await hass.async_block_till_done()
+    assert entity.coordinator.last_update_success
+    assert stream.source == before
+
+
+@pytest.mark.parametrize(
+    ("go2rtc_url", "relayed"),
+    [
+        ("http://localhost:11984/", True),  # the go2rtc Home Assistant runs itself
+        ("http://127.0.0.1:1984/", True),
+        # A go2rtc server outside this machine (no packet is sent to it here).
+        ("http://192.168.1.50:1984/", False),
+        ("http://[::1", True),  # unreadable: taken as local
+    ],
+)
+async def test_an_external_go2rtc_server_gets_the_camera_s_own_address(
+    hass: HomeAssistant, camera: VirtualCamera, go2rtc_url: str, relayed: bool
+) -> None:
+    """go2rtc reads stream_source(): on another machine it cannot reach this one's relay.
+
+    HA's own stream still plays through the relay.
+    """
+    hass.data["go2rtc"] = SimpleNamespace(url=go2rtc_url)
+    entity_id = await _entity_id(hass, camera)
+    source = await async_get_stream_source(hass, entity_id)
+    assert source is not None
+    entity = get_camera_from_entity_id(hass, entity_id)
+    direct = f"rtsp://{CAM_USER}:{CAM_PASSWORD}@127.0.0.1:{camera.rtsp_port}/stream"
+    assert (source != direct) is relayed
+    stream = await entity.async_create_stream()
+    assert stream is not None
+    assert _relayed_to(entity, stream.source) == f"127.0.0.1:{camera.rtsp_port}"
 
 
 async def test_still_from_snapshot_url(hass: HomeAssistant, camera: VirtualCamera) -> None:

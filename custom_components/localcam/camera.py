@@ -3,20 +3,23 @@
 import asyncio
 import contextlib
 from dataclasses import replace
+from datetime import datetime
 from typing import override
 
 from homeassistant.components.camera import Camera
 from homeassistant.components.camera.const import CameraEntityFeature
 from homeassistant.components.stream import CONF_RTSP_TRANSPORT as STREAM_RTSP_TRANSPORT, Stream
-from homeassistant.core import HomeAssistant, callback
+from homeassistant.core import CALLBACK_TYPE, HomeAssistant, callback
 from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
-from homeassistant.helpers.update_coordinator import UpdateFailed
+from homeassistant.helpers.event import async_call_later
+import yarl
 
-from .const import CONF_PROFILES, DOMAIN, LOGGER
+from .const import CONF_PROFILES, DOMAIN, HEALTH_INTERVAL_SECONDS, LOGGER
 from .core.errors import InvalidAuthError, LocalCamError, RedirectedError
 from .core.identity import IdentityMismatchError
 from .core.models import Snapshot
+from .core.netpolicy import is_loopback_literal
 from .core.rtsp import FAST_OPEN_OPTIONS
 from .core.snapshot import CameraClient
 from .core.snapshot_cache import SnapshotCache
@@ -33,6 +36,9 @@ PARALLEL_UPDATES = 0
 KEYFRAME_WAIT = 4.0
 # Stream state changes arriving during a check run it again, a bounded number of times.
 STREAM_RECHECKS = 3
+# How long a camera whose redirect the relay refused shows unavailable: one
+# health interval (a viewer opening the stream after that finds out again).
+REFUSED_UNAVAILABLE = float(HEALTH_INTERVAL_SECONDS)
 
 
 async def async_setup_entry(
@@ -51,6 +57,22 @@ def _profile_name(entry: LocalCamConfigEntry, profile: str) -> str:
         if item["token"] == profile:
             return str(item.get("name") or profile)
     return profile
+
+
+def _go2rtc_elsewhere(hass: HomeAssistant) -> bool:
+    """Whether Home Assistant's go2rtc is a server on another machine (``go2rtc: url:``).
+
+    HA's go2rtc keeps its server's URL under ``hass.data["go2rtc"]``; the one
+    HA runs itself is on localhost. Anything unreadable counts as local.
+    """
+    url = getattr(hass.data.get("go2rtc"), "url", None)
+    if not isinstance(url, str):
+        return False
+    try:
+        host = yarl.URL(url).host
+    except ValueError:
+        return False
+    return host not in (None, "localhost") and not is_loopback_literal(host)
 
 
 def _ignore_stream_state() -> None:
@@ -111,6 +133,13 @@ class LocalCamCamera(LocalCamEntity, Camera):
         self._auth_check: asyncio.Task[None] | None = None
         self._recheck = False
         self._removed = False
+        # One stop of HA's stream at a time (a check, a refused redirect and
+        # the removal may each stop it): each restores the settings it saved.
+        self._stop_lock = asyncio.Lock()
+        # Set while a redirect the relay refused keeps the camera unavailable,
+        # whatever the health check says (cleared REFUSED_UNAVAILABLE later).
+        self._refused = False
+        self._refusal_over: CALLBACK_TYPE | None = None
 
     @override
     async def async_added_to_hass(self) -> None:
@@ -122,6 +151,9 @@ class LocalCamCamera(LocalCamEntity, Camera):
         def _detach() -> None:
             self._client.keyframe_provider = None
             self._client.guard.on_refused = None
+            if self._refusal_over is not None:
+                self._refusal_over()
+                self._refusal_over = None
 
         self.async_on_remove(_detach)
 
@@ -146,14 +178,21 @@ class LocalCamCamera(LocalCamEntity, Camera):
             if (stream := self.stream) is not None:
                 self.stream = None
                 stream.set_update_callback(_ignore_stream_state)
-                await _async_stop_stream(stream)
+                await self._async_stop(stream)
         await super().async_will_remove_from_hass()
+
+    async def _async_stop(self, stream: Stream) -> None:
+        """Stop HA's stream for this entity; stops never overlap."""
+        async with self._stop_lock:
+            await _async_stop_stream(stream)
 
     @property
     @override
     def available(self) -> bool:
-        """Available while the camera passes its health check and streams."""
+        """Available while the camera passes its health check, streams, and sends nobody away."""
         if (stream := self.stream) is not None and not stream.available:
+            return False
+        if self._refused:
             return False
         return super().available
 
@@ -166,6 +205,11 @@ class LocalCamCamera(LocalCamEntity, Camera):
         a secret and is never logged.
         """
         try:
+            if _go2rtc_elsewhere(self.hass):
+                # The relay listens on this machine's loopback, which a go2rtc
+                # server on another machine cannot reach (it would open its own
+                # loopback). HA's own stream is still moved to the relay.
+                return await self._client.direct_stream_url()
             return await self._client.stream_url()
         except LocalCamError as err:
             raise translated_error(err) from err
@@ -236,7 +280,11 @@ class LocalCamCamera(LocalCamEntity, Camera):
         # the stream goes to that very address, not to a second lookup's answer.
         # (A profile on another host than the checked one is left to its own
         # stream's check, which runs whenever its worker reconnects.)
-        pinned = self._client.pinned_url_at(self.coordinator.data.target)
+        try:
+            pinned = self._client.pinned_url_at(self.coordinator.data.target)
+        except LocalCamError as err:  # no relay port: the stream keeps its URL until the next check
+            LOGGER.debug("%s: stream not re-pinned: %s", self.entity_id, err)
+            return
         if pinned is not None:
             self._pin(stream, pinned)
 
@@ -269,27 +317,31 @@ class LocalCamCamera(LocalCamEntity, Camera):
 
         The camera answers LocalCam's own check normally but sends its players
         elsewhere, so the health check alone would keep calling it healthy and
-        HA's worker would keep reconnecting into the refusal. Unavailable
-        until the next health check; a still fails on its own (the grab
-        gets the same refusal).
+        HA's worker would keep reconnecting into the refusal. Unavailable for
+        REFUSED_UNAVAILABLE; a still fails on its own (the grab gets the same
+        refusal).
         """
         if self._removed:
             return
-        self.coordinator.config_entry.async_create_background_task(
-            self.hass, self._async_stop_redirected(err), f"{DOMAIN} redirect {self.entity_id}"
+        LOGGER.debug("%s: %s", self.entity_id, err)
+        self._refused = True
+        if self._refusal_over is not None:
+            self._refusal_over()
+        self._refusal_over = async_call_later(
+            self.hass, REFUSED_UNAVAILABLE, self._async_refusal_expired
         )
-
-    async def _async_stop_redirected(self, err: RedirectedError) -> None:
-        """Stop the stream a camera redirected, and mark the camera unavailable."""
+        self.async_write_ha_state()
         if (stream := self.stream) is not None and stream.outputs():
-            await _async_stop_stream(stream)
-        self.coordinator.async_set_update_error(
-            UpdateFailed(
-                translation_domain=DOMAIN,
-                translation_key=f"health_{err.translation_key}",
-                translation_placeholders=err.placeholders,
+            self.coordinator.config_entry.async_create_background_task(
+                self.hass, self._async_stop(stream), f"{DOMAIN} redirect {self.entity_id}"
             )
-        )
+
+    @callback
+    def _async_refusal_expired(self, _now: datetime) -> None:
+        """One health interval after a refused redirect: available again if healthy."""
+        self._refusal_over = None  # (cancelled on removal: the entity is still here)
+        self._refused = False
+        self.async_write_ha_state()
 
     async def _async_check_stream_peer(self) -> None:
         """A 401 starts reauth; another device at the address stops the stream."""
@@ -308,7 +360,7 @@ class LocalCamCamera(LocalCamEntity, Camera):
                     # device; nor follow the camera's redirect (FFmpeg would,
                     # to wherever it points, unchecked).
                     if self.stream is not None:
-                        await _async_stop_stream(self.stream)
+                        await self._async_stop(self.stream)
                     await self.coordinator.async_request_refresh()
                     return
                 except LocalCamError:
@@ -317,7 +369,8 @@ class LocalCamCamera(LocalCamEntity, Camera):
                     # The check looked at where the host points now; so must the
                     # stream: that very address, not a second lookup's answer.
                     if (stream := self.stream) is not None:
-                        self._pin(stream, self._client.pinned_url(checked))
+                        with contextlib.suppress(LocalCamError):  # no relay port: next check
+                            self._pin(stream, self._client.pinned_url(checked))
                 if not self._recheck:
                     return
         finally:

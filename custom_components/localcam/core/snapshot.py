@@ -90,9 +90,11 @@ class CameraClient:
         self.reuse_within = 0.0
 
     async def close(self) -> None:
-        """Close the warm RTSP session, if any, and the relay (entry unload, flow end)."""
-        await self.grabber.close()
+        """Close the relay and the warm RTSP session, if any (entry unload, flow end)."""
+        # The relay first: its sessions end at once, so a grab thread blocked
+        # in FFmpeg on one returns now rather than at its timeout.
         await self.guard.close()
+        await self.grabber.close()
 
     async def stream_target(self) -> Target:
         """Check the stream URL against the policy and pin its address."""
@@ -101,6 +103,15 @@ class CameraClient:
     async def stream_url(self) -> str:
         """Return the pinned stream URL with credentials (secret: never log it)."""
         return self.pinned_url(await self.stream_target())
+
+    async def direct_stream_url(self) -> str:
+        """The stream URL at the checked address itself, not through the relay (secret).
+
+        Only for a client on another machine, which cannot reach this one's
+        loopback relay (an external go2rtc server).
+        """
+        target = await self.stream_target()
+        return target.pinned_url(self.source.username, self.source.password)
 
     def pinned_url(self, target: Target) -> str:
         """FFmpeg's URL for a checked target, with credentials (secret).
