@@ -198,11 +198,12 @@ class LocalCamCamera(LocalCamEntity, Camera):
 
     @override
     async def stream_source(self) -> str:
-        """Return the policy-checked LAN RTSP URL, credentials included.
+        """Return FFmpeg's URL for the camera, credentials included (a secret, never logged).
 
         The policy check and address pinning run every time: a hostname that
         now resolves outside the LAN yields an error, not a stream. The URL is
-        a secret and is never logged.
+        the camera's loopback relay to the checked address (core/rtsp_guard),
+        which lets no redirect send FFmpeg elsewhere.
         """
         try:
             if _go2rtc_elsewhere(self.hass):

@@ -118,7 +118,7 @@ def _entry_diagnostics(hass: HomeAssistant, entry: LocalCamConfigEntry) -> dict[
                     "active": stream.client.grabber.active,
                     "sessions_opened": stream.client.grabber.sessions_opened,
                 },
-                # FFmpeg's loopback relay: sessions refused are redirects it stopped.
+                # FFmpeg's loopback relay; sessions refused: redirects and unreadable replies.
                 "rtsp_relay": stream.client.guard.as_dict(),
             }
             for profile, stream in runtime.streams.items()

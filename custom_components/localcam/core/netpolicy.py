@@ -93,6 +93,16 @@ _MASK: Final = "***"
 _INVALID_DISPLAY: Final = "<invalid url>"
 
 
+def url_userinfo(username: str | None, password: str | None) -> str:
+    """``user:pass@`` for a URL, percent-encoded ("" without either); a secret."""
+    if username is None and password is None:
+        return ""
+    userinfo = quote(username or "", safe="")
+    if password is not None:
+        userinfo += ":" + quote(password, safe="")
+    return userinfo + "@"
+
+
 @dataclass(frozen=True, slots=True, repr=False)
 class Target:
     """A URL that passed the policy, pinned to the address that was checked."""
@@ -106,12 +116,7 @@ class Target:
         """Return the URL aimed at the checked address; secret when credentials are given."""
         # Connecting to the literal address (not the name) closes the window in
         # which a second DNS answer could send the connection somewhere else.
-        userinfo = ""
-        if username is not None or password is not None:
-            userinfo = quote(username or "", safe="")
-            if password is not None:
-                userinfo += ":" + quote(password, safe="")
-            userinfo += "@"
+        userinfo = url_userinfo(username, password)
         literal = f"[{self.address}]" if self.address.version == 6 else str(self.address)
         port = "" if self.url.explicit_port is None else f":{self.url.explicit_port}"
         return f"{self.url.scheme}://{userinfo}{literal}{port}{self.url.raw_path_qs}"

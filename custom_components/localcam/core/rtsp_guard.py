@@ -41,12 +41,11 @@ import logging
 import socket
 import time
 from typing import Final
-from urllib.parse import quote
 
 import yarl
 
 from .errors import CannotConnectError, RedirectedError
-from .netpolicy import Target
+from .netpolicy import Target, url_userinfo
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -476,12 +475,7 @@ class RtspGuard:
                 task.add_done_callback(self._closing.discard)
         else:
             self._listeners.move_to_end(key)
-        userinfo = ""
-        if username is not None or password is not None:
-            userinfo = quote(username or "", safe="")
-            if password is not None:
-                userinfo += ":" + quote(password, safe="")
-            userinfo += "@"
+        userinfo = url_userinfo(username, password)
         return f"rtsp://{userinfo}127.0.0.1:{listener.local_port}{target.url.raw_path_qs}"
 
     def as_dict(self) -> dict[str, int]:
