@@ -6,7 +6,8 @@ relay in the event loop. One virtual camera (its own process, so its encoder
 is not counted; noise in its picture gives it a real camera's bit rate)
 streams H.264 over TCP; this process demuxes it for a fixed
 time each way, as HA's worker does (packets, no decode), and reports its
-own CPU time, the bytes received, and the ratio. All on 127.0.0.1.
+own CPU time, the bytes received, and the ratio (JSON in bench/results/).
+All on 127.0.0.1.
 
     .venv/bin/python -m bench.relay [--seconds 15] [--size 1280x720] [--fps 25]
 """
@@ -29,6 +30,7 @@ from custom_components.localcam.core.netpolicy import NetPolicy
 from custom_components.localcam.core.rtsp_guard import RtspGuard
 
 ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
 
 
 def _cpu_seconds() -> float:
@@ -126,6 +128,15 @@ async def main(args: argparse.Namespace) -> None:
     extra = (totals["relay"] - totals["direct"]) / (args.seconds * args.rounds) * 100
     ratio = totals["relay"] / totals["direct"]
     print(f"relay's own cost: {extra:.2f} % of a core; LocalCam:HA CPU {ratio:.2f}")
+    out = RESULTS / f"relay-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        json.dumps(
+            {"args": vars(args), "runs": runs, "relay_cost_pct": extra, "cpu_ratio": ratio},
+            indent=2,
+        )
+    )
+    print(f"JSON: {out.relative_to(ROOT)}")
 
 
 def _parse() -> argparse.Namespace:
