@@ -190,7 +190,7 @@ class ReplyFilter:
         self._scanned = line - pos
         return -1
 
-    def feed(self, data: bytes) -> bytes:
+    def feed(self, data: bytes) -> bytearray:
         """Return what may go to the client now; raise _RefusedError to end the session."""
         buf = self._buffer
         buf += data
@@ -236,7 +236,7 @@ class ReplyFilter:
             self._left = body
             self._crs = 0
         del buf[:pos]
-        return bytes(out)
+        return out  # written as it is: no second copy of every frame
 
     def _check(self, head: bytes) -> tuple[bytes, int]:
         """Check one message head; return it (maybe rewritten) and its body length."""
@@ -299,14 +299,10 @@ def _bind_unused_port() -> socket.socket:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             try:
                 sock.bind(("127.0.0.1", 0))
-            except OSError:
-                sock.close()
-                raise
-            port = sock.getsockname()[1]
-            if port in _USED_PORTS:
-                held.append(sock)
-                continue
-            try:
+                port = sock.getsockname()[1]
+                if port in _USED_PORTS:
+                    held.append(sock)
+                    continue
                 sock.listen(_BACKLOG)
                 sock.setblocking(False)
             except OSError:
