@@ -1,8 +1,11 @@
 """Shared fixtures for LocalCam's Home Assistant tests."""
 
+import asyncio
 from collections.abc import AsyncIterator, Generator
 import logging
 import os
+from pathlib import Path
+import ssl
 from typing import Any
 
 from homeassistant.config_entries import SOURCE_USER, ConfigEntry
@@ -28,6 +31,7 @@ from custom_components.localcam.const import (
 )
 from custom_components.localcam.core.netpolicy import normalized_identity
 from virtualcam import CameraConfig, VirtualCamera, color_for
+from virtualcam.cast import self_signed
 
 # No LocalCam network scan may multicast on a real interface from a test;
 # discovery tests that need scans run them inside their own namespaces.
@@ -108,6 +112,30 @@ async def rtsp_only_camera(socket_enabled: None) -> AsyncIterator[VirtualCamera]
             http_snapshot=False,
             width=320,
             height=180,
+        )
+    )
+    await cam.start()
+    yield cam
+    await cam.stop()
+
+
+@pytest.fixture
+async def rtsps_camera(
+    socket_enabled: None, quiet_tls_rejects: None, tmp_path: Path
+) -> AsyncIterator[VirtualCamera]:
+    """An RTSP-only camera serving rtsps:// with a self-signed certificate, as most do."""
+    cert, key = await asyncio.to_thread(self_signed, tmp_path, "127.0.0.1")
+    cam = VirtualCamera(
+        CameraConfig(
+            name="gate",
+            color=color_for(2),
+            username=CAM_USER,
+            password=CAM_PASSWORD,
+            http_snapshot=False,
+            width=320,
+            height=180,
+            tls_cert=str(cert),
+            tls_key=str(key),
         )
     )
     await cam.start()
@@ -196,3 +224,30 @@ async def add_onvif_entry(
     )
     await hass.async_block_till_done()
     return result["result"]
+
+
+@pytest.fixture
+async def quiet_tls_rejects() -> AsyncIterator[None]:
+    """Drop the server-side report of a TLS handshake our client rightly aborts.
+
+    asyncio hands that report to the loop's exception handler, which Home
+    Assistant's test plugin turns into a test error; anything else still passes.
+    """
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+
+    def handler(handler_loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+        message = str(context.get("message", ""))
+        exc = context.get("exception")
+        if message.startswith("Error on transport creation") and isinstance(
+            exc, ConnectionResetError | ssl.SSLError
+        ):
+            return
+        if previous is not None:
+            previous(handler_loop, context)
+        else:
+            handler_loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+    yield
+    loop.set_exception_handler(previous)

@@ -94,6 +94,10 @@ class CameraConfig:
     redirect_location: str | None = None
     # A band of noise at the bottom of the picture: a real camera's bit rate (benchmarks).
     noise: bool = False
+    # RTSP over TLS (rtsps://) with this certificate chain and key (PEM paths; see
+    # virtualcam.cast.self_signed), as cameras with "secure RTSP" serve it.
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
 
 class Fault(StrEnum):
@@ -336,9 +340,14 @@ class VirtualCamera:
         return self._http_port
 
     @property
+    def rtsp_scheme(self) -> str:
+        """rtsps with a TLS certificate configured, else rtsp."""
+        return "rtsps" if self.config.tls_cert else "rtsp"
+
+    @property
     def rtsp_url(self) -> str:
-        """rtsp://host:port/stream, without credentials."""
-        return f"rtsp://{self.config.host}:{self._rtsp_port}/stream"
+        """rtsp(s)://host:port/stream, without credentials."""
+        return f"{self.rtsp_scheme}://{self.config.host}:{self._rtsp_port}/stream"
 
     @property
     def snapshot_url(self) -> str:

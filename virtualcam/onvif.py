@@ -393,11 +393,11 @@ class OnvifService:
         )
 
     def _get_stream_uri(self, op: ET.Element) -> tuple[int, bytes]:
-        """rtsp://host:port/<path> for the profile."""
+        """rtsp(s)://host:port/<path> for the profile."""
         spec = self._profile(op)
         if spec is None:
             return 400, fault("s:Sender", "ter:InvalidArgVal", "No such profile")
-        uri = self._reported("rtsp", self.camera.rtsp_port, spec.path)
+        uri = self._reported(self.camera.rtsp_scheme, self.camera.rtsp_port, spec.path)
         return 200, self._media_uri("GetStreamUriResponse", uri)
 
     def _get_snapshot_uri(self, op: ET.Element) -> tuple[int, bytes]:

@@ -8,6 +8,7 @@ import ipaddress
 import logging
 import secrets
 import socket
+import ssl
 import struct
 import time
 from urllib.parse import urlsplit
@@ -565,8 +566,15 @@ class RtspServer:
         return "\r\n".join(lines) + "\r\n"
 
     async def start(self, sock: socket.socket) -> None:
-        """Serve on a bound listening socket."""
-        self._server = await asyncio.start_server(self._on_client, sock=sock, limit=_MAX_BODY)
+        """Serve on a bound listening socket (over TLS when the camera has a certificate)."""
+        cfg = self.camera.config
+        context: ssl.SSLContext | None = None
+        if cfg.tls_cert:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            await asyncio.to_thread(context.load_cert_chain, cfg.tls_cert, cfg.tls_key)
+        self._server = await asyncio.start_server(
+            self._on_client, sock=sock, limit=_MAX_BODY, ssl=context
+        )
 
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Per-connection task."""
@@ -584,7 +592,12 @@ class RtspServer:
             conn = _Connection(self, reader, writer)
             self._connections.add(conn)
             await conn.run()
-        except ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError:
+        except (
+            ConnectionError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            ssl.SSLError,
+        ):
             pass
         except ValueError:  # garbage in place of a Content-Length, an over-long line...
             pass

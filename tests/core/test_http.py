@@ -22,6 +22,7 @@ import yarl
 from custom_components.localcam.core.errors import (
     CameraTimeoutError,
     CannotConnectError,
+    CertificateError,
     InvalidAuthError,
     InvalidUrlError,
     LocalCamError,
@@ -803,33 +804,6 @@ class TlsCamera:
 
 
 @pytest.fixture
-async def quiet_tls_rejects() -> AsyncIterator[None]:
-    """Drop the server-side report of a TLS handshake our client rightly aborts.
-
-    asyncio hands that report to the loop's exception handler, which Home
-    Assistant's test plugin turns into a test error; anything else still passes.
-    """
-    loop = asyncio.get_running_loop()
-    previous = loop.get_exception_handler()
-
-    def handler(handler_loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
-        message = str(context.get("message", ""))
-        exc = context.get("exception")
-        if message.startswith("Error on transport creation") and isinstance(
-            exc, ConnectionResetError | ssl.SSLError
-        ):
-            return
-        if previous is not None:
-            previous(handler_loop, context)
-        else:
-            handler_loop.default_exception_handler(context)
-
-    loop.set_exception_handler(handler)
-    yield
-    loop.set_exception_handler(previous)
-
-
-@pytest.fixture
 async def tls_cam(
     socket_enabled: None, quiet_tls_rejects: None, tls_files: TlsFiles
 ) -> AsyncIterator[TlsCamera]:
@@ -861,10 +835,12 @@ async def test_https_sni_and_host_header(
 async def test_https_verifies_certificates_by_default(
     session: aiohttp.ClientSession, policy: NetPolicy, tls_cam: TlsCamera
 ) -> None:
-    """verify_ssl=True (the default) refuses a self-signed certificate."""
+    """verify_ssl=True (the default) refuses a self-signed certificate, saying so."""
     url = f"https://cam.lan:{tls_cam.camera.port}/plain"
-    with pytest.raises(CannotConnectError, match="Certificate"):
+    with pytest.raises(CertificateError) as err:
         await fetch(session, policy, url)
+    assert err.value.placeholders == {"reason": "self-signed certificate"}
+    assert err.value.translation_key == "invalid_certificate"
 
 
 # --- No secret in any error message or log line. ---
