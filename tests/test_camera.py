@@ -29,13 +29,15 @@ import yarl
 from custom_components.localcam.const import (
     CONF_CAMERA_ID,
     CONF_IDENTITY,
+    CONF_RTSP_TRANSPORT,
     CONF_SNAPSHOT_MAX_AGE,
     CONF_STREAM_URL,
+    CONF_VERIFY_SSL,
     DOMAIN,
 )
 from custom_components.localcam.core import jpeg
 from custom_components.localcam.core.errors import CannotConnectError, RedirectedError
-from custom_components.localcam.core.netpolicy import NetPolicy, Target
+from custom_components.localcam.core.netpolicy import NetPolicy, Target, normalized_identity
 from virtualcam import CameraConfig, Fault, VirtualCamera, color_for, nearest_camera
 
 from .conftest import (
@@ -120,6 +122,38 @@ async def test_stream_source_is_pinned_with_credentials(
     assert url.port != camera.rtsp_port  # FFmpeg is never handed the camera itself
     entity = get_camera_from_entity_id(hass, entity_id)
     assert _relayed_to(entity, source) == f"127.0.0.1:{camera.rtsp_port}"
+
+
+async def test_an_rtsps_camera_streams_through_the_relay_with_its_own_tls_setting(
+    hass: HomeAssistant, rtsps_camera: VirtualCamera
+) -> None:
+    """A self-signed rtsps camera with "Verify SSL certificate" off plays, stills and stream.
+
+    HA's stream worker (FFmpeg 9) checks every rtsps certificate itself and
+    takes no option to stop it, so such a camera never played before. The
+    relay now holds the TLS connection, as the user's setting says, and
+    FFmpeg plays plain RTSP from it over loopback, interleaved (TCP) even
+    where UDP is configured.
+    """
+    cam = rtsps_camera
+    entry = MockConfigEntry(
+        domain=DOMAIN,
+        unique_id=normalized_identity(cam.rtsp_url),
+        data={**entry_data(cam, snapshot=False), CONF_VERIFY_SSL: False},
+        options={CONF_RTSP_TRANSPORT: "udp"},
+    )
+    await setup_entry(hass, entry)
+    entity_id = main_entity_id(hass, entry)
+    entity = get_camera_from_entity_id(hass, entity_id)
+    assert entity.stream_options["rtsp_transport"] == "tcp"
+    source = await async_get_stream_source(hass, entity_id)
+    assert source is not None
+    assert (yarl.URL(source).scheme, yarl.URL(source).host) == ("rtsp", "127.0.0.1")
+    assert _relayed_to(entity, source) == f"127.0.0.1:{cam.rtsp_port}"
+    image = await async_get_image(hass, entity_id)
+    assert _camera_index(image.content) == 2
+    async with _running_stream(hass, entity_id, cam):
+        assert cam.stats.active_play_sessions >= 1
 
 
 @pytest.fixture

@@ -81,6 +81,29 @@ async def test_add_camera(hass: HomeAssistant, camera: VirtualCamera) -> None:
     assert camera.stats.snapshot_requests >= 1
 
 
+async def test_a_self_signed_rtsps_camera_is_added_with_verification_off(
+    hass: HomeAssistant, rtsps_camera: VirtualCamera
+) -> None:
+    """rtsps with a self-signed certificate: refused while verifying, added once it is off.
+
+    The test before configure decodes a frame through the loopback relay,
+    which holds the TLS connection as "Verify SSL certificate" says.
+    """
+    flow_id = await _url_form(hass)
+    values = _input(rtsps_camera, **{CONF_SNAPSHOT_URL: None})
+    result = await hass.config_entries.flow.async_configure(flow_id, values)
+    assert result["type"] is FlowResultType.FORM
+    assert result["errors"] == {"base": "invalid_certificate"}
+    assert result["description_placeholders"]["reason"] == "self-signed certificate"
+    result = await hass.config_entries.flow.async_configure(
+        flow_id, {**values, CONF_VERIFY_SSL: False}
+    )
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    assert result["data"][CONF_STREAM_URL] == rtsps_camera.rtsp_url
+    assert (result["data"][CONF_CODEC], result["data"][CONF_WIDTH]) == ("h264", 320)
+    assert rtsps_camera.stats.play_sessions >= 1
+
+
 async def test_credentials_typed_into_the_url_are_moved_out(
     hass: HomeAssistant, rtsp_only_camera: VirtualCamera
 ) -> None:

@@ -129,7 +129,7 @@ class LocalCamCamera(LocalCamEntity, Camera):
             self._attr_translation_key = "profile"
             self._attr_translation_placeholders = {"profile": _profile_name(entry, profile)}
             self._attr_entity_registry_enabled_default = False
-        self.stream_options[STREAM_RTSP_TRANSPORT] = self._client.source.rtsp_transport.value
+        self.stream_options[STREAM_RTSP_TRANSPORT] = self._client.source.ffmpeg_transport.value
         self._auth_check: asyncio.Task[None] | None = None
         self._recheck = False
         self._removed = False

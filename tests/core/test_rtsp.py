@@ -25,6 +25,7 @@ from custom_components.localcam.core import rtsp
 from custom_components.localcam.core.errors import (
     CameraTimeoutError,
     CannotConnectError,
+    CertificateError,
     InvalidAuthError,
     InvalidImageError,
     NoVideoError,
@@ -698,9 +699,13 @@ async def test_a_grab_waiting_on_a_session_moved_elsewhere_gets_an_error(
 
 async def test_describe_over_rtsps(
     socket_enabled: None,
+    quiet_tls_rejects: None,
     tls_files: TlsFiles,  # noqa: F811 - the fixture imported from test_http
 ) -> None:
-    """rtsps:// is TLS to the pinned address; verify_ssl off accepts a self-signed camera."""
+    """rtsps:// is TLS to the pinned address; verify_ssl off accepts a self-signed camera.
+
+    Verifying, the same camera is refused with the certificate's own reason.
+    """
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(tls_files.cert, tls_files.key)
 
@@ -719,6 +724,9 @@ async def test_describe_over_rtsps(
     try:
         target = await _target(f"rtsps://127.0.0.1:{port}/stream")
         await describe(target, verify_ssl=False, timeout=3)
+        with pytest.raises(CertificateError) as err:
+            await describe(target, verify_ssl=True, timeout=3)
+        assert err.value.placeholders == {"reason": "self-signed certificate"}
     finally:
         server.close()
         await server.wait_closed()
@@ -740,7 +748,7 @@ async def test_rtsps_context_is_built_off_the_event_loop(
         original(self, *args, **kwargs)
 
     monkeypatch.setattr(ssl.SSLContext, "load_default_certs", spy)
-    rtsp._client_ssl_context.cache_clear()
+    rtsp.client_ssl_context.cache_clear()
 
     async def handle(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.close()
@@ -755,8 +763,8 @@ async def test_rtsps_context_is_built_off_the_event_loop(
         server.close()
         await server.wait_closed()
     assert threads == [False, False]  # built twice (verify on, off), never in the loop
-    assert rtsp._client_ssl_context(True).verify_mode == ssl.CERT_REQUIRED
-    unverified = rtsp._client_ssl_context(False)
+    assert rtsp.client_ssl_context(True).verify_mode == ssl.CERT_REQUIRED
+    unverified = rtsp.client_ssl_context(False)
     assert (unverified.verify_mode, unverified.check_hostname) == (ssl.CERT_NONE, False)
 
 

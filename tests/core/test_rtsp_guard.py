@@ -6,10 +6,11 @@ and tiny scripted servers, all on 127.0.0.1.
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 import contextlib
 from contextlib import asynccontextmanager
 import io
+from pathlib import Path
 import random
 import socket
 from typing import Any
@@ -20,13 +21,19 @@ import pytest
 import yarl
 
 from custom_components.localcam.core import rtsp_guard
-from custom_components.localcam.core.errors import CannotConnectError, RedirectedError
+from custom_components.localcam.core.errors import (
+    CannotConnectError,
+    CertificateError,
+    LocalCamError,
+    RedirectedError,
+)
 from custom_components.localcam.core.models import CameraSource, RtspTransport
 from custom_components.localcam.core.netpolicy import NetPolicy
-from custom_components.localcam.core.rtsp import async_grab_keyframe
+from custom_components.localcam.core.rtsp import async_grab_keyframe, client_ssl_context
 from custom_components.localcam.core.rtsp_guard import ReplyFilter, RtspGuard
 from custom_components.localcam.core.snapshot import CameraClient
 from virtualcam import CameraConfig, Fault, VirtualCamera, color_for, nearest_camera
+from virtualcam.cast import self_signed
 
 USER, PASSWORD = "cam", "pw-guard-3"
 ADDRESS = "192.168.1.20"
@@ -227,9 +234,11 @@ def test_the_filter_refuses_what_is_not_rtsp(data: bytes) -> None:
         ReplyFilter(ADDRESS).feed(data)
 
 
-@pytest.fixture
-async def two_cams(socket_enabled: None) -> AsyncIterator[tuple[VirtualCamera, VirtualCamera]]:
-    """Camera 0, whose players may be sent to camera 5 (which asks for no credentials)."""
+@asynccontextmanager
+async def _pair(
+    tls: tuple[Path, Path] | None = None,
+) -> AsyncIterator[tuple[VirtualCamera, VirtualCamera]]:
+    """Camera 0 (rtsps with ``tls``), whose players may be sent to camera 5 (no credentials)."""
     other = VirtualCamera(
         CameraConfig(
             name="c5",
@@ -250,12 +259,54 @@ async def two_cams(socket_enabled: None) -> AsyncIterator[tuple[VirtualCamera, V
             height=180,
             http_snapshot=False,
             redirect_location=other.rtsp_url,
+            tls_cert=str(tls[0]) if tls else None,
+            tls_key=str(tls[1]) if tls else None,
         )
     )
     await cam.start()
-    yield cam, other
-    await cam.stop()
-    await other.stop()
+    try:
+        yield cam, other
+    finally:
+        await cam.stop()
+        await other.stop()
+
+
+@pytest.fixture
+async def two_cams(socket_enabled: None) -> AsyncIterator[tuple[VirtualCamera, VirtualCamera]]:
+    """Camera 0, whose players may be sent to camera 5 (which asks for no credentials)."""
+    async with _pair() as cams:
+        yield cams
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+    """Self-signed camera certificates: one naming 127.0.0.1, one naming cam.lan."""
+    return {
+        "127.0.0.1": self_signed(tmp_path_factory.mktemp("tls-ip"), "127.0.0.1"),
+        "cam.lan": self_signed(tmp_path_factory.mktemp("tls-name"), "cam.lan"),
+    }
+
+
+@pytest.fixture
+async def tls_cams(
+    socket_enabled: None, quiet_tls_rejects: None, certs: dict[str, tuple[Path, Path]]
+) -> AsyncIterator[tuple[VirtualCamera, VirtualCamera]]:
+    """The same pair, camera 0 serving rtsps:// with a certificate for 127.0.0.1."""
+    async with _pair(certs["127.0.0.1"]) as cams:
+        yield cams
+
+
+@pytest.fixture
+def trusted(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Path], None]]:
+    """Make a certificate the only CA that verifying TLS clients built after this trust."""
+
+    def trust(cert: Path) -> None:
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        monkeypatch.setenv("SSL_CERT_DIR", str(cert.parent))
+        client_ssl_context.cache_clear()
+
+    yield trust
+    client_ssl_context.cache_clear()
 
 
 def _colour(jpeg: bytes) -> int:
@@ -267,7 +318,7 @@ def _colour(jpeg: bytes) -> int:
 
 @asynccontextmanager
 async def _client(
-    cam: VirtualCamera, transport: RtspTransport = RtspTransport.TCP
+    cam: VirtualCamera, transport: RtspTransport = RtspTransport.TCP, *, verify_ssl: bool = True
 ) -> AsyncIterator[CameraClient]:
     """LocalCam's client for an RTSP-only camera (stills are grabbed by FFmpeg)."""
     source = CameraSource(
@@ -275,6 +326,7 @@ async def _client(
         stream_url=cam.rtsp_url,
         username=USER,
         password=PASSWORD,
+        verify_ssl=verify_ssl,
         rtsp_transport=transport,
     )
     async with aiohttp.ClientSession() as session:
@@ -326,6 +378,80 @@ async def test_a_camera_that_sends_ffmpeg_elsewhere_gets_an_error_not_that_frame
     cam.fault = None
     async with _client(cam) as client:
         assert _colour((await client.fetch_snapshot(timeout=8)).jpeg) == 0
+
+
+@pytest.mark.parametrize("transport", list(RtspTransport))
+async def test_an_rtsps_camera_is_relayed_with_the_relay_as_its_tls_client(
+    tls_cams: tuple[VirtualCamera, VirtualCamera], transport: RtspTransport
+) -> None:
+    """FFmpeg gets plain RTSP on loopback, over TCP whatever is configured; TLS is the relay's.
+
+    With "Verify SSL certificate" off, a self-signed camera's stills now come
+    through: FFmpeg 9 alone checks every rtsps certificate and has no option
+    Home Assistant's stream would pass to it, so it refuses such a camera.
+    """
+    cam, _ = tls_cams
+    assert cam.rtsp_url.startswith("rtsps://")
+    direct = (await NetPolicy().check(cam.rtsp_url)).pinned_url(USER, PASSWORD)
+    with pytest.raises(LocalCamError):
+        await async_grab_keyframe(direct, timeout=5)  # what FFmpeg does on its own
+    async with _client(cam, transport, verify_ssl=False) as client:
+        url = yarl.URL(await client.stream_url())
+        assert (url.scheme, url.host, url.path) == ("rtsp", "127.0.0.1", "/stream")
+        assert url.port != cam.rtsp_port
+        # Only interleaved RTP travels inside the relay's TLS connection.
+        assert client.source.ffmpeg_transport is RtspTransport.TCP
+        snapshot = await client.fetch_snapshot(timeout=8)
+        assert _colour(snapshot.jpeg) == 0
+        assert cam.stats.rtsp_connections >= 1
+
+
+async def test_the_relay_checks_an_rtsps_certificate_when_the_source_asks(
+    tls_cams: tuple[VirtualCamera, VirtualCamera],
+    certs: dict[str, tuple[Path, Path]],
+    trusted: Callable[[Path], None],
+) -> None:
+    """Verify on: a trusted certificate for the camera's host passes, any other ends the session.
+
+    FFmpeg itself never checks an rtsps certificate; the relay does, as
+    LocalCam's own DESCRIBE does, so "Verify SSL certificate" holds for
+    stills and the live stream alike.
+    """
+    cam, _ = tls_cams
+    async with _client(cam, verify_ssl=True) as client:
+        before = cam.stats.rtsp_connections
+        with pytest.raises(CertificateError) as err:
+            await client.fetch_snapshot(timeout=4)
+        assert err.value.placeholders == {"reason": "self-signed certificate"}
+        with pytest.raises(CertificateError):  # the test before configure says the same
+            await client.probe(4)
+        assert cam.stats.rtsp_connections == before  # no RTSP request got through
+    async with _pair(certs["cam.lan"]) as (named, _):
+        trusted(certs["cam.lan"][0])  # a trusted certificate, for another host name
+        async with _client(named, verify_ssl=True) as client:
+            with pytest.raises(CertificateError) as err:
+                await client.fetch_snapshot(timeout=4)
+            assert "mismatch" in err.value.placeholders["reason"]
+        assert named.stats.rtsp_connections == 0
+    async with _client(cam, verify_ssl=False) as client:
+        assert _colour((await client.fetch_snapshot(timeout=8)).jpeg) == 0
+    trusted(certs["127.0.0.1"][0])
+    async with _client(cam, verify_ssl=True) as client:
+        assert _colour((await client.fetch_snapshot(timeout=8)).jpeg) == 0
+
+
+async def test_an_rtsps_camera_that_sends_ffmpeg_elsewhere_gets_an_error_not_that_frame(
+    tls_cams: tuple[VirtualCamera, VirtualCamera],
+) -> None:
+    """The redirect a TLS camera sends FFmpeg is refused by the relay, as for plain RTSP."""
+    cam, other = tls_cams
+    cam.fault = Fault.REDIRECT_PLAYERS
+    before = other.stats.rtsp_connections
+    async with _client(cam, verify_ssl=False) as client:
+        with pytest.raises(RedirectedError):
+            await client.fetch_snapshot(timeout=5)
+        assert client.guard.refusals == 1
+    assert other.stats.rtsp_connections == before
 
 
 async def _rtsp_options(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
@@ -431,7 +557,7 @@ async def test_listeners_and_sessions_are_bounded(socket_enabled: None) -> None:
 
 
 async def test_urls_name_the_relay_and_keep_what_the_camera_needs(socket_enabled: None) -> None:
-    """Credentials, path and query kept; rtsps (TLS) unrelayed; foreign URLs relay nowhere."""
+    """Credentials, path and query kept; rtsps relayed by its own TLS setting; others refused."""
     guard = RtspGuard()
     try:
         target = await NetPolicy().check("rtsp://127.0.0.1:5540/live?channel=1")
@@ -442,7 +568,19 @@ async def test_urls_name_the_relay_and_keep_what_the_camera_needs(socket_enabled
         assert relayed is not None
         assert (str(relayed[0]), relayed[1]) == ("127.0.0.1", 5540)
         tls = await NetPolicy().check("rtsps://127.0.0.1:3322/live")
-        assert guard.url(tls, None, None) == "rtsps://127.0.0.1:3322/live"
+        verified = yarl.URL(guard.url(tls, None, None))
+        assert (verified.scheme, verified.host, verified.path) == ("rtsp", "127.0.0.1", "/live")
+        relayed = guard.relayed_to(str(verified))
+        assert relayed is not None
+        assert (str(relayed[0]), relayed[1]) == ("127.0.0.1", 3322)
+        # Another TLS setting is another relay: a verifying one is never reused unverified.
+        unverified = yarl.URL(guard.url(tls, None, None, verify_ssl=False))
+        assert unverified.port != verified.port
+        assert yarl.URL(guard.url(tls, None, None)).port == verified.port
+        # verify_ssl means nothing to plain RTSP: one relay for the address.
+        assert yarl.URL(guard.url(target, None, None, verify_ssl=False)).port == url.port
+        with pytest.raises(ValueError, match="not an RTSP URL"):
+            guard.url(await NetPolicy().check("http://127.0.0.1:8080/live"), None, None)
         assert guard.relayed_to("rtsp://127.0.0.1:1/live") is None  # no relay on that port
         assert guard.relayed_to("rtsp://192.168.1.9:5540/live") is None  # not the relay
         assert guard.relayed_to("rtsp://[::1") is None  # not a URL

@@ -65,6 +65,22 @@ class RedirectedError(CannotConnectError):
         )
 
 
+class CertificateError(CannotConnectError):
+    """The camera's TLS certificate failed the check its settings ask for."""
+
+    translation_key = "invalid_certificate"
+
+    def __init__(self, reason: str) -> None:
+        """Name what the check found (OpenSSL's words: a host name at most)."""
+        super().__init__(f"camera certificate not accepted: {reason}", reason=reason)
+
+
+def certificate_reason(err: BaseException) -> str:
+    """OpenSSL's short reason for a refused certificate ("self-signed certificate")."""
+    reason = getattr(err, "verify_message", None) or getattr(err, "reason", None)
+    return str(reason or "not trusted").rstrip(".")
+
+
 class ReplyTooLargeError(CannotConnectError):
     """The reply was longer than the caller allows (it was not read to the end)."""
 

@@ -32,9 +32,11 @@ import yarl
 from .errors import (
     CameraTimeoutError,
     CannotConnectError,
+    CertificateError,
     InvalidAuthError,
     InvalidUrlError,
     ReplyTooLargeError,
+    certificate_reason,
 )
 from .netpolicy import DEFAULT_PORTS, NetPolicy, Target, display_url
 
@@ -176,6 +178,8 @@ async def _follow(
             # aiohttp's own socket timeouts; the overall deadline arrives as a
             # cancellation instead and is turned into CameraTimeoutError by fetch().
             raise CameraTimeoutError(f"{display_url(target.url)} timed out") from None
+        except aiohttp.ClientConnectorCertificateError as err:
+            raise CertificateError(certificate_reason(err.certificate_error)) from None
         except (aiohttp.ClientError, OSError) as err:
             # "from None": aiohttp messages can quote the full URL with its query.
             raise CannotConnectError(

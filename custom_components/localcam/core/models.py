@@ -41,6 +41,19 @@ class CameraSource:
     identity: Identity = field(default_factory=Identity)
 
     @property
+    def ffmpeg_transport(self) -> RtspTransport:
+        """The RTSP transport FFmpeg is told to use for this camera's stream.
+
+        The configured one, except TCP for ``rtsps://``: FFmpeg reaches such a
+        camera through the loopback relay, which holds the TLS connection, and
+        only interleaved RTP travels inside it (FFmpeg forces TCP for rtsps
+        itself; over plain rtsp to the relay it would otherwise ask for UDP).
+        """
+        if self.stream_url.partition(":")[0].lower() == "rtsps":
+            return RtspTransport.TCP
+        return self.rtsp_transport
+
+    @property
     def fingerprint(self) -> str:
         """Hash of everything that decides which pictures this source yields.
 

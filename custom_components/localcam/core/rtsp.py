@@ -29,11 +29,13 @@ from typing import TYPE_CHECKING, Any, Final
 from .errors import (
     CameraTimeoutError,
     CannotConnectError,
+    CertificateError,
     InvalidAuthError,
     InvalidImageError,
     LocalCamError,
     NoVideoError,
     RedirectedError,
+    certificate_reason,
 )
 from .jpeg import MAX_DIMENSION, MAX_PIXELS, encode_bgr
 from .models import RtspTransport, StreamInfo
@@ -700,7 +702,7 @@ class RtspAuthMemory:
 
 
 @functools.cache
-def _client_ssl_context(verify: bool) -> ssl.SSLContext:
+def client_ssl_context(verify: bool) -> ssl.SSLContext:
     """The rtsps client context, verifying or not (blocking: reads the CA bundle).
 
     Built once per setting and shared by every health check: creating one
@@ -738,7 +740,7 @@ async def describe(
     if target.url.scheme == "rtsps":
         # Built (CA bundle read) in a worker thread, once per setting.
         ssl_context = await asyncio.get_running_loop().run_in_executor(
-            None, _client_ssl_context, verify_ssl
+            None, client_ssl_context, verify_ssl
         )
     memory = auth_memory if username is not None else None
     authorization: str | None = None
@@ -787,6 +789,8 @@ async def describe(
                 break
     except TimeoutError:
         raise CameraTimeoutError("camera did not answer DESCRIBE in time") from None
+    except ssl.SSLCertVerificationError as err:
+        raise CertificateError(certificate_reason(err)) from None
     except (OSError, asyncio.IncompleteReadError, ValueError) as err:
         raise CannotConnectError(f"RTSP connection failed ({type(err).__name__})") from None
     finally:

@@ -7,7 +7,7 @@ NAT-punch packets to whatever ``source=`` the camera's SETUP reply names. So a
 camera, or a device that took its address, could send FFmpeg to another host,
 and LocalCam would serve that host's frames as this camera's.
 
-This module closes that gap for plain ``rtsp://``: FFmpeg is given a URL on
+This module closes that gap: FFmpeg is given a plain ``rtsp://`` URL on
 127.0.0.1, and the relay behind it connects only to the checked address.
 Everything the client sends is copied unchanged (its own credentials and
 Digest answers included, so the relay never holds a secret of its own).
@@ -26,31 +26,38 @@ redirect from the relay):
   "$" starting a later line of a head) and heads or bodies beyond the caps
   below end the connection.
 
+An ``rtsps://`` camera is relayed too: the relay is the TLS client (verifying
+the camera's certificate when the source says so, which FFmpeg itself never
+does), and FFmpeg speaks plain RTSP to the relay over loopback, interleaved
+on that one connection (TCP), as FFmpeg does for rtsps itself.
+
 Which layer guarantees what: ``netpolicy`` checked the address; this relay
-guarantees FFmpeg talks RTSP to nothing else. Not covered: ``rtsps://`` is
-end-to-end TLS, which a relay cannot read, so it is not relayed; with UDP
-transport the video packets themselves do not pass the relay (see the README).
+guarantees FFmpeg talks RTSP to nothing else. Not covered: with UDP transport
+the video packets themselves do not pass the relay (see the README).
 """
 
 import asyncio
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from ipaddress import IPv4Address, IPv6Address
 import logging
 import socket
+import ssl
 import time
 from typing import Final
 
 import yarl
 
-from .errors import CannotConnectError, RedirectedError
+from .errors import CannotConnectError, CertificateError, RedirectedError, certificate_reason
 from .netpolicy import Target, url_userinfo
+from .rtsp import client_ssl_context
 
 _LOGGER = logging.getLogger(__name__)
 
-# Only plain RTSP is relayed: rtsps is TLS end to end (see the module docstring).
-RELAYED_SCHEMES: Final = frozenset({"rtsp"})
+# Both are relayed; the relay is the TLS client for rtsps (see the module docstring).
+RELAYED_SCHEMES: Final = frozenset({"rtsp", "rtsps"})
 # A reply or request head larger than this is not RTSP (a real one is < 4 KiB).
 MAX_HEAD: Final = 64 * 1024
 # An RTSP body is an SDP or a parameter list; a few KiB in practice.
@@ -318,13 +325,26 @@ def _bind_unused_port() -> socket.socket:
             sock.close()
 
 
+@dataclass(frozen=True, slots=True)
+class _Upstream:
+    """Where one listener relays to: a checked address, and how to speak TLS to it."""
+
+    address: IPv4Address | IPv6Address
+    port: int
+    # rtsps: the name the camera's certificate is checked against (the URL's
+    # host, as LocalCam's own DESCRIBE checks it); None for plain rtsp.
+    tls_host: str | None = None
+    verify: bool = True
+
+
 class _Listener:
     """One loopback port relaying to one checked address."""
 
-    def __init__(self, guard: RtspGuard, address: IPv4Address | IPv6Address, port: int) -> None:
+    def __init__(self, guard: RtspGuard, upstream: _Upstream) -> None:
         self.guard = guard
-        self.address = address
-        self.port = port
+        self.upstream = upstream
+        self.address = upstream.address
+        self.port = upstream.port
         # Bound now (synchronously), so the URL is known at once; connections
         # wait in the backlog until the accept loop starts a moment later.
         self.sock = _bind_unused_port()
@@ -366,9 +386,25 @@ class _Listener:
             writer.close()  # a FIN after the last reply (the 502 of a refusal)
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream = self.upstream
         try:
+            context = None
+            if upstream.tls_host is not None:
+                # Built once per setting, off the loop (it reads the CA bundle).
+                context = await asyncio.get_running_loop().run_in_executor(
+                    None, client_ssl_context, upstream.verify
+                )
             async with asyncio.timeout(CONNECT_TIMEOUT):
-                up_reader, up_writer = await asyncio.open_connection(str(self.address), self.port)
+                up_reader, up_writer = await asyncio.open_connection(
+                    str(self.address),
+                    self.port,
+                    ssl=context,
+                    server_hostname=upstream.tls_host,
+                )
+        except ssl.SSLCertVerificationError as err:
+            # FFmpeg only sees its connection end; the guard says why.
+            self.guard.certificate_refused(self, certificate_reason(err))
+            return
         except (OSError, TimeoutError) as err:
             _LOGGER.debug("Relay to %s:%s: cannot connect (%s)", self.address, self.port, err)
             return
@@ -438,29 +474,45 @@ class RtspGuard:
 
     def __init__(self, on_refused: RefusalCallback | None = None) -> None:
         """Start with no listener; ``on_refused`` hears of every refused redirect."""
-        self._listeners: OrderedDict[tuple[str, int], _Listener] = OrderedDict()
+        self._listeners: OrderedDict[_Upstream, _Listener] = OrderedDict()
         self._closing: set[asyncio.Task[None]] = set()
         self.on_refused = on_refused
         self.refusals = 0
-        self._last_refusal: tuple[float, int] | None = None
+        # When the last session was refused, and the error that says why (a
+        # new instance for each caller: an exception is not raised twice).
+        self._last_refusal: tuple[float, Callable[[], CannotConnectError]] | None = None
         self._closed = False
 
-    def url(self, target: Target, username: str | None, password: str | None) -> str:
+    def url(
+        self,
+        target: Target,
+        username: str | None,
+        password: str | None,
+        *,
+        verify_ssl: bool = True,
+    ) -> str:
         """FFmpeg's URL for ``target``: its own path and query, on a loopback relay (secret).
 
-        Other schemes (rtsps) are returned pinned to the address, unrelayed.
+        For ``rtsps://`` the relay is the TLS client, verifying the camera's
+        certificate if ``verify_ssl``; FFmpeg gets plain ``rtsp://`` to it
+        (and must use TCP: see ``CameraSource.ffmpeg_transport``).
         """
         if target.url.scheme not in RELAYED_SCHEMES:
-            return target.pinned_url(username, password)
+            # Stream URLs pass the policy only as rtsp or rtsps: anything else
+            # here is a caller's mistake, never handed to FFmpeg unrelayed.
+            raise ValueError(f"not an RTSP URL: {target.url.scheme}")
         if self._closed:
             # A fetch still running while its camera unloads: no new listener
             # that nothing would close.
             raise CannotConnectError("the camera is being unloaded")
-        key = (str(target.address), target.port)
+        tls = target.url.scheme == "rtsps"
+        key = _Upstream(
+            target.address, target.port, target.host if tls else None, verify_ssl or not tls
+        )
         listener = self._listeners.get(key)
         if listener is None:
             try:
-                listener = _Listener(self, target.address, target.port)
+                listener = _Listener(self, key)
             except OSError as err:  # no loopback port: the session fails like a camera would
                 raise CannotConnectError(f"no relay port for the stream ({err})") from err
             self._listeners[key] = listener
@@ -507,14 +559,29 @@ class RtspGuard:
             reason,
         )
         if redirect is not None:
-            self._last_refusal = (time.monotonic(), redirect)
+            self._last_refusal = (time.monotonic(), partial(RedirectedError, redirect))
             if self.on_refused is not None:
                 self.on_refused(RedirectedError(redirect))
 
-    def refused_since(self, since: float) -> RedirectedError | None:
-        """The redirect refused at or after ``since`` (monotonic), if any."""
+    def certificate_refused(self, listener: _Listener, reason: str) -> None:
+        """Record an rtsps camera whose certificate failed the check (called by a listener)."""
+        log = _LOGGER.debug if listener.warned else _LOGGER.warning
+        listener.warned = True
+        log(
+            "The camera at %s has a certificate LocalCam does not accept: %s",
+            listener.address,
+            reason,
+        )
+        self._last_refusal = (time.monotonic(), partial(CertificateError, reason))
+
+    def refused_since(self, since: float) -> CannotConnectError | None:
+        """Why a session was refused at or after ``since`` (monotonic), if one was.
+
+        A refused redirect (RedirectedError) or a refused certificate
+        (CertificateError): FFmpeg saw only a 502 or a closed connection.
+        """
         if self._last_refusal is not None and self._last_refusal[0] >= since:
-            return RedirectedError(self._last_refusal[1])
+            return self._last_refusal[1]()
         return None
 
     async def close(self) -> None:

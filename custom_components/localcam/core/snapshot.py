@@ -71,7 +71,7 @@ class CameraClient:
         self._session = session
         self.policy = policy
         self.source = source
-        self.grabber = WarmGrabber(transport=source.rtsp_transport, linger=WARM_LINGER)
+        self.grabber = WarmGrabber(transport=source.ffmpeg_transport, linger=WARM_LINGER)
         # FFmpeg (the grabber's and Home Assistant's stream) reaches the camera
         # only through this loopback relay: it follows no redirect elsewhere.
         self.guard = RtspGuard()
@@ -119,7 +119,12 @@ class CameraClient:
         For ``rtsp://`` it is the guard's loopback relay to exactly that
         address (one per address, so a new address is a new URL).
         """
-        return self.guard.url(target, self.source.username, self.source.password)
+        return self.guard.url(
+            target,
+            self.source.username,
+            self.source.password,
+            verify_ssl=self.source.verify_ssl,
+        )
 
     def pinned_url_at(self, checked: Target) -> str | None:
         """The stream URL aimed at an address checked for its host (secret), else None.
@@ -137,7 +142,7 @@ class CameraClient:
         started = time.monotonic()
         try:
             frame = await async_grab_keyframe(
-                url, transport=self.source.rtsp_transport, timeout=timeout, encode=False
+                url, transport=self.source.ffmpeg_transport, timeout=timeout, encode=False
             )
         except LocalCamError as err:
             self._raise_refusal(err, started)
@@ -145,9 +150,9 @@ class CameraClient:
         return frame.info
 
     def _raise_refusal(self, err: LocalCamError, started: float) -> None:
-        """Raise the redirect the guard refused during a failed FFmpeg session, if any.
+        """Raise why the guard refused a failed FFmpeg session (redirect, certificate), if it did.
 
-        FFmpeg only sees the guard's 502 and ends; the guard knows why.
+        FFmpeg only sees the guard's 502 or a closed connection; the guard knows why.
         """
         if (refused := self.guard.refused_since(started)) is not None:
             raise refused from err
