@@ -9,7 +9,12 @@ time each way, as HA's worker does (packets, no decode), and reports its
 own CPU time, the bytes received, and the ratio (JSON in bench/results/).
 All on 127.0.0.1.
 
-    .venv/bin/python -m bench.relay [--seconds 15] [--size 1280x720] [--fps 25]
+With --tls the camera serves rtsps:// (self-signed): FFmpeg reads it with its
+certificate check off (an option Home Assistant's stream cannot pass, so this
+is the cost HA's way would have if it could play such a camera at all), and the
+relay is the TLS client, FFmpeg reading plain RTSP from it.
+
+    .venv/bin/python -m bench.relay [--seconds 15] [--size 1280x720] [--fps 25] [--tls]
 """
 
 import argparse
@@ -42,6 +47,8 @@ def _cpu_seconds() -> float:
 def _demux(url: str, seconds: float, result: dict[str, float]) -> None:
     """Read packets for ``seconds`` after the first one, as HA's worker does (no decode)."""
     options = {"rtsp_transport": "tcp", "timeout": "5000000"}
+    if url.startswith("rtsps://"):
+        options["tls_verify"] = "0"  # the camera's certificate is self-signed
     with av.open(url, options=options, timeout=(5, 5)) as container:
         stream = container.streams.video[0]
         deadline = None
@@ -68,9 +75,10 @@ async def _measure(url: str, seconds: float) -> dict[str, float]:
     return result
 
 
-async def _start_camera(size: str, fps: float) -> tuple[subprocess.Popen[str], str]:
+async def _start_camera(size: str, fps: float, tls: bool) -> tuple[subprocess.Popen[str], str]:
     """One virtual camera in its own process; return it and its RTSP URL."""
     command = [sys.executable, "-m", "virtualcam", "--no-http", "--noise", "--size", size]
+    command += ["--tls"] if tls else []
     process = subprocess.Popen(  # noqa: ASYNC220 - read line by line below, bounded
         [*command, "--fps", str(fps)],
         cwd=ROOT,
@@ -99,11 +107,11 @@ def _row(name: str, result: dict[str, float], seconds: float) -> str:
 
 async def main(args: argparse.Namespace) -> None:
     """Run both ways, alternating, and print the figures."""
-    process, url = await _start_camera(args.size, args.fps)
+    process, url = await _start_camera(args.size, args.fps, args.tls)
     guard = RtspGuard()
     try:
         target = await NetPolicy().check(url)
-        relayed = guard.url(target, None, None)
+        relayed = guard.url(target, None, None, verify_ssl=False)
         runs: dict[str, list[dict[str, float]]] = {"direct": [], "relay": []}
         for _ in range(args.rounds):
             runs["direct"].append(await _measure(target.pinned_url(), args.seconds))
@@ -113,7 +121,11 @@ async def main(args: argparse.Namespace) -> None:
         process.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=5)
-    print(f"relay: one camera {args.size} at {args.fps:g} fps, {args.seconds:g} s x {args.rounds}")
+    scheme = "rtsps (TLS)" if args.tls else "rtsp"
+    print(
+        f"relay: one {scheme} camera {args.size} at {args.fps:g} fps, "
+        f"{args.seconds:g} s x {args.rounds}"
+    )
     totals: dict[str, float] = {}
     labels = (("direct", "HA's way: FFmpeg reads the camera"), ("relay", "LocalCam: via the relay"))
     for name, label in labels:
@@ -128,7 +140,8 @@ async def main(args: argparse.Namespace) -> None:
     extra = (totals["relay"] - totals["direct"]) / (args.seconds * args.rounds) * 100
     ratio = totals["relay"] / totals["direct"]
     print(f"relay's own cost: {extra:.2f} % of a core; LocalCam:HA CPU {ratio:.2f}")
-    out = RESULTS / f"relay-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+    name = "relay-tls" if args.tls else "relay"
+    out = RESULTS / f"{name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         json.dumps(
@@ -145,6 +158,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--size", default="1280x720")
     parser.add_argument("--fps", type=float, default=25.0)
+    parser.add_argument("--tls", action="store_true", help="an rtsps:// camera")
     return parser.parse_args()
 
 

@@ -31,7 +31,7 @@ from custom_components.localcam.const import (
 )
 from custom_components.localcam.core.netpolicy import normalized_identity
 from virtualcam import CameraConfig, VirtualCamera, color_for
-from virtualcam.cast import self_signed
+from virtualcam.tls import self_signed
 
 # No LocalCam network scan may multicast on a real interface from a test;
 # discovery tests that need scans run them inside their own namespaces.

@@ -3,10 +3,13 @@
 import argparse
 import asyncio
 import json
+from pathlib import Path
 import signal
 import sys
+import tempfile
 
 from .farm import CameraFarm
+from .tls import self_signed
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -49,6 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--noise", action="store_true", help="a band of noise: a real camera's bit rate"
     )
     parser.add_argument(
+        "--tls", action="store_true", help="serve rtsps:// with a throwaway self-signed certificate"
+    )
+    parser.add_argument(
         "--wsdiscovery-port",
         type=int,
         help="answer WS-Discovery probes on 127.0.0.1 (base port; 0 = auto)",
@@ -70,6 +76,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 async def run(args: argparse.Namespace) -> None:
     """Start the farm, announce it on stdout, wait for a signal, stop."""
     width, height = args.size
+    tls: dict[str, str] = {}
+    folder = tempfile.TemporaryDirectory(prefix="virtualcam-tls-") if args.tls else None
+    if folder is not None:
+        cert, key = await asyncio.to_thread(self_signed, Path(folder.name), "127.0.0.1")
+        tls = {"tls_cert": str(cert), "tls_key": str(key)}
     farm = CameraFarm(
         args.count,
         base_name=args.name,
@@ -91,6 +102,7 @@ async def run(args: argparse.Namespace) -> None:
         wsdiscovery_port=args.wsdiscovery_port,
         scope_mix=args.scope_mix,
         noise=args.noise,
+        **tls,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -120,6 +132,8 @@ async def run(args: argparse.Namespace) -> None:
         await stop.wait()
     finally:
         await farm.stop()
+        if folder is not None:
+            folder.cleanup()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -341,7 +341,7 @@ class VirtualCamera:
 
     @property
     def rtsp_scheme(self) -> str:
-        """rtsps with a TLS certificate configured, else rtsp."""
+        """Rtsps with a TLS certificate configured, else rtsp."""
         return "rtsps" if self.config.tls_cert else "rtsp"
 
     @property

@@ -36,7 +36,7 @@ from custom_components.localcam.core.http import (
     fetch,
 )
 from custom_components.localcam.core.netpolicy import NetPolicy
-from virtualcam.cast import self_signed
+from virtualcam.tls import self_signed
 
 USER = "viewer"
 PASSWORD = "Secr3t-Pw:with@odd/chars"

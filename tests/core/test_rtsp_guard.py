@@ -33,7 +33,7 @@ from custom_components.localcam.core.rtsp import async_grab_keyframe, client_ssl
 from custom_components.localcam.core.rtsp_guard import ReplyFilter, RtspGuard
 from custom_components.localcam.core.snapshot import CameraClient
 from virtualcam import CameraConfig, Fault, VirtualCamera, color_for, nearest_camera
-from virtualcam.cast import self_signed
+from virtualcam.tls import self_signed
 
 USER, PASSWORD = "cam", "pw-guard-3"
 ADDRESS = "192.168.1.20"
