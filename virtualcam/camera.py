@@ -95,7 +95,7 @@ class CameraConfig:
     # A band of noise at the bottom of the picture: a real camera's bit rate (benchmarks).
     noise: bool = False
     # RTSP over TLS (rtsps://) with this certificate chain and key (PEM paths; see
-    # virtualcam.cast.self_signed), as cameras with "secure RTSP" serve it.
+    # virtualcam.tls.self_signed), as cameras with "secure RTSP" serve it.
     tls_cert: str | None = None
     tls_key: str | None = None
 
@@ -154,6 +154,7 @@ class CameraStats:
     http_connections: int = 0
     refused_connections: int = 0
     dropped_sessions: int = 0
+    udp_setups: int = 0  # SETUPs that asked for RTP over UDP (the rest are interleaved)
 
     def as_dict(self) -> dict[str, int]:
         """The counters as a plain dict (for JSON)."""

@@ -330,6 +330,7 @@ class _Connection:
             self.respond(request, 461)
             return
         if not transport.tcp:
+            self.camera.stats.udp_setups += 1
             try:
                 peer_is_loopback = ipaddress.ip_address(self.peer_host).is_loopback
             except ValueError:

@@ -13,6 +13,7 @@ import io
 from pathlib import Path
 import random
 import socket
+import time
 from typing import Any
 
 import aiohttp
@@ -318,19 +319,36 @@ def _colour(jpeg: bytes) -> int:
 
 @asynccontextmanager
 async def _client(
-    cam: VirtualCamera, transport: RtspTransport = RtspTransport.TCP, *, verify_ssl: bool = True
+    cam: VirtualCamera,
+    transport: RtspTransport = RtspTransport.TCP,
+    *,
+    verify_ssl: bool = True,
+    host: str | None = None,
 ) -> AsyncIterator[CameraClient]:
-    """LocalCam's client for an RTSP-only camera (stills are grabbed by FFmpeg)."""
+    """LocalCam's client for an RTSP-only camera (stills are grabbed by FFmpeg).
+
+    With ``host``, the camera is configured by that name, which the policy
+    resolves to the camera's loopback address.
+    """
+    url = cam.rtsp_url
+    policy = NetPolicy()
+    if host is not None:
+        url = str(yarl.URL(url).with_host(host))
+
+        async def resolve(_host: str, _port: int) -> list[str]:
+            return [cam.config.host]
+
+        policy = NetPolicy(resolver=resolve)
     source = CameraSource(
         camera_id="cam_main",
-        stream_url=cam.rtsp_url,
+        stream_url=url,
         username=USER,
         password=PASSWORD,
         verify_ssl=verify_ssl,
         rtsp_transport=transport,
     )
     async with aiohttp.ClientSession() as session:
-        client = CameraClient(session, NetPolicy(), source)
+        client = CameraClient(session, policy, source)
         try:
             yield client
         finally:
@@ -352,6 +370,7 @@ async def test_stills_are_grabbed_through_the_relay_over_tcp_and_udp(
         snapshot = await client.fetch_snapshot(timeout=8)
         assert _colour(snapshot.jpeg) == 0
         assert cam.stats.rtsp_connections >= 1
+        assert (cam.stats.udp_setups > 0) == (transport is RtspTransport.UDP)
 
 
 async def test_a_camera_that_sends_ffmpeg_elsewhere_gets_an_error_not_that_frame(
@@ -404,6 +423,8 @@ async def test_an_rtsps_camera_is_relayed_with_the_relay_as_its_tls_client(
         snapshot = await client.fetch_snapshot(timeout=8)
         assert _colour(snapshot.jpeg) == 0
         assert cam.stats.rtsp_connections >= 1
+        await client.probe(8)
+        assert cam.stats.udp_setups == 0  # the video stayed inside the TLS connection
 
 
 async def test_the_relay_checks_an_rtsps_certificate_when_the_source_asks(
@@ -413,9 +434,9 @@ async def test_the_relay_checks_an_rtsps_certificate_when_the_source_asks(
 ) -> None:
     """Verify on: a trusted certificate for the camera's host passes, any other ends the session.
 
-    FFmpeg itself never checks an rtsps certificate; the relay does, as
-    LocalCam's own DESCRIBE does, so "Verify SSL certificate" holds for
-    stills and the live stream alike.
+    The relay checks it as LocalCam's own DESCRIBE does, against the host the
+    URL names (an address or a name), so "Verify SSL certificate" means the
+    same for stills and the live stream alike.
     """
     cam, _ = tls_cams
     async with _client(cam, verify_ssl=True) as client:
@@ -433,11 +454,42 @@ async def test_the_relay_checks_an_rtsps_certificate_when_the_source_asks(
                 await client.fetch_snapshot(timeout=4)
             assert "mismatch" in err.value.placeholders["reason"]
         assert named.stats.rtsp_connections == 0
+        # Configured by the name its certificate carries: accepted.
+        async with _client(named, verify_ssl=True, host="cam.lan") as client:
+            assert yarl.URL(await client.stream_url()).host == "127.0.0.1"
+            assert _colour((await client.fetch_snapshot(timeout=8)).jpeg) == 0
+            assert client.guard.as_dict()["certificates_refused"] == 0
     async with _client(cam, verify_ssl=False) as client:
         assert _colour((await client.fetch_snapshot(timeout=8)).jpeg) == 0
     trusted(certs["127.0.0.1"][0])
     async with _client(cam, verify_ssl=True) as client:
         assert _colour((await client.fetch_snapshot(timeout=8)).jpeg) == 0
+
+
+async def test_a_refusal_is_told_only_to_sessions_of_its_own_relay(
+    tls_cams: tuple[VirtualCamera, VirtualCamera],
+) -> None:
+    """A refused certificate on one address is not the reason another address's session failed."""
+    cam, other = tls_cams
+    guard = RtspGuard()
+    try:
+        started = time.monotonic()
+        refusing = guard.url(await NetPolicy().check(cam.rtsp_url), None, None)
+        elsewhere = guard.url(await NetPolicy().check(other.rtsp_url), None, None)
+        port = yarl.URL(refusing).port
+        assert port is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        async with asyncio.timeout(5):
+            assert await reader.read() == b""  # the handshake failed: FFmpeg sees the end
+        writer.close()
+        refused = guard.refused_since(refusing, started)
+        assert isinstance(refused, CertificateError)
+        assert guard.refused_since(refusing, time.monotonic() + 1) is None  # not since then
+        assert guard.refused_since(elsewhere, started) is None
+        assert guard.as_dict()["certificates_refused"] == 1
+        assert guard.as_dict()["sessions_refused"] == 1
+    finally:
+        await guard.close()
 
 
 async def test_an_rtsps_camera_that_sends_ffmpeg_elsewhere_gets_an_error_not_that_frame(

@@ -26,10 +26,12 @@ redirect from the relay):
   "$" starting a later line of a head) and heads or bodies beyond the caps
   below end the connection.
 
-An ``rtsps://`` camera is relayed too: the relay is the TLS client (verifying
-the camera's certificate when the source says so, which FFmpeg itself never
-does), and FFmpeg speaks plain RTSP to the relay over loopback, interleaved
-on that one connection (TCP), as FFmpeg does for rtsps itself.
+An ``rtsps://`` camera is relayed too: the relay is the TLS client, checking
+the camera's certificate exactly as the source's verify setting says (FFmpeg 9
+checks every certificate itself, and Home Assistant's stream cannot tell it
+not to, so on its own it refuses a self-signed camera whatever that setting
+says), and FFmpeg speaks plain RTSP to the relay over loopback, interleaved on
+that one connection (TCP), as FFmpeg does for rtsps itself.
 
 Which layer guarantees what: ``netpolicy`` checked the address; this relay
 guarantees FFmpeg talks RTSP to nothing else. Not covered: with UDP transport
@@ -349,7 +351,12 @@ class _Listener:
         # wait in the backlog until the accept loop starts a moment later.
         self.sock = _bind_unused_port()
         self.local_port: int = self.sock.getsockname()[1]
-        self.warned = False
+        # Kinds of refusal already logged as a warning (FFmpeg retries: HA's
+        # stream with backoff), so each kind warns once per address.
+        self.warned: set[str] = set()
+        # When this listener last refused a session, and the error that says
+        # why (a new instance for each caller: an exception is not raised twice).
+        self.last_refusal: tuple[float, Callable[[], CannotConnectError]] | None = None
         self.sessions: set[asyncio.Task[None]] = set()
         self.serving = asyncio.get_running_loop().create_task(self._serve())
 
@@ -478,9 +485,7 @@ class RtspGuard:
         self._closing: set[asyncio.Task[None]] = set()
         self.on_refused = on_refused
         self.refusals = 0
-        # When the last session was refused, and the error that says why (a
-        # new instance for each caller: an exception is not raised twice).
-        self._last_refusal: tuple[float, Callable[[], CannotConnectError]] | None = None
+        self.certificates_refused = 0
         self._closed = False
 
     def url(
@@ -532,10 +537,16 @@ class RtspGuard:
             "relays": len(self._listeners),
             "sessions": sum(len(listener.sessions) for listener in self._listeners.values()),
             "sessions_refused": self.refusals,
+            "certificates_refused": self.certificates_refused,
         }
 
     def relayed_to(self, url: str) -> tuple[IPv4Address | IPv6Address, int] | None:
         """The checked address and port a URL from ``url()`` relays to, if still open."""
+        listener = self._listener_of(url)
+        return None if listener is None else (listener.address, listener.port)
+
+    def _listener_of(self, url: str) -> _Listener | None:
+        """The open listener a URL from ``url()`` names, if any."""
         try:
             parsed = yarl.URL(url)
         except ValueError:
@@ -544,45 +555,50 @@ class RtspGuard:
             return None
         for listener in self._listeners.values():
             if listener.local_port == parsed.port:
-                return listener.address, listener.port
+                return listener
         return None
 
     def refused(self, listener: _Listener, reason: str, redirect: int | None) -> None:
         """Record and report a refused session (called by a listener)."""
         self.refusals += 1
-        # FFmpeg retries (HA's stream with backoff): one warning per address.
-        log = _LOGGER.debug if listener.warned else _LOGGER.warning
-        listener.warned = True
+        log = _LOGGER.debug if "reply" in listener.warned else _LOGGER.warning
+        listener.warned.add("reply")
         log(
             "The camera at %s sent %s; LocalCam refused it, so its stream goes nowhere else",
             listener.address,
             reason,
         )
         if redirect is not None:
-            self._last_refusal = (time.monotonic(), partial(RedirectedError, redirect))
+            listener.last_refusal = (time.monotonic(), partial(RedirectedError, redirect))
             if self.on_refused is not None:
                 self.on_refused(RedirectedError(redirect))
 
     def certificate_refused(self, listener: _Listener, reason: str) -> None:
         """Record an rtsps camera whose certificate failed the check (called by a listener)."""
-        log = _LOGGER.debug if listener.warned else _LOGGER.warning
-        listener.warned = True
+        self.refusals += 1
+        self.certificates_refused += 1
+        log = _LOGGER.debug if "certificate" in listener.warned else _LOGGER.warning
+        listener.warned.add("certificate")
         log(
             "The camera at %s has a certificate LocalCam does not accept: %s",
             listener.address,
             reason,
         )
-        self._last_refusal = (time.monotonic(), partial(CertificateError, reason))
+        listener.last_refusal = (time.monotonic(), partial(CertificateError, reason))
 
-    def refused_since(self, since: float) -> CannotConnectError | None:
-        """Why a session was refused at or after ``since`` (monotonic), if one was.
+    def refused_since(self, url: str, since: float) -> CannotConnectError | None:
+        """Why the relay behind ``url`` refused a session at or after ``since``, if it did.
 
         A refused redirect (RedirectedError) or a refused certificate
         (CertificateError): FFmpeg saw only a 502 or a closed connection.
+        Only ``url``'s own relay is asked: another address's refusal (an old
+        address still streaming after a move) is not this session's.
         """
-        if self._last_refusal is not None and self._last_refusal[0] >= since:
-            return self._last_refusal[1]()
-        return None
+        listener = self._listener_of(url)
+        if listener is None or listener.last_refusal is None:
+            return None
+        at, error = listener.last_refusal
+        return error() if at >= since else None
 
     async def close(self) -> None:
         """Close every listener and its sessions (the camera's unload)."""

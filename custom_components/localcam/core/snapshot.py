@@ -145,16 +145,16 @@ class CameraClient:
                 url, transport=self.source.ffmpeg_transport, timeout=timeout, encode=False
             )
         except LocalCamError as err:
-            self._raise_refusal(err, started)
+            self._raise_refusal(err, url, started)
             raise
         return frame.info
 
-    def _raise_refusal(self, err: LocalCamError, started: float) -> None:
+    def _raise_refusal(self, err: LocalCamError, url: str, started: float) -> None:
         """Raise why the guard refused a failed FFmpeg session (redirect, certificate), if it did.
 
         FFmpeg only sees the guard's 502 or a closed connection; the guard knows why.
         """
-        if (refused := self.guard.refused_since(started)) is not None:
+        if (refused := self.guard.refused_since(url, started)) is not None:
             raise refused from err
 
     async def check_health(self, timeout: float = 5.0) -> Target:
@@ -293,7 +293,7 @@ class CameraClient:
                     fresh_within=self.reuse_within,
                 )
             except LocalCamError as err:
-                self._raise_refusal(err, started)
+                self._raise_refusal(err, pinned, started)
                 raise
             image, kind, received = frame.jpeg, SnapshotSource.RTSP_GRAB, frame.received_at
         return _Raw(image, None, kind, received, target.address, target.host)
