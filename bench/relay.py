@@ -10,9 +10,9 @@ own CPU time, the bytes received, and the ratio (JSON in bench/results/).
 All on 127.0.0.1.
 
 With --tls the camera serves rtsps:// (self-signed): FFmpeg reads it with its
-certificate check off (an option Home Assistant's stream cannot pass, so this
-is the cost HA's way would have if it could play such a camera at all), and the
-relay is the TLS client, FFmpeg reading plain RTSP from it.
+certificate check off (tls_verify=0, as Home Assistant's stream runs it unless
+an integration asks for the check), and the relay is the TLS client, FFmpeg
+reading plain RTSP from it.
 
     .venv/bin/python -m bench.relay [--seconds 15] [--size 1280x720] [--fps 25] [--tls]
 """

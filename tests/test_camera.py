@@ -129,11 +129,11 @@ async def test_an_rtsps_camera_streams_through_the_relay_with_its_own_tls_settin
 ) -> None:
     """A self-signed rtsps camera with "Verify SSL certificate" off plays, stills and stream.
 
-    HA's stream worker (FFmpeg 9) checks every rtsps certificate itself and
-    takes no option to stop it, so such a camera never played before. The
-    relay now holds the TLS connection, as the user's setting says, and
-    FFmpeg plays plain RTSP from it over loopback, interleaved (TCP) even
-    where UDP is configured.
+    The relay holds the TLS connection, as the user's setting says, and both
+    FFmpegs (LocalCam's grab, HA's stream worker) read plain RTSP from it
+    over loopback, interleaved (TCP) even where UDP is configured. (Before,
+    the grab's FFmpeg checked the certificate whatever the setting, and HA's
+    stream checked none.)
     """
     cam = rtsps_camera
     entry = MockConfigEntry(

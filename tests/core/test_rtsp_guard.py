@@ -406,8 +406,8 @@ async def test_an_rtsps_camera_is_relayed_with_the_relay_as_its_tls_client(
     """FFmpeg gets plain RTSP on loopback, over TCP whatever is configured; TLS is the relay's.
 
     With "Verify SSL certificate" off, a self-signed camera's stills now come
-    through: FFmpeg 9 alone checks every rtsps certificate and has no option
-    Home Assistant's stream would pass to it, so it refuses such a camera.
+    through: FFmpeg 9, as LocalCam's grabs ran it, checks every rtsps
+    certificate unless told not to, so it refused such a camera.
     """
     cam, _ = tls_cams
     assert cam.rtsp_url.startswith("rtsps://")

@@ -27,11 +27,12 @@ redirect from the relay):
   below end the connection.
 
 An ``rtsps://`` camera is relayed too: the relay is the TLS client, checking
-the camera's certificate exactly as the source's verify setting says (FFmpeg 9
-checks every certificate itself, and Home Assistant's stream cannot tell it
-not to, so on its own it refuses a self-signed camera whatever that setting
-says), and FFmpeg speaks plain RTSP to the relay over loopback, interleaved on
-that one connection (TCP), as FFmpeg does for rtsps itself.
+the camera's certificate exactly as the source's verify setting says, for
+LocalCam's grabs and Home Assistant's stream alike (left to themselves, FFmpeg 9
+checks every certificate unless told not to, and Home Assistant's stream tells
+it not to unless given its own verify option), and FFmpeg speaks plain RTSP to
+the relay over loopback, interleaved on that one connection (TCP), as FFmpeg
+does for rtsps itself.
 
 Which layer guarantees what: ``netpolicy`` checked the address; this relay
 guarantees FFmpeg talks RTSP to nothing else. Not covered: with UDP transport
