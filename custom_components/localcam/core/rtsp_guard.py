@@ -361,6 +361,12 @@ class _Listener:
         self.sessions: set[asyncio.Task[None]] = set()
         self.serving = asyncio.get_running_loop().create_task(self._serve())
 
+    def log_once(self, kind: str, message: str, reason: str) -> None:
+        """Warn of a refusal of ``kind`` the first time, then only at debug level."""
+        log = _LOGGER.debug if kind in self.warned else _LOGGER.warning
+        self.warned.add(kind)
+        log(message, self.address, reason)
+
     async def _serve(self) -> None:
         """Accept connections until closed; each becomes a session at once.
 
@@ -562,11 +568,9 @@ class RtspGuard:
     def refused(self, listener: _Listener, reason: str, redirect: int | None) -> None:
         """Record and report a refused session (called by a listener)."""
         self.refusals += 1
-        log = _LOGGER.debug if "reply" in listener.warned else _LOGGER.warning
-        listener.warned.add("reply")
-        log(
+        listener.log_once(
+            "reply",
             "The camera at %s sent %s; LocalCam refused it, so its stream goes nowhere else",
-            listener.address,
             reason,
         )
         if redirect is not None:
@@ -578,11 +582,9 @@ class RtspGuard:
         """Record an rtsps camera whose certificate failed the check (called by a listener)."""
         self.refusals += 1
         self.certificates_refused += 1
-        log = _LOGGER.debug if "certificate" in listener.warned else _LOGGER.warning
-        listener.warned.add("certificate")
-        log(
+        listener.log_once(
+            "certificate",
             "The camera at %s has a certificate LocalCam does not accept: %s",
-            listener.address,
             reason,
         )
         listener.last_refusal = (time.monotonic(), partial(CertificateError, reason))
