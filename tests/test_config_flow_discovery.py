@@ -830,6 +830,52 @@ async def test_a_configured_camera_announcing_a_field_its_entry_lacks_is_not_off
     assert (result["type"], result["reason"]) == (FlowResultType.ABORT, "already_configured")
 
 
+def _suggested(result: Any, field: str) -> Any:
+    """The value a form shows in ``field`` before the user types anything."""
+    for key in result["data_schema"].schema:
+        if key == field:
+            return (key.description or {}).get("suggested_value")
+    raise KeyError(field)
+
+
+async def test_scan_lists_a_camera_on_an_allowed_vpn_network(
+    hass: HomeAssistant, socket_enabled: None
+) -> None:
+    """A camera reporting a VPN address is listed only once its network is allowed.
+
+    The ONVIF form it leads to opens with that network, so the camera passes
+    the same policy there. Probes go to 127.0.0.1 only; the VPN address is
+    only read from the reply, never contacted.
+    """
+    async with _onvif_camera(wsdiscovery_port=0, reported_xaddr_host="100.64.0.7") as cam:
+        result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
+        result = await hass.config_entries.flow.async_configure(
+            result["flow_id"], {"next_step_id": "scan"}
+        )
+        flow_id = result["flow_id"]
+        assert _suggested(result, CONF_ALLOWED_NETWORKS) is None
+        probe = {CONF_HOSTS: "127.0.0.1"}
+        with patch("custom_components.localcam.discovery.WSD_DISCOVERY_PORT", cam.wsdiscovery_port):
+            result = await hass.config_entries.flow.async_configure(flow_id, probe)
+            assert result["errors"] == {"base": "no_devices_found"}  # its address: not LAN
+            result = await hass.config_entries.flow.async_configure(
+                flow_id, {**probe, CONF_ALLOWED_NETWORKS: "0.0.0.0/0"}
+            )
+            assert result["errors"] == {CONF_ALLOWED_NETWORKS: "invalid_networks"}
+            result = await hass.config_entries.flow.async_configure(
+                flow_id, {**probe, CONF_ALLOWED_NETWORKS: "100.64.0.0/10"}
+            )
+        assert result["step_id"] == "pick"
+        options = result["data_schema"].schema["device"].config["options"]
+        assert [option["value"] for option in options] == [f"100.64.0.7:{cam.http_port}"]
+        result = await hass.config_entries.flow.async_configure(
+            flow_id, {"device": options[0]["value"]}
+        )
+        assert result["step_id"] == "onvif"
+        assert _suggested(result, CONF_HOST) == "100.64.0.7"
+        assert _suggested(result, CONF_ALLOWED_NETWORKS) == "100.64.0.0/10"
+
+
 @pytest.mark.parametrize("known_by", ["address", "uuid"])
 async def test_scan_leaves_out_a_configured_camera(
     hass: HomeAssistant, onvif_camera: VirtualCamera, known_by: str

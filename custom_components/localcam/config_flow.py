@@ -148,6 +148,8 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
         self._placeholders: dict[str, str] = {}
         self._discovered: dict[str, Any] = {}
         self._found: dict[str, DiscoveredDevice] = {}
+        # The extra allowed networks typed into the scan form (carried to the pick).
+        self._scan_options: dict[str, str] = {}
 
     @staticmethod
     @callback
@@ -446,9 +448,19 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
     async def async_step_scan(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
         """Look for ONVIF cameras now (WS-Discovery), optionally at given hosts."""
         errors: dict[str, str] = {}
-        if user_input is not None:
+        if (
+            user_input is not None
+            and (options := self._new_options(user_input, errors)) is not None
+        ):
+            # Cameras on a VPN range: the hosts typed here, and the addresses
+            # the replies report, pass the policy with the networks typed here.
+            policy = NetPolicy(parse_networks(options.get(CONF_ALLOWED_NETWORKS, "")))
             try:
-                hosts = unicast_range(user_input[CONF_HOSTS]) if user_input.get(CONF_HOSTS) else []
+                hosts = (
+                    unicast_range(user_input[CONF_HOSTS], policy=policy)
+                    if user_input.get(CONF_HOSTS)
+                    else []
+                )
             except InvalidUrlError as err:
                 # Bad syntax or too many hosts: invalid_url's text is about URLs.
                 errors[CONF_HOSTS] = "invalid_hosts"
@@ -460,16 +472,20 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
                 entries = self._async_current_entries(include_ignore=False)
                 self._found = {
                     f"{device.host}:{device.port}": device
-                    for device in await async_scan(self.hass, hosts, FLOW_SCAN_TIME)
+                    for device in await async_scan(self.hass, hosts, FLOW_SCAN_TIME, policy)
                     if not any(_is_configured(entry, device) for entry in entries)
                 }
+                self._scan_options = options
                 if self._found:
                     return await self.async_step_pick()
                 errors["base"] = "no_devices_found"
         return self.async_show_form(
             step_id="scan",
             data_schema=self.add_suggested_values_to_schema(
-                probatio.Schema({probatio.Optional(CONF_HOSTS): TextSelector()}), user_input
+                probatio.Schema(
+                    {probatio.Optional(CONF_HOSTS): TextSelector(), **_allowed_networks_field()}
+                ),
+                user_input,
             ),
             errors=errors,
             description_placeholders=self._placeholders,
@@ -479,7 +495,13 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
         """Choose one of the cameras the scan found."""
         if user_input is not None:
             device = self._found[user_input["device"]]
-            self._discovered = {CONF_HOST: device.host, CONF_PORT: device.port}
+            # The ONVIF form opens with the networks the scan was allowed, so
+            # the camera it found on them passes the same policy there.
+            self._discovered = {
+                CONF_HOST: device.host,
+                CONF_PORT: device.port,
+                **self._scan_options,
+            }
             return await self.async_step_onvif()
         options = [
             SelectOptionDict(

@@ -70,15 +70,22 @@ async def async_multicast_interfaces(hass: HomeAssistant) -> list[str]:
 
 
 async def async_scan(
-    hass: HomeAssistant, unicast_hosts: list[str], timeout: float = BACKGROUND_SCAN_TIME
+    hass: HomeAssistant,
+    unicast_hosts: list[str],
+    timeout: float = BACKGROUND_SCAN_TIME,
+    policy: NetPolicy | None = None,
 ) -> list[DiscoveredDevice]:
-    """One bounded scan: multicast on enabled adapters plus the given hosts."""
+    """One bounded scan: multicast on enabled adapters plus the given hosts.
+
+    ``policy`` decides which replies (source and reported addresses) count:
+    the LAN ranges, plus any networks the user typed into the scan form.
+    """
     return await scan(
         multicast_interfaces=await async_multicast_interfaces(hass),
         unicast_hosts=unicast_hosts,
         port=WSD_DISCOVERY_PORT,
         timeout=timeout,
-        policy=NetPolicy(),
+        policy=policy or NetPolicy(),
     )
 
 
