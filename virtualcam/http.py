@@ -9,6 +9,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from .camera import Fault, VirtualCamera
+from .listener import Listener
 from .onvif import OnvifService
 from .rtsp import reset_connection
 
@@ -35,13 +36,13 @@ class HttpServer:
             keepalive_timeout=75.0,
             lingering_time=0.5,
         )
-        self._server: asyncio.Server | None = None
+        self._server: Listener | None = None
         self._onvif = OnvifService(camera, self._closing)
 
     async def start(self, sock: socket.socket) -> None:
         """Serve on a bound listening socket."""
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._protocol, sock=sock)
+        self._server = Listener(sock, self._protocol)
+        self._server.start()
 
     def _protocol(self) -> RequestHandler:
         """Protocol factory: count the connection, hand it to aiohttp."""
@@ -54,14 +55,11 @@ class HttpServer:
         if server is None:
             return
         self._closing.set()
-        server.close()
+        await server.close()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_STOP_TIMEOUT * 2):
                 await self._web.shutdown(_STOP_TIMEOUT)
         server.abort_clients()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(_STOP_TIMEOUT):
-                await server.wait_closed()
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """Route by path (the low-level server has no router)."""

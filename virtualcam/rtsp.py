@@ -14,6 +14,7 @@ import time
 from urllib.parse import urlsplit
 
 from .camera import Fault, VirtualCamera
+from .listener import Listener
 from .media import AccessUnit, rtp_header
 
 _LOGGER = logging.getLogger(__name__)
@@ -526,7 +527,7 @@ class RtspServer:
     def __init__(self, camera: VirtualCamera) -> None:
         """Bind nothing yet; start() takes an already-bound socket."""
         self.camera = camera
-        self._server: asyncio.Server | None = None
+        self._server: Listener | None = None
         self._connections: set[_Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._sdp_session = secrets.randbits(31)
@@ -573,12 +574,22 @@ class RtspServer:
         if cfg.tls_cert:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             await asyncio.to_thread(context.load_cert_chain, cfg.tls_cert, cfg.tls_key)
-        self._server = await asyncio.start_server(
-            self._on_client, sock=sock, limit=_MAX_BODY, ssl=context
-        )
+        loop = asyncio.get_running_loop()
+
+        def protocol() -> asyncio.StreamReaderProtocol:
+            # What asyncio.start_server builds for each connection.
+            reader = asyncio.StreamReader(limit=_MAX_BODY, loop=loop)
+            return asyncio.StreamReaderProtocol(reader, self._on_client, loop=loop)
+
+        self._server = Listener(sock, protocol, ssl_context=context)
+        self._server.start()
 
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Per-connection task."""
+        if writer.transport.is_closing():
+            # Closed before this handler ran (the camera stopping as the client
+            # connected): asyncio's TLS transport cannot even be asked its peer.
+            return
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
@@ -624,7 +635,7 @@ class RtspServer:
         server, self._server = self._server, None
         if server is None:
             return
-        server.close()
+        await server.close()
         for conn in list(self._connections):
             conn.close(abort=True)
         tasks = list(self._tasks)
@@ -633,6 +644,3 @@ class RtspServer:
         if tasks:
             await asyncio.wait(tasks, timeout=_STOP_TIMEOUT)
         server.abort_clients()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(_STOP_TIMEOUT):
-                await server.wait_closed()

@@ -11,6 +11,7 @@ import math
 import os
 from pathlib import Path
 import signal
+import socket
 import struct
 import sys
 import threading
@@ -741,3 +742,35 @@ def test_noise_changes_a_bottom_band_and_keeps_the_centre_pure() -> None:
     assert tuple(first[90, 160]) == colour
     plain = Renderer("n", colour, 320, 180)
     assert np.array_equal(plain.render(0.0), plain.render(0.0))
+
+
+async def test_a_camera_stopping_as_clients_connect_logs_no_loop_error() -> None:
+    """Connections that arrive as a camera stops are dropped without an event-loop error.
+
+    asyncio.Server logs an AssertionError when it closes while a connection it
+    accepted is still being wrapped (CPython #109564), which fails any Home
+    Assistant test that was rebooting a camera at that moment.
+    """
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    try:
+        cam = VirtualCamera(CameraConfig(name="busy", color=color_for(3)))
+        for turns in range(6):
+            await cam.start()
+            clients = []
+            for port in (cam.rtsp_port, cam.http_port) * 4:
+                client = socket.socket()
+                client.setblocking(False)
+                client.connect_ex(("127.0.0.1", port))
+                clients.append(client)
+            for _ in range(turns % 3):
+                await asyncio.sleep(0)
+            await cam.stop()
+            for client in clients:
+                client.close()
+            await asyncio.sleep(0.01)
+    finally:
+        loop.set_exception_handler(previous)
+    assert errors == []
