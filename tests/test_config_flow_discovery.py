@@ -854,6 +854,18 @@ async def test_scan_lists_a_camera_on_an_allowed_vpn_network(
         )
         flow_id = result["flow_id"]
         assert _suggested(result, CONF_ALLOWED_NETWORKS) is None
+        # Hosts typed in pass the same policy (the scan itself is not run:
+        # it would send a probe to 100.64.0.7).
+        vpn_host = {CONF_HOSTS: "100.64.0.7"}
+        with patch("custom_components.localcam.config_flow.async_scan", return_value=[]) as scan:
+            result = await hass.config_entries.flow.async_configure(flow_id, vpn_host)
+            assert result["errors"] == {CONF_HOSTS: "not_local"}
+            scan.assert_not_called()
+            result = await hass.config_entries.flow.async_configure(
+                flow_id, {**vpn_host, CONF_ALLOWED_NETWORKS: "100.64.0.0/10"}
+            )
+            assert result["errors"] == {"base": "no_devices_found"}
+            assert scan.call_args.args[1] == ["100.64.0.7"]
         probe = {CONF_HOSTS: "127.0.0.1"}
         with patch("custom_components.localcam.discovery.WSD_DISCOVERY_PORT", cam.wsdiscovery_port):
             result = await hass.config_entries.flow.async_configure(flow_id, probe)

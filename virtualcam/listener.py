@@ -5,16 +5,19 @@ still being wrapped in its transport logs an AssertionError from the event
 loop (CPython #109564, "assert self._sockets is not None" in
 Server._attach). The emulated cameras close their servers whenever a test
 reboots one, often while a client is connecting, and Home Assistant's test
-plugin fails a test on any error the loop logs. Here the accept loop is a task
-of our own: close() ends it before the socket is closed, and a connection
-accepted just before is wrapped with no Server to attach to.
+plugin fails a test on any error the loop logs. Here accepting is our own:
+close() stops it before the socket is closed, a connection accepted just
+before is wrapped with no Server to attach to, and one whose wrapping is
+cancelled is closed.
 """
 
 import asyncio
 from collections.abc import Callable
-import contextlib
 import socket
 import ssl
+
+# Connections taken per readiness callback (the rest wait for the next one).
+_ACCEPTS_PER_WAKEUP = 64
 
 
 class Listener:
@@ -32,54 +35,67 @@ class Listener:
         self._sock.setblocking(False)
         self._factory = protocol_factory
         self._ssl = ssl_context
-        self._accepting: asyncio.Task[None] | None = None
-        self._wrapping: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Each accepted socket until its transport owns it.
+        self._wrapping: dict[asyncio.Task[bool], socket.socket] = {}
         self._transports: set[asyncio.BaseTransport] = set()
 
     def start(self) -> None:
-        """Begin accepting connections."""
-        self._accepting = asyncio.get_running_loop().create_task(self._take_connections())
+        """Begin accepting connections.
 
-    async def _take_connections(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
+        A readiness callback that accepts synchronously, not a task awaiting
+        loop.sock_accept: a cancelled sock_accept may already have taken a
+        connection from the kernel, which then belongs to nobody and is
+        never closed.
+        """
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._sock.fileno(), self._accept_ready)
+
+    def _accept_ready(self) -> None:
+        assert self._loop is not None
+        for _ in range(_ACCEPTS_PER_WAKEUP):
             try:
-                conn, _ = await loop.sock_accept(self._sock)
+                conn, _ = self._sock.accept()
+            except BlockingIOError, InterruptedError:
+                return
             except OSError:
-                # ECONNABORTED, EMFILE...: as asyncio's own accept loop, go on
-                # after a moment rather than spin.
-                await asyncio.sleep(0.05)
-                continue
-            task = loop.create_task(self._wrap(conn))
-            self._wrapping.add(task)
-            task.add_done_callback(self._wrapping.discard)
+                return  # ECONNABORTED, EMFILE...: try again when the socket is ready again
+            conn.setblocking(False)
+            task = self._loop.create_task(self._wrap(conn))
+            self._wrapping[task] = conn
+            task.add_done_callback(self._wrapped)
 
-    async def _wrap(self, conn: socket.socket) -> None:
+    def _wrapped(self, task: asyncio.Task[bool]) -> None:
+        self._wrapping.pop(task, None)
+
+    async def _wrap(self, conn: socket.socket) -> bool:
         loop = asyncio.get_running_loop()
         try:
             transport, _ = await loop.connect_accepted_socket(self._factory, conn, ssl=self._ssl)
-        except asyncio.CancelledError:
-            conn.close()
-            raise
         except OSError:  # ssl.SSLError too: a client that left or failed the handshake
             conn.close()
-            return
+            return False
+        except BaseException:
+            conn.close()
+            raise
         self._transports = {t for t in self._transports if not t.is_closing()}
         self._transports.add(transport)
+        return True
 
     async def close(self) -> None:
         """Stop accepting; connections already served stay open (abort_clients ends them)."""
-        if self._accepting is not None:
-            # sock_accept unregisters the socket from the selector when
-            # cancelled: close the socket only after, never while registered.
-            self._accepting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._accepting
-            self._accepting = None
+        if self._loop is not None:
+            self._loop.remove_reader(self._sock.fileno())
+            self._loop = None
         self._sock.close()
-        for task in list(self._wrapping):
+        pending = dict(self._wrapping)
+        for task in pending:
             task.cancel()
-        await asyncio.gather(*self._wrapping, return_exceptions=True)
+        await asyncio.gather(*pending, return_exceptions=True)
+        for task, conn in pending.items():
+            # A task cancelled before it ran never reached its own close.
+            if task.cancelled():
+                conn.close()
 
     def abort_clients(self) -> None:
         """Abort every connection still open."""
