@@ -871,7 +871,7 @@ async def test_scan_lists_a_camera_on_an_allowed_vpn_network(
             result = await hass.config_entries.flow.async_configure(flow_id, probe)
             assert result["errors"] == {"base": "no_devices_found"}  # its address: not LAN
             result = await hass.config_entries.flow.async_configure(
-                flow_id, {**probe, CONF_ALLOWED_NETWORKS: "0.0.0.0/0"}
+                flow_id, {**probe, CONF_ALLOWED_NETWORKS: "not-a-network"}
             )
             assert result["errors"] == {CONF_ALLOWED_NETWORKS: "invalid_networks"}
             result = await hass.config_entries.flow.async_configure(
