@@ -37,7 +37,7 @@ class Listener:
         self._ssl = ssl_context
         self._loop: asyncio.AbstractEventLoop | None = None
         # Each accepted socket until its transport owns it.
-        self._wrapping: dict[asyncio.Task[bool], socket.socket] = {}
+        self._wrapping: dict[asyncio.Task[None], socket.socket] = {}
         self._transports: set[asyncio.BaseTransport] = set()
 
     def start(self) -> None:
@@ -65,22 +65,21 @@ class Listener:
             self._wrapping[task] = conn
             task.add_done_callback(self._wrapped)
 
-    def _wrapped(self, task: asyncio.Task[bool]) -> None:
+    def _wrapped(self, task: asyncio.Task[None]) -> None:
         self._wrapping.pop(task, None)
 
-    async def _wrap(self, conn: socket.socket) -> bool:
+    async def _wrap(self, conn: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         try:
             transport, _ = await loop.connect_accepted_socket(self._factory, conn, ssl=self._ssl)
         except OSError:  # ssl.SSLError too: a client that left or failed the handshake
             conn.close()
-            return False
+            return
         except BaseException:
             conn.close()
             raise
         self._transports = {t for t in self._transports if not t.is_closing()}
         self._transports.add(transport)
-        return True
 
     async def close(self) -> None:
         """Stop accepting; connections already served stay open (abort_clients ends them)."""
