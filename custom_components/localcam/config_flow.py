@@ -73,7 +73,7 @@ from .core.snapshot import SNAPSHOT_SCHEMES, STREAM_SCHEMES, CameraClient
 from .core.wsdiscovery import DiscoveredDevice, unicast_range
 from .data import LocalCamConfigEntry
 from .discovery import FLOW_SCAN_TIME, async_scan
-from .helpers import async_observe_identity, policy_from_options
+from .helpers import async_observe_identity, entry_unique_id, policy_from_options
 
 URL_FIELDS = (CONF_STREAM_URL, CONF_SNAPSHOT_URL)
 
@@ -173,17 +173,25 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
             data, info = await self._async_test(user_input, options, errors)
             if data is not None and info is not None:
                 # The MAC (when the camera is on this link) identifies the
-                # camera whatever URL it is reached by; else the URL does.
-                unique_id = Identity.from_dict(data[CONF_IDENTITY]).key or normalized_identity(
-                    data[CONF_STREAM_URL]
+                # camera whatever URL it is reached by; else the URL does. A
+                # device's further streams are entries of their own.
+                unique_id, streams = entry_unique_id(
+                    self._async_current_entries(include_ignore=False),
+                    Identity.from_dict(data[CONF_IDENTITY]),
+                    data[CONF_STREAM_URL],
                 )
+                if unique_id is None:
+                    return self.async_abort(reason="already_configured")
                 # A pending discovery offer of this camera must not stop the
                 # user adding it here; creating the entry aborts that offer.
                 await self.async_set_unique_id(unique_id, raise_on_progress=False)
                 self._abort_if_unique_id_configured()
                 data[CONF_CAMERA_ID] = unique_id
+                title = _title(data[CONF_STREAM_URL])
                 return self.async_create_entry(
-                    title=_title(data[CONF_STREAM_URL]), data=data, options=options
+                    title=f"{title} ({streams + 1})" if streams else title,
+                    data=data,
+                    options=options,
                 )
         return self.async_show_form(
             step_id="url",
@@ -209,10 +217,13 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
                 if (identity := _checked_identity(entry, data)) is None:
                     return self.async_abort(reason="wrong_camera")
                 data[CONF_IDENTITY] = identity.as_dict()
-                unique_id = identity.key or normalized_identity(data[CONF_STREAM_URL])
-                if unique_id != entry.unique_id and (
-                    self.hass.config_entries.async_entry_for_domain_unique_id(DOMAIN, unique_id)
-                ):
+                unique_id, _ = entry_unique_id(
+                    self._async_current_entries(include_ignore=False),
+                    identity,
+                    data[CONF_STREAM_URL],
+                    exclude=entry,
+                )
+                if unique_id is None:
                     return self.async_abort(reason="already_configured")
                 return self.async_update_reload_and_abort(
                     entry, unique_id=unique_id, data_updates=data
@@ -287,6 +298,16 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
         ):
             data = await self._async_test_onvif(user_input, options, errors)
             if data is not None:
+                # Streams of the device added by URL are configured already
+                # (its ONVIF entry would show each of them a second time).
+                unique_id, _ = entry_unique_id(
+                    self._async_current_entries(include_ignore=False),
+                    Identity.from_dict(data[CONF_IDENTITY]),
+                    data[CONF_STREAM_URL],
+                    onvif=True,
+                )
+                if unique_id is None:
+                    return self.async_abort(reason="already_configured")
                 # As for the URL: an offer pending for this camera is aborted
                 # when the entry is created, not the other way round.
                 await self.async_set_unique_id(data[CONF_CAMERA_ID], raise_on_progress=False)
@@ -565,19 +586,23 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
     ) -> ConfigFlowResult:
         """Recognise a configured camera by identity, or ask the user to add it."""
         seen = Identity(mac=mac, uuid=uuid)
+        known = False
         for entry in self._async_current_entries(include_ignore=False):
             stored = Identity.from_dict(entry.data.get(CONF_IDENTITY))
             current = _entry_host(entry)
             if seen.known and stored.confirms(seen):
-                # A camera configured by name is followed by DNS, not by LocalCam.
+                # A camera configured by name is followed by DNS, not by
+                # LocalCam. Every entry of the device (one per stream) moves.
                 if not _is_ip(current) or current == host or await self._async_follow(entry, host):
-                    return self.async_abort(reason="already_configured")
-                # Shown to be another device that announces the same MAC or
-                # UUID (cheap cameras share firmware-default UUIDs): offer it.
+                    known = True
+                # Else shown to be another device that announces the same MAC
+                # or UUID (cheap cameras share firmware-default UUIDs): offer it.
             elif current == host and not stored.differs(seen):
                 # The configured camera, announcing a field its entry does not
                 # hold (a UUID the camera never reported over ONVIF).
-                return self.async_abort(reason="already_configured")
+                known = True
+        if known:
+            return self.async_abort(reason="already_configured")
         if seen.key is not None:
             await self.async_set_unique_id(seen.key)
             self._abort_if_unique_id_configured()

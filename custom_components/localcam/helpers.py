@@ -1,6 +1,6 @@
 """Glue helpers: build core objects from an entry; translate core errors."""
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +28,7 @@ from .const import (
 from .core.errors import LocalCamError
 from .core.identity import Identity, neighbour_mac, touch
 from .core.models import CameraSource, RtspTransport
-from .core.netpolicy import NetPolicy, parse_networks
+from .core.netpolicy import NetPolicy, normalized_identity, parse_networks, stream_channel
 from .core.onvif import OnvifDevice, read_device
 from .core.snapshot import STREAM_SCHEMES
 
@@ -36,6 +36,52 @@ from .core.snapshot import STREAM_SCHEMES
 def policy_from_options(options: Mapping[str, Any]) -> NetPolicy:
     """Build the LAN policy, with the networks the user added in the options."""
     return NetPolicy(extra_networks=parse_networks(options.get(CONF_ALLOWED_NETWORKS, "")))
+
+
+def entry_unique_id(
+    entries: Iterable[ConfigEntry],
+    identity: Identity,
+    stream_url: str,
+    *,
+    onvif: bool = False,
+    exclude: ConfigEntry | None = None,
+) -> tuple[str | None, int]:
+    """The unique id of a camera entry, and how many entries its device has already.
+
+    None for the id when the camera is configured already. A device added
+    over ONVIF has one entry, which holds all its profiles. Added by URL, a
+    device may have one entry per stream (an NVR's channels, a restream's
+    ports): the first is keyed by the device's identity, each other one by
+    identity and stream (``stream_channel``, which leaves out the host, so
+    the streams stay apart when the device moves). The same stream twice,
+    or a stream of a device configured over ONVIF, is configured already.
+    Each id names its own frames (it becomes the entry's camera id), so the
+    streams of one device never share a cache. A camera without identity
+    is keyed by its URL. ``exclude`` is the entry being changed.
+    """
+    others = [entry for entry in entries if entry is not exclude]
+    if (key := identity.key) is None:
+        unique_id = normalized_identity(stream_url)
+        taken = any(entry.unique_id == unique_id for entry in others)
+        return (None if taken else unique_id), 0
+    device = [
+        entry
+        for entry in others
+        if entry.unique_id == key or Identity.from_dict(entry.data.get(CONF_IDENTITY)).key == key
+    ]
+    if onvif:
+        return (None if device else key), len(device)
+    channel = stream_channel(stream_url)
+    if any(
+        entry.data.get(CONF_ONVIF)
+        or CONF_STREAM_URL not in entry.data
+        or stream_channel(entry.data[CONF_STREAM_URL]) == channel
+        for entry in device
+    ):
+        return None, len(device)
+    if any(entry.unique_id == key for entry in device):
+        return f"{key}_{channel}", len(device)
+    return key, len(device)
 
 
 def frame_key(camera_id: str, profile: str) -> str:

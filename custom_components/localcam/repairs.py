@@ -14,10 +14,10 @@ from homeassistant.components.repairs import RepairsFlow, RepairsFlowResult
 from homeassistant.core import HomeAssistant
 from homeassistant.helpers import issue_registry as ir
 
-from .const import CONF_IDENTITY, DOMAIN, LOGGER
+from .const import CONF_IDENTITY, CONF_ONVIF, CONF_STREAM_URL, DOMAIN, LOGGER
 from .coordinator import IDENTITY_ISSUE_PREFIX
 from .core.errors import LocalCamError
-from .helpers import async_observe_identity
+from .helpers import async_observe_identity, entry_unique_id
 
 
 class TrustReplacedCameraFlow(RepairsFlow):
@@ -46,12 +46,19 @@ class TrustReplacedCameraFlow(RepairsFlow):
             except LocalCamError as err:
                 LOGGER.info("Cannot read the identity at %s's address: %s", entry.title, err)
                 return self.async_abort(reason="cannot_connect")
-            if (unique_id := observed.key) is None:
+            if observed.key is None:
                 return self.async_abort(reason="cannot_identify")
             # The entry now stands for the new device: it takes the device's
-            # unique id too, unless another entry already configures that device.
-            other = self.hass.config_entries.async_entry_for_domain_unique_id(DOMAIN, unique_id)
-            if other is not None and other.entry_id != entry.entry_id:
+            # unique id too (with its stream's, for a further stream of a
+            # device added by URL), unless another entry configures it already.
+            unique_id, _ = entry_unique_id(
+                self.hass.config_entries.async_entries(DOMAIN, include_ignore=False),
+                observed,
+                entry.data[CONF_STREAM_URL],
+                onvif=bool(entry.data.get(CONF_ONVIF)),
+                exclude=entry,
+            )
+            if unique_id is None:
                 return self.async_abort(reason="already_configured")
             LOGGER.warning("%s is now pinned to the device at its address (replaced)", entry.title)
             self.hass.config_entries.async_update_entry(

@@ -427,7 +427,22 @@ def redact_url(url: str | yarl.URL) -> str:
 
 def normalized_identity(url: str) -> str:
     """Return a stable, credential-free, hashed identity of a stream URL."""
-    # Userinfo is never read below, so it cannot reach the identity.
+    return "url_" + _normalized_hash(url, with_host=True)
+
+
+def stream_channel(url: str) -> str:
+    """Hash of a stream URL without its host: which stream of a device it names.
+
+    Two URLs of one device (an NVR's channels, a restream's ports) differ
+    here; the same stream reached at a new address (DHCP moved the camera)
+    does not. Credential-free and hashed, as ``normalized_identity``.
+    """
+    return _normalized_hash(url, with_host=False)[:16]
+
+
+def _normalized_hash(url: str, *, with_host: bool) -> str:
+    """sha256 of a URL's scheme, host (optionally), port, path and non-secret query."""
+    # Userinfo is never read below, so it cannot reach the hash.
     parsed = _parse(url)
     scheme = parsed.scheme
     raw_host = parsed.raw_host
@@ -449,6 +464,6 @@ def normalized_identity(url: str) -> str:
         if name.lower() not in CREDENTIAL_PARAMS
     )
     query = "&".join(f"{quote(name, safe='')}={quote(value, safe='')}" for name, value in kept)
-    normalized = f"{scheme}://{host}:{port}{path}?{query}"
+    normalized = f"{scheme}://{host if with_host else ''}:{port}{path}?{query}"
     # Hashing means even a secret in an unrecognised parameter never reaches the id.
-    return "url_" + hashlib.sha256(normalized.encode()).hexdigest()[:24]
+    return hashlib.sha256(normalized.encode()).hexdigest()[:24]

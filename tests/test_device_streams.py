@@ -1,0 +1,330 @@
+"""One device, several streams: an NVR's channels or a restream's ports, each added by its URL.
+
+Two virtual cameras on 127.0.0.1 play the two streams of one device: the
+kernel's neighbour table (patched, the edge LocalCam does not own) shows
+the same MAC for both. Each stream gets its own entry, its own device and
+its own frames; the same stream twice is refused; a move of the device
+moves every one of its entries.
+"""
+
+import io
+from typing import Any
+from unittest.mock import patch
+
+from homeassistant.components.camera import async_get_image
+from homeassistant.config_entries import (
+    SOURCE_DHCP,
+    SOURCE_RECONFIGURE,
+    SOURCE_USER,
+    ConfigEntry,
+    ConfigEntryState,
+    ConfigFlowResult,
+)
+from homeassistant.const import CONF_HOST, CONF_PASSWORD, CONF_PORT, CONF_USERNAME
+from homeassistant.core import HomeAssistant
+from homeassistant.data_entry_flow import FlowResultType
+from homeassistant.helpers import (
+    device_registry as dr,
+    entity_registry as er,
+    issue_registry as ir,
+)
+from homeassistant.helpers.service_info.dhcp import DhcpServiceInfo
+from homeassistant.setup import async_setup_component
+from PIL import Image
+import pytest
+from pytest_homeassistant_custom_component.common import MockConfigEntry
+from pytest_homeassistant_custom_component.typing import ClientSessionGenerator
+import pytest_socket
+
+from custom_components.localcam.const import (
+    CONF_CAMERA_ID,
+    CONF_IDENTITY,
+    CONF_SNAPSHOT_URL,
+    CONF_STREAM_URL,
+    CONF_VERIFY_SSL,
+    DOMAIN,
+)
+from custom_components.localcam.core.netpolicy import stream_channel
+from virtualcam import CameraConfig, VirtualCamera, color_for, nearest_camera
+
+from .conftest import CAM_PASSWORD, CAM_USER
+
+pytestmark = pytest.mark.usefixtures("secrets_absent_from_logs")
+
+MAC = "02:00:00:aa:bb:01"
+PALETTE = [color_for(i) for i in range(8)]
+
+
+def test_stream_channel_names_the_stream_not_the_host() -> None:
+    """The same stream at another address is the same channel; another path or port is not."""
+    channel = stream_channel("rtsp://192.168.1.20:554/ch1?subtype=0")
+    assert stream_channel("rtsp://192.168.1.77/ch1?subtype=0") == channel  # moved, default port
+    assert stream_channel("rtsp://u:secret@192.168.1.20:554/ch1?subtype=0") == channel
+    assert stream_channel("rtsp://192.168.1.20:554/ch1?password=x&subtype=0") == channel
+    assert stream_channel("rtsp://192.168.1.20:554/ch2?subtype=0") != channel
+    assert stream_channel("rtsp://192.168.1.20:8554/ch1?subtype=0") != channel
+    assert stream_channel("rtsp://192.168.1.20:554/ch1?subtype=1") != channel
+    assert len(channel) == 16
+
+
+def _form(cam: VirtualCamera) -> dict[str, Any]:
+    """The URL form's fields for ``cam`` (its snapshot URL only where it has one)."""
+    values = {
+        CONF_STREAM_URL: cam.rtsp_url,
+        CONF_USERNAME: CAM_USER,
+        CONF_PASSWORD: CAM_PASSWORD,
+        CONF_VERIFY_SSL: True,
+    }
+    return values | ({CONF_SNAPSHOT_URL: cam.snapshot_url} if cam.config.http_snapshot else {})
+
+
+async def _add_by_url(hass: HomeAssistant, cam: VirtualCamera, mac: str = MAC) -> Any:
+    """The URL form of the add flow, with ``mac`` in the neighbour table for the camera."""
+    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], {"next_step_id": "url"}
+    )
+    with patch("custom_components.localcam.config_flow.neighbour_mac", return_value=mac):
+        result = await hass.config_entries.flow.async_configure(result["flow_id"], _form(cam))
+    await hass.async_block_till_done()
+    return result
+
+
+async def _reconfigure(hass: HomeAssistant, entry: ConfigEntry) -> ConfigFlowResult:
+    """Open the reconfigure flow of ``entry``."""
+    return await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_RECONFIGURE, "entry_id": entry.entry_id}
+    )
+
+
+def _camera_index(jpeg: bytes) -> int:
+    image = Image.open(io.BytesIO(jpeg)).convert("RGB")
+    pixel = image.getpixel((image.width // 2, image.height // 2))
+    assert isinstance(pixel, tuple)
+    return nearest_camera((pixel[0], pixel[1], pixel[2]), PALETTE)
+
+
+async def test_each_stream_of_a_device_is_an_entry_of_its_own(
+    hass: HomeAssistant, camera: VirtualCamera, rtsp_only_camera: VirtualCamera
+) -> None:
+    """A second stream of a configured device is added, with its own id, device and frames."""
+    first = await _add_by_url(hass, camera)
+    assert first["type"] is FlowResultType.CREATE_ENTRY
+    second = await _add_by_url(hass, rtsp_only_camera)
+    assert second["type"] is FlowResultType.CREATE_ENTRY
+    main: ConfigEntry = first["result"]
+    extra: ConfigEntry = second["result"]
+    assert main.unique_id == MAC
+    assert extra.unique_id == f"{MAC}_{stream_channel(rtsp_only_camera.rtsp_url)}"
+    assert extra.data[CONF_CAMERA_ID] == extra.unique_id
+    assert extra.data[CONF_IDENTITY] == {"mac": MAC}
+    assert extra.title == f"{main.title.split(':')[0]}:{rtsp_only_camera.rtsp_port} (2)"
+
+    # Each entry shows its own stream's pictures: colour 0 and colour 1.
+    registry = er.async_get(hass)
+    for entry, index in ((main, 0), (extra, 1)):
+        entity_id = registry.async_get_entity_id("camera", DOMAIN, f"{entry.unique_id}_main")
+        assert entity_id is not None
+        image = await async_get_image(hass, entity_id)
+        assert _camera_index(image.content) == index, entry.title
+
+    # A device per entry, each holding the MAC, so HA's DHCP watcher reports
+    # a move of the camera for every one of its streams.
+    devices = dr.async_get(hass).async_get_devices(connections={(dr.CONNECTION_NETWORK_MAC, MAC)})
+    assert {(device.config_entry_id, frozenset(device.identifiers)) for device in devices} == {
+        (main.entry_id, frozenset({(DOMAIN, MAC)})),
+        (extra.entry_id, frozenset({(DOMAIN, extra.unique_id)})),
+    }
+
+    # The same stream again is refused, whichever entry holds it.
+    for cam in (camera, rtsp_only_camera):
+        again = await _add_by_url(hass, cam)
+        assert (again["type"], again["reason"]) == (FlowResultType.ABORT, "already_configured")
+    assert len(hass.config_entries.async_entries(DOMAIN)) == 2
+
+
+async def test_reconfigure_keeps_the_streams_of_a_device_apart(
+    hass: HomeAssistant, camera: VirtualCamera, rtsp_only_camera: VirtualCamera
+) -> None:
+    """A stream cannot be reconfigured onto its sibling's stream; onto a new one it can."""
+    main = (await _add_by_url(hass, camera))["result"]
+    extra = (await _add_by_url(hass, rtsp_only_camera))["result"]
+    result = await _reconfigure(hass, extra)
+    with patch("custom_components.localcam.config_flow.neighbour_mac", return_value=MAC):
+        result = await hass.config_entries.flow.async_configure(result["flow_id"], _form(camera))
+    assert (result["type"], result["reason"]) == (FlowResultType.ABORT, "already_configured")
+    assert extra.data[CONF_STREAM_URL] == rtsp_only_camera.rtsp_url
+
+    # With the first entry gone, the second may take its stream, and the
+    # device's own id; its frames keep their camera id.
+    await hass.config_entries.async_remove(main.entry_id)
+    camera_id = extra.data[CONF_CAMERA_ID]
+    result = await _reconfigure(hass, extra)
+    with patch("custom_components.localcam.config_flow.neighbour_mac", return_value=MAC):
+        result = await hass.config_entries.flow.async_configure(result["flow_id"], _form(camera))
+    assert result["reason"] == "reconfigure_successful"
+    assert extra.unique_id == MAC
+    assert extra.data[CONF_CAMERA_ID] == camera_id
+    assert extra.data[CONF_STREAM_URL] == camera.rtsp_url
+
+
+async def test_a_move_of_the_device_moves_every_stream(
+    hass: HomeAssistant, camera: VirtualCamera, rtsp_only_camera: VirtualCamera
+) -> None:
+    """DHCP reports the device at a new address: each of its entries follows it."""
+    # The old lease, 127.0.0.3, is loopback too; nothing answers there.
+    pytest_socket.socket_allow_hosts(["127.0.0.1", "127.0.0.3"])
+    entries = []
+    for cam, unique_id in (
+        (camera, MAC),
+        (rtsp_only_camera, f"{MAC}_{stream_channel(rtsp_only_camera.rtsp_url)}"),
+    ):
+        # Both configured at the old lease: the device has moved.
+        entry = MockConfigEntry(
+            domain=DOMAIN,
+            unique_id=unique_id,
+            data={
+                CONF_STREAM_URL: cam.rtsp_url.replace("127.0.0.1", "127.0.0.3"),
+                CONF_USERNAME: CAM_USER,
+                CONF_PASSWORD: CAM_PASSWORD,
+                CONF_IDENTITY: {"mac": MAC},
+                CONF_CAMERA_ID: unique_id,
+            },
+        )
+        entry.add_to_hass(hass)
+        entries.append(entry)
+    with patch("custom_components.localcam.helpers.neighbour_mac", return_value=MAC):
+        result = await hass.config_entries.flow.async_init(
+            DOMAIN,
+            context={"source": SOURCE_DHCP},
+            data=DhcpServiceInfo(ip="127.0.0.1", hostname="x", macaddress=MAC.replace(":", "")),
+        )
+    assert (result["type"], result["reason"]) == (FlowResultType.ABORT, "already_configured")
+    assert [entry.data[CONF_STREAM_URL] for entry in entries] == [
+        camera.rtsp_url,
+        rtsp_only_camera.rtsp_url,
+    ]
+    # Both reloaded at the new address, each showing its own stream.
+    await hass.async_block_till_done()
+    registry = er.async_get(hass)
+    for entry, index in zip(entries, (0, 1), strict=True):
+        assert entry.state is ConfigEntryState.LOADED
+        entity_id = registry.async_get_entity_id("camera", DOMAIN, f"{entry.unique_id}_main")
+        assert entity_id is not None
+        image = await async_get_image(hass, entity_id)
+        assert _camera_index(image.content) == index
+
+
+async def test_an_onvif_device_with_a_stream_added_by_url_is_configured(
+    hass: HomeAssistant, socket_enabled: None
+) -> None:
+    """Adding over ONVIF a device whose stream was added by URL is refused as configured."""
+    cam = VirtualCamera(
+        CameraConfig(
+            name="door",
+            color=color_for(2),
+            username=CAM_USER,
+            password=CAM_PASSWORD,
+            width=320,
+            height=180,
+            onvif=True,
+            serial="VC-0001",
+            mac=MAC,
+        )
+    )
+    await cam.start()
+    try:
+        # Only a further stream of the device is left (its first entry removed).
+        MockConfigEntry(
+            domain=DOMAIN,
+            unique_id=f"{MAC}_{stream_channel(cam.rtsp_url)}",
+            data={
+                CONF_STREAM_URL: cam.rtsp_url,
+                CONF_IDENTITY: {"mac": MAC},
+                CONF_CAMERA_ID: f"{MAC}_{stream_channel(cam.rtsp_url)}",
+            },
+        ).add_to_hass(hass)
+        result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
+        result = await hass.config_entries.flow.async_configure(
+            result["flow_id"], {"next_step_id": "onvif"}
+        )
+        result = await hass.config_entries.flow.async_configure(
+            result["flow_id"],
+            {
+                CONF_HOST: "127.0.0.1",
+                CONF_PORT: cam.http_port,
+                CONF_USERNAME: CAM_USER,
+                CONF_PASSWORD: CAM_PASSWORD,
+                CONF_VERIFY_SSL: True,
+            },
+        )
+        assert (result["type"], result["reason"]) == (FlowResultType.ABORT, "already_configured")
+        assert len(hass.config_entries.async_entries(DOMAIN)) == 1
+    finally:
+        await cam.stop()
+
+
+async def test_a_replaced_device_is_trusted_for_each_of_its_streams(
+    hass: HomeAssistant,
+    hass_client: ClientSessionGenerator,
+    camera: VirtualCamera,
+    rtsp_only_camera: VirtualCamera,
+) -> None:
+    """The repair "another device answers" pins each stream's entry to the new device."""
+    assert await async_setup_component(hass, "repairs", {})
+    new_mac = "02:00:00:aa:bb:02"
+    entries = []
+    for cam, unique_id in (
+        (camera, MAC),
+        (rtsp_only_camera, f"{MAC}_{stream_channel(rtsp_only_camera.rtsp_url)}"),
+    ):
+        entry = MockConfigEntry(
+            domain=DOMAIN,
+            unique_id=unique_id,
+            title=unique_id,
+            data={
+                CONF_STREAM_URL: cam.rtsp_url,
+                CONF_USERNAME: CAM_USER,
+                CONF_PASSWORD: CAM_PASSWORD,
+                CONF_IDENTITY: {"mac": MAC},
+                CONF_CAMERA_ID: unique_id,
+            },
+        )
+        entry.add_to_hass(hass)
+        entries.append(entry)
+    # LocalCam loaded (its repairs platform with it), the entries set up; then
+    # the device is replaced, and each entry has its repair issue.
+    assert await async_setup_component(hass, DOMAIN, {})
+    await hass.async_block_till_done()
+    for entry in entries:
+        ir.async_create_issue(
+            hass, DOMAIN, f"identity_mismatch_{entry.entry_id}", is_fixable=True,
+            data={"entry_id": entry.entry_id}, severity=ir.IssueSeverity.ERROR,
+            translation_key="identity_mismatch",
+            translation_placeholders={"host": "127.0.0.1", "name": entry.title},
+        )  # fmt: skip
+    client = await hass_client()
+    for entry in entries:
+        resp = await client.post(
+            "/api/repairs/issues/fix",
+            json={"handler": DOMAIN, "issue_id": f"identity_mismatch_{entry.entry_id}"},
+        )
+        flow = await resp.json()
+        assert (flow["handler"], flow["step_id"]) == (DOMAIN, "confirm")
+        assert flow["description_placeholders"] == {"name": entry.title}  # LocalCam's flow
+        # The device now on the link is the replacement.
+        with patch("custom_components.localcam.helpers.neighbour_mac", return_value=new_mac):
+            resp = await client.post(f"/api/repairs/issues/fix/{flow['flow_id']}", json={})
+            result = await resp.json()
+        assert result["type"] == "create_entry", result
+    await hass.async_block_till_done()
+    assert [entry.data[CONF_IDENTITY] for entry in entries] == [{"mac": new_mac}] * 2
+    assert [entry.unique_id for entry in entries] == [
+        new_mac,
+        f"{new_mac}_{stream_channel(rtsp_only_camera.rtsp_url)}",
+    ]
+    # Camera ids (the frames' keys) stay as they were.
+    assert [entry.data[CONF_CAMERA_ID] for entry in entries] == [
+        MAC,
+        f"{MAC}_{stream_channel(rtsp_only_camera.rtsp_url)}",
+    ]
