@@ -39,6 +39,7 @@ import pytest_socket
 from custom_components.localcam.const import (
     CONF_CAMERA_ID,
     CONF_IDENTITY,
+    CONF_ONVIF,
     CONF_SNAPSHOT_URL,
     CONF_STREAM_URL,
     CONF_VERIFY_SSL,
@@ -97,6 +98,15 @@ async def _reconfigure(hass: HomeAssistant, entry: ConfigEntry) -> ConfigFlowRes
     )
 
 
+async def _shows(hass: HomeAssistant, entry: ConfigEntry) -> int:
+    """The palette index of the picture the entry's main camera entity shows."""
+    entity_id = er.async_get(hass).async_get_entity_id(
+        "camera", DOMAIN, f"{entry.data[CONF_CAMERA_ID]}_main"
+    )
+    assert entity_id is not None, entry.title
+    return _camera_index((await async_get_image(hass, entity_id)).content)
+
+
 def _camera_index(jpeg: bytes) -> int:
     image = Image.open(io.BytesIO(jpeg)).convert("RGB")
     pixel = image.getpixel((image.width // 2, image.height // 2))
@@ -121,12 +131,7 @@ async def test_each_stream_of_a_device_is_an_entry_of_its_own(
     assert extra.title == f"{main.title.split(':')[0]}:{rtsp_only_camera.rtsp_port} (2)"
 
     # Each entry shows its own stream's pictures: colour 0 and colour 1.
-    registry = er.async_get(hass)
-    for entry, index in ((main, 0), (extra, 1)):
-        entity_id = registry.async_get_entity_id("camera", DOMAIN, f"{entry.unique_id}_main")
-        assert entity_id is not None
-        image = await async_get_image(hass, entity_id)
-        assert _camera_index(image.content) == index, entry.title
+    assert [await _shows(hass, main), await _shows(hass, extra)] == [0, 1]
 
     # A device per entry, each holding the MAC, so HA's DHCP watcher reports
     # a move of the camera for every one of its streams.
@@ -206,13 +211,8 @@ async def test_a_move_of_the_device_moves_every_stream(
     ]
     # Both reloaded at the new address, each showing its own stream.
     await hass.async_block_till_done()
-    registry = er.async_get(hass)
-    for entry, index in zip(entries, (0, 1), strict=True):
-        assert entry.state is ConfigEntryState.LOADED
-        entity_id = registry.async_get_entity_id("camera", DOMAIN, f"{entry.unique_id}_main")
-        assert entity_id is not None
-        image = await async_get_image(hass, entity_id)
-        assert _camera_index(image.content) == index
+    assert [entry.state for entry in entries] == [ConfigEntryState.LOADED] * 2
+    assert [await _shows(hass, entry) for entry in entries] == [0, 1]
 
 
 async def test_an_onvif_device_with_a_stream_added_by_url_is_configured(
@@ -328,3 +328,136 @@ async def test_a_replaced_device_is_trusted_for_each_of_its_streams(
         MAC,
         f"{MAC}_{stream_channel(rtsp_only_camera.rtsp_url)}",
     ]
+
+
+def _cam(index: int, host: str = "127.0.0.1") -> VirtualCamera:
+    """Another virtual camera, in palette colour ``index``, without a snapshot URL."""
+    return VirtualCamera(
+        CameraConfig(
+            name=f"cam{index}",
+            host=host,
+            color=color_for(index),
+            username=CAM_USER,
+            password=CAM_PASSWORD,
+            http_snapshot=False,
+            width=320,
+            height=180,
+        )
+    )
+
+
+async def test_a_new_stream_never_takes_a_camera_id_in_use(
+    hass: HomeAssistant, camera: VirtualCamera, rtsp_only_camera: VirtualCamera
+) -> None:
+    """An entry keeps its camera id when its unique id changes; a new entry gets another one."""
+    third = _cam(3)
+    await third.start()
+    try:
+        await _add_by_url(hass, camera)
+        second = (await _add_by_url(hass, rtsp_only_camera))["result"]
+        held = second.data[CONF_CAMERA_ID]
+        # The second stream now plays another path: its unique id follows, its camera id stays.
+        result = await _reconfigure(hass, second)
+        with patch("custom_components.localcam.config_flow.neighbour_mac", return_value=MAC):
+            result = await hass.config_entries.flow.async_configure(result["flow_id"], _form(third))
+        assert result["reason"] == "reconfigure_successful"
+        await hass.async_block_till_done()
+        assert second.unique_id == f"{MAC}_{stream_channel(third.rtsp_url)}"
+        assert second.data[CONF_CAMERA_ID] == held
+        # The stream it had before, added again: the unique id is free, the camera id is not.
+        again = (await _add_by_url(hass, rtsp_only_camera))["result"]
+        assert again.unique_id == held
+        assert again.data[CONF_CAMERA_ID] != held
+        assert again.data[CONF_CAMERA_ID].startswith(f"{held}_")
+        # Each shows its own stream, through an entity of its own.
+        assert [await _shows(hass, second), await _shows(hass, again)] == [3, 1]
+        assert len(er.async_entries_for_config_entry(er.async_get(hass), again.entry_id)) == 1
+    finally:
+        await third.stop()
+
+
+async def test_a_stream_at_another_address_is_not_the_same_device(
+    hass: HomeAssistant, camera: VirtualCamera
+) -> None:
+    """The same MAC at another address (a bridge that rewrites MACs) is refused, as before."""
+    pytest_socket.socket_allow_hosts(["127.0.0.1", "127.0.0.2"])
+    other = _cam(4, host="127.0.0.2")
+    await other.start()
+    try:
+        assert (await _add_by_url(hass, camera))["type"] is FlowResultType.CREATE_ENTRY
+        result = await _add_by_url(hass, other)
+        assert (result["type"], result["reason"]) == (FlowResultType.ABORT, "already_configured")
+    finally:
+        await other.stop()
+
+
+async def test_a_move_leaves_a_device_at_another_address_alone(
+    hass: HomeAssistant, camera: VirtualCamera
+) -> None:
+    """Only the streams at the moved device's old address follow it."""
+    pytest_socket.socket_allow_hosts(["127.0.0.1", "127.0.0.2", "127.0.0.3"])
+    moved_url = camera.rtsp_url.replace("127.0.0.1", "127.0.0.3")
+    stays_url = "rtsp://127.0.0.2:9/other"  # another device with the same MAC (older entries)
+    entries = []
+    for url, unique_id in ((moved_url, MAC), (stays_url, f"{MAC}_{stream_channel(stays_url)}")):
+        entry = MockConfigEntry(
+            domain=DOMAIN,
+            unique_id=unique_id,
+            data={
+                CONF_STREAM_URL: url,
+                CONF_USERNAME: CAM_USER,
+                CONF_PASSWORD: CAM_PASSWORD,
+                CONF_IDENTITY: {"mac": MAC},
+                CONF_CAMERA_ID: unique_id,
+            },
+        )
+        entry.add_to_hass(hass)
+        entries.append(entry)
+    with patch("custom_components.localcam.helpers.neighbour_mac", return_value=MAC):
+        result = await hass.config_entries.flow.async_init(
+            DOMAIN,
+            context={"source": SOURCE_DHCP},
+            data=DhcpServiceInfo(ip="127.0.0.1", hostname="x", macaddress=MAC.replace(":", "")),
+        )
+    assert result["reason"] == "already_configured"
+    assert [entry.data[CONF_STREAM_URL] for entry in entries] == [camera.rtsp_url, stays_url]
+    await hass.async_block_till_done()
+
+
+async def test_a_stream_of_an_onvif_device_is_configured(
+    hass: HomeAssistant, camera: VirtualCamera
+) -> None:
+    """A device configured over ONVIF holds all its streams: one by URL is refused."""
+    MockConfigEntry(
+        domain=DOMAIN,
+        unique_id=MAC,
+        data={
+            CONF_ONVIF: True,
+            CONF_HOST: "127.0.0.1",
+            CONF_STREAM_URL: "rtsp://127.0.0.1:9/profile1",
+            CONF_IDENTITY: {"mac": MAC, "serial": "VC-0001"},
+            CONF_CAMERA_ID: MAC,
+        },
+    ).add_to_hass(hass)
+    result = await _add_by_url(hass, camera)
+    assert (result["type"], result["reason"]) == (FlowResultType.ABORT, "already_configured")
+
+
+async def test_a_further_stream_is_named_by_the_first_free_number(
+    hass: HomeAssistant, camera: VirtualCamera, rtsp_only_camera: VirtualCamera
+) -> None:
+    """After a removal, a new stream's name does not repeat one in use."""
+    base = f"127.0.0.1:{rtsp_only_camera.rtsp_port}"
+    # The device's first stream, renamed by its user to what "(2)" would be.
+    MockConfigEntry(
+        domain=DOMAIN,
+        unique_id=MAC,
+        title=f"{base} (2)",
+        data={
+            CONF_STREAM_URL: camera.rtsp_url,
+            CONF_IDENTITY: {"mac": MAC},
+            CONF_CAMERA_ID: MAC,
+        },
+    ).add_to_hass(hass)
+    result = await _add_by_url(hass, rtsp_only_camera)
+    assert result["title"] == f"{base} (3)"

@@ -17,7 +17,7 @@ from pytest_homeassistant_custom_component.common import MockConfigEntry
 from pytest_homeassistant_custom_component.typing import ClientSessionGenerator
 import pytest_socket
 
-from custom_components.localcam.const import CONF_IDENTITY, DOMAIN
+from custom_components.localcam.const import CONF_IDENTITY, CONF_STREAM_URL, DOMAIN
 from custom_components.localcam.repairs import async_create_fix_flow
 from virtualcam import VirtualCamera, color_for, nearest_camera
 
@@ -96,7 +96,15 @@ async def test_replaced_camera_is_trusted_after_the_fix_flow(
         # ... the user confirms that they replaced the camera. If the new
         # device is already configured as another entry, nothing changes.
         client = await hass_client()
-        twin = MockConfigEntry(domain=DOMAIN, unique_id=f"02:00:00:00:00:0{NEW}")
+        # (A stream of that device added by URL: an ONVIF entry holds all its streams.)
+        twin = MockConfigEntry(
+            domain=DOMAIN,
+            unique_id=f"02:00:00:00:00:0{NEW}",
+            data={
+                CONF_IDENTITY: {"mac": f"02:00:00:00:00:0{NEW}"},
+                CONF_STREAM_URL: f"rtsp://{HOST}:9/another-stream",
+            },
+        )
         twin.add_to_hass(hass)
         result = await _fix(client, issue_id)
         assert (result["type"], result["reason"]) == ("abort", "already_configured")

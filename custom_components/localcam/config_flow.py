@@ -73,7 +73,12 @@ from .core.snapshot import SNAPSHOT_SCHEMES, STREAM_SCHEMES, CameraClient
 from .core.wsdiscovery import DiscoveredDevice, unicast_range
 from .data import LocalCamConfigEntry
 from .discovery import FLOW_SCAN_TIME, async_scan
-from .helpers import async_observe_identity, entry_unique_id, policy_from_options
+from .helpers import (
+    async_observe_identity,
+    entry_unique_id,
+    new_camera_id,
+    policy_from_options,
+)
 
 URL_FIELDS = (CONF_STREAM_URL, CONF_SNAPSHOT_URL)
 
@@ -186,13 +191,18 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
                 # user adding it here; creating the entry aborts that offer.
                 await self.async_set_unique_id(unique_id, raise_on_progress=False)
                 self._abort_if_unique_id_configured()
-                data[CONF_CAMERA_ID] = unique_id
+                everyone = self.hass.config_entries.async_entries(DOMAIN)
+                data[CONF_CAMERA_ID] = new_camera_id(everyone, unique_id)
                 title = _title(data[CONF_STREAM_URL])
-                return self.async_create_entry(
-                    title=f"{title} ({streams + 1})" if streams else title,
-                    data=data,
-                    options=options,
-                )
+                if streams:
+                    # "host (2)", "host (3)": the first number no entry's title holds.
+                    titles = {entry.title for entry in everyone}
+                    title = next(
+                        f"{title} ({n})"
+                        for n in range(streams + 1, streams + len(titles) + 2)
+                        if f"{title} ({n})" not in titles
+                    )
+                return self.async_create_entry(title=title, data=data, options=options)
         return self.async_show_form(
             step_id="url",
             data_schema=self.add_suggested_values_to_schema(
@@ -312,6 +322,9 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
                 # when the entry is created, not the other way round.
                 await self.async_set_unique_id(data[CONF_CAMERA_ID], raise_on_progress=False)
                 self._abort_if_unique_id_configured()
+                data[CONF_CAMERA_ID] = new_camera_id(
+                    self.hass.config_entries.async_entries(DOMAIN), data[CONF_CAMERA_ID]
+                )
                 return self.async_create_entry(title=data.pop("title"), data=data, options=options)
         return self._onvif_form(
             "onvif", _onvif_schema(adding=True), user_input or self._discovered, errors
@@ -586,23 +599,21 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
     ) -> ConfigFlowResult:
         """Recognise a configured camera by identity, or ask the user to add it."""
         seen = Identity(mac=mac, uuid=uuid)
-        known = False
         for entry in self._async_current_entries(include_ignore=False):
             stored = Identity.from_dict(entry.data.get(CONF_IDENTITY))
             current = _entry_host(entry)
             if seen.known and stored.confirms(seen):
-                # A camera configured by name is followed by DNS, not by
-                # LocalCam. Every entry of the device (one per stream) moves.
+                # A camera configured by name is followed by DNS, not by LocalCam.
                 if not _is_ip(current) or current == host or await self._async_follow(entry, host):
-                    known = True
-                # Else shown to be another device that announces the same MAC
-                # or UUID (cheap cameras share firmware-default UUIDs): offer it.
+                    if _entry_host(entry) != current:
+                        self._move_streams(entry, current, host)
+                    return self.async_abort(reason="already_configured")
+                # Shown to be another device that announces the same MAC or
+                # UUID (cheap cameras share firmware-default UUIDs): offer it.
             elif current == host and not stored.differs(seen):
                 # The configured camera, announcing a field its entry does not
                 # hold (a UUID the camera never reported over ONVIF).
-                known = True
-        if known:
-            return self.async_abort(reason="already_configured")
+                return self.async_abort(reason="already_configured")
         if seen.key is not None:
             await self.async_set_unique_id(seen.key)
             self._abort_if_unique_id_configured()
@@ -661,6 +672,29 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
         self.hass.config_entries.async_update_entry(entry, data=new_data)
         self.hass.config_entries.async_schedule_reload(entry.entry_id)
         return True
+
+    @callback
+    def _move_streams(self, moved: LocalCamConfigEntry, old_host: str, host: str) -> None:
+        """Move the device's other streams with ``moved``, which was shown to be at ``host``.
+
+        They are entries of the same device (identity key) added by URL at
+        the same address (``entry_unique_id`` keeps a device's streams at one
+        address), so the identity check that moved ``moved`` holds for them.
+        """
+        key = Identity.from_dict(moved.data.get(CONF_IDENTITY)).key
+        for entry in self._async_current_entries(include_ignore=False):
+            if (
+                key is not None
+                and entry is not moved
+                and not entry.data.get(CONF_ONVIF)
+                and _entry_host(entry) == old_host
+                and Identity.from_dict(entry.data.get(CONF_IDENTITY)).key == key
+            ):
+                LOGGER.info("%s moved to %s with %s", entry.title, host, moved.title)
+                self.hass.config_entries.async_update_entry(
+                    entry, data=_with_host(entry.data, host)
+                )
+                self.hass.config_entries.async_schedule_reload(entry.entry_id)
 
     async def _async_test(
         self,

@@ -8,6 +8,8 @@ from homeassistant.config_entries import ConfigEntry, ConfigEntryState
 from homeassistant.const import CONF_HOST, CONF_PASSWORD, CONF_PORT, CONF_USERNAME
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import HomeAssistantError
+from homeassistant.util.ulid import ulid_now
+import yarl
 
 from .const import (
     CONF_ALLOWED_NETWORKS,
@@ -54,10 +56,13 @@ def entry_unique_id(
     ports): the first is keyed by the device's identity, each other one by
     identity and stream (``stream_channel``, which leaves out the host, so
     the streams stay apart when the device moves). The same stream twice,
-    or a stream of a device configured over ONVIF, is configured already.
-    Each id names its own frames (it becomes the entry's camera id), so the
-    streams of one device never share a cache. A camera without identity
-    is keyed by its URL. ``exclude`` is the entry being changed.
+    or a stream of a device configured over ONVIF, is configured already;
+    so is a stream at another address than the device's other streams (two
+    devices behind a bridge that rewrites MACs look like one device: each
+    would be moved onto the other's address when one of them moves). A
+    camera without identity is keyed by its URL. ``exclude`` is the entry
+    being changed. The entry's camera id, which keys its frames, is chosen
+    apart (``new_camera_id``): a unique id may change, a camera id never.
     """
     others = [entry for entry in entries if entry is not exclude]
     if (key := identity.key) is None:
@@ -72,16 +77,35 @@ def entry_unique_id(
     if onvif:
         return (None if device else key), len(device)
     channel = stream_channel(stream_url)
+    host = url_host(stream_url)
     if any(
         entry.data.get(CONF_ONVIF)
         or CONF_STREAM_URL not in entry.data
         or stream_channel(entry.data[CONF_STREAM_URL]) == channel
+        or url_host(entry.data[CONF_STREAM_URL]) != host
         for entry in device
     ):
         return None, len(device)
     if any(entry.unique_id == key for entry in device):
         return f"{key}_{channel}", len(device)
     return key, len(device)
+
+
+def new_camera_id(entries: Iterable[ConfigEntry], wanted: str) -> str:
+    """A camera id no entry holds: ``wanted`` (the new unique id) where it is free.
+
+    An entry keeps its camera id when its unique id changes (reconfigure,
+    a repaired camera), so a new entry's unique id may be an older entry's
+    camera id. Two entries sharing one would share their frames' key (and
+    the second would get no entity), so the new one gets a ULID suffix.
+    """
+    taken = {entry.data.get(CONF_CAMERA_ID) for entry in entries}
+    return wanted if wanted not in taken else f"{wanted}_{ulid_now().lower()}"
+
+
+def url_host(url: str) -> str:
+    """A URL's host, lower case (empty when it has none)."""
+    return (yarl.URL(url).host or "").lower()
 
 
 def frame_key(camera_id: str, profile: str) -> str:
