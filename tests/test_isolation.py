@@ -160,9 +160,15 @@ async def test_no_frame_crosses_cameras_under_faults(
 
         served = [r for r in results if r[1] == 200]
         foreign = [r for r in served if _colour_index(r[3]) != r[0]]
-        # Served within max age; the slack covers HTTP transit on a loaded CI box.
-        stale = [r for r in served if r[4] is not None and r[4] > MAX_AGE + 0.5]
+        # Served within max age. The cache checks a frame's age when it hands
+        # it over, somewhere between the request's start and its arrival;
+        # HTTP transit after that grows with the box's load. So the one
+        # check that holds on any box: the frame was no older than max age
+        # when the request started (its age on arrival, less the request's
+        # time; 10 ms for the header's clock and rounding).
+        stale = [r for r in served if r[4] is not None and r[4] - r[2] > MAX_AGE + 0.01]
         ages = sorted(r[4] for r in served if r[4] is not None)
+        starts = [r[4] - r[2] for r in served if r[4] is not None]
         faulted = {hanging, dropping, truncating, refusing_auth}
         healthy = [r for r in results if r[0] not in faulted]
         assert foreign == []
@@ -177,7 +183,8 @@ async def test_no_frame_crosses_cameras_under_faults(
             f"\nisolation: {len(results)} requests, {len(served)} served, "
             f"{len(foreign)} foreign, {len(stale)} stale, "
             f"healthy p95 {slow[int(len(slow) * 0.95)] * 1000:.0f} ms, "
-            f"oldest frame served {ages[-1] * 1000:.0f} ms"
+            f"oldest frame on arrival {ages[-1] * 1000:.0f} ms, "
+            f"at its request's start {max(starts) * 1000:.0f} ms"
         )
     finally:
         for cam in farm.cameras:
