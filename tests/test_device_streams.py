@@ -14,6 +14,7 @@ from unittest.mock import patch
 from homeassistant.components.camera import async_get_image
 from homeassistant.config_entries import (
     SOURCE_DHCP,
+    SOURCE_IGNORE,
     SOURCE_RECONFIGURE,
     SOURCE_USER,
     ConfigEntry,
@@ -397,7 +398,9 @@ async def test_a_move_leaves_a_device_at_another_address_alone(
     """Only the streams at the moved device's old address follow it."""
     pytest_socket.socket_allow_hosts(["127.0.0.1", "127.0.0.2", "127.0.0.3"])
     moved_url = camera.rtsp_url.replace("127.0.0.1", "127.0.0.3")
-    stays_url = "rtsp://127.0.0.2:9/other"  # another device with the same MAC (older entries)
+    # Another device with the same MAC, at another address (entries from before
+    # a further stream had to be at its device's address).
+    stays_url = "rtsp://127.0.0.2:9/other"
     entries = []
     for url, unique_id in ((moved_url, MAC), (stays_url, f"{MAC}_{stream_channel(stays_url)}")):
         entry = MockConfigEntry(
@@ -461,3 +464,136 @@ async def test_a_further_stream_is_named_by_the_first_free_number(
     ).add_to_hass(hass)
     result = await _add_by_url(hass, rtsp_only_camera)
     assert result["title"] == f"{base} (3)"
+
+
+def _streams_at(hass: HomeAssistant, cams: list[VirtualCamera], host: str) -> list[ConfigEntry]:
+    """Entries for ``cams`` as streams of the device MAC, configured at ``host``."""
+    entries: list[ConfigEntry] = []
+    for n, cam in enumerate(cams):
+        url = cam.rtsp_url.replace("127.0.0.1", host)
+        unique_id = MAC if n == 0 else f"{MAC}_{stream_channel(url)}"
+        entry = MockConfigEntry(
+            domain=DOMAIN,
+            unique_id=unique_id,
+            title=f"stream {n + 1}",
+            data={
+                CONF_STREAM_URL: url,
+                CONF_USERNAME: CAM_USER,
+                CONF_PASSWORD: CAM_PASSWORD,
+                CONF_IDENTITY: {"mac": MAC},
+                CONF_CAMERA_ID: unique_id,
+            },
+        )
+        entry.add_to_hass(hass)
+        entries.append(entry)
+    return entries
+
+
+async def test_each_stream_can_be_reconfigured_to_the_device_s_new_address(
+    hass: HomeAssistant, camera: VirtualCamera, rtsp_only_camera: VirtualCamera
+) -> None:
+    """A device given a new fixed address: each stream is reconfigured there, one by one."""
+    pytest_socket.socket_allow_hosts(["127.0.0.1", "127.0.0.3"])
+    entries = _streams_at(hass, [camera, rtsp_only_camera], "127.0.0.3")
+    for entry, cam in zip(entries, (camera, rtsp_only_camera), strict=True):
+        result = await _reconfigure(hass, entry)
+        with patch("custom_components.localcam.config_flow.neighbour_mac", return_value=MAC):
+            result = await hass.config_entries.flow.async_configure(result["flow_id"], _form(cam))
+        assert result["reason"] == "reconfigure_successful", entry.title
+    assert [entry.data[CONF_STREAM_URL] for entry in entries] == [
+        camera.rtsp_url,
+        rtsp_only_camera.rtsp_url,
+    ]
+    await hass.async_block_till_done()
+
+
+async def test_a_refused_move_moves_no_stream(
+    hass: HomeAssistant, camera: VirtualCamera, rtsp_only_camera: VirtualCamera
+) -> None:
+    """DHCP claims the device's MAC at an address where the link shows another: nothing moves."""
+    pytest_socket.socket_allow_hosts(["127.0.0.1", "127.0.0.3"])
+    entries = _streams_at(hass, [camera, rtsp_only_camera], "127.0.0.3")
+    before = [entry.data[CONF_STREAM_URL] for entry in entries]
+    with patch(
+        "custom_components.localcam.helpers.neighbour_mac", return_value="02:00:00:aa:bb:99"
+    ):
+        await hass.config_entries.flow.async_init(
+            DOMAIN,
+            context={"source": SOURCE_DHCP},
+            data=DhcpServiceInfo(ip="127.0.0.1", hostname="x", macaddress=MAC.replace(":", "")),
+        )
+    assert [entry.data[CONF_STREAM_URL] for entry in entries] == before
+
+
+async def test_an_onvif_camera_never_takes_a_camera_id_in_use(
+    hass: HomeAssistant, socket_enabled: None
+) -> None:
+    """A repaired entry keeps its old camera id: that device, added again, gets another."""
+    cam = VirtualCamera(
+        CameraConfig(
+            name="door",
+            color=color_for(2),
+            username=CAM_USER,
+            password=CAM_PASSWORD,
+            width=320,
+            height=180,
+            onvif=True,
+            serial="VC-0001",
+            mac=MAC,
+        )
+    )
+    await cam.start()
+    try:
+        # Once this device's entry; since repaired, it stands for another device.
+        MockConfigEntry(
+            domain=DOMAIN,
+            unique_id="02:00:00:aa:bb:99",
+            data={
+                CONF_STREAM_URL: "rtsp://127.0.0.1:9/stream",
+                CONF_IDENTITY: {"mac": "02:00:00:aa:bb:99"},
+                CONF_CAMERA_ID: MAC,
+            },
+        ).add_to_hass(hass)
+        result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
+        result = await hass.config_entries.flow.async_configure(
+            result["flow_id"], {"next_step_id": "onvif"}
+        )
+        result = await hass.config_entries.flow.async_configure(
+            result["flow_id"],
+            {
+                CONF_HOST: "127.0.0.1",
+                CONF_PORT: cam.http_port,
+                CONF_USERNAME: CAM_USER,
+                CONF_PASSWORD: CAM_PASSWORD,
+                CONF_VERIFY_SSL: True,
+            },
+        )
+        assert result["type"] is FlowResultType.CREATE_ENTRY
+        assert result["result"].unique_id == MAC
+        assert result["data"][CONF_CAMERA_ID].startswith(f"{MAC}_")
+        await hass.async_block_till_done()
+    finally:
+        await cam.stop()
+
+
+async def test_reconfigure_never_takes_an_ignored_offer_s_id(
+    hass: HomeAssistant, camera: VirtualCamera
+) -> None:
+    """A camera the user chose to ignore holds its id: reconfiguring onto it is refused."""
+    MockConfigEntry(domain=DOMAIN, unique_id=MAC, source=SOURCE_IGNORE).add_to_hass(hass)
+    entry = MockConfigEntry(
+        domain=DOMAIN,
+        unique_id="url_camera",
+        data={
+            CONF_STREAM_URL: camera.rtsp_url,
+            CONF_USERNAME: CAM_USER,
+            CONF_PASSWORD: CAM_PASSWORD,
+            CONF_CAMERA_ID: "url_camera",
+        },
+    )
+    entry.add_to_hass(hass)
+    result = await _reconfigure(hass, entry)
+    with patch("custom_components.localcam.config_flow.neighbour_mac", return_value=MAC):
+        result = await hass.config_entries.flow.async_configure(result["flow_id"], _form(camera))
+    assert (result["type"], result["reason"]) == (FlowResultType.ABORT, "already_configured")
+    assert entry.unique_id == "url_camera"

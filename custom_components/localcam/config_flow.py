@@ -228,7 +228,7 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
                     return self.async_abort(reason="wrong_camera")
                 data[CONF_IDENTITY] = identity.as_dict()
                 unique_id, _ = entry_unique_id(
-                    self._async_current_entries(include_ignore=False),
+                    self.hass.config_entries.async_entries(DOMAIN),
                     identity,
                     data[CONF_STREAM_URL],
                     exclude=entry,
@@ -605,8 +605,6 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
             if seen.known and stored.confirms(seen):
                 # A camera configured by name is followed by DNS, not by LocalCam.
                 if not _is_ip(current) or current == host or await self._async_follow(entry, host):
-                    if _entry_host(entry) != current:
-                        self._move_streams(entry, current, host)
                     return self.async_abort(reason="already_configured")
                 # Shown to be another device that announces the same MAC or
                 # UUID (cheap cameras share firmware-default UUIDs): offer it.
@@ -652,9 +650,11 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
         with the serial). Otherwise the entry stays where it is: an address,
         or a MAC or UUID that any device can copy from a broadcast, is never
         enough. Return False when the device there is shown to be another one
-        (so it may be offered as a camera of its own), True otherwise.
+        (so it may be offered as a camera of its own), True otherwise. The
+        device's other streams at the same address move with it.
         """
         stored = Identity.from_dict(entry.data.get(CONF_IDENTITY))
+        old_host = _entry_host(entry)
         new_data = _with_host(entry.data, host)
         try:
             seen = await async_observe_identity(self.hass, new_data, entry.options, expected=stored)
@@ -668,33 +668,23 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
                 host,
             )
             return not stored.differs(Identity(mac=seen.link_mac).merged(seen.identity))
-        LOGGER.info("%s moved to %s (identity checked)", entry.title, host)
-        self.hass.config_entries.async_update_entry(entry, data=new_data)
-        self.hass.config_entries.async_schedule_reload(entry.entry_id)
+        # The streams that move: this entry, and the device's other entries
+        # added by URL at the same address. ``entry_unique_id`` keeps a
+        # device's streams at one address when they are added, so the
+        # identity just checked holds for them too.
+        moving = [entry] + [
+            other
+            for other in self._async_current_entries(include_ignore=False)
+            if other is not entry
+            and not other.data.get(CONF_ONVIF)
+            and _entry_host(other) == old_host
+            and Identity.from_dict(other.data.get(CONF_IDENTITY)).key == stored.key
+        ]
+        for moved in moving:
+            LOGGER.info("%s moved to %s (identity checked)", moved.title, host)
+            self.hass.config_entries.async_update_entry(moved, data=_with_host(moved.data, host))
+            self.hass.config_entries.async_schedule_reload(moved.entry_id)
         return True
-
-    @callback
-    def _move_streams(self, moved: LocalCamConfigEntry, old_host: str, host: str) -> None:
-        """Move the device's other streams with ``moved``, which was shown to be at ``host``.
-
-        They are entries of the same device (identity key) added by URL at
-        the same address (``entry_unique_id`` keeps a device's streams at one
-        address), so the identity check that moved ``moved`` holds for them.
-        """
-        key = Identity.from_dict(moved.data.get(CONF_IDENTITY)).key
-        for entry in self._async_current_entries(include_ignore=False):
-            if (
-                key is not None
-                and entry is not moved
-                and not entry.data.get(CONF_ONVIF)
-                and _entry_host(entry) == old_host
-                and Identity.from_dict(entry.data.get(CONF_IDENTITY)).key == key
-            ):
-                LOGGER.info("%s moved to %s with %s", entry.title, host, moved.title)
-                self.hass.config_entries.async_update_entry(
-                    entry, data=_with_host(entry.data, host)
-                )
-                self.hass.config_entries.async_schedule_reload(entry.entry_id)
 
     async def _async_test(
         self,

@@ -4,7 +4,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from homeassistant.config_entries import ConfigEntry, ConfigEntryState
+from homeassistant.config_entries import SOURCE_IGNORE, ConfigEntry, ConfigEntryState
 from homeassistant.const import CONF_HOST, CONF_PASSWORD, CONF_PORT, CONF_USERNAME
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import HomeAssistantError
@@ -57,38 +57,53 @@ def entry_unique_id(
     identity and stream (``stream_channel``, which leaves out the host, so
     the streams stay apart when the device moves). The same stream twice,
     or a stream of a device configured over ONVIF, is configured already;
-    so is a stream at another address than the device's other streams (two
-    devices behind a bridge that rewrites MACs look like one device: each
-    would be moved onto the other's address when one of them moves). A
-    camera without identity is keyed by its URL. ``exclude`` is the entry
-    being changed. The entry's camera id, which keys its frames, is chosen
-    apart (``new_camera_id``): a unique id may change, a camera id never.
+    so is a new stream at another address than the device's other streams
+    (two devices behind a bridge that rewrites MACs look like one device:
+    each would be moved onto the other's address when one of them moves).
+    A camera without identity is keyed by its URL. ``exclude`` is the entry
+    being changed (reconfigure, repair), which may move to a new address;
+    an id that any other entry in ``entries`` holds, an ignored one too, is
+    taken. The entry's camera id, which keys its frames, is chosen apart
+    (``new_camera_id``): a unique id may change, a camera id never.
     """
     others = [entry for entry in entries if entry is not exclude]
-    if (key := identity.key) is None:
-        unique_id = normalized_identity(stream_url)
-        taken = any(entry.unique_id == unique_id for entry in others)
-        return (None if taken else unique_id), 0
     device = [
         entry
         for entry in others
-        if entry.unique_id == key or Identity.from_dict(entry.data.get(CONF_IDENTITY)).key == key
+        if entry.source != SOURCE_IGNORE
+        and identity.key is not None
+        and (
+            entry.unique_id == identity.key
+            or Identity.from_dict(entry.data.get(CONF_IDENTITY)).key == identity.key
+        )
     ]
+    unique_id = _unique_id(identity.key, stream_url, device, onvif=onvif, adding=exclude is None)
+    if unique_id is not None and any(entry.unique_id == unique_id for entry in others):
+        return None, len(device)
+    return unique_id, len(device)
+
+
+def _unique_id(
+    key: str | None, stream_url: str, device: list[ConfigEntry], *, onvif: bool, adding: bool
+) -> str | None:
+    """``entry_unique_id``'s choice among the device's entries, before the taken check."""
+    if key is None:
+        return normalized_identity(stream_url)
     if onvif:
-        return (None if device else key), len(device)
+        return None if device else key
     channel = stream_channel(stream_url)
     host = url_host(stream_url)
     if any(
         entry.data.get(CONF_ONVIF)
         or CONF_STREAM_URL not in entry.data
         or stream_channel(entry.data[CONF_STREAM_URL]) == channel
-        or url_host(entry.data[CONF_STREAM_URL]) != host
+        or (adding and url_host(entry.data[CONF_STREAM_URL]) != host)
         for entry in device
     ):
-        return None, len(device)
+        return None
     if any(entry.unique_id == key for entry in device):
-        return f"{key}_{channel}", len(device)
-    return key, len(device)
+        return f"{key}_{channel}"
+    return key
 
 
 def new_camera_id(entries: Iterable[ConfigEntry], wanted: str) -> str:
@@ -104,8 +119,8 @@ def new_camera_id(entries: Iterable[ConfigEntry], wanted: str) -> str:
 
 
 def url_host(url: str) -> str:
-    """A URL's host, lower case (empty when it has none)."""
-    return (yarl.URL(url).host or "").lower()
+    """A URL's host as yarl spells it (lower case, IPv6 compressed; empty when none)."""
+    return yarl.URL(url).host or ""
 
 
 def frame_key(camera_id: str, profile: str) -> str:

@@ -52,7 +52,7 @@ class TrustReplacedCameraFlow(RepairsFlow):
             # unique id too (with its stream's, for a further stream of a
             # device added by URL), unless another entry configures it already.
             unique_id, _ = entry_unique_id(
-                self.hass.config_entries.async_entries(DOMAIN, include_ignore=False),
+                self.hass.config_entries.async_entries(DOMAIN),
                 observed,
                 entry.data[CONF_STREAM_URL],
                 onvif=bool(entry.data.get(CONF_ONVIF)),
