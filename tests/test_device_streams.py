@@ -7,6 +7,8 @@ its own frames; the same stream twice is refused; a move of the device
 moves every one of its entries.
 """
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 import io
 from typing import Any
 from unittest.mock import patch
@@ -115,6 +117,102 @@ def _camera_index(jpeg: bytes) -> int:
     return nearest_camera((pixel[0], pixel[1], pixel[2]), PALETTE)
 
 
+def _cam(index: int, host: str = "127.0.0.1") -> VirtualCamera:
+    """Another virtual camera, in palette colour ``index``, without a snapshot URL."""
+    return VirtualCamera(
+        CameraConfig(
+            name=f"cam{index}",
+            host=host,
+            color=color_for(index),
+            username=CAM_USER,
+            password=CAM_PASSWORD,
+            http_snapshot=False,
+            width=320,
+            height=180,
+        )
+    )
+
+
+def _stream_entry(hass: HomeAssistant, url: str, unique_id: str, title: str = "") -> ConfigEntry:
+    """An entry for the stream at ``url`` of the device MAC (not set up)."""
+    entry = MockConfigEntry(
+        domain=DOMAIN,
+        unique_id=unique_id,
+        title=title or unique_id,
+        data={
+            CONF_STREAM_URL: url,
+            CONF_USERNAME: CAM_USER,
+            CONF_PASSWORD: CAM_PASSWORD,
+            CONF_IDENTITY: {"mac": MAC},
+            CONF_CAMERA_ID: unique_id,
+        },
+    )
+    entry.add_to_hass(hass)
+    return entry
+
+
+def _streams_at(hass: HomeAssistant, cams: list[VirtualCamera], host: str) -> list[ConfigEntry]:
+    """Entries for ``cams`` as the streams of the device MAC, configured at ``host``."""
+    urls = [cam.rtsp_url.replace("127.0.0.1", host) for cam in cams]
+    return [
+        _stream_entry(
+            hass, url, MAC if n == 0 else f"{MAC}_{stream_channel(url)}", f"stream {n + 1}"
+        )
+        for n, url in enumerate(urls)
+    ]
+
+
+async def _dhcp(hass: HomeAssistant, link_mac: str) -> ConfigFlowResult:
+    """DHCP reports the device MAC at 127.0.0.1; the neighbour table there shows ``link_mac``."""
+    with patch("custom_components.localcam.helpers.neighbour_mac", return_value=link_mac):
+        return await hass.config_entries.flow.async_init(
+            DOMAIN,
+            context={"source": SOURCE_DHCP},
+            data=DhcpServiceInfo(ip="127.0.0.1", hostname="x", macaddress=MAC.replace(":", "")),
+        )
+
+
+@asynccontextmanager
+async def _onvif_device() -> AsyncIterator[VirtualCamera]:
+    """The device MAC as an ONVIF camera (serial VC-0001, colour 2); stopped after."""
+    cam = VirtualCamera(
+        CameraConfig(
+            name="door",
+            color=color_for(2),
+            username=CAM_USER,
+            password=CAM_PASSWORD,
+            width=320,
+            height=180,
+            onvif=True,
+            serial="VC-0001",
+            mac=MAC,
+        )
+    )
+    await cam.start()
+    try:
+        yield cam
+    finally:
+        await cam.stop()
+
+
+async def _add_over_onvif(hass: HomeAssistant, cam: VirtualCamera) -> ConfigFlowResult:
+    """The ONVIF form of the add flow, for ``cam`` at 127.0.0.1."""
+    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], {"next_step_id": "onvif"}
+    )
+    return await hass.config_entries.flow.async_configure(
+        result["flow_id"],
+        {
+            CONF_HOST: "127.0.0.1",
+            CONF_PORT: cam.http_port,
+            CONF_USERNAME: CAM_USER,
+            CONF_PASSWORD: CAM_PASSWORD,
+            CONF_VERIFY_SSL: True,
+        },
+    )
+
+
 async def test_each_stream_of_a_device_is_an_entry_of_its_own(
     hass: HomeAssistant, camera: VirtualCamera, rtsp_only_camera: VirtualCamera
 ) -> None:
@@ -180,31 +278,8 @@ async def test_a_move_of_the_device_moves_every_stream(
     """DHCP reports the device at a new address: each of its entries follows it."""
     # The old lease, 127.0.0.3, is loopback too; nothing answers there.
     pytest_socket.socket_allow_hosts(["127.0.0.1", "127.0.0.3"])
-    entries = []
-    for cam, unique_id in (
-        (camera, MAC),
-        (rtsp_only_camera, f"{MAC}_{stream_channel(rtsp_only_camera.rtsp_url)}"),
-    ):
-        # Both configured at the old lease: the device has moved.
-        entry = MockConfigEntry(
-            domain=DOMAIN,
-            unique_id=unique_id,
-            data={
-                CONF_STREAM_URL: cam.rtsp_url.replace("127.0.0.1", "127.0.0.3"),
-                CONF_USERNAME: CAM_USER,
-                CONF_PASSWORD: CAM_PASSWORD,
-                CONF_IDENTITY: {"mac": MAC},
-                CONF_CAMERA_ID: unique_id,
-            },
-        )
-        entry.add_to_hass(hass)
-        entries.append(entry)
-    with patch("custom_components.localcam.helpers.neighbour_mac", return_value=MAC):
-        result = await hass.config_entries.flow.async_init(
-            DOMAIN,
-            context={"source": SOURCE_DHCP},
-            data=DhcpServiceInfo(ip="127.0.0.1", hostname="x", macaddress=MAC.replace(":", "")),
-        )
+    entries = _streams_at(hass, [camera, rtsp_only_camera], "127.0.0.3")
+    result = await _dhcp(hass, MAC)
     assert (result["type"], result["reason"]) == (FlowResultType.ABORT, "already_configured")
     assert [entry.data[CONF_STREAM_URL] for entry in entries] == [
         camera.rtsp_url,
@@ -220,21 +295,7 @@ async def test_an_onvif_device_with_a_stream_added_by_url_is_configured(
     hass: HomeAssistant, socket_enabled: None
 ) -> None:
     """Adding over ONVIF a device whose stream was added by URL is refused as configured."""
-    cam = VirtualCamera(
-        CameraConfig(
-            name="door",
-            color=color_for(2),
-            username=CAM_USER,
-            password=CAM_PASSWORD,
-            width=320,
-            height=180,
-            onvif=True,
-            serial="VC-0001",
-            mac=MAC,
-        )
-    )
-    await cam.start()
-    try:
+    async with _onvif_device() as cam:
         # Only a further stream of the device is left (its first entry removed).
         MockConfigEntry(
             domain=DOMAIN,
@@ -245,24 +306,9 @@ async def test_an_onvif_device_with_a_stream_added_by_url_is_configured(
                 CONF_CAMERA_ID: f"{MAC}_{stream_channel(cam.rtsp_url)}",
             },
         ).add_to_hass(hass)
-        result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
-        result = await hass.config_entries.flow.async_configure(
-            result["flow_id"], {"next_step_id": "onvif"}
-        )
-        result = await hass.config_entries.flow.async_configure(
-            result["flow_id"],
-            {
-                CONF_HOST: "127.0.0.1",
-                CONF_PORT: cam.http_port,
-                CONF_USERNAME: CAM_USER,
-                CONF_PASSWORD: CAM_PASSWORD,
-                CONF_VERIFY_SSL: True,
-            },
-        )
+        result = await _add_over_onvif(hass, cam)
         assert (result["type"], result["reason"]) == (FlowResultType.ABORT, "already_configured")
         assert len(hass.config_entries.async_entries(DOMAIN)) == 1
-    finally:
-        await cam.stop()
 
 
 async def test_a_replaced_device_is_trusted_for_each_of_its_streams(
@@ -274,25 +320,7 @@ async def test_a_replaced_device_is_trusted_for_each_of_its_streams(
     """The repair "another device answers" pins each stream's entry to the new device."""
     assert await async_setup_component(hass, "repairs", {})
     new_mac = "02:00:00:aa:bb:02"
-    entries = []
-    for cam, unique_id in (
-        (camera, MAC),
-        (rtsp_only_camera, f"{MAC}_{stream_channel(rtsp_only_camera.rtsp_url)}"),
-    ):
-        entry = MockConfigEntry(
-            domain=DOMAIN,
-            unique_id=unique_id,
-            title=unique_id,
-            data={
-                CONF_STREAM_URL: cam.rtsp_url,
-                CONF_USERNAME: CAM_USER,
-                CONF_PASSWORD: CAM_PASSWORD,
-                CONF_IDENTITY: {"mac": MAC},
-                CONF_CAMERA_ID: unique_id,
-            },
-        )
-        entry.add_to_hass(hass)
-        entries.append(entry)
+    entries = _streams_at(hass, [camera, rtsp_only_camera], "127.0.0.1")
     # LocalCam loaded (its repairs platform with it), the entries set up; then
     # the device is replaced, and each entry has its repair issue.
     assert await async_setup_component(hass, DOMAIN, {})
@@ -329,22 +357,6 @@ async def test_a_replaced_device_is_trusted_for_each_of_its_streams(
         MAC,
         f"{MAC}_{stream_channel(rtsp_only_camera.rtsp_url)}",
     ]
-
-
-def _cam(index: int, host: str = "127.0.0.1") -> VirtualCamera:
-    """Another virtual camera, in palette colour ``index``, without a snapshot URL."""
-    return VirtualCamera(
-        CameraConfig(
-            name=f"cam{index}",
-            host=host,
-            color=color_for(index),
-            username=CAM_USER,
-            password=CAM_PASSWORD,
-            http_snapshot=False,
-            width=320,
-            height=180,
-        )
-    )
 
 
 async def test_a_new_stream_never_takes_a_camera_id_in_use(
@@ -401,27 +413,11 @@ async def test_a_move_leaves_a_device_at_another_address_alone(
     # Another device with the same MAC, at another address (entries from before
     # a further stream had to be at its device's address).
     stays_url = "rtsp://127.0.0.2:9/other"
-    entries = []
-    for url, unique_id in ((moved_url, MAC), (stays_url, f"{MAC}_{stream_channel(stays_url)}")):
-        entry = MockConfigEntry(
-            domain=DOMAIN,
-            unique_id=unique_id,
-            data={
-                CONF_STREAM_URL: url,
-                CONF_USERNAME: CAM_USER,
-                CONF_PASSWORD: CAM_PASSWORD,
-                CONF_IDENTITY: {"mac": MAC},
-                CONF_CAMERA_ID: unique_id,
-            },
-        )
-        entry.add_to_hass(hass)
-        entries.append(entry)
-    with patch("custom_components.localcam.helpers.neighbour_mac", return_value=MAC):
-        result = await hass.config_entries.flow.async_init(
-            DOMAIN,
-            context={"source": SOURCE_DHCP},
-            data=DhcpServiceInfo(ip="127.0.0.1", hostname="x", macaddress=MAC.replace(":", "")),
-        )
+    entries = [
+        _stream_entry(hass, moved_url, MAC),
+        _stream_entry(hass, stays_url, f"{MAC}_{stream_channel(stays_url)}"),
+    ]
+    result = await _dhcp(hass, MAC)
     assert result["reason"] == "already_configured"
     assert [entry.data[CONF_STREAM_URL] for entry in entries] == [camera.rtsp_url, stays_url]
     await hass.async_block_till_done()
@@ -466,29 +462,6 @@ async def test_a_further_stream_is_named_by_the_first_free_number(
     assert result["title"] == f"{base} (3)"
 
 
-def _streams_at(hass: HomeAssistant, cams: list[VirtualCamera], host: str) -> list[ConfigEntry]:
-    """Entries for ``cams`` as streams of the device MAC, configured at ``host``."""
-    entries: list[ConfigEntry] = []
-    for n, cam in enumerate(cams):
-        url = cam.rtsp_url.replace("127.0.0.1", host)
-        unique_id = MAC if n == 0 else f"{MAC}_{stream_channel(url)}"
-        entry = MockConfigEntry(
-            domain=DOMAIN,
-            unique_id=unique_id,
-            title=f"stream {n + 1}",
-            data={
-                CONF_STREAM_URL: url,
-                CONF_USERNAME: CAM_USER,
-                CONF_PASSWORD: CAM_PASSWORD,
-                CONF_IDENTITY: {"mac": MAC},
-                CONF_CAMERA_ID: unique_id,
-            },
-        )
-        entry.add_to_hass(hass)
-        entries.append(entry)
-    return entries
-
-
 async def test_each_stream_can_be_reconfigured_to_the_device_s_new_address(
     hass: HomeAssistant, camera: VirtualCamera, rtsp_only_camera: VirtualCamera
 ) -> None:
@@ -514,14 +487,7 @@ async def test_a_refused_move_moves_no_stream(
     pytest_socket.socket_allow_hosts(["127.0.0.1", "127.0.0.3"])
     entries = _streams_at(hass, [camera, rtsp_only_camera], "127.0.0.3")
     before = [entry.data[CONF_STREAM_URL] for entry in entries]
-    with patch(
-        "custom_components.localcam.helpers.neighbour_mac", return_value="02:00:00:aa:bb:99"
-    ):
-        await hass.config_entries.flow.async_init(
-            DOMAIN,
-            context={"source": SOURCE_DHCP},
-            data=DhcpServiceInfo(ip="127.0.0.1", hostname="x", macaddress=MAC.replace(":", "")),
-        )
+    await _dhcp(hass, "02:00:00:aa:bb:99")
     assert [entry.data[CONF_STREAM_URL] for entry in entries] == before
 
 
@@ -529,21 +495,7 @@ async def test_an_onvif_camera_never_takes_a_camera_id_in_use(
     hass: HomeAssistant, socket_enabled: None
 ) -> None:
     """A repaired entry keeps its old camera id: that device, added again, gets another."""
-    cam = VirtualCamera(
-        CameraConfig(
-            name="door",
-            color=color_for(2),
-            username=CAM_USER,
-            password=CAM_PASSWORD,
-            width=320,
-            height=180,
-            onvif=True,
-            serial="VC-0001",
-            mac=MAC,
-        )
-    )
-    await cam.start()
-    try:
+    async with _onvif_device() as cam:
         # Once this device's entry; since repaired, it stands for another device.
         MockConfigEntry(
             domain=DOMAIN,
@@ -554,26 +506,11 @@ async def test_an_onvif_camera_never_takes_a_camera_id_in_use(
                 CONF_CAMERA_ID: MAC,
             },
         ).add_to_hass(hass)
-        result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
-        result = await hass.config_entries.flow.async_configure(
-            result["flow_id"], {"next_step_id": "onvif"}
-        )
-        result = await hass.config_entries.flow.async_configure(
-            result["flow_id"],
-            {
-                CONF_HOST: "127.0.0.1",
-                CONF_PORT: cam.http_port,
-                CONF_USERNAME: CAM_USER,
-                CONF_PASSWORD: CAM_PASSWORD,
-                CONF_VERIFY_SSL: True,
-            },
-        )
+        result = await _add_over_onvif(hass, cam)
         assert result["type"] is FlowResultType.CREATE_ENTRY
         assert result["result"].unique_id == MAC
         assert result["data"][CONF_CAMERA_ID].startswith(f"{MAC}_")
         await hass.async_block_till_done()
-    finally:
-        await cam.stop()
 
 
 async def test_reconfigure_never_takes_an_ignored_offer_s_id(
