@@ -529,7 +529,20 @@ def main(argv: list[str] | None = None) -> int:
     }
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {path.relative_to(ROOT)}")
-    return 0
+    # A scan process that printed no result crashed (an import, the harness):
+    # that is no figure for either side, so the bench fails loudly.
+    crashed = sorted(
+        {
+            run["error"]
+            for sides in data["scenarios"].values()
+            for runs in sides.values()
+            for run in runs
+            if run["error"] and run["error"].startswith("no result")
+        }
+    )
+    for error in crashed:
+        print(f"bench/discovery: a scan crashed: {error}", file=sys.stderr)
+    return 1 if crashed else 0
 
 
 if __name__ == "__main__":
