@@ -297,15 +297,7 @@ async def test_an_onvif_device_with_a_stream_added_by_url_is_configured(
     """Adding over ONVIF a device whose stream was added by URL is refused as configured."""
     async with _onvif_device() as cam:
         # Only a further stream of the device is left (its first entry removed).
-        MockConfigEntry(
-            domain=DOMAIN,
-            unique_id=f"{MAC}_{stream_channel(cam.rtsp_url)}",
-            data={
-                CONF_STREAM_URL: cam.rtsp_url,
-                CONF_IDENTITY: {"mac": MAC},
-                CONF_CAMERA_ID: f"{MAC}_{stream_channel(cam.rtsp_url)}",
-            },
-        ).add_to_hass(hass)
+        _stream_entry(hass, cam.rtsp_url, f"{MAC}_{stream_channel(cam.rtsp_url)}")
         result = await _add_over_onvif(hass, cam)
         assert (result["type"], result["reason"]) == (FlowResultType.ABORT, "already_configured")
         assert len(hass.config_entries.async_entries(DOMAIN)) == 1
