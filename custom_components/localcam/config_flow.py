@@ -414,16 +414,7 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
                 raise NotLocalError(yarl.URL(refused.uri).host or host, refused.reason)
             if main is None:
                 raise NoVideoError("the camera reports no media profile")
-            source = CameraSource(
-                camera_id="config_flow",
-                stream_url=main.stream_uri,
-                username=username,
-                password=password,
-                verify_ssl=bool(user_input.get(CONF_VERIFY_SSL, True)),
-                rtsp_transport=RtspTransport(
-                    options.get(CONF_RTSP_TRANSPORT, DEFAULT_RTSP_TRANSPORT)
-                ),
-            )
+            source = _test_source(user_input, options, main.stream_uri, None, username, password)
             async with self._client(policy, source) as client:
                 info = await client.probe(PROBE_TIMEOUT)
         except InvalidUrlError as err:
@@ -720,17 +711,7 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
                 field = CONF_SNAPSHOT_URL
                 await policy.check(snapshot_url, schemes=SNAPSHOT_SCHEMES)
             field = "base"
-            source = CameraSource(
-                camera_id="config_flow",
-                stream_url=stream_url,
-                snapshot_url=snapshot_url,
-                username=username,
-                password=password,
-                verify_ssl=bool(user_input.get(CONF_VERIFY_SSL, True)),
-                rtsp_transport=RtspTransport(
-                    options.get(CONF_RTSP_TRANSPORT, DEFAULT_RTSP_TRANSPORT)
-                ),
-            )
+            source = _test_source(user_input, options, stream_url, snapshot_url, username, password)
             async with self._client(policy, source) as client:
                 info = await client.probe(PROBE_TIMEOUT)
                 target = await client.stream_target()
@@ -765,6 +746,26 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
             CONF_WIDTH: info.width,
             CONF_HEIGHT: info.height,
         }, info
+
+
+def _test_source(
+    user_input: Mapping[str, Any],
+    options: Mapping[str, Any],
+    stream_url: str,
+    snapshot_url: str | None,
+    username: str | None,
+    password: str | None,
+) -> CameraSource:
+    """The source a flow tests before it configures a camera (no camera id yet)."""
+    return CameraSource(
+        camera_id="config_flow",
+        stream_url=stream_url,
+        snapshot_url=snapshot_url,
+        username=username,
+        password=password,
+        verify_ssl=bool(user_input.get(CONF_VERIFY_SSL, True)),
+        rtsp_transport=RtspTransport(options.get(CONF_RTSP_TRANSPORT, DEFAULT_RTSP_TRANSPORT)),
+    )
 
 
 def _onvif_schema(*, adding: bool = False) -> probatio.Schema:
