@@ -82,19 +82,25 @@ def secrets_absent_from_logs(caplog: pytest.LogCaptureFixture) -> Generator[None
             assert CAM_PASSWORD not in record.exc_text
 
 
+def camera_config(name: str, index: int, **settings: Any) -> CameraConfig:
+    """A small (320x180) virtual camera in palette colour ``index``, with the test credentials.
+
+    ``settings`` set any other field, or override these (colour and credentials included).
+    """
+    defaults: dict[str, Any] = {
+        "color": color_for(index),
+        "username": CAM_USER,
+        "password": CAM_PASSWORD,
+        "width": 320,
+        "height": 180,
+    }
+    return CameraConfig(name=name, **{**defaults, **settings})
+
+
 @pytest.fixture
 async def camera(socket_enabled: None) -> AsyncIterator[VirtualCamera]:
     """A virtual camera on 127.0.0.1 with Digest auth and an HTTP snapshot."""
-    cam = VirtualCamera(
-        CameraConfig(
-            name="porch",
-            color=color_for(0),
-            username=CAM_USER,
-            password=CAM_PASSWORD,
-            width=320,
-            height=180,
-        )
-    )
+    cam = VirtualCamera(camera_config("porch", 0))
     await cam.start()
     yield cam
     await cam.stop()
@@ -103,17 +109,7 @@ async def camera(socket_enabled: None) -> AsyncIterator[VirtualCamera]:
 @pytest.fixture
 async def rtsp_only_camera(socket_enabled: None) -> AsyncIterator[VirtualCamera]:
     """A virtual camera with only an RTSP stream (no snapshot URL)."""
-    cam = VirtualCamera(
-        CameraConfig(
-            name="garage",
-            color=color_for(1),
-            username=CAM_USER,
-            password=CAM_PASSWORD,
-            http_snapshot=False,
-            width=320,
-            height=180,
-        )
-    )
+    cam = VirtualCamera(camera_config("garage", 1, http_snapshot=False))
     await cam.start()
     yield cam
     await cam.stop()
@@ -126,17 +122,7 @@ async def rtsps_camera(
     """An RTSP-only camera serving rtsps:// with a self-signed certificate, as most do."""
     cert, key = await asyncio.to_thread(self_signed, tmp_path, "127.0.0.1")
     cam = VirtualCamera(
-        CameraConfig(
-            name="gate",
-            color=color_for(2),
-            username=CAM_USER,
-            password=CAM_PASSWORD,
-            http_snapshot=False,
-            width=320,
-            height=180,
-            tls_cert=str(cert),
-            tls_key=str(key),
-        )
+        camera_config("gate", 2, http_snapshot=False, tls_cert=str(cert), tls_key=str(key))
     )
     await cam.start()
     yield cam
@@ -162,16 +148,12 @@ def onvif_camera_config(
     index: int, host: str, rtsp_port: int, http_port: int, mac: str
 ) -> CameraConfig:
     """An ONVIF virtual camera in palette colour `index`, serial SERIAL-<index>."""
-    return CameraConfig(
-        name=f"cam{index}",
-        color=color_for(index),
+    return camera_config(
+        f"cam{index}",
+        index,
         host=host,
         rtsp_port=rtsp_port,
         http_port=http_port,
-        username=CAM_USER,
-        password=CAM_PASSWORD,
-        width=320,
-        height=180,
         onvif=True,
         serial=f"SERIAL-{index}",
         mac=mac,

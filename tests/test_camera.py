@@ -43,6 +43,7 @@ from virtualcam import CameraConfig, Fault, VirtualCamera, color_for, nearest_ca
 from .conftest import (
     CAM_PASSWORD,
     CAM_USER,
+    camera_config,
     entry_data,
     main_entity_id,
     make_entry,
@@ -634,17 +635,7 @@ async def _moved_camera(
         return [dns[host]]
 
     def config(color: int, host: str, port: int = 0) -> CameraConfig:
-        return CameraConfig(
-            name=f"c{color}",
-            color=color_for(color),
-            host=host,
-            rtsp_port=port,
-            username=CAM_USER,
-            password=CAM_PASSWORD,
-            http_snapshot=False,
-            width=320,
-            height=180,
-        )
+        return camera_config(f"c{color}", color, host=host, rtsp_port=port, http_snapshot=False)
 
     a = VirtualCamera(config(0, "127.0.0.1"))
     await a.start()

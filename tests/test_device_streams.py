@@ -49,9 +49,9 @@ from custom_components.localcam.const import (
     DOMAIN,
 )
 from custom_components.localcam.core.netpolicy import stream_channel
-from virtualcam import CameraConfig, VirtualCamera, color_for, nearest_camera
+from virtualcam import VirtualCamera, color_for, nearest_camera
 
-from .conftest import CAM_PASSWORD, CAM_USER
+from .conftest import CAM_PASSWORD, CAM_USER, camera_config
 
 pytestmark = pytest.mark.usefixtures("secrets_absent_from_logs")
 
@@ -119,18 +119,7 @@ def _camera_index(jpeg: bytes) -> int:
 
 def _cam(index: int, host: str = "127.0.0.1") -> VirtualCamera:
     """Another virtual camera, in palette colour ``index``, without a snapshot URL."""
-    return VirtualCamera(
-        CameraConfig(
-            name=f"cam{index}",
-            host=host,
-            color=color_for(index),
-            username=CAM_USER,
-            password=CAM_PASSWORD,
-            http_snapshot=False,
-            width=320,
-            height=180,
-        )
-    )
+    return VirtualCamera(camera_config(f"cam{index}", index, host=host, http_snapshot=False))
 
 
 def _stream_entry(hass: HomeAssistant, url: str, unique_id: str, title: str = "") -> ConfigEntry:
@@ -175,19 +164,7 @@ async def _dhcp(hass: HomeAssistant, link_mac: str) -> ConfigFlowResult:
 @asynccontextmanager
 async def _onvif_device() -> AsyncIterator[VirtualCamera]:
     """The device MAC as an ONVIF camera (serial VC-0001, colour 2); stopped after."""
-    cam = VirtualCamera(
-        CameraConfig(
-            name="door",
-            color=color_for(2),
-            username=CAM_USER,
-            password=CAM_PASSWORD,
-            width=320,
-            height=180,
-            onvif=True,
-            serial="VC-0001",
-            mac=MAC,
-        )
-    )
+    cam = VirtualCamera(camera_config("door", 2, onvif=True, serial="VC-0001", mac=MAC))
     await cam.start()
     try:
         yield cam

@@ -21,7 +21,14 @@ from custom_components.localcam.core.netpolicy import redact_url
 from custom_components.localcam.diagnostics import _scrub_password
 from virtualcam import Fault, VirtualCamera
 
-from .conftest import CAM_PASSWORD, CAM_USER, add_onvif_entry, make_entry, setup_entry
+from .conftest import (
+    CAM_PASSWORD,
+    CAM_USER,
+    add_onvif_entry,
+    camera_config,
+    make_entry,
+    setup_entry,
+)
 
 # Values that differ from run to run (the time of the health check); their
 # type is pinned instead.
@@ -79,19 +86,9 @@ async def test_onvif_diagnostics_redact_identity_and_addresses(
 ) -> None:
     """An ONVIF camera's MAC, serial, UUID, host and profile URLs are redacted."""
 
-    from virtualcam import CameraConfig
-
     cam = VirtualCamera(
-        CameraConfig(
-            name="d",
-            color=(10, 200, 30),
-            username=CAM_USER,
-            password=CAM_PASSWORD,
-            width=320,
-            height=180,
-            onvif=True,
-            serial="SERIAL-XYZ",
-            mac="02:00:00:12:34:56",
+        camera_config(
+            "d", 0, color=(10, 200, 30), onvif=True, serial="SERIAL-XYZ", mac="02:00:00:12:34:56"
         )
     )
     await cam.start()

@@ -39,6 +39,7 @@ from custom_components.localcam.core.rtsp import (
     async_grab_keyframe,
     describe,
 )
+from tests.conftest import camera_config
 from tests.core.test_http import TlsFiles, tls_files  # noqa: F401 - shared fixture
 from virtualcam import CameraConfig, Fault, VirtualCamera, color_for, nearest_camera
 
@@ -62,15 +63,8 @@ async def vcam(
 ) -> AsyncIterator[VirtualCamera]:
     """A virtual camera with Digest or Basic auth."""
     cam = VirtualCamera(
-        CameraConfig(
-            name="t",
-            color=color_for(5),
-            username=USER,
-            password=PASSWORD,
-            auth=request.param,
-            width=320,
-            height=180,
-            http_snapshot=False,
+        camera_config(
+            "t", 5, username=USER, password=PASSWORD, auth=request.param, http_snapshot=False
         )
     )
     await cam.start()
@@ -625,14 +619,8 @@ async def two_cams(socket_enabled: None) -> AsyncIterator[tuple[VirtualCamera, V
     """Two devices a camera's host name may point at: colours 0 and 5."""
     cams = [
         VirtualCamera(
-            CameraConfig(
-                name=f"c{colour}",
-                color=color_for(colour),
-                username=USER,
-                password=PASSWORD,
-                width=320,
-                height=180,
-                http_snapshot=False,
+            camera_config(
+                f"c{colour}", colour, username=USER, password=PASSWORD, http_snapshot=False
             )
         )
         for colour in (0, 5)

@@ -34,6 +34,7 @@ from custom_components.localcam.core.netpolicy import NetPolicy
 from custom_components.localcam.core.rtsp import async_grab_keyframe, client_ssl_context
 from custom_components.localcam.core.rtsp_guard import ReplyFilter, RtspGuard
 from custom_components.localcam.core.snapshot import CameraClient
+from tests.conftest import camera_config
 from virtualcam import CameraConfig, Fault, VirtualCamera, color_for, nearest_camera
 from virtualcam.tls import self_signed
 
@@ -252,13 +253,11 @@ async def _pair(
     )
     await other.start()
     cam = VirtualCamera(
-        CameraConfig(
-            name="c0",
-            color=color_for(0),
+        camera_config(
+            "c0",
+            0,
             username=USER,
             password=PASSWORD,
-            width=320,
-            height=180,
             http_snapshot=False,
             redirect_location=other.rtsp_url,
             tls_cert=str(tls[0]) if tls else None,
