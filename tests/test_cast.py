@@ -36,7 +36,7 @@ from homeassistant.components.camera.helper import get_camera_from_entity_id
 from homeassistant.components.cast.const import DOMAIN as CAST_DOMAIN
 from homeassistant.components.stream.core import Part, Segment
 from homeassistant.const import EVENT_HOMEASSISTANT_STOP
-from homeassistant.core import Context, HomeAssistant
+from homeassistant.core import Context, Event, HomeAssistant
 from homeassistant.exceptions import HomeAssistantError, ServiceValidationError, Unauthorized
 from homeassistant.helpers import (
     area_registry as ar,
@@ -725,6 +725,25 @@ def _last_url(receiver: FakeCastDevice) -> str:
     return url
 
 
+async def _assert_stopped_for_good(
+    hass: HomeAssistant,
+    ended: list[Event],
+    receiver_session: aiohttp.ClientSession,
+    url: str,
+    receiver: FakeCastDevice,
+    loads: int,
+    idle_reason: str,
+) -> None:
+    """The cast ended as stopped: its URL is gone (404) and keep-alive loads nothing again."""
+    assert [e.data["reason"] for e in ended] == ["stopped"]
+    assert (await _get(receiver_session, url))[0] == HTTPStatus.NOT_FOUND
+    await asyncio.sleep(0.5)  # longer than the test's whole keep-alive backoff
+    await hass.async_block_till_done()
+    assert len(receiver.loads) == loads
+    record = hass.data[DATA_CAST].diagnostics()[RECEIVER]
+    assert record["last_idle_reason"] == idle_reason
+
+
 async def test_snapshot_cast_shows_a_fresh_still(
     hass: HomeAssistant,
     porch: str,
@@ -872,16 +891,12 @@ async def test_media_stop_in_home_assistant_ends_the_cast(
         "media_player", "media_stop", {"entity_id": RECEIVER}, blocking=True
     )
     await hass.async_block_till_done()
-    assert [e.data["reason"] for e in ended] == ["stopped"]
-    assert (await _get(receiver_session, url))[0] == HTTPStatus.NOT_FOUND
     # Keep-alive re-casts after drops and errors (test_keep_alive_recasts_after_a_drop),
     # not after this: the player idles, and nothing is loaded again.
     assert hass.states.get(RECEIVER).state == "idle"  # type: ignore[union-attr]
-    await asyncio.sleep(0.5)  # longer than the test's whole keep-alive backoff
-    await hass.async_block_till_done()
-    assert len(receiver.loads) == loads
-    record = hass.data[DATA_CAST].diagnostics()[RECEIVER]
-    assert record["last_idle_reason"] == "stopped_in_home_assistant"
+    await _assert_stopped_for_good(
+        hass, ended, receiver_session, url, receiver, loads, "stopped_in_home_assistant"
+    )
 
 
 async def test_stop_on_the_display_ends_the_cast(
@@ -898,13 +913,9 @@ async def test_stop_on_the_display_ends_the_cast(
     loads = len(receiver.loads)
     await _report(hass, lambda: receiver.player_idles("CANCELLED"))
     await _wait_for(hass, lambda: bool(ended))
-    assert [e.data["reason"] for e in ended] == ["stopped"]
-    assert (await _get(receiver_session, url))[0] == HTTPStatus.NOT_FOUND
-    await asyncio.sleep(0.5)  # longer than the test's whole keep-alive backoff
-    await hass.async_block_till_done()
-    assert len(receiver.loads) == loads
-    record = hass.data[DATA_CAST].diagnostics()[RECEIVER]
-    assert record["last_idle_reason"] == "stopped_on_display"
+    await _assert_stopped_for_good(
+        hass, ended, receiver_session, url, receiver, loads, "stopped_on_display"
+    )
 
 
 async def test_turn_off_all_displays_ends_the_cast(
@@ -970,13 +981,9 @@ async def test_a_stop_aimed_at_the_displays_device_or_area_ends_the_cast(
         "media_player", service, {}, target={target: target_id}, blocking=True
     )
     await hass.async_block_till_done()
-    assert [e.data["reason"] for e in ended] == ["stopped"]
-    assert (await _get(receiver_session, url))[0] == HTTPStatus.NOT_FOUND
-    await asyncio.sleep(0.5)  # longer than the test's whole keep-alive backoff
-    await hass.async_block_till_done()
-    assert len(receiver.loads) == loads
-    record = hass.data[DATA_CAST].diagnostics()[RECEIVER]
-    assert record["last_idle_reason"] == "stopped_in_home_assistant"
+    await _assert_stopped_for_good(
+        hass, ended, receiver_session, url, receiver, loads, "stopped_in_home_assistant"
+    )
 
 
 async def test_idle_media_receiver_is_left_idle(
