@@ -155,6 +155,8 @@ class CameraStats:
     refused_connections: int = 0
     dropped_sessions: int = 0
     udp_setups: int = 0  # SETUPs that asked for RTP over UDP (the rest are interleaved)
+    udp_client_port: int = 0  # the RTP port the latest UDP SETUP asked to be sent to
+    udp_datagrams_received: int = 0  # datagrams from clients (RTCP reports, NAT punches)
 
     def as_dict(self) -> dict[str, int]:
         """The counters as a plain dict (for JSON)."""

@@ -132,6 +132,7 @@ class _UdpEndpoint(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         """Any datagram from the client keeps its session alive."""
+        self._conn.camera.stats.udp_datagrams_received += 1
         self._conn.touch()
 
     def error_received(self, exc: Exception) -> None:
@@ -332,6 +333,7 @@ class _Connection:
             return
         if not transport.tcp:
             self.camera.stats.udp_setups += 1
+            self.camera.stats.udp_client_port = transport.client_ports[0]
             try:
                 peer_is_loopback = ipaddress.ip_address(self.peer_host).is_loopback
             except ValueError:
