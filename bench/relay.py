@@ -14,7 +14,11 @@ certificate check off (tls_verify=0, as Home Assistant's stream runs it unless
 an integration asks for the check), and the relay is the TLS client, FFmpeg
 reading plain RTSP from it.
 
-    .venv/bin/python -m bench.relay [--seconds 15] [--size 1280x720] [--fps 25] [--tls]
+With --udp the camera is set to UDP: FFmpeg reads it directly over UDP (HA's
+way), and through the relay over TCP while the relay takes the camera's
+datagrams (every packet passes through this process's event loop).
+
+    .venv/bin/python -m bench.relay [--seconds 15] [--size 1280x720] [--fps 25] [--tls | --udp]
 """
 
 import argparse
@@ -44,9 +48,9 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _demux(url: str, seconds: float, result: dict[str, float]) -> None:
+def _demux(url: str, seconds: float, result: dict[str, float], transport: str) -> None:
     """Read packets for ``seconds`` after the first one, as HA's worker does (no decode)."""
-    options = {"rtsp_transport": "tcp", "timeout": "5000000"}
+    options = {"rtsp_transport": transport, "timeout": "5000000"}
     if url.startswith("rtsps://"):
         options["tls_verify"] = "0"  # the camera's certificate is self-signed
     with av.open(url, options=options, timeout=(5, 5)) as container:
@@ -66,10 +70,10 @@ def _demux(url: str, seconds: float, result: dict[str, float]) -> None:
         result["packets"] = packets
 
 
-async def _measure(url: str, seconds: float) -> dict[str, float]:
+async def _measure(url: str, seconds: float, transport: str = "tcp") -> dict[str, float]:
     """Demux in a thread (as HA's worker), with this event loop free to run the relay."""
     result: dict[str, float] = {}
-    await asyncio.to_thread(_demux, url, seconds, result)
+    await asyncio.to_thread(_demux, url, seconds, result, transport)
     if "cpu_end" not in result:
         raise RuntimeError("the demux thread failed")
     return result
@@ -111,17 +115,18 @@ async def main(args: argparse.Namespace) -> None:
     guard = RtspGuard()
     try:
         target = await NetPolicy().check(url)
-        relayed = guard.url(target, None, None, verify_ssl=False)
+        relayed = guard.url(target, None, None, verify_ssl=False, udp=args.udp)
+        direct = "udp" if args.udp else "tcp"
         runs: dict[str, list[dict[str, float]]] = {"direct": [], "relay": []}
         for _ in range(args.rounds):
-            runs["direct"].append(await _measure(target.pinned_url(), args.seconds))
+            runs["direct"].append(await _measure(target.pinned_url(), args.seconds, direct))
             runs["relay"].append(await _measure(relayed, args.seconds))
     finally:
         await guard.close()
         process.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=5)
-    scheme = "rtsps (TLS)" if args.tls else "rtsp"
+    scheme = "rtsps (TLS)" if args.tls else "rtsp over UDP" if args.udp else "rtsp"
     print(
         f"relay: one {scheme} camera {args.size} at {args.fps:g} fps, "
         f"{args.seconds:g} s x {args.rounds}"
@@ -140,7 +145,9 @@ async def main(args: argparse.Namespace) -> None:
     extra = (totals["relay"] - totals["direct"]) / (args.seconds * args.rounds) * 100
     ratio = totals["relay"] / totals["direct"]
     print(f"relay's own cost: {extra:.2f} % of a core; LocalCam:HA CPU {ratio:.2f}")
-    name = "relay-tls" if args.tls else "relay"
+    if args.udp:
+        print(f"datagrams from other senders dropped: {guard.datagrams_refused}")
+    name = "relay-tls" if args.tls else "relay-udp" if args.udp else "relay"
     out = RESULTS / f"{name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
@@ -158,7 +165,9 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--size", default="1280x720")
     parser.add_argument("--fps", type=float, default=25.0)
-    parser.add_argument("--tls", action="store_true", help="an rtsps:// camera")
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument("--tls", action="store_true", help="an rtsps:// camera")
+    kind.add_argument("--udp", action="store_true", help="a camera set to UDP")
     return parser.parse_args()
 
 

@@ -157,6 +157,35 @@ async def test_an_rtsps_camera_streams_through_the_relay_with_its_own_tls_settin
         assert cam.stats.active_play_sessions >= 1
 
 
+async def test_a_udp_camera_streams_to_ha_through_the_relay(
+    hass: HomeAssistant, rtsp_only_camera: VirtualCamera
+) -> None:
+    """A camera set to UDP sends its RTP to the relay; HA's stream reads it over TCP.
+
+    HA's stream worker is told TCP (to the relay) and still gets the
+    camera's media: a still taken while it runs comes from its keyframe,
+    with no session of its own. Only the camera's own datagrams reach it.
+    """
+    cam = rtsp_only_camera
+    entry = MockConfigEntry(
+        domain=DOMAIN,
+        unique_id=normalized_identity(cam.rtsp_url),
+        data=entry_data(cam, snapshot=False),
+        options={CONF_RTSP_TRANSPORT: "udp"},
+    )
+    await setup_entry(hass, entry)
+    entity_id = main_entity_id(hass, entry)
+    entity = get_camera_from_entity_id(hass, entity_id)
+    assert entity.stream_options["rtsp_transport"] == "tcp"
+    async with _running_stream(hass, entity_id, cam):
+        assert cam.stats.udp_setups >= 1
+        sessions = cam.stats.play_sessions
+        image = await async_get_image(hass, entity_id)
+        assert _camera_index(image.content) == 1
+        assert cam.stats.play_sessions == sessions
+    assert entity._client.guard.datagrams_refused == 0
+
+
 @pytest.fixture
 async def other_camera(socket_enabled: None) -> AsyncIterator[VirtualCamera]:
     """Another camera (colour 5, no credentials asked) a camera may send its players to."""

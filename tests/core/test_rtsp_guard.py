@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import contextlib
 from contextlib import asynccontextmanager
 import io
+import ipaddress
 import logging
 from pathlib import Path
 import random
@@ -20,6 +21,7 @@ from typing import Any
 import aiohttp
 from PIL import Image
 import pytest
+import pytest_socket
 import yarl
 
 from custom_components.localcam.core import rtsp_guard
@@ -832,3 +834,351 @@ async def test_a_refused_reply_answers_ffmpeg_with_502_and_only_redirects_are_re
     finally:
         await guard.close()
         server.close()
+
+
+# -- a camera set to UDP: its datagrams reach FFmpeg inside the relayed connection ------------
+
+
+async def _rtsp_exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: str
+) -> tuple[int, dict[str, str], bytes]:
+    """Send one request as FFmpeg does (CRLF) and read its reply, skipping interleaved frames."""
+    writer.write(request.encode())
+    await writer.drain()
+    async with asyncio.timeout(5):
+        while True:
+            first = await reader.readexactly(1)
+            if first == b"$":
+                header = await reader.readexactly(3)
+                await reader.readexactly(int.from_bytes(header[1:3]))
+                continue
+            head = (first + await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+            lines = head.split("\r\n")
+            headers = {
+                name.strip().lower(): value.strip()
+                for name, _, value in (line.partition(":") for line in lines[1:] if line)
+            }
+            body = await reader.readexactly(int(headers.get("content-length", "0")))
+            return int(lines[0].split()[1]), headers, body
+
+
+async def _frames(reader: asyncio.StreamReader, seconds: float) -> list[tuple[int, bytes]]:
+    """The interleaved frames that arrive within ``seconds`` (channel, payload)."""
+    frames: list[tuple[int, bytes]] = []
+    deadline = time.monotonic() + seconds
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout_at(asyncio.get_running_loop().time() + seconds):
+            while time.monotonic() < deadline and len(frames) < 10_000:
+                first = await reader.readexactly(1)
+                assert first == b"$", f"not a frame: {first!r}"
+                header = await reader.readexactly(3)
+                frames.append((header[0], await reader.readexactly(int.from_bytes(header[1:3]))))
+    return frames
+
+
+async def test_a_udp_camera_streams_to_the_relay_and_only_its_own_datagrams_pass(
+    socket_enabled: None,
+) -> None:
+    """Set to UDP, the camera sends RTP to the relay's ports; FFmpeg gets it interleaved.
+
+    A client asking the relay for interleaved RTP gets exactly that, while
+    the camera is asked for UDP. Datagrams sent to the relay's port from
+    another address (127.0.0.2: another device, or a camera still streaming
+    to a port an old session had) are dropped and counted; the camera's own
+    keep coming. Left to itself, FFmpeg takes UDP packets from any sender.
+    """
+    pytest_socket.socket_allow_hosts(["127.0.0.1", "127.0.0.2"])
+    cam = VirtualCamera(camera_config("u", 3, username=None, password=None, http_snapshot=False))
+    await cam.start()
+    guard = RtspGuard()
+    spoofer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    writer: asyncio.StreamWriter | None = None
+    try:
+        target = await NetPolicy().check(cam.rtsp_url)
+        url = yarl.URL(guard.url(target, None, None, udp=True))
+        reader, writer = await asyncio.open_connection(url.host, url.port)
+        status, _, sdp = await _rtsp_exchange(
+            reader, writer, f"DESCRIBE {url} RTSP/1.0\r\nCSeq: 1\r\nAccept: application/sdp\r\n\r\n"
+        )
+        assert status == 200
+        assert b"m=video" in sdp
+        status, headers, _ = await _rtsp_exchange(
+            reader,
+            writer,
+            f"SETUP {url}/trackID=0 RTSP/1.0\r\nCSeq: 2\r\n"
+            "Transport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n\r\n",
+        )
+        assert status == 200
+        assert headers["transport"].startswith("RTP/AVP/TCP;unicast;interleaved=0-1")
+        assert cam.stats.udp_setups == 1  # the camera was asked for UDP
+        session = headers["session"].split(";")[0]
+        status, _, _ = await _rtsp_exchange(
+            reader, writer, f"PLAY {url} RTSP/1.0\r\nCSeq: 3\r\nSession: {session}\r\n\r\n"
+        )
+        assert status == 200
+        spoofer.bind(("127.0.0.2", 0))
+        marker = b"\x80\x60\x00\x01" + b"\x00" * 8 + b"SPOOFED-RTP" * 10
+        for _ in range(20):
+            spoofer.sendto(marker, ("127.0.0.1", cam.stats.udp_client_port))
+        frames = await _frames(reader, 1.5)
+        rtp = [payload for channel, payload in frames if channel == 0]
+        assert len(rtp) >= 5  # the camera's own RTP (10 fps), framed on channel 0
+        assert all(payload[0] >> 6 == 2 for payload in rtp)  # RTP version 2
+        assert not any(b"SPOOFED-RTP" in payload for _, payload in frames)
+        assert guard.datagrams_refused == 20
+        assert guard.as_dict()["datagrams_refused"] == 20
+        # The client's RTCP report (interleaved, channel 1) goes to the camera's RTCP port.
+        before = cam.stats.udp_datagrams_received
+        report = b"\x81\xc9\x00\x01" + b"\x00" * 4
+        writer.write(b"$\x01" + len(report).to_bytes(2) + report)
+        await writer.drain()
+        for _ in range(250):  # at most 5 s: the camera counts it on its own loop callback
+            if cam.stats.udp_datagrams_received > before:
+                break
+            await asyncio.sleep(0.02)
+        assert cam.stats.udp_datagrams_received > before
+    finally:
+        spoofer.close()
+        if writer is not None:
+            writer.close()
+        await guard.close()
+        await cam.stop()
+
+
+async def test_a_udp_camera_s_stills_and_ffmpeg_s_transport(
+    two_cams: tuple[VirtualCamera, VirtualCamera],
+) -> None:
+    """A camera set to UDP: FFmpeg is told TCP (to the relay), the camera is asked for UDP."""
+    cam, _ = two_cams
+    async with _client(cam, RtspTransport.UDP) as client:
+        assert client.source.ffmpeg_transport is RtspTransport.TCP
+        assert client.source.relay_udp
+        snapshot = await client.fetch_snapshot(timeout=8)
+        assert _colour(snapshot.jpeg) == 0
+        assert cam.stats.udp_setups >= 1
+        assert client.guard.datagrams_refused == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("RTP/AVP/TCP;unicast;interleaved=0-1", (0, 1)),
+        ("rtp/avp/tcp;interleaved=4", (4, 5)),
+        ("RTP/AVP/TCP;unicast;interleaved=2-3,RTP/AVP;unicast;client_port=5000-5001", (2, 3)),
+        ("RTP/AVP;unicast;client_port=5000-5001", None),  # UDP asked: not bridged
+        ("RTP/AVP/TCP;unicast", None),
+        ("RTP/AVP/TCP;interleaved=255", None),  # 256 is no channel
+        ("RTP/AVP/TCP;interleaved=x-1", None),
+        ("RTP/AVP/TCP;interleaved=²-3", None),
+    ],
+)
+def test_which_setups_the_relay_bridges(value: str, expected: tuple[int, int] | None) -> None:
+    """Only a request for interleaved RTP on valid channels is asked anew as UDP."""
+    assert rtsp_guard._interleaved(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (
+            "RTP/AVP;unicast;client_port=5000-5001;server_port=6970-6971;ssrc=1A2B3C4D",
+            ((6970, 6971), "1A2B3C4D"),
+        ),
+        ("RTP/AVP/UDP;unicast;server_port=6970", ((6970, 6971), None)),
+        ("RTP/AVP;unicast;server_port=6970-6971;ssrc=1A2B3C4D5E", ((6970, 6971), None)),
+        ("RTP/AVP;unicast;server_port=6970-6971;ssrc=zz", ((6970, 6971), None)),
+        ("RTP/AVP/TCP;unicast;interleaved=0-1", None),  # the camera chose TCP
+        ("RTP/AVP;unicast;client_port=5000-5001", None),  # no server port
+        ("RTP/AVP;unicast;server_port=0-1", None),
+        ("RTP/AVP;unicast;server_port=65535", None),
+    ],
+)
+def test_which_setup_answers_the_relay_takes_as_udp(
+    value: str, expected: tuple[tuple[int, int], str | None] | None
+) -> None:
+    """The camera's ports (and SSRC) are read from a UDP answer; anything else passes as it is."""
+    assert rtsp_guard._udp_answer(value) == expected
+
+
+async def test_without_udp_ports_the_relay_asks_the_camera_for_tcp(
+    two_cams: tuple[VirtualCamera, VirtualCamera], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No UDP port pair to be had: the SETUP passes as FFmpeg sent it (interleaved), stills work."""
+
+    def no_ports(_host: str) -> tuple[socket.socket, socket.socket]:
+        raise OSError("no ports")
+
+    monkeypatch.setattr(rtsp_guard, "_bind_udp_pair", no_ports)
+    cam, _ = two_cams
+    async with _client(cam, RtspTransport.UDP) as client:
+        assert _colour((await client.fetch_snapshot(timeout=8)).jpeg) == 0
+    assert cam.stats.udp_setups == 0
+
+
+def test_udp_port_pairs_are_even_and_consecutive(socket_enabled: None) -> None:
+    """RTP on an even port, RTCP on the next (RFC 3550), bound where the camera is reached."""
+    rtp, rtcp = rtsp_guard._bind_udp_pair("127.0.0.1")
+    try:
+        port = rtp.getsockname()[1]
+        assert port % 2 == 0
+        assert rtcp.getsockname() == ("127.0.0.1", port + 1)
+    finally:
+        rtp.close()
+        rtcp.close()
+
+
+class _Transport:
+    """The client connection's transport, as the bridge sees it."""
+
+    def __init__(self) -> None:
+        self.backlog = 0
+        self.closing = False
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_write_buffer_size(self) -> int:
+        return self.backlog
+
+
+class _Client:
+    """FFmpeg's side of the relayed connection: what the bridge writes to it."""
+
+    def __init__(self) -> None:
+        self.transport = _Transport()
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+
+class _Listener:
+    """The listener a bridge reports foreign datagrams to."""
+
+    def __init__(self) -> None:
+        self.address = ipaddress.ip_address("127.0.0.1")
+        self.guard = RtspGuard()
+        self.logged: list[str] = []
+
+    def log_once(self, kind: str, message: str, reason: str) -> None:
+        self.logged.append(reason)
+
+
+def _bridge() -> tuple[Any, _Client, _Listener]:
+    listener, client = _Listener(), _Client()
+    return rtsp_guard._UdpBridge(listener, "127.0.0.1", client), client, listener  # type: ignore[arg-type]
+
+
+def _frame(channel: int, payload: bytes) -> bytes:
+    return b"$" + bytes((channel,)) + len(payload).to_bytes(2) + payload
+
+
+async def test_the_bridge_holds_media_until_the_reply_to_play_has_passed() -> None:
+    """FFmpeg drops data that comes before the PLAY reply: datagrams wait for it, in order."""
+    bridge, client, _ = _bridge()
+    assert await bridge.request("PLAY", b"5", None) is None
+    bridge.from_camera(0, b"first", "127.0.0.1")
+    bridge.from_camera(0, b"second", "127.0.0.1")
+    assert client.written == []
+    bridge.reply_seen(b"5", 200)
+    assert client.written == []  # the reply itself is not written yet
+    bridge.client_written(False)  # written, but only part of a message so far
+    assert client.written == []
+    bridge.client_written(True)
+    assert client.written == [_frame(0, b"first"), _frame(0, b"second")]
+    bridge.from_camera(1, b"third", "127.0.0.1")
+    assert client.written[-1] == _frame(1, b"third")
+
+
+async def test_the_bridge_passes_no_media_after_a_failed_play() -> None:
+    """A PLAY the camera refused lets nothing through."""
+    bridge, client, _ = _bridge()
+    await bridge.request("PLAY", b"5", None)
+    bridge.reply_seen(b"5", 454)
+    bridge.client_written(True)
+    bridge.from_camera(0, b"early", "127.0.0.1")
+    assert client.written == []
+
+
+async def test_the_bridge_drops_what_it_cannot_hold_or_frame() -> None:
+    """Bounded: held datagrams beyond the cap, a client not reading, one that is gone."""
+    bridge, client, _ = _bridge()
+    for index in range(rtsp_guard.MAX_HELD_DATAGRAMS + 10):
+        bridge.from_camera(0, index.to_bytes(4), "127.0.0.1")
+    await bridge.request("PLAY", b"1", None)
+    bridge.reply_seen(b"1", 200)
+    bridge.client_written(True)
+    assert len(client.written) == rtsp_guard.MAX_HELD_DATAGRAMS
+    assert client.written[0] == _frame(0, (0).to_bytes(4))
+    client.transport.backlog = rtsp_guard.MAX_CLIENT_BACKLOG + 1
+    bridge.from_camera(0, b"late", "127.0.0.1")
+    client.transport.backlog = 0
+    client.transport.closing = True
+    bridge.from_camera(0, b"gone", "127.0.0.1")
+    assert len(client.written) == rtsp_guard.MAX_HELD_DATAGRAMS
+
+
+@pytest.mark.parametrize("sender", ["127.0.0.2", "::ffff:127.0.0.2", "not an address", "::1"])
+async def test_the_bridge_drops_datagrams_from_any_other_sender(sender: str) -> None:
+    """Another address (IPv4-mapped spellings included) is counted and dropped, never passed."""
+    bridge, client, listener = _bridge()
+    await bridge.request("PLAY", b"1", None)
+    bridge.reply_seen(b"1", 200)
+    bridge.client_written(True)
+    bridge.from_camera(0, b"x", sender)
+    assert client.written == []
+    assert listener.guard.datagrams_refused == 1
+    assert listener.logged == [sender]
+    bridge.from_camera(0, b"mine", "::ffff:127.0.0.1")  # the camera, IPv4-mapped
+    assert client.written == [_frame(0, b"mine")]
+
+
+async def test_the_bridge_s_setups(socket_enabled: None) -> None:
+    """Which SETUP replies are turned back into interleaved RTP, and what is passed as it is."""
+    bridge, _, _ = _bridge()
+    try:
+        asked = await bridge.request("SETUP", b"2", "RTP/AVP/TCP;unicast;interleaved=0-1")
+        assert asked is not None
+        rtp, rtcp = (int(port) for port in asked.rpartition("=")[2].split("-"))
+        assert (rtp % 2, rtcp) == (0, rtp + 1)
+        # The camera refused (asks for credentials first): passed as it is.
+        assert bridge.setup_reply(b"2", 401, "RTP/AVP;unicast;server_port=6970-6971") is None
+        # The camera chose interleaved after all: what FFmpeg asked for, passed as it is.
+        assert bridge.setup_reply(b"2", 200, "RTP/AVP/TCP;unicast;interleaved=0-1") is None
+        assert bridge.setup_reply(b"9", 200, "RTP/AVP;server_port=6970-6971") is None  # no SETUP
+        answer = "RTP/AVP;unicast;client_port=1-2;server_port=6970-6971;ssrc=00C0FFEE"
+        assert bridge.setup_reply(b"2", 200, answer) == (
+            "RTP/AVP/TCP;unicast;interleaved=0-1;ssrc=00C0FFEE"
+        )
+        # Without a CSeq, or asking for UDP itself, a request is passed as it is.
+        assert await bridge.request("SETUP", None, "RTP/AVP/TCP;interleaved=2-3") is None
+        assert await bridge.request("SETUP", b"3", "RTP/AVP;client_port=5000-5001") is None
+        # Beyond MAX_UDP_TRACKS SETUPs, the camera is asked for interleaved RTP.
+        for cseq in range(10, 10 + rtsp_guard.MAX_UDP_TRACKS):
+            await bridge.request("SETUP", str(cseq).encode(), "RTP/AVP/TCP;interleaved=2-3")
+        assert await bridge.request("SETUP", b"99", "RTP/AVP/TCP;interleaved=4-5") is None
+    finally:
+        bridge.close()
+
+
+async def test_a_bridge_that_cannot_open_its_ports_leaves_none_open(
+    socket_enabled: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The RTCP port fails to open: the RTP port is closed too, and the SETUP passes unchanged."""
+    loop = asyncio.get_running_loop()
+    opened: list[asyncio.DatagramTransport] = []
+    create = loop.create_datagram_endpoint
+
+    async def second_fails(*args: Any, **kwargs: Any) -> Any:
+        if opened:
+            raise OSError("no more sockets")
+        end, protocol = await create(*args, **kwargs)
+        opened.append(end)
+        return end, protocol
+
+    monkeypatch.setattr(loop, "create_datagram_endpoint", second_fails)
+    bridge, _, _ = _bridge()
+    assert await bridge.request("SETUP", b"2", "RTP/AVP/TCP;unicast;interleaved=0-1") is None
+    assert len(opened) == 1
+    assert opened[0].is_closing()
+    bridge.close()

@@ -42,16 +42,27 @@ class CameraSource:
 
     @property
     def ffmpeg_transport(self) -> RtspTransport:
-        """The RTSP transport FFmpeg is told to use for this camera's stream.
+        """The RTSP transport FFmpeg is told to use for this camera's stream: always TCP.
 
-        The configured one, except TCP for ``rtsps://``: FFmpeg reaches such a
-        camera through the loopback relay, which holds the TLS connection, and
-        only interleaved RTP travels inside it (FFmpeg forces TCP for rtsps
-        itself; over plain rtsp to the relay it would otherwise ask for UDP).
+        FFmpeg reaches every camera through the loopback relay
+        (``core.rtsp_guard``), and interleaved RTP inside that one connection
+        is what the relay checks and passes on. The configured transport is
+        the one between the relay and the camera (``relay_udp``): for UDP the
+        relay takes the camera's datagrams and hands them to FFmpeg framed
+        in its connection, so FFmpeg opens no UDP port anyone could send to.
         """
-        if self.stream_url.partition(":")[0].lower() == "rtsps":
-            return RtspTransport.TCP
-        return self.rtsp_transport
+        return RtspTransport.TCP
+
+    @property
+    def relay_udp(self) -> bool:
+        """Whether the relay asks the camera for RTP over UDP (plain ``rtsp://`` set to UDP).
+
+        ``rtsps://`` carries RTP inside its TLS connection (interleaved) only.
+        """
+        return (
+            self.rtsp_transport is RtspTransport.UDP
+            and self.stream_url.partition(":")[0].lower() != "rtsps"
+        )
 
     @property
     def fingerprint(self) -> str:

@@ -34,17 +34,23 @@ it not to unless given its own verify option), and FFmpeg speaks plain RTSP to
 the relay over loopback, interleaved on that one connection (TCP), as FFmpeg
 does for rtsps itself.
 
+FFmpeg always reads RTP interleaved in its connection to the relay. A camera
+set to UDP is asked for UDP by the relay, on ports of the relay's own, and
+only datagrams from the checked address are handed on to FFmpeg, framed in
+that connection (``_UdpBridge``); FFmpeg opens no UDP port at all.
+
 Which layer guarantees what: ``netpolicy`` checked the address; this relay
-guarantees FFmpeg talks RTSP to nothing else. Not covered: with UDP transport
-the video packets themselves do not pass the relay (see the README).
+guarantees FFmpeg talks RTSP to nothing else, and gets media from nothing
+else. Not covered: a datagram's sender address can be forged on the LAN,
+which a TCP connection's cannot (see the README).
 """
 
 import asyncio
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 import logging
 import socket
 import ssl
@@ -74,6 +80,15 @@ MAX_LISTENERS: Final = 4
 MAX_CONNECTIONS: Final = 8
 READ_SIZE: Final = 64 * 1024
 _BACKLOG: Final = 8
+# UDP cameras (see _UdpBridge). Tracks per session (video, audio, metadata and
+# SETUP retries after a 401); beyond this a SETUP passes unchanged (interleaved).
+MAX_UDP_TRACKS: Final = 8
+# Datagrams held until the reply to PLAY has passed, or while a reply is only
+# partly passed; later ones are dropped beyond this (media may drop, not queue).
+MAX_HELD_DATAGRAMS: Final = 1024
+# FFmpeg's unread bytes beyond which a datagram is dropped rather than queued.
+MAX_CLIENT_BACKLOG: Final = 4 * 1024 * 1024
+_UDP_BIND_ATTEMPTS: Final = 16
 
 type RefusalCallback = Callable[[RedirectedError], None]
 
@@ -156,6 +171,67 @@ def _rewrite_transport(value: str, address: str) -> str:
     return ",".join(specs)
 
 
+def _header(lines: list[bytes], name: bytes) -> bytes | None:
+    """A header's value in a message's lines (CRs dropped; the last one wins), if any."""
+    found = None
+    prefix = name + b":"
+    for line in lines[1:]:
+        if line.lower().startswith(prefix):
+            found = line[len(prefix) :].strip()
+    return found
+
+
+def _transport_params(value: str) -> tuple[str, dict[str, str]]:
+    """The first transport spec of a Transport value: its protocol and parameters."""
+    spec = value.split(",", 1)[0]
+    proto, *params = (part.strip() for part in spec.split(";"))
+    named = {}
+    for param in params:
+        name, _, arg = param.partition("=")
+        named[name.strip().lower()] = arg.strip()
+    return proto.upper(), named
+
+
+def _pair(text: str, top: int) -> tuple[int, int] | None:
+    """An "a-b" (or "a", meaning a and a+1) pair of numbers up to ``top``, if valid."""
+    low, _, high = text.partition("-")
+    if not low.isascii() or not low.isdigit() or len(low) > 5:
+        return None
+    first = int(low)
+    if not high:
+        second = first + 1
+    elif high.isascii() and high.isdigit() and len(high) <= 5:
+        second = int(high)
+    else:
+        return None
+    return (first, second) if second <= top else None
+
+
+def _interleaved(value: str) -> tuple[int, int] | None:
+    """The channel pair a SETUP asks for, if it asks for interleaved (TCP) RTP."""
+    proto, params = _transport_params(value)
+    if proto != "RTP/AVP/TCP" or "interleaved" not in params:
+        return None
+    return _pair(params["interleaved"], 255)
+
+
+def _udp_answer(value: str) -> tuple[tuple[int, int], str | None] | None:
+    """The camera's UDP ports (and SSRC) from a SETUP reply, if it answered UDP."""
+    proto, params = _transport_params(value)
+    if proto not in ("RTP/AVP", "RTP/AVP/UDP") or "server_port" not in params:
+        return None
+    ports = _pair(params["server_port"], 65535)
+    if ports is None or 0 in ports:
+        return None
+    ssrc = params.get("ssrc")
+    if ssrc is not None and not (0 < len(ssrc) <= 8 and all(c in _HEX for c in ssrc)):
+        ssrc = None
+    return ports, ssrc
+
+
+_HEX: Final = frozenset("0123456789abcdefABCDEF")
+
+
 @dataclass(slots=True)
 class ReplyFilter:
     """Read what the camera sends as FFmpeg will, message by message; pass, rewrite or refuse.
@@ -166,10 +242,22 @@ class ReplyFilter:
     """
 
     address: str
+    # Set for a camera reached over UDP: its SETUP replies are turned back
+    # into the interleaved transport FFmpeg asked for (see _UdpBridge).
+    bridge: _UdpBridge | None = None
     _buffer: bytearray = field(default_factory=bytearray)
     _left: int = 0  # bytes of the current body or $ frame still to pass unread
     _scanned: int = 0  # how much of a pending head's lines is already read (no rescans)
     _crs: int = 0  # CRs passed at the start of the coming message
+
+    @property
+    def between_messages(self) -> bool:
+        """Whether all that was passed so far ends where a message ends.
+
+        A partial head is never passed, so only a body or frame still being
+        copied through leaves the client in the middle of a message.
+        """
+        return self._left == 0
 
     def _head_end(self, buf: bytearray, pos: int, end: int) -> int:
         r"""Where a message head that starts at ``pos`` ends (after its blank line), or -1.
@@ -259,15 +347,24 @@ class ReplyFilter:
             raise _RefusedError(f"a {status} redirect", status)
         length = 0
         rewritten = False
+        bridge = self.bridge
+        cseq = _header(lines, b"cseq") if bridge is not None and status is not None else None
         for index, line in enumerate(lines[1:], start=1):
             lower = line.lower()
             # av_stristart: the name at the very start of the line, any case.
             if lower.startswith(b"content-length:"):
                 length = _c_int(line[15:])  # the last one wins, as in FFmpeg
             elif lower.startswith(b"transport:"):
-                new = _rewrite_transport(line[10:].strip().decode("latin-1"), self.address)
+                value = line[10:].strip().decode("latin-1")
+                new = None
+                if bridge is not None and cseq is not None and status is not None:
+                    new = bridge.setup_reply(cseq, status, value)
+                if new is None:
+                    new = _rewrite_transport(value, self.address)
                 raw_lines[index] = b"Transport: " + new.encode("latin-1") + b"\r"
                 rewritten = True
+        if bridge is not None and cseq is not None and status is not None:
+            bridge.reply_seen(cseq, status)
         if length > MAX_BODY:
             raise _RefusedError("a body length beyond the cap")
         if rewritten:
@@ -328,6 +425,231 @@ def _bind_unused_port() -> socket.socket:
             sock.close()
 
 
+def _bind_udp_pair(host: str) -> tuple[socket.socket, socket.socket]:
+    """Two UDP sockets on ``host``, on an even port and the next (RTP, RTCP)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    held: list[socket.socket] = []  # odd or unpaired ports, kept so the kernel moves on
+    try:
+        for _ in range(_UDP_BIND_ATTEMPTS):
+            rtp = socket.socket(family, socket.SOCK_DGRAM)
+            held.append(rtp)
+            rtp.bind((host, 0))
+            port = rtp.getsockname()[1]
+            if port % 2 or port >= 65535:
+                continue
+            rtcp = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                rtcp.bind((host, port + 1))
+            except OSError:
+                rtcp.close()
+                continue
+            held.remove(rtp)
+            rtp.setblocking(False)
+            rtcp.setblocking(False)
+            return rtp, rtcp
+        raise OSError("no free UDP port pair")
+    finally:
+        for sock in held:
+            sock.close()
+
+
+@dataclass(slots=True)
+class _Track:
+    """One SETUP bridged to UDP: FFmpeg's channels, the relay's ports, the camera's."""
+
+    rtp_channel: int
+    rtcp_channel: int
+    rtp: asyncio.DatagramTransport
+    rtcp: asyncio.DatagramTransport
+    server: tuple[int, int] | None = None  # the camera's RTP and RTCP ports, once answered
+
+    @property
+    def ports(self) -> tuple[int, int]:
+        """The relay's RTP and RTCP ports."""
+        return self.rtp.get_extra_info("sockname")[1], self.rtcp.get_extra_info("sockname")[1]
+
+    def close(self) -> None:
+        """Close both sockets."""
+        self.rtp.close()
+        self.rtcp.close()
+
+
+class _Datagrams(asyncio.DatagramProtocol):
+    """One of the relay's UDP ports: what arrives goes to the bridge, tagged with its channel."""
+
+    def __init__(self, bridge: _UdpBridge, channel: int) -> None:
+        self._bridge = bridge
+        self._channel = channel
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        """Hand the datagram and its sender to the bridge."""
+        self._bridge.from_camera(self._channel, data, str(addr[0]))
+
+    def error_received(self, exc: Exception) -> None:
+        """ICMP errors (the camera not listening yet): FFmpeg's session notices by RTSP."""
+
+
+class _UdpBridge:
+    """A camera's RTP over UDP, handed to FFmpeg inside its TCP connection to the relay.
+
+    FFmpeg always speaks interleaved RTP over TCP to the relay. For a camera
+    set to UDP, the relay asks the camera for UDP instead, on ports of its own
+    bound on the address that faces the camera, and turns the camera's answer
+    back into the interleaved transport FFmpeg asked for. Only datagrams from
+    the checked address are passed on, framed as FFmpeg's channels: a packet
+    from any other sender (another device, or a camera still streaming to a
+    port an earlier session had) never reaches FFmpeg. Left to itself, FFmpeg
+    takes UDP packets from any sender (Home Assistant's stream gives it no
+    option to filter them). FFmpeg's RTCP reports go to the camera's ports.
+
+    A datagram is written between two messages only, and only after the
+    reply to PLAY has passed (FFmpeg drops data that comes before it); the
+    ones that must wait are held, a bounded number.
+    """
+
+    def __init__(
+        self,
+        listener: _Listener,
+        local_host: str,
+        client: asyncio.StreamWriter,
+    ) -> None:
+        self._listener = listener
+        self._camera = listener.address
+        self._camera_text = str(listener.address)  # how the socket names it, mostly
+        self._local_host = local_host
+        self._client = client
+        # Requests by CSeq (bounded: FFmpeg waits for each reply).
+        self._requests: OrderedDict[bytes, tuple[str, _Track | None]] = OrderedDict()
+        self._tracks: list[_Track] = []
+        self._channels: dict[int, _Track] = {}
+        self._held: deque[bytes] = deque()
+        self._play_answered = False
+        self._playing = False
+        self._between_messages = True
+
+    async def request(self, method: str, cseq: bytes | None, transport: str | None) -> str | None:
+        """Note a request; for a SETUP asking for interleaved RTP, the UDP transport to ask instead.
+
+        None passes the request unchanged: not a SETUP, or one the bridge
+        cannot take (then the camera is asked for interleaved RTP, as FFmpeg did).
+        """
+        if cseq is None:
+            return None
+        track = None
+        if (
+            method == "SETUP"
+            and transport is not None
+            and (channels := _interleaved(transport)) is not None
+            and len(self._tracks) < MAX_UDP_TRACKS
+        ):
+            try:
+                track = await self._open(channels)
+            except OSError as err:
+                _LOGGER.debug("Relay to %s: no UDP ports (%s); asking for TCP", self._camera, err)
+        self._requests[cseq] = (method, track)
+        while len(self._requests) > MAX_UDP_TRACKS:
+            self._requests.popitem(last=False)
+        if track is None:
+            return None
+        rtp, rtcp = track.ports
+        return f"RTP/AVP;unicast;client_port={rtp}-{rtcp}"
+
+    async def _open(self, channels: tuple[int, int]) -> _Track:
+        """Bind the relay's RTP and RTCP ports for FFmpeg's two channels (closed on failure)."""
+        loop = asyncio.get_running_loop()
+        sockets = _bind_udp_pair(self._local_host)
+        ends: list[asyncio.DatagramTransport] = []
+        try:
+            for sock, channel in zip(sockets, channels, strict=True):
+                end, _ = await loop.create_datagram_endpoint(
+                    partial(_Datagrams, self, channel), sock=sock
+                )
+                ends.append(end)
+        except BaseException:
+            for end in ends:
+                end.close()
+            for sock in sockets[len(ends) :]:
+                sock.close()
+            raise
+        track = _Track(channels[0], channels[1], ends[0], ends[1])
+        self._tracks.append(track)
+        return track
+
+    def setup_reply(self, cseq: bytes, status: int, transport: str) -> str | None:
+        """The transport FFmpeg gets for a bridged SETUP's reply; None to pass it as it is."""
+        _, track = self._requests.get(cseq, ("", None))
+        if track is None or not 200 <= status < 300:
+            return None
+        if (answer := _udp_answer(transport)) is None:
+            return None  # the camera chose otherwise (interleaved): what FFmpeg asked for
+        track.server, ssrc = answer
+        self._channels[track.rtp_channel] = track
+        self._channels[track.rtcp_channel] = track
+        tcp = f"RTP/AVP/TCP;unicast;interleaved={track.rtp_channel}-{track.rtcp_channel}"
+        return tcp if ssrc is None else f"{tcp};ssrc={ssrc}"
+
+    def reply_seen(self, cseq: bytes, status: int) -> None:
+        """A reply is about to pass: a successful PLAY's lets the media through after it."""
+        method, _ = self._requests.pop(cseq, ("", None))
+        if method == "PLAY" and 200 <= status < 300:
+            self._play_answered = True
+
+    def client_written(self, between_messages: bool) -> None:
+        """What the filter passed is written; hand over held datagrams if they may go now."""
+        if self._play_answered:
+            self._playing = True
+        self._between_messages = between_messages
+        while self._held and self._playing and between_messages:
+            self._send(self._held.popleft())
+
+    def from_camera(self, channel: int, data: bytes, sender: str) -> None:
+        """A datagram on one of the relay's ports: pass it on if the camera sent it."""
+        if sender != self._camera_text and not self._is_camera(sender):
+            self._listener.guard.datagrams_refused += 1
+            self._listener.log_once(
+                "datagram",
+                "RTP for the camera at %s came from %s; LocalCam dropped it",
+                sender,
+            )
+            return
+        if len(data) > 0xFFFF:  # cannot be framed (IPv6 jumbograms only)
+            return
+        frame = b"$" + bytes((channel,)) + len(data).to_bytes(2) + data
+        if self._playing and self._between_messages and not self._held:
+            self._send(frame)
+        elif len(self._held) < MAX_HELD_DATAGRAMS:
+            self._held.append(frame)
+
+    def _is_camera(self, sender: str) -> bool:
+        """Whether another spelling of an address (IPv4-mapped, a zone) is the camera's."""
+        try:
+            address = ip_address(sender.partition("%")[0])
+        except ValueError:
+            return False
+        if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+            return address.ipv4_mapped == self._camera
+        return address == self._camera
+
+    def _send(self, frame: bytes) -> None:
+        transport = self._client.transport
+        if transport.is_closing() or transport.get_write_buffer_size() > MAX_CLIENT_BACKLOG:
+            return  # FFmpeg is gone or not reading: media drops, memory stays bounded
+        self._client.write(frame)
+
+    def from_client(self, channel: int, payload: bytes) -> None:
+        """FFmpeg's interleaved RTCP report: to the camera's RTCP port."""
+        track = self._channels.get(channel)
+        if track is not None and track.server is not None and channel == track.rtcp_channel:
+            track.rtcp.sendto(payload, (str(self._camera), track.server[1]))
+
+    def close(self) -> None:
+        """Close every port (the session is over)."""
+        for track in self._tracks:
+            track.close()
+        self._tracks.clear()
+        self._held.clear()
+
+
 @dataclass(frozen=True, slots=True)
 class _Upstream:
     """Where one listener relays to: a checked address, and how to speak TLS to it."""
@@ -338,6 +660,8 @@ class _Upstream:
     # host, as LocalCam's own DESCRIBE checks it); None for plain rtsp.
     tls_host: str | None = None
     verify: bool = True
+    # RTP from the camera over UDP, bridged into FFmpeg's TCP connection.
+    udp: bool = False
 
 
 class _Listener:
@@ -423,9 +747,16 @@ class _Listener:
             _LOGGER.debug("Relay to %s:%s: cannot connect (%s)", self.address, self.port, err)
             return
         last_request = bytearray()
+        bridge = None
+        if upstream.udp:
+            bridge = _UdpBridge(self, str(up_writer.get_extra_info("sockname")[0]), writer)
         directions = (
-            asyncio.create_task(self._copy(reader, up_writer, last_request)),
-            asyncio.create_task(self._filter(up_reader, writer, last_request)),
+            asyncio.create_task(
+                self._copy(reader, up_writer, last_request)
+                if bridge is None
+                else self._copy_bridged(reader, up_writer, last_request, bridge)
+            ),
+            asyncio.create_task(self._filter(up_reader, writer, last_request, bridge)),
         )
         try:
             await asyncio.wait(directions, return_when=asyncio.FIRST_COMPLETED)
@@ -437,6 +768,8 @@ class _Listener:
                 task.cancel()
             outcomes = await asyncio.gather(*directions, return_exceptions=True)
             up_writer.transport.abort()
+            if bridge is not None:
+                bridge.close()
         for outcome in outcomes:
             if isinstance(outcome, Exception) and not isinstance(outcome, OSError):
                 raise outcome
@@ -451,11 +784,64 @@ class _Listener:
             writer.write(data)
             await writer.drain()
 
+    async def _copy_bridged(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        last: bytearray,
+        bridge: _UdpBridge,
+    ) -> None:
+        """Client to a UDP camera: message by message, so a SETUP's transport can be asked anew.
+
+        The client is FFmpeg on this machine, whose requests end their lines
+        with CRLF; what cannot be read as that (a head beyond the reader's
+        64 KiB limit, a body beyond MAX_BODY) ends the session.
+        """
+        try:
+            while True:
+                first = await reader.readexactly(1)
+                if first == b"$":  # FFmpeg's RTCP report, interleaved
+                    header = await reader.readexactly(3)
+                    payload = await reader.readexactly(int.from_bytes(header[1:3]))
+                    bridge.from_client(header[0], payload)
+                    continue
+                if first in b"\r\n":
+                    continue
+                head = first + await reader.readuntil(b"\r\n\r\n")
+                lines = head[:-4].split(b"\r\n")
+                length = _c_int(_header(lines, b"content-length") or b"0")
+                if not 0 <= length <= MAX_BODY:
+                    return
+                body = await reader.readexactly(length) if length else b""
+                transport = _header(lines, b"transport")
+                new = await bridge.request(
+                    _word(lines[0], 0)[0].decode("latin-1").upper(),
+                    _header(lines, b"cseq"),
+                    None if transport is None else transport.decode("latin-1"),
+                )
+                if new is not None:
+                    lines = [
+                        b"Transport: " + new.encode("latin-1")
+                        if line.lower().startswith(b"transport:")
+                        else line
+                        for line in lines
+                    ]
+                    head = b"\r\n".join(lines) + b"\r\n\r\n"
+                last[:] = head[-4096:]
+                writer.write(head + body)
+                await writer.drain()
+        except asyncio.IncompleteReadError, asyncio.LimitOverrunError:
+            return
+
     async def _filter(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, last: bytearray
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        last: bytearray,
+        bridge: _UdpBridge | None = None,
     ) -> None:
         """Camera to client, through the ReplyFilter."""
-        check = ReplyFilter(str(self.address))
+        check = ReplyFilter(str(self.address), bridge)
         while data := await reader.read(READ_SIZE):
             try:
                 passed = check.feed(data)
@@ -468,6 +854,9 @@ class _Listener:
                 return
             if passed:
                 writer.write(passed)
+            if bridge is not None:
+                bridge.client_written(check.between_messages)
+            if passed:
                 await writer.drain()
 
     async def close(self) -> None:
@@ -493,6 +882,7 @@ class RtspGuard:
         self.on_refused = on_refused
         self.refusals = 0
         self.certificates_refused = 0
+        self.datagrams_refused = 0
         self._closed = False
 
     def url(
@@ -502,12 +892,15 @@ class RtspGuard:
         password: str | None,
         *,
         verify_ssl: bool = True,
+        udp: bool = False,
     ) -> str:
         """FFmpeg's URL for ``target``: its own path and query, on a loopback relay (secret).
 
+        FFmpeg must use TCP to the relay (``CameraSource.ffmpeg_transport``).
         For ``rtsps://`` the relay is the TLS client, verifying the camera's
-        certificate if ``verify_ssl``; FFmpeg gets plain ``rtsp://`` to it
-        (and must use TCP: see ``CameraSource.ffmpeg_transport``).
+        certificate if ``verify_ssl``; FFmpeg gets plain ``rtsp://`` to it.
+        With ``udp`` (plain ``rtsp://`` only) the relay asks the camera for
+        RTP over UDP and passes on only the camera's own datagrams (_UdpBridge).
         """
         if target.url.scheme not in RELAYED_SCHEMES:
             # Stream URLs pass the policy only as rtsp or rtsps: anything else
@@ -519,7 +912,11 @@ class RtspGuard:
             raise CannotConnectError("the camera is being unloaded")
         tls = target.url.scheme == "rtsps"
         key = _Upstream(
-            target.address, target.port, target.host if tls else None, verify_ssl or not tls
+            target.address,
+            target.port,
+            target.host if tls else None,
+            verify_ssl or not tls,
+            udp=udp and not tls,
         )
         listener = self._listeners.get(key)
         if listener is None:
@@ -545,6 +942,7 @@ class RtspGuard:
             "sessions": sum(len(listener.sessions) for listener in self._listeners.values()),
             "sessions_refused": self.refusals,
             "certificates_refused": self.certificates_refused,
+            "datagrams_refused": self.datagrams_refused,
         }
 
     def relayed_to(self, url: str) -> tuple[IPv4Address | IPv6Address, int] | None:

@@ -124,6 +124,7 @@ class CameraClient:
             self.source.username,
             self.source.password,
             verify_ssl=self.source.verify_ssl,
+            udp=self.source.relay_udp,
         )
 
     def pinned_url_at(self, checked: Target) -> str | None:
