@@ -1076,27 +1076,27 @@ def _frame(channel: int, payload: bytes) -> bytes:
 async def test_the_bridge_holds_media_until_the_reply_to_play_has_passed() -> None:
     """FFmpeg drops data that comes before the PLAY reply: datagrams wait for it, in order."""
     bridge, client, _ = _bridge()
-    assert await bridge.request("PLAY", b"5", None) is None
-    bridge.from_camera(0, b"first", "127.0.0.1")
-    bridge.from_camera(0, b"second", "127.0.0.1")
+    assert bridge.request("PLAY", b"5", None) is None
+    bridge.from_camera(0, [(b"first", "127.0.0.1")])
+    bridge.from_camera(0, [(b"second", "127.0.0.1")])
     assert client.written == []
     bridge.reply_seen(b"5", 200)
     assert client.written == []  # the reply itself is not written yet
     bridge.client_written(False)  # written, but only part of a message so far
     assert client.written == []
     bridge.client_written(True)
-    assert client.written == [_frame(0, b"first"), _frame(0, b"second")]
-    bridge.from_camera(1, b"third", "127.0.0.1")
+    assert client.written == [_frame(0, b"first") + _frame(0, b"second")]
+    bridge.from_camera(1, [(b"third", "127.0.0.1")])
     assert client.written[-1] == _frame(1, b"third")
 
 
 async def test_the_bridge_passes_no_media_after_a_failed_play() -> None:
     """A PLAY the camera refused lets nothing through."""
     bridge, client, _ = _bridge()
-    await bridge.request("PLAY", b"5", None)
+    bridge.request("PLAY", b"5", None)
     bridge.reply_seen(b"5", 454)
     bridge.client_written(True)
-    bridge.from_camera(0, b"early", "127.0.0.1")
+    bridge.from_camera(0, [(b"early", "127.0.0.1")])
     assert client.written == []
 
 
@@ -1104,40 +1104,44 @@ async def test_the_bridge_drops_what_it_cannot_hold_or_frame() -> None:
     """Bounded: held datagrams beyond the cap, a client not reading, one that is gone."""
     bridge, client, _ = _bridge()
     for index in range(rtsp_guard.MAX_HELD_DATAGRAMS + 10):
-        bridge.from_camera(0, index.to_bytes(4), "127.0.0.1")
-    await bridge.request("PLAY", b"1", None)
+        bridge.from_camera(0, [(index.to_bytes(4), "127.0.0.1")])
+    bridge.request("PLAY", b"1", None)
     bridge.reply_seen(b"1", 200)
     bridge.client_written(True)
-    assert len(client.written) == rtsp_guard.MAX_HELD_DATAGRAMS
-    assert client.written[0] == _frame(0, (0).to_bytes(4))
+    held = range(rtsp_guard.MAX_HELD_DATAGRAMS)  # the first ones, in order; the rest dropped
+    assert client.written == [b"".join(_frame(0, index.to_bytes(4)) for index in held)]
     client.transport.backlog = rtsp_guard.MAX_CLIENT_BACKLOG + 1
-    bridge.from_camera(0, b"late", "127.0.0.1")
+    bridge.from_camera(0, [(b"late", "127.0.0.1")])
     client.transport.backlog = 0
     client.transport.closing = True
-    bridge.from_camera(0, b"gone", "127.0.0.1")
-    assert len(client.written) == rtsp_guard.MAX_HELD_DATAGRAMS
+    bridge.from_camera(0, [(b"gone", "127.0.0.1")])
+    assert len(client.written) == 1
 
 
 @pytest.mark.parametrize("sender", ["127.0.0.2", "::ffff:127.0.0.2", "not an address", "::1"])
 async def test_the_bridge_drops_datagrams_from_any_other_sender(sender: str) -> None:
     """Another address (IPv4-mapped spellings included) is counted and dropped, never passed."""
     bridge, client, listener = _bridge()
-    await bridge.request("PLAY", b"1", None)
+    bridge.request("PLAY", b"1", None)
     bridge.reply_seen(b"1", 200)
     bridge.client_written(True)
-    bridge.from_camera(0, b"x", sender)
+    bridge.from_camera(0, [(b"x", sender)])
     assert client.written == []
     assert listener.guard.datagrams_refused == 1
     assert listener.logged == [sender]
-    bridge.from_camera(0, b"mine", "::ffff:127.0.0.1")  # the camera, IPv4-mapped
+    bridge.from_camera(0, [(b"mine", "::ffff:127.0.0.1")])  # the camera, IPv4-mapped
     assert client.written == [_frame(0, b"mine")]
+    # A burst read at once: the camera's datagrams in one write, the other sender's dropped.
+    bridge.from_camera(0, [(b"a", "127.0.0.1"), (b"y", sender), (b"b", "127.0.0.1")])
+    assert client.written[-1] == _frame(0, b"a") + _frame(0, b"b")
+    assert listener.guard.datagrams_refused == 2
 
 
 async def test_the_bridge_s_setups(socket_enabled: None) -> None:
     """Which SETUP replies are turned back into interleaved RTP, and what is passed as it is."""
     bridge, _, _ = _bridge()
     try:
-        asked = await bridge.request("SETUP", b"2", "RTP/AVP/TCP;unicast;interleaved=0-1")
+        asked = bridge.request("SETUP", b"2", "RTP/AVP/TCP;unicast;interleaved=0-1")
         assert asked is not None
         rtp, rtcp = (int(port) for port in asked.rpartition("=")[2].split("-"))
         assert (rtp % 2, rtcp) == (0, rtp + 1)
@@ -1151,34 +1155,11 @@ async def test_the_bridge_s_setups(socket_enabled: None) -> None:
             "RTP/AVP/TCP;unicast;interleaved=0-1;ssrc=00C0FFEE"
         )
         # Without a CSeq, or asking for UDP itself, a request is passed as it is.
-        assert await bridge.request("SETUP", None, "RTP/AVP/TCP;interleaved=2-3") is None
-        assert await bridge.request("SETUP", b"3", "RTP/AVP;client_port=5000-5001") is None
+        assert bridge.request("SETUP", None, "RTP/AVP/TCP;interleaved=2-3") is None
+        assert bridge.request("SETUP", b"3", "RTP/AVP;client_port=5000-5001") is None
         # Beyond MAX_UDP_TRACKS SETUPs, the camera is asked for interleaved RTP.
         for cseq in range(10, 10 + rtsp_guard.MAX_UDP_TRACKS):
-            await bridge.request("SETUP", str(cseq).encode(), "RTP/AVP/TCP;interleaved=2-3")
-        assert await bridge.request("SETUP", b"99", "RTP/AVP/TCP;interleaved=4-5") is None
+            bridge.request("SETUP", str(cseq).encode(), "RTP/AVP/TCP;interleaved=2-3")
+        assert bridge.request("SETUP", b"99", "RTP/AVP/TCP;interleaved=4-5") is None
     finally:
         bridge.close()
-
-
-async def test_a_bridge_that_cannot_open_its_ports_leaves_none_open(
-    socket_enabled: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The RTCP port fails to open: the RTP port is closed too, and the SETUP passes unchanged."""
-    loop = asyncio.get_running_loop()
-    opened: list[asyncio.DatagramTransport] = []
-    create = loop.create_datagram_endpoint
-
-    async def second_fails(*args: Any, **kwargs: Any) -> Any:
-        if opened:
-            raise OSError("no more sockets")
-        end, protocol = await create(*args, **kwargs)
-        opened.append(end)
-        return end, protocol
-
-    monkeypatch.setattr(loop, "create_datagram_endpoint", second_fails)
-    bridge, _, _ = _bridge()
-    assert await bridge.request("SETUP", b"2", "RTP/AVP/TCP;unicast;interleaved=0-1") is None
-    assert len(opened) == 1
-    assert opened[0].is_closing()
-    bridge.close()

@@ -48,6 +48,7 @@ which a TCP connection's cannot (see the README).
 import asyncio
 from collections import OrderedDict, deque
 from collections.abc import Callable
+import contextlib
 from dataclasses import dataclass, field
 from functools import partial
 from ipaddress import IPv4Address, IPv6Address, ip_address
@@ -89,6 +90,9 @@ MAX_HELD_DATAGRAMS: Final = 1024
 # FFmpeg's unread bytes beyond which a datagram is dropped rather than queued.
 MAX_CLIENT_BACKLOG: Final = 4 * 1024 * 1024
 _UDP_BIND_ATTEMPTS: Final = 16
+# Datagrams read from one port in one go (a keyframe's burst), so one port
+# cannot keep the event loop to itself.
+_DATAGRAMS_PER_READ: Final = 64
 
 type RefusalCallback = Callable[[RedirectedError], None]
 
@@ -459,34 +463,20 @@ class _Track:
 
     rtp_channel: int
     rtcp_channel: int
-    rtp: asyncio.DatagramTransport
-    rtcp: asyncio.DatagramTransport
+    rtp: socket.socket
+    rtcp: socket.socket
     server: tuple[int, int] | None = None  # the camera's RTP and RTCP ports, once answered
 
     @property
     def ports(self) -> tuple[int, int]:
         """The relay's RTP and RTCP ports."""
-        return self.rtp.get_extra_info("sockname")[1], self.rtcp.get_extra_info("sockname")[1]
+        return self.rtp.getsockname()[1], self.rtcp.getsockname()[1]
 
-    def close(self) -> None:
-        """Close both sockets."""
-        self.rtp.close()
-        self.rtcp.close()
-
-
-class _Datagrams(asyncio.DatagramProtocol):
-    """One of the relay's UDP ports: what arrives goes to the bridge, tagged with its channel."""
-
-    def __init__(self, bridge: _UdpBridge, channel: int) -> None:
-        self._bridge = bridge
-        self._channel = channel
-
-    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        """Hand the datagram and its sender to the bridge."""
-        self._bridge.from_camera(self._channel, data, str(addr[0]))
-
-    def error_received(self, exc: Exception) -> None:
-        """ICMP errors (the camera not listening yet): FFmpeg's session notices by RTSP."""
+    def close(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Stop reading both sockets, then close them (never closed while registered)."""
+        for sock in (self.rtp, self.rtcp):
+            loop.remove_reader(sock)
+            sock.close()
 
 
 class _UdpBridge:
@@ -504,7 +494,9 @@ class _UdpBridge:
 
     A datagram is written between two messages only, and only after the
     reply to PLAY has passed (FFmpeg drops data that comes before it); the
-    ones that must wait are held, a bounded number.
+    ones that must wait are held, a bounded number. The ports are read
+    straight from their sockets, every datagram waiting at once (a
+    keyframe's burst), and handed on in one write.
     """
 
     def __init__(
@@ -513,6 +505,7 @@ class _UdpBridge:
         local_host: str,
         client: asyncio.StreamWriter,
     ) -> None:
+        self._loop = asyncio.get_running_loop()
         self._listener = listener
         self._camera = listener.address
         self._camera_text = str(listener.address)  # how the socket names it, mostly
@@ -527,7 +520,7 @@ class _UdpBridge:
         self._playing = False
         self._between_messages = True
 
-    async def request(self, method: str, cseq: bytes | None, transport: str | None) -> str | None:
+    def request(self, method: str, cseq: bytes | None, transport: str | None) -> str | None:
         """Note a request; for a SETUP asking for interleaved RTP, the UDP transport to ask instead.
 
         None passes the request unchanged: not a SETUP, or one the bridge
@@ -543,7 +536,7 @@ class _UdpBridge:
             and len(self._tracks) < MAX_UDP_TRACKS
         ):
             try:
-                track = await self._open(channels)
+                track = self._open(channels)
             except OSError as err:
                 _LOGGER.debug("Relay to %s: no UDP ports (%s); asking for TCP", self._camera, err)
         self._requests[cseq] = (method, track)
@@ -554,25 +547,13 @@ class _UdpBridge:
         rtp, rtcp = track.ports
         return f"RTP/AVP;unicast;client_port={rtp}-{rtcp}"
 
-    async def _open(self, channels: tuple[int, int]) -> _Track:
-        """Bind the relay's RTP and RTCP ports for FFmpeg's two channels (closed on failure)."""
-        loop = asyncio.get_running_loop()
-        sockets = _bind_udp_pair(self._local_host)
-        ends: list[asyncio.DatagramTransport] = []
-        try:
-            for sock, channel in zip(sockets, channels, strict=True):
-                end, _ = await loop.create_datagram_endpoint(
-                    partial(_Datagrams, self, channel), sock=sock
-                )
-                ends.append(end)
-        except BaseException:
-            for end in ends:
-                end.close()
-            for sock in sockets[len(ends) :]:
-                sock.close()
-            raise
-        track = _Track(channels[0], channels[1], ends[0], ends[1])
+    def _open(self, channels: tuple[int, int]) -> _Track:
+        """Bind the relay's RTP and RTCP ports for FFmpeg's two channels, and read them."""
+        rtp, rtcp = _bind_udp_pair(self._local_host)
+        track = _Track(channels[0], channels[1], rtp, rtcp)
         self._tracks.append(track)
+        self._loop.add_reader(rtp, self._readable, rtp, channels[0])
+        self._loop.add_reader(rtcp, self._readable, rtcp, channels[1])
         return track
 
     def setup_reply(self, cseq: bytes, status: int, transport: str) -> str | None:
@@ -599,26 +580,43 @@ class _UdpBridge:
         if self._play_answered:
             self._playing = True
         self._between_messages = between_messages
-        while self._held and self._playing and between_messages:
-            self._send(self._held.popleft())
+        if self._held and self._playing and between_messages:
+            self._send(b"".join(self._held))
+            self._held.clear()
 
-    def from_camera(self, channel: int, data: bytes, sender: str) -> None:
-        """A datagram on one of the relay's ports: pass it on if the camera sent it."""
-        if sender != self._camera_text and not self._is_camera(sender):
-            self._listener.guard.datagrams_refused += 1
-            self._listener.log_once(
-                "datagram",
-                "RTP for the camera at %s came from %s; LocalCam dropped it",
-                sender,
-            )
+    def _readable(self, sock: socket.socket, channel: int) -> None:
+        """Read what waits on one of the relay's ports (bounded per call) and hand it on."""
+        datagrams: list[tuple[bytes, str]] = []
+        for _ in range(_DATAGRAMS_PER_READ):
+            try:
+                # A read of at most 65535 bytes always fits a frame's 16-bit length.
+                data, sender = sock.recvfrom(0xFFFF)
+            except BlockingIOError, InterruptedError:
+                break
+            except OSError:  # an ICMP error (the camera not listening yet): read on
+                continue
+            datagrams.append((data, str(sender[0])))
+        self.from_camera(channel, datagrams)
+
+    def from_camera(self, channel: int, datagrams: list[tuple[bytes, str]]) -> None:
+        """Datagrams on one of the relay's ports (data, sender): pass on the camera's own."""
+        frames = []
+        for data, sender in datagrams:
+            if sender != self._camera_text and not self._is_camera(sender):
+                self._listener.guard.datagrams_refused += 1
+                self._listener.log_once(
+                    "datagram",
+                    "RTP for the camera at %s came from %s; LocalCam dropped it",
+                    sender,
+                )
+                continue
+            frames.append(b"$" + bytes((channel,)) + len(data).to_bytes(2) + data)
+        if not frames:
             return
-        if len(data) > 0xFFFF:  # cannot be framed (IPv6 jumbograms only)
-            return
-        frame = b"$" + bytes((channel,)) + len(data).to_bytes(2) + data
         if self._playing and self._between_messages and not self._held:
-            self._send(frame)
-        elif len(self._held) < MAX_HELD_DATAGRAMS:
-            self._held.append(frame)
+            self._send(b"".join(frames))
+        else:
+            self._held.extend(frames[: MAX_HELD_DATAGRAMS - len(self._held)])
 
     def _is_camera(self, sender: str) -> bool:
         """Whether another spelling of an address (IPv4-mapped, a zone) is the camera's."""
@@ -640,12 +638,13 @@ class _UdpBridge:
         """FFmpeg's interleaved RTCP report: to the camera's RTCP port."""
         track = self._channels.get(channel)
         if track is not None and track.server is not None and channel == track.rtcp_channel:
-            track.rtcp.sendto(payload, (str(self._camera), track.server[1]))
+            with contextlib.suppress(OSError):  # a report may drop (buffer full, ICMP error)
+                track.rtcp.sendto(payload, (self._camera_text, track.server[1]))
 
     def close(self) -> None:
         """Close every port (the session is over)."""
         for track in self._tracks:
-            track.close()
+            track.close(self._loop)
         self._tracks.clear()
         self._held.clear()
 
@@ -814,7 +813,7 @@ class _Listener:
                     return
                 body = await reader.readexactly(length) if length else b""
                 transport = _header(lines, b"transport")
-                new = await bridge.request(
+                new = bridge.request(
                     _word(lines[0], 0)[0].decode("latin-1").upper(),
                     _header(lines, b"cseq"),
                     None if transport is None else transport.decode("latin-1"),
