@@ -162,9 +162,9 @@ async def test_a_udp_camera_streams_to_ha_through_the_relay(
 ) -> None:
     """A camera set to UDP sends its RTP to the relay; HA's stream reads it over TCP.
 
-    HA's stream worker is told TCP (to the relay) and still gets the
-    camera's media: a still taken while it runs comes from its keyframe,
-    with no session of its own. Only the camera's own datagrams reach it.
+    HA's stream worker is told TCP (to the relay), the camera is asked for
+    UDP for it, and the worker gets the camera's media: a still taken while
+    it runs comes from its keyframe, with no session of its own.
     """
     cam = rtsp_only_camera
     entry = MockConfigEntry(
@@ -177,8 +177,9 @@ async def test_a_udp_camera_streams_to_ha_through_the_relay(
     entity_id = main_entity_id(hass, entry)
     entity = get_camera_from_entity_id(hass, entity_id)
     assert entity.stream_options["rtsp_transport"] == "tcp"
+    setups = cam.stats.udp_setups
     async with _running_stream(hass, entity_id, cam):
-        assert cam.stats.udp_setups >= 1
+        assert cam.stats.udp_setups > setups  # the worker's session, over UDP to the relay
         sessions = cam.stats.play_sessions
         image = await async_get_image(hass, entity_id)
         assert _camera_index(image.content) == 1

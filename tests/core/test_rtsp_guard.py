@@ -937,6 +937,19 @@ async def test_a_udp_camera_streams_to_the_relay_and_only_its_own_datagrams_pass
                 break
             await asyncio.sleep(0.02)
         assert cam.stats.udp_datagrams_received > before
+        # The session over, the relay's UDP ports are closed (free to bind again).
+        writer.close()
+        freed = False
+        for _ in range(100):  # at most 5 s
+            await asyncio.sleep(0.05)
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                try:
+                    probe.bind(("127.0.0.1", cam.stats.udp_client_port))
+                except OSError:
+                    continue
+                freed = True
+                break
+        assert freed
     finally:
         spoofer.close()
         if writer is not None:
@@ -988,15 +1001,17 @@ def test_which_setups_the_relay_bridges(value: str, expected: tuple[int, int] | 
         ("RTP/AVP;unicast;server_port=6970-6971;ssrc=1A2B3C4D5E", ((6970, 6971), None)),
         ("RTP/AVP;unicast;server_port=6970-6971;ssrc=zz", ((6970, 6971), None)),
         ("RTP/AVP/TCP;unicast;interleaved=0-1", None),  # the camera chose TCP
-        ("RTP/AVP;unicast;client_port=5000-5001", None),  # no server port
-        ("RTP/AVP;unicast;server_port=0-1", None),
-        ("RTP/AVP;unicast;server_port=65535", None),
+        ("RTP/AVP;unicast;client_port=5000-5001", (None, None)),  # no server port: no RTCP
+        ("RTP/AVP;unicast;server_port=0-1", (None, None)),
+        ("RTP/AVP;unicast;server_port=65535", (None, None)),
+        ("RTP/AVP;multicast;port=5000-5001", None),
+        ("RAW/RAW/UDP;unicast", None),
     ],
 )
 def test_which_setup_answers_the_relay_takes_as_udp(
-    value: str, expected: tuple[tuple[int, int], str | None] | None
+    value: str, expected: tuple[tuple[int, int] | None, str | None] | None
 ) -> None:
-    """The camera's ports (and SSRC) are read from a UDP answer; anything else passes as it is."""
+    """The camera's ports (and SSRC) are read from a unicast UDP answer; others are not one."""
     assert rtsp_guard._udp_answer(value) == expected
 
 
@@ -1073,48 +1088,73 @@ def _frame(channel: int, payload: bytes) -> bytes:
     return b"$" + bytes((channel,)) + len(payload).to_bytes(2) + payload
 
 
+RTP_A, RTP_B = b"\x80\x60" + bytes(10) + b"a", b"\x80\x60" + bytes(10) + b"b"
+
+
+def _playing(bridge: Any) -> None:
+    """Take the bridge through a PLAY and its successful reply, written."""
+    assert bridge.request("PLAY", None) is None
+    assert bridge.reply(200, None) is None
+    bridge.client_written(True)
+
+
 async def test_the_bridge_holds_media_until_the_reply_to_play_has_passed() -> None:
     """FFmpeg drops data that comes before the PLAY reply: datagrams wait for it, in order."""
     bridge, client, _ = _bridge()
-    assert bridge.request("PLAY", b"5", None) is None
-    bridge.from_camera(0, [(b"first", "127.0.0.1")])
-    bridge.from_camera(0, [(b"second", "127.0.0.1")])
+    assert bridge.request("OPTIONS", None) is None
+    assert bridge.request("PLAY", None) is None
+    bridge.from_camera(0, [(RTP_A, "127.0.0.1")])
+    bridge.from_camera(0, [(RTP_B, "127.0.0.1")])
+    assert bridge.reply(200, None) is None  # OPTIONS' reply: no media yet
+    bridge.client_written(True)
     assert client.written == []
-    bridge.reply_seen(b"5", 200)
+    assert bridge.reply(200, None) is None  # PLAY's
     assert client.written == []  # the reply itself is not written yet
     bridge.client_written(False)  # written, but only part of a message so far
     assert client.written == []
     bridge.client_written(True)
-    assert client.written == [_frame(0, b"first") + _frame(0, b"second")]
-    bridge.from_camera(1, [(b"third", "127.0.0.1")])
-    assert client.written[-1] == _frame(1, b"third")
+    assert client.written == [_frame(0, RTP_A) + _frame(0, RTP_B)]
+    bridge.from_camera(1, [(RTP_A, "127.0.0.1")])
+    assert client.written[-1] == _frame(1, RTP_A)
+    bridge.client_written(False)  # a reply (a keep-alive's) is half written: wait for its end
+    bridge.from_camera(0, [(RTP_B, "127.0.0.1")])
+    assert client.written[-1] == _frame(1, RTP_A)
+    bridge.client_written(True)
+    assert client.written[-1] == _frame(0, RTP_B)
 
 
 async def test_the_bridge_passes_no_media_after_a_failed_play() -> None:
     """A PLAY the camera refused lets nothing through."""
     bridge, client, _ = _bridge()
-    bridge.request("PLAY", b"5", None)
-    bridge.reply_seen(b"5", 454)
+    bridge.request("PLAY", None)
+    bridge.reply(454, None)
     bridge.client_written(True)
-    bridge.from_camera(0, [(b"early", "127.0.0.1")])
+    bridge.from_camera(0, [(RTP_A, "127.0.0.1")])
+    assert client.written == []
+    assert bridge.reply(200, None) is None  # an answer to nothing asked opens nothing either
+    bridge.client_written(True)
+    bridge.from_camera(0, [(RTP_A, "127.0.0.1")])
     assert client.written == []
 
 
 async def test_the_bridge_drops_what_it_cannot_hold_or_frame() -> None:
-    """Bounded: held datagrams beyond the cap, a client not reading, one that is gone."""
+    """Bounded: held bytes past the cap, a client not reading, one that is gone, tiny datagrams."""
     bridge, client, _ = _bridge()
-    for index in range(rtsp_guard.MAX_HELD_DATAGRAMS + 10):
-        bridge.from_camera(0, [(index.to_bytes(4), "127.0.0.1")])
-    bridge.request("PLAY", b"1", None)
-    bridge.reply_seen(b"1", 200)
-    bridge.client_written(True)
-    held = range(rtsp_guard.MAX_HELD_DATAGRAMS)  # the first ones, in order; the rest dropped
-    assert client.written == [b"".join(_frame(0, index.to_bytes(4)) for index in held)]
+    big = b"\x80" + bytes(60_000)
+    for _ in range(100):  # 6 MB sent before PLAY
+        bridge.from_camera(0, [(big, "127.0.0.1")])
+    _playing(bridge)
+    assert len(client.written) == 1
+    assert len(client.written[0]) <= rtsp_guard.MAX_HELD_BYTES
+    assert client.written[0] == _frame(0, big) * (len(client.written[0]) // len(_frame(0, big)))
+    # A keep-alive datagram (4 bytes): FFmpeg would read a frame that short as RTSP text.
+    bridge.from_camera(0, [(b"\xfe\xed\xfa\xce", "127.0.0.1")])
+    assert len(client.written) == 1
     client.transport.backlog = rtsp_guard.MAX_CLIENT_BACKLOG + 1
-    bridge.from_camera(0, [(b"late", "127.0.0.1")])
+    bridge.from_camera(0, [(RTP_A, "127.0.0.1")])
     client.transport.backlog = 0
     client.transport.closing = True
-    bridge.from_camera(0, [(b"gone", "127.0.0.1")])
+    bridge.from_camera(0, [(RTP_B, "127.0.0.1")])
     assert len(client.written) == 1
 
 
@@ -1122,44 +1162,190 @@ async def test_the_bridge_drops_what_it_cannot_hold_or_frame() -> None:
 async def test_the_bridge_drops_datagrams_from_any_other_sender(sender: str) -> None:
     """Another address (IPv4-mapped spellings included) is counted and dropped, never passed."""
     bridge, client, listener = _bridge()
-    bridge.request("PLAY", b"1", None)
-    bridge.reply_seen(b"1", 200)
-    bridge.client_written(True)
-    bridge.from_camera(0, [(b"x", sender)])
+    _playing(bridge)
+    bridge.from_camera(0, [(RTP_A, sender)])
     assert client.written == []
     assert listener.guard.datagrams_refused == 1
     assert listener.logged == [sender]
-    bridge.from_camera(0, [(b"mine", "::ffff:127.0.0.1")])  # the camera, IPv4-mapped
-    assert client.written == [_frame(0, b"mine")]
+    bridge.from_camera(0, [(RTP_A, "::ffff:127.0.0.1")])  # the camera, IPv4-mapped
+    assert client.written == [_frame(0, RTP_A)]
     # A burst read at once: the camera's datagrams in one write, the other sender's dropped.
-    bridge.from_camera(0, [(b"a", "127.0.0.1"), (b"y", sender), (b"b", "127.0.0.1")])
-    assert client.written[-1] == _frame(0, b"a") + _frame(0, b"b")
+    bridge.from_camera(0, [(RTP_A, "127.0.0.1"), (RTP_B, sender), (RTP_B, "127.0.0.1")])
+    assert client.written[-1] == _frame(0, RTP_A) + _frame(0, RTP_B)
     assert listener.guard.datagrams_refused == 2
 
 
+def _receive(sock: socket.socket) -> list[bytes]:
+    """What waits on a test socket (non-blocking)."""
+    got = []
+    with contextlib.suppress(BlockingIOError):
+        while len(got) < 100:
+            got.append(sock.recv(2048))
+    return got
+
+
 async def test_the_bridge_s_setups(socket_enabled: None) -> None:
-    """Which SETUP replies are turned back into interleaved RTP, and what is passed as it is."""
-    bridge, _, _ = _bridge()
+    """Which SETUP answers become interleaved RTP; punches and reports go to the camera's ports."""
+    camera_rtp, camera_rtcp = rtsp_guard._bind_udp_pair("127.0.0.1")  # the camera's ports
+    server = camera_rtp.getsockname()[1]
+    bridge, client, _ = _bridge()
     try:
-        asked = bridge.request("SETUP", b"2", "RTP/AVP/TCP;unicast;interleaved=0-1")
+        # A 401 first (FFmpeg then sends the SETUP again, with credentials).
+        asked = bridge.request("SETUP", "RTP/AVP/TCP;unicast;interleaved=0-1")
+        assert asked is not None
+        assert bridge.reply(401, "RTP/AVP;unicast;server_port=6970-6971") is None
+        asked = bridge.request("SETUP", "RTP/AVP/TCP;unicast;interleaved=0-1")
         assert asked is not None
         rtp, rtcp = (int(port) for port in asked.rpartition("=")[2].split("-"))
         assert (rtp % 2, rtcp) == (0, rtp + 1)
-        # The camera refused (asks for credentials first): passed as it is.
-        assert bridge.setup_reply(b"2", 401, "RTP/AVP;unicast;server_port=6970-6971") is None
-        # The camera chose interleaved after all: what FFmpeg asked for, passed as it is.
-        assert bridge.setup_reply(b"2", 200, "RTP/AVP/TCP;unicast;interleaved=0-1") is None
-        assert bridge.setup_reply(b"9", 200, "RTP/AVP;server_port=6970-6971") is None  # no SETUP
-        answer = "RTP/AVP;unicast;client_port=1-2;server_port=6970-6971;ssrc=00C0FFEE"
-        assert bridge.setup_reply(b"2", 200, answer) == (
+        track = bridge._tracks[-1]
+        assert track.rtp.getsockname() == ("127.0.0.1", rtp)  # where the camera is reached
+        answer = f"RTP/AVP;unicast;client_port={rtp}-{rtcp};server_port={server}-{server + 1}"
+        assert bridge.reply(200, f"{answer};ssrc=00C0FFEE") == (
             "RTP/AVP/TCP;unicast;interleaved=0-1;ssrc=00C0FFEE"
         )
-        # Without a CSeq, or asking for UDP itself, a request is passed as it is.
-        assert bridge.request("SETUP", None, "RTP/AVP/TCP;interleaved=2-3") is None
-        assert bridge.request("SETUP", b"3", "RTP/AVP;client_port=5000-5001") is None
-        # Beyond MAX_UDP_TRACKS SETUPs, the camera is asked for interleaved RTP.
-        for cseq in range(10, 10 + rtsp_guard.MAX_UDP_TRACKS):
-            bridge.request("SETUP", str(cseq).encode(), "RTP/AVP/TCP;interleaved=2-3")
-        assert bridge.request("SETUP", b"99", "RTP/AVP/TCP;interleaved=4-5") is None
+        await asyncio.sleep(0.05)
+        # FFmpeg's punches, from the relay's ports to the camera's: the path is open.
+        assert _receive(camera_rtp) == [rtsp_guard._RTP_PUNCH]
+        assert _receive(camera_rtcp) == [rtsp_guard._RTCP_REPORT]
+        # An interleaved RTCP packet from the client goes to the camera's RTCP port only.
+        bridge.from_client(1, b"\x81\xc9\x00\x01report")
+        bridge.from_client(0, b"\x80\x60\x00\x01not-rtcp")
+        await asyncio.sleep(0.05)
+        assert _receive(camera_rtcp) == [b"\x81\xc9\x00\x01report"]
+        assert _receive(camera_rtp) == []
+        # PLAY opens the path again; media then brings a report every RTCP_INTERVAL.
+        bridge.request("PLAY", None)
+        bridge.reply(200, None)
+        bridge.client_written(True)
+        bridge.from_camera(0, [(RTP_A, "127.0.0.1")])
+        bridge.from_camera(0, [(RTP_B, "127.0.0.1")])
+        await asyncio.sleep(0.05)
+        assert _receive(camera_rtp) == [rtsp_guard._RTP_PUNCH]
+        assert _receive(camera_rtcp) == [rtsp_guard._RTCP_REPORT] * 2  # PLAY's, then the first
+        assert client.written == [_frame(0, RTP_A), _frame(0, RTP_B)]
+        # The camera chose interleaved after all: what FFmpeg asked for, passed as it is.
+        bridge.request("SETUP", "RTP/AVP/TCP;unicast;interleaved=2-3")
+        assert bridge.reply(200, "RTP/AVP/TCP;unicast;interleaved=2-3") is None
+        # No server_port: bridged, with nothing to send RTCP to (as FFmpeg would do).
+        bridge.request("SETUP", "RTP/AVP/TCP;unicast;interleaved=4-5")
+        assert bridge.reply(200, "RTP/AVP;unicast;client_port=1-2") == (
+            "RTP/AVP/TCP;unicast;interleaved=4-5"
+        )
+        # Multicast, or another profile: refused, never a transport FFmpeg did not ask for.
+        for other in ("RTP/AVP;multicast;port=5000-5001", "RAW/RAW/UDP;unicast"):
+            bridge.request("SETUP", "RTP/AVP/TCP;unicast;interleaved=6-7")
+            with pytest.raises(rtsp_guard._RefusedError):
+                bridge.reply(200, other)
+        # Asking for UDP itself, a request is passed as it is.
+        assert bridge.request("SETUP", "RTP/AVP;client_port=5000-5001") is None
+        # Up to MAX_UDP_TRACKS SETUPs are bridged; beyond, the camera is asked for TCP.
+        while len(bridge._tracks) < rtsp_guard.MAX_UDP_TRACKS - 1:
+            assert bridge.request("SETUP", "RTP/AVP/TCP;interleaved=8-9") is not None
+        assert bridge.request("SETUP", "RTP/AVP/TCP;interleaved=8-9") is not None  # the last
+        assert bridge.request("SETUP", "RTP/AVP/TCP;interleaved=8-9") is None
+        sockets = [sock for each in bridge._tracks for sock in (each.rtp, each.rtcp)]
+        numbers = [sock.fileno() for sock in sockets]
+        bridge.close()
+        # Closed, and no longer watched by the event loop (a closed socket left
+        # registered would confuse the next socket given its number).
+        assert all(sock.fileno() == -1 for sock in sockets)
+        assert not any(asyncio.get_running_loop().remove_reader(fd) for fd in numbers)
     finally:
         bridge.close()
+        camera_rtp.close()
+        camera_rtcp.close()
+
+
+def test_udp_ports_are_not_handed_out_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A port an earlier bridge had is skipped while remembered, odd ports too (RTP is even)."""
+    offered = iter([40000, 40003, 40002, 40004])  # what the kernel hands out for port 0
+
+    class Sock:
+        """A UDP socket whose port-0 binds get the next offered port."""
+
+        def __init__(self, *_args: Any) -> None:
+            self.port = 0
+
+        def bind(self, address: tuple[str, int]) -> None:
+            self.port = address[1] or next(offered)
+
+        def getsockname(self) -> tuple[str, int]:
+            return ("127.0.0.1", self.port)
+
+        def setsockopt(self, *_args: Any) -> None:
+            return None
+
+        def setblocking(self, _flag: bool) -> None:
+            return None
+
+        def close(self) -> None:
+            return None
+
+    monkeypatch.setattr(rtsp_guard, "_USED_UDP_PORTS", OrderedDict({40000: None, 40001: None}))
+    monkeypatch.setattr(rtsp_guard.socket, "socket", Sock)
+    rtp, rtcp = rtsp_guard._bind_udp_pair("127.0.0.1")
+    # 40000 was used before, 40003 is odd: the pair is 40002-40003.
+    assert (rtp.getsockname()[1], rtcp.getsockname()[1]) == (40002, 40003)
+    assert list(rtsp_guard._USED_UDP_PORTS) == [40000, 40001, 40002, 40003]
+
+
+@pytest.mark.parametrize("length", [0, 4, 7])
+def test_an_interleaved_frame_ffmpeg_reads_two_ways_ends_the_session(length: int) -> None:
+    """Under 8 bytes FFmpeg skips the payload awaiting a reply, but reads it as text streaming."""
+    check = ReplyFilter(ADDRESS)
+    assert check.feed(b"$\x00\x00\x08" + bytes(8)) == b"$\x00\x00\x08" + bytes(8)
+    with pytest.raises(rtsp_guard._RefusedError):
+        check.feed(b"$\x00" + length.to_bytes(2) + b"RTSP/1.0 302 Found\r\n"[:length])
+
+
+def test_the_filter_says_whether_it_stopped_between_messages() -> None:
+    """A body or frame passed only in part leaves FFmpeg in the middle of a message."""
+    check = ReplyFilter(ADDRESS)
+    check.feed(b"RTSP/1.0 200 OK\r\nCSeq: 4\r\nContent-Length: 10\r\n\r\nhello")
+    assert not check.between_messages
+    check.feed(b"world")
+    assert check.between_messages
+    check.feed(b"$\x00\x00\x0c" + bytes(5))
+    assert not check.between_messages
+    check.feed(bytes(7) + b"RTSP/1.0 200")  # a head in part is held back, not passed
+    assert check.between_messages
+
+
+async def test_the_relay_writes_datagrams_only_between_the_camera_s_messages(
+    socket_enabled: None,
+) -> None:
+    """A reply arriving in two parts: a datagram in between waits until the reply is whole."""
+
+    class Writer(_Client):
+        async def drain(self) -> None:
+            return None
+
+    guard = RtspGuard()
+    try:
+        guard.url(await NetPolicy().check("rtsp://127.0.0.1:8554/x"), None, None, udp=True)
+        listener = next(iter(guard._listeners.values()))
+        client = Writer()
+        bridge = rtsp_guard._UdpBridge(listener, "127.0.0.1", client)  # type: ignore[arg-type]
+        camera = asyncio.StreamReader()
+        relaying = asyncio.create_task(
+            listener._filter(camera, client, bytearray(), bridge)  # type: ignore[arg-type]
+        )
+        bridge.request("PLAY", None)
+        camera.feed_data(b"RTSP/1.0 200 OK\r\nCSeq: 3\r\nSession: 1\r\n\r\n")
+        await asyncio.sleep(0.01)
+        bridge.from_camera(0, [(RTP_A, "127.0.0.1")])
+        assert client.written[-1] == _frame(0, RTP_A)
+        bridge.request("GET_PARAMETER", None)  # a keep-alive; its reply comes in two parts
+        camera.feed_data(b"RTSP/1.0 200 OK\r\nCSeq: 4\r\nContent-Length: 10\r\n\r\nhello")
+        await asyncio.sleep(0.01)
+        bridge.from_camera(0, [(RTP_B, "127.0.0.1")])
+        assert client.written[-1].endswith(b"hello")
+        camera.feed_data(b"world")
+        await asyncio.sleep(0.01)
+        assert client.written[-2:] == [b"world", _frame(0, RTP_B)]
+        camera.feed_eof()
+        await relaying
+        bridge.close()
+    finally:
+        await guard.close()

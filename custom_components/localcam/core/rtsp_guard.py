@@ -84,9 +84,26 @@ _BACKLOG: Final = 8
 # UDP cameras (see _UdpBridge). Tracks per session (video, audio, metadata and
 # SETUP retries after a 401); beyond this a SETUP passes unchanged (interleaved).
 MAX_UDP_TRACKS: Final = 8
-# Datagrams held until the reply to PLAY has passed, or while a reply is only
-# partly passed; later ones are dropped beyond this (media may drop, not queue).
-MAX_HELD_DATAGRAMS: Final = 1024
+# FFmpeg reads an interleaved frame shorter than this as RTSP text while it
+# streams (ff_rtsp_tcp_read_packet), and skips it while it waits for a reply.
+# No RTP or RTCP packet is that short.
+MIN_FRAME: Final = 8
+# Bytes of datagrams held until the reply to PLAY has passed, or while a reply
+# is only partly passed; later ones are dropped beyond this (media may drop).
+MAX_HELD_BYTES: Final = 2 * 1024 * 1024
+# Outstanding requests remembered (FFmpeg waits for each reply; its keep-alive
+# may be answered later).
+_MAX_PENDING: Final = 16
+# Seconds between the relay's own RTCP receiver reports to the camera while
+# media flows (some cameras end a UDP session that hears none).
+RTCP_INTERVAL: Final = 5.0
+# Receive buffer asked for each RTP port: a keyframe's burst waits there while
+# the event loop is busy (the kernel caps it at net.core.rmem_max).
+_UDP_RCVBUF: Final = 2 * 1024 * 1024
+# What FFmpeg sends to open the path (rtp_send_punch_packets): an empty RTP
+# packet and an empty receiver report.
+_RTP_PUNCH: Final = bytes((0x80, 0)) + bytes(10)
+_RTCP_REPORT: Final = bytes((0x80, 201, 0, 1)) + bytes(4)
 # FFmpeg's unread bytes beyond which a datagram is dropped rather than queued.
 MAX_CLIENT_BACKLOG: Final = 4 * 1024 * 1024
 _UDP_BIND_ATTEMPTS: Final = 16
@@ -219,14 +236,15 @@ def _interleaved(value: str) -> tuple[int, int] | None:
     return _pair(params["interleaved"], 255)
 
 
-def _udp_answer(value: str) -> tuple[tuple[int, int], str | None] | None:
-    """The camera's UDP ports (and SSRC) from a SETUP reply, if it answered UDP."""
+def _udp_answer(value: str) -> tuple[tuple[int, int] | None, str | None] | None:
+    """The camera's UDP ports (None if it names none) and SSRC, if it answered unicast UDP."""
     proto, params = _transport_params(value)
-    if proto not in ("RTP/AVP", "RTP/AVP/UDP") or "server_port" not in params:
+    if proto not in ("RTP/AVP", "RTP/AVP/UDP") or "multicast" in params:
         return None
-    ports = _pair(params["server_port"], 65535)
-    if ports is None or 0 in ports:
-        return None
+    # Without a usable server_port FFmpeg sends no RTCP (port 0); nor does the relay.
+    ports = _pair(params.get("server_port", ""), 65535)
+    if ports is not None and 0 in ports:
+        ports = None
     ssrc = params.get("ssrc")
     if ssrc is not None and not (0 < len(ssrc) <= 8 and all(c in _HEX for c in ssrc)):
         ssrc = None
@@ -322,8 +340,13 @@ class ReplyFilter:
                 if buf[pos] == 0x24:  # "$": channel, 16-bit length, RTP/RTCP payload
                     if end - pos < 4:
                         break
+                    length = int.from_bytes(buf[pos + 2 : pos + 4])
+                    if length < MIN_FRAME:
+                        # FFmpeg skips such a payload while it waits for a reply,
+                        # but reads it as text while streaming: two readings.
+                        raise _RefusedError("an interleaved frame FFmpeg reads two ways")
                     out += buf[pos : pos + 4]
-                    self._left = int.from_bytes(buf[pos + 2 : pos + 4])
+                    self._left = length
                     pos += 4
                     self._crs = 0
                     continue
@@ -351,24 +374,21 @@ class ReplyFilter:
             raise _RefusedError(f"a {status} redirect", status)
         length = 0
         rewritten = False
-        bridge = self.bridge
-        cseq = _header(lines, b"cseq") if bridge is not None and status is not None else None
+        bridged = None
+        if self.bridge is not None and status is not None:
+            value = _header(lines, b"transport")
+            bridged = self.bridge.reply(status, None if value is None else value.decode("latin-1"))
         for index, line in enumerate(lines[1:], start=1):
             lower = line.lower()
             # av_stristart: the name at the very start of the line, any case.
             if lower.startswith(b"content-length:"):
                 length = _c_int(line[15:])  # the last one wins, as in FFmpeg
             elif lower.startswith(b"transport:"):
-                value = line[10:].strip().decode("latin-1")
-                new = None
-                if bridge is not None and cseq is not None and status is not None:
-                    new = bridge.setup_reply(cseq, status, value)
-                if new is None:
-                    new = _rewrite_transport(value, self.address)
+                new = bridged or _rewrite_transport(
+                    line[10:].strip().decode("latin-1"), self.address
+                )
                 raw_lines[index] = b"Transport: " + new.encode("latin-1") + b"\r"
                 rewritten = True
-        if bridge is not None and cseq is not None and status is not None:
-            bridge.reply_seen(cseq, status)
         if length > MAX_BODY:
             raise _RefusedError("a body length beyond the cap")
         if rewritten:
@@ -398,6 +418,8 @@ def _cseq_of(data: bytes) -> bytes | None:
 # took the same port, a session still holding the old URL would reach that
 # camera. So no relay port is handed out twice while it is remembered here.
 _USED_PORTS: Final[OrderedDict[int, None]] = OrderedDict()
+# The same for the UDP bridge's ports (see _bind_udp_pair).
+_USED_UDP_PORTS: Final[OrderedDict[int, None]] = OrderedDict()
 _REMEMBERED_PORTS: Final = 4096
 _BIND_ATTEMPTS: Final = 16
 
@@ -430,16 +452,21 @@ def _bind_unused_port() -> socket.socket:
 
 
 def _bind_udp_pair(host: str) -> tuple[socket.socket, socket.socket]:
-    """Two UDP sockets on ``host``, on an even port and the next (RTP, RTCP)."""
+    """Two UDP sockets on ``host``, on an even port and the next (RTP, RTCP).
+
+    Never a port a bridge of this process has used while it is remembered:
+    a camera still streaming to an old session's port must not reach a new
+    session (of another stream of the same device, say) that got it again.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    held: list[socket.socket] = []  # odd or unpaired ports, kept so the kernel moves on
+    held: list[socket.socket] = []  # unusable ports, kept so the kernel moves on
     try:
         for _ in range(_UDP_BIND_ATTEMPTS):
             rtp = socket.socket(family, socket.SOCK_DGRAM)
             held.append(rtp)
             rtp.bind((host, 0))
             port = rtp.getsockname()[1]
-            if port % 2 or port >= 65535:
+            if port % 2 or port >= 65535 or port in _USED_UDP_PORTS or port + 1 in _USED_UDP_PORTS:
                 continue
             rtcp = socket.socket(family, socket.SOCK_DGRAM)
             try:
@@ -448,8 +475,14 @@ def _bind_udp_pair(host: str) -> tuple[socket.socket, socket.socket]:
                 rtcp.close()
                 continue
             held.remove(rtp)
+            with contextlib.suppress(OSError):
+                rtp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _UDP_RCVBUF)
             rtp.setblocking(False)
             rtcp.setblocking(False)
+            for used in (port, port + 1):
+                _USED_UDP_PORTS[used] = None
+            while len(_USED_UDP_PORTS) > _REMEMBERED_PORTS:
+                _USED_UDP_PORTS.popitem(last=False)
             return rtp, rtcp
         raise OSError("no free UDP port pair")
     finally:
@@ -484,19 +517,28 @@ class _UdpBridge:
 
     FFmpeg always speaks interleaved RTP over TCP to the relay. For a camera
     set to UDP, the relay asks the camera for UDP instead, on ports of its own
-    bound on the address that faces the camera, and turns the camera's answer
+    bound on the address that faces the camera (never handed out twice while
+    remembered, like the relay's TCP ports), and turns the camera's answer
     back into the interleaved transport FFmpeg asked for. Only datagrams from
     the checked address are passed on, framed as FFmpeg's channels: a packet
     from any other sender (another device, or a camera still streaming to a
-    port an earlier session had) never reaches FFmpeg. Left to itself, FFmpeg
+    port another session had) never reaches FFmpeg. Left to itself, FFmpeg
     takes UDP packets from any sender (Home Assistant's stream gives it no
-    option to filter them). FFmpeg's RTCP reports go to the camera's ports.
+    option to filter them).
 
-    A datagram is written between two messages only, and only after the
-    reply to PLAY has passed (FFmpeg drops data that comes before it); the
-    ones that must wait are held, a bounded number. The ports are read
-    straight from their sockets, every datagram waiting at once (a
-    keyframe's burst), and handed on in one write.
+    As FFmpeg does over UDP, the relay opens the path (a host firewall lets
+    the camera's packets in once the relay has sent to it): an empty RTP
+    packet and an empty RTCP receiver report to the camera's ports after
+    SETUP and PLAY, and a report every RTCP_INTERVAL while media flows.
+    FFmpeg's own interleaved RTCP, if any, goes to the camera's RTCP port.
+
+    Replies are matched to requests in order (FFmpeg waits for each reply;
+    a CSeq that is missing or wrong only makes FFmpeg warn). A datagram is
+    written between two messages only, and only after the reply to PLAY has
+    passed (FFmpeg drops data that comes before it); the ones that must wait
+    are held, MAX_HELD_BYTES at most. The ports are read straight from their
+    sockets, every datagram waiting at once (a keyframe's burst), and handed
+    on in one write.
     """
 
     def __init__(
@@ -511,23 +553,22 @@ class _UdpBridge:
         self._camera_text = str(listener.address)  # how the socket names it, mostly
         self._local_host = local_host
         self._client = client
-        # Requests by CSeq (bounded: FFmpeg waits for each reply).
-        self._requests: OrderedDict[bytes, tuple[str, _Track | None]] = OrderedDict()
+        self._pending: deque[tuple[str, _Track | None]] = deque(maxlen=_MAX_PENDING)
         self._tracks: list[_Track] = []
         self._channels: dict[int, _Track] = {}
-        self._held: deque[bytes] = deque()
+        self._held: list[bytes] = []
+        self._held_bytes = 0
         self._play_answered = False
         self._playing = False
         self._between_messages = True
+        self._last_report = 0.0
 
-    def request(self, method: str, cseq: bytes | None, transport: str | None) -> str | None:
+    def request(self, method: str, transport: str | None) -> str | None:
         """Note a request; for a SETUP asking for interleaved RTP, the UDP transport to ask instead.
 
         None passes the request unchanged: not a SETUP, or one the bridge
         cannot take (then the camera is asked for interleaved RTP, as FFmpeg did).
         """
-        if cseq is None:
-            return None
         track = None
         if (
             method == "SETUP"
@@ -539,9 +580,7 @@ class _UdpBridge:
                 track = self._open(channels)
             except OSError as err:
                 _LOGGER.debug("Relay to %s: no UDP ports (%s); asking for TCP", self._camera, err)
-        self._requests[cseq] = (method, track)
-        while len(self._requests) > MAX_UDP_TRACKS:
-            self._requests.popitem(last=False)
+        self._pending.append((method, track))
         if track is None:
             return None
         rtp, rtcp = track.ports
@@ -556,24 +595,44 @@ class _UdpBridge:
         self._loop.add_reader(rtcp, self._readable, rtcp, channels[1])
         return track
 
-    def setup_reply(self, cseq: bytes, status: int, transport: str) -> str | None:
-        """The transport FFmpeg gets for a bridged SETUP's reply; None to pass it as it is."""
-        _, track = self._requests.get(cseq, ("", None))
-        if track is None or not 200 <= status < 300:
+    def reply(self, status: int, transport: str | None) -> str | None:
+        """A reply is about to pass: the Transport FFmpeg gets instead, if any.
+
+        A successful PLAY's reply lets the media through once it is written.
+        A bridged SETUP answered with UDP gets the interleaved transport FFmpeg
+        asked for; answered with interleaved RTP, it passes as it is (what
+        FFmpeg asked for); answered with anything else, it is refused
+        (FFmpeg, which asked for TCP, would fail on it anyway).
+        """
+        if not self._pending:
+            return None  # an answer to nothing the client asked
+        method, track = self._pending.popleft()
+        if not 200 <= status < 300:
+            return None
+        if method == "PLAY":
+            self._play_answered = True
+            for each in self._tracks:
+                self._punch(each)
+            return None
+        if track is None or transport is None:
+            return None
+        if _transport_params(transport)[0] == "RTP/AVP/TCP":
             return None
         if (answer := _udp_answer(transport)) is None:
-            return None  # the camera chose otherwise (interleaved): what FFmpeg asked for
+            raise _RefusedError("a SETUP answer the relay cannot take over UDP")
         track.server, ssrc = answer
         self._channels[track.rtp_channel] = track
         self._channels[track.rtcp_channel] = track
+        self._punch(track)
         tcp = f"RTP/AVP/TCP;unicast;interleaved={track.rtp_channel}-{track.rtcp_channel}"
         return tcp if ssrc is None else f"{tcp};ssrc={ssrc}"
 
-    def reply_seen(self, cseq: bytes, status: int) -> None:
-        """A reply is about to pass: a successful PLAY's lets the media through after it."""
-        method, _ = self._requests.pop(cseq, ("", None))
-        if method == "PLAY" and 200 <= status < 300:
-            self._play_answered = True
+    def _punch(self, track: _Track) -> None:
+        """Open the path from the camera's ports to the relay's, as FFmpeg does."""
+        if track.server is not None:
+            with contextlib.suppress(OSError):  # best effort (a full buffer, an ICMP error)
+                track.rtp.sendto(_RTP_PUNCH, (self._camera_text, track.server[0]))
+                track.rtcp.sendto(_RTCP_REPORT, (self._camera_text, track.server[1]))
 
     def client_written(self, between_messages: bool) -> None:
         """What the filter passed is written; hand over held datagrams if they may go now."""
@@ -583,6 +642,7 @@ class _UdpBridge:
         if self._held and self._playing and between_messages:
             self._send(b"".join(self._held))
             self._held.clear()
+            self._held_bytes = 0
 
     def _readable(self, sock: socket.socket, channel: int) -> None:
         """Read what waits on one of the relay's ports (bounded per call) and hand it on."""
@@ -610,13 +670,24 @@ class _UdpBridge:
                     sender,
                 )
                 continue
-            frames.append(b"$" + bytes((channel,)) + len(data).to_bytes(2) + data)
+            if len(data) >= MIN_FRAME:  # shorter: a keep-alive, and FFmpeg would misread it
+                frames.append(b"$" + bytes((channel,)) + len(data).to_bytes(2) + data)
         if not frames:
             return
         if self._playing and self._between_messages and not self._held:
             self._send(b"".join(frames))
-        else:
-            self._held.extend(frames[: MAX_HELD_DATAGRAMS - len(self._held)])
+            if (now := self._loop.time()) - self._last_report >= RTCP_INTERVAL:
+                self._last_report = now
+                for track in self._tracks:
+                    if track.server is not None:
+                        with contextlib.suppress(OSError):
+                            track.rtcp.sendto(_RTCP_REPORT, (self._camera_text, track.server[1]))
+            return
+        for frame in frames:
+            if self._held_bytes + len(frame) > MAX_HELD_BYTES:
+                break
+            self._held.append(frame)
+            self._held_bytes += len(frame)
 
     def _is_camera(self, sender: str) -> bool:
         """Whether another spelling of an address (IPv4-mapped, a zone) is the camera's."""
@@ -635,7 +706,7 @@ class _UdpBridge:
         self._client.write(frame)
 
     def from_client(self, channel: int, payload: bytes) -> None:
-        """FFmpeg's interleaved RTCP report: to the camera's RTCP port."""
+        """An interleaved RTCP packet from the client: to the camera's RTCP port."""
         track = self._channels.get(channel)
         if track is not None and track.server is not None and channel == track.rtcp_channel:
             with contextlib.suppress(OSError):  # a report may drop (buffer full, ICMP error)
@@ -647,6 +718,7 @@ class _UdpBridge:
             track.close(self._loop)
         self._tracks.clear()
         self._held.clear()
+        self._held_bytes = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -765,10 +837,10 @@ class _Listener:
             # left unretrieved. A broken connection just ends the session.
             for task in directions:
                 task.cancel()
+            if bridge is not None:
+                bridge.close()  # before any await: a second cancel must not skip it
             outcomes = await asyncio.gather(*directions, return_exceptions=True)
             up_writer.transport.abort()
-            if bridge is not None:
-                bridge.close()
         for outcome in outcomes:
             if isinstance(outcome, Exception) and not isinstance(outcome, OSError):
                 raise outcome
@@ -815,7 +887,6 @@ class _Listener:
                 transport = _header(lines, b"transport")
                 new = bridge.request(
                     _word(lines[0], 0)[0].decode("latin-1").upper(),
-                    _header(lines, b"cseq"),
                     None if transport is None else transport.decode("latin-1"),
                 )
                 if new is not None:
