@@ -877,7 +877,7 @@ async def _frames(reader: asyncio.StreamReader, seconds: float) -> list[tuple[in
 
 
 async def test_a_udp_camera_streams_to_the_relay_and_only_its_own_datagrams_pass(
-    socket_enabled: None,
+    socket_enabled: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Set to UDP, the camera sends RTP to the relay's ports; FFmpeg gets it interleaved.
 
@@ -888,6 +888,8 @@ async def test_a_udp_camera_streams_to_the_relay_and_only_its_own_datagrams_pass
     keep coming. Left to itself, FFmpeg takes UDP packets from any sender.
     """
     pytest_socket.socket_allow_hosts(["127.0.0.1", "127.0.0.2"])
+    # The relay's own reports (after PLAY, then with the first media) and no more.
+    monkeypatch.setattr(rtsp_guard, "RTCP_INTERVAL", 3600.0)
     cam = VirtualCamera(camera_config("u", 3, username=None, password=None, http_snapshot=False))
     await cam.start()
     guard = RtspGuard()
@@ -1065,6 +1067,20 @@ class _Client:
 
     def write(self, data: bytes) -> None:
         self.written.append(data)
+
+    async def drain(self) -> None:
+        return None
+
+
+@asynccontextmanager
+async def _udp_listener() -> AsyncIterator[Any]:
+    """A listener of a relay for a camera set to UDP (nothing connects to it here)."""
+    guard = RtspGuard()
+    try:
+        guard.url(await NetPolicy().check("rtsp://127.0.0.1:8554/x"), None, None, udp=True)
+        yield next(iter(guard._listeners.values()))
+    finally:
+        await guard.close()
 
 
 class _Listener:
@@ -1291,12 +1307,20 @@ def test_udp_ports_are_not_handed_out_twice(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 @pytest.mark.parametrize("length", [0, 4, 7])
-def test_an_interleaved_frame_ffmpeg_reads_two_ways_ends_the_session(length: int) -> None:
-    """Under 8 bytes FFmpeg skips the payload awaiting a reply, but reads it as text streaming."""
+def test_an_interleaved_frame_ffmpeg_reads_two_ways_is_dropped_whole(length: int) -> None:
+    """Under 8 bytes FFmpeg skips the payload awaiting a reply, but reads it as text streaming.
+
+    No RTP or RTCP packet is that short (a keep-alive is): the relay drops
+    it, header and payload, even split across reads, and passes what follows.
+    """
     check = ReplyFilter(ADDRESS)
-    assert check.feed(b"$\x00\x00\x08" + bytes(8)) == b"$\x00\x00\x08" + bytes(8)
-    with pytest.raises(rtsp_guard._RefusedError):
-        check.feed(b"$\x00" + length.to_bytes(2) + b"RTSP/1.0 302 Found\r\n"[:length])
+    frame = b"$\x00\x00\x08" + bytes(8)
+    short = b"$\x00" + length.to_bytes(2) + b"RTSP/1.0 302 Found\r\n"[:length]
+    assert check.feed(frame + short[:3]) == frame
+    assert check.feed(short[3:5]) == b""
+    assert check.feed(short[5:] + frame) == frame
+    assert check.frames_dropped == 1
+    assert check.between_messages
 
 
 def test_the_filter_says_whether_it_stopped_between_messages() -> None:
@@ -1316,36 +1340,78 @@ async def test_the_relay_writes_datagrams_only_between_the_camera_s_messages(
     socket_enabled: None,
 ) -> None:
     """A reply arriving in two parts: a datagram in between waits until the reply is whole."""
-
-    class Writer(_Client):
-        async def drain(self) -> None:
-            return None
-
-    guard = RtspGuard()
-    try:
-        guard.url(await NetPolicy().check("rtsp://127.0.0.1:8554/x"), None, None, udp=True)
-        listener = next(iter(guard._listeners.values()))
-        client = Writer()
+    async with _udp_listener() as listener:
+        client = _Client()
         bridge = rtsp_guard._UdpBridge(listener, "127.0.0.1", client)  # type: ignore[arg-type]
         camera = asyncio.StreamReader()
-        relaying = asyncio.create_task(
+        relaying: asyncio.Task[None] = asyncio.create_task(
             listener._filter(camera, client, bytearray(), bridge)  # type: ignore[arg-type]
         )
-        bridge.request("PLAY", None)
-        camera.feed_data(b"RTSP/1.0 200 OK\r\nCSeq: 3\r\nSession: 1\r\n\r\n")
-        await asyncio.sleep(0.01)
+        try:
+            await _two_part_reply(bridge, camera, client)
+        finally:
+            relaying.cancel()  # ends at EOF; cancelled only if an assertion failed first
+            await asyncio.gather(relaying, return_exceptions=True)
+            bridge.close()
+
+
+async def _two_part_reply(bridge: Any, camera: asyncio.StreamReader, client: _Client) -> None:
+    """PLAY, media, then a keep-alive's reply in two parts with a datagram in between."""
+    bridge.request("PLAY", None)
+    camera.feed_data(b"RTSP/1.0 200 OK\r\nCSeq: 3\r\nSession: 1\r\n\r\n")
+    await asyncio.sleep(0.01)
+    bridge.from_camera(0, [(RTP_A, "127.0.0.1")])
+    assert client.written[-1] == _frame(0, RTP_A)
+    bridge.request("GET_PARAMETER", None)  # a keep-alive; its reply comes in two parts
+    camera.feed_data(b"RTSP/1.0 200 OK\r\nCSeq: 4\r\nContent-Length: 10\r\n\r\nhello")
+    await asyncio.sleep(0.01)
+    bridge.from_camera(0, [(RTP_B, "127.0.0.1")])
+    assert client.written[-1].endswith(b"hello")
+    camera.feed_data(b"world")
+    await asyncio.sleep(0.01)
+    assert client.written[-2:] == [b"world", _frame(0, RTP_B)]
+    camera.feed_eof()
+
+
+async def test_ffmpeg_s_answers_to_the_camera_are_no_requests(socket_enabled: None) -> None:
+    """FFmpeg answers a camera's own OPTIONS; that answer must not shift reply matching.
+
+    Replies are matched to FFmpeg's requests in order: an answer counted as
+    a request would give the SETUP's reply to the wrong request, and PLAY's
+    reply would never open the media.
+    """
+
+    async with _udp_listener() as listener:
+        to_camera, to_ffmpeg = _Client(), _Client()
+        bridge = rtsp_guard._UdpBridge(listener, "127.0.0.1", to_ffmpeg)  # type: ignore[arg-type]
+        ffmpeg = asyncio.StreamReader()
+        ffmpeg.feed_data(
+            b"SETUP rtsp://127.0.0.1:8554/x/trackID=0 RTSP/1.0\r\nCSeq: 2\r\n"
+            b"Transport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n\r\n"
+            b"RTSP/1.0 200 OK\r\nCSeq: 7\r\n\r\n"  # FFmpeg answering the camera's OPTIONS
+            b"$\x01\x00\x08"
+            + bytes(8)  # and an interleaved RTCP packet of its own
+            + b"PLAY rtsp://127.0.0.1:8554/x RTSP/1.0\r\nCSeq: 3\r\nSession: 1\r\n\r\n"
+        )
+        ffmpeg.feed_eof()
+        await listener._copy_bridged(ffmpeg, to_camera, bytearray(), bridge)  # type: ignore[arg-type]
+        sent = b"".join(to_camera.written)
+        assert b"Transport: RTP/AVP;unicast;client_port=" in sent
+        assert b"RTSP/1.0 200 OK\r\nCSeq: 7\r\n\r\n" in sent  # passed on, unchanged
+        answer = "RTP/AVP;unicast;server_port=6970-6971"
+        assert bridge.reply(200, answer) == "RTP/AVP/TCP;unicast;interleaved=0-1"
+        assert bridge.reply(200, None) is None  # PLAY's reply
+        bridge.client_written(True)
         bridge.from_camera(0, [(RTP_A, "127.0.0.1")])
-        assert client.written[-1] == _frame(0, RTP_A)
-        bridge.request("GET_PARAMETER", None)  # a keep-alive; its reply comes in two parts
-        camera.feed_data(b"RTSP/1.0 200 OK\r\nCSeq: 4\r\nContent-Length: 10\r\n\r\nhello")
-        await asyncio.sleep(0.01)
-        bridge.from_camera(0, [(RTP_B, "127.0.0.1")])
-        assert client.written[-1].endswith(b"hello")
-        camera.feed_data(b"world")
-        await asyncio.sleep(0.01)
-        assert client.written[-2:] == [b"world", _frame(0, RTP_B)]
-        camera.feed_eof()
-        await relaying
+        assert to_ffmpeg.written == [_frame(0, RTP_A)]
         bridge.close()
-    finally:
-        await guard.close()
+
+
+@pytest.mark.parametrize(("size", "passed"), [(7, False), (8, True)])
+async def test_datagrams_under_8_bytes_are_not_framed(size: int, passed: bool) -> None:
+    """FFmpeg would read a frame under 8 bytes as RTSP text: such a datagram is dropped."""
+    bridge, client, listener = _bridge()
+    _playing(bridge)
+    bridge.from_camera(0, [(bytes(size), "127.0.0.1")])
+    assert client.written == ([_frame(0, bytes(size))] if passed else [])
+    assert listener.guard.datagrams_refused == 0  # the camera's own: not counted as foreign

@@ -86,7 +86,8 @@ _BACKLOG: Final = 8
 MAX_UDP_TRACKS: Final = 8
 # FFmpeg reads an interleaved frame shorter than this as RTSP text while it
 # streams (ff_rtsp_tcp_read_packet), and skips it while it waits for a reply.
-# No RTP or RTCP packet is that short.
+# No RTP or RTCP packet is that short: the relay drops such frames (and such
+# datagrams) whole, so FFmpeg never has to choose.
 MIN_FRAME: Final = 8
 # Bytes of datagrams held until the reply to PLAY has passed, or while a reply
 # is only partly passed; later ones are dropped beyond this (media may drop).
@@ -268,7 +269,9 @@ class ReplyFilter:
     # into the interleaved transport FFmpeg asked for (see _UdpBridge).
     bridge: _UdpBridge | None = None
     _buffer: bytearray = field(default_factory=bytearray)
+    frames_dropped: int = 0  # $ frames under MIN_FRAME bytes, never passed
     _left: int = 0  # bytes of the current body or $ frame still to pass unread
+    _skip: int = 0  # bytes of a dropped $ frame still to skip (never passed)
     _scanned: int = 0  # how much of a pending head's lines is already read (no rescans)
     _crs: int = 0  # CRs passed at the start of the coming message
 
@@ -324,6 +327,11 @@ class ReplyFilter:
                 pos += take
                 self._left -= take
                 continue
+            if self._skip:
+                take = min(self._skip, end - pos)
+                pos += take
+                self._skip -= take
+                continue
             if not self._scanned:
                 # FFmpeg drops CRs before it looks for the "$" of a frame: passing
                 # them on at once changes nothing it reads, and none is read twice.
@@ -343,10 +351,13 @@ class ReplyFilter:
                     length = int.from_bytes(buf[pos + 2 : pos + 4])
                     if length < MIN_FRAME:
                         # FFmpeg skips such a payload while it waits for a reply,
-                        # but reads it as text while streaming: two readings.
-                        raise _RefusedError("an interleaved frame FFmpeg reads two ways")
-                    out += buf[pos : pos + 4]
-                    self._left = length
+                        # but reads it as text while streaming: two readings. It
+                        # is no RTP or RTCP packet (a keep-alive): dropped whole.
+                        self._skip = length
+                        self.frames_dropped += 1
+                    else:
+                        out += buf[pos : pos + 4]
+                        self._left = length
                     pos += 4
                     self._crs = 0
                     continue
@@ -561,7 +572,7 @@ class _UdpBridge:
         self._play_answered = False
         self._playing = False
         self._between_messages = True
-        self._last_report = 0.0
+        self._last_report = float("-inf")  # the first media brings a report at once
 
     def request(self, method: str, transport: str | None) -> str | None:
         """Note a request; for a SETUP asking for interleaved RTP, the UDP transport to ask instead.
@@ -630,9 +641,12 @@ class _UdpBridge:
     def _punch(self, track: _Track) -> None:
         """Open the path from the camera's ports to the relay's, as FFmpeg does."""
         if track.server is not None:
-            with contextlib.suppress(OSError):  # best effort (a full buffer, an ICMP error)
-                track.rtp.sendto(_RTP_PUNCH, (self._camera_text, track.server[0]))
-                track.rtcp.sendto(_RTCP_REPORT, (self._camera_text, track.server[1]))
+            for sock, packet, port in (
+                (track.rtp, _RTP_PUNCH, track.server[0]),
+                (track.rtcp, _RTCP_REPORT, track.server[1]),
+            ):
+                with contextlib.suppress(OSError):  # best effort (a full buffer, an ICMP error)
+                    sock.sendto(packet, (self._camera_text, port))
 
     def client_written(self, between_messages: bool) -> None:
         """What the filter passed is written; hand over held datagrams if they may go now."""
@@ -885,10 +899,14 @@ class _Listener:
                     return
                 body = await reader.readexactly(length) if length else b""
                 transport = _header(lines, b"transport")
-                new = bridge.request(
-                    _word(lines[0], 0)[0].decode("latin-1").upper(),
-                    None if transport is None else transport.decode("latin-1"),
-                )
+                method = _word(lines[0], 0)[0].decode("latin-1").upper()
+                new = None
+                if not method.startswith("RTSP/"):
+                    # Not FFmpeg's answer to a request of the camera's (an
+                    # OPTIONS or ANNOUNCE): that is no request to match a reply to.
+                    new = bridge.request(
+                        method, None if transport is None else transport.decode("latin-1")
+                    )
                 if new is not None:
                     lines = [
                         b"Transport: " + new.encode("latin-1")
@@ -1038,7 +1056,7 @@ class RtspGuard:
         self.refusals += 1
         listener.log_once(
             "reply",
-            "The camera at %s sent %s; LocalCam refused it, so its stream goes nowhere else",
+            "The camera at %s sent %s; LocalCam refused it and ended that session",
             reason,
         )
         if redirect is not None:
