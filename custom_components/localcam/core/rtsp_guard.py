@@ -237,6 +237,9 @@ def _interleaved(value: str) -> tuple[int, int] | None:
     return _pair(params["interleaved"], 255)
 
 
+_HEX: Final = frozenset("0123456789abcdefABCDEF")
+
+
 def _udp_answer(value: str) -> tuple[tuple[int, int] | None, str | None] | None:
     """The camera's UDP ports (None if it names none) and SSRC, if it answered unicast UDP."""
     proto, params = _transport_params(value)
@@ -250,9 +253,6 @@ def _udp_answer(value: str) -> tuple[tuple[int, int] | None, str | None] | None:
     if ssrc is not None and not (0 < len(ssrc) <= 8 and all(c in _HEX for c in ssrc)):
         ssrc = None
     return ports, ssrc
-
-
-_HEX: Final = frozenset("0123456789abcdefABCDEF")
 
 
 @dataclass(slots=True)
@@ -641,12 +641,13 @@ class _UdpBridge:
     def _punch(self, track: _Track) -> None:
         """Open the path from the camera's ports to the relay's, as FFmpeg does."""
         if track.server is not None:
-            for sock, packet, port in (
-                (track.rtp, _RTP_PUNCH, track.server[0]),
-                (track.rtcp, _RTCP_REPORT, track.server[1]),
-            ):
-                with contextlib.suppress(OSError):  # best effort (a full buffer, an ICMP error)
-                    sock.sendto(packet, (self._camera_text, port))
+            self._to_camera(track.rtp, _RTP_PUNCH, track.server[0])
+            self._to_camera(track.rtcp, _RTCP_REPORT, track.server[1])
+
+    def _to_camera(self, sock: socket.socket, packet: bytes, port: int) -> None:
+        """Send one packet to the camera's port; best effort (a full buffer, an ICMP error)."""
+        with contextlib.suppress(OSError):
+            sock.sendto(packet, (self._camera_text, port))
 
     def client_written(self, between_messages: bool) -> None:
         """What the filter passed is written; hand over held datagrams if they may go now."""
@@ -694,8 +695,7 @@ class _UdpBridge:
                 self._last_report = now
                 for track in self._tracks:
                     if track.server is not None:
-                        with contextlib.suppress(OSError):
-                            track.rtcp.sendto(_RTCP_REPORT, (self._camera_text, track.server[1]))
+                        self._to_camera(track.rtcp, _RTCP_REPORT, track.server[1])
             return
         for frame in frames:
             if self._held_bytes + len(frame) > MAX_HELD_BYTES:
@@ -723,8 +723,7 @@ class _UdpBridge:
         """An interleaved RTCP packet from the client: to the camera's RTCP port."""
         track = self._channels.get(channel)
         if track is not None and track.server is not None and channel == track.rtcp_channel:
-            with contextlib.suppress(OSError):  # a report may drop (buffer full, ICMP error)
-                track.rtcp.sendto(payload, (self._camera_text, track.server[1]))
+            self._to_camera(track.rtcp, payload, track.server[1])
 
     def close(self) -> None:
         """Close every port (the session is over)."""
