@@ -1,14 +1,20 @@
 """Health of one camera: a light DESCRIBE a minute, never an image."""
 
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, override
+from typing import TYPE_CHECKING, Any, Final, override
 
-from homeassistant.core import HomeAssistant
+from homeassistant.core import CALLBACK_TYPE, HomeAssistant, callback
 from homeassistant.exceptions import ConfigEntryAuthFailed
 from homeassistant.helpers import issue_registry as ir
+from homeassistant.helpers.event import async_track_time_interval
 from homeassistant.helpers.update_coordinator import DataUpdateCoordinator, UpdateFailed
 from homeassistant.util import dt as dt_util
+from homeassistant.util.hass_dict import HassKey
+import yarl
 
 from .const import DOMAIN, HEALTH_INTERVAL_SECONDS, LOGGER
 from .core.errors import InvalidAuthError, LocalCamError
@@ -18,6 +24,10 @@ from .core.snapshot import CameraClient
 from .helpers import entry_is_running
 
 IDENTITY_ISSUE_PREFIX = "identity_mismatch_"
+# Checks that one host and port (an NVR serving several channels as several
+# entries) answers at a time; its other checks wait their turn in the round.
+HEALTH_CHECKS_PER_HOST: Final = 2
+DATA_HEALTH_ROUNDS: HassKey[HealthRounds] = HassKey(f"{DOMAIN}_health_rounds")
 
 if TYPE_CHECKING:
     from .data import LocalCamConfigEntry
@@ -40,11 +50,107 @@ class CameraHealth:
     target: Target = field(compare=False)
 
 
+class HealthRounds:
+    """Every LocalCam camera's health check, started together once a minute.
+
+    One timer for all cameras instead of one per coordinator (each of which
+    DataUpdateCoordinator staggers by a random fraction of a second): an idle
+    Home Assistant then wakes once a minute for all its cameras, and their
+    checks run concurrently while the event loop, the interpreter's caches
+    and the CPU are awake. Spread over the minute, every check paid that
+    wake-up alone: measured on this project's machines, a check cost about
+    1.3 ms of CPU alone and 0.3-0.4 ms in a round of 32 (bench/run, idle).
+
+    The rounds keep DataUpdateCoordinator's rules for when to poll: only a
+    coordinator that has listeners (an entity), not while the entry's polling
+    is disabled, not after an authentication failure (the reauth flow
+    reloads the entry), not while Home Assistant stops, and never a second
+    check of one camera while its previous one runs. A refresh asked for
+    otherwise (``homeassistant.update_entity``) works as with any
+    coordinator.
+    """
+
+    def __init__(self, hass: HomeAssistant) -> None:
+        """No timer runs until a camera joins."""
+        self.hass = hass
+        self.interval = timedelta(seconds=HEALTH_INTERVAL_SECONDS)
+        self._members: dict[LocalCamCoordinator, asyncio.Task[None] | None] = {}
+        self._unsub_timer: CALLBACK_TYPE | None = None
+        self._hosts: dict[str, tuple[asyncio.Semaphore, int]] = {}
+
+    @classmethod
+    def of(cls, hass: HomeAssistant) -> HealthRounds:
+        """This Home Assistant's rounds."""
+        if (rounds := hass.data.get(DATA_HEALTH_ROUNDS)) is None:
+            rounds = hass.data[DATA_HEALTH_ROUNDS] = cls(hass)
+        return rounds
+
+    @property
+    def running(self) -> bool:
+        """Whether the round timer runs (some camera is a member)."""
+        return self._unsub_timer is not None
+
+    @callback
+    def async_join(self, coordinator: LocalCamCoordinator) -> None:
+        """Check this camera in every round from now on."""
+        self._members.setdefault(coordinator, None)
+        if self._unsub_timer is None:
+            self._unsub_timer = async_track_time_interval(
+                self.hass,
+                self._async_round,
+                self.interval,
+                name=f"{DOMAIN} health checks",
+                cancel_on_shutdown=True,
+            )
+
+    @callback
+    def async_leave(self, coordinator: LocalCamCoordinator) -> None:
+        """Stop checking this camera; the timer stops with the last one."""
+        self._members.pop(coordinator, None)
+        if not self._members and self._unsub_timer is not None:
+            self._unsub_timer()
+            self._unsub_timer = None
+
+    @callback
+    def _async_round(self, _now: datetime) -> None:
+        """Start every due camera's check (eagerly: each runs to its first wait)."""
+        if self.hass.is_stopping:
+            return
+        for coordinator, previous in list(self._members.items()):
+            if previous is not None and not previous.done():
+                continue  # still checking: a hanging camera gets no second check
+            if not coordinator.polls:
+                continue
+            entry = coordinator.config_entry
+            self._members[coordinator] = entry.async_create_background_task(
+                self.hass,
+                coordinator.async_refresh(),
+                name=f"{coordinator.name} - {entry.title} - refresh",
+                eager_start=True,
+            )
+
+    @asynccontextmanager
+    async def host_slot(self, host: str) -> AsyncIterator[None]:
+        """Hold one of the HEALTH_CHECKS_PER_HOST check slots of ``host`` ("host:port")."""
+        slots, users = self._hosts.get(host) or (asyncio.Semaphore(HEALTH_CHECKS_PER_HOST), 0)
+        self._hosts[host] = (slots, users + 1)
+        try:
+            async with slots:
+                yield
+        finally:
+            users = self._hosts[host][1] - 1
+            if users:
+                self._hosts[host] = (slots, users)
+            else:
+                del self._hosts[host]  # no memory of hosts nobody checks
+
+
 class LocalCamCoordinator(DataUpdateCoordinator[CameraHealth]):
     """Checks that the camera answers; drives entity availability.
 
     DataUpdateCoordinator logs once when the check starts failing and once
     when it recovers, which is the log-when-unavailable behaviour we want.
+    Its own timer is off: HealthRounds checks every camera together.
     """
 
     config_entry: LocalCamConfigEntry
@@ -58,17 +164,68 @@ class LocalCamCoordinator(DataUpdateCoordinator[CameraHealth]):
             LOGGER,
             config_entry=entry,
             name=f"{DOMAIN} {entry.title}",
-            update_interval=timedelta(seconds=HEALTH_INTERVAL_SECONDS),
+            update_interval=None,
             always_update=False,
         )
         self.client = client
         self.last_error: str | None = None
+        self._rounds = HealthRounds.of(hass)
+        # A device serving several streams serves them on one host and port.
+        stream = yarl.URL(client.source.stream_url)
+        self._host = f"{stream.host}:{stream.port}"
+        self._listening = 0
+
+    @property
+    def polls(self) -> bool:
+        """Whether the rounds check this camera (DataUpdateCoordinator's own rules)."""
+        if self.config_entry.pref_disable_polling:
+            return False
+        return self.last_update_success or not isinstance(
+            self.last_exception, ConfigEntryAuthFailed
+        )
+
+    @property
+    def check_interval(self) -> timedelta | None:
+        """How often the rounds check this camera now (None: they do not)."""
+        return self._rounds.interval if self._listening and self.polls else None
+
+    @override
+    @callback
+    def async_add_listener(
+        self, update_callback: CALLBACK_TYPE, context: Any = None
+    ) -> Callable[[], None]:
+        """Join the rounds with the first listener, leave them with the last."""
+        remove = super().async_add_listener(update_callback, context)
+        self._listening += 1
+        if self._listening == 1:
+            self._rounds.async_join(self)
+        removed = False
+
+        @callback
+        def remove_listener() -> None:
+            nonlocal removed
+            if removed:
+                return
+            removed = True
+            remove()
+            self._listening -= 1
+            if not self._listening:
+                self._rounds.async_leave(self)
+
+        return remove_listener
+
+    @override
+    async def async_shutdown(self) -> None:
+        """Leave the rounds too."""
+        self._rounds.async_leave(self)
+        await super().async_shutdown()
 
     @override
     async def _async_update_data(self) -> CameraHealth:
         """Run one health check."""
         try:
-            target = await self.client.check_health()
+            async with self._rounds.host_slot(self._host):
+                target = await self.client.check_health()
         except IdentityMismatchError as err:
             self.last_error = err.translation_key
             # Not for a check that was under way when the entry was unloaded

@@ -102,8 +102,8 @@ def _entry_diagnostics(hass: HomeAssistant, entry: LocalCamConfigEntry) -> dict[
             "last_update_success": coordinator.last_update_success,
             "last_error": coordinator.last_error,
             "last_checked": (coordinator.data.checked_at.isoformat() if coordinator.data else None),
-            "interval_seconds": coordinator.update_interval.total_seconds()
-            if coordinator.update_interval
+            "interval_seconds": coordinator.check_interval.total_seconds()
+            if coordinator.check_interval
             else None,
         },
         "main_stream": runtime.main,

@@ -1,0 +1,175 @@
+"""Health checks: every camera checked in one round a minute, under the coordinator's rules."""
+
+import asyncio
+from datetime import timedelta
+
+from freezegun.api import FrozenDateTimeFactory
+from homeassistant.config_entries import SOURCE_REAUTH, ConfigEntryState
+from homeassistant.const import STATE_UNAVAILABLE
+from homeassistant.core import HomeAssistant
+from homeassistant.setup import async_setup_component
+from homeassistant.util import dt as dt_util
+from pytest_homeassistant_custom_component.common import async_fire_time_changed
+
+from custom_components.localcam.const import DOMAIN, HEALTH_INTERVAL_SECONDS
+from custom_components.localcam.coordinator import HEALTH_CHECKS_PER_HOST, HealthRounds
+from virtualcam import Fault, VirtualCamera
+
+from .conftest import main_entity_id, make_entry, setup_entry
+
+
+async def _tick(hass: HomeAssistant, freezer: FrozenDateTimeFactory, seconds: float) -> None:
+    """Move the clock on, fire what fell due, and let the checks it started finish."""
+    freezer.tick(timedelta(seconds=seconds))
+    async_fire_time_changed(hass)
+    await hass.async_block_till_done(wait_background_tasks=True)
+
+
+async def test_cameras_set_up_apart_are_checked_in_one_round(
+    hass: HomeAssistant,
+    camera: VirtualCamera,
+    rtsp_only_camera: VirtualCamera,
+    freezer: FrozenDateTimeFactory,
+) -> None:
+    """A camera added half a minute after another is checked in the same round as it."""
+    first = make_entry(camera)
+    await setup_entry(hass, first)
+    await _tick(hass, freezer, HEALTH_INTERVAL_SECONDS / 2)
+    second = make_entry(rtsp_only_camera)
+    await setup_entry(hass, second)
+    for _ in range(3):
+        before = (camera.stats.describe_requests, rtsp_only_camera.stats.describe_requests)
+        # The first camera's minute is over; the second's own minute is not.
+        await _tick(hass, freezer, HEALTH_INTERVAL_SECONDS / 2 + 1)
+        assert camera.stats.describe_requests == before[0] + 1
+        assert rtsp_only_camera.stats.describe_requests == before[1] + 1
+        await _tick(hass, freezer, HEALTH_INTERVAL_SECONDS / 2 - 1)
+        assert camera.stats.describe_requests == before[0] + 1  # one check a minute
+        assert rtsp_only_camera.stats.describe_requests == before[1] + 1
+    assert first.runtime_data.coordinator.last_update_success
+    assert second.runtime_data.coordinator.last_update_success
+
+
+async def test_the_round_timer_stops_with_the_last_camera(
+    hass: HomeAssistant, camera: VirtualCamera, freezer: FrozenDateTimeFactory
+) -> None:
+    """No camera loaded, no timer: nothing of LocalCam wakes Home Assistant up."""
+    entry = make_entry(camera)
+    await setup_entry(hass, entry)
+    rounds = HealthRounds.of(hass)
+    assert rounds.running
+    assert await hass.config_entries.async_unload(entry.entry_id)
+    await hass.async_block_till_done()
+    assert not rounds.running
+    describes = camera.stats.describe_requests
+    await _tick(hass, freezer, HEALTH_INTERVAL_SECONDS + 1)
+    assert camera.stats.describe_requests == describes
+    # Loaded again: the rounds start again.
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    assert rounds.running
+    describes = camera.stats.describe_requests
+    await _tick(hass, freezer, HEALTH_INTERVAL_SECONDS + 1)
+    assert camera.stats.describe_requests == describes + 1
+
+
+async def test_a_hanging_camera_holds_back_no_other_check(
+    hass: HomeAssistant, camera: VirtualCamera, rtsp_only_camera: VirtualCamera
+) -> None:
+    """One camera that never answers: the others' checks finish, its own is not repeated."""
+    # No frozen clock here: the hung check and the healthy one run in real time.
+    hanging = make_entry(camera)
+    healthy = make_entry(rtsp_only_camera)
+    await setup_entry(hass, hanging)
+    await setup_entry(hass, healthy)
+    healthy_checked = healthy.runtime_data.coordinator.data.checked_at
+    camera.fault = Fault.HANG
+    connections = camera.stats.rtsp_connections
+    describes = rtsp_only_camera.stats.describe_requests
+    async_fire_time_changed(hass, dt_util.utcnow() + timedelta(seconds=HEALTH_INTERVAL_SECONDS))
+    for _ in range(200):  # bounded: 200 x 10 ms, below the hung check's 5 s limit
+        if healthy.runtime_data.coordinator.data.checked_at > healthy_checked:
+            break
+        await asyncio.sleep(0.01)
+    assert healthy.runtime_data.coordinator.data.checked_at > healthy_checked
+    assert rtsp_only_camera.stats.describe_requests == describes + 1
+    assert camera.stats.rtsp_connections == connections + 1  # its check is still waiting
+    # The next round, while the hung check still waits: the healthy camera is
+    # checked again, the hanging one is not asked a second time.
+    async_fire_time_changed(hass, dt_util.utcnow() + timedelta(seconds=2 * HEALTH_INTERVAL_SECONDS))
+    for _ in range(200):
+        if rtsp_only_camera.stats.describe_requests == describes + 2:
+            break
+        await asyncio.sleep(0.01)
+    assert rtsp_only_camera.stats.describe_requests == describes + 2
+    assert camera.stats.rtsp_connections == connections + 1
+    # The camera goes away: the hung check fails at once, and the entity says so.
+    await camera.stop()
+    await hass.async_block_till_done(wait_background_tasks=True)
+    state = hass.states.get(main_entity_id(hass, hanging))
+    assert state is not None
+    assert state.state == STATE_UNAVAILABLE
+
+
+async def test_no_round_after_an_authentication_failure(
+    hass: HomeAssistant, camera: VirtualCamera, freezer: FrozenDateTimeFactory
+) -> None:
+    """A check answered 401 starts reauth; the rounds then leave the camera alone.
+
+    As DataUpdateCoordinator's own timer would: asking again with credentials
+    the camera refused only adds to its failed-login count.
+    """
+    entry = make_entry(camera)
+    await setup_entry(hass, entry)
+    camera.fault = Fault.UNAUTHORIZED
+    await _tick(hass, freezer, HEALTH_INTERVAL_SECONDS + 1)
+    flows = hass.config_entries.flow.async_progress_by_handler(DOMAIN)
+    assert [flow["context"]["source"] for flow in flows] == [SOURCE_REAUTH]
+    describes = camera.stats.describe_requests
+    for _ in range(3):
+        await _tick(hass, freezer, HEALTH_INTERVAL_SECONDS)
+    assert camera.stats.describe_requests == describes
+    assert entry.state is ConfigEntryState.LOADED
+
+
+async def test_polling_disabled_leaves_checks_to_the_user(
+    hass: HomeAssistant, camera: VirtualCamera, freezer: FrozenDateTimeFactory
+) -> None:
+    """The entry's "polling for changes" off: no rounds, but update_entity still checks."""
+    entry = make_entry(camera, pref_disable_polling=True)
+    await setup_entry(hass, entry)
+    entity_id = main_entity_id(hass, entry)
+    describes = camera.stats.describe_requests
+    await _tick(hass, freezer, HEALTH_INTERVAL_SECONDS + 1)
+    assert camera.stats.describe_requests == describes
+    assert entry.runtime_data.coordinator.check_interval is None
+    assert await async_setup_component(hass, "homeassistant", {})
+    await hass.services.async_call(
+        "homeassistant", "update_entity", {"entity_id": entity_id}, blocking=True
+    )
+    await hass.async_block_till_done(wait_background_tasks=True)
+    assert camera.stats.describe_requests == describes + 1
+
+
+async def test_a_host_answers_a_bounded_number_of_checks_at_once(hass: HomeAssistant) -> None:
+    """An NVR's channels (one host and port) are checked a few at a time; other hosts go on."""
+    rounds = HealthRounds.of(hass)
+    release = asyncio.Event()
+    inside: list[str] = []
+
+    async def check(host: str) -> None:
+        async with rounds.host_slot(host):
+            inside.append(host)
+            await release.wait()
+
+    channels = HEALTH_CHECKS_PER_HOST + 2
+    nvr = [asyncio.create_task(check("192.168.1.20:554")) for _ in range(channels)]
+    other = asyncio.create_task(check("192.168.1.21:554"))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert inside.count("192.168.1.20:554") == HEALTH_CHECKS_PER_HOST
+    assert inside.count("192.168.1.21:554") == 1
+    release.set()
+    await asyncio.gather(*nvr, other)
+    assert inside.count("192.168.1.20:554") == channels
+    assert not rounds._hosts  # nothing kept for hosts nobody checks
