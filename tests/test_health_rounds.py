@@ -7,6 +7,7 @@ from freezegun.api import FrozenDateTimeFactory
 from homeassistant.config_entries import SOURCE_REAUTH, ConfigEntryState
 from homeassistant.const import STATE_UNAVAILABLE
 from homeassistant.core import HomeAssistant
+from homeassistant.helpers import entity_registry as er
 from homeassistant.setup import async_setup_component
 from homeassistant.util import dt as dt_util
 from pytest_homeassistant_custom_component.common import async_fire_time_changed
@@ -173,3 +174,24 @@ async def test_a_host_answers_a_bounded_number_of_checks_at_once(hass: HomeAssis
     await asyncio.gather(*nvr, other)
     assert inside.count("192.168.1.20:554") == channels
     assert not rounds._hosts  # nothing kept for hosts nobody checks
+
+
+async def test_a_camera_without_its_entity_is_not_checked(
+    hass: HomeAssistant, camera: VirtualCamera, freezer: FrozenDateTimeFactory
+) -> None:
+    """The rounds check a camera while its entity listens, as the coordinator's timer did."""
+    entry = make_entry(camera)
+    await setup_entry(hass, entry)
+    entity_id = main_entity_id(hass, entry)
+    describes = camera.stats.describe_requests
+    await _tick(hass, freezer, HEALTH_INTERVAL_SECONDS + 1)
+    assert camera.stats.describe_requests == describes + 1
+    # The user deletes the entity; the entry stays loaded.
+    er.async_get(hass).async_remove(entity_id)
+    await hass.async_block_till_done()
+    assert entry.state is ConfigEntryState.LOADED
+    assert entry.runtime_data.coordinator.check_interval is None
+    assert not HealthRounds.of(hass).running
+    describes = camera.stats.describe_requests
+    await _tick(hass, freezer, HEALTH_INTERVAL_SECONDS + 1)
+    assert camera.stats.describe_requests == describes
