@@ -836,6 +836,36 @@ async def test_a_refused_reply_answers_ffmpeg_with_502_and_only_redirects_are_re
         server.close()
 
 
+async def test_the_relay_counts_the_short_frames_it_drops(socket_enabled: None) -> None:
+    """A camera's interleaved frames under 8 bytes never reach FFmpeg; diagnostics count them."""
+    frame = _frame(0, b"\x80" + bytes(11))
+
+    async def camera(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"RTSP/1.0 200 OK\r\nCSeq: 1\r\nSession: 1\r\n\r\n")
+        writer.write(_frame(0, b"") + frame + _frame(1, bytes(7)) + frame)
+        with contextlib.suppress(ConnectionError):
+            await reader.read()
+
+    server = await asyncio.start_server(camera, "127.0.0.1", 0)
+    guard = RtspGuard()
+    try:
+        port = server.sockets[0].getsockname()[1]
+        target = await NetPolicy().check(f"rtsp://127.0.0.1:{port}/s")
+        relay = yarl.URL(guard.url(target, None, None)).port
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay)
+        writer.write(b"PLAY rtsp://127.0.0.1/s RTSP/1.0\r\nCSeq: 1\r\n\r\n")
+        async with asyncio.timeout(5):
+            await reader.readuntil(b"\r\n\r\n")
+            assert await reader.readexactly(2 * len(frame)) == 2 * frame
+        assert guard.short_packets_dropped == 2
+        assert guard.as_dict()["short_packets_dropped"] == 2
+        writer.close()
+    finally:
+        await guard.close()
+        server.close()
+
+
 # -- a camera set to UDP: its datagrams reach FFmpeg inside the relayed connection ------------
 
 
@@ -1098,10 +1128,6 @@ class _Listener:
 def _bridge() -> tuple[Any, _Client, _Listener]:
     listener, client = _Listener(), _Client()
     return rtsp_guard._UdpBridge(listener, "127.0.0.1", client), client, listener  # type: ignore[arg-type]
-
-
-def _frame(channel: int, payload: bytes) -> bytes:
-    return b"$" + bytes((channel,)) + len(payload).to_bytes(2) + payload
 
 
 RTP_A, RTP_B = b"\x80\x60" + bytes(10) + b"a", b"\x80\x60" + bytes(10) + b"b"
@@ -1415,3 +1441,4 @@ async def test_datagrams_under_8_bytes_are_not_framed(size: int, passed: bool) -
     bridge.from_camera(0, [(bytes(size), "127.0.0.1")])
     assert client.written == ([_frame(0, bytes(size))] if passed else [])
     assert listener.guard.datagrams_refused == 0  # the camera's own: not counted as foreign
+    assert listener.guard.short_packets_dropped == (0 if passed else 1)

@@ -685,8 +685,10 @@ class _UdpBridge:
                     sender,
                 )
                 continue
-            if len(data) >= MIN_FRAME:  # shorter: a keep-alive, and FFmpeg would misread it
+            if len(data) >= MIN_FRAME:
                 frames.append(b"$" + bytes((channel,)) + len(data).to_bytes(2) + data)
+            else:  # a keep-alive, and FFmpeg would misread it
+                self._listener.guard.short_packets_dropped += 1
         if not frames:
             return
         if self._playing and self._between_messages and not self._held:
@@ -929,6 +931,7 @@ class _Listener:
     ) -> None:
         """Camera to client, through the ReplyFilter."""
         check = ReplyFilter(str(self.address), bridge)
+        dropped = 0
         while data := await reader.read(READ_SIZE):
             try:
                 passed = check.feed(data)
@@ -939,6 +942,9 @@ class _Listener:
                 await writer.drain()
                 self.guard.refused(self, str(err), err.redirect)
                 return
+            if check.frames_dropped != dropped:
+                self.guard.short_packets_dropped += check.frames_dropped - dropped
+                dropped = check.frames_dropped
             if passed:
                 writer.write(passed)
             if bridge is not None:
@@ -970,6 +976,9 @@ class RtspGuard:
         self.refusals = 0
         self.certificates_refused = 0
         self.datagrams_refused = 0
+        # RTP/RTCP packets under MIN_FRAME bytes from the camera (interleaved
+        # or datagrams): keep-alives at best, never passed to FFmpeg.
+        self.short_packets_dropped = 0
         self._closed = False
 
     def url(
@@ -1030,6 +1039,7 @@ class RtspGuard:
             "sessions_refused": self.refusals,
             "certificates_refused": self.certificates_refused,
             "datagrams_refused": self.datagrams_refused,
+            "short_packets_dropped": self.short_packets_dropped,
         }
 
     def relayed_to(self, url: str) -> tuple[IPv4Address | IPv6Address, int] | None:
