@@ -10,13 +10,16 @@ from homeassistant.core import HomeAssistant
 from homeassistant.helpers import entity_registry as er
 from homeassistant.setup import async_setup_component
 from homeassistant.util import dt as dt_util
-from pytest_homeassistant_custom_component.common import async_fire_time_changed
+import pytest
+from pytest_homeassistant_custom_component.common import MockConfigEntry, async_fire_time_changed
 
-from custom_components.localcam.const import DOMAIN, HEALTH_INTERVAL_SECONDS
+from custom_components.localcam import coordinator
+from custom_components.localcam.const import CONF_CAMERA_ID, DOMAIN, HEALTH_INTERVAL_SECONDS
 from custom_components.localcam.coordinator import HEALTH_CHECKS_PER_HOST, HealthRounds
+from custom_components.localcam.core.netpolicy import host_and_port
 from virtualcam import Fault, VirtualCamera
 
-from .conftest import main_entity_id, make_entry, setup_entry
+from .conftest import camera_config, entry_data, main_entity_id, make_entry, setup_entry
 
 
 async def _tick(hass: HomeAssistant, freezer: FrozenDateTimeFactory, seconds: float) -> None:
@@ -74,6 +77,13 @@ async def test_the_round_timer_stops_with_the_last_camera(
     assert camera.stats.describe_requests == describes + 1
 
 
+@pytest.fixture
+def no_recheck_pause(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rounds fired early in real time find the setup's checks recent: let them check anyway."""
+    monkeypatch.setattr(coordinator, "HEALTH_RECHECK_SECONDS", 0)
+
+
+@pytest.mark.usefixtures("no_recheck_pause")
 async def test_a_hanging_camera_holds_back_no_other_check(
     hass: HomeAssistant, camera: VirtualCamera, rtsp_only_camera: VirtualCamera
 ) -> None:
@@ -103,13 +113,33 @@ async def test_a_hanging_camera_holds_back_no_other_check(
             break
         await asyncio.sleep(0.01)
     assert rtsp_only_camera.stats.describe_requests == describes + 2
-    assert camera.stats.rtsp_connections == connections + 1
-    # The camera goes away: the hung check fails at once, and the entity says so.
-    await camera.stop()
+    # The hung check runs out its time (5 s); nothing was queued behind it.
     await hass.async_block_till_done(wait_background_tasks=True)
+    assert camera.stats.rtsp_connections == connections + 1
     state = hass.states.get(main_entity_id(hass, hanging))
     assert state is not None
     assert state.state == STATE_UNAVAILABLE
+
+
+async def test_a_check_asked_for_just_before_a_round_is_not_repeated_by_it(
+    hass: HomeAssistant, camera: VirtualCamera, freezer: FrozenDateTimeFactory
+) -> None:
+    """update_entity shortly before a round: the round leaves that camera for the next one."""
+    entry = make_entry(camera)
+    await setup_entry(hass, entry)
+    entity_id = main_entity_id(hass, entry)
+    assert await async_setup_component(hass, "homeassistant", {})
+    await _tick(hass, freezer, HEALTH_INTERVAL_SECONDS - 5)
+    describes = camera.stats.describe_requests
+    await hass.services.async_call(
+        "homeassistant", "update_entity", {"entity_id": entity_id}, blocking=True
+    )
+    await hass.async_block_till_done(wait_background_tasks=True)
+    assert camera.stats.describe_requests == describes + 1
+    await _tick(hass, freezer, 6)  # the round: 6 s after that check
+    assert camera.stats.describe_requests == describes + 1
+    await _tick(hass, freezer, HEALTH_INTERVAL_SECONDS)  # the next round
+    assert camera.stats.describe_requests == describes + 2
 
 
 async def test_no_round_after_an_authentication_failure(
@@ -152,28 +182,54 @@ async def test_polling_disabled_leaves_checks_to_the_user(
     assert camera.stats.describe_requests == describes + 1
 
 
-async def test_a_host_answers_a_bounded_number_of_checks_at_once(hass: HomeAssistant) -> None:
-    """An NVR's channels (one host and port) are checked a few at a time; other hosts go on."""
-    rounds = HealthRounds.of(hass)
-    release = asyncio.Event()
-    inside: list[str] = []
-
-    async def check(host: str) -> None:
-        async with rounds.host_slot(host):
-            inside.append(host)
-            await release.wait()
-
+@pytest.mark.usefixtures("no_recheck_pause")
+async def test_one_host_answers_a_bounded_number_of_a_round_s_checks_at_once(
+    hass: HomeAssistant, socket_enabled: None
+) -> None:
+    """An NVR's channels (several entries, one host and port) are checked a few at a time."""
     channels = HEALTH_CHECKS_PER_HOST + 2
-    nvr = [asyncio.create_task(check("192.168.1.20:554")) for _ in range(channels)]
-    other = asyncio.create_task(check("192.168.1.21:554"))
-    for _ in range(5):
-        await asyncio.sleep(0)
-    assert inside.count("192.168.1.20:554") == HEALTH_CHECKS_PER_HOST
-    assert inside.count("192.168.1.21:554") == 1
-    release.set()
-    await asyncio.gather(*nvr, other)
-    assert inside.count("192.168.1.20:554") == channels
-    assert not rounds._hosts  # nothing kept for hosts nobody checks
+    nvr = VirtualCamera(camera_config("nvr", 3, slow_delay=1.0))
+    await nvr.start()
+    try:
+        for channel in range(channels):
+            data = {**entry_data(nvr), CONF_CAMERA_ID: f"nvr-channel-{channel}"}
+            entry = MockConfigEntry(
+                domain=DOMAIN, title=f"channel {channel}", unique_id=data[CONF_CAMERA_ID], data=data
+            )
+            await setup_entry(hass, entry)
+            assert entry.runtime_data.coordinator.last_update_success
+        nvr.fault = Fault.SLOW  # every answer 1 s late: the checks overlap in time
+        connections = nvr.stats.rtsp_connections
+        async_fire_time_changed(hass, dt_util.utcnow() + timedelta(seconds=HEALTH_INTERVAL_SECONDS))
+        for _ in range(20):  # bounded: 20 x 10 ms, well inside the first answers' 1 s
+            await asyncio.sleep(0.01)
+        assert nvr.stats.rtsp_connections == connections + HEALTH_CHECKS_PER_HOST
+        # A round that comes while this one's checks still run or wait adds none
+        # (firing it runs the camera's late answers too: they finish first).
+        async_fire_time_changed(
+            hass, dt_util.utcnow() + timedelta(seconds=2 * HEALTH_INTERVAL_SECONDS)
+        )
+        await hass.async_block_till_done(wait_background_tasks=True)
+        assert nvr.stats.rtsp_connections == connections + channels  # the rest followed, once
+        # (The jump also ran out the first checks' 5 s limits: their results say
+        # nothing here, only how many checks reached the camera.)
+    finally:
+        await nvr.stop()
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "same"),
+    [
+        ("rtsp://192.168.1.20/ch1", "rtsp://192.168.1.20:554/ch2", True),
+        ("rtsp://NVR.local:8554/a", "rtsp://nvr.local:8554/b?x=1", True),
+        ("rtsps://192.168.1.20/a", "rtsps://192.168.1.20:322/a", True),
+        ("rtsp://192.168.1.20/a", "rtsp://192.168.1.20:8554/a", False),
+        ("rtsp://192.168.1.20/a", "rtsp://192.168.1.21/a", False),
+    ],
+)
+def test_which_streams_count_as_one_host(first: str, second: str, same: bool) -> None:
+    """The host as named (no lookup) and the port, the scheme's default filled in."""
+    assert (host_and_port(first) == host_and_port(second)) is same
 
 
 async def test_a_camera_without_its_entity_is_not_checked(

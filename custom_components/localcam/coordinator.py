@@ -1,10 +1,11 @@
 """Health of one camera: a light DESCRIBE a minute, never an image."""
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+import math
 from typing import TYPE_CHECKING, Any, Final, override
 
 from homeassistant.core import CALLBACK_TYPE, HomeAssistant, callback
@@ -14,19 +15,20 @@ from homeassistant.helpers.event import async_track_time_interval
 from homeassistant.helpers.update_coordinator import DataUpdateCoordinator, UpdateFailed
 from homeassistant.util import dt as dt_util
 from homeassistant.util.hass_dict import HassKey
-import yarl
 
 from .const import DOMAIN, HEALTH_INTERVAL_SECONDS, LOGGER
 from .core.errors import InvalidAuthError, LocalCamError
 from .core.identity import IdentityMismatchError
-from .core.netpolicy import Target
+from .core.netpolicy import Target, host_and_port
 from .core.snapshot import CameraClient
 from .helpers import entry_is_running
 
 IDENTITY_ISSUE_PREFIX = "identity_mismatch_"
-# Checks that one host and port (an NVR serving several channels as several
-# entries) answers at a time; its other checks wait their turn in the round.
+# Checks of a round that one host and port (an NVR serving several channels
+# as several entries) answers at a time; the others start as these end.
 HEALTH_CHECKS_PER_HOST: Final = 2
+# A camera checked this recently (its setup, update_entity) skips a round.
+HEALTH_RECHECK_SECONDS: Final = HEALTH_INTERVAL_SECONDS / 4
 DATA_HEALTH_ROUNDS: HassKey[HealthRounds] = HassKey(f"{DOMAIN}_health_rounds")
 
 if TYPE_CHECKING:
@@ -64,19 +66,24 @@ class HealthRounds:
     The rounds keep DataUpdateCoordinator's rules for when to poll: only a
     coordinator that has listeners (an entity), not while the entry's polling
     is disabled, not after an authentication failure (the reauth flow
-    reloads the entry), not while Home Assistant stops, and never a second
-    check of one camera while its previous one runs. A refresh asked for
-    otherwise (``homeassistant.update_entity``) works as with any
-    coordinator.
+    reloads the entry), not while Home Assistant stops, never a second check
+    of one camera while its previous one runs or waits, and none right after
+    a check that ran otherwise (setup, ``homeassistant.update_entity``, a
+    stream's identity failure): as a refresh re-arms the coordinator's own
+    timer. UpdateFailed's ``retry_after`` is not honoured (LocalCam raises
+    none). One host and port (an NVR's channels, added as several entries)
+    gets HEALTH_CHECKS_PER_HOST checks of a round at a time; the others start
+    as those end. Checks outside the rounds are not held back.
     """
 
     def __init__(self, hass: HomeAssistant) -> None:
         """No timer runs until a camera joins."""
         self.hass = hass
         self.interval = timedelta(seconds=HEALTH_INTERVAL_SECONDS)
+        # Each member's last check started by a round (None: none yet).
         self._members: dict[LocalCamCoordinator, asyncio.Task[None] | None] = {}
+        self._waiting: set[LocalCamCoordinator] = set()  # due, behind its host's other checks
         self._unsub_timer: CALLBACK_TYPE | None = None
-        self._hosts: dict[str, tuple[asyncio.Semaphore, int]] = {}
 
     @classmethod
     def of(cls, hass: HomeAssistant) -> HealthRounds:
@@ -107,6 +114,7 @@ class HealthRounds:
     def async_leave(self, coordinator: LocalCamCoordinator) -> None:
         """Stop checking this camera; the timer stops with the last one."""
         self._members.pop(coordinator, None)
+        self._waiting.discard(coordinator)
         if not self._members and self._unsub_timer is not None:
             self._unsub_timer()
             self._unsub_timer = None
@@ -116,33 +124,38 @@ class HealthRounds:
         """Start every due camera's check (eagerly: each runs to its first wait)."""
         if self.hass.is_stopping:
             return
-        for coordinator, previous in list(self._members.items()):
-            if previous is not None and not previous.done():
+        recent = self.hass.loop.time() - HEALTH_RECHECK_SECONDS
+        hosts: dict[str, deque[LocalCamCoordinator]] = {}
+        for coordinator, previous in self._members.items():
+            if coordinator in self._waiting or (previous is not None and not previous.done()):
                 continue  # still checking: a hanging camera gets no second check
-            if not coordinator.polls:
+            if not coordinator.polls or coordinator.check_started > recent:
                 continue
+            hosts.setdefault(coordinator.host, deque()).append(coordinator)
+            self._waiting.add(coordinator)
+        for queue in hosts.values():
+            for _ in range(HEALTH_CHECKS_PER_HOST):
+                self._async_start_next(queue)
+
+    @callback
+    def _async_start_next(self, queue: deque[LocalCamCoordinator]) -> None:
+        """Start the next check of one host's queue; its end starts the one after."""
+        while queue:
+            coordinator = queue.popleft()
+            self._waiting.discard(coordinator)
+            if coordinator not in self._members or self.hass.is_stopping:
+                continue  # it left (unloaded) while it waited
             entry = coordinator.config_entry
-            self._members[coordinator] = entry.async_create_background_task(
+            # An entry's task: cancelled if the entry unloads during the check.
+            task = entry.async_create_background_task(
                 self.hass,
                 coordinator.async_refresh(),
                 name=f"{coordinator.name} - {entry.title} - refresh",
                 eager_start=True,
             )
-
-    @asynccontextmanager
-    async def host_slot(self, host: str) -> AsyncIterator[None]:
-        """Hold one of the HEALTH_CHECKS_PER_HOST check slots of ``host`` ("host:port")."""
-        slots, users = self._hosts.get(host) or (asyncio.Semaphore(HEALTH_CHECKS_PER_HOST), 0)
-        self._hosts[host] = (slots, users + 1)
-        try:
-            async with slots:
-                yield
-        finally:
-            users = self._hosts[host][1] - 1
-            if users:
-                self._hosts[host] = (slots, users)
-            else:
-                del self._hosts[host]  # no memory of hosts nobody checks
+            self._members[coordinator] = task
+            task.add_done_callback(lambda _task: self._async_start_next(queue))
+            return
 
 
 class LocalCamCoordinator(DataUpdateCoordinator[CameraHealth]):
@@ -171,8 +184,8 @@ class LocalCamCoordinator(DataUpdateCoordinator[CameraHealth]):
         self.last_error: str | None = None
         self._rounds = HealthRounds.of(hass)
         # A device serving several streams serves them on one host and port.
-        stream = yarl.URL(client.source.stream_url)
-        self._host = f"{stream.host}:{stream.port}"
+        self.host = host_and_port(client.source.stream_url)
+        self.check_started = -math.inf  # loop time of the last check's start
         self._listening = 0
 
     @property
@@ -223,9 +236,9 @@ class LocalCamCoordinator(DataUpdateCoordinator[CameraHealth]):
     @override
     async def _async_update_data(self) -> CameraHealth:
         """Run one health check."""
+        self.check_started = self.hass.loop.time()
         try:
-            async with self._rounds.host_slot(self._host):
-                target = await self.client.check_health()
+            target = await self.client.check_health()
         except IdentityMismatchError as err:
             self.last_error = err.translation_key
             # Not for a check that was under way when the entry was unloaded

@@ -309,6 +309,19 @@ def _parse(url: str | yarl.URL) -> yarl.URL:
         raise InvalidUrlError("malformed url") from None
 
 
+def host_and_port(url: str | yarl.URL) -> str:
+    """``host:port`` as the URL names them (default port filled in); the URL if unreadable.
+
+    Tells the devices behind URLs apart without a lookup: the streams of one
+    NVR or restream server share it.
+    """
+    try:
+        parsed = _parse(url)
+    except InvalidUrlError:
+        return str(url)
+    return f"{(parsed.raw_host or '').lower()}:{_port_of(parsed)}"
+
+
 def _port_of(url: yarl.URL) -> int | None:
     """The URL's port: explicit, else its scheme's default (None for other schemes)."""
     return url.explicit_port if url.explicit_port is not None else DEFAULT_PORTS.get(url.scheme)
