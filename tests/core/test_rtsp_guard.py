@@ -836,6 +836,47 @@ async def test_a_refused_reply_answers_ffmpeg_with_502_and_only_redirects_are_re
         server.close()
 
 
+async def test_a_refusal_inside_a_frame_ends_the_session_without_a_502(
+    socket_enabled: None,
+) -> None:
+    """A redirect that comes while FFmpeg is mid-frame: no 502 text inside its video data.
+
+    The reply would be read as the frame's remaining bytes; the session ends
+    cut instead, and the refusal is reported as any other.
+    """
+    play = b"RTSP/1.0 200 OK\r\nCSeq: 1\r\nSession: 1\r\n\r\n"
+    frame = _frame(0, b"\x80" + bytes(99))
+    redirect = b"RTSP/1.0 301 Moved\r\nCSeq: 2\r\nLocation: rtsp://10.0.0.9/\r\n\r\n"
+
+    async def camera(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(play + frame[:20])
+        await writer.drain()
+        await asyncio.sleep(0.05)  # the relay reads (and passes) the frame's start alone
+        writer.write(frame[20:] + redirect)
+        with contextlib.suppress(ConnectionError):
+            await reader.read()
+
+    server = await asyncio.start_server(camera, "127.0.0.1", 0)
+    heard: list[RedirectedError] = []
+    guard = RtspGuard(on_refused=heard.append)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        target = await NetPolicy().check(f"rtsp://127.0.0.1:{port}/s")
+        relay = yarl.URL(guard.url(target, None, None)).port
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay)
+        writer.write(b"PLAY rtsp://127.0.0.1/s RTSP/1.0\r\nCSeq: 1\r\n\r\n")
+        async with asyncio.timeout(5):
+            received = await reader.read(-1)
+        writer.close()
+        assert received == play + frame[:20]
+        assert [err.placeholders["status"] for err in heard] == ["301"]
+        assert guard.refusals == 1
+    finally:
+        await guard.close()
+        server.close()
+
+
 async def test_the_relay_counts_the_short_frames_it_drops(socket_enabled: None) -> None:
     """A camera's interleaved frames under 8 bytes never reach FFmpeg; diagnostics count them."""
     frame = _frame(0, b"\x80" + bytes(11))

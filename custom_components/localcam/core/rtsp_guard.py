@@ -932,14 +932,18 @@ class _Listener:
         """Camera to client, through the ReplyFilter."""
         check = ReplyFilter(str(self.address), bridge)
         dropped = 0
+        clean = True  # what FFmpeg has been sent ends where a message ends
         while data := await reader.read(READ_SIZE):
             try:
                 passed = check.feed(data)
             except _RefusedError as err:
-                writer.write(
-                    _refusal_reply(_cseq_of(bytes(last)), redirect=err.redirect is not None)
-                )
-                await writer.drain()
+                if clean:
+                    writer.write(
+                        _refusal_reply(_cseq_of(bytes(last)), redirect=err.redirect is not None)
+                    )
+                    await writer.drain()
+                # Else FFmpeg is inside a frame or body: the 502 would be read
+                # as its bytes (video data); the session just ends (EOF), cut.
                 self.guard.refused(self, str(err), err.redirect)
                 return
             if check.frames_dropped != dropped:
@@ -947,8 +951,9 @@ class _Listener:
                 dropped = check.frames_dropped
             if passed:
                 writer.write(passed)
+            clean = check.between_messages
             if bridge is not None:
-                bridge.client_written(check.between_messages)
+                bridge.client_written(clean)
             if passed:
                 await writer.drain()
 
