@@ -6,7 +6,7 @@ and tiny scripted servers, all on 127.0.0.1.
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 import contextlib
 from contextlib import asynccontextmanager
 import io
@@ -743,6 +743,30 @@ async def test_remembered_ports_are_bounded_and_a_kernel_that_offers_only_them_f
         await guard.close()
 
 
+type _CameraHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@asynccontextmanager
+async def _relayed(
+    camera: _CameraHandler, guard: RtspGuard | None = None
+) -> AsyncIterator[tuple[RtspGuard, asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A scripted camera on loopback, a guard's relay to it, and a client of that relay."""
+    server = await asyncio.start_server(camera, "127.0.0.1", 0)
+    guard = RtspGuard() if guard is None else guard
+    try:
+        port = server.sockets[0].getsockname()[1]
+        target = await NetPolicy().check(f"rtsp://127.0.0.1:{port}/s")
+        relay = yarl.URL(guard.url(target, None, None)).port
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay)
+        try:
+            yield guard, reader, writer
+        finally:
+            writer.close()
+    finally:
+        await guard.close()
+        server.close()
+
+
 async def test_an_unexpected_relay_failure_is_logged_and_ends_the_session(
     socket_enabled: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -758,24 +782,14 @@ async def test_an_unexpected_relay_failure_is_logged_and_ends_the_session(
             await reader.read()
 
     monkeypatch.setattr(ReplyFilter, "feed", broken)
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    guard = RtspGuard()
-    try:
-        port = server.sockets[0].getsockname()[1]
-        target = await NetPolicy().check(f"rtsp://127.0.0.1:{port}/s")
-        relay = yarl.URL(guard.url(target, None, None))
-        reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    async with _relayed(answer) as (_guard, reader, writer):
         # An interleaved RTCP report first (FFmpeg sends them over TCP), then a request.
         writer.write(_frame(1, b"\x81\xc9\x00\x01" + b"\x00" * 4))
         writer.write(b"OPTIONS rtsp://127.0.0.1/s RTSP/1.0\r\nCSeq: 1\r\n\r\n")
         async with asyncio.timeout(5):
             assert await reader.read() == b""
-        writer.close()
-        assert "Relay to 127.0.0.1" in caplog.text
-        assert "filter bug" in caplog.text
-    finally:
-        await guard.close()
-        server.close()
+    assert "Relay to 127.0.0.1" in caplog.text
+    assert "filter bug" in caplog.text
 
 
 async def test_a_camera_that_is_not_there_ends_the_session(socket_enabled: None) -> None:
@@ -815,25 +829,15 @@ async def test_a_refused_reply_answers_ffmpeg_with_502_and_only_redirects_are_re
         with contextlib.suppress(ConnectionError):
             await reader.read()
 
-    server = await asyncio.start_server(redirect, "127.0.0.1", 0)
     heard: list[RedirectedError] = []
-    guard = RtspGuard(on_refused=heard.append)
-    try:
-        port = server.sockets[0].getsockname()[1]
-        target = await NetPolicy().check(f"rtsp://127.0.0.1:{port}/s")
-        relay = yarl.URL(guard.url(target, None, None)).port
-        reader, writer = await asyncio.open_connection("127.0.0.1", relay)
+    async with _relayed(redirect, RtspGuard(on_refused=heard.append)) as (guard, reader, writer):
         writer.write(b"DESCRIBE rtsp://127.0.0.1/s RTSP/1.0\r\nCSeq: 7\r\n\r\n")
         async with asyncio.timeout(5):
             answer = await reader.read()
         what = b"Redirect" if reported else b"Reply"
         assert answer == b"RTSP/1.0 502 " + what + b" refused by LocalCam\r\nCSeq: 7\r\n\r\n"
-        writer.close()
         assert [err.placeholders["status"] for err in heard] == reported
         assert guard.refusals == 1
-    finally:
-        await guard.close()
-        server.close()
 
 
 async def test_a_refusal_inside_a_frame_ends_the_session_without_a_502(
@@ -857,24 +861,14 @@ async def test_a_refusal_inside_a_frame_ends_the_session_without_a_502(
         with contextlib.suppress(ConnectionError):
             await reader.read()
 
-    server = await asyncio.start_server(camera, "127.0.0.1", 0)
     heard: list[RedirectedError] = []
-    guard = RtspGuard(on_refused=heard.append)
-    try:
-        port = server.sockets[0].getsockname()[1]
-        target = await NetPolicy().check(f"rtsp://127.0.0.1:{port}/s")
-        relay = yarl.URL(guard.url(target, None, None)).port
-        reader, writer = await asyncio.open_connection("127.0.0.1", relay)
+    async with _relayed(camera, RtspGuard(on_refused=heard.append)) as (guard, reader, writer):
         writer.write(b"PLAY rtsp://127.0.0.1/s RTSP/1.0\r\nCSeq: 1\r\n\r\n")
         async with asyncio.timeout(5):
             received = await reader.read(-1)
-        writer.close()
         assert received == play + frame[:20]
         assert [err.placeholders["status"] for err in heard] == ["301"]
         assert guard.refusals == 1
-    finally:
-        await guard.close()
-        server.close()
 
 
 async def test_the_relay_counts_the_short_frames_it_drops(socket_enabled: None) -> None:
@@ -888,23 +882,13 @@ async def test_the_relay_counts_the_short_frames_it_drops(socket_enabled: None) 
         with contextlib.suppress(ConnectionError):
             await reader.read()
 
-    server = await asyncio.start_server(camera, "127.0.0.1", 0)
-    guard = RtspGuard()
-    try:
-        port = server.sockets[0].getsockname()[1]
-        target = await NetPolicy().check(f"rtsp://127.0.0.1:{port}/s")
-        relay = yarl.URL(guard.url(target, None, None)).port
-        reader, writer = await asyncio.open_connection("127.0.0.1", relay)
+    async with _relayed(camera) as (guard, reader, writer):
         writer.write(b"PLAY rtsp://127.0.0.1/s RTSP/1.0\r\nCSeq: 1\r\n\r\n")
         async with asyncio.timeout(5):
             await reader.readuntil(b"\r\n\r\n")
             assert await reader.readexactly(2 * len(frame)) == 2 * frame
         assert guard.short_packets_dropped == 2
         assert guard.as_dict()["short_packets_dropped"] == 2
-        writer.close()
-    finally:
-        await guard.close()
-        server.close()
 
 
 # -- a camera set to UDP: its datagrams reach FFmpeg inside the relayed connection ------------
