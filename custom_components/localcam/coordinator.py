@@ -60,8 +60,9 @@ class HealthRounds:
     Home Assistant then wakes once a minute for all its cameras, and their
     checks run concurrently while the event loop, the interpreter's caches
     and the CPU are awake. Spread over the minute, every check paid that
-    wake-up alone: measured on this project's machines, a check cost about
-    1.3 ms of CPU alone and 0.3-0.4 ms in a round of 32 (bench/run, idle).
+    wake-up alone: on this project's machines a check cost about 1.3 ms of
+    CPU alone and 0.3-0.4 ms in a round of 32, and bench/run's idle window
+    (32 cameras) went from 0.08-0.12 % of a core to about 0.05 %.
 
     The rounds keep DataUpdateCoordinator's rules for when to poll: only a
     coordinator that has listeners (an entity), not while the entry's polling
