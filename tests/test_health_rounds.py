@@ -2,6 +2,7 @@
 
 import asyncio
 from datetime import timedelta
+from typing import Any
 
 from freezegun.api import FrozenDateTimeFactory
 from homeassistant.config_entries import SOURCE_REAUTH, ConfigEntryState
@@ -29,6 +30,22 @@ async def _tick(hass: HomeAssistant, freezer: FrozenDateTimeFactory, seconds: fl
     await hass.async_block_till_done(wait_background_tasks=True)
 
 
+async def _loaded(hass: HomeAssistant, cam: VirtualCamera, **kwargs: Any) -> MockConfigEntry:
+    """The camera's entry, set up (``kwargs`` as for make_entry)."""
+    entry = make_entry(cam, **kwargs)
+    await setup_entry(hass, entry)
+    return entry
+
+
+async def _update_entity(hass: HomeAssistant, entity_id: str) -> None:
+    """Ask for a check as a user or automation does, and let it finish."""
+    assert await async_setup_component(hass, "homeassistant", {})
+    await hass.services.async_call(
+        "homeassistant", "update_entity", {"entity_id": entity_id}, blocking=True
+    )
+    await hass.async_block_till_done(wait_background_tasks=True)
+
+
 async def test_cameras_set_up_apart_are_checked_in_one_round(
     hass: HomeAssistant,
     camera: VirtualCamera,
@@ -36,11 +53,9 @@ async def test_cameras_set_up_apart_are_checked_in_one_round(
     freezer: FrozenDateTimeFactory,
 ) -> None:
     """A camera added half a minute after another is checked in the same round as it."""
-    first = make_entry(camera)
-    await setup_entry(hass, first)
+    first = await _loaded(hass, camera)
     await _tick(hass, freezer, HEALTH_INTERVAL_SECONDS / 2)
-    second = make_entry(rtsp_only_camera)
-    await setup_entry(hass, second)
+    second = await _loaded(hass, rtsp_only_camera)
     for _ in range(3):
         before = (camera.stats.describe_requests, rtsp_only_camera.stats.describe_requests)
         # The first camera's minute is over; the second's own minute is not.
@@ -58,8 +73,7 @@ async def test_the_round_timer_stops_with_the_last_camera(
     hass: HomeAssistant, camera: VirtualCamera, freezer: FrozenDateTimeFactory
 ) -> None:
     """No camera loaded, no timer: nothing of LocalCam wakes Home Assistant up."""
-    entry = make_entry(camera)
-    await setup_entry(hass, entry)
+    entry = await _loaded(hass, camera)
     rounds = HealthRounds.of(hass)
     assert rounds.running
     assert await hass.config_entries.async_unload(entry.entry_id)
@@ -89,10 +103,8 @@ async def test_a_hanging_camera_holds_back_no_other_check(
 ) -> None:
     """One camera that never answers: the others' checks finish, its own is not repeated."""
     # No frozen clock here: the hung check and the healthy one run in real time.
-    hanging = make_entry(camera)
-    healthy = make_entry(rtsp_only_camera)
-    await setup_entry(hass, hanging)
-    await setup_entry(hass, healthy)
+    hanging = await _loaded(hass, camera)
+    healthy = await _loaded(hass, rtsp_only_camera)
     healthy_checked = healthy.runtime_data.coordinator.data.checked_at
     camera.fault = Fault.HANG
     connections = camera.stats.rtsp_connections
@@ -125,16 +137,11 @@ async def test_a_check_asked_for_just_before_a_round_is_not_repeated_by_it(
     hass: HomeAssistant, camera: VirtualCamera, freezer: FrozenDateTimeFactory
 ) -> None:
     """update_entity shortly before a round: the round leaves that camera for the next one."""
-    entry = make_entry(camera)
-    await setup_entry(hass, entry)
+    entry = await _loaded(hass, camera)
     entity_id = main_entity_id(hass, entry)
-    assert await async_setup_component(hass, "homeassistant", {})
     await _tick(hass, freezer, HEALTH_INTERVAL_SECONDS - 5)
     describes = camera.stats.describe_requests
-    await hass.services.async_call(
-        "homeassistant", "update_entity", {"entity_id": entity_id}, blocking=True
-    )
-    await hass.async_block_till_done(wait_background_tasks=True)
+    await _update_entity(hass, entity_id)
     assert camera.stats.describe_requests == describes + 1
     await _tick(hass, freezer, 6)  # the round: 6 s after that check
     assert camera.stats.describe_requests == describes + 1
@@ -150,8 +157,7 @@ async def test_no_round_after_an_authentication_failure(
     As DataUpdateCoordinator's own timer would: asking again with credentials
     the camera refused only adds to its failed-login count.
     """
-    entry = make_entry(camera)
-    await setup_entry(hass, entry)
+    entry = await _loaded(hass, camera)
     camera.fault = Fault.UNAUTHORIZED
     await _tick(hass, freezer, HEALTH_INTERVAL_SECONDS + 1)
     flows = hass.config_entries.flow.async_progress_by_handler(DOMAIN)
@@ -167,18 +173,13 @@ async def test_polling_disabled_leaves_checks_to_the_user(
     hass: HomeAssistant, camera: VirtualCamera, freezer: FrozenDateTimeFactory
 ) -> None:
     """The entry's "polling for changes" off: no rounds, but update_entity still checks."""
-    entry = make_entry(camera, pref_disable_polling=True)
-    await setup_entry(hass, entry)
+    entry = await _loaded(hass, camera, pref_disable_polling=True)
     entity_id = main_entity_id(hass, entry)
     describes = camera.stats.describe_requests
     await _tick(hass, freezer, HEALTH_INTERVAL_SECONDS + 1)
     assert camera.stats.describe_requests == describes
     assert entry.runtime_data.coordinator.check_interval is None
-    assert await async_setup_component(hass, "homeassistant", {})
-    await hass.services.async_call(
-        "homeassistant", "update_entity", {"entity_id": entity_id}, blocking=True
-    )
-    await hass.async_block_till_done(wait_background_tasks=True)
+    await _update_entity(hass, entity_id)
     assert camera.stats.describe_requests == describes + 1
 
 
@@ -236,8 +237,7 @@ async def test_a_camera_without_its_entity_is_not_checked(
     hass: HomeAssistant, camera: VirtualCamera, freezer: FrozenDateTimeFactory
 ) -> None:
     """The rounds check a camera while its entity listens, as the coordinator's timer did."""
-    entry = make_entry(camera)
-    await setup_entry(hass, entry)
+    entry = await _loaded(hass, camera)
     entity_id = main_entity_id(hass, entry)
     describes = camera.stats.describe_requests
     await _tick(hass, freezer, HEALTH_INTERVAL_SECONDS + 1)
