@@ -402,6 +402,9 @@ async def receiver(hass: HomeAssistant, cast_mocks: dict[str, MagicMock]) -> Fak
     # pychromecast reports from its socket thread; so does the fake.
     await hass.async_add_executor_job(device.connect)
     await hass.async_block_till_done()
+    # The entity is added from a task HA's cast integration starts on discovery;
+    # on a loaded machine it can come after block_till_done returns (CI once).
+    await _wait_for(hass, lambda: getattr(hass.states.get(RECEIVER), "state", None) == "off")
     state = hass.states.get(RECEIVER)
     assert state is not None
     assert state.state == "off"  # the ambient screen
