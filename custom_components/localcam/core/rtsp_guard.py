@@ -656,8 +656,12 @@ class _UdpBridge:
         self._between_messages = between_messages
         if self._held and self._playing and between_messages:
             self._send(b"".join(self._held))
-            self._held.clear()
-            self._held_bytes = 0
+            self._drop_held()
+
+    def _drop_held(self) -> None:
+        """Forget the held datagrams (sent, or the session is over)."""
+        self._held.clear()
+        self._held_bytes = 0
 
     def _readable(self, sock: socket.socket, channel: int) -> None:
         """Read what waits on one of the relay's ports (bounded per call) and hand it on."""
@@ -732,8 +736,7 @@ class _UdpBridge:
         for track in self._tracks:
             track.close(self._loop)
         self._tracks.clear()
-        self._held.clear()
-        self._held_bytes = 0
+        self._drop_held()
 
 
 @dataclass(frozen=True, slots=True)
