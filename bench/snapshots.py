@@ -18,6 +18,7 @@ import contextlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 import hashlib
+import itertools
 import json
 import os
 from pathlib import Path
@@ -91,6 +92,7 @@ class Sizes:
     busy_cameras: tuple[str, ...]
     idle_cameras: int
     idle_seconds: float
+    idle_windows: int
     baseline_seconds: float
     settle_seconds: float
 
@@ -107,6 +109,7 @@ QUICK = Sizes(
     busy_cameras=(),
     idle_cameras=16,
     idle_seconds=10.0,
+    idle_windows=1,
     baseline_seconds=5.0,
     settle_seconds=2.0,
 )
@@ -122,6 +125,7 @@ FULL = Sizes(
     busy_cameras=("rtsp1", "rtsp2"),
     idle_cameras=32,
     idle_seconds=60.0,
+    idle_windows=3,
     baseline_seconds=10.0,
     settle_seconds=5.0,
 )
@@ -528,20 +532,43 @@ class Bench:
 
     # -- 4. memory and idle CPU ---------------------------------------------------------------
 
-    async def cpu_window(self, seconds: float) -> dict[str, float | None]:
-        """Share of one core hass used over a quiet window (ticks and, finer, schedstat)."""
+    async def cpu_window(self, seconds: float, windows: int = 1) -> dict[str, Any]:
+        """Share of one core hass used over `windows` quiet windows of `seconds` each.
+
+        The figures are over the whole span (so a costly moment in one window
+        is averaged in, not dropped); each window's schedstat share is kept
+        beside them, so a window unlike the others shows in the table.
+        """
         pid = self.ha.pid
-        ns0, s0, t0 = cpu_ns(pid), cpu_seconds(pid), time.monotonic()
-        await asyncio.sleep(seconds)
-        ns1, s1, t1 = cpu_ns(pid), cpu_seconds(pid), time.monotonic()
-        wall = t1 - t0
+
+        def sample() -> tuple[int | None, float, float]:
+            return cpu_ns(pid), cpu_seconds(pid), time.monotonic()
+
+        def share(a: tuple[int | None, float, float], b: tuple[int | None, float, float]) -> Any:
+            wall = b[2] - a[2]
+            ns0, ns1 = a[0], b[0]
+            return (
+                wall,
+                100 * (b[1] - a[1]) / wall,
+                (100 * (ns1 - ns0) / 1e9 / wall if ns0 is not None and ns1 is not None else None),
+            )
+
+        marks = [sample()]
+        for _ in range(max(windows, 1)):
+            await asyncio.sleep(seconds)
+            marks.append(sample())
+        wall, ticks, schedstat = share(marks[0], marks[-1])
         return {
             "seconds": round(wall, 1),
-            "pct_one_core_ticks": 100 * (s1 - s0) / wall,
-            "pct_one_core_schedstat": (
-                100 * (ns1 - ns0) / 1e9 / wall if ns0 is not None and ns1 is not None else None
-            ),
+            "pct_one_core_ticks": ticks,
+            "pct_one_core_schedstat": schedstat,
+            "windows_schedstat": [share(a, b)[2] for a, b in itertools.pairwise(marks)],
         }
+
+    def windows_text(self) -> str:
+        """How the idle CPU is measured, for the progress log."""
+        n, seconds = self.sizes.idle_windows, self.sizes.idle_seconds
+        return f"idle CPU over {n} window{'s' if n > 1 else ''} of {seconds:.0f} s"
 
     async def add_idle(self, who: str, entries: list[str]) -> None:
         """Add the idle cameras as `who`, one flow at a time."""
@@ -571,7 +598,7 @@ class Bench:
         n = self.sizes.idle_cameras
         names = [f"idle-{i:02d}" for i in range(n)]
         before = await self.cams.stats()
-        cpu = await self.cpu_window(self.sizes.idle_seconds)
+        cpu = await self.cpu_window(self.sizes.idle_seconds, self.sizes.idle_windows)
         after = await self.cams.stats()
         upstream = Counter[str]()
         for name in names:
@@ -606,7 +633,11 @@ class Bench:
         n = self.sizes.idle_cameras
         self.log("baseline: hass with only the benchmark's own cameras, nobody watching")
         await self.settle(None)
-        res: dict[str, Any] = {"baseline_cpu": await self.cpu_window(self.sizes.baseline_seconds)}
+        res: dict[str, Any] = {
+            "baseline_cpu": await self.cpu_window(
+                self.sizes.baseline_seconds, self.sizes.idle_windows
+            )
+        }
         self.results["idle"] = res
         entries: dict[str, list[str]] = {LOCALCAM: [], GENERIC: []}
         try:
@@ -637,13 +668,13 @@ class Bench:
                 }
                 self.log(f"{who}: {n} cameras added (RSS {rss1} kB)")
                 if who == LOCALCAM:
-                    self.log(f"{who}: idle window of {self.sizes.idle_seconds:.0f} s")
+                    self.log(f"{who}: {self.windows_text()}")
                     res[who].update(await self.idle_window())
             await self.remove(entries[LOCALCAM])
             if GENERIC in res:
                 await self.settle(None)
                 await asyncio.sleep(self.sizes.settle_seconds)
-                self.log(f"{GENERIC}: idle window of {self.sizes.idle_seconds:.0f} s")
+                self.log(f"{GENERIC}: {self.windows_text()}")
                 res[GENERIC].update(await self.idle_window())
         finally:
             await self.remove(entries[LOCALCAM])
@@ -1377,8 +1408,9 @@ def report(results: dict[str, Any]) -> str:
                 "-",
                 f"{base.get('pct_one_core_ticks', 0):.3f}",
                 _pct(base.get("pct_one_core_schedstat")),
+                _windows(base),
                 "-",
-                "-",
+                "-" if not base else f"{base['seconds']:.0f}",
             ]
         )
         for who in (LOCALCAM, GENERIC):
@@ -1394,6 +1426,7 @@ def report(results: dict[str, Any]) -> str:
                     f"{r['flows_only_kb_per_camera']:.0f}",
                     _pct(cpu.get("pct_one_core_ticks")),
                     _pct(cpu.get("pct_one_core_schedstat")),
+                    _windows(cpu),
                     "-" if per_min is None else f"{per_min:.2f} ({with_401:.2f})",
                     "-" if not cpu else f"{cpu['seconds']:.0f}",
                 ]
@@ -1407,8 +1440,9 @@ def report(results: dict[str, Any]) -> str:
                     "KB/flow w/o entry",
                     "CPU % core (ticks)",
                     "CPU % core (schedstat)",
+                    "each window (schedstat)",
                     "upstream req/cam/min (with 401s)",
-                    "window s",
+                    "seconds",
                 ],
                 rows,
             )
@@ -1425,6 +1459,12 @@ def report(results: dict[str, Any]) -> str:
 def _pct(value: float | None) -> str:
     """A CPU percentage."""
     return "-" if value is None else f"{value:.3f}"
+
+
+def _windows(cpu: dict[str, Any]) -> str:
+    """Each idle window's CPU share (schedstat), when there was more than one."""
+    shares = cpu.get("windows_schedstat") or []
+    return " / ".join(_pct(v) for v in shares) if len(shares) > 1 else "-"
 
 
 def summary(results: dict[str, Any]) -> str:
@@ -1649,9 +1689,10 @@ def summary(results: dict[str, Any]) -> str:
         ours = lc["cpu"][key]
         ge_cpu = ge.get("cpu") if ge else None
         theirs_v = ge_cpu[key] if ge_cpu else None
+        spread = _windows(lc["cpu"]) if key == "pct_one_core_schedstat" else "-"
         add(
             f"{lc['cameras']} cameras, nobody watching: hass CPU (% of one core)",
-            f"{ours:.3f}",
+            f"{ours:.3f}" + (f" (windows {spread})" if spread != "-" else ""),
             f"{theirs_v:.3f} (generic)" if theirs_v is not None else "-",
             ratio(ours, theirs_v),
             "<= 0.1 %",
@@ -1694,6 +1735,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="leave out a phase (repeatable)",
     )
     parser.add_argument("--idle-seconds", type=float, help="length of each idle CPU window")
+    parser.add_argument("--idle-windows", type=int, help="how many idle CPU windows in a row")
     parser.add_argument(
         "--viewers", type=lambda s: tuple(int(v) for v in s.split(",")), help="e.g. 1,10,50,200"
     )
@@ -1716,6 +1758,8 @@ def sizes_for(args: argparse.Namespace) -> Sizes:
     if args.idle_seconds:
         changes["idle_seconds"] = args.idle_seconds
         changes["baseline_seconds"] = args.idle_seconds / 2
+    if args.idle_windows:
+        changes["idle_windows"] = args.idle_windows
     if args.viewers:
         changes["viewers"] = args.viewers
     if args.cold_reps:
