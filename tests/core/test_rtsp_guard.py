@@ -840,24 +840,37 @@ async def test_a_refused_reply_answers_ffmpeg_with_502_and_only_redirects_are_re
         assert guard.refusals == 1
 
 
-async def test_a_refusal_inside_a_frame_ends_the_session_without_a_502(
-    socket_enabled: None,
-) -> None:
-    """A redirect that comes while FFmpeg is mid-frame: no 502 text inside its video data.
+_PLAY_OK = b"RTSP/1.0 200 OK\r\nCSeq: 1\r\nSession: 1\r\n\r\n"
+_MOVED = b"RTSP/1.0 301 Moved\r\nCSeq: 2\r\nLocation: rtsp://10.0.0.9/\r\n\r\n"
+_REFUSED_PLAY = b"RTSP/1.0 502 Redirect refused by LocalCam\r\nCSeq: 1\r\n\r\n"
 
-    The reply would be read as the frame's remaining bytes; the session ends
-    cut instead, and the refusal is reported as any other.
+
+@pytest.mark.parametrize(
+    "with_redirect",
+    [True, False],
+    ids=["rest-of-frame-and-redirect-in-one-read", "redirect-in-a-later-read"],
+)
+async def test_a_refusal_after_a_split_frame_finishes_the_frame_then_answers_502(
+    socket_enabled: None, with_redirect: bool
+) -> None:
+    """A redirect that comes while FFmpeg is mid-frame: the frame ends whole, then the 502.
+
+    The frame's start is passed alone; the redirect comes with the frame's
+    rest, or after it. Either way FFmpeg reads the whole frame, then the 502
+    where a message starts (never as the frame's bytes, video data), and
+    the refusal is reported as any other. A short frame in the refused read
+    is counted as every other dropped one.
     """
-    play = b"RTSP/1.0 200 OK\r\nCSeq: 1\r\nSession: 1\r\n\r\n"
     frame = _frame(0, b"\x80" + bytes(99))
-    redirect = b"RTSP/1.0 301 Moved\r\nCSeq: 2\r\nLocation: rtsp://10.0.0.9/\r\n\r\n"
+    rest = [frame[20:] + _frame(0, b"") + _MOVED] if with_redirect else [frame[20:], _MOVED]
 
     async def camera(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
-        writer.write(play + frame[:20])
-        await writer.drain()
-        await asyncio.sleep(0.05)  # the relay reads (and passes) the frame's start alone
-        writer.write(frame[20:] + redirect)
+        for index, part in enumerate([_PLAY_OK + frame[:20], *rest]):
+            if index:
+                await asyncio.sleep(0.05)  # the relay reads each part alone
+            writer.write(part)
+            await writer.drain()
         with contextlib.suppress(ConnectionError):
             await reader.read()
 
@@ -866,7 +879,41 @@ async def test_a_refusal_inside_a_frame_ends_the_session_without_a_502(
         writer.write(b"PLAY rtsp://127.0.0.1/s RTSP/1.0\r\nCSeq: 1\r\n\r\n")
         async with asyncio.timeout(5):
             received = await reader.read(-1)
-        assert received == play + frame[:20]
+        assert received == _PLAY_OK + frame + _REFUSED_PLAY
+        assert [err.placeholders["status"] for err in heard] == ["301"]
+        assert guard.refusals == 1
+        assert guard.short_packets_dropped == (1 if with_redirect else 0)
+
+
+async def test_a_refusal_is_reported_even_when_the_client_resets_during_the_502(
+    socket_enabled: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client's connection breaks while the 502 goes out: the refusal still counts."""
+    written: dict[int, bytes] = {}
+    real_write, real_drain = asyncio.StreamWriter.write, asyncio.StreamWriter.drain
+
+    def write(self: asyncio.StreamWriter, data: bytes | bytearray | memoryview) -> None:
+        written[id(self)] = bytes(data)
+        real_write(self, data)
+
+    async def drain(self: asyncio.StreamWriter) -> None:
+        if b"refused by LocalCam" in written.get(id(self), b""):
+            raise ConnectionResetError  # FFmpeg reset the connection
+        await real_drain(self)
+
+    async def camera(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(_PLAY_OK + _MOVED)
+        with contextlib.suppress(ConnectionError):
+            await reader.read()
+
+    heard: list[RedirectedError] = []
+    monkeypatch.setattr(asyncio.StreamWriter, "write", write)
+    monkeypatch.setattr(asyncio.StreamWriter, "drain", drain)
+    async with _relayed(camera, RtspGuard(on_refused=heard.append)) as (guard, reader, writer):
+        writer.write(b"PLAY rtsp://127.0.0.1/s RTSP/1.0\r\nCSeq: 1\r\n\r\n")
+        async with asyncio.timeout(5):
+            await reader.read(-1)
         assert [err.placeholders["status"] for err in heard] == ["301"]
         assert guard.refusals == 1
 
@@ -877,8 +924,12 @@ async def test_the_relay_counts_the_short_frames_it_drops(socket_enabled: None) 
 
     async def camera(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"RTSP/1.0 200 OK\r\nCSeq: 1\r\nSession: 1\r\n\r\n")
-        writer.write(_frame(0, b"") + frame + _frame(1, bytes(7)) + frame)
+        writer.write(_PLAY_OK)
+        # Two reads, each with a short frame: each is counted once.
+        writer.write(_frame(0, b"") + frame)
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(_frame(1, bytes(7)) + frame)
         with contextlib.suppress(ConnectionError):
             await reader.read()
 

@@ -121,6 +121,9 @@ class _RefusedError(Exception):
     def __init__(self, reason: str, redirect: int | None = None) -> None:
         super().__init__(reason)
         self.redirect = redirect  # the refused redirect's status
+        # What the same read held before the refused message, checked and
+        # passable (ReplyFilter.feed sets it): the rest of a frame, say.
+        self.passed = b""
 
 
 # FFmpeg's SPACE_CHARS (what get_word skips and stops at) and C's isspace (what atoi
@@ -314,10 +317,23 @@ class ReplyFilter:
         return -1
 
     def feed(self, data: bytes) -> bytearray:
-        """Return what may go to the client now; raise _RefusedError to end the session."""
+        """Return what may go to the client now; raise _RefusedError to end the session.
+
+        A refusal only ever comes where a message starts (a head, or the CRs
+        before one), so what the error carries as passed ends between messages.
+        """
+        out = bytearray()
+        try:
+            self._feed(data, out)
+        except _RefusedError as err:
+            err.passed = bytes(out)
+            raise
+        return out  # written as it is: no second copy of every frame
+
+    def _feed(self, data: bytes, out: bytearray) -> None:
+        """Add what may go to the client to ``out`` (see feed)."""
         buf = self._buffer
         buf += data
-        out = bytearray()
         pos = 0
         end = len(buf)
         while pos < end:
@@ -372,7 +388,6 @@ class ReplyFilter:
             self._left = body
             self._crs = 0
         del buf[:pos]
-        return out  # written as it is: no second copy of every frame
 
     def _check(self, head: bytes) -> tuple[bytes, int]:
         """Check one message head; return it (maybe rewritten) and its body length."""
@@ -935,28 +950,31 @@ class _Listener:
         """Camera to client, through the ReplyFilter."""
         check = ReplyFilter(str(self.address), bridge)
         dropped = 0
-        clean = True  # what FFmpeg has been sent ends where a message ends
         while data := await reader.read(READ_SIZE):
             try:
                 passed = check.feed(data)
             except _RefusedError as err:
-                if clean:
+                # Reported first: a client that resets the connection while
+                # the 502 goes out must not make the refusal go unreported.
+                self.guard.refused(self, str(err), err.redirect)
+                self.guard.short_packets_dropped += check.frames_dropped - dropped
+                # What came before the refused message (the rest of a frame)
+                # goes first, so the 502 starts where a message starts. Were
+                # FFmpeg still inside a frame or body, the 502 would be read
+                # as its bytes (video data): the session would just end, cut.
+                writer.write(err.passed)
+                if check.between_messages:
                     writer.write(
                         _refusal_reply(_cseq_of(bytes(last)), redirect=err.redirect is not None)
                     )
-                    await writer.drain()
-                # Else FFmpeg is inside a frame or body: the 502 would be read
-                # as its bytes (video data); the session just ends (EOF), cut.
-                self.guard.refused(self, str(err), err.redirect)
+                await writer.drain()
                 return
-            if check.frames_dropped != dropped:
-                self.guard.short_packets_dropped += check.frames_dropped - dropped
-                dropped = check.frames_dropped
+            self.guard.short_packets_dropped += check.frames_dropped - dropped
+            dropped = check.frames_dropped
             if passed:
                 writer.write(passed)
-            clean = check.between_messages
             if bridge is not None:
-                bridge.client_written(clean)
+                bridge.client_written(check.between_messages)
             if passed:
                 await writer.drain()
 
