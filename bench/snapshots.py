@@ -540,11 +540,13 @@ class Bench:
         beside them, so a window unlike the others shows in the table.
         """
         pid = self.ha.pid
+        type Mark = tuple[int | None, float, float]  # schedstat ns, ticks (s), wall clock
 
-        def sample() -> tuple[int | None, float, float]:
+        def sample() -> Mark:
             return cpu_ns(pid), cpu_seconds(pid), time.monotonic()
 
-        def share(a: tuple[int | None, float, float], b: tuple[int | None, float, float]) -> Any:
+        def share(a: Mark, b: Mark) -> tuple[float, float, float | None]:
+            """Wall seconds, then the share of one core by ticks and by schedstat."""
             wall = b[2] - a[2]
             ns0, ns1 = a[0], b[0]
             return (
