@@ -34,6 +34,7 @@ from freezegun import freeze_time
 from homeassistant.components.camera.const import DATA_COMPONENT as CAMERA_DATA_COMPONENT
 from homeassistant.components.camera.helper import get_camera_from_entity_id
 from homeassistant.components.cast.const import DOMAIN as CAST_DOMAIN
+from homeassistant.components.stream.const import HLS_PROVIDER
 from homeassistant.components.stream.core import Part, Segment
 from homeassistant.const import EVENT_HOMEASSISTANT_STOP
 from homeassistant.core import Context, Event, HomeAssistant
@@ -1747,13 +1748,40 @@ async def test_live_edges(
         status, _ = await _get(receiver_session, f"{live}/playlist.m3u8")
     assert status == HTTPStatus.SERVICE_UNAVAILABLE
 
-    async def revoke_while_waiting(track: Any, timeout: float) -> bool:
+    async def revoke_while_waiting(stream: Any, timeout: float) -> Any:
         manager.links.revoke(token)
-        return True
+        return stream.add_provider(HLS_PROVIDER)
 
-    with patch.object(cast_views, "async_wait_for_part", revoke_while_waiting):
+    with patch.object(cast_module, "_async_wait_for_part", revoke_while_waiting):
         status, _ = await _get(receiver_session, f"{live}/playlist.m3u8")
     assert status == HTTPStatus.NOT_FOUND
+
+
+async def test_a_live_cast_as_home_assistant_drops_the_idle_output_still_plays(
+    hass: HomeAssistant, porch: str, receiver: FakeCastDevice
+) -> None:
+    """HA drops an HLS output 30 s after its last request, and stops the worker with it.
+
+    A live cast of that camera at that very moment must get an output the
+    new worker fills, not the dropped one: before, it waited for a part
+    that never came and failed after 15 s ("did not start within").
+    """
+    await _cast(hass, porch, mode="live", duration=60)
+    stream = get_camera_from_entity_id(hass, porch).stream
+    assert stream is not None
+    dropped = stream.outputs()[HLS_PROVIDER]
+    assert cast_module.has_part(dropped)
+    # The receiver asked nothing for 30 s: HA's idle timer fires now (its
+    # pending call is used up, as when it fires by itself).
+    dropped.idle_timer.clear()
+    dropped.idle_timer.fire(dt_util.utcnow())
+    await _cast(hass, porch, mode="live", duration=60)
+    track = stream.outputs().get(HLS_PROVIDER)
+    assert track is not None
+    assert track is not dropped
+    assert cast_module.has_part(track)
+    assert len(receiver.loads) == 2
+    await hass.services.async_call(DOMAIN, "stop_cast", {"media_player": RECEIVER}, blocking=True)
 
 
 def _last_number(playlist: str) -> int:

@@ -31,6 +31,7 @@ from datetime import timedelta
 from enum import StrEnum
 import hmac
 import logging
+from math import ceil
 import re
 import time
 from typing import TYPE_CHECKING, Any, Final, override
@@ -140,6 +141,10 @@ METADATA_PHOTO: Final = 4
 # Home Assistant's stream worker probes the RTSP stream (about 2 to 3 s) and the
 # first part follows one part duration later.
 LIVE_READY_TIMEOUT: Final = 15.0
+# How often a live start looks whether HA dropped the output it started, and
+# how many times it starts a dropped one again (see _async_wait_for_part).
+LIVE_RECHECK: Final = 0.5
+LIVE_RESTARTS: Final = 3
 # pychromecast waits up to 30 s for the receiver's answer to a LOAD.
 PLAY_TIMEOUT: Final = 35.0
 # Stopping the app at the end is best effort; a receiver that is gone must not
@@ -491,8 +496,8 @@ def _reason(err: LocalCamError) -> str:
     return err.placeholders.get("reason") or str(err)
 
 
-async def async_prepare_live(camera: LocalCamCamera, *, wait: float | None) -> StreamOutput:
-    """Start the camera's HLS output; with ``wait``, until its first part exists."""
+async def async_prepare_live(camera: LocalCamCamera, *, wait: float) -> StreamOutput:
+    """Start the camera's HLS output and wait, bounded, until its first part exists."""
     stream: Stream | None = await camera.async_create_stream()
     if stream is None:
         raise HomeAssistantError(
@@ -500,11 +505,7 @@ async def async_prepare_live(camera: LocalCamCamera, *, wait: float | None) -> S
             translation_key="cast_no_stream",
             translation_placeholders={"entity_id": camera.entity_id},
         )
-    track = stream.add_provider(HLS_PROVIDER)
-    await stream.start()
-    # The receiver's requests keep the output awake from here on.
-    track.idle_timer.awake()
-    if wait is not None and not await async_wait_for_part(track, wait):
+    if (track := await _async_wait_for_part(stream, wait)) is None:
         raise HomeAssistantError(
             translation_domain=DOMAIN,
             translation_key="cast_stream_timeout",
@@ -513,21 +514,58 @@ async def async_prepare_live(camera: LocalCamCamera, *, wait: float | None) -> S
     return track
 
 
+async def _async_start_hls(stream: Stream) -> StreamOutput:
+    """Return the stream's HLS output, its worker started and its idle timer re-armed."""
+    track = stream.add_provider(HLS_PROVIDER)
+    await stream.start()
+    # The receiver's requests keep the output awake from here on. Not an
+    # output HA dropped meanwhile: its re-armed timer would fire on its own
+    # and drop whatever output the stream then has (the replacement).
+    if stream.outputs().get(HLS_PROVIDER) is track:
+        track.idle_timer.awake()
+    return track
+
+
 def has_part(track: StreamOutput) -> bool:
     """Return whether the output holds at least one finished part."""
     return any(segment.parts for segment in track.get_segments())
 
 
-async def async_wait_for_part(track: StreamOutput, timeout: float) -> bool:
-    """Wait, bounded, until the output holds a finished part."""
+async def _async_wait_for_part(stream: Stream, timeout: float) -> StreamOutput | None:
+    """Wait, bounded, until the stream's HLS output holds a finished part; return that output.
+
+    Home Assistant drops an output OUTPUT_IDLE_TIMEOUT (30 s) after its
+    last request and stops the worker with it, from a task its idle timer
+    starts. A cast that comes just then gets the doomed output: it is
+    dropped after the worker was (re)started for it, and nothing ever fills
+    it. So the output is looked at again every LIVE_RECHECK seconds, and one
+    the stream no longer holds is replaced (the worker started again), at
+    most LIVE_RESTARTS times, once the stop that dropped it has ended.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while not has_part(track):
+    track = await _async_start_hls(stream)
+    restarts = 0
+    for _ in range(ceil(timeout / LIVE_RECHECK) + LIVE_RESTARTS + 1):
+        if has_part(track):
+            return track
+        if stream.outputs().get(HLS_PROVIDER) is not track and restarts < LIVE_RESTARTS:
+            restarts += 1
+            LOGGER.debug("The stream dropped its HLS output while it started; starting it again")
+            # The stop that dropped it first ends: an output added while the
+            # old worker still runs is dropped again by that worker's own
+            # cleanup (worker_finished drops every output there is), which
+            # stops the new worker in turn. Stop and cleanup both end before
+            # the stream's start/stop lock is free again.
+            async with stream._start_stop_lock:  # noqa: SLF001 - no public wait in HA 2026.10
+                pass
+            track = await _async_start_hls(stream)
+            continue
         remaining = deadline - loop.time()
         if remaining <= 0:
-            return False
-        await track.part_recv(timeout=remaining)
-    return True
+            break
+        await track.part_recv(timeout=min(remaining, LIVE_RECHECK))
+    return None
 
 
 class LocalCamCastManager:

@@ -55,7 +55,6 @@ from .cast import (
     LocalCamCastManager,
     async_create_cast_manager,
     async_prepare_live,
-    async_wait_for_part,
 )
 from .const import SNAPSHOT_TIMEOUT
 from .core.cast_links import CastMode
@@ -292,10 +291,8 @@ async def _async_playlist(
 ) -> web.StreamResponse:
     """Serve the plain playlist, starting the stream when it idled out."""
     try:
-        track = await async_prepare_live(camera, wait=None)
+        track = await async_prepare_live(camera, wait=PLAYLIST_WAIT)
     except HomeAssistantError:
-        return web.Response(status=HTTPStatus.SERVICE_UNAVAILABLE, headers=_NO_STORE)
-    if not await async_wait_for_part(track, PLAYLIST_WAIT):
         return web.Response(status=HTTPStatus.SERVICE_UNAVAILABLE, headers=_NO_STORE)
     numbers = part_numbers(track)
     if (served := numbers.served(token)) is not None:
