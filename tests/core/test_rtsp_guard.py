@@ -767,6 +767,19 @@ async def _relayed(
         server.close()
 
 
+async def _refused(camera: _CameraHandler, request: bytes) -> tuple[RtspGuard, bytes, list[str]]:
+    """Relay one request to a scripted camera that gets refused; read until the relay closes.
+
+    Return the guard, all the client received, and the statuses on_refused heard.
+    """
+    heard: list[RedirectedError] = []
+    async with _relayed(camera, RtspGuard(on_refused=heard.append)) as (guard, reader, writer):
+        writer.write(request)
+        async with asyncio.timeout(5):
+            received = await reader.read(-1)
+    return guard, received, [err.placeholders["status"] for err in heard]
+
+
 async def test_an_unexpected_relay_failure_is_logged_and_ends_the_session(
     socket_enabled: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -829,17 +842,16 @@ async def test_a_refused_reply_answers_ffmpeg_with_502_and_only_redirects_are_re
         with contextlib.suppress(ConnectionError):
             await reader.read()
 
-    heard: list[RedirectedError] = []
-    async with _relayed(redirect, RtspGuard(on_refused=heard.append)) as (guard, reader, writer):
-        writer.write(b"DESCRIBE rtsp://127.0.0.1/s RTSP/1.0\r\nCSeq: 7\r\n\r\n")
-        async with asyncio.timeout(5):
-            answer = await reader.read()
-        what = b"Redirect" if reported else b"Reply"
-        assert answer == b"RTSP/1.0 502 " + what + b" refused by LocalCam\r\nCSeq: 7\r\n\r\n"
-        assert [err.placeholders["status"] for err in heard] == reported
-        assert guard.refusals == 1
+    guard, answer, heard = await _refused(
+        redirect, b"DESCRIBE rtsp://127.0.0.1/s RTSP/1.0\r\nCSeq: 7\r\n\r\n"
+    )
+    what = b"Redirect" if reported else b"Reply"
+    assert answer == b"RTSP/1.0 502 " + what + b" refused by LocalCam\r\nCSeq: 7\r\n\r\n"
+    assert heard == reported
+    assert guard.refusals == 1
 
 
+_PLAY = b"PLAY rtsp://127.0.0.1/s RTSP/1.0\r\nCSeq: 1\r\n\r\n"
 _PLAY_OK = b"RTSP/1.0 200 OK\r\nCSeq: 1\r\nSession: 1\r\n\r\n"
 _MOVED = b"RTSP/1.0 301 Moved\r\nCSeq: 2\r\nLocation: rtsp://10.0.0.9/\r\n\r\n"
 _REFUSED_PLAY = b"RTSP/1.0 502 Redirect refused by LocalCam\r\nCSeq: 1\r\n\r\n"
@@ -874,15 +886,11 @@ async def test_a_refusal_after_a_split_frame_finishes_the_frame_then_answers_502
         with contextlib.suppress(ConnectionError):
             await reader.read()
 
-    heard: list[RedirectedError] = []
-    async with _relayed(camera, RtspGuard(on_refused=heard.append)) as (guard, reader, writer):
-        writer.write(b"PLAY rtsp://127.0.0.1/s RTSP/1.0\r\nCSeq: 1\r\n\r\n")
-        async with asyncio.timeout(5):
-            received = await reader.read(-1)
-        assert received == _PLAY_OK + frame + _REFUSED_PLAY
-        assert [err.placeholders["status"] for err in heard] == ["301"]
-        assert guard.refusals == 1
-        assert guard.short_packets_dropped == (1 if with_redirect else 0)
+    guard, received, heard = await _refused(camera, _PLAY)
+    assert received == _PLAY_OK + frame + _REFUSED_PLAY
+    assert heard == ["301"]
+    assert guard.refusals == 1
+    assert guard.short_packets_dropped == (1 if with_redirect else 0)
 
 
 async def test_a_refusal_is_reported_even_when_the_client_resets_during_the_502(
@@ -907,15 +915,11 @@ async def test_a_refusal_is_reported_even_when_the_client_resets_during_the_502(
         with contextlib.suppress(ConnectionError):
             await reader.read()
 
-    heard: list[RedirectedError] = []
     monkeypatch.setattr(asyncio.StreamWriter, "write", write)
     monkeypatch.setattr(asyncio.StreamWriter, "drain", drain)
-    async with _relayed(camera, RtspGuard(on_refused=heard.append)) as (guard, reader, writer):
-        writer.write(b"PLAY rtsp://127.0.0.1/s RTSP/1.0\r\nCSeq: 1\r\n\r\n")
-        async with asyncio.timeout(5):
-            await reader.read(-1)
-        assert [err.placeholders["status"] for err in heard] == ["301"]
-        assert guard.refusals == 1
+    guard, _, heard = await _refused(camera, _PLAY)
+    assert heard == ["301"]
+    assert guard.refusals == 1
 
 
 async def test_the_relay_counts_the_short_frames_it_drops(socket_enabled: None) -> None:
