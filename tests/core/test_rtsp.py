@@ -42,6 +42,7 @@ from custom_components.localcam.core.rtsp import (
 from tests.conftest import camera_config
 from tests.core.test_http import TlsFiles, tls_files  # noqa: F401 - shared fixture
 from virtualcam import CameraConfig, Fault, VirtualCamera, color_for, nearest_camera
+from virtualcam.media import packetize
 
 USER, PASSWORD = "cam", "pw-rtsp-9"
 
@@ -807,13 +808,15 @@ async def test_grab_is_bounded_by_the_gop(socket_enabled: None) -> None:
         await cam.stop()
 
 
-def _write_video(path: Path, *, frames: int, b_frames: int = 0, gop: int = 10) -> None:
-    """Write an H.264 file (10 fps, 320x180), each frame a different grey."""
+def _write_video(
+    path: Path, *, frames: int, b_frames: int = 0, gop: int = 10, codec: str = "libx264"
+) -> None:
+    """Write an H.264 (or ``codec``) file (10 fps, 320x180), each frame a different grey."""
     import av
     import numpy as np
 
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=10)
+        stream = container.add_stream(codec, rate=10)
         stream.width, stream.height, stream.pix_fmt = 320, 180, "yuv420p"
         stream.options = {"g": str(gop), "keyint_min": str(gop), "bf": str(b_frames)}
         for index in range(frames):
@@ -854,6 +857,15 @@ async def test_grab_from_a_reordering_stream(tmp_path: Path) -> None:
     _write_video(path, frames=12, b_frames=2)
     frame = await async_grab_keyframe(str(path), timeout=5)
     assert frame.info.width == 320
+    assert Image.open(io.BytesIO(frame.jpeg)).size == (320, 180)
+
+
+async def test_grab_from_a_stream_in_another_codec(tmp_path: Path) -> None:
+    """A codec other than H.264 and H.265 is read with the demuxer's parser, packet by packet."""
+    path = tmp_path / "mpeg4.mkv"
+    _write_video(path, frames=12, codec="mpeg4")
+    frame = await async_grab_keyframe(str(path), timeout=5)
+    assert frame.info.codec == "mpeg4"
     assert Image.open(io.BytesIO(frame.jpeg)).size == (320, 180)
 
 
@@ -980,15 +992,18 @@ class ScriptedCamera:
         height: int = 176,
         audio: bool = True,
         video: list[bytes] | None = None,
+        interval: float = 0.1,
     ) -> None:
         """Declare a video size (in the SDP's SPS), whether audio flows, and any video.
 
-        ``video`` is one access unit's NAL units, sent again every 100 ms once
-        audio has flowed for a while (so FFmpeg's probing saw only audio).
+        ``video`` is one access unit's NAL units (FU-A fragments for those
+        above an RTP payload), sent 0.3 s after PLAY (so FFmpeg's probing saw
+        only audio), then again every ``interval`` seconds.
         """
         self.sprop = _sprop(width, height)
         self.audio = audio
         self.video = video
+        self.interval = interval
         self.audio_packets = 0
         self.connections = 0
         self._writers: list[asyncio.StreamWriter] = []
@@ -1035,15 +1050,22 @@ class ScriptedCamera:
 
     async def _send_video(self, writer: asyncio.StreamWriter, nals: list[bytes]) -> None:
         await asyncio.sleep(0.3)
-        seq = 0
+        seq = unit = 0
+        payloads = packetize(nals)
         while not writer.is_closing():
-            for index, nal in enumerate(nals):  # single NAL unit packets, marker on the last
-                marker = 0x80 if index == len(nals) - 1 else 0
-                header = struct.pack("!BBHII", 0x80, marker | 96, seq & 0xFFFF, seq * 9000, 0x5678)
-                writer.write(b"$\x00" + struct.pack("!H", len(header) + len(nal)) + header + nal)
+            # One timestamp per access unit, marker on its last payload.
+            for index, payload in enumerate(payloads):
+                marker = 0x80 if index == len(payloads) - 1 else 0
+                header = struct.pack("!BBHII", 0x80, marker | 96, seq & 0xFFFF, unit * 9000, 0x5678)
+                writer.write(b"$\x00" + struct.pack("!H", len(header) + len(payload)))
+                writer.write(header + payload)
                 seq += 1
-            await writer.drain()
-            await asyncio.sleep(0.1)
+            unit += 1
+            try:
+                await writer.drain()
+            except ConnectionError:  # the client left while a large unit was in flight
+                return
+            await asyncio.sleep(self.interval)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -1197,8 +1219,11 @@ async def test_warm_session_over_audio_only_closes_after_its_linger(
     assert await _wait_until(lambda: audio_only_camera.connections == 0, 1)
 
 
-def _idr_nal_units(width: int, height: int) -> list[bytes]:
-    """SPS, PPS and IDR slice NAL units of one black ``width``x``height`` H.264 frame."""
+def _idr_nal_units(width: int, height: int, *, noise: bool = False) -> list[bytes]:
+    """SPS, PPS and IDR slice NAL units of one ``width``x``height`` H.264 frame.
+
+    Black, or noise (an IDR too large for one RTP payload).
+    """
     import av
     import numpy as np
 
@@ -1206,26 +1231,38 @@ def _idr_nal_units(width: int, height: int) -> list[bytes]:
     codec.width, codec.height, codec.pix_fmt = width, height, "yuv420p"
     codec.options = {"bf": "0", "g": "1"}
     image = np.zeros((height, width, 3), np.uint8)
+    if noise:
+        image = np.random.default_rng(7).integers(0, 256, image.shape, np.uint8)
     frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p")
     data = b"".join(bytes(p) for p in [*codec.encode(frame), *codec.encode(None)])
     nals = [nal.lstrip(b"\x00") for nal in data.split(b"\x00\x00\x01")]
     return [nal for nal in nals if nal and nal[0] & 0x1F in (5, 7, 8)]
 
 
-async def test_a_declared_oversize_stream_is_refused_before_decoding(
+async def test_an_oversize_stream_is_refused_at_its_first_decode(
     socket_enabled: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A size known at open (probed from the camera's SPS) above the limit: nothing decodes.
+    """A stream above the size limit: one decode makes no frame of it, and the grab ends there.
 
     The limit is lowered to just below this camera's 320x180, the smallest
-    honest stand-in for a camera declaring a 16384x16384 stream.
+    honest stand-in for a camera streaming 16384x16384. FFmpeg's max_pixels
+    allocates no such frame; the size the stream's SPS declared ends the
+    one-shot grab and the warm session with bad_size, nothing converted.
     """
     cam = VirtualCamera(
         CameraConfig(name="big", color=color_for(2), width=320, height=180, http_snapshot=False)
     )
     await cam.start()
-    decoded: list[bool] = []
-    monkeypatch.setattr(rtsp, "_decode", lambda *_a, **_k: decoded.append(True))
+    decoded: list[bool] = []  # per decode: whether it produced a frame
+    real_decode = rtsp._decode
+
+    def decode(*args: Any, **kwargs: Any) -> Any:
+        frame = real_decode(*args, **kwargs)
+        decoded.append(frame is not None)
+        return frame
+
+    monkeypatch.setattr(rtsp, "_decode", decode)
+    monkeypatch.setattr(rtsp, "encode_bgr", lambda _array: pytest.fail("encoded"))
     monkeypatch.setattr(rtsp, "MAX_PIXELS", 320 * 180 - 1)
     target = await _target(cam.rtsp_url)
     url = target.pinned_url()
@@ -1239,7 +1276,7 @@ async def test_a_declared_oversize_stream_is_refused_before_decoding(
     finally:
         await grabber.close()
         await cam.stop()
-    assert not decoded
+    assert decoded == [False, False]
 
 
 @pytest.mark.parametrize("limit", ["MAX_PIXELS", "MAX_DIMENSION"])
@@ -1273,3 +1310,30 @@ async def test_an_in_band_oversize_frame_is_refused_before_conversion(
         await camera.stop()
     # FFmpeg itself refused to allocate the frame above MAX_PIXELS.
     assert decoded == [limit == "MAX_DIMENSION"]
+
+
+async def test_a_keyframe_is_not_held_until_the_next_frame(socket_enabled: None) -> None:
+    """A keyframe is decoded once its last payload is in, not when the next frame shows it ended.
+
+    This camera sends a keyframe (fragmented, as any above ~1400 bytes is)
+    0.3 s after PLAY and the next one 3 s later. FFmpeg's parser would hand
+    the first over only when the second began; the grab and the warm session
+    both return it before that.
+    """
+    camera = ScriptedCamera(
+        width=640, height=352, audio=False, video=_idr_nal_units(640, 352, noise=True), interval=3
+    )
+    url = await camera.start()
+    grabber = WarmGrabber(linger=0.5)
+    try:
+        for grab in (
+            lambda: async_grab_keyframe(url, timeout=5),
+            lambda: grabber.grab(url, timeout=5),
+        ):
+            start = time.monotonic()
+            frame = await grab()
+            assert frame.info.width == 640
+            assert time.monotonic() - start < 2
+    finally:
+        await grabber.close()
+        await camera.stop()

@@ -48,9 +48,24 @@ _LOGGER = logging.getLogger(__name__)
 # Probing off: the codec parameters come from the SDP (sprop-parameter-sets),
 # which saves the ~2.7 s libavformat spends analysing a live stream.
 FAST_OPEN_OPTIONS: Final = {"analyzeduration": "0", "probesize": "32", "fpsprobesize": "0"}
-# Upper bound on packets read while waiting for the first keyframe: a 4 s GOP
-# at 30 fps with audio interleaved stays well below it.
-_MAX_PACKETS: Final = 2000
+# The grabs read H.264 and H.265 with the demuxer's parser off (see _Keyframes):
+# the parser hands over an access unit only once the next one begins, a whole
+# frame interval after its last byte arrived (100 ms at 10 fps).
+_UNPARSED_OPTIONS: Final = {"fflags": "+noparse+nofillin"}
+_ASSEMBLED_CODECS: Final = frozenset({"h264", "hevc"})
+_AVFMT_FLAG_NOPARSE: Final = 0x20
+# FFmpeg's AV_CODEC_FLAG2_CHUNKS: the H.264 decoder then takes a picture in
+# pieces and returns it only once its last macroblock row is decoded.
+_FLAG2_CHUNKS: Final = 1 << 15
+# Early decodes of one keyframe before its next access unit shows it is whole
+# (one per slice that may have ended); past this, it waits for that boundary.
+_MAX_EARLY_TRIES: Final = 8
+# Upper bound on one access unit's bytes (a 4K keyframe is 1-2 MB).
+_MAX_UNIT_BYTES: Final = 32 * 1024 * 1024
+# Upper bound on packets read while waiting for the first keyframe. Unparsed,
+# a packet is one RTP payload (a 4K keyframe is ~1000 of them); a 4 s GOP at
+# 30 fps with audio interleaved stays well below it.
+_MAX_PACKETS: Final = 20000
 # How long past its own timeout an awaiting caller waits for a grab thread.
 # The thread checks its deadline on every packet, but a read that starts just
 # before the deadline may run one more read timeout; the caller does not wait
@@ -86,8 +101,14 @@ def _translate_av_error(err: Exception, *, timed_out: bool) -> LocalCamError:
     return CannotConnectError(f"stream could not be opened ({type(err).__name__})")
 
 
-def _open_container(url: str, transport: RtspTransport, timeout: float) -> Any:
-    """Open an RTSP URL with probing off; raise NoVideoError without video."""
+def _open_container(
+    url: str, transport: RtspTransport, timeout: float, *, unparsed: bool = False
+) -> Any:
+    """Open an RTSP URL with probing off; raise NoVideoError without video.
+
+    ``unparsed`` turns the demuxer's parser off (see _Keyframes), for H.264
+    and H.265 only: a stream in any other codec is opened again with it on.
+    """
     import av  # noqa: PLC0415
 
     options = {
@@ -96,10 +117,17 @@ def _open_container(url: str, transport: RtspTransport, timeout: float) -> Any:
         # FFmpeg's socket I/O timeout, in microseconds.
         "timeout": str(int(timeout * 1_000_000)),
     }
-    container = av.open(url, options=options, timeout=(timeout, timeout))
+    container = av.open(
+        url,
+        options={**options, **_UNPARSED_OPTIONS} if unparsed else options,
+        timeout=(timeout, timeout),
+    )
     if not container.streams.video:
         container.close()
         raise NoVideoError("stream has no video track")
+    if unparsed and container.streams.video[0].codec_context.name not in _ASSEMBLED_CODECS:
+        container.close()
+        return _open_container(url, transport, timeout)
     return container
 
 
@@ -156,6 +184,178 @@ def _decode(codec: Any, packet: Any, *, drain: bool) -> Any | None:
     return frames[0] if frames else None
 
 
+@dataclass(frozen=True, slots=True)
+class _NalKinds:
+    """What matters of a codec's NAL unit types here (H.264 7.4.1.2.3, H.265 7.4.2.4.4)."""
+
+    header: int  # bytes of NAL unit header
+    vcl: range  # types that carry picture data
+    key: range  # types of a picture decodable on its own (IDR; H.265: IRAP)
+    starts_unit: frozenset[int]  # non-VCL types that, after picture data, begin a new unit
+
+    def nal_type(self, first: int) -> int:
+        """The type in a NAL unit header's first byte."""
+        return first & 0x1F if self.header == 1 else (first >> 1) & 0x3F
+
+
+_H264: Final = _NalKinds(1, range(1, 6), range(5, 6), frozenset({6, 7, 8, 9, 14, 15, 16, 17, 18}))
+_H265: Final = _NalKinds(
+    2,
+    range(32),
+    range(16, 24),
+    frozenset({32, 33, 34, 35, 39, 41, 42, 43, 44, *range(48, 56)}),
+)
+_START_CODE: Final = b"\x00\x00\x00\x01"
+
+
+@dataclass(frozen=True, slots=True)
+class _Payload:
+    """The NAL units one unparsed payload starts, as FFmpeg's RTSP demuxer hands it over.
+
+    The demuxer puts a 4-byte start code before each whole NAL unit and
+    before the first piece of a fragmented one (FU-A, FU), with the unit's
+    header; the other pieces come bare. The bytes of a NAL unit never hold a
+    start code (emulation prevention), so each one found begins a NAL unit.
+    """
+
+    body: int  # size without the start code and header: equal for all full pieces
+    new_unit: bool  # it begins a new access unit (after picture data)
+    vcl: bool  # it starts a NAL unit of picture data
+    key: bool  # it starts a keyframe's NAL unit
+
+    @classmethod
+    def read(cls, data: bytes, kinds: _NalKinds) -> _Payload:
+        """Look at the NAL units ``data`` starts."""
+        if not data.startswith(_START_CODE) or len(data) <= 4 + kinds.header:
+            return cls(len(data), new_unit=False, vcl=False, key=False)
+        first = kinds.nal_type(data[4])
+        # A picture's first slice: first_mb_in_slice 0 (ue(v) "1") or
+        # first_slice_segment_in_pic_flag 1, the first bit after the header.
+        first_slice = first in kinds.vcl and data[4 + kinds.header] & 0x80 != 0
+        vcl = key = False
+        pos = 0
+        while pos >= 0 and pos + 4 < len(data):  # each find moves on: bounded by len
+            nal = kinds.nal_type(data[pos + 4])
+            vcl = vcl or nal in kinds.vcl
+            key = key or nal in kinds.key
+            pos = data.find(_START_CODE, pos + 4)
+        return cls(
+            len(data) - 4 - kinds.header,
+            new_unit=first in kinds.starts_unit or first_slice,
+            vcl=vcl,
+            key=key,
+        )
+
+
+class _Keyframes:
+    """Decoded keyframes out of one video stream's packets, each as soon as it is whole.
+
+    Parsed (the parser on: any codec but H.264 and H.265, or a file), each
+    packet is one access unit, decoded as it comes; one flagged key is
+    drained from a decoder that holds pictures back for reordering.
+
+    Unparsed (RTSP H.264 and H.265, the demuxer's parser off), each packet is
+    one RTP payload as it arrived: a whole NAL unit, or a piece of a
+    fragmented one. They are joined in order into access units, a new one
+    beginning where the standard says (a new timestamp, or after picture
+    data: a parameter set, delimiter, SEI or a picture's first slice). A
+    unit is decoded:
+
+    - when the next one begins: it is then whole (the parser's own boundary,
+      one frame interval after its last byte);
+    - H.264 only, earlier: after each payload of a keyframe that may end a
+      slice (one shorter than a full piece), the unit so far is decoded from
+      a clean decoder in CHUNKS mode, where FFmpeg returns a picture only
+      once its last macroblock row is decoded. A unit not yet whole gives no
+      picture; the decoder is flushed, and the unit tried again with more.
+
+    Which layer guarantees what: an early decode is of the unit so far, from
+    a clean decoder, and FFmpeg's CHUNKS mode returns no picture short of its
+    last row (tests/core/test_keyframes.py holds it to that, with keyframes
+    cut short); at a boundary, the unit decoded is the one the parser would
+    have handed over.
+    """
+
+    def __init__(self, codec: Any, *, unparsed: bool) -> None:
+        """Read ``codec``'s packets (its decoder already prepared)."""
+        self._codec = codec
+        self._unparsed = unparsed
+        self._kinds = _H265 if codec.name == "hevc" else _H264
+        self._early = unparsed and codec.name == "h264"
+        if self._early:
+            codec.flags2 |= _FLAG2_CHUNKS
+        self._pts: object = self  # no timestamp yet
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._vcl = False
+        self._key = False
+        self._done = False
+        self._tries = 0
+        self._full = 0  # the largest piece seen: a fragmented NAL unit's full pieces
+
+    def push(self, packet: Any) -> Any | None:
+        """Take the next packet of the video stream; return a keyframe if one is whole."""
+        if not self._unparsed:
+            return _decode_checked(self._codec, packet, drain=packet.is_keyframe)
+        data = bytes(packet)
+        payload = _Payload.read(data, self._kinds)
+        frame = None
+        if packet.pts != self._pts or (payload.new_unit and self._vcl):
+            frame = self.end()
+            self._pts = packet.pts
+        self._parts.append(data)
+        self._size += len(data)
+        if self._size > _MAX_UNIT_BYTES:
+            raise InvalidImageError("access unit too large", kind="too_large")
+        self._vcl = self._vcl or payload.vcl
+        self._key = self._key or payload.key or packet.is_keyframe
+        full = payload.body >= self._full
+        self._full = max(self._full, payload.body)
+        if (
+            frame is None
+            and self._early
+            and self._key
+            and not self._done
+            and not full
+            and self._tries < _MAX_EARLY_TRIES
+        ):
+            self._tries += 1
+            import av  # noqa: PLC0415
+
+            try:
+                frame = self._decode_unit()
+            except av.FFmpegError:  # part of a unit may not decode: the whole one will tell
+                frame = None
+            if frame is None:
+                # The next try starts clean, whatever FFmpeg kept of this part.
+                self._codec.flush_buffers()
+            self._done = frame is not None
+        return frame
+
+    def end(self) -> Any | None:
+        """The unit held is whole (the next began, or the stream ended): decode it, start anew."""
+        frame = None
+        if self._parts and not self._done:
+            frame = self._decode_unit()
+            if frame is None and self._key:
+                # Held back for reordering: drained, then reset (after a drain
+                # FFmpeg refuses every packet until reset), as _decode does.
+                frames = self._codec.decode(None)
+                self._codec.flush_buffers()
+                frame = frames[0] if frames else None
+        self._parts = []
+        self._size = 0
+        self._vcl = self._key = self._done = False
+        self._tries = 0
+        return frame
+
+    def _decode_unit(self) -> Any | None:
+        """Decode the unit so far as one packet; refuse a size no still may have."""
+        import av  # noqa: PLC0415
+
+        return _decode_checked(self._codec, av.Packet(b"".join(self._parts)), drain=False)
+
+
 def grab_keyframe(
     url: str,
     *,
@@ -180,13 +380,14 @@ def grab_keyframe(
         return time.monotonic() >= deadline - 0.05
 
     try:
-        container = _open_container(url, transport, timeout)
+        container = _open_container(url, transport, timeout, unparsed=True)
     except (av.FFmpegError, OSError) as err:
         raise _translate_av_error(err, timed_out=timed_out()) from None
     try:
         stream = container.streams.video[0]
         codec = stream.codec_context
         _prepare_decoder(codec)
+        keyframes = _Keyframes(codec, unparsed=bool(container.flags & _AVFMT_FLAG_NOPARSE))
         frame = None
         # Every stream's packets: demux(stream) would drop the others in C,
         # where none of these checks run (an audio-only flood never ended).
@@ -197,10 +398,12 @@ def grab_keyframe(
                 or (stop is not None and stop.is_set())
             ):
                 raise CameraTimeoutError("no keyframe in time")
-            if packet.stream_index != stream.index or packet.size == 0:
+            if packet.stream_index != stream.index:
                 continue
             # Non-key packets too: a demuxer may not flag every keyframe.
-            if (frame := _decode_checked(codec, packet, drain=packet.is_keyframe)) is not None:
+            # An empty packet ends the stream: the unit held is whole.
+            frame = keyframes.push(packet) if packet.size else keyframes.end()
+            if frame is not None:
                 received = time.monotonic()
                 break
         if frame is None:
@@ -435,10 +638,11 @@ class WarmGrabber:
         container: Any = None
         open_deadline = time.monotonic() + timeout
         try:
-            container = _open_container(url, self._transport, timeout)
+            container = _open_container(url, self._transport, timeout, unparsed=True)
             stream = container.streams.video[0]
             codec = stream.codec_context
             _prepare_decoder(codec)
+            keyframes = _Keyframes(codec, unparsed=bool(container.flags & _AVFMT_FLAG_NOPARSE))
             # Every stream's packets, so the stop and linger checks run on
             # each one (see grab_keyframe); only video is decoded.
             for packet in container.demux():
@@ -447,15 +651,11 @@ class WarmGrabber:
                     not self._wanted.is_set() and now - self._last_request > self._linger
                 ):
                     break
-                # Keyframes decode on their own: one decode per GOP, only
-                # while the session is warm (it closes after the linger).
-                if (
-                    packet.stream_index != stream.index
-                    or packet.size == 0
-                    or not packet.is_keyframe
-                ):
+                # Only keyframes are decoded (the decoder skips the rest),
+                # only while the session is warm (it closes after the linger).
+                if packet.stream_index != stream.index:
                     continue
-                if (frame := _decode_checked(codec, packet, drain=True)) is None:
+                if (frame := keyframes.push(packet) if packet.size else keyframes.end()) is None:
                     continue
                 grabbed = GrabbedFrame(
                     info=StreamInfo(codec=codec.name, width=frame.width, height=frame.height),
