@@ -1561,6 +1561,17 @@ def summary(results: dict[str, Any]) -> str:
                 "p99 <= one cold still + 50 ms",
                 lc["p99"] <= one + TARGET_FANOUT_P99_SLACK_S if one and lc["p99"] else None,
             )
+            # ANCHORS.md's cold-still row: within 15 % of the physical limit,
+            # "also for 200 concurrent viewers".
+            lim = cold_median(LIMIT, "idle", "rtsp1")
+            add(
+                f"{top} viewers, RTSP-only camera: p99 vs the physical limit",
+                f"{ms(lc['p99'])} vs {ms(lim)} ms",
+                f"{ms(ff['p99'])} ms (ffmpeg)" if ff else "-",
+                ratio(lc["p99"], ff["p99"]) if ff else None,
+                f"<= 1.15x limit = {ms(lim * TARGET_COLD_OVER_LIMIT) if lim else '-'} ms",
+                lc["p99"] <= lim * TARGET_COLD_OVER_LIMIT if lim and lc["p99"] else None,
+            )
     for camera in ("snap", "rtsp1"):
         lc = _find(warm, who=LOCALCAM, camera=camera, endpoint=API)
         ge = _find(warm, who=GENERIC, camera=camera, endpoint=API)
