@@ -8,6 +8,7 @@ sends (no video in the SDP, garbage, endless headers).
 import asyncio
 import base64
 from collections.abc import AsyncIterator, Callable
+from fractions import Fraction
 import hashlib
 import io
 from pathlib import Path
@@ -18,6 +19,7 @@ import threading
 import time
 from typing import Any
 
+import numpy as np
 from PIL import Image
 import pytest
 
@@ -808,15 +810,12 @@ async def test_grab_is_bounded_by_the_gop(socket_enabled: None) -> None:
         await cam.stop()
 
 
-def _write_video(
-    path: Path, *, frames: int, b_frames: int = 0, gop: int = 10, codec: str = "libx264"
-) -> None:
-    """Write an H.264 (or ``codec``) file (10 fps, 320x180), each frame a different grey."""
+def _write_video(path: Path, *, frames: int, b_frames: int = 0, gop: int = 10) -> None:
+    """Write an H.264 file (10 fps, 320x180), each frame a different grey."""
     import av
-    import numpy as np
 
     with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=10)
+        stream = container.add_stream("libx264", rate=10)
         stream.width, stream.height, stream.pix_fmt = 320, 180, "yuv420p"
         stream.options = {"g": str(gop), "keyint_min": str(gop), "bf": str(b_frames)}
         for index in range(frames):
@@ -860,13 +859,26 @@ async def test_grab_from_a_reordering_stream(tmp_path: Path) -> None:
     assert Image.open(io.BytesIO(frame.jpeg)).size == (320, 180)
 
 
-async def test_grab_from_a_stream_in_another_codec(tmp_path: Path) -> None:
-    """A codec other than H.264 and H.265 is read with the demuxer's parser, packet by packet."""
-    path = tmp_path / "mpeg4.mkv"
-    _write_video(path, frames=12, codec="mpeg4")
-    frame = await async_grab_keyframe(str(path), timeout=5)
-    assert frame.info.codec == "mpeg4"
-    assert Image.open(io.BytesIO(frame.jpeg)).size == (320, 180)
+async def test_grab_from_a_camera_in_another_codec(socket_enabled: None) -> None:
+    """An RTSP stream in a codec other than H.264 and H.265 is opened again, with the parser on.
+
+    Unparsed, an MPEG-4 Part 2 stream's payloads would never make a unit.
+    """
+    import av
+
+    codec = av.CodecContext.create("mpeg4", "w")
+    codec.width, codec.height, codec.pix_fmt = 320, 176, "yuv420p"
+    codec.time_base = Fraction(1, 10)
+    image = av.VideoFrame.from_ndarray(np.full((176, 320, 3), 90, np.uint8), format="rgb24")
+    frame = bytes(codec.encode(image.reformat(format="yuv420p"))[0])  # VOL header and I-VOP
+    camera = ScriptedCamera(audio=False, video=[frame], mpeg4=True)
+    url = await camera.start()
+    try:
+        grabbed = await async_grab_keyframe(url, timeout=5)
+    finally:
+        await camera.stop()
+    assert grabbed.info.codec == "mpeg4"
+    assert Image.open(io.BytesIO(grabbed.jpeg)).size == (320, 176)
 
 
 async def test_grab_from_a_video_track_without_frames(tmp_path: Path) -> None:
@@ -993,13 +1005,16 @@ class ScriptedCamera:
         audio: bool = True,
         video: list[bytes] | None = None,
         interval: float = 0.1,
+        mpeg4: bool = False,
     ) -> None:
         """Declare a video size (in the SDP's SPS), whether audio flows, and any video.
 
         ``video`` is one access unit's NAL units (FU-A fragments for those
         above an RTP payload), sent 0.3 s after PLAY (so FFmpeg's probing saw
-        only audio), then again every ``interval`` seconds.
+        only audio), then again every ``interval`` seconds. ``mpeg4``: the
+        video is MPEG-4 Part 2 (RFC 3016), ``video`` one whole frame per payload.
         """
+        self.mpeg4 = mpeg4
         self.sprop = _sprop(width, height)
         self.audio = audio
         self.video = video
@@ -1031,9 +1046,14 @@ class ScriptedCamera:
         return (
             "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=x\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\n"  # outside
             "a=control:*\r\n"
-            "m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n"
-            f"a=fmtp:96 packetization-mode=1;sprop-parameter-sets={self.sprop}\r\n"
-            f"a=control:{base}trackID=0\r\n"
+            + (
+                "m=video 0 RTP/AVP 96\r\na=rtpmap:96 MP4V-ES/90000\r\n"
+                "a=fmtp:96 profile-level-id=1\r\n"
+                if self.mpeg4
+                else "m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n"
+                f"a=fmtp:96 packetization-mode=1;sprop-parameter-sets={self.sprop}\r\n"
+            )
+            + f"a=control:{base}trackID=0\r\n"
             "m=audio 0 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
             f"a=control:{base}trackID=1\r\n"
         ).encode()
@@ -1051,7 +1071,7 @@ class ScriptedCamera:
     async def _send_video(self, writer: asyncio.StreamWriter, nals: list[bytes]) -> None:
         await asyncio.sleep(0.3)
         seq = unit = 0
-        payloads = packetize(nals)
+        payloads = tuple(nals) if self.mpeg4 else packetize(nals)
         while not writer.is_closing():
             # One timestamp per access unit, marker on its last payload.
             for index, payload in enumerate(payloads):

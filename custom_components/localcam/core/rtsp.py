@@ -106,29 +106,38 @@ def _open_container(
 ) -> Any:
     """Open an RTSP URL with probing off; raise NoVideoError without video.
 
-    ``unparsed`` turns the demuxer's parser off (see _Keyframes), for H.264
-    and H.265 only: a stream in any other codec is opened again with it on.
+    ``unparsed`` turns the RTSP demuxer's parser off (see _Keyframes), for
+    H.264 and H.265 only: a stream in any other codec is opened again with
+    it on, within what is left of ``timeout``.
     """
     import av  # noqa: PLC0415
 
+    started = time.monotonic()
+    unparsed = unparsed and url.startswith(("rtsp://", "rtsps://"))
     options = {
         **FAST_OPEN_OPTIONS,
         "rtsp_transport": transport.value,
         # FFmpeg's socket I/O timeout, in microseconds.
         "timeout": str(int(timeout * 1_000_000)),
     }
-    container = av.open(
-        url,
-        options={**options, **_UNPARSED_OPTIONS} if unparsed else options,
-        timeout=(timeout, timeout),
-    )
+    if unparsed:
+        options.update(_UNPARSED_OPTIONS)
+    container = av.open(url, options=options, timeout=(timeout, timeout))
     if not container.streams.video:
         container.close()
         raise NoVideoError("stream has no video track")
     if unparsed and container.streams.video[0].codec_context.name not in _ASSEMBLED_CODECS:
         container.close()
-        return _open_container(url, transport, timeout)
+        left = timeout - (time.monotonic() - started)
+        if left <= 0:
+            raise CameraTimeoutError("no keyframe in time")
+        return _open_container(url, transport, left)
     return container
+
+
+def _unparsed(container: Any) -> bool:
+    """Whether ``container`` hands over RTP payloads unparsed (RTSP with the parser off)."""
+    return container.format.name == "rtsp" and bool(container.flags & _AVFMT_FLAG_NOPARSE)
 
 
 def _check_size(width: int, height: int) -> None:
@@ -166,6 +175,18 @@ def _decode_checked(codec: Any, packet: Any, *, drain: bool) -> Any | None:
     _check_size(codec.width, codec.height)
     if frame is not None:
         _check_size(frame.width, frame.height)
+    return _whole(frame)
+
+
+def _whole(frame: Any | None) -> Any | None:
+    """``frame``, unless FFmpeg filled part of it in (a slice lost or cut short): then None.
+
+    FFmpeg's error concealment makes a whole picture out of what it got and
+    flags it corrupt; such a keyframe is skipped, and the next one waited for.
+    """
+    if frame is not None and frame.is_corrupt:
+        _LOGGER.debug("Skipped a keyframe FFmpeg could decode only in part")
+        return None
     return frame
 
 
@@ -186,24 +207,23 @@ def _decode(codec: Any, packet: Any, *, drain: bool) -> Any | None:
 
 @dataclass(frozen=True, slots=True)
 class _NalKinds:
-    """What matters of a codec's NAL unit types here (H.264 7.4.1.2.3, H.265 7.4.2.4.4)."""
+    """What matters of a codec's NAL unit types here."""
 
     header: int  # bytes of NAL unit header
     vcl: range  # types that carry picture data
     key: range  # types of a picture decodable on its own (IDR; H.265: IRAP)
-    starts_unit: frozenset[int]  # non-VCL types that, after picture data, begin a new unit
+    # Non-VCL types that, after picture data, begin a new access unit: those
+    # FFmpeg's own parsers split at (h264_find_frame_end, hevc_find_frame_end).
+    starts_unit: frozenset[int]
 
     def nal_type(self, first: int) -> int:
         """The type in a NAL unit header's first byte."""
         return first & 0x1F if self.header == 1 else (first >> 1) & 0x3F
 
 
-_H264: Final = _NalKinds(1, range(1, 6), range(5, 6), frozenset({6, 7, 8, 9, 14, 15, 16, 17, 18}))
+_H264: Final = _NalKinds(1, range(1, 6), range(5, 6), frozenset({6, 7, 8, 9}))
 _H265: Final = _NalKinds(
-    2,
-    range(32),
-    range(16, 24),
-    frozenset({32, 33, 34, 35, 39, 41, 42, 43, 44, *range(48, 56)}),
+    2, range(32), range(16, 24), frozenset({*range(32, 38), 39, *range(41, 45), *range(48, 56)})
 )
 _START_CODE: Final = b"\x00\x00\x00\x01"
 
@@ -218,31 +238,37 @@ class _Payload:
     start code (emulation prevention), so each one found begins a NAL unit.
     """
 
+    bare: bool  # a piece of a fragmented NAL unit other than its first
     body: int  # size without the start code and header: equal for all full pieces
-    new_unit: bool  # it begins a new access unit (after picture data)
-    vcl: bool  # it starts a NAL unit of picture data
+    new_unit: bool  # it begins an access unit (the next one, after picture data)
+    # Whether its first picture-data NAL unit is a picture's first slice
+    # (None: it starts none).
+    first_slice: bool | None
     key: bool  # it starts a keyframe's NAL unit
 
     @classmethod
     def read(cls, data: bytes, kinds: _NalKinds) -> _Payload:
         """Look at the NAL units ``data`` starts."""
         if not data.startswith(_START_CODE) or len(data) <= 4 + kinds.header:
-            return cls(len(data), new_unit=False, vcl=False, key=False)
-        first = kinds.nal_type(data[4])
-        # A picture's first slice: first_mb_in_slice 0 (ue(v) "1") or
-        # first_slice_segment_in_pic_flag 1, the first bit after the header.
-        first_slice = first in kinds.vcl and data[4 + kinds.header] & 0x80 != 0
-        vcl = key = False
+            return cls(True, len(data), new_unit=False, first_slice=None, key=False)
+        first_slice: bool | None = None
+        key = False
         pos = 0
-        while pos >= 0 and pos + 4 < len(data):  # each find moves on: bounded by len
+        # Each find moves on, so this ends within len(data) / 4 rounds.
+        while pos >= 0 and pos + 4 + kinds.header < len(data):
             nal = kinds.nal_type(data[pos + 4])
-            vcl = vcl or nal in kinds.vcl
+            if first_slice is None and nal in kinds.vcl:
+                # first_mb_in_slice 0 (ue(v) "1") or first_slice_segment_in_pic_flag 1:
+                # the first bit after the header.
+                first_slice = data[pos + 4 + kinds.header] & 0x80 != 0
             key = key or nal in kinds.key
             pos = data.find(_START_CODE, pos + 4)
+        first = kinds.nal_type(data[4])
         return cls(
+            False,
             len(data) - 4 - kinds.header,
-            new_unit=first in kinds.starts_unit or first_slice,
-            vcl=vcl,
+            new_unit=first in kinds.starts_unit or (first in kinds.vcl and bool(first_slice)),
+            first_slice=first_slice,
             key=key,
         )
 
@@ -257,23 +283,32 @@ class _Keyframes:
     Unparsed (RTSP H.264 and H.265, the demuxer's parser off), each packet is
     one RTP payload as it arrived: a whole NAL unit, or a piece of a
     fragmented one. They are joined in order into access units, a new one
-    beginning where the standard says (a new timestamp, or after picture
-    data: a parameter set, delimiter, SEI or a picture's first slice). A
-    unit is decoded:
+    beginning where FFmpeg's parser would begin it: at a parameter set,
+    delimiter or SEI after picture data, or at a picture's first slice.
+    Timestamps play no part: FFmpeg may change one in the middle of a unit
+    (at an RTCP sender report). A unit that does not begin with its
+    picture's first slice (the first one of a session, joined mid-picture)
+    is never decoded. A unit is decoded:
 
     - when the next one begins: it is then whole (the parser's own boundary,
-      one frame interval after its last byte);
-    - H.264 only, earlier: after each payload of a keyframe that may end a
-      slice (one shorter than a full piece), the unit so far is decoded from
-      a clean decoder in CHUNKS mode, where FFmpeg returns a picture only
-      once its last macroblock row is decoded. A unit not yet whole gives no
-      picture; the decoder is flushed, and the unit tried again with more.
+      one frame interval after its last byte arrived);
+    - H.264 only, earlier: after a keyframe payload known to end its NAL
+      unit. Packetizers cut a fragmented NAL unit into pieces of one size
+      (all full, or all within a byte) but the last, so a piece two bytes or
+      more shorter than the piece before it is the last; a payload with a
+      start code shorter than half the largest piece seen is a whole NAL unit
+      (a first piece is at least half a piece). The NAL units that came since
+      go to the decoder in CHUNKS mode, which returns a picture once its last
+      macroblock row is decoded: a picture of several slices goes in slice
+      by slice, then, once whole, is decoded again in one piece (FFmpeg flags
+      a picture taken in pieces as corrupt). Not with B-frames (the decoder
+      holds pictures back): there the unit waits for its boundary.
 
-    Which layer guarantees what: an early decode is of the unit so far, from
-    a clean decoder, and FFmpeg's CHUNKS mode returns no picture short of its
-    last row (tests/core/test_keyframes.py holds it to that, with keyframes
-    cut short); at a boundary, the unit decoded is the one the parser would
-    have handed over.
+    Which layer guarantees what: this class decodes early only a NAL unit
+    those rules say is whole (FFmpeg's CHUNKS mode may take one cut two or
+    three bytes short for whole); ``_whole`` refuses every frame FFmpeg had
+    to conceal part of (a slice lost or cut), early, at the boundary and
+    when drained. tests/core/test_keyframes.py holds both to it.
     """
 
     def __init__(self, codec: Any, *, unparsed: bool) -> None:
@@ -284,14 +319,15 @@ class _Keyframes:
         self._early = unparsed and codec.name == "h264"
         if self._early:
             codec.flags2 |= _FLAG2_CHUNKS
-        self._pts: object = self  # no timestamp yet
         self._parts: list[bytes] = []
         self._size = 0
-        self._vcl = False
+        self._first_slice: bool | None = None  # of the unit's first picture data
         self._key = False
         self._done = False
+        self._fed = 0  # parts already fed to the decoder by early decodes
         self._tries = 0
-        self._full = 0  # the largest piece seen: a fragmented NAL unit's full pieces
+        self._piece = 0  # body of the payload before, if of the same NAL unit
+        self._full = 0  # the largest bare piece seen: a full piece
 
     def push(self, packet: Any) -> Any | None:
         """Take the next packet of the video stream; return a keyframe if one is whole."""
@@ -300,60 +336,80 @@ class _Keyframes:
         data = bytes(packet)
         payload = _Payload.read(data, self._kinds)
         frame = None
-        if packet.pts != self._pts or (payload.new_unit and self._vcl):
+        if payload.new_unit and self._first_slice is not None:
             frame = self.end()
-            self._pts = packet.pts
+        if self._first_slice is None:
+            self._first_slice = payload.first_slice
         self._parts.append(data)
         self._size += len(data)
         if self._size > _MAX_UNIT_BYTES:
             raise InvalidImageError("access unit too large", kind="too_large")
-        self._vcl = self._vcl or payload.vcl
-        self._key = self._key or payload.key or packet.is_keyframe
-        full = payload.body >= self._full
-        self._full = max(self._full, payload.body)
+        self._key = self._key or payload.key
+        if payload.bare:
+            # A piece shorter than the one before it ends its NAL unit.
+            short = payload.body < self._piece - 1
+            self._full = max(self._full, payload.body)
+        else:
+            # A whole NAL unit (or the first piece of one): whole only if
+            # shorter than half a full piece, which no first piece is.
+            short = 2 * payload.body < self._full
+        self._piece = payload.body
         if (
             frame is None
             and self._early
             and self._key
+            and self._first_slice
+            and short
             and not self._done
-            and not full
+            and not self._codec.has_b_frames
             and self._tries < _MAX_EARLY_TRIES
         ):
-            self._tries += 1
-            import av  # noqa: PLC0415
+            frame = self._feed()
+        return frame
 
-            try:
-                frame = self._decode_unit()
-            except av.FFmpegError:  # part of a unit may not decode: the whole one will tell
-                frame = None
-            if frame is None:
-                # The next try starts clean, whatever FFmpeg kept of this part.
-                self._codec.flush_buffers()
-            self._done = frame is not None
+    def _feed(self) -> Any | None:
+        """Feed the NAL units that came since the last feed; the picture, once whole."""
+        import av  # noqa: PLC0415
+
+        self._tries += 1
+        chunk = b"".join(self._parts[self._fed :])
+        self._fed = len(self._parts)
+        try:
+            whole = _decode(self._codec, av.Packet(chunk), drain=False) is not None
+        except av.FFmpegError:  # the boundary decodes the whole unit again
+            return None
+        _check_size(self._codec.width, self._codec.height)
+        if not whole:
+            return None
+        # FFmpeg flags a picture it took in pieces as corrupt, whole or not:
+        # decoded again in one piece, from a clean decoder, its flag tells.
+        self._codec.flush_buffers()
+        frame = _decode_checked(self._codec, av.Packet(b"".join(self._parts)), drain=False)
+        self._done = frame is not None
         return frame
 
     def end(self) -> Any | None:
         """The unit held is whole (the next began, or the stream ended): decode it, start anew."""
-        frame = None
-        if self._parts and not self._done:
-            frame = self._decode_unit()
-            if frame is None and self._key:
-                # Held back for reordering: drained, then reset (after a drain
-                # FFmpeg refuses every packet until reset), as _decode does.
-                frames = self._codec.decode(None)
-                self._codec.flush_buffers()
-                frame = frames[0] if frames else None
-        self._parts = []
-        self._size = 0
-        self._vcl = self._key = self._done = False
-        self._tries = 0
-        return frame
-
-    def _decode_unit(self) -> Any | None:
-        """Decode the unit so far as one packet; refuse a size no still may have."""
         import av  # noqa: PLC0415
 
-        return _decode_checked(self._codec, av.Packet(b"".join(self._parts)), drain=False)
+        frame = None
+        if self._first_slice and not self._done:
+            if self._fed:  # early feeds left part of this picture in the decoder
+                self._codec.flush_buffers()
+            frame = _decode_checked(self._codec, av.Packet(b"".join(self._parts)), drain=False)
+            if frame is None and (self._key or self._codec.has_b_frames):
+                # Held back for reordering (an open-GOP I-frame too, which no
+                # NAL type marks): drained, then reset (after a drain FFmpeg
+                # refuses every packet until reset), as _decode does.
+                frames = self._codec.decode(None)
+                self._codec.flush_buffers()
+                frame = _whole(frames[0]) if frames else None
+        self._parts = []
+        self._size = 0
+        self._first_slice = None
+        self._key = self._done = False
+        self._fed = self._tries = 0
+        return frame
 
 
 def grab_keyframe(
@@ -387,7 +443,7 @@ def grab_keyframe(
         stream = container.streams.video[0]
         codec = stream.codec_context
         _prepare_decoder(codec)
-        keyframes = _Keyframes(codec, unparsed=bool(container.flags & _AVFMT_FLAG_NOPARSE))
+        keyframes = _Keyframes(codec, unparsed=_unparsed(container))
         frame = None
         # Every stream's packets: demux(stream) would drop the others in C,
         # where none of these checks run (an audio-only flood never ended).
@@ -642,7 +698,7 @@ class WarmGrabber:
             stream = container.streams.video[0]
             codec = stream.codec_context
             _prepare_decoder(codec)
-            keyframes = _Keyframes(codec, unparsed=bool(container.flags & _AVFMT_FLAG_NOPARSE))
+            keyframes = _Keyframes(codec, unparsed=_unparsed(container))
             # Every stream's packets, so the stop and linger checks run on
             # each one (see grab_keyframe); only video is decoded.
             for packet in container.demux():
