@@ -273,19 +273,37 @@ def test_a_reordering_stream_is_not_fed_early(decodes: list[bool]) -> None:
     )
 
 
-def test_nal_units_before_every_slice_do_not_split_the_picture() -> None:
-    """A prefix NAL unit (type 14, SVC) before each slice: one unit still, decoded whole."""
-    units = _encode("libx264", 1, params="keyint=2:bframes=0:slices=4", picture=_noise)
+def test_nal_units_before_every_slice_neither_split_the_picture_nor_count_as_slices(
+    decodes: list[bool],
+) -> None:
+    """A prefix NAL unit (type 14, SVC) before each of eight slices: one unit still, fed at
+    slice ends only, and decoded whole as its last piece comes."""
+    units = _encode("libx264", 1, params="keyint=2:bframes=0:slices=8", picture=_noise)
     prefix = Payload(START + bytes([0x6E, 0x80, 0x00, 0x00]))
+    plain = _h264(units[0])
     payloads = []
-    for index, payload in enumerate(_h264(units[0])):
-        if index in _starts(_h264(units[0]), 5):
+    for index, payload in enumerate(plain):
+        if index in _starts(plain, 5):
             payloads.append(prefix)
         payloads.append(payload)
     reader = _reader("h264")
+    decodes.clear()
     got = [reader.push(payload) for payload in payloads]
     assert got[:-1] == [None] * (len(payloads) - 1)
     assert _same(got[-1], _reference("h264", units[0]))
+    assert decodes == [False] * 7 + [True, True]
+
+
+def test_an_aggregate_holding_a_first_slice_begins_a_unit() -> None:
+    """A STAP-A of [prefix NAL unit, a picture's first slice]: the unit before it is whole there."""
+    units = _encode("libx264", 2, params="keyint=2:bframes=0:slices=16")
+    first = _h264(units[0])
+    assert all(p.data.startswith(START) for p in first)  # whole NAL units: nothing early
+    slices = [n for n in split_annexb(units[1]) if n[0] & 0x1F in (1, 5)]
+    aggregate = Payload(START + bytes([0x6E, 0x80, 0x00, 0x00]) + START + slices[0])
+    reader = _reader("h264")
+    assert [reader.push(p) for p in first] == [None] * len(first)
+    assert _same(reader.push(aggregate), _reference("h264", units[0]))
 
 
 def test_open_gop_keyframes_of_a_reordering_stream_come_with_the_next_unit() -> None:
@@ -311,6 +329,7 @@ def test_open_gop_keyframes_of_a_reordering_stream_come_with_the_next_unit() -> 
                 returned[index] = (offset, frame.to_ndarray(format="rgb24"))
     intra = sorted(pictures)
     assert len(intra) >= 3
+    assert set(returned) == {index + 1 for index in intra if index + 1 < len(units)}
     for index in intra[:-1]:
         offset, picture = returned[index + 1]
         assert offset == 0
@@ -333,8 +352,12 @@ def test_a_keyframe_of_a_reordering_stream_missing_its_last_piece_makes_no_pictu
     refused (FFmpeg's corrupt flag)."""
     units = _encode("libx264", 8, params="keyint=4:min-keyint=4:bframes=2:b-adapt=0:slices=4")
     reader = _reader("h264")
-    stream = _h264(units[0])[:-1] + _h264(units[1])
+    stream = _h264(units[0])[:-1] + [p for unit in units[1:4] for p in _h264(unit)]
     assert [reader.push(p) for p in stream] == [None] * len(stream)
+    # The next keyframe (decoding index 4) comes when the unit after it begins.
+    assert [reader.push(p) for p in _h264(units[4])] == [None] * len(_h264(units[4]))
+    headers = b"".join(START + n for n in split_annexb(units[0]) if n[0] & 0x1F in (7, 8))
+    assert _same(reader.push(_h264(units[5])[0]), _reference("h264", headers + units[4]))
 
 
 def test_an_h265_keyframe_comes_when_the_next_unit_begins() -> None:

@@ -179,10 +179,12 @@ def _decode_checked(codec: Any, packet: Any, *, drain: bool) -> Any | None:
 
 
 def _whole(frame: Any | None) -> Any | None:
-    """``frame``, unless FFmpeg filled part of it in (a slice lost or cut short): then None.
+    """``frame``, unless FFmpeg flags it as partly concealed: then None.
 
-    FFmpeg's error concealment makes a whole picture out of what it got and
-    flags it corrupt; such a keyframe is skipped, and the next one waited for.
+    FFmpeg's H.264 error concealment makes a whole picture out of a keyframe
+    missing part of its data and flags it corrupt; such a keyframe is
+    skipped, and the next one waited for. (Not every loss is flagged, and
+    FFmpeg's H.265 decoder flags none: see _Keyframes.)
     """
     if frame is not None and frame.is_corrupt:
         _LOGGER.debug("Skipped a keyframe FFmpeg could decode only in part")
@@ -240,37 +242,38 @@ class _Payload:
 
     bare: bool  # a piece of a fragmented NAL unit other than its first
     body: int  # size without the start code and header: equal for all full pieces
-    new_unit: bool  # it begins an access unit (the next one, after picture data)
+    # It begins an access unit (the next one, after picture data). An
+    # aggregate's NAL units share one timestamp: one unit's, so any of them
+    # that begins a unit makes the payload begin it.
+    new_unit: bool
     # Whether its first picture-data NAL unit is a picture's first slice
     # (None: it starts none).
     first_slice: bool | None
     key: bool  # it starts a keyframe's NAL unit
+    slice: bool  # the last NAL unit it starts is picture data
 
     @classmethod
     def read(cls, data: bytes, kinds: _NalKinds) -> _Payload:
         """Look at the NAL units ``data`` starts."""
-        if not data.startswith(_START_CODE) or len(data) <= 4 + kinds.header:
-            return cls(True, len(data), new_unit=False, first_slice=None, key=False)
+        if not data.startswith(_START_CODE) or len(data) < 4 + kinds.header:
+            return cls(True, len(data), False, None, key=False, slice=False)
         first_slice: bool | None = None
-        key = False
+        new_unit = key = vcl = False
         pos = 0
         # Each find moves on, so this ends within len(data) / 4 rounds.
-        while pos >= 0 and pos + 4 + kinds.header < len(data):
+        while pos >= 0 and pos + 4 + kinds.header <= len(data):
             nal = kinds.nal_type(data[pos + 4])
-            if first_slice is None and nal in kinds.vcl:
-                # first_mb_in_slice 0 (ue(v) "1") or first_slice_segment_in_pic_flag 1:
-                # the first bit after the header.
-                first_slice = data[pos + 4 + kinds.header] & 0x80 != 0
+            vcl = nal in kinds.vcl
+            # A slice's first bit after the header: first_mb_in_slice 0
+            # (ue(v) "1") or first_slice_segment_in_pic_flag 1.
+            first = vcl and pos + 4 + kinds.header < len(data)
+            first = first and data[pos + 4 + kinds.header] & 0x80 != 0
+            if vcl and first_slice is None:
+                first_slice = first
+            new_unit = new_unit or nal in kinds.starts_unit or first
             key = key or nal in kinds.key
             pos = data.find(_START_CODE, pos + 4)
-        first = kinds.nal_type(data[4])
-        return cls(
-            False,
-            len(data) - 4 - kinds.header,
-            new_unit=first in kinds.starts_unit or (first in kinds.vcl and bool(first_slice)),
-            first_slice=first_slice,
-            key=key,
-        )
+        return cls(False, len(data) - 4 - kinds.header, new_unit, first_slice, key=key, slice=vcl)
 
 
 class _Keyframes:
@@ -292,8 +295,8 @@ class _Keyframes:
 
     - when the next one begins: it is then whole (the parser's own boundary,
       one frame interval after its last byte arrived);
-    - H.264 only, earlier: after a keyframe payload known to end its NAL
-      unit. Packetizers cut a fragmented NAL unit into pieces of one size
+    - H.264 only, earlier: after a keyframe payload known to end a slice's
+      NAL unit. Packetizers cut a fragmented NAL unit into pieces of one size
       (all full, or all within a byte) but the last, so a piece two bytes or
       more shorter than the piece before it is the last; a payload with a
       start code shorter than half the largest piece seen is a whole NAL unit
@@ -301,14 +304,20 @@ class _Keyframes:
       go to the decoder in CHUNKS mode, which returns a picture once its last
       macroblock row is decoded: a picture of several slices goes in slice
       by slice, then, once whole, is decoded again in one piece (FFmpeg flags
-      a picture taken in pieces as corrupt). Not with B-frames (the decoder
-      holds pictures back): there the unit waits for its boundary.
+      a picture taken in pieces as corrupt). Not with B-frames once the
+      decoder knows of them (it holds pictures back): there the unit waits
+      for its boundary. (A stream's first keyframe is fed before its SPS has
+      told: a few wasted feeds, the same picture.)
 
-    Which layer guarantees what: this class decodes early only a NAL unit
-    those rules say is whole (FFmpeg's CHUNKS mode may take one cut two or
-    three bytes short for whole); ``_whole`` refuses every frame FFmpeg had
-    to conceal part of (a slice lost or cut), early, at the boundary and
-    when drained. tests/core/test_keyframes.py holds both to it.
+    Which layer guarantees what: this class decodes early only a slice
+    those rules say is whole (FFmpeg's CHUNKS mode takes one cut up to a few
+    bytes short for whole, and flags nothing); ``_whole`` refuses a frame
+    FFmpeg flags as concealed, early, at the boundary and when drained.
+    tests/core/test_keyframes.py holds both to it. FFmpeg reads every
+    stream over TCP from the relay, so from a camera set to TCP (the
+    default) nothing is lost. A camera set to UDP can lose a payload on its
+    way to the relay, which can make a wrong picture FFmpeg does not flag
+    (H.265 flags none; H.264 most), as with FFmpeg's own parser.
     """
 
     def __init__(self, codec: Any, *, unparsed: bool) -> None:
@@ -328,6 +337,7 @@ class _Keyframes:
         self._tries = 0
         self._piece = 0  # body of the payload before, if of the same NAL unit
         self._full = 0  # the largest bare piece seen: a full piece
+        self._slice = False  # the NAL unit in progress is picture data
 
     def push(self, packet: Any) -> Any | None:
         """Take the next packet of the video stream; return a keyframe if one is whole."""
@@ -353,12 +363,14 @@ class _Keyframes:
             # A whole NAL unit (or the first piece of one): whole only if
             # shorter than half a full piece, which no first piece is.
             short = 2 * payload.body < self._full
+            self._slice = payload.slice
         self._piece = payload.body
         if (
             frame is None
             and self._early
             and self._key
             and self._first_slice
+            and self._slice
             and short
             and not self._done
             and not self._codec.has_b_frames
