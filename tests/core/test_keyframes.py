@@ -138,21 +138,6 @@ def _same(frame: Any, picture: np.ndarray) -> bool:
     return frame is not None and np.array_equal(frame.to_ndarray(format="rgb24"), picture)
 
 
-@pytest.fixture
-def decodes(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """Every decode _Keyframes makes, by whether it produced a picture."""
-    made: list[bool] = []
-    real_decode = rtsp._decode
-
-    def decode(*args: Any, **kwargs: Any) -> Any:
-        frame = real_decode(*args, **kwargs)
-        made.append(frame is not None)
-        return frame
-
-    monkeypatch.setattr(rtsp, "_decode", decode)
-    return made
-
-
 @pytest.mark.parametrize("slices", [1, 4])
 def test_a_keyframe_decodes_with_its_last_payload_and_not_before(slices: int) -> None:
     """An H.264 keyframe in one slice or four, each in pieces: the whole picture, at its last piece.

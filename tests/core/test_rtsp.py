@@ -1260,7 +1260,7 @@ def _idr_nal_units(width: int, height: int, *, noise: bool = False) -> list[byte
 
 
 async def test_an_oversize_stream_is_refused_at_its_first_decode(
-    socket_enabled: None, monkeypatch: pytest.MonkeyPatch
+    socket_enabled: None, monkeypatch: pytest.MonkeyPatch, decodes: list[bool]
 ) -> None:
     """A stream above the size limit: one decode makes no frame of it, and the grab ends there.
 
@@ -1273,15 +1273,6 @@ async def test_an_oversize_stream_is_refused_at_its_first_decode(
         CameraConfig(name="big", color=color_for(2), width=320, height=180, http_snapshot=False)
     )
     await cam.start()
-    decoded: list[bool] = []  # per decode: whether it produced a frame
-    real_decode = rtsp._decode
-
-    def decode(*args: Any, **kwargs: Any) -> Any:
-        frame = real_decode(*args, **kwargs)
-        decoded.append(frame is not None)
-        return frame
-
-    monkeypatch.setattr(rtsp, "_decode", decode)
     monkeypatch.setattr(rtsp, "encode_bgr", lambda _array: pytest.fail("encoded"))
     monkeypatch.setattr(rtsp, "MAX_PIXELS", 320 * 180 - 1)
     target = await _target(cam.rtsp_url)
@@ -1296,12 +1287,12 @@ async def test_an_oversize_stream_is_refused_at_its_first_decode(
     finally:
         await grabber.close()
         await cam.stop()
-    assert decoded == [False, False]
+    assert decodes == [False, False]
 
 
 @pytest.mark.parametrize("limit", ["MAX_PIXELS", "MAX_DIMENSION"])
 async def test_an_in_band_oversize_frame_is_refused_before_conversion(
-    socket_enabled: None, monkeypatch: pytest.MonkeyPatch, limit: str
+    socket_enabled: None, monkeypatch: pytest.MonkeyPatch, limit: str, decodes: list[bool]
 ) -> None:
     """A size only the in-band SPS declares: refused by the decoder or after it, never encoded.
 
@@ -1313,15 +1304,6 @@ async def test_an_in_band_oversize_frame_is_refused_before_conversion(
     camera = ScriptedCamera(width=160, height=96, video=_idr_nal_units(320, 176))
     url = await camera.start()
     monkeypatch.setattr(rtsp, limit, 320 * 176 - 1 if limit == "MAX_PIXELS" else 319)
-    decoded: list[bool] = []  # per decode: whether it produced a frame
-    real_decode = rtsp._decode
-
-    def decode(*args: Any, **kwargs: Any) -> Any:
-        frame = real_decode(*args, **kwargs)
-        decoded.append(frame is not None)
-        return frame
-
-    monkeypatch.setattr(rtsp, "_decode", decode)
     monkeypatch.setattr(rtsp, "encode_bgr", lambda _array: pytest.fail("encoded"))
     try:
         with pytest.raises(InvalidImageError, match="implausible size 320x176"):
@@ -1329,7 +1311,7 @@ async def test_an_in_band_oversize_frame_is_refused_before_conversion(
     finally:
         await camera.stop()
     # FFmpeg itself refused to allocate the frame above MAX_PIXELS.
-    assert decoded == [limit == "MAX_DIMENSION"]
+    assert decodes == [limit == "MAX_DIMENSION"]
 
 
 async def test_a_keyframe_is_not_held_until_the_next_frame(socket_enabled: None) -> None:
