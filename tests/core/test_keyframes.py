@@ -395,3 +395,40 @@ def test_an_early_feed_ffmpeg_refuses_leaves_the_keyframe_to_its_boundary(
     first = [reader.push(payload) for payload in _h264(units[0])]
     assert first == [None] * len(first)
     assert _same(reader.push(_h264(units[1])[0]), _reference("h264", units[0]))
+
+
+def _balanced(unit: bytes) -> list[Payload]:
+    """An H.264 unit from a packetizer that cuts each NAL unit into pieces within a byte of
+    each other (none full-size but for the first pieces), as FFmpeg hands it over."""
+    out = []
+    for nal in split_annexb(unit):
+        if len(nal) <= _MAX_PAYLOAD:
+            out.append(Payload(START + nal))
+            continue
+        body = nal[1:]
+        count = -(-len(body) // (_MAX_PAYLOAD - 2))
+        base, extra = divmod(len(body), count)
+        sizes = [base + 1] * extra + [base] * (count - extra)
+        pieces, at = [], 0
+        for size in sizes:
+            pieces.append(body[at : at + size])
+            at += size
+        out.append(Payload(START + nal[:1] + pieces[0]))
+        out += [Payload(piece) for piece in pieces[1:]]
+    return out
+
+
+def test_a_packetizer_that_balances_its_pieces_gets_no_early_decode(decodes: list[bool]) -> None:
+    """Pieces within a byte of each other tell no NAL unit's end: nothing is fed early (even
+    after full-size pieces of another camera's packetizer were seen); the keyframe comes,
+    whole, when the next unit begins."""
+    units = _encode("libx264", 4, params="keyint=2:bframes=0", picture=_noise)
+    reader = _reader("h264")
+    for payload in _h264(units[0]) + _h264(units[1]):  # full pieces seen first
+        reader.push(payload)
+    balanced = _balanced(units[2])
+    assert len({p.size for p in balanced if not p.data.startswith(START)}) == 2
+    decodes.clear()
+    assert [reader.push(p) for p in balanced] == [None] * len(balanced)
+    assert decodes == [False]  # units[1] at its boundary: nothing of the keyframe's own
+    assert _same(reader.push(_h264(units[3])[0]), _reference("h264", units[2]))
