@@ -25,6 +25,7 @@ import aiohttp
 from tests.e2e_support import demo
 
 ROOT = Path(__file__).resolve().parent.parent
+GCWATCH = ROOT / "bench" / "gcwatch.py"
 HOST = "127.0.0.1"
 USER = "bench"
 PASSWORD = "localcam-bench"
@@ -254,6 +255,27 @@ class Hass:
         """Where hass writes its output."""
         return self.config_dir / "bench-hass.log"
 
+    @property
+    def gc_log_path(self) -> Path:
+        """Where bench/gcwatch.py records hass's slow garbage collections."""
+        return self.config_dir / "bench-gc.jsonl"
+
+    def gc_pauses(self, start: float, end: float) -> list[dict[str, Any]]:
+        """hass's recorded collections that overlap [start, end] (time.monotonic())."""
+        try:
+            lines = self.gc_log_path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        pauses = []
+        for line in lines:
+            try:
+                pause = json.loads(line)
+            except ValueError:  # a line hass was writing as it was read
+                continue
+            if pause["start"] < end and pause["end"] > start:
+                pauses.append(pause)
+        return pauses
+
     async def start(self, yaml_cameras: list[dict[str, str]]) -> None:
         """Write the configuration, seed onboarding, start hass, log in."""
         self.config_dir.mkdir(parents=True, exist_ok=True)
@@ -279,8 +301,12 @@ class Hass:
         if any(cam.get("platform") == BOUND_DOMAIN for cam in yaml_cameras):
             link_bound_camera(self.config_dir)
         log = self.log_path.open("ab")
+        # hass, started through bench/gcwatch.py: its slow collections are
+        # recorded (gc_pauses) for the figures they fall in.
         self.proc = await asyncio.create_subprocess_exec(
-            str(Path(sys.executable).parent / "hass"),
+            sys.executable,
+            str(GCWATCH),
+            str(self.gc_log_path),
             "-c",
             str(self.config_dir),
             "--skip-pip",
