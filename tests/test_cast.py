@@ -1784,6 +1784,45 @@ async def test_a_live_cast_as_home_assistant_drops_the_idle_output_still_plays(
     await hass.services.async_call(DOMAIN, "stop_cast", {"media_player": RECEIVER}, blocking=True)
 
 
+async def test_a_restart_waits_for_the_stop_under_way(
+    hass: HomeAssistant, porch: str, receiver: FakeCastDevice
+) -> None:
+    """The replacement output is added only once the stream's stop has ended.
+
+    HA's stop holds the stream's start/stop lock through its cleanup; a wait
+    that ended before it would add an output the old worker then drops.
+    """
+    await _cast(hass, porch, mode="live", duration=60)
+    stream = get_camera_from_entity_id(hass, porch).stream
+    assert stream is not None
+    lock = stream._start_stop_lock
+    await lock.acquire()  # a stop under way
+    try:
+        wait = asyncio.ensure_future(cast_module._async_stop_settled(stream))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not wait.done()
+    finally:
+        lock.release()
+    await asyncio.wait_for(wait, 5)
+    await hass.services.async_call(DOMAIN, "stop_cast", {"media_player": RECEIVER}, blocking=True)
+
+
+async def test_a_restart_without_ha_s_lock_waits_one_recheck() -> None:
+    """A Home Assistant whose stream has no start/stop lock: no AttributeError.
+
+    The wait stands in one recheck interval for the stop to end.
+    """
+    slept: list[float] = []
+
+    async def sleep(delay: float) -> None:
+        slept.append(delay)
+
+    with patch.object(cast_module.asyncio, "sleep", sleep):
+        await cast_module._async_stop_settled(MagicMock(spec=[]))
+    assert slept == [cast_module.LIVE_RECHECK]
+
+
 def _last_number(playlist: str) -> int:
     """The media sequence number of the playlist's last segment."""
     first = next(

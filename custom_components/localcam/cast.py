@@ -531,6 +531,21 @@ def has_part(track: StreamOutput) -> bool:
     return any(segment.parts for segment in track.get_segments())
 
 
+async def _async_stop_settled(stream: Stream) -> None:
+    """Wait until a stop of ``stream`` under way has ended.
+
+    In HA 2026.10 a stop (and its cleanup) holds the stream's start/stop
+    lock, which has no public wait: once it is free, the stop is over. A
+    later HA without that lock gets one recheck interval instead of an
+    AttributeError; the restarts that follow are bounded (LIVE_RESTARTS).
+    """
+    lock = getattr(stream, "_start_stop_lock", None)
+    if isinstance(lock, asyncio.Lock):
+        async with lock:
+            return
+    await asyncio.sleep(LIVE_RECHECK)
+
+
 async def _async_wait_for_part(stream: Stream, timeout: float) -> StreamOutput | None:
     """Wait, bounded, until the stream's HLS output holds a finished part; return that output.
 
@@ -557,8 +572,7 @@ async def _async_wait_for_part(stream: Stream, timeout: float) -> StreamOutput |
             # cleanup (worker_finished drops every output there is), which
             # stops the new worker in turn. Stop and cleanup both end before
             # the stream's start/stop lock is free again.
-            async with stream._start_stop_lock:  # noqa: SLF001 - no public wait in HA 2026.10
-                pass
+            await _async_stop_settled(stream)
             track = await _async_start_hls(stream)
             continue
         remaining = deadline - loop.time()
