@@ -356,6 +356,37 @@ async def test_still_from_running_stream(
         assert rtsp_only_camera.stats.play_sessions == sessions
 
 
+async def test_a_home_assistant_whose_converter_hides_its_image_gets_grabbed_stills(
+    hass: HomeAssistant, rtsp_only_camera: VirtualCamera, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A later HA without the converter's private image: stills still come, grabbed.
+
+    LocalCam reads HA 2026.10's keyframe converter to tell a new image from
+    the one it held; without that it cannot, so it takes none from the
+    stream and grabs its own (one more session), never an AttributeError.
+    """
+    entity_id = await _entity_id(hass, rtsp_only_camera, snapshot=False)
+    async with _running_stream(hass, entity_id, rtsp_only_camera) as stream:
+        # Only the stream's own reference: its worker keeps the converter it started with.
+        monkeypatch.setattr(stream, "_keyframe_converter", SimpleNamespace())
+        sessions = rtsp_only_camera.stats.play_sessions
+        image = await async_get_image(hass, entity_id)
+        assert _camera_index(image.content) == 1
+        assert rtsp_only_camera.stats.play_sessions == sessions + 1
+
+
+async def test_a_stream_without_ha_s_worker_attribute_follows_its_camera(
+    hass: HomeAssistant, camera: VirtualCamera
+) -> None:
+    """A later HA with no ``Stream._thread``: a new address restarts the stream there."""
+    entity = get_camera_from_entity_id(hass, await _entity_id(hass, camera))
+    moved: list[str] = []
+    stream = SimpleNamespace(source="rtsp://127.0.0.1:1/old", update_source=moved.append)
+    assert not entity._pin(stream, "rtsp://127.0.0.1:1/new")
+    assert moved == ["rtsp://127.0.0.1:1/new"]
+    assert entity._pin(SimpleNamespace(source="rtsp://127.0.0.1:1/new"), "rtsp://127.0.0.1:1/new")
+
+
 @pytest.mark.parametrize("fault", [Fault.TRUNCATED_JPEG, Fault.WRONG_CONTENT_TYPE, Fault.DROP])
 async def test_broken_images_are_errors(
     hass: HomeAssistant, camera: VirtualCamera, fault: Fault

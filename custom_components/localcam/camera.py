@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 from dataclasses import replace
 from datetime import datetime
+import threading
 from typing import override
 
 from homeassistant.components.camera import Camera
@@ -34,6 +35,8 @@ PARALLEL_UPDATES = 0
 # How long a still request waits for the running stream's next keyframe before
 # opening its own short RTSP session instead.
 KEYFRAME_WAIT = 4.0
+# An attribute of Home Assistant's that a later release may not have.
+_ABSENT = object()
 # Stream state changes arriving during a check run it again, a bounded number of times.
 STREAM_RECHECKS = 3
 # How long a camera whose redirect the relay refused shows unavailable: one
@@ -104,6 +107,16 @@ async def _async_stop_stream(stream: Stream) -> None:
         await stream.stop()
     finally:
         stream.dynamic_stream_settings = settings
+
+
+def _converter_image(stream: Stream) -> object:
+    """The image the stream's keyframe converter holds now, or _ABSENT.
+
+    Read from HA 2026.10's private attributes (see _async_stream_keyframe);
+    a release without them gives _ABSENT, never an AttributeError on a still.
+    """
+    converter = getattr(stream, "_keyframe_converter", None)
+    return getattr(converter, "_image", _ABSENT)
 
 
 class LocalCamCamera(LocalCamEntity, Camera):
@@ -263,8 +276,10 @@ class LocalCamCamera(LocalCamEntity, Camera):
         if stream.source == pinned:
             return True
         LOGGER.info("%s: the stream follows its camera to a new address", self.entity_id)
-        worker = stream._thread  # noqa: SLF001 - no public "is running" in HA 2026.10
-        if worker is not None and worker.is_alive():
+        # No public "is running" in HA 2026.10; a later HA without this
+        # attribute gets update_source: the stream follows its camera.
+        worker: threading.Thread | object | None = getattr(stream, "_thread", _ABSENT)
+        if worker is _ABSENT or (isinstance(worker, threading.Thread) and worker.is_alive()):
             stream.update_source(pinned)
         else:
             stream.source = pinned
@@ -387,15 +402,16 @@ class LocalCamCamera(LocalCamEntity, Camera):
         caller grabs its own this time. Home Assistant's keyframe converter
         returns its previous image when a decode fails; that would be an old
         frame served as new, so an unchanged image object counts as no image
-        here and the caller grabs its own.
+        here and the caller grabs its own, as it does on a Home Assistant
+        whose converter no longer shows its image (_converter_image).
         """
         stream = self.stream
         if stream is None or not stream.available or not stream.outputs():
             return None
         if not self._pin(stream, pinned):
             return None
-        converter = stream._keyframe_converter  # noqa: SLF001 - see docstring
-        previous = converter._image  # noqa: SLF001
+        if (previous := _converter_image(stream)) is _ABSENT:
+            return None  # a later HA: no way to tell a new image, so none is taken
         try:
             async with asyncio.timeout(KEYFRAME_WAIT):
                 image = await stream.async_get_image(wait_for_next_keyframe=True)
