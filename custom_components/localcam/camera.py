@@ -278,7 +278,7 @@ class LocalCamCamera(LocalCamEntity, Camera):
         LOGGER.info("%s: the stream follows its camera to a new address", self.entity_id)
         # No public "is running" in HA 2026.10; a later HA without this
         # attribute gets update_source: the stream follows its camera.
-        worker: threading.Thread | object | None = getattr(stream, "_thread", _ABSENT)
+        worker: object = getattr(stream, "_thread", _ABSENT)
         if worker is _ABSENT or (isinstance(worker, threading.Thread) and worker.is_alive()):
             stream.update_source(pinned)
         else:
