@@ -164,7 +164,7 @@ def _prepare_decoder(codec: Any) -> None:
     codec.options = {"max_pixels": str(MAX_PIXELS)}
 
 
-def _decode_checked(codec: Any, packet: Any, *, drain: bool) -> Any | None:
+def _decode_sized(codec: Any, packet: Any, *, drain: bool) -> Any | None:
     """_decode, then refuse a size the packet's in-band SPS declared (before any conversion).
 
     FFmpeg's h264 decoder does not fail on a frame above ``max_pixels``: it
@@ -175,7 +175,12 @@ def _decode_checked(codec: Any, packet: Any, *, drain: bool) -> Any | None:
     _check_size(codec.width, codec.height)
     if frame is not None:
         _check_size(frame.width, frame.height)
-    return _whole(frame)
+    return frame
+
+
+def _decode_checked(codec: Any, packet: Any, *, drain: bool) -> Any | None:
+    """_decode_sized, and no frame FFmpeg flags as concealed (_whole)."""
+    return _whole(_decode_sized(codec, packet, drain=drain))
 
 
 def _whole(frame: Any | None) -> Any | None:
@@ -387,10 +392,9 @@ class _Keyframes:
         chunk = b"".join(self._parts[self._fed :])
         self._fed = len(self._parts)
         try:
-            whole = _decode(self._codec, av.Packet(chunk), drain=False) is not None
+            whole = _decode_sized(self._codec, av.Packet(chunk), drain=False) is not None
         except av.FFmpegError:  # the boundary decodes the whole unit again
             return None
-        _check_size(self._codec.width, self._codec.height)
         if not whole:
             return None
         # FFmpeg flags a picture it took in pieces as corrupt, whole or not:
