@@ -3,6 +3,9 @@
 The demo and the real-hass test start `hass --skip-pip` (no installs at run
 time), so the venv must already hold what HA's frontend, its default
 integrations and camera/stream import. Their manifests pin the versions.
+Dependencies and after-dependencies are both followed: an integration may
+import its after-dependency's module when loaded (HA 2026.11's analytics
+imports hassio's, which needs aiohasupervisor).
 Usage: .venv/bin/python scripts/ha_requirements.py > requirements_demo.txt (then
 restore the header comment).
 """
@@ -39,6 +42,7 @@ def main() -> None:
         data = json.loads(manifest.read_text())
         requirements.update(data.get("requirements", []))
         todo.update(data.get("dependencies", []))
+        todo.update(data.get("after_dependencies", []))
     print("\n".join(sorted(requirements)))
 
 
