@@ -378,13 +378,25 @@ async def test_a_home_assistant_whose_converter_hides_its_image_gets_grabbed_sti
 async def test_a_stream_without_ha_s_worker_attribute_follows_its_camera(
     hass: HomeAssistant, camera: VirtualCamera
 ) -> None:
-    """A later HA with no ``Stream._thread``: a new address restarts the stream there."""
+    """A later HA with no ``Stream._thread``: a new address restarts the stream there.
+
+    Unless the stream is unavailable (its worker waits out a restart backoff):
+    then it only takes the address, for the worker's retry.
+    """
     entity = get_camera_from_entity_id(hass, await _entity_id(hass, camera))
     moved: list[str] = []
-    stream = SimpleNamespace(source="rtsp://127.0.0.1:1/old", update_source=moved.append)
+    stream = SimpleNamespace(
+        source="rtsp://127.0.0.1:1/old", available=True, update_source=moved.append
+    )
     assert not entity._pin(stream, "rtsp://127.0.0.1:1/new")
     assert moved == ["rtsp://127.0.0.1:1/new"]
     assert entity._pin(SimpleNamespace(source="rtsp://127.0.0.1:1/new"), "rtsp://127.0.0.1:1/new")
+    waiting = SimpleNamespace(
+        source="rtsp://127.0.0.1:1/old", available=False, update_source=moved.append
+    )
+    assert not entity._pin(waiting, "rtsp://127.0.0.1:1/new")
+    assert waiting.source == "rtsp://127.0.0.1:1/new"
+    assert moved == ["rtsp://127.0.0.1:1/new"]  # no second restart
 
 
 @pytest.mark.parametrize("fault", [Fault.TRUNCATED_JPEG, Fault.WRONG_CONTENT_TYPE, Fault.DROP])
@@ -681,12 +693,14 @@ def test_profile_name_falls_back_to_the_token() -> None:
 
 @asynccontextmanager
 async def _moved_camera(
-    hass: HomeAssistant,
+    hass: HomeAssistant, *, watched: bool = False
 ) -> AsyncIterator[tuple[Any, VirtualCamera, VirtualCamera]]:
     """Camera A, known as porch.test, with a stream opened; A moves, B takes A's old address.
 
     Yields (A's entity, A at its new address 127.0.0.2, B at A's old 127.0.0.1).
     DNS and the kernel's neighbour table are the edge: both follow the move.
+    ``watched``: someone watches the stream (HLS, its worker playing from A)
+    before A moves.
     """
     pytest_socket.socket_allow_hosts(["127.0.0.1", "127.0.0.2"], allow_unix_socket=True)
     dns = {"porch.test": "127.0.0.1"}
@@ -720,6 +734,10 @@ async def _moved_camera(
             stream = await entity.async_create_stream()
             assert stream is not None
             assert _relayed_to(entity, stream.source).startswith("127.0.0.1:")
+            if watched:
+                stream.add_provider("hls")
+                await stream.start()
+                await _until(lambda: a.stats.active_play_sessions == 1)
             await a.stop()
             moved = VirtualCamera(config(0, "127.0.0.2", a.rtsp_port))
             other = VirtualCamera(config(5, "127.0.0.1", a.rtsp_port))
@@ -879,6 +897,65 @@ async def test_a_warm_grab_session_on_a_refused_device_is_never_reused(
         await _until(lambda: other.stats.active_play_sessions == 0)  # B's session was ended
 
 
+async def test_a_watched_stream_follows_its_moved_camera_and_keeps_its_viewers(
+    hass: HomeAssistant, socket_enabled: None
+) -> None:
+    """A camera known by host name moves while someone watches: the stream follows it.
+
+    HA's worker loses A, reports the drop and waits out its restart backoff
+    (10 s) before it retries. The check LocalCam runs on the drop, and the
+    minute's health check, point the stream at A's new address then. A
+    restart requested during that wait (``update_source``) would end HA's
+    worker instead, and HA would drop the viewers' HLS output with it, leaving
+    the restart pending for the next stop to run instead of stopping.
+    """
+    async with _moved_camera(hass, watched=True) as (entity, moved, other):
+        stream = entity.stream
+        # The worker sees A go (the check on that drop may already pin the stream).
+        await _until(
+            lambda: not stream.available or "127.0.0.2:" in _relayed_to(entity, stream.source)
+        )
+        await entity.coordinator.async_refresh()  # the minute's check: A is at 127.0.0.2
+        await hass.async_block_till_done()
+        assert _relayed_to(entity, stream.source).startswith("127.0.0.2:")
+        # The viewers' output stays, and the worker's retry plays from A's new address.
+        await _until(lambda: moved.stats.active_play_sessions == 1, seconds=30)
+        assert "hls" in stream.outputs()
+        assert other.stats.play_sessions == 0
+        # When the viewers leave, HA's own stop ends it: no restart was left pending.
+        async with asyncio.timeout(30):
+            await stream.remove_provider(stream.outputs()["hls"])
+        await _until(lambda: moved.stats.active_play_sessions == 0)
+
+
+async def test_a_retry_begun_on_the_old_address_never_plays_on_from_there(
+    hass: HomeAssistant, socket_enabled: None
+) -> None:
+    """The stream reads as unavailable while a retry has already begun on the old URL.
+
+    (Its availability reaches the event loop a turn late.) LocalCam then only
+    hands the worker the new URL for its next retry, and closes the relay to
+    the old address: the session there (B's, under A's name) ends at once,
+    and the next retry plays A from its new address.
+    """
+    async with _moved_camera(hass) as (entity, moved, other):
+        stream = entity.stream
+        stream.add_provider("hls")
+        # The retry on the old URL, B answering there, before LocalCam hears of it.
+        stream.set_update_callback(lambda: None)
+        await stream.start()
+        await _until(lambda: other.stats.active_play_sessions == 1)
+        stream.set_update_callback(entity._async_stream_state_changed)
+        stream._async_update_state(False)  # the report of the drop before it, arriving late
+        await _until(lambda: entity._auth_check is None)  # type: ignore[attr-defined]
+        assert _relayed_to(entity, stream.source).startswith("127.0.0.2:")
+        # B's session ends now, not after HA's backoff; then A plays, to the same viewers.
+        await _until(lambda: other.stats.active_play_sessions == 0, seconds=5)
+        await _until(lambda: moved.stats.active_play_sessions == 1, seconds=30)
+        assert "hls" in stream.outputs()
+        assert other.stats.play_sessions == 1  # only the session that had begun
+
+
 async def test_an_unload_right_after_the_stream_followed_its_camera_ends_it(
     hass: HomeAssistant, socket_enabled: None
 ) -> None:
@@ -890,8 +967,12 @@ async def test_an_unload_right_after_the_stream_followed_its_camera_ends_it(
     async with _moved_camera(hass) as (entity, moved, other):
         stream = entity.stream
         stream.add_provider("hls")
-        await stream.start()  # on the old address: B answers there
+        # On the old address, B answering there, before LocalCam's check of the
+        # start (which would point it at A itself) runs.
+        stream.set_update_callback(lambda: None)
+        await stream.start()
         await _until(lambda: other.stats.play_sessions == 1)
+        stream.set_update_callback(entity._async_stream_state_changed)
         # A viewer opens it: it follows A (update_source), and at once the entry unloads.
         assert await entity.async_create_stream() is stream
         assert _relayed_to(entity, stream.source).startswith("127.0.0.2:")
@@ -902,10 +983,11 @@ async def test_an_unload_right_after_the_stream_followed_its_camera_ends_it(
         )
 
 
-async def _until(condition: Callable[[], bool]) -> None:
-    """Wait (at most 10 s) until ``condition`` holds."""
-    for _ in range(200):  # the emulator's counters change on its own loop callbacks
+async def _until(condition: Callable[[], bool], seconds: float = 10) -> None:
+    """Wait (at most ``seconds``) until ``condition`` holds."""
+    # The emulator's counters change on its own loop callbacks.
+    for _ in range(round(seconds / 0.05)):
         if condition():
             return
         await asyncio.sleep(0.05)
-    raise AssertionError("condition not met within 10 s")
+    raise AssertionError(f"condition not met within {seconds} s")

@@ -267,22 +267,38 @@ class LocalCamCamera(LocalCamEntity, Camera):
     def _pin(self, stream: Stream, pinned: str) -> bool:
         """Make ``stream`` play from ``pinned`` (a secret); True if it already did.
 
-        A running worker restarts on the new URL (``update_source``). A stream
-        whose worker is not running just takes the URL for its next start:
-        ``update_source`` would leave its restart flag set, and Home
-        Assistant's worker then treats the next stop as that restart and runs
-        on (``_async_stop_stream`` explains the race).
+        A worker that plays (or connects) restarts on the new URL at once
+        (``update_source``). Otherwise the stream just takes the URL, which
+        Home Assistant's worker reads at each start and each retry:
+        - a worker that is not running starts there: ``update_source`` would
+          leave its restart flag set, and the worker then treats the next stop
+          as that restart and runs on (``_async_stop_stream`` explains it);
+        - a worker that lost its camera (the stream is unavailable) is waiting
+          out its restart backoff (10 s, then 10 s more per failure) and
+          retries there: ``update_source`` would end that wait as a stop, and
+          Home Assistant then drops the viewers' outputs with the worker,
+          leaving the restart flag set as above.
+        The stream's availability reaches the event loop from the worker's
+        thread, a turn of the loop late: a restart in the instant after a drop
+        can still meet the wait; a retry that has just begun on the old URL
+        still reads as unavailable. So the relay to the old address closes
+        too (``RtspGuard.retire``): such a retry fails there and the next one
+        starts on the new URL; it never plays on from whatever device
+        answers at the old address.
         """
-        if stream.source == pinned:
+        old = stream.source
+        if old == pinned:
             return True
         LOGGER.info("%s: the stream follows its camera to a new address", self.entity_id)
         # No public "is running" in HA 2026.10; a later HA without this
-        # attribute gets update_source: the stream follows its camera.
+        # attribute is taken as running: the stream follows its camera.
         worker: object = getattr(stream, "_thread", _ABSENT)
-        if worker is _ABSENT or (isinstance(worker, threading.Thread) and worker.is_alive()):
+        running = worker is _ABSENT or (isinstance(worker, threading.Thread) and worker.is_alive())
+        if running and stream.available:
             stream.update_source(pinned)
         else:
             stream.source = pinned
+        self._client.guard.retire(old, keep=pinned)
         return False
 
     @callback

@@ -618,6 +618,51 @@ async def test_listeners_and_sessions_are_bounded(socket_enabled: None) -> None:
         server.close()
 
 
+async def test_a_retired_relay_ends_its_sessions_and_a_kept_one_stays(
+    socket_enabled: None,
+) -> None:
+    """retire() closes the old address's relay and its open session; never the kept URL's."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while await reader.readuntil(b"\r\n\r\n"):
+                writer.write(b"RTSP/1.0 200 OK\r\nCSeq: 1\r\n\r\n")
+
+    old_camera = await asyncio.start_server(answer, "127.0.0.1", 0)
+    new_camera = await asyncio.start_server(answer, "127.0.0.1", 0)
+    guard = RtspGuard()
+    try:
+        urls = []
+        for server in (old_camera, new_camera):
+            target = await NetPolicy().check(
+                f"rtsp://127.0.0.1:{server.sockets[0].getsockname()[1]}/s"
+            )
+            urls.append(guard.url(target, None, None))
+        old, new = urls
+        old_port, new_port = yarl.URL(old).port, yarl.URL(new).port
+        assert old_port is not None
+        assert new_port is not None
+        reader, writer, _ = await _rtsp_options(old_port)  # a player still on the old address
+        # The same relay under another path is kept (only the path changed).
+        assert not guard.retire(old, keep=old.replace("/s", "/other"))
+        assert not guard.retire("rtsp://127.0.0.1:1/s", keep=new)  # no relay there
+        assert guard.retire(old, keep=new)
+        async with asyncio.timeout(2):
+            assert await reader.read() == b""  # its session ended
+        writer.close()
+        assert guard.relayed_to(old) is None
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection("127.0.0.1", old_port)
+        assert guard.relayed_to(new) is not None
+        _, kept_writer, head = await _rtsp_options(new_port)  # the kept relay still relays
+        assert head.startswith(b"RTSP/1.0 200")
+        kept_writer.close()
+    finally:
+        await guard.close()
+        old_camera.close()
+        new_camera.close()
+
+
 async def test_urls_name_the_relay_and_keep_what_the_camera_needs(socket_enabled: None) -> None:
     """Credentials, path and query kept; rtsps relayed by its own TLS setting; others refused."""
     guard = RtspGuard()

@@ -1049,9 +1049,7 @@ class RtspGuard:
             self._listeners[key] = listener
             while len(self._listeners) > MAX_LISTENERS:
                 _, oldest = self._listeners.popitem(last=False)
-                task = asyncio.get_running_loop().create_task(oldest.close())
-                self._closing.add(task)
-                task.add_done_callback(self._closing.discard)
+                self._close_later(oldest)
         else:
             self._listeners.move_to_end(key)
         userinfo = url_userinfo(username, password)
@@ -1067,6 +1065,27 @@ class RtspGuard:
             "datagrams_refused": self.datagrams_refused,
             "short_packets_dropped": self.short_packets_dropped,
         }
+
+    def retire(self, url: str, *, keep: str) -> bool:
+        """Close the relay behind ``url`` and end its sessions, unless ``keep`` uses it too.
+
+        For an address the camera has left (its stream now follows it to
+        ``keep``): a session a player opened there before it learned the new
+        URL ends, so it never plays on from whatever device answers at the
+        old address. True if a relay was closed.
+        """
+        listener = self._listener_of(url)
+        if listener is None or listener is self._listener_of(keep):
+            return False
+        del self._listeners[listener.upstream]
+        self._close_later(listener)
+        return True
+
+    def _close_later(self, listener: _Listener) -> None:
+        """Close a listener already taken out of ``_listeners`` (close() waits for it)."""
+        task = asyncio.get_running_loop().create_task(listener.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def relayed_to(self, url: str) -> tuple[IPv4Address | IPv6Address, int] | None:
         """The checked address and port a URL from ``url()`` relays to, if still open."""
