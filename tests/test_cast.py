@@ -1757,6 +1757,45 @@ async def test_live_edges(
     assert status == HTTPStatus.NOT_FOUND
 
 
+async def test_a_live_cast_while_the_camera_reboots_plays_as_soon_as_it_answers(
+    hass: HomeAssistant, porch: str, camera: VirtualCamera, receiver: FakeCastDevice
+) -> None:
+    """Cast while the camera is down: it plays once the camera answers, not 10 s later.
+
+    Home Assistant's worker, started against a camera that is down, fails
+    and waits 10 s before it tries again (the soak saw 11.3 s from call to
+    picture, the camera back after 2 s). The live start waits for the camera
+    instead, and starts the worker once it answers.
+    """
+    await camera.stop()
+    loop = asyncio.get_running_loop()
+    back = loop.create_task(asyncio.sleep(1.0))
+    back.add_done_callback(lambda _: loop.create_task(camera.start()))
+    async with asyncio.timeout(8):  # HA's own retry would come 10 s after its first try
+        await _cast(hass, porch, mode="live", duration=60)
+    assert back.done()
+    assert len(receiver.loads) == 1
+    stream = get_camera_from_entity_id(hass, porch).stream
+    assert stream is not None
+    assert cast_module.has_part(stream.outputs()[HLS_PROVIDER])
+    await hass.services.async_call(DOMAIN, "stop_cast", {"media_player": RECEIVER}, blocking=True)
+
+
+async def test_a_live_cast_to_a_camera_that_stays_down_names_the_camera_s_error(
+    hass: HomeAssistant, porch: str, camera: VirtualCamera, receiver: FakeCastDevice
+) -> None:
+    """Down for the whole wait: "could not connect to the camera", and nothing is cast."""
+    await camera.stop()
+    with (
+        patch.object(cast_module, "LIVE_READY_TIMEOUT", 1.5),
+        pytest.raises(HomeAssistantError) as err,
+    ):
+        await _cast(hass, porch, mode="live")
+    assert err.value.translation_key == "cannot_connect"
+    assert receiver.loads == []
+    await camera.start()
+
+
 async def test_a_live_cast_as_home_assistant_drops_the_idle_output_still_plays(
     hass: HomeAssistant, porch: str, receiver: FakeCastDevice
 ) -> None:

@@ -247,6 +247,17 @@ class LocalCamCamera(LocalCamEntity, Camera):
         stream.pyav_options.update(FAST_OPEN_OPTIONS)
         return stream
 
+    async def async_wait_until_serving(self, timeout: float) -> None:
+        """Wait, bounded, until the camera answers; raise a translated error if it does not.
+
+        Before a live start while nobody streams the camera
+        (``CameraClient.wait_until_serving`` explains why).
+        """
+        try:
+            await self._client.wait_until_serving(timeout)
+        except LocalCamError as err:
+            raise translated_error(err) from err
+
     async def _async_repin_stream(self, stream: Stream) -> None:
         """Point HA's stream at the address the camera's host now checks out at.
 

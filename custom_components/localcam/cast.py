@@ -95,6 +95,7 @@ from .const import DOMAIN, LOGGER
 from .core.cast_links import DEFAULT_LEASE, CastGrant, CastLinkLimitError, CastLinks, CastMode
 from .core.errors import CameraTimeoutError, CannotConnectError, LocalCamError
 from .core.netpolicy import REDACTED, NetPolicy, Target, is_loopback_literal
+from .core.snapshot import SERVING_INTERVAL
 from .helpers import entry_is_running
 
 if TYPE_CHECKING:
@@ -497,7 +498,15 @@ def _reason(err: LocalCamError) -> str:
 
 
 async def async_prepare_live(camera: LocalCamCamera, *, wait: float) -> StreamOutput:
-    """Start the camera's HLS output and wait, bounded, until its first part exists."""
+    """Start the camera's HLS output and wait, bounded, until its first part exists.
+
+    While nobody streams the camera, its worker starts only once the camera
+    answers (a camera that is down, then back a moment later, plays then,
+    not after the worker's 10 s retry wait); one that stays down within
+    ``wait`` is the camera's own error (could not connect, or no answer).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
     stream: Stream | None = await camera.async_create_stream()
     if stream is None:
         raise HomeAssistantError(
@@ -505,7 +514,9 @@ async def async_prepare_live(camera: LocalCamCamera, *, wait: float) -> StreamOu
             translation_key="cast_no_stream",
             translation_placeholders={"entity_id": camera.entity_id},
         )
-    if (track := await _async_wait_for_part(stream, wait)) is None:
+    if not stream.outputs() and (left := deadline - loop.time()) > SERVING_INTERVAL:
+        await camera.async_wait_until_serving(left)
+    if (track := await _async_wait_for_part(stream, deadline - loop.time())) is None:
         raise HomeAssistantError(
             translation_domain=DOMAIN,
             translation_key="cast_stream_timeout",

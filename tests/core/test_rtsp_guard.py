@@ -28,6 +28,7 @@ from custom_components.localcam.core import rtsp_guard
 from custom_components.localcam.core.errors import (
     CannotConnectError,
     CertificateError,
+    InvalidAuthError,
     LocalCamError,
     RedirectedError,
 )
@@ -326,6 +327,7 @@ async def _client(
     *,
     verify_ssl: bool = True,
     host: str | None = None,
+    password: str = PASSWORD,
 ) -> AsyncIterator[CameraClient]:
     """LocalCam's client for an RTSP-only camera (stills are grabbed by FFmpeg).
 
@@ -345,7 +347,7 @@ async def _client(
         camera_id="cam_main",
         stream_url=url,
         username=USER,
-        password=PASSWORD,
+        password=password,
         verify_ssl=verify_ssl,
         rtsp_transport=transport,
     )
@@ -355,6 +357,37 @@ async def _client(
             yield client
         finally:
             await client.close()
+
+
+async def test_a_live_start_waits_for_its_camera_to_answer(
+    two_cams: tuple[VirtualCamera, VirtualCamera],
+) -> None:
+    """wait_until_serving: a camera back from a reboot is waited for; a refusal is not.
+
+    Up: it returns. Down, then up again a second later: it returns once the
+    camera answers, before its timeout. Down for good: the camera's own
+    error when the timeout ends. Wrong credentials: the 401 at once.
+    """
+    cam, _ = two_cams
+    loop = asyncio.get_running_loop()
+    async with _client(cam) as client:
+        await client.wait_until_serving(5)
+        await cam.stop()
+        back = loop.create_task(asyncio.sleep(1.0))
+        back.add_done_callback(lambda _: loop.create_task(cam.start()))
+        asked = cam.stats.describe_requests
+        async with asyncio.timeout(8):
+            await client.wait_until_serving(10)
+        assert back.done()
+        assert cam.stats.describe_requests > asked
+        await cam.stop()
+        with pytest.raises(CannotConnectError):
+            await client.wait_until_serving(1.2)
+        await cam.start()
+    async with _client(cam, password="wrong") as client:
+        async with asyncio.timeout(3):  # one try, not a retry every 0.5 s for 10 s
+            with pytest.raises(InvalidAuthError):
+                await client.wait_until_serving(10)
 
 
 @pytest.mark.parametrize("transport", list(RtspTransport))

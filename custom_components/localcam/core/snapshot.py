@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 import hashlib
 from ipaddress import IPv4Address, IPv6Address
+from math import ceil
 import time
 from typing import Final
 
@@ -37,12 +38,18 @@ from .rtsp import RtspAuthMemory, WarmGrabber, async_grab_keyframe, describe
 from .rtsp_guard import RtspGuard
 
 STREAM_SCHEMES: Final = frozenset({"rtsp", "rtsps"})
+# What a camera that is down or still booting gives (subclasses are refusals).
+_UNREACHABLE: Final = frozenset({CannotConnectError, CameraTimeoutError})
 # How long a one-shot RTSP session stays open after a still, so a burst of
 # dashboard requests reuses it instead of a new handshake per request.
 WARM_LINGER: Final = 5.0
 # Below Home Assistant's 10 s camera image timeout, so our own error wins.
 DEFAULT_TIMEOUT: Final = 9.0
 SNAPSHOT_SCHEMES: Final = frozenset({"http", "https"})
+# A live start's wait for a camera that is down: one DESCRIBE per interval,
+# each bounded by the try timeout (a camera that accepts and never answers).
+SERVING_INTERVAL: Final = 0.5
+SERVING_TRY_TIMEOUT: Final = 2.0
 # Stills up to this size are checked and hashed in the event loop (tens of
 # microseconds); larger ones, and any that need the /proc MAC lookup, in a thread.
 INLINE_FINISH_BYTES: Final = 256 * 1024
@@ -180,6 +187,44 @@ class CameraClient:
                 None, self.check_link_identity, target.address, target.host
             )
         return target
+
+    async def wait_until_serving(self, timeout: float) -> None:
+        """Return once the camera answers a DESCRIBE; raise why not after ``timeout``.
+
+        For a live start while nobody streams the camera: Home Assistant's
+        worker, started against a camera that is down (rebooting, a Wi-Fi
+        drop), fails and then waits 10 s before it tries again, so a camera
+        back 2 s later would play 12 s later. Waiting here, the worker starts
+        once the camera answers. Only an unreachable or silent camera is
+        waited for; a refusal (401, no video, a redirect, a certificate) is
+        raised at once. Bounded by ``timeout`` and in count (one try per
+        SERVING_INTERVAL). No identity check: the stream's own check (on its
+        start) makes it, as for any start.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        last: LocalCamError = CameraTimeoutError()
+        for _ in range(ceil(timeout / SERVING_INTERVAL) + 1):
+            tried = loop.time()
+            if (remaining := deadline - tried) <= 0:
+                break
+            try:
+                await describe(
+                    await self.stream_target(),
+                    username=self.source.username,
+                    password=self.source.password,
+                    verify_ssl=self.source.verify_ssl,
+                    timeout=min(remaining, SERVING_TRY_TIMEOUT),
+                    auth_memory=self._rtsp_auth,
+                )
+            except (CannotConnectError, CameraTimeoutError) as err:
+                if type(err) not in _UNREACHABLE:
+                    raise  # a redirect, a certificate, a reply too large: a refusal
+                last = err
+            else:
+                return
+            await asyncio.sleep(max(0.0, min(tried + SERVING_INTERVAL, deadline) - loop.time()))
+        raise last
 
     def _needs_link_check(self, raw: _Raw) -> bool:
         """Whether finishing this still reads the kernel's neighbour table (blocking)."""
