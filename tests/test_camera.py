@@ -928,6 +928,22 @@ async def test_a_watched_stream_follows_its_moved_camera_and_keeps_its_viewers(
         await _until(lambda: moved.stats.active_play_sessions == 0)
 
 
+async def _playing_unheard(entity: Any, other: VirtualCamera) -> Stream:
+    """The stream, someone watching, playing from its old URL (B answers there).
+
+    Started before LocalCam hears of the start: its check of a start would
+    point the stream at A at once. So the worker plays B, as a retry that
+    began just before a re-pin does.
+    """
+    stream: Stream = entity.stream
+    stream.add_provider("hls")
+    stream.set_update_callback(lambda: None)
+    await stream.start()
+    await _until(lambda: other.stats.active_play_sessions == 1)
+    stream.set_update_callback(entity._async_stream_state_changed)
+    return stream
+
+
 async def test_a_retry_begun_on_the_old_address_never_plays_on_from_there(
     hass: HomeAssistant, socket_enabled: None
 ) -> None:
@@ -939,13 +955,7 @@ async def test_a_retry_begun_on_the_old_address_never_plays_on_from_there(
     and the next retry plays A from its new address.
     """
     async with _moved_camera(hass) as (entity, moved, other):
-        stream = entity.stream
-        stream.add_provider("hls")
-        # The retry on the old URL, B answering there, before LocalCam hears of it.
-        stream.set_update_callback(lambda: None)
-        await stream.start()
-        await _until(lambda: other.stats.active_play_sessions == 1)
-        stream.set_update_callback(entity._async_stream_state_changed)
+        stream = await _playing_unheard(entity, other)  # the retry on the old URL
         stream._async_update_state(False)  # the report of the drop before it, arriving late
         await _until(lambda: entity._auth_check is None)  # type: ignore[attr-defined]
         assert _relayed_to(entity, stream.source).startswith("127.0.0.2:")
@@ -965,14 +975,7 @@ async def test_an_unload_right_after_the_stream_followed_its_camera_ends_it(
     restart and runs on; LocalCam's stop clears that restart first.
     """
     async with _moved_camera(hass) as (entity, moved, other):
-        stream = entity.stream
-        stream.add_provider("hls")
-        # On the old address, B answering there, before LocalCam's check of the
-        # start (which would point it at A itself) runs.
-        stream.set_update_callback(lambda: None)
-        await stream.start()
-        await _until(lambda: other.stats.play_sessions == 1)
-        stream.set_update_callback(entity._async_stream_state_changed)
+        stream = await _playing_unheard(entity, other)
         # A viewer opens it: it follows A (update_source), and at once the entry unloads.
         assert await entity.async_create_stream() is stream
         assert _relayed_to(entity, stream.source).startswith("127.0.0.2:")

@@ -1707,6 +1707,20 @@ async def test_a_load_that_fails_unexpectedly_is_a_cast_failure(
     assert len(receiver.loads) == 1
 
 
+async def _live_cast_refused(
+    hass: HomeAssistant, camera: str, receiver: FakeCastDevice, *, wait: float
+) -> str:
+    """A live cast given ``wait`` seconds fails: its error's translation key (nothing cast)."""
+    with (
+        patch.object(cast_module, "LIVE_READY_TIMEOUT", wait),
+        pytest.raises(HomeAssistantError) as err,
+    ):
+        await _cast(hass, camera, mode="live")
+    assert receiver.loads == []
+    assert err.value.translation_key is not None
+    return err.value.translation_key
+
+
 async def test_live_edges(
     hass: HomeAssistant,
     porch: str,
@@ -1737,13 +1751,7 @@ async def test_live_edges(
         assert err.value.translation_key == "cast_no_stream"
         status, _ = await _get(receiver_session, f"{live}/playlist.m3u8")
         assert status == HTTPStatus.SERVICE_UNAVAILABLE
-    with (
-        patch.object(cast_module, "LIVE_READY_TIMEOUT", 0.001),
-        pytest.raises(HomeAssistantError) as err,
-    ):
-        await _cast(hass, garage, mode="live")
-    assert err.value.translation_key == "cast_stream_timeout"
-    assert receiver.loads == []
+    assert await _live_cast_refused(hass, garage, receiver, wait=0.001) == "cast_stream_timeout"
     with patch.object(cast_views, "PLAYLIST_WAIT", 0.001):
         status, _ = await _get(receiver_session, f"{live}/playlist.m3u8")
     assert status == HTTPStatus.SERVICE_UNAVAILABLE
@@ -1786,13 +1794,7 @@ async def test_a_live_cast_to_a_camera_that_stays_down_names_the_camera_s_error(
 ) -> None:
     """Down for the whole wait: "could not connect to the camera", and nothing is cast."""
     await camera.stop()
-    with (
-        patch.object(cast_module, "LIVE_READY_TIMEOUT", 1.5),
-        pytest.raises(HomeAssistantError) as err,
-    ):
-        await _cast(hass, porch, mode="live")
-    assert err.value.translation_key == "cannot_connect"
-    assert receiver.loads == []
+    assert await _live_cast_refused(hass, porch, receiver, wait=1.5) == "cannot_connect"
     await camera.start()
 
 

@@ -171,14 +171,7 @@ class CameraClient:
         Return the target checked: the address the stream URL resolved to now.
         """
         target = await self.stream_target()
-        await describe(
-            target,
-            username=self.source.username,
-            password=self.source.password,
-            verify_ssl=self.source.verify_ssl,
-            timeout=timeout,
-            auth_memory=self._rtsp_auth,
-        )
+        await self._describe(target, timeout)
         now = time.monotonic()
         raw = _Raw(b"", None, SnapshotSource.RTSP_GRAB, now, target.address, target.host)
         await self._check_device_identity(raw, whole=True)
@@ -209,13 +202,8 @@ class CameraClient:
             if (remaining := deadline - tried) <= 0:
                 break
             try:
-                await describe(
-                    await self.stream_target(),
-                    username=self.source.username,
-                    password=self.source.password,
-                    verify_ssl=self.source.verify_ssl,
-                    timeout=min(remaining, SERVING_TRY_TIMEOUT),
-                    auth_memory=self._rtsp_auth,
+                await self._describe(
+                    await self.stream_target(), min(remaining, SERVING_TRY_TIMEOUT)
                 )
             except (CannotConnectError, CameraTimeoutError) as err:
                 if type(err) not in _UNREACHABLE:
@@ -225,6 +213,17 @@ class CameraClient:
                 return
             await asyncio.sleep(max(0.0, min(tried + SERVING_INTERVAL, deadline) - loop.time()))
         raise last
+
+    async def _describe(self, target: Target, timeout: float) -> None:
+        """One DESCRIBE of the stream, with its credentials (its challenge remembered)."""
+        await describe(
+            target,
+            username=self.source.username,
+            password=self.source.password,
+            verify_ssl=self.source.verify_ssl,
+            timeout=timeout,
+            auth_memory=self._rtsp_auth,
+        )
 
     def _needs_link_check(self, raw: _Raw) -> bool:
         """Whether finishing this still reads the kernel's neighbour table (blocking)."""
