@@ -35,7 +35,7 @@ from custom_components.localcam.const import (
     CONF_VERIFY_SSL,
     DOMAIN,
 )
-from custom_components.localcam.core import jpeg
+from custom_components.localcam.core import jpeg, snapshot_cache
 from custom_components.localcam.core.errors import CannotConnectError, RedirectedError
 from custom_components.localcam.core.netpolicy import NetPolicy, Target, normalized_identity
 from virtualcam import CameraConfig, Fault, VirtualCamera, color_for, nearest_camera
@@ -452,6 +452,33 @@ async def test_hanging_camera_times_out(hass: HomeAssistant, camera: VirtualCame
     with pytest.raises(HomeAssistantError) as err:
         await entity.async_camera_image()
     assert err.value.translation_key == "timeout"
+
+
+async def test_viewers_of_a_hang_get_the_first_frame_after_it_not_the_timeout(
+    hass: HomeAssistant,
+    hass_client: ClientSessionGenerator,
+    camera: VirtualCamera,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Once a hung camera answers again, its waiting viewers get a frame, not a 9 s wait.
+
+    The stuck connection stays stuck (as a real one would); the next viewer
+    past the hedge delay starts a new fetch, whose frame answers both.
+    """
+    monkeypatch.setattr(snapshot_cache, "HEDGE_AFTER", 0.5)
+    entity_id = await _entity_id(hass, camera, options={CONF_SNAPSHOT_MAX_AGE: 0.2})
+    client = await hass_client()
+    camera.fault = Fault.HANG
+    stuck = asyncio.create_task(client.get(f"/api/camera_proxy/{entity_id}"))
+    await asyncio.sleep(0.7)
+    assert not stuck.done()
+    camera.fault = None
+    async with asyncio.timeout(3):  # the fetch timeout is 9 s
+        late = await client.get(f"/api/camera_proxy/{entity_id}")
+        first = await stuck
+    for resp in (first, late):
+        assert resp.status == HTTPStatus.OK
+        assert _camera_index(await resp.read()) == 0
 
 
 async def test_unauthorized_still_starts_reauth(hass: HomeAssistant, camera: VirtualCamera) -> None:

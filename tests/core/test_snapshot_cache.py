@@ -66,18 +66,52 @@ class Upstream:
             await asyncio.sleep(self.delay)
         if self.error is not None:
             raise self.error
-        data = _jpeg()
-        return Snapshot(
-            camera_id=self.camera_id,
-            fingerprint=self.fingerprint,
-            source=SnapshotSource.SNAPSHOT_URL,
-            jpeg=data,
-            width=640,
-            height=360,
-            captured_at=self.clock(),
-            captured_wall=datetime.now(UTC),
-            sha256=hashlib.sha256(data).hexdigest(),
-        )
+        return _snapshot(self.clock, self.camera_id, self.fingerprint)
+
+
+def _snapshot(
+    clock: Clock,
+    camera_id: str = "cam-a",
+    fingerprint: str = "fp-a",
+    color: tuple[int, int, int] = (0, 200, 0),
+) -> Snapshot:
+    """A still of ``camera_id`` as a fetch hands it to the cache, captured now."""
+    data = _jpeg(color)
+    return Snapshot(
+        camera_id=camera_id,
+        fingerprint=fingerprint,
+        source=SnapshotSource.SNAPSHOT_URL,
+        jpeg=data,
+        width=640,
+        height=360,
+        captured_at=clock(),
+        captured_wall=datetime.now(UTC),
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
+
+
+class Gated:
+    """A fake camera fetch (the edge) whose every call waits for its own answer.
+
+    ``answer(i)`` ends call ``i`` with a frame in its own colour, ``answer(i,
+    err)`` with an error; a call never answered hangs like a stuck connection.
+    """
+
+    def __init__(self, clock: Clock, fingerprint: str = "fp-a") -> None:
+        self.clock = clock
+        self.fingerprint = fingerprint
+        self.gates: list[asyncio.Future[Exception | None]] = []
+
+    async def __call__(self) -> Snapshot:
+        gate: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+        index = len(self.gates)
+        self.gates.append(gate)
+        if (error := await gate) is not None:
+            raise error
+        return _snapshot(self.clock, fingerprint=self.fingerprint, color=(40 * index, 0, 200))
+
+    def answer(self, index: int, error: Exception | None = None) -> None:
+        self.gates[index].set_result(error)
 
 
 @pytest.fixture
@@ -479,3 +513,131 @@ async def test_a_camera_slow_to_answer_but_quick_to_send_is_served(
         assert abs(frame.captured_at - camera.headers_sent[0]) < 0.2
         assert time.monotonic() - frame.captured_at <= cache.max_age
         assert frame.width == 64
+
+
+async def _waiting(
+    cache: SnapshotCache, size: tuple[int, int] | None = None
+) -> asyncio.Task[Snapshot]:
+    """A viewer's request, started and parked on whatever fetch it joined."""
+    task = asyncio.create_task(cache.get(*(size or (None, None))))
+    await asyncio.sleep(0.01)
+    return task
+
+
+async def test_a_request_past_a_hung_fetch_starts_another_whose_frame_answers_all(
+    clock: Clock,
+) -> None:
+    """A hang holds its viewers only until a newer fetch brings a frame, not its timeout."""
+    upstream = Gated(clock)
+    cache = _cache(clock, upstream)
+    first = await _waiting(cache)
+    clock.now += snapshot_cache.HEDGE_AFTER - 0.01
+    joined = await _waiting(cache)
+    assert len(upstream.gates) == 1  # younger than HEDGE_AFTER: one fetch, as always
+    clock.now += 0.02
+    late = await _waiting(cache)
+    assert len(upstream.gates) == 2
+    assert cache.stats.hedged == 1
+    upstream.answer(1)
+    async with asyncio.timeout(1):
+        frames = await asyncio.gather(first, joined, late)
+    assert len({frame.sha256 for frame in frames}) == 1
+    assert upstream.gates[0].cancelled()  # the stuck fetch is ended, not left to time out
+    assert not cache._inflight
+    assert await cache.get() is frames[0]  # and cached like any frame
+
+
+async def test_a_newer_fetch_waits_for_max_age_when_that_is_longer(clock: Clock) -> None:
+    """Still at most one new fetch per max-age window: no second fetch before max age."""
+    upstream = Gated(clock)
+    cache = _cache(clock, upstream, max_age=5.0)
+    waiters = [await _waiting(cache)]
+    clock.now += 4.9
+    waiters.append(await _waiting(cache))
+    assert len(upstream.gates) == 1
+    clock.now += 0.2
+    waiters.append(await _waiting(cache))
+    assert len(upstream.gates) == 2
+    upstream.answer(1)
+    await asyncio.gather(*waiters)
+
+
+async def test_an_error_answers_the_older_fetches_not_a_newer_one(clock: Clock) -> None:
+    """A refusal ends the viewers of the hung fetch before it; a newer fetch may still succeed."""
+    upstream = Gated(clock)
+    cache = _cache(clock, upstream)
+    waiters = []
+    for _ in range(3):
+        waiters.append(await _waiting(cache))
+        clock.now += snapshot_cache.HEDGE_AFTER
+    assert len(upstream.gates) == 3
+    upstream.answer(1, CannotConnectError("refused"))
+    await asyncio.sleep(0.01)
+    for older in waiters[:2]:
+        assert older.done()
+        assert isinstance(older.exception(), CannotConnectError)
+    assert upstream.gates[0].cancelled()
+    assert not waiters[2].done()
+    upstream.answer(2)
+    assert (await waiters[2]).camera_id == "cam-a"
+
+
+async def test_an_older_fetch_that_answers_first_answers_the_newer_viewers(clock: Clock) -> None:
+    """The first frame to arrive ends every fetch of that size, whichever began first."""
+    upstream = Gated(clock)
+    cache = _cache(clock, upstream)
+    first = await _waiting(cache)
+    clock.now += snapshot_cache.HEDGE_AFTER
+    second = await _waiting(cache)
+    upstream.answer(0)
+    async with asyncio.timeout(1):
+        assert (await first) is (await second)
+    assert upstream.gates[1].cancelled()
+
+
+async def test_a_camera_that_keeps_hanging_holds_a_bounded_number_of_fetches(
+    clock: Clock,
+) -> None:
+    """However long the hang and however many viewers, at most MAX_FLIGHTS fetches at once."""
+    upstream = Gated(clock)
+    cache = _cache(clock, upstream)
+    waiters = []
+    for _ in range(4 * snapshot_cache.MAX_FLIGHTS):
+        waiters.append(await _waiting(cache))
+        clock.now += snapshot_cache.HEDGE_AFTER
+    assert len(upstream.gates) == snapshot_cache.MAX_FLIGHTS
+    await cache.close()
+    results = await asyncio.gather(*waiters, return_exceptions=True)
+    assert all(isinstance(result, CameraUnloadedError) for result in results)
+
+
+async def test_a_sized_request_past_a_hung_fetch_starts_another_full_fetch(clock: Clock) -> None:
+    """Cards asking a size get the same way out of a hang: one new full fetch, then scaled."""
+    upstream = Gated(clock)
+    cache = _cache(clock, upstream)
+    first = await _waiting(cache, (320, 180))
+    clock.now += snapshot_cache.HEDGE_AFTER
+    late = await _waiting(cache, (320, 180))
+    assert len(upstream.gates) == 2
+    upstream.answer(1)
+    async with asyncio.timeout(2):
+        small = await asyncio.gather(first, late)
+    assert [frame.width for frame in small] == [320, 320]
+    assert small[0].sha256 == small[1].sha256
+
+
+async def test_a_fetch_of_a_replaced_source_answers_only_its_own_viewers(clock: Clock) -> None:
+    """After rebind, the old source's fetch ends neither the new fetches nor their viewers."""
+    old = Gated(clock)
+    cache = _cache(clock, old)
+    stale_waiter = await _waiting(cache)
+    new = Gated(clock, fingerprint="fp-b")
+    cache.rebind("fp-b", new)
+    new_waiter = await _waiting(cache)
+    old.answer(0)
+    with pytest.raises(CameraTimeoutError):  # its frame is of the old source: not served
+        await stale_waiter
+    assert not new_waiter.done()
+    assert not new.gates[0].done()
+    new.answer(0)
+    assert (await new_waiter).fingerprint == "fp-b"

@@ -8,6 +8,16 @@ Guarantees, and where each is enforced:
 - Single flight: concurrent requests for one camera share one upstream fetch;
   every waiter gets that fetch's frame or its error. A waiter that gives up
   (client gone) does not cancel the fetch for the others.
+- A hung fetch holds only the waiters who joined it in its first
+  ``hedge_after`` seconds (the larger of max age and ``HEDGE_AFTER``). A
+  request that finds the newest fetch older than that starts one more, at
+  most ``MAX_FLIGHTS`` per size in flight, so there is still at most one new
+  fetch per max-age window. The first of them to bring a frame answers every
+  waiter of that size (served only while younger than max age, as always) and
+  ends the others; an error answers its own waiters and those of the fetches
+  started before it, never those of a newer one, which may yet succeed. So
+  once a hang ends, its viewers get a frame within about ``hedge_after``
+  instead of the fetch timeout (``_join`` and ``_settle`` enforce this).
 - Honest age: a frame older than ``max_age`` is never returned; there is no
   fallback to an older frame anywhere: a failed fetch raises to every waiter.
   Age counts from the frame's ``captured_at``, which the fetch (core.snapshot)
@@ -41,6 +51,13 @@ from .models import Snapshot
 # Dashboards request a handful of card sizes; bound the per-size entries so a
 # client iterating sizes cannot grow memory.
 MAX_SIZES: Final = 8
+# A fetch still pending after this long (or after max age, if longer) is
+# presumed hung: the next request starts another one. Above a busy RTSP
+# camera's cold still (one GOP of 2 s plus decode), so a slow but healthy
+# fetch is not doubled. With MAX_FLIGHTS, a camera that hangs holds at most
+# three of its connections (one per HEDGE_AFTER within the 9 s fetch timeout).
+HEDGE_AFTER: Final = 3.0
+MAX_FLIGHTS: Final = 3
 
 type Size = tuple[int, int] | None
 type FetchFull = Callable[[], Awaitable[Snapshot]]
@@ -53,6 +70,7 @@ class CacheStats:
     hits: int = 0
     misses: int = 0
     coalesced: int = 0
+    hedged: int = 0
     upstream_fetches: int = 0
     scaled: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
@@ -65,6 +83,7 @@ class CacheStats:
             "hits": self.hits,
             "misses": self.misses,
             "coalesced_waiters": self.coalesced,
+            "fetches_started_past_a_hung_one": self.hedged,
             "upstream_fetches": self.upstream_fetches,
             "scaled": self.scaled,
             "rejected_images": dict(self.rejected),
@@ -85,6 +104,15 @@ class CameraUnloadedError(CannotConnectError):
     def __init__(self) -> None:
         """Say why, for logs; the translation needs no placeholder."""
         super().__init__("the camera was unloaded while a still was requested")
+
+
+@dataclass(slots=True, eq=False)
+class _Flight:
+    """One fetch (or scaling) in flight for one size, and its waiters' future."""
+
+    future: asyncio.Future[Snapshot]
+    started: float  # the cache's clock
+    task: asyncio.Task[None] | None = None
 
 
 class SnapshotCache:
@@ -110,7 +138,8 @@ class SnapshotCache:
         # through card sizes never evicts it (which would refetch upstream).
         self._full_frame: Snapshot | None = None
         self._frames: OrderedDict[tuple[int, int], Snapshot] = OrderedDict()
-        self._inflight: dict[Size, asyncio.Future[Snapshot]] = {}
+        # Per size, the flights a request may still join or settle, oldest first.
+        self._inflight: dict[Size, list[_Flight]] = {}
         # Every producer and the future it completes, also those ``rebind``
         # dropped from ``_inflight``: ``close`` must answer all their waiters.
         self._tasks: dict[asyncio.Task[None], asyncio.Future[Snapshot]] = {}
@@ -146,11 +175,7 @@ class SnapshotCache:
         if frame is not None and self._fresh(frame):
             self.stats.hits += 1
             return frame
-        if (pending := self._inflight.get(size)) is not None:
-            self.stats.coalesced += 1
-        else:
-            self.stats.misses += 1
-            pending = self._start(size)
+        pending = self._join(size, count=True)
         # shield: a waiter that is cancelled (viewer closed the card) must not
         # cancel the fetch other viewers are waiting on. The shared future is
         # never cancelled (``close`` fails it), so CancelledError here means
@@ -164,41 +189,91 @@ class SnapshotCache:
             raise CameraTimeoutError("the still expired before it could be served")
         return frame
 
+    @property
+    def hedge_after(self) -> float:
+        """How long a fetch may be pending before the next request starts another."""
+        return max(self.max_age, HEDGE_AFTER)
+
+    def _join(self, size: Size, *, count: bool) -> asyncio.Future[Snapshot]:
+        """The future of the fetch a request for ``size`` waits on (maybe a new one)."""
+        flights = self._inflight.get(size)
+        if flights:
+            newest = flights[-1]
+            if self._clock() - newest.started < self.hedge_after or len(flights) >= MAX_FLIGHTS:
+                if count:
+                    self.stats.coalesced += 1
+                return newest.future
+            if size is None:  # an upstream fetch beside a pending one
+                self.stats.hedged += 1
+        elif count:
+            self.stats.misses += 1
+        return self._start(size)
+
     def _start(self, size: Size) -> asyncio.Future[Snapshot]:
-        """Start the one fetch for ``size`` and register it as in flight."""
+        """Start a fetch for ``size`` and register it as in flight."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Snapshot] = loop.create_future()
-        self._inflight[size] = future
+        flight = _Flight(loop.create_future(), self._clock())
+        self._inflight.setdefault(size, []).append(flight)
         fingerprint = self.fingerprint
-        task = loop.create_task(self._produce(size, future, fingerprint))
-        self._tasks[task] = future
+        flight.task = task = loop.create_task(self._produce(size, flight, fingerprint))
+        self._tasks[task] = flight.future
         task.add_done_callback(self._forget)
-        return future
+        return flight.future
 
     def _forget(self, task: asyncio.Task[None]) -> None:
         """Drop a finished producer."""
         self._tasks.pop(task, None)
 
-    async def _produce(
-        self, size: Size, future: asyncio.Future[Snapshot], fingerprint: str
-    ) -> None:
+    async def _produce(self, size: Size, flight: _Flight, fingerprint: str) -> None:
         """Fetch (or scale) one frame and hand it to every waiter."""
         try:
             frame = await (self._upstream() if size is None else self._scaled(size))
         except asyncio.CancelledError:
-            # Unload: the waiters get an error, never left hanging and never
-            # cancelled (they were not, only the fetch was).
-            _fail(future, CameraUnloadedError())
+            # Unload, or a newer fetch answered this one's waiters: they get
+            # an error if nobody answered them yet, never left hanging and
+            # never cancelled (they were not, only the fetch was).
+            _fail(flight.future, CameraUnloadedError())
             raise
         except Exception as err:  # noqa: BLE001 - every waiter gets the same error
-            _fail(future, err)
+            self._settle(size, flight, err)
         else:
             if fingerprint == self.fingerprint:
                 self._store(size, frame)
-            if not future.done():
-                future.set_result(frame)
+            self._settle(size, flight, frame)
         finally:
-            if self._inflight.get(size) is future:
+            self._land(size, flight)
+
+    def _settle(self, size: Size, flight: _Flight, outcome: Snapshot | Exception) -> None:
+        """Answer ``flight``'s waiters, and those of the flights it supersedes.
+
+        A frame answers every flight of the size (``get`` still serves it
+        only while it is younger than max age); an error only the older
+        ones, presumed hung, since a newer fetch may yet succeed. The flights
+        answered here are cancelled: their connections to the camera close.
+        Flights that ``rebind`` dropped answer only their own waiters.
+        """
+        flights = self._inflight.get(size, [])
+        if flight in flights:
+            others = flights if isinstance(outcome, Snapshot) else flights[: flights.index(flight)]
+        else:
+            others = []
+        for other in [flight, *(o for o in others if o is not flight)]:
+            if isinstance(outcome, Snapshot):
+                if not other.future.done():
+                    other.future.set_result(outcome)
+            else:
+                _fail(other.future, outcome)
+            if other is not flight:
+                self._land(size, other)
+                if other.task is not None:
+                    other.task.cancel()
+
+    def _land(self, size: Size, flight: _Flight) -> None:
+        """Take a finished or answered flight off the joinable ones."""
+        flights = self._inflight.get(size)
+        if flights is not None and flight in flights:
+            flights.remove(flight)
+            if not flights:
                 del self._inflight[size]
 
     def _lookup(self, size: Size) -> Snapshot | None:
@@ -215,8 +290,7 @@ class SnapshotCache:
         frame = self._full_frame
         if frame is not None and self._fresh(frame):
             return frame
-        pending = self._inflight.get(None) or self._start(None)
-        return await asyncio.shield(pending)
+        return await asyncio.shield(self._join(None, count=False))
 
     async def _scaled(self, size: tuple[int, int]) -> Snapshot:
         """Scale the full frame in the executor; provenance stays the same.
@@ -269,7 +343,11 @@ class SnapshotCache:
         return frame
 
     def _store(self, size: Size, frame: Snapshot) -> None:
-        """Keep a frame for its size, bounded in the number of sizes."""
+        """Keep a frame for its size, bounded in the number of sizes.
+
+        Never over a newer one: a flight that settles has ended every older
+        flight of its size (``_settle``), so none of them stores after it.
+        """
         if size is None:
             self._full_frame = frame
             return
