@@ -353,6 +353,10 @@ class Soak:
         self.events: list[dict[str, Any]] = []
         self.max_age = DEFAULT_MAX_AGE
         self.restarting = False
+        # False from a restart until LocalCam's actions are registered again
+        # (hass answers HTTP before its integrations are set up): no cast is
+        # sent before, as an automation would get "action not found" then.
+        self.actions_ready = True
         # Cameras whose entry is being set up again (a reload, a completed reauth, a
         # restart) until their first good frame: a 404 then is "no such entity yet".
         self.loading: set[int] = set()
@@ -701,6 +705,7 @@ class Soak:
         """Stop hass by its PID and start it again on the same configuration and port."""
         hass = self.hass
         self.restarting = True
+        self.actions_ready = False
         began = time.monotonic()
         try:
             with contextlib.suppress(OSError, RuntimeError, ValueError):
@@ -733,10 +738,25 @@ class Soak:
             event["down_s"] = round(time.monotonic() - began, 1)
             # Up, but each entry loads in its own time (recovery ends each window).
             self.loading.update(cam.index for cam in self.cams)
+            self._spawn(self._actions_back())
         finally:
             self.restarting = False
         cleared = time.monotonic()
         await self.recovery(event, self.cams, cleared)
+
+    async def _actions_back(self) -> None:
+        """Mark LocalCam's actions ready once hass lists them again (bounded)."""
+
+        async def listed() -> bool:
+            services = await self.hass.get_json("/api/services")
+            return any(entry.get("domain") == "localcam" for entry in services)
+
+        try:
+            await wait_for(listed, 120, "LocalCam's actions after the restart", 0.25)
+        except TimeoutError as err:
+            log(f"  {err}; casting again anyway")  # the casts then record the error
+        finally:
+            self.actions_ready = True
 
     async def recovery(self, event: dict[str, Any], cams: list[Cam], cleared: float) -> None:
         """Time from the fault cleared to each camera's first good frame (LocalCam's view)."""
@@ -776,7 +796,10 @@ class Soak:
             casting = []
             if self.cast is not None:
                 plan = self.cast.run(
-                    self.cams, self.stop_at, lambda: self.restarting, random.Random(self.args.seed)
+                    self.cams,
+                    self.stop_at,
+                    lambda: self.restarting or not self.actions_ready,
+                    random.Random(self.args.seed),
                 )
                 casting.append(asyncio.create_task(plan))
             workers = [monitor, hls, *viewers, *casting]
