@@ -619,6 +619,7 @@ async def test_a_sized_request_past_a_hung_fetch_starts_another_full_fetch(clock
     clock.now += snapshot_cache.HEDGE_AFTER
     late = await _waiting(cache, (320, 180))
     assert len(upstream.gates) == 2
+    assert (cache.stats.misses, cache.stats.hedged) == (1, 1)
     upstream.answer(1)
     async with asyncio.timeout(2):
         small = await asyncio.gather(first, late)

@@ -70,7 +70,7 @@ class CacheStats:
     hits: int = 0
     misses: int = 0
     coalesced: int = 0
-    hedged: int = 0
+    hedged: int = 0  # requests that started a fetch beside a stuck one (see _join)
     upstream_fetches: int = 0
     scaled: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
@@ -83,7 +83,7 @@ class CacheStats:
             "hits": self.hits,
             "misses": self.misses,
             "coalesced_waiters": self.coalesced,
-            "fetches_started_past_a_hung_one": self.hedged,
+            "fetches_started_past_a_stuck_one": self.hedged,
             "upstream_fetches": self.upstream_fetches,
             "scaled": self.scaled,
             "rejected_images": dict(self.rejected),
@@ -203,7 +203,7 @@ class SnapshotCache:
                 if count:
                     self.stats.coalesced += 1
                 return newest.future
-            if size is None:  # an upstream fetch beside a pending one
+            if count:
                 self.stats.hedged += 1
         elif count:
             self.stats.misses += 1
