@@ -252,21 +252,16 @@ class SnapshotCache:
         answered here are cancelled: their connections to the camera close.
         Flights that ``rebind`` dropped answer only their own waiters.
         """
+        _answer(flight.future, outcome)
         flights = self._inflight.get(size, [])
-        if flight in flights:
-            others = flights if isinstance(outcome, Snapshot) else flights[: flights.index(flight)]
-        else:
-            others = []
-        for other in [flight, *(o for o in others if o is not flight)]:
-            if isinstance(outcome, Snapshot):
-                if not other.future.done():
-                    other.future.set_result(outcome)
-            else:
-                _fail(other.future, outcome)
-            if other is not flight:
-                self._land(size, other)
-                if other.task is not None:
-                    other.task.cancel()
+        if flight not in flights:
+            return
+        ended = flights if isinstance(outcome, Snapshot) else flights[: flights.index(flight)]
+        for other in [o for o in ended if o is not flight]:
+            _answer(other.future, outcome)
+            self._land(size, other)
+            if other.task is not None:
+                other.task.cancel()
 
     def _land(self, size: Size, flight: _Flight) -> None:
         """Take a finished or answered flight off the joinable ones."""
@@ -375,6 +370,15 @@ class SnapshotCache:
         self._inflight.clear()
         self._full_frame = None
         self._frames.clear()
+
+
+def _answer(future: asyncio.Future[Snapshot], outcome: Snapshot | Exception) -> None:
+    """Hand every waiter of ``future`` a frame or an error, unless it is already answered."""
+    if isinstance(outcome, Snapshot):
+        if not future.done():
+            future.set_result(outcome)
+    else:
+        _fail(future, outcome)
 
 
 def _fail(future: asyncio.Future[Snapshot], err: BaseException) -> None:
