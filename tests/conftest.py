@@ -6,6 +6,7 @@ import logging
 import os
 from pathlib import Path
 import ssl
+import time
 from typing import Any
 
 from homeassistant.config_entries import SOURCE_USER, ConfigEntry
@@ -184,6 +185,14 @@ async def setup_entry(hass: HomeAssistant, entry: MockConfigEntry) -> None:
     entry.add_to_hass(hass)
     await hass.config_entries.async_setup(entry.entry_id)
     await hass.async_block_till_done()
+
+
+async def camera_asked(camera: VirtualCamera, count: int) -> None:
+    """Wait (bounded) until the virtual camera has received ``count`` snapshot requests."""
+    deadline = time.monotonic() + 5
+    while camera.stats.snapshot_requests < count:
+        assert time.monotonic() < deadline, "the camera was never asked"
+        await asyncio.sleep(0.01)
 
 
 async def add_onvif_entry(

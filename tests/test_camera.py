@@ -43,6 +43,7 @@ from virtualcam import CameraConfig, Fault, VirtualCamera, color_for, nearest_ca
 from .conftest import (
     CAM_PASSWORD,
     CAM_USER,
+    camera_asked,
     camera_config,
     entry_data,
     main_entity_id,
@@ -469,8 +470,10 @@ async def test_viewers_of_a_hang_get_the_first_frame_after_it_not_the_timeout(
     entity_id = await _entity_id(hass, camera, options={CONF_SNAPSHOT_MAX_AGE: 0.2})
     client = await hass_client()
     camera.fault = Fault.HANG
+    asked = camera.stats.snapshot_requests
     stuck = asyncio.create_task(client.get(f"/api/camera_proxy/{entity_id}"))
-    await asyncio.sleep(0.7)
+    await camera_asked(camera, asked + 1)  # the stuck fetch has begun
+    await asyncio.sleep(0.7)  # past the (patched) hedge delay
     assert not stuck.done()
     camera.fault = None
     async with asyncio.timeout(3):  # the fetch timeout is 9 s

@@ -7,7 +7,6 @@ loopback; everything from the view to the snapshot cache is LocalCam's own.
 import asyncio
 import gc
 from http import HTTPStatus
-import time
 
 from homeassistant.components.camera.const import DATA_COMPONENT
 from homeassistant.core import HomeAssistant
@@ -22,17 +21,9 @@ from custom_components.localcam.cast_views import _async_snapshot
 from custom_components.localcam.core.cast_links import CastGrant, CastMode
 from virtualcam import Fault, VirtualCamera
 
-from .conftest import main_entity_id, make_entry, setup_entry
+from .conftest import camera_asked, main_entity_id, make_entry, setup_entry
 
 pytestmark = pytest.mark.usefixtures("secrets_absent_from_logs")
-
-
-async def _camera_asked(camera: VirtualCamera, count: int) -> None:
-    """Wait (bounded) until the virtual camera has received ``count`` snapshot requests."""
-    deadline = time.monotonic() + 5
-    while camera.stats.snapshot_requests < count:
-        assert time.monotonic() < deadline, "the camera was never asked"
-        await asyncio.sleep(0.01)
 
 
 def _entity(hass: HomeAssistant, entity_id: str) -> LocalCamCamera:
@@ -69,7 +60,7 @@ async def test_a_still_in_flight_at_unload_is_answered_503(
         asyncio.create_task(client.get(url)),  # coalesced on the same fetch
         asyncio.create_task(client.get(f"{url}?width=160&height=90")),  # waits on the full frame
     ]
-    await _camera_asked(camera, asked + 1)
+    await camera_asked(camera, asked + 1)
     await asyncio.sleep(0.1)  # every request is now waiting on the one fetch
     assert not any(request.done() for request in requests)
 
@@ -109,7 +100,7 @@ async def test_the_cast_still_in_flight_at_unload_is_answered_404(
     camera.fault = Fault.HANG
     asked = camera.stats.snapshot_requests
     pending = asyncio.create_task(_async_snapshot(manager, entity, token))
-    await _camera_asked(camera, asked + 1)
+    await camera_asked(camera, asked + 1)
 
     assert await hass.config_entries.async_unload(entry.entry_id)
 
@@ -128,7 +119,7 @@ async def test_a_request_that_is_itself_cancelled_still_ends_cancelled(
     asked = camera.stats.snapshot_requests
     leaving = asyncio.create_task(entity.async_snapshot())
     staying = asyncio.create_task(entity.async_snapshot())
-    await _camera_asked(camera, asked + 1)
+    await camera_asked(camera, asked + 1)
     leaving.cancel()
     with pytest.raises(asyncio.CancelledError):
         await leaving
