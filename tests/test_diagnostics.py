@@ -151,6 +151,25 @@ def test_a_password_is_masked_in_the_forms_urls_write_it() -> None:
     assert scrubbed.count("**REDACTED**") == 3  # the host, and the password twice
 
 
+async def test_diagnostics_tell_how_long_an_rtsp_camera_took_to_start(
+    hass: HomeAssistant,
+    hass_client: ClientSessionGenerator,
+    rtsp_only_camera: VirtualCamera,
+) -> None:
+    """After a still from an RTSP-only camera, its session's open and first-keyframe times."""
+    entry = make_entry(rtsp_only_camera, snapshot=False)
+    await setup_entry(hass, entry)
+    [entity_id] = hass.states.async_entity_ids("camera")
+    diagnostics = await get_diagnostics_for_config_entry(hass, hass_client, entry)
+    assert diagnostics["streams"]["main"]["rtsp_warm_session"]["last_session"] is None
+    await camera_component.async_get_image(hass, entity_id)
+    diagnostics = await get_diagnostics_for_config_entry(hass, hass_client, entry)
+    session = diagnostics["streams"]["main"]["rtsp_warm_session"]
+    assert session["sessions_opened"] == 1
+    timing = session["last_session"]
+    assert 0 < timing["opened_in_seconds"] <= timing["first_keyframe_in_seconds"] < 10
+
+
 async def test_diagnostics_of_an_entry_whose_camera_is_down(
     hass: HomeAssistant,
     hass_client: ClientSessionGenerator,

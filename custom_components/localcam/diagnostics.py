@@ -117,6 +117,11 @@ def _entry_diagnostics(hass: HomeAssistant, entry: LocalCamConfigEntry) -> dict[
                 "rtsp_warm_session": {
                     "active": stream.client.grabber.active,
                     "sessions_opened": stream.client.grabber.sessions_opened,
+                    "last_session": (
+                        timing.as_dict()
+                        if (timing := stream.client.grabber.last_session) is not None
+                        else None
+                    ),
                 },
                 # FFmpeg's loopback relay; sessions refused: redirects and unreadable replies.
                 "rtsp_relay": stream.client.guard.as_dict(),

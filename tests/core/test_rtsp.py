@@ -521,6 +521,37 @@ async def test_warm_session_serves_a_burst_with_one_handshake(vcam: VirtualCamer
     assert not grabber.active
 
 
+async def test_warm_session_reports_how_long_it_took_to_start(vcam: VirtualCamera) -> None:
+    """Each session's first keyframe reports its open and first-keyframe times; later ones don't."""
+    url = await _session_url(vcam)
+
+    grabber = WarmGrabber(linger=0.3)
+    assert grabber.last_session is None
+    try:
+        asked = time.monotonic()
+        await grabber.grab(url, timeout=5)
+        waited = time.monotonic() - asked
+        first = grabber.last_session
+        assert first is not None
+        assert 0 < first.opened_in <= first.first_keyframe_in <= waited
+        await grabber.grab(url, timeout=5)  # the same session's next keyframe
+        assert grabber.last_session is first
+        for _ in range(50):
+            if not grabber.active:
+                break
+            await asyncio.sleep(0.1)
+        await grabber.grab(url, timeout=5)
+        assert grabber.sessions_opened == 2
+        assert grabber.last_session is not first
+        assert grabber.last_session is not None
+        assert grabber.last_session.as_dict() == {
+            "opened_in_seconds": round(grabber.last_session.opened_in, 3),
+            "first_keyframe_in_seconds": round(grabber.last_session.first_keyframe_in, 3),
+        }
+    finally:
+        await grabber.close()
+
+
 async def test_warm_session_reuses_only_a_young_keyframe(vcam: VirtualCamera) -> None:
     """A warm burst gets the session's latest keyframe at once while it is young enough.
 

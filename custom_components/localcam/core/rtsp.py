@@ -518,6 +518,21 @@ async def async_grab_keyframe(
         stop.set()
 
 
+@dataclass(frozen=True, slots=True)
+class SessionTiming:
+    """How long one warm session took to start, in seconds from when it was asked for."""
+
+    opened_in: float  # FFmpeg had the stream open: RTSP handshake and first packet
+    first_keyframe_in: float  # its first keyframe decoded and encoded as JPEG
+
+    def as_dict(self) -> dict[str, float]:
+        """Rounded to the millisecond, for diagnostics."""
+        return {
+            "opened_in_seconds": round(self.opened_in, 3),
+            "first_keyframe_in_seconds": round(self.first_keyframe_in, 3),
+        }
+
+
 class _SessionEndedError(CannotConnectError):
     """The warm session closed (linger over) while a request was arriving."""
 
@@ -567,6 +582,10 @@ class WarmGrabber:
         # The open session's most recent keyframe (read and written in the loop).
         self._latest: GrabbedFrame | None = None
         self.sessions_opened = 0
+        # The latest session to deliver a keyframe: seconds from asking for it
+        # until FFmpeg had it open (RTSP handshake, first packet), and until
+        # its first keyframe was a JPEG (diagnostics: how slow a camera opens).
+        self.last_session: SessionTiming | None = None
 
     @property
     def active(self) -> bool:
@@ -661,7 +680,7 @@ class WarmGrabber:
         self._url = url
         self._latest = None
         self._session = loop.run_in_executor(
-            None, self._run, loop, url, timeout, self._generation, stop
+            None, self._run, loop, url, timeout, self._generation, stop, time.monotonic()
         )
         self._session.add_done_callback(lambda _f: None)
 
@@ -674,10 +693,14 @@ class WarmGrabber:
                 waiter.set_exception(error)
                 waiter.exception()
 
-    def _deliver(self, generation: int, frame: GrabbedFrame) -> None:
+    def _deliver(
+        self, generation: int, frame: GrabbedFrame, timing: SessionTiming | None = None
+    ) -> None:
         """A keyframe arrived: keep it as the latest and hand it to every waiter."""
         if generation != self._generation:
             return
+        if timing is not None:
+            self.last_session = timing
         self._latest = frame
         waiters, self._waiters = self._waiters, []
         self._wanted.clear()
@@ -702,15 +725,22 @@ class WarmGrabber:
         timeout: float,
         generation: int,
         stop: threading.Event,
+        asked: float,
     ) -> None:
-        """Session thread: demux; decode and encode each keyframe while warm."""
+        """Session thread: demux; decode and encode each keyframe while warm.
+
+        ``asked`` is when the loop asked for the session (the executor's queue
+        counts towards the timing it reports with the first keyframe).
+        """
         import av  # noqa: PLC0415
 
         error: LocalCamError | None = None
         container: Any = None
         open_deadline = time.monotonic() + timeout
+        timing: SessionTiming | None = None
         try:
             container = _open_container(url, self._transport, timeout, unparsed=True)
+            opened_in = time.monotonic() - asked
             stream = container.streams.video[0]
             codec = stream.codec_context
             _prepare_decoder(codec)
@@ -734,7 +764,12 @@ class WarmGrabber:
                     jpeg=encode_bgr(frame.to_ndarray(format="bgr24")),
                     received_at=now,
                 )
-                loop.call_soon_threadsafe(self._deliver, generation, grabbed)
+                first = timing is None
+                if first:
+                    timing = SessionTiming(opened_in, time.monotonic() - asked)
+                loop.call_soon_threadsafe(
+                    self._deliver, generation, grabbed, timing if first else None
+                )
             else:
                 error = NoVideoError("stream ended")
         except LocalCamError as err:
