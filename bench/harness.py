@@ -37,7 +37,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # `frontend` (in scripts/demo.py's configuration) keeps the process as heavy as
 # a real installation's. A 200-viewer burst makes these log hundreds of
 # expected failures; the benchmark counts the HTTP answers instead.
-COMPONENTS = ("stream", "ffmpeg")
+# `diagnostics` (in default_config for users) lets a bench read LocalCam's own.
+COMPONENTS = ("stream", "ffmpeg", "diagnostics")
 # bench/bound_camera, linked into custom_components when a bench asks for it.
 BOUND_DOMAIN = "bench_bound"
 LOGS = {
