@@ -764,12 +764,10 @@ class WarmGrabber:
                     jpeg=encode_bgr(frame.to_ndarray(format="bgr24")),
                     received_at=now,
                 )
-                first = timing is None
-                if first:
-                    timing = SessionTiming(opened_in, time.monotonic() - asked)
-                loop.call_soon_threadsafe(
-                    self._deliver, generation, grabbed, timing if first else None
-                )
+                first = None  # the timing goes with the session's first keyframe only
+                if timing is None:
+                    timing = first = SessionTiming(opened_in, time.monotonic() - asked)
+                loop.call_soon_threadsafe(self._deliver, generation, grabbed, first)
             else:
                 error = NoVideoError("stream ended")
         except LocalCamError as err:
