@@ -9,6 +9,10 @@ time each way, as HA's worker does (packets, no decode), and reports its
 own CPU time, the bytes received, and the ratio (JSON in bench/results/).
 All on 127.0.0.1.
 
+Then cold stills, as LocalCam takes one (a new warm session, its first
+keyframe as a JPEG), alternating straight to the camera and through the
+relay: what the relay's hop costs the first picture.
+
 With --tls the camera serves rtsps:// (self-signed): FFmpeg reads it with its
 certificate check off (tls_verify=0, as Home Assistant's stream runs it unless
 an integration asks for the check), and the relay is the TLS client, FFmpeg
@@ -28,6 +32,7 @@ import json
 import os
 from pathlib import Path
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -35,7 +40,9 @@ from typing import Any
 
 import av
 
+from custom_components.localcam.core.models import RtspTransport
 from custom_components.localcam.core.netpolicy import NetPolicy
+from custom_components.localcam.core.rtsp import WarmGrabber
 from custom_components.localcam.core.rtsp_guard import RtspGuard
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,6 +84,17 @@ async def _measure(url: str, seconds: float, transport: str = "tcp") -> dict[str
     if "cpu_end" not in result:
         raise RuntimeError("the demux thread failed")
     return result
+
+
+async def _cold_still(url: str, transport: RtspTransport) -> float:
+    """Seconds to one cold still as LocalCam takes it (a new warm session), then closed."""
+    grabber = WarmGrabber(transport=transport, linger=0)
+    try:
+        started = time.monotonic()
+        await grabber.grab(url, timeout=5)
+        return time.monotonic() - started
+    finally:
+        await grabber.close()
 
 
 async def _start_camera(size: str, fps: float, tls: bool) -> tuple[subprocess.Popen[str], str]:
@@ -121,6 +139,17 @@ async def main(args: argparse.Namespace) -> None:
         for _ in range(args.rounds):
             runs["direct"].append(await _measure(target.pinned_url(), args.seconds, direct))
             runs["relay"].append(await _measure(relayed, args.seconds))
+        # Cold stills, alternating which way goes first; the pause before
+        # each (0.4-0.8 s) steps through the camera's frame clock, which
+        # alone moves a cold still by up to a frame interval. (Not for
+        # --tls: FFmpeg would check the self-signed certificate directly.)
+        cold: dict[str, list[float]] = {"direct": [], "relay": []}
+        ways = (("direct", target.pinned_url()), ("relay", relayed))
+        for i in range(0 if args.tls else args.cold):
+            for name, way in ways if i % 2 else ways[::-1]:
+                await asyncio.sleep(0.4 + (i * 0.037) % 0.4)
+                transport = RtspTransport(direct) if name == "direct" else RtspTransport.TCP
+                cold[name].append(await _cold_still(way, transport))
     finally:
         await guard.close()
         process.terminate()
@@ -145,6 +174,14 @@ async def main(args: argparse.Namespace) -> None:
     extra = (totals["relay"] - totals["direct"]) / (args.seconds * args.rounds) * 100
     ratio = totals["relay"] / totals["direct"]
     print(f"relay's own cost: {extra:.2f} % of a core; LocalCam:HA CPU {ratio:.2f}")
+    if cold["relay"]:
+        medians = {name: statistics.median(values) for name, values in cold.items()}
+        print(
+            f"cold still ({args.cold} each, LocalCam's grab): straight to the camera "
+            f"{medians['direct'] * 1000:.1f} ms median, via the relay "
+            f"{medians['relay'] * 1000:.1f} ms; "
+            f"relay:direct {medians['relay'] / medians['direct']:.2f}"
+        )
     if args.udp:
         print(f"datagrams from other senders dropped: {guard.datagrams_refused}")
     name = "relay-tls" if args.tls else "relay-udp" if args.udp else "relay"
@@ -152,7 +189,13 @@ async def main(args: argparse.Namespace) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         json.dumps(
-            {"args": vars(args), "runs": runs, "relay_cost_pct": extra, "cpu_ratio": ratio},
+            {
+                "args": vars(args),
+                "runs": runs,
+                "relay_cost_pct": extra,
+                "cpu_ratio": ratio,
+                "cold_seconds": cold,
+            },
             indent=2,
         )
     )
@@ -165,6 +208,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--size", default="1280x720")
     parser.add_argument("--fps", type=float, default=25.0)
+    parser.add_argument("--cold", type=int, default=60, help="cold stills each way")
     kind = parser.add_mutually_exclusive_group()
     kind.add_argument("--tls", action="store_true", help="an rtsps:// camera")
     kind.add_argument("--udp", action="store_true", help="a camera set to UDP")
