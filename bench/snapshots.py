@@ -1642,7 +1642,7 @@ def summary(results: dict[str, Any]) -> str:
                 add(
                     f"{top} viewers, RTSP-only camera: its session's first keyframe "
                     "(LocalCam's diagnostics)",
-                    f"{ms(key_top)} vs {ms(key_one)} ms alone (+{ms(key_top - key_one)})",
+                    f"{ms(key_top)} vs {ms(key_one)} ms alone ({(key_top - key_one) * 1000:+.0f})",
                     "-",
                     None,
                     "- (context)",
