@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from unittest.mock import patch
 
+from homeassistant.components import camera as camera_component
 from homeassistant.config_entries import (
     SOURCE_DHCP,
     SOURCE_IGNORE,
@@ -245,6 +246,47 @@ async def test_camera_without_mac_uses_its_serial(
         assert result["result"].unique_id == f"serial_{SERIAL}"
 
 
+async def test_a_camera_the_link_shows_with_another_mac_is_checked_by_asking_it(
+    hass: HomeAssistant, onvif_camera: VirtualCamera
+) -> None:
+    """A repeater's MAC (or the camera's other interface's) on the link: added and served.
+
+    The device reports MAC over ONVIF; the kernel sees LINK_MAC answer at its
+    address. Pinning the reported MAC would fail every check of the same
+    camera, so the entry keeps serial and UUID, and each still asks the device.
+    """
+    link = "02:00:00:aa:bb:99"
+    with (
+        patch("custom_components.localcam.config_flow.neighbour_mac", return_value=link),
+        patch("custom_components.localcam.core.snapshot.neighbour_mac", return_value=link),
+        patch("custom_components.localcam.helpers.neighbour_mac", return_value=link),
+    ):
+        flow_id = await _onvif_form(hass)
+        result = await hass.config_entries.flow.async_configure(flow_id, _onvif_input(onvif_camera))
+        assert result["type"] is FlowResultType.CREATE_ENTRY
+        entry = result["result"]
+        assert entry.unique_id == f"serial_{SERIAL}"
+        identity = result["data"][CONF_IDENTITY]
+        assert set(identity) == {"serial", "uuid"}
+        assert identity["serial"] == SERIAL
+        await hass.async_block_till_done()
+        assert entry.state is ConfigEntryState.LOADED
+        entity_id = next(
+            e.entity_id
+            for e in er.async_entries_for_config_entry(er.async_get(hass), entry.entry_id)
+            if e.disabled_by is None
+        )
+        asked = onvif_camera.stats.onvif_requests
+        image = await camera_component.async_get_image(hass, entity_id)
+        assert image.content[:2] == b"\xff\xd8"
+        assert onvif_camera.stats.onvif_requests > asked  # the device said who it is
+        assert not [
+            issue
+            for (domain, issue) in ir.async_get(hass).issues
+            if domain == DOMAIN and issue.startswith("identity_mismatch_")
+        ]
+
+
 async def test_h265_only_camera_is_added_with_a_note(
     hass: HomeAssistant, socket_enabled: None
 ) -> None:
@@ -288,6 +330,34 @@ async def test_reconfigure_onvif(hass: HomeAssistant, onvif_camera: VirtualCamer
         )
         assert result["type"] is FlowResultType.ABORT
         assert result["reason"] == "wrong_camera"
+
+
+async def test_reconfigure_onvif_keeps_the_mac_the_link_shows(
+    hass: HomeAssistant, onvif_camera: VirtualCamera
+) -> None:
+    """The MAC saved is the one just observed: dropped once the link contradicts it, back after."""
+    flow_id = await _onvif_form(hass)
+    result = await hass.config_entries.flow.async_configure(flow_id, _onvif_input(onvif_camera))
+    entry = result["result"]
+    await hass.async_block_till_done()
+    assert entry.data[CONF_IDENTITY]["mac"] == MAC
+
+    async def reconfigure(link: str | None) -> None:
+        with patch("custom_components.localcam.config_flow.neighbour_mac", return_value=link):
+            result = await _reconfigure(hass, entry.entry_id)
+            result = await hass.config_entries.flow.async_configure(
+                result["flow_id"], _onvif_input(onvif_camera, **{CONF_PASSWORD: ""})
+            )
+        assert result["reason"] == "reconfigure_successful"
+        await hass.async_block_till_done()
+
+    # Now behind a repeater that rewrites MACs: the same camera (serial), checked by asking it.
+    await reconfigure("02:00:00:aa:bb:99")
+    assert set(entry.data[CONF_IDENTITY]) == {"serial", "uuid"}
+    assert entry.data[CONF_IDENTITY]["serial"] == SERIAL
+    # Wired again: the link shows the MAC the device reports, which is checked again.
+    await reconfigure(MAC)
+    assert entry.data[CONF_IDENTITY]["mac"] == MAC
 
 
 async def test_reauth_of_an_onvif_camera_asks_the_device_who_it_is(

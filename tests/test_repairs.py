@@ -4,6 +4,7 @@ from http import HTTPStatus
 import io
 import socket
 from typing import Any
+from unittest.mock import patch
 
 from homeassistant.components import camera as camera_component
 from homeassistant.core import HomeAssistant
@@ -128,6 +129,55 @@ async def test_replaced_camera_is_trusted_after_the_fix_flow(
         result = await _fix(client, issue_id)
         assert (result["type"], result["reason"]) == ("abort", "cannot_connect")
         assert entry.data[CONF_IDENTITY]["serial"] == f"SERIAL-{NEW}"
+    finally:
+        for loaded in hass.config_entries.async_entries(DOMAIN):
+            await hass.config_entries.async_unload(loaded.entry_id)
+        await cam.stop()
+
+
+async def test_a_camera_the_link_now_shows_with_another_mac_is_fixed_by_the_repair(
+    hass: HomeAssistant, hass_client: ClientSessionGenerator, socket_enabled: None
+) -> None:
+    """The same camera behind a MAC-rewriting repeater: the repair pins it by serial instead.
+
+    An entry that holds the MAC the device reports (as LocalCam stored it when
+    the link showed none, or before it compared the two) fails every check
+    once the link shows another MAC for the same device. Confirming the
+    repair reads the device again and keeps its serial and UUID, not a MAC
+    the link contradicts: the camera is back, checked by asking it.
+    """
+    pytest_socket.socket_allow_hosts(["127.0.0.1", HOST])
+    assert await async_setup_component(hass, "repairs", {})
+    cam = _camera(OLD, _free_port(), _free_port())
+    await cam.start()
+    try:
+        entry = await add_onvif_entry(hass, cam, HOST)
+        assert entry.data[CONF_IDENTITY]["mac"] == f"02:00:00:00:00:0{OLD}"
+        entities = er.async_entries_for_config_entry(er.async_get(hass), entry.entry_id)
+        entity_id = next(e.entity_id for e in entities if e.disabled_by is None)
+        link = "02:00:00:aa:bb:99"
+        with (
+            patch("custom_components.localcam.core.snapshot.neighbour_mac", return_value=link),
+            patch("custom_components.localcam.helpers.neighbour_mac", return_value=link),
+        ):
+            await entry.runtime_data.coordinator.async_refresh()
+            await hass.async_block_till_done()
+            issue_id = f"identity_mismatch_{entry.entry_id}"
+            assert ir.async_get(hass).async_get_issue(DOMAIN, issue_id) is not None
+            with pytest.raises(HomeAssistantError):
+                await camera_component.async_get_image(hass, entity_id)
+            result = await _fix(await hass_client(), issue_id)
+            assert result["type"] == "create_entry"
+            await hass.async_block_till_done(wait_background_tasks=True)
+            assert entry.data[CONF_IDENTITY] == {
+                "serial": f"SERIAL-{OLD}",
+                "uuid": entry.data[CONF_IDENTITY]["uuid"],
+            }
+            assert entry.unique_id == f"serial_SERIAL-{OLD}"
+            assert ir.async_get(hass).async_get_issue(DOMAIN, issue_id) is None
+            asked = cam.stats.onvif_requests
+            assert await _colour(hass, entity_id) == OLD
+            assert cam.stats.onvif_requests > asked  # checked by asking the device
     finally:
         for loaded in hass.config_entries.async_entries(DOMAIN):
             await hass.config_entries.async_unload(loaded.entry_id)

@@ -2,6 +2,7 @@
 
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from ipaddress import ip_address
 from typing import Any, override
 
@@ -417,6 +418,10 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
             source = _test_source(user_input, options, main.stream_uri, None, username, password)
             async with self._client(policy, source) as client:
                 info = await client.probe(PROBE_TIMEOUT)
+                # What the link shows for the stream's address (the probe has
+                # just talked to it): the MAC every later check compares.
+                target = await client.stream_target()
+                link_mac = await self.hass.async_add_executor_job(neighbour_mac, target.address)
         except InvalidUrlError as err:
             # invalid_url's text is about stream and snapshot URLs, not a host.
             errors[CONF_HOST] = "invalid_host"
@@ -434,7 +439,7 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
             LOGGER.exception("Unexpected error while reading an ONVIF camera")
             errors["base"] = "unknown"
             return None
-        identity = device.device_identity
+        identity = device.device_identity.as_seen_on(link_mac)
         return {
             "title": " ".join(p for p in (device.manufacturer, device.model) if p) or host,
             CONF_HOST: host,
@@ -815,12 +820,15 @@ def _onvif_identity(entry: LocalCamConfigEntry, data: Mapping[str, Any]) -> Iden
     """The entry's identity merged with what the ONVIF device at ``data`` reports.
 
     None when the entry knows the device and no field it reports confirms it.
+    The MAC is the one just observed (``Identity.as_seen_on``): where the
+    link now shows another MAC than the device reports, the stored one is
+    dropped too, and the camera is checked by asking it from then on.
     """
     stored = Identity.from_dict(entry.data.get(CONF_IDENTITY))
     observed = Identity.from_dict(data[CONF_IDENTITY])
     if stored.known and not stored.confirms(observed):
         return None
-    return stored.merged(observed)
+    return replace(stored.merged(observed), mac=observed.mac)
 
 
 def _keep_stored_password(user_input: dict[str, Any], entry: LocalCamConfigEntry) -> dict[str, Any]:

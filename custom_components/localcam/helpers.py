@@ -237,7 +237,9 @@ async def async_observe_identity(
         # (Identity.proves_move) without a word to the device.
         return seen
     device = await read_entry_device(data, policy, timeout=PROBE_TIMEOUT)
-    return Observation(link_mac=mac, identity=device.device_identity)
+    # As the entry was configured (config flow): a MAC the link does not show
+    # is not the one checked (a repeater, or the camera's other interface).
+    return Observation(link_mac=mac, identity=device.device_identity.as_seen_on(mac))
 
 
 async def read_entry_device(

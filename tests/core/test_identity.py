@@ -140,6 +140,24 @@ def test_differs_only_on_a_field_known_on_both_sides() -> None:
     assert configured.differs(Identity(mac="aa:bb:cc:00:11:99"))
 
 
+def test_as_seen_on_keeps_a_mac_only_where_the_link_shows_it() -> None:
+    """A reported MAC the link contradicts is dropped; serial and UUID then identify."""
+    reported = Identity(mac="02:00:00:00:00:01", serial="SN1", uuid="u-1")
+    # Routed, loopback or IPv6: the link shows nothing, the report stands.
+    assert reported.as_seen_on(None) is reported
+    # The interface the camera uses, however the kernel spells it.
+    assert reported.as_seen_on("02:00:00:00:00:01") is reported
+    assert reported.as_seen_on("02:00:00:00:00:01".upper()) is reported
+    # A repeater's MAC, or the camera's other interface: not what is checked.
+    seen = reported.as_seen_on("02:00:00:00:00:99")
+    assert seen == Identity(serial="SN1", uuid="u-1")
+    assert seen.key == "serial_SN1"
+    # Nothing else to go by: unidentified (keyed by its URL, as a routed camera without one).
+    assert not Identity(mac="02:00:00:00:00:01").as_seen_on("02:00:00:00:00:99").known
+    # A device that reports no MAC keeps what it has.
+    assert Identity(serial="SN1").as_seen_on("02:00:00:00:00:99") == Identity(serial="SN1")
+
+
 async def test_touch_connects_and_sends_nothing(socket_enabled: None) -> None:
     """touch opens a connection and closes it without a byte; refusals are core errors."""
     heard: list[bytes] = []

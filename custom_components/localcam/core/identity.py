@@ -131,6 +131,23 @@ class Identity:
             uuid=self.uuid or other.uuid,
         )
 
+    def as_seen_on(self, link_mac: str | None) -> Identity:
+        """This identity (an ONVIF device's own report) as LocalCam can check it on the link.
+
+        On its link, a camera is checked by the MAC the kernel sees answer,
+        after every fetch and health check (``CameraClient.check_link_identity``).
+        That is the MAC the device reports only if nothing between rewrites
+        it and the device reports the interface it uses. A Wi-Fi repeater
+        that translates MACs, or a camera with Ethernet and Wi-Fi that
+        reports the other interface's MAC (ONVIF's last enabled one), shows
+        another MAC on the link: the same camera would then fail every
+        check. Such a camera is checked as a routed one is: by asking it
+        (serial, UUID) after each fetch; its reported MAC is not kept.
+        """
+        if self.mac and link_mac and self.mac.lower() != link_mac.lower():
+            return Identity(serial=self.serial, uuid=self.uuid)
+        return self
+
     def as_dict(self) -> dict[str, str]:
         """Known fields only, for config entry data."""
         return {
