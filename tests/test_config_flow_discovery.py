@@ -50,7 +50,7 @@ from custom_components.localcam.const import (
 from custom_components.localcam.core.errors import CannotConnectError
 from virtualcam import CameraConfig, Fault, VirtualCamera, color_for
 
-from .conftest import CAM_PASSWORD, CAM_USER, make_entry
+from .conftest import CAM_PASSWORD, CAM_USER, camera_config, make_entry
 
 MAC = "02:00:00:aa:bb:01"
 SERIAL = "VC-0001"
@@ -714,7 +714,11 @@ async def test_dhcp_sends_no_credential_when_following_a_url_camera(
 async def test_dhcp_follows_a_url_camera_by_neighbour_mac(
     hass: HomeAssistant, camera: VirtualCamera
 ) -> None:
-    """A URL camera moves when the kernel's neighbour entry proves the MAC."""
+    """A URL camera moves when the kernel's neighbour entry proves the MAC.
+
+    Its old address (127.0.0.9, loopback) no longer answers: a move, not a second device.
+    """
+    pytest_socket.socket_allow_hosts(["127.0.0.1", "127.0.0.9"])
     entry = make_entry(camera)
     entry.add_to_hass(hass)
     moved_url = camera.rtsp_url.replace("127.0.0.1", "127.0.0.9")
@@ -732,10 +736,40 @@ async def test_dhcp_follows_a_url_camera_by_neighbour_mac(
     assert entry.data[CONF_STREAM_URL] == camera.rtsp_url
 
 
+async def test_dhcp_does_not_move_a_camera_that_still_answers_with_its_mac(
+    hass: HomeAssistant, camera: VirtualCamera, loopback_hosts: None
+) -> None:
+    """One MAC at two addresses (a repeater's own, on all its clients): not a move.
+
+    DHCP reports the camera's MAC at another address, where another camera
+    answers and the link shows that MAC too; the camera itself still answers
+    at its own address with it. Moving there would show the other camera.
+    """
+    other = VirtualCamera(camera_config("other", 3, host="127.0.0.2", rtsp_port=camera.rtsp_port))
+    await other.start()
+    try:
+        entry = make_entry(camera)
+        entry.add_to_hass(hass)
+        hass.config_entries.async_update_entry(
+            entry, data={**entry.data, CONF_IDENTITY: {"mac": MAC}}
+        )
+        result = await _dhcp(hass, "127.0.0.2", link_mac=MAC)
+        assert result["reason"] == "already_configured"
+        assert entry.data[CONF_STREAM_URL] == camera.rtsp_url
+        # Once the camera no longer answers at its address, the same report moves it.
+        await camera.stop()
+        result = await _dhcp(hass, "127.0.0.2", link_mac=MAC)
+        assert result["reason"] == "already_configured"
+        assert entry.data[CONF_STREAM_URL] == other.rtsp_url
+    finally:
+        await other.stop()
+
+
 async def test_following_moves_only_the_camera_s_own_urls(
     hass: HomeAssistant, camera: VirtualCamera
 ) -> None:
     """The stream moves with the camera; a still URL on another device (an NVR) stays."""
+    pytest_socket.socket_allow_hosts(["127.0.0.1", "127.0.0.9"])  # its old address
     entry = make_entry(camera)
     entry.add_to_hass(hass)
     nvr_still = "http://127.0.0.5:8080/nvr/snap.jpg"

@@ -75,6 +75,7 @@ from .core.wsdiscovery import DiscoveredDevice, unicast_range
 from .data import LocalCamConfigEntry
 from .discovery import FLOW_SCAN_TIME, async_scan
 from .helpers import (
+    async_link_mac,
     async_observe_identity,
     entry_unique_id,
     new_camera_id,
@@ -664,6 +665,19 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
                 host,
             )
             return not stored.differs(Identity(mac=seen.link_mac).merged(seen.identity))
+        if stored.mac and seen.link_mac and await self._async_still_answers(entry, stored.mac):
+            # Two addresses, one MAC: not a move. A Wi-Fi repeater that puts
+            # its own MAC on all its clients' traffic shows the same MAC for
+            # every camera behind it; moving would show another one here.
+            LOGGER.warning(
+                "Not moving %s to %s: it still answers at %s, and the device at %s shows "
+                "the same MAC (a repeater that puts its own MAC on its clients?)",
+                entry.title,
+                host,
+                old_host,
+                host,
+            )
+            return True
         # The streams that move: this entry, and the device's other entries
         # added by URL at the same address. ``entry_unique_id`` keeps a
         # device's streams at one address when they are added, so the
@@ -681,6 +695,17 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
             self.hass.config_entries.async_update_entry(moved, data=_with_host(moved.data, host))
             self.hass.config_entries.async_schedule_reload(moved.entry_id)
         return True
+
+    async def _async_still_answers(self, entry: LocalCamConfigEntry, mac: str) -> bool:
+        """Whether the link still shows ``mac`` answering at the entry's own address.
+
+        A fresh look (a bare connection, nothing sent): a camera that moved no
+        longer answers there, or another device with another MAC does.
+        """
+        try:
+            return await async_link_mac(self.hass, entry.data, entry.options) == mac
+        except LocalCamError:
+            return False
 
     async def _async_test(
         self,

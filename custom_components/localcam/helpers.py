@@ -204,6 +204,26 @@ def entry_is_running(entry: ConfigEntry[Any]) -> bool:
     return entry.state in (ConfigEntryState.SETUP_IN_PROGRESS, ConfigEntryState.LOADED)
 
 
+async def async_link_mac(
+    hass: HomeAssistant, data: Mapping[str, Any], options: Mapping[str, Any]
+) -> str | None:
+    """The MAC the link shows answering at an entry's address now; raise if nothing answers.
+
+    A bare TCP connection (nothing sent, no credential), after which the
+    kernel knows the MAC of whatever answered; None off the link (routed,
+    loopback, IPv6).
+    """
+    policy = policy_from_options(options)
+    if data.get(CONF_ONVIF):
+        host = str(data[CONF_HOST])
+        url = f"http://{f'[{host}]' if ':' in host else host}:{int(data[CONF_PORT])}/"
+        target = await policy.check(url, schemes=frozenset({"http"}))
+    else:
+        target = await policy.check(data[CONF_STREAM_URL], schemes=STREAM_SCHEMES)
+    await touch(target.address, target.port, PROBE_TIMEOUT)
+    return await hass.async_add_executor_job(neighbour_mac, target.address)
+
+
 async def async_observe_identity(
     hass: HomeAssistant,
     data: Mapping[str, Any],
@@ -221,22 +241,14 @@ async def async_observe_identity(
     at all when the link's MAC already decides. Only a device that may be the
     camera, and cannot be told apart on the link, gets a WS-Security digest.
     """
-    policy = policy_from_options(options)
-    if data.get(CONF_ONVIF):
-        host = str(data[CONF_HOST])
-        url = f"http://{f'[{host}]' if ':' in host else host}:{int(data[CONF_PORT])}/"
-        target = await policy.check(url, schemes=frozenset({"http"}))
-    else:
-        target = await policy.check(data[CONF_STREAM_URL], schemes=STREAM_SCHEMES)
-    await touch(target.address, target.port, PROBE_TIMEOUT)
-    mac = await hass.async_add_executor_job(neighbour_mac, target.address)
+    mac = await async_link_mac(hass, data, options)
     seen = Observation(link_mac=mac, identity=Identity(mac=mac))
     if not data.get(CONF_ONVIF) or (expected is not None and expected.mac and mac):
         # A camera added by URL is known by its MAC alone; and where the
         # camera's MAC is known and the link shows one, that settles it
         # (Identity.proves_move) without a word to the device.
         return seen
-    device = await read_entry_device(data, policy, timeout=PROBE_TIMEOUT)
+    device = await read_entry_device(data, policy_from_options(options), timeout=PROBE_TIMEOUT)
     # As the entry was configured (config flow): a MAC the link does not show
     # is not the one checked (a repeater, or the camera's other interface).
     return Observation(link_mac=mac, identity=device.device_identity.as_seen_on(mac))
