@@ -361,14 +361,22 @@ async def test_a_new_stream_never_takes_a_camera_id_in_use(
 async def test_a_stream_at_another_address_is_not_the_same_device(
     hass: HomeAssistant, camera: VirtualCamera
 ) -> None:
-    """The same MAC at another address (a bridge that rewrites MACs) is refused, as before."""
+    """The same MAC at another address (a repeater that rewrites MACs) is refused, saying where.
+
+    Not "already configured": the form names the address of the device's
+    streams, so the user can tell a second name of the same camera from
+    another camera behind a repeater (and add that one over ONVIF).
+    """
     pytest_socket.socket_allow_hosts(["127.0.0.1", "127.0.0.2"])
     other = _cam(4, host="127.0.0.2")
     await other.start()
     try:
         assert (await _add_by_url(hass, camera))["type"] is FlowResultType.CREATE_ENTRY
         result = await _add_by_url(hass, other)
-        assert (result["type"], result["reason"]) == (FlowResultType.ABORT, "already_configured")
+        assert result["type"] is FlowResultType.FORM
+        assert result["errors"] == {CONF_STREAM_URL: "device_elsewhere"}
+        assert result["description_placeholders"] == {"host": "127.0.0.1"}
+        assert len(hass.config_entries.async_entries(DOMAIN)) == 1
     finally:
         await other.stop()
 

@@ -77,6 +77,7 @@ from .discovery import FLOW_SCAN_TIME, async_scan
 from .helpers import (
     async_link_mac,
     async_observe_identity,
+    device_address_elsewhere,
     entry_unique_id,
     new_camera_id,
     policy_from_options,
@@ -182,29 +183,17 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
                 # The MAC (when the camera is on this link) identifies the
                 # camera whatever URL it is reached by; else the URL does. A
                 # device's further streams are entries of their own.
-                unique_id, streams = entry_unique_id(
-                    self._async_current_entries(include_ignore=False),
-                    Identity.from_dict(data[CONF_IDENTITY]),
-                    data[CONF_STREAM_URL],
-                )
-                if unique_id is None:
+                current = self._async_current_entries(include_ignore=False)
+                identity = Identity.from_dict(data[CONF_IDENTITY])
+                unique_id, streams = entry_unique_id(current, identity, data[CONF_STREAM_URL])
+                if unique_id is not None:
+                    return await self._async_create_url_entry(unique_id, streams, data, options)
+                elsewhere = device_address_elsewhere(current, identity, data[CONF_STREAM_URL])
+                if elsewhere is None:
                     return self.async_abort(reason="already_configured")
-                # A pending discovery offer of this camera must not stop the
-                # user adding it here; creating the entry aborts that offer.
-                await self.async_set_unique_id(unique_id, raise_on_progress=False)
-                self._abort_if_unique_id_configured()
-                everyone = self.hass.config_entries.async_entries(DOMAIN)
-                data[CONF_CAMERA_ID] = new_camera_id(everyone, unique_id)
-                title = _title(data[CONF_STREAM_URL])
-                if streams:
-                    # "host (2)", "host (3)": the first number no entry's title holds.
-                    titles = {entry.title for entry in everyone}
-                    title = next(
-                        f"{title} ({n})"
-                        for n in range(streams + 1, streams + len(titles) + 2)
-                        if f"{title} ({n})" not in titles
-                    )
-                return self.async_create_entry(title=title, data=data, options=options)
+                # Not "already configured": say where the device's streams are, and why.
+                errors[CONF_STREAM_URL] = "device_elsewhere"
+                self._placeholders = {"host": elsewhere}
         return self.async_show_form(
             step_id="url",
             data_schema=self.add_suggested_values_to_schema(
@@ -213,6 +202,27 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
             errors=errors,
             description_placeholders=self._placeholders,
         )
+
+    async def _async_create_url_entry(
+        self, unique_id: str, streams: int, data: dict[str, Any], options: dict[str, Any]
+    ) -> ConfigFlowResult:
+        """Create the entry of a camera (or a device's further stream) added by URL."""
+        # A pending discovery offer of this camera must not stop the
+        # user adding it here; creating the entry aborts that offer.
+        await self.async_set_unique_id(unique_id, raise_on_progress=False)
+        self._abort_if_unique_id_configured()
+        everyone = self.hass.config_entries.async_entries(DOMAIN)
+        data[CONF_CAMERA_ID] = new_camera_id(everyone, unique_id)
+        title = _title(data[CONF_STREAM_URL])
+        if streams:
+            # "host (2)", "host (3)": the first number no entry's title holds.
+            titles = {entry.title for entry in everyone}
+            title = next(
+                f"{title} ({n})"
+                for n in range(streams + 1, streams + len(titles) + 2)
+                if f"{title} ({n})" not in titles
+            )
+        return self.async_create_entry(title=title, data=data, options=options)
 
     async def async_step_reconfigure(
         self, user_input: dict[str, Any] | None = None

@@ -67,20 +67,47 @@ def entry_unique_id(
     (``new_camera_id``): a unique id may change, a camera id never.
     """
     others = [entry for entry in entries if entry is not exclude]
-    device = [
+    device = _device_entries(others, identity)
+    unique_id = _unique_id(identity.key, stream_url, device, onvif=onvif, adding=exclude is None)
+    if unique_id is not None and any(entry.unique_id == unique_id for entry in others):
+        return None, len(device)
+    return unique_id, len(device)
+
+
+def _device_entries(entries: Iterable[ConfigEntry], identity: Identity) -> list[ConfigEntry]:
+    """The entries (not ignored ones) of the device ``identity`` names."""
+    if identity.key is None:
+        return []
+    return [
         entry
-        for entry in others
+        for entry in entries
         if entry.source != SOURCE_IGNORE
-        and identity.key is not None
         and (
             entry.unique_id == identity.key
             or Identity.from_dict(entry.data.get(CONF_IDENTITY)).key == identity.key
         )
     ]
-    unique_id = _unique_id(identity.key, stream_url, device, onvif=onvif, adding=exclude is None)
-    if unique_id is not None and any(entry.unique_id == unique_id for entry in others):
-        return None, len(device)
-    return unique_id, len(device)
+
+
+def device_address_elsewhere(
+    entries: Iterable[ConfigEntry], identity: Identity, stream_url: str
+) -> str | None:
+    """Where a device's streams are, when a stream being added names another address.
+
+    ``entry_unique_id`` refuses that stream: one device's streams (added by
+    URL) share one address. This names that address for the form's error:
+    the same camera by another name (a host name and its IP count as two), a
+    camera that moved (it is followed by itself), or another camera behind a
+    repeater that gives both its own MAC. None where a device configured
+    over ONVIF holds the streams, or one of them is at this very address.
+    """
+    device = _device_entries(entries, identity)
+    if any(entry.data.get(CONF_ONVIF) or CONF_STREAM_URL not in entry.data for entry in device):
+        return None
+    hosts = {url_host(entry.data[CONF_STREAM_URL]) for entry in device}
+    if not hosts or url_host(stream_url) in hosts:
+        return None
+    return min(hosts)
 
 
 def _unique_id(
