@@ -7,6 +7,7 @@ from typing import Any
 from unittest.mock import patch
 
 from homeassistant.components import camera as camera_component
+from homeassistant.const import CONF_PORT
 from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import UnknownHandler
 from homeassistant.exceptions import HomeAssistantError
@@ -135,49 +136,69 @@ async def test_replaced_camera_is_trusted_after_the_fix_flow(
         await cam.stop()
 
 
-async def test_a_camera_the_link_now_shows_with_another_mac_is_fixed_by_the_repair(
+async def test_a_camera_the_link_now_shows_with_another_mac_is_re_pinned_by_its_serial(
     hass: HomeAssistant, hass_client: ClientSessionGenerator, socket_enabled: None
 ) -> None:
-    """The same camera behind a MAC-rewriting repeater: the repair pins it by serial instead.
+    """The same camera behind a MAC-rewriting repeater: re-pinned by serial, no repair.
 
-    An entry that holds the MAC the device reports (as LocalCam stored it when
-    the link showed none, or before it compared the two) fails every check
-    once the link shows another MAC for the same device. Confirming the
-    repair reads the device again and keeps its serial and UUID, not a MAC
-    the link contradicts: the camera is back, checked by asking it.
+    An entry that holds the MAC the device reports (stored when the link
+    showed none, or by an earlier LocalCam) fails the link check once the
+    link shows another MAC for the same device. The health check asks the
+    device; it repeats the entry's serial and UUID, so the entry keeps those
+    and drops the MAC, and reloads: the camera is back, checked by asking it.
+    A device that cannot be asked, or another device there (another serial),
+    still gets the repair.
     """
     pytest_socket.socket_allow_hosts(["127.0.0.1", HOST])
     assert await async_setup_component(hass, "repairs", {})
-    cam = _camera(OLD, _free_port(), _free_port())
+    rtsp_port, http_port = _free_port(), _free_port()
+    cam = _camera(OLD, rtsp_port, http_port)
     await cam.start()
+    link = "02:00:00:aa:bb:99"
     try:
         entry = await add_onvif_entry(hass, cam, HOST)
-        assert entry.data[CONF_IDENTITY]["mac"] == f"02:00:00:00:00:0{OLD}"
+        pinned = dict(entry.data[CONF_IDENTITY])
+        assert pinned["mac"] == f"02:00:00:00:00:0{OLD}"
         entities = er.async_entries_for_config_entry(er.async_get(hass), entry.entry_id)
         entity_id = next(e.entity_id for e in entities if e.disabled_by is None)
-        link = "02:00:00:aa:bb:99"
+        issue_id = f"identity_mismatch_{entry.entry_id}"
         with (
             patch("custom_components.localcam.core.snapshot.neighbour_mac", return_value=link),
             patch("custom_components.localcam.helpers.neighbour_mac", return_value=link),
         ):
             await entry.runtime_data.coordinator.async_refresh()
-            await hass.async_block_till_done()
-            issue_id = f"identity_mismatch_{entry.entry_id}"
-            assert ir.async_get(hass).async_get_issue(DOMAIN, issue_id) is not None
-            with pytest.raises(HomeAssistantError):
-                await camera_component.async_get_image(hass, entity_id)
-            result = await _fix(await hass_client(), issue_id)
-            assert result["type"] == "create_entry"
             await hass.async_block_till_done(wait_background_tasks=True)
             assert entry.data[CONF_IDENTITY] == {
                 "serial": f"SERIAL-{OLD}",
-                "uuid": entry.data[CONF_IDENTITY]["uuid"],
+                "uuid": pinned["uuid"],
             }
-            assert entry.unique_id == f"serial_SERIAL-{OLD}"
             assert ir.async_get(hass).async_get_issue(DOMAIN, issue_id) is None
             asked = cam.stats.onvif_requests
             assert await _colour(hass, entity_id) == OLD
             assert cam.stats.onvif_requests > asked  # checked by asking the device
+
+            # The entry pinned by MAC again, and the device cannot be asked (its ONVIF
+            # port is closed): a repair, no re-pin.
+            hass.config_entries.async_update_entry(
+                entry, data={**entry.data, CONF_PORT: _free_port(), CONF_IDENTITY: pinned}
+            )
+            await hass.config_entries.async_reload(entry.entry_id)
+            await hass.async_block_till_done(wait_background_tasks=True)
+            assert entry.data[CONF_IDENTITY] == pinned
+            assert ir.async_get(hass).async_get_issue(DOMAIN, issue_id) is not None
+            ir.async_delete_issue(hass, DOMAIN, issue_id)
+
+            # Another device at the address (another serial): a repair, no re-pin.
+            await cam.stop()
+            cam = _camera(NEW, rtsp_port, http_port)
+            await cam.start()
+            hass.config_entries.async_update_entry(entry, data={**entry.data, CONF_PORT: http_port})
+            await hass.config_entries.async_reload(entry.entry_id)
+            await hass.async_block_till_done(wait_background_tasks=True)
+            assert entry.data[CONF_IDENTITY] == pinned
+            assert ir.async_get(hass).async_get_issue(DOMAIN, issue_id) is not None
+            with pytest.raises(HomeAssistantError):
+                await camera_component.async_get_image(hass, entity_id)
     finally:
         for loaded in hass.config_entries.async_entries(DOMAIN):
             await hass.config_entries.async_unload(loaded.entry_id)

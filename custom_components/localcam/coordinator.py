@@ -16,12 +16,12 @@ from homeassistant.helpers.update_coordinator import DataUpdateCoordinator, Upda
 from homeassistant.util import dt as dt_util
 from homeassistant.util.hass_dict import HassKey
 
-from .const import DOMAIN, HEALTH_INTERVAL_SECONDS, LOGGER
+from .const import CONF_IDENTITY, CONF_ONVIF, DOMAIN, HEALTH_INTERVAL_SECONDS, LOGGER
 from .core.errors import InvalidAuthError, LocalCamError
-from .core.identity import IdentityMismatchError
+from .core.identity import Identity, IdentityMismatchError
 from .core.netpolicy import Target, host_and_port
 from .core.snapshot import CameraClient
-from .helpers import entry_is_running
+from .helpers import async_observe_identity, entry_is_running
 
 IDENTITY_ISSUE_PREFIX = "identity_mismatch_"
 # Checks of a round that one host and port (an NVR serving several channels
@@ -242,6 +242,12 @@ class LocalCamCoordinator(DataUpdateCoordinator[CameraHealth]):
             target = await self.client.check_health()
         except IdentityMismatchError as err:
             self.last_error = err.translation_key
+            if err.field == "mac" and await self._async_relink():
+                raise UpdateFailed(
+                    translation_domain=DOMAIN,
+                    translation_key="health_identity_mismatch",
+                    translation_placeholders=err.placeholders,
+                ) from err
             # Not for a check that was under way when the entry was unloaded
             # or removed: its issues went with it (async_remove_entry), and
             # none may come back for an entry that is not there.
@@ -277,6 +283,42 @@ class LocalCamCoordinator(DataUpdateCoordinator[CameraHealth]):
         self.last_error = None
         ir.async_delete_issue(self.hass, DOMAIN, self._identity_issue_id)
         return CameraHealth(checked_at=dt_util.utcnow(), address=str(target.address), target=target)
+
+    async def _async_relink(self) -> bool:
+        """Re-pin an ONVIF camera by its serial when the link shows another MAC than it reports.
+
+        The entry holds the MAC the device reports over ONVIF (stored while
+        the link showed none, or by an earlier LocalCam); a Wi-Fi repeater
+        that rewrites MACs, or the camera's other network interface, shows
+        another one on the link, and every check of the same camera failed.
+        The device is asked who it is (with the entry's credentials, at its
+        own address); only if it repeats every other stored field, the serial
+        among them (``Identity.proves_move``, as for following a camera), is
+        the entry pinned as the config flow pins such a camera now: serial
+        and UUID, checked by asking it after each fetch. It reloads; any
+        other answer is the mismatch it was (the caller raises the repair).
+        """
+        entry = self.config_entry
+        stored = Identity.from_dict(entry.data.get(CONF_IDENTITY))
+        if not entry.data.get(CONF_ONVIF) or not stored.serial or not entry_is_running(entry):
+            return False
+        try:
+            seen = await async_observe_identity(self.hass, entry.data, entry.options)
+        except LocalCamError:
+            return False
+        without_mac = Identity(serial=stored.serial, uuid=stored.uuid)
+        if seen.identity.mac is not None or not without_mac.proves_move(seen.identity, None):
+            return False
+        LOGGER.warning(
+            "%s: the link shows another MAC than the camera reports (a repeater that rewrites "
+            "MACs, or its other network interface); pinned by its serial from now on",
+            entry.title,
+        )
+        self.hass.config_entries.async_update_entry(
+            entry, data={**entry.data, CONF_IDENTITY: seen.identity.as_dict()}
+        )
+        self.hass.config_entries.async_schedule_reload(entry.entry_id)
+        return True
 
     @property
     def _identity_issue_id(self) -> str:
