@@ -243,9 +243,10 @@ class LocalCamCoordinator(DataUpdateCoordinator[CameraHealth]):
         except IdentityMismatchError as err:
             self.last_error = err.translation_key
             if err.field == "mac" and await self._async_relink():
+                # Not the mismatch: the same camera, re-pinned; its entry reloads.
                 raise UpdateFailed(
                     translation_domain=DOMAIN,
-                    translation_key="health_identity_mismatch",
+                    translation_key="health_identity_relinked",
                     translation_placeholders=err.placeholders,
                 ) from err
             # Not for a check that was under way when the entry was unloaded
