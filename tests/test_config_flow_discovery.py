@@ -50,7 +50,7 @@ from custom_components.localcam.const import (
 from custom_components.localcam.core.errors import CannotConnectError
 from virtualcam import CameraConfig, Fault, VirtualCamera, color_for
 
-from .conftest import CAM_PASSWORD, CAM_USER, camera_config, make_entry
+from .conftest import CAM_PASSWORD, CAM_USER, add_onvif_entry, camera_config, make_entry
 
 MAC = "02:00:00:aa:bb:01"
 SERIAL = "VC-0001"
@@ -251,7 +251,7 @@ async def test_a_camera_the_link_shows_with_another_mac_is_checked_by_asking_it(
 ) -> None:
     """A repeater's MAC (or the camera's other interface's) on the link: added and served.
 
-    The device reports MAC over ONVIF; the kernel sees LINK_MAC answer at its
+    The device reports MAC over ONVIF; the kernel sees ``link`` answer at its
     address. Pinning the reported MAC would fail every check of the same
     camera, so the entry keeps serial and UUID, and each still asks the device.
     """
@@ -336,10 +336,7 @@ async def test_reconfigure_onvif_keeps_the_mac_the_link_shows(
     hass: HomeAssistant, onvif_camera: VirtualCamera
 ) -> None:
     """The MAC saved is the one just observed: dropped once the link contradicts it, back after."""
-    flow_id = await _onvif_form(hass)
-    result = await hass.config_entries.flow.async_configure(flow_id, _onvif_input(onvif_camera))
-    entry = result["result"]
-    await hass.async_block_till_done()
+    entry = await add_onvif_entry(hass, onvif_camera)
     assert entry.data[CONF_IDENTITY]["mac"] == MAC
 
     async def reconfigure(link: str | None) -> None:

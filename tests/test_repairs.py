@@ -137,7 +137,7 @@ async def test_replaced_camera_is_trusted_after_the_fix_flow(
 
 
 async def test_a_camera_the_link_now_shows_with_another_mac_is_re_pinned_by_its_serial(
-    hass: HomeAssistant, hass_client: ClientSessionGenerator, socket_enabled: None
+    hass: HomeAssistant, socket_enabled: None
 ) -> None:
     """The same camera behind a MAC-rewriting repeater: re-pinned by serial, no repair.
 
