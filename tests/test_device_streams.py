@@ -381,6 +381,50 @@ async def test_a_stream_at_another_address_is_not_the_same_device(
         await other.stop()
 
 
+async def test_another_camera_behind_a_repeater_s_mac_is_added_by_its_url(
+    hass: HomeAssistant, camera: VirtualCamera
+) -> None:
+    """Two cameras, two addresses, one MAC answering at both now: the second is keyed by URL.
+
+    A repeater that puts its own MAC on its clients shows it for every camera
+    behind it. The first camera still answers at its address with that MAC,
+    so the new one did not come from there: it is another device, added
+    without a MAC (pinned by its URL only), and it shows its own pictures.
+    """
+    pytest_socket.socket_allow_hosts(["127.0.0.1", "127.0.0.2"])
+    other = _cam(4, host="127.0.0.2")
+    await other.start()
+    try:
+        first = await _add_by_url(hass, camera)
+        assert first["type"] is FlowResultType.CREATE_ENTRY
+        with patch("custom_components.localcam.helpers.neighbour_mac", return_value=MAC):
+            result = await _add_by_url(hass, other)
+        assert result["type"] is FlowResultType.CREATE_ENTRY
+        entry = result["result"]
+        assert entry.data[CONF_IDENTITY] == {}
+        assert entry.unique_id == entry.data[CONF_CAMERA_ID] != MAC
+        assert first["result"].data[CONF_IDENTITY] == {"mac": MAC}
+        assert [await _shows(hass, first["result"]), await _shows(hass, entry)] == [0, 4]
+        # The same camera once more: its URL is configured.
+        with patch("custom_components.localcam.helpers.neighbour_mac", return_value=MAC):
+            again = await _add_by_url(hass, other)
+        assert (again["type"], again["reason"]) == (FlowResultType.ABORT, "already_configured")
+    finally:
+        await other.stop()
+
+
+async def test_a_stream_at_the_device_s_host_name_is_refused_saying_where(
+    hass: HomeAssistant, camera: VirtualCamera
+) -> None:
+    """A device configured by host name: an address may be that name's, so no second device."""
+    _stream_entry(hass, camera.rtsp_url.replace("127.0.0.1", "localhost"), MAC)
+    with patch("custom_components.localcam.helpers.neighbour_mac", return_value=MAC):
+        result = await _add_by_url(hass, camera)
+    assert result["type"] is FlowResultType.FORM
+    assert result["errors"] == {CONF_STREAM_URL: "device_elsewhere"}
+    assert result["description_placeholders"] == {"host": "localhost"}
+
+
 async def test_a_move_leaves_a_device_at_another_address_alone(
     hass: HomeAssistant, camera: VirtualCamera
 ) -> None:

@@ -77,7 +77,7 @@ from .discovery import FLOW_SCAN_TIME, async_scan
 from .helpers import (
     async_link_mac,
     async_observe_identity,
-    device_address_elsewhere,
+    device_entry_elsewhere,
     entry_unique_id,
     new_camera_id,
     policy_from_options,
@@ -188,9 +188,24 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
                 unique_id, streams = entry_unique_id(current, identity, data[CONF_STREAM_URL])
                 if unique_id is not None:
                     return await self._async_create_url_entry(unique_id, streams, data, options)
-                elsewhere = device_address_elsewhere(current, identity, data[CONF_STREAM_URL])
-                if elsewhere is None:
+                there = device_entry_elsewhere(current, identity, data[CONF_STREAM_URL])
+                if there is None:
                     return self.async_abort(reason="already_configured")
+                elsewhere = _entry_host(there)
+                if await self._async_mac_shared(there, identity, data):
+                    # Another camera that shows the same MAC (a repeater's): its
+                    # MAC tells it from nothing, so it is keyed by its URL.
+                    data[CONF_IDENTITY] = Identity().as_dict()
+                    unique_id, _ = entry_unique_id(current, Identity(), data[CONF_STREAM_URL])
+                    if unique_id is None:
+                        return self.async_abort(reason="already_configured")
+                    LOGGER.warning(
+                        "%s shows the same MAC as the camera at %s (a repeater that puts its "
+                        "own MAC on its clients?): added, pinned by its URL only",
+                        _title(data[CONF_STREAM_URL]),
+                        elsewhere,
+                    )
+                    return await self._async_create_url_entry(unique_id, 0, data, options)
                 # Not "already configured": say where the device's streams are, and why.
                 errors[CONF_STREAM_URL] = "device_elsewhere"
                 self._placeholders = {"host": elsewhere}
@@ -705,6 +720,20 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
             self.hass.config_entries.async_update_entry(moved, data=_with_host(moved.data, host))
             self.hass.config_entries.async_schedule_reload(moved.entry_id)
         return True
+
+    async def _async_mac_shared(
+        self, there: LocalCamConfigEntry, identity: Identity, data: Mapping[str, Any]
+    ) -> bool:
+        """Whether a new camera and the configured one ``there`` are two devices, one MAC.
+
+        Both addresses are literals (a host name may be the other address's
+        name: the same camera), differ, and the link shows the camera's MAC
+        answering at the configured one's now: it did not move, so the new
+        one is another device behind a repeater that gives both its MAC.
+        """
+        if not identity.mac or not _is_ip(_entry_host(there)) or not _is_ip(_data_host(data)):
+            return False
+        return await self._async_still_answers(there, identity.mac)
 
     async def _async_still_answers(self, entry: LocalCamConfigEntry, mac: str) -> bool:
         """Whether the link still shows ``mac`` answering at the entry's own address.

@@ -89,13 +89,13 @@ def _device_entries(entries: Iterable[ConfigEntry], identity: Identity) -> list[
     ]
 
 
-def device_address_elsewhere(
+def device_entry_elsewhere(
     entries: Iterable[ConfigEntry], identity: Identity, stream_url: str
-) -> str | None:
-    """Where a device's streams are, when a stream being added names another address.
+) -> ConfigEntry | None:
+    """A device's stream entry, when a stream being added names another address.
 
     ``entry_unique_id`` refuses that stream: one device's streams (added by
-    URL) share one address. This names that address for the form's error:
+    URL) share one address. This is an entry at that address, for the form:
     the same camera by another name (a host name and its IP count as two), a
     camera that moved (it is followed by itself), or another camera behind a
     repeater that gives both its own MAC. None where a device configured
@@ -104,10 +104,10 @@ def device_address_elsewhere(
     device = _device_entries(entries, identity)
     if any(entry.data.get(CONF_ONVIF) or CONF_STREAM_URL not in entry.data for entry in device):
         return None
-    hosts = {url_host(entry.data[CONF_STREAM_URL]) for entry in device}
-    if not hosts or url_host(stream_url) in hosts:
+    host = url_host(stream_url)
+    if not device or any(url_host(entry.data[CONF_STREAM_URL]) == host for entry in device):
         return None
-    return min(hosts)
+    return min(device, key=lambda entry: url_host(entry.data[CONF_STREAM_URL]))
 
 
 def _unique_id(
