@@ -308,6 +308,8 @@ class LocalCamCoordinator(DataUpdateCoordinator[CameraHealth]):
         except LocalCamError:
             return False
         without_mac = Identity(serial=stored.serial, uuid=stored.uuid)
+        # A MAC kept in ``seen`` means the link agrees with the device's report
+        # (or shows none): then the mismatch is real, not a rewritten MAC.
         if seen.identity.mac is not None or not without_mac.proves_move(seen.identity, None):
             return False
         LOGGER.warning(
