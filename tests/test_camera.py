@@ -455,6 +455,39 @@ async def test_hanging_camera_times_out(hass: HomeAssistant, camera: VirtualCame
     assert err.value.translation_key == "timeout"
 
 
+async def test_a_camera_that_stays_hung_is_an_error_soon(
+    hass: HomeAssistant,
+    hass_client: ClientSessionGenerator,
+    camera: VirtualCamera,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After the camera's first still, a hang is a translated timeout after its own pace.
+
+    Not at the 9 s fetch timeout (HA's own cameras hold a hung camera's
+    viewers 10 s): the card shows the broken image soon. The fetch timeout
+    stays 9 s here; the floor of the wait (and with it the hedge delay,
+    which equals it) is lowered for the test's sake.
+    """
+    monkeypatch.setattr(snapshot_cache, "HEDGE_AFTER", 0.3)
+    entity_id = await _entity_id(hass, camera, options={CONF_SNAPSHOT_MAX_AGE: 0.2})
+    entity = get_camera_from_entity_id(hass, entity_id)
+    assert _camera_index(await entity.async_camera_image()) == 0
+    entity._snapshots.stall_floor = 0.3
+    await asyncio.sleep(0.3)  # that still expired
+    camera.fault = Fault.HANG
+    client = await hass_client()
+    async with asyncio.timeout(4):  # the fetch timeout is 9 s
+        resp = await client.get(f"/api/camera_proxy/{entity_id}")
+        assert resp.status == HTTPStatus.INTERNAL_SERVER_ERROR  # HA's answer to any error
+        ours = await client.get(f"/api/localcam/snapshot/{entity_id}")
+        assert ours.status == HTTPStatus.GATEWAY_TIMEOUT
+        assert await ours.text() == "timeout"
+    camera.fault = None
+    await asyncio.sleep(0.35)  # the newest stuck fetch is past the hedge delay
+    async with asyncio.timeout(4):
+        assert _camera_index(await entity.async_camera_image()) == 0
+
+
 async def test_viewers_of_a_hang_get_the_first_frame_after_it_not_the_timeout(
     hass: HomeAssistant,
     hass_client: ClientSessionGenerator,

@@ -7,6 +7,7 @@ from homeassistant.config_entries import ConfigEntryState
 from homeassistant.const import CONF_PASSWORD
 from homeassistant.core import HomeAssistant
 from homeassistant.helpers import device_registry as dr
+import pytest
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 from pytest_homeassistant_custom_component.components.diagnostics import (
     get_diagnostics_for_config_entry,
@@ -17,6 +18,7 @@ from syrupy.assertion import SnapshotAssertion
 from syrupy.matchers import path_type
 
 from custom_components.localcam.const import CONF_PROFILES, CONF_STREAM_URL, DOMAIN
+from custom_components.localcam.core import snapshot_cache
 from custom_components.localcam.core.netpolicy import redact_url
 from custom_components.localcam.diagnostics import _scrub_password
 from virtualcam import Fault, VirtualCamera
@@ -36,6 +38,8 @@ VOLATILE = path_type(
     {
         "health.last_checked": (str,),
         "streams.main.snapshot_cache.last_capture_age_seconds": (float,),
+        "streams.main.snapshot_cache.slowest_still_seconds": (float,),
+        "streams.main.snapshot_cache.stalled_after_seconds": (float,),
     }
 )
 
@@ -59,6 +63,14 @@ async def test_diagnostics_are_redacted(
     for secret in (CAM_PASSWORD, CAM_USER, "127.0.0.1", str(camera.rtsp_port), entry.unique_id):
         assert secret not in text
     assert diagnostics == snapshot(matcher=VOLATILE)
+    cache = diagnostics["streams"]["main"]["snapshot_cache"]
+    # The still just taken is the camera's pace: a hang is an error after
+    # twice that, never sooner than the floor.
+    assert 0 < cache["slowest_still_seconds"] < 9
+    paced = snapshot_cache.STALL_FACTOR * cache["slowest_still_seconds"]
+    assert cache["stalled_after_seconds"] == pytest.approx(
+        max(snapshot_cache.STALL_FLOOR, paced), abs=0.002
+    )
 
 
 async def test_device_diagnostics(

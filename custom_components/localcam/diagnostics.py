@@ -112,6 +112,10 @@ def _entry_diagnostics(hass: HomeAssistant, entry: LocalCamConfigEntry) -> dict[
             profile: {
                 "snapshot_cache": {
                     "max_age_seconds": stream.cache.max_age,
+                    # How long a viewer waits on a camera that stopped
+                    # answering (null: no still yet, the fetch timeout).
+                    "slowest_still_seconds": _rounded(stream.cache.slowest),
+                    "stalled_after_seconds": _rounded(stream.cache.stall_after),
                     **stream.cache.stats.as_dict(time.monotonic()),
                 },
                 "rtsp_warm_session": {
@@ -205,3 +209,8 @@ def _discovery(hass: HomeAssistant, entry: LocalCamConfigEntry) -> dict[str, Any
         "last_scan": status.last_scan.isoformat() if status and status.last_scan else None,
         "last_found": status.last_found if status else None,
     }
+
+
+def _rounded(seconds: float | None) -> float | None:
+    """Seconds to the millisecond, or None."""
+    return None if seconds is None else round(seconds, 3)

@@ -199,6 +199,7 @@ async def test_rebind_empties_the_cache(clock: Clock) -> None:
     await cache.get()
     new_upstream = Upstream(clock, fingerprint="fp-new")
     cache.rebind("fp-new", new_upstream)
+    assert cache.stall_after is None  # the new source's pace is not known yet
     frame = await cache.get()
     assert frame.fingerprint == "fp-new"
     assert new_upstream.calls == 1
@@ -642,3 +643,90 @@ async def test_a_fetch_of_a_replaced_source_answers_only_its_own_viewers(clock: 
     assert not new.gates[0].done()
     new.answer(0)
     assert (await new_waiter).fingerprint == "fp-b"
+
+
+class Paced(Gated):
+    """A Gated camera whose answers take ``took`` seconds on the test's clock."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock)
+        self.took = 0.0
+
+    def answer(self, index: int, error: Exception | None = None) -> None:
+        self.clock.now += self.took
+        super().answer(index, error)
+
+
+async def test_a_camera_that_stays_hung_is_an_error_soon_not_at_the_fetch_timeout(
+    clock: Clock,
+) -> None:
+    """Once the camera has delivered a still, a hang is a timeout error after its own pace.
+
+    The fetch is never answered here (a connection stuck for good): the
+    viewer's error cannot come from it. The fetch goes on, and its frame,
+    should the camera answer after all, answers the next viewer.
+    """
+    upstream = Gated(clock)
+    cache = SnapshotCache("cam-a", "fp-a", upstream, max_age=1.0, clock=clock, stall_floor=0.05)
+    assert cache.stall_after is None
+    first = await _waiting(cache)
+    upstream.answer(0)
+    await first
+    clock.now += 2.0  # that still expired
+    async with asyncio.timeout(5):
+        with pytest.raises(CameraTimeoutError, match=r"no still after 0\.05 s"):
+            await cache.get()
+    assert cache.stats.stalled == 1
+    assert cache.stats.as_dict(clock.now)["waiters_given_up_on_a_stalled_camera"] == 1
+    assert not upstream.gates[1].done()  # not cancelled: the fetch goes on
+    upstream.answer(1)
+    assert (await cache.get()).sha256 == _snapshot(clock, color=(40, 0, 200)).sha256
+    assert len(upstream.gates) == 2  # that late frame was served, no new fetch
+
+
+async def test_before_the_first_still_only_the_fetch_bounds_the_wait(clock: Clock) -> None:
+    """A first cold still may take a long GOP: no stall error before the camera's pace is known."""
+    upstream = Gated(clock)
+    cache = SnapshotCache("cam-a", "fp-a", upstream, max_age=1.0, clock=clock, stall_floor=0.05)
+    waiter = await _waiting(cache)
+    await asyncio.sleep(0.2)  # four times the floor
+    assert not waiter.done()
+    upstream.answer(0)
+    assert (await waiter).camera_id == "cam-a"
+    assert cache.stats.stalled == 0
+
+
+async def test_the_stall_yardstick_is_the_slowest_still_not_the_latest(clock: Clock) -> None:
+    """Fast stills from a warm session do not shorten the wait for the next cold one."""
+    upstream = Paced(clock)
+    cache = SnapshotCache("cam-a", "fp-a", upstream, max_age=1.0, clock=clock, stall_floor=0.05)
+    for index, took in enumerate((0.01, 1.5, 0.01, 0.02)):
+        upstream.took = took
+        waiter = await _waiting(cache)
+        upstream.answer(index)
+        await waiter
+        clock.now += 2.0  # expired: the next request fetches
+    assert cache.slowest == pytest.approx(1.5)
+    assert cache.stall_after == pytest.approx(snapshot_cache.STALL_FACTOR * 1.5)
+    # And never below the floor, however fast the camera.
+    fast = SnapshotCache("cam-a", "fp-a", Upstream(clock), max_age=1.0, clock=clock)
+    await fast.get()
+    assert fast.stall_after == snapshot_cache.STALL_FLOOR
+
+
+async def test_a_viewer_cancelled_while_waiting_is_not_a_stall(clock: Clock) -> None:
+    """A viewer who leaves gets CancelledError, not a stall; the fetch goes on for the rest."""
+    upstream = Gated(clock)
+    cache = SnapshotCache("cam-a", "fp-a", upstream, max_age=1.0, clock=clock, stall_floor=60)
+    first = await _waiting(cache)
+    upstream.answer(0)
+    await first
+    clock.now += 2.0
+    leaving = await _waiting(cache)
+    staying = await _waiting(cache)
+    leaving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await leaving
+    assert cache.stats.stalled == 0
+    upstream.answer(1)
+    assert (await staying).camera_id == "cam-a"

@@ -18,6 +18,13 @@ Guarantees, and where each is enforced:
   started before it, never those of a newer one, which may yet succeed. So
   once a hang ends, its viewers get a frame within about ``hedge_after``
   instead of the fetch timeout (``_join`` and ``_settle`` enforce this).
+- A camera that stays hung is an error soon, not at the fetch timeout: a
+  waiter gives up once it has waited ``STALL_FACTOR`` times the camera's
+  slowest still since setup (at least ``STALL_FLOOR``), with
+  ``CameraTimeoutError`` (``timeout``). The fetch goes on for the others
+  (and for the next request, should the camera answer after all). Before the
+  camera's first still there is no such yardstick; then the fetch's own
+  timeout is the bound (``get`` enforces this).
 - Honest age: a frame older than ``max_age`` is never returned; there is no
   fallback to an older frame anywhere: a failed fetch raises to every waiter.
   Age counts from the frame's ``captured_at``, which the fetch (core.snapshot)
@@ -58,6 +65,14 @@ MAX_SIZES: Final = 8
 # three of its connections (one per HEDGE_AFTER within the 9 s fetch timeout).
 HEDGE_AFTER: Final = 3.0
 MAX_FLIGHTS: Final = 3
+# A viewer waits at most this many times the camera's slowest still since
+# setup (never less than STALL_FLOOR) before it is told the camera does not
+# answer. The slowest, not a recent average: an RTSP camera's stills come
+# fast from a warm session and take up to a GOP cold, so only the slowest
+# still seen is a safe yardstick for the next cold one. The floor equals
+# HEDGE_AFTER: the next request after such an error starts a fresh fetch.
+STALL_FACTOR: Final = 2.0
+STALL_FLOOR: Final = HEDGE_AFTER
 
 type Size = tuple[int, int] | None
 type FetchFull = Callable[[], Awaitable[Snapshot]]
@@ -71,6 +86,7 @@ class CacheStats:
     misses: int = 0
     coalesced: int = 0
     hedged: int = 0  # requests that started a fetch beside a stuck one (see _join)
+    stalled: int = 0  # waiters told the camera does not answer before its fetch ended (see get)
     upstream_fetches: int = 0
     scaled: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
@@ -84,6 +100,7 @@ class CacheStats:
             "misses": self.misses,
             "coalesced_waiters": self.coalesced,
             "fetches_started_past_a_stuck_one": self.hedged,
+            "waiters_given_up_on_a_stalled_camera": self.stalled,
             "upstream_fetches": self.upstream_fetches,
             "scaled": self.scaled,
             "rejected_images": dict(self.rejected),
@@ -126,11 +143,16 @@ class SnapshotCache:
         *,
         max_age: float,
         clock: Callable[[], float] = time.monotonic,
+        stall_floor: float = STALL_FLOOR,
     ) -> None:
         """Bind the camera's identity, its full-frame fetch and the max age."""
         self.camera_id = camera_id
         self.fingerprint = fingerprint
         self.max_age = max_age
+        self.stall_floor = stall_floor
+        # The camera's slowest successful full-frame fetch since setup (None:
+        # no still yet), in the clock's seconds: the yardstick of stall_after.
+        self.slowest: float | None = None
         self.stats = CacheStats()
         self._fetch = fetch
         self._clock = clock
@@ -152,6 +174,8 @@ class SnapshotCache:
         self._full_frame = None
         self._frames.clear()
         self._inflight.clear()
+        # Another source may be slower (a longer GOP): learn its pace anew.
+        self.slowest = None
 
     def _fresh(self, frame: Snapshot | None) -> bool:
         """Whether a frame may be served now: this camera, this source, young."""
@@ -176,11 +200,23 @@ class SnapshotCache:
             self.stats.hits += 1
             return frame
         pending = self._join(size, count=True)
-        # shield: a waiter that is cancelled (viewer closed the card) must not
-        # cancel the fetch other viewers are waiting on. The shared future is
-        # never cancelled (``close`` fails it), so CancelledError here means
-        # this waiter itself was cancelled.
-        frame = await asyncio.shield(pending)
+        patience = self.stall_after
+        deadline = asyncio.timeout(patience)
+        try:
+            # shield: a waiter that is cancelled (viewer closed the card, or
+            # gave up below) must not cancel the fetch other viewers are
+            # waiting on. The shared future is never cancelled (``close``
+            # fails it), so CancelledError here means this waiter itself was.
+            async with deadline:
+                frame = await asyncio.shield(pending)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            self.stats.stalled += 1
+            raise CameraTimeoutError(
+                f"no still after {patience:g} s; the camera's slowest so far took "
+                f"{self.slowest:.2f} s"
+            ) from None
         if not self._fresh(frame):
             # The source changed while we waited, or the fetch itself outlived
             # max age (the camera began answering longer ago than that, e.g.
@@ -188,6 +224,17 @@ class SnapshotCache:
             self.stats.errors["stale"] += 1
             raise CameraTimeoutError("the still expired before it could be served")
         return frame
+
+    @property
+    def stall_after(self) -> float | None:
+        """How long a request waits for its still before the camera counts as stalled.
+
+        None before the camera's first still: the fetch's own timeout bounds
+        that wait (a first cold still may take as long as the camera's GOP).
+        """
+        if self.slowest is None:
+            return None
+        return max(self.stall_floor, STALL_FACTOR * self.slowest)
 
     @property
     def hedge_after(self) -> float:
@@ -325,6 +372,7 @@ class SnapshotCache:
     async def _upstream(self) -> Snapshot:
         """Call the camera: the only place an upstream fetch starts."""
         self.stats.upstream_fetches += 1
+        started = self._clock()
         try:
             frame = await self._fetch()
         except InvalidImageError as err:
@@ -335,6 +383,9 @@ class SnapshotCache:
             self.stats.errors[err.translation_key] += 1
             raise
         self.stats.last_capture = frame.captured_at
+        took = self._clock() - started
+        if self.slowest is None or took > self.slowest:
+            self.slowest = took
         return frame
 
     def _store(self, size: Size, frame: Snapshot) -> None:
