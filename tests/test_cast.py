@@ -2018,6 +2018,44 @@ async def test_app_switch_reported_before_media_end_is_not_fought(
     assert receiver.app_id == "Netflix"
 
 
+async def test_a_takeover_during_a_refresh_load_ends_the_cast(
+    hass: HomeAssistant,
+    porch: str,
+    receiver: FakeCastDevice,
+    http_port: int,
+    receiver_session: aiohttp.ClientSession,
+) -> None:
+    """A person casts their own media while a refresh LOAD is in flight: the cast ends.
+
+    The receiver check stands aside during a LOAD; what changed meanwhile is
+    judged after it, whether it failed or not. The old URL is dead at once,
+    and nothing of ours is loaded when the person's media ends later.
+    """
+    ended = async_capture_events(hass, EVENT_CAST_ENDED)
+    await _cast(hass, porch, mode="snapshot", refresh=2, duration=0)
+    url = _last_url(receiver)
+    answer = receiver.socket_client.send_app_message.side_effect
+
+    def taken_during_load(namespace: str, message: dict[str, Any], **kwargs: Any) -> None:
+        if namespace == MEDIA_NS and message.get("type") == "LOAD":
+            receiver.person_plays()
+            time.sleep(0.3)  # the display reports the person's media before failing ours
+            raise OSError("LOAD interrupted by another sender")
+        answer(namespace, message, **kwargs)
+
+    receiver.socket_client.send_app_message.side_effect = taken_during_load
+    loads = len(receiver.loads)
+    await _wait_for(hass, lambda: bool(ended))
+    assert [e.data["reason"] for e in ended] == ["replaced"]
+    assert hass.data[DATA_CAST].diagnostics()[RECEIVER]["last_idle_reason"] == "other_media"
+    assert (await _get(receiver_session, url))[0] == HTTPStatus.NOT_FOUND
+    receiver.socket_client.send_app_message.side_effect = answer
+    await _report(hass, receiver.drop_to_ambient)  # the person's media ends
+    await asyncio.sleep(0.3)
+    await hass.async_block_till_done()
+    assert len(receiver.loads) == loads  # nothing cast over them, nor after them
+
+
 async def test_media_stop_failure_falls_back_to_quitting(
     hass: HomeAssistant, porch: str, receiver: FakeCastDevice, http_port: int
 ) -> None:

@@ -1274,16 +1274,23 @@ class LocalCamCastManager:
 
     async def _async_refresh_loop(self, session: CastSession) -> None:
         """Snapshot mode: send a new picture every ``refresh`` seconds."""
-        # Ending the cast cancels this task; a drop or a takeover is the
-        # receiver check's business (it ends the cast or re-casts).
+        # Ending the cast cancels this task; a drop is the receiver check's
+        # business (it ends the cast or re-casts). That check stands aside
+        # while a LOAD is in flight (``session.loading``), so after each LOAD,
+        # failed or not, it runs again, and a takeover seen here ends the
+        # cast: a person who cast their own media during our LOAD is not
+        # fought, and our URL stops working (404) at once.
         while True:
             await asyncio.sleep(session.refresh)
             async with self._lock(session.receiver):
                 if session.over(self.links.now()):
                     return  # ending: never LOAD a revoked or expired URL
                 view = ReceiverView.of(self.hass.states.get(session.receiver))
-                if self._taken_over(session, view) is not None:
-                    continue  # someone else's media or app now: never load over it
+                if (taken_by := self._taken_over(session, view)) is not None:
+                    # Someone else's media or app now: never load over it.
+                    session.record.last_idle_reason = taken_by
+                    await self._async_end(session, EndReason.REPLACED, restore=False)
+                    return
                 try:
                     await self._async_check_camera(session.camera)
                     if session.over(self.links.now()):
@@ -1301,8 +1308,8 @@ class LocalCamCastManager:
                         session.record.last_idle_reason = "refresh_failed"
                         await self._async_end(session, EndReason.ERROR, restore=True)
                         return
-                    continue
-                session.refresh_failures = 0
+                else:
+                    session.refresh_failures = 0
             self._async_schedule_check(session)
 
     # ---- ending ------------------------------------------------------------
