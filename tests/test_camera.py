@@ -16,6 +16,7 @@ from homeassistant.components.camera import async_get_image, async_get_stream_so
 from homeassistant.components.camera.helper import get_camera_from_entity_id
 from homeassistant.components.stream import Stream
 from homeassistant.config_entries import SOURCE_REAUTH
+from homeassistant.const import CONF_PASSWORD, CONF_USERNAME
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import HomeAssistantError
 from homeassistant.util import dt as dt_util
@@ -756,14 +757,14 @@ def test_profile_name_falls_back_to_the_token() -> None:
 
 @asynccontextmanager
 async def _moved_camera(
-    hass: HomeAssistant, *, watched: bool = False
+    hass: HomeAssistant, *, watched: bool = False, credentials: bool = True
 ) -> AsyncIterator[tuple[Any, VirtualCamera, VirtualCamera]]:
     """Camera A, known as porch.test, with a stream opened; A moves, B takes A's old address.
 
     Yields (A's entity, A at its new address 127.0.0.2, B at A's old 127.0.0.1).
     DNS and the kernel's neighbour table are the edge: both follow the move.
     ``watched``: someone watches the stream (HLS, its worker playing from A)
-    before A moves.
+    before A moves. ``credentials``: the cameras ask for them (the default).
     """
     pytest_socket.socket_allow_hosts(["127.0.0.1", "127.0.0.2"], allow_unix_socket=True)
     dns = {"porch.test": "127.0.0.1"}
@@ -773,7 +774,10 @@ async def _moved_camera(
         return [dns[host]]
 
     def config(color: int, host: str, port: int = 0) -> CameraConfig:
-        return camera_config(f"c{color}", color, host=host, rtsp_port=port, http_snapshot=False)
+        auth = {} if credentials else {"username": None, "password": None}
+        return camera_config(
+            f"c{color}", color, host=host, rtsp_port=port, http_snapshot=False, **auth
+        )
 
     a = VirtualCamera(config(0, "127.0.0.1"))
     await a.start()
@@ -788,6 +792,8 @@ async def _moved_camera(
         data = entry_data(a, snapshot=False)
         data[CONF_STREAM_URL] = f"rtsp://porch.test:{a.rtsp_port}/stream"
         data[CONF_IDENTITY] = {"mac": MAC_A}
+        if not credentials:
+            data[CONF_USERNAME] = data[CONF_PASSWORD] = None
         entry = MockConfigEntry(
             domain=DOMAIN, title="porch", unique_id=data[CONF_CAMERA_ID], data=data
         )
@@ -933,16 +939,20 @@ async def test_a_grabbed_still_comes_from_the_address_that_was_checked(
         assert other.stats.play_sessions == 0
 
 
+@pytest.mark.parametrize("credentials", [False, True])
 async def test_a_warm_grab_session_on_a_refused_device_is_never_reused(
-    hass: HomeAssistant, socket_enabled: None
+    hass: HomeAssistant, socket_enabled: None, credentials: bool
 ) -> None:
-    """A stale DNS answer opens a grab session on B; B's frame is refused, its session ends.
+    """A stale DNS answer points a grab at B; B's frame is refused, its session ends.
 
-    The session stays warm for its linger. When the name points at A again,
-    the next still is grabbed from A through a new session; B's keyframe,
-    however young, is never served as A's.
+    Without credentials the session is opened on B and stays warm for its
+    linger. When the name points at A again, the next still is grabbed from
+    A through a new session; B's keyframe, however young, is never served as
+    A's. With credentials the relay sends B nothing at all: its link shows
+    another MAC once connected, before FFmpeg's first request (which may
+    carry the camera's credentials) is relayed.
     """
-    async with _moved_camera(hass) as (entity, moved, other):
+    async with _moved_camera(hass, credentials=credentials) as (entity, moved, other):
         resolved = {"porch.test": "127.0.0.1"}  # stale: B answers there (MAC_B)
 
         async def resolve(host: str, _port: int) -> list[str]:
@@ -952,7 +962,8 @@ async def test_a_warm_grab_session_on_a_refused_device_is_never_reused(
             with pytest.raises(HomeAssistantError) as err:
                 await entity.async_snapshot()
             assert err.value.translation_key == "identity_mismatch"
-            assert other.stats.play_sessions == 1
+            assert other.stats.play_sessions == (0 if credentials else 1)
+            assert other.stats.credentialed_requests == 0
             resolved["porch.test"] = "127.0.0.2"  # right again: A
             snapshot = await entity.async_snapshot()
         assert _camera_index(snapshot.jpeg) == 0
@@ -1015,9 +1026,10 @@ async def test_a_retry_begun_on_the_old_address_never_plays_on_from_there(
     (Its availability reaches the event loop a turn late.) LocalCam then only
     hands the worker the new URL for its next retry, and closes the relay to
     the old address: the session there (B's, under A's name) ends at once,
-    and the next retry plays A from its new address.
+    and the next retry plays A from its new address. (Cameras without
+    credentials: with them, the relay would not let the worker play B at all.)
     """
-    async with _moved_camera(hass) as (entity, moved, other):
+    async with _moved_camera(hass, credentials=False) as (entity, moved, other):
         stream = await _playing_unheard(entity, other)  # the retry on the old URL
         stream._async_update_state(False)  # the report of the drop before it, arriving late
         await _until(lambda: entity._auth_check is None)  # type: ignore[attr-defined]
@@ -1035,9 +1047,10 @@ async def test_an_unload_right_after_the_stream_followed_its_camera_ends_it(
     """The stream restarts on the new address, and the entry unloads at once: the unload ends.
 
     Home Assistant's worker reads a stop right after update_source as the
-    restart and runs on; LocalCam's stop clears that restart first.
+    restart and runs on; LocalCam's stop clears that restart first. (Without
+    credentials, so that the worker can play B: see the test above.)
     """
-    async with _moved_camera(hass) as (entity, moved, other):
+    async with _moved_camera(hass, credentials=False) as (entity, moved, other):
         stream = await _playing_unheard(entity, other)
         # A viewer opens it: it follows A (update_source), and at once the entry unloads.
         assert await entity.async_create_stream() is stream

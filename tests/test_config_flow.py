@@ -453,6 +453,37 @@ async def test_reauth_refuses_a_different_device(
     assert entry.data[CONF_PASSWORD] == CAM_PASSWORD
 
 
+@pytest.mark.parametrize("flow", ["reauth", "reconfigure"])
+async def test_a_different_device_at_the_address_is_sent_no_credentials(
+    hass: HomeAssistant, camera: VirtualCamera, flow: str
+) -> None:
+    """Reauth and reconfigure test the typed password only on the device with the camera's MAC.
+
+    Before, the probe sent it (and the still's request) to whatever answered
+    at the address, and only then compared MACs.
+    """
+    entry = make_entry(camera)
+    entry.add_to_hass(hass)
+    hass.config_entries.async_update_entry(
+        entry, data={**entry.data, CONF_IDENTITY: {"mac": "aa:bb:cc:00:11:22"}}
+    )
+    if flow == "reauth":
+        result = await entry.start_reauth_flow(hass)
+        typed = {CONF_USERNAME: CAM_USER, CONF_PASSWORD: CAM_PASSWORD}
+    else:
+        result = await entry.start_reconfigure_flow(hass)
+        typed = _input(camera)
+    other = "aa:bb:cc:00:11:99"
+    with (
+        patch("custom_components.localcam.config_flow.neighbour_mac", return_value=other),
+        patch("custom_components.localcam.core.snapshot.neighbour_mac", return_value=other),
+    ):
+        result = await hass.config_entries.flow.async_configure(result["flow_id"], typed)
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "wrong_camera"
+    assert camera.stats.credentialed_requests == 0
+
+
 async def test_options_flow(hass: HomeAssistant, camera: VirtualCamera) -> None:
     """Bad networks are refused with a reason; good options reload the entry."""
     entry = make_entry(camera)

@@ -114,6 +114,8 @@ class HttpServer:
             if self._closing.is_set():
                 return self._reset(request)
         header = request.headers.get("Authorization")
+        if header:
+            cam.stats.credentialed_requests += 1
         if fault is Fault.UNAUTHORIZED or not cam.auth.check(request.method, header):
             cam.stats.unauthorized_responses += 1
             challenge = cam.auth.challenge(qop=True, stale=cam.auth.is_stale(header))

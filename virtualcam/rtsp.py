@@ -261,6 +261,8 @@ class _Connection:
         """Check credentials (and Fault.UNAUTHORIZED); answer 401 when they fail."""
         cam = self.camera
         header = request.headers.get("authorization")
+        if header:
+            cam.stats.credentialed_requests += 1
         if cam.fault is not Fault.UNAUTHORIZED and cam.auth.check(request.method, header):
             return True
         cam.stats.unauthorized_responses += 1

@@ -249,7 +249,11 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
         errors: dict[str, str] = {}
         if user_input is not None:
             user_input = _keep_stored_password(user_input, entry)
-            data, info = await self._async_test(user_input, entry.options, errors)
+            data, info = await self._async_test(
+                user_input, entry.options, errors, pinned=_pinned_mac(entry)
+            )
+            if errors.get("base") == "identity_mismatch":
+                return self.async_abort(reason="wrong_camera")  # and sent nothing
             if data is not None and info is not None:
                 if (identity := _checked_identity(entry, data)) is None:
                     return self.async_abort(reason="wrong_camera")
@@ -297,7 +301,12 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
                 data = await self._async_test_onvif(candidate, entry.options, errors)
                 same = data is not None and _onvif_identity(entry, data) is not None
             else:
-                data, info = await self._async_test(candidate, entry.options, errors)
+                data, info = await self._async_test(
+                    candidate, entry.options, errors, pinned=_pinned_mac(entry)
+                )
+                if errors.get("base") == "identity_mismatch":
+                    # Another device at the camera's address was sent nothing.
+                    return self.async_abort(reason="wrong_camera")
                 data = data if info is not None else None
                 same = data is not None and _checked_identity(entry, data) is not None
             if data is not None:
@@ -751,11 +760,17 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
         user_input: Mapping[str, Any],
         options: Mapping[str, Any],
         errors: dict[str, str],
+        *,
+        pinned: Identity | None = None,
     ) -> tuple[dict[str, Any] | None, StreamInfo | None]:
         """Test before configure; fill ``errors`` and return the entry data.
 
         Credentials typed into a URL are moved to the username and password
-        fields, so that no URL we store, log or show holds a secret.
+        fields, so that no URL we store, log or show holds a secret. With
+        ``pinned`` (a configured camera's MAC: reauth, reconfigure), they go
+        only to a device that shows that MAC on the link
+        (``CameraClient.guard_credentials``); another one is the error
+        ``identity_mismatch``, sent nothing.
         """
         self._placeholders = {}
         snapshot_url: str | None = None
@@ -781,6 +796,8 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
                 await policy.check(snapshot_url, schemes=SNAPSHOT_SCHEMES)
             field = "base"
             source = _test_source(user_input, options, stream_url, snapshot_url, username, password)
+            if pinned is not None:
+                source = replace(source, identity=pinned)
             async with self._client(policy, source) as client:
                 info = await client.probe(PROBE_TIMEOUT)
                 target = await client.stream_target()
@@ -878,6 +895,12 @@ def _checked_identity(entry: LocalCamConfigEntry, data: Mapping[str, Any]) -> Id
     except IdentityMismatchError:
         return None
     return stored.merged(observed)
+
+
+def _pinned_mac(entry: LocalCamConfigEntry) -> Identity | None:
+    """The MAC a flow's test must see on the link before it sends credentials, if any."""
+    stored = Identity.from_dict(entry.data.get(CONF_IDENTITY))
+    return Identity(mac=stored.mac) if stored.mac else None
 
 
 def _onvif_identity(entry: LocalCamConfigEntry, data: Mapping[str, Any]) -> Identity | None:

@@ -20,6 +20,18 @@ class LocalCamError(Exception):
         self.placeholders: dict[str, str] = placeholders
 
 
+def copy_error[E: LocalCamError](err: E) -> E:
+    """A new instance of ``err`` with its message and fields, to raise once more.
+
+    Not ``copy.copy``: that calls the constructor with the message alone,
+    which most of these errors do not take.
+    """
+    new = type(err).__new__(type(err))
+    new.args = err.args
+    new.__dict__.update(err.__dict__)
+    return new
+
+
 class InvalidUrlError(LocalCamError):
     """The URL is malformed or uses a scheme LocalCam does not fetch."""
 

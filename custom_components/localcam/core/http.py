@@ -16,7 +16,7 @@ its URL alone, no later identity check looks at the redirect's target.
 """
 
 import asyncio
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
@@ -52,6 +52,10 @@ _AUTH_SCHEME_RE: Final = re.compile(
 )
 
 type Credentials = tuple[str, str]
+# Runs before any request that may carry credentials goes to a target (the
+# identity layer's link check, see CameraClient.guard_credentials); what it
+# raises ends the fetch, nothing sent.
+type BeforeCredentials = Callable[[Target], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +108,7 @@ async def fetch(
     max_bytes: int = 8 * 1024 * 1024,
     max_redirects: int = 3,
     auth_memory: AuthMemory | None = None,
+    before_credentials: BeforeCredentials | None = None,
 ) -> HttpReply:
     """GET a credential-free LAN URL, following checked redirects, within one deadline."""
     credentials: Credentials | None = None
@@ -123,6 +128,7 @@ async def fetch(
                 max_bytes=max_bytes,
                 max_redirects=max_redirects,
                 auth_memory=auth_memory,
+                before_credentials=before_credentials,
             )
     except TimeoutError:
         raise CameraTimeoutError(
@@ -140,6 +146,7 @@ async def _follow(
     max_bytes: int,
     max_redirects: int,
     auth_memory: AuthMemory | None = None,
+    before_credentials: BeforeCredentials | None = None,
 ) -> HttpReply:
     """Run the request/redirect loop; every hop is policy-checked before connecting."""
     origin = await policy.check(url, schemes=HTTP_SCHEMES)
@@ -147,6 +154,10 @@ async def _follow(
     for redirects in range(max_redirects + 1):
         # Credentials stay with the origin the user typed them for.
         hop_credentials = credentials if _same_origin(target, origin) else None
+        if hop_credentials is not None and before_credentials is not None:
+            # Before the first request: a remembered scheme sends them at once,
+            # and aiohttp's Digest middleware answers a challenge by itself.
+            await before_credentials(target)
         _LOGGER.debug("GET %s via %s", display_url(target.url), target.address)
         try:
             memory = auth_memory if hop_credentials is not None and target is origin else None

@@ -15,6 +15,7 @@ asyncio deadline of their own, and tell a thread that outlives it to stop.
 
 import asyncio
 import base64
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 import functools
 import hashlib
@@ -1030,8 +1031,13 @@ async def describe(
     verify_ssl: bool = True,
     timeout: float = 5.0,
     auth_memory: RtspAuthMemory | None = None,
+    before_send: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Check that the camera answers DESCRIBE with a video SDP.
+
+    ``before_send`` runs once the connection is open, before a byte is sent
+    (the identity layer's link check: see ``CameraClient.guard_credentials``);
+    what it raises ends the check, nothing sent.
 
     This is the light health request (one TCP connection, no media; one
     DESCRIBE while ``auth_memory`` holds a challenge the camera still
@@ -1066,6 +1072,8 @@ async def describe(
                 ssl=ssl_context,
                 server_hostname=target.host if ssl_context else None,
             )
+            if before_send is not None:
+                await before_send()
             for cseq in (1, 2):
                 request = f"DESCRIBE {uri} RTSP/1.0\r\nCSeq: {cseq}\r\nAccept: application/sdp\r\n"
                 request += "User-Agent: LocalCam\r\n"

@@ -47,7 +47,7 @@ which a TCP connection's cannot (see the README).
 
 import asyncio
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 import contextlib
 from dataclasses import dataclass, field
 from functools import partial
@@ -60,7 +60,14 @@ from typing import Final
 
 import yarl
 
-from .errors import CannotConnectError, CertificateError, RedirectedError, certificate_reason
+from .errors import (
+    CannotConnectError,
+    CertificateError,
+    LocalCamError,
+    RedirectedError,
+    certificate_reason,
+    copy_error,
+)
 from .netpolicy import Target, url_userinfo
 from .rtsp import client_ssl_context
 
@@ -113,6 +120,8 @@ _UDP_BIND_ATTEMPTS: Final = 16
 _DATAGRAMS_PER_READ: Final = 64
 
 type RefusalCallback = Callable[[RedirectedError], None]
+# Checks the device at a session's address once connected (raises LocalCamError).
+type LinkCheck = Callable[[IPv4Address | IPv6Address, int], Awaitable[None]]
 
 
 class _RefusedError(Exception):
@@ -785,7 +794,7 @@ class _Listener:
         self.warned: set[str] = set()
         # When this listener last refused a session, and the error that says
         # why (a new instance for each caller: an exception is not raised twice).
-        self.last_refusal: tuple[float, Callable[[], CannotConnectError]] | None = None
+        self.last_refusal: tuple[float, Callable[[], LocalCamError]] | None = None
         self.sessions: set[asyncio.Task[None]] = set()
         self.serving = asyncio.get_running_loop().create_task(self._serve())
 
@@ -850,6 +859,16 @@ class _Listener:
         except (OSError, TimeoutError) as err:
             _LOGGER.debug("Relay to %s:%s: cannot connect (%s)", self.address, self.port, err)
             return
+        if self.guard.link_check is not None:
+            # Connected, nothing relayed yet: FFmpeg's first request may carry
+            # the camera's credentials (a remembered answer), and a device that
+            # took the camera's address must not get them.
+            try:
+                await self.guard.link_check(self.address, self.port)
+            except LocalCamError as err:
+                up_writer.transport.abort()
+                self.guard.link_refused(self, err)
+                return
         last_request = bytearray()
         bridge = None
         if upstream.udp:
@@ -994,11 +1013,21 @@ class _Listener:
 class RtspGuard:
     """The loopback relays of one camera, one per checked address (bounded)."""
 
-    def __init__(self, on_refused: RefusalCallback | None = None) -> None:
-        """Start with no listener; ``on_refused`` hears of every refused redirect."""
+    def __init__(
+        self,
+        on_refused: RefusalCallback | None = None,
+        link_check: LinkCheck | None = None,
+    ) -> None:
+        """Start with no listener; ``on_refused`` hears of every refused redirect.
+
+        ``link_check`` runs on each session's connection to the camera before
+        anything is relayed (the identity layer's check of the device there);
+        what it raises ends the session, nothing relayed.
+        """
         self._listeners: OrderedDict[_Upstream, _Listener] = OrderedDict()
         self._closing: set[asyncio.Task[None]] = set()
         self.on_refused = on_refused
+        self.link_check = link_check
         self.refusals = 0
         self.certificates_refused = 0
         self.datagrams_refused = 0
@@ -1129,11 +1158,23 @@ class RtspGuard:
         )
         listener.last_refusal = (time.monotonic(), partial(CertificateError, reason))
 
-    def refused_since(self, url: str, since: float) -> CannotConnectError | None:
+    def link_refused(self, listener: _Listener, err: LocalCamError) -> None:
+        """Record a session ended by the link check (called by a listener)."""
+        self.refusals += 1
+        listener.log_once(
+            "link",
+            "The device at %s is not the camera (%s); LocalCam relayed nothing to it",
+            str(err),
+        )
+        # A copy per caller: an exception is not raised twice.
+        listener.last_refusal = (time.monotonic(), partial(copy_error, err))
+
+    def refused_since(self, url: str, since: float) -> LocalCamError | None:
         """Why the relay behind ``url`` refused a session at or after ``since``, if it did.
 
-        A refused redirect (RedirectedError) or a refused certificate
-        (CertificateError): FFmpeg saw only a 502 or a closed connection.
+        A refused redirect (RedirectedError), a refused certificate
+        (CertificateError) or another device at the address (the link check's
+        error): FFmpeg saw only a 502 or a closed connection.
         Only ``url``'s own relay is asked: another address's refusal (an old
         address still streaming after a move) is not this session's.
         """

@@ -31,7 +31,7 @@ from .errors import (
     LocalCamError,
     ReplyTooLargeError,
 )
-from .identity import Identity, neighbour_mac
+from .identity import Identity, neighbour_mac, touch
 from .models import CameraSource, Snapshot, SnapshotSource, StreamInfo
 from .netpolicy import NetPolicy, Target
 from .rtsp import RtspAuthMemory, WarmGrabber, async_grab_keyframe, describe
@@ -53,6 +53,11 @@ SERVING_TRY_TIMEOUT: Final = 2.0
 # Stills up to this size are checked and hashed in the event loop (tens of
 # microseconds); larger ones, and any that need the /proc MAC lookup, in a thread.
 INLINE_FINISH_BYTES: Final = 256 * 1024
+# Credentials go to a camera pinned by its MAC only once the device at its
+# address has shown that MAC (see guard_credentials). A look younger than this
+# (each still's own check renews it) lets them go at once; an older one, or
+# none, costs a bare connection first.
+LINK_TRUST: Final = 10.0
 
 # Returns a JPEG of the running stream's next keyframe, or None when Home
 # Assistant runs no stream for this camera right now.
@@ -80,8 +85,11 @@ class CameraClient:
         self.source = source
         self.grabber = WarmGrabber(transport=source.ffmpeg_transport, linger=WARM_LINGER)
         # FFmpeg (the grabber's and Home Assistant's stream) reaches the camera
-        # only through this loopback relay: it follows no redirect elsewhere.
-        self.guard = RtspGuard()
+        # only through this loopback relay: it follows no redirect elsewhere,
+        # and relays nothing to a device that is not this camera.
+        self.guard = RtspGuard(link_check=self._relay_link_check)
+        # Where and when the link last showed the camera's MAC (guard_credentials).
+        self._link_seen: tuple[IPv4Address | IPv6Address, float] | None = None
         # One camera, one auth scheme: later stills answer its challenge at once.
         self._auth_memory = http.AuthMemory()
         # Likewise its RTSP challenge: a health check is then one DESCRIBE.
@@ -216,6 +224,10 @@ class CameraClient:
 
     async def _describe(self, target: Target, timeout: float) -> None:
         """One DESCRIBE of the stream, with its credentials (its challenge remembered)."""
+
+        async def before_send() -> None:
+            await self.guard_credentials(target.address, target.port, target.host, connected=True)
+
         await describe(
             target,
             username=self.source.username,
@@ -223,6 +235,52 @@ class CameraClient:
             verify_ssl=self.source.verify_ssl,
             timeout=timeout,
             auth_memory=self._rtsp_auth,
+            before_send=before_send,
+        )
+
+    async def guard_credentials(
+        self,
+        address: IPv4Address | IPv6Address | None,
+        port: int,
+        host: str,
+        *,
+        connected: bool,
+        timeout: float = 5.0,
+    ) -> None:
+        """Before credentials go to ``address``: the device there shows the camera's MAC.
+
+        The check each connection makes after a still or a health check comes
+        too late for the credentials: by then a device that took the camera's
+        address (a reused DHCP lease) has been sent them, at every still and
+        every minute's check (with Basic, the password itself). So for a
+        camera pinned by MAC, with credentials, this runs first, on every
+        path that sends them: the health check's DESCRIBE and the relay's
+        sessions once connected (``connected``: the kernel's neighbour entry is
+        fresh), and the snapshot URL's requests before connecting, after a
+        bare connection (nothing sent) unless the link showed the camera's
+        MAC within LINK_TRUST. So at most the requests of those seconds
+        reach a device that has only just taken the address. A device not
+        on this link has no neighbour entry: the ONVIF check covers it.
+        Raises IdentityMismatchError.
+        """
+        source = self.source
+        if address is None or not source.identity.mac:
+            return
+        if source.username is None and source.password is None:
+            return  # nothing secret to send; each connection's own check still runs
+        if not connected:
+            seen = self._link_seen
+            if seen is not None and seen[0] == address and time.monotonic() - seen[1] < LINK_TRUST:
+                return
+            await touch(address, port, timeout)
+        await asyncio.get_running_loop().run_in_executor(
+            None, self.check_link_identity, address, host
+        )
+
+    async def _relay_link_check(self, address: IPv4Address | IPv6Address, port: int) -> None:
+        """The relay's check of a session's connection, before it relays a byte."""
+        await self.guard_credentials(
+            address, port, yarl_host(self.source.stream_url), connected=True
         )
 
     def _needs_link_check(self, raw: _Raw) -> bool:
@@ -240,6 +298,7 @@ class CameraClient:
         if address is None or not expected.mac:
             return
         expected.check(Identity(mac=neighbour_mac(address)), host)
+        self._link_seen = (address, time.monotonic())
 
     async def fetch_snapshot(self, *, timeout: float | None = None) -> Snapshot:
         """Fetch a fresh full-size still from this camera, with provenance."""
@@ -302,6 +361,7 @@ class CameraClient:
                     timeout=timeout,
                     max_bytes=jpeg.MAX_JPEG_BYTES,
                     auth_memory=self._auth_memory,
+                    before_credentials=self._before_http_credentials,
                 )
             except ReplyTooLargeError as err:
                 # Cut off at the cap, the same refusal validate_jpeg makes.
@@ -342,6 +402,10 @@ class CameraClient:
                 raise
             image, kind, received = frame.jpeg, SnapshotSource.RTSP_GRAB, frame.received_at
         return _Raw(image, None, kind, received, target.address, target.host)
+
+    async def _before_http_credentials(self, target: Target) -> None:
+        """The snapshot URL's check before a request that may carry credentials."""
+        await self.guard_credentials(target.address, target.port, target.host, connected=False)
 
     def _finish(self, raw: _Raw, wall: datetime) -> Snapshot:
         """Check identity, validate and stamp a still.
