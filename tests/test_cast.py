@@ -1476,7 +1476,7 @@ async def test_bad_input_is_a_translated_validation_error(
     receiver: FakeCastDevice,
     http_port: int,
 ) -> None:
-    """Two cameras, no camera, a non-Cast player: ServiceValidationError with a key."""
+    """Two cameras, no camera, a non-Cast player, no player: ServiceValidationError with a key."""
     garage = await _camera_entity(hass, rtsp_only_camera, snapshot=False)
     hass.states.async_set("media_player.tv", "off")
     cases: list[tuple[dict[str, Any], str]] = [
@@ -1484,6 +1484,7 @@ async def test_bad_input_is_a_translated_validation_error(
         ({"entity_id": "camera.nope", "media_player": RECEIVER}, "cast_one_camera"),
         ({"entity_id": porch, "media_player": "media_player.tv"}, "cast_not_a_cast_device"),
         ({"entity_id": porch, "media_player": "light.kitchen"}, "cast_not_a_cast_device"),
+        ({"entity_id": porch, "media_player": []}, "cast_no_receiver"),
     ]
     for data, key in cases:
         with pytest.raises(ServiceValidationError) as err:
@@ -1495,6 +1496,9 @@ async def test_bad_input_is_a_translated_validation_error(
             DOMAIN, "stop_cast", {"media_player": "media_player.tv"}, blocking=True
         )
     assert err.value.translation_key == "cast_not_a_cast_device"
+    with pytest.raises(ServiceValidationError) as err:
+        await hass.services.async_call(DOMAIN, "stop_cast", {"media_player": []}, blocking=True)
+    assert err.value.translation_key == "cast_no_receiver"
     assert receiver.loads == []
 
 

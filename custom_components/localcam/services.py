@@ -71,7 +71,13 @@ async def _async_check_permission(call: ServiceCall, entity_ids: list[str]) -> N
 
 
 def _cast_receivers(hass: HomeAssistant, entity_ids: list[str]) -> list[str]:
-    """Return the receivers, or raise when one is not a Google Cast media player."""
+    """Return the receivers, or raise when one is not a Google Cast media player.
+
+    An empty list (a blueprint with no display picked, a template that
+    rendered none) is an error too: the action would do nothing, silently.
+    """
+    if not entity_ids:
+        raise ServiceValidationError(translation_domain=DOMAIN, translation_key="cast_no_receiver")
     registry = er.async_get(hass)
     for entity_id in entity_ids:
         entry = registry.async_get(entity_id)
