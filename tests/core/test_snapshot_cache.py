@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import gc
 import hashlib
 import io
+import threading
 import time
 
 import aiohttp
@@ -730,3 +731,39 @@ async def test_a_viewer_cancelled_while_waiting_is_not_a_stall(clock: Clock) -> 
     assert cache.stats.stalled == 0
     upstream.answer(1)
     assert (await staying).camera_id == "cam-a"
+
+
+async def test_many_sizes_at_once_scale_a_bounded_number_at_a_time(
+    clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """32 card sizes at once: every one answered, never more than SCALING_SLOTS decodes at once.
+
+    Each scaling decodes the full frame (tens of MB for a 4K camera): without
+    the bound, any user who may see a camera could make Home Assistant take
+    gigabytes by asking for many sizes at once.
+    """
+    running = peak = 0
+    lock = threading.Lock()
+    real = snapshot_cache._scale_and_hash
+
+    def counted(data: bytes, size: tuple[int, int]) -> tuple[bytes, int, int, str]:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        try:
+            time.sleep(0.02)  # long enough for the others to pile up, were they let in
+            return real(data, size)
+        finally:
+            with lock:
+                running -= 1
+
+    monkeypatch.setattr(snapshot_cache, "_scale_and_hash", counted)
+    upstream = Upstream(clock)
+    cache = _cache(clock, upstream, max_age=60.0)
+    await cache.get()
+    sizes = [(600 - i, 300) for i in range(32)]
+    frames = await asyncio.gather(*(cache.get(w, h) for w, h in sizes))
+    assert [frame.width for frame in frames] == [w for w, _ in sizes]
+    assert upstream.calls == 1
+    assert peak == snapshot_cache.SCALING_SLOTS

@@ -33,7 +33,10 @@ Guarantees, and where each is enforced:
 - Sizes: a requested width/height is scaled from the camera's full frame in
   the executor and cached per size with the same provenance; it never causes
   a second upstream fetch (``jpeg.scale_jpeg`` sizes it so that HA's
-  camera_proxy does not scale it again).
+  camera_proxy does not scale it again). At most ``SCALING_SLOTS`` scalings
+  run at once in the whole process (``_scale``): each decodes a full frame
+  (a 4K one is tens of MB), and requests for many sizes at once (any user
+  who may see a camera can ask for any size) must not take gigabytes.
 - Isolation: caches share nothing, so a hanging camera delays only its own
   waiters (its fetch is bounded by the fetch function's own timeout).
 - Unload: ``close`` ends every fetch in flight and hands each waiter
@@ -50,6 +53,7 @@ from dataclasses import dataclass, field, replace
 import hashlib
 import time
 from typing import Any, Final
+import weakref
 
 from . import jpeg
 from .errors import CameraTimeoutError, CannotConnectError, InvalidImageError, LocalCamError
@@ -73,6 +77,12 @@ MAX_FLIGHTS: Final = 3
 # HEDGE_AFTER: the next request after such an error starts a fresh fetch.
 STALL_FACTOR: Final = 2.0
 STALL_FLOOR: Final = HEDGE_AFTER
+# Full-frame decodes for scaling at once, per event loop (Home Assistant has
+# one): two keep both cores of a small host busy, and bound the memory.
+SCALING_SLOTS: Final = 2
+_scaling: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
 
 type Size = tuple[int, int] | None
 type FetchFull = Callable[[], Awaitable[Snapshot]]
@@ -361,9 +371,13 @@ class SnapshotCache:
     async def _scale(self, full: Snapshot, size: tuple[int, int]) -> Snapshot:
         """One scaled copy of ``full`` (scaling and hashing in the executor)."""
         loop = asyncio.get_running_loop()
-        data, width, height, digest = await loop.run_in_executor(
-            None, _scale_and_hash, full.jpeg, size
-        )
+        slots = _scaling.get(loop)
+        if slots is None:
+            slots = _scaling[loop] = asyncio.Semaphore(SCALING_SLOTS)
+        async with slots:
+            data, width, height, digest = await loop.run_in_executor(
+                None, _scale_and_hash, full.jpeg, size
+            )
         if data is full.jpeg:
             return full
         self.stats.scaled += 1
