@@ -156,6 +156,43 @@ async def test_a_preloaded_stream_ends_with_the_entry_and_keeps_the_setting(
     assert await _preload(hass_ws_client, entity_id)
 
 
+async def test_a_preloaded_stream_comes_back_after_a_reload(
+    hass: HomeAssistant, rtsp_only_camera: VirtualCamera, hass_ws_client: WebSocketGenerator
+) -> None:
+    """With "Preload stream" on, a reload (options, reauth, a move) starts the new stream.
+
+    Home Assistant starts preloaded streams once, when it has started; before,
+    the stream stayed off after any reload until Home Assistant restarted,
+    with the setting still showing on. Nobody opens the stream here.
+    """
+    cam = rtsp_only_camera
+    entry = await _stream_entry(hass, cam)
+    entity_id = main_entity_id(hass, entry)
+    await _set_preload(hass_ws_client, entity_id, True)
+    assert cam.stats.play_sessions == 0  # the setting alone starts nothing until a load
+    assert await hass.config_entries.async_reload(entry.entry_id)
+    await hass.async_block_till_done()
+    assert await _until(hass, lambda: cam.stats.active_play_sessions == 1, 10)
+    entity = get_camera_from_entity_id(hass, entity_id)
+    assert entity.stream is not None
+    assert "hls" in entity.stream.outputs()
+    assert await hass.config_entries.async_unload(entry.entry_id)
+    assert await _until(hass, lambda: cam.stats.active_play_sessions == 0, 5)
+
+
+async def test_a_stream_is_not_preloaded_when_the_setting_is_off(
+    hass: HomeAssistant, rtsp_only_camera: VirtualCamera
+) -> None:
+    """The default: a reload opens no RTSP session to the camera."""
+    cam = rtsp_only_camera
+    entry = await _stream_entry(hass, cam)
+    assert await hass.config_entries.async_reload(entry.entry_id)
+    await hass.async_block_till_done()
+    await asyncio.sleep(0.3)
+    assert cam.stats.play_sessions == 0
+    assert get_camera_from_entity_id(hass, main_entity_id(hass, entry)).stream is None
+
+
 async def test_reload_leaves_one_stream_session(
     hass: HomeAssistant, rtsp_only_camera: VirtualCamera
 ) -> None:

@@ -9,8 +9,9 @@ from typing import override
 
 from homeassistant.components.camera import Camera
 from homeassistant.components.camera.const import CameraEntityFeature
+from homeassistant.components.camera.prefs import get_dynamic_camera_stream_settings
 from homeassistant.components.stream import CONF_RTSP_TRANSPORT as STREAM_RTSP_TRANSPORT, Stream
-from homeassistant.core import CALLBACK_TYPE, HomeAssistant, callback
+from homeassistant.core import CALLBACK_TYPE, CoreState, HomeAssistant, callback
 from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 from homeassistant.helpers.event import async_call_later
@@ -169,6 +170,28 @@ class LocalCamCamera(LocalCamEntity, Camera):
                 self._refusal_over = None
 
         self.async_on_remove(_detach)
+        if self.hass.state is CoreState.running:
+            # Home Assistant preloads streams once, when it has started: an
+            # entity added after that (a reload, an options change, a camera
+            # set up on a retry) would otherwise never get its preloaded stream.
+            self._async_schedule_preload()
+
+    @callback
+    def _async_schedule_preload(self) -> None:
+        """Start the stream in the background if "Preload stream" is on for it."""
+        self.coordinator.config_entry.async_create_background_task(
+            self.hass, self._async_preload(), f"{DOMAIN} preload {self.entity_id}"
+        )
+
+    async def _async_preload(self) -> None:
+        """Start the stream as Home Assistant's "Preload stream" does, when that is on."""
+        settings = await get_dynamic_camera_stream_settings(self.hass, self.entity_id)
+        if not settings.preload_stream or self._removed or self._refused:
+            return
+        if (stream := await self.async_create_stream()) is None:
+            return  # removed meanwhile (the entity opens no stream once removed)
+        stream.add_provider("hls")
+        await stream.start()
 
     @override
     async def async_will_remove_from_hass(self) -> None:
@@ -385,6 +408,8 @@ class LocalCamCamera(LocalCamEntity, Camera):
         self._refusal_over = None  # (cancelled on removal: the entity is still here)
         self._refused = False
         self.async_write_ha_state()
+        # The refusal stopped the stream; a preloaded one comes back.
+        self._async_schedule_preload()
 
     async def _async_check_stream_peer(self) -> None:
         """A 401 starts reauth; another device at the address stops the stream."""
