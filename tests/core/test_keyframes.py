@@ -128,10 +128,24 @@ def _reference(decoder_name: str, unit: bytes) -> np.ndarray:
     return frames[0].to_ndarray(format="rgb24")
 
 
-def _reader(decoder_name: str) -> _Keyframes:
+class _Reader:
+    """A _Keyframes fed as a session feeds it, each payload read at the test's ``now``."""
+
+    def __init__(self, keyframes: _Keyframes) -> None:
+        self.keyframes = keyframes
+        self.now = 0.0
+
+    def push(self, payload: Any) -> Any | None:
+        return self.keyframes.push(payload, self.now)
+
+    def end(self) -> Any | None:
+        return self.keyframes.end()
+
+
+def _reader(decoder_name: str) -> _Reader:
     codec: Any = av.CodecContext.create(decoder_name, "r")
     _prepare_decoder(codec)
-    return _Keyframes(codec, unparsed=True)
+    return _Reader(_Keyframes(codec, unparsed=True))
 
 
 def _same(frame: Any, picture: np.ndarray) -> bool:
@@ -355,13 +369,47 @@ def test_an_h265_keyframe_comes_when_the_next_unit_begins() -> None:
     assert _same(frame, _reference("hevc", units[0]))
 
 
+def test_a_keyframe_decoded_at_the_next_unit_is_stamped_when_its_last_payload_came() -> None:
+    """Aged from its own last byte, not from the next picture's first (a frame interval later).
+
+    At 1 fps, or from a camera that stalls after a keyframe, stamping the
+    decode time would make a still look up to a second (or more) younger
+    than it is, and let it be served past max age.
+    """
+    units = _encode("libx265", 2, picture=_noise)
+    reader = _reader("hevc")
+    first = _h265(units[0])
+    for index, payload in enumerate(first):
+        reader.now = 10.0 + index * 0.001
+        assert reader.push(payload) is None
+    last_byte = reader.now
+    reader.now = 12.0  # the next picture begins two seconds later
+    assert reader.push(_h265(units[1])[0]) is not None
+    assert reader.keyframes.completed_at == last_byte
+
+
+def test_an_early_decoded_keyframe_is_stamped_when_it_became_whole() -> None:
+    """H.264 decoded early: whole with the payload that completed it, stamped then."""
+    units = _encode("libx264", 2)
+    reader = _reader("h264")
+    got = []
+    for index, payload in enumerate(_h264(units[0])):
+        reader.now = 20.0 + index * 0.001
+        got.append(reader.push(payload))
+    assert got[-1] is not None  # whole with its last payload, not at the next unit
+    assert reader.keyframes.completed_at == reader.now
+
+
 def test_the_stream_end_completes_the_unit_held() -> None:
     """The last unit of a stream that ends is whole: end() decodes it."""
     units = _encode("libx265", 1)
     reader = _reader("hevc")
     payloads = _h265(units[0])
+    reader.now = 30.0
     assert [reader.push(p) for p in payloads] == [None] * len(payloads)
+    reader.now = 31.0
     assert _same(reader.end(), _reference("hevc", units[0]))
+    assert reader.keyframes.completed_at == 30.0  # its last payload's, not the end's
 
 
 def test_a_unit_beyond_the_bound_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -344,18 +344,29 @@ class _Keyframes:
         self._piece = 0  # body of the payload before, if of the same NAL unit
         self._full = 0  # the largest bare piece seen: a full piece
         self._slice = False  # the NAL unit in progress is picture data
+        self._last_at = 0.0  # when the unit held got its latest packet
+        # When the last keyframe returned was whole: its last packet's
+        # arrival. Not when it was decoded: at the next unit's boundary that
+        # is a frame interval later (a second at 1 fps, unbounded if the
+        # camera stalls), and a still is aged from when its bytes arrived.
+        self.completed_at = 0.0
 
-    def push(self, packet: Any) -> Any | None:
-        """Take the next packet of the video stream; return a keyframe if one is whole."""
+    def push(self, packet: Any, arrived: float) -> Any | None:
+        """Take the next packet (read at ``arrived``, monotonic); return a keyframe if whole."""
         if not self._unparsed:
-            return _decode_checked(self._codec, packet, drain=packet.is_keyframe)
+            # FFmpeg's parser hands over a unit once whole: when it arrives.
+            frame = _decode_checked(self._codec, packet, drain=packet.is_keyframe)
+            if frame is not None:
+                self.completed_at = arrived
+            return frame
         data = bytes(packet)
         payload = _Payload.read(data, self._kinds)
         frame = None
         if payload.new_unit and self._first_slice is not None:
-            frame = self.end()
+            frame = self.end()  # the unit held, whole since its last packet (completed_at)
         if self._first_slice is None:
             self._first_slice = payload.first_slice
+        self._last_at = arrived
         self._parts.append(data)
         self._size += len(data)
         if self._size > _MAX_UNIT_BYTES:
@@ -383,6 +394,8 @@ class _Keyframes:
             and self._tries < _MAX_EARLY_TRIES
         ):
             frame = self._feed()
+            if frame is not None:
+                self.completed_at = arrived
         return frame
 
     def _feed(self) -> Any | None:
@@ -421,6 +434,8 @@ class _Keyframes:
                 frames = self._codec.decode(None)
                 self._codec.flush_buffers()
                 frame = _whole(frames[0]) if frames else None
+            if frame is not None:
+                self.completed_at = self._last_at
         self._parts = []
         self._size = 0
         self._first_slice = None
@@ -475,9 +490,10 @@ def grab_keyframe(
                 continue
             # Non-key packets too: a demuxer may not flag every keyframe.
             # An empty packet ends the stream: the unit held is whole.
-            frame = keyframes.push(packet) if packet.size else keyframes.end()
+            arrived = time.monotonic()
+            frame = keyframes.push(packet, arrived) if packet.size else keyframes.end()
             if frame is not None:
-                received = time.monotonic()
+                received = keyframes.completed_at
                 break
         if frame is None:
             raise NoVideoError("stream ended before a video frame")
@@ -758,12 +774,14 @@ class WarmGrabber:
                 # only while the session is warm (it closes after the linger).
                 if packet.stream_index != stream.index:
                     continue
-                if (frame := keyframes.push(packet) if packet.size else keyframes.end()) is None:
+                if (
+                    frame := keyframes.push(packet, now) if packet.size else keyframes.end()
+                ) is None:
                     continue
                 grabbed = GrabbedFrame(
                     info=StreamInfo(codec=codec.name, width=frame.width, height=frame.height),
                     jpeg=encode_bgr(frame.to_ndarray(format="bgr24")),
-                    received_at=now,
+                    received_at=keyframes.completed_at,
                 )
                 first = None  # the timing goes with the session's first keyframe only
                 if timing is None:
