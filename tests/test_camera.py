@@ -23,7 +23,7 @@ from homeassistant.util import dt as dt_util
 from PIL import Image
 import pytest
 from pytest_homeassistant_custom_component.common import MockConfigEntry, async_fire_time_changed
-from pytest_homeassistant_custom_component.typing import ClientSessionGenerator
+from pytest_homeassistant_custom_component.typing import ClientSessionGenerator, WebSocketGenerator
 import pytest_socket
 import yarl
 
@@ -356,6 +356,52 @@ async def test_still_from_running_stream(
         image = await async_get_image(hass, entity_id)
         assert _camera_index(image.content) == 1
         assert rtsp_only_camera.stats.play_sessions == sessions
+
+
+def _box_corner(jpeg: bytes) -> str:
+    """Where the virtual camera's dark name-and-clock box is: it is drawn top left."""
+    image = Image.open(io.BytesIO(jpeg)).convert("L")
+    corners = {
+        "top left": (2, 2),
+        "bottom right": (image.width - 3, image.height - 3),
+    }
+    dark = [name for name, xy in corners.items() if int(image.getpixel(xy)) < 60]
+    assert len(dark) == 1, dark
+    return dark[0]
+
+
+async def test_stills_are_turned_alike_whether_or_not_the_stream_runs(
+    hass: HomeAssistant,
+    rtsp_only_camera: VirtualCamera,
+    hass_ws_client: WebSocketGenerator,
+) -> None:
+    """Orientation "rotate 180": the still is upside down from either source.
+
+    Home Assistant turns its stream and the stills it takes from it; before,
+    LocalCam's own grab was served as the camera sent it, so a dashboard's
+    picture flipped whenever someone opened or closed the live view.
+    """
+    entity_id = await _entity_id(hass, rtsp_only_camera, snapshot=False)
+    client = await hass_ws_client()
+    await client.send_json_auto_id(
+        {"type": "camera/update_prefs", "entity_id": entity_id, "orientation": 3}
+    )
+    assert (await client.receive_json())["success"]
+    entity = get_camera_from_entity_id(hass, entity_id)
+    grabbed = await entity.async_snapshot()
+    assert grabbed.source.value == "rtsp_grab"
+    assert _box_corner(grabbed.jpeg) == "bottom right"
+    async with _running_stream(hass, entity_id, rtsp_only_camera):
+        await asyncio.sleep(1.1)  # past max age: the next still comes from the stream
+        from_stream = await entity.async_snapshot()
+        assert from_stream.source.value == "stream_keyframe"
+        assert _box_corner(from_stream.jpeg) == "bottom right"
+    await client.send_json_auto_id(
+        {"type": "camera/update_prefs", "entity_id": entity_id, "orientation": 1}
+    )
+    assert (await client.receive_json())["success"]
+    await asyncio.sleep(1.1)
+    assert _box_corner((await entity.async_snapshot()).jpeg) == "top left"
 
 
 async def test_a_home_assistant_whose_converter_hides_its_image_gets_grabbed_stills(

@@ -161,10 +161,16 @@ class LocalCamCamera(LocalCamEntity, Camera):
         await super().async_added_to_hass()
         self._client.keyframe_provider = self._async_stream_keyframe
         self._client.guard.on_refused = self._async_redirect_refused
+        # Home Assistant turns the stream (and stills taken from it) as the
+        # camera's Orientation setting says; LocalCam's other stills are
+        # turned alike (the settings object changes in place with the setting).
+        settings = await get_dynamic_camera_stream_settings(self.hass, self.entity_id)
+        self._client.orientation = lambda: int(settings.orientation)
 
         def _detach() -> None:
             self._client.keyframe_provider = None
             self._client.guard.on_refused = None
+            self._client.orientation = None
             if self._refusal_over is not None:
                 self._refusal_over()
                 self._refusal_over = None

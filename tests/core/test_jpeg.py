@@ -3,11 +3,13 @@
 import io
 
 from homeassistant.components.camera.img_util import find_supported_scaling_factor
+from homeassistant.components.stream.core import TRANSFORM_IMAGE_FUNCTION
+import numpy as np
 from PIL import Image
 import pytest
 
 from custom_components.localcam.core.errors import InvalidImageError
-from custom_components.localcam.core.jpeg import cover_size, scale_jpeg, validate_jpeg
+from custom_components.localcam.core.jpeg import cover_size, orient_jpeg, scale_jpeg, validate_jpeg
 
 
 def _jpeg(width: int = 64, height: int = 48, color: tuple[int, int, int] = (200, 30, 30)) -> bytes:
@@ -161,3 +163,48 @@ def test_scale_is_a_no_op_without_a_smaller_request() -> None:
     original = _jpeg(64, 48)
     assert scale_jpeg(original, None, None) == (original, 64, 48)
     assert scale_jpeg(original, 128, 96) == (original, 64, 48)
+
+
+def _quadrants_jpeg() -> tuple[bytes, np.ndarray]:
+    """A 64x32 picture of four coloured quadrants, as a JPEG and as RGB pixels."""
+    pixels = np.zeros((32, 64, 3), dtype=np.uint8)
+    pixels[:16, :32] = QUADRANTS[0]
+    pixels[:16, 32:] = QUADRANTS[1]
+    pixels[16:, :32] = QUADRANTS[2]
+    pixels[16:, 32:] = QUADRANTS[3]
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=95)
+    return buffer.getvalue(), pixels
+
+
+QUADRANTS = ((220, 20, 20), (20, 220, 20), (20, 20, 220), (230, 230, 230))
+
+
+def _corners(rgb: np.ndarray) -> list[int]:
+    """Which quadrant colour is nearest each corner (clockwise from top left)."""
+    height, width = rgb.shape[:2]
+    spots = [(4, 4), (4, width - 5), (height - 5, width - 5), (height - 5, 4)]
+    colors = np.array(QUADRANTS, dtype=np.int64)
+    return [
+        int(((colors - rgb[y, x].astype(np.int64)) ** 2).sum(axis=1).argmin()) for y, x in spots
+    ]
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_a_still_is_turned_as_home_assistant_turns_its_stream(orientation: int) -> None:
+    """Each Orientation setting turns the picture exactly as HA's stream turns its keyframes."""
+    data, pixels = _quadrants_jpeg()
+    turned, width, height = orient_jpeg(data, orientation)
+    expected = TRANSFORM_IMAGE_FUNCTION[orientation](pixels)
+    got = np.asarray(Image.open(io.BytesIO(turned)).convert("RGB"))
+    assert (width, height) == (expected.shape[1], expected.shape[0]) == (got.shape[1], got.shape[0])
+    assert _corners(got) == _corners(expected)
+    assert (turned is data) == (orientation == 1)
+
+
+def test_an_unknown_or_undecodable_orientation_leaves_the_picture_as_it_is() -> None:
+    """A value outside 1-8, or pixels TurboJPEG cannot give as RGB: the camera's own picture."""
+    data, _ = _quadrants_jpeg()
+    assert orient_jpeg(data, 9) == (data, 64, 32)
+    cmyk = _color_jpeg(64, 32, "CMYK")
+    assert orient_jpeg(cmyk, 3) == (cmyk, 64, 32)

@@ -4,6 +4,7 @@ This module is the layer that guarantees no broken image is ever cached or
 served: every still, whatever its source, passes ``validate_jpeg`` first.
 """
 
+from collections.abc import Callable
 import threading
 from typing import TYPE_CHECKING, Final
 
@@ -142,3 +143,48 @@ def scale_jpeg(data: bytes, width: int | None, height: int | None) -> tuple[byte
         image = Image.fromarray(pixels).resize(target, Image.Resampling.BICUBIC)
         pixels = np.asarray(image)
     return bytes(turbojpeg().encode(pixels, quality=80, pixel_format=TJPF_RGB)), *target
+
+
+def orient_jpeg(data: bytes, orientation: int) -> tuple[bytes, int, int]:
+    """The picture turned as Home Assistant's camera setting *Orientation* turns its stream.
+
+    ``orientation`` is the setting's value (EXIF's numbering, 1 to 8, with
+    the meanings Home Assistant's stream gives them: 2 mirror, 3 rotate 180,
+    4 flip, 5 rotate left and flip, 6 rotate left, 7 rotate right and flip,
+    8 rotate right). Home Assistant turns only the stream and stills taken
+    from it; LocalCam's other stills (snapshot URL, its own grabs) are turned
+    here, so a camera's stills look the same whichever source served them.
+    Returns the JPEG and its size; 1 (or an unknown value) leaves it as it is.
+    """
+    import numpy as np  # noqa: PLC0415 - only turned cameras need these
+    from turbojpeg import TJPF_RGB  # noqa: PLC0415
+
+    try:
+        decoded = turbojpeg().decode(data, pixel_format=TJPF_RGB) if orientation in _TURNS else None
+    except OSError:
+        # Decodable header, undecodable pixels for RGB (a CMYK JPEG, say):
+        # the picture as the camera sent it, rather than none.
+        decoded = None
+    if decoded is None:
+        width, height, _s, _c = turbojpeg().decode_header(data)
+        return data, int(width), int(height)
+    pixels = np.ascontiguousarray(_TURNS[orientation](decoded))
+    encoded = bytes(turbojpeg().encode(pixels, quality=85, pixel_format=TJPF_RGB))
+    return encoded, int(pixels.shape[1]), int(pixels.shape[0])
+
+
+def _transpose(pixels: np.ndarray) -> np.ndarray:
+    """Rows become columns (the mirror along the top-left to bottom-right diagonal)."""
+    return pixels.transpose(1, 0, 2)
+
+
+# Rows x columns x channels; each the turn its setting names (see orient_jpeg).
+_TURNS: Final[dict[int, Callable[[np.ndarray], np.ndarray]]] = {
+    2: lambda p: p[:, ::-1],  # mirror: left and right swap
+    3: lambda p: p[::-1, ::-1],  # rotate 180
+    4: lambda p: p[::-1],  # flip: top and bottom swap
+    5: _transpose,  # rotate left, then flip
+    6: lambda p: _transpose(p)[::-1],  # rotate left (a quarter turn anticlockwise)
+    7: lambda p: _transpose(p[::-1, ::-1]),  # rotate right, then flip
+    8: lambda p: _transpose(p[::-1]),  # rotate right (a quarter turn clockwise)
+}

@@ -98,6 +98,8 @@ class CameraClient:
         self.keyframe_provider: KeyframeProvider | None = None
         # Set by the glue for cameras that can say who they are (ONVIF).
         self.identity_probe: IdentityProbe | None = None
+        # Set by the glue: the camera's Orientation setting now (jpeg.orient_jpeg).
+        self.orientation: Callable[[], int] | None = None
         self.timeout = DEFAULT_TIMEOUT
         # A warm RTSP session's latest keyframe is reused while it is at most
         # this old (the glue sets half the cache's max age, so a reused frame
@@ -314,6 +316,7 @@ class CameraClient:
                 if (
                     len(raw.body) <= INLINE_FINISH_BYTES
                     and not self._needs_link_check(raw)
+                    and self._turn(raw) == 1
                     and jpeg.loaded()
                 ):
                     # A header parse and a hash of a small JPEG cost less than
@@ -415,17 +418,29 @@ class CameraClient:
         """
         self.check_link_identity(raw.address, raw.host)
         width, height = jpeg.validate_jpeg(raw.body, raw.content_type)
+        body = raw.body
+        if (turn := self._turn(raw)) != 1:
+            body, width, height = jpeg.orient_jpeg(body, turn)
         return Snapshot(
             camera_id=self.source.camera_id,
             fingerprint=self.source.fingerprint,
             source=raw.kind,
-            jpeg=raw.body,
+            jpeg=body,
             width=width,
             height=height,
             captured_at=raw.received,
             captured_wall=wall,
-            sha256=hashlib.sha256(raw.body).hexdigest(),
+            sha256=hashlib.sha256(body).hexdigest(),
         )
+
+    def _turn(self, raw: _Raw) -> int:
+        """How to turn this still (1: as it is): as the camera's Orientation setting says.
+
+        A keyframe of Home Assistant's own stream comes turned already.
+        """
+        if self.orientation is None or raw.kind is SnapshotSource.STREAM_KEYFRAME:
+            return 1
+        return self.orientation()
 
 
 @dataclass(frozen=True, slots=True)
