@@ -471,6 +471,62 @@ async def test_a_pending_offer_does_not_block_adding_the_camera_by_hand(
     assert hass.config_entries.flow.async_progress_by_handler(DOMAIN) == []
 
 
+@pytest.mark.parametrize("way", ["onvif", "scan", "url"])
+async def test_an_offer_keyed_by_uuid_ends_when_the_camera_is_added_by_hand(
+    hass: HomeAssistant, onvif_camera: VirtualCamera, way: str
+) -> None:
+    """A WS-Discovery offer without a MAC (keyed by UUID) does not outlive the camera's entry.
+
+    Home Assistant ends only offers keyed like the new entry (its MAC); this
+    one stayed under Discovered until a restart. An entry added over ONVIF
+    knows the UUID: the offer ends with its creation. One added by URL does
+    not: the offer ends as already configured when it is opened.
+    """
+    offer = await hass.config_entries.flow.async_init(
+        DOMAIN,
+        context={"source": SOURCE_INTEGRATION_DISCOVERY},
+        data={
+            "host": "127.0.0.1",
+            "port": onvif_camera.http_port,
+            "uuid": onvif_camera.device_uuid,
+            "name": "Door",
+        },
+    )
+    assert offer["step_id"] == "discovery_confirm"
+    result = await _add_by_hand(hass, onvif_camera, way)
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    left = hass.config_entries.flow.async_progress_by_handler(DOMAIN)
+    if way != "url":
+        assert left == []
+        return
+    assert [flow["flow_id"] for flow in left] == [offer["flow_id"]]
+    result = await hass.config_entries.flow.async_configure(offer["flow_id"], {})
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "already_configured"
+
+
+async def test_an_rtsp_announcement_ends_when_its_stream_is_added_by_url(
+    hass: HomeAssistant, onvif_camera: VirtualCamera
+) -> None:
+    """An _rtsp._tcp offer (keyed by address) ends when that stream's entry is created."""
+    announcement = ZeroconfServiceInfo(
+        ip_address=ip_address("127.0.0.1"),
+        ip_addresses=[ip_address("127.0.0.1")],
+        hostname="cam.local.",
+        name="Door._rtsp._tcp.local.",
+        port=onvif_camera.rtsp_port,
+        type="_rtsp._tcp.local.",
+        properties={},
+    )
+    offer = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_ZEROCONF}, data=announcement
+    )
+    assert offer["step_id"] == "discovery_confirm"
+    result = await _add_by_hand(hass, onvif_camera, "url")
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    assert hass.config_entries.flow.async_progress_by_handler(DOMAIN) == []
+
+
 async def test_integration_discovery(hass: HomeAssistant, onvif_camera: VirtualCamera) -> None:
     """Background WS-Discovery results are confirmed, then added over ONVIF."""
     result = await hass.config_entries.flow.async_init(

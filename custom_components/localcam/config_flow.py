@@ -4,9 +4,12 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from ipaddress import ip_address
-from typing import Any, override
+from typing import Any, Final, override
 
 from homeassistant.config_entries import (
+    SOURCE_DHCP,
+    SOURCE_INTEGRATION_DISCOVERY,
+    SOURCE_ZEROCONF,
     ConfigFlow,
     ConfigFlowResult,
     OptionsFlowWithReload,
@@ -155,6 +158,7 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
         """Start with no placeholders and nothing discovered."""
         self._placeholders: dict[str, str] = {}
         self._discovered: dict[str, Any] = {}
+        self._offered = Identity()  # what a discovery offer's announcement said
         self._found: dict[str, DiscoveredDevice] = {}
         # The extra allowed networks typed into the scan form (carried to the pick).
         self._scan_options: dict[str, str] = {}
@@ -237,6 +241,7 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
                 for n in range(streams + 1, streams + len(titles) + 2)
                 if f"{title} ({n})" not in titles
             )
+        self._async_end_offers(data)
         return self.async_create_entry(title=title, data=data, options=options)
 
     async def async_step_reconfigure(
@@ -361,6 +366,7 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
                 data[CONF_CAMERA_ID] = new_camera_id(
                     self.hass.config_entries.async_entries(DOMAIN), data[CONF_CAMERA_ID]
                 )
+                self._async_end_offers(data)
                 return self.async_create_entry(title=data.pop("title"), data=data, options=options)
         return self._onvif_form(
             "onvif", _onvif_schema(adding=True), user_input or self._discovered, errors
@@ -655,16 +661,45 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
             await self.async_set_unique_id(f"{kind}_{_bracket(host)}:{port}")
             self._abort_if_unique_id_configured()
         self._discovered = {CONF_HOST: host, CONF_PORT: port, "kind": kind}
+        self._offered = seen
         if kind == "rtsp":
             self._discovered[CONF_STREAM_URL] = f"rtsp://{_bracket(host)}:{port}/"
         self._placeholders = {"name": name or host, "host": host}
         self.context["title_placeholders"] = {"name": name or host}
         return await self.async_step_discovery_confirm()
 
+    @callback
+    def _async_end_offers(self, data: Mapping[str, Any]) -> None:
+        """Abort the pending discovery offers of the camera this flow is adding.
+
+        Home Assistant ends only the offers keyed like the new entry. One keyed
+        by the camera's serial or UUID (a WS-Discovery reply without a MAC) or
+        by its address (an announcement without an identity) would stay listed
+        under Discovered until Home Assistant restarts, and lead nowhere but
+        to already_configured. Offers keyed by another device's identity stay.
+        """
+        identity = Identity.from_dict(data.get(CONF_IDENTITY))
+        host = _bracket(_data_host(data))
+        ports = {data.get(CONF_PORT), yarl.URL(data[CONF_STREAM_URL]).explicit_port or 554}
+        keys = {
+            identity.mac,
+            f"serial_{identity.serial}" if identity.serial else None,
+            f"uuid_{identity.uuid}" if identity.uuid else None,
+            *(f"{kind}_{host}:{port}" for kind in ("onvif", "rtsp") for port in ports if port),
+        }
+        for flow in self._async_in_progress(include_uninitialized=True):
+            context = flow["context"]
+            if context.get("source") in _OFFER_SOURCES and context.get("unique_id") in keys:
+                self.hass.config_entries.flow.async_abort(flow["flow_id"])
+
     async def async_step_discovery_confirm(
         self, user_input: dict[str, Any] | None = None
     ) -> ConfigFlowResult:
         """Ask before adding a discovered camera."""
+        if self._offer_configured():
+            # Added by hand since it was offered (an offer keyed by the
+            # camera's UUID, which an entry added by URL does not know).
+            return self.async_abort(reason="already_configured")
         if user_input is None:
             return self.async_show_form(
                 step_id="discovery_confirm", description_placeholders=self._placeholders
@@ -672,6 +707,19 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
         if self._discovered["kind"] == "rtsp":
             return await self.async_step_url()
         return await self.async_step_onvif()
+
+    def _offer_configured(self) -> bool:
+        """Whether an entry now configures the camera this offer was made for.
+
+        At the offer's address, and nothing the offer announced says it is
+        another device (the rule ``_async_discovered`` applies on arrival).
+        """
+        host = self._discovered.get(CONF_HOST)
+        return any(
+            _entry_host(entry) == host
+            and not Identity.from_dict(entry.data.get(CONF_IDENTITY)).differs(self._offered)
+            for entry in self._async_current_entries(include_ignore=False)
+        )
 
     async def _async_follow(self, entry: LocalCamConfigEntry, host: str) -> bool:
         """Move an entry to its camera's new address, only after an identity check.
@@ -881,6 +929,10 @@ def _networks_error(text: str) -> str | None:
     except ValueError as err:
         return str(err)
     return None
+
+
+# The sources of offers the user has not answered yet (discovery_confirm).
+_OFFER_SOURCES: Final = frozenset({SOURCE_DHCP, SOURCE_INTEGRATION_DISCOVERY, SOURCE_ZEROCONF})
 
 
 def _checked_identity(entry: LocalCamConfigEntry, data: Mapping[str, Any]) -> Identity | None:
