@@ -1,5 +1,6 @@
 """Repair fix flow: a camera replaced at its address is trusted only when the user says so."""
 
+from dataclasses import replace
 from http import HTTPStatus
 import io
 import socket
@@ -7,7 +8,7 @@ from typing import Any
 from unittest.mock import patch
 
 from homeassistant.components import camera as camera_component
-from homeassistant.const import CONF_PORT
+from homeassistant.const import CONF_PASSWORD, CONF_PORT
 from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import UnknownHandler
 from homeassistant.exceptions import HomeAssistantError
@@ -24,6 +25,7 @@ from custom_components.localcam.repairs import async_create_fix_flow
 from virtualcam import VirtualCamera, color_for, nearest_camera
 
 from .conftest import (
+    CAM_USER,
     add_onvif_entry,
     make_entry,
     onvif_camera_config,
@@ -234,3 +236,61 @@ async def test_fix_flow_edges(
         assert (result["type"], result["reason"]) == ("abort", reason)
     with pytest.raises(UnknownHandler):
         await async_create_fix_flow(hass, "h265_only_x", None)
+
+
+async def test_a_replacement_with_other_credentials_is_trusted_with_the_ones_typed(
+    hass: HomeAssistant, hass_client: ClientSessionGenerator, socket_enabled: None
+) -> None:
+    """The new camera refuses the entry's password: the fix flow asks for the new one.
+
+    Before, the flow said the device "did not answer", and reauth and
+    reconfigure refused the other device: only removing the entry (its
+    entities and history) was left. The credentials typed are used only for
+    the device at the camera's address, and kept with the identity they proved.
+    """
+    pytest_socket.socket_allow_hosts(["127.0.0.1", HOST])
+    assert await async_setup_component(hass, "repairs", {})
+    rtsp_port, http_port = _free_port(), _free_port()
+    cam = _camera(OLD, rtsp_port, http_port)
+    await cam.start()
+    try:
+        entry = await add_onvif_entry(hass, cam, HOST)
+        await cam.stop()
+        config = onvif_camera_config(NEW, HOST, rtsp_port, http_port, f"02:00:00:00:00:0{NEW}")
+        cam = VirtualCamera(replace(config, password="new-secret"))
+        await cam.start()
+        issue_id = f"identity_mismatch_{entry.entry_id}"
+        ir.async_create_issue(
+            hass, DOMAIN, issue_id, is_fixable=True, data={"entry_id": entry.entry_id},
+            severity=ir.IssueSeverity.ERROR, translation_key="identity_mismatch",
+            translation_placeholders={"host": HOST, "name": entry.title},
+        )  # fmt: skip
+        client = await hass_client()
+        resp = await client.post(
+            "/api/repairs/issues/fix", json={"handler": DOMAIN, "issue_id": issue_id}
+        )
+        flow = await resp.json()
+        url = f"/api/repairs/issues/fix/{flow['flow_id']}"
+        flow = await (await client.post(url, json={})).json()
+        assert flow["step_id"] == "credentials"
+        assert flow["description_placeholders"] == {"host": HOST, "name": entry.title}
+        flow = await (
+            await client.post(url, json={"username": CAM_USER, "password": "wrong"})
+        ).json()
+        assert (flow["step_id"], flow["errors"]) == ("credentials", {"base": "invalid_auth"})
+        assert entry.data[CONF_IDENTITY]["serial"] == f"SERIAL-{OLD}"
+        flow = await (
+            await client.post(url, json={"username": CAM_USER, "password": "new-secret"})
+        ).json()
+        assert flow["type"] == "create_entry"
+        await hass.async_block_till_done(wait_background_tasks=True)
+        assert entry.data[CONF_IDENTITY]["serial"] == f"SERIAL-{NEW}"
+        assert entry.data[CONF_PASSWORD] == "new-secret"
+        assert ir.async_get(hass).async_get_issue(DOMAIN, issue_id) is None
+        entities = er.async_entries_for_config_entry(er.async_get(hass), entry.entry_id)
+        entity_id = next(e.entity_id for e in entities if e.disabled_by is None)
+        assert await _colour(hass, entity_id) == NEW
+    finally:
+        for loaded in hass.config_entries.async_entries(DOMAIN):
+            await hass.config_entries.async_unload(loaded.entry_id)
+        await cam.stop()
