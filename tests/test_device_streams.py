@@ -309,7 +309,8 @@ async def test_a_replaced_device_is_trusted_for_each_of_its_streams(
         )
         flow = await resp.json()
         assert (flow["handler"], flow["step_id"]) == (DOMAIN, "confirm")
-        assert flow["description_placeholders"] == {"name": entry.title}  # LocalCam's flow
+        # LocalCam's flow, with the issue's address
+        assert flow["description_placeholders"] == {"host": "127.0.0.1", "name": entry.title}
         # The device now on the link is the replacement.
         with patch("custom_components.localcam.helpers.neighbour_mac", return_value=new_mac):
             resp = await client.post(f"/api/repairs/issues/fix/{flow['flow_id']}", json={})
