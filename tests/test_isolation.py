@@ -21,7 +21,7 @@ from PIL import Image
 import pytest
 from pytest_homeassistant_custom_component.typing import ClientSessionGenerator
 
-from custom_components.localcam.const import CONF_SNAPSHOT_MAX_AGE, DOMAIN
+from custom_components.localcam.const import CONF_SNAPSHOT_MAX_AGE, DOMAIN, SNAPSHOT_TIMEOUT
 from virtualcam import CameraFarm, Fault, color_for, nearest_camera
 
 from .conftest import CAM_PASSWORD, CAM_USER, make_entry, setup_entry
@@ -62,6 +62,7 @@ async def test_no_frame_crosses_cameras_under_faults(
     await farm.start()
     try:
         entities: dict[str, int] = {}
+        clients = {}
         for index, cam in enumerate(farm.cameras):
             entry = make_entry(
                 cam,
@@ -75,6 +76,7 @@ async def test_no_frame_crosses_cameras_under_faults(
             assert entity_id is not None
             entities[entity_id] = index
             entry.runtime_data.client.timeout = 3.0  # keep the hang phase short
+            clients[index] = entry.runtime_data.client
         client = await hass_client()
         by_index = {index: entity for entity, index in entities.items()}
         hanging, dropping, truncating, refusing_auth = 0, 1, 2, 3
@@ -96,17 +98,32 @@ async def test_no_frame_crosses_cameras_under_faults(
             return sorted(times)
 
         await uncached_round()  # first contact (auth handshake) is not what is compared
+        # The camera that will hang has shown its pace (one still, expired by
+        # the round below), and keeps the production fetch timeout: its
+        # viewers' error comes from the stall rule (twice its slowest still,
+        # at least 3 s), not from the 9 s.
+        hung_entity = by_index[hanging]
+        (await client.get(f"/api/camera_proxy/{hung_entity}")).release()
         baseline = await uncached_round()
+        hung_client = clients[hanging]
+        hung_client.timeout = SNAPSHOT_TIMEOUT
         farm[hanging].fault = Fault.HANG
+        hang_began = time.monotonic()
         stuck = [
-            asyncio.create_task(client.get(f"/api/camera_proxy/{by_index[hanging]}"))
-            for _ in range(16)
+            asyncio.create_task(client.get(f"/api/camera_proxy/{hung_entity}")) for _ in range(16)
         ]
         during_hang = await uncached_round()
         assert not any(task.done() for task in stuck), "the hang ended before the measurement"
         for resp in await asyncio.gather(*stuck):
             assert resp.status == 500  # the hanging camera's viewers get an error, not a frame
             resp.release()
+        stalled_after = time.monotonic() - hang_began
+        print(
+            f"\nisolation: a hung camera's 16 viewers got their error after {stalled_after:.2f} s "
+            f"(its fetch timeout: {SNAPSHOT_TIMEOUT:g} s)"
+        )
+        assert stalled_after < SNAPSHOT_TIMEOUT - 1, "a hung camera held its viewers to the timeout"
+        hung_client.timeout = 3.0  # the fault phase below: short, as for the others
 
         def median(values: list[float]) -> float:
             return values[len(values) // 2]
