@@ -13,6 +13,7 @@ from unittest.mock import patch
 
 import aiohttp
 import pytest
+import pytest_socket
 
 from custom_components.localcam.core import snapshot
 from custom_components.localcam.core.identity import Identity, IdentityMismatchError
@@ -155,3 +156,42 @@ async def test_a_camera_without_credentials_is_not_looked_at_first(
                 await client.close()
     finally:
         await cam.stop()
+
+
+async def test_a_snapshot_url_on_another_device_is_not_held_to_the_camera_s_mac(
+    camera: VirtualCamera, socket_enabled: None
+) -> None:
+    """Stills from an NVR (or a go2rtc server) at another address: served, credentials sent.
+
+    The camera's MAC pins the camera's own address. Held to the still URL's
+    device, every still (and its request's credentials) was refused as a swap.
+    The stream's address is still checked, before its credentials.
+    """
+    pytest_socket.socket_allow_hosts(["127.0.0.1", "127.0.0.5"])
+    nvr = VirtualCamera(camera_config("nvr", 3, host="127.0.0.5"))
+    await nvr.start()
+    macs = {"127.0.0.1": CAMERA_MAC, "127.0.0.5": OTHER_MAC}
+    try:
+        source = CameraSource(
+            camera_id=CAMERA_MAC,
+            stream_url=camera.rtsp_url,
+            snapshot_url=nvr.snapshot_url,
+            username=CAM_USER,
+            password=CAM_PASSWORD,
+            identity=Identity(mac=CAMERA_MAC),
+        )
+        with patch.object(snapshot, "neighbour_mac", lambda address, *_: macs[str(address)]):
+            async with aiohttp.ClientSession() as session:
+                client = CameraClient(session, NetPolicy(), source)
+                try:
+                    frame = await client.fetch_snapshot()
+                    assert nvr.stats.credentialed_requests >= 1
+                    assert frame.camera_id == CAMERA_MAC
+                    await client.check_health()  # the camera itself: its MAC, checked
+                    macs["127.0.0.1"] = OTHER_MAC
+                    with pytest.raises(IdentityMismatchError):
+                        await client.check_health()
+                finally:
+                    await client.close()
+    finally:
+        await nvr.stop()

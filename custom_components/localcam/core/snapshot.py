@@ -287,7 +287,21 @@ class CameraClient:
 
     def _needs_link_check(self, raw: _Raw) -> bool:
         """Whether finishing this still reads the kernel's neighbour table (blocking)."""
-        return raw.address is not None and bool(self.source.identity.mac)
+        return (
+            raw.address is not None
+            and bool(self.source.identity.mac)
+            and self._is_camera_host(raw.host)
+        )
+
+    def _is_camera_host(self, host: str) -> bool:
+        """Whether ``host`` is the camera's own (its stream's), which its MAC pins.
+
+        A snapshot URL on another host (an NVR, a go2rtc or Frigate server
+        that serves this camera's stills) is another device by the user's own
+        choice: the camera's MAC says nothing about it, and comparing the two
+        would refuse every still (and its credentials) as a swap.
+        """
+        return host == yarl_host(self.source.stream_url)
 
     def check_link_identity(self, address: IPv4Address | IPv6Address | None, host: str) -> None:
         """Compare the MAC now answering at ``address`` with the configured one.
@@ -408,7 +422,8 @@ class CameraClient:
 
     async def _before_http_credentials(self, target: Target) -> None:
         """The snapshot URL's check before a request that may carry credentials."""
-        await self.guard_credentials(target.address, target.port, target.host, connected=False)
+        if self._is_camera_host(target.host):
+            await self.guard_credentials(target.address, target.port, target.host, connected=False)
 
     def _finish(self, raw: _Raw, wall: datetime) -> Snapshot:
         """Check identity, validate and stamp a still.
@@ -416,7 +431,8 @@ class CameraClient:
         In the executor; inline for small stills that need no /proc read once
         libturbojpeg is loaded (fetch_snapshot decides).
         """
-        self.check_link_identity(raw.address, raw.host)
+        if self._is_camera_host(raw.host):
+            self.check_link_identity(raw.address, raw.host)
         width, height = jpeg.validate_jpeg(raw.body, raw.content_type)
         body = raw.body
         if (turn := self._turn(raw)) != 1:
