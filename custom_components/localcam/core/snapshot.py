@@ -266,8 +266,8 @@ class CameraClient:
         Raises IdentityMismatchError.
         """
         source = self.source
-        if address is None or not source.identity.mac:
-            return
+        if address is None or address.version == 6 or not source.identity.mac:
+            return  # (IPv6 neighbours are not read: neighbour_mac)
         if source.username is None and source.password is None:
             return  # nothing secret to send; each connection's own check still runs
         if not connected:
