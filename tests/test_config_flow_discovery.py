@@ -53,6 +53,7 @@ from virtualcam import CameraConfig, Fault, VirtualCamera, color_for
 from .conftest import CAM_PASSWORD, CAM_USER, add_onvif_entry, camera_config, make_entry
 
 MAC = "02:00:00:aa:bb:01"
+OTHER_MAC = "02:00:00:aa:bb:99"  # another device's, on the link at the camera's address
 SERIAL = "VC-0001"
 EN = Path(__file__).parents[1] / "custom_components" / "localcam" / "translations" / "en.json"
 
@@ -388,6 +389,40 @@ async def test_reauth_of_an_onvif_camera_asks_the_device_who_it_is(
     assert result["reason"] == "reauth_successful"
     assert entry.data[CONF_PASSWORD] == CAM_PASSWORD
     await hass.async_block_till_done()
+
+
+@pytest.mark.parametrize("flow", ["reauth", "reconfigure"])
+async def test_an_onvif_camera_s_new_password_goes_only_to_the_device_with_its_mac(
+    hass: HomeAssistant, onvif_camera: VirtualCamera, flow: str
+) -> None:
+    """Reauth and reconfigure of an ONVIF camera: another MAC on the link is sent nothing.
+
+    Before, the typed password went to the device over ONVIF (and in the
+    stream test), and only then were the identities compared.
+    """
+    entry = _onvif_entry_at("127.0.0.1", onvif_camera.http_port, onvif_camera.rtsp_port)
+    entry.add_to_hass(hass)
+    if flow == "reauth":
+        result = await _reauth(hass, entry.entry_id)
+        typed = {CONF_USERNAME: CAM_USER, CONF_PASSWORD: CAM_PASSWORD}
+    else:
+        result = await entry.start_reconfigure_flow(hass)
+        typed = _onvif_input(onvif_camera)
+    sent = onvif_camera.stats.credentialed_requests
+    with patch("custom_components.localcam.helpers.neighbour_mac", return_value=OTHER_MAC):
+        result = await hass.config_entries.flow.async_configure(result["flow_id"], typed)
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "wrong_camera"
+    assert onvif_camera.stats.credentialed_requests == sent
+    # The camera itself (its MAC on the link): tested and saved as before.
+    if flow == "reauth":
+        result = await _reauth(hass, entry.entry_id)
+    else:
+        result = await entry.start_reconfigure_flow(hass)
+    with patch("custom_components.localcam.helpers.neighbour_mac", return_value=MAC):
+        result = await hass.config_entries.flow.async_configure(result["flow_id"], typed)
+    assert result["reason"] == f"{flow}_successful"
+    assert onvif_camera.stats.credentialed_requests > sent
 
 
 async def test_scan_finds_cameras_by_unicast(

@@ -149,8 +149,9 @@ class CameraStats:
     active_play_sessions: int = 0
     snapshot_requests: int = 0
     unauthorized_responses: int = 0
-    # RTSP and HTTP requests that carried an Authorization header (any scheme):
-    # how a test sees that a client sent this device credentials at all.
+    # RTSP and HTTP requests that carried an Authorization header (any scheme),
+    # and ONVIF requests with a WS-Security UsernameToken: how a test sees that
+    # a client sent this device credentials at all.
     credentialed_requests: int = 0
     onvif_requests: int = 0
     onvif_auth_failures: int = 0

@@ -248,6 +248,9 @@ class OnvifService:
     def _authorized(self, header: ET.Element | None) -> bool:
         """Whether the request may run (no username configured: everyone may)."""
         cfg = self.camera.config
+        path = f"{{{WSSE}}}Security/{{{WSSE}}}UsernameToken"
+        if header is not None and header.find(path) is not None:
+            self.camera.stats.credentialed_requests += 1
         if self.camera.fault is Fault.UNAUTHORIZED:
             return False
         if not cfg.username:

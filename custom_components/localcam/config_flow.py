@@ -301,6 +301,8 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
                 CONF_PASSWORD: user_input.get(CONF_PASSWORD),
             }
             if entry.data.get(CONF_ONVIF):
+                if await self._async_link_refuses(entry, candidate):
+                    return self.async_abort(reason="wrong_camera")  # and sent nothing
                 # The device says who it is (serial, UUID, MAC) over ONVIF,
                 # where the link may show no MAC at all (routed, IPv6).
                 data = await self._async_test_onvif(candidate, entry.options, errors)
@@ -380,6 +382,8 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
         errors: dict[str, str] = {}
         if user_input is not None:
             user_input = _keep_stored_password(user_input, entry)
+            if await self._async_link_refuses(entry, {**entry.data, **user_input}):
+                return self.async_abort(reason="wrong_camera")  # and sent nothing
             data = await self._async_test_onvif(user_input, entry.options, errors)
             if data is not None:
                 if (identity := _onvif_identity(entry, data)) is None:
@@ -391,6 +395,26 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
         return self._onvif_form(
             "reconfigure_onvif", _onvif_schema(), user_input or entry.data, errors
         )
+
+    async def _async_link_refuses(
+        self, entry: LocalCamConfigEntry, data: Mapping[str, Any]
+    ) -> bool:
+        """Whether the link shows another MAC than the camera's at ``data``'s address.
+
+        A bare connection, nothing sent: an ONVIF camera's reauth and
+        reconfigure ask the device with the typed credentials, and a device
+        the link already shows to be another one must not get them. Where the
+        link shows no MAC (routed, IPv6, a repeater's rewrite dropped from
+        the identity), or nothing answers, the ONVIF test decides as before.
+        """
+        stored = Identity.from_dict(entry.data.get(CONF_IDENTITY))
+        if not stored.mac:
+            return False
+        try:
+            link = await async_link_mac(self.hass, data, entry.options)
+        except LocalCamError:
+            return False
+        return link is not None and link != stored.mac
 
     def _onvif_form(
         self,
