@@ -970,6 +970,49 @@ async def test_follow_refuses_a_device_that_repeats_only_broadcast_fields(
         assert entry.data[CONF_STREAM_URL].startswith("rtsp://127.0.0.3:")
 
 
+async def test_an_announcement_elsewhere_gets_nothing_while_the_camera_is_at_home(
+    hass: HomeAssistant, loopback_hosts: None
+) -> None:
+    """No MAC on the link: the camera is asked at its own address before anyone else.
+
+    Anyone on the LAN can announce the camera's UUID at an address of their
+    own. Asked who it is, such a device got the camera's credentials (a
+    WS-Security digest, open to replay and offline guessing) at every
+    announcement. While the camera answers at home as itself, it has not
+    moved: the announcer is sent nothing.
+    """
+    async with (
+        _onvif_camera(host="127.0.0.1", device_uuid=UUID) as camera,
+        _onvif_camera(
+            host="127.0.0.2",
+            mac=None,
+            serial=None,
+            device_uuid=UUID,
+            password="not-the-camera-s",
+            http_port=camera.http_port,
+            rtsp_port=camera.rtsp_port,
+        ) as announcer,
+    ):
+        home = _onvif_entry_at("127.0.0.1", camera.http_port, camera.rtsp_port)
+        entry = _with_identity(home, serial=SERIAL, uuid=UUID)
+        entry.add_to_hass(hass)
+        result = await _ws_discovered(hass, "127.0.0.2", announcer.http_port)
+        assert (result["type"], result["reason"]) == (
+            FlowResultType.ABORT,
+            "already_configured",
+        )
+        assert announcer.stats.credentialed_requests == 0
+        assert camera.stats.credentialed_requests > 0  # asked at home, as a check does
+        assert entry.data[CONF_HOST] == "127.0.0.1"
+        # Gone from home: only then is the announced address asked (and,
+        # repeating the UUID alone, not followed: see the test above).
+        await camera.stop()
+        result = await _ws_discovered(hass, "127.0.0.2", announcer.http_port)
+        assert result["reason"] == "already_configured"
+        assert announcer.stats.credentialed_requests > 0
+        assert entry.data[CONF_HOST] == "127.0.0.1"
+
+
 async def test_follow_by_link_mac_asks_the_device_nothing(
     hass: HomeAssistant, loopback_hosts: None
 ) -> None:

@@ -759,6 +759,14 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
         stored = Identity.from_dict(entry.data.get(CONF_IDENTITY))
         old_host = _entry_host(entry)
         new_data = _with_host(entry.data, host)
+        if entry.data.get(CONF_ONVIF) and await self._async_at_home(entry, stored, new_data):
+            LOGGER.info(
+                "Not asking the device at %s who it is: %s still answers at %s",
+                host,
+                entry.title,
+                old_host,
+            )
+            return True
         try:
             seen = await async_observe_identity(self.hass, new_data, entry.options, expected=stored)
         except LocalCamError as err:
@@ -801,6 +809,32 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
             self.hass.config_entries.async_update_entry(moved, data=_with_host(moved.data, host))
             self.hass.config_entries.async_schedule_reload(moved.entry_id)
         return True
+
+    async def _async_at_home(
+        self, entry: LocalCamConfigEntry, stored: Identity, new_data: Mapping[str, Any]
+    ) -> bool:
+        """Whether an ONVIF camera that only asking could find elsewhere is still at home.
+
+        Where the link cannot tell the device at the new address (no MAC
+        there: routed, IPv6, or a camera pinned by serial), only asking it
+        can, with the camera's credentials (a WS-Security digest, open to
+        replay and offline guessing). The address came from an announcement
+        anyone on the LAN can send, naming the camera's UUID. So the camera
+        is asked at its own address first (as each health check asks it):
+        while it proves to be there, it has not moved, and the new address
+        is sent nothing. Only a camera gone from its address is looked for.
+        """
+        if stored.mac:
+            try:
+                if await async_link_mac(self.hass, new_data, entry.options) is not None:
+                    return False  # the link decides there, nothing sent (async_observe_identity)
+            except LocalCamError:
+                return False  # nothing answers there: the look that follows says so
+        try:
+            seen = await async_observe_identity(self.hass, entry.data, entry.options)
+        except LocalCamError:
+            return False  # gone from its address: the new one may be it
+        return stored.proves_move(seen.identity, seen.link_mac)
 
     async def _async_mac_shared(
         self, there: LocalCamConfigEntry, identity: Identity, data: Mapping[str, Any]
