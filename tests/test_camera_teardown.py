@@ -8,6 +8,7 @@ from unittest.mock import patch
 from homeassistant.components.camera.helper import get_camera_from_entity_id
 from homeassistant.config_entries import ConfigEntryState
 from homeassistant.core import HomeAssistant
+from homeassistant.helpers import entity_registry as er
 import pytest
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 from pytest_homeassistant_custom_component.typing import WebSocketGenerator
@@ -232,3 +233,79 @@ async def test_a_preloaded_stream_that_reaches_another_device_is_stopped(
         assert not stream.outputs()
     assert await _preload(hass_ws_client, entity_id)  # the user's setting is untouched
     await hass.config_entries.async_unload(entry.entry_id)
+
+
+async def test_a_renamed_camera_still_streams(
+    hass: HomeAssistant, rtsp_only_camera: VirtualCamera
+) -> None:
+    """A new entity id: HA removes and re-adds the same entity, which must stream again.
+
+    Before, the re-added entity still counted itself removed: no live view
+    (HLS) until the entry reloaded.
+    """
+    cam = rtsp_only_camera
+    entry = await _stream_entry(hass, cam)
+    entity_id = main_entity_id(hass, entry)
+    entity = get_camera_from_entity_id(hass, entity_id)
+    er.async_get(hass).async_update_entity(entity_id, new_entity_id="camera.front_door")
+    await hass.async_block_till_done()
+    assert get_camera_from_entity_id(hass, "camera.front_door") is entity
+    stream = await entity.async_create_stream()
+    assert stream is not None
+    stream.add_provider("hls")
+    await stream.start()
+    assert await _until(hass, lambda: cam.stats.active_play_sessions == 1, 10)
+    assert await hass.config_entries.async_unload(entry.entry_id)
+    assert await _until(hass, lambda: cam.stats.active_play_sessions == 0, 5)
+
+
+async def test_a_stream_asked_for_during_the_removal_is_not_handed_out(
+    hass: HomeAssistant, rtsp_only_camera: VirtualCamera
+) -> None:
+    """The entry unloads while a new stream's address is checked: no stream, no worker left.
+
+    Before, the stream came back to its caller (a viewer, a preload) after
+    the removal had stopped it, and its worker then ran on against the
+    camera's closed relay, logging an error at every retry.
+    """
+    cam = rtsp_only_camera
+    entry = await _stream_entry(hass, cam)
+    entity = get_camera_from_entity_id(hass, main_entity_id(hass, entry))
+    checking, release = asyncio.Event(), asyncio.Event()
+    real = entity._async_repin_stream  # type: ignore[attr-defined]
+
+    async def slow_repin(stream: Any) -> None:
+        checking.set()
+        await release.wait()  # a slow name lookup
+        await real(stream)
+
+    with patch.object(entity, "_async_repin_stream", slow_repin):
+        asked = asyncio.create_task(entity.async_create_stream())
+        await checking.wait()
+        assert await hass.config_entries.async_unload(entry.entry_id)
+        release.set()
+        assert await asked is None
+    await asyncio.sleep(0.3)
+    assert cam.stats.play_sessions == 0
+
+
+async def test_a_preloaded_stream_comes_back_when_its_camera_does(
+    hass: HomeAssistant, rtsp_only_camera: VirtualCamera, hass_ws_client: WebSocketGenerator
+) -> None:
+    """A failed check stopped the stream (another device at the address); the camera is back.
+
+    With "Preload stream" on, the stream starts again with the first check
+    that passes, not at the next reload.
+    """
+    cam = rtsp_only_camera
+    entry = await _stream_entry(hass, cam)
+    entity_id = main_entity_id(hass, entry)
+    await _set_preload(hass_ws_client, entity_id, True)
+    coordinator = entry.runtime_data.coordinator
+    coordinator.async_set_update_error(RuntimeError("another device answers"))
+    assert _state(hass, entity_id) == "unavailable"
+    assert cam.stats.play_sessions == 0
+    await coordinator.async_refresh()  # the camera itself again
+    assert await _until(hass, lambda: cam.stats.active_play_sessions == 1, 10)
+    assert await hass.config_entries.async_unload(entry.entry_id)
+    assert await _until(hass, lambda: cam.stats.active_play_sessions == 0, 5)

@@ -910,9 +910,13 @@ async def test_camera_reporting_only_public_addresses(
 
 
 async def test_repair_when_the_camera_starts_reporting_a_public_address(
-    hass: HomeAssistant, onvif_camera: VirtualCamera
+    hass: HomeAssistant, onvif_camera: VirtualCamera, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A configured camera that later reports outside addresses gets a repair issue."""
+    """A configured camera that later reports outside addresses gets a repair issue.
+
+    (At the health check's whole read, every quarter hour: here at every check.)
+    """
+    monkeypatch.setattr("custom_components.localcam.WHOLE_READ_INTERVAL", 0.0)
     flow_id = await _onvif_form(hass)
     result = await hass.config_entries.flow.async_configure(flow_id, _onvif_input(onvif_camera))
     entry = result["result"]

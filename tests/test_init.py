@@ -21,6 +21,7 @@ from homeassistant.helpers.update_coordinator import UpdateFailed
 import pytest
 from pytest_homeassistant_custom_component.common import MockConfigEntry, async_fire_time_changed
 
+from custom_components import localcam
 from custom_components.localcam.const import (
     CONF_ALLOWED_NETWORKS,
     CONF_IDENTITY,
@@ -317,3 +318,46 @@ async def test_the_identity_check_after_each_fetch_is_light(
         before = cam.stats.onvif_requests
         await async_get_image(hass, entity_id)
         assert cam.stats.onvif_requests - before == first
+
+
+async def test_the_minute_s_check_reads_the_whole_description_only_every_quarter_hour(
+    hass: HomeAssistant, socket_enabled: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No MAC visible: the minute's check asks who the device is (two requests), not ten.
+
+    The whole description (profiles, the addresses the camera reports) is
+    read at setup and then every WHOLE_READ_INTERVAL: it changes with the
+    camera's settings, not by the minute.
+    """
+    config = onvif_camera_config(6, "127.0.0.1", 0, 0, "02:00:00:00:00:06")
+    async with _onvif_entity(hass, config) as (cam, entry, _entity_id):
+        coordinator = entry.runtime_data.coordinator
+        before = cam.stats.onvif_requests
+        await coordinator.async_refresh()
+        light = cam.stats.onvif_requests - before
+        assert light == 2  # clock and device information: the serial
+        monkeypatch.setattr(localcam, "WHOLE_READ_INTERVAL", 0.0)
+        before = cam.stats.onvif_requests
+        await coordinator.async_refresh()
+        assert cam.stats.onvif_requests - before > 2 * light  # profiles and their URIs too
+
+
+async def test_a_whole_read_that_ends_after_removal_raises_no_issue(
+    hass: HomeAssistant, socket_enabled: None
+) -> None:
+    """A camera reporting a public address, read by a check that outlives its entry: no issue."""
+    cam = VirtualCamera(onvif_camera_config(7, "127.0.0.1", 0, 0, "02:00:00:00:00:07"))
+    await cam.start()
+    try:
+        entry = await add_onvif_entry(hass, cam)
+        probe = entry.runtime_data.streams[entry.runtime_data.main].client.identity_probe
+        assert probe is not None
+        await hass.config_entries.async_remove(entry.entry_id)
+        await hass.async_block_till_done()
+        cam.config.reported_host = "203.0.113.9"
+        with patch.object(localcam, "WHOLE_READ_INTERVAL", 0.0):
+            await probe(True)  # the whole read of a check still under way
+        issue_id = f"uri_not_local_{entry.entry_id}"
+        assert ir.async_get(hass).async_get_issue(DOMAIN, issue_id) is None
+    finally:
+        await cam.stop()

@@ -1,5 +1,8 @@
 """LocalCam: LAN-only cameras for Home Assistant."""
 
+import time
+from typing import Final
+
 from homeassistant.const import Platform
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import ConfigEntryError
@@ -25,11 +28,20 @@ from .core.snapshot import CameraClient, IdentityProbe
 from .core.snapshot_cache import SnapshotCache
 from .data import LocalCamConfigEntry, LocalCamData, StreamRuntime
 from .discovery import async_start_background_discovery
-from .helpers import main_profile, policy_from_options, read_entry_device, sources_from_entry
+from .helpers import (
+    entry_is_running,
+    main_profile,
+    policy_from_options,
+    read_entry_device,
+    sources_from_entry,
+)
 from .services import async_setup_services
 from .views import async_register_views
 
 CONFIG_SCHEMA = cv.config_entry_only_config_schema(DOMAIN)
+# How often the health check reads an ONVIF camera's whole description (its
+# profiles and reported addresses) rather than only who it is (_onvif_identity_probe).
+WHOLE_READ_INTERVAL: Final = 15 * 60.0
 PLATFORMS: list[Platform] = [Platform.CAMERA]
 
 
@@ -82,10 +94,13 @@ def _onvif_identity_probe(
     """Ask the ONVIF device at the entry's address who it is.
 
     After every fetch where the MAC is not visible, the identity-only read (a
-    few requests, no profiles). At the health check, the whole read, whose
-    answer also says which addresses the camera reports: any outside the LAN
-    policy (netpolicy refused them; they are never fetched) gets a repair
-    issue, because only the camera's own network settings can fix them.
+    few requests, no profiles). At the health check, the same, and every
+    WHOLE_READ_INTERVAL (and at setup) the whole read instead (about ten
+    requests), whose answer also says which addresses the camera reports:
+    any outside the LAN policy (netpolicy refused them; they are never
+    fetched) gets a repair issue, because only the camera's own network
+    settings can fix them. Those change with the camera's settings, not by
+    the minute: the minute's check stays light.
     """
     data = entry.data
     issue_id = f"uri_not_local_{entry.entry_id}"
@@ -95,13 +110,23 @@ def _onvif_identity_probe(
     # is not aged by the check.
     only_serial = bool(Identity.from_dict(data.get(CONF_IDENTITY)).serial)
 
+    whole_read_at: float | None = None
+
     async def probe(whole: bool) -> Identity:
+        nonlocal whole_read_at
+        now = time.monotonic()
+        if whole and whole_read_at is not None and now - whole_read_at < WHOLE_READ_INTERVAL:
+            whole = False
         if not whole:
             return (
                 await read_entry_device(data, policy, with_media=False, only_serial=only_serial)
             ).device_identity
         device = await read_entry_device(data, policy)
+        whole_read_at = now
         refused = device.refused_uris[0] if device.refused_uris else None
+        if not entry_is_running(entry):
+            # A check that outlived the entry's removal leaves no issue behind.
+            return device.device_identity
         _async_warning(
             hass,
             issue_id,

@@ -154,11 +154,17 @@ class LocalCamCamera(LocalCamEntity, Camera):
         # whatever the health check says (cleared REFUSED_UNAVAILABLE later).
         self._refused = False
         self._refusal_over: CALLBACK_TYPE | None = None
+        # Whether the last health check passed (a recovery restarts a preload).
+        self._was_healthy = True
 
     @override
     async def async_added_to_hass(self) -> None:
         """Let stills use this entity's running stream; undo on removal."""
         await super().async_added_to_hass()
+        # Home Assistant removes and re-adds this same object when its entity
+        # id changes (a rename): it is an entity again, with a stream of its own.
+        self._removed = False
+        self._recheck = False
         self._client.keyframe_provider = self._async_stream_keyframe
         self._client.guard.on_refused = self._async_redirect_refused
         # Home Assistant turns the stream (and stills taken from it) as the
@@ -266,7 +272,16 @@ class LocalCamCamera(LocalCamEntity, Camera):
         if stream is None or self._removed:
             return None  # no source, or removed meanwhile (the removal stops the stream)
         # An existing stream may still play from where the host name used to point.
-        await self._async_repin_stream(stream)
+        try:
+            await self._async_repin_stream(stream)
+        except HomeAssistantError:
+            if not self._is_removed():
+                raise
+        if self._is_removed():
+            # Removed while the host was looked up (its client closed, maybe
+            # failing the lookup): the removal stopped this stream and muted
+            # its callback; a caller must not start it.
+            return None
         stream.set_update_callback(self._async_stream_state_changed)
         # Probing off, as in LocalCam's own grabs: the codec parameters
         # come from the SDP. Safe here because the test before configure
@@ -275,6 +290,10 @@ class LocalCamCamera(LocalCamEntity, Camera):
         # first HLS segment (cast and more-info dialogs start that much sooner).
         stream.pyav_options.update(FAST_OPEN_OPTIONS)
         return stream
+
+    def _is_removed(self) -> bool:
+        """Whether the entity was removed (read anew after an await)."""
+        return self._removed
 
     async def async_wait_until_serving(self, timeout: float) -> None:
         """Wait, bounded, until the camera answers; raise a translated error if it does not.
@@ -344,9 +363,17 @@ class LocalCamCamera(LocalCamEntity, Camera):
     @callback
     def _handle_coordinator_update(self) -> None:
         """After each health check (which resolved the host anew), re-pin a running stream."""
+        recovered = self.coordinator.last_update_success and not self._was_healthy
+        self._was_healthy = self.coordinator.last_update_success
         super()._handle_coordinator_update()
         stream = self.stream
-        if self._removed or stream is None or not self.coordinator.last_update_success:
+        if self._removed or not self.coordinator.last_update_success:
+            return
+        if recovered and (stream is None or not stream.outputs()):
+            # A failed check may have stopped the stream (another device at
+            # the address); a preloaded one comes back with the camera.
+            self._async_schedule_preload()
+        if stream is None:
             return
         # The check resolved the camera's host and proved the device there:
         # the stream goes to that very address, not to a second lookup's answer.
