@@ -24,6 +24,7 @@ from custom_components.localcam.const import (
     DOMAIN,
 )
 from custom_components.localcam.core.wsdiscovery import DiscoveredDevice
+from custom_components.localcam.helpers import device_is_configured
 
 DEVICE = DiscoveredDevice(
     endpoint="urn:uuid:1b6f0a3e-0000-4000-8000-000000000001",
@@ -170,6 +171,45 @@ async def test_background_offers_are_capped(
     )
 
 
+async def test_cameras_configured_where_they_answer_take_no_offer_place(
+    hass: HomeAssistant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """32 configured cameras at low addresses, one new camera above them: it is offered.
+
+    Their offers would only abort (configured right there), yet they were
+    counted against MAX_WAITING_OFFERS first, so the new camera never got
+    a place, at any scan. An offer the user ignored takes none either.
+    """
+    monkeypatch.setenv(discovery.DISABLE_ENV, "0")
+    for octet in range(10, 42):
+        MockConfigEntry(domain=DOMAIN, unique_id=f"cam{octet}", data=_url_data(octet)).add_to_hass(
+            hass
+        )
+    ignored = replace(
+        DEVICE, endpoint="urn:uuid:1b6f0a3e-0000-4000-8000-000000000100", host="192.168.1.100"
+    )
+    MockConfigEntry(
+        domain=DOMAIN, source="ignore", unique_id="uuid_1b6f0a3e-0000-4000-8000-000000000100"
+    ).add_to_hass(hass)
+    found = [
+        replace(
+            DEVICE, endpoint=f"urn:uuid:1b6f0a3e-0000-4000-8000-{o:012d}", host=f"192.168.1.{o}"
+        )
+        for o in [*range(10, 42), 200]
+    ]
+    monkeypatch.setattr(discovery, "MAX_WAITING_OFFERS", 2)
+    with (
+        patch.object(discovery, "async_multicast_interfaces", AsyncMock(return_value=[])),
+        patch.object(discovery, "scan", AsyncMock(return_value=[*found[:5], ignored, *found[5:]])),
+    ):
+        discovery.async_start_background_discovery(hass)
+        await hass.async_block_till_done(wait_background_tasks=True)
+    offers = hass.config_entries.flow.async_progress_by_handler(DOMAIN)
+    assert [flow["context"]["unique_id"] for flow in offers] == [
+        "uuid_1b6f0a3e-0000-4000-8000-000000000200"
+    ]
+
+
 async def test_background_scan_disabled(hass: HomeAssistant) -> None:
     """With scans disabled nothing is scheduled at start."""
     with patch.object(discovery, "scan", AsyncMock(return_value=[DEVICE])) as scan:
@@ -191,3 +231,23 @@ def test_discovery_data() -> None:
         "name": "Porch",
         "hardware": "VC-1",
     }
+
+
+def test_a_uuid_alone_at_another_address_is_not_a_configured_camera() -> None:
+    """The scan list: a UUID twin elsewhere is listed; the camera at home, or known by MAC, not."""
+    entry = MockConfigEntry(
+        domain=DOMAIN,
+        data={
+            **_url_data(20),
+            CONF_IDENTITY: {
+                "mac": "02:00:00:00:00:20",
+                "uuid": "1b6f0a3e-0000-4000-8000-000000000001",
+            },
+        },
+    )
+    at_home = replace(DEVICE, host="192.168.1.20")
+    twin = replace(DEVICE, host="192.168.1.21")
+    assert device_is_configured(entry, at_home)
+    assert not device_is_configured(entry, twin)  # cheap cameras share firmware UUIDs
+    assert device_is_configured(entry, replace(twin, mac="02:00:00:00:00:20"))  # moved, by MAC
+    assert not device_is_configured(entry, replace(at_home, mac="02:00:00:00:00:99"))  # another

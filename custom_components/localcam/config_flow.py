@@ -80,7 +80,10 @@ from .discovery import FLOW_SCAN_TIME, async_scan
 from .helpers import (
     async_link_mac,
     async_observe_identity,
+    data_host,
     device_entry_elsewhere,
+    device_is_configured,
+    entry_host,
     entry_unique_id,
     new_camera_id,
     policy_from_options,
@@ -195,7 +198,7 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
                 there = device_entry_elsewhere(current, identity, data[CONF_STREAM_URL])
                 if there is None:
                     return self.async_abort(reason="already_configured")
-                elsewhere = _entry_host(there)
+                elsewhere = entry_host(there)
                 if await self._async_mac_shared(there, identity, data):
                     # Another camera that shows the same MAC (a repeater's): its
                     # MAC tells it from nothing, so it is keyed by its URL.
@@ -568,7 +571,7 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
                 self._found = {
                     f"{device.host}:{device.port}": device
                     for device in await async_scan(self.hass, hosts, FLOW_SCAN_TIME, policy)
-                    if not any(_is_configured(entry, device) for entry in entries)
+                    if not any(device_is_configured(entry, device) for entry in entries)
                 }
                 self._scan_options = options
                 if self._found:
@@ -662,7 +665,7 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
         seen = Identity(mac=mac, uuid=uuid)
         for entry in self._async_current_entries(include_ignore=False):
             stored = Identity.from_dict(entry.data.get(CONF_IDENTITY))
-            current = _entry_host(entry)
+            current = entry_host(entry)
             if seen.known and stored.confirms(seen):
                 # A camera configured by name is followed by DNS, not by LocalCam.
                 if not _is_ip(current) or current == host or await self._async_follow(entry, host):
@@ -703,7 +706,7 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
         to already_configured. Offers keyed by another device's identity stay.
         """
         identity = Identity.from_dict(data.get(CONF_IDENTITY))
-        host = _bracket(_data_host(data))
+        host = _bracket(data_host(data))
         ports = {data.get(CONF_PORT), yarl.URL(data[CONF_STREAM_URL]).explicit_port or 554}
         keys = {
             identity.mac,
@@ -740,7 +743,7 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
         """
         host = self._discovered.get(CONF_HOST)
         return any(
-            _entry_host(entry) == host
+            entry_host(entry) == host
             and not Identity.from_dict(entry.data.get(CONF_IDENTITY)).differs(self._offered)
             for entry in self._async_current_entries(include_ignore=False)
         )
@@ -757,7 +760,7 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
         device's other streams at the same address move with it.
         """
         stored = Identity.from_dict(entry.data.get(CONF_IDENTITY))
-        old_host = _entry_host(entry)
+        old_host = entry_host(entry)
         new_data = _with_host(entry.data, host)
         if entry.data.get(CONF_ONVIF) and await self._async_at_home(entry, stored, new_data):
             LOGGER.info(
@@ -801,7 +804,7 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
             for other in self._async_current_entries(include_ignore=False)
             if other is not entry
             and not other.data.get(CONF_ONVIF)
-            and _entry_host(other) == old_host
+            and entry_host(other) == old_host
             and Identity.from_dict(other.data.get(CONF_IDENTITY)).key == stored.key
         ]
         for moved in moving:
@@ -846,7 +849,7 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
         answering at the configured one's now: it did not move, so the new
         one is another device behind a repeater that gives both its MAC.
         """
-        if not identity.mac or not _is_ip(_entry_host(there)) or not _is_ip(_data_host(data)):
+        if not identity.mac or not _is_ip(entry_host(there)) or not _is_ip(data_host(data)):
             return False
         return await self._async_still_answers(there, identity.mac)
 
@@ -1065,31 +1068,6 @@ def _bracket(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _is_configured(entry: LocalCamConfigEntry, device: DiscoveredDevice) -> bool:
-    """Whether a scanned device is the camera an entry configures.
-
-    Its UUID or MAC names the entry's camera, or it answers at the entry's
-    address and nothing it announces says it is another device.
-    """
-    stored = Identity.from_dict(entry.data.get(CONF_IDENTITY))
-    seen = Identity(mac=normalize_mac(device.mac), uuid=device.device_uuid)
-    if seen.known and stored.confirms(seen):
-        return True
-    return _entry_host(entry) == device.host and not stored.differs(seen)
-
-
-def _entry_host(entry: LocalCamConfigEntry) -> str:
-    """The host an entry talks to now."""
-    return _data_host(entry.data)
-
-
-def _data_host(data: Mapping[str, Any]) -> str:
-    """The host an entry's data names: the ONVIF host, else the stream URL's."""
-    if data.get(CONF_ONVIF):
-        return str(data[CONF_HOST])
-    return yarl.URL(data[CONF_STREAM_URL]).host or ""
-
-
 def _is_ip(host: str) -> bool:
     """Whether a host is an address literal (not a name)."""
     try:
@@ -1105,7 +1083,7 @@ def _with_host(data: Mapping[str, Any], host: str) -> dict[str, Any]:
     Only URLs on the camera's old address move: a still URL on another
     device (an NVR) stays where it is.
     """
-    old = _data_host(data)
+    old = data_host(data)
 
     def moved(url: str | None) -> str | None:
         if not url or yarl.URL(url).host != old:

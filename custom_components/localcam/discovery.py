@@ -18,7 +18,7 @@ import os
 from typing import Any, Final
 
 from homeassistant.components import network
-from homeassistant.config_entries import SOURCE_INTEGRATION_DISCOVERY
+from homeassistant.config_entries import SOURCE_IGNORE, SOURCE_INTEGRATION_DISCOVERY, ConfigEntry
 from homeassistant.core import HomeAssistant, callback
 from homeassistant.helpers import discovery_flow
 from homeassistant.helpers.event import async_track_time_interval
@@ -26,9 +26,11 @@ from homeassistant.helpers.start import async_at_started
 from homeassistant.util import dt as dt_util
 from homeassistant.util.hass_dict import HassKey
 
-from .const import DOMAIN, LOGGER
+from .const import CONF_IDENTITY, DOMAIN, LOGGER
+from .core.identity import Identity, normalize_mac
 from .core.netpolicy import NetPolicy
 from .core.wsdiscovery import WSD_PORT, DiscoveredDevice, scan
+from .helpers import entry_host
 
 SCAN_INTERVAL: Final = timedelta(minutes=15)
 # A person waits on the add flow's scan: 1 s found 50 of 50 mixed cameras in
@@ -101,6 +103,28 @@ def discovery_data(device: DiscoveredDevice) -> dict[str, Any]:
     }
 
 
+def _offer_would_abort(entries: list[ConfigEntry[Any]], device: DiscoveredDevice) -> bool:
+    """Whether an offer of ``device`` could only abort (config_flow._async_discovered).
+
+    Its camera is configured at the address it answers from, and nothing it
+    announces says it is another device; or the user ignored its offer (keyed
+    as the flow keys it). A configured camera heard at another address is
+    not left out: its flow follows it there.
+    """
+    seen = Identity(mac=normalize_mac(device.mac), uuid=device.device_uuid)
+    host = f"[{device.host}]" if ":" in device.host else device.host
+    offer_id = seen.key or f"onvif_{host}:{device.port}"
+    for entry in entries:
+        if entry.source == SOURCE_IGNORE:
+            if entry.unique_id == offer_id:
+                return True
+        elif entry_host(entry) == device.host and not Identity.from_dict(
+            entry.data.get(CONF_IDENTITY)
+        ).differs(seen):
+            return True
+    return False
+
+
 @callback
 def async_start_background_discovery(hass: HomeAssistant) -> None:
     """Scan once HA has started, then every 15 minutes."""
@@ -127,7 +151,12 @@ def async_start_background_discovery(hass: HomeAssistant) -> None:
             flow["context"].get("source") == SOURCE_INTEGRATION_DISCOVERY
             for flow in hass.config_entries.flow.async_progress_by_handler(DOMAIN)
         )
-        for device in devices[: max(0, MAX_WAITING_OFFERS - waiting)]:
+        # Before the cap: cameras configured right where they answer, and
+        # offers the user ignored, would only abort, and at low addresses
+        # they would take every place from a new camera at a higher one.
+        entries = hass.config_entries.async_entries(DOMAIN)
+        news = [device for device in devices if not _offer_would_abort(entries, device)]
+        for device in news[: max(0, MAX_WAITING_OFFERS - waiting)]:
             discovery_flow.async_create_flow(
                 hass,
                 DOMAIN,

@@ -28,11 +28,12 @@ from .const import (
     PROBE_TIMEOUT,
 )
 from .core.errors import LocalCamError
-from .core.identity import Identity, neighbour_mac, touch
+from .core.identity import Identity, neighbour_mac, normalize_mac, touch
 from .core.models import CameraSource, RtspTransport
 from .core.netpolicy import NetPolicy, normalized_identity, parse_networks, stream_channel
 from .core.onvif import OnvifDevice, read_device
 from .core.snapshot import STREAM_SCHEMES
+from .core.wsdiscovery import DiscoveredDevice
 
 
 def policy_from_options(options: Mapping[str, Any]) -> NetPolicy:
@@ -293,3 +294,31 @@ async def read_entry_device(
         policy=policy,
         **options,
     )
+
+
+def entry_host(entry: ConfigEntry[Any]) -> str:
+    """The host an entry talks to now."""
+    return data_host(entry.data)
+
+
+def data_host(data: Mapping[str, Any]) -> str:
+    """The host an entry's data names: the ONVIF host, else the stream URL's."""
+    if data.get(CONF_ONVIF):
+        return str(data[CONF_HOST])
+    return yarl.URL(data[CONF_STREAM_URL]).host or ""
+
+
+def device_is_configured(entry: ConfigEntry[Any], device: DiscoveredDevice) -> bool:
+    """Whether a scanned device is the camera an entry configures.
+
+    It answers at the entry's address and nothing it announces says it is
+    another device; or it announces the entry's MAC. A UUID alone at another
+    address does not tell: cheap cameras share firmware-default UUIDs, and
+    such a second camera must be listed (a camera that moved is followed by
+    the background discovery, and adding it again is refused as configured).
+    """
+    stored = Identity.from_dict(entry.data.get(CONF_IDENTITY))
+    seen = Identity(mac=normalize_mac(device.mac), uuid=device.device_uuid)
+    if entry_host(entry) == device.host:
+        return not stored.differs(seen)
+    return bool(seen.mac) and seen.mac == stored.mac

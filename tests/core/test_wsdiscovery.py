@@ -3,6 +3,7 @@
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 import contextlib
+from dataclasses import replace
 import ipaddress
 import logging
 from pathlib import Path
@@ -12,6 +13,7 @@ import tracemalloc
 from typing import override
 
 import pytest
+import pytest_socket
 
 from custom_components.localcam.core.errors import InvalidUrlError, NotLocalError
 from custom_components.localcam.core.netpolicy import NetPolicy
@@ -30,6 +32,7 @@ from custom_components.localcam.core.wsdiscovery import (
     _target,
     build_probe,
     build_probes,
+    devices_found,
     parse_probe_matches,
     scan,
     unicast_range,
@@ -897,3 +900,41 @@ def test_multicast_socket_is_pinned_to_its_interface_with_ttl_one() -> None:
         assert sock.getsockname()[0] == "127.0.0.1"
     finally:
         sock.close()
+
+
+@pytest.mark.usefixtures("socket_enabled")
+async def test_two_cameras_sharing_a_firmware_uuid_are_both_found() -> None:
+    """Cheap cameras ship with one UUID: two addresses answering with it are two devices.
+
+    Before, whichever reply came first was kept and the other dropped, so
+    one of the two was missing from every scan (a different one each time).
+    """
+    pytest_socket.socket_allow_hosts(["127.0.0.11", "127.0.0.12"])
+    shared = "11111111-2222-4333-8444-555555555555"
+    a = WsDiscoveryResponder(
+        [Announcement.make("cam-a", "127.0.0.11", 8080, device_uuid=shared)], host="127.0.0.11"
+    )
+    b = WsDiscoveryResponder(
+        [Announcement.make("cam-b", "127.0.0.12", 8080, device_uuid=shared)], host="127.0.0.12"
+    )
+    async with responders(a, b) as running:
+        found = await scan(unicast_hosts=targets(running), timeout=1.0, policy=NetPolicy())
+    assert [(d.name, d.host) for d in found] == [("cam-a", "127.0.0.11"), ("cam-b", "127.0.0.12")]
+
+
+def test_a_dual_stack_camera_is_listed_once_at_its_ipv4_address() -> None:
+    """One endpoint heard over IPv4 and IPv6 is one camera; two IPv4 addresses are two."""
+    v4 = DiscoveredDevice(
+        endpoint="urn:uuid:a",
+        xaddrs=(),
+        scopes=(),
+        types=(),
+        host="192.168.1.20",
+        port=80,
+        name="Porch",
+        hardware=None,
+    )
+    v6 = replace(v4, host="fd00::20")
+    twin = replace(v4, host="192.168.1.21")
+    alone = replace(v4, endpoint="urn:uuid:b", host="fd00::30")
+    assert devices_found([v6, alone, twin, v4]) == [v4, twin, alone]

@@ -28,7 +28,7 @@ Safety guarantees of this layer (replies come from anyone on the LAN):
 """
 
 import asyncio
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 import contextlib
 from dataclasses import dataclass, field
 from ipaddress import (
@@ -606,7 +606,9 @@ class _Scan(asyncio.DatagramProtocol):
         self.max_per_host = max_per_host
         self.targets = {(_unzoned(host), port) for host, port in targets}
         self.answered: set[tuple[str, int]] = set()
-        self.devices: dict[str, DiscoveredDevice] = {}
+        # By endpoint and address: two cameras that share a firmware-default
+        # UUID (cheap cameras do) are two devices; see devices_found.
+        self.devices: dict[tuple[str, str], DiscoveredDevice] = {}
         # Keyed by address alone: limits per socket would let one host that sends from
         # many source ports register fake devices without bound and use up the budget.
         self.sources: dict[str, _Source] = {}
@@ -645,13 +647,14 @@ class _Scan(asyncio.DatagramProtocol):
             if len(source.problems) < 4:
                 source.problems.extend(problems[: 4 - len(source.problems)])
         for device in found:
-            if device.endpoint in self.devices or device.endpoint in source.endpoints:
+            key = (device.endpoint, device.host)
+            if key in self.devices or device.endpoint in source.endpoints:
                 continue
             if len(source.endpoints) >= self.max_per_host:
                 source.dropped += 1
                 continue
             source.endpoints.add(device.endpoint)
-            self.devices[device.endpoint] = device
+            self.devices[key] = device
         if found:
             self.answered.add((host, int(addr[1])))
             self.last_reply = time.monotonic()
@@ -820,7 +823,20 @@ async def scan(
         for transport in transports:
             transport.close()
     state.log_summary()
-    return sorted(state.devices.values(), key=_sort_key)
+    return devices_found(state.devices.values())
+
+
+def devices_found(devices: Iterable[DiscoveredDevice]) -> list[DiscoveredDevice]:
+    """One entry per device, in a stable order.
+
+    An endpoint heard at two IPv4 addresses is two devices (a firmware-default
+    UUID shared by cheap cameras). One heard over IPv4 and IPv6 is one
+    dual-stack camera: its IPv6 replies are dropped.
+    """
+    devices = list(devices)
+    over_ipv4 = {d.endpoint for d in devices if ":" not in d.host}
+    kept = [d for d in devices if ":" not in d.host or d.endpoint not in over_ipv4]
+    return sorted(kept, key=_sort_key)
 
 
 async def _send_and_wait(
