@@ -1017,6 +1017,19 @@ async def test_an_announcement_elsewhere_gets_nothing_while_the_camera_is_at_hom
         assert entry.data[CONF_HOST] == "127.0.0.1"
 
 
+async def test_an_announcement_from_an_address_where_nothing_answers_moves_nothing(
+    hass: HomeAssistant, loopback_hosts: None
+) -> None:
+    """A camera pinned by MAC announced where nothing listens: nothing to follow, nothing sent."""
+    async with _onvif_camera(host="127.0.0.1", device_uuid=UUID) as camera:
+        home = _onvif_entry_at("127.0.0.1", camera.http_port, camera.rtsp_port)
+        entry = _with_identity(home, mac=MAC, serial=SERIAL, uuid=UUID)
+        entry.add_to_hass(hass)
+        result = await _ws_discovered(hass, "127.0.0.3", camera.http_port)
+        assert (result["type"], result["reason"]) == (FlowResultType.ABORT, "already_configured")
+        assert entry.data[CONF_HOST] == "127.0.0.1"
+
+
 async def test_follow_by_link_mac_asks_the_device_nothing(
     hass: HomeAssistant, loopback_hosts: None
 ) -> None:
