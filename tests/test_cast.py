@@ -1398,6 +1398,32 @@ async def test_person_casting_during_the_backoff_wins(
     assert hass.data[DATA_CAST].diagnostics()[RECEIVER]["last_idle_reason"] == "other_media"
 
 
+async def test_a_takeover_while_a_re_cast_waits_ends_the_cast_at_once(
+    hass: HomeAssistant,
+    porch: str,
+    receiver: FakeCastDevice,
+    http_port: int,
+    receiver_session: aiohttp.ClientSession,
+) -> None:
+    """Someone casts while keep-alive waits to re-cast: replaced now, URL dead now, no LOAD.
+
+    Before, the receiver check stood aside for the whole backoff (up to 30 s)
+    and the re-cast's start; the URL lived on until the re-cast looked.
+    """
+    ended = async_capture_events(hass, EVENT_CAST_ENDED)
+    with patch.object(cast_module, "RECAST_BACKOFF", (30.0,)):
+        await _cast(hass, porch, mode="snapshot", refresh=3600)
+        url = _last_url(receiver)
+        await _report(hass, receiver.drop_to_ambient)
+        await _wait_for(hass, lambda: hass.data[DATA_CAST].session_for(RECEIVER).recasting)
+        await _report(hass, receiver.person_plays)
+        await _wait_for(hass, lambda: bool(ended))  # within WAIT, not the 30 s backoff
+    assert [e.data["reason"] for e in ended] == ["replaced"]
+    assert (await _get(receiver_session, url))[0] == HTTPStatus.NOT_FOUND
+    assert len(receiver.loads) == 1
+    assert hass.states.get(RECEIVER).attributes["media_content_id"] == PERSON_MEDIA  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize("mode", ["live", "snapshot"])
 async def test_media_without_an_id_is_someone_elses(
     hass: HomeAssistant, porch: str, receiver: FakeCastDevice, http_port: int, mode: str
@@ -2170,6 +2196,10 @@ async def test_a_stop_during_a_slow_load_revokes_at_once(
     await _wait_for(hass, lambda: manager.session_for(RECEIVER) is None)
     assert [e.data["reason"] for e in ended] == ["unload" if stop == "unload" else "stopped"]
     assert len(manager.links) == 0
+    # The held LOAD landed the dead URL after the stop: the display is put
+    # back as the cast found it (ambient), whichever way it was stopped.
+    await hass.async_block_till_done()
+    assert receiver.commands[-1] == "quit_app"
 
 
 @pytest.mark.parametrize("stop", ["media_stop", "stop_cast", "home_assistant_stop"])

@@ -1071,10 +1071,12 @@ class LocalCamCastManager:
             named = _called_entities(hass, event.data)
             if named is None or session.receiver in named:
                 session.record.last_idle_reason = "stopped_in_home_assistant"
-                # A stop during the first LOAD comes before the LOAD lands
-                # the URL: that display needs restoring; a later one stopped
-                # the cast's media itself.
-                self._async_spawn(session, EndReason.STOPPED, restore=session.starting)
+                # A stop during a LOAD (the first, a refresh, a re-cast) comes
+                # before the LOAD lands the URL: that display needs restoring;
+                # another one stopped the cast's media itself.
+                self._async_spawn(
+                    session, EndReason.STOPPED, restore=session.starting or session.loading
+                )
 
         session.unsubs.append(
             hass.bus.async_listen(EVENT_CALL_SERVICE, _stop_called, event_filter=_is_stop_call)
@@ -1123,13 +1125,18 @@ class LocalCamCastManager:
     @callback
     def _async_check(self, session: CastSession) -> None:
         """Judge what the receiver shows now; re-cast or end when needed."""
-        if session.revoked or session.ended or session.loading or session.recasting:
+        if session.revoked or session.ended or session.loading:
             return
         view = ReceiverView.of(self.hass.states.get(session.receiver))
         if (taken_by := self._taken_over(session, view)) is not None:
+            # Also while a keep-alive re-cast waits out its backoff or starts
+            # the stream: the person's media or app is never loaded over, and
+            # the cast's URL dies now, not when the re-cast would have looked.
             session.record.last_idle_reason = taken_by
             self._async_spawn(session, EndReason.REPLACED, restore=False)
             return
+        if session.recasting:
+            return  # the re-cast in progress decides the rest
         if (
             view.state == MediaPlayerState.IDLE
             and session.owns(view.content_id)
@@ -1267,6 +1274,12 @@ class LocalCamCastManager:
                     await self._async_check_camera(session.camera)
                 if session.over(self.links.now()):
                     return  # stopped while the stream started or the camera answered
+                # Seconds have passed (the stream's start): look again, last thing.
+                view = ReceiverView.of(self.hass.states.get(session.receiver))
+                if (taken_by := self._taken_over(session, view)) is not None:
+                    session.record.last_idle_reason = taken_by
+                    await self._async_end(session, EndReason.REPLACED, restore=False)
+                    return
                 if not view.unavailable:
                     await self._async_load(session)
             except HomeAssistantError:
@@ -1295,6 +1308,12 @@ class LocalCamCastManager:
                     await self._async_check_camera(session.camera)
                     if session.over(self.links.now()):
                         return  # stopped while the camera answered: no LOAD of a dead URL
+                    view = ReceiverView.of(self.hass.states.get(session.receiver))
+                    if (taken_by := self._taken_over(session, view)) is not None:
+                        # Taken while the camera answered: look again, last thing.
+                        session.record.last_idle_reason = taken_by
+                        await self._async_end(session, EndReason.REPLACED, restore=False)
+                        return
                     await self._async_load(session)
                 except Exception as err:  # noqa: BLE001 - see below
                     # Whatever failed, this loop must go on to count it: a
@@ -1363,8 +1382,8 @@ class LocalCamCastManager:
     async def _async_restore(self, session: CastSession) -> None:
         """Leave the receiver as the cast found it, as far as Cast allows."""
         view = ReceiverView.of(self.hass.states.get(session.receiver))
-        if view.unavailable or (view.content_id and not session.owns(view.content_id)):
-            return  # gone, or showing someone else's media now
+        if view.unavailable or self._taken_over(session, view) is not None:
+            return  # gone, or showing someone else's media or app now
         if view.state == MediaPlayerState.OFF:
             return
         found = session.found
@@ -1404,13 +1423,13 @@ class LocalCamCastManager:
         for session in running:
             session.context = context or session.context
             self._async_revoke(session, EndReason.STOPPED, restore=True)
-        for receiver in receivers:
-            if (found := self._sessions.get(receiver)) is not None and found.starting:
-                continue  # revoked above; its starter ends it when the first LOAD returns
-            async with self._lock(receiver):
-                if (current := self._sessions.get(receiver)) is not None:
-                    current.context = context or current.context
-                    await self._async_end(current, EndReason.STOPPED, restore=True)
+        # Only the casts running when the stop was asked for, each under its
+        # receiver's lock, all at once: a cast started on one display while
+        # the stop waited for another's lock is not this stop's (a session
+        # still in its first LOAD is ended by its starter).
+        await asyncio.gather(
+            *(self._async_end_locked(s, EndReason.STOPPED, restore=True) for s in running)
+        )
         return len(running)
 
     async def async_stop_camera(self, camera_id: str, reason: EndReason = EndReason.UNLOAD) -> None:
