@@ -80,6 +80,7 @@ from .discovery import FLOW_SCAN_TIME, async_scan
 from .helpers import (
     async_link_mac,
     async_observe_identity,
+    credentials_schema,
     data_host,
     device_entry_elsewhere,
     device_is_configured,
@@ -126,20 +127,6 @@ def _url_schema(defaults: Mapping[str, Any], *, adding: bool = False) -> probati
         }
     )
     return schema.extend(_allowed_networks_field()) if adding else schema
-
-
-def _credentials_schema(username: str | None) -> probatio.Schema:
-    """Return the reauth form."""
-    return probatio.Schema(
-        {
-            probatio.Optional(
-                CONF_USERNAME, description={"suggested_value": username}
-            ): TextSelector(TextSelectorConfig(autocomplete="username")),
-            probatio.Optional(CONF_PASSWORD): TextSelector(
-                TextSelectorConfig(type=TextSelectorType.PASSWORD, autocomplete="current-password")
-            ),
-        }
-    )
 
 
 def _title(stream_url: str) -> str:
@@ -340,7 +327,7 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
         self._placeholders.setdefault("name", entry.title)
         return self.async_show_form(
             step_id="reauth_confirm",
-            data_schema=_credentials_schema(entry.data.get(CONF_USERNAME)),
+            data_schema=credentials_schema(entry.data.get(CONF_USERNAME)),
             errors=errors,
             description_placeholders={**self._placeholders, "name": entry.title},
         )

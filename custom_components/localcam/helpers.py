@@ -8,7 +8,9 @@ from homeassistant.config_entries import SOURCE_IGNORE, ConfigEntry, ConfigEntry
 from homeassistant.const import CONF_HOST, CONF_PASSWORD, CONF_PORT, CONF_USERNAME
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import HomeAssistantError
+from homeassistant.helpers.selector import TextSelector, TextSelectorConfig, TextSelectorType
 from homeassistant.util.ulid import ulid_now
+import probatio
 import yarl
 
 from .const import (
@@ -322,3 +324,17 @@ def device_is_configured(entry: ConfigEntry[Any], device: DiscoveredDevice) -> b
     if entry_host(entry) == device.host:
         return not stored.differs(seen)
     return bool(seen.mac) and seen.mac == stored.mac
+
+
+def credentials_schema(username: str | None) -> probatio.Schema:
+    """A form asking a camera's credentials again (reauth, a replaced camera's repair)."""
+    return probatio.Schema(
+        {
+            probatio.Optional(
+                CONF_USERNAME, description={"suggested_value": username}
+            ): TextSelector(TextSelectorConfig(autocomplete="username")),
+            probatio.Optional(CONF_PASSWORD): TextSelector(
+                TextSelectorConfig(type=TextSelectorType.PASSWORD, autocomplete="current-password")
+            ),
+        }
+    )

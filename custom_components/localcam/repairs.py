@@ -18,13 +18,12 @@ from homeassistant.components.repairs import RepairsFlow, RepairsFlowResult
 from homeassistant.const import CONF_PASSWORD, CONF_USERNAME
 from homeassistant.core import HomeAssistant
 from homeassistant.helpers import issue_registry as ir
-import probatio
 
 from .const import CONF_IDENTITY, CONF_ONVIF, CONF_STREAM_URL, DOMAIN, LOGGER
 from .coordinator import IDENTITY_ISSUE_PREFIX
 from .core.errors import InvalidAuthError, LocalCamError
 from .data import LocalCamConfigEntry
-from .helpers import async_observe_identity, entry_unique_id
+from .helpers import async_observe_identity, credentials_schema, entry_unique_id
 
 
 class TrustReplacedCameraFlow(RepairsFlow):
@@ -42,8 +41,7 @@ class TrustReplacedCameraFlow(RepairsFlow):
         self, user_input: dict[str, str] | None = None
     ) -> RepairsFlowResult:
         """Explain; on confirmation read the new device's identity and pin the entry to it."""
-        entry = self.hass.config_entries.async_get_entry(self._entry_id)
-        if entry is None or entry.domain != DOMAIN:
+        if (entry := self._entry()) is None:
             return self.async_abort(reason="entry_removed")
         if user_input is not None:
             try:
@@ -59,8 +57,7 @@ class TrustReplacedCameraFlow(RepairsFlow):
         self, user_input: dict[str, str] | None = None
     ) -> RepairsFlowResult:
         """The device refused the entry's credentials: read it with the ones typed here."""
-        entry = self.hass.config_entries.async_get_entry(self._entry_id)
-        if entry is None or entry.domain != DOMAIN:
+        if (entry := self._entry()) is None:
             return self.async_abort(reason="entry_removed")
         errors: dict[str, str] = {}
         if user_input is not None:
@@ -73,18 +70,17 @@ class TrustReplacedCameraFlow(RepairsFlow):
                 return await self._async_trust(entry, data)
             except InvalidAuthError:
                 errors["base"] = "invalid_auth"
-        schema = probatio.Schema(
-            {
-                probatio.Optional(CONF_USERNAME, default=entry.data.get(CONF_USERNAME) or ""): str,
-                probatio.Optional(CONF_PASSWORD): str,
-            }
-        )
         return self.async_show_form(
             step_id="credentials",
-            data_schema=schema,
+            data_schema=credentials_schema(entry.data.get(CONF_USERNAME)),
             errors=errors,
             description_placeholders=self._placeholders(entry),
         )
+
+    def _entry(self) -> LocalCamConfigEntry | None:
+        """The entry the issue is about, unless it was removed meanwhile."""
+        entry = self.hass.config_entries.async_get_entry(self._entry_id)
+        return entry if entry is not None and entry.domain == DOMAIN else None
 
     def _placeholders(self, entry: LocalCamConfigEntry) -> dict[str, str]:
         """The issue's own placeholders (the address), with the camera's current name."""
