@@ -1038,6 +1038,37 @@ async def test_replacement_revokes_the_old_token(
     assert receiver.commands[-1] == "quit_app"
 
 
+async def test_a_failed_replacement_restores_the_display(
+    hass: HomeAssistant,
+    porch: str,
+    rtsp_only_camera: VirtualCamera,
+    receiver: FakeCastDevice,
+    http_port: int,
+    receiver_session: aiohttp.ClientSession,
+) -> None:
+    """Casting another camera fails: the replaced camera's dead URL does not stay on screen.
+
+    The replacement ends the first cast (its URL 404s at once); when the new
+    LOAD then fails, the display goes back to how the first cast found it
+    (the ambient screen), not a picture that no longer answers.
+    """
+    garage = await _camera_entity(hass, rtsp_only_camera, snapshot=False)
+    ended = async_capture_events(hass, EVENT_CAST_ENDED)
+    await _cast(hass, porch, mode="snapshot", refresh=3600)
+    first = _last_url(receiver)
+    receiver.load_error = OSError("connection reset mid-LOAD")
+    with pytest.raises(HomeAssistantError) as err:
+        await _cast(hass, garage, mode="snapshot", refresh=3600)
+    assert err.value.translation_key == "cast_failed"
+    assert (await _get(receiver_session, first))[0] == HTTPStatus.NOT_FOUND
+    assert [(e.data["entity_id"], e.data["reason"]) for e in ended] == [(porch, "replaced")]
+    manager = hass.data[DATA_CAST]
+    assert manager.session_for(RECEIVER) is None
+    assert len(manager.links) == 0
+    assert receiver.commands[-1] == "quit_app"
+    assert receiver.app_id == APP_BACKDROP
+
+
 async def test_unload_revokes(
     hass: HomeAssistant,
     porch: str,
@@ -1649,6 +1680,28 @@ async def test_load_failure_is_translated(
     assert manager.session_for(RECEIVER) is None
     assert started == []
     assert manager.diagnostics()[RECEIVER]["end_reason"] == "error"
+    # Nothing of ours reached the screen: the display is left alone.
+    assert "quit_app" not in receiver.commands
+
+
+async def test_a_load_that_lands_yet_fails_is_taken_off_the_screen(
+    hass: HomeAssistant, porch: str, receiver: FakeCastDevice, http_port: int
+) -> None:
+    """The device shows our URL, then reports the LOAD failed: the dead URL does not stay."""
+    shows_then_fails = receiver.socket_client.send_app_message.side_effect
+
+    def fail_after_showing(namespace: str, message: dict[str, Any], **kwargs: Any) -> None:
+        callback_function = kwargs.pop("callback_function")
+        shows_then_fails(namespace, message, **kwargs)
+        callback_function(False, None)
+
+    receiver.socket_client.send_app_message.side_effect = fail_after_showing
+    with pytest.raises(HomeAssistantError) as err:
+        await _cast(hass, porch, mode="snapshot")
+    assert err.value.translation_key == "cast_failed"
+    assert len(receiver.loads) == 1
+    assert len(hass.data[DATA_CAST].links) == 0
+    await _wait_for(hass, lambda: receiver.commands[-1:] == ["quit_app"])
 
 
 async def test_too_many_casts(

@@ -899,6 +899,7 @@ class LocalCamCastManager:
             # stopping) finds the cast and revokes its URL at once.
             self._sessions[receiver] = session
             self._async_watch_stops(session)
+            restored = False
             try:
                 await self._async_load(session)
                 if self._camera_closed(camera, generation):
@@ -907,15 +908,23 @@ class LocalCamCastManager:
                     record.ended = dt_util.utcnow().isoformat()
                     record.end_reason = EndReason.UNLOAD.value
                     self._async_discard(session)
+                    restored = True
                     await self._async_restore(session)
                     raise self._closed_error(camera)
-            except BaseException:
+            except BaseException as err:
                 # A failed or refused LOAD, or a cancelled one: the token must
                 # not outlive this call, as no session will revoke it.
                 self._async_discard(session)
                 if record.ended is None:
                     record.ended = dt_util.utcnow().isoformat()
                     record.end_reason = EndReason.ERROR.value
+                if not restored and isinstance(err, Exception):
+                    # The replaced cast's URL is dead (or this one's, should
+                    # the failed LOAD have landed after all): the display goes
+                    # back to how the first cast found it rather than keep a
+                    # picture that no longer answers. A cancelled start is
+                    # left alone (nothing may be awaited for it).
+                    await self._async_restore(session, also=previous, only_ours=previous is None)
                 raise
             session.starting = False
             if not session.revoked:
@@ -1379,11 +1388,25 @@ class LocalCamCastManager:
         if restore:
             await self._async_restore(session)
 
-    async def _async_restore(self, session: CastSession) -> None:
-        """Leave the receiver as the cast found it, as far as Cast allows."""
+    async def _async_restore(
+        self,
+        session: CastSession,
+        *,
+        also: CastSession | None = None,
+        only_ours: bool = False,
+    ) -> None:
+        """Leave the receiver as the cast found it, as far as Cast allows.
+
+        ``also`` is the cast ``session`` replaced: its URL on the screen is
+        ours too. With ``only_ours``, the receiver is touched only while it
+        shows one of these casts' URLs.
+        """
         view = ReceiverView.of(self.hass.states.get(session.receiver))
-        if view.unavailable or self._taken_over(session, view) is not None:
+        casts = [session] if also is None else [session, also]
+        if view.unavailable or all(self._taken_over(cast, view) is not None for cast in casts):
             return  # gone, or showing someone else's media or app now
+        if only_ours and not any(cast.owns(view.content_id) for cast in casts):
+            return
         if view.state == MediaPlayerState.OFF:
             return
         found = session.found
@@ -1404,7 +1427,10 @@ class LocalCamCastManager:
                         blocking=True,
                         context=session.context,
                     )
-            except (HomeAssistantError, TimeoutError) as err:
+            except Exception as err:  # noqa: BLE001 - the device's edge, as in _async_load
+                # A restore is best effort: whatever the device raises (an
+                # OSError through HA's cast entity too) must not replace the
+                # error or the end its caller reports.
                 LOGGER.debug(
                     "Could not %s %s after a cast: %s",
                     service,
