@@ -103,6 +103,8 @@ APP_MEDIA_RECEIVER = "CC1AD845"
 APP_BACKDROP = "E8C28D3C"
 RECEIVER_UUID = uuid.UUID("9c0b0a4e-6d3a-4b4e-9b1c-2f5c7a1d0e01")
 RECEIVER = "media_player.kitchen_display"
+HALL_UUID = uuid.UUID("9c0b0a4e-6d3a-4b4e-9b1c-2f5c7a1d0e02")
+HALL = "media_player.hall_display"
 # A person's media: what LocalCam must not interrupt without force.
 PERSON_MEDIA = "https://example.com/music/song.mp3"
 WAIT = 10.0  # bound on every wait for something to happen
@@ -313,13 +315,18 @@ class FakeCastDevice:
         self._report_media()
 
 
-def _cast_info(host: str = "127.0.0.1") -> CastInfo:
+def _cast_info(
+    host: str = "127.0.0.1",
+    *,
+    device_uuid: uuid.UUID = RECEIVER_UUID,
+    name: str = "Kitchen display",
+) -> CastInfo:
     """A Nest Hub's mDNS data (host on loopback: nothing ever connects to it)."""
     return CastInfo(
         services={HostServiceInfo(host, 8009)},
-        uuid=RECEIVER_UUID,
+        uuid=device_uuid,
         model_name="Google Nest Hub",
-        friendly_name="Kitchen display",
+        friendly_name=name,
         host=host,
         port=8009,
         cast_type=CAST_TYPE_CHROMECAST,
@@ -409,6 +416,26 @@ async def receiver(hass: HomeAssistant, cast_mocks: dict[str, MagicMock]) -> Fak
     state = hass.states.get(RECEIVER)
     assert state is not None
     assert state.state == "off"  # the ambient screen
+    return device
+
+
+@pytest.fixture
+async def hall_receiver(
+    hass: HomeAssistant, cast_mocks: dict[str, MagicMock], receiver: FakeCastDevice
+) -> FakeCastDevice:
+    """A second Nest Hub, discovered after the first, as media_player.hall_display."""
+    info = _cast_info(device_uuid=HALL_UUID, name="Hall display")
+    device = FakeCastDevice(info)
+    devices = {receiver.cast_info.uuid: receiver, info.uuid: device}
+    cast_mocks["get_chromecast"].side_effect = lambda cast_info, *a, **k: (
+        devices[cast_info.uuid].chromecast
+    )
+    cast_mocks["browser"].return_value.devices = {u: d.cast_info for u, d in devices.items()}
+    listener = cast_mocks["browser"].call_args[0][0]
+    await hass.async_add_executor_job(listener.add_cast, info.uuid, None)
+    await _wait_for(hass, lambda: device.connection_listener is not None)
+    await hass.async_add_executor_job(device.connect)
+    await _wait_for(hass, lambda: getattr(hass.states.get(HALL), "state", None) == "off")
     return device
 
 
@@ -1036,6 +1063,46 @@ async def test_replacement_revokes_the_old_token(
     # The receiver still goes back to how the first cast found it.
     await hass.services.async_call(DOMAIN, "stop_cast", {"media_player": RECEIVER}, blocking=True)
     assert receiver.commands[-1] == "quit_app"
+
+
+async def test_one_camera_on_two_displays(
+    hass: HomeAssistant,
+    porch: str,
+    receiver: FakeCastDevice,
+    hall_receiver: FakeCastDevice,
+    http_port: int,
+    receiver_session: aiohttp.ClientSession,
+) -> None:
+    """Each display gets its own URL; stopping one display's cast leaves the other's.
+
+    A stop naming both displays ends what runs there (one cast now) and
+    restores only the display it ended a cast on.
+    """
+    ended = async_capture_events(hass, EVENT_CAST_ENDED)
+    await _cast(hass, porch, mode="snapshot", refresh=3600, media_player=[RECEIVER, HALL])
+    kitchen, hall = _last_url(receiver), _last_url(hall_receiver)
+    assert _token(kitchen) != _token(hall)
+    for url in (kitchen, hall):
+        assert (await _get(receiver_session, url))[0] == HTTPStatus.OK
+    await hass.services.async_call(DOMAIN, "stop_cast", {"media_player": HALL}, blocking=True)
+    await hass.async_block_till_done()
+    assert (await _get(receiver_session, hall))[0] == HTTPStatus.NOT_FOUND
+    assert (await _get(receiver_session, kitchen))[0] == HTTPStatus.OK
+    assert hall_receiver.commands[-1] == "quit_app"
+    assert "quit_app" not in receiver.commands
+    assert [(e.data["media_player"], e.data["reason"]) for e in ended] == [(HALL, "stopped")]
+    hall_commands = len(hall_receiver.commands)
+    await hass.services.async_call(
+        DOMAIN, "stop_cast", {"media_player": [RECEIVER, HALL]}, blocking=True
+    )
+    await hass.async_block_till_done()
+    assert (await _get(receiver_session, kitchen))[0] == HTTPStatus.NOT_FOUND
+    assert receiver.commands[-1] == "quit_app"
+    assert len(hall_receiver.commands) == hall_commands
+    assert [(e.data["media_player"], e.data["reason"]) for e in ended] == [
+        (HALL, "stopped"),
+        (RECEIVER, "stopped"),
+    ]
 
 
 async def test_a_failed_replacement_restores_the_display(
