@@ -348,7 +348,8 @@ async def test_pinned_url_and_target(policy: NetPolicy) -> None:
         target.pinned_url("ad@min", "p:ss/w@rd %")
         == "rtsp://ad%40min:p%3Ass%2Fw%40rd%20%25@192.168.1.20:8554/live/ch0?profile=1"
     )
-    assert target.pinned_url("viewer") == "rtsp://viewer@192.168.1.20:8554/live/ch0?profile=1"
+    # A blank password keeps its colon (FFmpeg answers no challenge without one).
+    assert target.pinned_url("viewer") == "rtsp://viewer:@192.168.1.20:8554/live/ch0?profile=1"
     v6 = await policy.check("rtsp://cam6.lan/live")
     assert v6.pinned_url("u", "p") == "rtsp://u:p@[fd12:3456::20]/live"
     zoned = await policy.check("rtsp://[fe80::1%25eth0]/live")

@@ -97,10 +97,10 @@ def url_userinfo(username: str | None, password: str | None) -> str:
     """``user:pass@`` for a URL, percent-encoded ("" without either); a secret."""
     if username is None and password is None:
         return ""
-    userinfo = quote(username or "", safe="")
-    if password is not None:
-        userinfo += ":" + quote(password, safe="")
-    return userinfo + "@"
+    # Always "user:" (a blank password as empty): FFmpeg answers no
+    # challenge for a user part without a colon, so a camera with a username
+    # and a blank password (common on cheap cameras) got 401s on its stream.
+    return f"{quote(username or '', safe='')}:{quote(password or '', safe='')}@"
 
 
 @dataclass(frozen=True, slots=True, repr=False)
