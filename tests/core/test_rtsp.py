@@ -1370,3 +1370,41 @@ async def test_a_keyframe_is_not_held_until_the_next_frame(socket_enabled: None)
     finally:
         await grabber.close()
         await camera.stop()
+
+
+async def test_a_camera_offering_sha256_then_md5_digest_is_answered(
+    scripted: Callable[[Responder], asyncio.Future[str]],
+) -> None:
+    """RFC 7616 order: SHA-256 listed first, MD5 second; the MD5 one is answered.
+
+    FFmpeg (the stream) answers the MD5 one too; an MD5 hash sent for the
+    SHA-256 nonce was refused, and the health check called working
+    credentials wrong (a reauth flow for a working camera).
+    """
+    realm = "cam"
+    # One nonce per challenge, as a server that remembers how it issued each.
+    issued = {"n-sha": "SHA-256", "n-md5": "MD5"}
+    challenges = (
+        f'WWW-Authenticate: Digest realm="{realm}", nonce="n-sha", algorithm=SHA-256\r\n'
+        f'WWW-Authenticate: Digest realm="{realm}", nonce="n-md5", algorithm=MD5\r\n'
+    )
+
+    def responder(request_line: str, headers: dict[str, str]) -> bytes:
+        auth = headers.get("authorization")
+        if auth is None:
+            return _reply("401 Unauthorized", extra=challenges)
+        fields = dict(re.findall(r'(\w+)="?([^",]*)"?', auth))
+        nonce = fields.get("nonce", "")
+        algorithm = hashlib.sha256 if issued.get(nonce) == "SHA-256" else hashlib.md5
+
+        def hasher(text: str) -> str:
+            return algorithm(text.encode()).hexdigest()
+
+        ha1 = hasher(f"{USER}:{realm}:{PASSWORD}")
+        ha2 = hasher(f"DESCRIBE:{fields['uri']}")
+        if nonce not in issued or fields.get("response") != hasher(f"{ha1}:{nonce}:{ha2}"):
+            return _reply("401 Unauthorized", extra=challenges)
+        return _reply("200 OK", b"v=0\r\nm=video 0 RTP/AVP 96\r\n")
+
+    target = await _target(await scripted(responder))
+    await describe(target, username=USER, password=PASSWORD, timeout=3)

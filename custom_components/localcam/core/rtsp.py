@@ -947,7 +947,11 @@ def _authorization(
     parsed = _parse_challenges(challenges)
     digests = [params for scheme, params in parsed if scheme == "digest"]
     for params in digests:
-        if "nonce" not in params:
+        # Only MD5 Digest is answered (as FFmpeg, the stream's client, does):
+        # an MD5 hash sent for a SHA-256 challenge listed first (RFC 7616
+        # order) is refused, and the health check would call working
+        # credentials wrong.
+        if "nonce" not in params or params.get("algorithm", "MD5").upper() != "MD5":
             continue
         realm, nonce = params.get("realm", ""), params["nonce"]
         ha1 = hashlib.md5(f"{username}:{realm}:{password}".encode()).hexdigest()  # noqa: S324 - RFC 2617
