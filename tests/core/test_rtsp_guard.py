@@ -12,8 +12,10 @@ from contextlib import asynccontextmanager
 import io
 import ipaddress
 import logging
+import os
 from pathlib import Path
 import random
+import resource
 import socket
 import time
 from typing import Any
@@ -24,7 +26,7 @@ import pytest
 import pytest_socket
 import yarl
 
-from custom_components.localcam.core import rtsp_guard
+from custom_components.localcam.core import rtsp, rtsp_guard
 from custom_components.localcam.core.errors import (
     CannotConnectError,
     CertificateError,
@@ -702,7 +704,8 @@ async def test_urls_name_the_relay_and_keep_what_the_camera_needs(socket_enabled
     try:
         target = await NetPolicy().check("rtsp://127.0.0.1:5540/live?channel=1")
         url = yarl.URL(guard.url(target, "viewer", None))
-        assert (url.user, url.password, url.host) == ("viewer", None, "127.0.0.1")
+        # A blank password stays "viewer:" (FFmpeg answers no challenge without the colon).
+        assert (url.user, url.password, url.host) == ("viewer", "", "127.0.0.1")
         assert (url.path, url.query_string) == ("/live", "channel=1")
         relayed = guard.relayed_to(str(url))
         assert relayed is not None
@@ -1600,3 +1603,123 @@ async def test_datagrams_under_8_bytes_are_not_framed(size: int, passed: bool) -
     assert client.written == ([_frame(0, bytes(size))] if passed else [])
     assert listener.guard.datagrams_refused == 0  # the camera's own: not counted as foreign
     assert listener.guard.short_packets_dropped == (0 if passed else 1)
+
+
+async def test_a_relay_session_cancelled_during_its_link_check_closes_the_camera_connection(
+    socket_enabled: None,
+) -> None:
+    """Unload (or retire) while a session's link check runs.
+
+    The relay's connection to the camera closes with the session, not when
+    the camera times it out (a slot held on a camera allowing 2-4 sessions).
+    """
+    entered = asyncio.Event()
+    camera_eof = asyncio.Event()
+
+    async def link_check(_address: object, _port: int) -> None:
+        entered.set()
+        await asyncio.sleep(30)  # the executor hop to /proc/net/arp, slow under load
+
+    async def camera(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            await reader.read()
+        camera_eof.set()
+        writer.close()
+
+    server = await asyncio.start_server(camera, "127.0.0.1", 0)
+    guard = RtspGuard(link_check=link_check)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        target = await NetPolicy().check(f"rtsp://127.0.0.1:{port}/s")
+        relay = yarl.URL(guard.url(target, None, None)).port
+        _reader, writer = await asyncio.open_connection("127.0.0.1", relay)
+        async with asyncio.timeout(5):
+            await entered.wait()
+        await guard.close()
+        writer.close()
+        async with asyncio.timeout(3):
+            await camera_eof.wait()
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("auth", ["digest", "basic"])
+async def test_a_camera_with_a_blank_password_is_relayed_with_its_username(
+    socket_enabled: None, auth: str
+) -> None:
+    """``admin`` and a blank password (stored as None), common on cheap cameras.
+
+    The health check's DESCRIBE authenticates with an empty password; FFmpeg,
+    given the relay URL, must too (it answers no challenge for a user part
+    without a colon: 401s on the stream and stills).
+    """
+
+    cam = VirtualCamera(
+        camera_config("t", 5, username="admin", password=None, auth=auth, http_snapshot=False)
+    )
+    await cam.start()
+    guard = RtspGuard()
+    try:
+        target = await NetPolicy().check(cam.rtsp_url)
+        await rtsp.describe(target, username="admin", password=None, timeout=3)  # passes
+        url = guard.url(target, "admin", None)
+        frame = await async_grab_keyframe(url, timeout=5, encode=False)
+        assert frame.info.width == 320
+    finally:
+        await guard.close()
+        await cam.stop()
+
+
+async def test_the_relay_still_accepts_after_a_transient_accept_failure(
+    socket_enabled: None,
+) -> None:
+    """Out of file descriptors for a moment (EMFILE): accept() fails, then works again.
+
+    asyncio's own servers pause and retry; the relay's accept loop died for
+    good, and every later FFmpeg connection waited unserved until a reload.
+    """
+
+    async def camera(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while await reader.readuntil(b"\r\n\r\n"):
+                writer.write(b"RTSP/1.0 200 OK\r\nCSeq: 1\r\n\r\n")
+
+    server = await asyncio.start_server(camera, "127.0.0.1", 0)
+    guard = RtspGuard()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        target = await NetPolicy().check(f"rtsp://127.0.0.1:{port}/s")
+        relay = yarl.URL(guard.url(target, None, None)).port
+        await asyncio.sleep(0.05)  # the accept loop is waiting
+        first = socket.socket()
+        first.setblocking(False)
+        # Every descriptor in use for a moment: the accept of ``first`` fails.
+        hogs: list[socket.socket] = []
+        in_use = len(os.listdir("/proc/self/fd"))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + 8, hard))
+        try:
+            with contextlib.suppress(OSError):
+                while True:
+                    hogs.append(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+            first.connect_ex(("127.0.0.1", relay))
+            for _ in range(20):
+                await asyncio.sleep(0.01)
+        finally:
+            for hog in hogs:
+                hog.close()
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        first.close()
+        await asyncio.sleep(1.5)  # the pressure is over
+        (listener,) = guard._listeners.values()
+        assert not listener.serving.done(), listener.serving.exception()
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay)
+        writer.write(b"OPTIONS rtsp://127.0.0.1/s RTSP/1.0\r\nCSeq: 1\r\n\r\n")
+        async with asyncio.timeout(3):
+            head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"RTSP/1.0 200")
+        writer.close()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        await guard.close()
+        server.close()

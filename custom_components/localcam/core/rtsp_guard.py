@@ -87,6 +87,8 @@ MAX_LISTENERS: Final = 4
 # room for a restart overlapping the old session.
 MAX_CONNECTIONS: Final = 8
 READ_SIZE: Final = 64 * 1024
+# Pause before accepting again after accept() failed (out of descriptors).
+ACCEPT_RETRY: Final = 1.0
 _BACKLOG: Final = 8
 # UDP cameras (see _UdpBridge). Tracks per session (video, audio, metadata and
 # SETUP retries after a 401); beyond this a SETUP passes unchanged (interleaved).
@@ -815,7 +817,18 @@ class _Listener:
         """
         loop = asyncio.get_running_loop()
         while True:
-            conn, _ = await loop.sock_accept(self.sock)
+            try:
+                conn, _ = await loop.sock_accept(self.sock)
+            except OSError as err:
+                # Out of descriptors or buffers for a moment (EMFILE, ENOBUFS):
+                # pause and accept again, as asyncio's own servers do. Ending
+                # here would leave this port handed out with nobody serving it
+                # until the entry reloads. A closed socket ends the loop.
+                if self.sock.fileno() == -1:
+                    return
+                _LOGGER.debug("Relay for %s:%s cannot accept: %s", self.address, self.port, err)
+                await asyncio.sleep(ACCEPT_RETRY)
+                continue
             if len(self.sessions) >= MAX_CONNECTIONS:
                 conn.close()
                 continue
@@ -869,6 +882,11 @@ class _Listener:
                 up_writer.transport.abort()
                 self.guard.link_refused(self, err)
                 return
+            except BaseException:
+                # Cancelled meanwhile (unload, retire, eviction): the camera's
+                # connection closes with the session, not when it times out.
+                up_writer.transport.abort()
+                raise
         last_request = bytearray()
         bridge = None
         if upstream.udp:
