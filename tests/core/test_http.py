@@ -24,6 +24,7 @@ from custom_components.localcam.core.errors import (
     CannotConnectError,
     CertificateError,
     InvalidAuthError,
+    InvalidImageError,
     InvalidUrlError,
     LocalCamError,
     NotLocalError,
@@ -35,7 +36,9 @@ from custom_components.localcam.core.http import (
     _same_host_hop,
     fetch,
 )
+from custom_components.localcam.core.models import CameraSource
 from custom_components.localcam.core.netpolicy import NetPolicy
+from custom_components.localcam.core.snapshot import CameraClient
 from virtualcam.tls import self_signed
 
 USER = "viewer"
@@ -646,6 +649,41 @@ async def test_credentials_not_forwarded_cross_port(
     assert all(s.authorization is None for s in other_cam.state.seen)
 
 
+async def test_credentials_follow_an_upgrade_to_https_of_the_same_host(
+    session: aiohttp.ClientSession, policy: NetPolicy, cam: Camera, tls_cam: TlsCamera
+) -> None:
+    """http://cam/... -> https://cam/... (an "HTTPS only" camera): the credentials go along.
+
+    The same host at the same checked address, better protected. Without
+    them, the camera's 401 read as wrong credentials: a reauth flow that no
+    password could satisfy. The way back (https -> http) never carries them,
+    and its 401 is no credentials error either.
+    """
+    cam.state.locations["secure"] = f"https://cam.lan:{tls_cam.camera.port}/basic"
+    reply = await fetch(
+        session,
+        policy,
+        cam.url("/go/secure", host="cam.lan"),
+        username=USER,
+        password=PASSWORD,
+        verify_ssl=False,
+    )
+    assert reply.body == JPEG
+    assert tls_cam.camera.state.auth_schemes("/basic") == [None, "Basic"]
+    tls_cam.camera.state.locations["plain"] = cam.url("/basic", host="cam.lan")
+    with pytest.raises(CannotConnectError, match="asks for credentials") as err:
+        await fetch(
+            session,
+            policy,
+            f"https://cam.lan:{tls_cam.camera.port}/go/plain",
+            username=USER,
+            password=PASSWORD,
+            verify_ssl=False,
+        )
+    assert not isinstance(err.value, InvalidAuthError)
+    assert cam.state.auth_schemes("/basic") == [None]
+
+
 async def test_a_redirect_to_another_name_for_the_same_address_is_refused(
     session: aiohttp.ClientSession, policy: NetPolicy, cam: Camera
 ) -> None:
@@ -958,3 +996,53 @@ async def test_auth_memory_starts_over_after_a_401(
             auth_memory=memory,
         )
     assert memory.scheme is None
+
+
+async def test_an_mjpeg_snapshot_url_is_refused_at_its_headers(
+    socket_enabled: None, session: aiohttp.ClientSession
+) -> None:
+    """A snapshot URL that streams MJPEG (/video.mjpg): a content-type error at once.
+
+    Its reply never ends: read to the still's deadline, it cost the whole
+    timeout, held one of the camera's connections, and said "did not
+    answer in time" instead of what is wrong with the URL.
+    """
+    stream_ended = asyncio.Event()
+
+    async def mjpeg(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={"Content-Type": "multipart/x-mixed-replace; boundary=frame"}
+        )
+        await response.prepare(request)
+        try:
+            for _ in range(300):
+                await response.write(
+                    b"--frame\r\nContent-Type: image/jpeg\r\n\r\n" + JPEG + b"\r\n"
+                )
+                await asyncio.sleep(0.1)
+        finally:
+            stream_ended.set()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/video.mjpg", mjpeg)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server(access_log=None)  # type: ignore[arg-type]
+    source = CameraSource(
+        camera_id="cam",
+        stream_url="rtsp://127.0.0.1:9/none",
+        snapshot_url=f"http://127.0.0.1:{server.port}/video.mjpg",
+    )
+    client = CameraClient(session, NetPolicy(), source)
+    started = time.monotonic()
+    try:
+        with pytest.raises(InvalidImageError) as err:
+            await client.fetch_snapshot(timeout=5.0)
+        assert err.value.kind == "content_type"
+        assert time.monotonic() - started < 1.0
+        # The connection was given up, not read on.
+        async with asyncio.timeout(5):
+            await stream_ended.wait()
+    finally:
+        await client.close()
+        await server.close()

@@ -56,6 +56,9 @@ type Credentials = tuple[str, str]
 # identity layer's link check, see CameraClient.guard_credentials); what it
 # raises ends the fetch, nothing sent.
 type BeforeCredentials = Callable[[Target], Awaitable[None]]
+# Called with a 2xx reply's declared content type before its body is read;
+# raises to refuse the reply (the snapshot path: anything but a JPEG).
+type CheckContentType = Callable[[str], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +112,7 @@ async def fetch(
     max_redirects: int = 3,
     auth_memory: AuthMemory | None = None,
     before_credentials: BeforeCredentials | None = None,
+    check_content_type: CheckContentType | None = None,
 ) -> HttpReply:
     """GET a credential-free LAN URL, following checked redirects, within one deadline."""
     credentials: Credentials | None = None
@@ -129,6 +133,7 @@ async def fetch(
                 max_redirects=max_redirects,
                 auth_memory=auth_memory,
                 before_credentials=before_credentials,
+                check_content_type=check_content_type,
             )
     except TimeoutError:
         raise CameraTimeoutError(
@@ -147,13 +152,17 @@ async def _follow(
     max_redirects: int,
     auth_memory: AuthMemory | None = None,
     before_credentials: BeforeCredentials | None = None,
+    check_content_type: CheckContentType | None = None,
 ) -> HttpReply:
     """Run the request/redirect loop; every hop is policy-checked before connecting."""
     origin = await policy.check(url, schemes=HTTP_SCHEMES)
     target = origin
     for redirects in range(max_redirects + 1):
-        # Credentials stay with the origin the user typed them for.
-        hop_credentials = credentials if _same_origin(target, origin) else None
+        # Credentials stay with the origin the user typed them for, or its
+        # upgrade to HTTPS (every hop is the same host at the same checked
+        # address). Without them there, an "HTTPS only" camera's 401 read as
+        # wrong credentials, a reauth no password could ever satisfy.
+        hop_credentials = credentials if _credentials_go(target, origin) else None
         if hop_credentials is not None and before_credentials is not None:
             # Before the first request: a remembered scheme sends them at once,
             # and aiohttp's Digest middleware answers a challenge by itself.
@@ -167,6 +176,14 @@ async def _follow(
                 status = response.status
                 if status in REDIRECT_STATUSES:
                     location = response.headers.get(hdrs.LOCATION)
+                elif status == 401 and credentials is not None and hop_credentials is None:
+                    # The redirect left the origin the credentials are for: no
+                    # new password can answer this, so it is no credentials
+                    # error (which would start a reauth flow).
+                    raise CannotConnectError(
+                        f"it redirects to {display_url(target.url)}, which asks for "
+                        "credentials: enter that URL"
+                    )
                 elif status == 401:
                     raise InvalidAuthError(
                         f"{display_url(target.url)} rejected the credentials"
@@ -176,6 +193,8 @@ async def _follow(
                 elif not 200 <= status < 300:
                     raise CannotConnectError(f"HTTP {status} from {display_url(target.url)}")
                 else:
+                    if check_content_type is not None:
+                        check_content_type(response.content_type)
                     body = await _read_body(response, max_bytes)
                     return HttpReply(
                         status=status,
@@ -244,13 +263,18 @@ async def _same_host_hop(
     return pinned
 
 
-def _same_origin(target: Target, origin: Target) -> bool:
-    """Tell whether a hop goes to the scheme, host and port the user typed."""
-    return (target.url.scheme, target.host, target.port) == (
-        origin.url.scheme,
-        origin.host,
-        origin.port,
-    )
+def _credentials_go(target: Target, origin: Target) -> bool:
+    """Tell whether a hop may carry the credentials typed for ``origin``.
+
+    The origin itself (scheme, host, port), or the same host over HTTPS when
+    the origin was plain HTTP: as a browser upgrading a site, the password
+    then travels better protected, to the device it was typed for.
+    """
+    if target.host != origin.host:
+        return False
+    if (target.url.scheme, target.port) == (origin.url.scheme, origin.port):
+        return True
+    return (origin.url.scheme, target.url.scheme) == ("http", "https")
 
 
 def _host_header(target: Target) -> str:

@@ -46,6 +46,18 @@ def loaded() -> bool:
     return _turbojpeg is not None
 
 
+def check_content_type(content_type: str) -> None:
+    """Refuse a declared type that is not a JPEG (an HTML page, an MJPEG stream).
+
+    Also called at a reply's headers, before its body is read: a snapshot
+    URL that streams MJPEG (multipart/x-mixed-replace, never ending) is
+    refused at once rather than read until the still's deadline.
+    """
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type not in JPEG_CONTENT_TYPES:
+        raise InvalidImageError(f"content type {media_type or 'missing'}", kind="content_type")
+
+
 def validate_jpeg(
     data: bytes, content_type: str | None = None, max_bytes: int = MAX_JPEG_BYTES
 ) -> tuple[int, int]:
@@ -59,9 +71,7 @@ def validate_jpeg(
     if len(data) > max_bytes:
         raise InvalidImageError(f"larger than {max_bytes} bytes", kind="too_large")
     if content_type is not None:
-        media_type = content_type.split(";", 1)[0].strip().lower()
-        if media_type not in JPEG_CONTENT_TYPES:
-            raise InvalidImageError(f"content type {media_type or 'missing'}", kind="content_type")
+        check_content_type(content_type)
     if not data.startswith(SOI):
         raise InvalidImageError("no JPEG start marker", kind="not_jpeg")
     tail = data[-_MAX_PADDING - 2 :].rstrip(_TRAILING_PADDING)

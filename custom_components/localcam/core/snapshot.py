@@ -379,6 +379,7 @@ class CameraClient:
                     max_bytes=jpeg.MAX_JPEG_BYTES,
                     auth_memory=self._auth_memory,
                     before_credentials=self._before_http_credentials,
+                    check_content_type=jpeg.check_content_type,
                 )
             except ReplyTooLargeError as err:
                 # Cut off at the cap, the same refusal validate_jpeg makes.
