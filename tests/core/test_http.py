@@ -4,6 +4,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 import hashlib
+import io
 from ipaddress import ip_address
 import logging
 from pathlib import Path
@@ -16,6 +17,7 @@ import time
 import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from PIL import Image, ImageOps
 import pytest
 import yarl
 
@@ -39,6 +41,7 @@ from custom_components.localcam.core.http import (
 from custom_components.localcam.core.models import CameraSource
 from custom_components.localcam.core.netpolicy import NetPolicy
 from custom_components.localcam.core.snapshot import CameraClient
+from custom_components.localcam.core.snapshot_cache import SnapshotCache
 from virtualcam.tls import self_signed
 
 USER = "viewer"
@@ -1046,3 +1049,64 @@ async def test_an_mjpeg_snapshot_url_is_refused_at_its_headers(
     finally:
         await client.close()
         await server.close()
+
+
+async def test_a_card_sized_still_shows_the_same_way_up_as_the_full_one(
+    socket_enabled: None, session: aiohttp.ClientSession
+) -> None:
+    """A camera whose JPEG says "turn me" (EXIF Orientation 6): every copy is upright.
+
+    Browsers honour the tag on the camera's own JPEG; the card-sized copy
+    LocalCam encodes carried no tag and showed sideways. The tag is applied
+    once, so the full still and each card size show the same picture.
+    """
+    picture = Image.new("RGB", (64, 48), (200, 10, 10))
+    picture.paste((10, 10, 200), (0, 0, 32, 48))  # left half blue: which way it is turned
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    picture.save(buffer, "JPEG", exif=exif.tobytes())
+    body = buffer.getvalue()
+
+    async def snap(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="image/jpeg")
+
+    app = web.Application()
+    app.router.add_get("/snap.jpg", snap)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server(access_log=None)  # type: ignore[arg-type]
+    source = CameraSource(
+        camera_id="cam",
+        stream_url="rtsp://127.0.0.1:9/none",
+        snapshot_url=f"http://127.0.0.1:{server.port}/snap.jpg",
+    )
+    client = CameraClient(session, NetPolicy(), source)
+    cache = SnapshotCache("cam", source.fingerprint, client.fetch_snapshot, max_age=5.0)
+    try:
+        full = await cache.get()
+        card = await cache.get(24, 32)
+    finally:
+        await cache.close()
+        await client.close()
+        await server.close()
+
+    def as_shown(data: bytes) -> Image.Image:
+        shown = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+        assert shown is not None
+        return shown.convert("RGB")
+
+    upright = as_shown(body)
+    assert upright.size == (48, 64)
+    for still in (full, card):
+        shown = as_shown(still.jpeg)
+        assert (still.width, still.height) == shown.size
+        assert shown.size[0] < shown.size[1]  # portrait, as the camera meant it
+        # The blue half is where the camera's own JPEG shows it (the top).
+        assert [_bluer(shown, y) for y in (0.1, 0.9)] == [_bluer(upright, y) for y in (0.1, 0.9)]
+
+
+def _bluer(picture: Image.Image, y: float) -> bool:
+    """Whether the picture is more blue than red at its middle column, ``y`` of the way down."""
+    pixel = picture.getpixel((picture.width // 2, int(picture.height * y)))
+    assert isinstance(pixel, tuple)
+    return bool(pixel[2] > pixel[0])

@@ -5,11 +5,17 @@ import io
 from homeassistant.components.camera.img_util import find_supported_scaling_factor
 from homeassistant.components.stream.core import TRANSFORM_IMAGE_FUNCTION
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 import pytest
 
 from custom_components.localcam.core.errors import InvalidImageError
-from custom_components.localcam.core.jpeg import cover_size, orient_jpeg, scale_jpeg, validate_jpeg
+from custom_components.localcam.core.jpeg import (
+    cover_size,
+    exif_orientation,
+    orient_jpeg,
+    scale_jpeg,
+    validate_jpeg,
+)
 
 
 def _jpeg(width: int = 64, height: int = 48, color: tuple[int, int, int] = (200, 30, 30)) -> bytes:
@@ -208,3 +214,61 @@ def test_an_unknown_or_undecodable_orientation_leaves_the_picture_as_it_is() -> 
     assert orient_jpeg(data, 9) == (data, 64, 32)
     cmyk = _color_jpeg(64, 32, "CMYK")
     assert orient_jpeg(cmyk, 3) == (cmyk, 64, 32)
+
+
+def _with_exif(data: bytes, orientation: int, *, big_endian: bool = False) -> bytes:
+    """The JPEG with an EXIF block whose Orientation is ``orientation`` (Pillow writes it)."""
+    exif = Image.Exif()
+    exif.endian = ">" if big_endian else "<"
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(data)).save(buffer, "JPEG", quality=95, exif=exif.tobytes())
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("big_endian", [False, True], ids=["II", "MM"])
+@pytest.mark.parametrize("exif", range(1, 9))
+def test_a_still_with_exif_orientation_is_turned_as_a_viewer_shows_it(
+    exif: int, big_endian: bool
+) -> None:
+    """A camera's EXIF Orientation is read and applied as Pillow's exif_transpose does.
+
+    Then HA's Orientation setting on top (here 3, rotate 180); the result
+    carries no EXIF, so a viewer shows it exactly as encoded.
+    """
+    data, _ = _quadrants_jpeg()
+    tagged = _with_exif(data, exif, big_endian=big_endian)
+    assert exif_orientation(tagged) == exif
+    shown = Image.open(io.BytesIO(tagged))
+    upright = np.asarray(ImageOps.exif_transpose(shown).convert("RGB"))
+    for setting in (1, 3):
+        turned, width, height = orient_jpeg(tagged, setting, exif=exif_orientation(tagged))
+        expected = TRANSFORM_IMAGE_FUNCTION[setting](upright)
+        got = Image.open(io.BytesIO(turned))
+        assert got.getexif().get(0x0112, 1) == 1 or turned is tagged
+        rgb = np.asarray(got.convert("RGB"))
+        assert (width, height) == (expected.shape[1], expected.shape[0]) == rgb.shape[1::-1]
+        assert _corners(rgb) == _corners(expected)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(b"\xff\xd8", id="only SOI"),
+        pytest.param(
+            b"\xff\xd8\xff\xe1\x00\x10Exif\x00\x00XX\x00*\x00\x00\x00\x08", id="bad order"
+        ),
+        pytest.param(
+            b"\xff\xd8\xff\xe1\x00\x10Exif\x00\x00II*\x00\xff\xff\x00\x00", id="bad offset"
+        ),
+        pytest.param(
+            b"\xff\xd8\xff\xe1\xff\xffExif\x00\x00II*\x00\x08\x00\x00\x00\xff\xff", id="cut"
+        ),
+        pytest.param(b"\xff\xd8" + b"\xff\xfe\x00\x02" * 40, id="many segments"),
+        pytest.param(b"\xff\xd8\x00\x00\x00\x00", id="not a marker"),
+    ],
+)
+def test_a_malformed_or_missing_exif_block_reads_as_no_orientation(data: bytes) -> None:
+    """Garbage, a cut block or an endless header: 1 (as stored), never an error."""
+    assert exif_orientation(data) == 1
+    assert exif_orientation(_jpeg()) == 1

@@ -6,7 +6,7 @@ served: every still, whatever its source, passes ``validate_jpeg`` first.
 
 from collections.abc import Callable
 import threading
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Literal
 
 from .errors import InvalidImageError
 
@@ -155,7 +155,59 @@ def scale_jpeg(data: bytes, width: int | None, height: int | None) -> tuple[byte
     return bytes(turbojpeg().encode(pixels, quality=80, pixel_format=TJPF_RGB)), *target
 
 
-def orient_jpeg(data: bytes, orientation: int) -> tuple[bytes, int, int]:
+# The markers before the picture data a camera's JPEG may carry (APPn,
+# comments, tables): more than this and its EXIF is not looked for.
+_MAX_HEADER_SEGMENTS: Final = 32
+_EXIF_ORIENTATION_TAG: Final = 0x0112
+# EXIF's Orientation says how to turn the stored picture for display (a
+# viewer applies it): the turn, as a key of _TURNS, that does that. (EXIF 6
+# and 8 are the quarter turns Home Assistant's setting numbers the other way.)
+_EXIF_TURN: Final = {2: 2, 3: 3, 4: 4, 5: 5, 6: 8, 7: 7, 8: 6}
+
+
+def exif_orientation(data: bytes) -> int:
+    """The EXIF Orientation of a JPEG (1, as stored, when it has none or it cannot be read).
+
+    A plain walk of the header segments up to the picture data, bounded in
+    count: no decode, a few microseconds.
+    """
+    pos = 2  # after SOI
+    for _ in range(_MAX_HEADER_SEGMENTS):
+        if pos + 4 > len(data) or data[pos] != 0xFF:
+            return 1
+        marker = data[pos + 1]
+        if marker in (0xDA, 0xD9):  # start of scan, end of image: no EXIF before them
+            return 1
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if marker == 0xE1 and data[pos + 4 : pos + 10] == b"Exif\x00\x00":
+            return _tiff_orientation(data[pos + 10 : pos + 2 + length])
+        pos += 2 + length
+    return 1
+
+
+def _tiff_orientation(tiff: bytes) -> int:
+    """The Orientation tag of an EXIF block's first directory (1 when absent or malformed)."""
+    order: Literal["little", "big"]
+    if tiff[:2] == b"II":
+        order = "little"
+    elif tiff[:2] == b"MM":
+        order = "big"
+    else:
+        return 1
+    if len(tiff) < 8:
+        return 1
+    ifd = int.from_bytes(tiff[4:8], order)
+    if ifd + 2 > len(tiff):
+        return 1
+    count = int.from_bytes(tiff[ifd : ifd + 2], order)
+    for entry in range(ifd + 2, min(ifd + 2 + 12 * count, len(tiff) - 11), 12):
+        if int.from_bytes(tiff[entry : entry + 2], order) == _EXIF_ORIENTATION_TAG:
+            value = int.from_bytes(tiff[entry + 8 : entry + 10], order)
+            return value if value in _EXIF_TURN else 1
+    return 1
+
+
+def orient_jpeg(data: bytes, orientation: int, *, exif: int = 1) -> tuple[bytes, int, int]:
     """The picture turned as Home Assistant's camera setting *Orientation* turns its stream.
 
     ``orientation`` is the setting's value (EXIF's numbering, 1 to 8, with
@@ -165,12 +217,18 @@ def orient_jpeg(data: bytes, orientation: int) -> tuple[bytes, int, int]:
     from it; LocalCam's other stills (snapshot URL, its own grabs) are turned
     here, so a camera's stills look the same whichever source served them.
     Returns the JPEG and its size; 1 (or an unknown value) leaves it as it is.
+
+    ``exif`` is the JPEG's own EXIF Orientation (``exif_orientation``): the
+    picture is first turned upright as a viewer would show it, then as the
+    setting says. The result carries no EXIF, so every copy of it (the card
+    sizes re-encoded from it too) shows the same way up everywhere.
     """
     import numpy as np  # noqa: PLC0415 - only turned cameras need these
     from turbojpeg import TJPF_RGB  # noqa: PLC0415
 
+    turns = [_TURNS[t] for t in (_EXIF_TURN.get(exif), orientation) if t in _TURNS]
     try:
-        decoded = turbojpeg().decode(data, pixel_format=TJPF_RGB) if orientation in _TURNS else None
+        decoded = turbojpeg().decode(data, pixel_format=TJPF_RGB) if turns else None
     except OSError:
         # Decodable header, undecodable pixels for RGB (a CMYK JPEG, say):
         # the picture as the camera sent it, rather than none.
@@ -178,7 +236,9 @@ def orient_jpeg(data: bytes, orientation: int) -> tuple[bytes, int, int]:
     if decoded is None:
         width, height, _s, _c = turbojpeg().decode_header(data)
         return data, int(width), int(height)
-    pixels = np.ascontiguousarray(_TURNS[orientation](decoded))
+    for turn in turns:
+        decoded = turn(decoded)
+    pixels = np.ascontiguousarray(decoded)
     encoded = bytes(turbojpeg().encode(pixels, quality=85, pixel_format=TJPF_RGB))
     return encoded, int(pixels.shape[1]), int(pixels.shape[0])
 

@@ -436,8 +436,13 @@ class CameraClient:
             self.check_link_identity(raw.address, raw.host)
         width, height = jpeg.validate_jpeg(raw.body, raw.content_type)
         body = raw.body
-        if (turn := self._turn(raw)) != 1:
-            body, width, height = jpeg.orient_jpeg(body, turn)
+        # A snapshot URL's JPEG may say how to show it (EXIF Orientation):
+        # browsers honour it on the camera's own JPEG, but no copy LocalCam
+        # encodes (card sizes, a turned still) carries it, so it is applied
+        # once here and every copy shows the same way up.
+        exif = jpeg.exif_orientation(body) if raw.kind is SnapshotSource.SNAPSHOT_URL else 1
+        if (turn := self._turn(raw)) != 1 or exif != 1:
+            body, width, height = jpeg.orient_jpeg(body, turn, exif=exif)
         return Snapshot(
             camera_id=self.source.camera_id,
             fingerprint=self.source.fingerprint,
