@@ -25,7 +25,7 @@ Safety properties and the layer that guarantees each:
 
 import asyncio
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
@@ -516,7 +516,20 @@ async def async_prepare_live(camera: LocalCamCamera, *, wait: float) -> StreamOu
         )
     if not stream.outputs() and (left := deadline - loop.time()) > SERVING_INTERVAL:
         await camera.async_wait_until_serving(left)
-    if (track := await _async_wait_for_part(stream, deadline - loop.time())) is None:
+
+    def owned() -> bool:
+        # The entity still holds this stream: an unload (or a source
+        # change) meanwhile stopped it for good, and no request waiting
+        # here may start the removed camera's stream again.
+        return camera.stream is stream
+
+    if not owned():
+        raise HomeAssistantError(
+            translation_domain=DOMAIN,
+            translation_key="cast_no_stream",
+            translation_placeholders={"entity_id": camera.entity_id},
+        )
+    if (track := await _async_wait_for_part(stream, deadline - loop.time(), owned)) is None:
         raise HomeAssistantError(
             translation_domain=DOMAIN,
             translation_key="cast_stream_timeout",
@@ -557,7 +570,9 @@ async def _async_stop_settled(stream: Stream) -> None:
     await asyncio.sleep(LIVE_RECHECK)
 
 
-async def _async_wait_for_part(stream: Stream, timeout: float) -> StreamOutput | None:
+async def _async_wait_for_part(
+    stream: Stream, timeout: float, owned: Callable[[], bool]
+) -> StreamOutput | None:
     """Wait, bounded, until the stream's HLS output holds a finished part; return that output.
 
     Home Assistant drops an output OUTPUT_IDLE_TIMEOUT (30 s) after its
@@ -566,7 +581,9 @@ async def _async_wait_for_part(stream: Stream, timeout: float) -> StreamOutput |
     dropped after the worker was (re)started for it, and nothing ever fills
     it. So the output is looked at again every LIVE_RECHECK seconds, and one
     the stream no longer holds is replaced (the worker started again), at
-    most LIVE_RESTARTS times, once the stop that dropped it has ended.
+    most LIVE_RESTARTS times, once the stop that dropped it has ended, and
+    only while the camera entity still ``owned`` the stream (an unload stops
+    it for good: nothing is started again, the wait ends with None).
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -575,7 +592,9 @@ async def _async_wait_for_part(stream: Stream, timeout: float) -> StreamOutput |
     for _ in range(ceil(timeout / LIVE_RECHECK) + LIVE_RESTARTS + 1):
         if has_part(track):
             return track
-        if stream.outputs().get(HLS_PROVIDER) is not track and restarts < LIVE_RESTARTS:
+        if stream.outputs().get(HLS_PROVIDER) is not track:
+            if not owned() or restarts >= LIVE_RESTARTS:
+                return None
             restarts += 1
             LOGGER.debug("The stream dropped its HLS output while it started; starting it again")
             # The stop that dropped it first ends: an output added while the
@@ -584,6 +603,8 @@ async def _async_wait_for_part(stream: Stream, timeout: float) -> StreamOutput |
             # stops the new worker in turn. Stop and cleanup both end before
             # the stream's start/stop lock is free again.
             await _async_stop_settled(stream)
+            if not owned():
+                return None
             track = await _async_start_hls(stream)
             continue
         remaining = deadline - loop.time()
