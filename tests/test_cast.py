@@ -13,6 +13,7 @@ decodes it with PyAV. No discovery runs and no packet leaves 127.0.0.1.
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack, asynccontextmanager
+from dataclasses import replace
 from datetime import timedelta
 from http import HTTPStatus
 import io
@@ -1906,7 +1907,7 @@ async def test_live_edges(
         status, _ = await _get(receiver_session, f"{live}/playlist.m3u8")
     assert status == HTTPStatus.SERVICE_UNAVAILABLE
 
-    async def revoke_while_waiting(stream: Any, timeout: float) -> Any:
+    async def revoke_while_waiting(stream: Any, timeout: float, owned: Any) -> Any:
         manager.links.revoke(token)
         return stream.add_provider(HLS_PROVIDER)
 
@@ -2851,3 +2852,90 @@ def test_playlist_numbers_parts_stably_across_restarts() -> None:
     assert newest == 9
     assert "#EXT-X-MEDIA-SEQUENCE:3" in again
     assert _media_lines(again)[0] == "segment/1.0.m4s"
+
+
+def _discontinuity_numbers(playlist: str) -> dict[str, int]:
+    """Each listed segment's Discontinuity Sequence Number (RFC 8216 6.2.2)."""
+    number, numbers = 0, {}
+    for line in playlist.splitlines():
+        if line.startswith("#EXT-X-DISCONTINUITY-SEQUENCE:"):
+            number = int(line.partition(":")[2])
+        elif line == "#EXT-X-DISCONTINUITY":
+            number += 1
+        elif line and not line.startswith("#"):
+            numbers[line] = number
+    return numbers
+
+
+def test_a_part_keeps_its_discontinuity_number_on_every_reload() -> None:
+    """A camera reboot: HA's stream_id jumps by every failed reconnection (0 -> 3).
+
+    The playlist shows one restart, so the new run's parts are number 1, on
+    every reload, also once the window has slid past the restart (before:
+    3, as the stream_id, a jump that re-times the run in strict players).
+    """
+    track = _Track()
+    track.add(0, 0, 3)
+    track.add(1, 3, 3)
+    seen: dict[str, int] = {}
+    for sequence in range(2, 7):
+        rendered = cast_views.render_playlist(track)  # type: ignore[arg-type]
+        assert rendered is not None
+        for uri, number in _discontinuity_numbers(rendered.text).items():
+            assert seen.setdefault(uri, number) == number, uri
+        track.add(sequence, 3, 3)
+        track.segments.pop(0)
+    assert seen["segment/0.0.m4s"] == 0
+    assert seen["segment/1.0.m4s"] == seen["segment/5.2.m4s"] == 1
+    assert "#EXT-X-DISCONTINUITY-SEQUENCE:1" in rendered.text
+    assert "#EXT-X-DISCONTINUITY\n" not in rendered.text
+    assert '#EXT-X-MAP:URI="init/3.mp4"' in rendered.text
+
+
+@pytest.mark.parametrize("expected_lingering_timers", [True])  # HA's stream's idle timer
+async def test_a_playlist_request_waiting_at_unload_does_not_restart_the_stream(
+    hass: HomeAssistant,
+    porch: str,
+    camera: VirtualCamera,
+    receiver: FakeCastDevice,
+    http_port: int,
+    receiver_session: aiohttp.ClientSession,
+) -> None:
+    """A receiver's playlist request waits for the first part; the camera's entry unloads.
+
+    The unload stops the entity's stream for good: the waiting request ends
+    (404 or 503) and starts nothing. Before, it restarted the removed
+    camera's stream, whose worker then retried the old address with the old
+    credentials (for good with "Preload stream" on).
+    """
+    manager = hass.data[DATA_CAST]
+    entry = hass.config_entries.async_entries(DOMAIN)[0]
+    token = manager.links.issue(
+        CastGrant(
+            entry.data["camera_id"], "media_player.hall", CastMode.LIVE, _stream(hass, porch)
+        ),
+        duration=60,
+    )
+    url = f"http://127.0.0.1:{http_port}/api/localcam/cast/{token}/{porch}/live/playlist.m3u8"
+    entity = get_camera_from_entity_id(hass, porch)
+    camera.config = replace(camera.config, slow_delay=0.4)
+    camera.fault = Fault.SLOW  # the stream's first part comes a couple of seconds late
+    request = asyncio.create_task(_get(receiver_session, url))
+    deadline = time.monotonic() + WAIT
+    while (stream := entity.stream) is None or HLS_PROVIDER not in stream.outputs():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    assert not cast_module.has_part(stream.outputs()[HLS_PROVIDER])
+    try:
+        assert await hass.config_entries.async_unload(entry.entry_id)
+        assert entity.stream is None
+        status, _ = await request
+        assert status in (HTTPStatus.NOT_FOUND, HTTPStatus.SERVICE_UNAVAILABLE)
+        await asyncio.sleep(0.5)
+        assert list(stream.outputs()) == []
+        worker = stream._thread  # HA's stream worker thread: no public view of it
+        assert worker is None or not worker.is_alive()
+    finally:
+        for output in list(stream.outputs().values()):
+            await stream.remove_provider(output)
+        camera.fault = None

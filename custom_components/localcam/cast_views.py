@@ -99,6 +99,9 @@ class _Entry:
     segment: Segment
     index: int
     part: Part
+    # Its Discontinuity Sequence Number (RFC 8216 6.2.2): one more for each
+    # restart of the camera's stream before it, counted as listed.
+    discontinuity: int
 
 
 class PartNumbers:
@@ -110,12 +113,26 @@ class PartNumbers:
     every part the same number on every reload of the playlist.
     """
 
-    __slots__ = ("_assigned", "_next", "_served", "target_duration")
+    __slots__ = (
+        "_assigned",
+        "_discontinuity",
+        "_last_stream",
+        "_next",
+        "_served",
+        "target_duration",
+    )
 
     def __init__(self) -> None:
         """Start numbering at zero."""
-        self._assigned: dict[tuple[int, int], int] = {}
+        # (segment sequence, part index) -> (media sequence, discontinuity sequence)
+        self._assigned: dict[tuple[int, int], tuple[int, int]] = {}
         self._next = 0
+        # HA raises a segment's stream_id at every failed reconnection too, so
+        # a restart can skip several ids: the playlist counts the restarts it
+        # shows instead, so a part keeps its discontinuity number on every
+        # reload (a jump re-times the new run in strict players).
+        self._discontinuity = 0
+        self._last_stream: int | None = None
         # EXT-X-TARGETDURATION must not change between reloads (RFC 8216
         # 4.3.3.1): the longest part seen so far, in whole seconds, only grows.
         self.target_duration = 1
@@ -128,11 +145,14 @@ class PartNumbers:
         for segment in segments:
             for index, part in enumerate(segment.parts):
                 key = (segment.sequence, index)
-                number = self._assigned.get(key)
-                if number is None:
-                    number = self._assigned[key] = self._next
+                numbered = self._assigned.get(key)
+                if numbered is None:
+                    if self._last_stream not in (None, segment.stream_id):
+                        self._discontinuity += 1
+                    self._last_stream = segment.stream_id
+                    numbered = self._assigned[key] = (self._next, self._discontinuity)
                     self._next += 1
-                entries.append(_Entry(number, segment, index, part))
+                entries.append(_Entry(numbered[0], segment, index, part, numbered[1]))
         # Forget parts HA no longer holds, so memory stays bounded.
         held = {(entry.segment.sequence, entry.index) for entry in entries}
         for key in self._assigned.keys() - held:
@@ -205,17 +225,19 @@ def render_playlist(track: StreamOutput) -> Playlist | None:
         "#EXT-X-VERSION:6",
         f"#EXT-X-TARGETDURATION:{target}",
         f"#EXT-X-MEDIA-SEQUENCE:{first.number}",
-        f"#EXT-X-DISCONTINUITY-SEQUENCE:{first.segment.stream_id}",
+        f"#EXT-X-DISCONTINUITY-SEQUENCE:{first.discontinuity}",
         f"#EXT-X-START:TIME-OFFSET=-{START_OFFSET_TARGETS * target:.3f}",
         f'#EXT-X-MAP:URI="init/{first.segment.stream_id}.mp4"',
         "#EXT-X-PROGRAM-DATE-TIME:" + start.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
     ]
-    stream_id = first.segment.stream_id
+    discontinuity = first.discontinuity
     for entry in entries:
-        if entry.segment.stream_id != stream_id:
+        if entry.discontinuity != discontinuity:
             # The camera's stream restarted: new timeline, maybe a new init.
-            stream_id = entry.segment.stream_id
-            lines.extend(["#EXT-X-DISCONTINUITY", f'#EXT-X-MAP:URI="init/{stream_id}.mp4"'])
+            discontinuity = entry.discontinuity
+            lines.extend(
+                ["#EXT-X-DISCONTINUITY", f'#EXT-X-MAP:URI="init/{entry.segment.stream_id}.mp4"']
+            )
         lines.extend(
             [
                 f"#EXTINF:{entry.part.duration:.3f},",
