@@ -1653,6 +1653,9 @@ async def test_tokens_stay_out_of_logs_and_diagnostics(
     assert diagnostics[RECEIVER]["internal_host"] is True
     assert diagnostics[RECEIVER]["host_is_ip"] is True
     assert token not in json.dumps(diagnostics)
+    # Nor the camera's entity id: a camera added by URL is named after its
+    # address (camera.127_0_0_1_<port>), which diagnostics redact.
+    assert porch not in json.dumps(diagnostics)
     assert token not in repr(manager)
     assert token not in repr(manager.session_for(RECEIVER))
 

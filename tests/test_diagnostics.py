@@ -140,6 +140,38 @@ async def test_a_password_in_a_url_path_is_masked(
     assert shown["stream_url"].endswith("/**REDACTED**/ch1")
 
 
+@pytest.mark.parametrize(
+    ("url", "secret", "shown"),
+    [
+        pytest.param(
+            "rtsps://192.168.1.1:7441/Xk7pQ2mZ9aB3cD4e?enableSrtp",
+            "Xk7pQ2mZ9aB3cD4e",
+            "rtsps://**REDACTED**:**REDACTED**/**REDACTED**?**REDACTED**",
+            id="UniFi Protect alias",
+        ),
+        pytest.param(
+            "http://192.168.1.20/cgi/access_token=APIKEY-0123/snap.jpg",
+            "APIKEY-0123",
+            "http://**REDACTED**/cgi/access_token=**REDACTED**/snap.jpg",
+            id="a name ending in token",
+        ),
+        pytest.param(
+            "rtsp://192.168.1.20/h264Preview_01_main",
+            None,
+            "rtsp://**REDACTED**/h264Preview_01_main",
+            id="an ordinary stream path stays readable",
+        ),
+    ],
+)
+def test_a_secret_that_is_a_path_segment_is_masked(
+    url: str, secret: str | None, shown: str
+) -> None:
+    """A path that is itself the credential (no name=value for the old rule to spot)."""
+    assert redact_url(url) == shown
+    if secret is not None:
+        assert secret not in redact_url(url)
+
+
 def test_a_password_too_short_to_scrub_leaves_the_report_readable() -> None:
     """Masking a 3-character password everywhere would garble every word holding it."""
     report = {"state": "not_loaded", "urls": ["rtsp://x/p4ss/ch1"]}

@@ -377,12 +377,14 @@ class ReceiverRecord:
     history: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=STATE_HISTORY))
 
     def as_dict(self) -> dict[str, Any]:
-        """Return a JSON-able view, the token redacted."""
+        """Return a JSON-able view, the token and the camera's entity id redacted."""
         return {
-            "camera": self.camera_entity_id,
+            # Not the entity id: a camera added by URL is named after its
+            # address (camera.192_168_1_20), which diagnostics redact.
+            "camera": REDACTED,
             "mode": self.mode,
             "token": REDACTED,
-            "path": f"{CAST_PATH}/{REDACTED}/{self.camera_entity_id}/…",
+            "path": f"{CAST_PATH}/{REDACTED}/{REDACTED}/…",
             "internal_host": self.internal_host,
             "host_is_ip": self.host_is_ip,
             "scheme": self.scheme,

@@ -81,6 +81,17 @@ CREDENTIAL_PARAMS: Final = frozenset(
 _CREDENTIAL_ALT: Final = "|".join(sorted(CREDENTIAL_PARAMS, key=len, reverse=True))
 # Some cameras carry credentials in the path ("/user=admin&password=x&channel=1.sdp").
 _PATH_SECRET_RE: Final = re.compile(rf"(?i)(?<![^/;&,?])({_CREDENTIAL_ALT})=[^/;&,?]*")
+# For display and diagnostics, also names that end in one (access_token,
+# api_key, admin_pass) and opaque path segments that are the secret
+# themselves (UniFi Protect's RTSP alias, 16 random letters and digits,
+# grants the stream alone). Not for identities: their hash keeps _mask_path.
+_DISPLAY_SECRET_RE: Final = re.compile(
+    rf"(?i)(?<![^/;&,?])([a-z0-9_.\-]{{0,32}}?(?:{_CREDENTIAL_ALT}))=[^/;&,?]*"
+)
+_OPAQUE_SEGMENT_RE: Final = re.compile(
+    r"(?<![^/])(?=[A-Za-z0-9]*[0-9])(?=[A-Za-z0-9]*[a-z])(?=[A-Za-z0-9]*[A-Z])"
+    r"[A-Za-z0-9]{16,}(?![^/])"
+)
 _PARAM_NAME_RE: Final = re.compile(r"^[A-Za-z0-9_.\-\[\]]{1,40}$")
 _SCHEME_RE: Final = re.compile(r"^[a-z][a-z0-9+.\-]{0,15}$")
 _LABEL_RE: Final = re.compile(r"^[a-z0-9_](?:[a-z0-9_\-]{0,61}[a-z0-9_])?$")
@@ -394,6 +405,12 @@ def _mask_path(raw_path: str, mask: str) -> str:
     return _PATH_SECRET_RE.sub(lambda match: f"{match.group(1)}={mask}", raw_path)
 
 
+def _mask_display_path(raw_path: str, mask: str) -> str:
+    """Hide what may be a secret in a path shown to people (logs, diagnostics)."""
+    masked = _DISPLAY_SECRET_RE.sub(lambda match: f"{match.group(1)}={mask}", raw_path)
+    return _OPAQUE_SEGMENT_RE.sub(mask, masked)
+
+
 def _mask_query(raw_query: str, mask: str) -> str:
     """Keep parameter names (when they look like names), hide every value."""
     parts: list[str] = []
@@ -413,7 +430,7 @@ def display_url(url: str | yarl.URL) -> str:
     """Render a URL for logs and error messages: no userinfo, no query values."""
     try:
         parsed = _parse(url)
-        path = _mask_path(parsed.raw_path, _MASK)
+        path = _mask_display_path(parsed.raw_path, _MASK)
         query = _mask_query(parsed.raw_query_string, _MASK)
         prefix = f"{parsed.scheme}://{_host_port(parsed)}" if parsed.absolute else ""
     except InvalidUrlError, ValueError:
@@ -425,7 +442,7 @@ def redact_url(url: str | yarl.URL) -> str:
     """Render a URL for diagnostics: only the scheme and path survive."""
     try:
         parsed = _parse(url)
-        path = _mask_path(parsed.raw_path, REDACTED)
+        path = _mask_display_path(parsed.raw_path, REDACTED)
         query = _mask_query(parsed.raw_query_string, REDACTED)
         prefix = ""
         if parsed.absolute:
