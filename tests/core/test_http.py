@@ -12,7 +12,10 @@ import re
 import secrets
 import socket
 import ssl
+import threading
 import time
+from typing import Any
+from unittest.mock import patch
 
 import aiohttp
 from aiohttp import web
@@ -21,6 +24,7 @@ from PIL import Image, ImageOps
 import pytest
 import yarl
 
+from custom_components.localcam.core import jpeg
 from custom_components.localcam.core.errors import (
     CameraTimeoutError,
     CannotConnectError,
@@ -1082,9 +1086,18 @@ async def test_a_card_sized_still_shows_the_same_way_up_as_the_full_one(
     )
     client = CameraClient(session, NetPolicy(), source)
     cache = SnapshotCache("cam", source.fingerprint, client.fetch_snapshot, max_age=5.0)
+    turned_in: list[threading.Thread] = []
+    orient = jpeg.orient_jpeg
+
+    def record_thread(*args: Any, **kwargs: Any) -> tuple[bytes, int, int]:
+        turned_in.append(threading.current_thread())
+        return orient(*args, **kwargs)
+
+    jpeg.turbojpeg()  # loaded, so a small still could be finished inline
     try:
-        full = await cache.get()
-        card = await cache.get(24, 32)
+        with patch.object(jpeg, "orient_jpeg", record_thread):
+            full = await cache.get()
+            card = await cache.get(24, 32)
     finally:
         await cache.close()
         await client.close()
@@ -1095,6 +1108,9 @@ async def test_a_card_sized_still_shows_the_same_way_up_as_the_full_one(
         assert shown is not None
         return shown.convert("RGB")
 
+    # Turning decodes the whole picture: in a worker thread, never on the event loop.
+    assert turned_in
+    assert threading.main_thread() not in turned_in
     upright = as_shown(body)
     assert upright.size == (48, 64)
     for still in (full, card):

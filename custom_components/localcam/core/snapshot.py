@@ -331,6 +331,7 @@ class CameraClient:
                     len(raw.body) <= INLINE_FINISH_BYTES
                     and not self._needs_link_check(raw)
                     and self._turn(raw) == 1
+                    and _exif_turn(raw) == 1
                     and jpeg.loaded()
                 ):
                     # A header parse and a hash of a small JPEG cost less than
@@ -440,7 +441,7 @@ class CameraClient:
         # browsers honour it on the camera's own JPEG, but no copy LocalCam
         # encodes (card sizes, a turned still) carries it, so it is applied
         # once here and every copy shows the same way up.
-        exif = jpeg.exif_orientation(body) if raw.kind is SnapshotSource.SNAPSHOT_URL else 1
+        exif = _exif_turn(raw)
         if (turn := self._turn(raw)) != 1 or exif != 1:
             body, width, height = jpeg.orient_jpeg(body, turn, exif=exif)
         return Snapshot(
@@ -463,6 +464,11 @@ class CameraClient:
         if self.orientation is None or raw.kind is SnapshotSource.STREAM_KEYFRAME:
             return 1
         return self.orientation()
+
+
+def _exif_turn(raw: _Raw) -> int:
+    """The EXIF Orientation of a snapshot URL's JPEG (1 for frames LocalCam or HA encoded)."""
+    return jpeg.exif_orientation(raw.body) if raw.kind is SnapshotSource.SNAPSHOT_URL else 1
 
 
 @dataclass(frozen=True, slots=True)
