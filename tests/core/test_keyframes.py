@@ -424,6 +424,18 @@ def test_a_unit_beyond_the_bound_is_refused(monkeypatch: pytest.MonkeyPatch) -> 
     assert err.value.kind == "too_large"
 
 
+def test_a_unit_in_too_many_pieces_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Within the byte bound, but in more pieces than any camera sends: refused too."""
+    units = _encode("libx265", 1)
+    payloads = _h265(units[0])
+    monkeypatch.setattr(rtsp, "_MAX_UNIT_PARTS", len(payloads) - 1)
+    reader = _reader("hevc")
+    assert [reader.push(payload) for payload in payloads[:-1]] == [None] * (len(payloads) - 1)
+    with pytest.raises(InvalidImageError, match="access unit too large") as err:
+        reader.push(payloads[-1])
+    assert err.value.kind == "too_large"
+
+
 def test_an_early_feed_ffmpeg_refuses_leaves_the_keyframe_to_its_boundary(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -63,6 +63,10 @@ _FLAG2_CHUNKS: Final = 1 << 15
 _MAX_EARLY_TRIES: Final = 8
 # Upper bound on one access unit's bytes (a 4K keyframe is 1-2 MB).
 _MAX_UNIT_BYTES: Final = 32 * 1024 * 1024
+# ... and on its pieces (RTP payloads; a 4K keyframe is ~1500): a camera
+# sending a unit in tiny pieces would otherwise hold millions of objects
+# for a warm session, within the byte bound.
+_MAX_UNIT_PARTS: Final = 8192
 # Upper bound on packets read while waiting for the first keyframe. Unparsed,
 # a packet is one RTP payload (a 4K keyframe is ~1000 of them); a 4 s GOP at
 # 30 fps with audio interleaved stays well below it.
@@ -369,7 +373,7 @@ class _Keyframes:
         self._last_at = arrived
         self._parts.append(data)
         self._size += len(data)
-        if self._size > _MAX_UNIT_BYTES:
+        if self._size > _MAX_UNIT_BYTES or len(self._parts) > _MAX_UNIT_PARTS:
             raise InvalidImageError("access unit too large", kind="too_large")
         self._key = self._key or payload.key
         if payload.bare:
