@@ -767,3 +767,15 @@ async def test_many_sizes_at_once_scale_a_bounded_number_at_a_time(
     assert [frame.width for frame in frames] == [w for w, _ in sizes]
     assert upstream.calls == 1
     assert peak == snapshot_cache.SCALING_SLOTS
+    # A scaling cancelled while its thread runs (its flight given up on)
+    # frees no slot before that thread is done: the bound holds for what the
+    # threads hold, not for who still waits.
+    running = peak = 0
+    full = await cache.get()
+    leaving = [asyncio.ensure_future(cache._scale(full, (500 - i, 250))) for i in range(8)]
+    await asyncio.sleep(0.005)
+    for request in leaving:
+        request.cancel()
+    staying = await asyncio.gather(*(cache.get(400 - i, 200) for i in range(8)))
+    assert [frame.width for frame in staying] == [400 - i for i in range(8)]
+    assert peak == snapshot_cache.SCALING_SLOTS

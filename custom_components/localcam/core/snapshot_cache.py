@@ -374,10 +374,13 @@ class SnapshotCache:
         slots = _scaling.get(loop)
         if slots is None:
             slots = _scaling[loop] = asyncio.Semaphore(SCALING_SLOTS)
-        async with slots:
-            data, width, height, digest = await loop.run_in_executor(
-                None, _scale_and_hash, full.jpeg, size
-            )
+        await slots.acquire()
+        work = loop.run_in_executor(None, _scale_and_hash, full.jpeg, size)
+        # The slot is the thread's, not this request's: a request cancelled
+        # meanwhile (a viewer gone) must not free it while the thread still
+        # holds a decoded frame, or the bound on memory would not hold.
+        work.add_done_callback(lambda _: slots.release())
+        data, width, height, digest = await asyncio.shield(work)
         if data is full.jpeg:
             return full
         self.stats.scaled += 1
