@@ -30,6 +30,7 @@ import asyncio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+import hashlib
 from http import HTTPStatus
 import math
 import re
@@ -136,7 +137,7 @@ class PartNumbers:
         # EXT-X-TARGETDURATION must not change between reloads (RFC 8216
         # 4.3.3.1): the longest part seen so far, in whole seconds, only grows.
         self.target_duration = 1
-        # Cast token -> number of the newest part its last playlist listed.
+        # Hash of a cast token -> number of the newest part its last playlist listed.
         self._served: dict[str, int] = {}
 
     def entries(self, segments: Sequence[Segment]) -> list[_Entry]:
@@ -166,14 +167,20 @@ class PartNumbers:
 
     def served(self, token: str) -> int | None:
         """Return the newest part the cast's last playlist listed, if any."""
-        return self._served.get(token)
+        return self._served.get(_served_key(token))
 
     def note_served(self, token: str, number: int) -> None:
         """Remember what the cast's playlist listed last (bounded)."""
-        self._served.pop(token, None)
-        self._served[token] = number
+        key = _served_key(token)
+        self._served.pop(key, None)
+        self._served[key] = number
         while len(self._served) > SERVED_MEMORY:
             del self._served[next(iter(self._served))]
+
+
+def _served_key(token: str) -> str:
+    """A cast's key in the served memory: a hash, as the token table keeps no token either."""
+    return hashlib.sha256(token.encode("ascii", "replace")).hexdigest()
 
 
 def part_numbers(track: StreamOutput) -> PartNumbers:
