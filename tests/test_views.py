@@ -4,9 +4,11 @@ import asyncio
 from datetime import UTC, datetime
 from http import HTTPStatus
 import io
+from typing import Any
 
 from homeassistant.core import HomeAssistant
 from homeassistant.helpers import entity_registry as er
+from homeassistant.setup import async_setup_component
 from PIL import Image
 import pytest
 from pytest_homeassistant_custom_component.typing import ClientSessionGenerator
@@ -126,3 +128,29 @@ async def test_errors_and_scope(
     anonymous = await hass_client_no_auth()
     resp = await anonymous.get(f"/api/localcam/snapshot/{entity_id}")
     assert resp.status == HTTPStatus.UNAUTHORIZED
+
+
+async def test_a_user_who_may_not_read_the_camera_gets_no_picture(
+    hass: HomeAssistant,
+    hass_client: ClientSessionGenerator,
+    hass_admin_user: Any,
+    camera: VirtualCamera,
+) -> None:
+    """A non-admin whose policy leaves the camera out: 401, as HA's states API answers them."""
+    assert await async_setup_component(hass, "api", {})
+    entry = make_entry(camera)
+    await setup_entry(hass, entry)
+    entity_id = er.async_get(hass).async_get_entity_id("camera", DOMAIN, f"{entry.unique_id}_main")
+    assert entity_id is not None
+    client = await hass_client()
+    assert (await client.get(f"/api/localcam/snapshot/{entity_id}")).status == HTTPStatus.OK
+    # The same token's user, now allowed to read only a light.
+    hass_admin_user.groups = []
+    hass_admin_user.mock_policy({"entities": {"entity_ids": {"light.kitchen": True}}})
+    assert (await client.get(f"/api/states/{entity_id}")).status == HTTPStatus.UNAUTHORIZED
+    response = await client.get(f"/api/localcam/snapshot/{entity_id}")
+    assert response.status == HTTPStatus.UNAUTHORIZED
+    assert response.content_type != "image/jpeg"
+    # Whether the camera exists or not: the same answer.
+    missing = await client.get("/api/localcam/snapshot/camera.nothing_here")
+    assert missing.status == HTTPStatus.UNAUTHORIZED

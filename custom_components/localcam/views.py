@@ -4,9 +4,11 @@ from http import HTTPStatus
 from typing import Final
 
 from aiohttp import web
+from homeassistant.auth.permissions.const import POLICY_READ
 from homeassistant.components.camera.const import DATA_COMPONENT
+from homeassistant.components.http.const import KEY_HASS_USER
 from homeassistant.core import HomeAssistant, callback
-from homeassistant.exceptions import HomeAssistantError
+from homeassistant.exceptions import HomeAssistantError, Unauthorized
 from homeassistant.helpers.http import KEY_HASS, HomeAssistantView
 
 from .camera import LocalCamCamera
@@ -79,6 +81,11 @@ class LocalCamSnapshotView(HomeAssistantView):
     async def get(self, request: web.Request, entity_id: str) -> web.StreamResponse:
         """Serve the still or a plain error status."""
         hass = request.app[KEY_HASS]
+        # Read permission on the camera entity, as HA's states API checks it
+        # (a user whose policy leaves the camera out gets 401, whether or
+        # not it exists).
+        if not request[KEY_HASS_USER].permissions.check_entity(entity_id, POLICY_READ):
+            raise Unauthorized(entity_id=entity_id, permission=POLICY_READ)
         component = hass.data.get(DATA_COMPONENT)
         entity = component.get_entity(entity_id) if component else None
         if not isinstance(entity, LocalCamCamera):
