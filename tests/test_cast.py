@@ -39,7 +39,12 @@ from homeassistant.components.stream.const import HLS_PROVIDER
 from homeassistant.components.stream.core import Part, Segment
 from homeassistant.const import EVENT_HOMEASSISTANT_STOP
 from homeassistant.core import Context, Event, HomeAssistant
-from homeassistant.exceptions import HomeAssistantError, ServiceValidationError, Unauthorized
+from homeassistant.exceptions import (
+    HomeAssistantError,
+    ServiceValidationError,
+    Unauthorized,
+    UnknownUser,
+)
 from homeassistant.helpers import (
     area_registry as ar,
     device_registry as dr,
@@ -2663,6 +2668,20 @@ async def test_service_permissions_and_unloaded_camera(
             context=Context(user_id=allowed.id),
         )
     assert len(receiver.loads) == 2
+    # A user deleted since (a long script they started) is refused, as HA's
+    # own entity actions refuse them, before anything is fetched or cast;
+    # and may not stop a cast either.
+    loads = len(receiver.loads)
+    for service, data in (
+        ("cast", {"entity_id": porch, "media_player": RECEIVER, "mode": "snapshot"}),
+        ("stop_cast", {"media_player": RECEIVER}),
+    ):
+        with pytest.raises(UnknownUser):
+            await hass.services.async_call(
+                DOMAIN, service, data, blocking=True, context=Context(user_id="a-deleted-user")
+            )
+    assert len(receiver.loads) == loads
+    assert hass.data[DATA_CAST].session_for(RECEIVER) is not None
     entry = hass.config_entries.async_entries(DOMAIN)[0]
     assert await hass.config_entries.async_unload(entry.entry_id)
     with pytest.raises(HomeAssistantError) as err:

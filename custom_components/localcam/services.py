@@ -9,7 +9,12 @@ from homeassistant.components.camera.const import (
 )
 from homeassistant.components.media_player.const import DOMAIN as MP_DOMAIN
 from homeassistant.core import HomeAssistant, ServiceCall, callback, split_entity_id
-from homeassistant.exceptions import HomeAssistantError, ServiceValidationError, Unauthorized
+from homeassistant.exceptions import (
+    HomeAssistantError,
+    ServiceValidationError,
+    Unauthorized,
+    UnknownUser,
+)
 from homeassistant.helpers import config_validation as cv, entity_registry as er
 from homeassistant.helpers.service import async_extract_entity_ids
 import probatio
@@ -63,7 +68,13 @@ async def _async_check_permission(call: ServiceCall, entity_ids: list[str]) -> N
     if not call.context.user_id:
         return
     user = await call.hass.auth.async_get_user(call.context.user_id)
-    if user is None or user.is_admin:
+    if user is None:
+        # A user deleted since (a long script they started): refused, as
+        # HA's own entity actions refuse them, not treated as an admin.
+        raise UnknownUser(
+            context=call.context, permission=POLICY_CONTROL, user_id=call.context.user_id
+        )
+    if user.is_admin:
         return
     for entity_id in entity_ids:
         if not user.permissions.check_entity(entity_id, POLICY_CONTROL):
