@@ -294,3 +294,45 @@ async def test_a_replacement_with_other_credentials_is_trusted_with_the_ones_typ
         for loaded in hass.config_entries.async_entries(DOMAIN):
             await hass.config_entries.async_unload(loaded.entry_id)
         await cam.stop()
+
+
+async def test_a_camera_removed_while_its_fix_flow_reads_the_device(
+    hass: HomeAssistant, hass_client: ClientSessionGenerator, camera: VirtualCamera
+) -> None:
+    """The user removes the camera while the fix flow reads the device: the flow's own abort.
+
+    Before: a 400 with HA's untranslated "Config entry ... not found". Only
+    the device's MAC lookup (the network edge) is replaced; the removal
+    happens during it.
+    """
+    assert await async_setup_component(hass, "repairs", {})
+    entry = make_entry(camera)
+    await setup_entry(hass, entry)
+    issue_id = f"identity_mismatch_{entry.entry_id}"
+    ir.async_create_issue(
+        hass,
+        DOMAIN,
+        issue_id,
+        is_fixable=True,
+        data={"entry_id": entry.entry_id},
+        severity=ir.IssueSeverity.ERROR,
+        translation_key="identity_mismatch",
+        translation_placeholders={"host": "127.0.0.1", "name": entry.title},
+    )
+    client = await hass_client()
+    response = await client.post(
+        "/api/repairs/issues/fix", json={"handler": DOMAIN, "issue_id": issue_id}
+    )
+    flow = await response.json()
+    assert flow["step_id"] == "confirm"
+
+    async def removed_meanwhile(*_args: object) -> str:
+        await hass.config_entries.async_remove(entry.entry_id)
+        return "02:00:00:00:00:42"
+
+    with patch("custom_components.localcam.helpers.async_link_mac", side_effect=removed_meanwhile):
+        response = await client.post(f"/api/repairs/issues/fix/{flow['flow_id']}", json={})
+    assert hass.config_entries.async_get_entry(entry.entry_id) is None
+    assert response.status == HTTPStatus.OK, await response.text()
+    result = await response.json()
+    assert (result["type"], result["reason"]) == ("abort", "entry_removed")

@@ -105,6 +105,9 @@ class TrustReplacedCameraFlow(RepairsFlow):
         except LocalCamError as err:
             LOGGER.info("Cannot read the identity at %s's address: %s", entry.title, err)
             return self.async_abort(reason="cannot_connect")
+        if self._entry() is None:
+            # Removed while its device was read: nothing left to pin.
+            return self.async_abort(reason="entry_removed")
         if observed.key is None:
             return self.async_abort(reason="cannot_identify")
         # The entry now stands for the new device: it takes the device's
