@@ -1,7 +1,8 @@
 """core.http.fetch against real aiohttp servers on 127.0.0.1 (HA-free)."""
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 import hashlib
 import io
@@ -1031,18 +1032,8 @@ async def test_an_mjpeg_snapshot_url_is_refused_at_its_headers(
             stream_ended.set()
         return response
 
-    app = web.Application()
-    app.router.add_get("/video.mjpg", mjpeg)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server(access_log=None)  # type: ignore[arg-type]
-    source = CameraSource(
-        camera_id="cam",
-        stream_url="rtsp://127.0.0.1:9/none",
-        snapshot_url=f"http://127.0.0.1:{server.port}/video.mjpg",
-    )
-    client = CameraClient(session, NetPolicy(), source)
-    started = time.monotonic()
-    try:
+    async with _still_url_client(session, mjpeg) as client:
+        started = time.monotonic()
         with pytest.raises(InvalidImageError) as err:
             await client.fetch_snapshot(timeout=5.0)
         assert err.value.kind == "content_type"
@@ -1050,6 +1041,25 @@ async def test_an_mjpeg_snapshot_url_is_refused_at_its_headers(
         # The connection was given up, not read on.
         async with asyncio.timeout(5):
             await stream_ended.wait()
+
+
+@asynccontextmanager
+async def _still_url_client(
+    session: aiohttp.ClientSession, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> AsyncIterator[CameraClient]:
+    """A camera client whose snapshot URL ``handler`` answers, on 127.0.0.1."""
+    app = web.Application()
+    app.router.add_get("/snap", handler)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server(access_log=None)  # type: ignore[arg-type]
+    source = CameraSource(
+        camera_id="cam",
+        stream_url="rtsp://127.0.0.1:9/none",
+        snapshot_url=f"http://127.0.0.1:{server.port}/snap",
+    )
+    client = CameraClient(session, NetPolicy(), source)
+    try:
+        yield client
     finally:
         await client.close()
         await server.close()
@@ -1075,17 +1085,6 @@ async def test_a_card_sized_still_shows_the_same_way_up_as_the_full_one(
     async def snap(request: web.Request) -> web.Response:
         return web.Response(body=body, content_type="image/jpeg")
 
-    app = web.Application()
-    app.router.add_get("/snap.jpg", snap)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server(access_log=None)  # type: ignore[arg-type]
-    source = CameraSource(
-        camera_id="cam",
-        stream_url="rtsp://127.0.0.1:9/none",
-        snapshot_url=f"http://127.0.0.1:{server.port}/snap.jpg",
-    )
-    client = CameraClient(session, NetPolicy(), source)
-    cache = SnapshotCache("cam", source.fingerprint, client.fetch_snapshot, max_age=5.0)
     turned_in: list[threading.Thread] = []
     orient = jpeg.orient_jpeg
 
@@ -1094,14 +1093,14 @@ async def test_a_card_sized_still_shows_the_same_way_up_as_the_full_one(
         return orient(*args, **kwargs)
 
     jpeg.turbojpeg()  # loaded, so a small still could be finished inline
-    try:
-        with patch.object(jpeg, "orient_jpeg", record_thread):
-            full = await cache.get()
-            card = await cache.get(24, 32)
-    finally:
-        await cache.close()
-        await client.close()
-        await server.close()
+    async with _still_url_client(session, snap) as client:
+        cache = SnapshotCache("cam", client.source.fingerprint, client.fetch_snapshot, max_age=5)
+        try:
+            with patch.object(jpeg, "orient_jpeg", record_thread):
+                full = await cache.get()
+                card = await cache.get(24, 32)
+        finally:
+            await cache.close()
 
     def as_shown(data: bytes) -> Image.Image:
         shown = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
