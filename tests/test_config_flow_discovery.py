@@ -10,6 +10,7 @@ import contextlib
 from contextlib import asynccontextmanager
 from ipaddress import ip_address
 import json
+import logging
 from pathlib import Path
 from typing import Any
 from unittest.mock import patch
@@ -1172,3 +1173,19 @@ async def test_scan_leaves_out_a_configured_camera(
         assert result["errors"] == {"base": "no_devices_found"}
     else:
         assert result["step_id"] == "pick"
+
+
+async def test_camera_reporting_an_invalid_idna_host_gets_a_translated_error(
+    hass: HomeAssistant, socket_enabled: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stream URIs on "xn--a" (no valid IDNA): refused, and shown as a translated error.
+
+    Before: "unknown" and a traceback, as the flow parsed the refused URI again
+    and yarl's .host raised UnicodeDecodeError on the label.
+    """
+    async with _onvif_camera(reported_host="xn--a") as cam:
+        flow_id = await _onvif_form(hass)
+        result = await hass.config_entries.flow.async_configure(flow_id, _onvif_input(cam))
+    assert result["errors"] == {CONF_HOST: "not_local"}
+    assert result["description_placeholders"]["host"] == "xn--a"
+    assert not [r for r in caplog.records if r.exc_info and r.levelno >= logging.ERROR]

@@ -467,7 +467,9 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
             if main is None and device.refused_uris:
                 # Every stream address it reported is outside the LAN policy.
                 refused = device.refused_uris[0]
-                raise NotLocalError(yarl.URL(refused.uri).host or host, refused.reason)
+                # raw_host: the URI was refused, maybe for a host no IDNA
+                # decoding accepts, which .host would raise on.
+                raise NotLocalError(yarl.URL(refused.uri).raw_host or host, refused.reason)
             if main is None:
                 raise NoVideoError("the camera reports no media profile")
             source = _test_source(user_input, options, main.stream_uri, None, username, password)

@@ -51,7 +51,7 @@ from custom_components.localcam.core.onvif import (
 )
 from virtualcam import CameraConfig, Fault, VirtualCamera, color_for
 from virtualcam.camera import OnvifProfileSpec
-from virtualcam.onvif import password_digest
+from virtualcam.onvif import envelope, password_digest
 
 pytestmark = pytest.mark.usefixtures("socket_enabled")
 
@@ -953,3 +953,134 @@ async def test_a_reply_with_too_many_tags_is_refused_before_parsing() -> None:
     result, _stall = await _read_with_stall(fits)
     assert isinstance(result, OnvifDevice), result
     assert [profile.token for profile in result.profiles] == ["main"]  # one token, repeated
+
+
+def _utf7(reply: bytes) -> bytes:
+    """The same document, declared UTF-7, every "<" after the declaration written "+ADw-"."""
+    decl, _, rest = reply.partition(b"?>")
+    decl = decl.replace(b'encoding="UTF-8"', b'encoding="UTF-7"')
+    return decl + b"?>" + rest.replace(b"<", b"+ADw-")
+
+
+async def test_utf7_reply_with_too_many_tags_is_refused(socket_enabled: None) -> None:
+    """The tag cap counts b"<"; a UTF-7 reply spells "<" as "+ADw-" and libxml2 decodes it.
+
+    Parsed, such a reply stalled the event loop for most of a second.
+    """
+    big = _utf7(_get_profiles_reply(2 * MAX_SOAP_TAGS))
+    assert len(big) < MAX_SOAP_REPLY
+    assert big.count(b"<") <= 2
+    result, stall = await _read_with_stall(big)
+    assert isinstance(result, ProtocolError), result
+    assert stall < 0.1, f"the event loop stalled {stall * 1000:.0f} ms"
+
+
+async def test_odd_value_in_a_reply_logs_no_traceback(
+    socket_enabled: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A clock reply with a non-numeric hour: the read works, and no ERROR traceback is logged.
+
+    The identity check runs this read after fetches and at every health check, so a
+    traceback per read floods the log with an error the user cannot act on.
+    """
+    odd_time = (
+        "<tt:Time><tt:Hour>12h</tt:Hour><tt:Minute>00</tt:Minute><tt:Second>00</tt:Second>"
+        "</tt:Time><tt:Date><tt:Year>2026</tt:Year><tt:Month>1</tt:Month><tt:Day>1</tt:Day>"
+        "</tt:Date>"
+    )
+    reply = envelope(
+        "<tds:GetSystemDateAndTimeResponse><tds:SystemDateAndTime>"
+        "<tt:DateTimeType>NTP</tt:DateTimeType><tt:DaylightSavings>false</tt:DaylightSavings>"
+        f"<tt:UTCDateTime>{odd_time}</tt:UTCDateTime>"
+        "</tds:SystemDateAndTime></tds:GetSystemDateAndTimeResponse>"
+    )
+
+    def answer(operation: str, _authenticated: bool) -> tuple[int, str, bytes] | None:
+        return (200, "application/soap+xml", reply) if operation == "GetSystemDateAndTime" else None
+
+    caplog.set_level(logging.WARNING)
+    async with fronted_camera(answer) as port:
+        device = await read_device(
+            "127.0.0.1",
+            port,
+            USER,
+            PASSWORD,
+            policy=POLICY,
+            timeout=5,
+            with_media=False,
+            only_serial=True,
+        )
+    assert device.serial == "VC-000123"
+    assert device.clock_offset is None
+    errors = [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []
+
+
+def _fault_with_subcode(subcode: str) -> bytes:
+    """A SOAP 1.2 Sender fault whose Subcode holds ``subcode`` (raw XML)."""
+    return envelope(
+        "<s:Fault><s:Code><s:Value>s:Sender</s:Value>"
+        f"<s:Subcode>{subcode}</s:Subcode></s:Code>"
+        '<s:Reason><s:Text xml:lang="en">Not supported</s:Text></s:Reason></s:Fault>'
+    )
+
+
+_ODD_SUBCODES = {
+    "empty value": "<s:Value/>",
+    "no value": "",
+    "two colons": "<s:Value>ter:Action:NotSupported</s:Value>",
+}
+
+
+@pytest.mark.parametrize("odd", sorted(_ODD_SUBCODES))
+@pytest.mark.parametrize("operation", ["GetNetworkInterfaces", "GetSystemDateAndTime"])
+async def test_optional_query_with_an_odd_fault_is_skipped(
+    socket_enabled: None, operation: str, odd: str
+) -> None:
+    """An optional query answered with a fault whose Subcode is odd: that part only is missing.
+
+    With a readable non-auth subcode the query is skipped (test_onvif); with an empty or
+    missing Subcode Value zeep raises AttributeError (ValueError for "a:b:c"), which
+    _optional and _read_clock do not catch, and the whole read fails.
+    """
+
+    reply = _fault_with_subcode(_ODD_SUBCODES[odd])
+
+    def answer(op: str, _authenticated: bool) -> tuple[int, str, bytes] | None:
+        return (500, "application/soap+xml", reply) if op == operation else None
+
+    async with fronted_camera(answer) as port:
+        device = await read_device("127.0.0.1", port, USER, PASSWORD, policy=POLICY, timeout=5)
+    assert device.serial == "VC-000123"
+    assert [p.token for p in device.profiles] == ["main", "sub"]
+
+
+_ODD_REPLIES = {
+    "empty body": b"",  # <s:Body></s:Body>: zeep raises IndexError
+    "no body": None,  # an Envelope without a Body: zeep raises TypeError
+}
+
+
+@pytest.mark.parametrize("odd", sorted(_ODD_REPLIES))
+@pytest.mark.parametrize("operation", ["GetEndpointReference", "GetDeviceInformation"])
+async def test_optional_query_with_an_empty_soap_body_is_skipped(
+    socket_enabled: None, operation: str, odd: str
+) -> None:
+    """HTTP 200 with an empty SOAP Body (or none) to an optional query: that part is missing.
+
+    Faults and plain-text answers to the same queries are skipped; this one fails the read.
+    """
+    if _ODD_REPLIES[odd] is None:
+        reply = (
+            b'<?xml version="1.0"?><s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope"/>'
+        )
+    else:
+        reply = envelope("")
+
+    def answer(op: str, _authenticated: bool) -> tuple[int, str, bytes] | None:
+        return (200, "application/soap+xml", reply) if op == operation else None
+
+    async with fronted_camera(answer) as port:
+        device = await read_device("127.0.0.1", port, USER, PASSWORD, policy=POLICY, timeout=5)
+    assert device.mac == "aa:bb:cc:00:11:22"
+    assert [p.token for p in device.profiles] == ["main", "sub"]

@@ -20,13 +20,14 @@ Safety guarantees of this layer:
 import asyncio
 from collections.abc import Iterable
 import contextlib
+import contextvars
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv6Address, ip_address
 import logging
 import re
-from typing import Any, Final
+from typing import Any, Final, override
 import uuid
 
 import aiohttp
@@ -52,6 +53,36 @@ from .identity import Identity, normalize_mac
 from .netpolicy import CREDENTIAL_PARAMS, NetPolicy, display_url
 
 _LOGGER = logging.getLogger(__name__)
+
+# Set while LocalCam reads a device (read_device): zeep's traceback for a value
+# it cannot convert (an hour of "12h") is then a debug line. The read goes on
+# without that value, and the identity check repeats it at every health check:
+# an ERROR with a traceback each minute, which nobody could act on. HA's own
+# onvif integration, sharing the logger, is left as it is.
+_READING: Final[contextvars.ContextVar[bool]] = contextvars.ContextVar(
+    "localcam_onvif_reading", default=False
+)
+_ZEEP_VALUES_LOGGER: Final = "zeep.xsd.types.simple"
+
+
+class _QuietValueErrors(logging.Filter):
+    """Turn zeep's per-value tracebacks during LocalCam's reads into one debug line."""
+
+    @override
+    def filter(self, record: logging.LogRecord) -> bool | logging.LogRecord:
+        if not _READING.get() or record.levelno < logging.ERROR:
+            return True
+        if not logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
+            return False
+        quiet = logging.makeLogRecord(record.__dict__)
+        quiet.levelno, quiet.levelname = logging.DEBUG, "DEBUG"
+        quiet.exc_info = quiet.exc_text = None
+        return quiet
+
+
+_zeep_values = logging.getLogger(_ZEEP_VALUES_LOGGER)
+if not any(isinstance(f, _QuietValueErrors) for f in _zeep_values.filters):
+    _zeep_values.addFilter(_QuietValueErrors())
 
 MEDIA_NAMESPACE: Final = "http://www.onvif.org/ver10/media/wsdl"
 DEFAULT_TIMEOUT: Final = 10.0
@@ -418,6 +449,29 @@ async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
     return b"".join(chunks)
 
 
+# Encodings in which "<" is the byte _read_capped counts (UTF-16 and UTF-32
+# declare themselves in their own encoding, where this pattern cannot match).
+_TAG_COUNTED_ENCODINGS: Final = frozenset(
+    {"utf-8", "utf8", "us-ascii", "ascii", "iso-8859-1", "latin1", "iso-8859-15", "windows-1252"}
+)
+_XML_ENCODING_RE: Final = re.compile(
+    rb"""^<\?xml[^>]{0,200}?\bencoding\s*=\s*["']([^"']{1,40})["']"""
+)
+
+
+def _check_encoding(body: bytes) -> None:
+    """Refuse a reply whose declared encoding writes "<" otherwise (UTF-7: "+ADw-").
+
+    libxml2 decodes such a document, so its tags would escape the count that
+    bounds what zeep parses in the event loop (_read_capped).
+    """
+    declared = _XML_ENCODING_RE.match(body[:256].lstrip(_XML_LEAD))
+    if declared is not None and declared[1].decode("ascii", "replace").lower() not in (
+        _TAG_COUNTED_ENCODINGS
+    ):
+        raise ProtocolError("the camera's reply is in an encoding LocalCam does not read")
+
+
 class _NotXmlError(TransportError):
     """A SOAP reply whose body is not XML at all (plain text, blank)."""
 
@@ -466,6 +520,7 @@ class _CappedSession:
         kwargs["allow_redirects"] = False
         response = await self._session.post(*args, **kwargs)
         body = await _read_capped(response)
+        _check_encoding(body)
         status = response.status
         if 300 <= status < 400 or (status in (401, 403) and not _is_soap(body)):
             # A 401/403 without a SOAP fault (text, HTML) refuses the credentials; one
@@ -482,7 +537,9 @@ class _CappedSession:
         """GET without redirects, then read the body with the cap."""
         kwargs["allow_redirects"] = False  # same reason as in post
         response = await self._session.get(*args, **kwargs)
-        return _CappedResponse(response, await _read_capped(response))
+        body = await _read_capped(response)
+        _check_encoding(body)
+        return _CappedResponse(response, body)
 
     def __getattr__(self, name: str) -> Any:
         """Everything else (closed, timeout, ...) from the real session."""
@@ -519,19 +576,27 @@ async def _recreate_devicemgmt(camera: Any, service: Any) -> Any:
     return _capped(await camera.create_devicemgmt_service())
 
 
+# What zeep raises for an answer it cannot use: its own errors, and plain
+# Python ones for some malformed SOAP (a fault whose Subcode has no Value:
+# AttributeError; "a:b:c" as a QName: ValueError; an empty Body: IndexError;
+# an Envelope without a Body: TypeError). Caught only around one query's
+# call, so they cannot hide a bug elsewhere.
+_UNUSABLE_ANSWER: Final = (ZeepError, AttributeError, IndexError, TypeError, ValueError)
+
+
 async def _read_clock(camera: Any, devicemgmt: Any, *, anonymous: bool) -> tuple[Any, float | None]:
     """Learn the camera clock and authenticate with the camera's time, as HA does."""
     # The clock only helps tokens; a fault, an HTTP error or a non-XML answer leaves it
     # unknown, and the queries that follow show whether the camera is usable.
     try:
         reply = await devicemgmt.authless_GetSystemDateAndTime()
-    except ZeepError:
+    except _UNUSABLE_ANSWER:
         if anonymous:
             return devicemgmt, None
         # Some firmwares want credentials even for the time; then tokens use our clock.
         try:
             reply = await devicemgmt.GetSystemDateAndTime()
-        except ZeepError:
+        except _UNUSABLE_ANSWER:
             return devicemgmt, None
     offset = _clock_offset(reply)
     if offset is None:
@@ -552,7 +617,7 @@ async def _optional(call: Any, where: str) -> Any:
         if err.status_code in (401, 403):
             raise
         _LOGGER.debug("Camera answered %s with HTTP %s", where, err.status_code)
-    except ZeepError as err:
+    except _UNUSABLE_ANSWER as err:
         # Some firmwares put invalid UTF-8 or broken XML in optional answers (HA sees
         # this on GetDeviceInformation); the rest of the device is still usable.
         _LOGGER.debug("Camera sent an unusable answer to %s: %s", where, type(err).__name__)
@@ -706,6 +771,7 @@ async def read_device(
     """
     base = _device_url(host, port)
     shown = display_url(base)
+    reading = _READING.set(True)
     try:
         async with asyncio.timeout(timeout):
             target = await policy.check(base, schemes=HTTP_SCHEMES)
@@ -716,6 +782,8 @@ async def read_device(
         raise CameraTimeoutError(
             f"ONVIF camera at {shown} did not answer within {timeout:g} s", host=host
         ) from None
+    finally:
+        _READING.reset(reading)
 
 
 def _device_url(host: str, port: int) -> str:
