@@ -342,6 +342,38 @@ async def test_the_minute_s_check_reads_the_whole_description_only_every_quarter
         assert cam.stats.onvif_requests - before > 2 * light  # profiles and their URIs too
 
 
+@pytest.mark.parametrize(
+    ("changed", "value"),
+    [("device_uuid", "8f0e6f8e-0000-4000-8000-000000000001"), ("mac", "02:00:00:00:00:55")],
+)
+async def test_the_whole_read_judges_the_camera_as_the_minute_s_check_does(
+    hass: HomeAssistant,
+    socket_enabled: None,
+    monkeypatch: pytest.MonkeyPatch,
+    changed: str,
+    value: str,
+) -> None:
+    """No MAC on the link; the camera keeps its serial but reports another UUID or MAC.
+
+    The minute's light check (serial) and the quarter-hourly whole read must
+    agree. Before, the whole read called it a different device: unavailable
+    and a repair, then itself again a minute later, every quarter hour.
+    """
+    config = onvif_camera_config(5, "127.0.0.1", 0, 0, "02:00:00:00:00:05")
+    async with _onvif_entity(hass, config) as (cam, entry, _entity_id):
+        coordinator = entry.runtime_data.coordinator
+        issue_id = f"identity_mismatch_{entry.entry_id}"
+        cam.config = replace(config, **{changed: value})
+        verdicts = []
+        for whole in (False, True, False):
+            monkeypatch.setattr(localcam, "WHOLE_READ_INTERVAL", 0.0 if whole else 15 * 60.0)
+            await coordinator.async_refresh()
+            await hass.async_block_till_done()
+            repair = ir.async_get(hass).async_get_issue(DOMAIN, issue_id) is not None
+            verdicts.append((coordinator.last_update_success, repair))
+        assert verdicts == [(True, False)] * 3
+
+
 async def test_a_whole_read_that_ends_after_removal_raises_no_issue(
     hass: HomeAssistant, socket_enabled: None
 ) -> None:

@@ -1,14 +1,16 @@
 """Repair fix flow: a camera replaced at its address is trusted only when the user says so."""
 
 from dataclasses import replace
+from datetime import timedelta
 from http import HTTPStatus
 import io
 import socket
 from typing import Any
 from unittest.mock import patch
 
+from freezegun.api import FrozenDateTimeFactory
 from homeassistant.components import camera as camera_component
-from homeassistant.const import CONF_PASSWORD, CONF_PORT
+from homeassistant.const import CONF_PASSWORD, CONF_PORT, STATE_UNAVAILABLE
 from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import UnknownHandler
 from homeassistant.exceptions import HomeAssistantError
@@ -16,11 +18,16 @@ from homeassistant.helpers import entity_registry as er, issue_registry as ir
 from homeassistant.setup import async_setup_component
 from PIL import Image
 import pytest
-from pytest_homeassistant_custom_component.common import MockConfigEntry
+from pytest_homeassistant_custom_component.common import MockConfigEntry, async_fire_time_changed
 from pytest_homeassistant_custom_component.typing import ClientSessionGenerator
 import pytest_socket
 
-from custom_components.localcam.const import CONF_IDENTITY, CONF_STREAM_URL, DOMAIN
+from custom_components.localcam.const import (
+    CONF_IDENTITY,
+    CONF_STREAM_URL,
+    DOMAIN,
+    HEALTH_INTERVAL_SECONDS,
+)
 from custom_components.localcam.repairs import async_create_fix_flow
 from virtualcam import VirtualCamera, color_for, nearest_camera
 
@@ -336,3 +343,46 @@ async def test_a_camera_removed_while_its_fix_flow_reads_the_device(
     assert response.status == HTTPStatus.OK, await response.text()
     result = await response.json()
     assert (result["type"], result["reason"]) == ("abort", "entry_removed")
+
+
+async def test_another_device_at_the_address_is_asked_who_it_is_once_at_most(
+    hass: HomeAssistant, socket_enabled: None, freezer: FrozenDateTimeFactory
+) -> None:
+    """Another device takes a MAC-pinned ONVIF camera's address: unavailable, a repair.
+
+    The check tries once whether the device is the camera behind a repeater
+    (same serial): one identity read, no profiles or stream addresses. Before,
+    a whole read (about nine requests with the camera's WS-Security digest)
+    went to the other device at every minute's check.
+    """
+    pytest_socket.socket_allow_hosts(["127.0.0.1", HOST])
+    rtsp_port, http_port = _free_port(), _free_port()
+    cam = _camera(OLD, rtsp_port, http_port)
+    await cam.start()
+    try:
+        entry = await add_onvif_entry(hass, cam, HOST)
+        assert entry.data[CONF_IDENTITY]["mac"] == f"02:00:00:00:00:0{OLD}"
+        await cam.stop()
+        cam = _camera(NEW, rtsp_port, http_port)
+        await cam.start()
+        other = f"02:00:00:00:00:0{NEW}"
+        asked: list[int] = []
+        with (
+            patch("custom_components.localcam.core.snapshot.neighbour_mac", return_value=other),
+            patch("custom_components.localcam.helpers.neighbour_mac", return_value=other),
+        ):
+            for _ in range(3):
+                freezer.tick(timedelta(seconds=HEALTH_INTERVAL_SECONDS + 1))
+                async_fire_time_changed(hass)
+                await hass.async_block_till_done(wait_background_tasks=True)
+                asked.append(cam.stats.credentialed_requests)
+        assert ir.async_get(hass).async_get_issue(DOMAIN, f"identity_mismatch_{entry.entry_id}")
+        entities = er.async_entries_for_config_entry(er.async_get(hass), entry.entry_id)
+        entity_id = next(e.entity_id for e in entities if e.disabled_by is None)
+        assert hass.states.get(entity_id).state == STATE_UNAVAILABLE  # type: ignore[union-attr]
+        assert 0 < asked[0] <= 4
+        assert asked == [asked[0]] * 3
+    finally:
+        for loaded in hass.config_entries.async_entries(DOMAIN):
+            await hass.config_entries.async_unload(loaded.entry_id)
+        await cam.stop()

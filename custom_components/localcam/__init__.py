@@ -123,10 +123,15 @@ def _onvif_identity_probe(
             ).device_identity
         device = await read_entry_device(data, policy)
         whole_read_at = now
+        # The same verdict as the light reads': where the serial decides,
+        # it alone (a camera whose UUID or reported MAC changed with the same
+        # serial was "a different device" every quarter hour, and itself
+        # again a minute later).
+        seen = Identity(serial=device.serial) if only_serial else device.device_identity
         refused = device.refused_uris[0] if device.refused_uris else None
         if not entry_is_running(entry):
             # A check that outlived the entry's removal leaves no issue behind.
-            return device.device_identity
+            return seen
         _async_warning(
             hass,
             issue_id,
@@ -135,7 +140,7 @@ def _onvif_identity_probe(
             if refused
             else None,
         )
-        return device.device_identity
+        return seen
 
     return probe
 

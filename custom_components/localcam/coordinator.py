@@ -188,6 +188,8 @@ class LocalCamCoordinator(DataUpdateCoordinator[CameraHealth]):
         self.host = host_and_port(client.source.stream_url)
         self.check_started = -math.inf  # loop time of the last check's start
         self._listening = 0
+        # Whether a re-pin by serial was tried since the last good check (_async_relink).
+        self._relink_tried = False
 
     @property
     def polls(self) -> bool:
@@ -282,6 +284,7 @@ class LocalCamCoordinator(DataUpdateCoordinator[CameraHealth]):
                 translation_placeholders=err.placeholders,
             ) from err
         self.last_error = None
+        self._relink_tried = False
         ir.async_delete_issue(self.hass, DOMAIN, self._identity_issue_id)
         return CameraHealth(checked_at=dt_util.utcnow(), address=str(target.address), target=target)
 
@@ -303,6 +306,12 @@ class LocalCamCoordinator(DataUpdateCoordinator[CameraHealth]):
         stored = Identity.from_dict(entry.data.get(CONF_IDENTITY))
         if not entry.data.get(CONF_ONVIF) or not stored.serial or not entry_is_running(entry):
             return False
+        if self._relink_tried:
+            # Asked once since the last good check: a device that did not
+            # repeat the camera's serial then is not asked again each minute
+            # (every read carries the camera's WS-Security digest).
+            return False
+        self._relink_tried = True
         try:
             seen = await async_observe_identity(self.hass, entry.data, entry.options)
         except LocalCamError:

@@ -278,7 +278,11 @@ async def async_observe_identity(
         # camera's MAC is known and the link shows one, that settles it
         # (Identity.proves_move) without a word to the device.
         return seen
-    device = await read_entry_device(data, policy_from_options(options), timeout=PROBE_TIMEOUT)
+    # Who it is only (information, interfaces, endpoint reference): no
+    # profiles, no stream addresses, fewer requests carrying the digest.
+    device = await read_entry_device(
+        data, policy_from_options(options), timeout=PROBE_TIMEOUT, with_media=False
+    )
     # As the entry was configured (config flow): a MAC the link does not show
     # is not the one checked (a repeater, or the camera's other interface).
     return Observation(link_mac=mac, identity=device.device_identity.as_seen_on(mac))
