@@ -1665,14 +1665,10 @@ async def test_tokens_stay_out_of_logs_and_diagnostics(
     assert token not in repr(manager.session_for(RECEIVER))
 
 
-async def test_doorbell_blueprint(
-    hass: HomeAssistant,
-    porch: str,
-    receiver: FakeCastDevice,
-    http_port: int,
-    tmp_path: Path,
+async def _install_blueprint(
+    hass: HomeAssistant, tmp_path: Path, camera: str, displays: list[str]
 ) -> None:
-    """The blueprint validates, and a doorbell press casts the camera."""
+    """Install the doorbell blueprint as a user would, for ``camera`` on ``displays``."""
     source = REPO / BLUEPRINT
     target = tmp_path / BLUEPRINT
 
@@ -1692,8 +1688,8 @@ async def test_doorbell_blueprint(
                     "path": "localcam/doorbell_cast.yaml",
                     "input": {
                         "trigger_sensor": "binary_sensor.doorbell",
-                        "camera": porch,
-                        "displays": [RECEIVER],
+                        "camera": camera,
+                        "displays": displays,
                         "duration": 30,
                         "cast_mode": "snapshot",
                     },
@@ -1705,10 +1701,87 @@ async def test_doorbell_blueprint(
     automations = hass.states.async_entity_ids("automation")
     assert len(automations) == 1
     assert hass.states.get(automations[0]).state == "on"  # type: ignore[union-attr]
+
+
+async def _ring(hass: HomeAssistant) -> None:
+    """Press the doorbell (off, then on)."""
+    hass.states.async_set("binary_sensor.doorbell", "off")
     hass.states.async_set("binary_sensor.doorbell", "on")
-    await _wait_for(hass, lambda: len(receiver.loads) == 1)
+
+
+async def _until(predicate: Callable[[], bool]) -> None:
+    """Wait, bounded, without hass.async_block_till_done: a blueprint's run waits for minutes."""
+    deadline = time.monotonic() + WAIT
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+async def test_doorbell_blueprint(
+    hass: HomeAssistant,
+    porch: str,
+    receiver: FakeCastDevice,
+    http_port: int,
+    tmp_path: Path,
+) -> None:
+    """The blueprint validates, a press casts the camera, a second press meanwhile does nothing.
+
+    The run lasts as long as the cast (it waits for localcam_cast_ended), so
+    a second ring neither restarts the picture nor its time; once the cast
+    has ended, the next ring casts again.
+    """
+    started = async_capture_events(hass, EVENT_CAST_STARTED)
+    ended = async_capture_events(hass, EVENT_CAST_ENDED)
+    await _install_blueprint(hass, tmp_path, porch, [RECEIVER])
+    await _ring(hass)
+    await _until(lambda: len(started) == 1)
     assert receiver.loads[0]["media"]["contentType"] == "image/jpeg"
     assert f"/{porch}/snapshot.jpg" in _last_url(receiver)
+    # The run is still going: it waits for the cast to end.
+    await asyncio.sleep(0.5)
+    [automation] = hass.states.async_entity_ids("automation")
+    assert hass.states.get(automation).attributes["current"] == 1  # type: ignore[union-attr]
+    await _ring(hass)
+    await asyncio.sleep(1.0)
+    assert len(started) == 1
+    assert ended == []
+    await hass.services.async_call(DOMAIN, "stop_cast", {"media_player": RECEIVER}, blocking=True)
+    await _until(lambda: len(ended) == 1)
+    await asyncio.sleep(0.1)  # the run sees the end and finishes
+    await _ring(hass)
+    await _until(lambda: len(started) == 2)
+    await hass.services.async_call(DOMAIN, "stop_cast", {"media_player": RECEIVER}, blocking=True)
+
+
+async def test_a_busy_or_unreachable_display_does_not_keep_the_others_dark(
+    hass: HomeAssistant,
+    porch: str,
+    receiver: FakeCastDevice,
+    hall_receiver: FakeCastDevice,
+    http_port: int,
+    tmp_path: Path,
+) -> None:
+    """Music in the hall (force off) or the hall hub unplugged: the kitchen still shows the porch.
+
+    Before, the first refusal was the whole call's error and no display got
+    the camera. Only when no display is free is it still an error.
+    """
+    started = async_capture_events(hass, EVENT_CAST_STARTED)
+    await _install_blueprint(hass, tmp_path, porch, [RECEIVER, HALL])
+    await _report(hass, hall_receiver.person_plays)
+    await _ring(hass)
+    await _until(lambda: len(started) == 1)
+    assert started[0].data["media_player"] == RECEIVER
+    assert hall_receiver.loads == []
+    await hass.services.async_call(DOMAIN, "stop_cast", {"media_player": RECEIVER}, blocking=True)
+    await _report(hass, lambda: hall_receiver.connection(CONNECTION_STATUS_LOST))
+    await _cast(hass, porch, mode="snapshot", refresh=3600, media_player=[RECEIVER, HALL])
+    assert [e.data["media_player"] for e in started] == [RECEIVER, RECEIVER]
+    # No display free: the call's error, as with one display.
+    await _report(hass, receiver.person_plays)
+    with pytest.raises(HomeAssistantError) as err:
+        await _cast(hass, porch, mode="snapshot", media_player=[RECEIVER, HALL])
+    assert err.value.translation_key == "cast_receiver_busy"  # the first display's refusal
 
 
 # ---------------------------------------------------------------------------
@@ -1719,7 +1792,11 @@ async def test_doorbell_blueprint(
 async def test_receiver_unavailable(
     hass: HomeAssistant, porch: str, receiver: FakeCastDevice, http_port: int
 ) -> None:
-    """Unavailable: refused up front; lost mid-cast: bounded retries, then receiver_lost."""
+    """Unavailable: refused up front; lost mid-cast and never back: receiver_lost after the grace.
+
+    Nothing is sent to a device that is gone, and no attempt counted while
+    it is away (a blip or a reboot is judged when the display is back).
+    """
     await _report(hass, lambda: receiver.connection(CONNECTION_STATUS_LOST))
     assert hass.states.get(RECEIVER).state == "unavailable"  # type: ignore[union-attr]
     with pytest.raises(HomeAssistantError) as err:
@@ -1727,14 +1804,124 @@ async def test_receiver_unavailable(
     assert err.value.translation_key == "cast_receiver_unavailable"
     await _report(hass, lambda: receiver.connection(CONNECTION_STATUS_CONNECTED))
     ended = async_capture_events(hass, EVENT_CAST_ENDED)
-    await _cast(hass, porch, mode="snapshot", refresh=3600)
-    await _report(hass, lambda: receiver.connection(CONNECTION_STATUS_LOST))
-    await _wait_for(hass, lambda: bool(ended))
+    with patch.object(cast_module, "RECEIVER_GRACE", 0.5):
+        await _cast(hass, porch, mode="snapshot", refresh=3600)
+        await _report(hass, lambda: receiver.connection(CONNECTION_STATUS_LOST))
+        await asyncio.sleep(0.2)
+        assert ended == []  # within the grace: waiting for the display
+        await _wait_for(hass, lambda: bool(ended))
     assert [e.data["reason"] for e in ended] == ["receiver_lost"]
-    assert len(receiver.loads) == 1  # nothing is sent to a device that is gone
+    assert len(receiver.loads) == 1
     record = hass.data[DATA_CAST].diagnostics()[RECEIVER]
     assert record["last_idle_reason"] == "receiver_unavailable"
-    assert record["recasts"] == len(cast_module.RECAST_BACKOFF)
+    assert record["recasts"] == 0
+
+
+@pytest.mark.parametrize("keep_alive", [False, True])
+async def test_a_connection_blip_leaves_a_playing_cast_alone(
+    hass: HomeAssistant,
+    porch: str,
+    receiver: FakeCastDevice,
+    http_port: int,
+    receiver_session: aiohttp.ClientSession,
+    keep_alive: bool,
+) -> None:
+    """HA's connection to the display drops a moment; the display plays on.
+
+    Before: without keep-alive the cast ended (receiver_lost) and its URL
+    died under the playing display; with it, the display was sent the same
+    LOAD again (the picture restarted). Now both go on untouched.
+    """
+    ended = async_capture_events(hass, EVENT_CAST_ENDED)
+    await _cast(hass, porch, mode="live", keep_alive=keep_alive, duration=120)
+    url = _last_url(receiver)
+    await _report(hass, lambda: receiver.connection(CONNECTION_STATUS_LOST))
+    await asyncio.sleep(0.2)
+    await _report(hass, lambda: receiver.connection(CONNECTION_STATUS_CONNECTED))
+    state = hass.states.get(RECEIVER)
+    assert state is not None
+    assert (state.state, state.attributes["media_content_id"]) == ("playing", url)
+    await asyncio.sleep(0.5)  # past a keep-alive backoff step (0.05-0.2 s here)
+    await hass.async_block_till_done()
+    assert ended == []
+    assert len(receiver.loads) == 1
+    status, _ = await _get(receiver_session, url)
+    assert status == HTTPStatus.OK
+    await hass.services.async_call(DOMAIN, "stop_cast", {"media_player": RECEIVER}, blocking=True)
+
+
+@pytest.mark.parametrize("keep_alive", [False, True])
+async def test_a_cast_given_up_takes_its_dead_url_off_the_display(
+    hass: HomeAssistant, porch: str, receiver: FakeCastDevice, http_port: int, keep_alive: bool
+) -> None:
+    """The player fails (and keeps failing, with keep-alive): receiver_lost, display restored.
+
+    Before, the display stayed in the media receiver, idle on the dead URL.
+    """
+    ended = async_capture_events(hass, EVENT_CAST_ENDED)
+    await _cast(hass, porch, mode="snapshot", refresh=3600, keep_alive=keep_alive)
+    answer = receiver.socket_client.send_app_message.side_effect
+
+    def load_then_fail(namespace: str, message: dict[str, Any], **kwargs: Any) -> None:
+        answer(namespace, message, **kwargs)
+        if message.get("type") == "LOAD":
+            receiver.player_idles()
+
+    receiver.socket_client.send_app_message.side_effect = load_then_fail
+    await _report(hass, receiver.player_idles)
+    await _wait_for(hass, lambda: bool(ended))
+    assert [e.data["reason"] for e in ended] == ["receiver_lost"]
+    await _wait_for(hass, lambda: receiver.app_id == APP_BACKDROP)
+    assert receiver.commands[-1] == "quit_app"
+
+
+async def test_a_tv_switched_to_another_input_ends_the_cast_untouched(
+    hass: HomeAssistant, porch: str, receiver: FakeCastDevice, http_port: int
+) -> None:
+    """A Chromecast on a TV: a person switches the TV to another input (HA: off, our media).
+
+    The cast ends as stopped, with no re-cast: a LOAD would switch the TV
+    back to the Chromecast (HDMI-CEC), fighting the person.
+    """
+    ended = async_capture_events(hass, EVENT_CAST_ENDED)
+    await _cast(hass, porch, mode="live", duration=120)
+
+    def switch_input() -> None:
+        status = replace(receiver.chromecast.status, is_active_input=False)
+        receiver.chromecast.status = status
+        receiver._cast_listener.new_cast_status(status)
+
+    await _report(hass, switch_input)
+    assert hass.states.get(RECEIVER).state == "off"  # type: ignore[union-attr]
+    await _wait_for(hass, lambda: bool(ended))
+    assert [e.data["reason"] for e in ended] == ["stopped"]
+    assert hass.data[DATA_CAST].diagnostics()[RECEIVER]["last_idle_reason"] == "display_off"
+    await asyncio.sleep(0.3)
+    assert len(receiver.loads) == 1
+    assert "quit_app" not in receiver.commands
+
+
+async def test_a_dead_cast_from_before_is_not_what_the_display_goes_back_to(
+    hass: HomeAssistant, porch: str, receiver: FakeCastDevice, http_port: int
+) -> None:
+    """The display still idles on a LocalCam URL from before a restart (its player failed on it).
+
+    A new cast replaces it; its end takes the display back to the ambient
+    screen, not to "idle in the media receiver" on that dead URL.
+    """
+    dead = f"http://127.0.0.1:1/api/localcam/cast/{'A' * 43}/camera.old/live/playlist.m3u8?v=3"
+
+    def dead_cast() -> None:
+        receiver.person_plays(dead)
+        receiver.player_idles("ERROR")
+
+    await _report(hass, dead_cast)
+    assert hass.states.get(RECEIVER).state == "idle"  # type: ignore[union-attr]
+    await _cast(hass, porch, mode="snapshot", refresh=3600)
+    await hass.services.async_call(DOMAIN, "stop_cast", {"media_player": RECEIVER}, blocking=True)
+    await hass.async_block_till_done()
+    assert receiver.commands[-1] == "quit_app"
+    assert receiver.app_id == APP_BACKDROP
 
 
 async def test_load_failure_is_translated(

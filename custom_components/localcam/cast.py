@@ -160,6 +160,10 @@ RECAST_SETTLE: Final = 2.0
 # Keep-alive: waits before each consecutive re-cast attempt (s); the count is
 # the bound on consecutive attempts. A receiver seen playing again resets it.
 RECAST_BACKOFF: Final[tuple[float, ...]] = (2.0, 4.0, 8.0, 16.0, 30.0)
+# How long a display HA cannot reach may stay away before its cast ends
+# (receiver_lost): a connection blip, or a Nest Hub rebooting, comes back
+# within it and is judged then.
+RECEIVER_GRACE: Final = 120.0
 # And an absolute bound per cast, for a receiver that keeps flapping.
 MAX_RECASTS: Final = 30
 # Snapshot mode: a failing camera ends the cast after this many refreshes in a
@@ -231,6 +235,21 @@ def _called_entities(hass: HomeAssistant, data: Any) -> frozenset[str] | None:
 # What a Cast device reports when a person stopped its media (the display's
 # touchscreen, the Google Home app); ERROR and FINISHED are not a person.
 _IDLE_BY_PERSON: Final = "CANCELLED"
+# ... and when its player could not play the media (a still that failed to load).
+_IDLE_BY_ERROR: Final = "ERROR"
+# pychromecast's player states of media being played (not idle).
+_DEVICE_PLAYING: Final = frozenset({"PLAYING", "BUFFERING", "PAUSED"})
+
+
+def _device_playing(hass: HomeAssistant, receiver: str) -> str | None:
+    """The content id of the media the Cast device still plays, if any (read as below)."""
+    component = hass.data.get(MP_DATA_COMPONENT)
+    entity = component.get_entity(receiver) if component is not None else None
+    status = getattr(entity, "media_status", None)
+    if getattr(status, "player_state", None) not in _DEVICE_PLAYING:
+        return None
+    content_id = getattr(status, "content_id", None)
+    return content_id if isinstance(content_id, str) else None
 
 
 def _device_idle_reason(hass: HomeAssistant, receiver: str) -> str | None:
@@ -434,6 +453,8 @@ class CastSession:
     ended: bool = False
     unsubs: list[CALLBACK_TYPE] = field(default_factory=list)
     check_unsub: CALLBACK_TYPE | None = None
+    # The end armed while the display is unreachable (RECEIVER_GRACE).
+    lost_unsub: CALLBACK_TYPE | None = None
     refresh_task: asyncio.Task[None] | None = None
     recast_task: asyncio.Task[None] | None = None
 
@@ -794,9 +815,24 @@ class LocalCamCastManager:
         generation = self._generation(camera.camera_id)
         if self._camera_closed(camera, generation):
             raise self._closed_error(camera)
-        # Refuse early, before a stream is started for nothing.
+        # Refuse early, before a stream is started for nothing. With several
+        # displays, one that is busy (force off) or unreachable is left out,
+        # named in the log, and the others still show the camera (a doorbell
+        # must not go unseen in the kitchen because of music in the hall);
+        # only when no display is free is the refusal the call's error.
+        free: list[str] = []
+        refusals: list[HomeAssistantError] = []
         for receiver in receivers:
-            self._check_free(receiver, force=force)
+            try:
+                self._check_free(receiver, force=force)
+            except HomeAssistantError as err:
+                refusals.append(err)
+                LOGGER.info("Not casting to %s: %s", receiver, err.translation_key)
+            else:
+                free.append(receiver)
+        if not free:
+            raise refusals[0]
+        receivers = free
         base = await self.async_base_url()
         if mode is CastMode.LIVE:
             await async_prepare_live(camera, wait=LIVE_READY_TIMEOUT)
@@ -823,8 +859,20 @@ class LocalCamCastManager:
             ),
             return_exceptions=True,
         )
-        for result in results:
-            if isinstance(result, BaseException):
+        failures = [result for result in results if isinstance(result, BaseException)]
+        if len(failures) == len(results) or any(
+            not isinstance(failure, Exception) for failure in failures
+        ):
+            raise failures[0]  # nothing shows the camera (or the call was cancelled)
+        for receiver, result in zip(receivers, results, strict=True):
+            if isinstance(result, HomeAssistantError):
+                LOGGER.warning(
+                    "Cast to %s failed (%s); the other displays show %s",
+                    receiver,
+                    result.translation_key,
+                    camera.entity_id,
+                )
+            elif isinstance(result, Exception):
                 raise result
 
     async def _async_check_camera(self, camera: LocalCamCamera) -> None:
@@ -865,6 +913,11 @@ class LocalCamCastManager:
             # Again, now: starting the stream took a while, and someone may
             # have started their own media meanwhile.
             view = found = self._check_free(receiver, force=force)
+            if view.shows_cast and receiver not in self._sessions:
+                # A LocalCam cast no session of ours runs (one from before a
+                # restart, left on a dead URL): not what the display goes
+                # back to; its ambient screen is.
+                found = ReceiverView(MediaPlayerState.OFF, BACKDROP_APP_ID, None, None)
             if (previous := self._sessions.get(receiver)) is not None:
                 # The receiver goes back to how it was before the first cast,
                 # not to "showing the previous camera".
@@ -1167,18 +1220,42 @@ class LocalCamCastManager:
             session.record.last_idle_reason = taken_by
             self._async_spawn(session, EndReason.REPLACED, restore=False)
             return
+        if view.unavailable:
+            # HA lost its connection to the display: pychromecast reconnects
+            # by itself (a blip), and a rebooting Nest Hub is back within a
+            # minute or two; the display may well go on showing the cast
+            # meanwhile. Nothing is judged (no attempt counted, no URL
+            # revoked) until it is back; a display that stays away ends the
+            # cast after RECEIVER_GRACE.
+            session.record.last_idle_reason = "receiver_unavailable"
+            self._async_await_receiver(session)
+            return
+        if session.lost_unsub is not None:
+            session.lost_unsub()
+            session.lost_unsub = None
         if session.recasting:
             return  # the re-cast in progress decides the rest
+        if view.state == MediaPlayerState.OFF and session.owns(
+            _device_playing(self.hass, session.receiver)
+        ):
+            # Our media still plays, but HA says off: a TV switched to another
+            # input or put in standby (a Chromecast reports its input
+            # inactive; HA then hides the media from the state). A person
+            # turned away; a re-cast would switch the TV back (HDMI-CEC).
+            session.record.last_idle_reason = "display_off"
+            self._async_spawn(session, EndReason.STOPPED, restore=False)
+            return
+        device_reason = _device_idle_reason(self.hass, session.receiver)
         if (
             view.state == MediaPlayerState.IDLE
             and session.owns(view.content_id)
-            and _device_idle_reason(self.hass, session.receiver) == _IDLE_BY_PERSON
+            and device_reason == _IDLE_BY_PERSON
         ):
             # Stopped on the display itself: a person's choice, like a stop in HA.
             session.record.last_idle_reason = "stopped_on_display"
             self._async_spawn(session, EndReason.STOPPED, restore=False)
             return
-        idle_reason = self._idle_reason(session, view)
+        idle_reason = self._idle_reason(session, view, device_reason)
         if idle_reason is None:
             if view.state in _BUSY_STATES and view.content_id is None:
                 # The media receiver busy with media that has no content id:
@@ -1197,7 +1274,24 @@ class LocalCamCastManager:
         ):
             self._async_start_recast(session)
             return
-        self._async_spawn(session, EndReason.RECEIVER_LOST, restore=False)
+        # Given up: a display left on the cast's dead URL (its player failed)
+        # goes back to how the cast found it; one showing anything else is
+        # left alone (_async_end restores only what shows this cast).
+        self._async_spawn(session, EndReason.RECEIVER_LOST, restore=True)
+
+    @callback
+    def _async_await_receiver(self, session: CastSession) -> None:
+        """End the cast if its display stays unreachable for RECEIVER_GRACE."""
+        if session.lost_unsub is not None:
+            return
+
+        @callback
+        def _gone(_now: Any) -> None:
+            session.lost_unsub = None
+            if ReceiverView.of(self.hass.states.get(session.receiver)).unavailable:
+                self._async_spawn(session, EndReason.RECEIVER_LOST, restore=False)
+
+        session.lost_unsub = async_call_later(self.hass, RECEIVER_GRACE, _gone)
 
     @staticmethod
     def _taken_over(session: CastSession, view: ReceiverView) -> str | None:
@@ -1214,9 +1308,22 @@ class LocalCamCastManager:
             return "other_app"
         return None
 
+    def _shows(self, session: CastSession, view: ReceiverView) -> bool:
+        """Whether the display shows the cast now (playing it, or its still)."""
+        device_reason = _device_idle_reason(self.hass, session.receiver)
+        return (
+            session.owns(view.content_id)
+            and self._idle_reason(session, view, device_reason) is None
+        )
+
     @staticmethod
-    def _idle_reason(session: CastSession, view: ReceiverView) -> str | None:
-        """Return why the receiver no longer shows the cast, or None if it does."""
+    def _idle_reason(
+        session: CastSession, view: ReceiverView, device_reason: str | None
+    ) -> str | None:
+        """Return why the receiver no longer shows the cast, or None if it does.
+
+        ``device_reason`` is the device's own idle reason for its media.
+        """
         if view.state in (None, STATE_UNAVAILABLE, STATE_UNKNOWN):
             return "receiver_unavailable"
         if view.state == MediaPlayerState.OFF:
@@ -1226,9 +1333,11 @@ class LocalCamCastManager:
                 session.mode is CastMode.SNAPSHOT
                 and session.owns(view.content_id)
                 and view.app_id in (None, DEFAULT_MEDIA_RECEIVER_APP_ID)
+                and device_reason != _IDLE_BY_ERROR
             ):
                 # A still on screen: the player has nothing to play and says
-                # idle, yet the receiver shows our picture.
+                # idle, yet the receiver shows our picture (unless it says
+                # the picture failed to load).
                 return None
             return "receiver_idle"
         return None
@@ -1297,6 +1406,8 @@ class LocalCamCastManager:
                 session.record.last_idle_reason = taken_by
                 await self._async_end(session, EndReason.REPLACED, restore=False)
                 return
+            if self._shows(session, view):
+                return  # back on the cast by itself (a connection blip): no LOAD
             session.record.recasts += 1
             try:
                 self.links.renew(session.token)
@@ -1312,7 +1423,7 @@ class LocalCamCastManager:
                     session.record.last_idle_reason = taken_by
                     await self._async_end(session, EndReason.REPLACED, restore=False)
                     return
-                if not view.unavailable:
+                if not view.unavailable and not self._shows(session, view):
                     await self._async_load(session)
             except HomeAssistantError:
                 LOGGER.debug("Keep-alive re-cast to %s failed", session.receiver)
@@ -1389,9 +1500,10 @@ class LocalCamCastManager:
         for unsub in session.unsubs:
             unsub()
         session.unsubs.clear()
-        if session.check_unsub is not None:
-            session.check_unsub()
-            session.check_unsub = None
+        for timer in (session.check_unsub, session.lost_unsub):
+            if timer is not None:
+                timer()
+        session.check_unsub = session.lost_unsub = None
         current = asyncio.current_task()
         for task in (session.refresh_task, session.recast_task):
             if task is not None and task is not current and not task.done():
@@ -1409,7 +1521,7 @@ class LocalCamCastManager:
             context=session.context,
         )
         if restore:
-            await self._async_restore(session)
+            await self._async_restore(session, only_ours=reason is EndReason.RECEIVER_LOST)
 
     async def _async_restore(
         self,
