@@ -1111,6 +1111,31 @@ async def test_one_camera_on_two_displays(
     ]
 
 
+async def test_a_display_that_fails_does_not_fail_the_others(
+    hass: HomeAssistant,
+    porch: str,
+    receiver: FakeCastDevice,
+    hall_receiver: FakeCastDevice,
+    http_port: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Two displays, the hall's LOAD fails: the kitchen shows the camera, the hall is named."""
+    started = async_capture_events(hass, EVENT_CAST_STARTED)
+    hall_receiver.load_error = OSError("connection reset mid-LOAD")
+    await _cast(hass, porch, mode="snapshot", refresh=3600, media_player=[RECEIVER, HALL])
+    assert [e.data["media_player"] for e in started] == [RECEIVER]
+    assert any(
+        HALL in r.getMessage() and "cast_failed" in r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING
+    )
+    # Every display failing is the call's error.
+    receiver.load_error = OSError("connection reset mid-LOAD")
+    with pytest.raises(HomeAssistantError) as err:
+        await _cast(hass, porch, mode="snapshot", media_player=[RECEIVER, HALL])
+    assert err.value.translation_key == "cast_failed"
+
+
 async def test_a_failed_replacement_restores_the_display(
     hass: HomeAssistant,
     porch: str,
@@ -1484,6 +1509,58 @@ async def test_stop_during_a_keep_alive_backoff(
     assert not session.recasting
     assert len(receiver.loads) == 1
     assert "quit_app" not in receiver.commands  # it was back on ambient already
+
+
+async def test_a_display_back_on_the_cast_during_the_backoff_is_not_loaded_again(
+    hass: HomeAssistant, porch: str, receiver: FakeCastDevice, http_port: int
+) -> None:
+    """The player fails, then resumes our URL by itself before the re-cast: no second LOAD."""
+    ended = async_capture_events(hass, EVENT_CAST_ENDED)
+    with patch.object(cast_module, "RECAST_BACKOFF", (0.3,)):
+        await _cast(hass, porch, mode="live", duration=120)
+        await _report(hass, receiver.player_idles)
+        await asyncio.sleep(0.1)  # the check runs (patched settle) and starts the backoff
+        session = hass.data[DATA_CAST].session_for(RECEIVER)
+        assert session is not None
+        assert session.recasting
+
+        def resumes() -> None:
+            assert receiver.media is not None
+            receiver.media = {**receiver.media, "playerState": "PLAYING"}
+            receiver.media.pop("idleReason", None)
+            receiver._report_media()
+
+        await _report(hass, resumes)
+        await _wait_for(hass, lambda: not session.recasting)
+    assert len(receiver.loads) == 1
+    assert ended == []
+    assert hass.data[DATA_CAST].diagnostics()[RECEIVER]["recasts"] == 0
+    await hass.services.async_call(DOMAIN, "stop_cast", {"media_player": RECEIVER}, blocking=True)
+
+
+async def test_a_stop_while_the_display_is_unreachable_ends_the_cast_and_sends_nothing(
+    hass: HomeAssistant,
+    porch: str,
+    receiver: FakeCastDevice,
+    http_port: int,
+    receiver_session: aiohttp.ClientSession,
+) -> None:
+    """Unreachable (within the grace): a stop still ends the cast and kills its URL at once."""
+    ended = async_capture_events(hass, EVENT_CAST_ENDED)
+    await _cast(hass, porch, mode="snapshot", refresh=3600)
+    url = _last_url(receiver)
+    await _report(hass, lambda: receiver.connection(CONNECTION_STATUS_LOST))
+    session = hass.data[DATA_CAST].session_for(RECEIVER)
+    assert session is not None
+    await hass.async_block_till_done()
+    hass.data[DATA_CAST]._async_check(session)  # judged again while away: one grace timer
+    commands = list(receiver.commands)
+    await hass.services.async_call(DOMAIN, "stop_cast", {"media_player": RECEIVER}, blocking=True)
+    await hass.async_block_till_done()
+    assert [e.data["reason"] for e in ended] == ["stopped"]
+    assert (await _get(receiver_session, url))[0] == HTTPStatus.NOT_FOUND
+    assert receiver.commands == commands
+    assert session.lost_unsub is None
 
 
 async def test_person_casting_during_the_backoff_wins(
@@ -3150,3 +3227,48 @@ async def test_a_playlist_request_waiting_at_unload_does_not_restart_the_stream(
         for output in list(stream.outputs().values()):
             await stream.remove_provider(output)
         camera.fault = None
+
+
+class _FakeStream:
+    """A stream whose HLS output is dropped as soon as it starts (HA's idle stop)."""
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.held: dict[str, Any] = {}
+
+    def outputs(self) -> dict[str, Any]:
+        return self.held
+
+    def add_provider(self, fmt: str) -> Any:
+        track = MagicMock()
+        track.get_segments.return_value = []
+        self.held = {fmt: track}
+        return track
+
+    async def start(self) -> None:
+        self.started += 1
+        self.held = {}  # dropped at once
+
+
+async def test_live_start_never_starts_a_stream_its_camera_let_go_of() -> None:
+    """The entity no longer holds the stream (unloaded meanwhile): refused, nothing started.
+
+    And a wait whose output was dropped starts no new worker once the
+    entity let go of the stream between the stop and the restart.
+    """
+    stream = _FakeStream()
+    camera = MagicMock(entity_id="camera.porch", stream=None)
+    camera.async_create_stream = AsyncMock(return_value=stream)
+    camera.async_wait_until_serving = AsyncMock()
+    with pytest.raises(HomeAssistantError) as err:
+        await cast_module.async_prepare_live(camera, wait=2.0)
+    assert err.value.translation_key == "cast_no_stream"
+    assert stream.started == 0
+    held = iter([True])  # held at the first look, let go of during the stop
+
+    def owned() -> bool:
+        return next(held, False)
+
+    with patch.object(cast_module, "LIVE_RECHECK", 0.01):
+        assert await cast_module._async_wait_for_part(stream, 1.0, owned) is None  # type: ignore[arg-type]
+    assert stream.started == 1
