@@ -241,11 +241,23 @@ _IDLE_BY_ERROR: Final = "ERROR"
 _DEVICE_PLAYING: Final = frozenset({"PLAYING", "BUFFERING", "PAUSED"})
 
 
-def _device_playing(hass: HomeAssistant, receiver: str) -> str | None:
-    """The content id of the media the Cast device still plays, if any (read as below)."""
+def _device_media_status(hass: HomeAssistant, receiver: str) -> object:
+    """The Cast device's last media status, as HA's cast entity keeps it (None if it does not).
+
+    Home Assistant's state says only "idle" or "off"; its cast entity keeps
+    the device's last media status (pychromecast's MediaStatus), which says
+    why, and what still plays. Read defensively: on any other media_player,
+    or if the cast integration keeps it elsewhere one day, the readers below
+    see None and keep-alive acts as it would without them.
+    """
     component = hass.data.get(MP_DATA_COMPONENT)
     entity = component.get_entity(receiver) if component is not None else None
-    status = getattr(entity, "media_status", None)
+    return getattr(entity, "media_status", None)
+
+
+def _device_playing(hass: HomeAssistant, receiver: str) -> str | None:
+    """The content id of the media the Cast device still plays, if any."""
+    status = _device_media_status(hass, receiver)
     if getattr(status, "player_state", None) not in _DEVICE_PLAYING:
         return None
     content_id = getattr(status, "content_id", None)
@@ -253,17 +265,8 @@ def _device_playing(hass: HomeAssistant, receiver: str) -> str | None:
 
 
 def _device_idle_reason(hass: HomeAssistant, receiver: str) -> str | None:
-    """The Cast device's own idle reason for its media, if HA's cast entity has one.
-
-    Home Assistant's state says only "idle"; its cast entity keeps the
-    device's last media status (pychromecast's MediaStatus), which says why.
-    Read defensively: on any other media_player, or if the cast integration
-    keeps it elsewhere one day, this is None and keep-alive acts as before.
-    """
-    component = hass.data.get(MP_DATA_COMPONENT)
-    entity = component.get_entity(receiver) if component is not None else None
-    status = getattr(entity, "media_status", None)
-    reason = getattr(status, "idle_reason", None)
+    """The Cast device's own idle reason for its media, if any."""
+    reason = getattr(_device_media_status(hass, receiver), "idle_reason", None)
     return reason if isinstance(reason, str) else None
 
 
