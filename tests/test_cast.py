@@ -3084,7 +3084,7 @@ def test_served_parts_are_remembered_per_cast_and_bounded() -> None:
     assert numbers.served("cast-2") == 40
     assert numbers.served("cast-3") is None
     # Remembered by a hash: no cast token is kept in memory in the clear.
-    assert not any("cast-" in key for key in numbers._served)
+    assert not any(b"cast-" in key for key in numbers._served)
 
 
 def test_target_duration_never_shrinks_between_reloads() -> None:

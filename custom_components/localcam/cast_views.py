@@ -30,7 +30,6 @@ import asyncio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-import hashlib
 from http import HTTPStatus
 import math
 import re
@@ -58,7 +57,7 @@ from .cast import (
     async_prepare_live,
 )
 from .const import SNAPSHOT_TIMEOUT
-from .core.cast_links import CastMode
+from .core.cast_links import CastMode, token_digest
 
 # How long a playlist request waits for the stream's first part (the stream may
 # have stopped while idle and be starting again).
@@ -138,7 +137,7 @@ class PartNumbers:
         # 4.3.3.1): the longest part seen so far, in whole seconds, only grows.
         self.target_duration = 1
         # Hash of a cast token -> number of the newest part its last playlist listed.
-        self._served: dict[str, int] = {}
+        self._served: dict[bytes, int] = {}
 
     def entries(self, segments: Sequence[Segment]) -> list[_Entry]:
         """Number the parts HA's output holds now, in playback order."""
@@ -167,20 +166,15 @@ class PartNumbers:
 
     def served(self, token: str) -> int | None:
         """Return the newest part the cast's last playlist listed, if any."""
-        return self._served.get(_served_key(token))
+        return self._served.get(token_digest(token))
 
     def note_served(self, token: str, number: int) -> None:
         """Remember what the cast's playlist listed last (bounded)."""
-        key = _served_key(token)
+        key = token_digest(token)
         self._served.pop(key, None)
         self._served[key] = number
         while len(self._served) > SERVED_MEMORY:
             del self._served[next(iter(self._served))]
-
-
-def _served_key(token: str) -> str:
-    """A cast's key in the served memory: a hash, as the token table keeps no token either."""
-    return hashlib.sha256(token.encode("ascii", "replace")).hexdigest()
 
 
 def part_numbers(track: StreamOutput) -> PartNumbers:

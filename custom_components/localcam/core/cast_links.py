@@ -95,7 +95,7 @@ class _Link:
     expires_at: float = field(default=0.0)
 
 
-def _digest(token: str) -> bytes:
+def token_digest(token: str) -> bytes:
     """SHA-256 of a token: the only form in which tokens are kept."""
     return hashlib.sha256(token.encode("ascii", "replace")).digest()
 
@@ -157,7 +157,7 @@ class CastLinks:
         now = self._clock()
         ends_at = None if duration is None else now + duration
         token = secrets.token_urlsafe(TOKEN_BYTES)
-        digest = _digest(token)
+        digest = token_digest(token)
         self._links[digest] = _Link(
             grant=grant,
             digest=digest,
@@ -171,7 +171,7 @@ class CastLinks:
         if not TOKEN_RE.match(token):
             # The format is public; refusing malformed input early leaks nothing.
             return None
-        digest = _digest(token)
+        digest = token_digest(token)
         link = self._links.get(digest)
         # The dict lookup is keyed by the digest, which an attacker cannot steer
         # towards a real token's; compare_digest then confirms in constant time.

@@ -327,18 +327,19 @@ class CameraClient:
                 await self._check_device_identity(raw, whole=False)
                 # Wall time of the same instant as raw.received (the capture time).
                 wall = datetime.now(UTC) - timedelta(seconds=time.monotonic() - raw.received)
+                exif = _exif_turn(raw)
                 if (
                     len(raw.body) <= INLINE_FINISH_BYTES
                     and not self._needs_link_check(raw)
                     and self._turn(raw) == 1
-                    and _exif_turn(raw) == 1
+                    and exif == 1
                     and jpeg.loaded()
                 ):
                     # A header parse and a hash of a small JPEG cost less than
                     # a thread hop, which under a burst of viewers waits behind
                     # every request the loop has queued.
-                    return self._finish(raw, wall)
-                return await loop.run_in_executor(None, self._finish, raw, wall)
+                    return self._finish(raw, wall, exif)
+                return await loop.run_in_executor(None, self._finish, raw, wall, exif)
         except TimeoutError:
             raise CameraTimeoutError("no still within the time limit") from None
 
@@ -427,7 +428,7 @@ class CameraClient:
         if self._is_camera_host(target.host):
             await self.guard_credentials(target.address, target.port, target.host, connected=False)
 
-    def _finish(self, raw: _Raw, wall: datetime) -> Snapshot:
+    def _finish(self, raw: _Raw, wall: datetime, exif: int) -> Snapshot:
         """Check identity, validate and stamp a still.
 
         In the executor; inline for small stills that need no /proc read once
@@ -441,7 +442,6 @@ class CameraClient:
         # browsers honour it on the camera's own JPEG, but no copy LocalCam
         # encodes (card sizes, a turned still) carries it, so it is applied
         # once here and every copy shows the same way up.
-        exif = _exif_turn(raw)
         if (turn := self._turn(raw)) != 1 or exif != 1:
             body, width, height = jpeg.orient_jpeg(body, turn, exif=exif)
         return Snapshot(
