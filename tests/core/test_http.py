@@ -1043,6 +1043,52 @@ async def test_an_mjpeg_snapshot_url_is_refused_at_its_headers(
             await stream_ended.wait()
 
 
+async def test_a_still_with_no_declared_type_is_judged_by_its_bytes(
+    socket_enabled: None, session: aiohttp.ClientSession
+) -> None:
+    """A camera CGI that sends no Content-Type: its JPEG is served, its HTML page is not.
+
+    aiohttp reads a missing header as application/octet-stream, which the
+    type check refused: such a camera could not be added at all. (A raw
+    server: aiohttp's own adds a Content-Type to every reply.)
+    """
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 24), (10, 200, 10)).save(buffer, "JPEG")
+    still = buffer.getvalue()
+    bodies = [still, b"<html><body>busy</body></html>"]
+
+    async def untyped(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async with asyncio.timeout(5):
+            await reader.readuntil(b"\r\n\r\n")
+        body = bodies.pop(0)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(untyped, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = CameraClient(
+        session,
+        NetPolicy(),
+        CameraSource(
+            camera_id="cam",
+            stream_url="rtsp://127.0.0.1:9/none",
+            snapshot_url=f"http://127.0.0.1:{port}/snap",
+        ),
+    )
+    try:
+        snapshot = await client.fetch_snapshot(timeout=5.0)
+        assert (snapshot.jpeg, snapshot.width, snapshot.height) == (still, 32, 24)
+        with pytest.raises(InvalidImageError) as err:
+            await client.fetch_snapshot(timeout=5.0)
+        assert err.value.kind == "not_jpeg"
+        assert bodies == []
+    finally:
+        await client.close()
+        server.close()
+        await server.wait_closed()
+
+
 @asynccontextmanager
 async def _still_url_client(
     session: aiohttp.ClientSession, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -92,6 +92,14 @@ def test_bad_images_are_rejected(
     assert err.value.translation_key == "invalid_image"
 
 
+def test_a_reply_that_declares_no_type_is_judged_by_its_bytes() -> None:
+    """No Content-Type at all: a whole JPEG passes, an HTML page still does not."""
+    assert validate_jpeg(_jpeg(), "") == validate_jpeg(_jpeg(), "image/jpeg")
+    with pytest.raises(InvalidImageError) as err:
+        validate_jpeg(b"<html>error</html>", "")
+    assert err.value.kind == "not_jpeg"
+
+
 def test_a_large_frame_under_the_pixel_cap_passes() -> None:
     """An 8K frame (33 megapixels) is a real camera's and passes."""
     assert validate_jpeg(_with_dimensions(_jpeg(), 7680, 4320), "image/jpeg") == (7680, 4320)

@@ -193,12 +193,15 @@ async def _follow(
                 elif not 200 <= status < 300:
                     raise CannotConnectError(f"HTTP {status} from {display_url(target.url)}")
                 else:
+                    # The type as declared: "" when the camera sends none
+                    # (aiohttp's content_type would say application/octet-stream).
+                    content_type = response.headers.get(hdrs.CONTENT_TYPE, "")
                     if check_content_type is not None:
-                        check_content_type(response.content_type)
+                        check_content_type(content_type)
                     body = await _read_body(response, max_bytes)
                     return HttpReply(
                         status=status,
-                        content_type=response.content_type,
+                        content_type=content_type,
                         body=body,
                         final_url=display_url(target.url),
                         answered_at=answered_at,

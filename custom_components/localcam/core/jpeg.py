@@ -52,10 +52,14 @@ def check_content_type(content_type: str) -> None:
     Also called at a reply's headers, before its body is read: a snapshot
     URL that streams MJPEG (multipart/x-mixed-replace, never ending) is
     refused at once rather than read until the still's deadline.
+
+    A reply that declares no type at all (some cheap cameras' CGI) is judged
+    by its bytes alone: validate_jpeg's markers and header still refuse an
+    HTML page or a cut body. A declared type that is not a JPEG is refused.
     """
     media_type = content_type.split(";", 1)[0].strip().lower()
-    if media_type not in JPEG_CONTENT_TYPES:
-        raise InvalidImageError(f"content type {media_type or 'missing'}", kind="content_type")
+    if media_type and media_type not in JPEG_CONTENT_TYPES:
+        raise InvalidImageError(f"content type {media_type}", kind="content_type")
 
 
 def validate_jpeg(
