@@ -604,9 +604,12 @@ async def _held_stills(hass: HomeAssistant, camera: str) -> AsyncIterator[HeldSt
         yield held
 
 
-async def _until(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
-    """Wait, bounded, without async_block_till_done (which would wait for a held LOAD)."""
-    deadline = time.monotonic() + timeout
+async def _until(predicate: Callable[[], bool]) -> None:
+    """Wait, bounded, without async_block_till_done.
+
+    That would wait for a held LOAD, or for a blueprint's run, which lasts minutes.
+    """
+    deadline = time.monotonic() + WAIT
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.01)
@@ -1786,14 +1789,6 @@ async def _ring(hass: HomeAssistant) -> None:
     hass.states.async_set("binary_sensor.doorbell", "on")
 
 
-async def _until(predicate: Callable[[], bool]) -> None:
-    """Wait, bounded, without hass.async_block_till_done: a blueprint's run waits for minutes."""
-    deadline = time.monotonic() + WAIT
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
-
-
 async def test_doorbell_blueprint(
     hass: HomeAssistant,
     porch: str,
@@ -2789,7 +2784,11 @@ async def test_a_cancelled_cast_leaves_no_token(
     http_port: int,
     receiver_session: aiohttp.ClientSession,
 ) -> None:
-    """The cast action is cancelled during its LOAD (its automation stopped): its URL dies."""
+    """The cast action is cancelled during its LOAD (its automation stopped): its URL dies.
+
+    The LOAD was already in pychromecast's thread and lands after the
+    cancel: the dead URL is then taken off the screen (it was on ambient).
+    """
     manager = hass.data[DATA_CAST]
     held = HeldLoads(receiver)
     casting = asyncio.create_task(_cast(hass, porch, mode="snapshot", refresh=3600))
@@ -2801,10 +2800,47 @@ async def test_a_cancelled_cast_leaves_no_token(
             await casting
         assert len(manager.links) == 0
         assert (await _get(receiver_session, held.urls[0]))[0] == HTTPStatus.NOT_FOUND
+        assert "quit_app" not in receiver.commands  # nothing to restore before the LOAD lands
     finally:
         held.release.set()
+    await _until(lambda: receiver.commands[-1:] == ["quit_app"])
     assert manager.session_for(RECEIVER) is None
     assert manager.diagnostics()[RECEIVER]["end_reason"] == "error"
+
+
+async def test_a_cancelled_cast_does_not_undo_the_next_one(
+    hass: HomeAssistant,
+    porch: str,
+    receiver: FakeCastDevice,
+    http_port: int,
+    receiver_session: aiohttp.ClientSession,
+) -> None:
+    """An automation restarted mid-LOAD (a second ring, mode: restart): the second cast stays.
+
+    The cancelled start's display restore waits for its LOAD and runs
+    before the next cast's LOAD; it never turns off the cast that follows.
+    """
+    manager = hass.data[DATA_CAST]
+    held = HeldLoads(receiver)
+    first = asyncio.create_task(_cast(hass, porch, mode="snapshot", refresh=3600))
+    await asyncio.wait_for(held.started.wait(), WAIT)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    second = asyncio.create_task(_cast(hass, porch, mode="snapshot", refresh=3600))
+    held.release.set()
+    await asyncio.wait_for(second, WAIT)
+    session = manager.session_for(RECEIVER)
+    assert session is not None
+    assert len(held.urls) == 2
+    assert session.owns(held.urls[1])
+    assert receiver.commands.count("quit_app") == 1  # the first's restore, before the second LOAD
+    state = hass.states.get(RECEIVER)
+    assert state is not None
+    assert session.owns(state.attributes.get("media_content_id"))
+    assert (await _get(receiver_session, held.urls[1]))[0] == HTTPStatus.OK
+    assert (await _get(receiver_session, held.urls[0]))[0] == HTTPStatus.NOT_FOUND
+    await hass.services.async_call(DOMAIN, "stop_cast", {"media_player": RECEIVER}, blocking=True)
 
 
 async def test_keep_alive_outlives_an_unexpected_error(

@@ -979,8 +979,15 @@ class LocalCamCastManager:
             self._sessions[receiver] = session
             self._async_watch_stops(session)
             restored = False
+            # Shielded: a cancelled start (its automation stopped or restarted)
+            # cannot call back a LOAD Home Assistant's cast entity already
+            # handed to pychromecast's thread; the LOAD runs to its end, and
+            # _async_settle_cancelled then takes its dead URL off the screen.
+            load = self.hass.async_create_task(
+                self._async_load(session), f"{DOMAIN} cast load {receiver}", eager_start=True
+            )
             try:
-                await self._async_load(session)
+                await asyncio.shield(load)
                 if self._camera_closed(camera, generation):
                     # Unloaded during the LOAD: its unload revoked the token
                     # already; take the dead URL off the screen and refuse.
@@ -1001,9 +1008,15 @@ class LocalCamCastManager:
                     # The replaced cast's URL is dead (or this one's, should
                     # the failed LOAD have landed after all): the display goes
                     # back to how the first cast found it rather than keep a
-                    # picture that no longer answers. A cancelled start is
-                    # left alone (nothing may be awaited for it).
+                    # picture that no longer answers.
                     await self._async_restore(session, also=previous, only_ours=previous is None)
+                elif not restored:
+                    # Cancelled: nothing more may be awaited here; a task waits
+                    # for the LOAD and restores the display after it.
+                    self.hass.async_create_background_task(
+                        self._async_settle_cancelled(session, previous, load),
+                        f"{DOMAIN} cast cancelled {receiver}",
+                    )
                 raise
             session.starting = False
             if not session.revoked:
@@ -1022,6 +1035,24 @@ class LocalCamCastManager:
                 return
             self._async_track(session)
         self._async_fire_started(session)
+
+    async def _async_settle_cancelled(
+        self, session: CastSession, previous: CastSession | None, load: asyncio.Task[None]
+    ) -> None:
+        """Restore the display after a cancelled start, once its LOAD is over.
+
+        Its URL (and a replaced cast's) no longer answers. Under the display's
+        lock: a cast started meanwhile waits, and one that already runs there
+        (it took the lock first) is left alone, as is the display when it
+        shows anything but these two casts' URLs (only_ours).
+        """
+        async with self._lock(session.receiver):
+            await asyncio.wait((load,))  # bounded by the LOAD's own PLAY_TIMEOUT
+            if not load.cancelled():
+                load.exception()  # retrieved: _async_load logged it
+            if self.hass.is_stopping or session.receiver in self._sessions:
+                return
+            await self._async_restore(session, also=previous, only_ours=True)
 
     @callback
     def _async_fire_started(self, session: CastSession) -> None:
