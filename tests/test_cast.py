@@ -939,6 +939,48 @@ async def test_media_stop_in_home_assistant_ends_the_cast(
     )
 
 
+async def test_a_stop_home_assistant_refuses_does_not_end_the_cast(
+    hass: HomeAssistant,
+    porch: str,
+    receiver: FakeCastDevice,
+    http_port: int,
+    hass_read_only_user: Any,
+) -> None:
+    """A user who may not control the display: their media_stop ends nothing.
+
+    HA fires call_service before it checks the caller's permissions, and
+    refuses this user's media_stop; LocalCam ended the cast on the event
+    alone, the back door around localcam.stop_cast's own refusal. A user
+    who may control it still stops the cast that way.
+    """
+    ended = async_capture_events(hass, EVENT_CAST_ENDED)
+    await _cast(hass, porch, mode="snapshot", refresh=3600)
+    refused = Context(user_id=hass_read_only_user.id)
+    with pytest.raises(Unauthorized):
+        await hass.services.async_call(
+            DOMAIN, "stop_cast", {"media_player": RECEIVER}, blocking=True, context=refused
+        )
+    for service in ("media_stop", "turn_off"):
+        with pytest.raises(Unauthorized):
+            await hass.services.async_call(
+                "media_player", service, {"entity_id": RECEIVER}, blocking=True, context=refused
+            )
+    await hass.async_block_till_done()
+    assert ended == []
+    assert hass.data[DATA_CAST].session_for(RECEIVER) is not None
+    member = await hass.auth.async_create_user("member", group_ids=["system-users"])
+    await hass.services.async_call(
+        "media_player",
+        "media_stop",
+        {"entity_id": RECEIVER},
+        blocking=True,
+        context=Context(user_id=member.id),
+    )
+    await hass.async_block_till_done()
+    assert [event.data["reason"] for event in ended] == ["stopped"]
+    assert hass.data[DATA_CAST].session_for(RECEIVER) is None
+
+
 async def test_stop_on_the_display_ends_the_cast(
     hass: HomeAssistant,
     porch: str,

@@ -37,6 +37,7 @@ import time
 from typing import TYPE_CHECKING, Any, Final, override
 import uuid
 
+from homeassistant.auth.permissions.const import POLICY_CONTROL
 from homeassistant.components.media_player.browse_media import BrowseMedia
 from homeassistant.components.media_player.const import (
     ATTR_MEDIA_CONTENT_ID,
@@ -1188,18 +1189,42 @@ class LocalCamCastManager:
         @callback
         def _stop_called(event: Event[Any]) -> None:
             named = _called_entities(hass, event.data)
-            if named is None or session.receiver in named:
-                session.record.last_idle_reason = "stopped_in_home_assistant"
-                # A stop during a LOAD (the first, a refresh, a re-cast) comes
-                # before the LOAD lands the URL: that display needs restoring;
-                # another one stopped the cast's media itself.
-                self._async_spawn(
-                    session, EndReason.STOPPED, restore=session.starting or session.loading
-                )
+            if named is not None and session.receiver not in named:
+                return
+            if (user_id := event.context.user_id) is None:
+                self._async_stopped_in_ha(session)
+                return
+            # HA fires call_service before its entity service checks the
+            # caller's permissions: a user who may not control the display
+            # (refused there, or skipped in an area target) must not end the
+            # cast through the back door localcam.stop_cast refuses them.
+            # Eager: with HA's user store loaded, this finishes at once.
+            hass.async_create_task(
+                self._async_stop_if_allowed(session, user_id),
+                f"{DOMAIN} cast stop {session.receiver}",
+                eager_start=True,
+            )
 
         session.unsubs.append(
             hass.bus.async_listen(EVENT_CALL_SERVICE, _stop_called, event_filter=_is_stop_call)
         )
+
+    async def _async_stop_if_allowed(self, session: CastSession, user_id: str) -> None:
+        """End the cast for a stop call by a user allowed to control its display."""
+        user = await self.hass.auth.async_get_user(user_id)
+        if user is None:
+            return  # a deleted user's call: HA refuses it (UnknownUser)
+        if user.is_admin or user.permissions.check_entity(session.receiver, POLICY_CONTROL):
+            self._async_stopped_in_ha(session)
+
+    @callback
+    def _async_stopped_in_ha(self, session: CastSession) -> None:
+        """End a cast whose display was stopped or turned off through HA."""
+        session.record.last_idle_reason = "stopped_in_home_assistant"
+        # A stop during a LOAD (the first, a refresh, a re-cast) comes before
+        # the LOAD lands the URL: that display needs restoring; another one
+        # stopped the cast's media itself.
+        self._async_spawn(session, EndReason.STOPPED, restore=session.starting or session.loading)
 
     @callback
     def _async_renew(self, session: CastSession) -> None:
