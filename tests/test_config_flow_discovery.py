@@ -44,6 +44,7 @@ from custom_components.localcam.const import (
     CONF_MAIN_PROFILE,
     CONF_ONVIF,
     CONF_PROFILES,
+    CONF_SNAPSHOT_URL,
     CONF_STREAM_URL,
     CONF_VERIFY_SSL,
     DOMAIN,
@@ -149,6 +150,9 @@ async def test_add_onvif_camera(hass: HomeAssistant, onvif_camera: VirtualCamera
     assert len(data[CONF_PROFILES]) >= 2
     assert data[CONF_MAIN_PROFILE] == data[CONF_PROFILES][0]["token"]
     assert CAM_PASSWORD not in str(data[CONF_PROFILES])
+    # Its reported snapshot URI gives a JPEG, so stills come from it.
+    assert data[CONF_SNAPSHOT_URL] == data[CONF_PROFILES][0]["snapshot_url"]
+    assert data[CONF_SNAPSHOT_URL].endswith("/snapshot.jpg")
     await hass.async_block_till_done()
     entry = result["result"]
     assert entry.state is ConfigEntryState.LOADED
@@ -156,6 +160,37 @@ async def test_add_onvif_camera(hass: HomeAssistant, onvif_camera: VirtualCamera
     enabled = [e for e in entities if e.disabled_by is None]
     assert len(entities) == len(data[CONF_PROFILES])
     assert [e.unique_id for e in enabled] == [f"{MAC}_{data[CONF_MAIN_PROFILE]}"]
+
+
+async def test_an_onvif_camera_whose_snapshot_uri_fails_takes_stills_from_its_stream(
+    hass: HomeAssistant, socket_enabled: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reported snapshot URI that gives no JPEG (here a 404) is left out; stills still work.
+
+    Stills try the snapshot URI first and no form can change a URI the camera
+    reports: added with it, every still of the camera failed for good.
+    """
+    async with _onvif_camera(reported_snapshot_path="/cgi-bin/snapshot.cgi") as cam:
+        flow_id = await _onvif_form(hass)
+        result = await hass.config_entries.flow.async_configure(flow_id, _onvif_input(cam))
+        assert result["type"] is FlowResultType.CREATE_ENTRY
+        data = result["data"]
+        assert data[CONF_SNAPSHOT_URL] is None
+        assert [profile["snapshot_url"] for profile in data[CONF_PROFILES]] == [None] * len(
+            data[CONF_PROFILES]
+        )
+        assert "snapshot URI gives no usable still (cannot_connect)" in caplog.text
+        await hass.async_block_till_done()
+        entity_id = next(
+            e.entity_id
+            for e in er.async_entries_for_config_entry(
+                er.async_get(hass), result["result"].entry_id
+            )
+            if e.disabled_by is None
+        )
+        image = await camera_component.async_get_image(hass, entity_id)
+        assert image.content[:2] == b"\xff\xd8"
+        assert cam.stats.snapshot_requests == 0  # from the stream, not the snapshot endpoint
 
 
 async def test_onvif_errors_and_recovery(hass: HomeAssistant, onvif_camera: VirtualCamera) -> None:

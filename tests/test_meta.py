@@ -218,6 +218,22 @@ def test_config_flow_errors_and_aborts_are_translated() -> None:
         assert key in strings["error"], key
 
 
+def test_readme_describes_every_field_of_the_forms_that_add_a_camera() -> None:
+    """docs-installation-parameters: each field of the URL, ONVIF and search forms."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0].lower()
+    steps = json.loads(
+        (ROOT / "custom_components" / "localcam" / "translations" / "en.json").read_text()
+    )["config"]["step"]
+    missing = sorted(
+        f"{step}: {label}"
+        for step in ("url", "onvif", "scan")
+        for label in steps[step]["data"].values()
+        if label.lower() not in section
+    )
+    assert not missing, missing
+
+
 def test_entities_have_icons() -> None:
     """Every entity translation key has an icon in icons.json."""
     icons = _json(PACKAGE / "icons.json")

@@ -85,6 +85,9 @@ class CameraConfig:
     reported_host: str | None = None
     reported_xaddr_host: str | None = None  # the same for service XAddrs
     reported_userinfo: str | None = None  # "user:pass" embedded in reported URIs
+    # The path GetSnapshotUri reports: another one (where nothing answers) emulates a
+    # camera whose reported snapshot URI does not work while its stream does.
+    reported_snapshot_path: str = "/snapshot.jpg"
     device_uuid: str | None = None  # None: a UUID derived from the name
     # WS-Discovery responder on host:port (None: none; 0: pick a free port).
     wsdiscovery_port: int | None = None

@@ -409,7 +409,9 @@ class OnvifService:
             return 400, fault("s:Sender", "ter:InvalidArgVal", "No such profile")
         if not self.camera.config.http_snapshot:
             return 500, fault("s:Receiver", "ter:ActionNotSupported", "No snapshot")
-        uri = self._reported("http", self.camera.http_port, "/snapshot.jpg")
+        uri = self._reported(
+            "http", self.camera.http_port, self.camera.config.reported_snapshot_path
+        )
         return 200, self._media_uri("GetSnapshotUriResponse", uri)
 
     def _get_service_capabilities(self, _op: ET.Element) -> tuple[int, bytes]:

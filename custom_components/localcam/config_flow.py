@@ -479,6 +479,7 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
                 # just talked to it): the MAC every later check compares.
                 target = await client.stream_target()
                 link_mac = await self.hass.async_add_executor_job(neighbour_mac, target.address)
+            snapshots = await self._async_snapshot_uri_works(policy, source, main.snapshot_uri)
         except InvalidUrlError as err:
             # invalid_url's text is about stream and snapshot URLs, not a host.
             errors[CONF_HOST] = "invalid_host"
@@ -506,7 +507,7 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
             CONF_VERIFY_SSL: source.verify_ssl,
             CONF_ONVIF: True,
             CONF_STREAM_URL: main.stream_uri,
-            CONF_SNAPSHOT_URL: main.snapshot_uri,
+            CONF_SNAPSHOT_URL: main.snapshot_uri if snapshots else None,
             CONF_PROFILES: [
                 {
                     "token": profile.token,
@@ -515,7 +516,7 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
                     "width": profile.width,
                     "height": profile.height,
                     "stream_url": profile.stream_uri,
-                    "snapshot_url": profile.snapshot_uri,
+                    "snapshot_url": profile.snapshot_uri if snapshots else None,
                 }
                 for profile in device.profiles
             ],
@@ -531,6 +532,31 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
             CONF_WIDTH: info.width,
             CONF_HEIGHT: info.height,
         }
+
+    async def _async_snapshot_uri_works(
+        self, policy: NetPolicy, source: CameraSource, snapshot_uri: str | None
+    ) -> bool:
+        """Whether the snapshot URI an ONVIF camera reports gives a JPEG.
+
+        Some cameras report one that answers with an HTML page or a 401 their
+        stream's credentials do not pass. No form can change a reported URI,
+        and stills try it first: configured, every still would fail. Without
+        it, stills come from the stream (keyframes, a grab), as HA's onvif
+        falls back to FFmpeg. A reconfigure or reauth tests it again.
+        """
+        if not snapshot_uri:
+            return False
+        try:
+            async with self._client(policy, replace(source, snapshot_url=snapshot_uri)) as client:
+                await client.fetch_snapshot(timeout=SNAPSHOT_TIMEOUT)
+        except LocalCamError as err:
+            LOGGER.warning(
+                "The camera's ONVIF snapshot URI gives no usable still (%s); "
+                "its stills come from its stream",
+                err.translation_key,
+            )
+            return False
+        return True
 
     async def async_step_scan(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
         """Look for ONVIF cameras now (WS-Discovery), optionally at given hosts."""
