@@ -38,6 +38,7 @@ from custom_components.localcam.const import (
 )
 from custom_components.localcam.core import jpeg, snapshot_cache
 from custom_components.localcam.core.errors import CannotConnectError, RedirectedError
+from custom_components.localcam.core.models import SnapshotSource
 from custom_components.localcam.core.netpolicy import NetPolicy, Target, normalized_identity
 from virtualcam import CameraConfig, Fault, VirtualCamera, color_for, nearest_camera
 
@@ -727,10 +728,39 @@ async def test_slow_keyframe_falls_back_to_a_grab(
     entity_id = await _entity_id(hass, rtsp_only_camera, snapshot=False)
     entity = get_camera_from_entity_id(hass, entity_id)
     async with _running_stream(hass, entity_id, rtsp_only_camera, wait_playing=False):
-        with patch("custom_components.localcam.camera.KEYFRAME_WAIT", 0.0):
+        with patch("custom_components.localcam.camera._keyframe_wait", return_value=0.0):
             image = await entity.async_camera_image()
         assert image is not None
         assert _camera_index(image) == 1
+
+
+async def test_a_still_of_a_watched_long_gop_camera_comes_from_its_stream(
+    hass: HomeAssistant, socket_enabled: None
+) -> None:
+    """Keyframes 6 s apart ("smart codec"): the still waits for the stream's, no second session.
+
+    A fixed 4 s wait gave up on the stream's keyframe and opened an RTSP
+    session of its own for every still while someone watched, which then
+    waited for that same keyframe.
+    """
+    cam = VirtualCamera(camera_config("yard", 4, http_snapshot=False, gop_seconds=6.0))
+    await cam.start()
+    try:
+        entity_id = await _entity_id(hass, cam, snapshot=False)
+        entity = get_camera_from_entity_id(hass, entity_id)
+        async with _running_stream(hass, entity_id, cam) as stream:
+            # HA's HLS output has measured the interval (a segment per keyframe).
+            for _ in range(300):
+                if stream.outputs()["hls"].target_duration >= 5.5:  # type: ignore[attr-defined]
+                    break
+                await asyncio.sleep(0.05)
+            sessions = cam.stats.play_sessions
+            snapshot = await entity.async_snapshot()
+            assert snapshot.source is SnapshotSource.STREAM_KEYFRAME
+            assert _camera_index(snapshot.jpeg) == 4
+            assert cam.stats.play_sessions == sessions
+    finally:
+        await cam.stop()
 
 
 async def test_stream_that_reaches_another_device_is_stopped(

@@ -11,6 +11,7 @@ from homeassistant.components.camera import Camera
 from homeassistant.components.camera.const import CameraEntityFeature
 from homeassistant.components.camera.prefs import get_dynamic_camera_stream_settings
 from homeassistant.components.stream import CONF_RTSP_TRANSPORT as STREAM_RTSP_TRANSPORT, Stream
+from homeassistant.components.stream.const import HLS_PROVIDER
 from homeassistant.core import CALLBACK_TYPE, CoreState, HomeAssistant, callback
 from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
@@ -33,8 +34,8 @@ from .helpers import frame_key, translated_error
 # serialise one camera's image requests behind another's.
 PARALLEL_UPDATES = 0
 
-# How long a still request waits for the running stream's next keyframe before
-# opening its own short RTSP session instead.
+# How long a still request waits at least for the running stream's next
+# keyframe before opening its own short RTSP session instead (_keyframe_wait).
 KEYFRAME_WAIT = 4.0
 # An attribute of Home Assistant's that a later release may not have.
 _ABSENT = object()
@@ -61,6 +62,19 @@ def _profile_name(entry: LocalCamConfigEntry, profile: str) -> str:
         if item["token"] == profile:
             return str(item.get("name") or profile)
     return profile
+
+
+def _keyframe_wait(stream: Stream) -> float:
+    """How long a still waits for the running stream's next keyframe.
+
+    At least KEYFRAME_WAIT; for a camera whose keyframes come further apart
+    ("smart codec" cameras: 4 to 10 s), one keyframe interval and a second,
+    as Home Assistant's HLS output measures it (its longest segment: one per
+    interval). Waiting less opened a second RTSP session for every still
+    while someone watched, which then waited for that same keyframe.
+    """
+    interval = getattr(stream.outputs().get(HLS_PROVIDER), "target_duration", 0.0)
+    return max(KEYFRAME_WAIT, float(interval) + 1.0)
 
 
 def _go2rtc_elsewhere(hass: HomeAssistant) -> bool:
@@ -477,7 +491,7 @@ class LocalCamCamera(LocalCamEntity, Camera):
         finally:
             self._auth_check = None
 
-    async def _async_stream_keyframe(self, pinned: str) -> bytes | None:
+    async def _async_stream_keyframe(self, pinned: str, limit: float) -> bytes | None:
         """Return a JPEG of the running stream's next keyframe, or None.
 
         Only used while a stream already runs for this camera (someone is
@@ -498,7 +512,7 @@ class LocalCamCamera(LocalCamEntity, Camera):
         if (previous := _converter_image(stream)) is _ABSENT:
             return None  # a later HA: no way to tell a new image, so none is taken
         try:
-            async with asyncio.timeout(KEYFRAME_WAIT):
+            async with asyncio.timeout(min(_keyframe_wait(stream), limit)):
                 image = await stream.async_get_image(wait_for_next_keyframe=True)
         except TimeoutError:
             return None

@@ -59,13 +59,16 @@ INLINE_FINISH_BYTES: Final = 256 * 1024
 # none, costs a bare connection first.
 LINK_TRUST: Final = 10.0
 
-# Returns a JPEG of the running stream's next keyframe, or None when Home
-# Assistant runs no stream for this camera right now.
-# Called with the stream URL pinned to the address just checked (a secret):
-# a JPEG of the running stream's next keyframe, or None. The provider must
-# return None unless its stream plays from exactly that URL: a stream opened
-# on an address the camera's host name no longer resolves to plays another device.
-type KeyframeProvider = Callable[[str], Awaitable[bytes | None]]
+# Called with the stream URL pinned to the address just checked (a secret) and
+# the most seconds it may wait: a JPEG of the running stream's next keyframe,
+# or None (Home Assistant runs no stream for this camera now, or no keyframe
+# came in time). The provider must return None unless its stream plays from
+# exactly that URL: a stream opened on an address the camera's host name no
+# longer resolves to plays another device.
+type KeyframeProvider = Callable[[str, float], Awaitable[bytes | None]]
+# Of a still's time, what a keyframe wait leaves for a grab of its own (a
+# camera that sends a keyframe as a session starts answers well within it).
+GRAB_RESERVE: Final = 2.0
 # Asks the device at the camera's address for its identity (MAC/serial/UUID).
 # Called with ``whole=True`` by the health check (once a minute: the device's
 # whole description, URIs included) and ``whole=False`` after each fetch (who
@@ -407,7 +410,10 @@ class CameraClient:
         # and the warm grabber serves only frames of a session on that URL.
         target = await self.stream_target()
         pinned = self.pinned_url(target)
-        if keyframe is not None and (image := await keyframe(pinned)) is not None:
+        if (
+            keyframe is not None
+            and (image := await keyframe(pinned, max(timeout - GRAB_RESERVE, 0.0))) is not None
+        ):
             kind, received = SnapshotSource.STREAM_KEYFRAME, time.monotonic()
         else:
             started = time.monotonic()
