@@ -507,6 +507,29 @@ async def test_options_flow(hass: HomeAssistant, camera: VirtualCamera) -> None:
     assert len(setup.mock_calls) == 1  # OptionsFlowWithReload reloaded the entry
 
 
+async def test_options_flow_refuses_a_max_age_that_is_not_a_number(
+    hass: HomeAssistant, camera: VirtualCamera
+) -> None:
+    """NaN (the options API passes "nan" on) gets past the selector's range: refused here.
+
+    Saved, no frame's age was ever within it (every still failed), and HA
+    stores it as null, on which setup failed after a restart.
+    """
+    entry = make_entry(camera)
+    await setup_entry(hass, entry)
+    result = await hass.config_entries.options.async_init(entry.entry_id)
+    options = {CONF_SNAPSHOT_MAX_AGE: "nan", CONF_RTSP_TRANSPORT: "tcp"}
+    result = await hass.config_entries.options.async_configure(result["flow_id"], options)
+    assert result["type"] is FlowResultType.FORM
+    assert result["errors"] == {CONF_SNAPSHOT_MAX_AGE: "invalid_max_age"}
+    assert CONF_SNAPSHOT_MAX_AGE not in entry.options
+    options[CONF_SNAPSHOT_MAX_AGE] = 2.0
+    result = await hass.config_entries.options.async_configure(result["flow_id"], options)
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    await hass.async_block_till_done()
+    assert entry.options[CONF_SNAPSHOT_MAX_AGE] == 2.0
+
+
 @pytest.mark.parametrize(
     ("url", "title"),
     [

@@ -4,6 +4,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import timedelta
+from typing import Any
 from unittest.mock import patch
 
 from freezegun.api import FrozenDateTimeFactory
@@ -25,6 +26,8 @@ from custom_components import localcam
 from custom_components.localcam.const import (
     CONF_ALLOWED_NETWORKS,
     CONF_IDENTITY,
+    CONF_SNAPSHOT_MAX_AGE,
+    DEFAULT_SNAPSHOT_MAX_AGE,
     DOMAIN,
     HEALTH_INTERVAL_SECONDS,
 )
@@ -91,6 +94,24 @@ async def test_invalid_allowed_networks(hass: HomeAssistant, camera: VirtualCame
     await setup_entry(hass, entry)
     assert entry.state is ConfigEntryState.SETUP_ERROR
     assert entry.reason is not None
+
+
+@pytest.mark.parametrize("stored", [None, -1.0, 0.0, 3600.0])
+async def test_an_unusable_stored_max_age_falls_back_to_the_default(
+    hass: HomeAssistant, camera: VirtualCamera, stored: Any
+) -> None:
+    """A max age the form would refuse (NaN stored as null, a hand edit) is the default.
+
+    float(None) failed setup with a bare TypeError; a max age of 0 made
+    every still too old.
+    """
+    entry = make_entry(camera, options={CONF_SNAPSHOT_MAX_AGE: stored})
+    await setup_entry(hass, entry)
+    assert entry.state is ConfigEntryState.LOADED
+    for stream in entry.runtime_data.streams.values():
+        assert stream.cache.max_age == DEFAULT_SNAPSHOT_MAX_AGE
+    image = await async_get_image(hass, main_entity_id(hass, entry))
+    assert image.content[:2] == b"\xff\xd8"
 
 
 async def _next_health_check(hass: HomeAssistant, freezer: FrozenDateTimeFactory) -> None:

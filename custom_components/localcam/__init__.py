@@ -17,8 +17,6 @@ from .const import (
     CONF_IDENTITY,
     CONF_ONVIF,
     CONF_PROFILES,
-    CONF_SNAPSHOT_MAX_AGE,
-    DEFAULT_SNAPSHOT_MAX_AGE,
     DOMAIN,
 )
 from .coordinator import IDENTITY_ISSUE_PREFIX, LocalCamCoordinator
@@ -33,6 +31,7 @@ from .helpers import (
     main_profile,
     policy_from_options,
     read_entry_device,
+    snapshot_max_age,
     sources_from_entry,
 )
 from .services import async_setup_services
@@ -65,7 +64,7 @@ async def async_setup_entry(hass: HomeAssistant, entry: LocalCamConfigEntry) -> 
             translation_placeholders={"reason": str(err)},
         ) from err
     session = async_get_clientsession(hass)
-    max_age = float(entry.options.get(CONF_SNAPSHOT_MAX_AGE, DEFAULT_SNAPSHOT_MAX_AGE))
+    max_age = snapshot_max_age(entry.options)
     streams: dict[str, StreamRuntime] = {}
     probe = _onvif_identity_probe(hass, entry, policy) if entry.data.get(CONF_ONVIF) else None
     for profile, source in sources_from_entry(entry.data, entry.options).items():

@@ -4,6 +4,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from ipaddress import ip_address
+import math
 from typing import Any, Final, override
 
 from homeassistant.config_entries import (
@@ -1135,10 +1136,15 @@ class LocalCamOptionsFlow(OptionsFlowWithReload):
         placeholders: dict[str, str] = {"reason": ""}
         if user_input is not None:
             reason = _networks_error(user_input.get(CONF_ALLOWED_NETWORKS, ""))
-            if reason is None:
+            if not math.isfinite(user_input[CONF_SNAPSHOT_MAX_AGE]):
+                # NaN passes the selector's range check (every comparison is
+                # False); saved, no frame's age would ever be within it.
+                errors[CONF_SNAPSHOT_MAX_AGE] = "invalid_max_age"
+            elif reason is None:
                 return self.async_create_entry(data=user_input)
-            errors[CONF_ALLOWED_NETWORKS] = "invalid_networks"
-            placeholders["reason"] = reason
+            if reason is not None:
+                errors[CONF_ALLOWED_NETWORKS] = "invalid_networks"
+                placeholders["reason"] = reason
         schema = probatio.Schema(
             {
                 probatio.Required(

@@ -2,6 +2,7 @@
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+import math
 from typing import Any
 
 from homeassistant.config_entries import SOURCE_IGNORE, ConfigEntry, ConfigEntryState
@@ -21,12 +22,16 @@ from .const import (
     CONF_ONVIF,
     CONF_PROFILES,
     CONF_RTSP_TRANSPORT,
+    CONF_SNAPSHOT_MAX_AGE,
     CONF_SNAPSHOT_URL,
     CONF_STREAM_URL,
     CONF_VERIFY_SSL,
     DEFAULT_RTSP_TRANSPORT,
+    DEFAULT_SNAPSHOT_MAX_AGE,
     DOMAIN,
     MAIN_PROFILE,
+    MAX_SNAPSHOT_MAX_AGE,
+    MIN_SNAPSHOT_MAX_AGE,
     PROBE_TIMEOUT,
 )
 from .core.errors import LocalCamError
@@ -41,6 +46,23 @@ from .core.wsdiscovery import DiscoveredDevice
 def policy_from_options(options: Mapping[str, Any]) -> NetPolicy:
     """Build the LAN policy, with the networks the user added in the options."""
     return NetPolicy(extra_networks=parse_networks(options.get(CONF_ALLOWED_NETWORKS, "")))
+
+
+def snapshot_max_age(options: Mapping[str, Any]) -> float:
+    """The entry's snapshot max age; the default where the stored one is unusable.
+
+    The options form refuses such values; one stored before (NaN is saved as
+    null) or edited by hand must not stop the camera setting up, nor make
+    every still too old.
+    """
+    value = options.get(CONF_SNAPSHOT_MAX_AGE)
+    if (
+        isinstance(value, int | float)
+        and math.isfinite(value)
+        and MIN_SNAPSHOT_MAX_AGE <= value <= MAX_SNAPSHOT_MAX_AGE
+    ):
+        return float(value)
+    return DEFAULT_SNAPSHOT_MAX_AGE
 
 
 def entry_unique_id(
