@@ -315,6 +315,27 @@ async def test_reconfigure(hass: HomeAssistant, camera: VirtualCamera) -> None:
     assert entry.state is ConfigEntryState.LOADED
 
 
+async def test_reconfigure_names_stored_networks_setup_refuses(
+    hass: HomeAssistant, camera: VirtualCamera
+) -> None:
+    """Networks in the options that setup refuses (an older release's, a hand edit).
+
+    The form says what is wrong with them, not "unexpected error" with a
+    traceback in the log; the options fix them.
+    """
+    entry = make_entry(camera, options={CONF_ALLOWED_NETWORKS: "10.0.0.0/33"})
+    await setup_entry(hass, entry)
+    assert entry.state is ConfigEntryState.SETUP_ERROR
+    result = await entry.start_reconfigure_flow(hass)
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"],
+        {CONF_STREAM_URL: camera.rtsp_url, CONF_USERNAME: CAM_USER, CONF_VERIFY_SSL: True},
+    )
+    assert result["type"] is FlowResultType.FORM
+    assert result["errors"] == {"base": "invalid_networks"}
+    assert "10.0.0.0/33" in result["description_placeholders"]["reason"]
+
+
 async def test_reconfigure_takes_a_new_password_typed_into_the_url(
     hass: HomeAssistant, camera: VirtualCamera
 ) -> None:

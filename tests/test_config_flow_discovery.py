@@ -369,6 +369,22 @@ async def test_reconfigure_onvif(hass: HomeAssistant, onvif_camera: VirtualCamer
         assert result["reason"] == "wrong_camera"
 
 
+async def test_reconfigure_onvif_names_stored_networks_setup_refuses(
+    hass: HomeAssistant, onvif_camera: VirtualCamera
+) -> None:
+    """An ONVIF camera whose stored networks setup refuses: a form error, not a crashed flow."""
+    entry = await add_onvif_entry(hass, onvif_camera)
+    await hass.config_entries.async_unload(entry.entry_id)
+    hass.config_entries.async_update_entry(entry, options={CONF_ALLOWED_NETWORKS: "10.0.0.0/33"})
+    result = await _reconfigure(hass, entry.entry_id)
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], _onvif_input(onvif_camera, **{CONF_PASSWORD: ""})
+    )
+    assert result["type"] is FlowResultType.FORM
+    assert result["errors"] == {"base": "invalid_networks"}
+    assert "10.0.0.0/33" in result["description_placeholders"]["reason"]
+
+
 async def test_reconfigure_onvif_keeps_the_mac_the_link_shows(
     hass: HomeAssistant, onvif_camera: VirtualCamera
 ) -> None:

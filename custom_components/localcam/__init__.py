@@ -20,6 +20,7 @@ from .const import (
     DOMAIN,
 )
 from .coordinator import IDENTITY_ISSUE_PREFIX, LocalCamCoordinator
+from .core.errors import InvalidNetworksError
 from .core.identity import Identity
 from .core.netpolicy import NetPolicy
 from .core.snapshot import CameraClient, IdentityProbe
@@ -57,11 +58,11 @@ async def async_setup_entry(hass: HomeAssistant, entry: LocalCamConfigEntry) -> 
     """Set up one camera: test it (health check), then add its entity."""
     try:
         policy = policy_from_options(entry.options)
-    except ValueError as err:
+    except InvalidNetworksError as err:
         raise ConfigEntryError(
             translation_domain=DOMAIN,
-            translation_key="invalid_networks",
-            translation_placeholders={"reason": str(err)},
+            translation_key=err.translation_key,
+            translation_placeholders=err.placeholders,
         ) from err
     session = async_get_clientsession(hass)
     max_age = snapshot_max_age(entry.options)

@@ -459,8 +459,8 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
         port = int(user_input.get(CONF_PORT) or DEFAULT_ONVIF_PORT)
         username = user_input.get(CONF_USERNAME) or None
         password = user_input.get(CONF_PASSWORD) or None
-        policy = policy_from_options(options)
         try:
+            policy = policy_from_options(options)
             device = await read_device(
                 host, port, username, password, policy=policy, timeout=PROBE_TIMEOUT
             )

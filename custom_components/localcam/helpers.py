@@ -34,7 +34,7 @@ from .const import (
     MIN_SNAPSHOT_MAX_AGE,
     PROBE_TIMEOUT,
 )
-from .core.errors import LocalCamError
+from .core.errors import InvalidNetworksError, LocalCamError
 from .core.identity import Identity, neighbour_mac, normalize_mac, touch
 from .core.models import CameraSource, RtspTransport
 from .core.netpolicy import NetPolicy, normalized_identity, parse_networks, stream_channel
@@ -44,8 +44,17 @@ from .core.wsdiscovery import DiscoveredDevice
 
 
 def policy_from_options(options: Mapping[str, Any]) -> NetPolicy:
-    """Build the LAN policy, with the networks the user added in the options."""
-    return NetPolicy(extra_networks=parse_networks(options.get(CONF_ALLOWED_NETWORKS, "")))
+    """Build the LAN policy, with the networks the user added in the options.
+
+    Raises InvalidNetworksError for stored networks the options form would
+    refuse (saved by an older release, or edited by hand): every caller,
+    setup and each flow, reports it translated instead of crashing.
+    """
+    try:
+        networks = parse_networks(options.get(CONF_ALLOWED_NETWORKS, ""))
+    except ValueError as err:
+        raise InvalidNetworksError(str(err)) from None
+    return NetPolicy(extra_networks=networks)
 
 
 def snapshot_max_age(options: Mapping[str, Any]) -> float:

@@ -55,6 +55,16 @@ class NotLocalError(LocalCamError):
         self.reason = reason
 
 
+class InvalidNetworksError(LocalCamError):
+    """The extra allowed networks stored in an entry's options cannot be used."""
+
+    translation_key = "invalid_networks"
+
+    def __init__(self, reason: str) -> None:
+        """Name what is wrong with them."""
+        super().__init__(f"invalid allowed networks: {reason}", reason=reason)
+
+
 class CannotConnectError(LocalCamError):
     """The camera refused, reset or could not be reached."""
 
