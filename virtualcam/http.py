@@ -56,6 +56,11 @@ class HttpServer:
             return
         self._closing.set()
         await server.close()
+        # Idle keep-alive connections (a client's pooled one) end now; one
+        # answering a request ends after it. Otherwise shutdown waited its
+        # whole timeout for each, and never under a test's frozen clock.
+        for handler in self._web.connections:
+            handler.close()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_STOP_TIMEOUT * 2):
                 await self._web.shutdown(_STOP_TIMEOUT)
