@@ -1,5 +1,6 @@
 """Repair fix flow: a camera replaced at its address is trusted only when the user says so."""
 
+import asyncio
 from dataclasses import replace
 from datetime import timedelta
 from http import HTTPStatus
@@ -14,7 +15,11 @@ from homeassistant.const import CONF_PASSWORD, CONF_PORT, STATE_UNAVAILABLE
 from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import UnknownHandler
 from homeassistant.exceptions import HomeAssistantError
-from homeassistant.helpers import entity_registry as er, issue_registry as ir
+from homeassistant.helpers import (
+    device_registry as dr,
+    entity_registry as er,
+    issue_registry as ir,
+)
 from homeassistant.setup import async_setup_component
 from PIL import Image
 import pytest
@@ -25,6 +30,7 @@ import pytest_socket
 from custom_components.localcam.const import (
     CONF_IDENTITY,
     CONF_STREAM_URL,
+    DEFAULT_SNAPSHOT_MAX_AGE,
     DOMAIN,
     HEALTH_INTERVAL_SECONDS,
 )
@@ -91,9 +97,13 @@ async def test_replaced_camera_is_trusted_after_the_fix_flow(
         entity_id = next(e.entity_id for e in entities if e.disabled_by is None)
         assert await _colour(hass, entity_id) == OLD
 
-        # The camera is replaced by another device at the same address.
+        [device] = dr.async_entries_for_config_entry(dr.async_get(hass), entry.entry_id)
+        assert device.connections == {(dr.CONNECTION_NETWORK_MAC, f"02:00:00:00:00:0{OLD}")}
+
+        # The camera is replaced by another device (another model) at the same address.
         await cam.stop()
         cam = _camera(NEW, rtsp_port, http_port)
+        cam.config.model, cam.config.firmware = "ReplacementCam", "9.9.9"
         await cam.start()
         await entry.runtime_data.coordinator.async_refresh()
         await hass.async_block_till_done()
@@ -101,6 +111,8 @@ async def test_replaced_camera_is_trusted_after_the_fix_flow(
         issue = ir.async_get(hass).async_get_issue(DOMAIN, issue_id)
         assert issue is not None
         assert issue.is_fixable
+        # Past max age (the old camera's last still is no longer current):
+        await asyncio.sleep(DEFAULT_SNAPSHOT_MAX_AGE)
         with pytest.raises(HomeAssistantError):  # nothing from the other device, until...
             await camera_component.async_get_image(hass, entity_id)
 
@@ -128,6 +140,14 @@ async def test_replaced_camera_is_trusted_after_the_fix_flow(
         assert entry.unique_id == f"02:00:00:00:00:0{NEW}"
         assert ir.async_get(hass).async_get_issue(DOMAIN, issue_id) is None
         assert await _colour(hass, entity_id) == NEW
+        # Its device page names the new camera, and HA's DHCP watcher follows
+        # only the new MAC (the old camera's is no longer this camera's).
+        [device] = dr.async_entries_for_config_entry(dr.async_get(hass), entry.entry_id)
+        assert (device.model, device.sw_version, device.connections) == (
+            "ReplacementCam",
+            "9.9.9",
+            {(dr.CONNECTION_NETWORK_MAC, f"02:00:00:00:00:0{NEW}")},
+        )
 
         # A fix flow started while the device is down reads nothing and changes nothing.
         ir.async_create_issue(
@@ -182,6 +202,9 @@ async def test_a_camera_the_link_now_shows_with_another_mac_is_re_pinned_by_its_
                 "uuid": pinned["uuid"],
             }
             assert ir.async_get(hass).async_get_issue(DOMAIN, issue_id) is None
+            # Pinned by serial now: the device no longer claims the MAC.
+            [device] = dr.async_entries_for_config_entry(dr.async_get(hass), entry.entry_id)
+            assert device.connections == set()
             asked = cam.stats.onvif_requests
             assert await _colour(hass, entity_id) == OLD
             assert cam.stats.onvif_requests > asked  # checked by asking the device

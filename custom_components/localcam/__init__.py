@@ -4,9 +4,13 @@ import time
 from typing import Final
 
 from homeassistant.const import Platform
-from homeassistant.core import HomeAssistant
+from homeassistant.core import HomeAssistant, callback
 from homeassistant.exceptions import ConfigEntryError
-from homeassistant.helpers import config_validation as cv, issue_registry as ir
+from homeassistant.helpers import (
+    config_validation as cv,
+    device_registry as dr,
+    issue_registry as ir,
+)
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
 from homeassistant.helpers.typing import ConfigType
 
@@ -80,12 +84,33 @@ async def async_setup_entry(hass: HomeAssistant, entry: LocalCamConfigEntry) -> 
         streams[profile] = StreamRuntime(client=client, cache=cache)
     main = main_profile(entry.data)
     _async_h265_note(hass, entry)
+    _async_sync_device_mac(hass, entry)
     coordinator = LocalCamCoordinator(hass, entry, streams[main].client)
     # 401 -> ConfigEntryAuthFailed (reauth); unreachable -> ConfigEntryNotReady.
     await coordinator.async_config_entry_first_refresh()
     entry.runtime_data = LocalCamData(streams=streams, main=main, coordinator=coordinator)
     await hass.config_entries.async_forward_entry_setups(entry, PLATFORMS)
     return True
+
+
+@callback
+def _async_sync_device_mac(hass: HomeAssistant, entry: LocalCamConfigEntry) -> None:
+    """Give the camera's device exactly the MAC its entry is pinned to now.
+
+    The registry only ever adds the connections entities name: after a
+    replaced camera's repair (or a re-pin by serial) the old camera's MAC
+    stayed, the device page showed both, and HA's DHCP watcher kept
+    reporting the old device's address changes as this camera's.
+    """
+    registry = dr.async_get(hass)
+    device = registry.async_get_device(identifiers={(DOMAIN, entry.data[CONF_CAMERA_ID])})
+    if device is None:
+        return
+    mac = Identity.from_dict(entry.data.get(CONF_IDENTITY)).mac
+    wanted = {(dr.CONNECTION_NETWORK_MAC, mac)} if mac else set()
+    others = {c for c in device.connections if c[0] != dr.CONNECTION_NETWORK_MAC}
+    if device.connections != others | wanted:
+        registry.async_update_device(device.id, new_connections=others | wanted)
 
 
 def _onvif_identity_probe(

@@ -254,6 +254,9 @@ class Observation:
 
     link_mac: str | None
     identity: Identity
+    # What an ONVIF device says it is (manufacturer, model, firmware), as
+    # the config flow stores it; None for a camera added by URL.
+    device_info: dict[str, str | None] | None = None
 
 
 def entry_is_running(entry: ConfigEntry[Any]) -> bool:
@@ -316,7 +319,15 @@ async def async_observe_identity(
     )
     # As the entry was configured (config flow): a MAC the link does not show
     # is not the one checked (a repeater, or the camera's other interface).
-    return Observation(link_mac=mac, identity=device.device_identity.as_seen_on(mac))
+    return Observation(
+        link_mac=mac,
+        identity=device.device_identity.as_seen_on(mac),
+        device_info={
+            "manufacturer": device.manufacturer,
+            "model": device.model,
+            "firmware": device.firmware,
+        },
+    )
 
 
 async def read_entry_device(

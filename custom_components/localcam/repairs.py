@@ -19,7 +19,7 @@ from homeassistant.const import CONF_PASSWORD, CONF_USERNAME
 from homeassistant.core import HomeAssistant
 from homeassistant.helpers import issue_registry as ir
 
-from .const import CONF_IDENTITY, CONF_ONVIF, CONF_STREAM_URL, DOMAIN, LOGGER
+from .const import CONF_DEVICE_INFO, CONF_IDENTITY, CONF_ONVIF, CONF_STREAM_URL, DOMAIN, LOGGER
 from .coordinator import IDENTITY_ISSUE_PREFIX
 from .core.errors import InvalidAuthError, LocalCamError
 from .data import LocalCamConfigEntry
@@ -99,7 +99,7 @@ class TrustReplacedCameraFlow(RepairsFlow):
         other failure ends the flow with its reason.
         """
         try:
-            observed = (await async_observe_identity(self.hass, data, entry.options)).identity
+            observation = await async_observe_identity(self.hass, data, entry.options)
         except InvalidAuthError:
             raise
         except LocalCamError as err:
@@ -108,6 +108,7 @@ class TrustReplacedCameraFlow(RepairsFlow):
         if self._entry() is None:
             # Removed while its device was read: nothing left to pin.
             return self.async_abort(reason="entry_removed")
+        observed = observation.identity
         if observed.key is None:
             return self.async_abort(reason="cannot_identify")
         # The entry now stands for the new device: it takes the device's
@@ -130,6 +131,13 @@ class TrustReplacedCameraFlow(RepairsFlow):
                 CONF_USERNAME: data.get(CONF_USERNAME),
                 CONF_PASSWORD: data.get(CONF_PASSWORD),
                 CONF_IDENTITY: observed.as_dict(),
+                # Its device page names the new camera (model, firmware);
+                # setup gives the device the new MAC only.
+                **(
+                    {CONF_DEVICE_INFO: observation.device_info}
+                    if observation.device_info is not None
+                    else {}
+                ),
             },
             unique_id=unique_id,
         )
