@@ -9,6 +9,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 import contextlib
 from contextlib import asynccontextmanager
+import gc
 import io
 import ipaddress
 import logging
@@ -1640,6 +1641,54 @@ async def test_a_relay_session_cancelled_during_its_link_check_closes_the_camera
         async with asyncio.timeout(3):
             await camera_eof.wait()
     finally:
+        server.close()
+
+
+async def test_a_session_winding_down_as_the_relay_closes_closes_the_camera_connection(
+    socket_enabled: None,
+) -> None:
+    """FFmpeg hangs up (HA stopped its stream), then the relay closes (the unload).
+
+    Whatever the loop turns between the two, the connection to the camera
+    ends with the session. The close's cancel could land on the session
+    while it awaited its two directions, skipping the abort: the connection
+    stayed open with nobody behind it (a slot held on a camera allowing 2-4
+    sessions) until the garbage collector happened on it, or the camera.
+    """
+    ended: list[asyncio.Event] = []
+
+    async def camera(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        eof = asyncio.Event()
+        ended.append(eof)
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while await reader.readuntil(b"\r\n\r\n"):
+                writer.write(b"RTSP/1.0 200 OK\r\nCSeq: 1\r\n\r\n")
+        eof.set()
+        writer.close()
+
+    server = await asyncio.start_server(camera, "127.0.0.1", 0)
+    gc.disable()  # what is checked is what the relay closes, not what a collection does
+    try:
+        target = await NetPolicy().check(f"rtsp://127.0.0.1:{server.sockets[0].getsockname()[1]}/s")
+        left: list[int] = []
+        for turns in range(12):
+            guard = RtspGuard()
+            port = yarl.URL(guard.url(target, None, None)).port
+            assert port is not None
+            _reader, writer, head = await _rtsp_options(port)
+            assert head.startswith(b"RTSP/1.0 200")
+            writer.close()
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            await guard.close()
+            try:
+                async with asyncio.timeout(2):
+                    await ended[-1].wait()
+            except TimeoutError:
+                left.append(turns)
+        assert not left, f"camera connections left open when the relay closed {left} turns after"
+    finally:
+        gc.enable()
         server.close()
 
 

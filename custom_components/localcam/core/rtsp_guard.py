@@ -907,10 +907,13 @@ class _Listener:
             # left unretrieved. A broken connection just ends the session.
             for task in directions:
                 task.cancel()
+            # Before any await: a second cancel (the relay closing as the
+            # session winds down) landing on the gather must not skip them,
+            # or the camera's connection stays open with nobody behind it.
             if bridge is not None:
-                bridge.close()  # before any await: a second cancel must not skip it
-            outcomes = await asyncio.gather(*directions, return_exceptions=True)
+                bridge.close()
             up_writer.transport.abort()
+            outcomes = await asyncio.gather(*directions, return_exceptions=True)
         for outcome in outcomes:
             if isinstance(outcome, Exception) and not isinstance(outcome, OSError):
                 raise outcome
