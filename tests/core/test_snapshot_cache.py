@@ -1,6 +1,7 @@
 """core.snapshot_cache: single flight, honest age, per-camera keys, sizes."""
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -736,46 +737,298 @@ async def test_a_viewer_cancelled_while_waiting_is_not_a_stall(clock: Clock) -> 
 async def test_many_sizes_at_once_scale_a_bounded_number_at_a_time(
     clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """32 card sizes at once: every one answered, never more than SCALING_SLOTS decodes at once.
+    """32 card sizes at once of each of 4 cameras: all answered, never over the bounds.
 
     Each scaling decodes the full frame (tens of MB for a 4K camera): without
     the bound, any user who may see a camera could make Home Assistant take
-    gigabytes by asking for many sizes at once.
+    gigabytes by asking for many sizes at once. At most SCALING_SLOTS run in
+    the process, and one per camera (so no camera waits behind another's many).
     """
-    running = peak = 0
+    running: Counter[str] = Counter()
+    peak = peak_per_camera = 0
     lock = threading.Lock()
     real = snapshot_cache._scale_and_hash
 
     def counted(data: bytes, size: tuple[int, int]) -> tuple[bytes, int, int, str]:
-        nonlocal running, peak
+        nonlocal peak, peak_per_camera
+        camera = by_jpeg[data]
         with lock:
-            running += 1
-            peak = max(peak, running)
+            running[camera] += 1
+            peak = max(peak, running.total())
+            peak_per_camera = max(peak_per_camera, running[camera])
         try:
             time.sleep(0.02)  # long enough for the others to pile up, were they let in
             return real(data, size)
         finally:
             with lock:
-                running -= 1
+                running[camera] -= 1
 
     monkeypatch.setattr(snapshot_cache, "_scale_and_hash", counted)
-    upstream = Upstream(clock)
-    cache = _cache(clock, upstream, max_age=60.0)
-    await cache.get()
+
+    class Coloured(Upstream):
+        """Each camera's own picture, so a scaling tells whose frame it decodes."""
+
+        async def __call__(self) -> Snapshot:
+            self.calls += 1
+            index = int(self.camera_id[-1])
+            return _snapshot(self.clock, self.camera_id, self.fingerprint, (60 * index, 0, 0))
+
+    upstreams = [Coloured(clock, camera_id=f"cam-{i}", fingerprint=f"fp-{i}") for i in range(4)]
+    caches = [
+        SnapshotCache(f"cam-{i}", f"fp-{i}", upstream, max_age=60.0, clock=clock)
+        for i, upstream in enumerate(upstreams)
+    ]
+    by_jpeg = {(await cache.get()).jpeg: cache.camera_id for cache in caches}
+    assert len(by_jpeg) == 4  # each camera's frame is told apart
     sizes = [(600 - i, 300) for i in range(32)]
-    frames = await asyncio.gather(*(cache.get(w, h) for w, h in sizes))
-    assert [frame.width for frame in frames] == [w for w, _ in sizes]
-    assert upstream.calls == 1
-    assert peak == snapshot_cache.SCALING_SLOTS
+    answered = await asyncio.gather(*(cache.get(w, h) for cache in caches for w, h in sizes))
+    assert [frame.width for frame in answered] == [w for _ in caches for w, _ in sizes]
+    assert [upstream.calls for upstream in upstreams] == [1, 1, 1, 1]
+    assert (peak, peak_per_camera) == (snapshot_cache.SCALING_SLOTS, 1)
     # A scaling cancelled while its thread runs (its flight given up on)
     # frees no slot before that thread is done: the bound holds for what the
     # threads hold, not for who still waits.
-    running = peak = 0
-    full = await cache.get()
-    leaving = [asyncio.ensure_future(cache._scale(full, (500 - i, 250))) for i in range(8)]
+    peak = peak_per_camera = 0
+    fulls = [await cache.get() for cache in caches]
+    leaving = [
+        asyncio.ensure_future(cache._scale(full, (500 - i, 250)))
+        for cache, full in zip(caches, fulls, strict=True)
+        for i in range(4)
+    ]
     await asyncio.sleep(0.005)
     for request in leaving:
         request.cancel()
-    staying = await asyncio.gather(*(cache.get(400 - i, 200) for i in range(8)))
-    assert [frame.width for frame in staying] == [400 - i for i in range(8)]
-    assert peak == snapshot_cache.SCALING_SLOTS
+    staying = await asyncio.gather(*(cache.get(400 - i, 200) for cache in caches for i in range(4)))
+    assert [frame.width for frame in staying] == [400 - i for _ in caches for i in range(4)]
+    assert (peak, peak_per_camera) == (snapshot_cache.SCALING_SLOTS, 1)
+
+
+class Trickling:
+    """A fake camera fetch (the edge) that begins answering at once and ends when told.
+
+    Like core.snapshot's snapshot URL: the still is aged from when the camera
+    began answering (``captured_at`` = the call's start on the test's clock),
+    however long its body then takes. ``answer(i)`` ends call ``i``.
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.gates: list[asyncio.Future[Exception | None]] = []
+
+    async def __call__(self) -> Snapshot:
+        answered_at = self.clock()
+        gate: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+        index = len(self.gates)
+        self.gates.append(gate)
+        if (error := await gate) is not None:
+            raise error
+        data = _jpeg((40 * index, 0, 200))
+        return Snapshot(
+            camera_id="cam-a",
+            fingerprint="fp-a",
+            source=SnapshotSource.SNAPSHOT_URL,
+            jpeg=data,
+            width=640,
+            height=360,
+            captured_at=answered_at,
+            captured_wall=datetime.now(UTC),
+            sha256=hashlib.sha256(data).hexdigest(),
+        )
+
+    def answer(self, index: int, error: Exception | None = None) -> None:
+        self.gates[index].set_result(error)
+
+
+async def test_a_too_old_frame_of_a_stuck_fetch_does_not_end_the_newer_fetch(
+    clock: Clock,
+) -> None:
+    """A stuck fetch whose body finally trickles in too old is an error, not a frame.
+
+    Fetch 0 began answering at t0 and hangs in its body; at t0 + HEDGE_AFTER a
+    viewer starts fetch 1 beside it. Fetch 0 then completes with a frame 3 s
+    old (max age 1 s): nobody may be shown it. Its own viewer gets the stale
+    error; but the newer fetch, which may yet bring a current still (the
+    whole point of starting it), must not be cancelled nor its viewer failed:
+    a stale frame is an error, and "an error answers ... never those of a
+    newer [fetch], which may yet succeed".
+    """
+    upstream = Trickling(clock)
+    cache = SnapshotCache("cam-a", "fp-a", upstream, max_age=1.0, clock=clock)
+    first = await _waiting(cache)
+    clock.now += snapshot_cache.HEDGE_AFTER
+    late = await _waiting(cache)
+    assert len(upstream.gates) == 2  # the hedge started beside the stuck fetch
+    upstream.answer(0)  # the stuck body completes: 3 s older than its headers' time allows
+    with pytest.raises(CameraTimeoutError):
+        await first
+    await asyncio.sleep(0.01)
+    try:
+        assert not late.done(), f"the newer fetch's viewer got the stale frame's error: {late}"
+        assert not upstream.gates[1].cancelled(), "the newer fetch was ended by a stale frame"
+        upstream.answer(1)
+        frame = await late
+        assert clock() - frame.captured_at <= cache.max_age
+    finally:
+        await cache.close()
+        await asyncio.gather(late, return_exceptions=True)
+
+
+async def test_a_camera_flooded_with_card_sizes_does_not_stall_another_camera(
+    clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cameras never wait on each other, also not for scaling.
+
+    Camera A gets many card sizes at once (anyone who may see A can ask for
+    any width/height; a dashboard of many cards, or a script). Camera B,
+    healthy and fast, then gets one card request. The process-wide FIFO of
+    SCALING_SLOTS puts B's one scaling behind all of A's: B's viewer waits
+    for A's whole queue, and past B's stall yardstick (3 s) is told B does not
+    answer. Each scaling is held at 50 ms here (a 4K frame's decode and
+    resample on a small host costs about that).
+    """
+    real = snapshot_cache._scale_and_hash
+
+    def scale_taking_50ms(data: bytes, size: tuple[int, int]) -> tuple[bytes, int, int, str]:
+        time.sleep(0.05)
+        return real(data, size)
+
+    monkeypatch.setattr(snapshot_cache, "_scale_and_hash", scale_taking_50ms)
+    cache_a = SnapshotCache("cam-a", "fp-a", Upstream(clock), max_age=60.0, clock=clock)
+    cache_b = SnapshotCache(
+        "cam-b",
+        "fp-b",
+        Upstream(clock, camera_id="cam-b", fingerprint="fp-b"),
+        max_age=60.0,
+        clock=clock,
+    )
+    await cache_a.get()
+    await cache_b.get()  # B has answered before: its stall yardstick is the 3 s floor
+    flood = [asyncio.create_task(cache_a.get(600 - i, 300)) for i in range(130)]
+    await asyncio.sleep(0.01)
+    started = time.monotonic()
+    try:
+        frame = await cache_b.get(320, 180)
+        took = time.monotonic() - started
+    finally:
+        await cache_a.close()
+        await asyncio.gather(*flood, return_exceptions=True)
+        # Let the scaling threads already running finish before the loop ends.
+        await asyncio.sleep(0.2)
+    assert frame.camera_id == "cam-b"
+    assert took < 0.5, f"camera B's card waited {took:.2f} s behind camera A's scalings"
+
+
+async def test_a_stall_after_rebind_is_a_timeout_error_not_a_crash(clock: Clock) -> None:
+    """A viewer that gives up on a hung camera gets CameraTimeoutError, also across rebind.
+
+    ``get`` reads ``self.slowest`` for its message when the stall deadline
+    fires; ``rebind`` resets it to None meanwhile, and formatting None with
+    ``:.2f`` raises TypeError: an untranslated crash instead of the error.
+    """
+    upstream = Gated(clock)
+    cache = SnapshotCache("cam-a", "fp-a", upstream, max_age=1.0, clock=clock, stall_floor=0.05)
+    first = await _waiting(cache)
+    upstream.answer(0)
+    await first
+    clock.now += 2.0  # expired: the next viewer waits on a new (hung) fetch
+    waiter = await _waiting(cache)
+    cache.rebind("fp-b", Gated(clock, fingerprint="fp-b"))
+    try:
+        async with asyncio.timeout(2):
+            with pytest.raises(CameraTimeoutError):
+                await waiter
+    finally:
+        await cache.close()
+
+
+async def test_a_fetch_a_card_starts_past_a_stuck_one_is_counted(clock: Clock) -> None:
+    """Diagnostics' fetches_started_past_a_stuck_one counts a hedge a card size started.
+
+    A full-size viewer's fetch hangs; HEDGE_AFTER later a card (a size) asks:
+    its scaling starts a second upstream fetch beside the stuck one
+    (``_full`` -> ``_join(None, count=False)``), which no counter records.
+    """
+    upstream = Gated(clock)
+    cache = SnapshotCache("cam-a", "fp-a", upstream, max_age=1.0, clock=clock)
+    stuck = await _waiting(cache)
+    clock.now += snapshot_cache.HEDGE_AFTER
+    card = await _waiting(cache, (320, 180))
+    assert len(upstream.gates) == 2
+    stats = cache.stats.as_dict(clock())
+    assert stats["upstream_fetches"] == 2
+    try:
+        assert stats["fetches_started_past_a_stuck_one"] == 1, stats
+    finally:
+        upstream.answer(1)
+        await asyncio.gather(stuck, card)
+        await cache.close()
+
+
+async def test_stale_errors_are_counted_once_per_fetch_for_every_size(clock: Clock) -> None:
+    """errors_by_kind counts one too-old fetch once, as every other error kind is counted.
+
+    Five full-size viewers of a fetch that outlived max age add 5 to
+    ``errors['stale']`` (``get`` counts per waiter); five card viewers of the
+    same kind of fetch add 1 (``_scaled`` counts per flight); a refused fetch
+    with five viewers adds 1 to ``cannot_connect``.
+    """
+    upstream = Trickling(clock)
+    cache = SnapshotCache("cam-a", "fp-a", upstream, max_age=1.0, clock=clock)
+    full = [await _waiting(cache) for _ in range(5)]
+    clock.now += 2.0  # the body took 2 s: older than max age on arrival
+    upstream.answer(0)
+    await asyncio.gather(*full, return_exceptions=True)
+    stale_full = cache.stats.errors["stale"]
+    cards = [await _waiting(cache, (320, 180)) for _ in range(5)]
+    clock.now += 2.0
+    upstream.answer(1)
+    await asyncio.gather(*cards, return_exceptions=True)
+    stale_cards = cache.stats.errors["stale"] - stale_full
+    refused = [await _waiting(cache) for _ in range(5)]
+    upstream.answer(2, CannotConnectError("refused"))
+    await asyncio.gather(*refused, return_exceptions=True)
+    await cache.close()
+    assert (stale_full, stale_cards, cache.stats.errors["cannot_connect"]) == (1, 1, 1)
+
+
+class SlowBody(Upstream):
+    """A fake camera fetch (the edge) whose body takes ``took`` s after its headers.
+
+    The still is aged from its headers (as core.snapshot stamps a snapshot
+    URL's), so it arrives ``took`` old.
+    """
+
+    def __init__(self, clock: Clock, took: float) -> None:
+        super().__init__(clock)
+        self.took = took
+
+    async def __call__(self) -> Snapshot:
+        frame = await super().__call__()  # stamped at the headers: now
+        self.clock.now += self.took
+        return frame
+
+
+async def test_a_card_of_a_just_fetched_frame_makes_one_upstream_fetch(
+    clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One card request, one upstream fetch: no second fetch for a frame that is not cached.
+
+    The camera's body takes 0.95 s (max age 1 s); the card's scaling 0.1 s.
+    The copy is then 1.05 s old and may not be shown: the request fails, as
+    honest age requires. But ``_scaled`` retries as though the full frame had
+    aged in the cache: it drops the frame it has just fetched and fetches the
+    camera again (as slow), scales again and fails all the same. Its own
+    docstring gives the reason not to: "a second fetch would be as slow".
+    """
+    real = snapshot_cache._scale_and_hash
+
+    def scale_taking_100ms(data: bytes, size: tuple[int, int]) -> tuple[bytes, int, int, str]:
+        clock.now += 0.1
+        return real(data, size)
+
+    monkeypatch.setattr(snapshot_cache, "_scale_and_hash", scale_taking_100ms)
+    upstream = SlowBody(clock, took=0.95)
+    cache = SnapshotCache("cam-a", "fp-a", upstream, max_age=1.0, clock=clock)
+    with pytest.raises(CameraTimeoutError):
+        await cache.get(320, 180)
+    assert upstream.calls == 1, f"{upstream.calls} upstream fetches for one card request"

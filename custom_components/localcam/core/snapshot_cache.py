@@ -15,7 +15,8 @@ Guarantees, and where each is enforced:
   fetch per max-age window. The first of them to bring a frame answers every
   waiter of that size (served only while younger than max age, as always) and
   ends the others; an error answers its own waiters and those of the fetches
-  started before it, never those of a newer one, which may yet succeed. So
+  started before it, never those of a newer one, which may yet succeed (a
+  frame already older than max age when its fetch ends is such an error). So
   once a hang ends, its viewers get a frame within about ``hedge_after``
   instead of the fetch timeout (``_join`` and ``_settle`` enforce this).
 - A camera that stays hung is an error soon, not at the fetch timeout: a
@@ -37,8 +38,10 @@ Guarantees, and where each is enforced:
   run at once in the whole process (``_scale``): each decodes a full frame
   (a 4K one is tens of MB), and requests for many sizes at once (any user
   who may see a camera can ask for any size) must not take gigabytes.
-- Isolation: caches share nothing, so a hanging camera delays only its own
-  waiters (its fetch is bounded by the fetch function's own timeout).
+- Isolation: a hanging camera delays only its own waiters (its fetch is
+  bounded by the fetch function's own timeout). The scaling slots are the one
+  thing caches share; each camera queues for them one scaling at a time, so
+  one camera asked for many sizes at once waits behind itself, not others.
 - Unload: ``close`` ends every fetch in flight and hands each waiter
   ``CameraUnloadedError`` (a LocalCam error, so views answer with an error
   status), never a CancelledError it did not ask for: only a waiter whose own
@@ -175,6 +178,8 @@ class SnapshotCache:
         # Every producer and the future it completes, also those ``rebind``
         # dropped from ``_inflight``: ``close`` must answer all their waiters.
         self._tasks: dict[asyncio.Task[None], asyncio.Future[Snapshot]] = {}
+        # This camera's turn at the process-wide scaling slots (see _scale).
+        self._scale_turn = asyncio.Semaphore(1)
         self._closed = False
 
     def rebind(self, fingerprint: str, fetch: FetchFull) -> None:
@@ -210,7 +215,8 @@ class SnapshotCache:
             self.stats.hits += 1
             return frame
         pending = self._join(size, count=True)
-        patience = self.stall_after
+        # Read together: a rebind meanwhile forgets the camera's pace.
+        patience, slowest = self.stall_after, self.slowest
         deadline = asyncio.timeout(patience)
         try:
             # shield: a waiter that is cancelled (viewer closed the card, or
@@ -225,13 +231,11 @@ class SnapshotCache:
             self.stats.stalled += 1
             raise CameraTimeoutError(
                 f"no still after {patience:g} s; the camera's slowest so far took "
-                f"{self.slowest:.2f} s"
+                f"{slowest or 0.0:.2f} s"
             ) from None
         if not self._fresh(frame):
-            # The source changed while we waited, or the fetch itself outlived
-            # max age (the camera began answering longer ago than that, e.g.
-            # a slowly trickling body): never serve it as current.
-            self.stats.errors["stale"] += 1
+            # The source changed while we waited (a frame of a fetch that
+            # outlived max age never gets here: _produce made it an error).
             raise CameraTimeoutError("the still expired before it could be served")
         return frame
 
@@ -260,7 +264,7 @@ class SnapshotCache:
                 if count:
                     self.stats.coalesced += 1
                 return newest.future
-            if count:
+            if size is None:  # an upstream fetch; also when a card's scaling starts it
                 self.stats.hedged += 1
         elif count:
             self.stats.misses += 1
@@ -294,6 +298,18 @@ class SnapshotCache:
         except Exception as err:  # noqa: BLE001 - every waiter gets the same error
             self._settle(size, flight, err)
         else:
+            if size is None and fingerprint == self.fingerprint and not self._fresh(frame):
+                # Older than max age on arrival (a body that trickled in, a
+                # stuck fetch that answered at last): nobody may be shown it,
+                # so it is an error, counted once, and like any error it
+                # never ends a newer fetch, which may yet bring a current one.
+                self.stats.errors["stale"] += 1
+                self._settle(
+                    size,
+                    flight,
+                    CameraTimeoutError("the still was older than max age when it arrived"),
+                )
+                return
             if fingerprint == self.fingerprint:
                 self._store(size, frame)
             self._settle(size, flight, frame)
@@ -337,12 +353,12 @@ class SnapshotCache:
             self._frames.move_to_end(size)
         return frame
 
-    async def _full(self) -> Snapshot:
-        """The camera's full frame for a scaled request: cached, shared or new."""
+    async def _full(self) -> tuple[Snapshot, bool]:
+        """The camera's full frame for a scaled request, and whether it was cached."""
         frame = self._full_frame
         if frame is not None and self._fresh(frame):
-            return frame
-        return await asyncio.shield(self._join(None, count=False))
+            return frame, True
+        return await asyncio.shield(self._join(None, count=False)), False
 
     async def _scaled(self, size: tuple[int, int]) -> Snapshot:
         """Scale the full frame in the executor; provenance stays the same.
@@ -351,21 +367,23 @@ class SnapshotCache:
         from the cache near the end of its max age can expire while it is
         being scaled. Then one new full frame is fetched (or joined) and
         scaled instead, so the request gets a current picture, not an error.
-        A full frame that was already too old when its fetch ended is an
-        error at once (``timeout``), with no second fetch.
+        A full frame this request's own fetch brought that expires (it came
+        too old, or aged while scaled) is an error at once (``timeout``): a
+        second fetch would be as slow, and could outlast Home Assistant's
+        own image timeout.
         """
-        full = await self._full()
-        if self._clock() - full.captured_at > self.max_age:
-            # Too old on arrival: the fetch itself outlived max age. A second
-            # fetch would be as slow (and could outlast Home Assistant's own
-            # image timeout), so the request gets the error now.
-            self.stats.errors["stale"] += 1
-            raise CameraTimeoutError("the still was older than max age when it arrived")
+        full, cached = await self._full()
         scaled = await self._scale(full, size)
-        if not self._fresh(scaled) and self._full_frame is not None:
-            if not self._fresh(self._full_frame):
-                self._full_frame = None
-            scaled = await self._scale(await self._full(), size)
+        if self._fresh(scaled):
+            return scaled
+        if not cached:
+            raise CameraTimeoutError("the still was older than max age when it was scaled")
+        if not self._fresh(self._full_frame):
+            self._full_frame = None
+        full, _cached = await self._full()
+        scaled = await self._scale(full, size)
+        if not self._fresh(scaled):
+            raise CameraTimeoutError("the still was older than max age when it was scaled")
         return scaled
 
     async def _scale(self, full: Snapshot, size: tuple[int, int]) -> Snapshot:
@@ -374,12 +392,27 @@ class SnapshotCache:
         slots = _scaling.get(loop)
         if slots is None:
             slots = _scaling[loop] = asyncio.Semaphore(SCALING_SLOTS)
-        await slots.acquire()
+        # This camera's turn first: each camera waits for a process-wide slot
+        # with one scaling at most, so a camera asked for many sizes at once
+        # (any user who may see it can ask for any) queues behind itself, and
+        # another camera's card waits for at most one scaling per camera.
+        turn = self._scale_turn
+        await turn.acquire()
+        try:
+            await slots.acquire()
+        except BaseException:
+            turn.release()
+            raise
         work = loop.run_in_executor(None, _scale_and_hash, full.jpeg, size)
-        # The slot is the thread's, not this request's: a request cancelled
-        # meanwhile (a viewer gone) must not free it while the thread still
+
+        def _release(_: object) -> None:
+            slots.release()
+            turn.release()
+
+        # Both are the thread's, not this request's: a request cancelled
+        # meanwhile (a viewer gone) must not free them while the thread still
         # holds a decoded frame, or the bound on memory would not hold.
-        work.add_done_callback(lambda _: slots.release())
+        work.add_done_callback(_release)
         data, width, height, digest = await asyncio.shield(work)
         if data is full.jpeg:
             return full
