@@ -1,6 +1,7 @@
 """Shared fixtures for LocalCam's Home Assistant tests."""
 
 import asyncio
+import base64
 from collections.abc import AsyncIterator, Generator
 import logging
 import os
@@ -8,6 +9,7 @@ from pathlib import Path
 import ssl
 import time
 from typing import Any
+from urllib.parse import quote
 
 from homeassistant.config_entries import SOURCE_USER, ConfigEntry
 from homeassistant.const import CONF_PASSWORD, CONF_USERNAME
@@ -71,16 +73,32 @@ def entity_registry_enabled_by_default() -> Generator[None]:
         yield
 
 
+# The test password as it could leak: plain, percent-encoded in a URL, or in a
+# Basic Authorization header.
+_SECRET_FORMS = (
+    CAM_PASSWORD,
+    quote(CAM_PASSWORD, safe=""),
+    base64.b64encode(f"{CAM_USER}:{CAM_PASSWORD}".encode()).decode(),
+)
+
+
 @pytest.fixture(autouse=True)
 def secrets_absent_from_logs(caplog: pytest.LogCaptureFixture) -> Generator[None]:
-    """After every test of the suite, assert no log record carries a camera password."""
+    """After every test of the suite, assert no log record carries a camera password.
+
+    Every phase's records: after the yield (teardown) ``caplog.records``
+    holds only the teardown's own, so the test's and its fixtures' set-up
+    records are read from their phases. A WS-Security header (a password
+    digest that can be guessed offline) counts as a leak too.
+    """
     caplog.set_level(logging.DEBUG)
     yield
-    for record in caplog.records:
-        text = record.getMessage()
-        assert CAM_PASSWORD not in text, f"password leaked into a log: {record.name}"
-        if record.exc_text:
-            assert CAM_PASSWORD not in record.exc_text
+    records = [*caplog.get_records("setup"), *caplog.get_records("call"), *caplog.records]
+    for record in records:
+        texts = [record.getMessage(), record.exc_text or ""]
+        for text in texts:
+            for secret in (*_SECRET_FORMS, "PasswordDigest"):
+                assert secret not in text, f"a credential leaked into a log: {record.name}"
 
 
 def camera_config(name: str, index: int, **settings: Any) -> CameraConfig:

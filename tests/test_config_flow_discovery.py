@@ -193,6 +193,40 @@ async def test_an_onvif_camera_whose_snapshot_uri_fails_takes_stills_from_its_st
         assert cam.stats.snapshot_requests == 0  # from the stream, not the snapshot endpoint
 
 
+async def test_an_onvif_camera_without_a_snapshot_uri_takes_stills_from_its_stream(
+    hass: HomeAssistant, socket_enabled: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A camera that reports no snapshot URI: added without one, nothing fetched, no warning."""
+    async with _onvif_camera(http_snapshot=False) as cam:
+        flow_id = await _onvif_form(hass)
+        result = await hass.config_entries.flow.async_configure(flow_id, _onvif_input(cam))
+        assert result["type"] is FlowResultType.CREATE_ENTRY
+        assert result["data"][CONF_SNAPSHOT_URL] is None
+        assert cam.stats.snapshot_requests == 0
+        assert "snapshot URI gives no usable still" not in caplog.text
+        await hass.async_block_till_done()
+
+
+async def test_an_onvif_camera_that_writes_its_password_into_its_uris(
+    hass: HomeAssistant, socket_enabled: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Many cameras report rtsp://user:pass@...: kept nowhere, and logged nowhere.
+
+    The ONVIF library logs each SOAP reply whole at DEBUG; during LocalCam's
+    reads the URIs' credentials (and the requests' WS-Security header) are
+    masked there. (The autouse guard checks every record for the password.)
+    """
+    async with _onvif_camera(reported_userinfo=f"{CAM_USER}:{CAM_PASSWORD}") as cam:
+        flow_id = await _onvif_form(hass)
+        result = await hass.config_entries.flow.async_configure(flow_id, _onvif_input(cam))
+        assert result["type"] is FlowResultType.CREATE_ENTRY
+        assert CAM_PASSWORD not in str(result["data"][CONF_PROFILES])
+        await hass.async_block_till_done()
+    soap = [r.getMessage() for r in caplog.get_records("call") if r.name == "onvif.zeep_aiohttp"]
+    assert any("rtsp://****:****@" in text for text in soap)  # the reply was logged, masked
+    assert any("<Security>(masked)</Security>" in text for text in soap)
+
+
 async def test_onvif_errors_and_recovery(hass: HomeAssistant, onvif_camera: VirtualCamera) -> None:
     """Wrong password, a public host and a dead port each show their error, then work."""
     flow_id = await _onvif_form(hass)

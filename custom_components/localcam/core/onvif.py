@@ -12,8 +12,10 @@ Safety guarantees of this layer:
   one (NAT, a stale self-address) is re-aimed at the configured host and listed in
   ``OnvifDevice.rewritten_uris``.
 * Only ``core.errors`` escape. Messages and logs carry hosts and reasons, never credentials
-  or full URIs (``netpolicy.display_url``). Note that the onvif-zeep-async transport itself
-  logs whole SOAP bodies at DEBUG on the ``onvif.zeep_aiohttp`` logger.
+  or full URIs (``netpolicy.display_url``). The onvif-zeep-async transport itself logs
+  whole SOAP bodies at DEBUG on the ``onvif.zeep_aiohttp`` logger: during LocalCam's reads
+  their WS-Security header (user, password digest, nonce) and the credentials a camera
+  writes into its URIs are masked there (``_MaskedSoap``).
 * The whole read is bounded by ``timeout``.
 """
 
@@ -83,6 +85,38 @@ class _QuietValueErrors(logging.Filter):
 _zeep_values = logging.getLogger(_ZEEP_VALUES_LOGGER)
 if not any(isinstance(f, _QuietValueErrors) for f in _zeep_values.filters):
     _zeep_values.addFilter(_QuietValueErrors())
+
+_TRANSPORT_LOGGER: Final = "onvif.zeep_aiohttp"
+# The WS-Security header of a request: the user name, and a digest of the
+# password that can be guessed offline from the nonce and time beside it.
+_WS_SECURITY: Final = re.compile(
+    r"<(?:[\w.-]+:)?Security\b.*?</(?:[\w.-]+:)?Security\s*>", re.DOTALL | re.IGNORECASE
+)
+# A URI's credentials, as many cameras write them into the URIs they report.
+_URI_USERINFO: Final = re.compile(r"([a-z][a-z0-9+.-]*://)[^\s/@<>\"'?#]*@", re.IGNORECASE)
+
+
+class _MaskedSoap(logging.Filter):
+    """Mask credentials in the SOAP bodies the ONVIF transport logs at DEBUG.
+
+    During LocalCam's reads only; HA's own onvif integration shares the logger.
+    """
+
+    @override
+    def filter(self, record: logging.LogRecord) -> bool | logging.LogRecord:
+        if not _READING.get():
+            return True
+        text = _URI_USERINFO.sub(
+            r"\1****:****@", _WS_SECURITY.sub("<Security>(masked)</Security>", record.getMessage())
+        )
+        masked = logging.makeLogRecord(record.__dict__)
+        masked.msg, masked.args = text, None
+        return masked
+
+
+_transport = logging.getLogger(_TRANSPORT_LOGGER)
+if not any(isinstance(f, _MaskedSoap) for f in _transport.filters):
+    _transport.addFilter(_MaskedSoap())
 
 MEDIA_NAMESPACE: Final = "http://www.onvif.org/ver10/media/wsdl"
 DEFAULT_TIMEOUT: Final = 10.0
