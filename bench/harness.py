@@ -10,6 +10,7 @@ import contextlib
 from dataclasses import dataclass, field
 import io
 import json
+import math
 import os
 from pathlib import Path
 import socket
@@ -122,20 +123,32 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def cpu_ns(pid: int) -> int | None:
-    """CPU time of every live thread in ns (schedstat), or None where the kernel lacks it.
+def cpu_ns(pid: int) -> dict[str, int] | None:
+    """CPU time of each live thread in ns (schedstat), by thread id; None where the kernel lacks it.
 
     Clock ticks are 10 ms, a third of what HA spends idle in a minute; the
-    scheduler's own counter resolves far below that.
+    scheduler's own counter resolves far below that. Per thread, so that a
+    window's CPU is told by cpu_ns_between, not by a difference of sums (a
+    thread that exits takes its whole lifetime out of the later sum).
     """
-    total = 0
+    times: dict[str, int] = {}
     try:
         for task in Path(f"/proc/{pid}/task").iterdir():
             with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-                total += int((task / "schedstat").read_text().split()[0])
+                times[task.name] = int((task / "schedstat").read_text().split()[0])
     except OSError:
         return None
-    return total
+    return times
+
+
+def cpu_ns_between(before: dict[str, int], after: dict[str, int]) -> tuple[int, int]:
+    """CPU ns the threads used between two cpu_ns readings, and how many exited meanwhile.
+
+    A thread born in between counts whole; one that exited is left out (its
+    share of the window is unknown: the figure is then a lower bound).
+    """
+    used = sum(ns - before.get(tid, 0) for tid, ns in after.items())
+    return used, sum(1 for tid in before if tid not in after)
 
 
 async def settled_rss_kb(pid: int, seconds: float) -> int:
@@ -807,11 +820,15 @@ async def sustained(
 
 
 def percentile(values: list[float], pct: float) -> float | None:
-    """The pct-th percentile (nearest rank); None for no values."""
+    """The pct-th percentile by nearest rank (the ceil(pct/100 * n)-th value); None for none.
+
+    Of an even count the median is the lower middle; a p99 of fewer than 100
+    values is their maximum.
+    """
     if not values:
         return None
     ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(pct / 100 * len(ordered) + 0.5)))
+    rank = max(1, min(len(ordered), math.ceil(pct * len(ordered) / 100 - 1e-9)))
     return ordered[rank - 1]
 
 

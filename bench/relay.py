@@ -109,12 +109,16 @@ async def _start_camera(size: str, fps: float, tls: bool) -> tuple[subprocess.Po
     )
     assert process.stdout is not None
     url = None
-    for _ in range(10):
-        line = await asyncio.to_thread(process.stdout.readline)
-        if line.strip() == "READY":
-            break
-        if line.startswith("{"):
-            url = json.loads(line)["rtsp_url"]
+    try:
+        async with asyncio.timeout(60):  # bounded in time as in count
+            for _ in range(10):
+                line = await asyncio.to_thread(process.stdout.readline)
+                if line.strip() == "READY":
+                    break
+                if line.startswith("{"):
+                    url = json.loads(line)["rtsp_url"]
+    except TimeoutError:
+        url = None
     if url is None:
         process.terminate()
         raise RuntimeError("the virtual camera did not start")

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 import contextlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
+import functools
 import hashlib
 import itertools
 import json
@@ -45,6 +46,7 @@ from bench.harness import (
     burst,
     camera_of,
     cpu_ns,
+    cpu_ns_between,
     cpu_seconds,
     end_process,
     fetch,
@@ -119,7 +121,7 @@ FULL = Sizes(
     warm_seconds=8.0,
     warm_rounds=16,
     warmup_flows=40,
-    uncached_samples=10,
+    uncached_samples=20,
     uncached_gap=1.2,
     cold_reps=3,
     busy_cameras=("rtsp1", "rtsp2"),
@@ -553,20 +555,24 @@ class Bench:
         beside them, so a window unlike the others shows in the table.
         """
         pid = self.ha.pid
-        type Mark = tuple[int | None, float, float]  # schedstat ns, ticks (s), wall clock
+        # schedstat ns by thread, ticks (s), wall clock
+        type Mark = tuple[dict[str, int] | None, float, float]
+        exited = 0
 
         def sample() -> Mark:
             return cpu_ns(pid), cpu_seconds(pid), time.monotonic()
 
         def share(a: Mark, b: Mark) -> tuple[float, float, float | None]:
             """Wall seconds, then the share of one core by ticks and by schedstat."""
+            nonlocal exited
             wall = b[2] - a[2]
             ns0, ns1 = a[0], b[0]
-            return (
-                wall,
-                100 * (b[1] - a[1]) / wall,
-                (100 * (ns1 - ns0) / 1e9 / wall if ns0 is not None and ns1 is not None else None),
-            )
+            schedstat = None
+            if ns0 is not None and ns1 is not None:
+                used, gone = cpu_ns_between(ns0, ns1)
+                exited = max(exited, gone)
+                schedstat = 100 * used / 1e9 / wall
+            return wall, 100 * (b[1] - a[1]) / wall, schedstat
 
         marks = [sample()]
         for _ in range(max(windows, 1)):
@@ -578,6 +584,9 @@ class Bench:
             "pct_one_core_ticks": ticks,
             "pct_one_core_schedstat": schedstat,
             "windows_schedstat": [share(a, b)[2] for a, b in itertools.pairwise(marks)],
+            # Threads that exited during the span: schedstat misses their
+            # part of it (a lower bound then; the ticks figure counts it).
+            "threads_exited": exited,
         }
 
     def windows_text(self) -> str:
@@ -776,6 +785,8 @@ class Bench:
             "p50": percentile(lat, 50),
             "p99": percentile(lat, 99),
             "ok_p99": percentile([s.seconds for s in ok], 99),
+            # Every viewer's time: the summary's p50/p99 pool all bursts' samples.
+            "latencies": [round(x, 5) for x in lat],
             "wall": wall,
             "session": session,
             # hass's slow or full garbage collections during the burst (bench/gcwatch.py).
@@ -816,8 +827,9 @@ class Bench:
         await self.settle(c.camera, None)
         url = self.proxy_url(c)
         before = await self.counters(c.camera)
+        # Three stills in a row, each ~3 s (the time bound only stops a hang).
         seq, wall = await sustained(
-            url, self.ha.headers, seconds=1.0, concurrency=1, max_requests=3
+            url, self.ha.headers, seconds=60.0, concurrency=1, max_requests=3
         )
         await self.settle(None)
         up = self.fetches(before, await self.counters(c.camera))
@@ -1009,10 +1021,13 @@ class Bench:
                     "uncached": len(fresh),
                     "served_from_cache": len(cached),
                     "p50": percentile(fresh, 50),
-                    "p99": percentile(fresh, 99),
+                    # Of 20 samples a p99 is their maximum: shown as such.
+                    "worst": max(fresh, default=None),
                 }
                 out.append(row)
-                self.log(f"uncached snap {who}: p50 {ms(row['p50'])} ms, p99 {ms(row['p99'])} ms")
+                self.log(
+                    f"uncached snap {who}: p50 {ms(row['p50'])} ms, worst {ms(row['worst'])} ms"
+                )
             except Exception as err:
                 self.error(f"uncached {who}", err)
 
@@ -1195,6 +1210,8 @@ def grab_cold(url: str, timeout: float) -> tuple[float, bytes]:
     """
     import av
 
+    with contextlib.suppress(ImportError, OSError, RuntimeError):
+        _turbojpeg()  # loaded before the clock starts, as HA's is
     start = time.perf_counter()
     options = {
         "analyzeduration": "0",
@@ -1223,12 +1240,18 @@ def grab_cold(url: str, timeout: float) -> tuple[float, bytes]:
     raise TimeoutError("no keyframe")
 
 
+@functools.cache
+def _turbojpeg() -> Any:
+    """One TurboJPEG for the run, as HA keeps one: loading it (1-7 ms) is not the limit's."""
+    from turbojpeg import TurboJPEG
+
+    return TurboJPEG()
+
+
 def encode_jpeg(bgr: Any) -> bytes:
     """JPEG-encode a BGR picture the way HA's stream does (TurboJPEG), else with Pillow."""
     try:
-        from turbojpeg import TurboJPEG
-
-        return bytes(TurboJPEG().encode(bgr, quality=75))
+        return bytes(_turbojpeg().encode(bgr, quality=75))
     except ImportError, OSError, RuntimeError:
         import io
 
@@ -1269,10 +1292,18 @@ def _full_gc_ms(row: dict[str, Any]) -> float:
     )
 
 
-def fanout_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per camera, contender and level: worst counts, median latencies.
+def _pooled(rows: list[dict[str, Any]]) -> list[float]:
+    """Every viewer's time of these bursts (each burst's own p50/p99 for older results)."""
+    if all("latencies" in r for r in rows):
+        return [x for r in rows for x in r["latencies"]]
+    return [r[k] for r in rows for k in ("p50", "p99") if r[k] is not None]
 
-    The median is the nearest-rank one (of an even count, the slower middle).
+
+def fanout_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per camera, contender and level: worst counts, pooled latencies.
+
+    p50 and p99 are of every viewer's time in all the level's bursts pooled
+    (5 bursts of 200: 1000 samples), the worst burst's p99 beside them.
     """
     groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     for r in rows:
@@ -1290,8 +1321,8 @@ def fanout_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "upstream": upstream["upstream"],
                 "ok": min(r["ok"] for r in rs),
                 "right_camera": min(r["right_camera"] for r in rs),
-                "p50": _median([r["p50"] for r in rs if r["p50"] is not None]),
-                "p99": _median([r["p99"] for r in rs if r["p99"] is not None]),
+                "p50": percentile(_pooled(rs), 50),
+                "p99": percentile(_pooled(rs), 99),
                 "worst_p99": max((r["p99"] for r in rs if r["p99"] is not None), default=None),
                 # LocalCam's RTSP session: median seconds until its first keyframe.
                 "session_first_keyframe": _median(
@@ -1399,9 +1430,14 @@ def report(results: dict[str, Any]) -> str:
         parts.append(
             table(
                 "[2b] uncached stills of the HTTP camera (cache expired before each request)",
-                ["who", "uncached/samples", "p50 ms", "p99 ms"],
+                ["who", "uncached/samples", "p50 ms", "worst ms"],
                 [
-                    [r["who"], f"{r['uncached']}/{r['samples']}", ms(r["p50"]), ms(r["p99"])]
+                    [
+                        r["who"],
+                        f"{r['uncached']}/{r['samples']}",
+                        ms(r["p50"]),
+                        ms(r.get("worst", r.get("p99"))),
+                    ]
                     for r in unc
                 ],
             )
@@ -1539,17 +1575,44 @@ def summary(results: dict[str, Any]) -> str:
     ) -> None:
         rows.append([what, ours, theirs, shown or fmt_ratio(rat), target, _verdict(ok)])
 
-    def cold_median(who: str, scenario: str, camera: str) -> float | None:
-        times = [
-            r["seconds"]
+    def cold_tries(who: str, scenario: str, camera: str) -> list[dict[str, Any]]:
+        return [
+            r
             for r in cold
-            if r["who"] == who
-            and r["scenario"] == scenario
-            and r["camera"] == camera
-            and r["status"] == 200
+            if r["who"] == who and r["scenario"] == scenario and r["camera"] == camera
         ]
-        return _median(times)
 
+    def cold_median(who: str, scenario: str, camera: str) -> float | None:
+        """Median of every try, failed ones at the time they failed (HA's: of its 200s)."""
+        tries = cold_tries(who, scenario, camera)
+        if who != LOCALCAM:
+            tries = [r for r in tries if r["status"] == 200]
+        return _median([r["seconds"] for r in tries])
+
+    def cold_all_right(scenario: str, camera: str) -> bool:
+        """Every LocalCam try a 200 with its own camera's picture."""
+        tries = cold_tries(LOCALCAM, scenario, camera)
+        return bool(tries) and all(r["status"] == 200 and r["right_camera"] for r in tries)
+
+    # One upstream fetch per max-age window at any fan-out, not only the top one.
+    for camera, unit in (("snap", "GETs"), ("rtsp1", "RTSP sessions")):
+        levels = sorted(r["viewers"] for r in fan if r["who"] == LOCALCAM and r["camera"] == camera)
+        if len(levels) > 1:
+            counts = {
+                v: (_find(fan, who=LOCALCAM, camera=camera, viewers=v) or {}).get(
+                    "upstream_fetches"
+                )
+                for v in levels
+            }
+            label = "HTTP camera" if camera == "snap" else "RTSP-only camera"
+            add(
+                f"{'/'.join(map(str, levels))} viewers, {label}: upstream {unit} (worst burst)",
+                "/".join(str(n) for n in counts.values()),
+                "-",
+                None,
+                "1 at every level",
+                all(n == 1 for n in counts.values()),
+            )
     if top is not None:
         lc = _find(fan, who=LOCALCAM, camera="snap", viewers=top)
         ge = _find(fan, who=GENERIC, camera="snap", viewers=top)
@@ -1563,7 +1626,7 @@ def summary(results: dict[str, Any]) -> str:
                 lc["upstream_fetches"] == 1,
             )
             add(
-                f"{top} viewers, HTTP camera: p99 (median of {lc['bursts']} bursts)",
+                f"{top} viewers, HTTP camera: p99 ({lc['bursts']} bursts pooled)",
                 f"{ms(lc['p99'])} ms (worst {ms(lc['worst_p99'])})",
                 f"{ms(ge['p99'])} ms (generic; worst {ms(ge['worst_p99'])})",
                 ratio(lc["p99"], ge["p99"]),
@@ -1602,13 +1665,14 @@ def summary(results: dict[str, Any]) -> str:
                 f"{top}/{top}",
                 lc["right_camera"] == top,
             )
-            # One cold still: LocalCam's single viewers taken between the
-            # bursts (same phase, as many samples); [3]'s median beside it.
+            # One cold still: the median of LocalCam's single viewers taken
+            # between the bursts (same phase); [3]'s median beside it.
             single = _find(fan, who=LOCALCAM, camera="rtsp1", viewers=1)
-            one = single["p99"] if single else None
+            one = single["p50"] if single else None
             cold_one = cold_median(LOCALCAM, "idle", "rtsp1")
             add(
-                f"{top} viewers, RTSP-only camera: p99 vs one cold still",
+                f"{top} viewers, RTSP-only camera: p99 ({lc['bursts']} bursts pooled; "
+                f"worst burst {ms(lc['worst_p99'])} ms) vs one cold still",
                 f"{ms(lc['p99'])} vs {ms(one)} ms"
                 + (f" ({single['bursts']} between bursts; [3]: {ms(cold_one)})" if single else ""),
                 f"{ms(ff['p99'])} ms (ffmpeg)" if ff else "-",
@@ -1750,36 +1814,40 @@ def summary(results: dict[str, Any]) -> str:
         theirs = ", ".join(
             f"{ms(v)} ({n})" for v, n in ((ff, "ffmpeg"), (ge, "generic")) if v is not None
         )
+        # Every try must be a 200 of the right camera, and the slowest within
+        # ANCHORS' "one GOP + 150 ms on any camera"; the median beside the
+        # limit (idle) and ffmpeg's (both).
+        worst = max((r["seconds"] for r in cold_tries(LOCALCAM, scenario, camera)), default=None)
+        right = cold_all_right(scenario, camera)
+        n = len(cold_tries(LOCALCAM, scenario, camera))
+        within_gop = worst is not None and worst <= gop + TARGET_GOP_SLACK_S
+        faster = lc is not None and ff is not None and lc * TARGET_COLD_VS_FFMPEG <= ff
         if scenario == "idle":
             add(
-                f"{what} (vs limit {ms(lim)} ms)",
-                f"{ms(lc)} ms",
+                f"{what}, median of {n} (vs limit {ms(lim)} ms)",
+                f"{ms(lc)} ms (max {ms(worst)}; all right: {'yes' if right else 'NO'})",
                 theirs or "-",
                 ratio(lc, ff),
                 f"<= 1.15x limit = {ms(lim * TARGET_COLD_OVER_LIMIT) if lim else '-'} ms; "
-                ">= 5x faster than ffmpeg",
-                (lc <= lim * TARGET_COLD_OVER_LIMIT and lc * TARGET_COLD_VS_FFMPEG <= ff)
+                f"max <= GOP + 150 ms; >= 5x faster than ffmpeg",
+                (right and within_gop and faster and lc <= lim * TARGET_COLD_OVER_LIMIT)
                 if lc and lim and ff
                 else None,
             )
         else:
             # Joining mid-GOP makes every try land somewhere in the GOP: the
-            # bound holds for the slowest try, not the median.
-            worst = max(
-                (
-                    r["seconds"]
-                    for r in cold
-                    if r["who"] == LOCALCAM and r["scenario"] == scenario and r["camera"] == camera
-                ),
-                default=None,
-            )
+            # bound holds for the slowest try, not the median. Only the GOP
+            # bound is checked here: waiting for the camera's next keyframe
+            # (half a GOP on average) bounds both sides, so 5x faster than
+            # ffmpeg is the idle rows' target (a camera that starts a new
+            # client on a keyframe, as ANCHORS' figures).
             add(
-                f"{what}, median (limit here {ms(lim)} ms)",
-                f"{ms(lc)} ms (max {ms(worst)})",
+                f"{what}, median of {n} (limit here {ms(lim)} ms)",
+                f"{ms(lc)} ms (max {ms(worst)}; all right: {'yes' if right else 'NO'})",
                 theirs or "-",
                 ratio(lc, ff),
-                f"max <= GOP + 150 ms = {ms(gop + TARGET_GOP_SLACK_S)} ms",
-                worst <= gop + TARGET_GOP_SLACK_S if worst else None,
+                f"max <= GOP + 150 ms = {ms(gop + TARGET_GOP_SLACK_S)} ms (only)",
+                (right and within_gop) if worst else None,
             )
     idle = results.get("idle") or {}
     lc, ge = idle.get(LOCALCAM), idle.get(GENERIC)
@@ -1792,19 +1860,30 @@ def summary(results: dict[str, Any]) -> str:
         spread = _windows(lc["cpu"]) if key == "pct_one_core_schedstat" else "-"
         add(
             f"{lc['cameras']} cameras, nobody watching: hass CPU (% of one core)",
-            f"{ours:.3f}" + (f" (windows {spread})" if spread != "-" else ""),
+            f"{ours:.3f}"
+            + (f" (windows {spread})" if spread != "-" else "")
+            + (
+                f"; {lc['cpu']['threads_exited']} threads exited: a lower bound"
+                if key == "pct_one_core_schedstat" and lc["cpu"].get("threads_exited")
+                else ""
+            ),
             f"{theirs_v:.3f} (generic)" if theirs_v is not None else "-",
             ratio(ours, theirs_v),
             "<= 0.1 %",
             ours <= TARGET_IDLE_CPU_PCT,
         )
+        # Light: DESCRIBEs only. A JPEG served or an RTSP session started
+        # while nobody watches is not light, whatever the request count.
+        heavy = {k: lc.get("upstream", {}).get(k, 0) for k in ("images_served", "play_sessions")}
         add(
             f"{lc['cameras']} cameras, nobody watching: upstream req/camera/min",
-            f"{lc['requests_per_camera_per_minute']:.2f}",
+            f"{lc['requests_per_camera_per_minute']:.2f} (JPEGs {heavy['images_served']}, "
+            f"RTSP sessions {heavy['play_sessions']})",
             f"{ge['requests_per_camera_per_minute']:.2f} (generic)" if ge_cpu else "-",
             None,
-            "<= 1 light request",
-            lc["requests_per_camera_per_minute"] <= TARGET_IDLE_REQ_PER_MIN + 1e-9,
+            "<= 1 light request (no JPEG, no session)",
+            lc["requests_per_camera_per_minute"] <= TARGET_IDLE_REQ_PER_MIN + 1e-9
+            and not any(heavy.values()),
         )
         add(
             "memory per configured camera (KB)",

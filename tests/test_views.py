@@ -44,6 +44,7 @@ async def test_snapshot_with_provenance(
     assert resp.headers["Cache-Control"] == "no-store"
     captured = datetime.fromisoformat(resp.headers["X-LocalCam-Captured-At"])
     assert 0 <= (datetime.now(UTC) - captured).total_seconds() < 0.3
+    assert 0 <= float(resp.headers["X-LocalCam-Age"]) < 0.3
     body = await resp.read()
     image = Image.open(io.BytesIO(body)).convert("RGB")
     pixel = image.getpixel((image.width // 2, image.height // 2))
@@ -51,9 +52,12 @@ async def test_snapshot_with_provenance(
     assert nearest_camera((pixel[0], pixel[1], pixel[2]), [color_for(i) for i in range(64)]) == 0
 
     etag = resp.headers["ETag"]
+    await asyncio.sleep(0.1)
     resp = await client.get(f"/api/localcam/snapshot/{entity_id}", headers={"If-None-Match": etag})
     assert resp.status == HTTPStatus.NOT_MODIFIED
     assert await resp.read() == b""
+    # The same frame, older now: its age as sent, not as first served.
+    assert 0.1 <= float(resp.headers["X-LocalCam-Age"]) <= 0.3
     await asyncio.sleep(0.35)  # past max age: a new frame, a new ETag
     resp = await client.get(f"/api/localcam/snapshot/{entity_id}", headers={"If-None-Match": etag})
     assert resp.status == HTTPStatus.OK

@@ -1,6 +1,7 @@
 """LocalCam's own still endpoint, with the frame's provenance in its headers."""
 
 from http import HTTPStatus
+import time
 from typing import Final
 
 from aiohttp import web
@@ -101,6 +102,10 @@ class LocalCamSnapshotView(HomeAssistantView):
         headers = {
             "X-LocalCam-Camera": entity.unique_id or "",
             "X-LocalCam-Captured-At": snapshot.captured_wall.isoformat(),
+            # Its age as it is sent, on the monotonic clock it was stamped
+            # with: never over max age (a client can check it; the wall clock
+            # of Captured-At may differ between hosts).
+            "X-LocalCam-Age": f"{max(time.monotonic() - snapshot.captured_at, 0.0):.3f}",
             "X-LocalCam-Source": snapshot.source.value,
             "ETag": etag,
             "Cache-Control": "no-store",
