@@ -205,7 +205,8 @@ async def test_no_frame_crosses_cameras_under_faults(
             f"\nisolation: {len(results)} requests, {len(served)} served, "
             f"{len(foreign)} foreign, {len(stale)} stale, "
             f"healthy p95 {slow[int(len(slow) * 0.95)] * 1000:.0f} ms, "
-            f"oldest frame on arrival {ages[-1] * 1000:.0f} ms, "
+            f"oldest frame as sent {max(r[5] for r in served if r[5] is not None) * 1000:.0f} ms, "
+            f"on arrival {ages[-1] * 1000:.0f} ms, "
             f"at its request's start {max(starts) * 1000:.0f} ms"
         )
     finally:
