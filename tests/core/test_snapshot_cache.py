@@ -189,9 +189,10 @@ async def test_frames_of_another_source_are_never_served(clock: Clock) -> None:
     """A frame stamped with another camera or fingerprint is refused at serve time."""
     upstream = Upstream(clock, camera_id="cam-b")
     cache = _cache(clock, upstream)
-    with pytest.raises(CameraTimeoutError):
+    with pytest.raises(CameraTimeoutError, match="not this camera's"):
         await cache.get()
     assert cache.stats.errors["stale"] == 1
+    assert cache._full_frame is None  # never stored either
 
 
 async def test_rebind_empties_the_cache(clock: Clock) -> None:

@@ -307,7 +307,11 @@ class SnapshotCache:
                 self._settle(
                     size,
                     flight,
-                    CameraTimeoutError("the still was older than max age when it arrived"),
+                    CameraTimeoutError(
+                        "the still was older than max age when it arrived"
+                        if frame.camera_id == self.camera_id
+                        else "the still is not this camera's"  # never stored, never served
+                    ),
                 )
                 return
             if fingerprint == self.fingerprint:
