@@ -1345,7 +1345,8 @@ def report(results: dict[str, Any]) -> str:
             table(
                 "[1] N concurrent viewers of one camera nobody was watching "
                 "(GET /api/camera_proxy; upstream = JPEGs the camera served + RTSP sessions; "
-                "repeated bursts: worst upstream and OK, median p50/p99, worst p99; "
+                "repeated bursts: worst upstream and OK, p50/p99 of all their viewers "
+                "pooled, worst burst p99; "
                 "full GC = bursts that met a full collection of hass's heap, and its length; "
                 "1st key = LocalCam's RTSP session, median ms from asking for it to its first "
                 "keyframe as a JPEG, from its diagnostics)",
