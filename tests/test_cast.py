@@ -1181,6 +1181,44 @@ async def test_a_display_that_fails_does_not_fail_the_others(
     assert err.value.translation_key == "cast_failed"
 
 
+async def test_the_cast_action_responds_with_each_display_s_outcome(
+    hass: HomeAssistant,
+    porch: str,
+    receiver: FakeCastDevice,
+    hall_receiver: FakeCastDevice,
+    http_port: int,
+) -> None:
+    """An automation that asks (response_variable) learns which displays show the camera.
+
+    The action succeeds when one display does; a busy or failing one was
+    only named in the log, so a doorbell automation could not tell that
+    the hall never showed the porch.
+    """
+    await _report(hass, hall_receiver.person_plays)
+    data = {
+        "entity_id": porch,
+        "media_player": [HALL, RECEIVER],
+        "mode": "snapshot",
+        "refresh": 3600,
+    }
+    response = await hass.services.async_call(
+        DOMAIN, "cast", data, blocking=True, return_response=True
+    )
+    assert response == {"displays": {HALL: "cast_receiver_busy", RECEIVER: "started"}}
+    await hass.services.async_call(DOMAIN, "stop_cast", {"media_player": RECEIVER}, blocking=True)
+    await hass.async_block_till_done()
+    hall_receiver.load_error = OSError("connection reset mid-LOAD")
+    response = await hass.services.async_call(
+        DOMAIN, "cast", {**data, "force": True}, blocking=True, return_response=True
+    )
+    assert response == {"displays": {HALL: "cast_failed", RECEIVER: "started"}}
+    # Not asked for: nothing is returned, as before.
+    await hass.services.async_call(DOMAIN, "stop_cast", {"media_player": RECEIVER}, blocking=True)
+    await hass.async_block_till_done()
+    assert await hass.services.async_call(DOMAIN, "cast", data, blocking=True) is None
+    await hass.services.async_call(DOMAIN, "stop_cast", {"media_player": RECEIVER}, blocking=True)
+
+
 async def test_a_failed_replacement_restores_the_display(
     hass: HomeAssistant,
     porch: str,

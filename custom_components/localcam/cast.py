@@ -508,6 +508,9 @@ class CastSession:
 
 
 DATA_CAST: HassKey[LocalCamCastManager] = HassKey(f"{DOMAIN}_cast")
+# localcam.cast's response for a display that shows the camera (the others
+# name the translation key of why not).
+CAST_STARTED: Final = "started"
 
 
 @callback
@@ -811,8 +814,12 @@ class LocalCamCastManager:
         refresh: float,
         force: bool,
         context: Context | None = None,
-    ) -> None:
-        """Cast a camera to receivers; raise a translated error on failure."""
+    ) -> dict[str, str]:
+        """Cast a camera to receivers; raise a translated error when none shows it.
+
+        Returns each receiver's outcome: ``started``, or the translation key
+        of why it was left out or failed (the others show the camera).
+        """
         receivers = list(dict.fromkeys(receivers))
         # Taken before the first wait: an unload from here on bumps it, and the
         # cast is then refused (see _async_start).
@@ -824,13 +831,16 @@ class LocalCamCastManager:
         # named in the log, and the others still show the camera (a doorbell
         # must not go unseen in the kitchen because of music in the hall);
         # only when no display is free is the refusal the call's error.
+        asked = receivers
         free: list[str] = []
         refusals: list[HomeAssistantError] = []
+        outcomes: dict[str, str] = {}
         for receiver in receivers:
             try:
                 self._check_free(receiver, force=force)
             except HomeAssistantError as err:
                 refusals.append(err)
+                outcomes[receiver] = err.translation_key or "cast_failed"
                 LOGGER.info("Not casting to %s: %s", receiver, err.translation_key)
             else:
                 free.append(receiver)
@@ -870,6 +880,7 @@ class LocalCamCastManager:
             raise failures[0]  # nothing shows the camera (or the call was cancelled)
         for receiver, result in zip(receivers, results, strict=True):
             if isinstance(result, HomeAssistantError):
+                outcomes[receiver] = result.translation_key or "cast_failed"
                 LOGGER.warning(
                     "Cast to %s failed (%s); the other displays show %s",
                     receiver,
@@ -878,6 +889,9 @@ class LocalCamCastManager:
                 )
             elif isinstance(result, Exception):
                 raise result
+            else:
+                outcomes[receiver] = CAST_STARTED
+        return {receiver: outcomes[receiver] for receiver in asked}
 
     async def _async_check_camera(self, camera: LocalCamCamera) -> None:
         """Fetch a still before a LOAD: it proves the camera works.

@@ -8,7 +8,14 @@ from homeassistant.components.camera.const import (
     DOMAIN as CAMERA_DOMAIN,
 )
 from homeassistant.components.media_player.const import DOMAIN as MP_DOMAIN
-from homeassistant.core import HomeAssistant, ServiceCall, callback, split_entity_id
+from homeassistant.core import (
+    HomeAssistant,
+    ServiceCall,
+    ServiceResponse,
+    SupportsResponse,
+    callback,
+    split_entity_id,
+)
 from homeassistant.exceptions import (
     HomeAssistantError,
     ServiceValidationError,
@@ -133,13 +140,19 @@ async def _async_target_camera(call: ServiceCall) -> LocalCamCamera:
     return entity
 
 
-async def _async_cast(call: ServiceCall) -> None:
-    """Handle ``localcam.cast``."""
+async def _async_cast(call: ServiceCall) -> ServiceResponse:
+    """Handle ``localcam.cast``; respond with each display's outcome, if asked.
+
+    With several displays the action succeeds when one shows the camera; an
+    automation that asks for the response (``response_variable``) learns
+    which displays did: ``{"displays": {"media_player.x": "started" or the
+    reason it was left out, e.g. "cast_receiver_busy"}}``.
+    """
     camera = await _async_target_camera(call)
     receivers = _cast_receivers(call.hass, call.data[ATTR_MEDIA_PLAYER])
     await _async_check_permission(call, [camera.entity_id, *receivers])
     duration: float = call.data[ATTR_DURATION]
-    await async_get_cast_manager(call.hass).async_cast(
+    outcomes = await async_get_cast_manager(call.hass).async_cast(
         camera,
         receivers,
         mode=CastMode(call.data[ATTR_MODE]),
@@ -149,6 +162,7 @@ async def _async_cast(call: ServiceCall) -> None:
         force=call.data[ATTR_FORCE],
         context=call.context,
     )
+    return {"displays": dict(outcomes)} if call.return_response else None
 
 
 async def _async_stop_cast(call: ServiceCall) -> None:
@@ -164,7 +178,13 @@ def async_setup_services(hass: HomeAssistant) -> None:
     async_setup_cast(hass)
     if hass.services.has_service(DOMAIN, SERVICE_CAST):
         return
-    hass.services.async_register(DOMAIN, SERVICE_CAST, _async_cast, schema=CAST_SCHEMA)
+    hass.services.async_register(
+        DOMAIN,
+        SERVICE_CAST,
+        _async_cast,
+        schema=CAST_SCHEMA,
+        supports_response=SupportsResponse.OPTIONAL,
+    )
     hass.services.async_register(
         DOMAIN, SERVICE_STOP_CAST, _async_stop_cast, schema=STOP_CAST_SCHEMA
     )
