@@ -477,6 +477,40 @@ async def test_reauth_of_an_onvif_camera_asks_the_device_who_it_is(
     await hass.async_block_till_done()
 
 
+async def test_reauth_of_an_onvif_camera_keeps_the_snapshot_uri_it_tested(
+    hass: HomeAssistant, onvif_camera: VirtualCamera
+) -> None:
+    """A snapshot URI left out with the old credentials (a 401) works with the new ones.
+
+    Reauth tests the reported URI with the credentials typed; it stores what
+    it found, so the camera's stills come from its snapshot URI again.
+    """
+    flow_id = await _onvif_form(hass)
+    result = await hass.config_entries.flow.async_configure(flow_id, _onvif_input(onvif_camera))
+    entry = result["result"]
+    await hass.async_block_till_done()
+    uri = entry.data[CONF_SNAPSHOT_URL]
+    assert uri is not None
+    # As the flow stored it when the old password got a 401 at the snapshot URI.
+    hass.config_entries.async_update_entry(
+        entry,
+        data={
+            **entry.data,
+            CONF_PASSWORD: "old-password",
+            CONF_SNAPSHOT_URL: None,
+            CONF_PROFILES: [{**p, "snapshot_url": None} for p in entry.data[CONF_PROFILES]],
+        },
+    )
+    result = await _reauth(hass, entry.entry_id)
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], {CONF_USERNAME: CAM_USER, CONF_PASSWORD: CAM_PASSWORD}
+    )
+    assert result["reason"] == "reauth_successful"
+    assert entry.data[CONF_SNAPSHOT_URL] == uri
+    assert entry.data[CONF_PROFILES][0]["snapshot_url"] == uri
+    await hass.async_block_till_done()
+
+
 @pytest.mark.parametrize("flow", ["reauth", "reconfigure"])
 async def test_an_onvif_camera_s_new_password_goes_only_to_the_device_with_its_mac(
     hass: HomeAssistant, onvif_camera: VirtualCamera, flow: str

@@ -114,6 +114,31 @@ async def test_an_unusable_stored_max_age_falls_back_to_the_default(
     assert image.content[:2] == b"\xff\xd8"
 
 
+async def test_a_re_pinned_camera_s_device_gets_exactly_its_new_mac(
+    hass: HomeAssistant, camera: VirtualCamera, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Setup replaces the device's MAC with the entry's, through this entry's own device.
+
+    Without a deprecated registry lookup (HA reports those as a warning,
+    and the lookup by identifier alone may find another entry's device).
+    """
+    entry = make_entry(camera)
+    entry.add_to_hass(hass)
+    hass.config_entries.async_update_entry(
+        entry, data={**entry.data, CONF_IDENTITY: {"mac": "aa:bb:cc:00:11:22"}}
+    )
+    await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    hass.config_entries.async_update_entry(
+        entry, data={**entry.data, CONF_IDENTITY: {"mac": "aa:bb:cc:00:11:99"}}
+    )
+    assert await hass.config_entries.async_reload(entry.entry_id)
+    await hass.async_block_till_done()
+    [device] = dr.async_entries_for_config_entry(dr.async_get(hass), entry.entry_id)
+    assert device.connections == {(dr.CONNECTION_NETWORK_MAC, "aa:bb:cc:00:11:99")}
+    assert "Detected that custom integration" not in caplog.text
+
+
 async def _next_health_check(hass: HomeAssistant, freezer: FrozenDateTimeFactory) -> None:
     """Move past one health interval and let the check (and what it starts) finish."""
     freezer.tick(timedelta(seconds=HEALTH_INTERVAL_SECONDS + 1))

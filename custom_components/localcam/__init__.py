@@ -103,7 +103,10 @@ def _async_sync_device_mac(hass: HomeAssistant, entry: LocalCamConfigEntry) -> N
     reporting the old device's address changes as this camera's.
     """
     registry = dr.async_get(hass)
-    device = registry.async_get_device(identifiers={(DOMAIN, entry.data[CONF_CAMERA_ID])})
+    # This entry's own device (identifiers are unique per config entry).
+    device = registry.async_get_device_by_identifier(
+        (DOMAIN, entry.data[CONF_CAMERA_ID]), entry.entry_id
+    )
     if device is None:
         return
     mac = Identity.from_dict(entry.data.get(CONF_IDENTITY)).mac

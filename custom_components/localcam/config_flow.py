@@ -312,13 +312,12 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
                 # for, never for another device that took its address.
                 if not same:
                     return self.async_abort(reason="wrong_camera")
-                return self.async_update_reload_and_abort(
-                    entry,
-                    data_updates={
-                        CONF_USERNAME: data[CONF_USERNAME],
-                        CONF_PASSWORD: data[CONF_PASSWORD],
-                    },
-                )
+                updates = {CONF_USERNAME: data[CONF_USERNAME], CONF_PASSWORD: data[CONF_PASSWORD]}
+                if entry.data.get(CONF_ONVIF):
+                    # The snapshot URI was tested with the new credentials
+                    # (one a 401 had left out works now, or the reverse).
+                    updates |= _snapshot_uris(entry.data, data)
+                return self.async_update_reload_and_abort(entry, data_updates=updates)
             # This form has only the credentials: an error about a URL (the
             # camera's still is broken, say) is shown above them, not lost.
             errors = {
@@ -957,6 +956,18 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
             CONF_WIDTH: info.width,
             CONF_HEIGHT: info.height,
         }, info
+
+
+def _snapshot_uris(stored: Mapping[str, Any], tested: Mapping[str, Any]) -> dict[str, Any]:
+    """An ONVIF entry's snapshot URIs as just tested; its profiles otherwise as stored."""
+    fresh = {p["token"]: p.get("snapshot_url") for p in tested[CONF_PROFILES]}
+    return {
+        CONF_SNAPSHOT_URL: tested[CONF_SNAPSHOT_URL],
+        CONF_PROFILES: [
+            {**p, "snapshot_url": fresh.get(p["token"], p.get("snapshot_url"))}
+            for p in stored[CONF_PROFILES]
+        ],
+    }
 
 
 def _test_source(
