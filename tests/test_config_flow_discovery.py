@@ -216,7 +216,11 @@ async def test_an_onvif_camera_that_writes_its_password_into_its_uris(
     reads the URIs' credentials (and the requests' WS-Security header) are
     masked there. (The autouse guard checks every record for the password.)
     """
-    async with _onvif_camera(reported_userinfo=f"{CAM_USER}:{CAM_PASSWORD}") as cam:
+    # The userinfo, and a snapshot CGI's own credential pairs (Foscam-style).
+    async with _onvif_camera(
+        reported_userinfo=f"{CAM_USER}:{CAM_PASSWORD}",
+        reported_snapshot_path=f"/snapshot.jpg?usr={CAM_USER}&pwd={CAM_PASSWORD}",
+    ) as cam:
         flow_id = await _onvif_form(hass)
         result = await hass.config_entries.flow.async_configure(flow_id, _onvif_input(cam))
         assert result["type"] is FlowResultType.CREATE_ENTRY
@@ -224,6 +228,7 @@ async def test_an_onvif_camera_that_writes_its_password_into_its_uris(
         await hass.async_block_till_done()
     soap = [r.getMessage() for r in caplog.get_records("call") if r.name == "onvif.zeep_aiohttp"]
     assert any("rtsp://****:****@" in text for text in soap)  # the reply was logged, masked
+    assert any("pwd=****" in text for text in soap)
     assert any("<Security>(masked)</Security>" in text for text in soap)
 
 

@@ -426,6 +426,16 @@ def _mask_query(raw_query: str, mask: str) -> str:
     return "&".join(parts)
 
 
+def mask_credential_pairs(text: str, mask: str = "****") -> str:
+    """Hide every credential-looking ``name=value`` pair in a free text (a logged body).
+
+    The same names the URL renderings hide (``pwd=``, ``password=``,
+    ``access_token=``...), after ``?``, ``&`` (also XML's ``&amp;``), ``/``,
+    ``;`` or ``,``: how cameras write credentials into the URIs they report.
+    """
+    return _DISPLAY_SECRET_RE.sub(lambda match: f"{match.group(1)}={mask}", text)
+
+
 def display_url(url: str | yarl.URL) -> str:
     """Render a URL for logs and error messages: no userinfo, no query values."""
     try:

@@ -52,7 +52,7 @@ from .errors import (
     ProtocolError,
 )
 from .identity import Identity, normalize_mac
-from .netpolicy import CREDENTIAL_PARAMS, NetPolicy, display_url
+from .netpolicy import CREDENTIAL_PARAMS, NetPolicy, display_url, mask_credential_pairs
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -92,7 +92,8 @@ _TRANSPORT_LOGGER: Final = "onvif.zeep_aiohttp"
 _WS_SECURITY: Final = re.compile(
     r"<(?:[\w.-]+:)?Security\b.*?</(?:[\w.-]+:)?Security\s*>", re.DOTALL | re.IGNORECASE
 )
-# A URI's credentials, as many cameras write them into the URIs they report.
+# A URI's credentials, as many cameras write them into the URIs they report
+# (in its userinfo here; in name=value pairs, netpolicy.mask_credential_pairs).
 _URI_USERINFO: Final = re.compile(r"([a-z][a-z0-9+.-]*://)[^\s/@<>\"'?#]*@", re.IGNORECASE)
 
 
@@ -106,9 +107,8 @@ class _MaskedSoap(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool | logging.LogRecord:
         if not _READING.get():
             return True
-        text = _URI_USERINFO.sub(
-            r"\1****:****@", _WS_SECURITY.sub("<Security>(masked)</Security>", record.getMessage())
-        )
+        text = _WS_SECURITY.sub("<Security>(masked)</Security>", record.getMessage())
+        text = mask_credential_pairs(_URI_USERINFO.sub(r"\1****:****@", text))
         masked = logging.makeLogRecord(record.__dict__)
         masked.msg, masked.args = text, None
         return masked
