@@ -98,6 +98,11 @@ async def serve(spec: dict[str, Any]) -> None:
                 "gop": cam.config.gop_seconds,
                 "rtsp_url": cam.rtsp_url,
                 "snapshot_url": cam.snapshot_url if cam.config.http_snapshot else None,
+                # Its frame clock: frame n is due at epoch + n / fps on
+                # time.monotonic() (CLOCK_MONOTONIC, shared by every process),
+                # so a benchmark can start its tries at a chosen point of it.
+                "epoch": cam.media.epoch,
+                "fps": cam.config.fps,
             }
             sys.stdout.write(json.dumps(line) + "\n")
         sys.stdout.write("READY\n")

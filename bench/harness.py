@@ -6,6 +6,7 @@ ever signalled, by their PIDs.
 """
 
 import asyncio
+from collections.abc import Callable
 import contextlib
 from dataclasses import dataclass, field
 import io
@@ -671,22 +672,32 @@ async def first_picture(
     raise RuntimeError("unreachable: the loop is bounded by its timeout")
 
 
-async def burst(url: str, headers: dict[str, str], viewers: int) -> list[Sample]:
+async def burst(
+    url: str,
+    headers: dict[str, str],
+    viewers: int,
+    *,
+    align: Callable[[], float] | None = None,
+) -> tuple[list[Sample], float]:
     """`viewers` simultaneous GETs of one URL (HA answers each within 10 s).
 
     Each viewer has its own keep-alive connection, opened before the burst
     (a dashboard tab that is already open), so the burst times the server's
-    answers, not TCP handshakes or a heavy client.
+    answers, not TCP handshakes or a heavy client. Once all are connected,
+    it waits the seconds ``align`` returns (at most one second), then sends.
+    Returns the samples and when (time.monotonic()) the first was sent.
     """
     clients = [KeepAliveClient(url) for _ in range(viewers)]
     try:
         async with asyncio.timeout(30):
             await asyncio.gather(*(client.connect() for client in clients))
-        return list(
-            await asyncio.gather(
-                *(client.get(headers, timeout=40, keep_body=True) for client in clients)
-            )
+        if align is not None:
+            await asyncio.sleep(min(max(align(), 0.0), 1.0))
+        started = time.monotonic()
+        samples = await asyncio.gather(
+            *(client.get(headers, timeout=40, keep_body=True) for client in clients)
         )
+        return list(samples), started
     finally:
         for client in clients:
             client.close()

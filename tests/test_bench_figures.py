@@ -6,6 +6,8 @@ the functions that turn samples into figures and verdicts.
 
 from typing import Any
 
+import pytest
+
 from bench import snapshots
 from bench.harness import cpu_ns_between, percentile
 
@@ -84,3 +86,53 @@ def test_fanout_p99_pools_every_viewer_of_every_burst() -> None:
     assert summary["worst_p99"] == 2.1
     # The 495th of 500 viewers waited 2.1 s; the median of the bursts' p99s said 0.2.
     assert summary["p99"] == 2.1
+
+
+def test_delay_to_phase_lands_on_the_frame_clock() -> None:
+    """The wait ends at the asked fraction of the frame interval, never a whole interval later."""
+    epoch, fps = 1000.0, 10.0
+    for now in (1000.0, 1000.03, 1000.0999, 1234.567):
+        for phase in (0.0, 0.1, 0.5, 0.9):
+            wait = snapshots.delay_to_phase(now, epoch, fps, phase)
+            assert 0 <= wait < 0.1
+            into = ((now + wait - epoch) * fps) % 1.0
+            assert min(abs(into - phase), 1 - abs(into - phase)) < 1e-6
+    assert snapshots.delay_to_phase(1000.02, epoch, fps, 0.5) == pytest.approx(0.03)
+
+
+def _fan(viewers: int, phase: float, seconds: float) -> dict[str, Any]:
+    return {
+        "camera": "rtsp1",
+        "who": snapshots.LOCALCAM,
+        "viewers": viewers,
+        "phase": phase,
+        "upstream_fetches": 1,
+        "upstream": {"play_sessions": 1},
+        "ok": viewers,
+        "right_camera": viewers,
+        "p50": seconds,
+        "p99": seconds,
+        "latencies": [seconds] * viewers,
+    }
+
+
+def test_fanout_is_held_against_single_stills_at_the_same_frame_phases() -> None:
+    """Like with like: the bursts' pooled p99 against the singles' p99 over the same phases.
+
+    A camera whose frame clock makes a cold still take 50 to 140 ms: the
+    slow-phase burst is compared with the slow-phase single, not with the
+    median single (which would count the clock's 90 ms as fan-out cost).
+    """
+    phases = (0.1, 0.3, 0.5, 0.7, 0.9)
+    singles = dict(zip(phases, (0.05, 0.06, 0.07, 0.12, 0.14), strict=True))
+    rows = [_fan(1, ph, s) for ph, s in singles.items()]
+    row = "200 viewers, RTSP-only camera: p99"
+    within = rows + [_fan(200, ph, s + 0.03) for ph, s in singles.items()]
+    assert _verdict({"fanout": within}, row) == "yes"
+    assert [round(d, 3) for _, d in snapshots.phase_pairs(within, 200)] == [0.03] * 5
+    # One burst 60 ms over its single: the pooled p99 is that burst's.
+    over = [*rows, *(_fan(200, ph, s + 0.03) for ph, s in list(singles.items())[:4])]
+    over.append(_fan(200, 0.9, 0.14 + 0.06))
+    assert _verdict({"fanout": over}, row) == "NO"
+    # A single without a burst at its phase pairs with nothing.
+    assert len(snapshots.phase_pairs([*rows, _fan(200, 0.5, 0.1)], 200)) == 1
