@@ -859,7 +859,7 @@ async def _moved_camera(
     await a.start()
     moved = other = None
     with (
-        patch("custom_components.localcam.core.netpolicy._system_resolve", resolve),
+        patch("custom_components.localcam.core.netpolicy.system_resolve", resolve),
         patch(
             "custom_components.localcam.core.snapshot.neighbour_mac",
             lambda address, *_: link.get(str(address)),
@@ -962,7 +962,7 @@ def _flapping_dns() -> Any:
     async def flapping(_host: str, _port: int) -> list[str]:
         return [next(answers, "127.0.0.1")]
 
-    return patch("custom_components.localcam.core.netpolicy._system_resolve", flapping)
+    return patch("custom_components.localcam.core.netpolicy.system_resolve", flapping)
 
 
 async def test_a_stream_check_pins_the_stream_to_the_address_it_checked(
@@ -1034,7 +1034,7 @@ async def test_a_warm_grab_session_on_a_refused_device_is_never_reused(
         async def resolve(host: str, _port: int) -> list[str]:
             return [resolved[host]]
 
-        with patch("custom_components.localcam.core.netpolicy._system_resolve", resolve):
+        with patch("custom_components.localcam.core.netpolicy.system_resolve", resolve):
             with pytest.raises(HomeAssistantError) as err:
                 await entity.async_snapshot()
             assert err.value.translation_key == "identity_mismatch"

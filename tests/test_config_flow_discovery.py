@@ -1265,20 +1265,31 @@ async def test_scan_lists_a_camera_on_an_allowed_vpn_network(
         assert _suggested(result, CONF_ALLOWED_NETWORKS) == "100.64.0.0/10"
 
 
-@pytest.mark.parametrize("known_by", ["address", "uuid"])
+async def _resolve_names(host: str, port: int) -> list[str]:
+    """A LAN's DNS: cam.lan is the loopback camera; other names do not resolve."""
+    if host == "cam.lan":
+        return ["not-an-address", "fe80::1%eth0", "127.0.0.1"]
+    raise OSError(f"{host}: name not known")
+
+
+@pytest.mark.parametrize("known_by", ["address", "uuid", "name", "unresolved name"])
 async def test_scan_leaves_out_a_configured_camera(
     hass: HomeAssistant, onvif_camera: VirtualCamera, known_by: str
 ) -> None:
     """The scan's list leaves out a configured camera at its own address, not a UUID elsewhere.
 
     By address even when the entry holds no UUID (a camera without
-    GetEndpointReference). A device announcing the entry's UUID at another
-    address is listed: cheap cameras share firmware-default UUIDs, so it
-    may be a second camera (one that moved is followed by the background
-    discovery, and picking it again ends as already configured).
+    GetEndpointReference), also when the entry names the camera by a host
+    name that resolves to that address. A device announcing the entry's
+    UUID at another address is listed: cheap cameras share firmware-default
+    UUIDs, so it may be a second camera (one that moved is followed by the
+    background discovery, and picking it again ends as already configured).
     """
     if known_by == "address":
         entry = _onvif_entry_at("127.0.0.1", onvif_camera.http_port, onvif_camera.rtsp_port)
+    elif known_by.endswith("name"):
+        host = "cam.lan" if known_by == "name" else "gone.lan"
+        entry = _onvif_entry_at(host, onvif_camera.http_port, onvif_camera.rtsp_port)
     else:
         at_old = _onvif_entry_at("192.168.1.20", 80, 554)
         entry = _with_identity(at_old, mac=MAC, serial=SERIAL, uuid=onvif_camera.device_uuid)
@@ -1287,13 +1298,17 @@ async def test_scan_leaves_out_a_configured_camera(
     result = await hass.config_entries.flow.async_configure(
         result["flow_id"], {"next_step_id": "scan"}
     )
-    with patch(
-        "custom_components.localcam.discovery.WSD_DISCOVERY_PORT", onvif_camera.wsdiscovery_port
+    with (
+        patch(
+            "custom_components.localcam.discovery.WSD_DISCOVERY_PORT",
+            onvif_camera.wsdiscovery_port,
+        ),
+        patch("custom_components.localcam.config_flow.system_resolve", _resolve_names),
     ):
         result = await hass.config_entries.flow.async_configure(
             result["flow_id"], {CONF_HOSTS: "127.0.0.1"}
         )
-    if known_by == "address":
+    if known_by in ("address", "name"):
         assert result["errors"] == {"base": "no_devices_found"}
     else:
         assert result["step_id"] == "pick"
@@ -1313,3 +1328,28 @@ async def test_camera_reporting_an_invalid_idna_host_gets_a_translated_error(
     assert result["errors"] == {CONF_HOST: "not_local"}
     assert result["description_placeholders"]["host"] == "xn--a"
     assert not [r for r in caplog.records if r.exc_info and r.levelno >= logging.ERROR]
+
+
+async def test_a_camera_configured_by_name_is_recognised_at_its_address(
+    hass: HomeAssistant,
+) -> None:
+    """An announcement at the address a configured camera's host name resolves to is that camera.
+
+    The entry stores the camera's MAC and serial, never the UUID that
+    WS-Discovery announces: without the name's address, the camera was
+    offered again under Discovered as a new one.
+    """
+    entry = _with_identity(_onvif_entry_at("cam.lan", 8000, 554), mac=MAC, serial=SERIAL)
+    entry.add_to_hass(hass)
+
+    async def resolve(host: str, port: int) -> list[str]:
+        return {"cam.lan": ["192.168.1.40", "fd00::40"]}.get(host, [])
+
+    with patch("custom_components.localcam.config_flow.system_resolve", resolve):
+        result = await _ws_discovered(hass, "192.168.1.40", 8000)
+        assert (result["type"], result["reason"]) == (FlowResultType.ABORT, "already_configured")
+        assert entry.data[CONF_HOST] == "cam.lan"
+        # Another address is another device: offered.
+        result = await _ws_discovered(hass, "192.168.1.41", 8000)
+        assert result["type"] is FlowResultType.FORM
+        assert result["step_id"] == "discovery_confirm"

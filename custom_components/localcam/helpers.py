@@ -1,6 +1,6 @@
 """Glue helpers: build core objects from an entry; translate core errors."""
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 import math
 from typing import Any
@@ -356,10 +356,13 @@ def data_host(data: Mapping[str, Any]) -> str:
     return yarl.URL(data[CONF_STREAM_URL]).host or ""
 
 
-def device_is_configured(entry: ConfigEntry[Any], device: DiscoveredDevice) -> bool:
+def device_is_configured(
+    entry: ConfigEntry[Any], device: DiscoveredDevice, addresses: Collection[str] = ()
+) -> bool:
     """Whether a scanned device is the camera an entry configures.
 
-    It answers at the entry's address and nothing it announces says it is
+    It answers at the entry's address (its host, or one of ``addresses``:
+    those its host name resolves to) and nothing it announces says it is
     another device; or it announces the entry's MAC. A UUID alone at another
     address does not tell: cheap cameras share firmware-default UUIDs, and
     such a second camera must be listed (a camera that moved is followed by
@@ -367,7 +370,7 @@ def device_is_configured(entry: ConfigEntry[Any], device: DiscoveredDevice) -> b
     """
     stored = Identity.from_dict(entry.data.get(CONF_IDENTITY))
     seen = Identity(mac=normalize_mac(device.mac), uuid=device.device_uuid)
-    if entry_host(entry) == device.host:
+    if device.host == entry_host(entry) or device.host in addresses:
         return not stored.differs(seen)
     return bool(seen.mac) and seen.mac == stored.mac
 

@@ -158,7 +158,7 @@ class Target:
         )
 
 
-async def _system_resolve(host: str, port: int) -> list[str]:
+async def system_resolve(host: str, port: int) -> list[str]:
     """Resolve through the event loop's getaddrinfo, returning every address."""
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -246,7 +246,7 @@ class NetPolicy:
 
     async def _resolve(self, host: str, port: int) -> tuple[IPv4Address | IPv6Address, ...]:
         """Resolve a name once, bounded in time, into distinct addresses."""
-        resolver = self.resolver or _system_resolve
+        resolver = self.resolver or system_resolve
         try:
             async with asyncio.timeout(self.resolve_timeout):
                 answers = await resolver(host, port)
