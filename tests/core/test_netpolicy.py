@@ -588,3 +588,53 @@ async def test_errors_are_core_errors(policy: NetPolicy) -> None:
             continue
         with pytest.raises(LocalCamError):
             await policy.check(url)
+
+
+@pytest.mark.parametrize(
+    ("extra", "url"),
+    [
+        ("64:ff9b::/96", "http://[64:ff9b::808:808]/"),  # NAT64: 8.8.8.8
+        ("64:ff9b::/100", "http://[64:ff9b::808:808]/"),
+        ("64:ff9b:1::/48", "http://[64:ff9b:1::808:808]/"),
+        ("2002::/16", "http://[2002:808:808::1]/"),  # 6to4: 8.8.8.8
+    ],
+)
+async def test_an_allowed_network_cannot_carry_all_of_ipv4(
+    extra: str, url: str, resolver: FakeResolver
+) -> None:
+    """A NAT64 or 6to4 prefix is every IPv4 host: as an extra network it is too broad.
+
+    The option widens the policy, never to everything: all of IPv4 typed as
+    0.0.0.0/0 is refused, and so is the IPv6 prefix that reaches it through
+    a NAT64 gateway or a 6to4 relay. A part of one no wider than a /8 of
+    IPv4 may be allowed, like any other deliberate network.
+    """
+    with pytest.raises(ValueError, match="too broad"):
+        parse_networks(extra)
+    with pytest.raises(NotLocalError):
+        await NetPolicy(resolver=resolver).check(url)
+    (narrow,) = parse_networks("64:ff9b::c0a8:100/120")  # 192.168.1.0/24 through NAT64
+    policy = NetPolicy(extra_networks=(narrow,), resolver=resolver)
+    assert (await policy.check("http://[64:ff9b::c0a8:105]/")).address == narrow[5]
+
+
+@pytest.mark.parametrize(
+    ("extra", "url"),
+    [
+        ("100.64.0.0/10", "http://100.100.100.200/latest/meta-data/"),  # Alibaba Cloud
+        ("", "http://169.254.170.2/v2/credentials/x"),  # AWS ECS task credentials
+        ("", "http://169.254.170.23/v1/credentials"),  # AWS EKS Pod Identity
+        ("", "http://[fd00:ec2::23]/v1/credentials"),
+    ],
+)
+async def test_cloud_credential_endpoints_are_refused(
+    extra: str, url: str, resolver: FakeResolver
+) -> None:
+    """Like 169.254.169.254, every cloud metadata or credential endpoint is refused.
+
+    Also inside a network the user allows (100.64.0.0/10, the CGNAT range of
+    VPNs like Tailscale, holds Alibaba Cloud's metadata service).
+    """
+    policy = NetPolicy(extra_networks=parse_networks(extra), resolver=resolver)
+    with pytest.raises(NotLocalError, match="metadata"):
+        await policy.check(url)

@@ -938,3 +938,31 @@ def test_a_dual_stack_camera_is_listed_once_at_its_ipv4_address() -> None:
     twin = replace(v4, host="192.168.1.21")
     alone = replace(v4, endpoint="urn:uuid:b", host="fd00::30")
     assert devices_found([v6, alone, twin, v4]) == [v4, twin, alone]
+
+
+@pytest.mark.parametrize(
+    "xaddr",
+    [
+        "http://127.0.0.1:8123/onvif/device_service",
+        "http://127.0.0.5:11984/onvif/device_service",
+        "http://[::1]:8123/onvif/device_service",
+        "http://[::ffff:127.0.0.1]:8123/onvif/device_service",
+    ],
+)
+def test_a_reply_from_the_lan_cannot_name_this_machines_loopback(xaddr: str) -> None:
+    """A LAN device's reply naming a loopback XAddr gives no camera there.
+
+    Any device on the LAN can send a ProbeMatch; one naming 127.0.0.1 aimed
+    LocalCam (and, following a camera's UUID, its credentials) at this
+    machine's own services. Only a reply from loopback may name loopback.
+    """
+    problems: list[str] = []
+    assert parse_probe_matches(reply(good(xaddr=xaddr)), SOURCE, problems=problems) == []
+    assert problems == ["xaddr on loopback, in a reply from the LAN"]
+    # The same reply with a LAN XAddr beside it: that one is the camera.
+    lan = f"http://{SOURCE}:8000/onvif/device_service"
+    (device,) = parse_probe_matches(reply(good(xaddr=f"{xaddr} {lan}")), SOURCE)
+    assert (device.host, device.port) == (SOURCE, 8000)
+    # A camera on this machine (the demo's, the tests') is still found.
+    (device,) = parse_probe_matches(reply(good(xaddr=xaddr)), "127.0.0.1")
+    assert device.host in ("127.0.0.1", "127.0.0.5", "::1", "::ffff:127.0.0.1")

@@ -55,8 +55,25 @@ LAN_NETWORKS: Final[tuple[IPv4Network | IPv6Network, ...]] = (
     IPv6Network("fe80::/10"),
     IPv6Network("fc00::/7"),
 )
+# Cloud instance metadata and credential endpoints: refused unless the user
+# names the very address (an allowed network around one does not open it).
 METADATA_ADDRESSES: Final[frozenset[IPv4Address | IPv6Address]] = frozenset(
-    {IPv4Address("169.254.169.254"), IPv6Address("fd00:ec2::254")}
+    {
+        IPv4Address("169.254.169.254"),  # AWS, Azure, GCP, OpenStack...
+        IPv6Address("fd00:ec2::254"),  # AWS over IPv6
+        IPv4Address("169.254.170.2"),  # AWS ECS task credentials
+        IPv4Address("169.254.170.23"),  # AWS EKS Pod Identity
+        IPv6Address("fd00:ec2::23"),
+        IPv4Address("100.100.100.200"),  # Alibaba Cloud (inside CGNAT 100.64.0.0/10)
+    }
+)
+# IPv6 prefixes that carry IPv4 addresses (NAT64 RFC 6052 / RFC 8215, 6to4
+# RFC 3056), with the shortest extra network allowed inside each: one that
+# embeds no more of IPv4 than a /8 (MIN_EXTRA_PREFIX_V4) would.
+_IPV4_CARRIERS: Final[tuple[tuple[IPv6Network, int], ...]] = (
+    (IPv6Network("64:ff9b::/96"), 96 + MIN_EXTRA_PREFIX_V4),
+    (IPv6Network("64:ff9b:1::/48"), 96 + MIN_EXTRA_PREFIX_V4),
+    (IPv6Network("2002::/16"), 16 + MIN_EXTRA_PREFIX_V4),
 )
 _BROADCAST: Final = IPv4Address("255.255.255.255")
 _IPV6_LINK_LOCAL: Final = IPv6Network("fe80::/10")
@@ -289,6 +306,11 @@ def _unmapped(address: IPv4Address | IPv6Address) -> IPv4Address | IPv6Address:
 def _validate_extra_network(network: IPv4Network | IPv6Network) -> None:
     """Raise ValueError for a network too broad to be a deliberate exception."""
     minimum = MIN_EXTRA_PREFIX_V4 if network.version == 4 else MIN_EXTRA_PREFIX_V6
+    if isinstance(network, IPv6Network):
+        # Through a NAT64 gateway or a 6to4 relay, 64:ff9b::/96 is all of IPv4.
+        minimum = max(
+            [minimum, *(least for carrier, least in _IPV4_CARRIERS if network.overlaps(carrier))]
+        )
     if network.prefixlen < minimum:
         raise ValueError(f"network {network} is too broad: the prefix must be at least /{minimum}")
 

@@ -51,7 +51,7 @@ from xml.parsers import expat
 import yarl
 
 from .errors import InvalidUrlError, NotLocalError
-from .netpolicy import NetPolicy
+from .netpolicy import NetPolicy, is_loopback_literal
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -306,8 +306,16 @@ def _endpoint(match: _Node) -> str:
     return text
 
 
-def _xaddr(text: str, policy: NetPolicy) -> tuple[str, str, int]:
-    """(clean URL, host, port) of one acceptable XAddr; ValueError with a reason otherwise."""
+def _xaddr(text: str, policy: NetPolicy, source: str) -> tuple[str, str, int]:
+    """(clean URL, host, port) of one acceptable XAddr; ValueError with a reason otherwise.
+
+    An XAddr on loopback is this machine's own service: only a reply that
+    itself came from loopback may name one (the kernel drops packets from
+    the LAN that claim a loopback source). A reply is an unauthenticated
+    datagram that any device on the LAN can send; naming 127.0.0.1 in one
+    would aim LocalCam's identity checks (and a camera's credentials) at
+    this machine's own services, Home Assistant's included.
+    """
     try:
         url = yarl.URL(text)
         port = url.port
@@ -326,6 +334,8 @@ def _xaddr(text: str, policy: NetPolicy) -> tuple[str, str, int]:
         raise ValueError("xaddr host is not an IP address") from None
     if (reason := policy.classify(address)) is not None:
         raise ValueError(f"xaddr {reason}")
+    if is_loopback_literal(str(address)) and not is_loopback_literal(source):
+        raise ValueError("xaddr on loopback, in a reply from the LAN")
     return str(url.with_fragment(None)), (host or ""), port
 
 
@@ -385,7 +395,7 @@ def _match(match: _Node, source: str, policy: NetPolicy) -> DiscoveredDevice:
     first_reason = "no xaddrs"
     for text in _split_field(xaddrs_node, MAX_XADDRS, "xaddrs"):
         try:
-            accepted.append(_xaddr(text, policy))
+            accepted.append(_xaddr(text, policy, source))
         except ValueError as err:
             first_reason = str(err)
     if not accepted:
