@@ -17,7 +17,12 @@ from pytest_homeassistant_custom_component.typing import ClientSessionGenerator
 from syrupy.assertion import SnapshotAssertion
 from syrupy.matchers import path_type
 
-from custom_components.localcam.const import CONF_PROFILES, CONF_STREAM_URL, DOMAIN
+from custom_components.localcam.const import (
+    CONF_ALLOWED_NETWORKS,
+    CONF_PROFILES,
+    CONF_STREAM_URL,
+    DOMAIN,
+)
 from custom_components.localcam.core import snapshot_cache
 from custom_components.localcam.core.netpolicy import redact_url
 from custom_components.localcam.diagnostics import _scrub_password
@@ -258,3 +263,62 @@ async def test_device_diagnostics_after_a_reload_that_failed(
     assert diagnostics["entry"]["data"]["stream_url"] == "rtsp://**REDACTED**:**REDACTED**/stream"
     assert diagnostics["device"]["manufacturer"] == "LocalCam"
     assert [entity["state"] for entity in diagnostics["entities"]] == ["unavailable"]
+
+
+async def test_onvif_diagnostics_redact_the_device_uuid(
+    hass: HomeAssistant, hass_client: ClientSessionGenerator, socket_enabled: None
+) -> None:
+    """The device's UUID identifies it like its MAC and serial: known, never shown."""
+    cam = VirtualCamera(
+        camera_config(
+            "u",
+            0,
+            color=(10, 200, 30),
+            onvif=True,
+            serial="SERIAL-U",
+            mac="02:00:00:12:34:57",
+            device_uuid="5f0c1e2a-6b7d-4c8e-9f10-a1b2c3d4e5f6",
+        )
+    )
+    await cam.start()
+    try:
+        entry = await add_onvif_entry(hass, cam)
+        assert entry.data["identity"]["uuid"].endswith("5f0c1e2a-6b7d-4c8e-9f10-a1b2c3d4e5f6")
+        for report in (
+            await get_diagnostics_for_config_entry(hass, hass_client, entry),
+            await get_diagnostics_for_device(
+                hass,
+                hass_client,
+                entry,
+                dr.async_entries_for_config_entry(dr.async_get(hass), entry.entry_id)[0],
+            ),
+        ):
+            assert "5f0c1e2a-6b7d-4c8e-9f10-a1b2c3d4e5f6" not in json.dumps(report)
+            assert report["identity_known"]["uuid"] is True
+    finally:
+        await hass.config_entries.async_unload(entry.entry_id)
+        await cam.stop()
+
+
+def test_a_password_with_a_slash_is_masked_in_its_fully_encoded_form() -> None:
+    """A path segment written with every reserved character encoded (%2F for '/') is masked too."""
+    password = "pa/ss word"
+    path = redact_url("rtsp://cam/admin/pa%2Fss%20word/ch1")  # as a camera may report it
+    assert path.endswith("/admin/pa%2Fss%20word/ch1")
+    entry = MockConfigEntry(domain=DOMAIN, data={CONF_PASSWORD: password})
+    scrubbed = json.dumps(_scrub_password({"stream_url": path}, entry))  # type: ignore[arg-type]
+    assert "ss%20word" not in scrubbed
+    assert scrubbed.endswith('/admin/**REDACTED**/ch1"}')
+
+
+async def test_allowed_networks_are_redacted(
+    hass: HomeAssistant, hass_client: ClientSessionGenerator, camera: VirtualCamera
+) -> None:
+    """The networks a user opened (a VPN range, a camera VLAN) map their LAN: never shown."""
+    entry = make_entry(camera, options={CONF_ALLOWED_NETWORKS: "10.77.0.0/24, fd12:3456::/48"})
+    await setup_entry(hass, entry)
+    diagnostics = await get_diagnostics_for_config_entry(hass, hass_client, entry)
+    text = json.dumps(diagnostics)
+    assert "10.77.0.0" not in text
+    assert "fd12:3456" not in text
+    assert diagnostics["entry"]["options"][CONF_ALLOWED_NETWORKS] == "**REDACTED**"

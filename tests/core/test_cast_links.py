@@ -73,6 +73,16 @@ def test_scope(links: CastLinks) -> None:
     assert links.resolve(other, camera_id="cam_garage") == GARAGE
 
 
+def test_a_token_opens_only_its_own_stream_of_the_camera(links: CastLinks) -> None:
+    """A camera's profiles (main, sub) are separate grants: a token opens its own only."""
+    main = CastGrant("cam_porch", "media_player.kitchen", CastMode.LIVE, stream="porch_main")
+    token = links.issue(main, duration=60)
+    assert links.resolve(token, camera_id="cam_porch", stream="porch_main") == main
+    assert links.resolve(token, camera_id="cam_porch", stream="porch_sub") is None
+    assert links.resolve(token, camera_id="cam_porch", stream="") is None
+    assert links.resolve(token, camera_id="cam_porch", stream="porch_mai") is None
+
+
 @pytest.mark.parametrize(
     "token",
     ["", "x", "A" * 42, "A" * 44, "A" * 42 + "/", "A" * 42 + "é", "../" * 15, None],

@@ -7,8 +7,10 @@ kernel's neighbour table is the edge (patched); the devices are virtual
 cameras on 127.0.0.1 that count every request carrying an Authorization header.
 """
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from ipaddress import IPv4Address, IPv6Address
 from unittest.mock import patch
 
 import aiohttp
@@ -16,6 +18,7 @@ import pytest
 import pytest_socket
 
 from custom_components.localcam.core import snapshot
+from custom_components.localcam.core.errors import CannotConnectError
 from custom_components.localcam.core.identity import Identity, IdentityMismatchError
 from custom_components.localcam.core.models import CameraSource
 from custom_components.localcam.core.netpolicy import NetPolicy
@@ -195,3 +198,127 @@ async def test_a_snapshot_url_on_another_device_is_not_held_to_the_camera_s_mac(
                     await client.close()
     finally:
         await nvr.stop()
+
+
+# --- audit additions -------------------------------------------------------
+
+
+async def test_a_device_that_does_not_say_who_it_is_gets_no_frame_served(
+    camera: VirtualCamera,
+) -> None:
+    """No MAC on the link: the device is asked after each fetch; an empty answer refuses the frame.
+
+    An impostor need not answer identity queries at all. A frame is served as
+    this camera's only when the answer repeats what identifies it.
+    """
+    source = CameraSource(
+        camera_id="serial_SERIAL-1",
+        stream_url=camera.rtsp_url,
+        snapshot_url=camera.snapshot_url,
+        username=CAM_USER,
+        password=CAM_PASSWORD,
+        identity=Identity(serial="SERIAL-1"),
+    )
+    answers = [Identity(), Identity(uuid="any"), Identity(serial="SERIAL-1")]
+
+    async def probe(_whole: bool) -> Identity:
+        return answers.pop(0)
+
+    async with aiohttp.ClientSession() as session:
+        client = CameraClient(session, NetPolicy(), source)
+        client.identity_probe = probe
+        try:
+            for _silent in range(2):  # nothing at all, then nothing in common
+                with pytest.raises(CannotConnectError, match="did not say which camera"):
+                    await client.fetch_snapshot()
+            frame = await client.fetch_snapshot()  # the camera's own serial: served
+            assert frame.camera_id == "serial_SERIAL-1"
+        finally:
+            await client.close()
+
+
+class Touches:
+    """Bare connections made before credentials go out (``snapshot.touch``, the edge)."""
+
+    def __init__(self) -> None:
+        self.addresses: list[IPv4Address | IPv6Address] = []
+
+    async def __call__(self, address: IPv4Address | IPv6Address, *_args: object) -> None:
+        self.addresses.append(address)
+
+
+@pytest.fixture
+def touches(monkeypatch: pytest.MonkeyPatch) -> Touches:
+    """Record bare connections instead of making them (the addresses are not reachable)."""
+    made = Touches()
+    monkeypatch.setattr(snapshot, "touch", made)
+    return made
+
+
+@asynccontextmanager
+async def _lan_client(
+    username: str | None = CAM_USER, password: str | None = CAM_PASSWORD
+) -> AsyncIterator[CameraClient]:
+    """A client of a camera at 192.168.1.20 pinned by its MAC (no packet is sent)."""
+    source = CameraSource(
+        camera_id=CAMERA_MAC,
+        stream_url="rtsp://192.168.1.20/live",
+        snapshot_url="http://192.168.1.20/snap.jpg",
+        username=username,
+        password=password,
+        identity=Identity(mac=CAMERA_MAC),
+    )
+    async with aiohttp.ClientSession() as session:
+        yield CameraClient(session, NetPolicy(), source)
+
+
+CAMERA_ADDRESS = IPv4Address("192.168.1.20")
+NEW_ADDRESS = IPv4Address("192.168.1.21")
+
+
+async def test_a_recent_look_at_the_link_is_trusted_only_for_its_own_address(
+    link: Link, touches: Touches
+) -> None:
+    """The camera's host name now names another address: that one is looked at first.
+
+    The last look (seconds ago) showed the camera at its old address; it says
+    nothing about the device at the new one, which must show the camera's MAC
+    before a request with the credentials goes to it.
+    """
+    async with _lan_client() as client:
+        client.check_link_identity(CAMERA_ADDRESS, "192.168.1.20")  # a still just now
+        await client.guard_credentials(CAMERA_ADDRESS, 80, "192.168.1.20", connected=False)
+        assert touches.addresses == []  # trusted: the look is fresh, at this address
+        link.mac = OTHER_MAC  # another device answers at the new address
+        with pytest.raises(IdentityMismatchError):
+            await client.guard_credentials(NEW_ADDRESS, 80, "192.168.1.20", connected=False)
+        assert touches.addresses == [NEW_ADDRESS]
+
+
+async def test_a_look_older_than_link_trust_is_not_trusted(
+    link: Link, touches: Touches, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past LINK_TRUST, the address is looked at again before credentials go to it."""
+    monkeypatch.setattr(snapshot, "LINK_TRUST", 0.05)
+    async with _lan_client() as client:
+        client.check_link_identity(CAMERA_ADDRESS, "192.168.1.20")
+        await asyncio.sleep(0.2)  # well past LINK_TRUST, well within ten times it
+        link.mac = OTHER_MAC
+        with pytest.raises(IdentityMismatchError):
+            await client.guard_credentials(CAMERA_ADDRESS, 80, "192.168.1.20", connected=False)
+        assert touches.addresses == [CAMERA_ADDRESS]
+
+
+@pytest.mark.parametrize(
+    ("username", "password"),
+    [(CAM_USER, None), (None, CAM_PASSWORD)],
+    ids=["username-only", "password-only"],
+)
+async def test_half_a_credential_is_still_guarded(
+    link: Link, touches: Touches, username: str | None, password: str | None
+) -> None:
+    """A user name with no password (common on cheap cameras) is still a credential."""
+    async with _lan_client(username, password) as client:
+        link.mac = OTHER_MAC
+        with pytest.raises(IdentityMismatchError):
+            await client.guard_credentials(CAMERA_ADDRESS, 554, "192.168.1.20", connected=True)

@@ -20,6 +20,7 @@ ARP = """IP address       HW type     Flags       HW address            Mask    
 192.168.1.21     0x1         0x0         00:00:00:00:00:00     *        eth0
 192.168.1.22     0x1         0x2         00:00:00:00:00:00     *        eth0
 192.168.1.23     0x1         0xZZ        aa:bb:cc:00:11:23     *        eth0
+192.168.1.24     0x1         0x0         aa:bb:cc:00:11:24     *        eth0
 """
 
 
@@ -37,6 +38,9 @@ def table(tmp_path: Path) -> Path:
         (IPv4Address("192.168.1.21"), None),  # incomplete entry
         (IPv4Address("192.168.1.22"), None),  # zero MAC
         (IPv4Address("192.168.1.23"), None),  # junk flags
+        # Not resolved now (incomplete or failed), yet still showing the MAC of
+        # whoever answered there before: no evidence of who answers now.
+        (IPv4Address("192.168.1.24"), None),
         (IPv4Address("192.168.1.99"), None),  # not on the link
         (IPv4Address("127.0.0.1"), None),  # loopback has no neighbour
         (IPv6Address("fd00::1"), None),  # IPv6 neighbours are not read
@@ -90,6 +94,20 @@ def test_check_compares_only_known_fields() -> None:
     assert "aa:bb" not in str(err.value)
     with pytest.raises(IdentityMismatchError):
         configured.check(Identity(serial="S2"), "cam")
+
+
+@pytest.mark.parametrize("field", ["mac", "serial", "uuid"])
+def test_each_field_alone_tells_devices_apart(field: str) -> None:
+    """A difference in any one field known on both sides is a different device."""
+    values = {"mac": ("aa:bb:cc:00:11:22", "aa:bb:cc:00:11:99"), "serial": ("S1", "S2")}
+    mine, theirs = values.get(field, ("uuid-1", "uuid-2"))
+    configured = Identity(**{field: mine})
+    observed = Identity(**{field: theirs})
+    assert configured.differs(observed)
+    with pytest.raises(IdentityMismatchError) as err:
+        configured.check(observed, "cam")
+    assert err.value.field == field
+    assert not configured.differs(Identity(**{field: mine.upper()}))
 
 
 def test_round_trip_and_merge() -> None:

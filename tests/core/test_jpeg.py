@@ -280,3 +280,22 @@ def test_a_malformed_or_missing_exif_block_reads_as_no_orientation(data: bytes) 
     """Garbage, a cut block or an endless header: 1 (as stored), never an error."""
     assert exif_orientation(data) == 1
     assert exif_orientation(_jpeg()) == 1
+
+
+@pytest.mark.parametrize(
+    ("width", "height"), [(16385, 64), (64, 16385)], ids=["too-wide", "too-tall"]
+)
+def test_each_side_is_capped_even_under_the_pixel_cap(width: int, height: int) -> None:
+    """A side over 16384 is refused although the frame has few pixels (1 megapixel here)."""
+    with pytest.raises(InvalidImageError) as err:
+        validate_jpeg(_with_dimensions(_jpeg(), width, height), "image/jpeg")
+    assert err.value.kind == "bad_size"
+
+
+def test_size_cap_is_exact() -> None:
+    """A body of exactly the cap passes; one byte more is refused."""
+    data = _jpeg()
+    assert validate_jpeg(data, "image/jpeg", max_bytes=len(data)) == (64, 48)
+    with pytest.raises(InvalidImageError) as err:
+        validate_jpeg(data + b"\x00", "image/jpeg", max_bytes=len(data))
+    assert err.value.kind == "too_large"
