@@ -12,6 +12,7 @@ from ipaddress import ip_address
 import json
 import logging
 from pathlib import Path
+import time
 from typing import Any
 from unittest.mock import patch
 
@@ -1303,7 +1304,7 @@ async def test_scan_leaves_out_a_configured_camera(
             "custom_components.localcam.discovery.WSD_DISCOVERY_PORT",
             onvif_camera.wsdiscovery_port,
         ),
-        patch("custom_components.localcam.config_flow.system_resolve", _resolve_names),
+        patch("custom_components.localcam.helpers.system_resolve", _resolve_names),
     ):
         result = await hass.config_entries.flow.async_configure(
             result["flow_id"], {CONF_HOSTS: "127.0.0.1"}
@@ -1345,7 +1346,7 @@ async def test_a_camera_configured_by_name_is_recognised_at_its_address(
     async def resolve(host: str, port: int) -> list[str]:
         return {"cam.lan": ["192.168.1.40", "fd00::40"]}.get(host, [])
 
-    with patch("custom_components.localcam.config_flow.system_resolve", resolve):
+    with patch("custom_components.localcam.helpers.system_resolve", resolve):
         result = await _ws_discovered(hass, "192.168.1.40", 8000)
         assert (result["type"], result["reason"]) == (FlowResultType.ABORT, "already_configured")
         assert entry.data[CONF_HOST] == "cam.lan"
@@ -1353,3 +1354,37 @@ async def test_a_camera_configured_by_name_is_recognised_at_its_address(
         result = await _ws_discovered(hass, "192.168.1.41", 8000)
         assert result["type"] is FlowResultType.FORM
         assert result["step_id"] == "discovery_confirm"
+
+
+async def test_name_lookups_run_side_by_side_and_bound_the_flow(
+    hass: HomeAssistant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With DNS hanging, an announcement waits NAME_LOOKUP_TIMEOUT once, not once per camera.
+
+    Five cameras configured by name: their lookups run together, so a new
+    camera's offer is made after one timeout (it was five, one after another).
+    """
+    monkeypatch.setattr("custom_components.localcam.helpers.NAME_LOOKUP_TIMEOUT", 0.3)
+    for octet in range(10, 15):
+        named = _onvif_entry_at(f"cam{octet}.lan", 8000, 554)
+        MockConfigEntry(
+            domain=DOMAIN, unique_id=f"cam{octet}", data={**named.data, CONF_IDENTITY: {}}
+        ).add_to_hass(hass)
+    in_flight = peak = 0
+
+    async def hanging(host: str, port: int) -> list[str]:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            in_flight -= 1
+        return []
+
+    monkeypatch.setattr("custom_components.localcam.helpers.system_resolve", hanging)
+    started = time.monotonic()
+    result = await _ws_discovered(hass, "192.168.1.77", 8000)
+    assert result["type"] is FlowResultType.FORM
+    assert peak == 5
+    assert time.monotonic() - started < 2 * 0.3

@@ -171,20 +171,29 @@ async def test_background_offers_are_capped(
     )
 
 
+async def _resolve_cams(host: str, port: int) -> list[str]:
+    """A LAN's DNS: camN.lan is 192.168.1.N (nothing else is asked)."""
+    return [f"192.168.1.{host.removeprefix('cam').removesuffix('.lan')}"]
+
+
+@pytest.mark.parametrize("configured_by", ["address", "name"])
 async def test_cameras_configured_where_they_answer_take_no_offer_place(
-    hass: HomeAssistant, monkeypatch: pytest.MonkeyPatch
+    hass: HomeAssistant, monkeypatch: pytest.MonkeyPatch, configured_by: str
 ) -> None:
     """32 configured cameras at low addresses, one new camera above them: it is offered.
 
-    Their offers would only abort (configured right there), yet they were
-    counted against MAX_WAITING_OFFERS first, so the new camera never got
-    a place, at any scan. An offer the user ignored takes none either.
+    Their offers would only abort (configured right there, by address or by
+    a host name that resolves there), yet they were counted against
+    MAX_WAITING_OFFERS first, so the new camera never got a place, at any
+    scan. An offer the user ignored takes none either.
     """
     monkeypatch.setenv(discovery.DISABLE_ENV, "0")
+    monkeypatch.setattr("custom_components.localcam.helpers.system_resolve", _resolve_cams)
     for octet in range(10, 42):
-        MockConfigEntry(domain=DOMAIN, unique_id=f"cam{octet}", data=_url_data(octet)).add_to_hass(
-            hass
-        )
+        data = _url_data(octet)
+        if configured_by == "name":
+            data[CONF_STREAM_URL] = f"rtsp://cam{octet}.lan:554/stream"
+        MockConfigEntry(domain=DOMAIN, unique_id=f"cam{octet}", data=data).add_to_hass(hass)
     ignored = replace(
         DEVICE, endpoint="urn:uuid:1b6f0a3e-0000-4000-8000-000000000100", host="192.168.1.100"
     )

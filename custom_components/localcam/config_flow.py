@@ -1,8 +1,7 @@
 """Config flow for LocalCam: add a camera by URL, reconfigure, reauth, options."""
 
-import asyncio
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from ipaddress import ip_address
 import math
@@ -73,19 +72,14 @@ from .core.errors import (
 )
 from .core.identity import Identity, IdentityMismatchError, neighbour_mac, normalize_mac
 from .core.models import CameraSource, RtspTransport, StreamInfo
-from .core.netpolicy import (
-    NetPolicy,
-    normalized_identity,
-    parse_networks,
-    split_credentials,
-    system_resolve,
-)
+from .core.netpolicy import NetPolicy, normalized_identity, parse_networks, split_credentials
 from .core.onvif import read_device
 from .core.snapshot import SNAPSHOT_SCHEMES, STREAM_SCHEMES, CameraClient
 from .core.wsdiscovery import DiscoveredDevice, unicast_range
 from .data import LocalCamConfigEntry
 from .discovery import FLOW_SCAN_TIME, async_scan
 from .helpers import (
+    async_entries_addresses,
     async_link_mac,
     async_observe_identity,
     credentials_schema,
@@ -591,7 +585,7 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
             else:
                 entries = self._async_current_entries(include_ignore=False)
                 found = await async_scan(self.hass, hosts, FLOW_SCAN_TIME, policy)
-                at = await asyncio.gather(*(_async_addresses(entry_host(e)) for e in entries))
+                at = await async_entries_addresses(entries)
                 self._found = {
                     f"{device.host}:{device.port}": device
                     for device in found
@@ -690,7 +684,10 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
     ) -> ConfigFlowResult:
         """Recognise a configured camera by identity, or ask the user to add it."""
         seen = Identity(mac=mac, uuid=uuid)
-        for entry in self._async_current_entries(include_ignore=False):
+        entries = self._async_current_entries(include_ignore=False)
+        # A camera configured by name is at the addresses its name resolves to.
+        at = await async_entries_addresses(entries)
+        for entry, addresses in zip(entries, at, strict=True):
             stored = Identity.from_dict(entry.data.get(CONF_IDENTITY))
             current = entry_host(entry)
             if seen.known and stored.confirms(seen):
@@ -699,7 +696,7 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
                     return self.async_abort(reason="already_configured")
                 # Shown to be another device that announces the same MAC or
                 # UUID (cheap cameras share firmware-default UUIDs): offer it.
-            elif not stored.differs(seen) and host in await _async_addresses(current):
+            elif host in addresses and not stored.differs(seen):
                 # The configured camera, announcing a field its entry does not
                 # hold (a UUID the camera never reported over ONVIF).
                 return self.async_abort(reason="already_configured")
@@ -1029,30 +1026,6 @@ def _networks_error(text: str) -> str | None:
     except ValueError as err:
         return str(err)
     return None
-
-
-# How long an announcement waits for a configured camera's host name to resolve.
-NAME_LOOKUP_TIMEOUT: Final = 2.0
-
-
-async def _async_addresses(host: str) -> frozenset[str]:
-    """A configured camera's host, and the addresses a host name resolves to now.
-
-    A camera configured by name is at each of them (announcements name
-    addresses). Bounded in time; a name that does not resolve adds none.
-    """
-    if _is_ip(host):
-        return frozenset({host})
-    try:
-        async with asyncio.timeout(NAME_LOOKUP_TIMEOUT):
-            answers = await system_resolve(host, 0)
-    except OSError, TimeoutError:
-        answers = []
-    addresses = {host}
-    for answer in answers:
-        with suppress(ValueError):  # a scoped answer (fe80::1%eth0) names fe80::1
-            addresses.add(str(ip_address(answer.partition("%")[0])))
-    return frozenset(addresses)
 
 
 # The sources of offers the user has not answered yet (discovery_confirm).

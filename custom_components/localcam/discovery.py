@@ -30,7 +30,7 @@ from .const import CONF_IDENTITY, DOMAIN, LOGGER
 from .core.identity import Identity, normalize_mac
 from .core.netpolicy import NetPolicy
 from .core.wsdiscovery import WSD_PORT, DiscoveredDevice, scan
-from .helpers import entry_host
+from .helpers import async_entries_addresses
 
 SCAN_INTERVAL: Final = timedelta(minutes=15)
 # A person waits on the add flow's scan: 1 s found 50 of 50 mixed cameras in
@@ -103,10 +103,13 @@ def discovery_data(device: DiscoveredDevice) -> dict[str, Any]:
     }
 
 
-def _offer_would_abort(entries: list[ConfigEntry[Any]], device: DiscoveredDevice) -> bool:
+def _offer_would_abort(
+    entries: list[ConfigEntry[Any]], at: list[frozenset[str]], device: DiscoveredDevice
+) -> bool:
     """Whether an offer of ``device`` could only abort (config_flow._async_discovered).
 
-    Its camera is configured at the address it answers from, and nothing it
+    Its camera is configured at the address it answers from (``at``: each
+    entry's host, and the addresses a host name resolves to), and nothing it
     announces says it is another device; or the user ignored its offer (keyed
     as the flow keys it). A configured camera heard at another address is
     not left out: its flow follows it there.
@@ -114,11 +117,11 @@ def _offer_would_abort(entries: list[ConfigEntry[Any]], device: DiscoveredDevice
     seen = Identity(mac=normalize_mac(device.mac), uuid=device.device_uuid)
     host = f"[{device.host}]" if ":" in device.host else device.host
     offer_id = seen.key or f"onvif_{host}:{device.port}"
-    for entry in entries:
+    for entry, addresses in zip(entries, at, strict=True):
         if entry.source == SOURCE_IGNORE:
             if entry.unique_id == offer_id:
                 return True
-        elif entry_host(entry) == device.host and not Identity.from_dict(
+        elif device.host in addresses and not Identity.from_dict(
             entry.data.get(CONF_IDENTITY)
         ).differs(seen):
             return True
@@ -155,7 +158,8 @@ def async_start_background_discovery(hass: HomeAssistant) -> None:
         # offers the user ignored, would only abort, and at low addresses
         # they would take every place from a new camera at a higher one.
         entries = hass.config_entries.async_entries(DOMAIN)
-        news = [device for device in devices if not _offer_would_abort(entries, device)]
+        at = await async_entries_addresses(entries)
+        news = [device for device in devices if not _offer_would_abort(entries, at, device)]
         for device in news[: max(0, MAX_WAITING_OFFERS - waiting)]:
             discovery_flow.async_create_flow(
                 hass,

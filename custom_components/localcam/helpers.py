@@ -1,9 +1,12 @@
 """Glue helpers: build core objects from an entry; translate core errors."""
 
+import asyncio
 from collections.abc import Collection, Iterable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass
+from ipaddress import ip_address
 import math
-from typing import Any
+from typing import Any, Final
 
 from homeassistant.config_entries import SOURCE_IGNORE, ConfigEntry, ConfigEntryState
 from homeassistant.const import CONF_HOST, CONF_PASSWORD, CONF_PORT, CONF_USERNAME
@@ -37,7 +40,13 @@ from .const import (
 from .core.errors import InvalidNetworksError, LocalCamError
 from .core.identity import Identity, neighbour_mac, normalize_mac, touch
 from .core.models import CameraSource, RtspTransport
-from .core.netpolicy import NetPolicy, normalized_identity, parse_networks, stream_channel
+from .core.netpolicy import (
+    NetPolicy,
+    normalized_identity,
+    parse_networks,
+    stream_channel,
+    system_resolve,
+)
 from .core.onvif import OnvifDevice, read_device
 from .core.snapshot import STREAM_SCHEMES
 from .core.wsdiscovery import DiscoveredDevice
@@ -354,6 +363,49 @@ def data_host(data: Mapping[str, Any]) -> str:
     if data.get(CONF_ONVIF):
         return str(data[CONF_HOST])
     return yarl.URL(data[CONF_STREAM_URL]).host or ""
+
+
+# How long an announcement waits for configured cameras' host names to resolve.
+NAME_LOOKUP_TIMEOUT: Final = 2.0
+
+
+async def async_host_addresses(host: str) -> frozenset[str]:
+    """A configured camera's host, and the addresses a host name resolves to now.
+
+    A camera configured by name is at each of them (announcements and scans
+    name addresses). Bounded in time; a name that does not resolve adds none.
+    """
+    try:
+        ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return frozenset({host})
+    try:
+        async with asyncio.timeout(NAME_LOOKUP_TIMEOUT):
+            answers = await system_resolve(host, 0)
+    except OSError, TimeoutError:
+        answers = []
+    addresses = {host}
+    for answer in answers:
+        with suppress(ValueError):  # a scoped answer (fe80::1%eth0) names fe80::1
+            addresses.add(str(ip_address(answer.partition("%")[0])))
+    return frozenset(addresses)
+
+
+async def async_entries_addresses(entries: Iterable[ConfigEntry[Any]]) -> list[frozenset[str]]:
+    """Each entry's host and its addresses (async_host_addresses), looked up side by side.
+
+    All names together take NAME_LOOKUP_TIMEOUT at most, however many. An
+    ignored offer's entry configures no camera: none.
+    """
+
+    async def addresses(entry: ConfigEntry[Any]) -> frozenset[str]:
+        if entry.source == SOURCE_IGNORE:
+            return frozenset()
+        return await async_host_addresses(entry_host(entry))
+
+    return list(await asyncio.gather(*(addresses(entry) for entry in entries)))
 
 
 def device_is_configured(
