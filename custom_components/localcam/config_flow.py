@@ -685,9 +685,11 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
         """Recognise a configured camera by identity, or ask the user to add it."""
         seen = Identity(mac=mac, uuid=uuid)
         entries = self._async_current_entries(include_ignore=False)
-        # A camera configured by name is at the addresses its name resolves to.
-        at = await async_entries_addresses(entries)
-        for entry, addresses in zip(entries, at, strict=True):
+        # Where the cameras are, those configured by name at the addresses
+        # their names resolve to: looked up (all together) only once an
+        # entry may be the announcer.
+        at: list[frozenset[str]] | None = None
+        for index, entry in enumerate(entries):
             stored = Identity.from_dict(entry.data.get(CONF_IDENTITY))
             current = entry_host(entry)
             if seen.known and stored.confirms(seen):
@@ -696,10 +698,13 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
                     return self.async_abort(reason="already_configured")
                 # Shown to be another device that announces the same MAC or
                 # UUID (cheap cameras share firmware-default UUIDs): offer it.
-            elif host in addresses and not stored.differs(seen):
-                # The configured camera, announcing a field its entry does not
-                # hold (a UUID the camera never reported over ONVIF).
-                return self.async_abort(reason="already_configured")
+            elif not stored.differs(seen):
+                if at is None:
+                    at = await async_entries_addresses(entries)
+                if host in at[index]:
+                    # The configured camera, announcing a field its entry does
+                    # not hold (a UUID the camera never reported over ONVIF).
+                    return self.async_abort(reason="already_configured")
         if seen.key is not None:
             await self.async_set_unique_id(seen.key)
             self._abort_if_unique_id_configured()
