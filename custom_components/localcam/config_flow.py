@@ -3,7 +3,6 @@
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from ipaddress import ip_address
 import math
 from typing import Any, Final, override
 
@@ -88,6 +87,7 @@ from .helpers import (
     device_is_configured,
     entry_host,
     entry_unique_id,
+    is_ip,
     new_camera_id,
     policy_from_options,
 )
@@ -694,7 +694,7 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
             current = entry_host(entry)
             if seen.known and stored.confirms(seen):
                 # A camera configured by name is followed by DNS, not by LocalCam.
-                if not _is_ip(current) or current == host or await self._async_follow(entry, host):
+                if not is_ip(current) or current == host or await self._async_follow(entry, host):
                     return self.async_abort(reason="already_configured")
                 # Shown to be another device that announces the same MAC or
                 # UUID (cheap cameras share firmware-default UUIDs): offer it.
@@ -878,7 +878,7 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
         answering at the configured one's now: it did not move, so the new
         one is another device behind a repeater that gives both its MAC.
         """
-        if not identity.mac or not _is_ip(entry_host(there)) or not _is_ip(data_host(data)):
+        if not identity.mac or not is_ip(entry_host(there)) or not is_ip(data_host(data)):
             return False
         return await self._async_still_answers(there, identity.mac)
 
@@ -1107,15 +1107,6 @@ def _url_credentials(user_input: Mapping[str, Any]) -> tuple[str | None, str | N
 def _bracket(host: str) -> str:
     """An IPv6 literal in brackets, for URLs."""
     return f"[{host}]" if ":" in host else host
-
-
-def _is_ip(host: str) -> bool:
-    """Whether a host is an address literal (not a name)."""
-    try:
-        ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _with_host(data: Mapping[str, Any], host: str) -> dict[str, Any]:

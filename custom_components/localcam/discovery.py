@@ -158,7 +158,8 @@ def async_start_background_discovery(hass: HomeAssistant) -> None:
         # offers the user ignored, would only abort, and at low addresses
         # they would take every place from a new camera at a higher one.
         entries = hass.config_entries.async_entries(DOMAIN)
-        at = await async_entries_addresses(entries)
+        # Names are looked up only when someone answered the scan.
+        at = await async_entries_addresses(entries) if devices else []
         news = [device for device in devices if not _offer_would_abort(entries, at, device)]
         for device in news[: max(0, MAX_WAITING_OFFERS - waiting)]:
             discovery_flow.async_create_flow(

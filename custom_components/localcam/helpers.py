@@ -365,6 +365,15 @@ def data_host(data: Mapping[str, Any]) -> str:
     return yarl.URL(data[CONF_STREAM_URL]).host or ""
 
 
+def is_ip(host: str) -> bool:
+    """Whether a host is an address literal (not a name)."""
+    try:
+        ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 # How long an announcement waits for configured cameras' host names to resolve.
 NAME_LOOKUP_TIMEOUT: Final = 2.0
 
@@ -375,11 +384,7 @@ async def async_host_addresses(host: str) -> frozenset[str]:
     A camera configured by name is at each of them (announcements and scans
     name addresses). Bounded in time; a name that does not resolve adds none.
     """
-    try:
-        ip_address(host)
-    except ValueError:
-        pass
-    else:
+    if is_ip(host):
         return frozenset({host})
     try:
         async with asyncio.timeout(NAME_LOOKUP_TIMEOUT):
