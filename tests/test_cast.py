@@ -79,6 +79,7 @@ import yarl
 
 from custom_components.localcam import cast as cast_module, cast_views
 from custom_components.localcam.cast import (
+    CAST_PATH,
     DATA_CAST,
     EVENT_CAST_ENDED,
     EVENT_CAST_STARTED,
@@ -910,6 +911,33 @@ async def test_stop_cast_revokes_and_restores(
     assert hass.states.get(RECEIVER).state == "off"  # type: ignore[union-attr]
     # Stopping again is a no-op, not an error.
     await hass.services.async_call(DOMAIN, "stop_cast", {"media_player": RECEIVER}, blocking=True)
+
+
+async def test_stop_cast_while_a_cast_prepares_stops_it(
+    hass: HomeAssistant, porch: str, receiver: FakeCastDevice, http_port: int
+) -> None:
+    """stop_cast while a cast still checks its camera: that cast never starts.
+
+    The stop found no session (the cast had none yet) and returned as if it
+    worked; the cast then loaded and ran its full duration with a live URL.
+    """
+    manager = hass.data[DATA_CAST]
+    async with _held_stills(hass, porch) as held:
+        casting = asyncio.create_task(_cast(hass, porch, mode="snapshot", refresh=3600))
+        await asyncio.wait_for(held.fetching.wait(), WAIT)  # the cast's camera check
+        await hass.services.async_call(
+            DOMAIN, "stop_cast", {"media_player": RECEIVER}, blocking=True
+        )
+        held.release.set()
+        with pytest.raises(HomeAssistantError) as err:
+            await asyncio.wait_for(casting, WAIT)
+    assert err.value.translation_key == "cast_stopped"
+    assert receiver.loads == []
+    assert manager.session_for(RECEIVER) is None
+    assert len(manager.links) == 0
+    # A cast asked for after the stop is not the stop's.
+    await _cast(hass, porch, mode="snapshot", refresh=3600)
+    assert len(receiver.loads) == 1
 
 
 async def test_media_stop_in_home_assistant_ends_the_cast(
@@ -2981,6 +3009,16 @@ def _resolver(answers: dict[str, list[str]]) -> Any:
         ("http://public.example.org:{port}", False, None),
         ("https://nowhere.example.org:{port}", True, None),
         ("http://homeassistant.local:{port}", False, "public-local-ip"),
+        # Link-local IPv6 needs a zone, an interface of this machine: never
+        # sent to a display (a raw "%" is not even valid in a URL), HA's
+        # detected LAN address instead; also when a name's first answer is one.
+        ("http://[fe80::1%eth0]:{port}", False, "http://10.10.10.10:8123"),
+        ("http://zoned.lan:{port}", False, "http://10.10.10.10:8123"),
+        # http:// to HA's own port while HA serves only HTTPS: refused, not a
+        # URL the display's player fails on. Another port (a plain-HTTP proxy
+        # in front of HA) is cast as usual.
+        ("http://homeassistant.lan:8123", True, None),
+        ("http://homeassistant.lan:{port}", True, "http://127.0.0.1:{port}"),
     ],
 )
 async def test_base_url_prefers_a_checked_ip_literal(
@@ -2999,13 +3037,16 @@ async def test_base_url_prefers_a_checked_ip_literal(
                 "homeassistant.lan": ["127.0.0.1"],
                 "ha.example.org": ["127.0.0.1"],
                 "public.example.org": ["203.0.113.7"],
+                # As getaddrinfo sorts them (RFC 6724: smaller scope first).
+                "zoned.lan": ["fe80::5%eth0", "10.10.10.10"],
             }
         )
     )
     hass.config.internal_url = internal_url.format(port=http_port)
     assert hass.config.api is not None
+    assert hass.config.api.port == 8123
     hass.config.api.use_ssl = use_ssl
-    if "homeassistant.local" in internal_url:
+    if any(host in internal_url for host in ("homeassistant.local", "fe80::", "zoned.lan")):
         hass.config.api.local_ip = "10.10.10.10"  # what HA detected on the LAN
     if expected == "public-local-ip":
         hass.config.api.local_ip = "198.51.100.4"
@@ -3018,6 +3059,32 @@ async def test_base_url_prefers_a_checked_ip_literal(
     assert got == expected.format(port=http_port)
     record = hass.data[DATA_CAST].diagnostics()[RECEIVER]
     assert record["host_is_ip"] is (yarl.URL(got).host != "ha.example.org")
+
+
+@pytest.mark.parametrize("tail", ["/ha", "/?lang=en"])
+async def test_the_internal_urls_path_and_query_stay_out_of_the_cast_url(
+    hass: HomeAssistant,
+    porch: str,
+    receiver: FakeCastDevice,
+    http_port: int,
+    receiver_session: aiohttp.ClientSession,
+    tail: str,
+) -> None:
+    """The display's URL is the cast view, whatever path or query the internal URL carries.
+
+    Kept, a path put the cast view under /ha (HA's 404) and a query put it,
+    token and all, into HA's front page's query; either way the cast looked
+    replaced at once, as the display showed a URL that was not ours.
+    """
+    policy = NetPolicy(resolver=_resolver({"homeassistant.lan": ["127.0.0.1"]}))
+    hass.config.internal_url = f"http://homeassistant.lan:{http_port}{tail}"
+    assert await _cast_base(hass, porch, receiver, policy) == f"http://127.0.0.1:{http_port}"
+    url = yarl.URL(_last_url(receiver))
+    assert url.path.startswith(f"{CAST_PATH}/")
+    assert set(url.query) == {"v"}
+    status, _ = await _get(receiver_session, str(url))
+    assert status == HTTPStatus.OK
+    assert hass.data[DATA_CAST].session_for(RECEIVER) is not None
 
 
 async def test_service_permissions_and_unloaded_camera(

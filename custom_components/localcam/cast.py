@@ -26,10 +26,11 @@ Safety properties and the layer that guarantees each:
 import asyncio
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from enum import StrEnum
 import hmac
+from ipaddress import IPv4Address, IPv6Address
 import logging
 from math import ceil
 import re
@@ -522,6 +523,13 @@ def async_get_cast_manager(hass: HomeAssistant) -> LocalCamCastManager:
 _BASE_SCHEMES: Final = frozenset({"http", "https"})
 
 
+def _link_local(address: IPv4Address | IPv6Address) -> bool:
+    """Whether an address needs a zone (an interface of this machine) to be reached."""
+    return isinstance(address, IPv6Address) and (
+        address.is_link_local or address.scope_id is not None
+    )
+
+
 def _reason(err: LocalCamError) -> str:
     """Return a short, secret-free reason for a refused base URL."""
     return err.placeholders.get("reason") or str(err)
@@ -660,6 +668,10 @@ class LocalCamCastManager:
         # a cast started before the bump must not outlive it. One int per
         # camera ever unloaded.
         self._generations: dict[str, int] = {}
+        # Bumped by each stop_cast for a receiver: a cast asked for before the
+        # stop, still checking its camera or waiting for the receiver's lock,
+        # must not start after it. One int per receiver ever stopped.
+        self._stops: dict[str, int] = {}
 
     @override
     def __repr__(self) -> str:
@@ -705,6 +717,15 @@ class LocalCamCastManager:
         except NoURLAvailableError:
             raise self._no_url("Home Assistant has no local network URL") from None
         parsed = yarl.URL(internal)
+        api = self.hass.config.api
+        if parsed.scheme == "http" and api is not None and api.use_ssl and parsed.port == api.port:
+            # HA's get_url refuses an IP literal under ``http: ssl``, not a
+            # name: a display sent there would speak plain HTTP to a TLS port.
+            # (Another port may be a plain-HTTP proxy in front of HA.)
+            raise self._no_url(
+                "the local network URL is http://, but Home Assistant serves HTTPS "
+                f"on port {api.port}"
+            )
         policy = NetPolicy()
         try:
             target = await policy.check(parsed, schemes=_BASE_SCHEMES)
@@ -725,13 +746,25 @@ class LocalCamCastManager:
             parsed, target = await self._detected_lan(
                 policy, parsed, f"the local network URL {parsed.host} is this machine's loopback"
             )
+        if parsed.scheme == "http" and _link_local(target.address):
+            # fe80:: needs a zone (an interface of this machine, meaningless on
+            # the display), which a URL cannot carry to a Cast device's player.
+            parsed, target = await self._detected_lan(
+                policy, parsed, f"{target.address} is a link-local address a display cannot open"
+            )
+            if _link_local(target.address):
+                raise self._no_url(
+                    f"{target.address} is a link-local address a display cannot open"
+                )
         if parsed.scheme == "https":
             # A certificate names the host, so the receiver must use that name.
             url = str(parsed.with_path("").with_query(None).with_fragment(None))
             host_is_ip = target.host == str(target.address)
         else:
-            # Plain HTTP: the checked address itself, an IP literal.
-            url = target.pinned_url()
+            # Plain HTTP: the checked address itself, an IP literal. Without
+            # the internal URL's path or query (HA serves from its root): the
+            # cast view's path is appended to this base, and must stay a path.
+            url = replace(target, url=target.url.with_path("").with_query(None)).pinned_url()
             host_is_ip = True
         ir.async_delete_issue(self.hass, DOMAIN, ISSUE_NO_INTERNAL_URL)
         return BaseUrl(url=url.rstrip("/"), host_is_ip=host_is_ip, scheme=parsed.scheme)
@@ -824,6 +857,8 @@ class LocalCamCastManager:
         # Taken before the first wait: an unload from here on bumps it, and the
         # cast is then refused (see _async_start).
         generation = self._generation(camera.camera_id)
+        # Likewise a stop_cast from here on for one of the receivers.
+        stops = {receiver: self._stops.get(receiver, 0) for receiver in receivers}
         if self._camera_closed(camera, generation):
             raise self._closed_error(camera)
         # Refuse early, before a stream is started for nothing. With several
@@ -862,6 +897,7 @@ class LocalCamCastManager:
                     receiver,
                     base,
                     generation=generation,
+                    stops=stops[receiver],
                     mode=mode,
                     duration=duration,
                     keep_alive=keep_alive,
@@ -914,6 +950,7 @@ class LocalCamCastManager:
         base: BaseUrl,
         *,
         generation: int,
+        stops: int,
         mode: CastMode,
         duration: float | None,
         keep_alive: bool,
@@ -923,6 +960,15 @@ class LocalCamCastManager:
     ) -> None:
         """Start one cast to one receiver (replacing the cast already there)."""
         async with self._lock(receiver):
+            # A stop_cast for this receiver since this cast was asked for: it
+            # found no session to end (this one had none yet), and said it
+            # stopped the display's cast; starting now would undo it.
+            if self._stops.get(receiver, 0) != stops:
+                raise HomeAssistantError(
+                    translation_domain=DOMAIN,
+                    translation_key="cast_stopped",
+                    translation_placeholders={"entity_id": receiver},
+                )
             # The camera's entry may have unloaded while the stream started or
             # the lock was busy: its unload found no cast of ours to end and
             # revoked no token of ours, so no token may be issued now.
@@ -1651,6 +1697,9 @@ class LocalCamCastManager:
     async def async_stop(self, receivers: Iterable[str], context: Context | None = None) -> int:
         """Stop the casts on receivers (no cast there is not an error); return how many."""
         receivers = list(dict.fromkeys(receivers))
+        for receiver in receivers:
+            # Casts asked for earlier and not started yet give up (_async_start).
+            self._stops[receiver] = self._stops.get(receiver, 0) + 1
         # Every URL dies now; each end then waits for its receiver's lock (a
         # cast in its first LOAD is ended by its starter, which holds it).
         running = [s for receiver in receivers if (s := self._sessions.get(receiver)) is not None]
