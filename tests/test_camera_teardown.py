@@ -2,6 +2,8 @@
 
 import asyncio
 from collections.abc import Callable
+from http import HTTPStatus
+import time
 from typing import Any
 from unittest.mock import patch
 
@@ -309,3 +311,34 @@ async def test_a_preloaded_stream_comes_back_when_its_camera_does(
     assert await _until(hass, lambda: cam.stats.active_play_sessions == 1, 10)
     assert await hass.config_entries.async_unload(entry.entry_id)
     assert await _until(hass, lambda: cam.stats.active_play_sessions == 0, 5)
+
+
+async def test_unloading_a_camera_that_hangs_while_streaming_is_prompt(
+    hass: HomeAssistant, hass_client: Any, rtsp_only_camera: VirtualCamera
+) -> None:
+    """A camera that hangs while HA's stream runs unloads at once; a waiting still gets 503.
+
+    The unload stopped HA's stream first, whose worker sat in FFmpeg on the
+    camera's relay until FFmpeg's read timeout (about 9 s): the unload took
+    that long, and a still waiting meanwhile got 504, not the unload's 503.
+    """
+    cam = rtsp_only_camera
+    entry = await _stream_entry(hass, cam)
+    entity_id = main_entity_id(hass, entry)
+    client = await hass_client()
+    async with _running_stream(hass, entity_id, cam):
+        cam.fault = Fault.HANG  # nothing answered, RTP pauses
+        await asyncio.sleep(0.3)
+        still = asyncio.create_task(client.get(f"/api/localcam/snapshot/{entity_id}"))
+        await asyncio.sleep(1.0)
+        assert not still.done()
+        started = time.monotonic()
+        assert await hass.config_entries.async_unload(entry.entry_id)
+        unload_took = time.monotonic() - started
+        async with asyncio.timeout(10):
+            resp = await still
+        answered_after = time.monotonic() - started
+        cam.fault = None
+    assert resp.status == HTTPStatus.SERVICE_UNAVAILABLE
+    assert answered_after < 3.0
+    assert unload_took < 3.0

@@ -44,6 +44,9 @@ STREAM_RECHECKS = 3
 # How long a camera whose redirect the relay refused shows unavailable: one
 # health interval (a viewer opening the stream after that finds out again).
 REFUSED_UNAVAILABLE = float(HEALTH_INTERVAL_SECONDS)
+# How long a removed entity's stream worker gets to quit at its next packet
+# before its relay is closed under it (a camera that hangs sends none).
+STOP_GRACE = 1.0
 
 
 async def async_setup_entry(
@@ -240,7 +243,19 @@ class LocalCamCamera(LocalCamEntity, Camera):
             if (stream := self.stream) is not None:
                 self.stream = None
                 stream.set_update_callback(_ignore_stream_state)
-                await self._async_stop(stream)
+                stopping = self.hass.async_create_task(
+                    self._async_stop(stream), f"{DOMAIN} stop {self.entity_id}"
+                )
+                # The worker quits at its next packet. One of a camera that
+                # hangs never comes: FFmpeg would wait out its read timeout
+                # (about 9 s, which the unload, and every still waiting on
+                # it, waited for). Then the relay goes, as CameraClient.close
+                # does for its own grabs, and FFmpeg returns at once. Not
+                # sooner: HA logs a stream that ends as an error.
+                done, _ = await asyncio.wait([stopping], timeout=STOP_GRACE)
+                if not done:
+                    self._client.guard.retire(stream.source, keep="")
+                await stopping
         await super().async_will_remove_from_hass()
 
     async def _async_stop(self, stream: Stream) -> None:
