@@ -9,10 +9,10 @@ from unittest.mock import patch
 
 from freezegun.api import FrozenDateTimeFactory
 from homeassistant.components.camera import async_get_image
-from homeassistant.config_entries import SOURCE_REAUTH, ConfigEntryState
+from homeassistant.config_entries import SOURCE_REAUTH, SOURCE_RECONFIGURE, ConfigEntryState
 from homeassistant.const import STATE_UNAVAILABLE
 from homeassistant.core import HomeAssistant
-from homeassistant.exceptions import HomeAssistantError
+from homeassistant.exceptions import ConfigEntryError, HomeAssistantError
 from homeassistant.helpers import (
     device_registry as dr,
     entity_registry as er,
@@ -25,16 +25,25 @@ from pytest_homeassistant_custom_component.common import MockConfigEntry, async_
 from custom_components import localcam
 from custom_components.localcam.const import (
     CONF_ALLOWED_NETWORKS,
+    CONF_CAMERA_ID,
     CONF_IDENTITY,
+    CONF_MAIN_PROFILE,
+    CONF_RTSP_TRANSPORT,
     CONF_SNAPSHOT_MAX_AGE,
+    CONF_STREAM_URL,
     DEFAULT_SNAPSHOT_MAX_AGE,
     DOMAIN,
     HEALTH_INTERVAL_SECONDS,
 )
+from custom_components.localcam.core.models import RtspTransport
 from virtualcam import CameraConfig, Fault, VirtualCamera
+from virtualcam.camera import DEFAULT_PROFILES
 
 from .conftest import (
+    CAM_PASSWORD,
+    CAM_USER,
     add_onvif_entry,
+    camera_config,
     main_entity_id,
     make_entry,
     onvif_camera_config,
@@ -112,6 +121,75 @@ async def test_an_unusable_stored_max_age_falls_back_to_the_default(
         assert stream.cache.max_age == DEFAULT_SNAPSHOT_MAX_AGE
     image = await async_get_image(hass, main_entity_id(hass, entry))
     assert image.content[:2] == b"\xff\xd8"
+
+
+@pytest.mark.parametrize(
+    ("options", "transport"),
+    [
+        ({CONF_RTSP_TRANSPORT: "TCP"}, RtspTransport.TCP),
+        ({CONF_RTSP_TRANSPORT: None}, RtspTransport.TCP),
+        ({CONF_RTSP_TRANSPORT: "udp"}, RtspTransport.UDP),
+        ({CONF_ALLOWED_NETWORKS: None}, RtspTransport.TCP),
+    ],
+)
+async def test_stored_options_the_form_would_not_save_set_up_with_defaults(
+    hass: HomeAssistant,
+    camera: VirtualCamera,
+    caplog: pytest.LogCaptureFixture,
+    options: dict[str, Any],
+    transport: RtspTransport,
+) -> None:
+    """An unknown RTSP transport is the default one; null networks are none.
+
+    Both failed setup with a bare ValueError / AttributeError and a traceback.
+    """
+    entry = make_entry(camera, options=options)
+    await setup_entry(hass, entry)
+    assert entry.state is ConfigEntryState.LOADED
+    assert "Traceback" not in caplog.text
+    for stream in entry.runtime_data.streams.values():
+        assert stream.client.source.rtsp_transport is transport
+    image = await async_get_image(hass, main_entity_id(hass, entry))
+    assert image.content[:2] == b"\xff\xd8"
+
+
+async def test_stored_networks_that_are_not_text_fail_setup_translated(
+    hass: HomeAssistant, camera: VirtualCamera
+) -> None:
+    """Stored networks of another type are the invalid networks error, not a crash."""
+    entry = make_entry(camera, options={CONF_ALLOWED_NETWORKS: ["10.8.0.0/24"]})
+    await setup_entry(hass, entry)
+    assert entry.state is ConfigEntryState.SETUP_ERROR
+    assert entry.error_reason_translation_key == "invalid_networks"
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {"drop": CONF_CAMERA_ID},
+        {"drop": CONF_STREAM_URL},
+        {CONF_MAIN_PROFILE: "gone"},
+    ],
+)
+async def test_damaged_stored_data_fails_setup_with_a_clear_error(
+    hass: HomeAssistant,
+    camera: VirtualCamera,
+    caplog: pytest.LogCaptureFixture,
+    damage: dict[str, str],
+) -> None:
+    """Entry data setup cannot use (a hand edit): a translated error, not a KeyError."""
+    data = dict(make_entry(camera).data)
+    if "drop" in damage:
+        del data[damage["drop"]]
+    else:
+        data.update(damage)
+    entry = MockConfigEntry(domain=DOMAIN, title="cam", unique_id="cam", data=data)
+    await setup_entry(hass, entry)
+    assert entry.state is ConfigEntryState.SETUP_ERROR
+    assert entry.error_reason_translation_key == "stored_data_incomplete"
+    # HA logs a ConfigEntryError with its traceback; nothing else is raised.
+    raised = [r.exc_info[0] for r in caplog.records if r.exc_info and r.exc_info[0]]
+    assert raised == [ConfigEntryError]
 
 
 async def test_a_re_pinned_camera_s_device_gets_exactly_its_new_mac(
@@ -310,6 +388,46 @@ async def _onvif_entity(
         yield cam, entry, entity_id
     finally:
         await hass.config_entries.async_unload(entry.entry_id)
+        await cam.stop()
+
+
+async def test_a_profile_the_camera_no_longer_reports_leaves_no_entity(
+    hass: HomeAssistant, socket_enabled: None
+) -> None:
+    """After a reconfigure, a profile the camera dropped leaves no entity behind.
+
+    It stayed as "no longer provided" and kept its entity id; a renamed main
+    profile's new entity got ``…_2``.
+    """
+    cam = VirtualCamera(camera_config("cam5", 5, onvif=True, serial="SERIAL-5"))
+    await cam.start()
+    registry = er.async_get(hass)
+    try:
+        entry = await add_onvif_entry(hass, cam)
+        ids = {e.unique_id for e in er.async_entries_for_config_entry(registry, entry.entry_id)}
+        assert ids == {"serial_SERIAL-5_main", "serial_SERIAL-5_sub"}
+        main_id = main_entity_id(hass, entry)
+        cam.config.profiles = DEFAULT_PROFILES[:1]  # reset: it reports only its main
+        result = await hass.config_entries.flow.async_init(
+            DOMAIN, context={"source": SOURCE_RECONFIGURE, "entry_id": entry.entry_id}
+        )
+        result = await hass.config_entries.flow.async_configure(
+            result["flow_id"],
+            {
+                "host": "127.0.0.1",
+                "port": cam.http_port,
+                "username": CAM_USER,
+                "password": CAM_PASSWORD,
+                "verify_ssl": True,
+            },
+        )
+        assert result["reason"] == "reconfigure_successful"
+        await hass.async_block_till_done()
+        assert list(entry.runtime_data.streams) == ["main"]
+        left = er.async_entries_for_config_entry(registry, entry.entry_id)
+        assert [(e.unique_id, e.entity_id) for e in left] == [("serial_SERIAL-5_main", main_id)]
+        await hass.config_entries.async_unload(entry.entry_id)
+    finally:
         await cam.stop()
 
 

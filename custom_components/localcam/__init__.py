@@ -9,6 +9,7 @@ from homeassistant.exceptions import ConfigEntryError
 from homeassistant.helpers import (
     config_validation as cv,
     device_registry as dr,
+    entity_registry as er,
     issue_registry as ir,
 )
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
@@ -71,8 +72,19 @@ async def async_setup_entry(hass: HomeAssistant, entry: LocalCamConfigEntry) -> 
     session = async_get_clientsession(hass)
     max_age = snapshot_max_age(entry.options)
     streams: dict[str, StreamRuntime] = {}
+    try:
+        sources = sources_from_entry(entry.data, entry.options)
+        main = main_profile(entry.data)
+        if main not in sources:
+            raise KeyError(main)  # the main profile must be one of the streams
+    except (KeyError, TypeError, ValueError) as err:
+        # Data no flow stores (edited by hand): a clear error, not a traceback.
+        raise ConfigEntryError(
+            translation_domain=DOMAIN, translation_key="stored_data_incomplete"
+        ) from err
+    _async_remove_gone_profiles(hass, entry, {source.camera_id for source in sources.values()})
     probe = _onvif_identity_probe(hass, entry, policy) if entry.data.get(CONF_ONVIF) else None
-    for profile, source in sources_from_entry(entry.data, entry.options).items():
+    for profile, source in sources.items():
         client = CameraClient(session, policy, source)
         client.identity_probe = probe
         client.reuse_within = max_age / 2
@@ -82,7 +94,6 @@ async def async_setup_entry(hass: HomeAssistant, entry: LocalCamConfigEntry) -> 
             source.camera_id, source.fingerprint, client.fetch_snapshot, max_age=max_age
         )
         streams[profile] = StreamRuntime(client=client, cache=cache)
-    main = main_profile(entry.data)
     _async_h265_note(hass, entry)
     _async_sync_device_mac(hass, entry)
     coordinator = LocalCamCoordinator(hass, entry, streams[main].client)
@@ -91,6 +102,22 @@ async def async_setup_entry(hass: HomeAssistant, entry: LocalCamConfigEntry) -> 
     entry.runtime_data = LocalCamData(streams=streams, main=main, coordinator=coordinator)
     await hass.config_entries.async_forward_entry_setups(entry, PLATFORMS)
     return True
+
+
+@callback
+def _async_remove_gone_profiles(
+    hass: HomeAssistant, entry: LocalCamConfigEntry, unique_ids: set[str]
+) -> None:
+    """Remove this entry's camera entities of streams it no longer has.
+
+    A reconfigure that reads a camera reporting fewer (or renamed) ONVIF
+    profiles left their entities behind as "no longer provided", each
+    holding its entity id (a new main stream's entity got ``…_2``).
+    """
+    registry = er.async_get(hass)
+    for entity in er.async_entries_for_config_entry(registry, entry.entry_id):
+        if entity.domain == Platform.CAMERA and entity.unique_id not in unique_ids:
+            registry.async_remove(entity.entity_id)
 
 
 @callback

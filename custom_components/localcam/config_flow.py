@@ -70,7 +70,7 @@ from .core.errors import (
     NoVideoError,
 )
 from .core.identity import Identity, IdentityMismatchError, neighbour_mac, normalize_mac
-from .core.models import CameraSource, RtspTransport, StreamInfo
+from .core.models import CameraSource, StreamInfo
 from .core.netpolicy import NetPolicy, normalized_identity, parse_networks, split_credentials
 from .core.onvif import read_device
 from .core.snapshot import SNAPSHOT_SCHEMES, STREAM_SCHEMES, CameraClient
@@ -90,6 +90,7 @@ from .helpers import (
     is_ip,
     new_camera_id,
     policy_from_options,
+    rtsp_transport,
 )
 
 URL_FIELDS = (CONF_STREAM_URL, CONF_SNAPSHOT_URL)
@@ -1000,7 +1001,7 @@ def _test_source(
         username=username,
         password=password,
         verify_ssl=bool(user_input.get(CONF_VERIFY_SSL, True)),
-        rtsp_transport=RtspTransport(options.get(CONF_RTSP_TRANSPORT, DEFAULT_RTSP_TRANSPORT)),
+        rtsp_transport=rtsp_transport(options),
     )
 
 

@@ -59,11 +59,26 @@ def policy_from_options(options: Mapping[str, Any]) -> NetPolicy:
     refuse (saved by an older release, or edited by hand): every caller,
     setup and each flow, reports it translated instead of crashing.
     """
+    stored = options.get(CONF_ALLOWED_NETWORKS) or ""
+    if not isinstance(stored, str):
+        raise InvalidNetworksError(f"the stored networks are not text ({type(stored).__name__})")
     try:
-        networks = parse_networks(options.get(CONF_ALLOWED_NETWORKS, ""))
+        networks = parse_networks(stored)
     except ValueError as err:
         raise InvalidNetworksError(str(err)) from None
     return NetPolicy(extra_networks=networks)
+
+
+def rtsp_transport(options: Mapping[str, Any]) -> RtspTransport:
+    """The entry's RTSP transport; the default where the stored one is unknown.
+
+    As for max age: a value the options form would not save (edited by hand,
+    null) must not stop the camera setting up.
+    """
+    try:
+        return RtspTransport(options.get(CONF_RTSP_TRANSPORT, DEFAULT_RTSP_TRANSPORT))
+    except ValueError:
+        return RtspTransport(DEFAULT_RTSP_TRANSPORT)
 
 
 def snapshot_max_age(options: Mapping[str, Any]) -> float:
@@ -212,7 +227,7 @@ def sources_from_entry(
         "username": data.get(CONF_USERNAME) or None,
         "password": data.get(CONF_PASSWORD) or None,
         "verify_ssl": data.get(CONF_VERIFY_SSL, True),
-        "rtsp_transport": RtspTransport(options.get(CONF_RTSP_TRANSPORT, DEFAULT_RTSP_TRANSPORT)),
+        "rtsp_transport": rtsp_transport(options),
         "identity": Identity.from_dict(data.get(CONF_IDENTITY)),
     }
     if not data.get(CONF_ONVIF):
