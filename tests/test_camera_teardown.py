@@ -9,6 +9,7 @@ from unittest.mock import patch
 
 from homeassistant.components.camera.helper import get_camera_from_entity_id
 from homeassistant.config_entries import ConfigEntryState
+from homeassistant.const import EVENT_HOMEASSISTANT_STOP
 from homeassistant.core import HomeAssistant
 from homeassistant.helpers import entity_registry as er
 import pytest
@@ -342,3 +343,28 @@ async def test_unloading_a_camera_that_hangs_while_streaming_is_prompt(
     assert resp.status == HTTPStatus.SERVICE_UNAVAILABLE
     assert answered_after < 3.0
     assert unload_took < 3.0
+
+
+async def test_home_assistant_stops_promptly_beside_a_camera_that_hangs_while_streaming(
+    hass: HomeAssistant, rtsp_only_camera: VirtualCamera, caplog: pytest.LogCaptureFixture
+) -> None:
+    """HA's stop waits for its stream workers: one stuck on a camera that hangs is freed.
+
+    HA's stream integration stops every stream at EVENT_HOMEASSISTANT_STOP
+    and waited about 9 s for this one (FFmpeg's read timeout on the relay).
+    """
+    cam = rtsp_only_camera
+    entry = await _stream_entry(hass, cam)
+    entity_id = main_entity_id(hass, entry)
+    async with _running_stream(hass, entity_id, cam):
+        cam.fault = Fault.HANG  # nothing answered, RTP pauses
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        hass.bus.async_fire(EVENT_HOMEASSISTANT_STOP)
+        await hass.async_block_till_done()
+        took = time.monotonic() - started
+        cam.fault = None
+    assert took < 3.0
+    assert "Stopped stream workers" in caplog.text
+    assert await hass.config_entries.async_unload(entry.entry_id)
+    assert "Unable to remove" not in caplog.text

@@ -12,7 +12,8 @@ from homeassistant.components.camera.const import CameraEntityFeature
 from homeassistant.components.camera.prefs import get_dynamic_camera_stream_settings
 from homeassistant.components.stream import CONF_RTSP_TRANSPORT as STREAM_RTSP_TRANSPORT, Stream
 from homeassistant.components.stream.const import HLS_PROVIDER
-from homeassistant.core import CALLBACK_TYPE, CoreState, HomeAssistant, callback
+from homeassistant.const import EVENT_HOMEASSISTANT_STOP
+from homeassistant.core import CALLBACK_TYPE, CoreState, Event, HomeAssistant, callback
 from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 from homeassistant.helpers.event import async_call_later
@@ -199,6 +200,11 @@ class LocalCamCamera(LocalCamEntity, Camera):
                 self._refusal_over = None
 
         self.async_on_remove(_detach)
+        # async_listen, not _once: the stop fires once anyway, and a once
+        # listener's remover logs an error when called after it fired.
+        self.async_on_remove(
+            self.hass.bus.async_listen(EVENT_HOMEASSISTANT_STOP, self._async_hass_stopping)
+        )
         if self.hass.state is CoreState.running:
             # Home Assistant preloads streams once, when it has started: an
             # entity added after that (a reload, an options change, a camera
@@ -243,20 +249,33 @@ class LocalCamCamera(LocalCamEntity, Camera):
             if (stream := self.stream) is not None:
                 self.stream = None
                 stream.set_update_callback(_ignore_stream_state)
-                stopping = self.hass.async_create_task(
-                    self._async_stop(stream), f"{DOMAIN} stop {self.entity_id}"
-                )
-                # The worker quits at its next packet. One of a camera that
-                # hangs never comes: FFmpeg would wait out its read timeout
-                # (about 9 s, which the unload, and every still waiting on
-                # it, waited for). Then the relay goes, as CameraClient.close
-                # does for its own grabs, and FFmpeg returns at once. Not
-                # sooner: HA logs a stream that ends as an error.
-                done, _ = await asyncio.wait([stopping], timeout=STOP_GRACE)
-                if not done:
-                    self._client.guard.retire(stream.source, keep="")
-                await stopping
+                await self._async_stop_promptly(stream)
         await super().async_will_remove_from_hass()
+
+    async def _async_hass_stopping(self, _event: Event) -> None:
+        """Home Assistant stops: its stream of a camera that hangs must not hold it up.
+
+        HA's stream integration stops every stream then; this stop runs beside
+        it and returns with it, unless the worker is stuck (see below).
+        """
+        if (stream := self.stream) is not None:
+            await self._async_stop_promptly(stream)
+
+    async def _async_stop_promptly(self, stream: Stream) -> None:
+        """Stop HA's stream; close its relay under a worker that does not quit in time."""
+        stopping = self.hass.async_create_task(
+            self._async_stop(stream), f"{DOMAIN} stop {self.entity_id}"
+        )
+        # The worker quits at its next packet. One of a camera that hangs
+        # never comes: FFmpeg would wait out its read timeout (about 9 s,
+        # which an unload, every still waiting on it, and HA's own stop
+        # waited for). Then the relay goes, as CameraClient.close does for
+        # its own grabs, and FFmpeg returns at once. Not sooner: HA logs a
+        # stream that ends as an error.
+        done, _ = await asyncio.wait([stopping], timeout=STOP_GRACE)
+        if not done:
+            self._client.guard.retire(stream.source, keep="")
+        await stopping
 
     async def _async_stop(self, stream: Stream) -> None:
         """Stop HA's stream for this entity; stops never overlap."""
