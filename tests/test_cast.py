@@ -1480,6 +1480,26 @@ async def test_no_lan_url_is_refused_with_a_repair(
     assert ir.async_get(hass).async_get_issue(DOMAIN, ISSUE_NO_INTERNAL_URL) is None
 
 
+async def test_removing_the_last_camera_removes_the_cast_repair(
+    hass: HomeAssistant, porch: str, receiver: FakeCastDevice
+) -> None:
+    """The no-LAN-URL repair asks to fix something only casts need: not once no camera is left.
+
+    It stayed listed after the last camera was removed, until a restart.
+    """
+    hass.config.internal_url = "http://203.0.113.10:8123"
+    with pytest.raises(HomeAssistantError):
+        await _cast(hass, porch, mode="snapshot")
+    issues = ir.async_get(hass)
+    second = MockConfigEntry(domain=DOMAIN, title="second", unique_id="second", data={})
+    second.add_to_hass(hass)  # another camera (never set up): the repair stays while it does
+    first = next(e for e in hass.config_entries.async_entries(DOMAIN) if e is not second)
+    assert await hass.config_entries.async_remove(first.entry_id)
+    assert issues.async_get_issue(DOMAIN, ISSUE_NO_INTERNAL_URL) is not None
+    assert await hass.config_entries.async_remove(second.entry_id)
+    assert issues.async_get_issue(DOMAIN, ISSUE_NO_INTERNAL_URL) is None
+
+
 async def test_detected_lan_ip_without_internal_url(
     hass: HomeAssistant, porch: str, receiver: FakeCastDevice, http_port: int
 ) -> None:

@@ -15,7 +15,7 @@ from homeassistant.helpers import (
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
 from homeassistant.helpers.typing import ConfigType
 
-from .cast import async_stop_camera_casts
+from .cast import ISSUE_NO_INTERNAL_URL, async_stop_camera_casts
 from .cast_views import async_setup_cast
 from .const import (
     CONF_CAMERA_ID,
@@ -230,6 +230,10 @@ async def async_remove_entry(hass: HomeAssistant, entry: LocalCamConfigEntry) ->
     """A removed camera leaves no repair issue behind."""
     for prefix in ("uri_not_local_", "h265_only_", IDENTITY_ISSUE_PREFIX):
         ir.async_delete_issue(hass, DOMAIN, f"{prefix}{entry.entry_id}")
+    others = hass.config_entries.async_entries(DOMAIN, include_ignore=False)
+    if not any(other.entry_id != entry.entry_id for other in others):
+        # The last camera is gone: nothing is cast any more, no URL to set.
+        ir.async_delete_issue(hass, DOMAIN, ISSUE_NO_INTERNAL_URL)
 
 
 async def async_unload_entry(hass: HomeAssistant, entry: LocalCamConfigEntry) -> bool:
