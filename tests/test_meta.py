@@ -9,13 +9,18 @@ import json
 from pathlib import Path
 import re
 import runpy
+import string
+import subprocess
 from typing import Any
 
 from packaging.requirements import Requirement
 import pytest
 import yaml
 
+from custom_components.localcam import config_flow as cf
+from custom_components.localcam.const import RTSP_TRANSPORTS
 from custom_components.localcam.core import errors as core_errors, identity as core_identity
+from custom_components.localcam.helpers import credentials_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "custom_components" / "localcam"
@@ -257,6 +262,147 @@ def test_entities_have_icons() -> None:
     assert keys
     for platform, key in keys:
         assert key in icons["entity"][platform], (platform, key)
+
+
+def test_services_strings_and_icons_agree() -> None:
+    """Each action and field in services.yaml has strings, each action an icon, each option text."""
+    services = yaml.safe_load((PACKAGE / "services.yaml").read_text())
+    strings = _json(PACKAGE / "translations" / "en.json")
+    icons = _json(PACKAGE / "icons.json")
+    assert set(services) == set(strings["services"]) == set(icons["services"])
+    for service, spec in services.items():
+        fields = spec.get("fields", {})
+        assert set(fields) == set(strings["services"][service].get("fields", {})), service
+        assert icons["services"][service]["service"].startswith("mdi:")
+        for field in fields.values():
+            for selector in field.get("selector", {}).values():
+                if selector and (key := selector.get("translation_key")):
+                    assert set(selector["options"]) == set(strings["selector"][key]["options"])
+
+
+def test_config_flow_select_options_are_translated() -> None:
+    """The options flow's RTSP transport selector names each of its options."""
+    strings = _json(PACKAGE / "translations" / "en.json")
+    assert set(RTSP_TRANSPORTS) == set(strings["selector"]["rtsp_transport"]["options"])
+
+
+def test_every_form_field_has_a_label_and_a_description() -> None:
+    """quality_scale config-flow: data and data_description for every field of every form."""
+    strings = _json(PACKAGE / "translations" / "en.json")
+    forms = {
+        "url": cf._url_schema({}, adding=True),
+        "reconfigure": cf._url_schema({}),
+        "onvif": cf._onvif_schema(adding=True),
+        "reconfigure_onvif": cf._onvif_schema(),
+        "reauth_confirm": credentials_schema(None),
+    }
+    for step, schema in forms.items():
+        fields = {str(key) for key in schema.schema}
+        texts = strings["config"]["step"][step]
+        assert fields == set(texts["data"]) == set(texts["data_description"]), step
+    fix = strings["issues"]["identity_mismatch"]["fix_flow"]["step"]["credentials"]
+    assert {str(k) for k in credentials_schema(None).schema} == set(fix["data"])
+
+
+def test_every_repair_issue_has_strings_and_its_placeholders() -> None:
+    """Each issue raised passes every placeholder its strings name (issues carry no domain).
+
+    test_every_placeholder_an_exception_message_names_is_passed reads only
+    calls with a translation_domain; ir.async_create_issue takes none.
+    """
+    strings = _json(PACKAGE / "translations" / "en.json")
+    constants = {"ISSUE_NO_INTERNAL_URL": "no_internal_url"}
+    problems = []
+    checked: set[str] = set()
+    for path, source in _code().items():
+        for node in ast.walk(ast.parse(source)):
+            if not isinstance(node, ast.Call):
+                continue
+            func = ast.unparse(node.func)
+            keywords = {k.arg: k.value for k in node.keywords}
+            if func.endswith("create_issue"):
+                key_node, passed = (
+                    keywords.get("translation_key"),
+                    keywords.get("translation_placeholders"),
+                )
+            elif func == "_async_warning" and len(node.args) == 4:
+                key_node, passed = node.args[2], node.args[3]
+            else:
+                continue
+            if key_node is None:
+                continue
+            if isinstance(key_node, ast.Constant):
+                key = key_node.value
+            else:
+                key = constants.get(ast.unparse(key_node))
+            if not isinstance(key, str):
+                continue  # _async_warning's own create_issue call, keyed by its argument
+            dicts = [n for n in ast.walk(passed) if isinstance(n, ast.Dict)] if passed else []
+            names = {k.value for d in dicts for k in d.keys if isinstance(k, ast.Constant)}
+            wanted = set(re.findall(r"\{(\w+)\}", json.dumps(strings["issues"][key])))
+            checked.add(key)
+            if wanted - names:
+                problems.append(f"{path.name}:{node.lineno} {key} lacks {wanted - names}")
+    assert not problems, problems
+    assert checked == set(strings["issues"])
+
+
+# hassfest's URL rule for strings (it validates a custom integration's en.json too).
+_URL_IN_STRING = re.compile(
+    r"(((ftp|ftps|scp|http|https|mqtt|mqtts|socket|socks5):\/\/|www\.)"
+    r"[a-z0-9]+([\-\.]{1}[a-z0-9]+)*\.[a-z]{2,5}(:[0-9]{1,5})?(\/.*)?)",
+    re.IGNORECASE,
+)
+
+
+def test_strings_pass_hassfests_value_rules() -> None:
+    """No stray spaces, quoted placeholders, URLs, or placeholders that are not names."""
+
+    def texts(value: object, path: str = "") -> list[tuple[str, str]]:
+        if isinstance(value, dict):
+            return [item for k, v in value.items() for item in texts(v, f"{path}.{k}")]
+        return [(path[1:], str(value))]
+
+    bad = []
+    for key, text in texts(_json(PACKAGE / "translations" / "en.json")):
+        fields = [f for _, f, _, _ in string.Formatter().parse(text) if f]
+        if (
+            text != text.strip()
+            or re.search(r"'{\w+}'", text)
+            or _URL_IN_STRING.search(text)
+            or not all(f.isidentifier() for f in fields)
+        ):
+            bad.append(key)
+    assert not bad, bad
+
+
+def test_troubleshooting_covers_every_repair_issue() -> None:
+    """docs-troubleshooting: the README's table has a row for each repair issue.
+
+    "{name} reports an address outside your network" (uri_not_local) had none.
+    """
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Troubleshooting\n", 1)[1].split("\n## ", 1)[0]
+    missing = []
+    for key, issue in _json(PACKAGE / "translations" / "en.json")["issues"].items():
+        # The title's fixed words (the table shows placeholders as …).
+        words = max(re.split(r"\{\w+\}", issue["title"]), key=len).strip()
+        if words not in section:
+            missing.append(f"{key}: {issue['title']}")
+    assert not missing, missing
+
+
+def test_no_runtime_files_are_tracked() -> None:
+    """A helper's PID file (blackhole.pid) was once committed at the repository root."""
+    tracked = subprocess.run(
+        ["git", "ls-files", "*.pid", "*.log", "*.sock"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout.split()
+    assert tracked == []
 
 
 @pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: p.name)
