@@ -561,6 +561,30 @@ async def _rtsp_options(port: int) -> tuple[asyncio.StreamReader, asyncio.Stream
     return reader, writer, head
 
 
+async def test_a_camera_that_cannot_be_reached_is_answered_503(socket_enabled: None) -> None:
+    """The camera is off: FFmpeg gets a 503 answering its request, not a silent close.
+
+    The close made HA's log say "Invalid data found when processing input"
+    at the relay's loopback address, on every retry of the stream.
+    """
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()  # nothing listens there now
+    guard = RtspGuard()
+    try:
+        target = await NetPolicy().check(f"rtsp://127.0.0.1:{port}/stream")
+        relay = yarl.URL(guard.url(target, None, None)).port
+        assert relay is not None
+        reader, writer, head = await _rtsp_options(relay)
+        assert head == b"RTSP/1.0 503 Camera unreachable\r\nCSeq: 1\r\n\r\n"
+        async with asyncio.timeout(2):
+            assert await reader.read() == b""  # and the connection ends
+        writer.close()
+    finally:
+        await guard.close()
+
+
 async def test_close_ends_relayed_sessions_and_stops_listening(
     two_cams: tuple[VirtualCamera, VirtualCamera],
 ) -> None:

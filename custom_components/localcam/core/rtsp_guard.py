@@ -80,6 +80,9 @@ MAX_HEAD: Final = 64 * 1024
 # An RTSP body is an SDP or a parameter list; a few KiB in practice.
 MAX_BODY: Final = 1024 * 1024
 CONNECT_TIMEOUT: Final = 5.0
+# How long a client whose camera could not be reached gets to finish its first
+# request, for the 503 that answers it (FFmpeg sent it on connecting).
+UNREACHABLE_REPLY_WAIT: Final = 1.0
 # Addresses kept per camera (a camera that moves gets a new listener; the
 # oldest is closed beyond this, with its connections).
 MAX_LISTENERS: Final = 4
@@ -438,6 +441,24 @@ def _refusal_reply(cseq: bytes | None, *, redirect: bool) -> bytes:
     what = b"Redirect" if redirect else b"Reply"
     header = b"CSeq: " + cseq + b"\r\n" if cseq else b""
     return b"RTSP/1.0 502 " + what + b" refused by LocalCam\r\n" + header + b"\r\n"
+
+
+async def _answer_unreachable(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answer the client's first request with a 503: the camera did not answer.
+
+    A connection closed without a word made FFmpeg, and so HA's log, say
+    "Invalid data found when processing input" at a loopback address; a
+    5xx reads as the server's error. Bounded: one head (the reader's 64 KiB
+    limit), UNREACHABLE_REPLY_WAIT at most; anything odd gets no answer.
+    """
+    try:
+        async with asyncio.timeout(UNREACHABLE_REPLY_WAIT):
+            head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError, TimeoutError:
+        return
+    cseq = _cseq_of(head)
+    header = b"CSeq: " + cseq + b"\r\n" if cseq else b""
+    writer.write(b"RTSP/1.0 503 Camera unreachable\r\n" + header + b"\r\n")
 
 
 def _cseq_of(data: bytes) -> bytes | None:
@@ -871,6 +892,7 @@ class _Listener:
             return
         except (OSError, TimeoutError) as err:
             _LOGGER.debug("Relay to %s:%s: cannot connect (%s)", self.address, self.port, err)
+            await _answer_unreachable(reader, writer)
             return
         if self.guard.link_check is not None:
             # Connected, nothing relayed yet: FFmpeg's first request may carry
