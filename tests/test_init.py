@@ -37,7 +37,7 @@ from custom_components.localcam.const import (
 )
 from custom_components.localcam.core.models import RtspTransport
 from virtualcam import CameraConfig, Fault, VirtualCamera
-from virtualcam.camera import DEFAULT_PROFILES
+from virtualcam.camera import DEFAULT_PROFILES, OnvifProfileSpec
 
 from .conftest import (
     CAM_PASSWORD,
@@ -408,24 +408,70 @@ async def test_a_profile_the_camera_no_longer_reports_leaves_no_entity(
         assert ids == {"serial_SERIAL-5_main", "serial_SERIAL-5_sub"}
         main_id = main_entity_id(hass, entry)
         cam.config.profiles = DEFAULT_PROFILES[:1]  # reset: it reports only its main
-        result = await hass.config_entries.flow.async_init(
-            DOMAIN, context={"source": SOURCE_RECONFIGURE, "entry_id": entry.entry_id}
-        )
-        result = await hass.config_entries.flow.async_configure(
-            result["flow_id"],
-            {
-                "host": "127.0.0.1",
-                "port": cam.http_port,
-                "username": CAM_USER,
-                "password": CAM_PASSWORD,
-                "verify_ssl": True,
-            },
-        )
-        assert result["reason"] == "reconfigure_successful"
-        await hass.async_block_till_done()
+        await _reconfigure_onvif(hass, entry, cam)
         assert list(entry.runtime_data.streams) == ["main"]
         left = er.async_entries_for_config_entry(registry, entry.entry_id)
         assert [(e.unique_id, e.entity_id) for e in left] == [("serial_SERIAL-5_main", main_id)]
+        await hass.config_entries.async_unload(entry.entry_id)
+    finally:
+        await cam.stop()
+
+
+async def _reconfigure_onvif(
+    hass: HomeAssistant, entry: MockConfigEntry, cam: VirtualCamera
+) -> None:
+    """Run the ONVIF reconfigure flow with the camera's own address and credentials."""
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_RECONFIGURE, "entry_id": entry.entry_id}
+    )
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"],
+        {
+            "host": "127.0.0.1",
+            "port": cam.http_port,
+            "username": CAM_USER,
+            "password": CAM_PASSWORD,
+            "verify_ssl": True,
+        },
+    )
+    assert result["reason"] == "reconfigure_successful"
+    await hass.async_block_till_done()
+
+
+async def test_entities_follow_profile_tokens_a_camera_renamed(
+    hass: HomeAssistant, socket_enabled: None
+) -> None:
+    """A firmware update renames the ONVIF tokens: the user's entities follow them.
+
+    Removing the entities of gone tokens deleted the main camera's entity
+    with the id, name and icon the user gave it (automations and dashboards
+    name it); the new one got the default id.
+    """
+    cam = VirtualCamera(camera_config("cam7", 7, onvif=True, serial="SERIAL-7"))
+    await cam.start()
+    registry = er.async_get(hass)
+    try:
+        entry = await add_onvif_entry(hass, cam)
+        main_id = main_entity_id(hass, entry)
+        registry.async_update_entity(
+            main_id, name="Front door", icon="mdi:door", new_entity_id="camera.front_door"
+        )
+        sub_id = registry.async_get_entity_id("camera", DOMAIN, "serial_SERIAL-7_sub")
+        assert sub_id is not None
+        registry.async_update_entity(sub_id, disabled_by=None, new_entity_id="camera.door_sub")
+        cam.config.profiles = (
+            OnvifProfileSpec("Profile_000", "mainStream"),
+            OnvifProfileSpec("Profile_001", "subStream", divisor=2),
+        )
+        await _reconfigure_onvif(hass, entry, cam)
+        assert entry.runtime_data.main == "Profile_000"
+        left = {e.entity_id: e for e in er.async_entries_for_config_entry(registry, entry.entry_id)}
+        assert set(left) == {"camera.front_door", "camera.door_sub"}
+        main = left["camera.front_door"]
+        assert main.unique_id == "serial_SERIAL-7_Profile_000"
+        assert (main.name, main.icon) == ("Front door", "mdi:door")
+        assert left["camera.door_sub"].unique_id == "serial_SERIAL-7_Profile_001"
+        assert left["camera.door_sub"].disabled_by is None
         await hass.config_entries.async_unload(entry.entry_id)
     finally:
         await cam.stop()

@@ -82,7 +82,9 @@ async def async_setup_entry(hass: HomeAssistant, entry: LocalCamConfigEntry) -> 
         raise ConfigEntryError(
             translation_domain=DOMAIN, translation_key="stored_data_incomplete"
         ) from err
-    _async_remove_gone_profiles(hass, entry, {source.camera_id for source in sources.values()})
+    _async_sync_profile_entities(
+        hass, entry, [source.camera_id for source in sources.values()], sources[main].camera_id
+    )
     probe = _onvif_identity_probe(hass, entry, policy) if entry.data.get(CONF_ONVIF) else None
     for profile, source in sources.items():
         client = CameraClient(session, policy, source)
@@ -105,19 +107,39 @@ async def async_setup_entry(hass: HomeAssistant, entry: LocalCamConfigEntry) -> 
 
 
 @callback
-def _async_remove_gone_profiles(
-    hass: HomeAssistant, entry: LocalCamConfigEntry, unique_ids: set[str]
+def _async_sync_profile_entities(
+    hass: HomeAssistant, entry: LocalCamConfigEntry, unique_ids: list[str], main_id: str
 ) -> None:
-    """Remove this entry's camera entities of streams it no longer has.
+    """Fit this entry's camera entities to the streams it has now.
 
-    A reconfigure that reads a camera reporting fewer (or renamed) ONVIF
-    profiles left their entities behind as "no longer provided", each
+    A reconfigure may read other ONVIF profile tokens (after a firmware
+    update or a reset) or fewer profiles. The entity of a stream whose token
+    changed follows it, with the user's entity id and settings: the old main
+    stream's becomes the new main's, and a lone other profile's the lone new
+    one's. What is left is removed; it stayed as "no longer provided",
     holding its entity id (a new main stream's entity got ``…_2``).
     """
     registry = er.async_get(hass)
-    for entity in er.async_entries_for_config_entry(registry, entry.entry_id):
-        if entity.domain == Platform.CAMERA and entity.unique_id not in unique_ids:
-            registry.async_remove(entity.entity_id)
+    cameras = [
+        entity
+        for entity in er.async_entries_for_config_entry(registry, entry.entry_id)
+        if entity.domain == Platform.CAMERA
+    ]
+    registered = {entity.unique_id for entity in cameras}
+    gone = [entity for entity in cameras if entity.unique_id not in unique_ids]
+    new = [unique_id for unique_id in unique_ids if unique_id not in registered]
+    mains = [entity for entity in gone if entity.translation_key == "main"]
+    if main_id in new and len(mains) == 1:
+        registry.async_update_entity(mains[0].entity_id, new_unique_id=main_id)
+        gone.remove(mains[0])
+        new.remove(main_id)
+    others = [entity for entity in gone if entity.translation_key != "main"]
+    new_others = [unique_id for unique_id in new if unique_id != main_id]
+    if len(others) == 1 and len(new_others) == 1:
+        registry.async_update_entity(others[0].entity_id, new_unique_id=new_others[0])
+        gone.remove(others[0])
+    for entity in gone:
+        registry.async_remove(entity.entity_id)
 
 
 @callback
@@ -230,9 +252,10 @@ async def async_remove_entry(hass: HomeAssistant, entry: LocalCamConfigEntry) ->
     """A removed camera leaves no repair issue behind."""
     for prefix in ("uri_not_local_", "h265_only_", IDENTITY_ISSUE_PREFIX):
         ir.async_delete_issue(hass, DOMAIN, f"{prefix}{entry.entry_id}")
-    others = hass.config_entries.async_entries(DOMAIN, include_ignore=False)
+    others = hass.config_entries.async_entries(DOMAIN, include_ignore=False, include_disabled=False)
     if not any(other.entry_id != entry.entry_id for other in others):
-        # The last camera is gone: nothing is cast any more, no URL to set.
+        # The last camera that can cast is gone (a disabled one cannot): no
+        # URL to set.
         ir.async_delete_issue(hass, DOMAIN, ISSUE_NO_INTERNAL_URL)
 
 
