@@ -10,7 +10,7 @@ from unittest.mock import patch
 from homeassistant.components.camera.helper import get_camera_from_entity_id
 from homeassistant.config_entries import ConfigEntryState
 from homeassistant.const import EVENT_HOMEASSISTANT_STOP
-from homeassistant.core import HomeAssistant
+from homeassistant.core import CoreState, HomeAssistant
 from homeassistant.helpers import entity_registry as er
 import pytest
 from pytest_homeassistant_custom_component.common import MockConfigEntry
@@ -368,3 +368,29 @@ async def test_home_assistant_stops_promptly_beside_a_camera_that_hangs_while_st
     assert "Stopped stream workers" in caplog.text
     assert await hass.config_entries.async_unload(entry.entry_id)
     assert "Unable to remove" not in caplog.text
+
+
+async def test_no_re_pin_while_home_assistant_stops(
+    hass: HomeAssistant, rtsp_only_camera: VirtualCamera
+) -> None:
+    """A check that ends while HA stops does not restart the stream HA is stopping.
+
+    update_source then would read as the stop's own restart: the worker runs
+    on and HA's stop waits for it for ever.
+    """
+    cam = rtsp_only_camera
+    entry = await _stream_entry(hass, cam)
+    entity_id = main_entity_id(hass, entry)
+    async with _running_stream(hass, entity_id, cam):
+        entity = get_camera_from_entity_id(hass, entity_id)
+        stream = entity.stream
+        assert stream is not None
+        source = stream.source
+        hass.set_state(CoreState.stopping)
+        try:
+            with patch.object(stream, "update_source") as update_source:
+                assert entity._pin(stream, "rtsp://127.0.0.1:9/elsewhere") is False
+        finally:
+            hass.set_state(CoreState.running)
+        update_source.assert_not_called()
+        assert stream.source == source

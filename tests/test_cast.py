@@ -37,6 +37,7 @@ from homeassistant.components.camera.helper import get_camera_from_entity_id
 from homeassistant.components.cast.const import DOMAIN as CAST_DOMAIN
 from homeassistant.components.stream.const import HLS_PROVIDER
 from homeassistant.components.stream.core import Part, Segment
+from homeassistant.config_entries import ConfigEntryDisabler
 from homeassistant.const import EVENT_HOMEASSISTANT_STOP
 from homeassistant.core import Context, Event, HomeAssistant
 from homeassistant.exceptions import (
@@ -1493,7 +1494,15 @@ async def test_removing_the_last_camera_removes_the_cast_repair(
     issues = ir.async_get(hass)
     second = MockConfigEntry(domain=DOMAIN, title="second", unique_id="second", data={})
     second.add_to_hass(hass)  # another camera (never set up): the repair stays while it does
-    first = next(e for e in hass.config_entries.async_entries(DOMAIN) if e is not second)
+    third = MockConfigEntry(
+        domain=DOMAIN,
+        title="third",
+        unique_id="third",
+        data={},
+        disabled_by=ConfigEntryDisabler.USER,  # a disabled camera casts nothing
+    )
+    third.add_to_hass(hass)
+    first = next(e for e in hass.config_entries.async_entries(DOMAIN) if e not in (second, third))
     assert await hass.config_entries.async_remove(first.entry_id)
     assert issues.async_get_issue(DOMAIN, ISSUE_NO_INTERNAL_URL) is not None
     assert await hass.config_entries.async_remove(second.entry_id)

@@ -394,6 +394,8 @@ def test_troubleshooting_covers_every_repair_issue() -> None:
 
 def test_no_runtime_files_are_tracked() -> None:
     """A helper's PID file (blackhole.pid) was once committed at the repository root."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout (a HACS download): nothing is tracked")
     tracked = subprocess.run(
         ["git", "ls-files", "*.pid", "*.log", "*.sock"],
         cwd=ROOT,

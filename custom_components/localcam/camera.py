@@ -271,7 +271,9 @@ class LocalCamCamera(LocalCamEntity, Camera):
         # which an unload, every still waiting on it, and HA's own stop
         # waited for). Then the relay goes, as CameraClient.close does for
         # its own grabs, and FFmpeg returns at once. Not sooner: HA logs a
-        # stream that ends as an error.
+        # stream that ends as an error. (A worker still waiting for its first
+        # keyframe checks no quit flag until it comes: with a long keyframe
+        # interval it is cut at the grace too, and HA logs an error either way.)
         done, _ = await asyncio.wait([stopping], timeout=STOP_GRACE)
         if not done:
             self._client.guard.retire(stream.source, keep="")
@@ -396,6 +398,11 @@ class LocalCamCamera(LocalCamEntity, Camera):
         old = stream.source
         if old == pinned:
             return True
+        if self.hass.is_stopping:
+            # HA's stop is stopping this stream (_async_hass_stopping beside
+            # it): a restart now would read as that stop's own restart, and the
+            # stop would wait for ever on the worker (_async_stop_stream).
+            return False
         LOGGER.info("%s: the stream follows its camera to a new address", self.entity_id)
         # No public "is running" in HA 2026.10; a later HA without this
         # attribute is taken as running: the stream follows its camera.
