@@ -779,6 +779,62 @@ async def test_zeroconf_axis_with_known_mac_is_recognised(
     assert result["reason"] == "already_configured"
 
 
+def _axis_announcement(host: str, mac: str) -> ZeroconfServiceInfo:
+    """An _axis-video._tcp announcement from ``host`` with its MAC."""
+    return ZeroconfServiceInfo(
+        ip_address=ip_address(host),
+        ip_addresses=[ip_address(host)],
+        hostname="axis.local.",
+        name="AXIS._axis-video._tcp.local.",
+        port=80,
+        type="_axis-video._tcp.local.",
+        properties={"macaddress": mac},
+    )
+
+
+async def test_one_camera_announced_two_ways_is_offered_once(hass: HomeAssistant) -> None:
+    """An Axis camera over mDNS (keyed by MAC) and WS-Discovery (keyed by UUID): one offer.
+
+    Both were listed under Discovered, and ignoring one left the other.
+    Another device at another address, or one at the same address whose
+    identity differs, is still offered; an ONVIF offer does not give way to
+    a plain RTSP one (its form reads every profile).
+    """
+
+    async def ws_discovery(host: str, **identity: str) -> Any:
+        return await hass.config_entries.flow.async_init(
+            DOMAIN,
+            context={"source": SOURCE_INTEGRATION_DISCOVERY},
+            data={"host": host, "port": 80, "name": "AXIS", **identity},
+        )
+
+    first = await hass.config_entries.flow.async_init(
+        DOMAIN,
+        context={"source": SOURCE_ZEROCONF},
+        data=_axis_announcement("192.168.1.31", "ACCC8E000001"),
+    )
+    assert first["step_id"] == "discovery_confirm"
+    again = await ws_discovery("192.168.1.31", uuid="urn:uuid:5f5a69c2-e0ae-504f-829b-00408c000001")
+    assert (again["type"], again["reason"]) == (FlowResultType.ABORT, "already_in_progress")
+    # The same MAC announced over WS-Discovery too: the same offer.
+    again = await ws_discovery("192.168.1.31", mac="ac:cc:8e:00:00:01")
+    assert again["type"] is FlowResultType.ABORT
+    other_mac = await ws_discovery("192.168.1.31", mac="ac:cc:8e:00:00:02")
+    assert other_mac["step_id"] == "discovery_confirm"
+    elsewhere = await ws_discovery(
+        "192.168.1.32", uuid="urn:uuid:5f5a69c2-e0ae-504f-829b-00408c000002"
+    )
+    assert elsewhere["step_id"] == "discovery_confirm"
+    rtsp = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_ZEROCONF}, data=_rtsp_announcement("192.168.1.33")
+    )
+    assert rtsp["step_id"] == "discovery_confirm"
+    onvif = await ws_discovery("192.168.1.33", uuid="urn:uuid:5f5a69c2-e0ae-504f-829b-00408c000003")
+    assert onvif["step_id"] == "discovery_confirm"
+    offers = hass.config_entries.flow.async_progress_by_handler(DOMAIN)
+    assert len(offers) == 5
+
+
 async def test_zeroconf_new_axis_camera_is_offered(hass: HomeAssistant) -> None:
     """An unknown camera announced with its MAC is offered once, keyed by MAC."""
     info = ZeroconfServiceInfo(

@@ -4,7 +4,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
 import math
-from typing import Any, Final, override
+from typing import Any, Final, Self, override
 
 from homeassistant.config_entries import (
     SOURCE_DHCP,
@@ -719,11 +719,30 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
             self._abort_if_unique_id_configured()
         self._discovered = {CONF_HOST: host, CONF_PORT: port, "kind": kind}
         self._offered = seen
+        if self.hass.config_entries.flow.async_has_matching_flow(self):
+            # The same device announced another way (an Axis camera: over mDNS
+            # keyed by its MAC, over WS-Discovery by its UUID): one offer.
+            return self.async_abort(reason="already_in_progress")
         if kind == "rtsp":
             self._discovered[CONF_STREAM_URL] = f"rtsp://{_bracket(host)}:{port}/"
         self._placeholders = {"name": name or host, "host": host}
         self.context["title_placeholders"] = {"name": name or host}
         return await self.async_step_discovery_confirm()
+
+    @override
+    def is_matching(self, other_flow: Self) -> bool:
+        """Whether another offer is of this device: at its address, nothing tells them apart.
+
+        An ONVIF offer does not give way to a plain RTSP one: its form reads
+        every profile of the camera.
+        """
+        other = other_flow._discovered
+        return (
+            other_flow.source in _OFFER_SOURCES
+            and other.get(CONF_HOST) == self._discovered.get(CONF_HOST)
+            and not other_flow._offered.differs(self._offered)
+            and not (self._discovered.get("kind") == "onvif" and other.get("kind") == "rtsp")
+        )
 
     @callback
     def _async_end_offers(self, data: Mapping[str, Any]) -> None:
