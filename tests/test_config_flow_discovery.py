@@ -705,17 +705,29 @@ async def test_integration_discovery(hass: HomeAssistant, onvif_camera: VirtualC
     assert result["type"] is FlowResultType.CREATE_ENTRY
 
 
-def _rtsp_announcement(host: str) -> ZeroconfServiceInfo:
-    """An _rtsp._tcp announcement from ``host``, without a MAC."""
+def _announcement(
+    host: str, service: str, name: str, port: int, **properties: str
+) -> ZeroconfServiceInfo:
+    """An mDNS announcement of ``service`` from ``host``."""
     return ZeroconfServiceInfo(
         ip_address=ip_address(host),
         ip_addresses=[ip_address(host)],
-        hostname="cam.local.",
-        name="Garden._rtsp._tcp.local.",
-        port=8554,
-        type="_rtsp._tcp.local.",
-        properties={},
+        hostname=f"{name.lower()}.local.",
+        name=f"{name}.{service}.local.",
+        port=port,
+        type=f"{service}.local.",
+        properties=properties,
     )
+
+
+def _rtsp_announcement(host: str) -> ZeroconfServiceInfo:
+    """An _rtsp._tcp announcement from ``host``, without a MAC."""
+    return _announcement(host, "_rtsp._tcp", "Garden", 8554)
+
+
+def _axis_announcement(host: str, mac: str) -> ZeroconfServiceInfo:
+    """An _axis-video._tcp announcement from ``host`` with its MAC."""
+    return _announcement(host, "_axis-video._tcp", "AXIS", 80, macaddress=mac)
 
 
 async def test_zeroconf_rtsp_goes_to_the_url_form(hass: HomeAssistant) -> None:
@@ -763,33 +775,13 @@ async def test_zeroconf_axis_with_known_mac_is_recognised(
     entry = make_entry(camera)
     entry.add_to_hass(hass)
     hass.config_entries.async_update_entry(entry, data={**entry.data, CONF_IDENTITY: {"mac": MAC}})
-    info = ZeroconfServiceInfo(
-        ip_address=ip_address("127.0.0.1"),
-        ip_addresses=[ip_address("127.0.0.1")],
-        hostname="axis.local.",
-        name="AXIS M3045._axis-video._tcp.local.",
-        port=80,
-        type="_axis-video._tcp.local.",
-        properties={"macaddress": MAC.replace(":", "").upper()},
-    )
     result = await hass.config_entries.flow.async_init(
-        DOMAIN, context={"source": SOURCE_ZEROCONF}, data=info
+        DOMAIN,
+        context={"source": SOURCE_ZEROCONF},
+        data=_axis_announcement("127.0.0.1", MAC.replace(":", "").upper()),
     )
     assert result["type"] is FlowResultType.ABORT
     assert result["reason"] == "already_configured"
-
-
-def _axis_announcement(host: str, mac: str) -> ZeroconfServiceInfo:
-    """An _axis-video._tcp announcement from ``host`` with its MAC."""
-    return ZeroconfServiceInfo(
-        ip_address=ip_address(host),
-        ip_addresses=[ip_address(host)],
-        hostname="axis.local.",
-        name="AXIS._axis-video._tcp.local.",
-        port=80,
-        type="_axis-video._tcp.local.",
-        properties={"macaddress": mac},
-    )
 
 
 async def test_one_camera_announced_two_ways_is_offered_once(hass: HomeAssistant) -> None:
@@ -837,17 +829,10 @@ async def test_one_camera_announced_two_ways_is_offered_once(hass: HomeAssistant
 
 async def test_zeroconf_new_axis_camera_is_offered(hass: HomeAssistant) -> None:
     """An unknown camera announced with its MAC is offered once, keyed by MAC."""
-    info = ZeroconfServiceInfo(
-        ip_address=ip_address("192.168.1.31"),
-        ip_addresses=[ip_address("192.168.1.31")],
-        hostname="axis.local.",
-        name="AXIS._axis-video._tcp.local.",
-        port=80,
-        type="_axis-video._tcp.local.",
-        properties={"macaddress": "ACCC8E000001"},
-    )
     result = await hass.config_entries.flow.async_init(
-        DOMAIN, context={"source": SOURCE_ZEROCONF}, data=info
+        DOMAIN,
+        context={"source": SOURCE_ZEROCONF},
+        data=_axis_announcement("192.168.1.31", "ACCC8E000001"),
     )
     assert result["step_id"] == "discovery_confirm"
     result = await hass.config_entries.flow.async_configure(result["flow_id"], {})
