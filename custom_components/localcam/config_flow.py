@@ -586,7 +586,8 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
             else:
                 entries = self._async_current_entries(include_ignore=False)
                 found = await async_scan(self.hass, hosts, FLOW_SCAN_TIME, policy)
-                at = await async_entries_addresses(entries)
+                # Names are looked up only when someone answered (as in the background scan).
+                at = await async_entries_addresses(entries) if found else []
                 self._found = {
                     f"{device.host}:{device.port}": device
                     for device in found
