@@ -664,6 +664,13 @@ async def test_entity_refuses_a_frame_of_another_camera(
     with pytest.raises(HomeAssistantError) as err:
         await entity.async_camera_image()
     assert err.value.translation_key == "foreign_frame"
+    # The other camera's frame is now cached and young: the no-await path
+    # that serves a warm camera refuses it too.
+    hits = other.runtime_data.cache.stats.hits
+    with pytest.raises(HomeAssistantError) as err:
+        await entity.async_camera_image()
+    assert err.value.translation_key == "foreign_frame"
+    assert other.runtime_data.cache.stats.hits == hits + 1
 
 
 async def test_stream_401_starts_reauth(

@@ -58,10 +58,20 @@ async def test_snapshot_with_provenance(
     assert await resp.read() == b""
     # The same frame, older now: its age as sent, not as first served.
     assert 0.1 <= float(resp.headers["X-LocalCam-Age"]) <= 0.3
+    # RFC 9110 15.4.5: ETag and Cache-Control again; the representation's
+    # metadata (camera, capture time, source) stays with the 200.
+    assert resp.headers["ETag"] == etag
+    assert resp.headers["Cache-Control"] == "no-store"
+    for name in ("X-LocalCam-Camera", "X-LocalCam-Captured-At", "X-LocalCam-Source"):
+        assert name not in resp.headers
     await asyncio.sleep(0.35)  # past max age: a new frame, a new ETag
     resp = await client.get(f"/api/localcam/snapshot/{entity_id}", headers={"If-None-Match": etag})
     assert resp.status == HTTPStatus.OK
     assert resp.headers["ETag"] != etag
+    # Each frame its own provenance, not the last frame's headers again.
+    assert datetime.fromisoformat(resp.headers["X-LocalCam-Captured-At"]) > captured
+    assert resp.headers["X-LocalCam-Camera"] == unique_id
+    assert float(resp.headers["X-LocalCam-Age"]) < 0.3
 
 
 async def test_revalidation_follows_rfc_9110(

@@ -1,6 +1,7 @@
 """The camera entity: live stream and stills, only ever from its own camera."""
 
 import asyncio
+from collections.abc import Mapping
 import contextlib
 from dataclasses import replace
 from datetime import datetime
@@ -19,7 +20,15 @@ from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 from homeassistant.helpers.event import async_call_later
 import yarl
 
-from .const import CONF_PROFILES, DOMAIN, HEALTH_INTERVAL_SECONDS, LOGGER
+from .const import (
+    CONF_PROFILES,
+    DOMAIN,
+    HEADER_CAMERA,
+    HEADER_CAPTURED_AT,
+    HEADER_SOURCE,
+    HEALTH_INTERVAL_SECONDS,
+    LOGGER,
+)
 from .core.errors import InvalidAuthError, LocalCamError, RedirectedError
 from .core.identity import IdentityMismatchError
 from .core.models import Snapshot
@@ -153,6 +162,8 @@ class LocalCamCamera(LocalCamEntity, Camera):
         self._attr_unique_id = frame_key(self.camera_id, profile)
         # Frames of this stream carry this key; anything else is refused.
         self._frame_key = self._client.source.camera_id
+        # The last frame's provenance headers, by (sha256, captured_at).
+        self._provenance: tuple[tuple[str, float], Mapping[str, str]] | None = None
         if profile == entry.runtime_data.main:
             self._attr_name = None  # the device's name is the camera's name
             self._attr_translation_key = "main"  # icon only (icons.json)
@@ -566,7 +577,19 @@ class LocalCamCamera(LocalCamEntity, Camera):
         self, width: int | None = None, height: int | None = None
     ) -> bytes | None:
         """Return a fresh still of this camera, or raise a translated error."""
-        return (await self.async_snapshot(width, height)).jpeg
+        snapshot = self.cached_snapshot(width, height) or await self.async_snapshot(width, height)
+        return snapshot.jpeg
+
+    def cached_snapshot(
+        self, width: int | None = None, height: int | None = None
+    ) -> Snapshot | None:
+        """The fresh still the cache holds now, without awaiting, or None (then await one).
+
+        A warm camera's hot path: the same checks as ``async_snapshot``
+        (this camera, this source, within max age), no coroutine.
+        """
+        snapshot = self._snapshots.peek(width, height)
+        return None if snapshot is None else self._own(snapshot)
 
     async def async_snapshot(self, width: int | None = None, height: int | None = None) -> Snapshot:
         """Return a fresh still with its provenance (LocalCam's own view uses this)."""
@@ -577,8 +600,34 @@ class LocalCamCamera(LocalCamEntity, Camera):
             raise translated_error(err) from err
         except LocalCamError as err:
             raise translated_error(err) from err
-        # The entity's own check, independent of how the frame was obtained:
-        # a frame stamped with another camera's id is never served.
+        return self._own(snapshot)
+
+    def _own(self, snapshot: Snapshot) -> Snapshot:
+        """The frame if it is this camera's; a frame stamped with another camera's id is refused.
+
+        The entity's own check, when the frame is served, independent of how
+        the frame was obtained or cached.
+        """
         if snapshot.camera_id != self._frame_key:
             raise HomeAssistantError(translation_domain=DOMAIN, translation_key="foreign_frame")
         return snapshot
+
+    def provenance_headers(self, snapshot: Snapshot) -> Mapping[str, str]:
+        """The provenance headers of one of this camera's frames, built once per frame.
+
+        LocalCam's view sends them with every 200; a warm camera serves one
+        frame to many requests, so they are kept for the last frame served
+        (by its hash and capture instant, never by holding the JPEG).
+        """
+        key = (snapshot.sha256, snapshot.captured_at)
+        if self._provenance is not None and self._provenance[0] == key:
+            return self._provenance[1]
+        headers = {
+            HEADER_CAMERA: self.unique_id or "",
+            HEADER_CAPTURED_AT: snapshot.captured_wall.isoformat(),
+            HEADER_SOURCE: snapshot.source.value,
+            "ETag": f'"{snapshot.sha256}"',
+            "Cache-Control": "no-store",
+        }
+        self._provenance = (key, headers)
+        return headers

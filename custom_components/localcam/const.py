@@ -55,3 +55,9 @@ HEALTH_INTERVAL_SECONDS: Final = 60
 SNAPSHOT_TIMEOUT: Final = 9.0
 # Test before configure: opening the stream and decoding the first keyframe.
 PROBE_TIMEOUT: Final = 10.0
+
+# LocalCam's still view: the provenance headers beside each JPEG.
+HEADER_CAMERA: Final = "X-LocalCam-Camera"  # the entity's unique id
+HEADER_CAPTURED_AT: Final = "X-LocalCam-Captured-At"  # ISO 8601, wall clock
+HEADER_SOURCE: Final = "X-LocalCam-Source"  # snapshot_url, stream_keyframe, rtsp_grab
+HEADER_AGE: Final = "X-LocalCam-Age"  # seconds since capture, as sent

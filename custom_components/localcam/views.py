@@ -13,6 +13,7 @@ from homeassistant.exceptions import HomeAssistantError, Unauthorized
 from homeassistant.helpers.http import KEY_HASS, HomeAssistantView
 
 from .camera import LocalCamCamera
+from .const import HEADER_AGE
 from .core.snapshot_cache import CameraUnloadedError
 
 MAX_SIZE: Final = 8192
@@ -91,25 +92,33 @@ class LocalCamSnapshotView(HomeAssistantView):
         entity = component.get_entity(entity_id) if component else None
         if not isinstance(entity, LocalCamCamera):
             return web.Response(status=HTTPStatus.NOT_FOUND)
-        width, height = _size(request, "width"), _size(request, "height")
-        if (width is None) != (height is None):
-            raise web.HTTPBadRequest(text="give both width and height, or neither")
+        width = height = None
+        if request.query_string:  # most clients ask for the camera's own size
+            width, height = _size(request, "width"), _size(request, "height")
+            if (width is None) != (height is None):
+                raise web.HTTPBadRequest(text="give both width and height, or neither")
         try:
-            snapshot = await entity.async_snapshot(width, height)
+            # A warm camera's frame without a coroutine; otherwise wait for one.
+            snapshot = entity.cached_snapshot(width, height) or await entity.async_snapshot(
+                width, height
+            )
         except HomeAssistantError as err:
             return web.Response(status=_error_status(err), text=err.translation_key or "error")
-        etag = f'"{snapshot.sha256}"'
-        headers = {
-            "X-LocalCam-Camera": entity.unique_id or "",
-            "X-LocalCam-Captured-At": snapshot.captured_wall.isoformat(),
-            # Its age as it is sent, on the monotonic clock it was stamped
-            # with: never over max age (a client can check it; the wall clock
-            # of Captured-At may differ between hosts).
-            "X-LocalCam-Age": f"{max(time.monotonic() - snapshot.captured_at, 0.0):.3f}",
-            "X-LocalCam-Source": snapshot.source.value,
-            "ETag": etag,
-            "Cache-Control": "no-store",
-        }
+        provenance = entity.provenance_headers(snapshot)
+        etag = provenance["ETag"]
+        # Its age as it is sent, on the monotonic clock it was stamped with:
+        # never over max age (a client can check it; the wall clock of
+        # Captured-At may differ between hosts).
+        age = f"{max(time.monotonic() - snapshot.captured_at, 0.0):.3f}"
         if _none_match(request, etag):
-            return web.Response(status=HTTPStatus.NOT_MODIFIED, headers=headers)
-        return web.Response(body=snapshot.jpeg, content_type="image/jpeg", headers=headers)
+            # RFC 9110 15.4.5: a 304 repeats ETag and Cache-Control, and
+            # SHOULD NOT resend the representation's other metadata: the
+            # client holds this very frame, with its camera, capture time
+            # and source from the 200 that brought it.
+            return web.Response(
+                status=HTTPStatus.NOT_MODIFIED,
+                headers={"ETag": etag, "Cache-Control": "no-store", HEADER_AGE: age},
+            )
+        return web.Response(
+            body=snapshot.jpeg, content_type="image/jpeg", headers={**provenance, HEADER_AGE: age}
+        )

@@ -185,6 +185,30 @@ async def test_age_is_honest(clock: Clock) -> None:
         await cache.get()  # never the 1.1 s old frame
 
 
+async def test_peek_serves_only_what_get_would_serve_at_once(clock: Clock) -> None:
+    """The no-await path: a young frame of this source and size, else None (never a fetch)."""
+    upstream = Upstream(clock)
+    cache = _cache(clock, upstream, max_age=1.0)
+    assert cache.peek() is None  # nothing cached: no fetch started either
+    assert upstream.calls == 0
+    first = await cache.get()
+    clock.now += 0.9
+    assert cache.peek() is first
+    assert cache.peek(0, 0) is first  # a size that is not positive: the full frame
+    assert cache.peek(160, 90) is None  # that size was never made
+    assert cache.stats.hits == 2
+    clock.now += 0.2
+    assert cache.peek() is None  # past max age: not even the peek serves it
+    first = await cache.get()
+    cache.rebind("fp-new", Upstream(clock, fingerprint="fp-new"))
+    assert cache.peek() is None
+    frame = await cache.get()
+    await cache.close()
+    assert cache.peek() is None  # after unload: get's error, never the last frame
+    assert frame.fingerprint == "fp-new"
+    assert upstream.calls == 2
+
+
 async def test_frames_of_another_source_are_never_served(clock: Clock) -> None:
     """A frame stamped with another camera or fingerprint is refused at serve time."""
     upstream = Upstream(clock, camera_id="cam-b")

@@ -203,16 +203,13 @@ class SnapshotCache:
 
     async def get(self, width: int | None = None, height: int | None = None) -> Snapshot:
         """Return a still no older than max age, fetching once for all waiters."""
-        # HA's camera_proxy hands over any integer it parsed: a size that is
-        # not positive asks for nothing smaller than the camera's own frame.
-        size: Size = (width, height) if width and height and width > 0 and height > 0 else None
+        size = _size(width, height)
         if self._closed:
             # A request that found the entity just before unload: no fetch on
             # a closed client (it would reopen a warm RTSP session).
             raise CameraUnloadedError
-        frame = self._lookup(size)
-        if frame is not None and self._fresh(frame):
-            self.stats.hits += 1
+        frame = self._hit(size)
+        if frame is not None:
             return frame
         pending = self._join(size, count=True)
         # Read together: a rebind meanwhile forgets the camera's pace.
@@ -237,6 +234,22 @@ class SnapshotCache:
             # The source changed while we waited (a frame of a fetch that
             # outlived max age never gets here: _produce made it an error).
             raise CameraTimeoutError("the still expired before it could be served")
+        return frame
+
+    def peek(self, width: int | None = None, height: int | None = None) -> Snapshot | None:
+        """The still ``get`` would return without waiting, or None (then ask ``get``).
+
+        The hot path of a warm camera: no coroutine, no await. It applies the
+        same checks as ``get`` (this camera, this source, within max age).
+        """
+        return None if self._closed else self._hit(_size(width, height))
+
+    def _hit(self, size: Size) -> Snapshot | None:
+        """The cached frame for a size if it may be served now (counted as a hit)."""
+        frame = self._lookup(size)
+        if frame is None or not self._fresh(frame):
+            return None
+        self.stats.hits += 1
         return frame
 
     @property
@@ -475,6 +488,15 @@ class SnapshotCache:
         self._inflight.clear()
         self._full_frame = None
         self._frames.clear()
+
+
+def _size(width: int | None, height: int | None) -> Size:
+    """The cache key of a requested size (None: the camera's own frame).
+
+    HA's camera_proxy hands over any integer it parsed: a size that is not
+    positive asks for nothing smaller than the camera's own frame.
+    """
+    return (width, height) if width and height and width > 0 and height > 0 else None
 
 
 def _answer(future: asyncio.Future[Snapshot], outcome: Snapshot | Exception) -> None:
