@@ -12,9 +12,11 @@ from unittest.mock import AsyncMock, patch
 from homeassistant.config_entries import SOURCE_INTEGRATION_DISCOVERY
 from homeassistant.const import EVENT_HOMEASSISTANT_STARTED
 from homeassistant.core import CoreState, HomeAssistant
+from homeassistant.setup import async_setup_component
 from homeassistant.util import dt as dt_util
 import pytest
 from pytest_homeassistant_custom_component.common import MockConfigEntry, async_fire_time_changed
+from pytest_homeassistant_custom_component.typing import WebSocketGenerator
 
 from custom_components.localcam import discovery
 from custom_components.localcam.const import (
@@ -169,6 +171,74 @@ async def test_background_offers_are_capped(
     assert len(hass.config_entries.flow.async_progress_by_handler(DOMAIN)) == (
         discovery.MAX_WAITING_OFFERS
     )
+
+
+async def _ignore_the_offer(hass: HomeAssistant, ws: Any) -> MockConfigEntry:
+    """Ignore the one waiting offer the way the frontend does; return the ignored entry."""
+    [offer] = hass.config_entries.flow.async_progress_by_handler(DOMAIN)
+    await ws.send_json_auto_id(
+        {"type": "config_entries/ignore_flow", "flow_id": offer["flow_id"], "title": "Porch"}
+    )
+    assert (await ws.receive_json())["success"]
+    await hass.async_block_till_done()
+    assert not hass.config_entries.flow.async_progress_by_handler(DOMAIN)
+    [ignored] = [
+        entry for entry in hass.config_entries.async_entries(DOMAIN) if entry.source == "ignore"
+    ]
+    return ignored
+
+
+async def test_an_offer_comes_back_at_once_when_no_longer_ignored(
+    hass: HomeAssistant,
+    hass_ws_client: WebSocketGenerator,
+    monkeypatch: pytest.MonkeyPatch,
+    an_entry: MockConfigEntry,
+) -> None:
+    """Ignored by mistake, then no longer ignored: offered again now, without a new scan.
+
+    It used to come back only at the next 15-minute scan.
+    """
+    monkeypatch.setenv(discovery.DISABLE_ENV, "0")
+    assert await async_setup_component(hass, "config", {})
+    with (
+        patch.object(discovery, "async_multicast_interfaces", AsyncMock(return_value=[])),
+        patch.object(discovery, "scan", AsyncMock(return_value=[DEVICE])) as scan,
+    ):
+        discovery.async_start_background_discovery(hass)
+        await hass.async_block_till_done(wait_background_tasks=True)
+        ignored = await _ignore_the_offer(hass, await hass_ws_client(hass))
+        [key] = ignored.discovery_keys[DOMAIN]
+        assert key.key == discovery.offer_key(DEVICE) == ignored.unique_id
+        assert await hass.config_entries.async_remove(ignored.entry_id)
+        await hass.async_block_till_done(wait_background_tasks=True)
+    [offer] = hass.config_entries.flow.async_progress_by_handler(DOMAIN)
+    assert offer["step_id"] == "discovery_confirm"
+    assert offer["context"]["unique_id"] == discovery.offer_key(DEVICE)
+    assert scan.await_count == 1
+
+
+async def test_a_camera_the_last_scan_did_not_hear_is_not_offered_again(
+    hass: HomeAssistant,
+    hass_ws_client: WebSocketGenerator,
+    monkeypatch: pytest.MonkeyPatch,
+    an_entry: MockConfigEntry,
+) -> None:
+    """Offered again only from the latest scan: a camera gone since is not brought back."""
+    monkeypatch.setenv(discovery.DISABLE_ENV, "0")
+    assert await async_setup_component(hass, "config", {})
+    with (
+        patch.object(discovery, "async_multicast_interfaces", AsyncMock(return_value=[])),
+        patch.object(discovery, "scan", AsyncMock(side_effect=[[DEVICE], []])) as scan,
+    ):
+        discovery.async_start_background_discovery(hass)
+        await hass.async_block_till_done(wait_background_tasks=True)
+        ignored = await _ignore_the_offer(hass, await hass_ws_client(hass))
+        async_fire_time_changed(hass, dt_util.utcnow() + discovery.SCAN_INTERVAL)
+        await hass.async_block_till_done(wait_background_tasks=True)
+        assert scan.await_count == 2
+        assert await hass.config_entries.async_remove(ignored.entry_id)
+        await hass.async_block_till_done(wait_background_tasks=True)
+    assert not hass.config_entries.flow.async_progress_by_handler(DOMAIN)
 
 
 async def _resolve_cams(host: str, port: int) -> list[str]:

@@ -6,7 +6,9 @@ is enabled, on the adapters enabled in Home Assistant's `network` integration
 a capped number of replies and of devices per source address). Each camera
 found becomes an integration-discovery flow that the user confirms (at most
 MAX_WAITING_OFFERS wait at once); a camera already configured is recognised by
-its identity, or at its own address, in the config flow.
+its identity, or at its own address, in the config flow. When the entry an
+offer led to is removed (the user stops ignoring it, or removes the camera),
+the camera is offered again at once from what the last scan heard.
 
 Tests, benchmarks and the demo set LOCALCAM_DISABLE_NETWORK_SCANS=1 so that
 nothing is multicast on a real interface outside a test's own namespace.
@@ -18,9 +20,16 @@ import os
 from typing import Any, Final
 
 from homeassistant.components import network
-from homeassistant.config_entries import SOURCE_IGNORE, SOURCE_INTEGRATION_DISCOVERY, ConfigEntry
+from homeassistant.config_entries import (
+    SOURCE_IGNORE,
+    SOURCE_INTEGRATION_DISCOVERY,
+    ConfigEntry,
+    signal_discovered_config_entry_removed,
+)
 from homeassistant.core import HomeAssistant, callback
 from homeassistant.helpers import discovery_flow
+from homeassistant.helpers.discovery_flow import DiscoveryKey
+from homeassistant.helpers.dispatcher import async_dispatcher_connect
 from homeassistant.helpers.event import async_track_time_interval
 from homeassistant.helpers.start import async_at_started
 from homeassistant.util import dt as dt_util
@@ -103,6 +112,17 @@ def discovery_data(device: DiscoveredDevice) -> dict[str, Any]:
     }
 
 
+def offer_key(device: DiscoveredDevice) -> str:
+    """The key an offer of ``device`` is made, ignored and rediscovered under.
+
+    The flow's unique id (config_flow._async_discovered): the camera's
+    identity, or its address when it announces none.
+    """
+    seen = Identity(mac=normalize_mac(device.mac), uuid=device.device_uuid)
+    host = f"[{device.host}]" if ":" in device.host else device.host
+    return seen.key or f"onvif_{host}:{device.port}"
+
+
 def _offer_would_abort(
     entries: list[ConfigEntry[Any]], at: list[frozenset[str]], device: DiscoveredDevice
 ) -> bool:
@@ -115,8 +135,7 @@ def _offer_would_abort(
     not left out: its flow follows it there.
     """
     seen = Identity(mac=normalize_mac(device.mac), uuid=device.device_uuid)
-    host = f"[{device.host}]" if ":" in device.host else device.host
-    offer_id = seen.key or f"onvif_{host}:{device.port}"
+    offer_id = offer_key(device)
     for entry, addresses in zip(entries, at, strict=True):
         if entry.source == SOURCE_IGNORE:
             if entry.unique_id == offer_id:
@@ -136,6 +155,39 @@ def async_start_background_discovery(hass: HomeAssistant) -> None:
         LOGGER.debug("WS-Discovery scans are disabled (%s)", DISABLE_ENV)
         return
 
+    # The cameras the last scan heard, by offer key: what an offer is made
+    # from again when its entry goes (below). Bounded by the scanner's caps.
+    heard: dict[str, DiscoveredDevice] = {}
+
+    @callback
+    def _offer(device: DiscoveredDevice) -> None:
+        discovery_flow.async_create_flow(
+            hass,
+            DOMAIN,
+            context={"source": SOURCE_INTEGRATION_DISCOVERY},
+            data=discovery_data(device),
+            # Home Assistant keeps this key on the entry the offer leads to
+            # (added, ignored, or found already configured) and signals when
+            # that entry is removed.
+            discovery_key=DiscoveryKey(domain=DOMAIN, key=offer_key(device), version=1),
+        )
+
+    @callback
+    def _entry_removed(entry: ConfigEntry[Any]) -> None:
+        """Offer a camera again at once when the entry an offer led to is removed.
+
+        The user stopped ignoring it, or removed the camera: as Home
+        Assistant's zeroconf and dhcp do, the offer comes back from what the
+        last scan heard, without waiting up to 15 minutes for the next one
+        and without a packet sent. The flow checks it as any offer.
+        """
+        for key in entry.discovery_keys.get(DOMAIN, ()):
+            if key.version == 1 and isinstance(key.key, str) and key.key in heard:
+                LOGGER.debug("Offering again a camera whose entry was removed")
+                _offer(heard[key.key])
+
+    async_dispatcher_connect(hass, signal_discovered_config_entry_removed(DOMAIN), _entry_removed)
+
     async def _scan(*_: Any) -> None:
         if not hass.config_entries.async_entries(
             DOMAIN, include_ignore=False, include_disabled=False
@@ -148,6 +200,8 @@ def async_start_background_discovery(hass: HomeAssistant) -> None:
         status.scans += 1
         status.last_scan = dt_util.utcnow()
         status.last_found = len(devices)
+        heard.clear()
+        heard.update((offer_key(device), device) for device in devices)
         # Offers waiting for the user are capped: each scan can hear up to
         # 1024 devices (256 sources x 4), and made-up UUIDs are new every time.
         waiting = sum(
@@ -162,12 +216,7 @@ def async_start_background_discovery(hass: HomeAssistant) -> None:
         at = await async_entries_addresses(entries) if devices else []
         news = [device for device in devices if not _offer_would_abort(entries, at, device)]
         for device in news[: max(0, MAX_WAITING_OFFERS - waiting)]:
-            discovery_flow.async_create_flow(
-                hass,
-                DOMAIN,
-                context={"source": SOURCE_INTEGRATION_DISCOVERY},
-                data=discovery_data(device),
-            )
+            _offer(device)
 
     @callback
     def _started(_hass: HomeAssistant) -> None:
