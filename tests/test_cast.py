@@ -818,6 +818,39 @@ async def test_snapshot_cast_shows_a_fresh_still(
     assert body[:2] == b"\xff\xd8"
 
 
+async def test_a_camera_renamed_while_cast_goes_on_showing(
+    hass: HomeAssistant,
+    porch: str,
+    receiver: FakeCastDevice,
+    http_port: int,
+    receiver_session: aiohttp.ClientSession,
+) -> None:
+    """Its entity id renamed mid-cast: the URL on the display still opens that camera.
+
+    The URL names the old entity id; the token names the stream by unique
+    id, which the rename keeps. The URL used to answer 404 at once, and
+    keep-alive re-cast it until the cast ended as receiver_lost.
+    """
+    await _cast(hass, porch, mode="snapshot", refresh=3600)
+    url = _last_url(receiver)
+    assert (await _get(receiver_session, url))[0] == HTTPStatus.OK
+    er.async_get(hass).async_update_entity(porch, new_entity_id="camera.front_porch")
+    await hass.async_block_till_done()
+    assert hass.states.get("camera.front_porch") is not None
+    status, body = await _get(receiver_session, url)
+    assert status == HTTPStatus.OK
+    assert _camera_index(await hass.async_add_executor_job(_decode_jpeg, body)) == 0
+    # Under the new id too; the same token in another mode still opens nothing.
+    assert (await _get(receiver_session, url.replace(porch, "camera.front_porch")))[0] == 200
+    live = url.replace("/snapshot.jpg", "/live/playlist.m3u8").split("?")[0]
+    assert (await _get(receiver_session, live))[0] == HTTPStatus.NOT_FOUND
+    # Its end names the camera as automations now know it.
+    ended = async_capture_events(hass, EVENT_CAST_ENDED)
+    await hass.services.async_call(DOMAIN, "stop_cast", {"media_player": RECEIVER}, blocking=True)
+    assert [event.data["entity_id"] for event in ended] == ["camera.front_porch"]
+    assert (await _get(receiver_session, url))[0] == HTTPStatus.NOT_FOUND
+
+
 async def test_a_token_opens_only_the_profile_it_was_cast_for(
     hass: HomeAssistant,
     localcam: None,

@@ -428,6 +428,8 @@ class CastSession:
     """One running cast of one camera to one receiver."""
 
     camera: LocalCamCamera
+    # The entity id the cast started with: its URLs keep it when the entity
+    # is renamed meanwhile (cast_views follows it to the same entity).
     camera_entity_id: str
     camera_name: str
     receiver: str
@@ -1121,7 +1123,7 @@ class LocalCamCastManager:
         self.hass.bus.async_fire(
             EVENT_CAST_STARTED,
             {
-                "entity_id": session.camera_entity_id,
+                "entity_id": session.camera.entity_id,  # its id now (renamed mid-cast)
                 ATTR_MEDIA_PLAYER: session.receiver,
                 ATTR_MODE: session.mode.value,
                 ATTR_DURATION: session.duration or 0,
@@ -1632,7 +1634,7 @@ class LocalCamCastManager:
         self.hass.bus.async_fire(
             EVENT_CAST_ENDED,
             {
-                "entity_id": session.camera_entity_id,
+                "entity_id": session.camera.entity_id,  # its id now (renamed mid-cast)
                 ATTR_MEDIA_PLAYER: session.receiver,
                 ATTR_MODE: session.mode.value,
                 ATTR_REASON: reason.value,

@@ -30,6 +30,7 @@ import asyncio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+import hmac
 from http import HTTPStatus
 import math
 import re
@@ -37,7 +38,9 @@ from typing import Final, NamedTuple
 from weakref import WeakKeyDictionary
 
 from aiohttp import web
-from homeassistant.components.camera.const import DATA_COMPONENT as CAMERA_DATA_COMPONENT
+from homeassistant.components.camera.const import (
+    DATA_COMPONENT as CAMERA_DATA_COMPONENT,
+)
 from homeassistant.components.stream import Stream
 from homeassistant.components.stream.const import HLS_PROVIDER
 from homeassistant.components.stream.core import Part, Segment, StreamOutput
@@ -266,7 +269,7 @@ class LocalCamCastView(HomeAssistantView):
         entity_id, _, resource = rest.partition("/")
         if manager is None or not _ENTITY_RE.match(entity_id):
             return _not_found()
-        camera = _local_camera(hass, entity_id)
+        camera = _local_camera(hass, entity_id) or _renamed_camera(hass, manager, token, entity_id)
         if camera is None:
             return _not_found()
         mode = CastMode.SNAPSHOT if resource == _SNAPSHOT else CastMode.LIVE
@@ -291,6 +294,30 @@ def _grants(
         token, camera_id=camera.camera_id, mode=mode, stream=camera.unique_id or ""
     )
     return grant is not None
+
+
+def _renamed_camera(
+    hass: HomeAssistant, manager: LocalCamCastManager, token: str, entity_id: str
+) -> LocalCamCamera | None:
+    """The cast's camera under its new entity id, for the URL of a camera renamed mid-cast.
+
+    The URL names the entity id the cast was started with; a rename keeps
+    the entity (and the token's grant, which names its unique id), not the
+    id. Only that exact old id of that very cast is followed: any other
+    path that no entity has stays a 404, and the grant is checked next, as
+    for any request.
+    """
+    grant = manager.links.resolve(token)
+    session = manager.session_for(grant.receiver) if grant is not None else None
+    if (
+        session is None
+        or session.camera_entity_id != entity_id
+        or not hmac.compare_digest(session.token.encode(), token.encode())
+    ):
+        return None
+    camera = session.camera
+    # Still loaded (a rename re-adds the same entity; an unload ends the cast).
+    return camera if _local_camera(hass, camera.entity_id) is camera else None
 
 
 def _local_camera(hass: HomeAssistant, entity_id: str) -> LocalCamCamera | None:
