@@ -975,6 +975,26 @@ async def test_utf7_reply_with_too_many_tags_is_refused(socket_enabled: None) ->
     assert stall < 0.1, f"the event loop stalled {stall * 1000:.0f} ms"
 
 
+async def test_utf7_behind_a_padded_xml_declaration_is_refused(socket_enabled: None) -> None:
+    """The same reply with 300 spaces before its encoding: the whole declaration is read.
+
+    Only its first 200 characters were, and such a reply got past the tag cap.
+    """
+    reply = _get_profiles_reply(2 * MAX_SOAP_TAGS)
+    decl, _, rest = reply.partition(b"?>")
+    decl = decl.replace(b'encoding="UTF-8"', b" " * 300 + b'encoding="UTF-7"')
+    padded = decl + b"?>" + rest.replace(b"<", b"+ADw-")
+    assert len(padded) < MAX_SOAP_REPLY
+    assert padded.count(b"<") <= 2
+    result, stall = await _read_with_stall(padded)
+    assert isinstance(result, ProtocolError), result
+    assert stall < 0.1, f"the event loop stalled {stall * 1000:.0f} ms"
+    # A declaration that never ends within its bound is refused as well.
+    endless = b'<?xml version="1.0"' + b" " * 5000 + rest
+    result, _stall = await _read_with_stall(endless)
+    assert isinstance(result, ProtocolError), result
+
+
 async def test_odd_value_in_a_reply_logs_no_traceback(
     socket_enabled: None, caplog: pytest.LogCaptureFixture
 ) -> None:

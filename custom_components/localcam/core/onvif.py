@@ -488,18 +488,25 @@ async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
 _TAG_COUNTED_ENCODINGS: Final = frozenset(
     {"utf-8", "utf8", "us-ascii", "ascii", "iso-8859-1", "latin1", "iso-8859-15", "windows-1252"}
 )
-_XML_ENCODING_RE: Final = re.compile(
-    rb"""^<\?xml[^>]{0,200}?\bencoding\s*=\s*["']([^"']{1,40})["']"""
-)
+_XML_ENCODING_RE: Final = re.compile(rb"""\bencoding\s*=\s*["']([^"']*)["']""")
+# An XML declaration is short; whitespace may pad it as long as the sender likes.
+_MAX_XML_DECLARATION: Final = 4096
 
 
 def _check_encoding(body: bytes) -> None:
     """Refuse a reply whose declared encoding writes "<" otherwise (UTF-7: "+ADw-").
 
     libxml2 decodes such a document, so its tags would escape the count that
-    bounds what zeep parses in the event loop (_read_capped).
+    bounds what zeep parses in the event loop (_read_capped). The whole
+    declaration is read, however much whitespace pads it.
     """
-    declared = _XML_ENCODING_RE.match(body[:256].lstrip(_XML_LEAD))
+    head = body[: 2 * _MAX_XML_DECLARATION].lstrip(_XML_LEAD)[:_MAX_XML_DECLARATION]
+    if not head.startswith(b"<?xml"):
+        return
+    end = head.find(b"?>")
+    if end < 0:
+        raise ProtocolError("the camera's reply has an XML declaration LocalCam does not read")
+    declared = _XML_ENCODING_RE.search(head[:end])
     if declared is not None and declared[1].decode("ascii", "replace").lower() not in (
         _TAG_COUNTED_ENCODINGS
     ):
