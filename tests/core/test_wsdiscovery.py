@@ -182,6 +182,49 @@ def test_parse_prefers_the_xaddr_of_the_sender() -> None:
     assert len(device.xaddrs) == 2
 
 
+@pytest.mark.parametrize(
+    "xaddr",
+    [
+        "http://192.168.1.20%25x/onvif/device_service",  # IPv4 has no zone
+        "http://192.168.1.20%25.evil.example:80/onvif/device_service",
+        "http://[fd00::20%25eth0]:80/onvif/device_service",  # a zone off link-local
+        "http://[fe80::20%25a%2Fb]:80/onvif/device_service",  # a zone that is no name
+    ],
+)
+def test_an_xaddr_host_that_is_no_ip_literal_is_refused(xaddr: str) -> None:
+    """Only the part before "%" was checked: such a host passed as the address before it.
+
+    It matched no configured camera, and its offer failed later with invalid_host.
+    A zone on a link-local address, as NetPolicy takes it, still passes.
+    """
+    problems: list[str] = []
+    assert parse_probe_matches(reply(good(xaddr=xaddr)), SOURCE, problems=problems) == []
+    assert problems
+    linked = "http://[fe80::20%25eth0]:80/onvif/device_service"
+    (device,) = parse_probe_matches(reply(good(xaddr=linked)), SOURCE)
+    assert device.host == "fe80::20%eth0"
+
+
+def test_a_reply_from_another_host_cannot_stand_in_for_the_camera() -> None:
+    """Another LAN host answers the probe first, naming the camera's address and UUID.
+
+    Its reply was kept and the camera's own dropped: with a configured
+    camera's MAC in it, the new camera was hidden from the add flow and
+    from offers for as long as the other host answered first.
+    """
+    state = _Scan(POLICY, {"urn:uuid:probe"}, 256, 4, set())
+    camera = "http://192.168.1.20:80/onvif/device_service"
+    claimed = good(xaddr=camera).replace("AA-BB-CC-DD-EE-01", "02-00-00-00-00-99")
+    state.datagram_received(reply(claimed), ("192.168.1.66", 3702))
+    state.datagram_received(reply(good(xaddr=camera)), (SOURCE, 3702))
+    (device,) = devices_found(state.devices.values())
+    assert (device.host, device.mac) == (SOURCE, "aa:bb:cc:dd:ee:01")
+    # Not the other way round: a later claim from another host changes nothing.
+    state.datagram_received(reply(claimed), ("192.168.1.67", 3702))
+    (device,) = devices_found(state.devices.values())
+    assert device.mac == "aa:bb:cc:dd:ee:01"
+
+
 def _nested(depth: int) -> bytes:
     """A valid envelope with a deeply nested element."""
     return reply(good()).replace(b"<d:ProbeMatches>", b"<d:ProbeMatches>" + b"<x>" * depth)

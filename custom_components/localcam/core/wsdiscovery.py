@@ -102,6 +102,7 @@ _PROBE_TYPE_NAMESPACES: Final = {"dn": DN, "tds": TDS}
 _SCOPE_PREFIX: Final = "onvif://www.onvif.org/"
 _ENDPOINT_RE: Final = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:[\x21-\x7e]{1,250}$")
 _MAC_RE: Final = re.compile(r"^[0-9a-f]{12}$")
+_ZONE_RE: Final = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 # Control characters (C0, DEL and C1); any other character may appear in a scope.
 _CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -329,9 +330,17 @@ def _xaddr(text: str, policy: NetPolicy, source: str) -> tuple[str, str, int]:
     if port is None or not 1 <= port <= 65535:
         raise ValueError("xaddr port out of range")
     try:
-        address = ip_address((host or "").partition("%")[0])
+        # The whole host: "192.168.1.20%x" is no IP literal (IPv4 has no zone).
+        address = ip_address(host or "")
     except ValueError:
         raise ValueError("xaddr host is not an IP address") from None
+    # As NetPolicy.check accepts a zone: a plain name, on a link-local address only.
+    if (
+        isinstance(address, IPv6Address)
+        and address.scope_id is not None
+        and (not address.is_link_local or not _ZONE_RE.match(address.scope_id))
+    ):
+        raise ValueError("xaddr with an invalid zone id")
     if (reason := policy.classify(address)) is not None:
         raise ValueError(f"xaddr {reason}")
     if is_loopback_literal(str(address)) and not is_loopback_literal(source):
@@ -619,6 +628,9 @@ class _Scan(asyncio.DatagramProtocol):
         # By endpoint and address: two cameras that share a firmware-default
         # UUID (cheap cameras do) are two devices; see devices_found.
         self.devices: dict[tuple[str, str], DiscoveredDevice] = {}
+        # Who told us about each device: a reply from the device's own address
+        # wins over one another host sent first naming that address.
+        self.told_by: dict[tuple[str, str], str] = {}
         # Keyed by address alone: limits per socket would let one host that sends from
         # many source ports register fake devices without bound and use up the budget.
         self.sources: dict[str, _Source] = {}
@@ -658,13 +670,20 @@ class _Scan(asyncio.DatagramProtocol):
                 source.problems.extend(problems[: 4 - len(source.problems)])
         for device in found:
             key = (device.endpoint, device.host)
-            if key in self.devices or device.endpoint in source.endpoints:
+            if key in self.devices:
+                if _unzoned(device.host) == host and self.told_by[key] != host:
+                    # The device itself answers: what another host claimed for it goes.
+                    self.devices[key] = device
+                    self.told_by[key] = host
+                continue
+            if device.endpoint in source.endpoints:
                 continue
             if len(source.endpoints) >= self.max_per_host:
                 source.dropped += 1
                 continue
             source.endpoints.add(device.endpoint)
             self.devices[key] = device
+            self.told_by[key] = host
         if found:
             self.answered.add((host, int(addr[1])))
             self.last_reply = time.monotonic()
