@@ -9,9 +9,10 @@ from dataclasses import replace
 from typing import Any
 from unittest.mock import AsyncMock, patch
 
-from homeassistant.config_entries import SOURCE_INTEGRATION_DISCOVERY
+from homeassistant.config_entries import SOURCE_IGNORE, SOURCE_INTEGRATION_DISCOVERY
 from homeassistant.const import EVENT_HOMEASSISTANT_STARTED
 from homeassistant.core import CoreState, HomeAssistant
+from homeassistant.helpers.discovery_flow import DiscoveryKey
 from homeassistant.setup import async_setup_component
 from homeassistant.util import dt as dt_util
 import pytest
@@ -236,6 +237,132 @@ async def test_a_camera_the_last_scan_did_not_hear_is_not_offered_again(
         async_fire_time_changed(hass, dt_util.utcnow() + discovery.SCAN_INTERVAL)
         await hass.async_block_till_done(wait_background_tasks=True)
         assert scan.await_count == 2
+        assert await hass.config_entries.async_remove(ignored.entry_id)
+        await hass.async_block_till_done(wait_background_tasks=True)
+    assert not hass.config_entries.flow.async_progress_by_handler(DOMAIN)
+
+
+def _key(key: str) -> dict[str, tuple[DiscoveryKey, ...]]:
+    """The discovery keys an entry an offer led to holds."""
+    return {DOMAIN: (DiscoveryKey(domain=DOMAIN, key=key, version=1),)}
+
+
+def _ignored(hass: HomeAssistant, device: DiscoveredDevice) -> MockConfigEntry:
+    """An offer of ``device`` the user ignored."""
+    key = discovery.offer_key(device)
+    entry = MockConfigEntry(
+        domain=DOMAIN, source=SOURCE_IGNORE, unique_id=key, data={}, discovery_keys=_key(key)
+    )
+    entry.add_to_hass(hass)
+    return entry
+
+
+def _numbered(n: int) -> DiscoveredDevice:
+    """Camera n at 10.0.2.n, with its own UUID and no MAC."""
+    return replace(
+        DEVICE, endpoint=f"urn:uuid:1b6f0a3e-0000-4000-8000-{n:012d}", host=f"10.0.2.{n}"
+    )
+
+
+async def test_waiting_offers_leave_their_places_to_a_new_camera(
+    hass: HomeAssistant, monkeypatch: pytest.MonkeyPatch, an_entry: MockConfigEntry
+) -> None:
+    """20 offers wait (12 places free): a 21st camera is offered at the next scan.
+
+    The cameras already offered, heard again, took the free places first (their
+    offers could only abort), so a new camera waited until fewer than 16 did.
+    """
+    monkeypatch.setenv(discovery.DISABLE_ENV, "0")
+    first = [_numbered(n) for n in range(1, 21)]
+    with (
+        patch.object(discovery, "async_multicast_interfaces", AsyncMock(return_value=[])),
+        patch.object(discovery, "scan", AsyncMock(side_effect=[first, [*first, _numbered(21)]])),
+    ):
+        discovery.async_start_background_discovery(hass)
+        await hass.async_block_till_done(wait_background_tasks=True)
+        assert len(hass.config_entries.flow.async_progress_by_handler(DOMAIN)) == 20
+        async_fire_time_changed(hass, dt_util.utcnow() + discovery.SCAN_INTERVAL)
+        await hass.async_block_till_done(wait_background_tasks=True)
+    keys = {
+        f["context"]["unique_id"]
+        for f in hass.config_entries.flow.async_progress_by_handler(DOMAIN)
+    }
+    assert keys == {discovery.offer_key(_numbered(n)) for n in range(1, 22)}
+
+
+async def test_a_removed_camera_sharing_a_firmware_uuid_is_offered_again(
+    hass: HomeAssistant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two configured cameras share a firmware-default UUID: removing one offers that one.
+
+    Only the last of the two heard was kept, so removing the first offered the
+    second, still configured, and the removed camera never came back.
+    """
+    monkeypatch.setenv(discovery.DISABLE_ENV, "0")
+    cam_a = replace(DEVICE, host="192.168.1.10", name="A")
+    cam_b = replace(DEVICE, host="192.168.1.20", name="B")
+    assert discovery.offer_key(cam_a) == discovery.offer_key(cam_b)
+    entries = [
+        MockConfigEntry(
+            domain=DOMAIN,
+            unique_id=mac,
+            data={**_url_data(octet), CONF_IDENTITY: {"mac": mac}},
+            discovery_keys=_key(discovery.offer_key(cam_a)) if octet == 10 else {},
+        )
+        for octet, mac in ((10, "02:00:00:00:00:0a"), (20, "02:00:00:00:00:0b"))
+    ]
+    for entry in entries:
+        entry.add_to_hass(hass)
+    with (
+        patch.object(discovery, "async_multicast_interfaces", AsyncMock(return_value=[])),
+        patch.object(discovery, "scan", AsyncMock(return_value=[cam_a, cam_b])),
+    ):
+        discovery.async_start_background_discovery(hass)
+        await hass.async_block_till_done(wait_background_tasks=True)
+        assert not hass.config_entries.flow.async_progress_by_handler(DOMAIN)
+        assert await hass.config_entries.async_remove(entries[0].entry_id)
+        await hass.async_block_till_done(wait_background_tasks=True)
+    [offer] = hass.config_entries.flow.async_progress_by_handler(DOMAIN)
+    assert offer["context"]["title_placeholders"] == {"name": "A"}
+
+
+async def test_an_offer_made_again_keeps_to_the_cap(
+    hass: HomeAssistant, monkeypatch: pytest.MonkeyPatch, an_entry: MockConfigEntry
+) -> None:
+    """MAX_WAITING_OFFERS offers wait: an ignored camera no longer ignored waits its turn."""
+    monkeypatch.setenv(discovery.DISABLE_ENV, "0")
+    many = [_numbered(n) for n in range(1, 41)]
+    ignored = _ignored(hass, many[-1])
+    with (
+        patch.object(discovery, "async_multicast_interfaces", AsyncMock(return_value=[])),
+        patch.object(discovery, "scan", AsyncMock(return_value=many)),
+    ):
+        discovery.async_start_background_discovery(hass)
+        await hass.async_block_till_done(wait_background_tasks=True)
+        offers = hass.config_entries.flow.async_progress_by_handler(DOMAIN)
+        assert len(offers) == discovery.MAX_WAITING_OFFERS
+        assert await hass.config_entries.async_remove(ignored.entry_id)
+        await hass.async_block_till_done(wait_background_tasks=True)
+    offers = hass.config_entries.flow.async_progress_by_handler(DOMAIN)
+    assert len(offers) == discovery.MAX_WAITING_OFFERS
+
+
+async def test_nothing_is_offered_again_from_a_scan_gone_stale(
+    hass: HomeAssistant, monkeypatch: pytest.MonkeyPatch, an_entry: MockConfigEntry
+) -> None:
+    """Scans stopped with the last camera: an offer no longer ignored waits for a new scan."""
+    monkeypatch.setenv(discovery.DISABLE_ENV, "0")
+    ignored = _ignored(hass, DEVICE)
+    with (
+        patch.object(discovery, "async_multicast_interfaces", AsyncMock(return_value=[])),
+        patch.object(discovery, "scan", AsyncMock(return_value=[DEVICE])) as scan,
+    ):
+        discovery.async_start_background_discovery(hass)
+        await hass.async_block_till_done(wait_background_tasks=True)
+        assert await hass.config_entries.async_remove(an_entry.entry_id)
+        async_fire_time_changed(hass, dt_util.utcnow() + discovery.SCAN_INTERVAL)
+        await hass.async_block_till_done(wait_background_tasks=True)
+        assert scan.await_count == 1  # no camera: no scan
         assert await hass.config_entries.async_remove(ignored.entry_id)
         await hass.async_block_till_done(wait_background_tasks=True)
     assert not hass.config_entries.flow.async_progress_by_handler(DOMAIN)

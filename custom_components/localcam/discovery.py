@@ -157,7 +157,17 @@ def async_start_background_discovery(hass: HomeAssistant) -> None:
 
     # The cameras the last scan heard, by offer key: what an offer is made
     # from again when its entry goes (below). Bounded by the scanner's caps.
-    heard: dict[str, DiscoveredDevice] = {}
+    # Cameras that share a firmware-default UUID (and announce no MAC) share a
+    # key: each is kept, the flow tells which one is configured.
+    heard: dict[str, list[DiscoveredDevice]] = {}
+
+    def _waiting() -> list[Any]:
+        """The background offers waiting for the user."""
+        return [
+            flow
+            for flow in hass.config_entries.flow.async_progress_by_handler(DOMAIN)
+            if flow["context"].get("source") == SOURCE_INTEGRATION_DISCOVERY
+        ]
 
     @callback
     def _offer(device: DiscoveredDevice) -> None:
@@ -181,10 +191,15 @@ def async_start_background_discovery(hass: HomeAssistant) -> None:
         last scan heard, without waiting up to 15 minutes for the next one
         and without a packet sent. The flow checks it as any offer.
         """
+        room = MAX_WAITING_OFFERS - len(_waiting())
         for key in entry.discovery_keys.get(DOMAIN, ()):
             if key.version == 1 and isinstance(key.key, str) and key.key in heard:
-                LOGGER.debug("Offering again a camera whose entry was removed")
-                _offer(heard[key.key])
+                for device in heard[key.key]:
+                    if room <= 0:
+                        return
+                    LOGGER.debug("Offering again a camera whose entry was removed")
+                    _offer(device)
+                    room -= 1
 
     async_dispatcher_connect(hass, signal_discovered_config_entry_removed(DOMAIN), _entry_removed)
 
@@ -195,27 +210,36 @@ def async_start_background_discovery(hass: HomeAssistant) -> None:
             # Only while LocalCam has a camera: with the last entry removed or
             # disabled, nothing is multicast until one is added again (as after
             # a restart, which does not set LocalCam up without an entry).
+            # What the last scan heard grows stale: nothing is offered from it.
+            heard.clear()
             return
         devices = await async_scan(hass, [])
         status.scans += 1
         status.last_scan = dt_util.utcnow()
         status.last_found = len(devices)
         heard.clear()
-        heard.update((offer_key(device), device) for device in devices)
+        for device in devices:
+            heard.setdefault(offer_key(device), []).append(device)
         # Offers waiting for the user are capped: each scan can hear up to
         # 1024 devices (256 sources x 4), and made-up UUIDs are new every time.
-        waiting = sum(
-            flow["context"].get("source") == SOURCE_INTEGRATION_DISCOVERY
+        # A camera already offered would only abort (already in progress): it
+        # must not take a free place from a camera not offered yet.
+        offered = {
+            flow["context"].get("unique_id")
             for flow in hass.config_entries.flow.async_progress_by_handler(DOMAIN)
-        )
+        }
         # Before the cap: cameras configured right where they answer, and
         # offers the user ignored, would only abort, and at low addresses
         # they would take every place from a new camera at a higher one.
         entries = hass.config_entries.async_entries(DOMAIN)
         # Names are looked up only when someone answered the scan.
         at = await async_entries_addresses(entries) if devices else []
-        news = [device for device in devices if not _offer_would_abort(entries, at, device)]
-        for device in news[: max(0, MAX_WAITING_OFFERS - waiting)]:
+        news = [
+            device
+            for device in devices
+            if offer_key(device) not in offered and not _offer_would_abort(entries, at, device)
+        ]
+        for device in news[: max(0, MAX_WAITING_OFFERS - len(_waiting()))]:
             _offer(device)
 
     @callback
