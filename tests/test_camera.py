@@ -1045,7 +1045,7 @@ async def test_a_warm_grab_session_on_a_refused_device_is_never_reused(
             with pytest.raises(HomeAssistantError) as err:
                 await entity.async_snapshot()
             assert err.value.translation_key == "identity_mismatch"
-            assert other.stats.play_sessions == (0 if credentials else 1)
+            assert other.stats.play_sessions == 0  # the relay checks the link either way
             assert other.stats.credentialed_requests == 0
             resolved["porch.test"] = "127.0.0.2"  # right again: A
             snapshot = await entity.async_snapshot()
@@ -1090,13 +1090,16 @@ async def _playing_unheard(entity: Any, other: VirtualCamera) -> Stream:
 
     Started before LocalCam hears of the start: its check of a start would
     point the stream at A at once. So the worker plays B, as a retry that
-    began just before a re-pin does.
+    began just before a re-pin does. (The relay checks each session's link:
+    this one connected while the link still showed A there, just before B
+    took the address.)
     """
     stream: Stream = entity.stream
     stream.add_provider("hls")
     stream.set_update_callback(lambda: None)
-    await stream.start()
-    await _until(lambda: other.stats.active_play_sessions == 1)
+    with patch("custom_components.localcam.core.snapshot.neighbour_mac", return_value=MAC_A):
+        await stream.start()
+        await _until(lambda: other.stats.active_play_sessions == 1)
     stream.set_update_callback(entity._async_stream_state_changed)
     return stream
 
@@ -1109,8 +1112,9 @@ async def test_a_retry_begun_on_the_old_address_never_plays_on_from_there(
     (Its availability reaches the event loop a turn late.) LocalCam then only
     hands the worker the new URL for its next retry, and closes the relay to
     the old address: the session there (B's, under A's name) ends at once,
-    and the next retry plays A from its new address. (Cameras without
-    credentials: with them, the relay would not let the worker play B at all.)
+    and the next retry plays A from its new address. (The session there began
+    while the link still showed A's MAC at that address: the relay's check of
+    each session passed it, just before B took the address.)
     """
     async with _moved_camera(hass, credentials=False) as (entity, moved, other):
         stream = await _playing_unheard(entity, other)  # the retry on the old URL

@@ -53,7 +53,14 @@ from custom_components.localcam.const import (
 from custom_components.localcam.core.errors import CannotConnectError
 from virtualcam import CameraConfig, Fault, VirtualCamera, color_for
 
-from .conftest import CAM_PASSWORD, CAM_USER, add_onvif_entry, camera_config, make_entry
+from .conftest import (
+    CAM_PASSWORD,
+    CAM_USER,
+    add_onvif_entry,
+    camera_config,
+    entry_data,
+    make_entry,
+)
 
 MAC = "02:00:00:aa:bb:01"
 OTHER_MAC = "02:00:00:aa:bb:99"  # another device's, on the link at the camera's address
@@ -1429,3 +1436,51 @@ async def test_name_lookups_run_side_by_side_and_bound_the_flow(
     assert result["type"] is FlowResultType.FORM
     assert peak == 5
     assert time.monotonic() - started < 2 * 0.3
+
+
+MAC_A = "02:00:00:aa:bb:01"
+
+
+@pytest.mark.parametrize(
+    "identity_b",
+    [{}, {"serial": "SN-B", "uuid": "uuid-b"}],
+    ids=["b_pinned_by_url", "b_pinned_by_serial"],
+)
+async def test_dhcp_follows_a_camera_to_an_address_a_mac_less_entry_held(
+    hass: HomeAssistant, camera: VirtualCamera, identity_b: dict[str, Any]
+) -> None:
+    """A (pinned by MAC) takes the address B's entry names; B's entry holds no MAC.
+
+    DHCP reports A's MAC at that address and the link shows A's MAC there: A's
+    entry must move. B's entry, which holds no MAC, says nothing about a MAC
+    announcement; it must not swallow A's move as "B, already configured"
+    just because it is listed first.
+    """
+    pytest_socket.socket_allow_hosts(["127.0.0.1", "127.0.0.9"])
+    # B: configured at 127.0.0.1 (where A answers now), listed first.
+    data_b = {
+        **entry_data(camera),
+        CONF_IDENTITY: identity_b,
+        CONF_CAMERA_ID: "camera_b",
+        CONF_SNAPSHOT_URL: None,
+    }
+    entry_b = MockConfigEntry(domain=DOMAIN, title="B", unique_id="camera_b", data=data_b)
+    entry_b.add_to_hass(hass)
+    # A: pinned by its MAC, configured at its old address 127.0.0.9 (nothing answers there).
+    data_a = {
+        **entry_data(camera),
+        CONF_IDENTITY: {"mac": MAC_A},
+        CONF_STREAM_URL: camera.rtsp_url.replace("127.0.0.1", "127.0.0.9"),
+        CONF_SNAPSHOT_URL: None,
+    }
+    entry_a = MockConfigEntry(domain=DOMAIN, title="A", unique_id=MAC_A, data=data_a)
+    entry_a.add_to_hass(hass)
+    with patch("custom_components.localcam.helpers.neighbour_mac", return_value=MAC_A):
+        result = await hass.config_entries.flow.async_init(
+            DOMAIN,
+            context={"source": SOURCE_DHCP},
+            data=DhcpServiceInfo(ip="127.0.0.1", hostname="a", macaddress=MAC_A.replace(":", "")),
+        )
+    assert result["reason"] == "already_configured"
+    assert entry_a.data[CONF_STREAM_URL] == camera.rtsp_url  # A followed its camera
+    assert entry_b.data[CONF_STREAM_URL] == camera.rtsp_url  # B untouched

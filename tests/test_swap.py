@@ -14,21 +14,39 @@ from http import HTTPStatus
 import io
 import socket
 from typing import Any
+from unittest.mock import patch
 
+from homeassistant.components.camera.helper import get_camera_from_entity_id
 from homeassistant.config_entries import SOURCE_DHCP, SOURCE_USER
 from homeassistant.const import STATE_UNAVAILABLE
 from homeassistant.core import HomeAssistant
+from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers import entity_registry as er, issue_registry as ir
 from homeassistant.helpers.service_info.dhcp import DhcpServiceInfo
 from PIL import Image
 import pytest
+from pytest_homeassistant_custom_component.common import MockConfigEntry
 from pytest_homeassistant_custom_component.typing import ClientSessionGenerator
 import pytest_socket
 
-from custom_components.localcam.const import CONF_SNAPSHOT_MAX_AGE, DOMAIN
+from custom_components.localcam.const import (
+    CONF_CAMERA_ID,
+    CONF_IDENTITY,
+    CONF_SNAPSHOT_MAX_AGE,
+    CONF_STREAM_URL,
+    DOMAIN,
+)
 from virtualcam import CameraConfig, VirtualCamera, color_for, nearest_camera
 
-from .conftest import CAM_PASSWORD, CAM_USER, onvif_camera_config
+from .conftest import (
+    CAM_PASSWORD,
+    CAM_USER,
+    camera_config,
+    entry_data,
+    main_entity_id,
+    onvif_camera_config,
+    setup_entry,
+)
 
 PALETTE = [color_for(i) for i in range(64)]
 A, B = 3, 4  # palette indexes = the cameras' colours
@@ -171,3 +189,72 @@ async def test_two_cameras_swap_addresses(
             await hass.config_entries.async_unload(entry.entry_id)
         for cam in cams.values():
             await cam.stop()
+
+
+MAC_PORCH = "02:00:00:00:00:0a"
+
+
+async def test_a_mac_pinned_camera_is_not_served_from_a_device_whose_mac_cannot_be_seen(
+    hass: HomeAssistant, socket_enabled: None
+) -> None:
+    """A camera added by URL, by host name, pinned by its MAC (it was on the link).
+
+    The name now answers an address where the link shows no MAC (another VLAN
+    routed to, or an AAAA answer: IPv6 neighbours are not read), and another
+    device (B, colour 5) answers there. Nothing then shows the device is the
+    camera: its stills, its stream and the minute's check must not pass it
+    off as the camera (nor send it the camera's credentials).
+    """
+    pytest_socket.socket_allow_hosts(["127.0.0.2", "127.0.0.3"], allow_unix_socket=True)
+    dns = {"porch.test": "127.0.0.2"}
+    link = {"127.0.0.2": MAC_PORCH}  # 127.0.0.3: no neighbour entry
+
+    async def resolve(host: str, _port: int) -> list[str]:
+        return [dns[host]]
+
+    a = VirtualCamera(camera_config("a", 0, host="127.0.0.2", http_snapshot=False))
+    await a.start()
+    b: VirtualCamera | None = None
+    with (
+        patch("custom_components.localcam.core.netpolicy.system_resolve", resolve),
+        patch(
+            "custom_components.localcam.core.snapshot.neighbour_mac",
+            lambda address, *_: link.get(str(address)),
+        ),
+        # These loopback addresses stand for LAN ones (where a link is).
+        patch(
+            "custom_components.localcam.core.snapshot.on_this_host", lambda _a: False, create=True
+        ),
+    ):
+        data = entry_data(a, snapshot=False)
+        data[CONF_STREAM_URL] = f"rtsp://porch.test:{a.rtsp_port}/stream"
+        data[CONF_IDENTITY] = {"mac": MAC_PORCH}
+        entry = MockConfigEntry(
+            domain=DOMAIN, title="porch", unique_id=data[CONF_CAMERA_ID], data=data
+        )
+        await setup_entry(hass, entry)
+        entity_id = main_entity_id(hass, entry)
+        entity = get_camera_from_entity_id(hass, entity_id)
+        try:
+            assert (await entity.async_snapshot()).camera_id  # A, on the link: fine
+            await a.stop()
+            b = VirtualCamera(camera_config("b", 5, host="127.0.0.3", rtsp_port=a.rtsp_port))
+            await b.start()
+            dns["porch.test"] = "127.0.0.3"
+            await asyncio.sleep(1.2)  # past the cache's max age (1 s)
+            try:
+                served = await entity.async_snapshot()
+            except HomeAssistantError:
+                served = None
+            assert served is None, f"a frame of colour {_colour(served.jpeg)} served as A's"
+            assert b.stats.credentialed_requests == 0
+            await entry.runtime_data.coordinator.async_refresh()
+            await hass.async_block_till_done()
+            state = hass.states.get(entity_id)
+            assert state is not None
+            assert state.state == STATE_UNAVAILABLE
+        finally:
+            await hass.config_entries.async_unload(entry.entry_id)
+            for cam in (a, b):
+                if cam is not None:
+                    await cam.stop()

@@ -691,16 +691,27 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
         # their names resolve to: looked up (all together) only once an
         # entry may be the announcer.
         at: list[frozenset[str]] | None = None
+        # The entries the announcement names first: an entry that holds none
+        # of its fields (one pinned by URL or serial, at the address the
+        # announced camera has now taken) must not pass off the named camera's
+        # move as itself.
+        confirming = (
+            [e for e in entries if Identity.from_dict(e.data.get(CONF_IDENTITY)).confirms(seen)]
+            if seen.known
+            else []
+        )
+        for entry in confirming:
+            current = entry_host(entry)
+            # A camera configured by name is followed by DNS, not by LocalCam.
+            if not is_ip(current) or current == host or await self._async_follow(entry, host):
+                return self.async_abort(reason="already_configured")
+            # Shown to be another device that announces the same MAC or
+            # UUID (cheap cameras share firmware-default UUIDs): offer it.
         for index, entry in enumerate(entries):
             stored = Identity.from_dict(entry.data.get(CONF_IDENTITY))
-            current = entry_host(entry)
-            if seen.known and stored.confirms(seen):
-                # A camera configured by name is followed by DNS, not by LocalCam.
-                if not is_ip(current) or current == host or await self._async_follow(entry, host):
-                    return self.async_abort(reason="already_configured")
-                # Shown to be another device that announces the same MAC or
-                # UUID (cheap cameras share firmware-default UUIDs): offer it.
-            elif not stored.differs(seen):
+            if entry in confirming:
+                continue
+            if not stored.differs(seen):
                 if at is None:
                     at = await async_entries_addresses(entries)
                 if host in at[index]:

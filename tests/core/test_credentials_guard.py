@@ -16,6 +16,7 @@ from unittest.mock import patch
 import aiohttp
 import pytest
 import pytest_socket
+import yarl
 
 from custom_components.localcam.core import snapshot
 from custom_components.localcam.core.errors import CannotConnectError
@@ -322,3 +323,48 @@ async def test_half_a_credential_is_still_guarded(
         link.mac = OTHER_MAC
         with pytest.raises(IdentityMismatchError):
             await client.guard_credentials(CAMERA_ADDRESS, 554, "192.168.1.20", connected=True)
+
+
+CAMERA_MAC = "aa:bb:cc:00:11:22"
+OTHER_MAC = "aa:bb:cc:00:11:99"
+
+
+async def test_the_relay_passes_no_session_of_another_device_without_credentials(
+    socket_enabled: None,
+) -> None:
+    """A camera pinned by MAC, without credentials; another device took its address.
+
+    Home Assistant's stream reaches the camera only through the relay; the
+    relay's promise is that it relays nothing to a device that is not this
+    camera. Without credentials it skipped its link check, and FFmpeg got the
+    other device's SDP (and then its video, under this camera's name).
+    """
+    other = VirtualCamera(camera_config("other", 5, username=None, password=None))
+    await other.start()
+    source = CameraSource(
+        camera_id=CAMERA_MAC,
+        stream_url=other.rtsp_url,
+        snapshot_url=None,
+        username=None,
+        password=None,
+        identity=Identity(mac=CAMERA_MAC),
+    )
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = CameraClient(session, NetPolicy(), source)
+            try:
+                with patch.object(snapshot, "neighbour_mac", lambda *_: OTHER_MAC):
+                    relay = yarl.URL(await client.stream_url())
+                    reader, writer = await asyncio.open_connection(relay.host, relay.port)
+                    request = f"DESCRIBE {relay} RTSP/1.0\r\nCSeq: 1\r\n\r\n"
+                    writer.write(request.encode())
+                    await writer.drain()
+                    async with asyncio.timeout(5):
+                        reply = await reader.read(4096)
+                    writer.close()
+                assert not reply.startswith(b"RTSP/1.0 200"), reply[:200]
+                assert b"m=video" not in reply
+            finally:
+                await client.close()
+    finally:
+        await other.stop()

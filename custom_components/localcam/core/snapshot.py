@@ -269,8 +269,10 @@ class CameraClient:
         Raises IdentityMismatchError.
         """
         source = self.source
-        if address is None or address.version == 6 or not source.identity.mac:
-            return  # (IPv6 neighbours are not read: neighbour_mac)
+        if address is None or not source.identity.mac:
+            return
+        if address.version == 6 and self.identity_probe is not None:
+            return  # (IPv6 neighbours are not read: the ONVIF check asks the device)
         if source.username is None and source.password is None:
             return  # nothing secret to send; each connection's own check still runs
         if not connected:
@@ -284,9 +286,16 @@ class CameraClient:
 
     async def _relay_link_check(self, address: IPv4Address | IPv6Address, port: int) -> None:
         """The relay's check of a session's connection, before it relays a byte."""
-        await self.guard_credentials(
-            address, port, yarl_host(self.source.stream_url), connected=True
-        )
+        host = yarl_host(self.source.stream_url)
+        source = self.source
+        if source.identity.mac and source.username is None and source.password is None:
+            # No credential to keep from the device, but its media: Home
+            # Assistant's stream has no check of its own after each connection.
+            await asyncio.get_running_loop().run_in_executor(
+                None, self.check_link_identity, address, host
+            )
+            return
+        await self.guard_credentials(address, port, host, connected=True)
 
     def _needs_link_check(self, raw: _Raw) -> bool:
         """Whether finishing this still reads the kernel's neighbour table (blocking)."""
@@ -316,7 +325,15 @@ class CameraClient:
         expected = self.source.identity
         if address is None or not expected.mac:
             return
-        expected.check(Identity(mac=neighbour_mac(address)), host)
+        seen = neighbour_mac(address)
+        if seen is None and self.identity_probe is None and not on_this_host(address):
+            # Pinned by its MAC alone (no ONVIF check asks the device), and the
+            # link shows none here (an address routed to, or IPv6): nothing
+            # shows the device is this camera, so it is not taken for it.
+            raise CannotConnectError(
+                f"the link shows no MAC for {host}: the device there is not shown to be this camera"
+            )
+        expected.check(Identity(mac=seen), host)
         self._link_seen = (address, time.monotonic())
 
     async def fetch_snapshot(self, *, timeout: float | None = None) -> Snapshot:
@@ -491,6 +508,11 @@ class _Raw:
     received: float
     address: IPv4Address | IPv6Address | None
     host: str
+
+
+def on_this_host(address: IPv4Address | IPv6Address) -> bool:
+    """Whether ``address`` is this machine's own (loopback): no link, no other device there."""
+    return address.is_loopback
 
 
 def yarl_host(url: str) -> str:
