@@ -8,6 +8,7 @@ from datetime import timedelta
 import hashlib
 from http import HTTPStatus
 import io
+import time
 from types import SimpleNamespace
 from typing import Any
 from unittest.mock import patch
@@ -19,6 +20,7 @@ from homeassistant.config_entries import SOURCE_REAUTH
 from homeassistant.const import CONF_PASSWORD, CONF_USERNAME
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import HomeAssistantError
+from homeassistant.helpers import entity_registry as er
 from homeassistant.util import dt as dt_util
 from PIL import Image
 import pytest
@@ -1157,3 +1159,78 @@ async def _until(condition: Callable[[], bool], seconds: float = 10) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"condition not met within {seconds} s")
+
+
+async def test_a_camera_that_drops_its_rtsp_session_is_not_reported_as_having_no_video(
+    hass: HomeAssistant,
+    hass_client: ClientSessionGenerator,
+    rtsp_only_camera: VirtualCamera,
+) -> None:
+    """A warm RTSP session the camera closes (a drop, a reboot) is no "no video" error.
+
+    The session had delivered keyframes: the camera's connection ended, its
+    stream did not lack video. The still goes to a new session (as when the
+    session ends at its linger) or, failing that, is ``cannot_connect``.
+    """
+    cam = rtsp_only_camera
+    entry = make_entry(cam, snapshot=False, options={CONF_SNAPSHOT_MAX_AGE: 0.3})
+    await setup_entry(hass, entry)
+    entity_id = er.async_get(hass).async_get_entity_id("camera", DOMAIN, f"{entry.unique_id}_main")
+    client = await hass_client()
+    url = f"/api/localcam/snapshot/{entity_id}"
+    assert (await client.get(url)).status == HTTPStatus.OK  # the warm session is open
+    cam.fault = Fault.DROP  # its connection closes about 1 s from now
+    answers: list[tuple[int, str]] = []
+    started = time.monotonic()
+    for _ in range(40):  # bounded: about 4 s of a card refreshing
+        if time.monotonic() - started > 4.0:
+            break
+        resp = await client.get(url)
+        text = "" if resp.status == HTTPStatus.OK else await resp.text()
+        answers.append((resp.status, text))
+        if resp.status == HTTPStatus.OK:
+            assert float(resp.headers["X-LocalCam-Age"]) <= 0.3
+        await asyncio.sleep(0.1)
+    assert "no_video" not in {text for _status, text in answers}, answers
+
+
+async def test_a_healthy_camera_between_keyframes_is_not_reported_as_hung(
+    hass: HomeAssistant, hass_client: ClientSessionGenerator, socket_enabled: None
+) -> None:
+    """A camera that sends a keyframe on connect and then one every 6 s is not "timeout".
+
+    Its first still comes at once (the keyframe on connect), so its slowest
+    still so far is a fraction of a second and a viewer's stall time is the
+    3 s floor. A still asked for a second later waits in the open RTSP session
+    for the next keyframe, up to 5 s more, while the camera sends the rest of
+    its stream all along: that camera answers; it is no hang, and the still
+    comes well within the 9 s limit. A camera that hangs is still an error.
+    """
+    cam = VirtualCamera(
+        camera_config("gate", 4, http_snapshot=False, gop_seconds=6.0, keyframe_on_connect=True)
+    )
+    await cam.start()
+    try:
+        entry = make_entry(cam, snapshot=False, options={CONF_SNAPSHOT_MAX_AGE: 1.0})
+        await setup_entry(hass, entry)
+        entity_id = er.async_get(hass).async_get_entity_id(
+            "camera", DOMAIN, f"{entry.unique_id}_main"
+        )
+        client = await hass_client()
+        url = f"/api/localcam/snapshot/{entity_id}"
+        started = time.monotonic()
+        assert (await client.get(url)).status == HTTPStatus.OK
+        assert time.monotonic() - started < 2.0  # the keyframe on connect
+        await asyncio.sleep(1.2)  # past max age; the session stays open (linger 5 s)
+        resp = await client.get(url)
+        assert resp.status == HTTPStatus.OK, await resp.text()
+        assert float(resp.headers["X-LocalCam-Age"]) <= 1.0
+        # A hang (no packets at all) is still an error, within the still's 9 s limit.
+        cam.fault = Fault.HANG
+        await asyncio.sleep(1.1)
+        started = time.monotonic()
+        resp = await client.get(url)
+        assert resp.status == HTTPStatus.GATEWAY_TIMEOUT
+        assert time.monotonic() - started < 9.5
+    finally:
+        await cam.stop()

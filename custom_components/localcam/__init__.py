@@ -93,7 +93,11 @@ async def async_setup_entry(hass: HomeAssistant, entry: LocalCamConfigEntry) -> 
         # One cache per stream, bound to its frame key and source fingerprint.
         # A reload (new URL, credentials or options) builds new, empty ones.
         cache = SnapshotCache(
-            source.camera_id, source.fingerprint, client.fetch_snapshot, max_age=max_age
+            source.camera_id,
+            source.fingerprint,
+            client.fetch_snapshot,
+            max_age=max_age,
+            receiving_since=client.receiving_since,
         )
         streams[profile] = StreamRuntime(client=client, cache=cache)
     _async_h265_note(hass, entry)

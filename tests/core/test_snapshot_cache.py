@@ -27,6 +27,7 @@ from custom_components.localcam.core.netpolicy import NetPolicy
 from custom_components.localcam.core.snapshot import CameraClient
 from custom_components.localcam.core.snapshot_cache import (
     MAX_SIZES,
+    STALL_RECHECKS,
     CameraUnloadedError,
     SnapshotCache,
 )
@@ -709,6 +710,56 @@ async def test_a_camera_that_stays_hung_is_an_error_soon_not_at_the_fetch_timeou
     upstream.answer(1)
     assert (await cache.get()).sha256 == _snapshot(clock, color=(40, 0, 200)).sha256
     assert len(upstream.gates) == 2  # that late frame was served, no new fetch
+
+
+async def test_a_camera_still_sending_is_waited_for_a_bounded_while(clock: Clock) -> None:
+    """Past its stall time a viewer waits on while the camera sends (a long keyframe interval).
+
+    A camera with keyframes seconds apart answered at once when its session
+    opened, so its pace said 0.2 s; the next still waited in the open session
+    for the next keyframe and got a timeout error, from a camera that was
+    sending all along. Only a bounded number of looks: then it is an error.
+    """
+    upstream = Gated(clock)
+    receiving: list[float | None] = [None]
+    cache = SnapshotCache(
+        "cam-a",
+        "fp-a",
+        upstream,
+        max_age=1.0,
+        clock=clock,
+        stall_floor=0.05,
+        receiving_since=lambda: receiving[0],
+    )
+    first = await _waiting(cache)
+    upstream.answer(0)
+    await first
+    clock.now += 2.0
+    receiving[0] = clock.now  # the session reads packets between keyframes
+    waiter = asyncio.create_task(cache.get())
+    await asyncio.sleep(0.12)  # past the 0.05 s stall time, twice
+    assert not waiter.done()
+    upstream.answer(1)
+    assert (await waiter).sha256 == _snapshot(clock, color=(40, 0, 200)).sha256
+    assert cache.stats.stalled == 0
+    # Sending, yet never a still: an error after STALL_RECHECKS more looks.
+    clock.now += 2.0
+    receiving[0] = clock.now
+    started = asyncio.get_running_loop().time()
+    async with asyncio.timeout(5):
+        with pytest.raises(CameraTimeoutError):
+            await cache.get()
+    assert asyncio.get_running_loop().time() - started < 0.05 * (STALL_RECHECKS + 2)
+    # Packets that stopped (older than the floor) count for nothing.
+    clock.now += 2.0
+    receiving[0] = clock.now - 1.0
+    started = asyncio.get_running_loop().time()
+    async with asyncio.timeout(5):
+        with pytest.raises(CameraTimeoutError):
+            await cache.get()
+    assert asyncio.get_running_loop().time() - started < 0.05 * 2
+    assert cache.stats.stalled == 2
+    await cache.close()  # the fetch never answered ends with the cache
 
 
 async def test_before_the_first_still_only_the_fetch_bounds_the_wait(clock: Clock) -> None:

@@ -607,6 +607,9 @@ class WarmGrabber:
         # until FFmpeg had it open (RTSP handshake, first packet), and until
         # its first keyframe was a JPEG (diagnostics: how slow a camera opens).
         self.last_session: SessionTiming | None = None
+        # When the open session last read a packet from the camera (monotonic;
+        # written by its thread): a session between keyframes is not a hang.
+        self.last_packet_at: float | None = None
 
     @property
     def active(self) -> bool:
@@ -700,6 +703,7 @@ class WarmGrabber:
         self._generation += 1
         self._url = url
         self._latest = None
+        self.last_packet_at = None
         self._session = loop.run_in_executor(
             None, self._run, loop, url, timeout, self._generation, stop, time.monotonic()
         )
@@ -770,6 +774,8 @@ class WarmGrabber:
             # each one (see grab_keyframe); only video is decoded.
             for packet in container.demux():
                 now = time.monotonic()
+                if generation == self._generation:
+                    self.last_packet_at = now
                 if stop.is_set() or (
                     not self._wanted.is_set() and now - self._last_request > self._linger
                 ):
@@ -792,7 +798,14 @@ class WarmGrabber:
                     timing = first = SessionTiming(opened_in, time.monotonic() - asked)
                 loop.call_soon_threadsafe(self._deliver, generation, grabbed, first)
             else:
-                error = NoVideoError("stream ended")
+                # A session that showed video and then ended was closed by the
+                # camera (a drop, a reboot): its connection ended, not its
+                # video. Waiting grabs get one new session, as at the linger's end.
+                error = (
+                    NoVideoError("stream ended")
+                    if timing is None
+                    else _SessionEndedError("the camera closed the stream")
+                )
         except LocalCamError as err:
             error = err
         except (av.FFmpegError, OSError) as err:

@@ -336,6 +336,14 @@ class CameraClient:
         expected.check(Identity(mac=seen), host)
         self._link_seen = (address, time.monotonic())
 
+    def receiving_since(self) -> float | None:
+        """When the camera last sent a packet to the open RTSP session (monotonic), or None.
+
+        A still waiting there for the next keyframe (up to one keyframe
+        interval) waits on a camera that answers: no stall (SnapshotCache.get).
+        """
+        return self.grabber.last_packet_at if self.grabber.active else None
+
     async def fetch_snapshot(self, *, timeout: float | None = None) -> Snapshot:
         """Fetch a fresh full-size still from this camera, with provenance."""
         loop = asyncio.get_running_loop()

@@ -80,6 +80,9 @@ MAX_FLIGHTS: Final = 3
 # HEDGE_AFTER: the next request after such an error starts a fresh fetch.
 STALL_FACTOR: Final = 2.0
 STALL_FLOOR: Final = HEDGE_AFTER
+# A waiter past its stall time looks again this many times (STALL_FLOOR apart)
+# while the camera is still sending (see get); the fetch's own timeout ends it sooner.
+STALL_RECHECKS: Final = 3
 # Full-frame decodes for scaling at once, per event loop (Home Assistant has
 # one): two keep both cores of a small host busy, and bound the memory.
 SCALING_SLOTS: Final = 2
@@ -157,6 +160,7 @@ class SnapshotCache:
         max_age: float,
         clock: Callable[[], float] = time.monotonic,
         stall_floor: float = STALL_FLOOR,
+        receiving_since: Callable[[], float | None] | None = None,
     ) -> None:
         """Bind the camera's identity, its full-frame fetch and the max age."""
         self.camera_id = camera_id
@@ -169,6 +173,9 @@ class SnapshotCache:
         self.stats = CacheStats()
         self._fetch = fetch
         self._clock = clock
+        # When the camera last sent anything to a fetch in flight (on the
+        # cache's clock), or None: a camera still sending is not stalled (get).
+        self._receiving_since = receiving_since
         # The full frame is kept apart from the scaled copies, so that cycling
         # through card sizes never evicts it (which would refetch upstream).
         self._full_frame: Snapshot | None = None
@@ -214,22 +221,33 @@ class SnapshotCache:
         pending = self._join(size, count=True)
         # Read together: a rebind meanwhile forgets the camera's pace.
         patience, slowest = self.stall_after, self.slowest
-        deadline = asyncio.timeout(patience)
-        try:
-            # shield: a waiter that is cancelled (viewer closed the card, or
-            # gave up below) must not cancel the fetch other viewers are
-            # waiting on. The shared future is never cancelled (``close``
-            # fails it), so CancelledError here means this waiter itself was.
-            async with deadline:
-                frame = await asyncio.shield(pending)
-        except TimeoutError:
-            if not deadline.expired():
-                raise
+        frame = None
+        wait = patience
+        for _ in range(STALL_RECHECKS + 1):
+            deadline = asyncio.timeout(wait)
+            try:
+                # shield: a waiter that is cancelled (viewer closed the card, or
+                # gave up below) must not cancel the fetch other viewers are
+                # waiting on. The shared future is never cancelled (``close``
+                # fails it), so CancelledError here means this waiter itself was.
+                async with deadline:
+                    frame = await asyncio.shield(pending)
+                break
+            except TimeoutError:
+                if not deadline.expired():
+                    raise
+                if not self._receiving():
+                    break
+                # The camera is sending (a live session between two keyframes,
+                # which may be seconds apart): not a hang. Look again in a
+                # while; the fetch's own timeout still bounds the wait.
+                wait = self.stall_floor
+        if frame is None:
             self.stats.stalled += 1
             raise CameraTimeoutError(
                 f"no still after {patience:g} s; the camera's slowest so far took "
                 f"{slowest or 0.0:.2f} s"
-            ) from None
+            )
         if not self._fresh(frame):
             # The source changed while we waited (a frame of a fetch that
             # outlived max age never gets here: _produce made it an error).
@@ -251,6 +269,11 @@ class SnapshotCache:
             return None
         self.stats.hits += 1
         return frame
+
+    def _receiving(self) -> bool:
+        """Whether the camera sent something to a fetch in flight within the stall floor."""
+        since = self._receiving_since() if self._receiving_since is not None else None
+        return since is not None and self._clock() - since < self.stall_floor
 
     @property
     def stall_after(self) -> float | None:
