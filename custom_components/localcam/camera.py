@@ -8,7 +8,8 @@ from datetime import datetime
 import threading
 from typing import override
 
-from homeassistant.components.camera import Camera
+from aiohttp import web
+from homeassistant.components.camera import Camera, async_get_still_stream
 from homeassistant.components.camera.const import CameraEntityFeature
 from homeassistant.components.camera.prefs import get_dynamic_camera_stream_settings
 from homeassistant.components.stream import CONF_RTSP_TRANSPORT as STREAM_RTSP_TRANSPORT, Stream
@@ -439,8 +440,6 @@ class LocalCamCamera(LocalCamEntity, Camera):
             # A failed check may have stopped the stream (another device at
             # the address); a preloaded one comes back with the camera.
             self._async_schedule_preload()
-        if stream is None:
-            return
         # The check resolved the camera's host and proved the device there:
         # the stream goes to that very address, not to a second lookup's answer.
         # (A profile on another host than the checked one is left to its own
@@ -450,8 +449,14 @@ class LocalCamCamera(LocalCamEntity, Camera):
         except LocalCamError as err:  # no relay port: the stream keeps its URL until the next check
             LOGGER.debug("%s: stream not re-pinned: %s", self.entity_id, err)
             return
-        if pinned is not None:
+        if pinned is None or self.hass.is_stopping:
+            return
+        if stream is not None:
             self._pin(stream, pinned)
+        # Players outside HA's stream (go2rtc, HomeKit) hold the URL
+        # stream_source gave them and reconnect with it: no relay to an
+        # address the camera has left stays open for them.
+        self._client.guard.retire_others(pinned)
 
     @callback
     def _async_stream_state_changed(self) -> None:
@@ -579,6 +584,42 @@ class LocalCamCamera(LocalCamEntity, Camera):
         """Return a fresh still of this camera, or raise a translated error."""
         snapshot = self.cached_snapshot(width, height) or await self.async_snapshot(width, height)
         return snapshot.jpeg
+
+    @override
+    async def handle_async_still_stream(
+        self, request: web.Request, interval: float
+    ) -> web.StreamResponse:
+        """Serve HA's MJPEG view (``camera_proxy_stream``) from fresh stills; errors as errors.
+
+        Home Assistant's version sends its 200 before the first still: a
+        camera that fails then got a 200 with a cut-off body, and an error
+        with a traceback in Home Assistant's log for every request (and for
+        every stream a later still ends). Here the first still comes first
+        (a failure is a 502 or 504, as LocalCam's own view answers), and a
+        later failure ends the stream as a camera's end, which the viewer's
+        client may reopen; no frame is ever repeated in place of a new one.
+        """
+        try:
+            first: bytes | None = await self.async_camera_image()
+        except HomeAssistantError as err:
+            # A short key, never a URL or a secret (as LocalCam's own view answers).
+            text = err.translation_key or "error"
+            if err.translation_key == "timeout":
+                raise web.HTTPGatewayTimeout(text=text) from err
+            raise web.HTTPBadGateway(text=text) from err
+
+        async def next_image() -> bytes | None:
+            nonlocal first
+            if first is not None:
+                image, first = first, None
+                return image
+            try:
+                return await self.async_camera_image()
+            except HomeAssistantError as err:
+                LOGGER.debug("%s: MJPEG stream ended: %s", self.entity_id, err.translation_key)
+                return None
+
+        return await async_get_still_stream(request, next_image, self.content_type, interval)
 
     def cached_snapshot(
         self, width: int | None = None, height: int | None = None

@@ -1606,7 +1606,7 @@ async def test_ffmpeg_s_answers_to_the_camera_are_no_requests(socket_enabled: No
             + b"PLAY rtsp://127.0.0.1:8554/x RTSP/1.0\r\nCSeq: 3\r\nSession: 1\r\n\r\n"
         )
         ffmpeg.feed_eof()
-        await listener._copy_bridged(ffmpeg, to_camera, bytearray(), bridge)  # type: ignore[arg-type]
+        await listener._copy_requests(ffmpeg, to_camera, bytearray(), bridge, to_ffmpeg)  # type: ignore[arg-type]
         sent = b"".join(to_camera.written)
         assert b"Transport: RTP/AVP;unicast;client_port=" in sent
         assert b"RTSP/1.0 200 OK\r\nCSeq: 7\r\n\r\n" in sent  # passed on, unchanged

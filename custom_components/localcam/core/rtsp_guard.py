@@ -254,6 +254,13 @@ def _interleaved(value: str) -> tuple[int, int] | None:
     return _pair(params["interleaved"], 255)
 
 
+def _all_interleaved(value: bytes) -> bool:
+    """Whether every transport spec a SETUP offers is interleaved RTP over the connection."""
+    return all(
+        spec.split(b";", 1)[0].strip().upper() == b"RTP/AVP/TCP" for spec in value.split(b",")
+    )
+
+
 _HEX: Final = frozenset("0123456789abcdefABCDEF")
 
 
@@ -915,9 +922,7 @@ class _Listener:
             bridge = _UdpBridge(self, str(up_writer.get_extra_info("sockname")[0]), writer)
         directions = (
             asyncio.create_task(
-                self._copy(reader, up_writer, last_request)
-                if bridge is None
-                else self._copy_bridged(reader, up_writer, last_request, bridge)
+                self._copy_requests(reader, up_writer, last_request, bridge, writer)
             ),
             asyncio.create_task(self._filter(up_reader, writer, last_request, bridge)),
         )
@@ -940,24 +945,23 @@ class _Listener:
             if isinstance(outcome, Exception) and not isinstance(outcome, OSError):
                 raise outcome
 
-    async def _copy(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, last: bytearray
-    ) -> None:
-        """Client to camera: copied unchanged; the latest chunk is kept for its CSeq."""
-        while data := await reader.read(READ_SIZE):
-            if data[:1] != b"$":
-                last[:] = data[-4096:]
-            writer.write(data)
-            await writer.drain()
-
-    async def _copy_bridged(
+    async def _copy_requests(
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         last: bytearray,
-        bridge: _UdpBridge,
+        bridge: _UdpBridge | None,
+        client: asyncio.StreamWriter,
     ) -> None:
-        """Client to a UDP camera: message by message, so a SETUP's transport can be asked anew.
+        """Client to camera, message by message: every SETUP must ask for interleaved RTP.
+
+        A client asking for RTP over UDP (FFmpeg left to its default
+        transport: HomeKit's, or any other consumer of ``stream_source``)
+        would have the camera send its media straight to a UDP port of
+        FFmpeg's, which takes packets from any sender on the LAN. Such a
+        SETUP never reaches the camera: the relay answers it 461
+        (Unsupported Transport) and FFmpeg asks again, interleaved (TCP).
+        For a UDP camera (``bridge``) an interleaved SETUP is asked anew as UDP.
 
         The client is FFmpeg on this machine, whose requests end their lines
         with CRLF; what cannot be read as that (a head beyond the reader's
@@ -969,7 +973,11 @@ class _Listener:
                 if first == b"$":  # FFmpeg's RTCP report, interleaved
                     header = await reader.readexactly(3)
                     payload = await reader.readexactly(int.from_bytes(header[1:3]))
-                    bridge.from_client(header[0], payload)
+                    if bridge is not None:
+                        bridge.from_client(header[0], payload)
+                    else:
+                        writer.write(first + header + payload)
+                        await writer.drain()
                     continue
                 if first in b"\r\n":
                     continue
@@ -981,8 +989,19 @@ class _Listener:
                 body = await reader.readexactly(length) if length else b""
                 transport = _header(lines, b"transport")
                 method = _word(lines[0], 0)[0].decode("latin-1").upper()
+                if method == "SETUP" and transport is not None and not _all_interleaved(transport):
+                    # FFmpeg waits for this reply: nothing of the camera's is
+                    # on its way to the client while it does.
+                    cseq = _cseq_of(head)
+                    client.write(
+                        b"RTSP/1.0 461 Unsupported Transport\r\n"
+                        + (b"CSeq: " + cseq + b"\r\n" if cseq else b"")
+                        + b"\r\n"
+                    )
+                    await client.drain()
+                    continue
                 new = None
-                if not method.startswith("RTSP/"):
+                if bridge is not None and not method.startswith("RTSP/"):
                     # Not FFmpeg's answer to a request of the camera's (an
                     # OPTIONS or ANNOUNCE): that is no request to match a reply to.
                     new = bridge.request(
@@ -1152,6 +1171,23 @@ class RtspGuard:
         del self._listeners[listener.upstream]
         self._close_later(listener)
         return True
+
+    def retire_others(self, keep: str) -> int:
+        """Close every relay but the one behind ``keep`` (the address just checked).
+
+        A URL from ``url()`` may be held by a player outside LocalCam's sight
+        (Home Assistant's go2rtc, HomeKit's FFmpeg), which reconnects with it
+        on its own. Once a check has found the camera at another address, a
+        relay to an old one would play, to such a player, whatever device
+        answers there now. Returns how many relays were closed.
+        """
+        kept = self._listener_of(keep)
+        if kept is None:
+            return 0
+        stale = [key for key, listener in self._listeners.items() if listener is not kept]
+        for key in stale:
+            self._close_later(self._listeners.pop(key))
+        return len(stale)
 
     def _close_later(self, listener: _Listener) -> None:
         """Close a listener already taken out of ``_listeners`` (close() waits for it)."""
