@@ -3,6 +3,7 @@
 import asyncio
 import base64
 from collections.abc import AsyncIterator, Generator
+import io
 import logging
 import os
 from pathlib import Path
@@ -15,6 +16,7 @@ from homeassistant.config_entries import SOURCE_USER, ConfigEntry
 from homeassistant.const import CONF_PASSWORD, CONF_USERNAME
 from homeassistant.core import HomeAssistant
 from homeassistant.helpers import entity_registry as er
+from PIL import Image
 import pytest
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
@@ -33,7 +35,7 @@ from custom_components.localcam.const import (
     DOMAIN,
 )
 from custom_components.localcam.core.netpolicy import normalized_identity
-from virtualcam import CameraConfig, VirtualCamera, color_for
+from virtualcam import CameraConfig, VirtualCamera, color_for, nearest_camera
 from virtualcam.tls import self_signed
 
 # No LocalCam network scan may multicast on a real interface from a test;
@@ -105,6 +107,19 @@ def secrets_absent_from_logs(caplog: pytest.LogCaptureFixture) -> Generator[None
         for text in texts:
             for secret in (*_SECRET_FORMS, "PasswordDigest"):
                 assert secret not in text, f"a credential leaked into a log: {record.name}"
+
+
+def camera_shown(jpeg: bytes, cameras: int = 64) -> int:
+    """Which virtual camera a JPEG shows: the palette colour nearest its centre.
+
+    The image is decoded in full first, so a truncated JPEG fails here.
+    """
+    image = Image.open(io.BytesIO(jpeg))
+    image.load()
+    rgb = image.convert("RGB")
+    pixel = rgb.getpixel((rgb.width // 2, rgb.height // 2))
+    assert isinstance(pixel, tuple)
+    return nearest_camera((pixel[0], pixel[1], pixel[2]), [color_for(i) for i in range(cameras)])
 
 
 def camera_config(name: str, index: int, **settings: Any) -> CameraConfig:

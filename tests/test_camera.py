@@ -42,13 +42,14 @@ from custom_components.localcam.core import jpeg, snapshot_cache
 from custom_components.localcam.core.errors import CannotConnectError, RedirectedError
 from custom_components.localcam.core.models import SnapshotSource
 from custom_components.localcam.core.netpolicy import NetPolicy, Target, normalized_identity
-from virtualcam import CameraConfig, Fault, VirtualCamera, color_for, nearest_camera
+from virtualcam import CameraConfig, Fault, VirtualCamera, color_for
 
 from .conftest import (
     CAM_PASSWORD,
     CAM_USER,
     camera_asked,
     camera_config,
+    camera_shown,
     entry_data,
     main_entity_id,
     make_entry,
@@ -56,16 +57,6 @@ from .conftest import (
 )
 
 pytestmark = pytest.mark.usefixtures("secrets_absent_from_logs")
-
-PALETTE = [color_for(i) for i in range(64)]
-
-
-def _camera_index(jpeg: bytes) -> int:
-    """Which virtual camera a still shows, by the colour at its centre."""
-    image = Image.open(io.BytesIO(jpeg)).convert("RGB")
-    pixel = image.getpixel((image.width // 2, image.height // 2))
-    assert isinstance(pixel, tuple)
-    return nearest_camera((pixel[0], pixel[1], pixel[2]), PALETTE)
 
 
 async def _entity_id(
@@ -157,7 +148,7 @@ async def test_an_rtsps_camera_streams_through_the_relay_with_its_own_tls_settin
     assert (yarl.URL(source).scheme, yarl.URL(source).host) == ("rtsp", "127.0.0.1")
     assert _relayed_to(entity, source) == f"127.0.0.1:{cam.rtsp_port}"
     image = await async_get_image(hass, entity_id)
-    assert _camera_index(image.content) == 2
+    assert camera_shown(image.content) == 2
     async with _running_stream(hass, entity_id, cam):
         assert cam.stats.active_play_sessions >= 1
 
@@ -187,7 +178,7 @@ async def test_a_udp_camera_streams_to_ha_through_the_relay(
         assert cam.stats.udp_setups > setups  # the worker's session, over UDP to the relay
         sessions = cam.stats.play_sessions
         image = await async_get_image(hass, entity_id)
-        assert _camera_index(image.content) == 1
+        assert camera_shown(image.content) == 1
         assert cam.stats.play_sessions == sessions
     assert entity._client.guard.datagrams_refused == 0
 
@@ -327,7 +318,7 @@ async def test_still_from_snapshot_url(hass: HomeAssistant, camera: VirtualCamer
     before = camera.stats.play_sessions
     image = await async_get_image(hass, entity_id)
     assert image.content_type == "image/jpeg"
-    assert _camera_index(image.content) == 0
+    assert camera_shown(image.content) == 0
     assert camera.stats.snapshot_requests >= 1
     assert camera.stats.play_sessions == before  # no RTSP session for a still
 
@@ -336,7 +327,7 @@ async def test_still_from_rtsp_grab(hass: HomeAssistant, rtsp_only_camera: Virtu
     """Without a snapshot URL, the still is a keyframe decoded from RTSP."""
     entity_id = await _entity_id(hass, rtsp_only_camera, snapshot=False)
     image = await async_get_image(hass, entity_id)
-    assert _camera_index(image.content) == 1
+    assert camera_shown(image.content) == 1
     assert Image.open(io.BytesIO(image.content)).size == (320, 180)
 
 
@@ -346,7 +337,7 @@ async def test_still_is_scaled_for_cards(hass: HomeAssistant, camera: VirtualCam
     image = await async_get_image(hass, entity_id, width=160, height=90)
     size = Image.open(io.BytesIO(image.content)).size
     assert 160 <= size[0] < 320
-    assert _camera_index(image.content) == 0
+    assert camera_shown(image.content) == 0
 
 
 async def test_still_from_running_stream(
@@ -357,7 +348,7 @@ async def test_still_from_running_stream(
     async with _running_stream(hass, entity_id, rtsp_only_camera):
         sessions = rtsp_only_camera.stats.play_sessions
         image = await async_get_image(hass, entity_id)
-        assert _camera_index(image.content) == 1
+        assert camera_shown(image.content) == 1
         assert rtsp_only_camera.stats.play_sessions == sessions
 
 
@@ -422,7 +413,7 @@ async def test_a_home_assistant_whose_converter_hides_its_image_gets_grabbed_sti
         monkeypatch.setattr(stream, "_keyframe_converter", SimpleNamespace())
         sessions = rtsp_only_camera.stats.play_sessions
         image = await async_get_image(hass, entity_id)
-        assert _camera_index(image.content) == 1
+        assert camera_shown(image.content) == 1
         assert rtsp_only_camera.stats.play_sessions == sessions + 1
 
 
@@ -521,7 +512,7 @@ async def test_a_camera_that_stays_hung_is_an_error_soon(
     monkeypatch.setattr(snapshot_cache, "HEDGE_AFTER", 0.3)
     entity_id = await _entity_id(hass, camera, options={CONF_SNAPSHOT_MAX_AGE: 0.2})
     entity = get_camera_from_entity_id(hass, entity_id)
-    assert _camera_index(await entity.async_camera_image()) == 0
+    assert camera_shown(await entity.async_camera_image()) == 0
     entity._snapshots.stall_floor = 0.3
     await asyncio.sleep(0.3)  # that still expired
     camera.fault = Fault.HANG
@@ -535,7 +526,7 @@ async def test_a_camera_that_stays_hung_is_an_error_soon(
     camera.fault = None
     await asyncio.sleep(0.35)  # the newest stuck fetch is past the hedge delay
     async with asyncio.timeout(4):
-        assert _camera_index(await entity.async_camera_image()) == 0
+        assert camera_shown(await entity.async_camera_image()) == 0
 
 
 async def test_viewers_of_a_hang_get_the_first_frame_after_it_not_the_timeout(
@@ -564,7 +555,7 @@ async def test_viewers_of_a_hang_get_the_first_frame_after_it_not_the_timeout(
         first = await stuck
     for resp in (first, late):
         assert resp.status == HTTPStatus.OK
-        assert _camera_index(await resp.read()) == 0
+        assert camera_shown(await resp.read()) == 0
 
 
 async def test_unauthorized_still_starts_reauth(hass: HomeAssistant, camera: VirtualCamera) -> None:
@@ -588,7 +579,7 @@ async def test_camera_proxy_over_http(
     client = await hass_client()
     resp = await client.get(f"/api/camera_proxy/{entity_id}")
     assert resp.status == HTTPStatus.OK
-    assert _camera_index(await resp.read()) == 0
+    assert camera_shown(await resp.read()) == 0
     camera.fault = Fault.TRUNCATED_JPEG
     await asyncio.sleep(0.25)
     resp = await client.get(f"/api/camera_proxy/{entity_id}")
@@ -615,7 +606,7 @@ async def test_card_size_reaches_the_card_as_cached(
     body = await proxied.read()
     assert Image.open(io.BytesIO(body)).size == (132, 74)
     assert f'"{hashlib.sha256(body).hexdigest()}"' == view.headers["ETag"]
-    assert _camera_index(body) == 0
+    assert camera_shown(body) == 0
 
 
 async def test_stream_source_refused_when_dns_turns_public(
@@ -740,7 +731,7 @@ async def test_slow_keyframe_falls_back_to_a_grab(
         with patch("custom_components.localcam.camera._keyframe_wait", return_value=0.0):
             image = await entity.async_camera_image()
         assert image is not None
-        assert _camera_index(image) == 1
+        assert camera_shown(image) == 1
 
 
 async def test_a_still_of_a_watched_long_gop_camera_comes_from_its_stream(
@@ -766,7 +757,7 @@ async def test_a_still_of_a_watched_long_gop_camera_comes_from_its_stream(
             sessions = cam.stats.play_sessions
             snapshot = await entity.async_snapshot()
             assert snapshot.source is SnapshotSource.STREAM_KEYFRAME
-            assert _camera_index(snapshot.jpeg) == 4
+            assert camera_shown(snapshot.jpeg) == 4
             assert cam.stats.play_sessions == sessions
     finally:
         await cam.stop()
@@ -925,7 +916,7 @@ async def test_a_still_never_comes_from_a_stream_left_on_the_old_address(
         stream = entity.stream
         async with _watching(stream):
             snapshot = await entity.async_snapshot()
-            assert _camera_index(snapshot.jpeg) == 0  # A's colour, never B's (5)
+            assert camera_shown(snapshot.jpeg) == 0  # A's colour, never B's (5)
             assert snapshot.source.value == "rtsp_grab"
             assert _relayed_to(entity, stream.source).startswith("127.0.0.2:")
             assert moved.stats.play_sessions == 1
@@ -1019,7 +1010,7 @@ async def test_a_grabbed_still_comes_from_the_address_that_was_checked(
         with _flapping_dns():
             snapshot = await entity.async_snapshot()
         assert snapshot.source.value == "rtsp_grab"
-        assert _camera_index(snapshot.jpeg) == 0  # A's colour, never B's (5)
+        assert camera_shown(snapshot.jpeg) == 0  # A's colour, never B's (5)
         assert moved.stats.play_sessions == 1
         assert other.stats.play_sessions == 0
 
@@ -1051,7 +1042,7 @@ async def test_a_warm_grab_session_on_a_refused_device_is_never_reused(
             assert other.stats.credentialed_requests == 0
             resolved["porch.test"] = "127.0.0.2"  # right again: A
             snapshot = await entity.async_snapshot()
-        assert _camera_index(snapshot.jpeg) == 0
+        assert camera_shown(snapshot.jpeg) == 0
         assert moved.stats.play_sessions == 1
         await _until(lambda: other.stats.active_play_sessions == 0)  # B's session was ended
 

@@ -8,13 +8,11 @@ played here by PyAV (the same libavformat), opened as HomeKit opens it.
 
 import asyncio
 from http import HTTPStatus
-import io
 from unittest.mock import patch
 
 import av
 from homeassistant.components.camera import async_get_stream_source
 from homeassistant.core import HomeAssistant
-from PIL import Image
 import pytest
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 from pytest_homeassistant_custom_component.typing import ClientSessionGenerator
@@ -27,21 +25,18 @@ from custom_components.localcam.const import (
     DOMAIN,
 )
 from custom_components.localcam.core import rtsp_guard
-from virtualcam import CameraConfig, Fault, VirtualCamera, color_for, nearest_camera
+from virtualcam import CameraConfig, Fault, VirtualCamera
 
-from .conftest import camera_config, entry_data, main_entity_id, make_entry, setup_entry
+from .conftest import (
+    camera_config,
+    camera_shown,
+    entry_data,
+    main_entity_id,
+    make_entry,
+    setup_entry,
+)
 
 pytestmark = pytest.mark.usefixtures("secrets_absent_from_logs")
-
-PALETTE = [color_for(i) for i in range(64)]
-
-
-def _camera_index(jpeg: bytes) -> int:
-    """Which virtual camera a still shows, by the colour at its centre."""
-    image = Image.open(io.BytesIO(jpeg)).convert("RGB")
-    pixel = image.getpixel((image.width // 2, image.height // 2))
-    assert isinstance(pixel, tuple)
-    return nearest_camera((pixel[0], pixel[1], pixel[2]), PALETTE)
 
 
 def _first_frame(url: str, options: dict[str, str]) -> bool:
@@ -179,7 +174,7 @@ async def test_ha_s_mjpeg_view_answers_a_failing_camera_with_an_error(
         resp.close()
     assert resp.status == HTTPStatus.OK
     jpeg = data.split(b"--frameboundary")[1].split(b"\r\n\r\n", 1)[1].rsplit(b"\r\n", 1)[0]
-    assert _camera_index(jpeg) == 0
+    assert camera_shown(jpeg) == 0
 
     camera.fault = Fault.WRONG_CONTENT_TYPE
     await asyncio.sleep(1.1)  # past the still cache's max age

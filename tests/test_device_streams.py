@@ -9,7 +9,6 @@ moves every one of its entries.
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-import io
 from typing import Any
 from unittest.mock import patch
 
@@ -33,7 +32,6 @@ from homeassistant.helpers import (
 )
 from homeassistant.helpers.service_info.dhcp import DhcpServiceInfo
 from homeassistant.setup import async_setup_component
-from PIL import Image
 import pytest
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 from pytest_homeassistant_custom_component.typing import ClientSessionGenerator
@@ -49,14 +47,13 @@ from custom_components.localcam.const import (
     DOMAIN,
 )
 from custom_components.localcam.core.netpolicy import stream_channel
-from virtualcam import VirtualCamera, color_for, nearest_camera
+from virtualcam import VirtualCamera
 
-from .conftest import CAM_PASSWORD, CAM_USER, camera_config
+from .conftest import CAM_PASSWORD, CAM_USER, camera_config, camera_shown
 
 pytestmark = pytest.mark.usefixtures("secrets_absent_from_logs")
 
 MAC = "02:00:00:aa:bb:01"
-PALETTE = [color_for(i) for i in range(8)]
 
 
 def test_stream_channel_names_the_stream_not_the_host() -> None:
@@ -107,14 +104,7 @@ async def _shows(hass: HomeAssistant, entry: ConfigEntry) -> int:
         "camera", DOMAIN, f"{entry.data[CONF_CAMERA_ID]}_main"
     )
     assert entity_id is not None, entry.title
-    return _camera_index((await async_get_image(hass, entity_id)).content)
-
-
-def _camera_index(jpeg: bytes) -> int:
-    image = Image.open(io.BytesIO(jpeg)).convert("RGB")
-    pixel = image.getpixel((image.width // 2, image.height // 2))
-    assert isinstance(pixel, tuple)
-    return nearest_camera((pixel[0], pixel[1], pixel[2]), PALETTE)
+    return camera_shown((await async_get_image(hass, entity_id)).content, 8)
 
 
 def _cam(index: int, host: str = "127.0.0.1") -> VirtualCamera:

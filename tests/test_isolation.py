@@ -10,38 +10,26 @@ must not hold up the others. The benchmark (bench/) runs the large version.
 
 import asyncio
 from datetime import UTC, datetime
-import io
 import os
 import random
 import time
 
 from homeassistant.core import HomeAssistant
 from homeassistant.helpers import entity_registry as er
-from PIL import Image
 import pytest
 from pytest_homeassistant_custom_component.typing import ClientSessionGenerator
 
 from custom_components.localcam.const import CONF_SNAPSHOT_MAX_AGE, DOMAIN, SNAPSHOT_TIMEOUT
-from virtualcam import CameraFarm, Fault, color_for, nearest_camera
+from virtualcam import CameraFarm, Fault
 
-from .conftest import CAM_PASSWORD, CAM_USER, make_entry, setup_entry
+from .conftest import CAM_PASSWORD, CAM_USER, camera_shown, make_entry, setup_entry
 
 # CI-sized; LOCALCAM_ISOLATION_CAMERAS / _REQUESTS scale it up.
 CAMERAS = int(os.environ.get("LOCALCAM_ISOLATION_CAMERAS", "16"))
 RTSP_ONLY = max(2, CAMERAS // 16 * 2)
 REQUESTS = int(os.environ.get("LOCALCAM_ISOLATION_REQUESTS", "800"))
 MAX_AGE = 1.0
-PALETTE = [color_for(i) for i in range(120)]
 SIZES = [None, (320, 180), (160, 90)]
-
-
-def _colour_index(body: bytes) -> int:
-    image = Image.open(io.BytesIO(body))
-    image.load()  # a truncated JPEG fails here, not silently
-    rgb = image.convert("RGB")
-    pixel = rgb.getpixel((rgb.width // 2, rgb.height // 2))
-    assert isinstance(pixel, tuple)
-    return nearest_camera((pixel[0], pixel[1], pixel[2]), PALETTE)
 
 
 @pytest.mark.timeout(300)
@@ -177,7 +165,7 @@ async def test_no_frame_crosses_cameras_under_faults(
         await asyncio.gather(reboots(), *(one(index) for index in indexes))
 
         served = [r for r in results if r[1] == 200]
-        foreign = [r for r in served if _colour_index(r[3]) != r[0]]
+        foreign = [r for r in served if camera_shown(r[3], 120) != r[0]]
         # Served within max age: as the view sent it (X-LocalCam-Age, on the
         # clock the frame was stamped with), and, not to take the server's
         # word alone, no older than max age when the request started (its

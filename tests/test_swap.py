@@ -11,7 +11,6 @@ proven by the device's identity) and the pictures are right again.
 import asyncio
 from collections import Counter
 from http import HTTPStatus
-import io
 import socket
 from typing import Any
 from unittest.mock import patch
@@ -23,7 +22,6 @@ from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers import entity_registry as er, issue_registry as ir
 from homeassistant.helpers.service_info.dhcp import DhcpServiceInfo
-from PIL import Image
 import pytest
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 from pytest_homeassistant_custom_component.typing import ClientSessionGenerator
@@ -36,19 +34,19 @@ from custom_components.localcam.const import (
     CONF_STREAM_URL,
     DOMAIN,
 )
-from virtualcam import CameraConfig, VirtualCamera, color_for, nearest_camera
+from virtualcam import CameraConfig, VirtualCamera
 
 from .conftest import (
     CAM_PASSWORD,
     CAM_USER,
     camera_config,
+    camera_shown,
     entry_data,
     main_entity_id,
     onvif_camera_config,
     setup_entry,
 )
 
-PALETTE = [color_for(i) for i in range(64)]
 A, B = 3, 4  # palette indexes = the cameras' colours
 MACS = {A: "02:00:00:00:0a:0a", B: "02:00:00:00:0b:0b"}
 
@@ -61,15 +59,6 @@ def _free_port() -> int:
 
 def _config(index: int, host: str, rtsp_port: int, http_port: int) -> CameraConfig:
     return onvif_camera_config(index, host, rtsp_port, http_port, MACS[index])
-
-
-def _colour(body: bytes) -> int:
-    image = Image.open(io.BytesIO(body))
-    image.load()
-    rgb = image.convert("RGB")
-    pixel = rgb.getpixel((rgb.width // 2, rgb.height // 2))
-    assert isinstance(pixel, tuple)
-    return nearest_camera((pixel[0], pixel[1], pixel[2]), PALETTE)
 
 
 @pytest.mark.timeout(180)
@@ -126,7 +115,7 @@ async def test_two_cameras_swap_addresses(
                     ):
                         resp = await client.get(path)
                         body = await resp.read()
-                        shown = _colour(body) if resp.status == HTTPStatus.OK else None
+                        shown = camera_shown(body) if resp.status == HTTPStatus.OK else None
                         seen[(phase, index, shown)] += 1
                 await asyncio.sleep(0.25)  # past max age: every round is a new fetch
 
@@ -246,7 +235,7 @@ async def test_a_mac_pinned_camera_is_not_served_from_a_device_whose_mac_cannot_
                 served = await entity.async_snapshot()
             except HomeAssistantError:
                 served = None
-            assert served is None, f"a frame of colour {_colour(served.jpeg)} served as A's"
+            assert served is None, f"a frame of colour {camera_shown(served.jpeg)} served as A's"
             assert b.stats.credentialed_requests == 0
             await entry.runtime_data.coordinator.async_refresh()
             await hass.async_block_till_done()

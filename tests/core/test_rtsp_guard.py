@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 import contextlib
 from contextlib import asynccontextmanager
 import gc
-import io
 import ipaddress
 import logging
 import os
@@ -22,7 +21,6 @@ import time
 from typing import Any
 
 import aiohttp
-from PIL import Image
 import pytest
 import pytest_socket
 import yarl
@@ -40,8 +38,8 @@ from custom_components.localcam.core.netpolicy import NetPolicy
 from custom_components.localcam.core.rtsp import async_grab_keyframe, client_ssl_context
 from custom_components.localcam.core.rtsp_guard import ReplyFilter, RtspGuard
 from custom_components.localcam.core.snapshot import CameraClient
-from tests.conftest import camera_config
-from virtualcam import CameraConfig, Fault, VirtualCamera, color_for, nearest_camera
+from tests.conftest import camera_config, camera_shown
+from virtualcam import CameraConfig, Fault, VirtualCamera, color_for
 from virtualcam.tls import self_signed
 
 USER, PASSWORD = "cam", "pw-guard-3"
@@ -316,13 +314,6 @@ def trusted(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Path], None]]
     client_ssl_context.cache_clear()
 
 
-def _colour(jpeg: bytes) -> int:
-    image = Image.open(io.BytesIO(jpeg)).convert("RGB")
-    pixel = image.getpixel((image.width // 2, image.height // 2))
-    assert isinstance(pixel, tuple)
-    return nearest_camera((pixel[0], pixel[1], pixel[2]), [color_for(i) for i in range(64)])
-
-
 @asynccontextmanager
 async def _client(
     cam: VirtualCamera,
@@ -406,7 +397,7 @@ async def test_stills_are_grabbed_through_the_relay_over_tcp_and_udp(
         assert url.port != camera.port
         assert (url.user, url.password) == (USER, PASSWORD)
         snapshot = await client.fetch_snapshot(timeout=8)
-        assert _colour(snapshot.jpeg) == 0
+        assert camera_shown(snapshot.jpeg) == 0
         assert cam.stats.rtsp_connections >= 1
         assert (cam.stats.udp_setups > 0) == (transport is RtspTransport.UDP)
 
@@ -423,7 +414,7 @@ async def test_a_camera_that_sends_ffmpeg_elsewhere_gets_an_error_not_that_frame
     cam.fault = Fault.REDIRECT_PLAYERS
     direct = (await NetPolicy().check(cam.rtsp_url)).pinned_url(USER, PASSWORD)
     followed = await async_grab_keyframe(direct, timeout=5)
-    assert _colour(followed.jpeg) == 5  # what FFmpeg does on its own
+    assert camera_shown(followed.jpeg) == 5  # what FFmpeg does on its own
     before = other.stats.rtsp_connections
     async with _client(cam) as client:
         with pytest.raises(RedirectedError):
@@ -434,7 +425,7 @@ async def test_a_camera_that_sends_ffmpeg_elsewhere_gets_an_error_not_that_frame
     assert other.stats.rtsp_connections == before
     cam.fault = None
     async with _client(cam) as client:
-        assert _colour((await client.fetch_snapshot(timeout=8)).jpeg) == 0
+        assert camera_shown((await client.fetch_snapshot(timeout=8)).jpeg) == 0
 
 
 @pytest.mark.parametrize("transport", list(RtspTransport))
@@ -459,7 +450,7 @@ async def test_an_rtsps_camera_is_relayed_with_the_relay_as_its_tls_client(
         # Only interleaved RTP travels inside the relay's TLS connection.
         assert client.source.ffmpeg_transport is RtspTransport.TCP
         snapshot = await client.fetch_snapshot(timeout=8)
-        assert _colour(snapshot.jpeg) == 0
+        assert camera_shown(snapshot.jpeg) == 0
         assert cam.stats.rtsp_connections >= 1
         await client.probe(8)
         assert cam.stats.udp_setups == 0  # the video stayed inside the TLS connection
@@ -495,13 +486,13 @@ async def test_the_relay_checks_an_rtsps_certificate_when_the_source_asks(
         # Configured by the name its certificate carries: accepted.
         async with _client(named, verify_ssl=True, host="cam.lan") as client:
             assert yarl.URL(await client.stream_url()).host == "127.0.0.1"
-            assert _colour((await client.fetch_snapshot(timeout=8)).jpeg) == 0
+            assert camera_shown((await client.fetch_snapshot(timeout=8)).jpeg) == 0
             assert client.guard.as_dict()["certificates_refused"] == 0
     async with _client(cam, verify_ssl=False) as client:
-        assert _colour((await client.fetch_snapshot(timeout=8)).jpeg) == 0
+        assert camera_shown((await client.fetch_snapshot(timeout=8)).jpeg) == 0
     trusted(certs["127.0.0.1"][0])
     async with _client(cam, verify_ssl=True) as client:
-        assert _colour((await client.fetch_snapshot(timeout=8)).jpeg) == 0
+        assert camera_shown((await client.fetch_snapshot(timeout=8)).jpeg) == 0
 
 
 async def test_a_refusal_is_told_only_to_sessions_of_its_own_relay(
@@ -1185,7 +1176,7 @@ async def test_a_udp_camera_s_stills_and_ffmpeg_s_transport(
         assert client.source.ffmpeg_transport is RtspTransport.TCP
         assert client.source.relay_udp
         snapshot = await client.fetch_snapshot(timeout=8)
-        assert _colour(snapshot.jpeg) == 0
+        assert camera_shown(snapshot.jpeg) == 0
         assert cam.stats.udp_setups >= 1
         assert client.guard.datagrams_refused == 0
 
@@ -1244,7 +1235,7 @@ async def test_without_udp_ports_the_relay_asks_the_camera_for_tcp(
     monkeypatch.setattr(rtsp_guard, "_bind_udp_pair", no_ports)
     cam, _ = two_cams
     async with _client(cam, RtspTransport.UDP) as client:
-        assert _colour((await client.fetch_snapshot(timeout=8)).jpeg) == 0
+        assert camera_shown((await client.fetch_snapshot(timeout=8)).jpeg) == 0
     assert cam.stats.udp_setups == 0
 
 
