@@ -1787,3 +1787,90 @@ async def test_the_relay_still_accepts_after_a_transient_accept_failure(
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         await guard.close()
         server.close()
+
+
+_SETUPS_SEEN: list[bytes] = []
+
+
+async def _camera(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answer every request 200, echoing its CSeq and Transport (a camera that takes TCP)."""
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.split(b"\r\n")
+            _SETUPS_SEEN.append(lines[0])
+            cseq = next((ln for ln in lines if ln.lower().startswith(b"cseq:")), b"CSeq: 0")
+            transport = next((ln for ln in lines if ln.lower().startswith(b"transport:")), None)
+            writer.write(
+                b"RTSP/1.0 200 OK\r\n"
+                + cseq
+                + b"\r\n"
+                + (transport + b"\r\nSession: 1\r\n" if transport else b"")
+                + b"\r\n"
+            )
+            await writer.drain()
+    except asyncio.IncompleteReadError, ConnectionError:
+        pass
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    "transport",
+    [
+        # FFmpeg's own TCP SETUP for an SDP whose media protocol is "udp"
+        # (MPEG-TS over RTSP, rt->transport == RTSP_TRANSPORT_RAW):
+        # trans_pref "RAW/RAW" + "/TCP;unicast;interleaved=0-1".
+        "RAW/RAW/TCP;unicast;interleaved=0-1",
+        # Secure RTP profile, still interleaved in the RTSP connection.
+        "RTP/SAVP/TCP;unicast;interleaved=0-1",
+    ],
+)
+async def test_an_interleaved_setup_of_another_profile_reaches_the_camera(
+    socket_enabled: None, transport: str
+) -> None:
+    """Media interleaved in the relayed connection is what the relay wants: no 461.
+
+    FFmpeg retries only the first SETUP's 461, with the next lower transport:
+    for a RAW (MPEG-TS) stream its TCP SETUP answered 461 leaves it only
+    multicast, then EPROTONOSUPPORT: the camera never plays, through HA's
+    stream (which always asks TCP) or any other consumer.
+    """
+    _SETUPS_SEEN.clear()
+    async with _relayed(_camera) as (_guard, reader, writer):
+        status, headers, _ = await _rtsp_exchange(
+            reader,
+            writer,
+            "SETUP rtsp://127.0.0.1/s/track1 RTSP/1.0\r\n"
+            f"CSeq: 3\r\nTransport: {transport}\r\n\r\n",
+        )
+    assert status == 200
+    assert headers["cseq"] == "3"
+    assert any(line.startswith(b"SETUP ") for line in _SETUPS_SEEN)
+
+
+@pytest.mark.parametrize(
+    "transport",
+    [
+        "RTP/AVP;unicast;client_port=5000-5001",
+        "RTP/AVP/UDP;unicast;client_port=5000-5001",
+        "RAW/RAW/UDP;unicast;client_port=5000",
+        "RTP/AVP/UDP;multicast",
+        "RTP/AVP/TCP;unicast;interleaved=0-1,RTP/AVP;unicast;client_port=5000-5001",
+    ],
+)
+async def test_a_setup_for_media_outside_the_connection_is_still_461(
+    socket_enabled: None, transport: str
+) -> None:
+    """What the fix must keep: anything that could send media over UDP is answered 461."""
+    _SETUPS_SEEN.clear()
+    async with _relayed(_camera) as (_guard, reader, writer):
+        status, headers, _ = await _rtsp_exchange(
+            reader,
+            writer,
+            "SETUP rtsp://127.0.0.1/s/track1 RTSP/1.0\r\n"
+            f"CSeq: 4\r\nTransport: {transport}\r\n\r\n",
+        )
+    assert status == 461
+    assert headers["cseq"] == "4"
+    assert not any(line.startswith(b"SETUP ") for line in _SETUPS_SEEN)

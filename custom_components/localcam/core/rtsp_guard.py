@@ -255,9 +255,14 @@ def _interleaved(value: str) -> tuple[int, int] | None:
 
 
 def _all_interleaved(value: bytes) -> bool:
-    """Whether every transport spec a SETUP offers is interleaved RTP over the connection."""
+    """Whether every transport spec a SETUP offers is interleaved in the RTSP connection.
+
+    The lower transport decides, whatever the profile: FFmpeg asks
+    ``RAW/RAW/TCP`` for an MPEG-TS stream (SDP protocol ``udp``), and
+    retries only a first SETUP's 461, with the next lower transport.
+    """
     return all(
-        spec.split(b";", 1)[0].strip().upper() == b"RTP/AVP/TCP" for spec in value.split(b",")
+        spec.split(b";", 1)[0].strip().upper().endswith(b"/TCP") for spec in value.split(b",")
     )
 
 
