@@ -1484,3 +1484,30 @@ async def test_dhcp_follows_a_camera_to_an_address_a_mac_less_entry_held(
     assert result["reason"] == "already_configured"
     assert entry_a.data[CONF_STREAM_URL] == camera.rtsp_url  # A followed its camera
     assert entry_b.data[CONF_STREAM_URL] == camera.rtsp_url  # B untouched
+
+
+async def test_an_announcement_another_camera_s_entry_contradicts_is_offered(
+    hass: HomeAssistant,
+) -> None:
+    """An entry whose MAC differs from the one announced is neither followed nor a match.
+
+    Since confirming entries are handled first, no test walked the second
+    loop past an entry that differs from the announcement (714->710): every
+    test with such an entry also had a confirming one, which aborts first.
+    """
+    MockConfigEntry(
+        domain=DOMAIN,
+        unique_id="02:00:00:00:00:0a",
+        data={
+            CONF_STREAM_URL: "rtsp://192.168.1.10:554/stream",
+            CONF_CAMERA_ID: "cam10",
+            CONF_IDENTITY: {"mac": "02:00:00:00:00:0a"},
+        },
+    ).add_to_hass(hass)
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN,
+        context={"source": SOURCE_DHCP},
+        data=DhcpServiceInfo(ip="192.168.1.30", hostname="cam", macaddress="02000000000b"),
+    )
+    assert result["type"] is FlowResultType.FORM
+    assert result["step_id"] == "discovery_confirm"

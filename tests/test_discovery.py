@@ -9,7 +9,7 @@ from dataclasses import replace
 from typing import Any
 from unittest.mock import AsyncMock, patch
 
-from homeassistant.config_entries import SOURCE_IGNORE, SOURCE_INTEGRATION_DISCOVERY
+from homeassistant.config_entries import SOURCE_IGNORE, SOURCE_INTEGRATION_DISCOVERY, SOURCE_REAUTH
 from homeassistant.const import EVENT_HOMEASSISTANT_STARTED
 from homeassistant.core import CoreState, HomeAssistant
 from homeassistant.helpers.discovery_flow import DiscoveryKey
@@ -19,15 +19,16 @@ import pytest
 from pytest_homeassistant_custom_component.common import MockConfigEntry, async_fire_time_changed
 from pytest_homeassistant_custom_component.typing import WebSocketGenerator
 
-from custom_components.localcam import discovery
+from custom_components.localcam import config_flow, discovery
 from custom_components.localcam.const import (
     CONF_CAMERA_ID,
     CONF_IDENTITY,
     CONF_STREAM_URL,
     DOMAIN,
 )
+from custom_components.localcam.core.identity import Identity
 from custom_components.localcam.core.wsdiscovery import DiscoveredDevice
-from custom_components.localcam.helpers import device_is_configured
+from custom_components.localcam.helpers import Observation, device_is_configured
 
 DEVICE = DiscoveredDevice(
     endpoint="urn:uuid:1b6f0a3e-0000-4000-8000-000000000001",
@@ -457,3 +458,44 @@ def test_a_uuid_alone_at_another_address_is_not_a_configured_camera() -> None:
     assert not device_is_configured(entry, twin)  # cheap cameras share firmware UUIDs
     assert device_is_configured(entry, replace(twin, mac="02:00:00:00:00:20"))  # moved, by MAC
     assert not device_is_configured(entry, replace(at_home, mac="02:00:00:00:00:99"))  # another
+
+
+MOVED_MAC = "02:00:00:00:00:0a"
+
+
+async def test_a_camera_waiting_for_reauth_is_still_followed_to_its_new_address(
+    hass: HomeAssistant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reauth flow carries its entry's unique id; the scan took it for a waiting offer.
+
+    The camera (pinned by its MAC) moved to .20 while a reauth for it waits
+    for the user: the scan heard it there, but ``offered`` (every flow's
+    unique id, reauth and reconfigure included) left it out, so nothing
+    followed the move; before, its offer reached _async_discovered, whose
+    confirming entry followed it (the link proving the MAC at .20).
+    """
+    monkeypatch.setenv(discovery.DISABLE_ENV, "0")
+    entry = MockConfigEntry(
+        domain=DOMAIN,
+        unique_id=MOVED_MAC,
+        data={**_url_data(10), CONF_IDENTITY: {"mac": MOVED_MAC}},
+    )
+    entry.add_to_hass(hass)
+    moved = replace(DEVICE, host="192.168.1.20", mac=MOVED_MAC)
+    assert discovery.offer_key(moved) == MOVED_MAC
+    entry.async_start_reauth(hass)  # the camera answered 401 (the device at its old address)
+    await hass.async_block_till_done()
+    flows = hass.config_entries.flow.async_progress_by_handler(DOMAIN)
+    assert [f["context"]["source"] for f in flows] == [SOURCE_REAUTH]
+    assert flows[0]["context"]["unique_id"] == MOVED_MAC
+    seen = Observation(link_mac=MOVED_MAC, identity=Identity(mac=MOVED_MAC))
+    with (
+        patch.object(discovery, "async_multicast_interfaces", AsyncMock(return_value=[])),
+        patch.object(discovery, "scan", AsyncMock(return_value=[moved])),
+        patch.object(config_flow, "async_observe_identity", AsyncMock(return_value=seen)),
+        patch.object(config_flow, "async_link_mac", AsyncMock(return_value=None)),
+        patch.object(hass.config_entries, "async_schedule_reload"),
+    ):
+        discovery.async_start_background_discovery(hass)
+        await hass.async_block_till_done(wait_background_tasks=True)
+    assert entry.data[CONF_STREAM_URL] == "rtsp://192.168.1.20:554/stream"

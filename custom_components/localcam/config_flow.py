@@ -4,12 +4,9 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
 import math
-from typing import Any, Final, Self, override
+from typing import Any, Self, override
 
 from homeassistant.config_entries import (
-    SOURCE_DHCP,
-    SOURCE_INTEGRATION_DISCOVERY,
-    SOURCE_ZEROCONF,
     ConfigFlow,
     ConfigFlowResult,
     OptionsFlowWithReload,
@@ -58,6 +55,7 @@ from .const import (
     LOGGER,
     MAX_SNAPSHOT_MAX_AGE,
     MIN_SNAPSHOT_MAX_AGE,
+    OFFER_SOURCES,
     PROBE_TIMEOUT,
     RTSP_TRANSPORTS,
     SNAPSHOT_TIMEOUT,
@@ -750,7 +748,7 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
         """
         other = other_flow._discovered
         return (
-            other_flow.source in _OFFER_SOURCES
+            other_flow.source in OFFER_SOURCES
             and other.get(CONF_HOST) == self._discovered.get(CONF_HOST)
             and not other_flow._offered.differs(self._offered)
             and not (self._discovered.get("kind") == "onvif" and other.get("kind") == "rtsp")
@@ -777,7 +775,7 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
         }
         for flow in self._async_in_progress(include_uninitialized=True):
             context = flow["context"]
-            if context.get("source") in _OFFER_SOURCES and context.get("unique_id") in keys:
+            if context.get("source") in OFFER_SOURCES and context.get("unique_id") in keys:
                 self.hass.config_entries.flow.async_abort(flow["flow_id"])
 
     async def async_step_discovery_confirm(
@@ -1063,10 +1061,6 @@ def _networks_error(text: str) -> str | None:
     except ValueError as err:
         return str(err)
     return None
-
-
-# The sources of offers the user has not answered yet (discovery_confirm).
-_OFFER_SOURCES: Final = frozenset({SOURCE_DHCP, SOURCE_INTEGRATION_DISCOVERY, SOURCE_ZEROCONF})
 
 
 def _checked_identity(entry: LocalCamConfigEntry, data: Mapping[str, Any]) -> Identity | None:

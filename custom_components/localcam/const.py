@@ -3,6 +3,8 @@
 import logging
 from typing import Final
 
+from homeassistant.config_entries import SOURCE_DHCP, SOURCE_INTEGRATION_DISCOVERY, SOURCE_ZEROCONF
+
 DOMAIN: Final = "localcam"
 LOGGER: Final = logging.getLogger(__package__)
 
@@ -61,3 +63,7 @@ HEADER_CAMERA: Final = "X-LocalCam-Camera"  # the entity's unique id
 HEADER_CAPTURED_AT: Final = "X-LocalCam-Captured-At"  # ISO 8601, wall clock
 HEADER_SOURCE: Final = "X-LocalCam-Source"  # snapshot_url, stream_keyframe, rtsp_grab
 HEADER_AGE: Final = "X-LocalCam-Age"  # seconds since capture, as sent
+
+# The sources of offers the user has not answered yet (discovery_confirm):
+# a reauth or reconfigure flow also carries its entry's unique id, but is none.
+OFFER_SOURCES: Final = frozenset({SOURCE_DHCP, SOURCE_INTEGRATION_DISCOVERY, SOURCE_ZEROCONF})

@@ -35,7 +35,7 @@ from homeassistant.helpers.start import async_at_started
 from homeassistant.util import dt as dt_util
 from homeassistant.util.hass_dict import HassKey
 
-from .const import CONF_IDENTITY, DOMAIN, LOGGER
+from .const import CONF_IDENTITY, DOMAIN, LOGGER, OFFER_SOURCES
 from .core.identity import Identity, normalize_mac
 from .core.netpolicy import NetPolicy
 from .core.wsdiscovery import WSD_PORT, DiscoveredDevice, scan
@@ -224,9 +224,13 @@ def async_start_background_discovery(hass: HomeAssistant) -> None:
         # 1024 devices (256 sources x 4), and made-up UUIDs are new every time.
         # A camera already offered would only abort (already in progress): it
         # must not take a free place from a camera not offered yet.
+        # Offers only: a reauth or reconfigure flow carries its entry's unique
+        # id, and a camera heard at a new address must still reach the flow
+        # that follows it there (config_flow._async_discovered).
         offered = {
             flow["context"].get("unique_id")
             for flow in hass.config_entries.flow.async_progress_by_handler(DOMAIN)
+            if flow["context"].get("source") in OFFER_SOURCES
         }
         # Before the cap: cameras configured right where they answer, and
         # offers the user ignored, would only abort, and at low addresses
