@@ -1096,7 +1096,10 @@ class ScriptedCamera:
             writer.write(b"$\x02" + struct.pack("!H", len(rtp)) + rtp)
             seq += 1
             self.audio_packets += 1
-            await writer.drain()
+            try:
+                await writer.drain()
+            except ConnectionError:  # the client reset the connection (as _send_video)
+                return
             await asyncio.sleep(0.02)
 
     async def _send_video(self, writer: asyncio.StreamWriter, nals: list[bytes]) -> None:
