@@ -209,3 +209,31 @@ async def test_ha_s_mjpeg_view_ends_cleanly_when_the_camera_fails_mid_stream(
         camera.fault = Fault.WRONG_CONTENT_TYPE
         await resp.read()  # ends: a complete chunked body, no payload error
     assert not [r for r in caplog.records if r.name == "aiohttp.server" and r.levelname == "ERROR"]
+
+
+async def test_a_camera_nobody_watches_keeps_no_relay_after_its_checks(
+    hass: HomeAssistant, camera: VirtualCamera
+) -> None:
+    """The checks close relays to addresses the camera left; they never open one.
+
+    A first version pinned a relay whenever the entities heard of a check, to
+    know which relay to keep: an idle camera then held a loopback listener
+    for nothing.
+    """
+    entry = make_entry(camera)  # stills from its snapshot URL: no RTSP session
+    await setup_entry(hass, entry)
+    main = entry.runtime_data.streams[entry.runtime_data.main]
+    coordinator = entry.runtime_data.coordinator
+    for _ in range(3):
+        await coordinator.async_refresh()
+        # What the entities hear when a check finds the camera at another address.
+        coordinator.async_update_listeners()
+        await hass.async_block_till_done()
+    assert coordinator.last_update_success
+    assert main.client.guard.as_dict()["relays"] == 0
+    # Once someone reads the stream, its relay stays open across the checks.
+    assert await async_get_stream_source(hass, main_entity_id(hass, entry)) is not None
+    await coordinator.async_refresh()
+    coordinator.async_update_listeners()
+    await hass.async_block_till_done()
+    assert main.client.guard.as_dict()["relays"] == 1

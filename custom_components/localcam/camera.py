@@ -444,19 +444,20 @@ class LocalCamCamera(LocalCamEntity, Camera):
         # the stream goes to that very address, not to a second lookup's answer.
         # (A profile on another host than the checked one is left to its own
         # stream's check, which runs whenever its worker reconnects.)
-        try:
-            pinned = self._client.pinned_url_at(self.coordinator.data.target)
-        except LocalCamError as err:  # no relay port: the stream keeps its URL until the next check
-            LOGGER.debug("%s: stream not re-pinned: %s", self.entity_id, err)
-            return
-        if pinned is None or self.hass.is_stopping:
-            return
+        checked = self.coordinator.data.target
         if stream is not None:
-            self._pin(stream, pinned)
+            try:
+                pinned = self._client.pinned_url_at(checked)
+            except LocalCamError as err:  # no relay port: the stream keeps its URL for now
+                LOGGER.debug("%s: stream not re-pinned: %s", self.entity_id, err)
+                pinned = None
+            if pinned is not None and not self.hass.is_stopping:
+                self._pin(stream, pinned)
         # Players outside HA's stream (go2rtc, HomeKit) hold the URL
         # stream_source gave them and reconnect with it: no relay to an
-        # address the camera has left stays open for them.
-        self._client.guard.retire_others(pinned)
+        # address the camera has left stays open for them. (Nothing is opened
+        # here: a camera nobody watches keeps no relay.)
+        self._client.retire_relays_off(checked)
 
     @callback
     def _async_stream_state_changed(self) -> None:

@@ -1177,19 +1177,16 @@ class RtspGuard:
         self._close_later(listener)
         return True
 
-    def retire_others(self, keep: str) -> int:
-        """Close every relay but the one behind ``keep`` (the address just checked).
+    def retire_except(self, address: IPv4Address | IPv6Address, port: int) -> int:
+        """Close every relay to another address or port than ``address``:``port``.
 
         A URL from ``url()`` may be held by a player outside LocalCam's sight
         (Home Assistant's go2rtc, HomeKit's FFmpeg), which reconnects with it
         on its own. Once a check has found the camera at another address, a
         relay to an old one would play, to such a player, whatever device
-        answers there now. Returns how many relays were closed.
+        answers there now. Opens nothing. Returns how many relays were closed.
         """
-        kept = self._listener_of(keep)
-        if kept is None:
-            return 0
-        stale = [key for key, listener in self._listeners.items() if listener is not kept]
+        stale = [key for key in self._listeners if (key.address, key.port) != (address, port)]
         for key in stale:
             self._close_later(self._listeners.pop(key))
         return len(stale)

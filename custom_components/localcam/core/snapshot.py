@@ -157,6 +157,18 @@ class CameraClient:
         target = checked.for_url(self.source.stream_url)
         return None if target is None else self.pinned_url(target)
 
+    def retire_relays_off(self, checked: Target) -> int:
+        """Close the stream's relays to any address but the one a check just proved.
+
+        Opens nothing. ``checked`` as for ``pinned_url_at``; a profile on
+        another host than the checked one keeps its relays (its own checks
+        decide). Returns how many relays were closed.
+        """
+        target = checked.for_url(self.source.stream_url)
+        if target is None:
+            return 0
+        return self.guard.retire_except(target.address, target.port)
+
     async def probe(self, timeout: float) -> StreamInfo:
         """Test before configure: decode the first video frame of the stream."""
         url = await self.stream_url()
