@@ -211,9 +211,7 @@ async def test_a_mac_pinned_camera_is_not_served_from_a_device_whose_mac_cannot_
             lambda address, *_: link.get(str(address)),
         ),
         # These loopback addresses stand for LAN ones (where a link is).
-        patch(
-            "custom_components.localcam.core.snapshot.on_this_host", lambda _a: False, create=True
-        ),
+        patch("custom_components.localcam.core.snapshot.on_this_host", lambda _a: False),
     ):
         data = entry_data(a, snapshot=False)
         data[CONF_STREAM_URL] = f"rtsp://porch.test:{a.rtsp_port}/stream"

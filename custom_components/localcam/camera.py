@@ -39,7 +39,7 @@ from .core.snapshot import CameraClient
 from .core.snapshot_cache import SnapshotCache
 from .data import LocalCamConfigEntry
 from .entity import LocalCamEntity
-from .helpers import frame_key, translated_error
+from .helpers import frame_key, still_error_status, translated_error
 
 # Stills and streams are per camera and independent; Home Assistant must not
 # serialise one camera's image requests behind another's.
@@ -604,10 +604,7 @@ class LocalCamCamera(LocalCamEntity, Camera):
             first: bytes | None = await self.async_camera_image()
         except HomeAssistantError as err:
             # A short key, never a URL or a secret (as LocalCam's own view answers).
-            text = err.translation_key or "error"
-            if err.translation_key == "timeout":
-                raise web.HTTPGatewayTimeout(text=text) from err
-            raise web.HTTPBadGateway(text=text) from err
+            return web.Response(status=still_error_status(err), text=err.translation_key or "error")
 
         async def next_image() -> bytes | None:
             nonlocal first

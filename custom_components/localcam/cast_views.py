@@ -38,9 +38,7 @@ from typing import Final, NamedTuple
 from weakref import WeakKeyDictionary
 
 from aiohttp import web
-from homeassistant.components.camera.const import (
-    DATA_COMPONENT as CAMERA_DATA_COMPONENT,
-)
+from homeassistant.components.camera.const import DATA_COMPONENT as CAMERA_DATA_COMPONENT
 from homeassistant.components.stream import Stream
 from homeassistant.components.stream.const import HLS_PROVIDER
 from homeassistant.components.stream.core import Part, Segment, StreamOutput

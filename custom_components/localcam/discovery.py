@@ -161,13 +161,12 @@ def async_start_background_discovery(hass: HomeAssistant) -> None:
     # key: each is kept, the flow tells which one is configured.
     heard: dict[str, list[DiscoveredDevice]] = {}
 
-    def _waiting() -> list[Any]:
-        """The background offers waiting for the user."""
-        return [
-            flow
+    def _waiting() -> int:
+        """How many background offers wait for the user."""
+        return sum(
+            flow["context"].get("source") == SOURCE_INTEGRATION_DISCOVERY
             for flow in hass.config_entries.flow.async_progress_by_handler(DOMAIN)
-            if flow["context"].get("source") == SOURCE_INTEGRATION_DISCOVERY
-        ]
+        )
 
     @callback
     def _offer(device: DiscoveredDevice) -> None:
@@ -191,7 +190,7 @@ def async_start_background_discovery(hass: HomeAssistant) -> None:
         last scan heard, without waiting up to 15 minutes for the next one
         and without a packet sent. The flow checks it as any offer.
         """
-        room = MAX_WAITING_OFFERS - len(_waiting())
+        room = MAX_WAITING_OFFERS - _waiting()
         for key in entry.discovery_keys.get(DOMAIN, ()):
             if key.version == 1 and isinstance(key.key, str) and key.key in heard:
                 for device in heard[key.key]:
@@ -243,7 +242,7 @@ def async_start_background_discovery(hass: HomeAssistant) -> None:
             for device in devices
             if offer_key(device) not in offered and not _offer_would_abort(entries, at, device)
         ]
-        for device in news[: max(0, MAX_WAITING_OFFERS - len(_waiting()))]:
+        for device in news[: max(0, MAX_WAITING_OFFERS - _waiting())]:
             _offer(device)
 
     @callback

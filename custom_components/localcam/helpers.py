@@ -4,6 +4,7 @@ import asyncio
 from collections.abc import Collection, Iterable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
+from http import HTTPStatus
 from ipaddress import ip_address
 import math
 from typing import Any, Final
@@ -49,6 +50,7 @@ from .core.netpolicy import (
 )
 from .core.onvif import OnvifDevice, read_device
 from .core.snapshot import STREAM_SCHEMES
+from .core.snapshot_cache import CameraUnloadedError
 from .core.wsdiscovery import DiscoveredDevice
 
 
@@ -266,6 +268,21 @@ def translated_error(err: LocalCamError) -> HomeAssistantError:
         translation_key=err.translation_key,
         translation_placeholders=err.placeholders,
     )
+
+
+def still_error_status(err: HomeAssistantError) -> HTTPStatus:
+    """The HTTP status of a failed still: the camera's fault (502, 504) or an unload's (503).
+
+    A request caught by the entry's unload (reload, removal) is 503: the
+    camera did not fail, and a retry reaches the reloaded entity. The
+    snapshot cache guarantees such a request gets an error, never a
+    CancelledError that would drop the connection.
+    """
+    if isinstance(err.__cause__, CameraUnloadedError):
+        return HTTPStatus.SERVICE_UNAVAILABLE
+    if err.translation_key == "timeout":
+        return HTTPStatus.GATEWAY_TIMEOUT
+    return HTTPStatus.BAD_GATEWAY
 
 
 @dataclass(frozen=True, slots=True)

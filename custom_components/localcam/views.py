@@ -14,11 +14,9 @@ from homeassistant.helpers.http import KEY_HASS, HomeAssistantView
 
 from .camera import LocalCamCamera
 from .const import HEADER_AGE
-from .core.snapshot_cache import CameraUnloadedError
+from .helpers import still_error_status
 
 MAX_SIZE: Final = 8192
-# Errors a card can act on; the body is a short key, never a URL or secret.
-_TIMEOUT_KEYS: Final = frozenset({"timeout"})
 
 
 @callback
@@ -37,21 +35,6 @@ def _size(request: web.Request, name: str) -> int | None:
     if not (raw.isascii() and raw.isdigit() and len(raw) <= 5) or not 0 < int(raw) <= MAX_SIZE:
         raise web.HTTPBadRequest(text=f"{name} must be an integer from 1 to {MAX_SIZE}")
     return int(raw)
-
-
-def _error_status(err: HomeAssistantError) -> HTTPStatus:
-    """The status of a failed still: the camera's fault (502/504) or ours (503).
-
-    A request caught by the entry's unload (reload, removal) is answered 503
-    by this view: the camera did not fail, and a retry reaches the reloaded
-    entity. The snapshot cache guarantees such a request gets an error, never
-    a CancelledError that would drop the connection.
-    """
-    if isinstance(err.__cause__, CameraUnloadedError):
-        return HTTPStatus.SERVICE_UNAVAILABLE
-    if err.translation_key in _TIMEOUT_KEYS:
-        return HTTPStatus.GATEWAY_TIMEOUT
-    return HTTPStatus.BAD_GATEWAY
 
 
 def _none_match(request: web.Request, etag: str) -> bool:
@@ -103,7 +86,7 @@ class LocalCamSnapshotView(HomeAssistantView):
                 width, height
             )
         except HomeAssistantError as err:
-            return web.Response(status=_error_status(err), text=err.translation_key or "error")
+            return web.Response(status=still_error_status(err), text=err.translation_key or "error")
         provenance = entity.provenance_headers(snapshot)
         etag = provenance["ETag"]
         # Its age as it is sent, on the monotonic clock it was stamped with:

@@ -531,7 +531,10 @@ class _Raw:
 
 
 def on_this_host(address: IPv4Address | IPv6Address) -> bool:
-    """Whether ``address`` is this machine's own (loopback): no link, no other device there."""
+    """Whether ``address`` is this machine's own (loopback): no link, no other device there.
+
+    A seam of its own: the tests' loopback addresses stand for LAN ones.
+    """
     return address.is_loopback
 
 
