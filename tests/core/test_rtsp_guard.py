@@ -1789,30 +1789,43 @@ async def test_the_relay_still_accepts_after_a_transient_accept_failure(
         server.close()
 
 
-_SETUPS_SEEN: list[bytes] = []
+async def _setup_through_relay(transport: str) -> tuple[int, dict[str, str], list[bytes]]:
+    """One SETUP with ``transport`` through the relay to a camera that takes any.
 
+    Returns the relay's status and headers, and the request lines the camera got.
+    """
+    seen: list[bytes] = []
 
-async def _camera(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Answer every request 200, echoing its CSeq and Transport (a camera that takes TCP)."""
-    try:
-        while True:
-            head = await reader.readuntil(b"\r\n\r\n")
-            lines = head.split(b"\r\n")
-            _SETUPS_SEEN.append(lines[0])
-            cseq = next((ln for ln in lines if ln.lower().startswith(b"cseq:")), b"CSeq: 0")
-            transport = next((ln for ln in lines if ln.lower().startswith(b"transport:")), None)
-            writer.write(
-                b"RTSP/1.0 200 OK\r\n"
-                + cseq
-                + b"\r\n"
-                + (transport + b"\r\nSession: 1\r\n" if transport else b"")
-                + b"\r\n"
-            )
-            await writer.drain()
-    except asyncio.IncompleteReadError, ConnectionError:
-        pass
-    finally:
-        writer.close()
+    async def camera(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Answer every request 200, echoing its CSeq and Transport."""
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.split(b"\r\n")
+                seen.append(lines[0])
+                cseq = next((ln for ln in lines if ln.lower().startswith(b"cseq:")), b"CSeq: 0")
+                echoed = next((ln for ln in lines if ln.lower().startswith(b"transport:")), None)
+                writer.write(
+                    b"RTSP/1.0 200 OK\r\n"
+                    + cseq
+                    + b"\r\n"
+                    + (echoed + b"\r\nSession: 1\r\n" if echoed else b"")
+                    + b"\r\n"
+                )
+                await writer.drain()
+        except asyncio.IncompleteReadError, ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async with _relayed(camera) as (_guard, reader, writer):
+        status, headers, _ = await _rtsp_exchange(
+            reader,
+            writer,
+            "SETUP rtsp://127.0.0.1/s/track1 RTSP/1.0\r\n"
+            f"CSeq: 3\r\nTransport: {transport}\r\n\r\n",
+        )
+    return status, headers, seen
 
 
 @pytest.mark.parametrize(
@@ -1836,17 +1849,10 @@ async def test_an_interleaved_setup_of_another_profile_reaches_the_camera(
     multicast, then EPROTONOSUPPORT: the camera never plays, through HA's
     stream (which always asks TCP) or any other consumer.
     """
-    _SETUPS_SEEN.clear()
-    async with _relayed(_camera) as (_guard, reader, writer):
-        status, headers, _ = await _rtsp_exchange(
-            reader,
-            writer,
-            "SETUP rtsp://127.0.0.1/s/track1 RTSP/1.0\r\n"
-            f"CSeq: 3\r\nTransport: {transport}\r\n\r\n",
-        )
+    status, headers, seen = await _setup_through_relay(transport)
     assert status == 200
     assert headers["cseq"] == "3"
-    assert any(line.startswith(b"SETUP ") for line in _SETUPS_SEEN)
+    assert any(line.startswith(b"SETUP ") for line in seen)
 
 
 @pytest.mark.parametrize(
@@ -1863,14 +1869,7 @@ async def test_a_setup_for_media_outside_the_connection_is_still_461(
     socket_enabled: None, transport: str
 ) -> None:
     """What the fix must keep: anything that could send media over UDP is answered 461."""
-    _SETUPS_SEEN.clear()
-    async with _relayed(_camera) as (_guard, reader, writer):
-        status, headers, _ = await _rtsp_exchange(
-            reader,
-            writer,
-            "SETUP rtsp://127.0.0.1/s/track1 RTSP/1.0\r\n"
-            f"CSeq: 4\r\nTransport: {transport}\r\n\r\n",
-        )
+    status, headers, seen = await _setup_through_relay(transport)
     assert status == 461
-    assert headers["cseq"] == "4"
-    assert not any(line.startswith(b"SETUP ") for line in _SETUPS_SEEN)
+    assert headers["cseq"] == "3"
+    assert not any(line.startswith(b"SETUP ") for line in seen)
