@@ -4,7 +4,9 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
 import math
+import re
 from typing import Any, Self, override
+from urllib.parse import unquote
 
 from homeassistant.config_entries import (
     ConfigFlow,
@@ -87,6 +89,7 @@ from .helpers import (
     entry_unique_id,
     is_ip,
     new_camera_id,
+    onvif_host,
     policy_from_options,
     rtsp_transport,
 )
@@ -265,12 +268,10 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
                 return self.async_update_reload_and_abort(
                     entry, unique_id=unique_id, data_updates=data
                 )
-        defaults = user_input or dict(entry.data)
+        defaults = _without_password(user_input or dict(entry.data))
         return self.async_show_form(
             step_id="reconfigure",
-            data_schema=self.add_suggested_values_to_schema(
-                _url_schema(defaults), _without_password(defaults)
-            ),
+            data_schema=self.add_suggested_values_to_schema(_url_schema(defaults), defaults),
             errors=errors,
             description_placeholders=self._placeholders,
         )
@@ -372,6 +373,8 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
         errors: dict[str, str] = {}
         if user_input is not None:
             user_input = _keep_stored_password(user_input, entry)
+            # The address the link check looks at is the one the test reads.
+            user_input[CONF_HOST] = onvif_host(user_input[CONF_HOST])
             if await self._async_link_refuses(entry, {**entry.data, **user_input}):
                 return self.async_abort(reason="wrong_camera")  # and sent nothing
             data = await self._async_test_onvif(user_input, entry.options, errors)
@@ -454,7 +457,7 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
     ) -> dict[str, Any] | None:
         """Read the camera over ONVIF and decode its main profile's stream."""
         self._placeholders = {}
-        host = str(user_input[CONF_HOST]).strip()
+        host = onvif_host(user_input[CONF_HOST])
         port = int(user_input.get(CONF_PORT) or DEFAULT_ONVIF_PORT)
         username = user_input.get(CONF_USERNAME) or None
         password = user_input.get(CONF_PASSWORD) or None
@@ -956,6 +959,11 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
                 snapshot_url, snap_user, snap_password = split_credentials(raw_snapshot)
             username = user_input.get(CONF_USERNAME) or url_user or snap_user or None
             password = user_input.get(CONF_PASSWORD) or url_password or snap_password or None
+            typed = (url_user, url_password) if url_password else (snap_user, snap_password)
+            if not user_input.get(CONF_PASSWORD) and typed[1]:
+                # A password typed into a URL goes with the user typed with it,
+                # never with another name in the username field (an autofill).
+                username = typed[0] or username
             policy = policy_from_options(options)
             field = CONF_STREAM_URL
             await policy.check(stream_url, schemes=STREAM_SCHEMES)
@@ -1164,9 +1172,25 @@ def _with_host(data: Mapping[str, Any], host: str) -> dict[str, Any]:
     return new
 
 
+# The userinfo of a URL as typed: up to the authority's last "@" (as yarl splits it).
+# With or without its scheme ("admin:pw@192.168.1.5/stream" is refused, and shown again).
+_USERINFO_RE = re.compile(r"^(\s*(?:[A-Za-z][A-Za-z0-9+.\-]*://)?)([^/?#]*)@")
+
+
 def _without_password(values: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Return form values to show again, never including the password."""
-    return {k: v for k, v in (values or {}).items() if k != CONF_PASSWORD and v is not None}
+    """Return form values to show again, never including the password.
+
+    Nor one typed into a URL: the URL comes back without its userinfo (found
+    by its spelling, so an unparsable URL loses it too), its user name in the
+    username field when that is empty.
+    """
+    shown = {k: v for k, v in (values or {}).items() if k != CONF_PASSWORD and v is not None}
+    for field in URL_FIELDS:
+        if isinstance(url := shown.get(field), str) and (m := _USERINFO_RE.match(url)):
+            shown[field] = m.group(1) + url[m.end() :]
+            if (user := unquote(m.group(2).partition(":")[0])) and not shown.get(CONF_USERNAME):
+                shown[CONF_USERNAME] = user
+    return shown
 
 
 class LocalCamOptionsFlow(OptionsFlowWithReload):

@@ -320,7 +320,7 @@ async def async_link_mac(
     """
     policy = policy_from_options(options)
     if data.get(CONF_ONVIF):
-        host = str(data[CONF_HOST])
+        host = data_host(data)
         url = f"http://{f'[{host}]' if ':' in host else host}:{int(data[CONF_PORT])}/"
         target = await policy.check(url, schemes=frozenset({"http"}))
     else:
@@ -393,8 +393,20 @@ def entry_host(entry: ConfigEntry[Any]) -> str:
 def data_host(data: Mapping[str, Any]) -> str:
     """The host an entry's data names: the ONVIF host, else the stream URL's."""
     if data.get(CONF_ONVIF):
-        return str(data[CONF_HOST])
+        return onvif_host(data[CONF_HOST])
     return yarl.URL(data[CONF_STREAM_URL]).host or ""
+
+
+def onvif_host(raw: Any) -> str:
+    """An ONVIF host as typed: trimmed, an IPv6 literal without its brackets.
+
+    read_device accepts "[fd00::5]"; stored so, the link checks built
+    "http://[[fd00::5]]/" and discovery took it for a host name.
+    """
+    host = str(raw).strip()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host
 
 
 def is_ip(host: str) -> bool:
