@@ -3520,3 +3520,77 @@ async def test_live_start_never_starts_a_stream_its_camera_let_go_of() -> None:
     with patch.object(cast_module, "LIVE_RECHECK", 0.01):
         assert await cast_module._async_wait_for_part(stream, 1.0, owned) is None  # type: ignore[arg-type]
     assert stream.started == 1
+
+
+# -- the display itself renamed or removed; https at a link-local address --------------
+
+RENAMED = "media_player.kitchen_display_renamed"
+
+
+@pytest.mark.parametrize("change", ["rename", "remove"])
+async def test_a_display_whose_entity_goes_away_ends_its_cast_at_once(
+    hass: HomeAssistant,
+    porch: str,
+    receiver: FakeCastDevice,
+    http_port: int,
+    receiver_session: aiohttp.ClientSession,
+    change: str,
+) -> None:
+    """A display renamed or removed in HA: its cast's URL dies now, not RECEIVER_GRACE later.
+
+    Before the fix the session stayed keyed by the old entity id, which has
+    no state any more, so it read as "unreachable" and its URL lived on (and
+    was renewed) for RECEIVER_GRACE (120 s). Meanwhile stop_cast could not
+    reach it: the old id is no Cast entity any more (cast_not_a_cast_device),
+    and the new id has no cast (a stop that "succeeds" and stops nothing).
+    """
+    ended = async_capture_events(hass, EVENT_CAST_ENDED)
+    await _cast(hass, porch, mode="snapshot", refresh=3600, duration=600)
+    url = _last_url(receiver)
+    assert (await _get(receiver_session, url))[0] == HTTPStatus.OK
+    registry = er.async_get(hass)
+    if change == "rename":
+        registry.async_update_entity(RECEIVER, new_entity_id=RENAMED)
+        await hass.async_block_till_done()
+        # What a person does next: stop the cast on the display, by its name now.
+        await hass.services.async_call(
+            DOMAIN, "stop_cast", {"media_player": RENAMED}, blocking=True
+        )
+    else:
+        registry.async_remove(RECEIVER)
+        await hass.async_block_till_done()
+        with pytest.raises(HomeAssistantError):
+            await hass.services.async_call(
+                DOMAIN, "stop_cast", {"media_player": RECEIVER}, blocking=True
+            )
+    await _wait_for(hass, lambda: bool(ended))
+    assert (await _get(receiver_session, url))[0] == HTTPStatus.NOT_FOUND
+    assert [e.data["reason"] for e in ended] == ["receiver_lost"]
+    assert hass.data[DATA_CAST].session_for(RECEIVER) is None
+    assert len(hass.data[DATA_CAST].links) == 0
+
+
+@pytest.mark.parametrize("host", ["[fe80::1%eth0]", "[fe80::1]"])
+async def test_an_https_link_local_internal_url_is_never_cast(
+    hass: HomeAssistant,
+    porch: str,
+    receiver: FakeCastDevice,
+    http_port: int,
+    host: str,
+) -> None:
+    """An https internal URL (a TLS proxy) at a link-local IPv6 address: refused.
+
+    fe80:: needs a zone (an interface of this machine); over http the cast
+    falls back to HA's LAN address or refuses, but over https the URL went
+    to the display as https://[fe80::1%25eth0]:port/..., which its player
+    cannot open (no zone on the display, and the percent-encoded zone is not
+    even valid there): a cast that "started" and shows nothing.
+    """
+    hass.config.internal_url = f"https://{host}:{http_port}"
+    assert hass.config.api is not None
+    hass.config.api.use_ssl = False  # TLS ends at a proxy in front of HA
+    hass.config.api.local_ip = "10.10.10.10"
+    got = await _cast_base(hass, porch, receiver, NetPolicy())
+    assert isinstance(got, HomeAssistantError), got
+    assert got.translation_key == "cast_no_internal_url"
+    assert receiver.loads == []

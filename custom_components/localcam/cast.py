@@ -80,9 +80,10 @@ from homeassistant.core import (
     callback,
 )
 from homeassistant.exceptions import HomeAssistantError, ServiceValidationError
-from homeassistant.helpers import issue_registry as ir
+from homeassistant.helpers import entity_registry as er, issue_registry as ir
 from homeassistant.helpers.event import (
     async_call_later,
+    async_track_entity_registry_updated_event,
     async_track_state_change_event,
     async_track_time_interval,
 )
@@ -759,9 +760,16 @@ class LocalCamCastManager:
                     f"{target.address} is a link-local address a display cannot open"
                 )
         if parsed.scheme == "https":
+            host_is_ip = target.host == str(target.address)
+            if host_is_ip and _link_local(target.address):
+                # The URL names the link-local address itself (no name the
+                # display could resolve, a zone it cannot use), and a
+                # certificate's host cannot be swapped for HA's LAN address.
+                raise self._no_url(
+                    f"{target.address} is a link-local address a display cannot open"
+                )
             # A certificate names the host, so the receiver must use that name.
             url = str(parsed.with_path("").with_query(None).with_fragment(None))
-            host_is_ip = target.host == str(target.address)
         else:
             # Plain HTTP: the checked address itself, an IP literal. Without
             # the internal URL's path or query (HA serves from its root): the
@@ -1269,6 +1277,23 @@ class LocalCamCastManager:
 
         session.unsubs.append(
             hass.bus.async_listen(EVENT_CALL_SERVICE, _stop_called, event_filter=_is_stop_call)
+        )
+
+        @callback
+        def _receiver_gone(event: Event[er.EventEntityRegistryUpdatedData]) -> None:
+            # The display's entity was removed or renamed: the cast's id names
+            # nothing any more (no state: it would read as unreachable and keep
+            # its URL for RECEIVER_GRACE), and stop_cast cannot reach it (the
+            # old id is no Cast entity; the new one has no cast). End it now.
+            data = event.data
+            if data["action"] == "remove" or (
+                data["action"] == "update" and data.get("old_entity_id") == session.receiver
+            ):
+                session.record.last_idle_reason = "receiver_removed"
+                self._async_spawn(session, EndReason.RECEIVER_LOST, restore=False)
+
+        session.unsubs.append(
+            async_track_entity_registry_updated_event(hass, session.receiver, _receiver_gone)
         )
 
     async def _async_stop_if_allowed(self, session: CastSession, user_id: str) -> None:
