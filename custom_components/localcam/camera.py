@@ -6,6 +6,7 @@ import contextlib
 from dataclasses import replace
 from datetime import datetime
 import threading
+import time
 from typing import override
 
 from aiohttp import web
@@ -148,6 +149,19 @@ def _converter_image(stream: Stream) -> object:
     return getattr(converter, "_image", _ABSENT)
 
 
+def _stream_progress(stream: Stream) -> tuple[int, int, int] | None:
+    """How far Home Assistant's stream has got: its latest segment, and that segment's parts.
+
+    The worker adds a part as the camera's packets arrive (about one a second
+    with LL-HLS, one per keyframe interval without), so a change shows the
+    camera sending. Read through the outputs' public ``last_segment``.
+    """
+    for output in stream.outputs().values():
+        if (segment := output.last_segment) is not None:
+            return (segment.stream_id, segment.sequence, len(segment.parts))
+    return None
+
+
 class LocalCamCamera(LocalCamEntity, Camera):
     """A LAN camera: RTSP into HA's stream, stills from the camera itself."""
 
@@ -177,6 +191,12 @@ class LocalCamCamera(LocalCamEntity, Camera):
         self._auth_check: asyncio.Task[None] | None = None
         self._recheck = False
         self._removed = False
+        # While stills wait for the running stream's next keyframe: how many
+        # wait, how far the stream had got at the last look, and when it was
+        # last seen to move (_stream_receiving_since).
+        self._stream_waits = 0
+        self._stream_seen: tuple[int, int, int] | None = None
+        self._stream_moved_at: float | None = None
         # One stop of HA's stream at a time (a check, a refused redirect and
         # the removal may each stop it): each restores the settings it saved.
         self._stop_lock = asyncio.Lock()
@@ -196,6 +216,7 @@ class LocalCamCamera(LocalCamEntity, Camera):
         self._removed = False
         self._recheck = False
         self._client.keyframe_provider = self._async_stream_keyframe
+        self._client.stream_receiving_since = self._stream_receiving_since
         self._client.guard.on_refused = self._async_redirect_refused
         # Home Assistant turns the stream (and stills taken from it) as the
         # camera's Orientation setting says; LocalCam's other stills are
@@ -205,6 +226,7 @@ class LocalCamCamera(LocalCamEntity, Camera):
 
         def _detach() -> None:
             self._client.keyframe_provider = None
+            self._client.stream_receiving_since = None
             self._client.guard.on_refused = None
             self._client.orientation = None
             if self._refusal_over is not None:
@@ -569,14 +591,37 @@ class LocalCamCamera(LocalCamEntity, Camera):
             return None
         if (previous := _converter_image(stream)) is _ABSENT:
             return None  # a later HA: no way to tell a new image, so none is taken
+        if not self._stream_waits:
+            # A fresh baseline: only the stream's moves during this wait count.
+            self._stream_seen, self._stream_moved_at = _stream_progress(stream), None
+        self._stream_waits += 1
         try:
             async with asyncio.timeout(min(_keyframe_wait(stream), limit)):
                 image = await stream.async_get_image(wait_for_next_keyframe=True)
         except TimeoutError:
             return None
+        finally:
+            self._stream_waits -= 1
         if image is None or image is previous:
             return None
         return image
+
+    def _stream_receiving_since(self) -> float | None:
+        """When the running stream was last seen to move while a still waits on it, or None.
+
+        A keyframe interval can outlast the stall time of a camera whose
+        earlier stills came fast (a new RTSP session starts on a keyframe);
+        the stream moving meanwhile is the camera sending, not a hang
+        (SnapshotCache.get). Looked at when the still's waiters would give
+        up, a stall floor apart: a move since the last look is stamped now,
+        at most one look late. The wait itself stays bounded by
+        _keyframe_wait and the fetch's time limit.
+        """
+        if not self._stream_waits or (stream := self.stream) is None:
+            return None
+        if (seen := _stream_progress(stream)) != self._stream_seen:
+            self._stream_seen, self._stream_moved_at = seen, time.monotonic()
+        return self._stream_moved_at
 
     @override
     async def async_camera_image(

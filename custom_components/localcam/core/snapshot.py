@@ -99,6 +99,9 @@ class CameraClient:
         self._rtsp_auth = RtspAuthMemory()
         # Set by the glue while Home Assistant runs a stream for this camera.
         self.keyframe_provider: KeyframeProvider | None = None
+        # Set by the glue: when that stream last showed the camera sending,
+        # while a still waits on it (receiving_since).
+        self.stream_receiving_since: Callable[[], float | None] | None = None
         # Set by the glue for cameras that can say who they are (ONVIF).
         self.identity_probe: IdentityProbe | None = None
         # Set by the glue: the camera's Orientation setting now (jpeg.orient_jpeg).
@@ -349,12 +352,16 @@ class CameraClient:
         self._link_seen = (address, time.monotonic())
 
     def receiving_since(self) -> float | None:
-        """When the camera last sent a packet to the open RTSP session (monotonic), or None.
+        """When the camera last sent to a session a still waits on (monotonic), or None.
 
-        A still waiting there for the next keyframe (up to one keyframe
+        LocalCam's own RTSP session (its last packet), or Home Assistant's
+        stream while a still waits for its next keyframe (the glue's
+        ``stream_receiving_since``). A still waiting there (up to one keyframe
         interval) waits on a camera that answers: no stall (SnapshotCache.get).
         """
-        return self.grabber.last_packet_at if self.grabber.active else None
+        own = self.grabber.last_packet_at if self.grabber.active else None
+        seen = self.stream_receiving_since() if self.stream_receiving_since is not None else None
+        return max((t for t in (own, seen) if t is not None), default=None)
 
     async def fetch_snapshot(self, *, timeout: float | None = None) -> Snapshot:
         """Fetch a fresh full-size still from this camera, with provenance."""
