@@ -28,7 +28,7 @@ from .conftest import CAM_PASSWORD, CAM_USER, make_entry, setup_entry
 
 CAMERAS = int(os.environ.get("LOCALCAM_MEMORY_CAMERAS", "32"))
 WARMUP = 4
-OUT = os.environ.get("LOCALCAM_MEMORY_OUT")
+OUT = os.environ.get("LOCALCAM_PROBE_OUT")
 NOT_COUNTED = (
     tracemalloc.Filter(False, logging.__file__),
     tracemalloc.Filter(False, traceback_module.__file__),
