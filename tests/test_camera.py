@@ -763,43 +763,52 @@ async def test_a_still_of_a_watched_long_gop_camera_comes_from_its_stream(
         await cam.stop()
 
 
-async def test_a_watched_long_gop_camera_s_still_outwaits_the_stall_floor(
-    hass: HomeAssistant, socket_enabled: None
-) -> None:
-    """Someone watches a camera whose keyframes are 4.5 s apart: a still waits for the next one.
+@asynccontextmanager
+async def _watched_just_after_a_keyframe(hass: HomeAssistant) -> AsyncIterator[Any]:
+    """A camera with keyframes 4.5 s apart, watched live, just after a keyframe: its entity.
 
-    The camera's earlier stills came fast (a new RTSP session starts on a
-    keyframe), so its stall time was the 3 s floor; a still taken from the
-    running stream just after a keyframe waits most of 4.5 s for the next.
-    HA's stream kept receiving meanwhile (its parts arrive every second), but
-    only LocalCam's own RTSP session told the cache so: the still was given
-    up as a stalled camera (a 504) while the camera was sending.
+    Its earlier still came fast (a new RTSP session starts on a keyframe), so
+    its stall time is the 3 s floor; its warm RTSP session has closed; the
+    stream's next keyframe is about 4.5 s away.
     """
     cam = VirtualCamera(camera_config("yard", 4, http_snapshot=False, gop_seconds=4.5))
     await cam.start()
     try:
         entity_id = await _entity_id(hass, cam, snapshot=False)
         entity = get_camera_from_entity_id(hass, entity_id)
-        client = entity._client  # type: ignore[attr-defined]
-        assert (await entity.async_snapshot()).source is SnapshotSource.RTSP_GRAB  # fast: ~0.1 s
+        assert (await entity.async_snapshot()).source is SnapshotSource.RTSP_GRAB  # type: ignore[attr-defined]
         assert entity._snapshots.stall_after == snapshot_cache.STALL_FLOOR  # type: ignore[attr-defined]
         async with _running_stream(hass, entity_id, cam) as stream:
-            hls = stream.outputs()["hls"]
+            hls: Any = stream.outputs()["hls"]
             # Two segments: the first is complete, and the interval measured.
             await _until(lambda: len(hls.get_segments()) >= 2, 20)
-            assert hls.target_duration >= 4.0  # type: ignore[attr-defined]
-            await _until(lambda: not client.grabber.active, 20)  # the warm window closed
-            # Just after a keyframe: the next one is about 4.5 s away.
-            sequence = hls.last_segment.sequence  # type: ignore[attr-defined]
-            await _until(lambda: hls.last_segment.sequence != sequence, 10)  # type: ignore[attr-defined]
-            started = time.monotonic()
-            snapshot = await entity.async_snapshot()
-            waited = time.monotonic() - started
-        assert snapshot.source is SnapshotSource.STREAM_KEYFRAME
-        assert camera_shown(snapshot.jpeg) == 4
-        assert waited > snapshot_cache.STALL_FLOOR  # it did outwait the floor
+            assert hls.target_duration >= 4.0
+            await _until(lambda: not entity._client.grabber.active, 20)  # type: ignore[attr-defined]
+            sequence = hls.last_segment.sequence
+            await _until(lambda: hls.last_segment.sequence != sequence, 10)
+            yield entity, cam
     finally:
         await cam.stop()
+
+
+async def test_a_watched_long_gop_camera_s_still_outwaits_the_stall_floor(
+    hass: HomeAssistant, socket_enabled: None
+) -> None:
+    """Someone watches a camera whose keyframes are 4.5 s apart: a still waits for the next one.
+
+    A still taken from the running stream just after a keyframe waits most
+    of 4.5 s for the next, past the camera's 3 s stall time. HA's stream kept
+    receiving meanwhile (its parts arrive every second), but only LocalCam's
+    own RTSP session told the cache so: the still was given up as a stalled
+    camera (a 504) while the camera was sending.
+    """
+    async with _watched_just_after_a_keyframe(hass) as (entity, _cam):
+        started = time.monotonic()
+        snapshot = await entity.async_snapshot()
+        waited = time.monotonic() - started
+    assert snapshot.source is SnapshotSource.STREAM_KEYFRAME
+    assert camera_shown(snapshot.jpeg) == 4
+    assert waited > snapshot_cache.STALL_FLOOR  # it did outwait the floor
 
 
 async def test_a_watched_camera_that_stops_sending_is_still_given_up_soon(
@@ -811,29 +820,15 @@ async def test_a_watched_camera_that_stops_sending_is_still_given_up_soon(
     merely running: a hung camera's still is an error within a look or two,
     not after the stream's whole keyframe wait and a grab of its own.
     """
-    cam = VirtualCamera(camera_config("yard", 4, http_snapshot=False, gop_seconds=4.5))
-    await cam.start()
-    try:
-        entity_id = await _entity_id(hass, cam, snapshot=False)
-        entity = get_camera_from_entity_id(hass, entity_id)
-        client = entity._client  # type: ignore[attr-defined]
-        await entity.async_snapshot()  # fast: the stall time is the floor
-        async with _running_stream(hass, entity_id, cam) as stream:
-            hls = stream.outputs()["hls"]
-            await _until(lambda: len(hls.get_segments()) >= 2, 20)
-            await _until(lambda: not client.grabber.active, 20)
-            sequence = hls.last_segment.sequence  # type: ignore[attr-defined]
-            await _until(lambda: hls.last_segment.sequence != sequence, 10)  # type: ignore[attr-defined]
-            cam.fault = Fault.HANG  # RTP to playing clients pauses; requests go unanswered
-            started = time.monotonic()
-            with pytest.raises(HomeAssistantError, match="in time"):
-                await entity.async_snapshot()
-            waited = time.monotonic() - started
-            cam.fault = None
-        # One look may still see the parts that were under way: two floors at most.
-        assert waited < 2 * snapshot_cache.STALL_FLOOR + 1.0
-    finally:
-        await cam.stop()
+    async with _watched_just_after_a_keyframe(hass) as (entity, cam):
+        cam.fault = Fault.HANG  # RTP to playing clients pauses; requests go unanswered
+        started = time.monotonic()
+        with pytest.raises(HomeAssistantError, match="in time"):
+            await entity.async_snapshot()
+        waited = time.monotonic() - started
+        cam.fault = None
+    # One look may still see the parts that were under way: two floors at most.
+    assert waited < 2 * snapshot_cache.STALL_FLOOR + 1.0
 
 
 async def test_stream_that_reaches_another_device_is_stopped(

@@ -11,7 +11,7 @@ from unittest.mock import patch
 
 from freezegun.api import FrozenDateTimeFactory
 from homeassistant.components import camera as camera_component
-from homeassistant.const import CONF_PASSWORD, CONF_PORT, STATE_UNAVAILABLE
+from homeassistant.const import CONF_HOST, CONF_PASSWORD, CONF_PORT, STATE_UNAVAILABLE
 from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import UnknownHandler
 from homeassistant.exceptions import HomeAssistantError
@@ -34,6 +34,7 @@ from custom_components.localcam.const import (
     DOMAIN,
     HEALTH_INTERVAL_SECONDS,
 )
+from custom_components.localcam.helpers import async_link_mac
 from custom_components.localcam.repairs import async_create_fix_flow
 from virtualcam import VirtualCamera, color_for, nearest_camera
 
@@ -67,6 +68,17 @@ async def _colour(hass: HomeAssistant, entity_id: str) -> int:
     pixel = rgb.getpixel((rgb.width // 2, rgb.height // 2))
     assert isinstance(pixel, tuple)
     return nearest_camera((pixel[0], pixel[1], pixel[2]), PALETTE)
+
+
+def _identity_issue(hass: HomeAssistant, entry_id: str, host: str, name: str) -> str:
+    """Raise the identity repair issue for an entry, as the health check does; return its id."""
+    issue_id = f"identity_mismatch_{entry_id}"
+    ir.async_create_issue(
+        hass, DOMAIN, issue_id, is_fixable=True, data={"entry_id": entry_id},
+        severity=ir.IssueSeverity.ERROR, translation_key="identity_mismatch",
+        translation_placeholders={"host": host, "name": name},
+    )  # fmt: skip
+    return issue_id
 
 
 async def _fix(client: Any, issue_id: str) -> dict[str, Any]:
@@ -150,11 +162,7 @@ async def test_replaced_camera_is_trusted_after_the_fix_flow(
         )
 
         # A fix flow started while the device is down reads nothing and changes nothing.
-        ir.async_create_issue(
-            hass, DOMAIN, issue_id, is_fixable=True, data={"entry_id": entry.entry_id},
-            severity=ir.IssueSeverity.ERROR, translation_key="identity_mismatch",
-            translation_placeholders={"host": HOST, "name": entry.title},
-        )  # fmt: skip
+        _identity_issue(hass, entry.entry_id, HOST, entry.title)
         await cam.stop()
         result = await _fix(client, issue_id)
         assert (result["type"], result["reason"]) == ("abort", "cannot_connect")
@@ -247,15 +255,8 @@ async def test_fix_flow_edges(
     entry = make_entry(camera)
     await setup_entry(hass, entry)
     client = await hass_client()
-    for issue_id, entry_id, reason in (
-        (f"identity_mismatch_{entry.entry_id}", entry.entry_id, "cannot_identify"),
-        ("identity_mismatch_gone", "gone", "entry_removed"),
-    ):
-        ir.async_create_issue(
-            hass, DOMAIN, issue_id, is_fixable=True, data={"entry_id": entry_id},
-            severity=ir.IssueSeverity.ERROR, translation_key="identity_mismatch",
-            translation_placeholders={"host": "127.0.0.1", "name": "cam"},
-        )  # fmt: skip
+    for entry_id, reason in ((entry.entry_id, "cannot_identify"), ("gone", "entry_removed")):
+        issue_id = _identity_issue(hass, entry_id, "127.0.0.1", "cam")
         if reason == "entry_removed":
             resp = await client.post(
                 "/api/repairs/issues/fix", json={"handler": DOMAIN, "issue_id": issue_id}
@@ -289,12 +290,7 @@ async def test_a_replacement_with_other_credentials_is_trusted_with_the_ones_typ
         config = onvif_camera_config(NEW, HOST, rtsp_port, http_port, f"02:00:00:00:00:0{NEW}")
         cam = VirtualCamera(replace(config, password="new-secret"))
         await cam.start()
-        issue_id = f"identity_mismatch_{entry.entry_id}"
-        ir.async_create_issue(
-            hass, DOMAIN, issue_id, is_fixable=True, data={"entry_id": entry.entry_id},
-            severity=ir.IssueSeverity.ERROR, translation_key="identity_mismatch",
-            translation_placeholders={"host": HOST, "name": entry.title},
-        )  # fmt: skip
+        issue_id = _identity_issue(hass, entry.entry_id, HOST, entry.title)
         client = await hass_client()
         resp = await client.post(
             "/api/repairs/issues/fix", json={"handler": DOMAIN, "issue_id": issue_id}
@@ -338,17 +334,7 @@ async def test_a_camera_removed_while_its_fix_flow_reads_the_device(
     assert await async_setup_component(hass, "repairs", {})
     entry = make_entry(camera)
     await setup_entry(hass, entry)
-    issue_id = f"identity_mismatch_{entry.entry_id}"
-    ir.async_create_issue(
-        hass,
-        DOMAIN,
-        issue_id,
-        is_fixable=True,
-        data={"entry_id": entry.entry_id},
-        severity=ir.IssueSeverity.ERROR,
-        translation_key="identity_mismatch",
-        translation_placeholders={"host": "127.0.0.1", "name": entry.title},
-    )
+    issue_id = _identity_issue(hass, entry.entry_id, "127.0.0.1", entry.title)
     client = await hass_client()
     response = await client.post(
         "/api/repairs/issues/fix", json={"handler": DOMAIN, "issue_id": issue_id}
@@ -408,4 +394,86 @@ async def test_another_device_at_the_address_is_asked_who_it_is_once_at_most(
     finally:
         for loaded in hass.config_entries.async_entries(DOMAIN):
             await hass.config_entries.async_unload(loaded.entry_id)
+        await cam.stop()
+
+
+# --- An ONVIF host typed as a bracketed IPv6 literal --------------------------------
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except OSError:
+        pass
+    finally:
+        writer.close()
+
+
+async def _forward_v6(port: int) -> asyncio.Server:
+    """Listen on [::1]:port and forward each connection to 127.0.0.1:port (the camera).
+
+    The virtual camera listens on loopback IPv4 only; this is the camera
+    reached at an IPv6 literal.
+    """
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            writer.close()
+            return
+        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+
+    return await asyncio.start_server(handle, "::1", port)
+
+
+def _free_port_on_both() -> int:
+    """A port free on both 127.0.0.1 and ::1."""
+    for _ in range(50):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        try:
+            with socket.socket(socket.AF_INET6) as sock6:
+                sock6.bind(("::1", port))
+        except OSError:
+            continue
+        return port
+    raise AssertionError("no port free on both loopbacks")
+
+
+async def test_an_onvif_host_typed_in_brackets_is_stored_as_the_address(
+    hass: HomeAssistant, hass_client: ClientSessionGenerator, socket_enabled: None
+) -> None:
+    """An ONVIF host typed "[::1]": added, and usable by every later check.
+
+    read_device accepts the brackets, so the camera was added with
+    CONF_HOST "[::1]"; every look at the link (async_link_mac) then built
+    "http://[[::1]]:port/" and failed: the replaced-camera repair always
+    ended "cannot_connect", the MAC guard of reauth and reconfigure was
+    skipped, and discovery took the address for a host name.
+    """
+    pytest_socket.socket_allow_hosts(["127.0.0.1", "::1"])
+    assert await async_setup_component(hass, "repairs", {})
+    rtsp_port, http_port = _free_port_on_both(), _free_port_on_both()
+    cam = VirtualCamera(
+        onvif_camera_config(3, "127.0.0.1", rtsp_port, http_port, "02:00:00:00:00:03")
+    )
+    await cam.start()
+    servers = [await _forward_v6(rtsp_port), await _forward_v6(http_port)]
+    try:
+        entry = await add_onvif_entry(hass, cam, "[::1]")
+        assert entry.data[CONF_HOST] == "::1"
+        await async_link_mac(hass, entry.data, entry.options)  # does not raise
+        issue_id = _identity_issue(hass, entry.entry_id, "::1", entry.title)
+        result = await _fix(await hass_client(), issue_id)
+        assert result["type"] == "create_entry", result
+        await hass.async_block_till_done(wait_background_tasks=True)
+    finally:
+        for loaded in hass.config_entries.async_entries(DOMAIN):
+            await hass.config_entries.async_unload(loaded.entry_id)
+        for server in servers:
+            server.close()
         await cam.stop()
