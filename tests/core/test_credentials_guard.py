@@ -368,3 +368,74 @@ async def test_the_relay_passes_no_session_of_another_device_without_credentials
                 await client.close()
     finally:
         await other.stop()
+
+
+class DeviceAnswers:
+    """What the ONVIF device at the camera's address says it is (the identity probe's edge)."""
+
+    def __init__(self, serial: str) -> None:
+        self.serial = serial
+        self.asked = 0
+
+    async def __call__(self, _whole: bool) -> Identity:
+        self.asked += 1
+        return Identity(serial=self.serial)
+
+
+async def _relay_describe(client: CameraClient) -> bytes:
+    """One DESCRIBE through the camera's relay, as FFmpeg opens a session: the reply's head."""
+    relay = yarl.URL(await client.stream_url())
+    reader, writer = await asyncio.open_connection(relay.host, relay.port)
+    try:
+        writer.write(f"DESCRIBE {relay} RTSP/1.0\r\nCSeq: 1\r\n\r\n".encode())
+        await writer.drain()
+        async with asyncio.timeout(5):
+            return await reader.read(4096)
+    finally:
+        writer.close()
+
+
+async def test_the_relay_asks_a_device_the_link_does_not_show_who_it_is(
+    socket_enabled: None,
+) -> None:
+    """An ONVIF camera on another subnet (a camera VLAN): no MAC on the link, pinned by serial.
+
+    Another of the user's cameras, with the same password, took its address.
+    Stills ask the device after each fetch; HA's stream (and go2rtc, HomeKit)
+    has no such check: the relay passed that device's session on, and only
+    the health check the stream's start set off could stop it, in a race
+    with the stream's first segment. The relay now asks the device first
+    (unless it said so at that address within LINK_TRUST), and relays nothing
+    to a device that is not this camera.
+    """
+    other = VirtualCamera(camera_config("other", 5))
+    await other.start()
+    source = CameraSource(
+        camera_id="SERIAL-1",
+        stream_url=other.rtsp_url,
+        snapshot_url=None,
+        username=CAM_USER,
+        password=CAM_PASSWORD,
+        identity=Identity(serial="SERIAL-1"),
+    )
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = CameraClient(session, NetPolicy(), source)
+            client.identity_probe = device = DeviceAnswers("SERIAL-2")
+            try:
+                reply = await _relay_describe(client)
+                assert not reply.startswith(b"RTSP/1.0 200"), reply[:200]
+                assert b"m=video" not in reply
+                assert (other.stats.describe_requests, other.stats.credentialed_requests) == (0, 0)
+                assert device.asked == 1
+                assert client.guard.refusals == 1
+                # The camera itself: relayed, and asked once for the sessions of LINK_TRUST.
+                device.serial = "SERIAL-1"
+                for _ in range(2):
+                    assert (await _relay_describe(client)).startswith(b"RTSP/1.0 ")
+                assert other.stats.describe_requests >= 2
+                assert device.asked == 2
+            finally:
+                await client.close()
+    finally:
+        await other.stop()

@@ -93,6 +93,8 @@ class CameraClient:
         self.guard = RtspGuard(link_check=self._relay_link_check)
         # Where and when the link last showed the camera's MAC (guard_credentials).
         self._link_seen: tuple[IPv4Address | IPv6Address, float] | None = None
+        # Where and when the ONVIF device last said it is this camera (_relay_link_check).
+        self._device_confirmed: tuple[IPv4Address | IPv6Address, float] | None = None
         # One camera, one auth scheme: later stills answer its challenge at once.
         self._auth_memory = http.AuthMemory()
         # Likewise its RTSP challenge: a health check is then one DESCRIBE.
@@ -300,17 +302,34 @@ class CameraClient:
         )
 
     async def _relay_link_check(self, address: IPv4Address | IPv6Address, port: int) -> None:
-        """The relay's check of a session's connection, before it relays a byte."""
+        """The relay's check of a session's connection, before it relays a byte.
+
+        Home Assistant's stream (and go2rtc, HomeKit's FFmpeg) has no check
+        of its own after each connection, as a still has: a device that is
+        not this camera gets nothing relayed, neither the camera's
+        credentials nor, back, its media under this camera's name. A device
+        the link shows is compared by its MAC. An ONVIF device it does not
+        show (on another subnet, a camera VLAN; IPv6) is asked who it is,
+        unless it said so at this address within LINK_TRUST (a still's or a
+        health check's question): a session then waits for that answer.
+        """
         host = yarl_host(self.source.stream_url)
         source = self.source
         if source.identity.mac and source.username is None and source.password is None:
-            # No credential to keep from the device, but its media: Home
-            # Assistant's stream has no check of its own after each connection.
+            # No credential to keep from the device, but its media.
             await asyncio.get_running_loop().run_in_executor(
                 None, self.check_link_identity, address, host
             )
-            return
-        await self.guard_credentials(address, port, host, connected=True)
+        else:
+            await self.guard_credentials(address, port, host, connected=True)
+        confirmed = self._device_confirmed
+        if (
+            confirmed is None
+            or confirmed[0] != address
+            or time.monotonic() - confirmed[1] >= LINK_TRUST
+        ):
+            raw = _Raw(b"", None, SnapshotSource.RTSP_GRAB, time.monotonic(), address, host)
+            await self._check_device_identity(raw, whole=False)
 
     def _needs_link_check(self, raw: _Raw) -> bool:
         """Whether finishing this still reads the kernel's neighbour table (blocking)."""
@@ -412,6 +431,8 @@ class CameraClient:
             # not show it is this camera, so its frame is not served as this
             # camera's (an impostor need not answer them at all).
             raise CannotConnectError(f"the device at {raw.host} did not say which camera it is")
+        if raw.address is not None:
+            self._device_confirmed = (raw.address, time.monotonic())
 
     async def _fetch_raw(self, keyframe: KeyframeProvider | None, timeout: float) -> _Raw:
         """Get JPEG bytes, when and from where they arrived, from the best source."""
