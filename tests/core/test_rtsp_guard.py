@@ -1873,3 +1873,161 @@ async def test_a_setup_for_media_outside_the_connection_is_still_461(
     assert status == 461
     assert headers["cseq"] == "3"
     assert not any(line.startswith(b"SETUP ") for line in seen)
+
+
+# -- the relay's own 461 and FFmpeg's reading of replies ---------------------------------
+
+_TINY_SDP = b"v=0\r\no=- 0 0 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=video 0 RTP/AVP 96\r\n"
+_DESCRIBED = (
+    b"RTSP/1.0 200 OK\r\nCSeq: 2\r\nContent-Length: "
+    + str(len(_TINY_SDP)).encode()
+    + b"\r\n\r\n"
+    + _TINY_SDP
+)
+_RELAY_461 = b"RTSP/1.0 461 Unsupported Transport\r\nCSeq: 3\r\n\r\n"
+
+
+def _as_ffmpeg_reads(data: bytes) -> list[tuple[int, bytes | None]]:
+    """The replies FFmpeg's ff_rtsp_read_reply reads from ``data``: status and Transport."""
+    replies = []
+    pos = 0
+    while pos < len(data):
+        if data[pos : pos + 1] == b"\r":  # FFmpeg drops CRs
+            pos += 1
+            continue
+        if data[pos : pos + 1] == b"$":  # a frame: skipped by its declared length
+            if len(data) - pos < 4:
+                break
+            pos += 4 + int.from_bytes(data[pos + 2 : pos + 4])
+            continue
+        end = data.find(b"\r\n\r\n", pos)
+        if end < 0:
+            break
+        lines = data[pos:end].split(b"\r\n")
+        length, transport = 0, None
+        for line in lines[1:]:
+            if line.lower().startswith(b"content-length:"):
+                length = int(line[15:])
+            if line.lower().startswith(b"transport:"):
+                transport = line[10:].strip()
+        if lines[0].startswith(b"RTSP/"):  # a reply (else a request of the camera's)
+            replies.append((int(lines[0].split()[1]), transport))
+        pos = end + 4 + length
+    return replies
+
+
+async def _ffmpeg_opens_over_udp(
+    camera: _CameraHandler, after_setup: Callable[[], None] | None = None
+) -> list[tuple[int, bytes | None]]:
+    """FFmpeg's opening through the relay: DESCRIBE, then its default SETUP, over UDP.
+
+    ``after_setup`` runs once the relay has answered the SETUP. Return the
+    replies FFmpeg reads from everything the relay sent, until it is quiet.
+    """
+    async with _relayed(camera) as (_guard, reader, writer):
+        url = f"rtsp://127.0.0.1:{writer.get_extra_info('peername')[1]}/s"
+        writer.write(f"DESCRIBE {url} RTSP/1.0\r\nCSeq: 2\r\n\r\n".encode())
+        async with asyncio.timeout(5):
+            received = bytearray(await reader.readuntil(b"\r\n\r\n"))
+            received += await reader.readexactly(len(_TINY_SDP))
+        writer.write(
+            f"SETUP {url}/trackID=0 RTSP/1.0\r\nCSeq: 3\r\n"
+            "Transport: RTP/AVP;unicast;client_port=5000-5001\r\n\r\n".encode()
+        )
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        if after_setup is not None:
+            await asyncio.sleep(0.3)  # the relay has answered the SETUP by now
+            after_setup()
+        for _ in range(20):  # until the relay is quiet or closes (bounded)
+            try:
+                async with asyncio.timeout(0.3):
+                    chunk = await reader.read(65536)
+            except TimeoutError, ConnectionError:
+                break
+            if not chunk:
+                break
+            received += chunk
+    return _as_ffmpeg_reads(bytes(received))
+
+
+@pytest.mark.parametrize("inside", ["frame", "body"])
+async def test_the_relay_s_own_461_never_lands_inside_a_camera_message(
+    socket_enabled: None, inside: str
+) -> None:
+    """The relay's 461 is written where a message of the camera's ends, never inside one.
+
+    Written at once, it landed inside a frame (or a request body) the camera
+    was half-way through: FFmpeg, skipping that frame by its declared length,
+    stopped 47 bytes short, and read the frame's last 47 bytes, passed on as
+    payload, as the reply to its SETUP. The camera could go on after the
+    frame with a "Transport: ...;source=<any host>" line, which the relay
+    read as a new message's first line: FFmpeg took RTP over UDP from any
+    sender, the very thing the 461 is there to prevent (seen with PyAV).
+    """
+    go = asyncio.Event()
+    # What FFmpeg would read in place of the 461 (exactly as long), and after it.
+    forged = b"RTSP/1.0 200 OK\r\nCSeq: 3\r\nSession: "
+    forged += b"1" * (len(_RELAY_461) - len(forged) - 2) + b"\r\n"
+    after = b"Transport: RTP/AVP;unicast;server_port=5000-5001;source=6.6.6.6\r\n\r\n"
+    payload = b"\x80" * 400 + forged
+    if inside == "frame":
+        opening = b"$\x00" + len(payload).to_bytes(2)
+    else:  # a request of the camera's: FFmpeg answers it, then reads on
+        opening = b"GET_PARAMETER * RTSP/1.0\r\nCSeq: 1\r\nContent-Length: %d\r\n\r\n" % len(
+            payload
+        )
+    done = asyncio.Event()
+
+    async def camera(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")  # DESCRIBE
+            writer.write(_DESCRIBED + opening + payload[:200])
+            await writer.drain()
+            await go.wait()  # the rest of the frame once the SETUP is answered
+            writer.write(payload[200:] + after)
+            await writer.drain()
+            await done.wait()
+        finally:
+            writer.close()
+
+    try:
+        replies = await _ffmpeg_opens_over_udp(camera, go.set)
+    finally:
+        done.set()
+    assert replies == [(200, None), (461, None)]
+
+
+async def test_a_reply_to_no_request_never_answers_ffmpeg_s_next_one(
+    socket_enabled: None,
+) -> None:
+    """A camera's reply that answers no request ends the session; it answers nothing of FFmpeg's.
+
+    FFmpeg takes the next reply for the answer to the request it waits on (a
+    wrong CSeq is only a warning). A 200 offering UDP, sent unasked right
+    after the DESCRIBE reply, answered FFmpeg's UDP SETUP, which the relay
+    had kept from the camera: FFmpeg then streamed over UDP, taking datagrams
+    from any sender on the LAN (seen with PyAV).
+    """
+    unasked = (
+        b"RTSP/1.0 200 OK\r\nCSeq: 3\r\nSession: 1\r\n"
+        b"Transport: RTP/AVP;unicast;client_port=5000-5001;server_port=6000-6001\r\n\r\n"
+    )
+    done = asyncio.Event()
+
+    async def camera(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")  # DESCRIBE
+            writer.write(_DESCRIBED + unasked)
+            await writer.drain()
+            await done.wait()
+        finally:
+            writer.close()
+
+    try:
+        replies = await _ffmpeg_opens_over_udp(camera)
+    finally:
+        done.set()
+    assert len(replies) >= 2
+    assert replies[1][0] != 200
+    assert replies[1][1] is None

@@ -303,6 +303,15 @@ class ReplyFilter:
     _skip: int = 0  # bytes of a dropped $ frame still to skip (never passed)
     _scanned: int = 0  # how much of a pending head's lines is already read (no rescans)
     _crs: int = 0  # CRs passed at the start of the coming message
+    # The relay's own replies to the client (a 461) that wait for the message
+    # being passed to end: written only between messages (the relay's _filter).
+    own_replies: list[bytes] = field(default_factory=list)
+    # Requests relayed to the camera and not yet answered (the relay counts
+    # them; None: not counted). FFmpeg takes the next reply for the answer to
+    # the request it waits on: a reply sent before any request was made
+    # would answer FFmpeg's next one, which the camera never got (a SETUP
+    # the relay answers 461 itself).
+    outstanding: int | None = None
 
     @property
     def between_messages(self) -> bool:
@@ -424,6 +433,13 @@ class ReplyFilter:
             raise _RefusedError("a REDIRECT request", 302)
         if status is not None and 300 <= status < 400:
             raise _RefusedError(f"a {status} redirect", status)
+        # An empty first line is a reply to FFmpeg too (status 0), but also a
+        # stray CRLF: it is counted, never refused.
+        if self.outstanding is not None and (status is not None or not lines[0]):
+            if self.outstanding:
+                self.outstanding -= 1
+            elif status is not None:
+                raise _RefusedError("a reply to no request")
         length = 0
         rewritten = False
         bridged = None
@@ -925,11 +941,14 @@ class _Listener:
         bridge = None
         if upstream.udp:
             bridge = _UdpBridge(self, str(up_writer.get_extra_info("sockname")[0]), writer)
+        # Shared by both directions: the relay's own replies (a 461) reach the
+        # client only where a message of the camera's ends (see _copy_requests).
+        check = ReplyFilter(str(self.address), bridge, outstanding=0)
         directions = (
             asyncio.create_task(
-                self._copy_requests(reader, up_writer, last_request, bridge, writer)
+                self._copy_requests(reader, up_writer, last_request, bridge, writer, check)
             ),
-            asyncio.create_task(self._filter(up_reader, writer, last_request, bridge)),
+            asyncio.create_task(self._filter(up_reader, writer, last_request, bridge, check)),
         )
         try:
             await asyncio.wait(directions, return_when=asyncio.FIRST_COMPLETED)
@@ -957,6 +976,7 @@ class _Listener:
         last: bytearray,
         bridge: _UdpBridge | None,
         client: asyncio.StreamWriter,
+        check: ReplyFilter | None = None,
     ) -> None:
         """Client to camera, message by message: every SETUP must ask for interleaved RTP.
 
@@ -995,18 +1015,27 @@ class _Listener:
                 transport = _header(lines, b"transport")
                 method = _word(lines[0], 0)[0].decode("latin-1").upper()
                 if method == "SETUP" and transport is not None and not _all_interleaved(transport):
-                    # FFmpeg waits for this reply: nothing of the camera's is
-                    # on its way to the client while it does.
                     cseq = _cseq_of(head)
-                    client.write(
+                    reply = (
                         b"RTSP/1.0 461 Unsupported Transport\r\n"
                         + (b"CSeq: " + cseq + b"\r\n" if cseq else b"")
                         + b"\r\n"
                     )
-                    await client.drain()
+                    # FFmpeg waits for this reply, but the camera may be in the
+                    # middle of a frame or body to it: a reply written there
+                    # would be read as that frame's bytes, and the camera's
+                    # next bytes (passed as payload, unchecked) as this reply.
+                    if check is None or (check.between_messages and not check.own_replies):
+                        client.write(reply)
+                        await client.drain()
+                    elif len(check.own_replies) < _MAX_PENDING:
+                        check.own_replies.append(reply)  # _filter writes it where that ends
+                    else:
+                        return  # no client waits for that many replies: bounded
                     continue
                 new = None
-                if bridge is not None and not method.startswith("RTSP/"):
+                answer = method.startswith("RTSP/")
+                if bridge is not None and not answer:
                     # Not FFmpeg's answer to a request of the camera's (an
                     # OPTIONS or ANNOUNCE): that is no request to match a reply to.
                     new = bridge.request(
@@ -1021,6 +1050,9 @@ class _Listener:
                     ]
                     head = b"\r\n".join(lines) + b"\r\n\r\n"
                 last[:] = head[-4096:]
+                # Counted unless it is FFmpeg's answer to a request of the camera's.
+                if check is not None and check.outstanding is not None and not answer:
+                    check.outstanding += 1
                 writer.write(head + body)
                 await writer.drain()
         except asyncio.IncompleteReadError, asyncio.LimitOverrunError:
@@ -1032,9 +1064,11 @@ class _Listener:
         writer: asyncio.StreamWriter,
         last: bytearray,
         bridge: _UdpBridge | None = None,
+        check: ReplyFilter | None = None,
     ) -> None:
-        """Camera to client, through the ReplyFilter."""
-        check = ReplyFilter(str(self.address), bridge)
+        """Camera to client, through the ReplyFilter (the relay's own replies in between)."""
+        if check is None:
+            check = ReplyFilter(str(self.address), bridge)
         dropped = 0
         while data := await reader.read(READ_SIZE):
             try:
@@ -1059,9 +1093,13 @@ class _Listener:
             dropped = check.frames_dropped
             if passed:
                 writer.write(passed)
+            own = bool(check.own_replies) and check.between_messages
+            if own:
+                writer.write(b"".join(check.own_replies))
+                check.own_replies.clear()
             if bridge is not None:
                 bridge.client_written(check.between_messages)
-            if passed:
+            if passed or own:
                 await writer.drain()
 
     async def close(self) -> None:
