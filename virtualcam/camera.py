@@ -41,6 +41,10 @@ class OnvifProfileSpec:
     width: int | None = None
     height: int | None = None
     path: str = "/stream"  # RTSP path of its stream URI (a sub profile may reuse /stream)
+    # Path of its snapshot URI (None: the camera's reported_snapshot_path), and the video
+    # source (an NVR's channel) it encodes, as GetProfiles reports its SourceToken.
+    snapshot_path: str | None = None
+    source: str = "video0"
 
 
 #: A main profile at full size and a sub profile at half size (both on /stream).

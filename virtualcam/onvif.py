@@ -361,7 +361,7 @@ class OnvifService:
             parts.append(
                 f'<trt:Profiles token={token} fixed="true">{_text("tt:Name", spec.name)}'
                 '<tt:VideoSourceConfiguration token="vsc"><tt:Name>source</tt:Name>'
-                "<tt:UseCount>2</tt:UseCount><tt:SourceToken>video0</tt:SourceToken>"
+                f"<tt:UseCount>2</tt:UseCount>{_text('tt:SourceToken', spec.source)}"
                 f'<tt:Bounds x="0" y="0" width="{cfg.width}" height="{cfg.height}"/>'
                 "</tt:VideoSourceConfiguration>"
                 f"<tt:VideoEncoderConfiguration token={quoteattr('enc_' + spec.token)}>"
@@ -405,12 +405,15 @@ class OnvifService:
 
     def _get_snapshot_uri(self, op: ET.Element) -> tuple[int, bytes]:
         """http://host:port/snapshot.jpg, or a fault when the camera has no snapshot."""
-        if self._profile(op) is None:
+        spec = self._profile(op)
+        if spec is None:
             return 400, fault("s:Sender", "ter:InvalidArgVal", "No such profile")
         if not self.camera.config.http_snapshot:
             return 500, fault("s:Receiver", "ter:ActionNotSupported", "No snapshot")
         uri = self._reported(
-            "http", self.camera.http_port, self.camera.config.reported_snapshot_path
+            "http",
+            self.camera.http_port,
+            spec.snapshot_path or self.camera.config.reported_snapshot_path,
         )
         return 200, self._media_uri("GetSnapshotUriResponse", uri)
 

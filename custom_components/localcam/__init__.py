@@ -102,7 +102,13 @@ async def async_setup_entry(hass: HomeAssistant, entry: LocalCamConfigEntry) -> 
         streams[profile] = StreamRuntime(client=client, cache=cache)
     _async_h265_note(hass, entry)
     _async_sync_device_mac(hass, entry)
-    coordinator = LocalCamCoordinator(hass, entry, streams[main].client)
+    coordinator = LocalCamCoordinator(
+        hass,
+        entry,
+        streams[main].client,
+        main,
+        {profile: stream.client for profile, stream in streams.items() if profile != main},
+    )
     # 401 -> ConfigEntryAuthFailed (reauth); unreachable -> ConfigEntryNotReady.
     await coordinator.async_config_entry_first_refresh()
     entry.runtime_data = LocalCamData(streams=streams, main=main, coordinator=coordinator)

@@ -175,6 +175,7 @@ class LocalCamCamera(LocalCamEntity, Camera):
         self._client: CameraClient = stream.client
         self._snapshots: SnapshotCache = stream.cache
         self._attr_unique_id = frame_key(self.camera_id, profile)
+        self._profile = profile
         # Frames of this stream carry this key; anything else is refused.
         self._frame_key = self._client.source.camera_id
         # The last frame's provenance headers, by (sha256, captured_at).
@@ -326,6 +327,8 @@ class LocalCamCamera(LocalCamEntity, Camera):
             return False
         if self._refused:
             return False
+        if (health := self.coordinator.data) is not None and self._profile in health.down:
+            return False  # the device answers, but not for this stream
         return super().available
 
     @override

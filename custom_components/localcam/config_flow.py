@@ -1,5 +1,6 @@
 """Config flow for LocalCam: add a camera by URL, reconfigure, reauth, options."""
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -95,6 +96,9 @@ from .helpers import (
 )
 
 URL_FIELDS = (CONF_STREAM_URL, CONF_SNAPSHOT_URL)
+# All of an ONVIF device's snapshot URIs are tested within this (an NVR's
+# channels report one each); any left when it is up are not waited for.
+SNAPSHOT_TESTS_SECONDS = 2 * SNAPSHOT_TIMEOUT
 
 
 def _allowed_networks_field() -> dict[Any, Any]:
@@ -377,7 +381,9 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
             user_input[CONF_HOST] = onvif_host(user_input[CONF_HOST])
             if await self._async_link_refuses(entry, {**entry.data, **user_input}):
                 return self.async_abort(reason="wrong_camera")  # and sent nothing
-            data = await self._async_test_onvif(user_input, entry.options, errors)
+            data = await self._async_test_onvif(
+                user_input, entry.options, errors, main_token=entry.data.get(CONF_MAIN_PROFILE)
+            )
             if data is not None:
                 if (identity := _onvif_identity(entry, data)) is None:
                     return self.async_abort(reason="wrong_camera")
@@ -454,8 +460,15 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
         user_input: Mapping[str, Any],
         options: Mapping[str, Any],
         errors: dict[str, str],
+        *,
+        main_token: str | None = None,
     ) -> dict[str, Any] | None:
-        """Read the camera over ONVIF and decode its main profile's stream."""
+        """Read the camera over ONVIF and decode its main profile's stream.
+
+        The main profile is ``main_token`` (a configured camera's) while the
+        camera still reports it, else the first H.264 one: a camera whose
+        main stream the user switched to H.265 keeps its main entity.
+        """
         self._placeholders = {}
         host = onvif_host(user_input[CONF_HOST])
         port = int(user_input.get(CONF_PORT) or DEFAULT_ONVIF_PORT)
@@ -466,7 +479,9 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
             device = await read_device(
                 host, port, username, password, policy=policy, timeout=PROBE_TIMEOUT
             )
-            main = device.primary_profile
+            main = next(
+                (p for p in device.profiles if p.token == main_token), device.primary_profile
+            )
             if main is None and device.refused_uris:
                 # Every stream address it reported is outside the LAN policy.
                 refused = device.refused_uris[0]
@@ -482,7 +497,9 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
                 # just talked to it): the MAC every later check compares.
                 target = await client.stream_target()
                 link_mac = await self.hass.async_add_executor_job(neighbour_mac, target.address)
-            snapshots = await self._async_snapshot_uri_works(policy, source, main.snapshot_uri)
+            snapshots = await self._async_snapshot_uris_work(
+                policy, source, [main.snapshot_uri, *(p.snapshot_uri for p in device.profiles)]
+            )
         except InvalidUrlError as err:
             # invalid_url's text is about stream and snapshot URLs, not a host.
             errors[CONF_HOST] = "invalid_host"
@@ -510,7 +527,7 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
             CONF_VERIFY_SSL: source.verify_ssl,
             CONF_ONVIF: True,
             CONF_STREAM_URL: main.stream_uri,
-            CONF_SNAPSHOT_URL: main.snapshot_uri if snapshots else None,
+            CONF_SNAPSHOT_URL: main.snapshot_uri if snapshots.get(main.snapshot_uri) else None,
             CONF_PROFILES: [
                 {
                     "token": profile.token,
@@ -519,7 +536,9 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
                     "width": profile.width,
                     "height": profile.height,
                     "stream_url": profile.stream_uri,
-                    "snapshot_url": profile.snapshot_uri if snapshots else None,
+                    "snapshot_url": profile.snapshot_uri
+                    if snapshots.get(profile.snapshot_uri)
+                    else None,
                 }
                 for profile in device.profiles
             ],
@@ -536,8 +555,29 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
             CONF_HEIGHT: info.height,
         }
 
+    async def _async_snapshot_uris_work(
+        self, policy: NetPolicy, source: CameraSource, uris: list[str | None]
+    ) -> dict[str | None, bool]:
+        """Which of the profiles' snapshot URIs give a JPEG, the main profile's first.
+
+        Each profile's own (an NVR's channels report one each), one at a time;
+        a URI several profiles share is tested once. All within
+        SNAPSHOT_TESTS_SECONDS: a URI left when that time is up is not
+        waited for (its profile's stills come from its stream), so an NVR
+        whose channels all hang holds the form no longer than that.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SNAPSHOT_TESTS_SECONDS
+        works: dict[str | None, bool] = {}
+        for uri in dict.fromkeys(uri for uri in uris if uri):
+            remaining = deadline - loop.time()
+            works[uri] = remaining > 0 and await self._async_snapshot_uri_works(
+                policy, source, uri, min(SNAPSHOT_TIMEOUT, remaining)
+            )
+        return works
+
     async def _async_snapshot_uri_works(
-        self, policy: NetPolicy, source: CameraSource, snapshot_uri: str | None
+        self, policy: NetPolicy, source: CameraSource, snapshot_uri: str, timeout: float
     ) -> bool:
         """Whether the snapshot URI an ONVIF camera reports gives a JPEG.
 
@@ -547,11 +587,9 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
         it, stills come from the stream (keyframes, a grab), as HA's onvif
         falls back to FFmpeg. A reconfigure or reauth tests it again.
         """
-        if not snapshot_uri:
-            return False
         try:
             async with self._client(policy, replace(source, snapshot_url=snapshot_uri)) as client:
-                await client.fetch_snapshot(timeout=SNAPSHOT_TIMEOUT)
+                await client.fetch_snapshot(timeout=timeout)
         except LocalCamError as err:
             LOGGER.warning(
                 "The camera's ONVIF snapshot URI gives no usable still (%s); "

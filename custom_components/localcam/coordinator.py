@@ -2,7 +2,7 @@
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 import math
@@ -17,7 +17,7 @@ from homeassistant.util import dt as dt_util
 from homeassistant.util.hass_dict import HassKey
 
 from .const import CONF_IDENTITY, CONF_ONVIF, DOMAIN, HEALTH_INTERVAL_SECONDS, LOGGER
-from .core.errors import InvalidAuthError, LocalCamError
+from .core.errors import InvalidAuthError, LocalCamError, NoVideoError, StreamRefusedError
 from .core.identity import Identity, IdentityMismatchError
 from .core.netpolicy import Target, host_and_port
 from .core.snapshot import CameraClient
@@ -29,6 +29,10 @@ IDENTITY_ISSUE_PREFIX = "identity_mismatch_"
 HEALTH_CHECKS_PER_HOST: Final = 2
 # A camera checked this recently (its setup, update_entity) skips a round.
 HEALTH_RECHECK_SECONDS: Final = HEALTH_INTERVAL_SECONDS / 4
+# When the device answers but refuses the main stream (an NVR's channel whose
+# camera is unplugged), how many of its other streams the check tries, one
+# at a time, before it calls the device down.
+OTHER_STREAM_TRIES: Final = 4
 DATA_HEALTH_ROUNDS: HassKey[HealthRounds] = HassKey(f"{DOMAIN}_health_rounds")
 
 if TYPE_CHECKING:
@@ -50,6 +54,9 @@ class CameraHealth:
     checked_at: datetime = field(compare=False)
     address: str
     target: Target = field(compare=False)
+    # Streams (profiles) the device answered but refused in this check: the
+    # main one, when another stream of the device proved it healthy.
+    down: frozenset[str] = frozenset()
 
 
 class HealthRounds:
@@ -170,9 +177,14 @@ class LocalCamCoordinator(DataUpdateCoordinator[CameraHealth]):
     config_entry: LocalCamConfigEntry
 
     def __init__(
-        self, hass: HomeAssistant, entry: LocalCamConfigEntry, client: CameraClient
+        self,
+        hass: HomeAssistant,
+        entry: LocalCamConfigEntry,
+        client: CameraClient,
+        main: str = "",
+        others: Mapping[str, CameraClient] | None = None,
     ) -> None:
-        """Bind the camera client."""
+        """Bind the main stream's client, and the device's other streams' (by profile)."""
         super().__init__(
             hass,
             LOGGER,
@@ -182,6 +194,8 @@ class LocalCamCoordinator(DataUpdateCoordinator[CameraHealth]):
             always_update=False,
         )
         self.client = client
+        self.main = main
+        self.others = dict(others or {})
         self.last_error: str | None = None
         self._rounds = HealthRounds.of(hass)
         # A device serving several streams serves them on one host and port.
@@ -240,8 +254,13 @@ class LocalCamCoordinator(DataUpdateCoordinator[CameraHealth]):
     async def _async_update_data(self) -> CameraHealth:
         """Run one health check."""
         self.check_started = self.hass.loop.time()
+        down: frozenset[str] = frozenset()
         try:
-            target = await self.client.check_health()
+            try:
+                target = await self.client.check_health()
+            except (StreamRefusedError, NoVideoError) as err:
+                target = await self._async_other_stream(err)
+                down = frozenset({self.main})
         except IdentityMismatchError as err:
             self.last_error = err.translation_key
             if err.field == "mac" and await self._async_relink():
@@ -286,7 +305,31 @@ class LocalCamCoordinator(DataUpdateCoordinator[CameraHealth]):
         self.last_error = None
         self._relink_tried = False
         ir.async_delete_issue(self.hass, DOMAIN, self._identity_issue_id)
-        return CameraHealth(checked_at=dt_util.utcnow(), address=str(target.address), target=target)
+        return CameraHealth(
+            checked_at=dt_util.utcnow(), address=str(target.address), target=target, down=down
+        )
+
+    async def _async_other_stream(self, refused: LocalCamError) -> Target:
+        """The device answered but refused its main stream: is another of its streams served?
+
+        An NVR's channels are one ONVIF entry: the channel of an unplugged
+        camera (404, no video) must not take every other channel down with
+        it. Other stream URLs are tried one at a time, OTHER_STREAM_TRIES at
+        most; the first that passes the whole check (identity included)
+        proves the device. Otherwise the main stream's refusal stands.
+        """
+        tried = {self.client.source.stream_url}
+        for client in self.others.values():
+            if len(tried) > OTHER_STREAM_TRIES:
+                break
+            if client.source.stream_url in tried:
+                continue
+            tried.add(client.source.stream_url)
+            try:
+                return await client.check_health()
+            except LocalCamError:
+                continue
+        raise refused
 
     async def _async_relink(self) -> bool:
         """Re-pin an ONVIF camera by its serial when the link shows another MAC than it reports.

@@ -31,6 +31,7 @@ from custom_components.localcam.core.errors import (
 )
 from custom_components.localcam.core.netpolicy import NetPolicy
 from custom_components.localcam.core.onvif import (
+    MAX_PROFILES,
     MAX_SOAP_REPLY,
     MAX_SOAP_TAGS,
     OnvifDevice,
@@ -793,7 +794,7 @@ async def test_odd_profiles_are_bounded_and_skipped() -> None:
         _profile("dup", encoding="h.265", width="wide"),
         _profile("dup"),
         _profile("hevc", encoding="HEVC", width=10**9),
-        *(_profile(f"p{i}") for i in range(30)),
+        *(_profile(f"p{i}") for i in range(MAX_PROFILES + 14)),
     ]
     vetter = _UriVetter(POLICY, "127.0.0.1", ipaddress.ip_address("127.0.0.1"))
     profiles, snapshot_supported = await _read_profiles(_FakeMedia(raw), vetter)
@@ -803,7 +804,7 @@ async def test_odd_profiles_are_bounded_and_skipped() -> None:
         ("hevc", "H265", 0),
     ]
     assert profiles[0].name == "dup"  # no Name: the token stands in
-    assert len(profiles) == 16 - 4  # 16 looked at, 4 of them unusable
+    assert len(profiles) == MAX_PROFILES - 4  # MAX_PROFILES looked at, 4 of them unusable
 
 
 class _FakeDeviceMgmt:

@@ -103,6 +103,14 @@ def certificate_reason(err: BaseException) -> str:
     return str(reason or "not trusted").rstrip(".")
 
 
+class StreamRefusedError(CannotConnectError):
+    """The device answered, but refused this one stream (RTSP 404, 503, ...).
+
+    An NVR answers so for the channel of a camera that is unplugged: the
+    device is there, its other streams may play.
+    """
+
+
 class ReplyTooLargeError(CannotConnectError):
     """The reply was longer than the caller allows (it was not read to the end)."""
 

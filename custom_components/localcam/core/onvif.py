@@ -23,7 +23,7 @@ import asyncio
 from collections.abc import Iterable
 import contextlib
 import contextvars
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv6Address, ip_address
@@ -120,8 +120,11 @@ if not any(isinstance(f, _MaskedSoap) for f in _transport.filters):
 
 MEDIA_NAMESPACE: Final = "http://www.onvif.org/ver10/media/wsdl"
 DEFAULT_TIMEOUT: Final = 10.0
-#: Profiles beyond this are ignored: real cameras have 2-6, a hostile one could send 10 000.
-MAX_PROFILES: Final = 16
+#: Profiles beyond this are ignored: real cameras have 2-6, an NVR a main and a sub stream
+#: (sometimes a third) per channel, so a 32-channel NVR reports 64-96; a hostile device could
+#: send 10 000. Each profile costs two requests (stream and snapshot URI), within the read's
+#: timeout.
+MAX_PROFILES: Final = 128
 #: ONVIF ReferenceToken is at most 64 characters; tokens end up in entity unique ids.
 MAX_TOKEN_LENGTH: Final = 64
 MAX_TEXT_LENGTH: Final = 128
@@ -686,6 +689,7 @@ async def _read_profiles(media: Any, vetter: _UriVetter) -> tuple[list[OnvifProf
     profiles: list[OnvifProfile] = []
     snapshot_supported = False
     seen: set[str] = set()
+    sources: dict[str, str | None] = {}  # token -> its video source (SourceToken)
     for raw in raw_profiles:
         token = _clean_text(_field(raw, "token"), MAX_TOKEN_LENGTH + 1)
         encoder = _field(raw, "VideoEncoderConfiguration")
@@ -708,6 +712,10 @@ async def _read_profiles(media: Any, vetter: _UriVetter) -> tuple[list[OnvifProf
         snapshot_supported = snapshot_supported or snapshot is not None
         if stream is None:
             continue  # no usable stream: the refusal (if any) is already recorded
+        source = _clean_text(
+            _field(_field(raw, "VideoSourceConfiguration"), "SourceToken"), MAX_TOKEN_LENGTH
+        )
+        sources[token] = source
         profiles.append(
             OnvifProfile(
                 token=token,
@@ -719,7 +727,32 @@ async def _read_profiles(media: Any, vetter: _UriVetter) -> tuple[list[OnvifProf
                 snapshot_uri=str(snapshot) if snapshot is not None else None,
             )
         )
-    return profiles, snapshot_supported
+    return _own_snapshots(profiles, sources), snapshot_supported
+
+
+def _own_snapshots(
+    profiles: list[OnvifProfile], sources: dict[str, str | None]
+) -> list[OnvifProfile]:
+    """Leave out a snapshot URI that profiles of different video sources report.
+
+    One URI shows one picture: reported for two sources (an NVR firmware that
+    gives every channel channel 1's URI), it is another channel's still for
+    at least one of them, and nothing tells which. Those profiles' stills
+    come from their own streams. Profiles of one source (a channel's main
+    and sub stream) may share one; a profile whose source is unknown
+    does not count.
+    """
+    seen: dict[str, set[str]] = {}
+    for profile in profiles:
+        if profile.snapshot_uri and (source := sources.get(profile.token)):
+            seen.setdefault(profile.snapshot_uri, set()).add(source)
+    shared = {uri for uri, owners in seen.items() if len(owners) > 1}
+    if shared:
+        _LOGGER.debug("%d snapshot URI(s) reported for several video sources", len(shared))
+    return [
+        replace(profile, snapshot_uri=None) if profile.snapshot_uri in shared else profile
+        for profile in profiles
+    ]
 
 
 def _positive_int(value: object) -> int:

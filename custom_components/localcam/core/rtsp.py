@@ -36,6 +36,7 @@ from .errors import (
     LocalCamError,
     NoVideoError,
     RedirectedError,
+    StreamRefusedError,
     certificate_reason,
 )
 from .jpeg import MAX_DIMENSION, MAX_PIXELS, encode_bgr
@@ -1157,6 +1158,6 @@ async def describe(
     if 300 <= status < 400:
         raise RedirectedError(status)
     if status != 200:
-        raise CannotConnectError(f"camera answered RTSP {status}")
+        raise StreamRefusedError(f"camera answered RTSP {status}")
     if b"m=video" not in body:
         raise NoVideoError("the camera's SDP has no video")

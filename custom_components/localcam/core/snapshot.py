@@ -30,6 +30,7 @@ from .errors import (
     InvalidImageError,
     LocalCamError,
     ReplyTooLargeError,
+    StreamRefusedError,
 )
 from .identity import Identity, neighbour_mac, touch
 from .models import CameraSource, Snapshot, SnapshotSource, StreamInfo
@@ -39,7 +40,8 @@ from .rtsp_guard import RtspGuard
 
 STREAM_SCHEMES: Final = frozenset({"rtsp", "rtsps"})
 # What a camera that is down or still booting gives (subclasses are refusals).
-_UNREACHABLE: Final = frozenset({CannotConnectError, CameraTimeoutError})
+# An RTSP error status (StreamRefusedError: a 503 while it boots) is one of them.
+_UNREACHABLE: Final = frozenset({CannotConnectError, StreamRefusedError, CameraTimeoutError})
 # How long a one-shot RTSP session stays open after a still, so a burst of
 # dashboard requests reuses it instead of a new handshake per request.
 WARM_LINGER: Final = 5.0
