@@ -8,6 +8,7 @@ from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import FlowResultType
 from homeassistant.helpers import config_validation as cv
 import probatio
+import pytest
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
 from custom_components.localcam.const import (
@@ -129,3 +130,41 @@ async def test_the_account_typed_into_the_url_is_not_paired_with_another_usernam
         CAM_USER,
         CAM_PASSWORD,
     )
+
+
+RAW_SECRET = "Zq7x"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        # Generated passwords often hold these; typed raw, the URL does not parse.
+        f"rtsp://admin:{RAW_SECRET}/w@127.0.0.1:9/stream",
+        f"rtsp://admin:{RAW_SECRET}#w@127.0.0.1:9/stream",
+        f"rtsp://admin:{RAW_SECRET}?w@127.0.0.1:9/stream",
+        # Without its scheme but with the slashes: no parser's userinfo either.
+        f"//admin:{RAW_SECRET}@127.0.0.1:9/stream",
+        # An "@" in the password too ("a@127.0.0.1/Zq7x"): the URL parses, with
+        # its host at the first "@" (nothing listens there); cut at the last one.
+        f"rtsp://admin:a@127.0.0.1/{RAW_SECRET}@127.0.0.1:9/stream",
+    ],
+)
+async def test_a_url_password_with_a_delimiter_is_not_echoed_back(
+    hass: HomeAssistant, url: str, socket_enabled: None
+) -> None:
+    """A password typed raw with "/", "?", "#" or "@" in it: the form comes back without it.
+
+    Such a URL does not parse (or parses with its host inside the password);
+    the userinfo was only looked for before the first "/", "?" or "#", and the
+    whole URL came back as the field's value.
+    """
+    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], {"next_step_id": "url"}
+    )
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], {CONF_STREAM_URL: url, CONF_VERIFY_SSL: True}
+    )
+    assert result["type"] is FlowResultType.FORM
+    assert result["errors"]
+    assert RAW_SECRET not in _as_sent(result)

@@ -1213,6 +1213,23 @@ def _with_host(data: Mapping[str, Any], host: str) -> dict[str, Any]:
 # The userinfo of a URL as typed: up to the authority's last "@" (as yarl splits it).
 # With or without its scheme ("admin:pw@192.168.1.5/stream" is refused, and shown again).
 _USERINFO_RE = re.compile(r"^(\s*(?:[A-Za-z][A-Za-z0-9+.\-]*://)?)([^/?#]*)@")
+# A password typed raw may hold "/", "?", "#" or "@" ("admin:pa/ss@host"), which
+# ends the authority early for any parser: then any "user:" with an "@" after it
+# is taken for userinfo, up to the last "@".
+_LOOSE_USERINFO_RE = re.compile(r"^(\s*(?:[A-Za-z][A-Za-z0-9+.\-]*://)?+)([^@]*?:.*)@", re.S)
+
+
+def _plainly_without_userinfo(url: str) -> bool:
+    """Whether a URL as typed parses, with a host and no userinfo (nothing to hide in it).
+
+    Such a URL is shown again unchanged, an "@" in its query included; any
+    other (no host, a user, unparsable) loses what may be a password.
+    """
+    try:
+        parsed = yarl.URL(url.strip())
+        return parsed.raw_user is None and parsed.raw_password is None and bool(parsed.host)
+    except ValueError, UnicodeError:
+        return False
 
 
 def _without_password(values: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -1224,7 +1241,10 @@ def _without_password(values: Mapping[str, Any] | None) -> dict[str, Any]:
     """
     shown = {k: v for k, v in (values or {}).items() if k != CONF_PASSWORD and v is not None}
     for field in URL_FIELDS:
-        if isinstance(url := shown.get(field), str) and (m := _USERINFO_RE.match(url)):
+        url = shown.get(field)
+        if not isinstance(url, str) or _plainly_without_userinfo(url):
+            continue
+        if m := _LOOSE_USERINFO_RE.match(url) or _USERINFO_RE.match(url):
             shown[field] = m.group(1) + url[m.end() :]
             if (user := unquote(m.group(2).partition(":")[0])) and not shown.get(CONF_USERNAME):
                 shown[CONF_USERNAME] = user

@@ -19,7 +19,7 @@ import pytest_socket
 import yarl
 
 from custom_components.localcam.core import snapshot
-from custom_components.localcam.core.errors import CannotConnectError
+from custom_components.localcam.core.errors import CannotConnectError, LocalCamError
 from custom_components.localcam.core.identity import Identity, IdentityMismatchError
 from custom_components.localcam.core.models import CameraSource
 from custom_components.localcam.core.netpolicy import NetPolicy
@@ -439,3 +439,36 @@ async def test_the_relay_asks_a_device_the_link_does_not_show_who_it_is(
                 await client.close()
     finally:
         await other.stop()
+
+
+async def test_a_swap_found_by_a_check_ends_the_relays_trust(
+    rtsp_only_camera: VirtualCamera,
+) -> None:
+    """Confirmed at T; a health check at T+1 finds another device: the relay asks again."""
+    source = CameraSource(
+        camera_id="SERIAL-1",
+        stream_url=rtsp_only_camera.rtsp_url,
+        snapshot_url=None,
+        username=CAM_USER,
+        password=CAM_PASSWORD,
+        identity=Identity(serial="SERIAL-1"),
+    )
+    async with aiohttp.ClientSession() as session:
+        client = CameraClient(session, NetPolicy(), source)
+        client.identity_probe = device = DeviceAnswers("SERIAL-1")
+        try:
+            assert (await _relay_describe(client)).startswith(b"RTSP/1.0 ")
+            assert device.asked == 1
+            # Another device answers at the address now; the minute's check finds it.
+            device.serial = "SERIAL-2"
+            with pytest.raises(LocalCamError):
+                await client.check_health()
+            refusals = client.guard.refusals
+            relayed = rtsp_only_camera.stats.describe_requests
+            # HA's stream reconnects within LINK_TRUST of the old confirmation:
+            # the device is asked again, and nothing is relayed to it.
+            await _relay_describe(client)
+            assert rtsp_only_camera.stats.describe_requests == relayed
+            assert client.guard.refusals == refusals + 1
+        finally:
+            await client.close()

@@ -426,13 +426,19 @@ class CameraClient:
             seen = await loop.run_in_executor(None, neighbour_mac, raw.address)
             if seen is not None:
                 return
-        observed = await self.identity_probe(whole)
-        self.source.identity.check(observed, raw.host)
-        if not self.source.identity.confirms(observed):
-            # Every identity query failed or came back empty: the device did
-            # not show it is this camera, so its frame is not served as this
-            # camera's (an impostor need not answer them at all).
-            raise CannotConnectError(f"the device at {raw.host} did not say which camera it is")
+        try:
+            observed = await self.identity_probe(whole)
+            self.source.identity.check(observed, raw.host)
+            if not self.source.identity.confirms(observed):
+                # Every identity query failed or came back empty: the device did
+                # not show it is this camera, so its frame is not served as this
+                # camera's (an impostor need not answer them at all).
+                raise CannotConnectError(f"the device at {raw.host} did not say which camera it is")
+        except BaseException:
+            # A newer answer that is not "this camera" (another device, none):
+            # the relay no longer trusts an older one (_relay_link_check).
+            self._device_confirmed = None
+            raise
         if raw.address is not None:
             self._device_confirmed = (raw.address, time.monotonic())
 
