@@ -395,6 +395,28 @@ async def _relay_describe(client: CameraClient) -> bytes:
         writer.close()
 
 
+@asynccontextmanager
+async def _pinned_by_serial(
+    cam: VirtualCamera, device: DeviceAnswers
+) -> AsyncIterator[CameraClient]:
+    """LocalCam's client for an ONVIF camera pinned by serial "SERIAL-1", no MAC on the link."""
+    source = CameraSource(
+        camera_id="SERIAL-1",
+        stream_url=cam.rtsp_url,
+        snapshot_url=None,
+        username=CAM_USER,
+        password=CAM_PASSWORD,
+        identity=Identity(serial="SERIAL-1"),
+    )
+    async with aiohttp.ClientSession() as session:
+        client = CameraClient(session, NetPolicy(), source)
+        client.identity_probe = device
+        try:
+            yield client
+        finally:
+            await client.close()
+
+
 async def test_the_relay_asks_a_device_the_link_does_not_show_who_it_is(
     socket_enabled: None,
 ) -> None:
@@ -410,33 +432,21 @@ async def test_the_relay_asks_a_device_the_link_does_not_show_who_it_is(
     """
     other = VirtualCamera(camera_config("other", 5))
     await other.start()
-    source = CameraSource(
-        camera_id="SERIAL-1",
-        stream_url=other.rtsp_url,
-        snapshot_url=None,
-        username=CAM_USER,
-        password=CAM_PASSWORD,
-        identity=Identity(serial="SERIAL-1"),
-    )
+    device = DeviceAnswers("SERIAL-2")
     try:
-        async with aiohttp.ClientSession() as session:
-            client = CameraClient(session, NetPolicy(), source)
-            client.identity_probe = device = DeviceAnswers("SERIAL-2")
-            try:
-                reply = await _relay_describe(client)
-                assert not reply.startswith(b"RTSP/1.0 200"), reply[:200]
-                assert b"m=video" not in reply
-                assert (other.stats.describe_requests, other.stats.credentialed_requests) == (0, 0)
-                assert device.asked == 1
-                assert client.guard.refusals == 1
-                # The camera itself: relayed, and asked once for the sessions of LINK_TRUST.
-                device.serial = "SERIAL-1"
-                for _ in range(2):
-                    assert (await _relay_describe(client)).startswith(b"RTSP/1.0 ")
-                assert other.stats.describe_requests >= 2
-                assert device.asked == 2
-            finally:
-                await client.close()
+        async with _pinned_by_serial(other, device) as client:
+            reply = await _relay_describe(client)
+            assert not reply.startswith(b"RTSP/1.0 200"), reply[:200]
+            assert b"m=video" not in reply
+            assert (other.stats.describe_requests, other.stats.credentialed_requests) == (0, 0)
+            assert device.asked == 1
+            assert client.guard.refusals == 1
+            # The camera itself: relayed, and asked once for the sessions of LINK_TRUST.
+            device.serial = "SERIAL-1"
+            for _ in range(2):
+                assert (await _relay_describe(client)).startswith(b"RTSP/1.0 ")
+            assert other.stats.describe_requests >= 2
+            assert device.asked == 2
     finally:
         await other.stop()
 
@@ -445,30 +455,18 @@ async def test_a_swap_found_by_a_check_ends_the_relays_trust(
     rtsp_only_camera: VirtualCamera,
 ) -> None:
     """Confirmed at T; a health check at T+1 finds another device: the relay asks again."""
-    source = CameraSource(
-        camera_id="SERIAL-1",
-        stream_url=rtsp_only_camera.rtsp_url,
-        snapshot_url=None,
-        username=CAM_USER,
-        password=CAM_PASSWORD,
-        identity=Identity(serial="SERIAL-1"),
-    )
-    async with aiohttp.ClientSession() as session:
-        client = CameraClient(session, NetPolicy(), source)
-        client.identity_probe = device = DeviceAnswers("SERIAL-1")
-        try:
-            assert (await _relay_describe(client)).startswith(b"RTSP/1.0 ")
-            assert device.asked == 1
-            # Another device answers at the address now; the minute's check finds it.
-            device.serial = "SERIAL-2"
-            with pytest.raises(LocalCamError):
-                await client.check_health()
-            refusals = client.guard.refusals
-            relayed = rtsp_only_camera.stats.describe_requests
-            # HA's stream reconnects within LINK_TRUST of the old confirmation:
-            # the device is asked again, and nothing is relayed to it.
-            await _relay_describe(client)
-            assert rtsp_only_camera.stats.describe_requests == relayed
-            assert client.guard.refusals == refusals + 1
-        finally:
-            await client.close()
+    device = DeviceAnswers("SERIAL-1")
+    async with _pinned_by_serial(rtsp_only_camera, device) as client:
+        assert (await _relay_describe(client)).startswith(b"RTSP/1.0 ")
+        assert device.asked == 1
+        # Another device answers at the address now; the minute's check finds it.
+        device.serial = "SERIAL-2"
+        with pytest.raises(LocalCamError):
+            await client.check_health()
+        refusals = client.guard.refusals
+        relayed = rtsp_only_camera.stats.describe_requests
+        # HA's stream reconnects within LINK_TRUST of the old confirmation:
+        # the device is asked again, and nothing is relayed to it.
+        await _relay_describe(client)
+        assert rtsp_only_camera.stats.describe_requests == relayed
+        assert client.guard.refusals == refusals + 1

@@ -60,6 +60,14 @@ INLINE_FINISH_BYTES: Final = 256 * 1024
 # (each still's own check renews it) lets them go at once; an older one, or
 # none, costs a bare connection first.
 LINK_TRUST: Final = 10.0
+# Where and when an address was shown to be the camera (by the link or the device).
+type _Look = tuple[IPv4Address | IPv6Address, float]
+
+
+def _recent(look: _Look | None, address: IPv4Address | IPv6Address) -> bool:
+    """Whether ``look`` showed the camera at ``address`` within LINK_TRUST."""
+    return look is not None and look[0] == address and time.monotonic() - look[1] < LINK_TRUST
+
 
 # Called with the stream URL pinned to the address just checked (a secret) and
 # the most seconds it may wait: a JPEG of the running stream's next keyframe,
@@ -94,9 +102,9 @@ class CameraClient:
         # and relays nothing to a device that is not this camera.
         self.guard = RtspGuard(link_check=self._relay_link_check)
         # Where and when the link last showed the camera's MAC (guard_credentials).
-        self._link_seen: tuple[IPv4Address | IPv6Address, float] | None = None
+        self._link_seen: _Look | None = None
         # Where and when the ONVIF device last said it is this camera (_relay_link_check).
-        self._device_confirmed: tuple[IPv4Address | IPv6Address, float] | None = None
+        self._device_confirmed: _Look | None = None
         # One camera, one auth scheme: later stills answer its challenge at once.
         self._auth_memory = http.AuthMemory()
         # Likewise its RTSP challenge: a health check is then one DESCRIBE.
@@ -295,8 +303,7 @@ class CameraClient:
         if source.username is None and source.password is None:
             return  # nothing secret to send; each connection's own check still runs
         if not connected:
-            seen = self._link_seen
-            if seen is not None and seen[0] == address and time.monotonic() - seen[1] < LINK_TRUST:
+            if _recent(self._link_seen, address):
                 return
             await touch(address, port, timeout)
         await asyncio.get_running_loop().run_in_executor(
@@ -324,12 +331,9 @@ class CameraClient:
             )
         else:
             await self.guard_credentials(address, port, host, connected=True)
-        confirmed = self._device_confirmed
-        if (
-            confirmed is None
-            or confirmed[0] != address
-            or time.monotonic() - confirmed[1] >= LINK_TRUST
-        ):
+        if not _recent(self._device_confirmed, address):
+            # An ONVIF camera the link shows no MAC for is asked; any other
+            # is not (see _check_device_identity: the link check above was it).
             raw = _Raw(b"", None, SnapshotSource.RTSP_GRAB, time.monotonic(), address, host)
             await self._check_device_identity(raw, whole=False)
 
