@@ -1877,7 +1877,7 @@ async def test_a_setup_for_media_outside_the_connection_is_still_461(
 
 # -- the relay's own 461 and FFmpeg's reading of replies ---------------------------------
 
-_TINY_SDP = b"v=0\r\no=- 0 0 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=video 0 RTP/AVP 96\r\n"
+_TINY_SDP = b"v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=video 0 RTP/AVP 96\r\n"
 _DESCRIBED = (
     b"RTSP/1.0 200 OK\r\nCSeq: 2\r\nContent-Length: "
     + str(len(_TINY_SDP)).encode()
