@@ -1,9 +1,11 @@
 """An ONVIF device with several profiles (an NVR's channels) over its life."""
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from homeassistant.components.camera import async_get_image
-from homeassistant.config_entries import ConfigEntryState
+from homeassistant.config_entries import ConfigEntry, ConfigEntryState
 from homeassistant.const import STATE_UNAVAILABLE
 from homeassistant.core import HomeAssistant
 from homeassistant.helpers import entity_registry as er
@@ -26,6 +28,24 @@ NVR_PROFILES = (
 )
 
 
+@asynccontextmanager
+async def _onvif_device(
+    hass: HomeAssistant, index: int, profiles: tuple[OnvifProfileSpec, ...] | None = None
+) -> AsyncIterator[tuple[VirtualCamera, ConfigEntry]]:
+    """An ONVIF device (serial S-<index>) added to Home Assistant; unloaded and stopped after."""
+    extra: dict[str, Any] = {} if profiles is None else {"profiles": profiles}
+    cam = VirtualCamera(
+        camera_config(f"nvr{index}", index, onvif=True, serial=f"S-{index}", **extra)
+    )
+    await cam.start()
+    try:
+        entry = await add_onvif_entry(hass, cam)
+        yield cam, entry
+        await hass.config_entries.async_unload(entry.entry_id)
+    finally:
+        await cam.stop()
+
+
 async def test_one_dead_nvr_channel_leaves_the_other_channels_available(
     hass: HomeAssistant, socket_enabled: None
 ) -> None:
@@ -36,13 +56,8 @@ async def test_one_dead_nvr_channel_leaves_the_other_channels_available(
     every channel of the NVR unavailable (and failed the setup after a
     restart, so that no channel got an entity at all).
     """
-    cam = VirtualCamera(
-        camera_config("nvr", 11, onvif=True, serial="NVR-11", profiles=NVR_PROFILES)
-    )
-    await cam.start()
     registry = er.async_get(hass)
-    try:
-        entry = await add_onvif_entry(hass, cam)
+    async with _onvif_device(hass, 11, NVR_PROFILES) as (_cam, entry):
         assert entry.state is ConfigEntryState.LOADED
         assert entry.runtime_data.main == "ch1"
         ch2 = registry.async_get_entity_id("camera", DOMAIN, f"{entry.unique_id}_ch2")
@@ -69,9 +84,6 @@ async def test_one_dead_nvr_channel_leaves_the_other_channels_available(
         state = hass.states.get(ch1)
         assert state is not None
         assert state.state == STATE_UNAVAILABLE
-        await hass.config_entries.async_unload(entry.entry_id)
-    finally:
-        await cam.stop()
 
 
 async def test_a_profile_whose_snapshot_uri_fails_gets_its_stills_from_its_stream(
@@ -88,11 +100,8 @@ async def test_a_profile_whose_snapshot_uri_fails_gets_its_stills_from_its_strea
         OnvifProfileSpec("main", "mainStream"),
         OnvifProfileSpec("sub", "subStream", divisor=2, snapshot_path="/no-such-still.jpg"),
     )
-    cam = VirtualCamera(camera_config("cam12", 12, onvif=True, serial="S-12", profiles=profiles))
-    await cam.start()
     registry = er.async_get(hass)
-    try:
-        entry = await add_onvif_entry(hass, cam)
+    async with _onvif_device(hass, 12, profiles) as (_cam, entry):
         stored = {p["token"]: p["snapshot_url"] for p in entry.data[CONF_PROFILES]}
         assert stored["main"] is not None  # it works: kept
         assert stored["sub"] is None  # it gives no JPEG: left out
@@ -103,9 +112,6 @@ async def test_a_profile_whose_snapshot_uri_fails_gets_its_stills_from_its_strea
         await hass.async_block_till_done()
         image = await async_get_image(hass, sub)
         assert image.content.startswith(b"\xff\xd8")
-        await hass.config_entries.async_unload(entry.entry_id)
-    finally:
-        await cam.stop()
 
 
 async def test_a_snapshot_uri_two_channels_report_is_trusted_for_neither(
@@ -127,18 +133,12 @@ async def test_a_snapshot_uri_two_channels_report_is_trusted_for_neither(
             "ch3", "Channel 3", path="/stream/ch3", source="video2", snapshot_path="/ch3.jpg"
         ),
     )
-    cam = VirtualCamera(camera_config("nvr13", 13, onvif=True, serial="S-13", profiles=profiles))
-    await cam.start()
-    try:
-        entry = await add_onvif_entry(hass, cam)
+    async with _onvif_device(hass, 13, profiles) as (_cam, entry):
         assert entry.state is ConfigEntryState.LOADED
         stored = {p["token"]: p["snapshot_url"] for p in entry.data[CONF_PROFILES]}
         assert stored["ch1"] is None
         assert stored["ch1s"] is None
         assert stored["ch2"] is None
-        await hass.config_entries.async_unload(entry.entry_id)
-    finally:
-        await cam.stop()
 
 
 async def test_every_channel_of_a_16_channel_nvr_gets_an_entity(
@@ -158,16 +158,10 @@ async def test_every_channel_of_a_16_channel_nvr_gets_an_entity(
         for n in range(1, 17)
         for kind in ("main", "sub")
     )
-    cam = VirtualCamera(camera_config("nvr14", 14, onvif=True, serial="S-14", profiles=profiles))
-    await cam.start()
-    try:
-        entry = await add_onvif_entry(hass, cam)
+    async with _onvif_device(hass, 14, profiles) as (_cam, entry):
         assert entry.state is ConfigEntryState.LOADED
         assert len(entry.data[CONF_PROFILES]) == 32
         assert "ch16main" in entry.runtime_data.streams
-        await hass.config_entries.async_unload(entry.entry_id)
-    finally:
-        await cam.stop()
 
 
 async def test_the_main_profile_stays_the_main_one_across_a_reconfigure(
@@ -181,11 +175,8 @@ async def test_the_main_profile_stays_the_main_one_across_a_reconfigure(
     renamed to "<device> mainStream" and the health check and the repairs
     watched the sub stream. A profile the camera still reports stays main.
     """
-    cam = VirtualCamera(camera_config("cam15", 15, onvif=True, serial="S-15"))
-    await cam.start()
     registry = er.async_get(hass)
-    try:
-        entry = await add_onvif_entry(hass, cam)
+    async with _onvif_device(hass, 15) as (cam, entry):
         assert entry.runtime_data.main == "main"
         main_id = registry.async_get_entity_id("camera", DOMAIN, f"{entry.unique_id}_main")
         assert main_id is not None
@@ -200,9 +191,6 @@ async def test_the_main_profile_stays_the_main_one_across_a_reconfigure(
         assert main is not None
         assert main.translation_key == "main"
         assert main.disabled_by is None
-        await hass.config_entries.async_unload(entry.entry_id)
-    finally:
-        await cam.stop()
 
 
 async def test_snapshot_uris_left_when_the_form_s_time_is_up_are_not_waited_for(
@@ -215,20 +203,12 @@ async def test_snapshot_uris_left_when_the_form_s_time_is_up_are_not_waited_for(
     profile's stills come from its stream.
     """
     monkeypatch.setattr(config_flow, "SNAPSHOT_TESTS_SECONDS", 0.0)
-    cam = VirtualCamera(
-        camera_config("nvr16", 16, onvif=True, serial="S-16", profiles=NVR_PROFILES)
-    )
-    await cam.start()
-    try:
-        entry = await add_onvif_entry(hass, cam)
+    async with _onvif_device(hass, 16, NVR_PROFILES) as (_cam, entry):
         assert entry.state is ConfigEntryState.LOADED
         assert {p["token"]: p["snapshot_url"] for p in entry.data[CONF_PROFILES]} == {
             "ch1": None,
             "ch2": None,
         }
-        await hass.config_entries.async_unload(entry.entry_id)
-    finally:
-        await cam.stop()
 
 
 async def test_an_nvr_whose_tried_channels_are_all_dark_is_down(
@@ -245,10 +225,7 @@ async def test_an_nvr_whose_tried_channels_are_all_dark_is_down(
         OnvifProfileSpec("ch1s", "Channel 1 sub", path="/stream/ch1", divisor=2),
         *(OnvifProfileSpec(f"ch{n}", f"Channel {n}", path=f"/stream/ch{n}") for n in range(2, 7)),
     )
-    cam = VirtualCamera(camera_config("nvr17", 17, onvif=True, serial="S-17", profiles=profiles))
-    await cam.start()
-    try:
-        entry = await add_onvif_entry(hass, cam)
+    async with _onvif_device(hass, 17, profiles) as (cam, entry):
         assert entry.state is ConfigEntryState.LOADED
         assert await hass.config_entries.async_unload(entry.entry_id)
         # Channels 1 to 5 go dark; channel 6 would answer, past the tries.
@@ -265,6 +242,3 @@ async def test_an_nvr_whose_tried_channels_are_all_dark_is_down(
         assert entry.state is ConfigEntryState.SETUP_RETRY
         # The main stream, then 4 others (ch1s shares ch1's URL: not asked twice).
         assert cam.stats.describe_requests - cam.stats.unauthorized_responses - asked == 5
-        await hass.config_entries.async_unload(entry.entry_id)
-    finally:
-        await cam.stop()
