@@ -11,6 +11,7 @@ import probatio
 import pytest
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
+from custom_components.localcam.config_flow import _without_password
 from custom_components.localcam.const import (
     CONF_CAMERA_ID,
     CONF_SNAPSHOT_URL,
@@ -168,3 +169,35 @@ async def test_a_url_password_with_a_delimiter_is_not_echoed_back(
     assert result["type"] is FlowResultType.FORM
     assert result["errors"]
     assert RAW_SECRET not in _as_sent(result)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        # A password like "2024/Zq7x": the URL parses, with host "admin" and port 2024.
+        f"rtsp://admin:2024/{RAW_SECRET}@127.0.0.1:9/stream",
+        f"rtsp://admin:2024#{RAW_SECRET}@127.0.0.1:9/stream",
+        f"rtsp://admin:2024?{RAW_SECRET}@127.0.0.1:9/stream",
+        f"http://admin:8080/{RAW_SECRET}@127.0.0.1/snap.jpg",
+    ],
+)
+def test_a_raw_password_that_starts_with_digits_is_not_shown_back(url: str) -> None:
+    """Such a URL parses with a host and no user, and came back whole, password and all."""
+    shown = _without_password({CONF_STREAM_URL: url})
+    assert RAW_SECRET not in shown[CONF_STREAM_URL]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://cam.local/snap.jpg?user=a@b.c&x=1",
+        "rtsp://192.168.1.5:554/ch1?auth=a:b@c",
+        "rtsp://[::1]:8554/a?b=c:d@e",
+        "http://cam:80/snap?x=1:2@3",
+        "rtsp://[fd00::5]:554/stream1",
+        "http://[fe80::1%25eth0]/snap.jpg",
+    ],
+)
+def test_a_url_without_userinfo_is_shown_unchanged(url: str) -> None:
+    """An "@" in a query (key=value), IPv6 hosts, ports: nothing to hide, nothing changed."""
+    assert _without_password({CONF_STREAM_URL: url}) == {CONF_STREAM_URL: url}

@@ -5,18 +5,20 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from homeassistant.components.camera import async_get_image
-from homeassistant.config_entries import ConfigEntry, ConfigEntryState
+from homeassistant.config_entries import SOURCE_REAUTH, SOURCE_USER, ConfigEntry, ConfigEntryState
 from homeassistant.const import STATE_UNAVAILABLE
 from homeassistant.core import HomeAssistant
-from homeassistant.helpers import entity_registry as er
+from homeassistant.data_entry_flow import FlowResultType
+from homeassistant.exceptions import ConfigEntryAuthFailed
+from homeassistant.helpers import entity_registry as er, issue_registry as ir
 import pytest
 
 from custom_components.localcam import config_flow
 from custom_components.localcam.const import CONF_PROFILES, DOMAIN
 from virtualcam import VirtualCamera
-from virtualcam.camera import OnvifProfileSpec
+from virtualcam.camera import Fault, OnvifProfileSpec
 
-from .conftest import add_onvif_entry, camera_config
+from .conftest import CAM_PASSWORD, CAM_USER, add_onvif_entry, camera_config
 from .test_init import _reconfigure_onvif
 
 pytestmark = pytest.mark.usefixtures("secrets_absent_from_logs")
@@ -242,3 +244,162 @@ async def test_an_nvr_whose_tried_channels_are_all_dark_is_down(
         assert entry.state is ConfigEntryState.SETUP_RETRY
         # The main stream, then 4 others (ch1s shares ch1's URL: not asked twice).
         assert cam.stats.describe_requests - cam.stats.unauthorized_responses - asked == 5
+
+
+@asynccontextmanager
+async def _nvr_with_dark_main(
+    hass: HomeAssistant, index: int
+) -> AsyncIterator[tuple[VirtualCamera, ConfigEntry]]:
+    """A two-channel NVR whose main channel (ch1) answers 404; ch2 streams."""
+    async with _onvif_device(hass, index, NVR_PROFILES) as (cam, entry):
+        assert await hass.config_entries.async_unload(entry.entry_id)
+        profiles: list[dict[str, Any]] = [dict(p) for p in entry.data[CONF_PROFILES]]
+        profiles[0]["stream_url"] = profiles[0]["stream_url"].replace("/stream/ch1", "/gone/ch1")
+        profiles[0]["snapshot_url"] = None
+        hass.config_entries.async_update_entry(entry, data={**entry.data, CONF_PROFILES: profiles})
+        assert await hass.config_entries.async_setup(entry.entry_id)
+        await hass.async_block_till_done()
+        assert entry.state is ConfigEntryState.LOADED
+        assert entry.runtime_data.coordinator.data.down == frozenset({"ch1"})
+        yield cam, entry
+
+
+async def test_a_401_on_the_other_channel_starts_reauth(
+    hass: HomeAssistant, socket_enabled: None
+) -> None:
+    """The dark channel answers 404, the live one now 401: a reauth, not 'cannot connect'."""
+    async with _nvr_with_dark_main(hass, 31) as (cam, entry):
+        coordinator = entry.runtime_data.coordinator
+        cam.set_fault(Fault.UNAUTHORIZED)  # the NVR's password was changed
+        await coordinator.async_refresh()
+        await hass.async_block_till_done()
+        assert isinstance(coordinator.last_exception, ConfigEntryAuthFailed)
+        assert entry.async_get_active_flows(hass, {SOURCE_REAUTH})
+        cam.set_fault(None)
+
+
+async def test_another_device_behind_the_other_channel_raises_the_repair(
+    hass: HomeAssistant, socket_enabled: None
+) -> None:
+    """The dark channel answers 404; the device answering the live one is another device."""
+    async with _nvr_with_dark_main(hass, 32) as (cam, entry):
+        coordinator = entry.runtime_data.coordinator
+        cam.config.serial = "S-OTHER"  # another device took the NVR's address
+        await coordinator.async_refresh()
+        await hass.async_block_till_done()
+        assert coordinator.last_error == "identity_mismatch"
+        issue_id = f"identity_mismatch_{entry.entry_id}"
+        assert ir.async_get(hass).async_get_issue(DOMAIN, issue_id) is not None
+
+
+async def test_a_profile_on_the_refused_main_stream_shows_unavailable_too(
+    hass: HomeAssistant, socket_enabled: None
+) -> None:
+    """Two profiles report one stream URI (main and a second encoder of channel 1).
+
+    That URI now answers 404; channel 2 proves the device. The main profile's
+    entity shows unavailable, but the other profile on the very same refused
+    URI still showed available, though its stream is the one refused.
+    """
+    profiles = (
+        OnvifProfileSpec("ch1", "Channel 1", path="/stream/ch1", source="v1"),
+        OnvifProfileSpec("ch1b", "Channel 1 again", path="/stream/ch1", source="v1"),
+        OnvifProfileSpec("ch2", "Channel 2", path="/stream/ch2", source="v2"),
+    )
+    registry = er.async_get(hass)
+    async with _onvif_device(hass, 33, profiles) as (_cam, entry):
+        ch1b = registry.async_get_entity_id("camera", DOMAIN, f"{entry.unique_id}_ch1b")
+        assert ch1b is not None
+        registry.async_update_entity(ch1b, disabled_by=None)
+        assert await hass.config_entries.async_unload(entry.entry_id)
+        stored: list[dict[str, Any]] = [dict(p) for p in entry.data[CONF_PROFILES]]
+        for profile in stored[:2]:
+            profile["stream_url"] = profile["stream_url"].replace("/stream/ch1", "/gone/ch1")
+            profile["snapshot_url"] = None
+        hass.config_entries.async_update_entry(entry, data={**entry.data, CONF_PROFILES: stored})
+        assert await hass.config_entries.async_setup(entry.entry_id)
+        await hass.async_block_till_done()
+        assert entry.state is ConfigEntryState.LOADED
+        state = hass.states.get(ch1b)
+        assert state is not None
+        assert state.state == STATE_UNAVAILABLE
+
+
+async def _onvif_flow(hass: HomeAssistant, cam: VirtualCamera) -> Any:
+    """Add ``cam`` through the ONVIF form, as a user does: the flow's last result."""
+    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], {"next_step_id": "onvif"}
+    )
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"],
+        {
+            "host": "127.0.0.1",
+            "port": cam.http_port,
+            "username": CAM_USER,
+            "password": CAM_PASSWORD,
+            "verify_ssl": True,
+        },
+    )
+    await hass.async_block_till_done()
+    return result
+
+
+async def test_an_nvr_whose_first_channel_is_dark_can_be_added(
+    hass: HomeAssistant, socket_enabled: None
+) -> None:
+    """Channel 1 has no camera (the NVR answers its stream with 404); channel 2 streams.
+
+    The health check copes with a dark main channel, but the flow probed only
+    the first H.264 profile's stream: such an NVR could not be added at all
+    (nor reauthed or reconfigured while that channel is dark).
+    """
+    profiles = (
+        OnvifProfileSpec("ch1", "Channel 1", path="/gone/ch1", source="v1"),
+        OnvifProfileSpec("ch2", "Channel 2", path="/stream/ch2", source="v2"),
+    )
+    cam = VirtualCamera(camera_config("nvr34", 34, onvif=True, serial="S-34", profiles=profiles))
+    await cam.start()
+    try:
+        result = await _onvif_flow(hass, cam)
+        assert result["type"] is FlowResultType.CREATE_ENTRY, result.get("errors")
+        entry = result["result"]
+        assert entry.state is ConfigEntryState.LOADED
+        assert {p["token"] for p in entry.data[CONF_PROFILES]} == {"ch1", "ch2"}
+        assert await hass.config_entries.async_unload(entry.entry_id)
+    finally:
+        await cam.stop()
+
+
+@pytest.mark.parametrize(
+    ("paths", "fault", "error"),
+    [
+        # Every channel dark: the main one's refusal, after the others were tried.
+        (("/gone/ch1", "/gone/ch2"), None, "cannot_connect"),
+        # The main stream fails otherwise (a redirect): said as it is, no other tried.
+        (("/stream/ch1", "/stream/ch2"), Fault.REDIRECT, "redirected"),
+    ],
+)
+async def test_an_nvr_that_plays_no_stream_is_not_added(
+    hass: HomeAssistant,
+    socket_enabled: None,
+    paths: tuple[str, str],
+    fault: Fault | None,
+    error: str,
+) -> None:
+    """No channel plays, or the main one fails otherwise than by a refusal: the form says why."""
+    profiles = (
+        OnvifProfileSpec("ch1", "Channel 1", path=paths[0], source="v1"),
+        OnvifProfileSpec("ch2", "Channel 2", path=paths[1], source="v2"),
+    )
+    cam = VirtualCamera(camera_config("nvr35", 35, onvif=True, serial="S-35", profiles=profiles))
+    await cam.start()
+    try:
+        cam.fault = fault
+        result = await _onvif_flow(hass, cam)
+        assert result["type"] is FlowResultType.FORM
+        assert result["errors"] == {"base": error}
+        assert not hass.config_entries.async_entries(DOMAIN)
+    finally:
+        cam.fault = None
+        await cam.stop()

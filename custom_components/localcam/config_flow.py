@@ -1,7 +1,7 @@
 """Config flow for LocalCam: add a camera by URL, reconfigure, reauth, options."""
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 import math
@@ -63,17 +63,19 @@ from .const import (
     RTSP_TRANSPORTS,
     SNAPSHOT_TIMEOUT,
 )
+from .coordinator import OTHER_STREAM_TRIES
 from .core.errors import (
     InvalidImageError,
     InvalidUrlError,
     LocalCamError,
     NotLocalError,
     NoVideoError,
+    StreamRefusedError,
 )
 from .core.identity import Identity, IdentityMismatchError, neighbour_mac, normalize_mac
 from .core.models import CameraSource, StreamInfo
 from .core.netpolicy import NetPolicy, normalized_identity, parse_networks, split_credentials
-from .core.onvif import read_device
+from .core.onvif import OnvifProfile, read_device
 from .core.snapshot import SNAPSHOT_SCHEMES, STREAM_SCHEMES, CameraClient
 from .core.wsdiscovery import DiscoveredDevice, unicast_range
 from .data import LocalCamConfigEntry
@@ -301,7 +303,9 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
                     return self.async_abort(reason="wrong_camera")  # and sent nothing
                 # The device says who it is (serial, UUID, MAC) over ONVIF,
                 # where the link may show no MAC at all (routed, IPv6).
-                data = await self._async_test_onvif(candidate, entry.options, errors)
+                data = await self._async_test_onvif(
+                    candidate, entry.options, errors, main_token=entry.data.get(CONF_MAIN_PROFILE)
+                )
                 same = data is not None and _onvif_identity(entry, data) is not None
             else:
                 data, info = await self._async_test(
@@ -491,12 +495,11 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
             if main is None:
                 raise NoVideoError("the camera reports no media profile")
             source = _test_source(user_input, options, main.stream_uri, None, username, password)
-            async with self._client(policy, source) as client:
-                info = await client.probe(PROBE_TIMEOUT)
-                # What the link shows for the stream's address (the probe has
-                # just talked to it): the MAC every later check compares.
-                target = await client.stream_target()
-                link_mac = await self.hass.async_add_executor_job(neighbour_mac, target.address)
+            decoded, info, link_mac = await self._async_probe_profiles(
+                policy, source, main, device.profiles
+            )
+            if main_token is None or main.token != main_token:
+                main = decoded  # a device added anew: its first stream that plays is the main one
             snapshots = await self._async_snapshot_uris_work(
                 policy, source, [main.snapshot_uri, *(p.snapshot_uri for p in device.profiles)]
             )
@@ -554,6 +557,50 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
             CONF_WIDTH: info.width,
             CONF_HEIGHT: info.height,
         }
+
+    async def _async_probe_profiles(
+        self,
+        policy: NetPolicy,
+        source: CameraSource,
+        main: OnvifProfile,
+        profiles: Sequence[OnvifProfile],
+    ) -> tuple[OnvifProfile, StreamInfo, str | None]:
+        """Decode the main profile's stream; if the device refuses it, another profile's.
+
+        An NVR's channel without a camera answers its stream with 404 (or no
+        video), as the health check allows (OTHER_STREAM_TRIES other streams):
+        the device is there. Returns the profile decoded, its stream's info
+        and what the link shows for its address (the MAC every later check
+        compares). Any other failure of the main stream is raised as it was.
+        """
+        candidates = [main]
+        for profile in profiles:
+            if len(candidates) > OTHER_STREAM_TRIES:
+                break
+            if all(profile.stream_uri != c.stream_uri for c in candidates):
+                candidates.append(profile)
+        refused: LocalCamError | None = None
+        for profile in candidates:
+            tested = replace(source, stream_url=profile.stream_uri)
+            async with self._client(policy, tested) as client:
+                try:
+                    info = await client.probe(PROBE_TIMEOUT)
+                except LocalCamError as err:
+                    if refused is not None:
+                        continue  # another stream that does not play either
+                    try:  # why the main stream did not play: refused, or the device down?
+                        await client.check_health(timeout=SNAPSHOT_TIMEOUT)
+                    except StreamRefusedError, NoVideoError:
+                        refused = err
+                        continue
+                    except LocalCamError:
+                        pass
+                    raise err from None
+                target = await client.stream_target()
+                link_mac = await self.hass.async_add_executor_job(neighbour_mac, target.address)
+                return profile, info, link_mac
+        assert refused is not None
+        raise refused
 
     async def _async_snapshot_uris_work(
         self, policy: NetPolicy, source: CameraSource, uris: list[str | None]
@@ -1219,12 +1266,21 @@ _USERINFO_RE = re.compile(r"^(\s*(?:[A-Za-z][A-Za-z0-9+.\-]*://)?)([^/?#]*)@")
 _LOOSE_USERINFO_RE = re.compile(r"^(\s*(?:[A-Za-z][A-Za-z0-9+.\-]*://)?+)([^@]*?:.*)@", re.S)
 
 
+# "admin:2024/pw@host": a raw password's leading digits parse as a port and its
+# rest as the path (or query, fragment). An "@" after a port, with no "=" before
+# it (not a query's value), ends a userinfo.
+_PORT_THEN_AT_RE = re.compile(r"^\s*(?:[A-Za-z][A-Za-z0-9+.\-]*:)?//[^/?#@]*:\d*[/?#][^=]*@")
+
+
 def _plainly_without_userinfo(url: str) -> bool:
     """Whether a URL as typed parses, with a host and no userinfo (nothing to hide in it).
 
     Such a URL is shown again unchanged, an "@" in its query included; any
-    other (no host, a user, unparsable) loses what may be a password.
+    other (no host, a user, unparsable, an "@" after its port outside a
+    query's value) loses what may be a password.
     """
+    if _PORT_THEN_AT_RE.match(url):
+        return False
     try:
         parsed = yarl.URL(url.strip())
         return parsed.raw_user is None and parsed.raw_password is None and bool(parsed.host)

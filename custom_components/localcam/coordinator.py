@@ -260,7 +260,13 @@ class LocalCamCoordinator(DataUpdateCoordinator[CameraHealth]):
                 target = await self.client.check_health()
             except (StreamRefusedError, NoVideoError) as err:
                 target = await self._async_other_stream(err)
-                down = frozenset({self.main})
+                # Every profile on the refused URL: the main one, and any other
+                # that reports the same stream (it is the same refusal).
+                refused = self.client.source.stream_url
+                down = frozenset(
+                    {self.main}
+                    | {p for p, c in self.others.items() if c.source.stream_url == refused}
+                )
         except IdentityMismatchError as err:
             self.last_error = err.translation_key
             if err.field == "mac" and await self._async_relink():
@@ -316,7 +322,9 @@ class LocalCamCoordinator(DataUpdateCoordinator[CameraHealth]):
         camera (404, no video) must not take every other channel down with
         it. Other stream URLs are tried one at a time, OTHER_STREAM_TRIES at
         most; the first that passes the whole check (identity included)
-        proves the device. Otherwise the main stream's refusal stands.
+        proves the device. Otherwise the main stream's refusal stands, unless
+        another stream showed more: a 401 (reauth) or another device at the
+        address (the repair), which the refusal would hide.
         """
         tried = {self.client.source.stream_url}
         for client in self.others.values():
@@ -327,6 +335,8 @@ class LocalCamCoordinator(DataUpdateCoordinator[CameraHealth]):
             tried.add(client.source.stream_url)
             try:
                 return await client.check_health()
+            except InvalidAuthError, IdentityMismatchError:
+                raise
             except LocalCamError:
                 continue
         raise refused

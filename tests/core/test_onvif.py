@@ -1105,3 +1105,25 @@ async def test_optional_query_with_an_empty_soap_body_is_skipped(
         device = await read_device("127.0.0.1", port, USER, PASSWORD, policy=POLICY, timeout=5)
     assert device.mac == "aa:bb:cc:00:11:22"
     assert [p.token for p in device.profiles] == ["main", "sub"]
+
+
+async def test_an_nvr_with_many_profiles_is_read_within_a_time_that_grows_with_them(
+    socket_enabled: None,
+) -> None:
+    """40 profiles at 30 ms a request: about 2.5 s of requests, past a 2 s read limit.
+
+    Each profile costs two requests (its stream and snapshot URIs), one after
+    the other; a 32-channel NVR reports 64 profiles or more. With the limit
+    fixed, such an NVR timed out at every read (its setup, and the health
+    check's whole read every 15 minutes). The limit now grows by
+    PROFILE_READ_SECONDS for each profile the device reports.
+    """
+    profiles = tuple(
+        OnvifProfileSpec(f"ch{n}", f"Channel {n}", path=f"/stream/{n}", source=f"v{n}")
+        for n in range(40)
+    )
+    async with onvif_camera(profiles=profiles, slow_delay=0.03) as cam:
+        cam.fault = Fault.SLOW
+        device = await read(cam, timeout=2.0)
+        cam.fault = None
+    assert len(device.profiles) == 40

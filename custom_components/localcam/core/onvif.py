@@ -65,6 +65,11 @@ _READING: Final[contextvars.ContextVar[bool]] = contextvars.ContextVar(
     "localcam_onvif_reading", default=False
 )
 _ZEEP_VALUES_LOGGER: Final = "zeep.xsd.types.simple"
+# The time limit of the read under way in this task (read_device), which the
+# profiles' requests extend by PROFILE_READ_SECONDS each (_read_profiles).
+_DEADLINE: Final[contextvars.ContextVar[asyncio.Timeout | None]] = contextvars.ContextVar(
+    "localcam_onvif_deadline", default=None
+)
 
 
 class _QuietValueErrors(logging.Filter):
@@ -125,6 +130,9 @@ DEFAULT_TIMEOUT: Final = 10.0
 #: send 10 000. Each profile costs two requests (stream and snapshot URI), within the read's
 #: timeout.
 MAX_PROFILES: Final = 128
+#: What each profile a device reports adds to the read's time limit: its two
+#: URI requests, one after the other, at a slow camera's pace.
+PROFILE_READ_SECONDS: Final = 0.25
 #: ONVIF ReferenceToken is at most 64 characters; tokens end up in entity unique ids.
 MAX_TOKEN_LENGTH: Final = 64
 MAX_TEXT_LENGTH: Final = 128
@@ -686,6 +694,9 @@ async def _read_profiles(media: Any, vetter: _UriVetter) -> tuple[list[OnvifProf
     if len(raw_profiles) > MAX_PROFILES:
         _LOGGER.debug("Camera reports more than %d profiles; the rest are ignored", MAX_PROFILES)
         raw_profiles = raw_profiles[:MAX_PROFILES]
+    if (deadline := _DEADLINE.get()) is not None and (when := deadline.when()) is not None:
+        # An NVR's 64 profiles are 128 requests: the read's limit grows with them.
+        deadline.reschedule(when + PROFILE_READ_SECONDS * len(raw_profiles))
     profiles: list[OnvifProfile] = []
     snapshot_supported = False
     seen: set[str] = set()
@@ -846,8 +857,10 @@ async def read_device(
     base = _device_url(host, port)
     shown = display_url(base)
     reading = _READING.set(True)
+    limit = _DEADLINE.set(None)
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(timeout) as deadline:
+            _DEADLINE.set(deadline)
             target = await policy.check(base, schemes=HTTP_SCHEMES)
             return await _read(
                 host, port, target.address, username, password, policy, with_media, only_serial
@@ -857,6 +870,7 @@ async def read_device(
             f"ONVIF camera at {shown} did not answer within {timeout:g} s", host=host
         ) from None
     finally:
+        _DEADLINE.reset(limit)
         _READING.reset(reading)
 
 
