@@ -89,7 +89,7 @@ from custom_components.localcam.cast import (
     async_stop_camera_casts,
 )
 from custom_components.localcam.cast_views import async_setup_cast
-from custom_components.localcam.const import DOMAIN
+from custom_components.localcam.const import CONF_CAMERA_ID, DOMAIN
 from custom_components.localcam.core.cast_links import CastGrant, CastLinks, CastMode
 from custom_components.localcam.core.netpolicy import NetPolicy
 from custom_components.localcam.services import async_setup_services
@@ -3594,3 +3594,32 @@ async def test_an_https_link_local_internal_url_is_never_cast(
     assert isinstance(got, HomeAssistantError), got
     assert got.translation_key == "cast_no_internal_url"
     assert receiver.loads == []
+
+
+async def test_a_token_for_another_camera_id_opens_nothing_even_with_this_stream(
+    hass: HomeAssistant,
+    porch: str,
+    http_port: int,
+    receiver_session: aiohttp.ClientSession,
+) -> None:
+    """A grant whose stream names this entity but whose camera is another: 404.
+
+    The cast views check camera, stream and mode; a grant must match all
+    three (frame keys are "<camera>_<profile>", so the stream alone could
+    match another camera's entity of a colliding key).
+    """
+    manager = hass.data[DATA_CAST]
+    entry = hass.config_entries.async_entries(DOMAIN)[0]
+    base = f"http://127.0.0.1:{http_port}/api/localcam/cast"
+    own = manager.links.issue(
+        CastGrant(
+            entry.data[CONF_CAMERA_ID], "media_player.a", CastMode.SNAPSHOT, _stream(hass, porch)
+        ),
+        duration=60,
+    )
+    assert (await _get(receiver_session, f"{base}/{own}/{porch}/snapshot.jpg?v=1"))[0] == 200
+    other = manager.links.issue(
+        CastGrant("another-camera", "media_player.b", CastMode.SNAPSHOT, _stream(hass, porch)),
+        duration=60,
+    )
+    assert (await _get(receiver_session, f"{base}/{other}/{porch}/snapshot.jpg?v=1"))[0] == 404

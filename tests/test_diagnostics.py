@@ -19,13 +19,17 @@ from syrupy.matchers import path_type
 
 from custom_components.localcam.const import (
     CONF_ALLOWED_NETWORKS,
+    CONF_CAMERA_ID,
     CONF_PROFILES,
     CONF_STREAM_URL,
     DOMAIN,
 )
 from custom_components.localcam.core import snapshot_cache
-from custom_components.localcam.core.netpolicy import redact_url
-from custom_components.localcam.diagnostics import _scrub_password
+from custom_components.localcam.core.netpolicy import REDACTED, redact_url
+from custom_components.localcam.diagnostics import (
+    _scrub_password,
+    async_get_config_entry_diagnostics,
+)
 from virtualcam import Fault, VirtualCamera
 
 from .conftest import (
@@ -33,6 +37,7 @@ from .conftest import (
     CAM_USER,
     add_onvif_entry,
     camera_config,
+    entry_data,
     make_entry,
     setup_entry,
 )
@@ -322,3 +327,15 @@ async def test_allowed_networks_are_redacted(
     assert "10.77.0.0" not in text
     assert "fd12:3456" not in text
     assert diagnostics["entry"]["options"][CONF_ALLOWED_NETWORKS] == "**REDACTED**"
+
+
+async def test_a_short_password_is_redacted_in_diagnostics(
+    hass: HomeAssistant, camera: VirtualCamera
+) -> None:
+    """A 3-character password is too short for the text scrub: the field rule must hide it."""
+    data = entry_data(camera)
+    data[CONF_PASSWORD] = "p4s"
+    entry = MockConfigEntry(domain=DOMAIN, title="porch", unique_id=data[CONF_CAMERA_ID], data=data)
+    entry.add_to_hass(hass)
+    report = await async_get_config_entry_diagnostics(hass, entry)  # type: ignore[arg-type]
+    assert report["entry"]["data"][CONF_PASSWORD] == REDACTED

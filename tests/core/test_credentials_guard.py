@@ -470,3 +470,22 @@ async def test_a_swap_found_by_a_check_ends_the_relays_trust(
         await _relay_describe(client)
         assert rtsp_only_camera.stats.describe_requests == relayed
         assert client.guard.refusals == refusals + 1
+
+
+async def test_an_onvif_camera_on_ipv4_sends_another_device_no_credentials(
+    camera: VirtualCamera, link: Link
+) -> None:
+    """The ONVIF probe stands in for the link only on IPv6: on IPv4 the link's MAC is read first."""
+
+    async def probe(_whole: bool) -> Identity:
+        return Identity(mac=CAMERA_MAC)
+
+    async with _client(camera, snapshot_url=False) as client:
+        client.identity_probe = probe  # an ONVIF camera: it can say who it is
+        await client.check_health()
+        sent = camera.stats.credentialed_requests
+        assert sent >= 1
+        link.mac = OTHER_MAC
+        with pytest.raises(IdentityMismatchError):
+            await client.check_health()
+        assert camera.stats.credentialed_requests == sent

@@ -10,6 +10,8 @@ import pytest
 
 from custom_components.localcam.core.errors import InvalidImageError
 from custom_components.localcam.core.jpeg import (
+    EOI,
+    SOI,
     cover_size,
     exif_orientation,
     orient_jpeg,
@@ -299,3 +301,11 @@ def test_size_cap_is_exact() -> None:
     with pytest.raises(InvalidImageError) as err:
         validate_jpeg(data + b"\x00", "image/jpeg", max_bytes=len(data))
     assert err.value.kind == "too_large"
+
+
+def test_a_body_with_both_markers_but_no_jpeg_header_is_undecodable() -> None:
+    """Both markers, but a header libjpeg-turbo cannot read: refused, never taken for a picture."""
+    data = SOI + SOI + EOI  # libjpeg-turbo: "two SOI markers", a fatal header error
+    with pytest.raises(InvalidImageError) as err:
+        validate_jpeg(data, "image/jpeg")
+    assert err.value.kind == "undecodable"

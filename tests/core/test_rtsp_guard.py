@@ -36,7 +36,7 @@ from custom_components.localcam.core.errors import (
 from custom_components.localcam.core.models import CameraSource, RtspTransport
 from custom_components.localcam.core.netpolicy import NetPolicy
 from custom_components.localcam.core.rtsp import async_grab_keyframe, client_ssl_context
-from custom_components.localcam.core.rtsp_guard import ReplyFilter, RtspGuard
+from custom_components.localcam.core.rtsp_guard import ReplyFilter, RtspGuard, _rewrite_transport
 from custom_components.localcam.core.snapshot import CameraClient
 from tests.conftest import camera_config, camera_shown
 from virtualcam import CameraConfig, Fault, VirtualCamera, color_for
@@ -2031,3 +2031,15 @@ async def test_a_reply_to_no_request_never_answers_ffmpeg_s_next_one(
     assert len(replies) >= 2
     assert replies[1][0] != 200
     assert replies[1][1] is None
+
+
+@pytest.mark.parametrize(
+    "param", ["SOURCE=203.0.113.9", "Source=203.0.113.9", " source=203.0.113.9"]
+)
+def test_a_source_parameter_in_any_case_is_replaced_by_the_checked_address(param: str) -> None:
+    """The camera's own source (any case, any leading space) never reaches FFmpeg."""
+    value = f"RTP/AVP;unicast;client_port=5000-5001;{param};server_port=6000-6001"
+    rewritten = _rewrite_transport(value, "192.168.1.20")
+    assert "203.0.113.9" not in rewritten
+    assert rewritten.lower().count("source=") == 1
+    assert rewritten.endswith(";source=192.168.1.20")

@@ -22,6 +22,7 @@ from custom_components.localcam.core.errors import (
     CannotConnectError,
     InvalidImageError,
 )
+from custom_components.localcam.core.identity import Identity
 from custom_components.localcam.core.models import CameraSource, Snapshot, SnapshotSource
 from custom_components.localcam.core.netpolicy import NetPolicy
 from custom_components.localcam.core.snapshot import CameraClient
@@ -1108,3 +1109,50 @@ async def test_a_card_of_a_just_fetched_frame_makes_one_upstream_fetch(
     with pytest.raises(CameraTimeoutError):
         await cache.get(320, 180)
     assert upstream.calls == 1, f"{upstream.calls} upstream fetches for one card request"
+
+
+async def test_rebind_back_to_an_earlier_source_serves_none_of_its_old_frames() -> None:
+    """A -> B -> A within max age: the frame A gave before the switch is gone.
+
+    rebind drops everything cached; _fresh's fingerprint check alone would let
+    the first frame of A be served again once the source is A once more.
+    """
+    clock = Clock()
+    first = Upstream(clock)
+    cache = SnapshotCache("cam-a", "fp-a", first, max_age=10.0, clock=clock)
+    old = await cache.get()
+    cache.rebind("fp-b", Upstream(clock, fingerprint="fp-b"))
+    again = Upstream(clock)
+    cache.rebind("fp-a", again)
+    assert cache.peek() is None
+    frame = await cache.get()
+    assert frame is not old
+    assert again.calls == 1
+    await cache.close()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"camera_id": "cam-b"},
+        {"stream_url": "rtsp://192.168.1.20/other"},
+        {"snapshot_url": "http://192.168.1.20/other.jpg"},
+        {"username": "admin2"},
+        {"password": "other"},
+        {"identity": Identity(mac="aa:bb:cc:00:11:99")},
+    ],
+    ids=lambda change: next(iter(change)),
+)
+def test_every_part_of_a_source_changes_its_fingerprint(change: dict[str, object]) -> None:
+    """A new URL, snapshot URL, credential or identity is a new source to the cache."""
+    base: dict[str, object] = {
+        "camera_id": "cam-a",
+        "stream_url": "rtsp://192.168.1.20/live",
+        "snapshot_url": "http://192.168.1.20/still.jpg",
+        "username": "admin",
+        "password": "secret",
+        "identity": Identity(mac="aa:bb:cc:00:11:22"),
+    }
+    before = CameraSource(**base)  # type: ignore[arg-type]
+    after = CameraSource(**{**base, **change})  # type: ignore[arg-type]
+    assert before.fingerprint != after.fingerprint
