@@ -63,7 +63,6 @@ from .const import (
     RTSP_TRANSPORTS,
     SNAPSHOT_TIMEOUT,
 )
-from .coordinator import OTHER_STREAM_TRIES
 from .core.errors import (
     InvalidImageError,
     InvalidUrlError,
@@ -93,6 +92,7 @@ from .helpers import (
     is_ip,
     new_camera_id,
     onvif_host,
+    other_streams,
     policy_from_options,
     rtsp_transport,
 )
@@ -573,12 +573,7 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
         and what the link shows for its address (the MAC every later check
         compares). Any other failure of the main stream is raised as it was.
         """
-        candidates = [main]
-        for profile in profiles:
-            if len(candidates) > OTHER_STREAM_TRIES:
-                break
-            if all(profile.stream_uri != c.stream_uri for c in candidates):
-                candidates.append(profile)
+        candidates = [main, *other_streams(main, profiles, lambda p: p.stream_uri)]
         refused: LocalCamError | None = None
         for profile in candidates:
             tested = replace(source, stream_url=profile.stream_uri)

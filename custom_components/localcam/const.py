@@ -67,3 +67,7 @@ HEADER_AGE: Final = "X-LocalCam-Age"  # seconds since capture, as sent
 # The sources of offers the user has not answered yet (discovery_confirm):
 # a reauth or reconfigure flow also carries its entry's unique id, but is none.
 OFFER_SOURCES: Final = frozenset({SOURCE_DHCP, SOURCE_INTEGRATION_DISCOVERY, SOURCE_ZEROCONF})
+# When the device answers but refuses the main stream (an NVR's channel whose
+# camera is unplugged), how many of its other streams the check tries, one
+# at a time, before it calls the device down.
+OTHER_STREAM_TRIES: Final = 4

@@ -21,7 +21,7 @@ from .core.errors import InvalidAuthError, LocalCamError, NoVideoError, StreamRe
 from .core.identity import Identity, IdentityMismatchError
 from .core.netpolicy import Target, host_and_port
 from .core.snapshot import CameraClient
-from .helpers import async_observe_identity, entry_is_running
+from .helpers import async_observe_identity, entry_is_running, other_streams
 
 IDENTITY_ISSUE_PREFIX = "identity_mismatch_"
 # Checks of a round that one host and port (an NVR serving several channels
@@ -29,10 +29,6 @@ IDENTITY_ISSUE_PREFIX = "identity_mismatch_"
 HEALTH_CHECKS_PER_HOST: Final = 2
 # A camera checked this recently (its setup, update_entity) skips a round.
 HEALTH_RECHECK_SECONDS: Final = HEALTH_INTERVAL_SECONDS / 4
-# When the device answers but refuses the main stream (an NVR's channel whose
-# camera is unplugged), how many of its other streams the check tries, one
-# at a time, before it calls the device down.
-OTHER_STREAM_TRIES: Final = 4
 DATA_HEALTH_ROUNDS: HassKey[HealthRounds] = HassKey(f"{DOMAIN}_health_rounds")
 
 if TYPE_CHECKING:
@@ -326,13 +322,9 @@ class LocalCamCoordinator(DataUpdateCoordinator[CameraHealth]):
         another stream showed more: a 401 (reauth) or another device at the
         address (the repair), which the refusal would hide.
         """
-        tried = {self.client.source.stream_url}
-        for client in self.others.values():
-            if len(tried) > OTHER_STREAM_TRIES:
-                break
-            if client.source.stream_url in tried:
-                continue
-            tried.add(client.source.stream_url)
+        for client in other_streams(
+            self.client, self.others.values(), lambda c: c.source.stream_url
+        ):
             try:
                 return await client.check_health()
             except InvalidAuthError, IdentityMismatchError:

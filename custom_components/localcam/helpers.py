@@ -1,7 +1,7 @@
 """Glue helpers: build core objects from an entry; translate core errors."""
 
 import asyncio
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -36,6 +36,7 @@ from .const import (
     MAIN_PROFILE,
     MAX_SNAPSHOT_MAX_AGE,
     MIN_SNAPSHOT_MAX_AGE,
+    OTHER_STREAM_TRIES,
     PROBE_TIMEOUT,
 )
 from .core.errors import InvalidNetworksError, LocalCamError
@@ -388,6 +389,23 @@ async def read_entry_device(
 def entry_host(entry: ConfigEntry[Any]) -> str:
     """The host an entry talks to now."""
     return data_host(entry.data)
+
+
+def other_streams[T](first: T, rest: Iterable[T], url: Callable[[T], str]) -> list[T]:
+    """Up to OTHER_STREAM_TRIES of ``rest`` with stream URLs unlike each other and ``first``'s.
+
+    The streams a check or a form tries, in order, when a device refuses its
+    main one (an NVR's channel without a camera): each URL once.
+    """
+    seen = {url(first)}
+    found: list[T] = []
+    for item in rest:
+        if len(found) >= OTHER_STREAM_TRIES:
+            break
+        if (key := url(item)) not in seen:
+            seen.add(key)
+            found.append(item)
+    return found
 
 
 def data_host(data: Mapping[str, Any]) -> str:
