@@ -234,26 +234,35 @@ async def camera_asked(camera: VirtualCamera, count: int) -> None:
         await asyncio.sleep(0.01)
 
 
-async def add_onvif_entry(
-    hass: HomeAssistant, cam: VirtualCamera, host: str = "127.0.0.1"
-) -> ConfigEntry:
-    """Add an ONVIF virtual camera as a user does (the flow's ONVIF form); return its entry."""
+def onvif_form(cam: VirtualCamera, host: str = "127.0.0.1") -> dict[str, Any]:
+    """The ONVIF form as a user fills it in for a virtual camera."""
+    return {
+        "host": host,
+        "port": cam.http_port,
+        "username": CAM_USER,
+        "password": CAM_PASSWORD,
+        "verify_ssl": True,
+    }
+
+
+async def onvif_flow(hass: HomeAssistant, cam: VirtualCamera, host: str = "127.0.0.1") -> Any:
+    """Add an ONVIF virtual camera as a user does: the flow's last result (entry or form)."""
     result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
     result = await hass.config_entries.flow.async_configure(
         result["flow_id"], {"next_step_id": "onvif"}
     )
     result = await hass.config_entries.flow.async_configure(
-        result["flow_id"],
-        {
-            "host": host,
-            "port": cam.http_port,
-            "username": CAM_USER,
-            "password": CAM_PASSWORD,
-            "verify_ssl": True,
-        },
+        result["flow_id"], onvif_form(cam, host)
     )
     await hass.async_block_till_done()
-    return result["result"]
+    return result
+
+
+async def add_onvif_entry(
+    hass: HomeAssistant, cam: VirtualCamera, host: str = "127.0.0.1"
+) -> ConfigEntry:
+    """Add an ONVIF virtual camera as a user does (the flow's ONVIF form); return its entry."""
+    return (await onvif_flow(hass, cam, host))["result"]
 
 
 @pytest.fixture

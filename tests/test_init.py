@@ -40,13 +40,12 @@ from virtualcam import CameraConfig, Fault, VirtualCamera
 from virtualcam.camera import DEFAULT_PROFILES, OnvifProfileSpec
 
 from .conftest import (
-    CAM_PASSWORD,
-    CAM_USER,
     add_onvif_entry,
     camera_config,
     main_entity_id,
     make_entry,
     onvif_camera_config,
+    onvif_form,
     setup_entry,
 )
 
@@ -424,16 +423,7 @@ async def _reconfigure_onvif(
     result = await hass.config_entries.flow.async_init(
         DOMAIN, context={"source": SOURCE_RECONFIGURE, "entry_id": entry.entry_id}
     )
-    result = await hass.config_entries.flow.async_configure(
-        result["flow_id"],
-        {
-            "host": "127.0.0.1",
-            "port": cam.http_port,
-            "username": CAM_USER,
-            "password": CAM_PASSWORD,
-            "verify_ssl": True,
-        },
-    )
+    result = await hass.config_entries.flow.async_configure(result["flow_id"], onvif_form(cam))
     assert result["reason"] == "reconfigure_successful"
     await hass.async_block_till_done()
 

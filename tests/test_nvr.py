@@ -5,7 +5,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from homeassistant.components.camera import async_get_image
-from homeassistant.config_entries import SOURCE_REAUTH, SOURCE_USER, ConfigEntry, ConfigEntryState
+from homeassistant.config_entries import SOURCE_REAUTH, ConfigEntry, ConfigEntryState
 from homeassistant.const import STATE_UNAVAILABLE
 from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import FlowResultType
@@ -18,7 +18,7 @@ from custom_components.localcam.const import CONF_PROFILES, DOMAIN
 from virtualcam import VirtualCamera
 from virtualcam.camera import Fault, OnvifProfileSpec
 
-from .conftest import CAM_PASSWORD, CAM_USER, add_onvif_entry, camera_config
+from .conftest import add_onvif_entry, camera_config, onvif_flow
 from .test_init import _reconfigure_onvif
 
 pytestmark = pytest.mark.usefixtures("secrets_absent_from_logs")
@@ -325,26 +325,6 @@ async def test_a_profile_on_the_refused_main_stream_shows_unavailable_too(
         assert state.state == STATE_UNAVAILABLE
 
 
-async def _onvif_flow(hass: HomeAssistant, cam: VirtualCamera) -> Any:
-    """Add ``cam`` through the ONVIF form, as a user does: the flow's last result."""
-    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
-    result = await hass.config_entries.flow.async_configure(
-        result["flow_id"], {"next_step_id": "onvif"}
-    )
-    result = await hass.config_entries.flow.async_configure(
-        result["flow_id"],
-        {
-            "host": "127.0.0.1",
-            "port": cam.http_port,
-            "username": CAM_USER,
-            "password": CAM_PASSWORD,
-            "verify_ssl": True,
-        },
-    )
-    await hass.async_block_till_done()
-    return result
-
-
 async def test_an_nvr_whose_first_channel_is_dark_can_be_added(
     hass: HomeAssistant, socket_enabled: None
 ) -> None:
@@ -361,7 +341,7 @@ async def test_an_nvr_whose_first_channel_is_dark_can_be_added(
     cam = VirtualCamera(camera_config("nvr34", 34, onvif=True, serial="S-34", profiles=profiles))
     await cam.start()
     try:
-        result = await _onvif_flow(hass, cam)
+        result = await onvif_flow(hass, cam)
         assert result["type"] is FlowResultType.CREATE_ENTRY, result.get("errors")
         entry = result["result"]
         assert entry.state is ConfigEntryState.LOADED
@@ -396,7 +376,7 @@ async def test_an_nvr_that_plays_no_stream_is_not_added(
     await cam.start()
     try:
         cam.fault = fault
-        result = await _onvif_flow(hass, cam)
+        result = await onvif_flow(hass, cam)
         assert result["type"] is FlowResultType.FORM
         assert result["errors"] == {"base": error}
         assert not hass.config_entries.async_entries(DOMAIN)
