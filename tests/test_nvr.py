@@ -1,6 +1,6 @@
 """An ONVIF device with several profiles (an NVR's channels) over its life."""
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -48,6 +48,20 @@ async def _onvif_device(
         await cam.stop()
 
 
+async def _go_dark(hass: HomeAssistant, entry: ConfigEntry, tokens: Collection[str]) -> None:
+    """These profiles' cameras are unplugged: the NVR answers their streams 404; set up again."""
+    assert await hass.config_entries.async_unload(entry.entry_id)
+    profiles = [
+        {**p, "stream_url": p["stream_url"].replace("/stream/", "/gone/"), "snapshot_url": None}
+        if p["token"] in tokens
+        else dict(p)
+        for p in entry.data[CONF_PROFILES]
+    ]
+    hass.config_entries.async_update_entry(entry, data={**entry.data, CONF_PROFILES: profiles})
+    await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+
+
 async def test_one_dead_nvr_channel_leaves_the_other_channels_available(
     hass: HomeAssistant, socket_enabled: None
 ) -> None:
@@ -66,14 +80,7 @@ async def test_one_dead_nvr_channel_leaves_the_other_channels_available(
         assert ch2 is not None
         registry.async_update_entity(ch2, disabled_by=None)
         await hass.async_block_till_done()
-        # Channel 1 goes dark: the NVR answers its stream with 404 from now on.
-        assert await hass.config_entries.async_unload(entry.entry_id)
-        profiles: list[dict[str, Any]] = [dict(p) for p in entry.data[CONF_PROFILES]]
-        profiles[0]["stream_url"] = profiles[0]["stream_url"].replace("/stream/ch1", "/gone/ch1")
-        profiles[0]["snapshot_url"] = None
-        hass.config_entries.async_update_entry(entry, data={**entry.data, CONF_PROFILES: profiles})
-        assert await hass.config_entries.async_setup(entry.entry_id) is not None
-        await hass.async_block_till_done()
+        await _go_dark(hass, entry, {"ch1"})
         assert entry.state is ConfigEntryState.LOADED
         state = hass.states.get(ch2)
         assert state is not None
@@ -229,18 +236,9 @@ async def test_an_nvr_whose_tried_channels_are_all_dark_is_down(
     )
     async with _onvif_device(hass, 17, profiles) as (cam, entry):
         assert entry.state is ConfigEntryState.LOADED
-        assert await hass.config_entries.async_unload(entry.entry_id)
-        # Channels 1 to 5 go dark; channel 6 would answer, past the tries.
-        dark = [
-            {**p, "stream_url": p["stream_url"].replace("/stream/", "/gone/"), "snapshot_url": None}
-            if p["token"] != "ch6"
-            else dict(p)
-            for p in entry.data[CONF_PROFILES]
-        ]
-        hass.config_entries.async_update_entry(entry, data={**entry.data, CONF_PROFILES: dark})
         asked = cam.stats.describe_requests - cam.stats.unauthorized_responses
-        await hass.config_entries.async_setup(entry.entry_id)
-        await hass.async_block_till_done()
+        # Channels 1 to 5 go dark; channel 6 would answer, past the tries.
+        await _go_dark(hass, entry, {"ch1", "ch1s", "ch2", "ch3", "ch4", "ch5"})
         assert entry.state is ConfigEntryState.SETUP_RETRY
         # The main stream, then 4 others (ch1s shares ch1's URL: not asked twice).
         assert cam.stats.describe_requests - cam.stats.unauthorized_responses - asked == 5
@@ -252,13 +250,7 @@ async def _nvr_with_dark_main(
 ) -> AsyncIterator[tuple[VirtualCamera, ConfigEntry]]:
     """A two-channel NVR whose main channel (ch1) answers 404; ch2 streams."""
     async with _onvif_device(hass, index, NVR_PROFILES) as (cam, entry):
-        assert await hass.config_entries.async_unload(entry.entry_id)
-        profiles: list[dict[str, Any]] = [dict(p) for p in entry.data[CONF_PROFILES]]
-        profiles[0]["stream_url"] = profiles[0]["stream_url"].replace("/stream/ch1", "/gone/ch1")
-        profiles[0]["snapshot_url"] = None
-        hass.config_entries.async_update_entry(entry, data={**entry.data, CONF_PROFILES: profiles})
-        assert await hass.config_entries.async_setup(entry.entry_id)
-        await hass.async_block_till_done()
+        await _go_dark(hass, entry, {"ch1"})
         assert entry.state is ConfigEntryState.LOADED
         assert entry.runtime_data.coordinator.data.down == frozenset({"ch1"})
         yield cam, entry
@@ -311,14 +303,7 @@ async def test_a_profile_on_the_refused_main_stream_shows_unavailable_too(
         ch1b = registry.async_get_entity_id("camera", DOMAIN, f"{entry.unique_id}_ch1b")
         assert ch1b is not None
         registry.async_update_entity(ch1b, disabled_by=None)
-        assert await hass.config_entries.async_unload(entry.entry_id)
-        stored: list[dict[str, Any]] = [dict(p) for p in entry.data[CONF_PROFILES]]
-        for profile in stored[:2]:
-            profile["stream_url"] = profile["stream_url"].replace("/stream/ch1", "/gone/ch1")
-            profile["snapshot_url"] = None
-        hass.config_entries.async_update_entry(entry, data={**entry.data, CONF_PROFILES: stored})
-        assert await hass.config_entries.async_setup(entry.entry_id)
-        await hass.async_block_till_done()
+        await _go_dark(hass, entry, {"ch1", "ch1b"})
         assert entry.state is ConfigEntryState.LOADED
         state = hass.states.get(ch1b)
         assert state is not None
