@@ -234,6 +234,15 @@ async def camera_asked(camera: VirtualCamera, count: int) -> None:
         await asyncio.sleep(0.01)
 
 
+async def set_up_camera(
+    hass: HomeAssistant, cam: VirtualCamera, **kwargs: Any
+) -> tuple[MockConfigEntry, str]:
+    """A LocalCam entry for a virtual camera (make_entry's options), set up: it and its entity."""
+    entry = make_entry(cam, **kwargs)
+    await setup_entry(hass, entry)
+    return entry, main_entity_id(hass, entry)
+
+
 def onvif_form(cam: VirtualCamera, host: str = "127.0.0.1") -> dict[str, Any]:
     """The ONVIF form as a user fills it in for a virtual camera."""
     return {

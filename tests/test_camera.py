@@ -53,6 +53,7 @@ from .conftest import (
     entry_data,
     main_entity_id,
     make_entry,
+    set_up_camera,
     setup_entry,
 )
 
@@ -66,9 +67,7 @@ async def _entity_id(
     snapshot: bool = True,
     options: dict[str, Any] | None = None,
 ) -> str:
-    entry = make_entry(cam, snapshot=snapshot, options=options)
-    await setup_entry(hass, entry)
-    return main_entity_id(hass, entry)
+    return (await set_up_camera(hass, cam, snapshot=snapshot, options=options))[1]
 
 
 @asynccontextmanager
@@ -473,9 +472,7 @@ async def test_a_still_over_the_size_cap_is_an_invalid_image(
 
 async def test_no_old_frame_after_failure(hass: HomeAssistant, camera: VirtualCamera) -> None:
     """Past max age, a failing camera gives an error, never the old still."""
-    entry = make_entry(camera, options={CONF_SNAPSHOT_MAX_AGE: 0.2})
-    await setup_entry(hass, entry)
-    entity_id = main_entity_id(hass, entry)
+    _entry, entity_id = await set_up_camera(hass, camera, options={CONF_SNAPSHOT_MAX_AGE: 0.2})
     entity = get_camera_from_entity_id(hass, entity_id)
     assert await entity.async_camera_image()
     camera.fault = Fault.REFUSE
@@ -613,9 +610,7 @@ async def test_stream_source_refused_when_dns_turns_public(
     hass: HomeAssistant, camera: VirtualCamera
 ) -> None:
     """A hostname that later resolves outside the LAN yields an error, not a URL."""
-    entry = make_entry(camera)
-    await setup_entry(hass, entry)
-    entity_id = main_entity_id(hass, entry)
+    entry, entity_id = await set_up_camera(hass, camera)
     entity = get_camera_from_entity_id(hass, entity_id)
     assert await entity.async_create_stream() is not None  # opened while the name was LAN
     client = entry.runtime_data.client

@@ -33,6 +33,7 @@ from .conftest import (
     entry_data,
     main_entity_id,
     make_entry,
+    set_up_camera,
     setup_entry,
 )
 
@@ -162,9 +163,7 @@ async def test_ha_s_mjpeg_view_answers_a_failing_camera_with_an_error(
     ERROR with a traceback in HA's log ("Error handling request") for every
     request: a client could not tell a failing camera from a network drop.
     """
-    entry = make_entry(camera)
-    await setup_entry(hass, entry)
-    entity_id = main_entity_id(hass, entry)
+    _entry, entity_id = await set_up_camera(hass, camera)
     client = await hass_client()
     async with asyncio.timeout(10):
         resp = await client.get(f"/api/camera_proxy_stream/{entity_id}")
@@ -197,9 +196,7 @@ async def test_ha_s_mjpeg_view_ends_cleanly_when_the_camera_fails_mid_stream(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A still failing while the MJPEG stream runs ends the stream, never repeats a frame."""
-    entry = make_entry(camera)
-    await setup_entry(hass, entry)
-    entity_id = main_entity_id(hass, entry)
+    _entry, entity_id = await set_up_camera(hass, camera)
     client = await hass_client()
     async with asyncio.timeout(15):
         resp = await client.get(f"/api/camera_proxy_stream/{entity_id}?interval=0.5")

@@ -46,6 +46,7 @@ from .conftest import (
     make_entry,
     onvif_camera_config,
     onvif_form,
+    set_up_camera,
     setup_entry,
 )
 
@@ -227,9 +228,7 @@ async def test_unavailable_and_back(
     hass: HomeAssistant, camera: VirtualCamera, freezer: FrozenDateTimeFactory
 ) -> None:
     """The health check marks the camera unavailable, and available again."""
-    entry = make_entry(camera)
-    await setup_entry(hass, entry)
-    entity_id = main_entity_id(hass, entry)
+    _entry, entity_id = await set_up_camera(hass, camera)
 
     camera.fault = Fault.REFUSE
     await _next_health_check(hass, freezer)
@@ -248,9 +247,7 @@ async def test_a_healthy_check_writes_no_state(
     hass: HomeAssistant, camera: VirtualCamera, freezer: FrozenDateTimeFactory
 ) -> None:
     """A minute's DESCRIBE that changes nothing costs no entity state write."""
-    entry = make_entry(camera)
-    await setup_entry(hass, entry)
-    entity_id = main_entity_id(hass, entry)
+    entry, entity_id = await set_up_camera(hass, camera)
     before = hass.states.get(entity_id)
     assert before is not None
     # HA updates a state's last_reported in place when it is written unchanged.

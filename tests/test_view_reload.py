@@ -21,7 +21,7 @@ from custom_components.localcam.cast_views import _async_snapshot
 from custom_components.localcam.core.cast_links import CastGrant, CastMode
 from virtualcam import Fault, VirtualCamera
 
-from .conftest import camera_asked, main_entity_id, make_entry, setup_entry
+from .conftest import camera_asked, set_up_camera
 
 pytestmark = pytest.mark.usefixtures("secrets_absent_from_logs")
 
@@ -36,9 +36,8 @@ async def _loaded(
     hass: HomeAssistant, camera: VirtualCamera
 ) -> tuple[MockConfigEntry, LocalCamCamera]:
     """The camera's entry, set up, and its main entity."""
-    entry = make_entry(camera)
-    await setup_entry(hass, entry)
-    return entry, _entity(hass, main_entity_id(hass, entry))
+    entry, entity_id = await set_up_camera(hass, camera)
+    return entry, _entity(hass, entity_id)
 
 
 async def test_a_still_in_flight_at_unload_is_answered_503(
@@ -48,9 +47,7 @@ async def test_a_still_in_flight_at_unload_is_answered_503(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Full and scaled requests waiting on a hung camera get 503 when the entry unloads."""
-    entry = make_entry(camera)
-    await setup_entry(hass, entry)
-    entity_id = main_entity_id(hass, entry)
+    entry, entity_id = await set_up_camera(hass, camera)
     client = await hass_client()
     camera.fault = Fault.HANG
     asked = camera.stats.snapshot_requests
