@@ -669,6 +669,51 @@ async def test_listeners_and_sessions_are_bounded(socket_enabled: None) -> None:
         server.close()
 
 
+async def test_silent_connections_cannot_keep_the_session_places(
+    socket_enabled: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that sends nothing within FIRST_REQUEST_WAIT is closed; one that spoke stays.
+
+    Without the deadline, MAX_CONNECTIONS idle connections from any local
+    process kept HA's stream from the camera for as long as they stayed open.
+    """
+    monkeypatch.setattr(rtsp_guard, "FIRST_REQUEST_WAIT", 0.3)
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while await reader.readuntil(b"\r\n\r\n"):
+                writer.write(b"RTSP/1.0 200 OK\r\nCSeq: 1\r\n\r\n")
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    guard = RtspGuard()
+    try:
+        target = await NetPolicy().check(f"rtsp://127.0.0.1:{server.sockets[0].getsockname()[1]}/s")
+        port = yarl.URL(guard.url(target, None, None)).port
+        assert port is not None
+        talker = await _rtsp_options(port)
+        silent = [
+            await asyncio.open_connection("127.0.0.1", port)
+            for _ in range(rtsp_guard.MAX_CONNECTIONS - 1)
+        ]
+        async with asyncio.timeout(3):
+            for reader, _ in silent:
+                assert await reader.read() == b""  # closed by the relay, unasked
+        # The places are free again: a new client is relayed.
+        _, writer, head = await _rtsp_options(port)
+        assert head.startswith(b"RTSP/1.0 200")
+        writer.close()
+        # The client that spoke first is still relayed, well past the wait.
+        talker[1].write(b"OPTIONS rtsp://127.0.0.1/stream RTSP/1.0\r\nCSeq: 2\r\n\r\n")
+        async with asyncio.timeout(5):
+            assert (await talker[0].readuntil(b"\r\n\r\n")).startswith(b"RTSP/1.0 200")
+        talker[1].close()
+        for _, writer in silent:
+            writer.close()
+    finally:
+        await guard.close()
+        server.close()
+
+
 async def test_a_retired_relay_ends_its_sessions_and_a_kept_one_stays(
     socket_enabled: None,
 ) -> None:

@@ -89,6 +89,10 @@ MAX_LISTENERS: Final = 4
 # Concurrent sessions per listener: HA's stream, a warm grab, a probe, and
 # room for a restart overlapping the old session.
 MAX_CONNECTIONS: Final = 8
+# A client (FFmpeg sends OPTIONS or DESCRIBE the moment it connects) that has
+# sent no request this long after the camera's connection is ready is closed:
+# connections that never speak cannot keep the MAX_CONNECTIONS places.
+FIRST_REQUEST_WAIT: Final = 10.0
 READ_SIZE: Final = 64 * 1024
 # Pause before accepting again after accept() failed (out of descriptors).
 ACCEPT_RETRY: Final = 1.0
@@ -992,9 +996,12 @@ class _Listener:
         with CRLF; what cannot be read as that (a head beyond the reader's
         64 KiB limit, a body beyond MAX_BODY) ends the session.
         """
+        wait: float | None = FIRST_REQUEST_WAIT  # for the first byte only
         try:
             while True:
-                first = await reader.readexactly(1)
+                async with asyncio.timeout(wait):
+                    first = await reader.readexactly(1)
+                wait = None
                 if first == b"$":  # FFmpeg's RTCP report, interleaved
                     header = await reader.readexactly(3)
                     payload = await reader.readexactly(int.from_bytes(header[1:3]))
@@ -1055,8 +1062,8 @@ class _Listener:
                     check.outstanding += 1
                 writer.write(head + body)
                 await writer.drain()
-        except asyncio.IncompleteReadError, asyncio.LimitOverrunError:
-            return
+        except asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError:
+            return  # TimeoutError: silent past FIRST_REQUEST_WAIT
 
     async def _filter(
         self,
