@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator
 import contextlib
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from ipaddress import ip_address
 import json
 import logging
@@ -38,6 +39,7 @@ import pytest
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 import pytest_socket
 
+from custom_components.localcam import config_flow
 from custom_components.localcam.const import (
     CONF_ALLOWED_NETWORKS,
     CONF_CAMERA_ID,
@@ -51,6 +53,7 @@ from custom_components.localcam.const import (
     DOMAIN,
 )
 from custom_components.localcam.core.errors import CannotConnectError
+from custom_components.localcam.helpers import device_is_configured
 from virtualcam import CameraConfig, Fault, VirtualCamera, color_for
 
 from .conftest import (
@@ -61,6 +64,7 @@ from .conftest import (
     entry_data,
     make_entry,
 )
+from .test_discovery import DEVICE
 
 MAC = "02:00:00:aa:bb:01"
 OTHER_MAC = "02:00:00:aa:bb:99"  # another device's, on the link at the camera's address
@@ -1511,3 +1515,105 @@ async def test_an_announcement_another_camera_s_entry_contradicts_is_offered(
     )
     assert result["type"] is FlowResultType.FORM
     assert result["step_id"] == "discovery_confirm"
+
+
+async def test_a_camera_without_serial_sends_no_credential_to_an_announcer(
+    hass: HomeAssistant, loopback_hosts: None
+) -> None:
+    """No serial and no MAC on the link: no announcer can ever prove the move.
+
+    ``Identity.proves_move`` needs the serial when the link shows no MAC
+    (routed, IPv6). A camera whose ONVIF report has none (cheap firmware)
+    can never be followed by asking; yet each announcement of its UUID at
+    another address (anyone on the LAN can send one, every background scan)
+    got the camera's credentials as a WS-Security digest, and the camera at
+    home was never found "at home" (that check too needs the serial).
+    """
+    async with (
+        _onvif_camera(host="127.0.0.1", serial=None, device_uuid=UUID) as camera,
+        _onvif_camera(
+            host="127.0.0.2",
+            serial=None,
+            device_uuid=UUID,
+            password="not-the-camera-s",
+            http_port=camera.http_port,
+            rtsp_port=camera.rtsp_port,
+        ) as announcer,
+    ):
+        home = _onvif_entry_at("127.0.0.1", camera.http_port, camera.rtsp_port)
+        entry = _with_identity(home, mac=MAC, uuid=UUID)
+        entry.add_to_hass(hass)
+        result = await _ws_discovered(hass, "127.0.0.2", announcer.http_port)
+        assert (result["type"], result["reason"]) == (FlowResultType.ABORT, "already_configured")
+        assert entry.data[CONF_HOST] == "127.0.0.1"
+        assert announcer.stats.credentialed_requests == 0
+        # Gone from home: still nothing to prove a move with, nothing sent.
+        await camera.stop()
+        result = await _ws_discovered(hass, "127.0.0.2", announcer.http_port)
+        assert result["reason"] == "already_configured"
+        assert entry.data[CONF_HOST] == "127.0.0.1"
+        assert announcer.stats.credentialed_requests == 0
+
+
+async def test_an_onvif_camera_typed_with_another_ipv6_spelling_is_not_offered_again(
+    hass: HomeAssistant,
+) -> None:
+    """An ONVIF host is stored as typed: "FD00:0::5" is the address discovery calls fd00::5.
+
+    The configured camera, announcing a UUID its entry does not hold (no
+    GetEndpointReference), was taken for a new camera at "another" address
+    and offered at every scan; nothing is sent to anyone here.
+    """
+    entry = _with_identity(_onvif_entry_at("FD00:0::5", 80, 554), mac=MAC, serial="S1")
+    entry.add_to_hass(hass)
+    result = await _ws_discovered(hass, "fd00::5", 80)
+    assert (result["type"], result["reason"]) == (FlowResultType.ABORT, "already_configured")
+
+
+def test_an_onvif_camera_typed_with_another_ipv6_spelling_moves_with_its_streams() -> None:
+    """Following such a camera moved its host but left its streams at the old address."""
+    stream = "rtsp://[fd00::5]:554/ch1"
+    data = {
+        CONF_HOST: "FD00:0::5",
+        CONF_ONVIF: True,
+        CONF_STREAM_URL: stream,
+        CONF_PROFILES: [
+            {"token": "ch1", "stream_url": stream},
+            {"token": "ch2", "stream_url": "rtsp://[fd00::5]:554/ch2"},
+        ],
+    }
+    moved = config_flow._with_host(data, "fd00::6")
+    assert moved[CONF_STREAM_URL] == "rtsp://[fd00::6]:554/ch1"
+    assert [p["stream_url"] for p in moved[CONF_PROFILES]] == [
+        "rtsp://[fd00::6]:554/ch1",
+        "rtsp://[fd00::6]:554/ch2",
+    ]
+    device = replace(DEVICE, host="fd00::5", xaddrs=("http://[fd00::5]/onvif/device_service",))
+    entry = MockConfigEntry(domain=DOMAIN, data={**data, CONF_IDENTITY: {}})
+    assert device_is_configured(entry, device)
+
+
+async def test_an_mdns_announcement_naming_loopback_gets_no_credential(
+    hass: HomeAssistant, loopback_hosts: None
+) -> None:
+    """HA's zeroconf passes on any A record but link-local: an mDNS reply may name 127.0.0.1.
+
+    Any host on the LAN can announce _axis-video._tcp with the camera's MAC
+    (it is in every WS-Discovery reply) and 127.0.0.1 as its address. With
+    the camera away from its own address, LocalCam asked this machine's own
+    service on the camera's ONVIF port who it is, with the camera's
+    credentials; WS-Discovery replies may not name loopback for that reason
+    (core.wsdiscovery._xaddr), and HA's DHCP drops loopback addresses.
+    """
+    async with _onvif_camera(host="127.0.0.1", password="a-local-service-s") as local:
+        # The camera, pinned by MAC and serial, is gone from 127.0.0.3.
+        entry = _onvif_entry_at("127.0.0.3", local.http_port, local.rtsp_port)
+        entry.add_to_hass(hass)
+        result = await hass.config_entries.flow.async_init(
+            DOMAIN,
+            context={"source": SOURCE_ZEROCONF},
+            data=_axis_announcement("127.0.0.1", MAC.replace(":", "")),
+        )
+        assert result["type"] is FlowResultType.ABORT
+        assert entry.data[CONF_HOST] == "127.0.0.3"
+        assert local.stats.credentialed_requests == 0

@@ -10,6 +10,7 @@ from typing import Any, Self, override
 from urllib.parse import unquote
 
 from homeassistant.config_entries import (
+    SOURCE_ZEROCONF,
     ConfigFlow,
     ConfigFlowResult,
     OptionsFlowWithReload,
@@ -73,7 +74,13 @@ from .core.errors import (
 )
 from .core.identity import Identity, IdentityMismatchError, neighbour_mac, normalize_mac
 from .core.models import CameraSource, StreamInfo
-from .core.netpolicy import NetPolicy, normalized_identity, parse_networks, split_credentials
+from .core.netpolicy import (
+    NetPolicy,
+    is_loopback_literal,
+    normalized_identity,
+    parse_networks,
+    split_credentials,
+)
 from .core.onvif import OnvifProfile, read_device
 from .core.snapshot import SNAPSHOT_SCHEMES, STREAM_SCHEMES, CameraClient
 from .core.wsdiscovery import DiscoveredDevice, unicast_range
@@ -901,6 +908,11 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
         (so it may be offered as a camera of its own), True otherwise. The
         device's other streams at the same address move with it.
         """
+        if self.source == SOURCE_ZEROCONF and is_loopback_literal(host):
+            # HA's zeroconf passes on any address but link-local ones: an mDNS
+            # reply from the LAN may name this machine, where no camera moves
+            # (as a WS-Discovery reply from the LAN may not; HA's DHCP drops it).
+            return True
         stored = Identity.from_dict(entry.data.get(CONF_IDENTITY))
         old_host = entry_host(entry)
         new_data = _with_host(entry.data, host)

@@ -349,10 +349,14 @@ async def async_observe_identity(
     """
     mac = await async_link_mac(hass, data, options)
     seen = Observation(link_mac=mac, identity=Identity(mac=mac))
-    if not data.get(CONF_ONVIF) or (expected is not None and expected.mac and mac):
+    if not data.get(CONF_ONVIF) or (
+        expected is not None and ((expected.mac and mac) or not expected.serial)
+    ):
         # A camera added by URL is known by its MAC alone; and where the
         # camera's MAC is known and the link shows one, that settles it
-        # (Identity.proves_move) without a word to the device.
+        # (Identity.proves_move) without a word to the device. Without a
+        # stored serial, nothing the device says can prove a move either:
+        # it is not sent the camera's credentials for nothing.
         return seen
     # Who it is only (information, interfaces, endpoint reference): no
     # profiles, no stream addresses, fewer requests carrying the digest.
@@ -416,7 +420,7 @@ def data_host(data: Mapping[str, Any]) -> str:
 
 
 def onvif_host(raw: Any) -> str:
-    """An ONVIF host as typed: trimmed, an IPv6 literal without its brackets.
+    """An ONVIF host as typed: trimmed, an IPv6 literal without its brackets, canonical.
 
     read_device accepts "[fd00::5]"; stored so, the link checks built
     "http://[[fd00::5]]/" and discovery took it for a host name.
@@ -424,6 +428,9 @@ def onvif_host(raw: Any) -> str:
     host = str(raw).strip()
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+    # An address literal as discovery and URLs spell it ("FD00:0::5" is fd00::5).
+    with suppress(ValueError):
+        return str(ip_address(host))
     return host
 
 
