@@ -3623,3 +3623,42 @@ async def test_a_token_for_another_camera_id_opens_nothing_even_with_this_stream
         duration=60,
     )
     assert (await _get(receiver_session, f"{base}/{other}/{porch}/snapshot.jpg?v=1"))[0] == 404
+
+
+async def test_a_cast_goes_on_when_another_camera_takes_its_old_entity_id(
+    hass: HomeAssistant,
+    porch: str,
+    rtsp_only_camera: Any,
+    receiver: FakeCastDevice,
+    http_port: int,
+    receiver_session: aiohttp.ClientSession,
+) -> None:
+    """Two cameras' entity ids swapped while one is cast: the display keeps its camera.
+
+    The display's URL names the entity id the cast started with. After the
+    porch camera was renamed, that id was followed to it only while no
+    LocalCam camera had it: once the garage camera took the name (a user
+    swapping two cameras' names), the URL answered 404 (the token does not
+    open the garage), keep-alive re-cast the same dead URL, and the cast
+    ended as receiver_lost. The token still opens only its own camera.
+    """
+    garage = await _camera_entity(hass, rtsp_only_camera, snapshot=False)
+    await _cast(hass, porch, mode="snapshot", refresh=3600)
+    url = _last_url(receiver)
+    assert (await _get(receiver_session, url))[0] == HTTPStatus.OK
+    registry = er.async_get(hass)
+    registry.async_update_entity(porch, new_entity_id="camera.swap")
+    await hass.async_block_till_done()
+    registry.async_update_entity(garage, new_entity_id=porch)
+    await hass.async_block_till_done()
+    registry.async_update_entity("camera.swap", new_entity_id=garage)
+    await hass.async_block_till_done()
+    status, body = await _get(receiver_session, url)
+    assert status == HTTPStatus.OK
+    assert _camera_index(await hass.async_add_executor_job(_decode_jpeg, body)) == 0
+    # Under the porch camera's new id too; the garage's picture never.
+    assert (await _get(receiver_session, url.replace(f"/{porch}/", f"/{garage}/")))[0] == 200
+    live = url.replace("/snapshot.jpg", "/live/playlist.m3u8").split("?")[0]
+    assert (await _get(receiver_session, live))[0] == HTTPStatus.NOT_FOUND
+    await hass.services.async_call(DOMAIN, "stop_cast", {"media_player": RECEIVER}, blocking=True)
+    assert (await _get(receiver_session, url))[0] == HTTPStatus.NOT_FOUND

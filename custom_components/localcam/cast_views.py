@@ -46,6 +46,7 @@ from homeassistant.components.stream.fmp4utils import transform_init
 from homeassistant.core import HomeAssistant, callback
 from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers.http import KEY_HASS, HomeAssistantView
+from homeassistant.helpers.network import is_cloud_connection
 
 from .camera import LocalCamCamera
 from .cast import (
@@ -59,6 +60,7 @@ from .cast import (
 )
 from .const import SNAPSHOT_TIMEOUT
 from .core.cast_links import CastMode, token_digest
+from .core.netpolicy import NetPolicy
 
 # How long a playlist request waits for the stream's first part (the stream may
 # have stopped while idle and be starting again).
@@ -262,17 +264,21 @@ class LocalCamCastView(HomeAssistantView):
     async def get(self, request: web.Request, path: str) -> web.StreamResponse:
         """Resolve the token, then serve the playlist, init, segment or still."""
         hass = request.app[KEY_HASS]
+        if not _from_lan(hass, request):
+            return _not_found()
         manager = hass.data.get(DATA_CAST)
         token, _, rest = path.partition("/")
         entity_id, _, resource = rest.partition("/")
         if manager is None or not _ENTITY_RE.match(entity_id):
             return _not_found()
-        camera = _local_camera(hass, entity_id) or _renamed_camera(hass, manager, token, entity_id)
-        if camera is None:
-            return _not_found()
         mode = CastMode.SNAPSHOT if resource == _SNAPSHOT else CastMode.LIVE
-        if not _grants(manager, token, camera, mode):
-            return _not_found()
+        camera = _local_camera(hass, entity_id)
+        if camera is None or not _grants(manager, token, camera, mode):
+            # The id may name the cast's camera as it was called when the
+            # cast started, and another camera now (two cameras' ids swapped).
+            camera = _renamed_camera(hass, manager, token, entity_id)
+            if camera is None or not _grants(manager, token, camera, mode):
+                return _not_found()
         if mode is CastMode.SNAPSHOT:
             return await _async_snapshot(manager, camera, token)
         if resource == _PLAYLIST:
@@ -282,6 +288,28 @@ class LocalCamCastView(HomeAssistantView):
         if match := _SEGMENT_RE.match(resource):
             return _segment(camera, int(match.group(1)), int(match.group(2)))
         return _not_found()
+
+
+def _from_lan(hass: HomeAssistant, request: web.Request) -> bool:
+    """Whether the request comes from the LAN, as a display sent to the internal URL does.
+
+    The URL is no secret kept by LocalCam alone: Home Assistant's cast entity
+    shows it (token included) as the display's ``media_content_id`` to every
+    user who may read the display, and the recorder stores it. A request
+    from a public address (``request.remote`` is the client's real address
+    behind a trusted proxy) or through Nabu Casa's remote UI is no display.
+    """
+    if is_cloud_connection(hass) or request.remote is None:
+        return False
+    try:
+        return _LAN.classify(request.remote) is None
+    except ValueError:
+        return False
+
+
+# The addresses a display on the LAN may have: those the cast's base URL is
+# checked against (core.netpolicy's LAN ranges).
+_LAN: Final = NetPolicy()
 
 
 def _grants(
@@ -301,9 +329,9 @@ def _renamed_camera(
 
     The URL names the entity id the cast was started with; a rename keeps
     the entity (and the token's grant, which names its unique id), not the
-    id. Only that exact old id of that very cast is followed: any other
-    path that no entity has stays a 404, and the grant is checked next, as
-    for any request.
+    id; another camera may have taken the old id meanwhile. Only that exact
+    old id of that very cast is followed: any other path stays a 404, and
+    the grant is checked next, as for any request.
     """
     grant = manager.links.resolve(token)
     session = manager.session_for(grant.receiver) if grant is not None else None
