@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bench import snapshots
+from bench import idle_hass, snapshots
 from bench.harness import cpu_ns_between, percentile
 
 
@@ -159,3 +159,28 @@ def test_the_limit_row_holds_bursts_to_the_limit_at_their_own_phases() -> None:
     assert _verdict({"fanout": fan, "fanout_limit": limit, "cold": cold}, row) == "yes"
     slower = [_fan(200, ph, cold_still(ph) * 1.2) for ph in phases]
     assert _verdict({"fanout": fan[:3] + slower, "fanout_limit": limit}, row) == "NO"
+
+
+def test_idle_hass_compares_each_process_with_hass_alone_and_judges_localcam() -> None:
+    """bench/idle_hass: differences and ratio of the right rows; the verdict is LocalCam's."""
+
+    def row(pct: float) -> dict[str, Any]:
+        return {"pct_one_core": pct, "windows": [pct, pct], "median_window": pct}
+
+    result = {
+        "seconds": 120.0,
+        "processes": {
+            idle_hass.NONE: row(0.030),
+            idle_hass.LOCALCAM: row(0.045),
+            idle_hass.GENERIC: row(0.050),
+        },
+        "requests_per_camera_per_minute": 1.0,
+    }
+    text = idle_hass.table(result, 32)
+    assert "LocalCam - hass alone: +0.015 %" in text
+    assert "generic - hass alone: +0.020 %" in text
+    assert "LocalCam / generic: 0.90" in text
+    assert "met (0.045 %)" in text
+    assert "NOT met" not in text
+    result["processes"][idle_hass.LOCALCAM] = row(0.101)
+    assert "NOT met (0.101 %)" in idle_hass.table(result, 32)
