@@ -9,7 +9,12 @@ from unittest.mock import patch
 
 from freezegun.api import FrozenDateTimeFactory
 from homeassistant.components.camera import async_get_image
-from homeassistant.config_entries import SOURCE_REAUTH, SOURCE_RECONFIGURE, ConfigEntryState
+from homeassistant.config_entries import (
+    SOURCE_REAUTH,
+    SOURCE_RECONFIGURE,
+    ConfigEntryState,
+    UnknownEntry,
+)
 from homeassistant.const import STATE_UNAVAILABLE
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import ConfigEntryError, HomeAssistantError
@@ -23,6 +28,7 @@ import pytest
 from pytest_homeassistant_custom_component.common import MockConfigEntry, async_fire_time_changed
 
 from custom_components import localcam
+from custom_components.localcam import coordinator as coordinator_module
 from custom_components.localcam.const import (
     CONF_ALLOWED_NETWORKS,
     CONF_CAMERA_ID,
@@ -588,5 +594,114 @@ async def test_a_whole_read_that_ends_after_removal_raises_no_issue(
             await probe(True)  # the whole read of a check still under way
         issue_id = f"uri_not_local_{entry.entry_id}"
         assert ir.async_get(hass).async_get_issue(DOMAIN, issue_id) is None
+    finally:
+        await cam.stop()
+
+
+LINK_MAC = "02:00:00:00:00:07"
+
+
+async def test_the_outside_address_notice_is_raised_and_cleared_for_a_camera_on_the_link(
+    hass: HomeAssistant, socket_enabled: None
+) -> None:
+    """An ONVIF camera whose MAC the link shows still gets (and loses) its uri_not_local issue.
+
+    README: the notice goes "at the next check that reads its whole
+    description (at most 15 minutes)". A camera on the same link as Home
+    Assistant (the usual case) has its MAC visible after every connection.
+    """
+    cam = VirtualCamera(onvif_camera_config(7, "127.0.0.1", 0, 0, LINK_MAC))
+    await cam.start()
+    try:
+        # The link shows the camera's own MAC (as on a real LAN; loopback shows none).
+        with patch("custom_components.localcam.core.snapshot.neighbour_mac", return_value=LINK_MAC):
+            entry = await add_onvif_entry(hass, cam)
+            assert entry.data[CONF_IDENTITY].get("mac") == LINK_MAC
+            issue_id = f"uri_not_local_{entry.entry_id}"
+            cam.config.reported_host = "203.0.113.9"
+            with patch("custom_components.localcam.WHOLE_READ_INTERVAL", 0.0):
+                assert await hass.config_entries.async_reload(entry.entry_id)
+                await hass.async_block_till_done()
+                assert ir.async_get(hass).async_get_issue(DOMAIN, issue_id) is not None
+                cam.config.reported_host = None
+                await entry.runtime_data.coordinator.async_refresh()
+                assert ir.async_get(hass).async_get_issue(DOMAIN, issue_id) is None
+    finally:
+        await cam.stop()
+
+
+async def test_a_re_pin_whose_entry_was_removed_meanwhile_touches_nothing(
+    hass: HomeAssistant, socket_enabled: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A check run outside the entry's tasks (``homeassistant.update_entity``) that re-pins
+    a camera by its serial while the user removes the entry: nothing is written, no error.
+
+    The check is not one of the entry's background tasks, so the removal does
+    not cancel it; the identity issue path already checks the entry is still
+    there after its awaits, the re-pin wrote the removed entry anyway.
+    """
+    cam = VirtualCamera(onvif_camera_config(7, "127.0.0.1", 0, 0, LINK_MAC))
+    await cam.start()
+    link = "02:00:00:aa:bb:99"  # a MAC-rewriting repeater: the re-pin case
+    try:
+        entry = await add_onvif_entry(hass, cam)
+        coordinator = entry.runtime_data.coordinator
+        real = coordinator_module.async_observe_identity
+
+        async def observe_then_removed(*args: Any, **kwargs: Any) -> Any:
+            seen = await real(*args, **kwargs)
+            # The user removes the camera while its device was being read.
+            await hass.config_entries.async_remove(entry.entry_id)
+            return seen
+
+        with (
+            patch("custom_components.localcam.core.snapshot.neighbour_mac", return_value=link),
+            patch("custom_components.localcam.helpers.neighbour_mac", return_value=link),
+            patch.object(coordinator_module, "async_observe_identity", observe_then_removed),
+        ):
+            await coordinator.async_refresh()
+            await hass.async_block_till_done(wait_background_tasks=True)
+        assert hass.config_entries.async_get_entry(entry.entry_id) is None
+        # The removed entry was not written (UnknownEntry, logged as an
+        # unexpected error with its traceback); the check failed as any
+        # mismatch does.
+        assert not isinstance(coordinator.last_exception, UnknownEntry)
+        assert "Unexpected error" not in caplog.text
+    finally:
+        await cam.stop()
+
+
+async def test_the_main_camera_entity_survives_a_main_stream_that_takes_a_former_sub_token(
+    hass: HomeAssistant, socket_enabled: None
+) -> None:
+    """A firmware update drops the main profile's token and reports the old sub token first.
+
+    The main stream's entity, with the id and settings the user gave it, stays
+    the main camera's and stays enabled; it was removed, and the main stream
+    was left to the former sub stream's entity, disabled by default: no
+    enabled camera entity at all.
+    """
+    cam = VirtualCamera(camera_config("cam6", 6, onvif=True, serial="SERIAL-6"))
+    await cam.start()
+    registry = er.async_get(hass)
+    try:
+        entry = await add_onvif_entry(hass, cam)
+        main_id = main_entity_id(hass, entry)
+        registry.async_update_entity(main_id, new_entity_id="camera.front_door")
+        cam.config.profiles = (
+            OnvifProfileSpec("sub", "mainStream"),
+            OnvifProfileSpec("Profile_002", "subStream", divisor=2),
+        )
+        await _reconfigure_onvif(hass, entry, cam)
+        assert entry.runtime_data.main == "sub"
+        main = registry.async_get("camera.front_door")
+        assert main is not None
+        assert main.unique_id == "serial_SERIAL-6_sub"
+        assert main.disabled_by is None
+        assert hass.states.get("camera.front_door") is not None
+        # The former sub stream's entity follows the new sub stream.
+        left = er.async_entries_for_config_entry(registry, entry.entry_id)
+        assert {e.unique_id for e in left} == {"serial_SERIAL-6_sub", "serial_SERIAL-6_Profile_002"}
+        await hass.config_entries.async_unload(entry.entry_id)
     finally:
         await cam.stop()

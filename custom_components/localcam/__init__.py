@@ -1,5 +1,6 @@
 """LocalCam: LAN-only cameras for Home Assistant."""
 
+from collections.abc import Awaitable, Callable
 import time
 from typing import Final
 
@@ -25,7 +26,7 @@ from .const import (
     DOMAIN,
 )
 from .coordinator import IDENTITY_ISSUE_PREFIX, LocalCamCoordinator
-from .core.errors import InvalidNetworksError
+from .core.errors import InvalidNetworksError, LocalCamError
 from .core.identity import Identity
 from .core.netpolicy import NetPolicy
 from .core.snapshot import CameraClient, IdentityProbe
@@ -85,10 +86,13 @@ async def async_setup_entry(hass: HomeAssistant, entry: LocalCamConfigEntry) -> 
     _async_sync_profile_entities(
         hass, entry, [source.camera_id for source in sources.values()], sources[main].camera_id
     )
-    probe = _onvif_identity_probe(hass, entry, policy) if entry.data.get(CONF_ONVIF) else None
+    probe, report = (
+        _onvif_identity_probe(hass, entry, policy) if entry.data.get(CONF_ONVIF) else (None, None)
+    )
     for profile, source in sources.items():
         client = CameraClient(session, policy, source)
         client.identity_probe = probe
+        client.report_probe = report
         client.reuse_within = max_age / 2
         # One cache per stream, bound to its frame key and source fingerprint.
         # A reload (new URL, credentials or options) builds new, empty ones.
@@ -135,13 +139,19 @@ def _async_sync_profile_entities(
         for entity in er.async_entries_for_config_entry(registry, entry.entry_id)
         if entity.domain == Platform.CAMERA
     ]
-    registered = {entity.unique_id for entity in cameras}
     gone = [entity for entity in cameras if entity.unique_id not in unique_ids]
-    new = [unique_id for unique_id in unique_ids if unique_id not in registered]
     mains = [entity for entity in gone if entity.translation_key == "main"]
-    if main_id in new and len(mains) == 1:
-        registry.async_update_entity(mains[0].entity_id, new_unique_id=main_id)
-        gone.remove(mains[0])
+    holder = next((entity for entity in cameras if entity.unique_id == main_id), None)
+    if len(mains) == 1 and holder is not None and holder.translation_key != "main":
+        # The main stream took a token another stream had (its own is gone):
+        # the main camera's entity follows the main stream; the other
+        # stream's entity is left over like the entity of a gone token.
+        gone.append(holder)
+    kept = {entity.unique_id for entity in cameras if entity not in gone}
+    new = [unique_id for unique_id in unique_ids if unique_id not in kept]
+    main = mains[0] if main_id in new and len(mains) == 1 else None
+    if main is not None:
+        gone.remove(main)
         new.remove(main_id)
     others = [entity for entity in gone if entity.translation_key != "main"]
     new_others = [unique_id for unique_id in new if unique_id != main_id]
@@ -150,6 +160,9 @@ def _async_sync_profile_entities(
         gone.remove(others[0])
     for entity in gone:
         registry.async_remove(entity.entity_id)
+    if main is not None:
+        # Last: the unique id may have been another stream's entity's until now.
+        registry.async_update_entity(main.entity_id, new_unique_id=main_id)
 
 
 @callback
@@ -177,7 +190,7 @@ def _async_sync_device_mac(hass: HomeAssistant, entry: LocalCamConfigEntry) -> N
 
 def _onvif_identity_probe(
     hass: HomeAssistant, entry: LocalCamConfigEntry, policy: NetPolicy
-) -> IdentityProbe:
+) -> tuple[IdentityProbe, Callable[[], Awaitable[None]]]:
     """Ask the ONVIF device at the entry's address who it is.
 
     After every fetch where the MAC is not visible, the identity-only read (a
@@ -229,7 +242,20 @@ def _onvif_identity_probe(
         )
         return seen
 
-    return probe
+    async def report() -> None:
+        # A camera the link shows by its MAC is asked nothing after a check
+        # (the MAC proved it), yet its reported addresses must still be
+        # read every WHOLE_READ_INTERVAL, or its notice would never come
+        # (nor, once raised, ever go). Best effort: the MAC proved the camera.
+        nonlocal whole_read_at
+        if whole_read_at is not None and time.monotonic() - whole_read_at < WHOLE_READ_INTERVAL:
+            return
+        try:
+            await probe(True)
+        except LocalCamError:
+            whole_read_at = time.monotonic()  # tried; not again before the interval
+
+    return probe, report
 
 
 def _async_h265_note(hass: HomeAssistant, entry: LocalCamConfigEntry) -> None:

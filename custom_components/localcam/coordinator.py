@@ -361,6 +361,10 @@ class LocalCamCoordinator(DataUpdateCoordinator[CameraHealth]):
             seen = await async_observe_identity(self.hass, entry.data, entry.options)
         except LocalCamError:
             return False
+        if not entry_is_running(entry):
+            # Unloaded or removed while its device was read (a check outside
+            # the entry's tasks, such as update_entity's): nothing to re-pin.
+            return False
         without_mac = Identity(serial=stored.serial, uuid=stored.uuid)
         # A MAC kept in ``seen`` means the link agrees with the device's report
         # (or shows none): then the mismatch is real, not a rewritten MAC.

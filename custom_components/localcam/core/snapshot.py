@@ -116,6 +116,10 @@ class CameraClient:
         self.stream_receiving_since: Callable[[], float | None] | None = None
         # Set by the glue for cameras that can say who they are (ONVIF).
         self.identity_probe: IdentityProbe | None = None
+        # Set by the glue for ONVIF cameras: the whole read of the device's
+        # description when it is due, for what it reports (addresses outside
+        # the LAN); a health check runs it where the link's MAC proved the camera.
+        self.report_probe: Callable[[], Awaitable[None]] | None = None
         # Set by the glue: the camera's Orientation setting now (jpeg.orient_jpeg).
         self.orientation: Callable[[], int] | None = None
         self.timeout = DEFAULT_TIMEOUT
@@ -429,6 +433,8 @@ class CameraClient:
         if raw.address is not None and self.source.identity.mac:
             seen = await loop.run_in_executor(None, neighbour_mac, raw.address)
             if seen is not None:
+                if whole and self.report_probe is not None and seen == self.source.identity.mac:
+                    await self.report_probe()
                 return
         try:
             observed = await self.identity_probe(whole)
