@@ -17,8 +17,9 @@ import yarl
 
 from custom_components.localcam import cast_views
 from custom_components.localcam.cast_views import async_setup_cast
-from custom_components.localcam.const import DOMAIN
+from custom_components.localcam.const import CONF_ALLOWED_NETWORKS, DOMAIN
 from custom_components.localcam.services import async_setup_services
+from virtualcam import VirtualCamera
 
 from . import test_cast
 from .test_cast import (
@@ -26,6 +27,7 @@ from .test_cast import (
     FakeCastDevice,
     _cast,
     _get,
+    _last_url,
 )
 
 # The real cast integration with a fake Nest Hub, as test_cast uses it (its
@@ -98,4 +100,81 @@ async def test_a_cast_url_opens_nothing_from_outside_the_lan(
         assert (await _get(receiver_session, url))[0] == HTTPStatus.NOT_FOUND
     # The display itself keeps its picture.
     assert (await _get(receiver_session, url))[0] == HTTPStatus.OK
+    await hass.services.async_call(DOMAIN, "stop_cast", {"media_player": RECEIVER}, blocking=True)
+
+
+# Home Assistant's own interface: an IPv4 LAN address and the LAN's global
+# IPv6 prefix (an ISP-delegated /64; most home LANs have no ULA at all).
+_ADAPTERS = [
+    {
+        "auto": True,
+        "default": True,
+        "enabled": True,
+        "index": 0,
+        "ipv4": [{"address": "192.168.1.5", "network_prefix": 24}],
+        "ipv6": [
+            {"address": "2001:db8:1:2::5", "flowinfo": 0, "scope_id": 0, "network_prefix": 64}
+        ],
+        "name": "eth0",
+    }
+]
+
+
+async def _status(session: aiohttp.ClientSession, url: str, remote: str) -> int:
+    async with session.get(url, headers={"X-Forwarded-For": remote}) as resp:
+        return resp.status
+
+
+async def test_a_display_with_a_global_ipv6_address_on_ha_s_lan_gets_its_cast(
+    hass: HomeAssistant,
+    porch: str,
+    receiver: FakeCastDevice,
+    http_port: int,
+    receiver_session: aiohttp.ClientSession,
+) -> None:
+    """A display on HA's own LAN, connecting over IPv6 from its global address, is a display.
+
+    The cast view now answers only "LAN" addresses, judged by address class
+    (RFC 1918, ULA, link-local). On an IPv6 LAN the display's address is a
+    global one in the LAN's delegated prefix: with an https internal URL (a
+    name, which the display resolves with public DNS to HA's AAAA), the
+    display connects from 2001:db8:1:2::20 straight to HA on the same link,
+    and got 404 for every request of a cast that worked before: the display
+    showed nothing. An address on a network HA itself is on came through no
+    router from the internet. A global address elsewhere still gets nothing.
+    """
+    await _cast(hass, porch, mode="snapshot", refresh=3600)
+    url = _last_url(receiver)
+    with patch(
+        "homeassistant.components.network.async_get_loaded_adapters", return_value=_ADAPTERS
+    ):
+        assert await _status(receiver_session, url, "2001:db8:1:2::20") == HTTPStatus.OK
+        # The same from the internet (another prefix, another IPv4 network).
+        assert await _status(receiver_session, url, "2001:db8:9::20") == HTTPStatus.NOT_FOUND
+        assert await _status(receiver_session, url, "203.0.113.7") == HTTPStatus.NOT_FOUND
+    await hass.services.async_call(DOMAIN, "stop_cast", {"media_player": RECEIVER}, blocking=True)
+
+
+async def test_a_display_on_a_network_allowed_for_the_camera_gets_its_cast(
+    hass: HomeAssistant,
+    localcam: None,
+    camera: VirtualCamera,
+    receiver: FakeCastDevice,
+    http_port: int,
+    receiver_session: aiohttp.ClientSession,
+) -> None:
+    """A network the user allowed for the camera's entry is LAN to its cast too.
+
+    A LAN numbered outside RFC 1918 (CGNAT space, a routed camera VLAN or
+    a site behind a VPN) is what "allowed networks" is for; the cameras
+    and displays there were cast to until the view judged displays by the
+    RFC 1918 ranges alone. Another address outside gets nothing.
+    """
+    entity_id = await test_cast._camera_entity(
+        hass, camera, options={CONF_ALLOWED_NETWORKS: "100.64.0.0/24"}
+    )
+    await _cast(hass, entity_id, mode="snapshot", refresh=3600)
+    url = _last_url(receiver)
+    assert await _status(receiver_session, url, "100.64.0.20") == HTTPStatus.OK
+    assert await _status(receiver_session, url, "100.65.0.20") == HTTPStatus.NOT_FOUND
     await hass.services.async_call(DOMAIN, "stop_cast", {"media_player": RECEIVER}, blocking=True)

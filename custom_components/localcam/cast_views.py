@@ -32,12 +32,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 import hmac
 from http import HTTPStatus
+from ipaddress import IPv4Address, IPv6Address, ip_address, ip_interface
 import math
 import re
 from typing import Final, NamedTuple
 from weakref import WeakKeyDictionary
 
 from aiohttp import web
+from homeassistant.components import network
 from homeassistant.components.camera.const import DATA_COMPONENT as CAMERA_DATA_COMPONENT
 from homeassistant.components.stream import Stream
 from homeassistant.components.stream.const import HLS_PROVIDER
@@ -60,7 +62,9 @@ from .cast import (
 )
 from .const import SNAPSHOT_TIMEOUT
 from .core.cast_links import CastMode, token_digest
-from .core.netpolicy import NetPolicy
+from .core.errors import InvalidNetworksError
+from .core.netpolicy import MIN_EXTRA_PREFIX_V4, MIN_EXTRA_PREFIX_V6, NetPolicy
+from .helpers import policy_from_options
 
 # How long a playlist request waits for the stream's first part (the stream may
 # have stopped while idle and be starting again).
@@ -264,7 +268,7 @@ class LocalCamCastView(HomeAssistantView):
     async def get(self, request: web.Request, path: str) -> web.StreamResponse:
         """Resolve the token, then serve the playlist, init, segment or still."""
         hass = request.app[KEY_HASS]
-        if not _from_lan(hass, request):
+        if (remote := _remote(hass, request)) is None:
             return _not_found()
         manager = hass.data.get(DATA_CAST)
         token, _, rest = path.partition("/")
@@ -279,6 +283,8 @@ class LocalCamCastView(HomeAssistantView):
             camera = _renamed_camera(hass, manager, token, entity_id)
             if camera is None or not _grants(manager, token, camera, mode):
                 return _not_found()
+        if not _from_lan(hass, remote, camera):
+            return _not_found()
         if mode is CastMode.SNAPSHOT:
             return await _async_snapshot(manager, camera, token)
         if resource == _PLAYLIST:
@@ -290,7 +296,19 @@ class LocalCamCastView(HomeAssistantView):
         return _not_found()
 
 
-def _from_lan(hass: HomeAssistant, request: web.Request) -> bool:
+def _remote(hass: HomeAssistant, request: web.Request) -> IPv4Address | IPv6Address | None:
+    """The request's client address; None through Nabu Casa's remote UI (no display)."""
+    if is_cloud_connection(hass) or request.remote is None:
+        return None
+    try:
+        return ip_address(request.remote)
+    except ValueError:
+        return None
+
+
+def _from_lan(
+    hass: HomeAssistant, remote: IPv4Address | IPv6Address, camera: LocalCamCamera
+) -> bool:
     """Whether the request comes from the LAN, as a display sent to the internal URL does.
 
     The URL is no secret kept by LocalCam alone: Home Assistant's cast entity
@@ -298,13 +316,45 @@ def _from_lan(hass: HomeAssistant, request: web.Request) -> bool:
     user who may read the display, and the recorder stores it. A request
     from a public address (``request.remote`` is the client's real address
     behind a trusted proxy) or through Nabu Casa's remote UI is no display.
+    The LAN: its address ranges, the networks Home Assistant's own
+    interfaces are on, and those the user allowed for the camera's entry.
     """
-    if is_cloud_connection(hass) or request.remote is None:
-        return False
+    if _LAN.classify(remote) is None or _on_ha_link(hass, remote):
+        return True
     try:
-        return _LAN.classify(request.remote) is None
-    except ValueError:
+        policy = policy_from_options(camera.coordinator.config_entry.options)
+    except InvalidNetworksError:
         return False
+    return policy.classify(remote) is None
+
+
+def _on_ha_link(hass: HomeAssistant, remote: IPv4Address | IPv6Address) -> bool:
+    """Whether ``remote`` is in a network one of Home Assistant's own interfaces is on.
+
+    An IPv6 LAN's displays have global addresses in its delegated prefix
+    (often no ULA at all): no address class tells them from the internet,
+    but an address on HA's own link reached it through no router.
+    """
+    if isinstance(remote, IPv6Address) and remote.ipv4_mapped is not None:
+        remote = remote.ipv4_mapped
+    try:
+        adapters = network.async_get_loaded_adapters(hass)
+    except KeyError:  # network not set up (it is a dependency: not expected)
+        return False
+    for adapter in adapters:
+        for configured in (*adapter["ipv4"], *adapter["ipv6"]):
+            try:
+                own = ip_interface(f"{configured['address']}/{configured['network_prefix']}")
+            except ValueError:
+                continue
+            least = MIN_EXTRA_PREFIX_V4 if own.version == 4 else MIN_EXTRA_PREFIX_V6
+            if (
+                own.version == remote.version
+                and own.network.prefixlen >= least
+                and remote in own.network
+            ):
+                return True
+    return False
 
 
 # The addresses a display on the LAN may have: those the cast's base URL is
