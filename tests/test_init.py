@@ -671,6 +671,43 @@ async def test_a_re_pin_whose_entry_was_removed_meanwhile_touches_nothing(
         await cam.stop()
 
 
+async def test_a_re_pin_whose_entry_was_reconfigured_meanwhile_touches_nothing(
+    hass: HomeAssistant, socket_enabled: None
+) -> None:
+    """As above, with the entry reconfigured to another device during the read.
+
+    The device read was the old device's: its identity written over the
+    reconfigured entry would pin the new camera to the old one's serial.
+    """
+    cam = VirtualCamera(onvif_camera_config(7, "127.0.0.1", 0, 0, LINK_MAC))
+    await cam.start()
+    link = "02:00:00:aa:bb:99"  # a MAC-rewriting repeater: the re-pin case
+    try:
+        entry = await add_onvif_entry(hass, cam)
+        coordinator = entry.runtime_data.coordinator
+        real = coordinator_module.async_observe_identity
+        reconfigured = {"serial": "SERIAL-OF-THE-NEW-CAMERA"}
+
+        async def observe_then_reconfigured(*args: Any, **kwargs: Any) -> Any:
+            seen = await real(*args, **kwargs)
+            hass.config_entries.async_update_entry(
+                entry, data={**entry.data, CONF_IDENTITY: reconfigured}
+            )
+            return seen
+
+        with (
+            patch("custom_components.localcam.core.snapshot.neighbour_mac", return_value=link),
+            patch("custom_components.localcam.helpers.neighbour_mac", return_value=link),
+            patch.object(coordinator_module, "async_observe_identity", observe_then_reconfigured),
+        ):
+            await coordinator.async_refresh()
+            await hass.async_block_till_done(wait_background_tasks=True)
+        assert entry.data[CONF_IDENTITY] == reconfigured
+    finally:
+        await hass.config_entries.async_unload(entry.entry_id)
+        await cam.stop()
+
+
 async def test_the_main_camera_entity_survives_a_main_stream_that_takes_a_former_sub_token(
     hass: HomeAssistant, socket_enabled: None
 ) -> None:

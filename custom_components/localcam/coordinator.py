@@ -357,13 +357,15 @@ class LocalCamCoordinator(DataUpdateCoordinator[CameraHealth]):
             # (every read carries the camera's WS-Security digest).
             return False
         self._relink_tried = True
+        data = entry.data
         try:
-            seen = await async_observe_identity(self.hass, entry.data, entry.options)
+            seen = await async_observe_identity(self.hass, data, entry.options)
         except LocalCamError:
             return False
-        if not entry_is_running(entry):
-            # Unloaded or removed while its device was read (a check outside
-            # the entry's tasks, such as update_entity's): nothing to re-pin.
+        if not entry_is_running(entry) or entry.data is not data:
+            # Unloaded, removed or reconfigured while its device was read (a
+            # check outside the entry's tasks, such as update_entity's): what
+            # was read is no longer this entry's device to re-pin.
             return False
         without_mac = Identity(serial=stored.serial, uuid=stored.uuid)
         # A MAC kept in ``seen`` means the link agrees with the device's report
