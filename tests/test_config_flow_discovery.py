@@ -800,8 +800,9 @@ async def test_one_camera_announced_two_ways_is_offered_once(hass: HomeAssistant
 
     Both were listed under Discovered, and ignoring one left the other.
     Another device at another address, or one at the same address whose
-    identity differs, is still offered; an ONVIF offer does not give way to
-    a plain RTSP one (its form reads every profile).
+    identity differs, is still offered; a plain RTSP offer gives way to an
+    ONVIF one at its address, whichever came first (the ONVIF form reads
+    every profile).
     """
 
     async def ws_discovery(host: str, **identity: str) -> Any:
@@ -834,8 +835,27 @@ async def test_one_camera_announced_two_ways_is_offered_once(hass: HomeAssistant
     assert rtsp["step_id"] == "discovery_confirm"
     onvif = await ws_discovery("192.168.1.33", uuid="urn:uuid:5f5a69c2-e0ae-504f-829b-00408c000003")
     assert onvif["step_id"] == "discovery_confirm"
-    offers = hass.config_entries.flow.async_progress_by_handler(DOMAIN)
-    assert len(offers) == 5
+    # The RTSP offer gave way to the ONVIF one at its address; none elsewhere did.
+    offers = {f["flow_id"] for f in hass.config_entries.flow.async_progress_by_handler(DOMAIN)}
+    assert offers == {f["flow_id"] for f in (first, other_mac, elsewhere, onvif)}
+    # Announced the other way round, the RTSP offer yields at once.
+    rtsp = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_ZEROCONF}, data=_rtsp_announcement("192.168.1.33")
+    )
+    assert (rtsp["type"], rtsp["reason"]) == (FlowResultType.ABORT, "already_in_progress")
+    # A plain RTSP offer at another address stays beside an ONVIF one.
+    rtsp34 = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_ZEROCONF}, data=_rtsp_announcement("192.168.1.34")
+    )
+    assert rtsp34["step_id"] == "discovery_confirm"
+    await ws_discovery("192.168.1.35", uuid="urn:uuid:5f5a69c2-e0ae-504f-829b-00408c000005")
+    # An RTSP offer the user has opened (past its confirmation) is left to finish.
+    opened = await hass.config_entries.flow.async_configure(rtsp34["flow_id"], {})
+    assert opened["step_id"] != "discovery_confirm"
+    await ws_discovery("192.168.1.34", uuid="urn:uuid:5f5a69c2-e0ae-504f-829b-00408c000004")
+    assert rtsp34["flow_id"] in {
+        f["flow_id"] for f in hass.config_entries.flow.async_progress_by_handler(DOMAIN)
+    }
 
 
 async def test_zeroconf_new_axis_camera_is_offered(hass: HomeAssistant) -> None:

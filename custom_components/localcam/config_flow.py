@@ -823,6 +823,21 @@ class LocalCamConfigFlow(ConfigFlow, domain=DOMAIN):
             # The same device announced another way (an Axis camera: over mDNS
             # keyed by its MAC, over WS-Discovery by its UUID): one offer.
             return self.async_abort(reason="already_in_progress")
+        if kind == "onvif":
+            # The device's plain RTSP offer at this address (its _rtsp._tcp
+            # announcement, keyed by address: it carried no identity) gives
+            # way: this offer's form reads every profile. Announced the other
+            # way round, the RTSP offer yields at once (is_matching). One the
+            # user has opened past its confirmation is left to finish.
+            rtsp_key = f"rtsp_{_bracket(host)}:"
+            for flow in self._async_in_progress(include_uninitialized=True):
+                unique_id = flow["context"].get("unique_id")
+                if (
+                    isinstance(unique_id, str)
+                    and unique_id.startswith(rtsp_key)
+                    and flow.get("step_id") == "discovery_confirm"
+                ):
+                    self.hass.config_entries.flow.async_abort(flow["flow_id"])
         if kind == "rtsp":
             self._discovered[CONF_STREAM_URL] = f"rtsp://{_bracket(host)}:{port}/"
         self._placeholders = {"name": name or host, "host": host}
