@@ -32,6 +32,7 @@ from custom_components.localcam import coordinator as coordinator_module
 from custom_components.localcam.const import (
     CONF_ALLOWED_NETWORKS,
     CONF_CAMERA_ID,
+    CONF_CODEC,
     CONF_IDENTITY,
     CONF_MAIN_PROFILE,
     CONF_RTSP_TRANSPORT,
@@ -742,3 +743,24 @@ async def test_the_main_camera_entity_survives_a_main_stream_that_takes_a_former
         await hass.config_entries.async_unload(entry.entry_id)
     finally:
         await cam.stop()
+
+
+async def test_a_camera_added_by_url_whose_stream_is_h265_gets_the_note(
+    hass: HomeAssistant, camera: VirtualCamera
+) -> None:
+    """The H.265 note is not for ONVIF cameras only: a URL camera streaming H.265 gets it too.
+
+    Its stream's codec is read when it is added or reconfigured (stored as
+    the entry's codec); once it streams H.264, the note goes with the reload.
+    """
+    data = {**make_entry(camera).data, CONF_CODEC: "hevc"}
+    entry = MockConfigEntry(domain=DOMAIN, title="hevc", unique_id=data[CONF_CAMERA_ID], data=data)
+    await setup_entry(hass, entry)
+    issue = ir.async_get(hass).async_get_issue(DOMAIN, f"h265_only_{entry.entry_id}")
+    assert issue is not None
+    assert issue.translation_key == "h265_only"
+    hass.config_entries.async_update_entry(entry, data={**data, CONF_CODEC: "h264"})
+    assert await hass.config_entries.async_reload(entry.entry_id)
+    await hass.async_block_till_done()
+    assert ir.async_get(hass).async_get_issue(DOMAIN, f"h265_only_{entry.entry_id}") is None
+    await hass.config_entries.async_unload(entry.entry_id)

@@ -20,6 +20,7 @@ from .cast import ISSUE_NO_INTERNAL_URL, async_stop_camera_casts
 from .cast_views import async_setup_cast
 from .const import (
     CONF_CAMERA_ID,
+    CONF_CODEC,
     CONF_IDENTITY,
     CONF_ONVIF,
     CONF_PROFILES,
@@ -262,7 +263,10 @@ def _async_h265_note(hass: HomeAssistant, entry: LocalCamConfigEntry) -> None:
     """An H.265-only camera works, but browsers may not play its stream: say so."""
     profiles = entry.data.get(CONF_PROFILES) or []
     issue_id = f"h265_only_{entry.entry_id}"
-    h265_only = bool(profiles) and all(p.get("encoding") == "H265" for p in profiles)
+    if profiles:  # ONVIF: what every profile reports
+        h265_only = all(p.get("encoding") == "H265" for p in profiles)
+    else:  # added by URL: the codec its stream had when added or reconfigured
+        h265_only = str(entry.data.get(CONF_CODEC, "")).lower() == "hevc"
     _async_warning(hass, issue_id, "h265_only", {"name": entry.title} if h265_only else None)
 
 
