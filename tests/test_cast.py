@@ -17,6 +17,7 @@ from dataclasses import replace
 from datetime import timedelta
 from http import HTTPStatus
 import io
+from ipaddress import ip_address
 import json
 import logging
 from pathlib import Path
@@ -25,6 +26,7 @@ import shutil
 import sys
 import threading
 import time
+from types import SimpleNamespace
 from typing import Any
 from unittest.mock import AsyncMock, MagicMock, create_autospec, patch
 import uuid
@@ -3661,4 +3663,35 @@ async def test_a_cast_goes_on_when_another_camera_takes_its_old_entity_id(
     live = url.replace("/snapshot.jpg", "/live/playlist.m3u8").split("?")[0]
     assert (await _get(receiver_session, live))[0] == HTTPStatus.NOT_FOUND
     await hass.services.async_call(DOMAIN, "stop_cast", {"media_player": RECEIVER}, blocking=True)
+    assert (await _get(receiver_session, url))[0] == HTTPStatus.NOT_FOUND
+
+
+@pytest.mark.parametrize("remote", [None, "", "unix:/run/ha.sock", "not-an-address"])
+async def test_a_request_whose_peer_is_no_address_is_not_from_the_lan(
+    hass: HomeAssistant, remote: str | None
+) -> None:
+    """No IP address to judge (a Unix socket's peer): no display, no cast URL."""
+    assert cast_views._remote(hass, SimpleNamespace(remote=remote)) is None  # type: ignore[arg-type]
+    lan = cast_views._remote(hass, SimpleNamespace(remote="192.168.1.40"))  # type: ignore[arg-type]
+    assert lan == ip_address("192.168.1.40")
+
+
+async def test_a_disabled_camera_s_cast_url_shows_nothing(
+    hass: HomeAssistant,
+    porch: str,
+    receiver: FakeCastDevice,
+    http_port: int,
+    receiver_session: aiohttp.ClientSession,
+) -> None:
+    """A camera the user disables leaves HA at once; its cast URL opens nothing from then on.
+
+    HA reloads the entry only 30 s later (which then ends the cast): the old
+    entity id must not be followed to the removed entity meanwhile.
+    """
+    await _cast(hass, porch, mode="snapshot", refresh=3600)
+    url = _last_url(receiver)
+    assert (await _get(receiver_session, url))[0] == HTTPStatus.OK
+    er.async_get(hass).async_update_entity(porch, disabled_by=er.RegistryEntryDisabler.USER)
+    await hass.async_block_till_done()
+    assert hass.states.get(porch) is None
     assert (await _get(receiver_session, url))[0] == HTTPStatus.NOT_FOUND

@@ -1637,3 +1637,25 @@ async def test_an_mdns_announcement_naming_loopback_gets_no_credential(
         assert result["type"] is FlowResultType.ABORT
         assert entry.data[CONF_HOST] == "127.0.0.3"
         assert local.stats.credentialed_requests == 0
+
+
+async def test_an_mdns_announcement_naming_loopback_is_not_offered_as_a_camera(
+    hass: HomeAssistant, loopback_hosts: None
+) -> None:
+    """A loopback announcement naming a configured camera's MAC is no offer either.
+
+    The camera's entry is keyed by its serial (its MAC became known later, as
+    after a re-pin): the announcement's MAC-keyed unique id is no entry's.
+    """
+    async with _onvif_camera(host="127.0.0.1", password="a-local-service-s"):
+        pinned = _onvif_entry_at("127.0.0.3", 80, 554)
+        entry = MockConfigEntry(domain=DOMAIN, unique_id=f"serial_{SERIAL}", data=dict(pinned.data))
+        entry.add_to_hass(hass)
+        result = await hass.config_entries.flow.async_init(
+            DOMAIN,
+            context={"source": SOURCE_ZEROCONF},
+            data=_axis_announcement("127.0.0.1", MAC.replace(":", "")),
+        )
+        assert result["type"] is FlowResultType.ABORT
+        assert result["reason"] == "already_configured"
+        assert entry.data[CONF_HOST] == "127.0.0.3"

@@ -42,6 +42,7 @@ from custom_components.localcam.const import (
     DOMAIN,
     HEALTH_INTERVAL_SECONDS,
 )
+from custom_components.localcam.core.errors import CannotConnectError
 from custom_components.localcam.core.models import RtspTransport
 from virtualcam import CameraConfig, Fault, VirtualCamera
 from virtualcam.camera import DEFAULT_PROFILES, OnvifProfileSpec
@@ -764,3 +765,81 @@ async def test_a_camera_added_by_url_whose_stream_is_h265_gets_the_note(
     await hass.async_block_till_done()
     assert ir.async_get(hass).async_get_issue(DOMAIN, f"h265_only_{entry.entry_id}") is None
     await hass.config_entries.async_unload(entry.entry_id)
+
+
+async def test_a_camera_on_the_link_is_not_read_again_within_the_interval(
+    hass: HomeAssistant, socket_enabled: None
+) -> None:
+    """After its whole read, a camera the link proves gets no ONVIF request for 15 minutes."""
+    cam = VirtualCamera(onvif_camera_config(7, "127.0.0.1", 0, 0, LINK_MAC))
+    await cam.start()
+    try:
+        with patch("custom_components.localcam.core.snapshot.neighbour_mac", return_value=LINK_MAC):
+            entry = await add_onvif_entry(hass, cam)
+            coordinator = entry.runtime_data.coordinator
+            await coordinator.async_refresh()  # the whole read is done by now
+            before = cam.stats.onvif_requests
+            await coordinator.async_refresh()
+            await coordinator.async_refresh()
+            assert coordinator.last_update_success
+            assert cam.stats.onvif_requests == before
+    finally:
+        await cam.stop()
+
+
+async def test_a_failing_report_read_is_best_effort_and_not_retried_each_check(
+    hass: HomeAssistant, socket_enabled: None
+) -> None:
+    """The MAC proved the camera: a failing whole read neither fails the check nor repeats."""
+    cam = VirtualCamera(onvif_camera_config(7, "127.0.0.1", 0, 0, LINK_MAC))
+    await cam.start()
+    reads: list[bool] = []
+
+    async def unreadable(*_args: Any, **_kwargs: Any) -> Any:
+        reads.append(True)
+        raise CannotConnectError("the device description cannot be read")
+
+    try:
+        with patch("custom_components.localcam.core.snapshot.neighbour_mac", return_value=LINK_MAC):
+            entry = await add_onvif_entry(hass, cam)
+            with patch("custom_components.localcam.read_entry_device", unreadable):
+                assert await hass.config_entries.async_reload(entry.entry_id)
+                await hass.async_block_till_done()
+                coordinator = entry.runtime_data.coordinator
+                for _ in range(3):
+                    await coordinator.async_refresh()
+                    assert coordinator.last_update_success
+                assert len(reads) == 1
+    finally:
+        await cam.stop()
+
+
+async def test_a_stale_main_entity_of_a_gone_token_does_not_replace_the_main_one(
+    hass: HomeAssistant,
+) -> None:
+    """Two registry entries say "main": the current main stream's, and a gone stream's.
+
+    A disabled entity is never added, so its translation key stays what it
+    was when its stream was the main one (the user since chose another main
+    profile). When that stream's token goes, it is removed; the current main
+    entity, which already holds the main stream's id, keeps it.
+    """
+    entry = MockConfigEntry(domain=DOMAIN, data={})
+    entry.add_to_hass(hass)
+    registry = er.async_get(hass)
+    old = registry.async_get_or_create(
+        "camera",
+        DOMAIN,
+        "cam_old",
+        config_entry=entry,
+        translation_key="main",
+        disabled_by=er.RegistryEntryDisabler.USER,
+    )
+    current = registry.async_get_or_create(
+        "camera", DOMAIN, "cam_new", config_entry=entry, translation_key="main"
+    )
+    localcam._async_sync_profile_entities(hass, entry, ["cam_new", "cam_sub"], "cam_new")
+    assert registry.async_get(old.entity_id) is None
+    kept = registry.async_get(current.entity_id)
+    assert kept is not None
+    assert kept.unique_id == "cam_new"

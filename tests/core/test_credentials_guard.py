@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from ipaddress import IPv4Address, IPv6Address
+from typing import Any
 from unittest.mock import patch
 
 import aiohttp
@@ -489,3 +490,37 @@ async def test_an_onvif_camera_on_ipv4_sends_another_device_no_credentials(
         with pytest.raises(IdentityMismatchError):
             await client.check_health()
         assert camera.stats.credentialed_requests == sent
+
+
+async def test_the_report_read_goes_only_to_the_device_the_link_proves(
+    camera: VirtualCamera, link: Link
+) -> None:
+    """The whole read (with the camera's credentials) is for the camera the link shows.
+
+    A device showing another MAC at the camera's address is refused by the
+    link check; it must not first get the report probe's credentialed read.
+    """
+    reported: list[bool] = []
+
+    async def probe(_whole: bool) -> Identity:
+        return Identity(mac=CAMERA_MAC)
+
+    async def report() -> None:
+        reported.append(True)
+
+    async with _client(camera, snapshot_url=False) as client:
+        client.identity_probe = probe
+        client.report_probe = report
+        await client.check_health()
+        assert reported == [True]  # the camera itself: read
+        # Another device takes the address right after the camera's DESCRIBE
+        # reply (the relay's own link check saw the camera).
+        describe = client._describe
+
+        async def then_swapped(*args: Any, **kwargs: Any) -> None:
+            await describe(*args, **kwargs)
+            link.mac = OTHER_MAC
+
+        with patch.object(client, "_describe", then_swapped), pytest.raises(LocalCamError):
+            await client.check_health()
+        assert reported == [True]  # another device: nothing

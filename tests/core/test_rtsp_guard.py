@@ -2088,3 +2088,65 @@ def test_a_source_parameter_in_any_case_is_replaced_by_the_checked_address(param
     assert "203.0.113.9" not in rewritten
     assert rewritten.lower().count("source=") == 1
     assert rewritten.endswith(";source=192.168.1.20")
+
+
+async def _listener(guard: RtspGuard) -> Any:
+    guard.url(await NetPolicy().check("rtsp://127.0.0.1:8554/x"), None, None)
+    return next(iter(guard._listeners.values()))
+
+
+async def test_ffmpeg_s_answer_to_the_camera_lets_no_unasked_reply_through(
+    socket_enabled: None,
+) -> None:
+    """FFmpeg answering the camera's own request is no request: it opens no reply slot.
+
+    Counted as one, the camera could then send a reply to no request (a 200
+    offering UDP) that FFmpeg takes as the answer to its next request.
+    """
+    guard = RtspGuard()
+    try:
+        listener = await _listener(guard)
+        check = ReplyFilter("127.0.0.1", outstanding=0)
+        ffmpeg = asyncio.StreamReader()
+        ffmpeg.feed_data(b"RTSP/1.0 200 OK\r\nCSeq: 7\r\n\r\n")  # answering the camera
+        ffmpeg.feed_eof()
+        to_camera, to_ffmpeg = _Client(), _Client()
+        await listener._copy_requests(ffmpeg, to_camera, bytearray(), None, to_ffmpeg, check)
+        assert b"".join(to_camera.written) == b"RTSP/1.0 200 OK\r\nCSeq: 7\r\n\r\n"
+        with pytest.raises(rtsp_guard._RefusedError):
+            check.feed(b"RTSP/1.0 200 OK\r\nCSeq: 3\r\n\r\n")
+    finally:
+        await guard.close()
+
+
+async def test_a_request_body_beyond_the_cap_ends_the_session_unrelayed(
+    socket_enabled: None,
+) -> None:
+    """A client's request announcing a body beyond MAX_BODY is never passed to the camera."""
+    guard = RtspGuard()
+    try:
+        listener = await _listener(guard)
+        size = rtsp_guard.MAX_BODY + 1
+        ffmpeg = asyncio.StreamReader()
+        ffmpeg.feed_data(
+            b"ANNOUNCE rtsp://127.0.0.1:8554/x RTSP/1.0\r\nCSeq: 2\r\n"
+            + f"Content-Length: {size}\r\n\r\n".encode()
+            + b"x" * size
+        )
+        ffmpeg.feed_eof()
+        to_camera, to_ffmpeg = _Client(), _Client()
+        await listener._copy_requests(ffmpeg, to_camera, bytearray(), None, to_ffmpeg)
+        assert to_camera.written == []
+    finally:
+        await guard.close()
+
+
+def test_the_relay_s_session_bounds_stay_small() -> None:
+    """The bounds that keep a camera's sessions for HA's stream (pinned values).
+
+    The tests of these bounds shrink or count with the constants; these keep
+    the values themselves: a silent client holds a place at most ~10 s, and a
+    camera (most allow 4-10 RTSP sessions) gets at most 8 through one relay.
+    """
+    assert 0 < rtsp_guard.FIRST_REQUEST_WAIT <= 15
+    assert 4 <= rtsp_guard.MAX_CONNECTIONS <= 8
