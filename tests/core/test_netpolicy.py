@@ -20,6 +20,7 @@ from custom_components.localcam.core.netpolicy import (
     NetPolicy,
     Target,
     display_url,
+    is_loopback_literal,
     normalized_identity,
     parse_networks,
     redact_url,
@@ -638,3 +639,24 @@ async def test_cloud_credential_endpoints_are_refused(
     policy = NetPolicy(extra_networks=parse_networks(extra), resolver=resolver)
     with pytest.raises(NotLocalError, match="metadata"):
         await policy.check(url)
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        ("::ffff:127.0.0.1", True),  # reaches 127.0.0.1: an mDNS reply may spell it so
+        ("192.168.1.5", False),
+        ("::ffff:192.168.1.5", False),
+        ("localhost", False),  # a name is not judged here
+        ("", False),
+        (None, False),
+    ],
+)
+def test_loopback_literals_include_the_ipv4_mapped_spelling(
+    host: str | None, loopback: bool
+) -> None:
+    """is_loopback_literal: what the zeroconf follow guard refuses, mapped addresses included."""
+    assert is_loopback_literal(host) is loopback
