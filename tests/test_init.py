@@ -632,81 +632,53 @@ async def test_the_outside_address_notice_is_raised_and_cleared_for_a_camera_on_
         await cam.stop()
 
 
-async def test_a_re_pin_whose_entry_was_removed_meanwhile_touches_nothing(
-    hass: HomeAssistant, socket_enabled: None, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("meanwhile", ["removed", "reconfigured"])
+async def test_a_re_pin_whose_entry_changed_during_the_device_read_touches_nothing(
+    hass: HomeAssistant, socket_enabled: None, caplog: pytest.LogCaptureFixture, meanwhile: str
 ) -> None:
-    """A check run outside the entry's tasks (``homeassistant.update_entity``) that re-pins
-    a camera by its serial while the user removes the entry: nothing is written, no error.
+    """A check run outside the entry's tasks (``homeassistant.update_entity``) re-pins a
+    camera by its serial while the user removes or reconfigures the entry: nothing is written.
 
-    The check is not one of the entry's background tasks, so the removal does
-    not cancel it; the identity issue path already checks the entry is still
-    there after its awaits, the re-pin wrote the removed entry anyway.
+    The check is not one of the entry's background tasks, so neither cancels
+    it. The removed entry was written anyway (UnknownEntry, logged as an
+    unexpected error with its traceback); the reconfigured one got the old
+    device's identity, pinning the new camera to the old one's serial.
     """
     cam = VirtualCamera(onvif_camera_config(7, "127.0.0.1", 0, 0, LINK_MAC))
     await cam.start()
     link = "02:00:00:aa:bb:99"  # a MAC-rewriting repeater: the re-pin case
+    reconfigured = {"serial": "SERIAL-OF-THE-NEW-CAMERA"}
     try:
         entry = await add_onvif_entry(hass, cam)
         coordinator = entry.runtime_data.coordinator
         real = coordinator_module.async_observe_identity
 
-        async def observe_then_removed(*args: Any, **kwargs: Any) -> Any:
+        async def observe_then_changed(*args: Any, **kwargs: Any) -> Any:
             seen = await real(*args, **kwargs)
-            # The user removes the camera while its device was being read.
-            await hass.config_entries.async_remove(entry.entry_id)
+            if meanwhile == "removed":
+                await hass.config_entries.async_remove(entry.entry_id)
+            else:
+                hass.config_entries.async_update_entry(
+                    entry, data={**entry.data, CONF_IDENTITY: reconfigured}
+                )
             return seen
 
         with (
             patch("custom_components.localcam.core.snapshot.neighbour_mac", return_value=link),
             patch("custom_components.localcam.helpers.neighbour_mac", return_value=link),
-            patch.object(coordinator_module, "async_observe_identity", observe_then_removed),
+            patch.object(coordinator_module, "async_observe_identity", observe_then_changed),
         ):
             await coordinator.async_refresh()
             await hass.async_block_till_done(wait_background_tasks=True)
-        assert hass.config_entries.async_get_entry(entry.entry_id) is None
-        # The removed entry was not written (UnknownEntry, logged as an
-        # unexpected error with its traceback); the check failed as any
-        # mismatch does.
-        assert not isinstance(coordinator.last_exception, UnknownEntry)
-        assert "Unexpected error" not in caplog.text
+        if meanwhile == "removed":
+            assert hass.config_entries.async_get_entry(entry.entry_id) is None
+            # The check failed as any mismatch does.
+            assert not isinstance(coordinator.last_exception, UnknownEntry)
+            assert "Unexpected error" not in caplog.text
+        else:
+            assert entry.data[CONF_IDENTITY] == reconfigured
+            await hass.config_entries.async_unload(entry.entry_id)
     finally:
-        await cam.stop()
-
-
-async def test_a_re_pin_whose_entry_was_reconfigured_meanwhile_touches_nothing(
-    hass: HomeAssistant, socket_enabled: None
-) -> None:
-    """As above, with the entry reconfigured to another device during the read.
-
-    The device read was the old device's: its identity written over the
-    reconfigured entry would pin the new camera to the old one's serial.
-    """
-    cam = VirtualCamera(onvif_camera_config(7, "127.0.0.1", 0, 0, LINK_MAC))
-    await cam.start()
-    link = "02:00:00:aa:bb:99"  # a MAC-rewriting repeater: the re-pin case
-    try:
-        entry = await add_onvif_entry(hass, cam)
-        coordinator = entry.runtime_data.coordinator
-        real = coordinator_module.async_observe_identity
-        reconfigured = {"serial": "SERIAL-OF-THE-NEW-CAMERA"}
-
-        async def observe_then_reconfigured(*args: Any, **kwargs: Any) -> Any:
-            seen = await real(*args, **kwargs)
-            hass.config_entries.async_update_entry(
-                entry, data={**entry.data, CONF_IDENTITY: reconfigured}
-            )
-            return seen
-
-        with (
-            patch("custom_components.localcam.core.snapshot.neighbour_mac", return_value=link),
-            patch("custom_components.localcam.helpers.neighbour_mac", return_value=link),
-            patch.object(coordinator_module, "async_observe_identity", observe_then_reconfigured),
-        ):
-            await coordinator.async_refresh()
-            await hass.async_block_till_done(wait_background_tasks=True)
-        assert entry.data[CONF_IDENTITY] == reconfigured
-    finally:
-        await hass.config_entries.async_unload(entry.entry_id)
         await cam.stop()
 
 
