@@ -1659,3 +1659,37 @@ async def test_an_mdns_announcement_naming_loopback_is_not_offered_as_a_camera(
         assert result["type"] is FlowResultType.ABORT
         assert result["reason"] == "already_configured"
         assert entry.data[CONF_HOST] == "127.0.0.3"
+
+
+async def _ws_discovery(hass: HomeAssistant, host: str, uuid: str) -> Any:
+    return await hass.config_entries.flow.async_init(
+        DOMAIN,
+        context={"source": SOURCE_INTEGRATION_DISCOVERY},
+        data={"host": host, "port": 80, "name": "cam", "uuid": uuid},
+    )
+
+
+def _flows(hass: HomeAssistant) -> set[str]:
+    return {f["flow_id"] for f in hass.config_entries.flow.async_progress_by_handler(DOMAIN)}
+
+
+async def test_an_onvif_offer_ends_only_the_rtsp_offer_at_its_own_address(
+    hass: HomeAssistant,
+) -> None:
+    """192.168.1.3's ONVIF offer is not 192.168.1.33's; an IPv6 camera's RTSP offer gives way."""
+    rtsp33 = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_ZEROCONF}, data=_rtsp_announcement("192.168.1.33")
+    )
+    assert rtsp33["step_id"] == "discovery_confirm"
+    await _ws_discovery(hass, "192.168.1.3", "urn:uuid:5f5a69c2-e0ae-504f-829b-00408c000103")
+    assert rtsp33["flow_id"] in _flows(hass)
+    rtsp6 = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_ZEROCONF}, data=_rtsp_announcement("2001:db8::33")
+    )
+    assert rtsp6["step_id"] == "discovery_confirm"
+    onvif6 = await _ws_discovery(
+        hass, "2001:db8::33", "urn:uuid:5f5a69c2-e0ae-504f-829b-00408c000133"
+    )
+    assert onvif6["step_id"] == "discovery_confirm"
+    assert rtsp6["flow_id"] not in _flows(hass)
+    assert rtsp33["flow_id"] in _flows(hass)

@@ -32,14 +32,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 import hmac
 from http import HTTPStatus
-from ipaddress import IPv4Address, IPv6Address, ip_address, ip_interface
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_interface
 import math
 import re
+import time
 from typing import Final, NamedTuple
 from weakref import WeakKeyDictionary
 
 from aiohttp import web
-from homeassistant.components import network
 from homeassistant.components.camera.const import DATA_COMPONENT as CAMERA_DATA_COMPONENT
 from homeassistant.components.stream import Stream
 from homeassistant.components.stream.const import HLS_PROVIDER
@@ -49,6 +49,8 @@ from homeassistant.core import HomeAssistant, callback
 from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers.http import KEY_HASS, HomeAssistantView
 from homeassistant.helpers.network import is_cloud_connection
+from homeassistant.util.hass_dict import HassKey
+import ifaddr
 
 from .camera import LocalCamCamera
 from .cast import (
@@ -63,7 +65,7 @@ from .cast import (
 from .const import SNAPSHOT_TIMEOUT
 from .core.cast_links import CastMode, token_digest
 from .core.errors import InvalidNetworksError
-from .core.netpolicy import MIN_EXTRA_PREFIX_V4, MIN_EXTRA_PREFIX_V6, NetPolicy
+from .core.netpolicy import NetPolicy
 from .helpers import policy_from_options
 
 # How long a playlist request waits for the stream's first part (the stream may
@@ -283,7 +285,7 @@ class LocalCamCastView(HomeAssistantView):
             camera = _renamed_camera(hass, manager, token, entity_id)
             if camera is None or not _grants(manager, token, camera, mode):
                 return _not_found()
-        if not _from_lan(hass, remote, camera):
+        if not await _async_from_lan(hass, remote, camera):
             return _not_found()
         if mode is CastMode.SNAPSHOT:
             return await _async_snapshot(manager, camera, token)
@@ -306,7 +308,7 @@ def _remote(hass: HomeAssistant, request: web.Request) -> IPv4Address | IPv6Addr
         return None
 
 
-def _from_lan(
+async def _async_from_lan(
     hass: HomeAssistant, remote: IPv4Address | IPv6Address, camera: LocalCamCamera
 ) -> bool:
     """Whether the request comes from the LAN, as a display sent to the internal URL does.
@@ -319,7 +321,7 @@ def _from_lan(
     The LAN: its address ranges, the networks Home Assistant's own
     interfaces are on, and those the user allowed for the camera's entry.
     """
-    if _LAN.classify(remote) is None or _on_ha_link(hass, remote):
+    if _LAN.classify(remote) is None or await _async_on_ha_link(hass, remote):
         return True
     try:
         policy = policy_from_options(camera.coordinator.config_entry.options)
@@ -328,7 +330,7 @@ def _from_lan(
     return policy.classify(remote) is None
 
 
-def _on_ha_link(hass: HomeAssistant, remote: IPv4Address | IPv6Address) -> bool:
+async def _async_on_ha_link(hass: HomeAssistant, remote: IPv4Address | IPv6Address) -> bool:
     """Whether ``remote`` is in a network one of Home Assistant's own interfaces is on.
 
     An IPv6 LAN's displays have global addresses in its delegated prefix
@@ -337,24 +339,39 @@ def _on_ha_link(hass: HomeAssistant, remote: IPv4Address | IPv6Address) -> bool:
     """
     if isinstance(remote, IPv6Address) and remote.ipv4_mapped is not None:
         remote = remote.ipv4_mapped
-    try:
-        adapters = network.async_get_loaded_adapters(hass)
-    except KeyError:  # network not set up (it is a dependency: not expected)
-        return False
-    for adapter in adapters:
-        for configured in (*adapter["ipv4"], *adapter["ipv6"]):
+    return any(remote in own for own in await _async_link_networks(hass))
+
+
+# HA's network integration reads the interfaces once, when HA starts: the
+# prefix an ISP hands out anew on each reconnect (or the global address SLAAC
+# gave after HA started) is not in it, and the one before stays. Read here
+# again, at most this often.
+_LINK_TTL: Final = 30.0
+_LINKS_KEY: Final[HassKey[tuple[float, tuple[IPv4Network | IPv6Network, ...]]]] = HassKey(
+    "localcam_link_networks"
+)
+
+
+async def _async_link_networks(hass: HomeAssistant) -> tuple[IPv4Network | IPv6Network, ...]:
+    """The networks HA's interfaces are on now, as narrow as an allowed network must be."""
+    now = time.monotonic()
+    cached = hass.data.get(_LINKS_KEY)
+    if cached is not None and now - cached[0] < _LINK_TTL:
+        return cached[1]
+    networks: list[IPv4Network | IPv6Network] = []
+    for adapter in await hass.async_add_executor_job(ifaddr.get_adapters):
+        for configured in adapter.ips:
+            address = configured.ip[0] if isinstance(configured.ip, tuple) else configured.ip
             try:
-                own = ip_interface(f"{configured['address']}/{configured['network_prefix']}")
+                own = ip_interface(f"{address}/{configured.network_prefix}").network
+                # The breadth NetPolicy allows an allowed network (6to4 and
+                # NAT64 prefixes, which carry all of IPv4, included).
+                NetPolicy(extra_networks=(own,))
             except ValueError:
                 continue
-            least = MIN_EXTRA_PREFIX_V4 if own.version == 4 else MIN_EXTRA_PREFIX_V6
-            if (
-                own.version == remote.version
-                and own.network.prefixlen >= least
-                and remote in own.network
-            ):
-                return True
-    return False
+            networks.append(own)
+    hass.data[_LINKS_KEY] = (now, tuple(networks))
+    return tuple(networks)
 
 
 # The addresses a display on the LAN may have: those the cast's base URL is
