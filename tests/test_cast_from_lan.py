@@ -290,6 +290,6 @@ async def test_a_mapped_remote_on_ha_s_ipv4_network_and_invalid_networks(
         assert await _judge(hass, "::ffff:198.51.100.20")
         assert not await _judge(hass, "::ffff:198.51.101.20")
         # Allowed networks stored by hand (too broad): refused, not a fail-open.
-        broad = _camera({CONF_ALLOWED_NETWORKS: "0.0.0.0/0"})
+        broad = _camera({CONF_ALLOWED_NETWORKS: "128.0.0.0/1"})  # refused by the form: too broad
         assert not await _judge(hass, "203.0.113.7", broad)
         assert await _judge(hass, "100.64.0.20", _camera({CONF_ALLOWED_NETWORKS: "100.64.0.0/24"}))
