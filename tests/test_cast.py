@@ -3667,7 +3667,7 @@ async def test_a_cast_goes_on_when_another_camera_takes_its_old_entity_id(
 
 
 @pytest.mark.parametrize("remote", [None, "", "unix:/run/ha.sock", "not-an-address"])
-async def test_a_request_whose_peer_is_no_address_is_not_from_the_lan(
+async def test_a_request_whose_peer_is_no_address_is_judged_no_display(
     hass: HomeAssistant, remote: str | None
 ) -> None:
     """No IP address to judge (a Unix socket's peer): no display, no cast URL."""
