@@ -309,3 +309,53 @@ def test_a_body_with_both_markers_but_no_jpeg_header_is_undecodable() -> None:
     with pytest.raises(InvalidImageError) as err:
         validate_jpeg(data, "image/jpeg")
     assert err.value.kind == "undecodable"
+
+
+def _segments(data: bytes) -> list[tuple[int, bytes]]:
+    """A JPEG's marker segments, each scan with its entropy-coded data."""
+    pos, out = 2, []
+    while pos < len(data):
+        marker = data[pos + 1]
+        if marker == 0xD9:
+            break
+        end = pos + 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if marker == 0xDA:
+            i = end
+            while True:
+                j = data.index(b"\xff", i)
+                if data[j + 1] == 0 or 0xD0 <= data[j + 1] <= 0xD7:
+                    i = j + 2
+                    continue
+                break
+            end = j
+        out.append((marker, data[pos:end]))
+        pos = end
+    return out
+
+
+def scan_bomb(repeats: int, size: int = 2048) -> bytes:
+    """A valid-looking progressive JPEG whose smallest scan repeats ``repeats`` times.
+
+    Tiny on the wire (16 bytes a scan), yet libjpeg-turbo walks every block
+    of the picture once per scan: an 8 MB one takes minutes of CPU to
+    decode, however small the scaling factor.
+    """
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), (10, 200, 30)).save(buf, "JPEG", progressive=True)
+    segments = _segments(buf.getvalue())
+    smallest = min((s for m, s in segments if m == 0xDA), key=len)
+    return b"\xff\xd8" + b"".join(s for _m, s in segments) + smallest * repeats + b"\xff\xd9"
+
+
+def test_a_normal_progressive_jpeg_is_still_valid() -> None:
+    """An ordinary progressive JPEG (about ten scans) passes as before."""
+    buf = io.BytesIO()
+    Image.new("RGB", (640, 360), (1, 2, 3)).save(buf, "JPEG", progressive=True)
+    assert validate_jpeg(buf.getvalue(), "image/jpeg") == (640, 360)
+
+
+def test_a_jpeg_with_thousands_of_scans_is_invalid() -> None:
+    """validate_jpeg refuses the bomb before anything decodes it."""
+    with pytest.raises(InvalidImageError) as err:
+        validate_jpeg(scan_bomb(5000), "image/jpeg")
+    assert err.value.translation_key == "invalid_image"

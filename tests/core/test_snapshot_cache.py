@@ -32,6 +32,7 @@ from custom_components.localcam.core.snapshot_cache import (
     CameraUnloadedError,
     SnapshotCache,
 )
+from tests.core.test_jpeg import scan_bomb
 
 
 class Clock:
@@ -1156,3 +1157,53 @@ def test_every_part_of_a_source_changes_its_fingerprint(change: dict[str, object
     before = CameraSource(**base)  # type: ignore[arg-type]
     after = CameraSource(**{**base, **change})  # type: ignore[arg-type]
     assert before.fingerprint != after.fingerprint
+
+
+async def test_a_camera_serving_a_scan_bomb_gets_invalid_image_and_nothing_cached(
+    socket_enabled: None,
+) -> None:
+    """A snapshot URL answering a scan bomb: invalid_image, for the full size and a card size.
+
+    Before the fix the full frame was served and cached, and each card size
+    decoded it in the executor for seconds (minutes at 8 MB), holding one of
+    the process's two scaling slots: two such cameras stalled every other
+    camera's cards.
+    """
+    bomb = scan_bomb(20000)
+
+    async def still(_request: web.Request) -> web.Response:
+        return web.Response(body=bomb, content_type="image/jpeg")
+
+    app = web.Application()
+    app.router.add_get("/snap.jpg", still)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    source = CameraSource(
+        camera_id="cam_main",
+        stream_url="rtsp://127.0.0.1:1/unused",
+        snapshot_url=f"http://127.0.0.1:{port}/snap.jpg",
+    )
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = CameraClient(session, NetPolicy(), source)
+            cache = SnapshotCache(
+                source.camera_id, source.fingerprint, client.fetch_snapshot, max_age=5.0
+            )
+            try:
+                with pytest.raises(InvalidImageError):
+                    await cache.get()
+                assert cache.peek() is None
+                started = time.monotonic()
+                with pytest.raises(InvalidImageError):
+                    async with asyncio.timeout(3):
+                        await cache.get(320, 180)
+                assert time.monotonic() - started < 2.0
+                assert cache.stats.rejected
+            finally:
+                await cache.close()
+                await client.close()
+    finally:
+        await runner.cleanup()

@@ -21,6 +21,13 @@ MAX_DIMENSION: Final = 16384
 # About 50 megapixels (an 8K frame is 33): a frame that decodes to more would
 # take hundreds of MB to scale. No camera LocalCam serves sends one.
 MAX_PIXELS: Final = 50_000_000
+# Scans (SOS markers) a JPEG may have: a camera's is baseline (one), a
+# progressive one about ten. Each scan costs a pass over every block when it
+# is decoded (scaled or turned), so a few MB of tiny scans take minutes of
+# CPU (libjpeg-turbo's own TJFLAG_LIMITSCANS stops at 500). 0xFF 0xDA is
+# never inside entropy-coded data (a 0xFF there is stuffed with 0x00).
+MAX_SCANS: Final = 100
+SOS: Final = b"\xff\xda"
 JPEG_CONTENT_TYPES: Final = frozenset({"image/jpeg", "image/jpg", "image/pjpeg"})
 # Some cameras pad their JPEGs after the end marker; tolerate a little.
 _TRAILING_PADDING: Final = b"\x00\r\n \t"
@@ -81,6 +88,8 @@ def validate_jpeg(
     tail = data[-_MAX_PADDING - 2 :].rstrip(_TRAILING_PADDING)
     if not tail.endswith(EOI):
         raise InvalidImageError("truncated (no JPEG end marker)", kind="truncated")
+    if data.count(SOS) > MAX_SCANS:
+        raise InvalidImageError(f"more than {MAX_SCANS} scans", kind="too_many_scans")
     try:
         width, height, _subsample, _colorspace = turbojpeg().decode_header(data)
     except OSError as err:
