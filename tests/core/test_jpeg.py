@@ -164,10 +164,13 @@ def test_scaled_stills_pass_through_home_assistants_own_scaler() -> None:
     assert checked > 5_000
 
 
-def test_unscalable_jpeg_is_served_whole() -> None:
-    """A valid JPEG TurboJPEG cannot decode to RGB (CMYK) keeps its full size, unchanged."""
+def test_an_undecodable_frame_is_returned_whole_and_grey_is_scaled() -> None:
+    """scale_jpeg hands back a frame TurboJPEG cannot decode to RGB unchanged; greyscale scales.
+
+    validate_jpeg refuses such a frame (a CMYK one) before anything is
+    cached, so none reaches a card (see test_a_cmyk_jpeg_is_invalid...).
+    """
     cmyk = _color_jpeg(640, 360, "CMYK")
-    assert validate_jpeg(cmyk) == (640, 360)
     assert scale_jpeg(cmyk, 160, 90) == (cmyk, 640, 360)
     gray = _color_jpeg(640, 360, "L")
     scaled, width, height = scale_jpeg(gray, 161, 90)
@@ -359,3 +362,20 @@ def test_a_jpeg_with_thousands_of_scans_is_invalid() -> None:
     with pytest.raises(InvalidImageError) as err:
         validate_jpeg(scan_bomb(5000), "image/jpeg")
     assert err.value.translation_key == "invalid_image"
+
+
+@pytest.mark.parametrize(("mode", "valid"), [("CMYK", False), ("L", True), ("RGB", True)])
+def test_a_cmyk_jpeg_is_invalid_grey_and_colour_are_not(mode: str, valid: bool) -> None:
+    """A CMYK JPEG (a print file, never a camera's) decodes to no RGB picture: invalid_image.
+
+    Served, a card's request for it made Home Assistant's own scaling raise
+    (a 500 with a traceback in the log).
+    """
+    buffer = io.BytesIO()
+    Image.new(mode, (64, 48)).save(buffer, "JPEG")
+    if valid:
+        assert validate_jpeg(buffer.getvalue(), "image/jpeg") == (64, 48)
+    else:
+        with pytest.raises(InvalidImageError) as err:
+            validate_jpeg(buffer.getvalue(), "image/jpeg")
+        assert err.value.kind == "colorspace"

@@ -28,6 +28,10 @@ MAX_PIXELS: Final = 50_000_000
 # never inside entropy-coded data (a 0xFF there is stuffed with 0x00).
 MAX_SCANS: Final = 100
 SOS: Final = b"\xff\xda"
+# TurboJPEG's colour spaces a picture can be scaled in (TJCS_RGB, TJCS_YCbCr,
+# TJCS_GRAY). CMYK and YCCK JPEGs (print files, never a camera's) decode to
+# no RGB image: HA's own scaling of one for a card raised an error (a 500).
+_SCALABLE_COLORSPACES: Final = frozenset({0, 1, 2})
 JPEG_CONTENT_TYPES: Final = frozenset({"image/jpeg", "image/jpg", "image/pjpeg"})
 # Some cameras pad their JPEGs after the end marker; tolerate a little.
 _TRAILING_PADDING: Final = b"\x00\r\n \t"
@@ -91,9 +95,11 @@ def validate_jpeg(
     if data.count(SOS) > MAX_SCANS:
         raise InvalidImageError(f"more than {MAX_SCANS} scans", kind="too_many_scans")
     try:
-        width, height, _subsample, _colorspace = turbojpeg().decode_header(data)
+        width, height, _subsample, colorspace = turbojpeg().decode_header(data)
     except OSError as err:
         raise InvalidImageError("header does not decode", kind="undecodable") from err
+    if colorspace not in _SCALABLE_COLORSPACES:
+        raise InvalidImageError("a CMYK or YCCK picture", kind="colorspace")
     if not (
         0 < width <= MAX_DIMENSION and 0 < height <= MAX_DIMENSION and width * height <= MAX_PIXELS
     ):
@@ -159,7 +165,7 @@ def scale_jpeg(data: bytes, width: int | None, height: int | None) -> tuple[byte
     try:
         pixels = turbojpeg().decode(data, pixel_format=TJPF_RGB, scaling_factor=factor)
     except OSError:
-        # Decodable header, undecodable pixels for RGB (a CMYK JPEG, say):
+        # Decodable header, undecodable pixels (a 12-bit or lossless JPEG):
         # the full frame is still this camera's current, valid picture.
         return data, int(src_width), int(src_height)
     if (pixels.shape[1], pixels.shape[0]) != target:
@@ -243,7 +249,7 @@ def orient_jpeg(data: bytes, orientation: int, *, exif: int = 1) -> tuple[bytes,
     try:
         decoded = turbojpeg().decode(data, pixel_format=TJPF_RGB) if turns else None
     except OSError:
-        # Decodable header, undecodable pixels for RGB (a CMYK JPEG, say):
+        # Decodable header, undecodable pixels (a 12-bit or lossless JPEG):
         # the picture as the camera sent it, rather than none.
         decoded = None
     if decoded is None:
