@@ -53,6 +53,7 @@ from homeassistant.helpers import (
     device_registry as dr,
     entity_registry as er,
     issue_registry as ir,
+    label_registry as lr,
 )
 from homeassistant.setup import async_setup_component
 from homeassistant.util import dt as dt_util
@@ -3695,3 +3696,37 @@ async def test_a_disabled_camera_s_cast_url_shows_nothing(
     await hass.async_block_till_done()
     assert hass.states.get(porch) is None
     assert (await _get(receiver_session, url))[0] == HTTPStatus.NOT_FOUND
+
+
+async def test_a_label_target_ignores_a_disabled_localcam_camera(
+    hass: HomeAssistant, camera: VirtualCamera, rtsp_only_camera: VirtualCamera
+) -> None:
+    """A label on the doorbell camera and on a disabled one targets the doorbell only.
+
+    Home Assistant's own entity actions never act on a disabled entity reached
+    through a label or area; LocalCam counted it and refused the call
+    ("2 were selected"). With the camera resolved, the call goes on to its
+    displays (here a media player that is no Cast device: that error).
+    """
+    first = make_entry(camera)
+    await setup_entry(hass, first)
+    second = make_entry(rtsp_only_camera)
+    await setup_entry(hass, second)
+    doorbell, other = main_entity_id(hass, first), main_entity_id(hass, second)
+    registry = er.async_get(hass)
+    label = lr.async_get(hass).async_create("doorbell")
+    registry.async_update_entity(doorbell, labels={label.label_id})
+    registry.async_update_entity(
+        other, labels={label.label_id}, disabled_by=er.RegistryEntryDisabler.USER
+    )
+    await hass.config_entries.async_reload(second.entry_id)
+    await hass.async_block_till_done()
+    assert hass.states.get(other) is None  # disabled: not loaded
+    with pytest.raises(ServiceValidationError) as err:
+        await hass.services.async_call(
+            DOMAIN,
+            "cast",
+            {"label_id": label.label_id, "media_player": "media_player.not_cast"},
+            blocking=True,
+        )
+    assert err.value.translation_key == "cast_not_a_cast_device"

@@ -1,6 +1,7 @@
 """Diagnostics hold no credentials, hosts or URLs."""
 
 import json
+from typing import Any
 
 from homeassistant.components import camera as camera_component
 from homeassistant.config_entries import ConfigEntryState
@@ -20,6 +21,8 @@ from syrupy.matchers import path_type
 from custom_components.localcam.const import (
     CONF_ALLOWED_NETWORKS,
     CONF_CAMERA_ID,
+    CONF_MAIN_PROFILE,
+    CONF_ONVIF,
     CONF_PROFILES,
     CONF_STREAM_URL,
     DOMAIN,
@@ -339,3 +342,38 @@ async def test_a_short_password_is_redacted_in_diagnostics(
     entry.add_to_hass(hass)
     report = await async_get_config_entry_diagnostics(hass, entry)  # type: ignore[arg-type]
     assert report["entry"]["data"][CONF_PASSWORD] == REDACTED
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {"drop": CONF_CAMERA_ID},
+        # An ONVIF entry whose profile lost its stream URL (a hand edit).
+        {CONF_ONVIF: True, CONF_PROFILES: [{"token": "p1"}], CONF_MAIN_PROFILE: "p1"},
+    ],
+)
+async def test_diagnostics_of_an_entry_with_damaged_stored_data(
+    hass: HomeAssistant,
+    hass_client: ClientSessionGenerator,
+    camera: VirtualCamera,
+    damage: dict[str, Any],
+) -> None:
+    """An entry whose setup failed on damaged data (stored_data_incomplete) gives diagnostics.
+
+    That is exactly the entry a user downloads diagnostics for; it must not be an HTTP 500.
+    """
+    data = dict(make_entry(camera).data)
+    if "drop" in damage:
+        del data[damage["drop"]]
+    else:
+        data.update(damage)
+    entry = MockConfigEntry(domain=DOMAIN, title="cam", unique_id="cam", data=data)
+    await setup_entry(hass, entry)
+    assert entry.state is ConfigEntryState.SETUP_ERROR
+    assert entry.error_reason_translation_key == "stored_data_incomplete"
+    diagnostics = await get_diagnostics_for_config_entry(hass, hass_client, entry)
+    text = json.dumps(diagnostics)
+    for secret in (CAM_PASSWORD, CAM_USER, "127.0.0.1", str(camera.rtsp_port)):
+        assert secret not in text
+    assert diagnostics["state"] == "setup_error"
+    assert diagnostics["cast"] == {}

@@ -57,20 +57,24 @@ def _entry_diagnostics(hass: HomeAssistant, entry: LocalCamConfigEntry) -> dict[
     """The entry's diagnostics, redacted field by field."""
     data = dict(entry.data)
     # URLs keep their scheme and path (useful to spot a wrong stream path)
-    # but lose host, port, credentials and query values.
+    # but lose host, port, credentials and query values. Tolerant of data no
+    # flow stores (a hand edit): that entry failed its setup with
+    # stored_data_incomplete, and its diagnostics are what the user asks for.
     for key in (CONF_STREAM_URL, CONF_SNAPSHOT_URL):
         if data.get(key):
-            data[key] = redact_url(data[key])
+            data[key] = _redacted_url(data[key])
+    profiles = data.get(CONF_PROFILES)
     data[CONF_PROFILES] = [
         {
             **profile,
-            "stream_url": redact_url(profile["stream_url"]),
-            "snapshot_url": redact_url(profile["snapshot_url"])
-            if profile.get("snapshot_url")
-            else None,
+            CONF_STREAM_URL: _redacted_url(profile.get(CONF_STREAM_URL)),
+            CONF_SNAPSHOT_URL: _redacted_url(profile.get(CONF_SNAPSHOT_URL)),
         }
-        for profile in data.get(CONF_PROFILES) or []
+        if isinstance(profile, dict)
+        else REDACTED
+        for profile in (profiles if isinstance(profiles, list) else [])
     ]
+    camera_id = entry.data.get(CONF_CAMERA_ID)
     diagnostics: dict[str, Any] = {
         # "loaded", or why not ("setup_retry" while the camera is down, ...).
         "state": entry.state.value,
@@ -88,7 +92,7 @@ def _entry_diagnostics(hass: HomeAssistant, entry: LocalCamConfigEntry) -> dict[
         },
         "discovery": _discovery(hass, entry),
         # Last cast per receiver: no camera id, no URL; tokens redacted.
-        "cast": async_cast_diagnostics(hass, entry.data[CONF_CAMERA_ID]),
+        "cast": async_cast_diagnostics(hass, camera_id) if camera_id else {},
     }
     # Health and streams exist only while the entry is loaded: an entry that
     # waits to retry its setup (camera down) or failed it has no runtime data.
@@ -209,6 +213,13 @@ def _discovery(hass: HomeAssistant, entry: LocalCamConfigEntry) -> dict[str, Any
         "last_scan": status.last_scan.isoformat() if status and status.last_scan else None,
         "last_found": status.last_found if status else None,
     }
+
+
+def _redacted_url(url: Any) -> str | None:
+    """A stored URL for diagnostics: redacted, None when absent, masked when not a string."""
+    if not url:
+        return None
+    return redact_url(url) if isinstance(url, str) else REDACTED
 
 
 def _rounded(seconds: float | None) -> float | None:

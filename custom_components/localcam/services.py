@@ -22,8 +22,11 @@ from homeassistant.exceptions import (
     Unauthorized,
     UnknownUser,
 )
-from homeassistant.helpers import config_validation as cv, entity_registry as er
-from homeassistant.helpers.service import async_extract_entity_ids
+from homeassistant.helpers import (
+    config_validation as cv,
+    entity_registry as er,
+    target as target_helpers,
+)
 import probatio
 
 from .camera import LocalCamCamera
@@ -116,12 +119,19 @@ async def _async_target_camera(call: ServiceCall) -> LocalCamCamera:
     """Return the one LocalCam camera the action targets."""
     hass = call.hass
     registry = er.async_get(hass)
+    selected = target_helpers.async_extract_referenced_entity_ids(
+        hass, target_helpers.TargetSelection(call.data)
+    )
+    # As HA's entity actions: a disabled entity reached through a label or an
+    # area (which index disabled entities too) is not a target; one named
+    # explicitly still is (and is then refused as unavailable).
     cameras = sorted(
         entity_id
-        for entity_id in await async_extract_entity_ids(call)
+        for entity_id in selected.referenced | selected.indirectly_referenced
         if split_entity_id(entity_id)[0] == CAMERA_DOMAIN
         and (entry := registry.async_get(entity_id)) is not None
         and entry.platform == DOMAIN
+        and (entity_id in selected.referenced or not entry.disabled)
     )
     if len(cameras) != 1:
         raise ServiceValidationError(
