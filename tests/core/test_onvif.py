@@ -1127,3 +1127,32 @@ async def test_an_nvr_with_many_profiles_is_read_within_a_time_that_grows_with_t
         device = await read(cam, timeout=2.0)
         cam.fault = None
     assert len(device.profiles) == 40
+
+
+def _profiles_reply(profile: str) -> bytes:
+    return envelope(f"<trt:GetProfilesResponse>{profile}</trt:GetProfilesResponse>")
+
+
+async def test_a_tag_with_a_flood_of_attributes_does_not_stall_the_loop() -> None:
+    """One Profiles tag with 200 000 attributes: 2 MB, 36 tags, under both caps.
+
+    lxml reads an element's attributes in time quadratic in their number, and
+    zeep reads them in the event loop (where the read's asyncio timeout cannot
+    interrupt it): this reply held the loop for about three minutes. It is
+    refused before parsing; many tags of a sane number of attributes still read.
+    """
+    attributes = " ".join(f"a{i}=''" for i in range(200_000))
+    reply = _profiles_reply(_PROFILE.replace('fixed="true"', f'fixed="true" {attributes}', 1))
+    assert len(reply) < MAX_SOAP_REPLY
+    assert reply.count(b"<") < MAX_SOAP_TAGS
+    result, stall = await _read_with_stall(reply)
+    assert isinstance(result, ProtocolError), result
+    assert "attributes" in str(result)
+    assert stall < 0.1, f"the event loop stalled {stall:.1f} s"
+
+    # The most a tag may carry, on 100 profiles: read, without a long stall.
+    some = " ".join(f"a{i}=''" for i in range(250))
+    one = _PROFILE.replace('fixed="true"', f'fixed="true" {some}', 1)
+    result, stall = await _read_with_stall(_profiles_reply(one * 100))
+    assert isinstance(result, OnvifDevice), result
+    assert stall < 0.1, f"the event loop stalled {stall:.1f} s"

@@ -149,6 +149,12 @@ MAX_SOAP_REPLY: Final = 2 * 1024 * 1024
 #: has a few hundred per channel profile, so a 64-channel NVR with two rich profiles per
 #: channel (PTZ, analytics: ~200 tags each) needs ~26 000: it must still be added.
 MAX_SOAP_TAGS: Final = 32768
+#: Most "=" between one "<" and the next (so most attributes and namespace declarations of
+#: one tag). lxml reads an element's attributes in time quadratic in their number, and
+#: zeep reads every element's attributes, more than once: one tag of 200 000 attributes
+#: (a 2 MB reply) held the event loop for minutes. A real Envelope declares a few dozen
+#: namespaces; an element has a handful of attributes.
+MAX_TAG_ATTRIBUTES: Final = 256
 HTTP_SCHEMES: Final = frozenset({"http", "https"})
 STREAM_SCHEMES: Final = frozenset({"rtsp", "rtsps"})
 # Fault subcodes (ONVIF ter: and WS-Security wsse:) that mean "wrong credentials".
@@ -491,7 +497,19 @@ async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
                 + ("" if size > MAX_SOAP_REPLY else f" (over {MAX_SOAP_TAGS} XML tags)")
             )
         chunks.append(chunk)
-    return b"".join(chunks)
+    body = b"".join(chunks)
+    # An attribute value holds no "<", so each tag's attributes lie between one "<" and
+    # the next (with the text after the tag: an upper bound). At most MAX_SOAP_TAGS parts.
+    if max(map(_count_equals, body.split(b"<"))) > MAX_TAG_ATTRIBUTES:
+        raise ProtocolError(
+            f"the camera's reply has a tag with over {MAX_TAG_ATTRIBUTES} attributes"
+        )
+    return body
+
+
+def _count_equals(part: bytes) -> int:
+    """How many "=" ``part`` holds."""
+    return part.count(b"=")
 
 
 # Encodings in which "<" is the byte _read_capped counts (UTF-16 and UTF-32
