@@ -1411,3 +1411,108 @@ async def test_a_camera_offering_sha256_then_md5_digest_is_answered(
 
     target = await _target(await scripted(responder))
     await describe(target, username=USER, password=PASSWORD, timeout=3)
+
+
+@pytest.mark.parametrize("qop", [True, False], ids=["qop-auth", "no-qop"])
+async def test_an_md5_sess_digest_camera_is_answered(
+    scripted: Callable[[Responder], asyncio.Future[str]],
+    qop: bool,
+) -> None:
+    """A camera asking for Digest algorithm=MD5-sess gets an RFC 2617 MD5-sess answer.
+
+    FFmpeg (the stream's client) answers MD5-sess; the health check skipped
+    the challenge as an unknown algorithm and raised InvalidAuthError, so a
+    camera whose stream plays was sent into reauth (ConfigEntryAuthFailed)
+    with credentials that work.
+    """
+    realm, nonce = "cam", "n-sess"
+    challenge = f'WWW-Authenticate: Digest realm="{realm}", nonce="{nonce}", algorithm=MD5-sess'
+    challenge += ', qop="auth"\r\n' if qop else "\r\n"
+
+    def md5(text: str) -> str:
+        return hashlib.md5(text.encode()).hexdigest()
+
+    def responder(_request_line: str, headers: dict[str, str]) -> bytes:
+        auth = headers.get("authorization", "")
+        fields = dict(re.findall(r'(\w+)="?([^",]*)"?', auth.removeprefix("Digest ")))
+        if "cnonce" not in fields or fields.get("algorithm") != "MD5-sess":
+            return _reply("401 Unauthorized", extra=challenge)
+        ha1 = md5(f"{md5(f'{USER}:{realm}:{PASSWORD}')}:{nonce}:{fields['cnonce']}")
+        ha2 = md5(f"DESCRIBE:{fields['uri']}")
+        if qop:
+            expected = md5(f"{ha1}:{nonce}:{fields['nc']}:{fields['cnonce']}:auth:{ha2}")
+        else:
+            expected = md5(f"{ha1}:{nonce}:{ha2}")
+        if fields.get("response") != expected:
+            return _reply("401 Unauthorized", extra=challenge)
+        return _reply("200 OK", b"v=0\r\nm=video 0 RTP/AVP 96\r\n")
+
+    target = await _target(await scripted(responder))
+    memory = RtspAuthMemory()
+    await describe(target, username=USER, password=PASSWORD, auth_memory=memory, timeout=3)
+    # The remembered challenge is answered the same way (a fresh cnonce, the next nc).
+    await describe(target, username=USER, password=PASSWORD, auth_memory=memory, timeout=3)
+
+
+async def test_a_digest_realm_beyond_ascii_is_hashed_as_the_camera_sent_it(
+    socket_enabled: None,
+) -> None:
+    """The camera's realm bytes (UTF-8 "Caméra 中") go into HA1 and back unchanged.
+
+    FFmpeg hashes the realm's bytes as they came; the health check decoded
+    them as Latin-1 and hashed and sent them re-encoded as UTF-8 (other
+    bytes), so the camera refused the answer and working credentials were
+    called wrong (reauth).
+    """
+    realm, nonce = "Caméra 中".encode(), b"n-1"
+
+    def md5(data: bytes) -> str:
+        return hashlib.md5(data).hexdigest()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        challenge = b'WWW-Authenticate: Digest realm="' + realm + b'", nonce="n-1"\r\n'
+        try:
+            for _ in range(3):
+                head = await reader.readuntil(b"\r\n\r\n")
+                auth = next(
+                    (
+                        line[15:]
+                        for line in head.split(b"\r\n")
+                        if line.startswith(b"Authorization: ")
+                    ),
+                    b"",
+                )
+                fields = dict(re.findall(rb'(\w+)="([^"]*)"', auth))
+                ha1 = md5(f"{USER}:".encode() + realm + f":{PASSWORD}".encode())
+                ha2 = md5(b"DESCRIBE:" + fields.get(b"uri", b""))
+                good = (
+                    fields.get(b"realm") == realm
+                    and fields.get(b"response")
+                    == md5(f"{ha1}:".encode() + nonce + f":{ha2}".encode()).encode()
+                )
+                if good:
+                    body = b"v=0\r\nm=video 0 RTP/AVP 96\r\n"
+                    writer.write(
+                        b"RTSP/1.0 200 OK\r\nCSeq: 2\r\nContent-Length: %d\r\n\r\n" % len(body)
+                        + body
+                    )
+                else:
+                    writer.write(
+                        b"RTSP/1.0 401 Unauthorized\r\nCSeq: 1\r\n"
+                        + challenge
+                        + b"Content-Length: 0\r\n\r\n"
+                    )
+                await writer.drain()
+        except asyncio.IncompleteReadError, ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        target = await _target(f"rtsp://127.0.0.1:{port}/stream")
+        await describe(target, username=USER, password=PASSWORD, timeout=3)
+    finally:
+        server.close()
+        await server.wait_closed()

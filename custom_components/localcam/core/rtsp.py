@@ -947,6 +947,17 @@ def _parse_challenges(values: list[str]) -> list[Challenge]:
     return challenges[:_MAX_CHALLENGES]
 
 
+# Bytes the camera sent that are not UTF-8 are kept as surrogates (PEP 383), so
+# a realm or nonce goes into the hashes and back to the camera byte for byte,
+# as FFmpeg (the stream's client) sends them.
+_BYTES: Final = "surrogateescape"
+
+
+def _md5(text: str) -> str:
+    """MD5 of ``text``'s bytes as they came (RFC 2617's H)."""
+    return hashlib.md5(text.encode("utf-8", _BYTES)).hexdigest()  # noqa: S324 - RFC 2617
+
+
 def _quote(text: str) -> str:
     """Quote a value the camera sent as a quoted-string, escaped as it must be."""
     escaped = text.replace("\\", "\\\\").replace('"', '\\"')
@@ -965,26 +976,32 @@ def _authorization(
     parsed = _parse_challenges(challenges)
     digests = [params for scheme, params in parsed if scheme == "digest"]
     for params in digests:
-        # Only MD5 Digest is answered (as FFmpeg, the stream's client, does):
-        # an MD5 hash sent for a SHA-256 challenge listed first (RFC 7616
-        # order) is refused, and the health check would call working
-        # credentials wrong.
-        if "nonce" not in params or params.get("algorithm", "MD5").upper() != "MD5":
+        # Only MD5 and MD5-sess Digest are answered (as FFmpeg, the stream's
+        # client, does): an MD5 hash sent for a SHA-256 challenge listed
+        # first (RFC 7616 order) is refused, and the health check would call
+        # working credentials wrong.
+        algorithm = params.get("algorithm", "MD5").upper()
+        if "nonce" not in params or algorithm not in ("MD5", "MD5-SESS"):
             continue
         realm, nonce = params.get("realm", ""), params["nonce"]
-        ha1 = hashlib.md5(f"{username}:{realm}:{password}".encode()).hexdigest()  # noqa: S324 - RFC 2617
-        ha2 = hashlib.md5(f"{method}:{uri}".encode()).hexdigest()  # noqa: S324
+        cnonce = os.urandom(8).hex()
+        ha1 = _md5(f"{username}:{realm}:{password}")
+        if algorithm == "MD5-SESS":
+            ha1 = _md5(f"{ha1}:{nonce}:{cnonce}")
+        ha2 = _md5(f"{method}:{uri}")
         fields = f'username="{username}", realm={_quote(realm)}, nonce={_quote(nonce)}'
         fields += f', uri="{uri}"'
+        if algorithm == "MD5-SESS":
+            fields += f", algorithm={params['algorithm']}"  # a token, echoed as sent
         qop = {option.strip().lower() for option in params.get("qop", "").split(",")}
         if "auth" in qop:
-            cnonce, count = os.urandom(8).hex(), f"{nc:08x}"
-            response = hashlib.md5(  # noqa: S324
-                f"{ha1}:{nonce}:{count}:{cnonce}:auth:{ha2}".encode()
-            ).hexdigest()
+            count = f"{nc:08x}"
+            response = _md5(f"{ha1}:{nonce}:{count}:{cnonce}:auth:{ha2}")
             fields += f', qop=auth, nc={count}, cnonce="{cnonce}"'
         else:
-            response = hashlib.md5(f"{ha1}:{nonce}:{ha2}".encode()).hexdigest()  # noqa: S324
+            response = _md5(f"{ha1}:{nonce}:{ha2}")
+            if algorithm == "MD5-SESS":  # the server needs the cnonce to check HA1
+                fields += f', cnonce="{cnonce}"'
         if opaque := params.get("opaque"):
             fields += f", opaque={_quote(opaque)}"
         return f'Digest {fields}, response="{response}"'
@@ -998,13 +1015,13 @@ async def _read_response(
     reader: asyncio.StreamReader,
 ) -> tuple[int, list[tuple[str, str]], bytes]:
     """Read one RTSP response: status, headers and (bounded) body."""
-    status_line = (await reader.readline()).decode("latin-1").strip()
+    status_line = (await reader.readline()).decode("utf-8", _BYTES).strip()
     match = re.match(r"RTSP/1\.\d (\d{3})", status_line)
     if not match:
         raise CannotConnectError("not an RTSP server")
     headers: list[tuple[str, str]] = []
     for _ in range(_MAX_HEADER_LINES):
-        line = (await reader.readline()).decode("latin-1")
+        line = (await reader.readline()).decode("utf-8", _BYTES)
         if line in ("\r\n", "\n", ""):
             break
         name, _, value = line.partition(":")
@@ -1119,7 +1136,7 @@ async def describe(
                 request += "User-Agent: LocalCam\r\n"
                 if authorization:
                     request += f"Authorization: {authorization}\r\n"
-                writer.write((request + "\r\n").encode())
+                writer.write((request + "\r\n").encode("utf-8", _BYTES))
                 await writer.drain()
                 status, headers, body = await _read_response(reader)
                 if status == 401 and (authorization is None or remembered) and username is not None:
