@@ -212,6 +212,16 @@ def make_entry(cam: VirtualCamera, *, snapshot: bool = True, **kwargs: Any) -> M
     )
 
 
+def damaged_entry(cam: VirtualCamera, damage: dict[str, Any]) -> MockConfigEntry:
+    """An entry whose stored data a hand edit damaged: ``{"drop": key}`` or fields to set."""
+    data = dict(make_entry(cam).data)
+    if "drop" in damage:
+        del data[damage["drop"]]
+    else:
+        data.update(damage)
+    return MockConfigEntry(domain=DOMAIN, title="cam", unique_id="cam", data=data)
+
+
 def main_entity_id(hass: HomeAssistant, entry: MockConfigEntry) -> str:
     """The entity id of an entry's main camera (its first profile)."""
     entity_id = er.async_get(hass).async_get_entity_id("camera", DOMAIN, f"{entry.unique_id}_main")

@@ -40,6 +40,7 @@ from .conftest import (
     CAM_USER,
     add_onvif_entry,
     camera_config,
+    damaged_entry,
     entry_data,
     make_entry,
     setup_entry,
@@ -362,12 +363,7 @@ async def test_diagnostics_of_an_entry_with_damaged_stored_data(
 
     That is exactly the entry a user downloads diagnostics for; it must not be an HTTP 500.
     """
-    data = dict(make_entry(camera).data)
-    if "drop" in damage:
-        del data[damage["drop"]]
-    else:
-        data.update(damage)
-    entry = MockConfigEntry(domain=DOMAIN, title="cam", unique_id="cam", data=data)
+    entry = damaged_entry(camera, damage)
     await setup_entry(hass, entry)
     assert entry.state is ConfigEntryState.SETUP_ERROR
     assert entry.error_reason_translation_key == "stored_data_incomplete"

@@ -50,6 +50,7 @@ from virtualcam.camera import DEFAULT_PROFILES, OnvifProfileSpec
 from .conftest import (
     add_onvif_entry,
     camera_config,
+    damaged_entry,
     main_entity_id,
     make_entry,
     onvif_camera_config,
@@ -186,12 +187,7 @@ async def test_damaged_stored_data_fails_setup_with_a_clear_error(
     damage: dict[str, str],
 ) -> None:
     """Entry data setup cannot use (a hand edit): a translated error, not a KeyError."""
-    data = dict(make_entry(camera).data)
-    if "drop" in damage:
-        del data[damage["drop"]]
-    else:
-        data.update(damage)
-    entry = MockConfigEntry(domain=DOMAIN, title="cam", unique_id="cam", data=data)
+    entry = damaged_entry(camera, damage)
     await setup_entry(hass, entry)
     assert entry.state is ConfigEntryState.SETUP_ERROR
     assert entry.error_reason_translation_key == "stored_data_incomplete"
