@@ -543,6 +543,13 @@ async def test_an_rtsps_camera_that_sends_ffmpeg_elsewhere_gets_an_error_not_tha
     assert other.stats.rtsp_connections == before
 
 
+async def _answer_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A scripted camera that answers every request 200 until the client goes."""
+    with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+        while await reader.readuntil(b"\r\n\r\n"):
+            writer.write(b"RTSP/1.0 200 OK\r\nCSeq: 1\r\n\r\n")
+
+
 async def _rtsp_options(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
     """Connect to a relay port and ask OPTIONS; return the stream and the reply head."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -632,12 +639,7 @@ async def test_a_connection_accepted_as_the_relay_closes_is_not_relayed(
 async def test_listeners_and_sessions_are_bounded(socket_enabled: None) -> None:
     """At most MAX_LISTENERS addresses per camera and MAX_CONNECTIONS sessions per address."""
 
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
-            while await reader.readuntil(b"\r\n\r\n"):
-                writer.write(b"RTSP/1.0 200 OK\r\nCSeq: 1\r\n\r\n")
-
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    server = await asyncio.start_server(_answer_ok, "127.0.0.1", 0)
     cam_port = server.sockets[0].getsockname()[1]
     guard = RtspGuard()
     try:
@@ -679,12 +681,7 @@ async def test_silent_connections_cannot_keep_the_session_places(
     """
     monkeypatch.setattr(rtsp_guard, "FIRST_REQUEST_WAIT", 0.3)
 
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
-            while await reader.readuntil(b"\r\n\r\n"):
-                writer.write(b"RTSP/1.0 200 OK\r\nCSeq: 1\r\n\r\n")
-
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    server = await asyncio.start_server(_answer_ok, "127.0.0.1", 0)
     guard = RtspGuard()
     try:
         target = await NetPolicy().check(f"rtsp://127.0.0.1:{server.sockets[0].getsockname()[1]}/s")
@@ -719,13 +716,8 @@ async def test_a_retired_relay_ends_its_sessions_and_a_kept_one_stays(
 ) -> None:
     """retire() closes the old address's relay and its open session; never the kept URL's."""
 
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
-            while await reader.readuntil(b"\r\n\r\n"):
-                writer.write(b"RTSP/1.0 200 OK\r\nCSeq: 1\r\n\r\n")
-
-    old_camera = await asyncio.start_server(answer, "127.0.0.1", 0)
-    new_camera = await asyncio.start_server(answer, "127.0.0.1", 0)
+    old_camera = await asyncio.start_server(_answer_ok, "127.0.0.1", 0)
+    new_camera = await asyncio.start_server(_answer_ok, "127.0.0.1", 0)
     guard = RtspGuard()
     try:
         urls = []
@@ -1788,12 +1780,7 @@ async def test_the_relay_still_accepts_after_a_transient_accept_failure(
     good, and every later FFmpeg connection waited unserved until a reload.
     """
 
-    async def camera(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
-            while await reader.readuntil(b"\r\n\r\n"):
-                writer.write(b"RTSP/1.0 200 OK\r\nCSeq: 1\r\n\r\n")
-
-    server = await asyncio.start_server(camera, "127.0.0.1", 0)
+    server = await asyncio.start_server(_answer_ok, "127.0.0.1", 0)
     guard = RtspGuard()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:
